@@ -1,0 +1,172 @@
+"""Every error the gateway answers with, carrying its HTTP meaning.
+
+Each class knows its HTTP status, the OpenAI error ``type`` and a stable ``code``; ``to_body()`` renders
+the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``. Raise these anywhere in the
+request path; the engine turns them into responses, the front ends into connection-level answers.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "BadGateway",
+    "BadRequest",
+    "GatewayError",
+    "GatewayTimeout",
+    "HeadersTooLarge",
+    "MethodNotAllowed",
+    "NotFound",
+    "NotImplementedHTTP",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "VersionNotSupported",
+    "error_body",
+]
+
+
+class _ErrorDetail(msgspec.Struct, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorDetail
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    """The OpenAI-shaped error body as JSON bytes."""
+    return _encode(_ErrorEnvelope(_ErrorDetail(message, type_, param, code)))
+
+
+class GatewayError(Exception):
+    """Base class: an error with an HTTP status and an OpenAI error type/code."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+    #: the connection must be closed after answering (framing can no longer be trusted)
+    close: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or []
+
+    def to_body(self) -> bytes:
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    close = True
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+    close = True
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+    close = True
+
+
+class NotImplementedHTTP(GatewayError):
+    status = 501
+    type = "invalid_request_error"
+    code = "not_implemented"
+    close = True
+
+
+class BadGateway(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+class VersionNotSupported(GatewayError):
+    status = 505
+    type = "invalid_request_error"
+    code = "http_version_not_supported"
+    close = True
