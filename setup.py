@@ -23,7 +23,7 @@ SKIP = os.environ.get("GATEWAY_NO_EXTENSIONS") == "1"
 CORE_MODULES = {
     "gateway._core._http": "gateway/_core/_http.pyx",
     "gateway._core._sse": "gateway/_core/_sse.pyx",
-    "gateway._core._conn": "gateway/_core/_conn.pyx",
+    
 }
 
 

@@ -18,6 +18,6 @@ REQUIRE_EXTENSIONS = os.environ.get("GATEWAY_REQUIRE_EXTENSIONS") == "1"
 
 def compiled() -> dict[str, bool]:
     """Which core modules run compiled in this process (for ``/readyz`` and ``gateway check``)."""
-    from gateway._core import conn, http, sse
+    from gateway._core import http, sse
 
-    return {m.__name__.rsplit(".", 1)[-1]: m.COMPILED for m in (http, sse, conn)}
+    return {m.__name__.rsplit(".", 1)[-1]: m.COMPILED for m in (http, sse)}

@@ -391,10 +391,10 @@ class ResponseParser:
             return
         if not self.head_done:
             buf = self._buf + data if self._buf else bytes(data)
-            pos = self._parse_head(buf)
-            if pos < 0:
+            rest = self._parse_head(buf)
+            if rest is None:
                 return
-            data = buf[pos:]
+            data = rest
             self._buf = b""
             if self.done:
                 if data:
@@ -455,14 +455,14 @@ class ResponseParser:
             raise ParseError(502, "upstream closed the connection before sending a response")
         raise ParseError(502, "upstream closed the connection mid-body")
 
-    def _parse_head(self, buf: bytes) -> int:
+    def _parse_head(self, buf: bytes) -> bytes | None:
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > self.max_header_bytes:
                     raise ParseError(502, "upstream response head too large")
                 self._buf = buf
-                return -1
+                return None
             line_end = buf.find(b"\r\n")
             line = buf[:line_end]
             if not line.startswith(b"HTTP/1.") or len(line) < 12 or line[8:9] != b" ":
@@ -516,7 +516,7 @@ class ResponseParser:
         else:
             self._close_delimited = True
             self.keep_alive = False
-        return end + 4
+        return buf[end + 4:]
 
 
 def build_response_head(
