@@ -1,0 +1,562 @@
+"""The engine: runs one request through the phase chain.
+
+    parse -> access -> guard_in -> admit -> cache -> route -> upstream -> respond -> settle
+
+``parse`` decodes only the fields we act on; the pre-route phases come from ``gateway.phases``;
+``route`` picks the model's deployment from the runtime snapshot; ``upstream`` sends through the
+provider's transport; ``respond`` relays the body (streams event by event, learning usage on the way);
+``settle`` runs the phases' settle hooks and emits the call record after the response is written.
+
+The runtime snapshot (``Runtime``) is immutable and swapped in one assignment on reload, so a request
+sees one config from start to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from gateway import errors
+from gateway._core.sse import SSEScanner, event_data, split_events
+from gateway.app import Headers, Request, Responder
+from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
+from gateway.errors import GatewayError
+from gateway.observe.records import CallRecord, RecordSink
+from gateway.phases import PHASE_ORDER, Phase, Reply
+from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
+from gateway.providers.openai import OpenAITranslator
+from gateway.wire import (
+    EmbeddingRequest,
+    decoders,
+    encode,
+    top_level_decoder,
+    usage_decoder,
+    usage_event_decoder,
+)
+
+__all__ = ["Context", "Engine", "ModelEntry", "Runtime"]
+
+log = logging.getLogger("gateway.engine")
+
+_JSON: Headers = [("content-type", "application/json")]
+_SSE_HEADERS: Headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+# upstream headers a client may act on: rate limits and retry hints
+_PASS_HEADERS = (b"retry-after", b"retry-after-ms", b"x-should-retry", b"openai-processing-ms")
+_PASS_PREFIX = b"x-ratelimit-"
+_ACCEPTED_TYPES = (b"application/json", b"application/x-www-form-urlencoded")
+_DONE = b"data: [DONE]\n\n"
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+_perf = time.perf_counter
+
+
+class ModelEntry:
+    """One routable model in the runtime snapshot."""
+
+    __slots__ = ("endpoints", "name", "owned_by", "provider", "rewrite_model", "translator", "upstream_model")
+
+    def __init__(
+        self, name: str, upstream_model: str, provider: str, translator: OpenAITranslator,
+        endpoints: frozenset[str], owned_by: str,
+    ) -> None:
+        self.name = name
+        self.upstream_model = upstream_model
+        self.provider = provider
+        self.translator = translator
+        self.endpoints = endpoints
+        self.owned_by = owned_by
+        self.rewrite_model = upstream_model != name
+
+
+class Runtime:
+    """Immutable tables the hot path reads, compiled from one Config."""
+
+    def __init__(self, config: Config, translators: dict[str, OpenAITranslator], phases: Sequence[Phase]):
+        self.config = config
+        self.translators = translators
+        self.models: dict[str, ModelEntry] = {}
+        for name, m in config.models.items():
+            self.models[name] = ModelEntry(
+                name, m.upstream_model or name, m.provider, translators[m.provider],
+                frozenset(m.endpoints), m.owned_by,
+            )
+        by_name: dict[str, list[Phase]] = {n: [] for n in PHASE_ORDER}
+        for p in phases:
+            if p.name not in by_name:
+                raise ValueError(f"unknown phase name {p.name!r}; expected one of {PHASE_ORDER}")
+            by_name[p.name].append(p)
+        # PERF: the chain holds only phases that exist; an empty seam costs nothing
+        self.chain: tuple[Phase, ...] = tuple(p for n in PHASE_ORDER for p in by_name[n])
+        self.overhead_header = config.server.overhead_header
+        created = int(time.time())
+        self.models_body = encode({
+            "object": "list",
+            "data": [self._model_obj(e, created) for e in self.models.values()],
+        })
+        self.model_bodies = {n: encode(self._model_obj(e, created)) for n, e in self.models.items()}
+
+    @staticmethod
+    def _model_obj(e: ModelEntry, created: int) -> dict[str, Any]:
+        return {"id": e.name, "object": "model", "created": created, "owned_by": e.owned_by}
+
+
+class Context:
+    """Everything one request carries through the chain."""
+
+    __slots__ = (
+        "body", "endpoint", "error", "fields", "include_usage", "model", "request", "request_id",
+        "response_headers", "runtime", "status", "stream", "t0", "t_up", "up_ms", "upstream_status",
+        "usage",
+    )
+
+    def __init__(self, request: Request, request_id: str, runtime: Runtime) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.runtime = runtime
+        self.t0 = _perf()
+        self.t_up = 0.0
+        self.up_ms = 0.0
+        self.endpoint = ""
+        self.fields: Any = None
+        self.body = request.body
+        self.model: ModelEntry | None = None
+        self.stream = False
+        self.include_usage = False
+        self.usage: Any = None
+        self.status = 0
+        self.upstream_status: int | None = None
+        self.error: GatewayError | None = None
+        self.response_headers: Headers = []
+
+
+def _overhead_ms(ctx: Context) -> float:
+    total = (_perf() - ctx.t0) * 1000.0
+    return round(max(total - ctx.up_ms, 0.0), 3)
+
+
+def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenAITranslator:
+    """The provider's translator with its transport (a pool per worker, or the in-process mock)."""
+    if p.type == "mock":
+        from gateway.providers.mock import MockTransport
+
+        return OpenAITranslator(name, MockTransport(p.mock), "/v1", None, p.headers)
+    from gateway.server.pool import OriginPool
+
+    assert p.base_url is not None
+    pool = OriginPool(
+        p.base_url,
+        pool_size=p.pool_size or defaults.pool_size,
+        connect_timeout=p.connect_timeout or defaults.connect_timeout,
+        read_timeout=p.read_timeout or defaults.read_timeout,
+        pool_timeout=defaults.pool_timeout,
+        idle_timeout=defaults.idle_timeout,
+        verify_tls=defaults.verify_tls if p.verify_tls is None else p.verify_tls,
+        ca_file=p.ca_file or defaults.ca_file,
+    )
+    key = resolve_secret(p.api_key) if p.api_key else None
+    return OpenAITranslator(name, pool, pool.prefix, key, p.headers)
+
+
+class Engine:
+    """The gateway application (``gateway.app.App``). One per worker process."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        phases: Sequence[Phase] = (),
+        phase_factory: Callable[[Config], Sequence[Phase]] | None = None,
+        records: RecordSink | None = None,
+        worker: int | None = None,
+    ) -> None:
+        self._config = config
+        self._phase_factory = phase_factory
+        self._static_phases = tuple(phases)
+        self.records = records or RecordSink(enabled=config.log.call_records)
+        self.worker = worker if worker is not None else os.getpid()
+        self.runtime: Runtime | None = None
+        self.draining = False
+        self._retired: list[OpenAITranslator] = []
+        # PERF: route table resolved once
+        self._routes: dict[str, Callable[[Context], Awaitable[None]]] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def _phases_for(self, config: Config) -> list[Phase]:
+        phases = list(self._static_phases)
+        if self._phase_factory is not None:
+            phases.extend(self._phase_factory(config))
+        return phases
+
+    async def startup(self) -> None:
+        self.runtime = self._build(self._config, {})
+        self.records.start()
+
+    def _build(self, config: Config, old: dict[str, tuple[ProviderConfig, OpenAITranslator]]) -> Runtime:
+        translators: dict[str, OpenAITranslator] = {}
+        for name, p in config.providers.items():
+            prev = old.get(name)
+            if prev is not None and prev[0] == p:
+                translators[name] = prev[1]  # unchanged provider: keep its warm pool
+            else:
+                translators[name] = build_translator(name, p, config.upstream)
+        self._provider_configs = {n: (config.providers[n], t) for n, t in translators.items()}
+        return Runtime(config, translators, self._phases_for(config))
+
+    def reload(self, config: Config) -> None:
+        """Swap in a new config. Raises (and keeps the old snapshot) if the new one cannot be built."""
+        old = dict(getattr(self, "_provider_configs", {}))
+        runtime = self._build(config, old)
+        kept = {id(t) for t in runtime.translators.values()}
+        retired = [t for _, t in old.values() if id(t) not in kept]
+        self.runtime = runtime
+        self._config = config
+        if retired:
+            # in-flight requests may still hold the old transports: close them after a grace period
+            asyncio.get_running_loop().call_later(
+                config.server.drain_timeout, lambda: [asyncio.ensure_future(t.close()) for t in retired]
+            )
+
+    async def shutdown(self) -> None:
+        if self.runtime is not None:
+            for t in self.runtime.translators.values():
+                await t.close()
+        await self.records.close()
+
+    # -- the request path ----------------------------------------------------------------------------
+
+    async def handle(self, request: Request, responder: Responder) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        rid_b = request.header(b"x-request-id")
+        rid = rid_b.decode("latin-1")[:200] if rid_b else uuid.uuid4().hex
+        ctx = Context(request, rid, runtime)
+        try:
+            endpoint = _ENDPOINTS.get(request.path)
+            if endpoint is not None:
+                if request.method != "POST":
+                    raise errors.MethodNotAllowed(
+                        f"{request.method} is not allowed on {request.path}; use POST",
+                        headers=[("allow", "POST")],
+                    )
+                ctx.endpoint = endpoint
+                await self._proxy(ctx, responder)
+            else:
+                self._local(ctx, responder)
+        except GatewayError as exc:
+            ctx.error = exc
+            if not getattr(responder, "started", False):
+                self._send_error(ctx, responder, exc)
+        finally:
+            self._settle(ctx)
+
+    def _local(self, ctx: Context, responder: Responder) -> None:
+        """Endpoints the gateway answers itself."""
+        req = ctx.request
+        path = req.path
+        runtime = ctx.runtime
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            if req.method != "GET":
+                raise errors.MethodNotAllowed(f"{req.method} is not allowed on {path}; use GET",
+                                              headers=[("allow", "GET")])
+            if path == "/v1/models":
+                body = runtime.models_body
+            else:
+                name = path[len("/v1/models/"):]
+                found = runtime.model_bodies.get(name)
+                if found is None:
+                    raise errors.NotFound(f"The model `{name}` does not exist", param="model",
+                                          code="model_not_found")
+                body = found
+            self._reply(ctx, responder, Reply(200, body))
+        elif path == "/healthz":
+            self._reply(ctx, responder, Reply(200, b'{"status":"ok"}'))
+        elif path == "/readyz":
+            if self.draining:
+                self._reply(ctx, responder, Reply(503, b'{"status":"draining"}'))
+            else:
+                self._reply(ctx, responder, Reply(200, b'{"status":"ready"}'))
+        else:
+            raise errors.NotFound(f"Unknown request URL: {req.method} {path}", code="unknown_url")
+
+    def _reply(self, ctx: Context, responder: Responder, reply: Reply) -> None:
+        ctx.status = reply.status
+        headers = reply.headers + [("x-request-id", ctx.request_id),
+                                   (ctx.runtime.overhead_header, str(_overhead_ms(ctx)))]
+        headers.extend(ctx.response_headers)
+        responder.send(reply.status, headers, reply.body)
+
+    def _send_error(self, ctx: Context, responder: Responder, exc: GatewayError) -> None:
+        ctx.status = exc.status
+        headers = [*_JSON, ("x-request-id", ctx.request_id),
+                   (ctx.runtime.overhead_header, str(_overhead_ms(ctx))), *exc.headers]
+        headers.extend(ctx.response_headers)
+        if exc.close and hasattr(responder, "keep_alive"):
+            responder.keep_alive = False
+        responder.send(exc.status, headers, exc.to_body())
+
+    # parse ----------------------------------------------------------------------------------------
+
+    def _parse(self, ctx: Context) -> None:
+        req = ctx.request
+        ctype = req.header(b"content-type")
+        if ctype is not None:
+            mt = ctype.split(b";", 1)[0].strip().lower()
+            if mt not in _ACCEPTED_TYPES and not mt.endswith(b"+json"):
+                raise errors.UnsupportedMediaType(
+                    f"Unsupported Content-Type {mt.decode('latin-1')!r}; send application/json"
+                )
+        body = req.body
+        if not body:
+            raise errors.BadRequest("The request body is empty; expected a JSON object",
+                                    code="invalid_json")
+        try:
+            fields = decoders[ctx.endpoint].decode(body)
+        except msgspec.ValidationError as exc:
+            raise _validation_error(exc) from None
+        except msgspec.DecodeError:
+            raise errors.BadRequest(
+                "We could not parse the JSON body of your request. The body must be a JSON object.",
+                code="invalid_json",
+            ) from None
+        ctx.fields = fields
+        if not isinstance(fields, EmbeddingRequest):
+            ctx.stream = bool(fields.stream)
+            so = fields.stream_options
+            ctx.include_usage = bool(so is not None and so.include_usage)
+
+    # route / upstream / respond --------------------------------------------------------------------
+
+    async def _proxy(self, ctx: Context, responder: Responder) -> None:
+        self._parse(ctx)
+        for phase in ctx.runtime.chain:
+            out = phase.on_request(ctx)
+            if out is not None and phase.is_async:
+                out = await out  # type: ignore[misc]
+            if out is not None:
+                self._reply(ctx, responder, out)  # type: ignore[arg-type]
+                return
+        fields = ctx.fields
+        model = ctx.runtime.models.get(fields.model)
+        if model is None:
+            raise errors.NotFound(
+                f"The model `{fields.model}` does not exist or you do not have access to it.",
+                param="model", code="model_not_found",
+            )
+        if ctx.endpoint not in model.endpoints:
+            raise errors.BadRequest(
+                f"The model `{model.name}` does not serve the {ctx.endpoint} endpoint",
+                param="model", code="unsupported_endpoint",
+            )
+        ctx.model = model
+        body = self._upstream_body(ctx, model)
+        ctx.t_up = _perf()
+        try:
+            resp = await model.translator.send(ctx.endpoint, body, ctx.request_id)
+        except UpstreamTimeout as exc:
+            ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+            raise errors.GatewayTimeout(f"The upstream provider timed out: {exc}") from None
+        except UpstreamError as exc:
+            ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+            raise errors.BadGateway(f"The upstream provider failed: {exc}") from None
+        ctx.upstream_status = resp.status
+        try:
+            if resp.status >= 400:
+                await self._relay_error(ctx, responder, resp)
+            elif ctx.stream and _is_event_stream(resp):
+                await self._relay_stream(ctx, responder, resp)
+            else:
+                await self._relay_body(ctx, responder, resp)
+        finally:
+            resp.close()
+
+    def _upstream_body(self, ctx: Context, model: ModelEntry) -> bytes:
+        """The original bytes, unless the model id must change or usage must be requested."""
+        need_usage = ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
+        if not model.rewrite_model and not need_usage:
+            return ctx.body  # PERF: forward the client's bytes untouched
+        top = top_level_decoder.decode(ctx.body)
+        if model.rewrite_model:
+            top["model"] = msgspec.Raw(encode(model.upstream_model))
+        if need_usage:
+            top["stream_options"] = msgspec.Raw(b'{"include_usage":true}')
+        return encode(top)
+
+    def _pass_headers(self, ctx: Context, resp: UpstreamResponse) -> Headers:
+        out: Headers = [("x-request-id", ctx.request_id)]
+        for k, v in resp.headers:
+            if k.startswith(_PASS_PREFIX) or k in _PASS_HEADERS:
+                out.append((k.decode("latin-1"), v.decode("latin-1")))
+        out.extend(ctx.response_headers)
+        return out
+
+    async def _read(self, ctx: Context, resp: UpstreamResponse) -> bytes:
+        try:
+            return await resp.read()
+        except UpstreamTimeout as exc:
+            raise errors.GatewayTimeout(f"The upstream provider timed out: {exc}") from None
+        except UpstreamError as exc:
+            raise errors.BadGateway(f"The upstream provider failed: {exc}") from None
+        finally:
+            ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+
+    async def _relay_body(self, ctx: Context, responder: Responder, resp: UpstreamResponse) -> None:
+        body = await self._read(ctx, resp)
+        try:
+            env = usage_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise errors.BadGateway(
+                "The upstream provider returned a response body that is not valid JSON",
+                code="upstream_invalid_response",
+            ) from None
+        ctx.usage = env.usage
+        ctx.status = resp.status
+        headers = self._pass_headers(ctx, resp)
+        headers.append(("content-type", "application/json"))
+        headers.append((ctx.runtime.overhead_header, str(_overhead_ms(ctx))))
+        responder.send(resp.status, headers, body)
+
+    async def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse) -> None:
+        body = await self._read(ctx, resp)
+        status = resp.status
+        try:
+            msgspec.json.decode(body, type=_ErrorCheck)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            text = body[:200].decode("utf-8", "replace")
+            message = f"The upstream provider answered {status} with a body that is not an OpenAI error: {text}"
+            headers = self._pass_headers(ctx, resp)[1:]
+            if status == 429:  # keep the status: clients must still back off
+                raise errors.RateLimited(message, code="upstream_rate_limited", headers=headers) from None
+            raise errors.BadGateway(message, code="upstream_error", headers=headers) from None
+        ctx.status = status
+        ctx.error = errors.GatewayError(f"upstream answered {status}", code="upstream_error")
+        headers = self._pass_headers(ctx, resp)
+        headers.append(("content-type", "application/json"))
+        headers.append((ctx.runtime.overhead_header, str(_overhead_ms(ctx))))
+        responder.send(status, headers, body)
+
+    async def _relay_stream(self, ctx: Context, responder: Responder, resp: UpstreamResponse) -> None:
+        ctx.status = resp.status
+        headers = self._pass_headers(ctx, resp)
+        headers.extend(_SSE_HEADERS)
+        headers.append((ctx.runtime.overhead_header, str(_overhead_ms(ctx))))
+        responder.start_stream(resp.status, headers)
+        scanner = SSEScanner()
+        strip = not ctx.include_usage
+        t_up = ctx.t_up
+        try:
+            while True:
+                try:
+                    chunk = await resp.next_chunk()
+                except (UpstreamError, ValueError) as exc:
+                    ctx.error = errors.BadGateway(f"The upstream stream failed: {exc}",
+                                                  code="upstream_stream_error")
+                    await responder.write(b"data: " + ctx.error.to_body() + b"\n\n")
+                    break
+                if not chunk:
+                    if scanner.pending:
+                        ctx.error = errors.BadGateway("The upstream stream ended inside an event",
+                                                      code="upstream_stream_error")
+                        await responder.write(b"data: " + ctx.error.to_body() + b"\n\n")
+                    break
+                data = scanner.feed(chunk)
+                if data and b'"usage"' in data:
+                    data = self._take_usage(ctx, data, strip)
+                if data:
+                    await responder.write(data)
+        finally:
+            ctx.up_ms = (_perf() - t_up) * 1000.0
+        responder.end_stream()
+
+    def _take_usage(self, ctx: Context, data: bytes, strip: bool) -> bytes:
+        out: list[bytes] = []
+        changed = False
+        for ev in split_events(data):
+            payload = event_data(ev)
+            if payload is not None and b'"usage"' in payload:
+                try:
+                    chunk = usage_event_decoder.decode(payload)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    out.append(ev)
+                    continue
+                if chunk.usage is not None:
+                    ctx.usage = chunk.usage
+                    if strip and not chunk.choices:
+                        changed = True
+                        continue  # the client did not ask for the usage chunk
+            out.append(ev)
+        return b"".join(out) if changed else data
+
+    # settle ----------------------------------------------------------------------------------------
+
+    def _settle(self, ctx: Context) -> None:
+        for phase in ctx.runtime.chain:
+            try:
+                phase.on_settle(ctx)
+            except Exception:
+                log.exception("settle hook of phase %s failed", phase.name)
+        req = ctx.request
+        model = ctx.model
+        usage = ctx.usage
+        err = ctx.error
+        self.records.emit(CallRecord(
+            ts=time.time(),
+            request_id=ctx.request_id,
+            method=req.method,
+            path=req.path,
+            status=ctx.status,
+            duration_ms=round((_perf() - ctx.t0) * 1000.0, 3),
+            overhead_ms=_overhead_ms(ctx),
+            model=ctx.fields.model if ctx.fields is not None else None,
+            provider=model.provider if model is not None else None,
+            upstream_model=model.upstream_model if model is not None else None,
+            stream=ctx.stream,
+            upstream_status=ctx.upstream_status,
+            upstream_ms=round(ctx.up_ms, 3) if ctx.t_up else None,
+            prompt_tokens=usage.prompt_tokens if usage is not None else None,
+            completion_tokens=usage.completion_tokens if usage is not None else None,
+            total_tokens=usage.total_tokens if usage is not None else None,
+            error_code=err.code if err is not None else None,
+            error=err.message if err is not None and err.status >= 500 else None,
+            worker=self.worker,
+        ))
+
+
+class _ErrorCheck(msgspec.Struct):
+    error: Any
+
+
+def _is_event_stream(resp: UpstreamResponse) -> bool:
+    ctype = resp.header(b"content-type")
+    return ctype is not None and ctype.startswith(b"text/event-stream")
+
+
+def _validation_error(exc: msgspec.ValidationError) -> errors.BadRequest:
+    """msgspec's message, e.g. "Expected `str`, got `int` - at `$.model`", in OpenAI's terms."""
+    msg = str(exc)
+    param = None
+    if " - at `$." in msg:
+        text, _, where = msg.rpartition(" - at `$.")
+        param = where.rstrip("`")
+    else:
+        text = msg
+    if text.startswith("Object missing required field `"):
+        field = text[len("Object missing required field `"):].rstrip("`")
+        param = f"{param}.{field}" if param else field
+        return errors.BadRequest(f"Missing required parameter: '{param}'.", param=param,
+                                 code="missing_required_parameter")
+    if text.startswith("Expected `object`") and param is None:
+        return errors.BadRequest("The request body must be a JSON object.", code="invalid_json")
+    where = f" for '{param}'" if param else ""
+    return errors.BadRequest(f"Invalid type{where}: {text}.", param=param, code="invalid_type")
+

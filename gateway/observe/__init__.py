@@ -1,0 +1,1 @@
+"""Observability: call records (and, later, metrics and usage roll-ups)."""

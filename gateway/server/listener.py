@@ -1,0 +1,373 @@
+"""The native front end: an asyncio Protocol on uvloop with the compiled HTTP/1.1 parser.
+
+Theory of operation, per connection:
+
+    state        | event                         | action
+    -------------+-------------------------------+--------------------------------------------------
+    idle         | bytes arrive                  | parse; a complete request -> busy (run the app)
+    idle         | keep-alive deadline passes    | close quietly
+    reading head | head deadline passes          | 408, close           (slow clients are cut)
+    reading body | body deadline passes          | 408, close
+    any          | ParseError                    | answer its status (400/413/431/501/505), close
+    busy         | more bytes (pipelining)       | buffer; parsed only after the response is sent,
+                 |                               | so pipelined requests are answered in order
+    busy         | response done                 | keep-alive: next buffered request or idle; else close
+    busy         | client closes                 | the app's next write raises ClientGone
+    draining     | response done                 | close (no new request is read)
+
+Deadlines are plain numbers checked by one sweep per worker every half second (# PERF: no timer
+handle per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from gateway._core.http import (
+    STATE_BODY,
+    STATE_HEAD,
+    STATE_IDLE,
+    ParseError,
+    Request,
+    RequestParser,
+    build_response_head,
+)
+from gateway.app import App, ClientGone, Headers
+from gateway.errors import error_body
+
+__all__ = ["HttpProtocol", "ListenerState", "NativeResponder"]
+
+log = logging.getLogger("gateway.server")
+
+_INF = float("inf")
+# what a connection's deadline is for
+_NONE, _HEAD, _BODY, _KEEPALIVE = 0, 1, 2, 3
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CODES = {
+    400: ("invalid_request_error", "bad_request"),
+    408: ("invalid_request_error", "request_timeout"),
+    413: ("invalid_request_error", "payload_too_large"),
+    431: ("invalid_request_error", "headers_too_large"),
+    500: ("server_error", "internal_error"),
+    501: ("invalid_request_error", "not_implemented"),
+    503: ("server_error", "overloaded"),
+    505: ("invalid_request_error", "http_version_not_supported"),
+}
+# while busy, stop reading from a client that has this much unparsed data buffered
+_MAX_PIPELINE_BUFFER = 256 * 1024
+
+
+def _error_response(status: int, message: str, keep_alive: bool = False) -> bytes:
+    type_, code = _CODES.get(status, ("server_error", "error"))
+    body = error_body(message, type_, code)
+    head = build_response_head(status, [("content-type", "application/json")], len(body), keep_alive)
+    return head + body
+
+
+class ListenerState:
+    """What all connections of one worker share: the app, the limits, the open connections."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        max_header_bytes: int,
+        max_body_bytes: int,
+        max_connections: int,
+        header_timeout: float,
+        body_timeout: float,
+        keepalive_timeout: float,
+    ) -> None:
+        self.app = app
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[HttpProtocol] = set()
+        self.draining = False
+        self.loop = asyncio.get_running_loop()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.log_errors = True
+
+    def start(self) -> None:
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                if conn.deadline < now:
+                    conn.on_deadline()
+
+    def begin_drain(self) -> None:
+        """Stop reading new requests; idle connections close now, busy ones after their response."""
+        self.draining = True
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.close()
+
+    async def wait_drained(self, timeout: float) -> bool:
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.connections
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class NativeResponder:
+    """Responder over one HTTP/1.1 connection (see gateway.app.Responder)."""
+
+    __slots__ = ("_chunked", "_conn", "finished", "keep_alive", "started")
+
+    def __init__(self, conn: HttpProtocol, keep_alive: bool, version: int) -> None:
+        self._conn = conn
+        self.keep_alive = keep_alive and not conn.state.draining
+        self._chunked = version == 11
+        self.started = False
+        self.finished = False
+
+    @property
+    def disconnected(self) -> bool:
+        return self._conn.transport is None
+
+    def send(self, status: int, headers: Headers, body: bytes) -> None:
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.finished = True
+        transport = self._conn.transport
+        if transport is None:
+            return
+        head = build_response_head(status, headers, len(body), self.keep_alive)
+        if len(body) < 16384:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+
+    def start_stream(self, status: int, headers: Headers) -> None:
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        if not self._chunked:
+            self.keep_alive = False
+        transport = self._conn.transport
+        if transport is None:
+            return
+        transport.write(build_response_head(status, headers, -1 if self._chunked else -2, self.keep_alive))
+
+    async def write(self, chunk: bytes) -> None:
+        conn = self._conn
+        transport = conn.transport
+        if transport is None:
+            raise ClientGone()
+        if not chunk:
+            return
+        if self._chunked:
+            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            transport.write(chunk)
+        if conn.write_paused:
+            await conn.wait_writable()
+
+    def end_stream(self) -> None:
+        self.finished = True
+        transport = self._conn.transport
+        if transport is not None and self._chunked:
+            transport.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        """Drop the connection without finishing the response (the client sees a cut stream)."""
+        self.finished = True
+        self.keep_alive = False
+        self._conn.abort()
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_drain_waiter", "busy", "deadline", "deadline_kind", "parser", "state", "task", "transport",
+        "write_paused",
+    )
+
+    def __init__(self, state: ListenerState) -> None:
+        self.state = state
+        self.transport: asyncio.Transport | None = None
+        self.parser = RequestParser(state.max_header_bytes, state.max_body_bytes)
+        self.busy = False
+        self.deadline = _INF
+        self.deadline_kind = _NONE
+        self.task: asyncio.Task[None] | None = None
+        self.write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        state = self.state
+        if len(state.connections) >= state.max_connections or state.draining:
+            transport.write(_error_response(503, "too many connections"))
+            transport.close()
+            return
+        self.transport = transport
+        state.connections.add(self)
+        self.deadline = state.loop.time() + state.header_timeout
+        self.deadline_kind = _HEAD
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        if self.busy:
+            if self.parser.buffered > _MAX_PIPELINE_BUFFER and self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._next()
+
+    def eof_received(self) -> bool | None:
+        if not self.busy:
+            self.close()
+        return True  # keep the transport half-open while a response is being written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.state.connections.discard(self)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- request cycle -------------------------------------------------------------------------------
+
+    async def wait_writable(self) -> None:
+        if self.transport is None:
+            raise ClientGone()
+        if self._drain_waiter is None:
+            self._drain_waiter = self.state.loop.create_future()
+        await self._drain_waiter
+        if self.transport is None:
+            raise ClientGone()
+
+    def _next(self) -> None:
+        parser = self.parser
+        try:
+            req = parser.next_request()
+        except ParseError as exc:
+            self._fail(exc.status, exc.message)
+            return
+        state = self.state
+        if req is None:
+            pstate = parser.state
+            if pstate == STATE_BODY:
+                if parser.expect_continue and self.transport is not None:
+                    self.transport.write(_CONTINUE)
+                if self.deadline_kind != _BODY:
+                    self.deadline = state.loop.time() + state.body_timeout
+                    self.deadline_kind = _BODY
+            elif pstate == STATE_HEAD and self.deadline_kind != _HEAD:
+                self.deadline = state.loop.time() + state.header_timeout
+                self.deadline_kind = _HEAD
+            return
+        self.busy = True
+        self.deadline = _INF
+        self.deadline_kind = _NONE
+        self.task = state.loop.create_task(self._run(req))
+
+    async def _run(self, req: Request) -> None:
+        responder = NativeResponder(self, req.keep_alive, req.version)
+        try:
+            await self.state.app.handle(req, responder)
+        except ClientGone:
+            responder.keep_alive = False
+        except Exception:
+            log.exception("unhandled error in request handler")
+            if not responder.started:
+                responder.keep_alive = False
+                responder.send(
+                    500,
+                    [("content-type", "application/json")],
+                    error_body("internal error", "server_error", "internal_error"),
+                )
+            else:
+                responder.abort()
+        if not responder.finished:
+            # the app returned without finishing a stream: end it so the client is not left hanging
+            if responder.started:
+                responder.end_stream()
+            else:
+                responder.keep_alive = False
+                responder.send(
+                    500,
+                    [("content-type", "application/json")],
+                    error_body("no response", "server_error", "internal_error"),
+                )
+        self._done(responder.keep_alive)
+
+    def _done(self, keep_alive: bool) -> None:
+        self.busy = False
+        self.task = None
+        transport = self.transport
+        if transport is None:
+            return
+        if not keep_alive or self.state.draining:
+            transport.close()
+            return
+        state = self.state
+        transport.resume_reading()
+        if self.parser.state != STATE_IDLE:
+            self._next()  # a pipelined request is already buffered
+            return
+        self.deadline = state.loop.time() + state.keepalive_timeout
+        self.deadline_kind = _KEEPALIVE
+
+    def _fail(self, status: int, message: str) -> None:
+        if self.state.log_errors:
+            log.info("rejected request: %d %s", status, message)
+        transport = self.transport
+        if transport is not None:
+            transport.write(_error_response(status, message))
+            transport.close()
+        self.deadline = _INF
+        self.deadline_kind = _NONE
+
+    def on_deadline(self) -> None:
+        """Called by the sweep when this connection's deadline has passed."""
+        kind = self.deadline_kind
+        self.deadline = _INF
+        self.deadline_kind = _NONE
+        if self.busy:
+            return
+        if kind == _BODY:
+            self._fail(408, "timed out reading the request body")
+        elif kind == _HEAD and self.parser.state != STATE_IDLE:
+            self._fail(408, "timed out reading the request head")
+        else:
+            self.close()  # idle: a keep-alive timeout, or a connection that never sent a byte
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+            self.transport = None
+            self.state.connections.discard(self)
+

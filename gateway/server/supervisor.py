@@ -1,0 +1,157 @@
+"""The supervisor: forks N workers, keeps them alive, relays reload and shutdown.
+
+Theory of operation:
+
+    event                   | action
+    ------------------------+--------------------------------------------------------------------
+    start                   | bind (not listen) a placeholder SO_REUSEPORT socket: resolves port 0
+                            | and fails fast on a taken port; fork N workers, each binds its own
+    a worker exits, running | respawn it (backoff grows when workers die within a second of start)
+    SIGHUP                  | validate the config file; if valid, SIGHUP every worker (each swaps its
+                            | snapshot); if not, log the errors and keep everything as it is
+    SIGTERM / SIGINT        | SIGTERM every worker (they drain), wait up to drain_timeout + 5 s,
+                            | SIGKILL what is left, exit 0
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+
+from gateway.config import Config, ConfigError, load_config
+from gateway.server.worker import bind_socket
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("gateway.supervisor")
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str | None, workers: int, host: str, port: int) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.n = workers
+        self.host = host
+        self.port = port
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.started: dict[int, float] = {}
+        self.stopping = False
+        self.reload_requested = False
+        self.frontend_main = None
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                from gateway.server.worker import run_worker
+
+                code = run_worker(self.config_path, self.config, index, self.host, self.port)
+            except BaseException:
+                log.exception("worker %d crashed", index)
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = index
+        self.started[pid] = time.monotonic()
+
+    def run(self) -> int:
+        placeholder = bind_socket(self.host, self.port, listen=False)
+        self.port = placeholder.getsockname()[1]
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        for i in range(self.n):
+            self._spawn(i)
+        print(
+            f"gateway: serving on http://{self.host}:{self.port} with {self.n} worker(s) "
+            f"(pid {os.getpid()})",
+            file=sys.stderr, flush=True,
+        )
+        backoff = 0.0
+        try:
+            while self.children:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self._reload()
+                try:
+                    pid, status = os.waitpid(-1, 0)
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
+                index = self.children.pop(pid, None)
+                if index is None:
+                    continue
+                lived = time.monotonic() - self.started.pop(pid, 0.0)
+                if self.stopping:
+                    continue
+                code = os.waitstatus_to_exitcode(status)
+                log.error("worker %d (pid %d) exited with %s; respawning", index, pid, code)
+                backoff = min(backoff * 2 or 0.1, 5.0) if lived < 1.0 else 0.0
+                if backoff:
+                    time.sleep(backoff)
+                if not self.stopping:
+                    self._spawn(index)
+        finally:
+            placeholder.close()
+        return 0
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("supervisor: %s, draining %d worker(s)", signal.Signals(signum).name, len(self.children))
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = self.config.server.drain_timeout + 5.0
+        signal.signal(signal.SIGALRM, self._on_deadline)
+        signal.alarm(max(int(deadline), 1))
+
+    def _on_deadline(self, signum: int, frame: object) -> None:
+        for pid in list(self.children):
+            log.error("supervisor: worker pid %d did not drain in time; killing it", pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        # do the work outside the signal handler: waitpid returns EINTR and the loop reloads
+        self.reload_requested = True
+        self._reload()
+        self.reload_requested = False
+
+    def _reload(self) -> None:
+        if self.config_path is None:
+            log.info("supervisor: SIGHUP ignored, running the embedded default config")
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("supervisor: config reload rejected, keeping the running config:\n%s", exc)
+            return
+        if (new.server.host, new.server.port, new.server.workers, new.server.frontend) != (
+            self.config.server.host, self.config.server.port, self.config.server.workers,
+            self.config.server.frontend,
+        ):
+            log.warning("supervisor: listener settings (host, port, workers, frontend) change on restart only")
+        self.config = new
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+        log.info("supervisor: config reloaded from %s", self.config_path)

@@ -1,0 +1,121 @@
+"""One worker process: a uvloop loop that owns its SO_REUSEPORT listener, its app and its pools.
+
+Signals (sent by the supervisor, or by an operator to a single worker):
+  SIGTERM, SIGINT  drain: stop accepting, let in-flight requests and streams finish up to
+                   ``server.drain_timeout``, then exit 0.
+  SIGHUP           reload the config file; a file that fails validation is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+from gateway.app import App
+from gateway.config import Config, ConfigError, load_config
+from gateway.server.listener import HttpProtocol, ListenerState
+
+__all__ = ["bind_socket", "run_worker", "serve_app"]
+
+log = logging.getLogger("gateway.worker")
+
+
+def bind_socket(host: str, port: int, *, listen: bool = True, backlog: int = 4096) -> socket.socket:
+    """A TCP socket with SO_REUSEPORT, so that every worker owns one and the kernel balances them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this is for odd platforms
+        return asyncio.new_event_loop()
+
+
+async def serve_app(
+    app: App,
+    config: Config,
+    *,
+    sock: socket.socket,
+    on_reload: Callable[[], None] | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT, then drain."""
+    loop = asyncio.get_running_loop()
+    srv = config.server
+    await app.startup()
+    state = ListenerState(
+        app,
+        max_header_bytes=srv.max_header_bytes,
+        max_body_bytes=srv.max_body_bytes,
+        max_connections=srv.max_connections,
+        header_timeout=srv.header_timeout,
+        body_timeout=srv.body_timeout,
+        keepalive_timeout=srv.keepalive_timeout,
+    )
+    state.start()
+    server = await loop.create_server(lambda: HttpProtocol(state), sock=sock, backlog=4096)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+    if ready is not None:
+        ready()
+    await stop.wait()
+    # drain: stop accepting, close idle connections, let in-flight requests finish
+    server.close()
+    if hasattr(app, "draining"):
+        app.draining = True
+    state.begin_drain()
+    drained = await state.wait_drained(srv.drain_timeout)
+    if not drained:
+        log.warning("drain deadline passed with %d connections open; closing them", len(state.connections))
+    state.stop()
+    await app.shutdown()
+
+
+def run_worker(config_path: str | None, config: Config, index: int, host: str, port: int) -> int:
+    """Entry point of a forked worker. Returns the process exit code."""
+    from gateway.engine import Engine
+
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    engine = Engine(config, worker=index)
+
+    def reload() -> None:
+        if config_path is None:
+            log.info("worker %d: no config file to reload (embedded default)", index)
+            return
+        try:
+            new = load_config(config_path)
+            engine.reload(new)
+        except ConfigError as exc:
+            log.error("worker %d: config reload rejected, keeping the running config:\n%s", index, exc)
+        except Exception:
+            log.exception("worker %d: config reload failed, keeping the running config", index)
+        else:
+            log.info("worker %d: config reloaded from %s", index, config_path)
+
+    sock = bind_socket(host, port)
+    try:
+        loop.run_until_complete(serve_app(engine, config, sock=sock, on_reload=reload))
+    finally:
+        loop.close()
+    log.info("worker %d (pid %d) exited cleanly", index, os.getpid())
+    return 0
