@@ -646,7 +646,11 @@ cdef class ResponseParser:
 
 
 def build_response_head(int status, list headers, Py_ssize_t content_length, bint keep_alive):
-    """Status line and headers. ``content_length`` < 0 means a chunked body follows."""
+    """Status line and headers.
+
+    ``content_length`` >= 0 frames a body of that length; -1 means a chunked body follows; -2 means the
+    body is delimited by closing the connection (streams to HTTP/1.0 clients).
+    """
     cdef str line = _STATUS_LINES.get(status)
     cdef list parts
     cdef tuple kv
@@ -658,7 +662,7 @@ def build_response_head(int status, list headers, Py_ssize_t content_length, bin
         parts.append(f"{kv[0]}: {kv[1]}\r\n")
     if content_length >= 0:
         parts.append(f"content-length: {content_length}\r\n")
-    else:
+    elif content_length == -1:
         parts.append("transfer-encoding: chunked\r\n")
     if not keep_alive:
         parts.append("connection: close\r\n")

@@ -525,13 +525,17 @@ def build_response_head(
     content_length: int,
     keep_alive: bool,
 ) -> bytes:
-    """Status line and headers. ``content_length`` < 0 means a chunked body follows."""
+    """Status line and headers.
+
+    ``content_length`` >= 0 frames a body of that length; -1 means a chunked body follows; -2 means the
+    body is delimited by closing the connection (streams to HTTP/1.0 clients).
+    """
     parts = [f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"]
     for k, v in headers:
         parts.append(f"{k}: {v}\r\n")
     if content_length >= 0:
         parts.append(f"content-length: {content_length}\r\n")
-    else:
+    elif content_length == -1:
         parts.append("transfer-encoding: chunked\r\n")
     if not keep_alive:
         parts.append("connection: close\r\n")

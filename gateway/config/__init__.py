@@ -1,0 +1,37 @@
+"""Configuration: the TOML schema, loading with precise error messages, and credential references."""
+
+from gateway.config.loader import (
+    DEFAULT_CONFIG_TOML,
+    ConfigError,
+    ConfigFileError,
+    default_config,
+    load_config,
+    load_config_text,
+    resolve_secret,
+)
+from gateway.config.schema import (
+    Config,
+    LogConfig,
+    MockConfig,
+    ModelConfig,
+    ProviderConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_TOML",
+    "Config",
+    "ConfigError",
+    "ConfigFileError",
+    "LogConfig",
+    "MockConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "default_config",
+    "load_config",
+    "load_config_text",
+    "resolve_secret",
+]

@@ -25,7 +25,7 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     pass
 
 
-class ServerConfig(_Base):
+class ServerConfig(_Base, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     #: worker processes; 0 = one per CPU core
@@ -51,7 +51,7 @@ class ServerConfig(_Base):
     tls_key: str | None = None
 
 
-class UpstreamConfig(_Base):
+class UpstreamConfig(_Base, frozen=True):
     """Defaults for every provider's connection pool; a provider may override each."""
 
     connect_timeout: float = 10.0
@@ -68,7 +68,7 @@ class UpstreamConfig(_Base):
     ca_file: str | None = None
 
 
-class MockConfig(_Base):
+class MockConfig(_Base, frozen=True):
     """Behaviour of the built-in deterministic mock provider."""
 
     #: delay before the response (or the first chunk) in milliseconds
@@ -85,7 +85,7 @@ class MockConfig(_Base):
     models: list[str] = msgspec.field(default_factory=lambda: ["mock-1", "mock-embed-1"])
 
 
-class ProviderConfig(_Base):
+class ProviderConfig(_Base, frozen=True):
     #: "openai": any OpenAI-compatible API; "mock": the built-in deterministic mock, in process
     type: Literal["openai", "mock"]
     #: base URL including the version prefix, e.g. "https://api.openai.com/v1"
@@ -102,7 +102,7 @@ class ProviderConfig(_Base):
     mock: MockConfig = msgspec.field(default_factory=MockConfig)
 
 
-class ModelConfig(_Base):
+class ModelConfig(_Base, frozen=True):
     #: name of a [providers.*] table
     provider: str
     #: the model id sent upstream (default: the model's own name)
@@ -115,13 +115,13 @@ class ModelConfig(_Base):
     owned_by: str = "llm-gateway"
 
 
-class LogConfig(_Base):
+class LogConfig(_Base, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: write one JSON call record per request to stderr (batched, off the request path)
     call_records: bool = True
 
 
-class Config(_Base):
+class Config(_Base, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
