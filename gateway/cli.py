@@ -63,7 +63,9 @@ def _cmd_mock(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gateway", description="llm-gateway: an OpenAI-compatible AI gateway")
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="llm-gateway: an OpenAI-compatible AI gateway"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")

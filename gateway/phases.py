@@ -44,7 +44,7 @@ class Phase:
     #: True when ``on_request`` returns an awaitable (it is then awaited)
     is_async: ClassVar[bool] = False
 
-    def on_request(self, ctx: Context) -> Reply | None | Awaitable[Reply | None]:
+    def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
         return None
 
     def on_settle(self, ctx: Context) -> None:

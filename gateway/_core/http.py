@@ -22,4 +22,4 @@ else:
         from gateway._core.http_py import *  # noqa: F403
         COMPILED = False
 
-from gateway._core.http_py import __all__  # noqa: E402,F401
+from gateway._core.http_py import __all__  # noqa: F401

@@ -7,9 +7,11 @@ upstream model id and the credential, ask for usage on streams; responses pass t
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Final
 
 from gateway.providers.base import Transport, UpstreamResponse
+from gateway.server.pool import OriginPool
 
 __all__ = ["ENDPOINT_PATHS", "OpenAITranslator"]
 
@@ -23,7 +25,7 @@ ENDPOINT_PATHS: Final = {
 class OpenAITranslator:
     """One per configured provider; holds the prebuilt header list and the transport."""
 
-    __slots__ = ("_headers", "_paths", "name", "transport")
+    __slots__ = ("_headers", "_heads", "_paths", "_pool", "name", "transport")
 
     def __init__(
         self,
@@ -42,10 +44,23 @@ class OpenAITranslator:
             headers.append(("authorization", f"Bearer {api_key}"))
         headers.extend((k.lower(), v) for k, v in extra_headers.items())
         self._headers = headers
+        # PERF: with the HTTP pool, the request head is prebuilt per endpoint; per request only the
+        # request id and the length are formatted in
+        self._pool = transport if isinstance(transport, OriginPool) else None
+        self._heads: dict[str, bytes] = {}
+        if self._pool is not None:
+            for ep, path in self._paths.items():
+                head = self._pool.build_head("POST", path, headers, -1)
+                self._heads[ep] = head + b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n"
 
-    async def send(self, endpoint: str, body: bytes, request_id: str) -> UpstreamResponse:
-        headers = self._headers + [("x-request-id", request_id)]
-        return await self.transport.request("POST", self._paths[endpoint], headers, body)
+    def send(self, endpoint: str, body: bytes, request_id: str) -> Awaitable[UpstreamResponse]:
+        """Send one request upstream; the awaitable gives the response once its head has arrived."""
+        pool = self._pool
+        if pool is not None:
+            head = self._heads[endpoint] % (request_id.encode("latin-1"), len(body))
+            return pool.send(head, body)
+        headers = [*self._headers, ("x-request-id", request_id)]
+        return self.transport.request("POST", self._paths[endpoint], headers, body)
 
     async def close(self) -> None:
         await self.transport.close()

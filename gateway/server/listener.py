@@ -59,6 +59,10 @@ _CODES = {
 _MAX_PIPELINE_BUFFER = 256 * 1024
 
 
+_JSON = [("content-type", "application/json")]
+_INTERNAL = error_body("internal error", "server_error", "internal_error")
+
+
 def _error_response(status: int, message: str, keep_alive: bool = False) -> bytes:
     type_, code = _CODES.get(status, ("server_error", "error"))
     body = error_body(message, type_, code)
@@ -194,7 +198,16 @@ class NativeResponder:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
-        "_drain_waiter", "busy", "deadline", "deadline_kind", "parser", "state", "task", "transport",
+        "_drain_waiter",
+        "_req_waiter",
+        "busy",
+        "deadline",
+        "deadline_kind",
+        "parser",
+        "peer_eof",
+        "state",
+        "task",
+        "transport",
         "write_paused",
     )
 
@@ -208,6 +221,8 @@ class HttpProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._req_waiter: asyncio.Future[Request] | None = None
+        self.peer_eof = False
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
 
@@ -231,6 +246,7 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     def eof_received(self) -> bool | None:
+        self.peer_eof = True
         if not self.busy:
             self.close()
         return True  # keep the transport half-open while a response is being written
@@ -238,6 +254,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.state.connections.discard(self)
+        rw = self._req_waiter
+        if rw is not None:
+            self._req_waiter = None
+            rw.cancel()  # the connection's task was waiting for a next request: let it end
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -265,76 +285,95 @@ class HttpProtocol(asyncio.Protocol):
             raise ClientGone()
 
     def _next(self) -> None:
+        """Parse what is buffered; hand a complete request to the connection's task."""
         parser = self.parser
         try:
             req = parser.next_request()
         except ParseError as exc:
             self._fail(exc.status, exc.message)
             return
-        state = self.state
         if req is None:
-            pstate = parser.state
-            if pstate == STATE_BODY:
-                if parser.expect_continue and self.transport is not None:
-                    self.transport.write(_CONTINUE)
-                if self.deadline_kind != _BODY:
-                    self.deadline = state.loop.time() + state.body_timeout
-                    self.deadline_kind = _BODY
-            elif pstate == STATE_HEAD and self.deadline_kind != _HEAD:
-                self.deadline = state.loop.time() + state.header_timeout
-                self.deadline_kind = _HEAD
+            self._await_more()
             return
         self.busy = True
         self.deadline = _INF
         self.deadline_kind = _NONE
-        self.task = state.loop.create_task(self._run(req))
+        waiter = self._req_waiter
+        if waiter is not None:
+            self._req_waiter = None
+            waiter.set_result(req)
+        else:
+            # PERF: one task per connection, not per request (task creation registers in a Python
+            # WeakSet on 3.11); later requests on the connection are handed over through a future
+            self.task = self.state.loop.create_task(self._serve(req))
 
-    async def _run(self, req: Request) -> None:
-        responder = NativeResponder(self, req.keep_alive, req.version)
-        try:
-            await self.state.app.handle(req, responder)
-        except ClientGone:
-            responder.keep_alive = False
-        except Exception:
-            log.exception("unhandled error in request handler")
-            if not responder.started:
-                responder.keep_alive = False
-                responder.send(
-                    500,
-                    [("content-type", "application/json")],
-                    error_body("internal error", "server_error", "internal_error"),
-                )
-            else:
-                responder.abort()
-        if not responder.finished:
-            # the app returned without finishing a stream: end it so the client is not left hanging
-            if responder.started:
-                responder.end_stream()
-            else:
-                responder.keep_alive = False
-                responder.send(
-                    500,
-                    [("content-type", "application/json")],
-                    error_body("no response", "server_error", "internal_error"),
-                )
-        self._done(responder.keep_alive)
+    def _await_more(self) -> None:
+        """No complete request yet: arm the right deadline, answer Expect: 100-continue."""
+        parser = self.parser
+        state = self.state
+        pstate = parser.state
+        if pstate == STATE_BODY:
+            if parser.expect_continue and self.transport is not None:
+                self.transport.write(_CONTINUE)
+            if self.deadline_kind != _BODY:
+                self.deadline = state.loop.time() + state.body_timeout
+                self.deadline_kind = _BODY
+        elif pstate == STATE_HEAD and self.deadline_kind != _HEAD:
+            self.deadline = state.loop.time() + state.header_timeout
+            self.deadline_kind = _HEAD
 
-    def _done(self, keep_alive: bool) -> None:
+    async def _serve(self, req: Request) -> None:
+        state = self.state
+        app = state.app
+        while True:
+            responder = NativeResponder(self, req.keep_alive, req.version)
+            try:
+                await app.handle(req, responder)
+            except ClientGone:
+                responder.keep_alive = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("unhandled error in request handler")
+                if not responder.started:
+                    responder.keep_alive = False
+                    responder.send(500, _JSON, _INTERNAL)
+                else:
+                    responder.abort()
+            if not responder.finished:
+                # the app returned without finishing: end the stream, or answer, never hang the client
+                if responder.started:
+                    responder.end_stream()
+                else:
+                    responder.keep_alive = False
+                    responder.send(500, _JSON, _INTERNAL)
+            transport = self.transport
+            if transport is None:
+                break
+            if not responder.keep_alive or state.draining or (self.peer_eof and not self.parser.buffered):
+                transport.close()
+                break
+            transport.resume_reading()
+            try:
+                nxt = self.parser.next_request()  # pipelined: already buffered?
+            except ParseError as exc:
+                self._fail(exc.status, exc.message)
+                break
+            if nxt is None:
+                self.busy = False
+                if self.parser.state == STATE_IDLE:
+                    self.deadline = state.loop.time() + state.keepalive_timeout
+                    self.deadline_kind = _KEEPALIVE
+                else:
+                    self._await_more()
+                waiter = self._req_waiter = state.loop.create_future()
+                try:
+                    nxt = await waiter
+                except asyncio.CancelledError:
+                    break
+            req = nxt
         self.busy = False
         self.task = None
-        transport = self.transport
-        if transport is None:
-            return
-        if not keep_alive or self.state.draining:
-            transport.close()
-            return
-        state = self.state
-        transport.resume_reading()
-        if self.parser.state != STATE_IDLE:
-            self._next()  # a pipelined request is already buffered
-            return
-        self.deadline = state.loop.time() + state.keepalive_timeout
-        self.deadline_kind = _KEEPALIVE
 
     def _fail(self, status: int, message: str) -> None:
         if self.state.log_errors:

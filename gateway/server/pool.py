@@ -28,6 +28,7 @@ import asyncio
 import collections
 import socket
 import ssl
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -113,7 +114,17 @@ class PooledResponse:
         self._waiter = asyncio.get_running_loop().create_future()
         await self._waiter
 
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived without error (``body_now`` may be called)."""
+        return self.done and self._error is None
+
+    def body_now(self) -> bytes:
+        return self._take() if self._parts else b""
+
     async def read(self) -> bytes:
+        if self.done and self._error is None:
+            return self._take() if self._parts else b""  # PERF: the whole body came with the head
         while not self.done:
             await self._wait()
         if self._error is not None:
@@ -140,8 +151,8 @@ class PooledResponse:
 
 class _Connection(asyncio.Protocol):
     __slots__ = (
-        "_head_waiter", "deadline", "idle_since", "parser", "pool", "reading_paused", "response",
-        "reused", "got_bytes", "transport",
+        "_head_waiter", "deadline", "got_bytes", "head_only", "idle_since", "parser", "pool",
+        "reading_paused", "request_data", "response", "reused", "transport",
     )
 
     def __init__(self, pool: OriginPool) -> None:
@@ -155,6 +166,8 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.got_bytes = False
         self.reading_paused = False
+        self.request_data: bytes | None = None
+        self.head_only = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -169,6 +182,9 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.parser = ResponseParser(head_only)
         self.got_bytes = False
+        # kept for the one transparent retry of a reused connection (see _fail)
+        self.request_data = data if self.reused else None
+        self.head_only = head_only
         waiter: asyncio.Future[PooledResponse] = self.pool.loop.create_future()
         self._head_waiter = waiter
         self.deadline = self.pool.loop.time() + self.pool.read_timeout
@@ -195,6 +211,7 @@ class _Connection(asyncio.Protocol):
             if not parser.head_done:
                 self.deadline = pool.loop.time() + pool.read_timeout
                 return
+            self.request_data = None
             resp = self.response = PooledResponse(self, parser.status, parser.headers)
             waiter = self._head_waiter
             self._head_waiter = None
@@ -261,7 +278,11 @@ class _Connection(asyncio.Protocol):
         waiter = self._head_waiter
         self._head_waiter = None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+            if isinstance(error, _StaleConnection) and self.request_data is not None:
+                # a reused keep-alive connection was closed by the upstream: send once more, fresh
+                self.pool.loop.create_task(self.pool._retry(waiter, self.request_data, self.head_only))
+            else:
+                waiter.set_exception(error)
         resp = self.response
         self.response = None
         if resp is not None:
@@ -417,7 +438,7 @@ class OriginPool:
     async def _connect_for(self, waiter: asyncio.Future[_Connection]) -> None:
         try:
             conn = await self._connect()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not waiter.done():
                 waiter.set_exception(exc)
             return
@@ -428,24 +449,45 @@ class OriginPool:
             self._busy.add(conn)
             waiter.set_result(conn)
 
-    async def send(self, head: bytes, body: bytes, head_only: bool = False) -> PooledResponse:
-        """Send a request whose head bytes are already built; wait for the response head."""
+    def send(self, head: bytes, body: bytes, head_only: bool = False) -> Awaitable[PooledResponse]:
+        """Send a request whose head bytes are already built; the awaitable gives the response head.
+
+        # PERF: with an idle connection at hand this returns the connection's future directly,
+        no coroutine frame per request.
+        """
         data = head + body if len(body) < 65536 else b"".join((head, body))
-        for attempt in (0, 1):
-            conn = await self._acquire(fresh=attempt == 1)
-            try:
-                return await conn.start(data, head_only)
-            except _StaleConnection:
-                if attempt:
-                    raise UpstreamError("upstream closed the connection") from None
-                continue  # one transparent retry on a fresh connection
-        raise AssertionError("unreachable")
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                self._busy.add(conn)
+                return conn.start(data, head_only)
+        return self._send_new(data, head_only)
+
+    async def _send_new(self, data: bytes, head_only: bool) -> PooledResponse:
+        conn = await self._acquire()
+        return await conn.start(data, head_only)
+
+    async def _retry(self, waiter: asyncio.Future[PooledResponse], data: bytes, head_only: bool) -> None:
+        try:
+            conn = await self._acquire(fresh=True)
+            conn.reused = False
+            resp = await conn.start(data, head_only)
+        except BaseException as exc:
+            if not waiter.done():
+                waiter.set_exception(exc if isinstance(exc, Exception) else UpstreamError("cancelled"))
+            return
+        if not waiter.done():
+            waiter.set_result(resp)
 
     def build_head(self, method: str, path: str, headers: list[tuple[str, str]], body_len: int) -> bytes:
+        """Request line and headers; ``body_len`` < 0 leaves the head open (no length, no blank line)."""
         lines = [f"{method} {path} HTTP/1.1\r\nhost: {self.host_header}\r\n"]
         for k, v in headers:
             lines.append(f"{k}: {v}\r\n")
-        lines.append(f"content-length: {body_len}\r\n\r\n")
+        if body_len >= 0:
+            lines.append(f"content-length: {body_len}\r\n\r\n")
         return "".join(lines).encode("latin-1")
 
     async def request(

@@ -147,7 +147,9 @@ class Supervisor:
             self.config.server.host, self.config.server.port, self.config.server.workers,
             self.config.server.frontend,
         ):
-            log.warning("supervisor: listener settings (host, port, workers, frontend) change on restart only")
+            log.warning(
+                "supervisor: listener settings (host, port, workers, frontend) change on restart only"
+            )
         self.config = new
         for pid in list(self.children):
             try:

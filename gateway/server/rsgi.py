@@ -1,0 +1,667 @@
+"""The granian front end: the same Engine behind granian's RSGI interface (HTTP/1.1, HTTP/2, TLS).
+
+Process model (granian's multiprocess server, not ``gateway.server.supervisor``):
+
+    process | what runs there
+    --------+----------------------------------------------------------------------------------------
+    main    | ``serve_granian``: granian's ``MPServer`` binds, spawns N workers (respawns one that
+            | crashes), stops them on SIGTERM/SIGINT. Our startup hook replaces granian's SIGHUP
+            | handler (a rolling restart of every worker) with the gateway's config reload below.
+    worker  | granian imports ``gateway.server.rsgi:app`` (workers are separate processes, so the app
+            | is found by import string, never passed as an object) and calls ``app.__rsgi_init__``
+            | with the worker's uvloop loop *before* that loop runs: the Engine is built and started
+            | there. Rust (hyper/tokio) threads parse HTTP and call ``app.__rsgi__`` on the loop.
+
+Where a worker's config comes from (environment set by ``serve_granian`` before the workers start):
+
+    ``GATEWAY_CONFIG_JSON``  the config the main process validated last (msgspec JSON): used at worker start
+    ``GATEWAY_CONFIG``       the TOML file: read at worker start when there is no JSON snapshot (e.g. under
+                             granian's own CLI) and on every SIGHUP reload
+    neither                  the embedded default config
+
+Signals:
+
+    signal            | main process                                   | worker
+    ------------------+------------------------------------------------+---------------------------------
+    SIGHUP            | validate the file; if valid, refresh the JSON  | reload the file into the Engine
+                      | snapshot and SIGHUP every worker; else log     | (invalid: logged, old config
+                      | the errors and keep everything                 | keeps serving)
+    SIGTERM / SIGINT  | granian: SIGTERM every worker, wait up to      | granian stops accepting, lets
+                      | ``drain_timeout + 5`` s, then SIGKILL          | in-flight requests finish; we set
+                      |                                                | ``engine.draining`` and cancel what
+                      |                                                | still runs at ``drain_timeout``
+
+What granian cannot do (see docs/frontends.md): ``abort()`` cannot cut a response (granian always ends a
+stream body cleanly); ``write`` has no backpressure (granian queues stream chunks without bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import msgspec
+from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported without `as`
+
+from gateway._core.http import Request
+from gateway.app import ClientGone, Headers
+from gateway.config import Config, ConfigError, default_config, load_config
+from gateway.errors import error_body
+
+__all__ = [
+    "ENV_CONFIG",
+    "ENV_CONFIG_JSON",
+    "RSGIApp",
+    "RSGIResponder",
+    "app",
+    "config_from_env",
+    "granian_options",
+    "serve_granian",
+]
+
+log = logging.getLogger("gateway.rsgi")
+
+#: path of the TOML config file the workers read (unset: the embedded default)
+ENV_CONFIG = "GATEWAY_CONFIG"
+#: the config the main process validated last, as msgspec JSON (what a starting worker uses)
+ENV_CONFIG_JSON = "GATEWAY_CONFIG_JSON"
+
+# RSGI's scope.http_version ("1" is HTTP/1.0 as granian reports it) -> Request.version
+_VERSIONS = {"1.1": 11, "2": 11, "1": 10, "1.0": 10}
+_JSON: Headers = [("content-type", "application/json")]
+_SOCKET_BACKLOG = 4096  # as the native front end's listen()
+
+# what a stream transport's send and the body read raise once the client has gone
+_ProtocolClosed: type[Exception] = ProtocolClosed
+
+
+def _error(status: int, message: str, type_: str, code: str) -> tuple[int, Headers, bytes]:
+    return status, list(_JSON), error_body(message, type_, code)
+
+
+def config_from_env() -> tuple[Config, str | None]:
+    """The worker's starting config and the file SIGHUP reloads (see the module docstring)."""
+    path = os.environ.get(ENV_CONFIG) or None
+    snapshot = os.environ.get(ENV_CONFIG_JSON)
+    if snapshot:
+        return msgspec.json.decode(snapshot, type=Config), path
+    if path is not None:
+        return load_config(path), path
+    return default_config(), None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Responder
+
+
+class RSGIResponder:
+    """Responder over one RSGI HTTP protocol object (see gateway.app.Responder).
+
+    ``send`` and ``start_stream`` are synchronous in RSGI too (``response_bytes``/``response_stream`` hand
+    the response to granian and return at once). ``write`` awaits ``send_bytes``, which only queues the
+    chunk (granian's stream channel is unbounded: no backpressure) and raises ``ProtocolClosed`` once the
+    client has gone: that becomes ``ClientGone``.
+    """
+
+    __slots__ = ("_gone", "_proto", "_transport", "_watch", "finished", "keep_alive", "started")
+
+    def __init__(self, proto: Any) -> None:
+        self._proto = proto
+        self._transport: Any = None
+        self._gone = False
+        self._watch: asyncio.Future[Any] | None = None
+        self.started = False
+        self.finished = False
+        #: set by the engine for errors after which a connection should close; granian (hyper) owns the
+        #: connection and its framing, so this is informational here
+        self.keep_alive = True
+
+    @property
+    def disconnected(self) -> bool:
+        """True once the client is known to be gone.
+
+        The first read starts watching ``protocol.client_disconnect()`` (# PERF: not for requests that
+        never ask, i.e. the engine's); a failed ``write`` also sets it.
+        """
+        if self._gone:
+            return True
+        watch = self._watch
+        if watch is None:
+            try:
+                self._watch = watch = asyncio.ensure_future(self._proto.client_disconnect())
+            except Exception:  # no loop, or a protocol without client_disconnect: writes still tell
+                return False
+            watch.add_done_callback(self._on_disconnect)
+            return False
+        return self._gone
+
+    def _on_disconnect(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._gone = True
+
+    def close_watch(self) -> None:
+        """Stop watching for a disconnect (the request is over)."""
+        watch = self._watch
+        if watch is not None:
+            self._watch = None
+            if not watch.done():
+                watch.cancel()
+
+    def send(self, status: int, headers: Headers, body: bytes) -> None:
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.finished = True
+        self._proto.response_bytes(status, headers, body)
+
+    def start_stream(self, status: int, headers: Headers) -> None:
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self._transport = self._proto.response_stream(status, headers)
+
+    async def write(self, chunk: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            if not self.started:
+                raise RuntimeError("write before start_stream")
+            raise ClientGone()  # ended or aborted
+        if not chunk:
+            return
+        try:
+            await transport.send_bytes(chunk)
+        except _ProtocolClosed:
+            self._gone = True
+            self._transport = None
+            raise ClientGone() from None
+
+    def end_stream(self) -> None:
+        # granian ends the body when the transport is dropped (and the app returns)
+        self.finished = True
+        self._transport = None
+
+    def abort(self) -> None:
+        """End the response now, without writing more.
+
+        granian cannot cut a response: its stream body has no error frame and the connection is not ours,
+        so the body ends *cleanly* (HTTP/1.1 terminating chunk, HTTP/2 END_STREAM), exactly like
+        ``end_stream``. A client can only tell from the content (no ``data: [DONE]``, truncated JSON).
+        """
+        self.finished = True
+        self.keep_alive = False
+        self._transport = None
+
+
+# --------------------------------------------------------------------------------------------------------
+# The RSGI application
+
+
+class RSGIApp:
+    """The gateway as an RSGI application: one Engine per worker process.
+
+    ``config`` fixes the config (tests); without it ``__rsgi_init__`` reads it from the environment
+    (``config_from_env``). ``signals`` installs the worker's SIGHUP reload and SIGTERM/SIGINT drain hooks
+    (granian workers; tests leave them off).
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        config_path: str | None = None,
+        signals: bool = True,
+        engine_factory: Callable[[Config], Any] | None = None,
+    ) -> None:
+        self._fixed_config = config
+        self.config_path = config_path
+        self.signals = signals
+        self._engine_factory = engine_factory
+        self.engine: Any = None
+        self.config: Config | None = None
+        self.max_body_bytes = 0
+        self.drain_timeout = 30.0
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self._starting: asyncio.Task[None] | None = None
+        self._saved_handlers: dict[int, Any] = {}
+        self._hup_installed = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+
+    # -- lifecycle (granian calls these once per worker, with the worker's loop, not running yet) ---------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._fixed_config is not None:
+            config = self._fixed_config
+        else:
+            config, self.config_path = config_from_env()
+        self.loop = loop
+        self._apply(config)
+        if self._engine_factory is not None:
+            engine = self._engine_factory(config)
+        else:
+            from gateway.engine import Engine
+
+            engine = Engine(config)
+        if loop.is_running():  # not granian's case; another RSGI server might start us on a live loop
+            self._starting = loop.create_task(self._startup(engine))
+        else:
+            loop.run_until_complete(engine.startup())
+            self.engine = engine
+        if self.signals:
+            self._install_signals(loop)
+        log.info("granian worker %d: engine started", os.getpid())
+
+    async def _startup(self, engine: Any) -> None:
+        await engine.startup()
+        self.engine = engine
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._restore_signals(loop)
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        engine = self.engine
+        if engine is None:
+            return
+        self.engine = None
+        if loop.is_running():
+            loop.create_task(engine.shutdown())
+        else:
+            loop.run_until_complete(engine.shutdown())
+        log.info("granian worker %d: engine stopped", os.getpid())
+
+    def _apply(self, config: Config) -> None:
+        self.config = config
+        self.max_body_bytes = config.server.max_body_bytes
+        self.drain_timeout = config.server.drain_timeout
+
+    # -- signals ---------------------------------------------------------------------------------------
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            self._hup_installed = True
+        except (NotImplementedError, RuntimeError, ValueError) as exc:  # not the main thread, or Windows
+            log.warning("granian worker: no SIGHUP reload (%s)", exc)
+        # granian has put its own SIGTERM/SIGINT handlers on the loop (they start its graceful shutdown);
+        # the loop cannot tell us what they are, so chain on the Python-level handler instead: uvloop and
+        # asyncio both dispatch from the wakeup fd, and we call the previous handler after ours.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                prev = signal.getsignal(sig)
+                signal.signal(sig, self._chained(prev))
+            except (ValueError, OSError) as exc:  # not the main thread
+                log.warning("granian worker: no drain hook for %s (%s)", signal.Signals(sig).name, exc)
+                continue
+            self._saved_handlers[sig] = prev
+
+    def _chained(self, prev: Any) -> Callable[[int, FrameType | None], None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            loop = self.loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self.begin_drain)
+            if callable(prev):
+                prev(signum, frame)
+
+        return handler
+
+    def _restore_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._hup_installed:
+            self._hup_installed = False
+            try:
+                loop.remove_signal_handler(signal.SIGHUP)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        saved, self._saved_handlers = self._saved_handlers, {}
+        for sig, prev in saved.items():
+            try:
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):
+                pass
+
+    def reload(self) -> None:
+        """SIGHUP: reload the config file into the engine; a file that fails validation is logged, ignored."""
+        path = self.config_path
+        pid = os.getpid()
+        if path is None:
+            log.info("granian worker %d: no config file to reload (embedded default)", pid)
+            return
+        engine = self.engine
+        if engine is None:
+            log.warning("granian worker %d: SIGHUP before the engine started; ignored", pid)
+            return
+        try:
+            new = load_config(path)
+            engine.reload(new)
+        except ConfigError as exc:
+            log.error("granian worker %d: config reload rejected, keeping the running config:\n%s", pid, exc)
+        except Exception:
+            log.exception("granian worker %d: config reload failed, keeping the running config", pid)
+        else:
+            self._apply(new)
+            log.info("granian worker %d: config reloaded from %s", pid, path)
+
+    def begin_drain(self) -> None:
+        """SIGTERM/SIGINT reached this worker: granian stops accepting and waits for in-flight requests;
+        /readyz answers 503 meanwhile; what still runs after ``drain_timeout`` is cancelled."""
+        if self.draining:
+            return
+        self.draining = True
+        engine = self.engine
+        if engine is not None and hasattr(engine, "draining"):
+            engine.draining = True
+        loop = self.loop
+        if loop is not None and self.inflight:
+            log.info("granian worker %d: draining %d request(s), up to %.1f s",
+                     os.getpid(), len(self.inflight), self.drain_timeout)
+        if loop is not None:
+            self._drain_timer = loop.call_later(self.drain_timeout, self.cut_inflight)
+
+    def cut_inflight(self) -> None:
+        """The drain deadline: cancel every request still running (streams end where they are)."""
+        self._drain_timer = None
+        if self.inflight:
+            log.warning("granian worker %d: drain deadline passed with %d request(s) running; cutting them",
+                        os.getpid(), len(self.inflight))
+        for task in list(self.inflight):
+            task.cancel()
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":  # websockets are off in serve_granian; refuse if a server sends one
+            protocol.close(404)
+            return
+        engine = self.engine
+        if engine is None:
+            starting = self._starting
+            if starting is None:
+                protocol.response_bytes(*_error(503, "the gateway is not started", "server_error",
+                                                "overloaded"))
+                return
+            await starting
+            engine = self.engine
+        task = asyncio.current_task()
+        if task is not None:
+            self.inflight.add(task)
+        try:
+            try:
+                request = await self._request(scope, protocol)
+            except asyncio.CancelledError:  # the drain deadline, while the body was still arriving
+                protocol.response_bytes(*_error(503, "the gateway is shutting down", "server_error",
+                                                "overloaded"))
+                return
+            if request is None:
+                return
+            await self._run(engine, request, protocol)
+        finally:
+            if task is not None:
+                self.inflight.discard(task)
+
+    async def _request(self, scope: Any, protocol: Any) -> Request | None:
+        """The Request, or None when it has been answered here (413) or the client has gone."""
+        headers: list[tuple[bytes, bytes]] = []
+        length: bytes | None = None
+        chunked = False
+        for k, v in scope.headers.items():
+            kb = k.encode("latin-1")
+            try:
+                vb = v.encode("latin-1")
+            except UnicodeEncodeError:
+                vb = v.encode("utf-8")
+            if kb == b"content-length":
+                length = vb
+            elif kb == b"transfer-encoding":
+                chunked = True
+            headers.append((kb, vb))
+        http_version = scope.http_version
+        version = _VERSIONS.get(http_version, 11)
+        h2 = http_version == "2"
+        if h2:
+            authority = getattr(scope, "authority", None)
+            if authority and not any(k == b"host" for k, _ in headers):
+                headers.append((b"host", authority.encode("latin-1")))
+        limit = self.max_body_bytes
+        body: bytes
+        try:
+            if length is None and not chunked and not h2:
+                body = b""  # HTTP/1.x without Content-Length or Transfer-Encoding has no body
+            elif length is not None:
+                try:
+                    declared = int(length)
+                except ValueError:
+                    declared = -1
+                if declared > limit:
+                    self._too_large(protocol, limit)
+                    return None
+                # hyper enforces Content-Length framing: the body cannot be longer than declared
+                body = await protocol() if declared != 0 else b""
+            else:
+                # chunked HTTP/1.1, or HTTP/2 without content-length: read up to the limit, no further
+                parts: list[bytes] = []
+                size = 0
+                async for chunk in protocol:
+                    if not chunk:
+                        continue
+                    size += len(chunk)
+                    if size > limit:
+                        self._too_large(protocol, limit)
+                        return None
+                    parts.append(chunk)
+                body = b"".join(parts) if len(parts) != 1 else parts[0]
+        except _ProtocolClosed:
+            return None  # the client went away while sending the body
+        if len(body) > limit:
+            self._too_large(protocol, limit)
+            return None
+        return Request(scope.method, scope.path, scope.query_string, version, headers, body, True)
+
+    @staticmethod
+    def _too_large(protocol: Any, limit: int) -> None:
+        protocol.response_bytes(*_error(413, f"request body exceeds {limit} bytes", "invalid_request_error",
+                                        "payload_too_large"))
+
+    async def _run(self, engine: Any, request: Request, protocol: Any) -> None:
+        responder = RSGIResponder(protocol)
+        try:
+            await engine.handle(request, responder)
+        except ClientGone:
+            pass
+        except asyncio.CancelledError:
+            # the drain deadline (or granian) cancelled us: end what was started, answer what was not
+            if not responder.started:
+                status, headers, body = _error(503, "the gateway is shutting down", "server_error",
+                                               "overloaded")
+                responder.send(status, headers, body)
+            else:
+                responder.abort()
+        except Exception:
+            log.exception("unhandled error in request handler")
+            if not responder.started:
+                status, headers, body = _error(500, "internal error", "server_error", "internal_error")
+                responder.send(status, headers, body)
+            else:
+                responder.abort()
+        finally:
+            responder.close_watch()
+        if not responder.finished:
+            # the app returned without finishing: end the stream, or answer so the client is not left hanging
+            if responder.started:
+                responder.end_stream()
+            else:
+                status, headers, body = _error(500, "no response", "server_error", "internal_error")
+                responder.send(status, headers, body)
+
+
+#: what granian loads in each worker: ``gateway.server.rsgi:app``
+app = RSGIApp()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Serving
+
+
+def _log_dictconfig(level: str) -> dict[str, Any]:
+    """granian's loggers on stderr in the gateway's format (granian's default is stdout)."""
+    fmt = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    return {
+        "formatters": {
+            "generic": {"()": "logging.Formatter", "fmt": fmt},
+            "access": {"()": "logging.Formatter", "fmt": "%(message)s"},
+        },
+        "handlers": {
+            "console": {"formatter": "generic", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+            "access": {"formatter": "access", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+        },
+        "loggers": {
+            "_granian": {"handlers": ["console"], "level": level.upper(), "propagate": False},
+            "granian.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
+def granian_options(config: Config, workers: int, host: str, port: int) -> dict[str, Any]:
+    """Keyword arguments for granian's server, mapped from ``[server]`` (see docs/frontends.md)."""
+    from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
+    from granian.http import HTTP1Settings, HTTP2Settings
+    from granian.log import LogLevels
+
+    srv = config.server
+    # hyper has one HTTP/1 timer: from the end of a response (or the accept) to a complete request head.
+    # It is both the head timeout and the idle keep-alive timeout; the longer of the two wins so that
+    # keep-alive clients and load balancers are not cut early.
+    head_ms = math.ceil(max(srv.header_timeout, srv.keepalive_timeout) * 1000)
+    opts: dict[str, Any] = {
+        "target": "gateway.server.rsgi:app",
+        "address": host,
+        "port": port,
+        "interface": Interfaces.RSGI,
+        "workers": workers,
+        "loop": Loops.uvloop,
+        "http": HTTPModes.auto,
+        "websockets": False,
+        "backlog": _SOCKET_BACKLOG,
+        # concurrent requests per worker handed to Python; the closest to max_connections granian has
+        "backpressure": max(1, srv.max_connections),
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=head_ms,
+            keep_alive=True,
+            # hyper's read buffer bounds the request head (431 above it); hyper refuses less than 8192
+            max_buffer_size=max(8192, srv.max_header_bytes),
+        ),
+        "http2_settings": HTTP2Settings(max_headers_size=srv.max_header_bytes),
+        "log_level": LogLevels(config.log.level),
+        "log_dictconfig": _log_dictconfig(config.log.level),
+        "log_access": False,
+        "respawn_failed_workers": True,
+        # granian SIGKILLs a worker that has not stopped by then; ours cut their requests at drain_timeout
+        "workers_kill_timeout": math.ceil(srv.drain_timeout) + 5,
+    }
+    if srv.tls_cert and srv.tls_key:
+        opts["ssl_cert"] = Path(srv.tls_cert)
+        opts["ssl_key"] = Path(srv.tls_key)
+        opts["ssl_protocol_min"] = SSLProtocols.tls12
+    return opts
+
+
+def _worker_pids(server: Any) -> list[int]:
+    pids = []
+    for wrk in list(getattr(server, "wrks", ())):
+        pid = getattr(getattr(wrk, "inner", None), "pid", None)
+        if isinstance(pid, int):
+            pids.append(pid)
+    return pids
+
+
+class _MainHooks:
+    """What the gateway adds to granian's main process: the banner and the SIGHUP config reload."""
+
+    def __init__(self, server: Any, config: Config, config_path: str | None, banner: str) -> None:
+        self.server = server
+        self.config = config
+        self.config_path = config_path
+        self.banner = banner
+        self.pid = os.getpid()
+
+    def on_startup(self) -> None:
+        # granian installed its SIGHUP handler (a rolling restart of every worker) just before this hook;
+        # the gateway's reload replaces it. Workers forked after this inherit it until their loop's own
+        # SIGHUP handler is installed in __rsgi_init__ (the pid check keeps it inert there).
+        signal.signal(signal.SIGHUP, self.on_hup)
+        print(self.banner, file=sys.stderr, flush=True)
+
+    def on_hup(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:
+            return  # a worker that has not installed its own handler yet
+        path = self.config_path
+        if path is None:
+            log.info("granian main: SIGHUP ignored, running the embedded default config")
+            return
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("granian main: config reload rejected, keeping the running config:\n%s", exc)
+            return
+        old = self.config.server
+        if (new.server.host, new.server.port, new.server.workers, new.server.frontend) != (
+            old.host, old.port, old.workers, old.frontend,
+        ) or (new.server.tls_cert, new.server.tls_key) != (old.tls_cert, old.tls_key):
+            log.warning("granian main: listener settings (host, port, workers, frontend, TLS) change on "
+                        "restart only")
+        self.config = new
+        os.environ[ENV_CONFIG_JSON] = msgspec.json.encode(new).decode()  # what respawned workers start with
+        for pid in _worker_pids(self.server):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+        log.info("granian main: config reloaded from %s", path)
+
+
+def serve_granian(config: Config, config_path: str | None, workers: int, host: str, port: int) -> int:
+    """Serve the gateway with granian (RSGI, uvloop, HTTP/1.1 + HTTP/2, TLS when configured); block until
+    SIGTERM/SIGINT. Returns the exit code: 0 after a clean shutdown."""
+    from granian.server.mp import MPServer
+
+    from gateway.server.worker import bind_socket
+
+    placeholder = None
+    if port == 0:
+        # every granian worker binds its own SO_REUSEPORT socket: resolve port 0 once, and hold it
+        placeholder = bind_socket(host, 0, listen=False)
+        port = placeholder.getsockname()[1]
+    if config_path is not None:
+        os.environ[ENV_CONFIG] = os.path.abspath(config_path)
+    else:
+        os.environ.pop(ENV_CONFIG, None)
+    os.environ[ENV_CONFIG_JSON] = msgspec.json.encode(config).decode()
+    tls = bool(config.server.tls_cert and config.server.tls_key)
+    shown = f"[{host}]" if ":" in host else host
+    banner = (f"gateway: serving on {'https' if tls else 'http'}://{shown}:{port} with {workers} worker(s) "
+              f"(granian)")
+    try:
+        try:
+            server = MPServer(**granian_options(config, workers, host, port))
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad certificate or key
+            print(f"gateway: cannot start granian: {exc}", file=sys.stderr)
+            return 2
+        hooks = _MainHooks(server, config, config_path, banner)
+        server.on_startup(hooks.on_startup)
+        try:
+            server.serve()
+        except SystemExit as exc:  # granian exits 1 when a worker could not be kept alive
+            code = exc.code
+            return code if isinstance(code, int) else 1
+        return 0
+    finally:
+        if placeholder is not None:
+            placeholder.close()

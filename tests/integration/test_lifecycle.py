@@ -1,0 +1,252 @@
+"""Process lifecycle: several workers, a worker crash, SIGTERM drain, SIGHUP reload, ``gateway check``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Gateway, StartGateway
+from .helpers import (
+    HOST,
+    RawClient,
+    assert_serves,
+    chat_request,
+    gateway_toml,
+    http_request,
+    pid_alive,
+    sse_events,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _workers(gw: Gateway, n: int, timeout: float = 15.0) -> set[int]:
+    from .helpers import children_of
+
+    def exactly_n() -> set[int] | None:
+        kids = {p for p in children_of(gw.pid) if pid_alive(p)}
+        return kids if len(kids) == n else None
+
+    found: set[int] = wait_for(exactly_n, timeout, what=f"{n} live workers under pid {gw.pid}")
+    return found
+
+
+def _many_requests(port: int, n: int) -> None:
+    """``n`` chat requests, each on a fresh connection (so SO_REUSEPORT spreads them over the workers)."""
+    for i in range(n):
+        with RawClient(port) as c:
+            resp = c.request(chat_request(f"request {i}", headers=[("Connection", "close")]))
+        assert resp.status == 200, resp
+
+
+# -- several workers ------------------------------------------------------------------------------------
+
+
+def test_two_workers_serve(gateway2: Gateway) -> None:
+    workers = _workers(gateway2, 2)
+    assert gateway2.pid not in workers
+    _many_requests(gateway2.port, 20)
+    client = gateway2.client()
+    try:
+        resp = client.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "hi"}])
+        assert resp.choices[0].message.content
+        chunks = list(client.chat.completions.create(
+            model="chat-model", messages=[{"role": "user", "content": "hi"}], stream=True,
+        ))
+        assert chunks and all(c.choices for c in chunks)
+    finally:
+        client.close()
+
+
+def test_worker_crash_is_respawned(gateway2: Gateway) -> None:
+    before = _workers(gateway2, 2)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(victim), 10.0, what=f"worker {victim} to die")
+
+    def replaced() -> set[int] | None:
+        kids = _workers(gateway2, 2, timeout=15.0)
+        return kids if victim not in kids else None
+
+    after: set[int] = wait_for(replaced, 15.0, interval=0.1, what="a new worker")
+    assert len(after & before) == 1  # the survivor kept running
+    # the new worker must come up listening: poll until requests succeed, then demand they keep succeeding
+    wait_for(lambda: _try_serves(gateway2.port), 15.0, what="the gateway to serve after the respawn")
+    _many_requests(gateway2.port, 30)
+    assert gateway2.process.exited() is None
+    logs = gateway2.process.logs()
+    assert f"pid {victim}" in logs and "respawning" in logs
+
+
+def _try_serves(port: int) -> bool:
+    try:
+        assert_serves(port)
+    except (OSError, AssertionError):
+        return False
+    return True
+
+
+# -- SIGTERM: drain ------------------------------------------------------------------------------------
+
+
+def _refused(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def test_sigterm_drains_inflight_stream(start_gateway: StartGateway, mock_port: int) -> None:
+    drain_timeout = 8.0
+    gw = start_gateway(gateway_toml(mock_port, server={"drain_timeout": drain_timeout}), name="drain")
+    with RawClient(gw.port, timeout=10.0) as conn:
+        conn.send(chat_request("!mock chunks=10 chunk_delay_ms=200", stream=True))
+        head = conn.read_head()
+        assert head.status == 200, head
+        pieces = conn.iter_chunks()
+        received = [next(pieces)]  # the first chunk arrived: the stream is in flight
+        t_term = time.monotonic()
+        gw.process.send_signal(signal.SIGTERM)
+        refused_at = None
+        for piece in pieces:
+            received.append(piece)
+            if refused_at is None and _refused(gw.port):
+                refused_at = time.monotonic() - t_term
+        body = b"".join(received)
+        stream_done = time.monotonic() - t_term
+        # the stream completed fully, with [DONE]
+        events = sse_events(body)
+        assert events[-1] == b"[DONE]", body[-300:]
+        assert body.endswith(b"data: [DONE]\n\n")
+        assert sum(1 for e in events if b'"content"' in e) == 10
+        assert conn.closed_by_peer(), "a draining worker keeps the connection open after the response"
+    # new connections were refused soon after SIGTERM, while the stream was still running
+    assert refused_at is not None, "new connections were still accepted while the worker drained"
+    assert refused_at < min(1.5, stream_done), (refused_at, stream_done)
+    # and the supervisor exits 0 within drain_timeout
+    code = gw.process.wait(timeout=drain_timeout)
+    assert code == 0, gw.process.logs()
+    assert time.monotonic() - t_term < drain_timeout
+
+
+def test_sigterm_idle_gateway_exits_promptly(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(gateway_toml(mock_port, server={"drain_timeout": 20.0}), workers=2, name="idle-term")
+    workers = _workers(gw, 2)
+    with RawClient(gw.port) as idle:  # an idle keep-alive connection must not hold up the exit
+        assert idle.request(http_request("GET", "/healthz")).status == 200
+        t0 = time.monotonic()
+        gw.process.send_signal(signal.SIGTERM)
+        assert gw.process.wait(timeout=10.0) == 0
+        assert time.monotonic() - t0 < 5.0
+        assert idle.closed_by_peer()
+    for pid in workers:
+        wait_for(lambda pid=pid: not pid_alive(pid), 5.0, what=f"worker {pid} to exit")
+
+
+# -- SIGHUP: reload ------------------------------------------------------------------------------------
+
+
+NEW_MODEL = """
+[models.new-model]
+provider = "upstream"
+upstream_model = "mock-1"
+"""
+
+
+def _model_status(port: int, name: str) -> int:
+    with RawClient(port) as c:
+        return c.request(http_request("GET", f"/v1/models/{name}", headers=[("Connection", "close")])).status
+
+
+def test_sighup_reload(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(gateway_toml(mock_port), name="reload")
+    assert gw.config_path is not None
+    assert _model_status(gw.port, "new-model") == 404
+
+    # a valid file with one more model: served within a few seconds
+    gw.config_path.write_text(gateway_toml(mock_port, extra_models=NEW_MODEL))
+    gw.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: _model_status(gw.port, "new-model") == 200, 10.0, what="new-model after SIGHUP")
+    assert_serves(gw.port, model="new-model")
+    assert_serves(gw.port, model="chat-model")
+
+    # a broken file: rejected, the running config keeps serving (new-model included)
+    gw.config_path.write_text(gateway_toml(mock_port, extra_models=NEW_MODEL)
+                              + '\n[models.broken]\nprovider = "nowhere"\nbogus_key = 1\n')
+    gw.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload rejected" in gw.process.logs(100000), 10.0,
+             what="the supervisor to log the rejection")
+    logs = gw.process.logs(100000)
+    assert "models.broken" in logs  # the message names the key path
+    assert_serves(gw.port, model="new-model")
+    assert _model_status(gw.port, "broken") == 404
+    assert gw.process.exited() is None
+
+    # and a later valid file is picked up again
+    gw.config_path.write_text(gateway_toml(mock_port))
+    gw.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: _model_status(gw.port, "new-model") == 404, 10.0, what="new-model to go away")
+    assert_serves(gw.port)
+
+
+def test_sighup_with_embedded_default_is_harmless(default_gateway: Gateway) -> None:
+    if default_gateway.frontend != "native":
+        pytest.skip("signal handling of the granian front end is its own business")
+    os.kill(default_gateway.pid, signal.SIGHUP)
+    wait_for(lambda: "SIGHUP ignored" in default_gateway.process.logs(100000), 10.0,
+             what="the supervisor to log that SIGHUP is ignored")
+    assert_serves(default_gateway.port, model="mock-1")
+
+
+# -- gateway check -------------------------------------------------------------------------------------
+
+
+def _check(path: Path | str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_check_rejects_broken_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('[server]\nprot = 8080\nworkers = "two"\n\n[log]\nlevel = "info"\n')
+    result = _check(path)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "server.prot" in out
+    assert "server.workers" in out
+    assert f"{path}:2" in out and f"{path}:3" in out  # file:line of each problem
+    assert 'did you mean "port"' in out
+
+
+def test_check_accepts_example() -> None:
+    result = _check(EXAMPLES / "gateway.toml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok:")
+
+
+def test_check_unreadable_file(tmp_path: Path) -> None:
+    result = _check(tmp_path / "missing.toml")
+    assert result.returncode == 2
+    assert "missing.toml" in result.stdout + result.stderr
+
+
+def test_serve_refuses_broken_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('[server]\nworkers = "two"\n')
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "server.workers" in result.stderr

@@ -1,0 +1,276 @@
+"""The engine's phase chain, driven in process with the mock transport and a recording responder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from gateway import errors
+from gateway._core.http import Request
+from gateway.config import load_config_text
+from gateway.engine import Context, Engine
+from gateway.observe.records import RecordSink
+from gateway.phases import Phase, Reply
+
+CONFIG = """
+[log]
+call_records = false
+[providers.mock]
+type = "mock"
+[providers.mock.mock]
+stream_chunks = 3
+[models.chat]
+provider = "mock"
+upstream_model = "mock-1"
+[models.mock-1]
+provider = "mock"
+[models.embed]
+provider = "mock"
+upstream_model = "mock-embed-1"
+endpoints = ["embeddings"]
+"""
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+        self.chunks: list[bytes] = []
+        self.started = False
+        self.finished = False
+        self.keep_alive = True
+
+    @property
+    def disconnected(self) -> bool:
+        return False
+
+    def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+        self.started = self.finished = True
+
+    def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status, self.headers = status, headers
+        self.started = True
+
+    async def write(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def end_stream(self) -> None:
+        self.finished = True
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def events(self) -> list[bytes]:
+        raw = b"".join(self.chunks)
+        return [e for e in raw.split(b"\n\n") if e]
+
+
+def run(
+    engine: Engine, method: str, path: str, body: Any = None, headers: list[tuple[bytes, bytes]] | None = None
+) -> Recorder:
+    raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
+    hdrs = [(b"host", b"t"), (b"content-type", b"application/json"), *(headers or [])]
+    req = Request(method, path, "", 11, hdrs, raw, True)
+    rec = Recorder()
+
+    async def go() -> None:
+        await engine.startup()
+        await engine.handle(req, rec)
+        await engine.shutdown()
+
+    asyncio.run(go())
+    return rec
+
+
+def make(phases: list[Phase] | None = None) -> Engine:
+    sink = RecordSink(enabled=True)
+    return Engine(load_config_text(CONFIG), phases=phases or [], records=sink)
+
+
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_chat_rewrites_model_and_reports_usage() -> None:
+    rec = run(make(), "POST", "/v1/chat/completions", CHAT)
+    assert rec.status == 200
+    body = rec.json()
+    assert body["model"] == "mock-1"  # the upstream saw (and answered for) the upstream model id
+    assert body["usage"]["total_tokens"] > 0
+    assert rec.header("x-request-id")
+    assert float(rec.header("x-gateway-overhead-ms") or "nan") >= 0
+
+
+def test_request_id_is_echoed() -> None:
+    rec = run(make(), "POST", "/v1/chat/completions", CHAT, [(b"x-request-id", b"abc-123")])
+    assert rec.header("x-request-id") == "abc-123"
+
+
+def test_stream_without_include_usage_strips_the_usage_chunk() -> None:
+    rec = run(make(), "POST", "/v1/chat/completions", {**CHAT, "stream": True})
+    assert rec.status == 200 and rec.finished
+    events = rec.events()
+    assert events[-1] == b"data: [DONE]"
+    payloads = [json.loads(e[6:]) for e in events[:-1]]
+    assert all(p["choices"] for p in payloads)  # no usage-only chunk reached the client
+    assert all(p.get("usage") is None for p in payloads)
+
+
+def test_stream_with_include_usage_keeps_it() -> None:
+    rec = run(
+        make(),
+        "POST",
+        "/v1/chat/completions",
+        {**CHAT, "stream": True, "stream_options": {"include_usage": True}},
+    )
+    payloads = [json.loads(e[6:]) for e in rec.events()[:-1]]
+    assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["total_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        (b"{not json", 400, "invalid_json", None),
+        (b"", 400, "invalid_json", None),
+        (b"[1, 2]", 400, "invalid_json", None),
+        ({"messages": []}, 400, "missing_required_parameter", "model"),
+        ({"model": "chat"}, 400, "missing_required_parameter", "messages"),
+        ({"model": 5, "messages": []}, 400, "invalid_type", "model"),
+        ({"model": "chat", "messages": [], "stream": "yes"}, 400, "invalid_type", "stream"),
+        ({"model": "nope", "messages": []}, 404, "model_not_found", "model"),
+        ({"model": "embed", "messages": []}, 400, "unsupported_endpoint", "model"),
+    ],
+)
+def test_bad_requests(body: Any, status: int, code: str, param: str | None) -> None:
+    rec = run(make(), "POST", "/v1/chat/completions", body)
+    assert rec.status == status
+    err = rec.json()["error"]
+    assert err["code"] == code and err["param"] == param and err["message"]
+    assert set(err) == {"message", "type", "param", "code"}
+
+
+def test_unsupported_media_type() -> None:
+    req_headers = [(b"host", b"t"), (b"content-type", b"text/plain")]
+    engine = make()
+    rec = Recorder()
+
+    async def go() -> None:
+        await engine.startup()
+        await engine.handle(Request("POST", "/v1/chat/completions", "", 11, req_headers, b"{}", True), rec)
+
+    asyncio.run(go())
+    assert rec.status == 415
+
+
+def test_unknown_path_and_method() -> None:
+    assert run(make(), "GET", "/v2/nothing").status == 404
+    rec = run(make(), "GET", "/v1/chat/completions")
+    assert rec.status == 405 and rec.header("allow") == "POST"
+    assert run(make(), "POST", "/v1/models").status == 405
+
+
+def test_models() -> None:
+    rec = run(make(), "GET", "/v1/models")
+    assert {m["id"] for m in rec.json()["data"]} == {"chat", "mock-1", "embed"}
+    assert run(make(), "GET", "/v1/models/embed").json()["id"] == "embed"
+    assert run(make(), "GET", "/v1/models/missing").status == 404
+
+
+def test_embeddings() -> None:
+    rec = run(
+        make(), "POST", "/v1/embeddings", {"model": "embed", "input": ["a", "b"], "encoding_format": "float"}
+    )
+    assert rec.status == 200 and len(rec.json()["data"]) == 2
+
+
+class Teapot(Phase):
+    """A cache-like phase that answers locally."""
+
+    name = "cache"
+
+    def __init__(self) -> None:
+        self.settled: list[int] = []
+
+    def on_request(self, ctx: Context) -> Reply | None:
+        if ctx.fields.model == "chat":
+            return Reply(200, b'{"cached": true}', [("content-type", "application/json"), ("x-cache", "hit")])
+        return None
+
+    def on_settle(self, ctx: Context) -> None:
+        self.settled.append(ctx.status)
+
+
+class DenyAll(Phase):
+    name = "access"
+
+    def on_request(self, ctx: Context) -> Reply | None:
+        raise errors.Unauthorized("no key", code="missing_api_key")
+
+
+class AsyncAdmit(Phase):
+    name = "admit"
+    is_async = True
+
+    async def on_request(self, ctx: Context) -> Reply | None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        raise errors.RateLimited("slow down", headers=[("retry-after", "1")])
+
+
+def test_a_phase_can_short_circuit_with_a_reply() -> None:
+    phase = Teapot()
+    engine = make([phase])
+    rec = run(engine, "POST", "/v1/chat/completions", CHAT)
+    assert rec.status == 200 and rec.json() == {"cached": True} and rec.header("x-cache") == "hit"
+    assert phase.settled == [200]
+    # a request the phase does not answer goes on to the upstream
+    rec = run(engine, "POST", "/v1/chat/completions", {**CHAT, "model": "mock-1"})
+    assert rec.json()["object"] == "chat.completion"
+
+
+def test_a_phase_can_short_circuit_with_an_error() -> None:
+    rec = run(make([DenyAll()]), "POST", "/v1/chat/completions", CHAT)
+    assert rec.status == 401 and rec.json()["error"]["code"] == "missing_api_key"
+
+
+def test_an_async_phase_is_awaited() -> None:
+    rec = run(make([AsyncAdmit()]), "POST", "/v1/chat/completions", CHAT)
+    assert rec.status == 429 and rec.header("retry-after") == "1"
+
+
+def test_phase_order_is_fixed() -> None:
+    engine = make([Teapot(), DenyAll()])  # given cache first, access still runs first
+    rec = run(engine, "POST", "/v1/chat/completions", CHAT)
+    assert rec.status == 401
+
+
+def test_call_record() -> None:
+    engine = make()
+    rec = Recorder()
+    req = Request(
+        "POST",
+        "/v1/chat/completions",
+        "",
+        11,
+        [(b"host", b"t"), (b"authorization", b"Bearer sk-secret")],
+        json.dumps(CHAT).encode(),
+        True,
+    )
+
+    async def go() -> list[dict[str, Any]]:
+        await engine.startup()
+        await engine.handle(req, rec)
+        return engine.records.snapshot()
+
+    records = asyncio.run(go())
+    assert len(records) == 1
+    r = records[0]
+    assert r["status"] == 200 and r["model"] == "chat" and r["upstream_model"] == "mock-1"
+    assert r["total_tokens"] > 0 and r["provider"] == "mock"
+    assert "sk-secret" not in json.dumps(records)
