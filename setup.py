@@ -23,7 +23,7 @@ SKIP = os.environ.get("GATEWAY_NO_EXTENSIONS") == "1"
 CORE_MODULES = {
     "gateway._core._http": "gateway/_core/_http.pyx",
     "gateway._core._sse": "gateway/_core/_sse.pyx",
-    
+
 }
 
 
@@ -33,7 +33,7 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if REQUIRE:
                 raise
             print(f"WARNING: Cython core not built ({exc}); the pure-Python twins will be used",
@@ -42,7 +42,7 @@ class OptionalBuildExt(build_ext):
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if REQUIRE:
                 raise
             print(f"WARNING: {ext.name} not built ({exc})", file=sys.stderr)

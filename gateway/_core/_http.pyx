@@ -218,6 +218,8 @@ cdef class ChunkedDecoder:
                     if n - pos > MAX_CHUNK_LINE:
                         raise ParseError(400, "chunk size line too long")
                     return pos
+                if end - pos > MAX_CHUNK_LINE:
+                    raise ParseError(400, "chunk size line too long")
                 hend = pos
                 while hend < end and s[hend] != 59:  # ';'
                     hend += 1
@@ -258,6 +260,8 @@ cdef class ChunkedDecoder:
                     if n - pos > MAX_CHUNK_LINE:
                         raise ParseError(400, "trailer line too long")
                     return pos
+                if end - pos > MAX_CHUNK_LINE:
+                    raise ParseError(400, "trailer line too long")
                 if end == pos:
                     self.done = True
                 pos = end + 2
@@ -347,7 +351,7 @@ cdef class RequestParser:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
         cdef Py_ssize_t pos = self._pos, end, line_end, sp1, sp2, i, qmark
         cdef Py_ssize_t clen = -1
-        cdef bint chunked = False, has_te = False, keep_alive
+        cdef bint chunked = False, has_te = False, keep_alive, close_seen = False
         cdef int hosts = 0, version
         cdef unsigned char c
         cdef list headers
@@ -427,17 +431,21 @@ cdef class RequestParser:
             elif name == b"connection":
                 lv = value.lower()
                 if lv == b"close":
+                    close_seen = True  # "close" in any Connection header wins (RFC 9112 9.6)
                     keep_alive = False
                 elif lv == b"keep-alive":
-                    keep_alive = True
+                    if not close_seen:
+                        keep_alive = True
                 else:
                     tokens = [t.strip() for t in lv.split(b",")]
                     if b"close" in tokens:
+                        close_seen = True
                         keep_alive = False
-                    elif b"keep-alive" in tokens:
+                    elif b"keep-alive" in tokens and not close_seen:
                         keep_alive = True
             elif name == b"expect":
-                if value.lower() == b"100-continue":
+                # HTTP/1.0 clients get no 1xx: their expectation is ignored (RFC 9110 10.1.1)
+                if version == 11 and value.lower() == b"100-continue":
                     self._expect = True
         if has_te and clen >= 0:
             raise ParseError(400, "both Content-Length and Transfer-Encoding present")
@@ -578,7 +586,7 @@ cdef class ResponseParser:
         cdef const char* s
         cdef Py_ssize_t n, end, line_end, clen = -1, cl
         cdef int status
-        cdef bint chunked = False
+        cdef bint chunked = False, close_seen = False
         cdef list headers
         cdef bytes name, value, line
         cdef tuple kv
@@ -591,6 +599,8 @@ cdef class ResponseParser:
                     raise ParseError(502, "upstream response head too large")
                 self._buf = buf
                 return None
+            if end + 4 > self.max_header_bytes:
+                raise ParseError(502, "upstream response head too large")
             line_end = _find_crlf(s, 0, end + 2)
             if (line_end < 12 or memcmp(s, b"HTTP/1.", 7) != 0 or s[8] != 32
                     or not (48 <= s[9] <= 57 and 48 <= s[10] <= 57 and 48 <= s[11] <= 57)):
@@ -613,7 +623,7 @@ cdef class ResponseParser:
             name = <bytes>kv[0]
             value = <bytes>kv[1]
             if name == b"content-length":
-                if not _is_digits(value):
+                if not _is_digits(value) or PyBytes_GET_SIZE(value) > 18:
                     raise ParseError(502, "invalid upstream Content-Length")
                 cl = int(value)
                 if clen >= 0 and cl != clen:
@@ -627,8 +637,9 @@ cdef class ResponseParser:
             elif name == b"connection":
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 if b"close" in tokens:
+                    close_seen = True
                     self.keep_alive = False
-                elif b"keep-alive" in tokens:
+                elif b"keep-alive" in tokens and not close_seen:
                     self.keep_alive = True
         if self._head_only or status == 204 or status == 304:
             self.done = True

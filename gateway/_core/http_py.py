@@ -115,6 +115,8 @@ class ChunkedDecoder:
                     if n - pos > _MAX_CHUNK_LINE:
                         raise ParseError(400, "chunk size line too long")
                     return pos
+                if end - pos > _MAX_CHUNK_LINE:
+                    raise ParseError(400, "chunk size line too long")
                 line = buf[pos:end]
                 semi = line.find(b";")
                 hexpart = (line if semi < 0 else line[:semi]).rstrip(b" \t")
@@ -144,6 +146,8 @@ class ChunkedDecoder:
                     if n - pos > _MAX_CHUNK_LINE:
                         raise ParseError(400, "trailer line too long")
                     return pos
+                if end - pos > _MAX_CHUNK_LINE:
+                    raise ParseError(400, "trailer line too long")
                 if end == pos:
                     self.done = True
                 pos = end + 2
@@ -298,6 +302,7 @@ class RequestParser:
         has_te = False
         hosts = 0
         keep_alive = version == 11
+        close_seen = False
         for name, value in headers:
             if name == b"content-length":
                 if clen >= 0:
@@ -317,11 +322,13 @@ class RequestParser:
             elif name == b"connection":
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 if b"close" in tokens:
+                    close_seen = True  # "close" in any Connection header wins (RFC 9112 9.6)
                     keep_alive = False
-                elif b"keep-alive" in tokens:
+                elif b"keep-alive" in tokens and not close_seen:
                     keep_alive = True
             elif name == b"expect":
-                if value.lower() == b"100-continue":
+                # HTTP/1.0 clients get no 1xx: their expectation is ignored (RFC 9110 10.1.1)
+                if value.lower() == b"100-continue" and version == 11:
                     self._expect = True
         if has_te and clen >= 0:
             raise ParseError(400, "both Content-Length and Transfer-Encoding present")
@@ -463,6 +470,8 @@ class ResponseParser:
                     raise ParseError(502, "upstream response head too large")
                 self._buf = buf
                 return None
+            if end + 4 > self.max_header_bytes:
+                raise ParseError(502, "upstream response head too large")
             line_end = buf.find(b"\r\n")
             line = buf[:line_end]
             if not line.startswith(b"HTTP/1.") or len(line) < 12 or line[8:9] != b" ":
@@ -486,9 +495,10 @@ class ResponseParser:
         self.keep_alive = version11
         clen = -1
         chunked = False
+        close_seen = False
         for name, value in headers:
             if name == b"content-length":
-                if not value.isdigit():
+                if not value.isdigit() or len(value) > 18:
                     raise ParseError(502, "invalid upstream Content-Length")
                 n = int(value)
                 if clen >= 0 and n != clen:
@@ -502,8 +512,9 @@ class ResponseParser:
             elif name == b"connection":
                 tokens = [t.strip().lower() for t in value.split(b",")]
                 if b"close" in tokens:
+                    close_seen = True
                     self.keep_alive = False
-                elif b"keep-alive" in tokens:
+                elif b"keep-alive" in tokens and not close_seen:
                     self.keep_alive = True
         if self._head_only or status in (204, 304):
             self.done = True

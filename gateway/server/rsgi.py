@@ -128,8 +128,8 @@ class RSGIResponder:
     def disconnected(self) -> bool:
         """True once the client is known to be gone.
 
-        The first read starts watching ``protocol.client_disconnect()`` (# PERF: not for requests that
-        never ask, i.e. the engine's); a failed ``write`` also sets it.
+        The first read starts watching ``protocol.client_disconnect()``, so requests that never ask (the
+        engine's) pay nothing for it (# PERF); a failed ``write`` also sets it.
         """
         if self._gone:
             return True
@@ -258,6 +258,8 @@ class RSGIApp:
             self.engine = engine
         if self.signals:
             self._install_signals(loop)
+            if _take_pending_hup():  # a SIGHUP came between the fork and now: reload once running
+                loop.call_soon(self.reload)
         log.info("granian worker %d: engine started", os.getpid())
 
     async def _startup(self, engine: Any) -> None:
@@ -505,6 +507,15 @@ class RSGIApp:
 #: what granian loads in each worker: ``gateway.server.rsgi:app``
 app = RSGIApp()
 
+# set in a worker by the main process's SIGHUP handler it inherited, before __rsgi_init__ installs its own
+_hup_pending = False
+
+
+def _take_pending_hup() -> bool:
+    global _hup_pending
+    pending, _hup_pending = _hup_pending, False
+    return pending
+
 
 # --------------------------------------------------------------------------------------------------------
 # Serving
@@ -594,14 +605,17 @@ class _MainHooks:
 
     def on_startup(self) -> None:
         # granian installed its SIGHUP handler (a rolling restart of every worker) just before this hook;
-        # the gateway's reload replaces it. Workers forked after this inherit it until their loop's own
-        # SIGHUP handler is installed in __rsgi_init__ (the pid check keeps it inert there).
+        # the gateway's reload replaces it. Workers forked after this inherit it until __rsgi_init__
+        # installs their own; meanwhile it only notes the signal (see on_hup).
         signal.signal(signal.SIGHUP, self.on_hup)
         print(self.banner, file=sys.stderr, flush=True)
 
     def on_hup(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:
-            return  # a worker that has not installed its own handler yet
+            # a worker that has not installed its own handler yet: it reloads when it has
+            global _hup_pending
+            _hup_pending = True
+            return
         path = self.config_path
         if path is None:
             log.info("granian main: SIGHUP ignored, running the embedded default config")
@@ -634,11 +648,14 @@ def serve_granian(config: Config, config_path: str | None, workers: int, host: s
 
     from gateway.server.worker import bind_socket
 
-    placeholder = None
-    if port == 0:
-        # every granian worker binds its own SO_REUSEPORT socket: resolve port 0 once, and hold it
-        placeholder = bind_socket(host, 0, listen=False)
-        port = placeholder.getsockname()[1]
+    # every granian worker binds its own SO_REUSEPORT socket: as the supervisor does, hold a bound (not
+    # listening) placeholder that resolves port 0 once and fails fast, with a plain message, on a taken port
+    try:
+        placeholder = bind_socket(host, port, listen=False)
+    except OSError as exc:
+        print(f"gateway: cannot bind {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    port = placeholder.getsockname()[1]
     if config_path is not None:
         os.environ[ENV_CONFIG] = os.path.abspath(config_path)
     else:
@@ -663,5 +680,4 @@ def serve_granian(config: Config, config_path: str | None, workers: int, host: s
             return code if isinstance(code, int) else 1
         return 0
     finally:
-        if placeholder is not None:
-            placeholder.close()
+        placeholder.close()

@@ -9,7 +9,10 @@ front end (``gateway.server.rsgi``) may not exist yet; its variant is then skipp
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +20,37 @@ from pathlib import Path
 import openai
 import pytest
 
-from .helpers import LIVE, HOST, ServerProcess, free_port, gateway_toml
+from .helpers import HOST, LIVE, ServerProcess, free_port, gateway_toml
 
 FRONTENDS = ["native", "granian"]
 MOCK_KEY = "sk-mock-integration"
+#: a model id with a slash, as vLLM names models: quoted in TOML, percent-encoded by the SDK in URL paths
+SLASHED_MODEL_ID = "org/model-x"
+SLASHED_MODEL = f"""
+[models."{SLASHED_MODEL_ID}"]
+provider = "upstream"
+upstream_model = "mock-1"
+"""
+
+
+@functools.cache
+def _granian_unavailable() -> str | None:
+    """Why the granian front end cannot run here, or None. Imported in a child, not in the test process."""
+    if importlib.util.find_spec("gateway.server.rsgi") is None:
+        return "gateway.server.rsgi does not exist (not written yet)"
+    result = subprocess.run([sys.executable, "-c", "import gateway.server.rsgi"], capture_output=True,
+                            text=True, timeout=60)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        return f"gateway.server.rsgi cannot be imported: {lines[-1] if lines else result.returncode}"
+    return None
 
 
 def require_frontend(frontend: str) -> None:
-    if frontend == "granian" and importlib.util.find_spec("gateway.server.rsgi") is None:
-        pytest.skip("granian front end not available: gateway.server.rsgi cannot be imported (not written yet)")
+    if frontend == "granian":
+        reason = _granian_unavailable()
+        if reason is not None:
+            pytest.skip(f"granian front end not available: {reason}")
 
 
 @dataclass
@@ -62,7 +87,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.failed:
         for proc in list(LIVE):
-            report.sections.append((f"stderr of {proc.name} (pid {proc.pid})", proc.logs()))
+            title = f"stderr of {proc.name} (pid {proc.pid})"
+            report.sections.append((title, proc.logs(6000, records=False)))
 
 
 def _stop(proc: ServerProcess, request: pytest.FixtureRequest, failed_before: int) -> None:
@@ -72,7 +98,7 @@ def _stop(proc: ServerProcess, request: pytest.FixtureRequest, failed_before: in
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"\n=== {proc.name}: logs in {proc.log_path.parent} (a test failed) ===")
-            reporter.write_line(proc.logs(4000))
+            reporter.write_line(proc.logs(3000, records=False))
 
 
 # -- processes ----------------------------------------------------------------------------------------
@@ -120,8 +146,8 @@ def gateway(request: pytest.FixtureRequest, mock_port: int, logs_dir: Path) -> I
     """One worker in front of the mock, short limits; each front end in turn."""
     frontend = request.param
     require_frontend(frontend)
-    gw = _launch(f"gateway-{frontend}", logs_dir, config_text=gateway_toml(mock_port), workers=1,
-                 frontend=frontend)
+    text = gateway_toml(mock_port, dead_port=free_port(), extra_models=SLASHED_MODEL)
+    gw = _launch(f"gateway-{frontend}", logs_dir, config_text=text, workers=1, frontend=frontend)
     failed = request.session.testsfailed
     try:
         yield gw

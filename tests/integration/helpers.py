@@ -86,18 +86,24 @@ class ServerProcess:
         assert self.proc is not None
         return self.proc.poll()
 
-    def logs(self, limit: int = 12000) -> str:
-        """The tail of stderr (and stdout, when it has anything)."""
+    def logs(self, limit: int = 12000, records: bool = True) -> str:
+        """The tail of stderr (and stdout, when it has anything); ``records=False`` drops call records."""
         parts = []
         for path in (self.log_path, self.out_path):
             try:
                 data = path.read_bytes()
             except OSError:
                 continue
+            if not records:
+                lines = data.splitlines(keepends=True)
+                kept = [ln for ln in lines if not ln.startswith(b'{"ts":')]
+                if len(kept) < len(lines):
+                    kept.append(b"(%d call records left out; see the file)\n" % (len(lines) - len(kept)))
+                data = b"".join(kept)
             if data:
                 text = data[-limit:].decode("utf-8", "replace")
                 cut = "[...]\n" if len(data) > limit else ""
-                parts.append(f"--- {path.name} ---\n{cut}{text}")
+                parts.append(f"--- {path} ---\n{cut}{text}")
         return "\n".join(parts) or f"(no output from {self.name})"
 
     def wait_ready(self, path: str = "/readyz", timeout: float = STARTUP_TIMEOUT) -> None:
@@ -185,9 +191,20 @@ def pid_alive(pid: int) -> bool:
 # -- configs -------------------------------------------------------------------------------------------
 
 
-def gateway_toml(mock_port: int, *, server: dict[str, Any] | None = None, provider: dict[str, Any] | None = None,
-                 extra_models: str = "") -> str:
-    """A gateway config in front of the standalone mock on ``mock_port``."""
+def gateway_toml(
+    mock_port: int,
+    *,
+    server: dict[str, Any] | None = None,
+    provider: dict[str, Any] | None = None,
+    extra_models: str = "",
+    dead_port: int | None = None,
+) -> str:
+    """A gateway config in front of the standalone mock on ``mock_port``.
+
+    Models: ``chat-model`` (-> ``mock-1``), ``mock-1`` (same id upstream), ``embed-model`` (->
+    ``mock-embed-1``, embeddings only); with ``dead_port`` also ``dead-model`` on a provider where nothing
+    listens.
+    """
     srv: dict[str, Any] = {
         "header_timeout": 1.0,
         "body_timeout": 1.0,
@@ -207,7 +224,16 @@ def gateway_toml(mock_port: int, *, server: dict[str, Any] | None = None, provid
         + "\n[models.mock-1]\nprovider = \"upstream\"\n"
         + "\n[models.embed-model]\nprovider = \"upstream\"\nupstream_model = \"mock-embed-1\"\n"
         + "endpoints = [\"embeddings\"]\n"
+        + (_dead_provider(dead_port) if dead_port is not None else "")
         + extra_models
+    )
+
+
+def _dead_provider(port: int) -> str:
+    return (
+        "\n[providers.dead]\ntype = \"openai\"\n"
+        f"base_url = \"http://{HOST}:{port}/v1\"\nconnect_timeout = 1.0\n"
+        "\n[models.dead-model]\nprovider = \"dead\"\n"
     )
 
 
@@ -301,6 +327,8 @@ class RawClient:
         head = self._read_until(b"\r\n\r\n").decode("latin-1")
         line, *lines = head.split("\r\n")
         version, status, *reason = line.split(" ", 2)
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not (status.isdigit() and len(status) == 3):
+            raise AssertionError(f"malformed status line {line!r} (stray bytes before a response?)")
         headers = []
         for h in lines:
             k, _, v = h.partition(":")
@@ -363,8 +391,15 @@ class RawClient:
         return True
 
 
-def http_request(method: str, path: str, body: bytes | None = None, *, headers: Sequence[tuple[str, str]] = (),
-                 version: str = "HTTP/1.1", content_type: str | None = "application/json") -> bytes:
+def http_request(
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    version: str = "HTTP/1.1",
+    content_type: str | None = "application/json",
+) -> bytes:
     """The bytes of one well-formed request."""
     lines = [f"{method} {path} {version}", f"Host: {HOST}"]
     if body is not None:

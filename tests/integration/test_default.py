@@ -13,6 +13,10 @@ from .conftest import Gateway
 pytestmark = pytest.mark.timeout(60)
 
 
+def _user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
 @pytest.fixture
 def dclient(default_gateway: Gateway) -> Iterator[openai.OpenAI]:
     c = default_gateway.client()
@@ -60,11 +64,11 @@ def test_default_embeddings(dclient: openai.OpenAI) -> None:
 
 def test_default_injected_errors(dclient: openai.OpenAI) -> None:
     with pytest.raises(openai.RateLimitError) as info:
-        dclient.chat.completions.create(model="mock-1", messages=[{"role": "user", "content": "!mock status=429"}])
+        dclient.chat.completions.create(model="mock-1", messages=_user("!mock status=429"))
     assert info.value.response.headers.get("retry-after") == "1"
     with pytest.raises(openai.APIError):
         for _ in dclient.chat.completions.create(
-            model="mock-1", messages=[{"role": "user", "content": "!mock cut=1"}], stream=True,
+            model="mock-1", messages=_user("!mock cut=1"), stream=True,
         ):
             pass
-    assert dclient.chat.completions.create(model="mock-1", messages=[{"role": "user", "content": "ok"}]).choices
+    assert dclient.chat.completions.create(model="mock-1", messages=_user("ok")).choices

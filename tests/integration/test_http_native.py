@@ -7,6 +7,8 @@ closed; afterwards the gateway must still serve an ordinary chat request (``asse
 from __future__ import annotations
 
 import json
+import select
+import socket
 import time
 from collections.abc import Iterator
 
@@ -73,7 +75,8 @@ def test_wrong_content_type_is_415(conn: RawClient) -> None:
 
 
 def test_content_type_with_charset_is_accepted(conn: RawClient) -> None:
-    resp = conn.request(http_request("POST", CHAT, chat_body(), content_type="application/json; charset=utf-8"))
+    ctype = "application/json; charset=utf-8"
+    resp = conn.request(http_request("POST", CHAT, chat_body(), content_type=ctype))
     assert resp.status == 200, resp
 
 
@@ -127,7 +130,7 @@ def test_chunked_body_over_limit_is_413(conn: RawClient) -> None:
 
 def test_head_over_limit_is_431(conn: RawClient) -> None:
     # max_header_bytes = 8192; an unterminated head already over the limit
-    conn.send(_head([f"GET /v1/models HTTP/1.1", "Host: x"])[:-2] + b"X-Big: " + b"a" * 9000)
+    conn.send(_head(["GET /v1/models HTTP/1.1", "Host: x"])[:-2] + b"X-Big: " + b"a" * 9000)
     _assert_rejected(conn, 431, "headers_too_large")
 
 
@@ -280,6 +283,16 @@ def test_http10_keepalive_is_honoured(conn: RawClient) -> None:
     assert conn.closed_by_peer()
 
 
+def test_half_closed_client_gets_its_response(conn: RawClient) -> None:
+    # granian (hyper without half-close support) drops such a connection unanswered: native only
+    conn.send(chat_request("half close"))
+    conn.sock.shutdown(socket.SHUT_WR)  # the request is complete; the client sends nothing more
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.json()["choices"][0]["message"]["content"]
+    assert conn.closed_by_peer()  # nothing more can come from this client: the server closes too
+
+
 def test_connection_close_is_honoured(conn: RawClient) -> None:
     resp = conn.request(chat_request(headers=[("Connection", "close")]))
     assert resp.status == 200
@@ -305,10 +318,13 @@ def test_head_trickled_past_deadline_is_408(conn: RawClient) -> None:
     t0 = time.monotonic()
     for piece in (b"GET /v1/mo", b"dels HTTP/1.1\r\n", b"Host: x\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n"):
         conn.send(piece)
-        time.sleep(0.4)
-        if time.monotonic() - t0 > 2.5:
+        # stop writing once the server has answered: bytes sent after its close would make it reset the
+        # connection, and a reset can discard the 408 before we read it
+        readable, _, _ = select.select([conn.sock], [], [], 0.4)
+        if readable:
             break
     resp = conn.read_response()
+    assert time.monotonic() - t0 < 2.5  # 1.0 s header_timeout (+ the 0.5 s sweep), not per piece
     assert_openai_error(resp, 408)
     assert conn.closed_by_peer()
 
@@ -354,3 +370,20 @@ def test_slow_streaming_response_not_cut_by_timeouts(conn: RawClient) -> None:
     events = sse_events(resp.body)
     assert events[-1] == b"[DONE]"
     assert sum(1 for e in events[:-1] if json.loads(e)["choices"]) == 7  # 6 content + the finish chunk
+
+
+# -- known gateway bugs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "gateway bug: the native front end writes a body in responses to HEAD (RFC 9110 9.3.2 forbids it), so "
+    "the next response on the keep-alive connection is read as garbage (httpx: RemoteProtocolError "
+    "'illegal status line')"
+))
+def test_head_response_has_no_body(conn: RawClient) -> None:
+    conn.send(http_request("HEAD", "/healthz") + http_request("GET", "/readyz"))
+    head = conn.read_response(head_request=True)
+    assert head.status in (200, 405), head
+    after = conn.read_response()  # must be the GET's response, not the HEAD's stray body
+    assert after.status == 200, after
+    assert after.json() == {"status": "ready"}
