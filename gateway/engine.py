@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 
@@ -32,7 +33,7 @@ from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator
-from gateway.server.pool import PooledResponse
+from gateway.server.pool import OriginPool, PooledResponse
 from gateway.wire import (
     EmbeddingRequest,
     decoders,
@@ -206,6 +207,7 @@ class Engine:
         self.runtime: Runtime | None = None
         self.draining = False
         self._ids = _RequestIds()
+        self._retiring: set[asyncio.Task[None]] = set()
         # PERF: route table resolved once
         self._routes: dict[str, Callable[[Context], Awaitable[None]]] = {}
 
@@ -240,11 +242,11 @@ class Engine:
         retired = [t for _, t in old.values() if id(t) not in kept]
         self.runtime = runtime
         self._config = config
-        if retired:
-            # in-flight requests may still hold the old transports: close them after a grace period
-            asyncio.get_running_loop().call_later(
-                config.server.drain_timeout, lambda: [asyncio.ensure_future(t.close()) for t in retired]
-            )
+        for t in retired:
+            # in-flight requests may still hold the old transport: close it once they are done
+            task = asyncio.get_running_loop().create_task(_close_when_idle(t))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def shutdown(self) -> None:
         if self.runtime is not None:
@@ -291,7 +293,7 @@ class Engine:
             if path == "/v1/models":
                 body = runtime.models_body
             else:
-                name = path[len("/v1/models/"):]
+                name = unquote(path[len("/v1/models/"):])  # ids may contain "/" sent as %2F
                 found = runtime.model_bodies.get(name)
                 if found is None:
                     raise errors.NotFound(f"The model `{name}` does not exist", param="model",
@@ -548,6 +550,14 @@ class Engine:
             ctx.stream, ctx.upstream_status, ctx.up_ms if ctx.t_up else None,
             usage, err, self.worker,
         ))
+
+
+async def _close_when_idle(translator: OpenAITranslator, poll: float = 1.0) -> None:
+    """Close a retired provider's transport after its last in-flight request has finished."""
+    transport = translator.transport
+    while isinstance(transport, OriginPool) and transport.stats()["busy"]:
+        await asyncio.sleep(poll)
+    await translator.close()
 
 
 class _ErrorCheck(msgspec.Struct):

@@ -131,12 +131,14 @@ class ListenerState:
 class NativeResponder:
     """Responder over one HTTP/1.1 connection (see gateway.app.Responder)."""
 
-    __slots__ = ("_chunked", "_conn", "finished", "keep_alive", "started")
+    __slots__ = ("_chunked", "_conn", "_head_only", "_http10", "finished", "keep_alive", "started")
 
-    def __init__(self, conn: HttpProtocol, keep_alive: bool, version: int) -> None:
+    def __init__(self, conn: HttpProtocol, keep_alive: bool, version: int, head_only: bool = False) -> None:
         self._conn = conn
         self.keep_alive = keep_alive and not conn.state.draining
         self._chunked = version == 11
+        self._http10 = version == 10
+        self._head_only = head_only  # a response to HEAD has headers only (RFC 9110 9.3.2)
         self.started = False
         self.finished = False
 
@@ -152,8 +154,12 @@ class NativeResponder:
         transport = self._conn.transport
         if transport is None:
             return
+        if self._http10 and self.keep_alive:
+            headers = [*headers, ("connection", "keep-alive")]  # HTTP/1.0 keep-alive must be acknowledged
         head = build_response_head(status, headers, len(body), self.keep_alive)
-        if len(body) < 16384:
+        if self._head_only:
+            transport.write(head)
+        elif len(body) < 16384:
             transport.write(head + body)
         else:
             transport.writelines((head, body))
@@ -326,7 +332,7 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         app = state.app
         while True:
-            responder = NativeResponder(self, req.keep_alive, req.version)
+            responder = NativeResponder(self, req.keep_alive, req.version, req.method == "HEAD")
             try:
                 await app.handle(req, responder)
             except ClientGone:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -65,7 +66,11 @@ class Supervisor:
         self.started[pid] = time.monotonic()
 
     def run(self) -> int:
-        placeholder = bind_socket(self.host, self.port, listen=False)
+        try:
+            placeholder = self._reserve_port()
+        except OSError as exc:
+            print(f"gateway: cannot bind {self.host}:{self.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         self.port = placeholder.getsockname()[1]
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
@@ -105,6 +110,18 @@ class Supervisor:
         finally:
             placeholder.close()
         return 0
+
+    def _reserve_port(self) -> socket.socket:
+        """Fail fast when the port is taken, even by another gateway's SO_REUSEPORT sockets.
+
+        A socket without SO_REUSEPORT cannot bind a port that anyone holds, so it is the probe; then the
+        placeholder (SO_REUSEPORT, never listening) keeps the port for the workers.
+        """
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((self.host, self.port))
+            port = probe.getsockname()[1]
+        return bind_socket(self.host, port, listen=False)
 
     def _on_stop(self, signum: int, frame: object) -> None:
         if self.stopping:

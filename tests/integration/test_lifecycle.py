@@ -16,6 +16,7 @@ from .conftest import FRONTENDS, Gateway, StartGateway, require_frontend
 from .helpers import (
     HOST,
     RawClient,
+    ServerProcess,
     assert_serves,
     chat_request,
     gateway_toml,
@@ -231,6 +232,44 @@ def test_sighup_with_embedded_default_is_harmless(default_gateway: Gateway) -> N
         assert_serves(default_gateway.port, model="mock-1")
 
 
+# -- start-up on a taken port -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_port_taken_by_another_process_fails_cleanly(
+    tmp_path: Path, frontend: str, request: pytest.FixtureRequest
+) -> None:
+    require_frontend(frontend)
+    with socket.socket() as holder:
+        holder.bind((HOST, 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = ["serve", "--workers", "1", "--host", HOST, "--port", str(port), "--server", frontend]
+        result = subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
+                                timeout=30)
+    assert result.returncode != 0
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_second_gateway_on_the_same_port_fails_fast(
+    start_gateway: StartGateway, tmp_path: Path, frontend: str
+) -> None:
+    require_frontend(frontend)
+    first = start_gateway(name="first")
+    args = ["serve", "--workers", "1", "--host", HOST, "--port", str(first.port), "--server", frontend]
+    second = ServerProcess(f"second-{frontend}", args, tmp_path, first.port).start()
+    try:
+        # it either gives up (the right outcome) or announces that it serves (it bound the port as well)
+        wait_for(lambda: second.exited() is not None or "serving on" in second.logs(10**6, records=False),
+                 20.0, what="the second gateway to give up or start")
+        assert second.exited() not in (None, 0), "the second gateway shares the port with the first"
+    finally:
+        second.stop()
+    assert_serves(first.port)
+
+
 # -- gateway check -------------------------------------------------------------------------------------
 
 
@@ -270,3 +309,67 @@ def test_serve_refuses_broken_file(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "server.workers" in result.stderr
+
+
+def test_sighup_keeps_inflight_stream_on_changed_provider(start_gateway: StartGateway, mock_port: int) -> None:
+    # drain_timeout = 1.0 is the grace period after which the engine closes the retired provider's pool;
+    # docs/frontends.md: "in-flight requests finish on the snapshot they started with"
+    text = gateway_toml(mock_port, server={"drain_timeout": 1.0})
+    gw = start_gateway(text, name="reload-inflight")
+    assert gw.config_path is not None
+    with RawClient(gw.port, timeout=10.0) as conn:
+        conn.send(chat_request("!mock chunks=12 chunk_delay_ms=250", stream=True))
+        assert conn.read_head().status == 200
+        pieces = conn.iter_chunks()
+        received = [next(pieces)]
+        # the provider changes (a longer read timeout): a new pool; the old one is retired
+        gw.config_path.write_text(gateway_toml(mock_port, server={"drain_timeout": 1.0},
+                                               provider={"read_timeout": 5.0}))
+        gw.process.send_signal(signal.SIGHUP)
+        received.extend(pieces)
+    events = sse_events(b"".join(received))
+    assert events[-1] == b"[DONE]", events[-2:]
+    assert sum(1 for e in events if b'"content"' in e) == 12
+    assert_serves(gw.port)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_sigterm_gives_up_on_stuck_request_after_drain_timeout(
+    start_gateway: StartGateway, mock_port: int, frontend: str
+) -> None:
+    require_frontend(frontend)
+    text = gateway_toml(mock_port, server={"drain_timeout": 1.0}, provider={"read_timeout": 30.0})
+    gw = start_gateway(text, name="stuck", frontend=frontend)
+    with RawClient(gw.port, timeout=15.0) as conn:
+        conn.send(chat_request("!mock hang=1"))
+        time.sleep(0.3)  # the request is in the gateway, waiting on the upstream
+        t0 = time.monotonic()
+        gw.process.send_signal(signal.SIGTERM)
+        code = gw.process.wait(timeout=10.0)
+        elapsed = time.monotonic() - t0
+        assert code == 0, gw.process.logs()
+        assert elapsed < 1.0 + 5.0, elapsed  # drain_timeout, then the stuck request is given up
+        # the client is not left hanging: an error answer or a closed connection
+        try:
+            resp = conn.read_response()
+        except ConnectionError:
+            pass
+        else:
+            assert resp.status >= 500, resp
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_respawned_worker_serves_reloaded_config(
+    start_gateway: StartGateway, mock_port: int, frontend: str
+) -> None:
+    require_frontend(frontend)
+    gw = start_gateway(gateway_toml(mock_port), name="reload-respawn", frontend=frontend)
+    assert gw.config_path is not None
+    gw.config_path.write_text(gateway_toml(mock_port, extra_models=NEW_MODEL))
+    gw.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: _model_status(gw.port, "new-model") == 200, 10.0, what="new-model after SIGHUP")
+    (worker,) = _workers(gw, 1)
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: worker not in _workers(gw, 1), 15.0, what="a new worker")
+    wait_for(lambda: _try_serves_model(gw.port, "new-model"), 15.0,
+             what="the respawned worker to serve the reloaded config")

@@ -328,11 +328,6 @@ def test_slashed_model_id_chat_and_list(client: openai.OpenAI) -> None:
 def test_slashed_model_id_retrieve(
     client: openai.OpenAI, gateway: Gateway, request: pytest.FixtureRequest
 ) -> None:
-    if gateway.frontend == "native":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "gateway bug: /v1/models/{id} on the native front end looks the id up without percent-decoding "
-            "the path, so the SDK's GET /v1/models/org%2Fmodel-x answers 404 (granian decodes and finds it)"
-        )))
     # the SDK sends GET /v1/models/org%2Fmodel-x: the id in the path is percent-encoded
     model = client.models.retrieve(SLASHED_MODEL_ID)
     assert model.id == SLASHED_MODEL_ID

@@ -37,7 +37,7 @@ IMPLS = [
 ]
 
 PROPS = settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 
 
@@ -1018,6 +1018,7 @@ reasons = st.binary(max_size=16).map(lambda b: b.translate(REASON_TABLE))
 ows = st.sampled_from([b"", b" ", b"  ", b"\t", b" \t "])
 cases = st.sampled_from(CASES)
 small = st.integers(0, 2)
+pads = st.sampled_from([0, 0, 1, 2, -1])  # -1: pad with zeros up to the longest accepted number
 chunk_exts = st.sampled_from([b"", b";a=b", b" ;x", b';n="v w"', b";a;b=1", b"\t;q", b";"])
 methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]) | tokens
 paths = st.text(alphabet=TARGET_CHARS, max_size=16)
@@ -1050,7 +1051,9 @@ def chunked_body(draw: st.DrawFn, body: bytes) -> bytes:
     pieces = [p for p in split_at(body, draw(cut_lists)[:4]) if p]
     out = []
     for piece in pieces:
-        size = draw(cases)(b"0" * draw(small) + format(len(piece), "x").encode())
+        size = format(len(piece), "x").encode()
+        pad = draw(pads)
+        size = draw(cases)(size.rjust(15, b"0") if pad < 0 else b"0" * pad + size)
         out.append(size + draw(chunk_exts) + b"\r\n" + piece + b"\r\n")
     out.append(b"0" * (1 + draw(small)) + draw(chunk_exts) + b"\r\n")
     for _ in range(draw(small)):
@@ -1087,18 +1090,21 @@ def valid_request(draw: st.DrawFn) -> ReqSpec:
         lines.append((header_line(draw, name=b"connection", value=value)[0], b"connection", value))
     expect = draw(st.booleans())
     if expect:
-        lines.append((header_line(draw, name=b"expect", value=b"100-continue")[0], b"expect", b"100-continue"))
+        value = draw(cases)(b"100-continue")
+        lines.append((header_line(draw, name=b"expect", value=value)[0], b"expect", value))
     body = draw(bodies)
     framings = ["cl", "chunked"] if version == 11 else ["cl"]
     if not body:
         framings.append("none")
     framing = draw(st.sampled_from(framings))
     if framing == "cl":
-        value = b"0" * draw(small) + str(len(body)).encode()
+        value = str(len(body)).encode()
+        pad = draw(pads)
+        value = value.rjust(18, b"0") if pad < 0 else b"0" * pad + value
         lines.append((header_line(draw, name=b"content-length", value=value)[0], b"content-length", value))
         encoded = body
     elif framing == "chunked":
-        value = b"chunked"
+        value = draw(cases)(b"chunked")
         lines.append((header_line(draw, name=b"transfer-encoding", value=value)[0], b"transfer-encoding", value))
         encoded = chunked_body(draw, body)
     else:
@@ -1256,6 +1262,153 @@ def test_prop_chunked_decoder(buf: bytes, start: int, data: Any) -> None:
         return out
 
     assert run(_http) == run(http_py)
+
+
+# --- models: targeted near-valid input, checked against rules written from the RFC 9112 grammar
+
+NO_LF = bytes(c if c != 0x0A else 0x41 for c in range(256))
+NO_LF_COLON = bytes(c if c not in (0x0A, 0x3A) else 0x42 for c in range(256))
+TCHAR_B = frozenset(TCHAR.encode())
+
+
+def _is_token(b: bytes) -> bool:
+    return bool(b) and all(c in TCHAR_B for c in b)
+
+
+special_names = st.sampled_from(sorted(SPECIAL)).flatmap(lambda n: cases.map(lambda f: f(n)))
+model_names = st.one_of(plain_names, special_names, st.binary(min_size=0, max_size=6).map(
+    lambda b: b.translate(NO_LF_COLON)))
+digit_strings = st.text(alphabet="0123456789", max_size=21).map(str.encode)
+model_values = st.one_of(
+    value_core,
+    st.binary(max_size=10).map(lambda b: b.translate(NO_LF)),
+    st.builds(lambda a, d, b: a + d + b, st.sampled_from([b"", b" ", b"+", b"-", b"\t", b"0x"]), digit_strings,
+              st.sampled_from([b"", b" ", b" 1", b",5", b"\x00", b"\x7f", b".0"])),
+    st.sampled_from([b"chunked", b"gzip", b"chunked, gzip", b"identity", b"close", b"keep-alive",
+                     b"100-continue"]).flatmap(lambda v: cases.map(lambda f: f(v))),
+)
+
+
+def header_model(name: bytes, value: bytes, max_body: int) -> tuple[Any, ...]:
+    """Outcome of ``GET / HTTP/1.1`` with ``Host: a`` and one more header line ``name: value``."""
+    line = name + b":" + value
+    if line[:1] in (b" ", b"\t"):
+        return ("error", 400)  # obs-fold
+    if not _is_token(name):
+        return ("error", 400)
+    v = value.strip(b" \t")
+    if any((c < 0x20 and c != 0x09) or c == 0x7F for c in v):
+        return ("error", 400)
+    lname = name.lower()
+    keep_alive, body, suffix = True, b"", b""
+    if lname == b"content-length":
+        if not (1 <= len(v) <= 18 and all(0x30 <= c <= 0x39 for c in v)):
+            return ("error", 400)
+        if int(v) > max_body:
+            return ("error", 413)
+        body = suffix = b"x" * int(v)
+    elif lname == b"transfer-encoding":
+        if v.lower() != b"chunked":
+            return ("error", 501)
+        body, suffix = b"abc", b"3\r\nabc\r\n0\r\n\r\n"
+    elif lname == b"host":
+        return ("error", 400)  # a second Host
+    elif lname == b"connection":
+        toks = [t.strip(b" \t").lower() for t in v.split(b",")]
+        keep_alive = False if b"close" in toks else True
+    return ("ok", ("GET", "/", "", 11, [(b"host", b"a"), (lname, v)], body, keep_alive), suffix)
+
+
+@PROPS
+@given(name=model_names, value=model_values, data=st.data())
+def test_prop_header_line_model(name: bytes, value: bytes, data: Any) -> None:
+    max_body = 1000
+    expected = header_model(name, value, max_body)
+    stream = b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b":" + value + b"\r\n\r\n"
+    if expected[0] == "ok":
+        stream += expected[2]
+        want = ([expected[1]], None, (0, 0))
+    else:
+        want = ([], expected[1], None)
+    pieces = split_at(stream, data.draw(cut_lists, label="cuts"))
+    for mod in (http_py, _http):
+        if mod is not None:
+            assert run_requests(mod, pieces, max_body_bytes=max_body)[1] == want
+
+
+versions = st.one_of(
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9", b"http/1.1", b"HTTP/1.10",
+                     b"HTTP/1", b"HTTP/11", b"HTTP/1.1\r", b"HTTPS/1.1", b""]),
+    st.binary(max_size=9).map(lambda b: b"HTTP/" + b.translate(NO_LF)[:3]),
+)
+model_methods = st.one_of(tokens.map(str.encode), st.sampled_from([b"OPTIONS", b"options", b""]),
+                          st.binary(max_size=5).map(lambda b: b.translate(NO_LF)))
+model_targets = st.one_of(
+    queries.map(lambda q: b"/" + (q or "").encode()),
+    st.sampled_from([b"*", b"", b"http://h/", b"h:443", b"//x", b"/?", b"/a b"]),
+    st.binary(max_size=6).map(lambda b: b"/" + b.translate(NO_LF)),
+)
+separators = st.sampled_from([b" ", b" ", b" ", b"  ", b"\t"])
+
+
+def request_line_model(line: bytes) -> tuple[Any, ...]:
+    parts = line.split(b" ")
+    if len(parts) != 3 or not _is_token(parts[0]):
+        return ("error", 400)
+    method, target, version = parts
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return ("error", 505 if version.startswith(b"HTTP/") and len(version) == 8 else 400)
+    if not target or not all(0x21 <= c <= 0x7E for c in target):
+        return ("error", 400)
+    if target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS"):
+        return ("error", 400)
+    path, _, query = target.decode().partition("?")
+    return ("ok", (method.decode(), path, query, 11 if version == b"HTTP/1.1" else 10,
+                   [(b"host", b"a")], b"", version == b"HTTP/1.1"))
+
+
+@PROPS
+@given(method=model_methods, target=model_targets, version=versions, s1=separators, s2=separators,
+       data=st.data())
+def test_prop_request_line_model(
+    method: bytes, target: bytes, version: bytes, s1: bytes, s2: bytes, data: Any
+) -> None:
+    line = method + s1 + target + s2 + version
+    expected = request_line_model(line)
+    want = ([expected[1]], None, (0, 0)) if expected[0] == "ok" else ([], expected[1], None)
+    stream = line + b"\r\nHost: a\r\n\r\n"
+    pieces = split_at(stream, data.draw(cut_lists, label="cuts"))
+    for mod in (http_py, _http):
+        if mod is not None:
+            assert run_requests(mod, pieces)[1] == want
+
+
+size_lines = st.builds(
+    lambda pad, digits, ws, ext: b"0" * pad + digits + ws + ext,
+    st.integers(0, 17),
+    st.text(alphabet="0123456789abcdefABCDEFgx -", max_size=4).map(str.encode),
+    st.sampled_from([b"", b" ", b"\t", b" \t"]),
+    st.sampled_from([b"", b";", b";a=b", b";a\x00", b"; x"]),
+)
+
+
+@PROPS
+@given(line=size_lines)
+def test_prop_chunk_size_line_model(line: bytes) -> None:
+    hexpart = line.split(b";", 1)[0].rstrip(b" \t")
+    ok = 1 <= len(hexpart) <= 15 and all(c in b"0123456789abcdefABCDEF" for c in hexpart)
+    for mod in (http_py, _http):
+        if mod is None:
+            continue
+        dec = mod.ChunkedDecoder()
+        if not ok:
+            with pytest.raises(ParseError) as ei:
+                dec.feed(line + b"\r\n", 0)
+            assert ei.value.status == 400
+            continue
+        assert dec.feed(line + b"\r\n", 0) == len(line) + 2
+        size = int(hexpart, 16)
+        assert (dec.remaining, dec.done, dec.state) == (size, False, 1 if size else 3)
 
 
 # --- responses
