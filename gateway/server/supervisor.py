@@ -119,6 +119,9 @@ class Supervisor:
         """
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR: TIME_WAIT leftovers of a previous run do not block a restart; live
+            # listeners (another gateway's workers) still do
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((self.host, self.port))
             port = probe.getsockname()[1]
         return bind_socket(self.host, port, listen=False)

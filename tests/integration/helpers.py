@@ -457,3 +457,89 @@ def sse_events(body: bytes) -> list[bytes]:
             if line.startswith(b"data:"):
                 out.append(line[5:].strip())
     return out
+
+
+# -- an upstream that records what the gateway sends ---------------------------------------------------
+
+
+class RecordedRequest:
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers  # lower-case names
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class RecordingUpstream:
+    """A tiny OpenAI-shaped upstream in a thread of the test process that keeps every request it gets.
+
+    Answers chat completions with a fixed body (or a short SSE stream with a usage chunk when the request
+    streams), so tests can assert exactly what the gateway put on the wire: path, headers, body bytes.
+    """
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        recorded: list[RecordedRequest] = []
+        self.requests = recorded
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                recorded.append(RecordedRequest("POST", self.path, headers, body))
+                try:
+                    stream = bool(json.loads(body).get("stream"))
+                except ValueError:
+                    stream = False
+                if stream:
+                    events = [
+                        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"},
+                                      "finish_reason": None}], "usage": None},
+                        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None},
+                        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                         "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}},
+                    ]
+                    out = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+                    out += b"data: [DONE]\n\n"
+                    ctype = "text/event-stream"
+                else:
+                    out = json.dumps({
+                        "id": "c1", "object": "chat.completion", "created": 1, "model": "up",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "recorded"},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                    }).encode()
+                    ctype = "application/json"
+                self.send_response(200)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def __enter__(self) -> RecordingUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -1,8 +1,7 @@
 """HTTP semantics both front ends must share, checked with a general-purpose client (httpx) and raw bytes.
 
-Where the native front end is known to differ from the standard (and from granian), the native variant is
-marked ``xfail(strict=True)`` with the bug spelled out, so the fix flips it to a failure that asks for the
-marker to go.
+The native front end once differed here from the standard (and from granian): a body in responses to HEAD,
+HTTP/1.0 keep-alive kept but not acknowledged. These tests keep both front ends in step.
 """
 
 from __future__ import annotations
@@ -24,11 +23,6 @@ def http(gateway: Gateway) -> Iterator[httpx.Client]:
         yield c
 
 
-def _known_native_bug(gateway: Gateway, request: pytest.FixtureRequest, reason: str) -> None:
-    if gateway.frontend == "native":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"gateway bug (native front end): {reason}"))
-
-
 def test_keepalive_connection_reused_by_httpx(http: httpx.Client, gateway: Gateway) -> None:
     for _ in range(5):
         assert http.get("/healthz").status_code == 200
@@ -37,9 +31,7 @@ def test_keepalive_connection_reused_by_httpx(http: httpx.Client, gateway: Gatew
         }).status_code == 200
 
 
-def test_head_then_get_on_one_connection(
-    http: httpx.Client, gateway: Gateway, request: pytest.FixtureRequest
-) -> None:
+def test_head_then_get_on_one_connection(http: httpx.Client) -> None:
     head = http.head("/healthz")
     assert head.status_code in (200, 405)
     assert head.content == b""
@@ -48,7 +40,7 @@ def test_head_then_get_on_one_connection(
     assert resp.json() == {"status": "ready"}
 
 
-def test_http10_keepalive_is_acknowledged(gateway: Gateway, request: pytest.FixtureRequest) -> None:
+def test_http10_keepalive_is_acknowledged(gateway: Gateway) -> None:
     with RawClient(gateway.port) as c:
         c.send(http_request("GET", "/v1/models", version="HTTP/1.0", headers=[("Connection", "keep-alive")]))
         resp = c.read_response()

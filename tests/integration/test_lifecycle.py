@@ -19,6 +19,7 @@ from .helpers import (
     ServerProcess,
     assert_serves,
     chat_request,
+    free_port,
     gateway_toml,
     http_request,
     pid_alive,
@@ -236,9 +237,7 @@ def test_sighup_with_embedded_default_is_harmless(default_gateway: Gateway) -> N
 
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
-def test_port_taken_by_another_process_fails_cleanly(
-    tmp_path: Path, frontend: str, request: pytest.FixtureRequest
-) -> None:
+def test_port_taken_by_another_process_fails_cleanly(frontend: str) -> None:
     require_frontend(frontend)
     with socket.socket() as holder:
         holder.bind((HOST, 0))
@@ -268,6 +267,31 @@ def test_second_gateway_on_the_same_port_fails_fast(
     finally:
         second.stop()
     assert_serves(first.port)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_restart_on_the_same_port_right_after_serving(
+    tmp_path: Path, frontend: str, request: pytest.FixtureRequest
+) -> None:
+    """A restart must not be refused because of the old instance's connections in TIME_WAIT."""
+    require_frontend(frontend)
+    port = free_port()
+    args = ["serve", "--workers", "1", "--host", HOST, "--port", str(port), "--server", frontend]
+    old = ServerProcess(f"old-{frontend}", args, tmp_path, port).start()
+    try:
+        old.wait_ready()
+        for _ in range(3):  # the server closes these connections first: TIME_WAIT on its side
+            with RawClient(port) as c:
+                assert c.request(chat_request(model="mock-1", headers=[("Connection", "close")])).status == 200
+                assert c.closed_by_peer()
+    finally:
+        old.stop()
+    new = ServerProcess(f"new-{frontend}", args, tmp_path, port).start()
+    try:
+        new.wait_ready(timeout=15.0)
+        assert_serves(port, model="mock-1")
+    finally:
+        new.stop()
 
 
 # -- gateway check -------------------------------------------------------------------------------------

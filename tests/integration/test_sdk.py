@@ -325,9 +325,7 @@ def test_slashed_model_id_chat_and_list(client: openai.OpenAI) -> None:
     assert SLASHED_MODEL_ID in {m.id for m in client.models.list()}
 
 
-def test_slashed_model_id_retrieve(
-    client: openai.OpenAI, gateway: Gateway, request: pytest.FixtureRequest
-) -> None:
+def test_slashed_model_id_retrieve(client: openai.OpenAI) -> None:
     # the SDK sends GET /v1/models/org%2Fmodel-x: the id in the path is percent-encoded
     model = client.models.retrieve(SLASHED_MODEL_ID)
     assert model.id == SLASHED_MODEL_ID

@@ -341,7 +341,7 @@ def test_prop_split_events_and_event_data_agree(data: bytes) -> None:
 def split_events_model(data: bytes) -> list[bytes]:
     """Lines end at LF; a blank line (LF or CRLF) ends a non-empty event; a leftover is the last event."""
     events, cur = [], b""
-    for line in re.findall(b"[^\n]*\n|[^\n]+\Z", data):
+    for line in re.findall(rb"[^\n]*\n|[^\n]+\Z", data):
         if line in (b"\n", b"\r\n"):
             if cur:
                 events.append(cur + line)
