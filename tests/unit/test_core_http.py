@@ -36,8 +36,11 @@ IMPLS = [
     pytest.param(_http, id="compiled", marks=needs_compiled),
 ]
 
+# GATEWAY_PROPERTY_EXAMPLES=5000 for a deeper run
 PROPS = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 
@@ -638,9 +641,41 @@ def test_size_limits_are_inclusive(impl: ModuleType) -> None:
 )
 def test_long_chunk_lines_do_not_depend_on_fragmentation(impl: ModuleType, framing: bytes) -> None:
     data = req(HOST, CHUNKED, line=b"POST / HTTP/1.1", body=framing)
-    whole = rejection(impl, [data])
-    split = rejection(impl, [data[:len(data) - 100], data[len(data) - 100:]])
-    assert whole == split
+    assert rejection(impl, [data]) == 400
+    assert rejection(impl, [data[:len(data) - 100], data[len(data) - 100:]]) == 400
+
+
+def chunk_line_at(length: int, where: str) -> tuple[bytes, int]:
+    """A chunked request whose size line (or trailer line) is ``length`` bytes; and the offset of its CR."""
+    if where == "size":
+        line = b"5;" + b"e" * (length - 2)
+        body = line + b"\r\nhello\r\n0\r\n\r\n"
+    else:
+        line = b"X: " + b"t" * (length - 3)
+        body = b"5\r\nhello\r\n0\r\n" + line + b"\r\n\r\n"
+    data = req(HOST, CHUNKED, line=b"POST / HTTP/1.1", body=body)
+    return data, data.index(line) + len(line)
+
+
+@pytest.mark.parametrize("where", ["size", "trailer"])
+def test_chunk_line_limit(impl: ModuleType, where: str) -> None:
+    ok, cr = chunk_line_at(4096, where)  # 4096 bytes before the CRLF: the longest accepted line
+    assert parse_all(impl, [ok])[0][5] == b"hello"
+    assert parse_all(impl, [ok[:cr], ok[cr:]])[0][5] == b"hello"
+    bad, cr = chunk_line_at(4097, where)
+    assert rejection(impl, [bad]) == 400
+    assert rejection(impl, [bad[:cr], bad[cr:]]) == 400
+    assert rejection(impl, [bad[:cr + 1], bad[cr + 1:]]) == 400
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fragmentation-dependent at the limit: a 4096-byte chunk-size or trailer line is accepted when its CRLF "
+    "arrives with it, refused (400) when the segment ends between CR and LF (4097 bytes held, no CRLF yet)"
+))
+@pytest.mark.parametrize("where", ["size", "trailer"])
+def test_chunk_line_at_the_limit_split_between_cr_and_lf(impl: ModuleType, where: str) -> None:
+    ok, cr = chunk_line_at(4096, where)
+    assert parse_all(impl, [ok[:cr + 1], ok[cr + 1:]])[0][5] == b"hello"
 
 
 def test_close_in_any_connection_header_wins(impl: ModuleType) -> None:
@@ -914,16 +949,27 @@ def test_response_upstream_framing_errors_are_parse_errors(impl: ModuleType) -> 
         assert ei.value.status in (400, 502)
 
 
-@needs_compiled
-def test_response_huge_content_length_parity() -> None:
-    data = resp(b"Content-Length: 99999999999999999999", body=b"ab")
-    assert run_response(_http, [data], eof=False) == run_response(http_py, [data], eof=False)
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(b"999999999999999999", True), (b"9223372036854775807", False), (b"99999999999999999999", False)],
+)
+def test_response_huge_content_length(impl: ModuleType, value: bytes, ok: bool) -> None:
+    # 19 digits and more (2**63 overflowed a C ssize_t in the compiled parser) are a ParseError
+    outcome = run_response(impl, [resp(b"Content-Length: " + value, body=b"ab")], eof=False)[1]
+    assert outcome == ((200, "OK", [(b"content-length", value)], b"ab", False, True) if ok else ("error", 502))
 
 
 def test_response_head_limit_does_not_depend_on_fragmentation(impl: ModuleType) -> None:
     data = resp(b"X-Big: " + b"a" * 200, b"Content-Length: 0")
-    assert run_response(impl, [data], max_header_bytes=100)[1] == run_response(
-        impl, [data[:150], data[150:]], max_header_bytes=100)[1]
+    assert run_response(impl, [data], max_header_bytes=100)[1] == ("error", 502)
+    assert run_response(impl, [data[:150], data[150:]], max_header_bytes=100)[1] == ("error", 502)
+    # the limit is inclusive, whatever the fragmentation; interim heads are measured on their own
+    limit = len(data)
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    for stream in (data, interim + data):
+        for i in range(0, len(stream) + 1, 7):
+            assert run_response(impl, [stream[:i], stream[i:]], max_header_bytes=limit)[1][0] == 200, i
+            assert run_response(impl, [stream[:i], stream[i:]], max_header_bytes=limit - 1)[1] == ("error", 502)
 
 
 def test_response_close_in_any_connection_header_wins(impl: ModuleType) -> None:
@@ -1082,12 +1128,13 @@ def valid_request(draw: st.DrawFn) -> ReqSpec:
         raw, value = header_line(draw, name=b"host")
         lines.append((raw, b"host", value))
     keep_alive = version == 11
-    if draw(st.booleans()):  # at most one Connection header (see test_close_in_any_connection_header_wins)
+    seen: list[bytes] = []
+    for _ in range(draw(small)):  # Connection headers: "close" in any of them wins (RFC 9112 9.6)
         toks = draw(conn_tokens)
         value = b", ".join(toks)
-        low = [t.lower() for t in toks]
-        keep_alive = False if b"close" in low else True if b"keep-alive" in low else keep_alive
+        seen += [t.lower() for t in toks]
         lines.append((header_line(draw, name=b"connection", value=value)[0], b"connection", value))
+    keep_alive = False if b"close" in seen else True if b"keep-alive" in seen else keep_alive
     expect = draw(st.booleans())
     if expect:
         value = draw(cases)(b"100-continue")
@@ -1445,11 +1492,12 @@ def valid_response(draw: st.DrawFn) -> RespSpec:
         raw, value = header_line(draw, name=name)
         lines.append((raw, name.lower(), value))
     keep_alive = version == b"HTTP/1.1"
-    if draw(st.booleans()):
+    seen: list[bytes] = []
+    for _ in range(draw(small)):
         value = draw(resp_connection)
-        toks = [t.strip().lower() for t in value.split(b",")]
-        keep_alive = False if b"close" in toks else True if b"keep-alive" in toks else keep_alive
+        seen += [t.strip().lower() for t in value.split(b",")]
         lines.append((header_line(draw, name=b"connection", value=value)[0], b"connection", value))
+    keep_alive = False if b"close" in seen else True if b"keep-alive" in seen else keep_alive
     body = draw(bodies)
     no_body = head_only or status in (204, 304)
     framing = draw(st.sampled_from(["cl", "chunked", "close"]))

@@ -33,8 +33,11 @@ IMPLS = [
 ]
 MODS = [m for m in (sse_py, _sse) if m is not None]
 
+# GATEWAY_PROPERTY_EXAMPLES=5000 for a deeper run
 PROPS = settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", "250")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 
