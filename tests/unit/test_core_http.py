@@ -36,12 +36,18 @@ IMPLS = [
     pytest.param(_http, id="compiled", marks=needs_compiled),
 ]
 
-# GATEWAY_PROPERTY_EXAMPLES=5000 for a deeper run
-PROPS = settings(
-    max_examples=int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", "200")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+
+def props(examples: int) -> settings:
+    """Hypothesis settings: ``examples`` per test, or GATEWAY_PROPERTY_EXAMPLES (e.g. 5000) for a deeper run."""
+    return settings(
+        max_examples=int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", examples)),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+PROPS = props(200)
+HEAVY = props(150)  # the tests whose generators build whole requests or responses
 
 
 @pytest.fixture(params=IMPLS)
@@ -1180,7 +1186,7 @@ limits = st.tuples(
 )
 
 
-@PROPS
+@HEAVY
 @given(specs=st.lists(valid_request(), min_size=1, max_size=3), lim=limits, data=st.data())
 def test_prop_valid_requests_any_fragmentation(specs: list[ReqSpec], lim: tuple[int, int], data: Any) -> None:
     stream = b"".join(s.raw for s in specs)
@@ -1197,7 +1203,7 @@ def test_prop_valid_requests_any_fragmentation(specs: list[ReqSpec], lim: tuple[
         assert run_requests(_http, pieces, **kw)[0] == run_requests(http_py, pieces, **kw)[0]
 
 
-@PROPS
+@HEAVY
 @given(spec=valid_request(), data=st.data())
 def test_prop_expect_continue(spec: ReqSpec, data: Any) -> None:
     """A head asking for 100-continue reports it exactly once iff its body is still pending."""
@@ -1279,7 +1285,7 @@ def test_prop_arbitrary_bytes_requests(stream: bytes, lim: tuple[int, int], data
 
 
 @needs_compiled
-@PROPS
+@HEAVY
 @given(stream=mutated(request_streams), lim=limits, data=st.data())
 def test_prop_mutated_requests(stream: bytes, lim: tuple[int, int], data: Any) -> None:
     cuts = data.draw(cut_lists, label="cuts")
@@ -1526,7 +1532,7 @@ def valid_response(draw: st.DrawFn) -> RespSpec:
     return RespSpec(interim + head + encoded + trailing, head_only, outcome, close_delimited)
 
 
-@PROPS
+@HEAVY
 @given(spec=valid_response(), data=st.data())
 def test_prop_valid_responses_any_fragmentation(spec: RespSpec, data: Any) -> None:
     cuts = data.draw(cut_lists, label="cuts")
@@ -1569,7 +1575,7 @@ def test_prop_arbitrary_bytes_responses(stream: bytes, head_only: bool, eof: boo
 
 
 @needs_compiled
-@PROPS
+@HEAVY
 @given(spec=valid_response(), raw=st.data(), eof=st.booleans(), data=st.data())
 def test_prop_mutated_responses(spec: RespSpec, raw: Any, eof: bool, data: Any) -> None:
     stream = raw.draw(mutated(st.just(spec.raw)), label="mutated")
