@@ -33,7 +33,7 @@ from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator
-from gateway.server.pool import OriginPool, PooledResponse
+from gateway.server.pool import OriginPool
 from gateway.wire import (
     EmbeddingRequest,
     decoders,
@@ -432,11 +432,7 @@ class Engine:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
 
     async def _relay_body(self, ctx: Context, responder: Responder, resp: UpstreamResponse) -> None:
-        if isinstance(resp, PooledResponse) and resp.complete:
-            body = resp.body_now()  # PERF: the whole body came with the head; no await
-            ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
-        else:
-            body = await self._read(ctx, resp)
+        body = await self._read(ctx, resp)
         try:
             env = usage_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError):

@@ -12,7 +12,7 @@ from gateway._core.errors import ParseError
 
 __all__ = [
     "STATE_BODY", "STATE_HEAD", "STATE_IDLE", "ChunkedDecoder", "ParseError", "Request",
-    "RequestParser", "ResponseParser", "build_response_head", "reason_phrase",
+    "RequestParser", "ResponseParser", "build_response_head", "find_header", "reason_phrase",
 ]
 
 STATE_IDLE = 0
@@ -104,6 +104,15 @@ cdef inline bint _eq_lower(const char* s, Py_ssize_t n, const char* lit, Py_ssiz
     return True
 
 
+cpdef find_header(list headers, bytes name):
+    """First value of ``name`` (lower-case bytes) in parsed headers, or None."""
+    cdef tuple kv
+    for kv in headers:
+        if <bytes>kv[0] == name:
+            return kv[1]
+    return None
+
+
 cdef list _parse_header_lines(const char* s, Py_ssize_t pos, Py_ssize_t end):
     """Header lines in s[pos:end] (no final CRLF) -> [(lower name, value)]. Raises ParseError."""
     cdef list headers = []
@@ -185,11 +194,7 @@ cdef class Request:
 
     def header(self, bytes name):
         """First value of header ``name`` (lower-case bytes), or None."""
-        cdef tuple kv
-        for kv in self.headers:
-            if <bytes>kv[0] == name:
-                return kv[1]
-        return None
+        return find_header(self.headers, name)
 
     def __repr__(self):
         return f"<Request {self.method} {self.path} body={len(self.body)}B>"
@@ -501,11 +506,7 @@ cdef class ResponseParser:
         self._parts = []
 
     def header(self, bytes name):
-        cdef tuple kv
-        for kv in self.headers:
-            if <bytes>kv[0] == name:
-                return kv[1]
-        return None
+        return find_header(self.headers, name)
 
     cpdef feed(self, bytes data):
         cdef bytes buf

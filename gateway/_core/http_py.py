@@ -19,6 +19,7 @@ __all__ = [
     "RequestParser",
     "ResponseParser",
     "build_response_head",
+    "find_header",
     "reason_phrase",
 ]
 
@@ -80,10 +81,7 @@ class Request:
 
     def header(self, name: bytes) -> bytes | None:
         """First value of header ``name`` (lower-case bytes), or None."""
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return find_header(self.headers, name)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.path} body={len(self.body)}B>"
@@ -157,6 +155,14 @@ class ChunkedDecoder:
         data = b"".join(self.parts)
         self.parts.clear()
         return data
+
+
+def find_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """First value of ``name`` (lower-case bytes) in parsed headers, or None."""
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
 
 
 def _parse_header_lines(head: bytes, start: int) -> list[tuple[bytes, bytes]]:
@@ -386,10 +392,7 @@ class ResponseParser:
         self._parts: list[bytes] = []
 
     def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return find_header(self.headers, name)
 
     def feed(self, data: bytes) -> None:
         if self.done:

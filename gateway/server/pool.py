@@ -32,7 +32,7 @@ from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway._core.http import ParseError, ResponseParser
+from gateway._core.http import ParseError, ResponseParser, find_header
 from gateway.providers.base import UpstreamError, UpstreamTimeout
 
 __all__ = ["OriginPool", "PooledResponse", "parse_origin"]
@@ -71,10 +71,7 @@ class PooledResponse:
         self._waiter: asyncio.Future[None] | None = None
 
     def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return find_header(self.headers, name)
 
     # called by the connection
     def _feed(self, data: bytes) -> None:
@@ -113,14 +110,6 @@ class PooledResponse:
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         await self._waiter
-
-    @property
-    def complete(self) -> bool:
-        """The whole body has arrived without error (``body_now`` may be called)."""
-        return self.done and self._error is None
-
-    def body_now(self) -> bytes:
-        return self._take() if self._parts else b""
 
     async def read(self) -> bytes:
         if self.done and self._error is None:
