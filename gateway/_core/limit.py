@@ -1,0 +1,15 @@
+"""Rate limiting: the compiled ``_limit`` module, or its twin ``limit_py`` (see ``gateway._core.load``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway._core.limit_py import *  # noqa: F403
+    from gateway._core.limit_py import __all__ as __all__
+
+    COMPILED: bool
+else:
+    from gateway._core import export
+
+    export("limit", globals())
