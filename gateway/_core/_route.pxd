@@ -1,0 +1,57 @@
+# Declarations of the compiled deployment-selection core (see _route.pyx; twin: route_py.py).
+
+from libc.stdint cimport uint64_t
+
+
+cdef uint64_t mix64(uint64_t z) noexcept nogil
+cdef uint64_t fnv1a64(const unsigned char* s, Py_ssize_t n) noexcept nogil
+
+
+cdef class HashRing:
+    cdef Py_ssize_t _n
+    cdef Py_ssize_t _size
+    cdef uint64_t* _hashes
+    cdef Py_ssize_t* _owners
+    cdef object _full
+    cdef tuple _names
+    cpdef Py_ssize_t pick(self, object key, object eligible=*) except -2
+
+
+cdef class SmoothWeighted:
+    cdef Py_ssize_t _n
+    cdef long long* _weights
+    cdef long long* _current
+    cdef object _full
+    cpdef void reset(self) noexcept
+    cpdef Py_ssize_t pick(self, object eligible=*) except -2
+
+
+cdef class LeastLatency:
+    cdef Py_ssize_t _n
+    cdef double _alpha
+    cdef double _explore
+    cdef double _ttfb_weight
+    cdef double* _ttfb
+    cdef double* _total
+    cdef double* _score
+    cdef unsigned char* _seen
+    cdef object _full
+    cpdef void observe(self, Py_ssize_t i, double ttfb, double total) except *
+    cpdef Py_ssize_t pick(self, object eligible, double r) except -2
+
+
+cdef class LeastBusy:
+    cdef Py_ssize_t _n
+    cdef long long* _busy
+    cdef object _full
+    cpdef void acquire(self, Py_ssize_t i) except *
+    cpdef void release(self, Py_ssize_t i) except *
+    cpdef Py_ssize_t pick(self, object eligible, long long tie=*) except -2
+
+
+cdef class Split:
+    cdef Py_ssize_t _n
+    cdef double* _cum
+    cdef double* _percents
+    cdef object _full
+    cpdef Py_ssize_t pick(self, double r, object eligible=*) except -2

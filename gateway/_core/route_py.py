@@ -1,0 +1,473 @@
+"""Pure-Python twin of ``gateway._core._route``: per-request deployment selection, the reference.
+
+Sans-IO: nothing here reads the clock, draws random numbers or waits. The routing shell passes in what a
+decision needs (a key, a random float in [0, 1), a rotating integer, observed latencies) and gets back a
+deployment index.
+
+Deployments are the small integers ``0 .. n-1`` of one route; the shell keeps the table that maps them to
+real deployments.
+
+Eligibility is a Python int bitmask: bit ``i`` set means deployment ``i`` may be picked. The shell clears
+the bits of deployments it must keep out (open circuit, cooling down, rate limited). ``ALL`` (``-1``, every
+bit set) admits every deployment, and ``ALL & ~(1 << i)`` all but ``i``; bits at ``n`` and above are
+ignored. Every picker returns ``-1`` when no deployment is eligible.
+
+Ring hashes are a fixed function of the bytes (FNV-1a 64 over UTF-8, then the splitmix64 finaliser), so
+every worker, node and release maps a key to the same deployment; Python's ``hash()`` is salted per
+process and would not.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "ALL",
+    "HashRing",
+    "LeastBusy",
+    "LeastLatency",
+    "SmoothWeighted",
+    "Split",
+    "cheapest",
+    "hash64",
+]
+
+ALL = -1  # the eligibility mask that admits every deployment
+
+_M64 = 0xFFFFFFFFFFFFFFFF
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment: 2**64 / golden ratio
+_MAX_WEIGHT = (1 << 31) - 1
+_MAX_POINTS = 1 << 20  # a ring past a million points is a configuration mistake (weights are relative)
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's finaliser: every input bit flips about half of the output bits."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _fnv1a64(data: bytes) -> int:
+    h = _FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * _FNV_PRIME) & _M64
+    return h
+
+
+def _as_bytes(key: bytes | str) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes):
+        return key
+    raise TypeError(f"a routing key must be bytes or str, not {type(key).__name__}")
+
+
+def hash64(key: bytes | str) -> int:
+    """The stable 64-bit hash of ``key`` (str as UTF-8) that places keys on the ring."""
+    return _mix64(_fnv1a64(_as_bytes(key)))
+
+
+def _full(n: int) -> int:
+    return (1 << n) - 1
+
+
+def _check_index(i: int, n: int) -> None:
+    if not 0 <= i < n:
+        raise IndexError(f"deployment index {i} out of range for {n} deployments")
+
+
+def _check_r(r: float) -> None:
+    if not 0.0 <= r < 1.0:
+        raise ValueError(f"r must be a float in [0, 1), got {r!r}")
+
+
+def _check_weights(weights: list[int], what: str) -> None:
+    for w in weights:
+        if not isinstance(w, int):
+            raise TypeError(f"{what} weights must be integers, not {type(w).__name__}")
+        if not 1 <= w <= _MAX_WEIGHT:
+            raise ValueError(f"{what} weights must be integers from 1 to {_MAX_WEIGHT}, got {w!r}")
+
+
+class HashRing:
+    """Consistent hashing with virtual nodes: the same key goes to the same deployment.
+
+    Deployment ``i`` owns ``vnodes * weights[i]`` points on a 64-bit ring; point ``j`` of a deployment
+    named ``name`` sits at ``mix64(hash64(name) + (j + 1) * GAMMA)``, so points depend on the name only.
+    Adding or removing one of N equal deployments therefore moves about 1/N of the keys, and only to or
+    from that deployment; leaving a deployment out of ``eligible`` moves exactly the keys a ring built
+    without it would move. Weights are relative (1, 2, 3 rather than 100, 200, 300): each unit of weight
+    costs ``vnodes`` points.
+    """
+
+    __slots__ = ("_full", "_hashes", "_n", "_names", "_owners")
+
+    def __init__(self, names: list[str], weights: list[int] | None = None, vnodes: int = 160) -> None:
+        n = len(names)
+        if weights is None:
+            weights = [1] * n
+        if len(weights) != n:
+            raise ValueError(f"{n} names but {len(weights)} weights")
+        if vnodes < 1:
+            raise ValueError(f"vnodes must be at least 1, got {vnodes!r}")
+        _check_weights(weights, "ring")
+        if len(set(names)) != n:
+            raise ValueError("deployment names on a ring must be unique")
+        total = vnodes * sum(weights)
+        if total > _MAX_POINTS:
+            raise ValueError(
+                f"the ring would hold {total} points (more than {_MAX_POINTS}); "
+                "use smaller relative weights or fewer vnodes"
+            )
+        points: list[tuple[int, str, int]] = []
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise TypeError(f"deployment names must be str, not {type(name).__name__}")
+            base = hash64(name)
+            for j in range(vnodes * weights[i]):
+                points.append((_mix64((base + (j + 1) * _GAMMA) & _M64), name, i))
+        points.sort()
+        self._hashes = [p[0] for p in points]
+        self._owners = [p[2] for p in points]
+        self._names = tuple(names)
+        self._n = n
+        self._full = _full(n)
+
+    @property
+    def n(self) -> int:
+        """Number of deployments."""
+        return self._n
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._names
+
+    @property
+    def points(self) -> int:
+        """Number of points on the ring."""
+        return len(self._hashes)
+
+    def pick(self, key: bytes | str, eligible: int = ALL) -> int:
+        """The deployment owning the first eligible point clockwise from ``hash64(key)``."""
+        h = hash64(key)
+        m = eligible & self._full
+        if not m:
+            return -1
+        hashes = self._hashes
+        size = len(hashes)
+        lo, hi = 0, size
+        while lo < hi:  # first point >= h
+            mid = (lo + hi) >> 1
+            if hashes[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        owners = self._owners
+        for k in range(size):
+            i = owners[(lo + k) % size]
+            if (m >> i) & 1:
+                return i
+        return -1  # pragma: no cover - every deployment has points, so some eligible one is reached
+
+
+class SmoothWeighted:
+    """nginx's smooth weighted round robin (``ngx_http_upstream_get_peer``).
+
+    Each pick adds every eligible deployment's weight to its running ``current``, picks the largest
+    ``current`` (lowest index on ties) and takes the total eligible weight off the winner. With a fixed
+    eligible set, every cycle of ``sum(weights)`` picks gives each deployment exactly its weight, spread
+    out rather than in runs (weights 5, 1, 1 give a a b a c a a). Ineligible deployments are skipped and
+    keep their ``current`` untouched.
+    """
+
+    __slots__ = ("_current", "_full", "_n", "_weights")
+
+    def __init__(self, weights: list[int]) -> None:
+        _check_weights(weights, "round-robin")
+        self._weights = list(weights)
+        self._n = len(weights)
+        self._current = [0] * self._n
+        self._full = _full(self._n)
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def reset(self) -> None:
+        """Start a fresh cycle."""
+        self._current = [0] * self._n
+
+    def pick(self, eligible: int = ALL) -> int:
+        m = eligible & self._full
+        if not m:
+            return -1
+        current = self._current
+        weights = self._weights
+        total = 0
+        best = -1
+        for i in range(self._n):
+            if (m >> i) & 1:
+                current[i] += weights[i]
+                total += weights[i]
+                if best < 0 or current[i] > current[best]:
+                    best = i
+        current[best] -= total
+        return best
+
+
+class LeastLatency:
+    """Lowest latency first, from exponentially weighted moving averages.
+
+    ``observe`` folds one response's time to first byte and total time into per-deployment EWMAs (the
+    first observation is taken as is). The score is ``ttfb_weight * ttfb + (1 - ttfb_weight) * total``.
+    ``pick`` sends to an eligible deployment that has never been observed first (the ``r``-th of them,
+    so that concurrent first requests spread), else to the lowest score (lowest index on ties), except
+    when ``r < explore``: then to one of the other eligible deployments, chosen by ``r``, so that one that
+    was slow and has recovered is measured again.
+    """
+
+    __slots__ = ("_alpha", "_explore", "_n", "_score", "_seen", "_total", "_ttfb", "_ttfb_weight")
+
+    def __init__(self, n: int, alpha: float = 0.3, explore: float = 0.05, ttfb_weight: float = 0.5) -> None:
+        if n < 0:
+            raise ValueError(f"n must be at least 0, got {n!r}")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        if not 0.0 <= explore <= 1.0:
+            raise ValueError(f"explore must be in [0, 1], got {explore!r}")
+        if not 0.0 <= ttfb_weight <= 1.0:
+            raise ValueError(f"ttfb_weight must be in [0, 1], got {ttfb_weight!r}")
+        self._n = n
+        self._alpha = float(alpha)
+        self._explore = float(explore)
+        self._ttfb_weight = float(ttfb_weight)
+        self._ttfb = [0.0] * n
+        self._total = [0.0] * n
+        self._score = [0.0] * n
+        self._seen = [False] * n
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def alpha(self) -> float:
+        """Weight of the newest observation in the moving averages."""
+        return self._alpha
+
+    @property
+    def explore(self) -> float:
+        """Share of picks sent to a deployment other than the best."""
+        return self._explore
+
+    @property
+    def ttfb_weight(self) -> float:
+        """Weight of time to first byte (against total latency) in the score."""
+        return self._ttfb_weight
+
+    def observe(self, i: int, ttfb: float, total: float) -> None:
+        """Fold in one response of deployment ``i`` (seconds, or any unit used consistently)."""
+        _check_index(i, self._n)
+        if not (math.isfinite(ttfb) and math.isfinite(total) and ttfb >= 0.0 and total >= 0.0):
+            raise ValueError(f"latencies must be finite and non-negative, got {ttfb!r}, {total!r}")
+        if self._seen[i]:
+            a = self._alpha
+            t = a * ttfb + (1.0 - a) * self._ttfb[i]
+            tot = a * total + (1.0 - a) * self._total[i]
+        else:
+            t = float(ttfb)
+            tot = float(total)
+            self._seen[i] = True
+        self._ttfb[i] = t
+        self._total[i] = tot
+        w = self._ttfb_weight
+        self._score[i] = w * t + (1.0 - w) * tot
+
+    def reset(self, i: int) -> None:
+        """Forget deployment ``i``'s history, so that it is tried again first."""
+        _check_index(i, self._n)
+        self._seen[i] = False
+        self._ttfb[i] = self._total[i] = self._score[i] = 0.0
+
+    def observed(self, i: int) -> bool:
+        _check_index(i, self._n)
+        return self._seen[i]
+
+    def score(self, i: int) -> float:
+        """Deployment ``i``'s score; -1.0 while it has not been observed."""
+        _check_index(i, self._n)
+        return self._score[i] if self._seen[i] else -1.0
+
+    def ttfb(self, i: int) -> float:
+        """EWMA of deployment ``i``'s time to first byte; -1.0 while it has not been observed."""
+        _check_index(i, self._n)
+        return self._ttfb[i] if self._seen[i] else -1.0
+
+    def total(self, i: int) -> float:
+        """EWMA of deployment ``i``'s total latency; -1.0 while it has not been observed."""
+        _check_index(i, self._n)
+        return self._total[i] if self._seen[i] else -1.0
+
+    def pick(self, eligible: int, r: float) -> int:
+        """``r``: a uniform random float in [0, 1) from the caller."""
+        _check_r(r)
+        m = eligible & _full(self._n)
+        if not m:
+            return -1
+        seen = self._seen
+        unseen = 0
+        count = 0
+        best = -1
+        score = self._score
+        for i in range(self._n):
+            if (m >> i) & 1:
+                count += 1
+                if not seen[i]:
+                    unseen += 1
+                elif best < 0 or score[i] < score[best]:
+                    best = i
+        if unseen:  # the k-th eligible unobserved deployment
+            k = min(int(r * unseen), unseen - 1)
+            for i in range(self._n):
+                if (m >> i) & 1 and not seen[i]:
+                    if k == 0:
+                        return i
+                    k -= 1
+        if r < self._explore and count > 1:  # the k-th eligible deployment other than the best
+            k = min(int(r / self._explore * (count - 1)), count - 2)
+            for i in range(self._n):
+                if (m >> i) & 1 and i != best:
+                    if k == 0:
+                        return i
+                    k -= 1
+        return best
+
+
+class LeastBusy:
+    """Fewest requests in flight first.
+
+    The shell calls ``acquire(i)`` when it sends to deployment ``i`` and ``release(i)`` when the response
+    has ended (a release below zero is ignored, so a double release cannot wedge a deployment). ``pick``
+    scans from ``tie mod n``, wrapping, and takes the first deployment with the fewest in flight, so that
+    a rotating ``tie`` spreads requests among equally busy deployments.
+    """
+
+    __slots__ = ("_busy", "_n")
+
+    def __init__(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"n must be at least 0, got {n!r}")
+        self._n = n
+        self._busy = [0] * n
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def acquire(self, i: int) -> None:
+        _check_index(i, self._n)
+        self._busy[i] += 1
+
+    def release(self, i: int) -> None:
+        _check_index(i, self._n)
+        if self._busy[i] > 0:
+            self._busy[i] -= 1
+
+    def inflight(self, i: int) -> int:
+        _check_index(i, self._n)
+        return self._busy[i]
+
+    def pick(self, eligible: int, tie: int = 0) -> int:
+        n = self._n
+        m = eligible & _full(n)
+        if not m:
+            return -1
+        busy = self._busy
+        start = tie % n
+        best = -1
+        for k in range(n):
+            i = start + k
+            if i >= n:
+                i -= n
+            if (m >> i) & 1 and (best < 0 or busy[i] < busy[best]):
+                best = i
+        return best
+
+
+class Split:
+    """Canary and A/B splits: a random float maps to a variant by cumulative percentages.
+
+    Variant ``i`` takes ``r`` in ``[c[i-1], c[i]) / total`` where ``c`` are the running sums of
+    ``percents`` (which must sum to 100). When the chosen variant is not eligible, the next eligible one
+    in order (wrapping) takes the request; variants at 0 % never take traffic, not even as a fallback.
+    """
+
+    __slots__ = ("_cum", "_n", "_percents")
+
+    def __init__(self, percents: list[float]) -> None:
+        cum: list[float] = []
+        acc = 0.0
+        for p in percents:
+            if not (math.isfinite(p) and p >= 0.0):
+                raise ValueError(f"split percentages must be finite and non-negative, got {p!r}")
+            acc += p
+            cum.append(acc)
+        if not abs(acc - 100.0) <= 1e-6:
+            raise ValueError(f"split percentages must sum to 100, got {acc!r}")
+        self._percents = tuple(float(p) for p in percents)
+        self._cum = cum
+        self._n = len(percents)
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def percents(self) -> tuple[float, ...]:
+        return self._percents
+
+    def pick(self, r: float, eligible: int = ALL) -> int:
+        """``r``: a uniform random float in [0, 1) from the caller."""
+        _check_r(r)
+        n = self._n
+        cum = self._cum
+        x = r * cum[n - 1]
+        chosen = -1
+        for i in range(n):
+            if x < cum[i]:
+                chosen = i
+                break
+        if chosen < 0:  # pragma: no cover - only if r * total rounded up to total: the last with a share
+            chosen = n - 1
+            while self._percents[chosen] <= 0.0:
+                chosen -= 1
+        m = eligible & _full(n)
+        for k in range(n):
+            i = chosen + k
+            if i >= n:
+                i -= n
+            if (m >> i) & 1 and self._percents[i] > 0.0:
+                return i
+        return -1
+
+
+def cheapest(costs: list[float], context_limits: list[int], need_tokens: int, eligible: int = ALL) -> int:
+    """The eligible deployment with the lowest cost whose context limit is at least ``need_tokens``.
+
+    Ties go to the lower index; -1 when no eligible deployment fits.
+    """
+    n = len(costs)
+    if len(context_limits) != n:
+        raise ValueError(f"{n} costs but {len(context_limits)} context limits")
+    m = eligible & _full(n)
+    best = -1
+    best_cost = 0.0
+    for i in range(n):
+        if (m >> i) & 1 and context_limits[i] >= need_tokens:
+            c = costs[i]
+            if best < 0 or c < best_cost:
+                best = i
+                best_cost = c
+    return best
