@@ -23,7 +23,8 @@ SKIP = os.environ.get("GATEWAY_NO_EXTENSIONS") == "1"
 CORE_MODULES = {
     "gateway._core._http": "gateway/_core/_http.pyx",
     "gateway._core._sse": "gateway/_core/_sse.pyx",
-
+    "gateway._core._limit": "gateway/_core/_limit.pyx",
+    "gateway._core._route": "gateway/_core/_route.pyx",
 }
 
 

@@ -25,6 +25,7 @@ from urllib.parse import unquote
 import msgspec
 
 from gateway import errors
+from gateway._core.http import ms_text, select_headers
 from gateway._core.sse import SSEScanner, event_data, split_events
 from gateway.app import Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
@@ -144,9 +145,8 @@ class Context:
 
 def _overhead_ms(ctx: Context) -> str:
     """The gateway's own time so far (total minus upstream wait), in ms, as the header value."""
-    # PERF: integer microseconds and repr of a float; round(x, 3) costs ~0.7 us here
-    us = int((_perf() - ctx.t0) * 1e6 - ctx.up_ms * 1e3)
-    ctx.overhead = s = repr(us / 1000.0) if us > 0 else "0.0"
+    # PERF: integer microseconds formatted by the core; round(x, 3) costs ~0.7 us here, repr ~0.5 us
+    ctx.overhead = s = ms_text(int((_perf() - ctx.t0) * 1e6 - ctx.up_ms * 1e3))
     return s
 
 
@@ -160,8 +160,8 @@ class _RequestIds:
         self.n = 0
 
     def next(self) -> str:
-        self.n += 1
-        return f"{self.prefix}{self.n:08x}"
+        self.n = n = self.n + 1
+        return f"{self.prefix}{n}"  # PERF: decimal; a format spec such as :08x costs ~0.4 us more
 
 
 def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenAITranslator:
@@ -264,16 +264,16 @@ class Engine:
         ctx = Context(request, rid, runtime)
         try:
             endpoint = _ENDPOINTS.get(request.path)
-            if endpoint is not None:
-                if request.method != "POST":
-                    raise errors.MethodNotAllowed(
-                        f"{request.method} is not allowed on {request.path}; use POST",
-                        headers=[("allow", "POST")],
-                    )
-                ctx.endpoint = endpoint
-                await self._proxy(ctx, responder)
-            else:
+            if endpoint is None:
                 self._local(ctx, responder)
+                return
+            if request.method != "POST":
+                raise errors.MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path}; use POST",
+                    headers=[("allow", "POST")],
+                )
+            ctx.endpoint = endpoint
+            await self._proxy(ctx, responder)
         except GatewayError as exc:
             ctx.error = exc
             if not getattr(responder, "started", False):
@@ -331,7 +331,7 @@ class Engine:
     def _parse(self, ctx: Context) -> None:
         req = ctx.request
         ctype = req.header(b"content-type")
-        if ctype is not None:
+        if ctype is not None and ctype != b"application/json":  # PERF: the usual value, checked first
             mt = ctype.split(b";", 1)[0].strip().lower()
             if mt not in _ACCEPTED_TYPES and not mt.endswith(b"+json"):
                 raise errors.UnsupportedMediaType(
@@ -360,7 +360,8 @@ class Engine:
 
     async def _proxy(self, ctx: Context, responder: Responder) -> None:
         self._parse(ctx)
-        for phase in ctx.runtime.chain:
+        runtime = ctx.runtime
+        for phase in runtime.chain:
             out = phase.on_request(ctx)
             if out is not None and phase.is_async:
                 out = await out  # type: ignore[misc]
@@ -368,7 +369,7 @@ class Engine:
                 self._reply(ctx, responder, out)  # type: ignore[arg-type]
                 return
         fields = ctx.fields
-        model = ctx.runtime.models.get(fields.model)
+        model = runtime.models.get(fields.model)
         if model is None:
             raise errors.NotFound(
                 f"The model `{fields.model}` does not exist or you do not have access to it.",
@@ -390,14 +391,20 @@ class Engine:
         except UpstreamError as exc:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
             raise errors.BadGateway(f"The upstream provider failed: {exc}") from None
-        ctx.upstream_status = resp.status
+        ctx.upstream_status = status = resp.status
         try:
-            if resp.status >= 400:
+            if status >= 400:
                 await self._relay_error(ctx, responder, resp)
             elif ctx.stream and _is_event_stream(resp):
                 await self._relay_stream(ctx, responder, resp)
             else:
-                await self._relay_body(ctx, responder, resp)
+                # PERF: most bodies arrive with their head; take them without a coroutine per level
+                whole = resp.complete_body()
+                if whole is None:
+                    whole = await self._read(ctx, resp)
+                else:
+                    ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+                self._relay_body(ctx, responder, resp, whole)
         finally:
             resp.close()
 
@@ -414,11 +421,9 @@ class Engine:
         return encode(top)
 
     def _pass_headers(self, ctx: Context, resp: UpstreamResponse) -> Headers:
-        out: Headers = [("x-request-id", ctx.request_id)]
-        for k, v in resp.headers:
-            if k.startswith(_PASS_PREFIX) or k in _PASS_HEADERS:
-                out.append((k.decode("latin-1"), v.decode("latin-1")))
-        out.extend(ctx.response_headers)
+        out = select_headers(resp.headers, _PASS_PREFIX, _PASS_HEADERS, [("x-request-id", ctx.request_id)])
+        if ctx.response_headers:
+            out.extend(ctx.response_headers)
         return out
 
     async def _read(self, ctx: Context, resp: UpstreamResponse) -> bytes:
@@ -431,8 +436,7 @@ class Engine:
         finally:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
 
-    async def _relay_body(self, ctx: Context, responder: Responder, resp: UpstreamResponse) -> None:
-        body = await self._read(ctx, resp)
+    def _relay_body(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
         try:
             env = usage_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError):

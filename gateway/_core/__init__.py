@@ -44,6 +44,6 @@ def export(name: str, namespace: dict[str, Any]) -> None:
 
 def compiled() -> dict[str, bool]:
     """Which core modules run compiled in this process (for ``/readyz`` and ``gateway check``)."""
-    from gateway._core import http, sse
+    from gateway._core import http, limit, route, sse
 
-    return {m.__name__.rsplit(".", 1)[-1]: m.COMPILED for m in (http, sse)}
+    return {m.__name__.rsplit(".", 1)[-1]: m.COMPILED for m in (http, limit, route, sse)}

@@ -6,13 +6,15 @@ about 9 us per typical request head, this module about 1 us (docs/architecture.m
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
-from libc.string cimport memchr, memcmp
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.string cimport memchr, memcmp, memcpy
 
 from gateway._core.errors import ParseError
 
 __all__ = [
     "STATE_BODY", "STATE_HEAD", "STATE_IDLE", "ChunkedDecoder", "ParseError", "Request",
-    "RequestParser", "ResponseParser", "build_response_head", "find_header", "reason_phrase",
+    "RequestParser", "ResponseParser", "build_request", "build_response_head", "find_header", "ms_text",
+    "reason_phrase", "select_headers",
 ]
 
 STATE_IDLE = 0
@@ -33,7 +35,7 @@ cdef dict _REASONS = {
 }
 
 # PERF: status lines are built once, not per response
-cdef dict _STATUS_LINES = {}
+cdef dict _STATUS_LINES = {}  # status -> bytes
 
 
 def reason_phrase(int status):
@@ -657,19 +659,80 @@ cdef class ResponseParser:
         return buf[end + 4:]
 
 
+cdef extern from "Python.h":
+    int PyUnicode_KIND(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    int PyUnicode_1BYTE_KIND
+
+cdef extern from "stdio.h":
+    int snprintf(char* buf, size_t n, const char* fmt, ...)
+
+
+cdef inline char* _put(char* out, const char* src, Py_ssize_t n) noexcept:
+    memcpy(out, src, n)
+    return out + n
+
+
 def build_response_head(int status, list headers, Py_ssize_t content_length, bint keep_alive):
     """Status line and headers.
 
     ``content_length`` >= 0 frames a body of that length; -1 means a chunked body follows; -2 means the
     body is delimited by closing the connection (streams to HTTP/1.0 clients).
     """
-    cdef str line = _STATUS_LINES.get(status)
-    cdef list parts
+    # PERF: one exact-size bytes object filled with memcpy (the str join + encode it replaces cost
+    # ~0.8 us for a typical head, this ~0.2 us). Names and values are str; latin-1 text is copied as is.
+    cdef bytes line = _STATUS_LINES.get(status)
     cdef tuple kv
+    cdef object k, v
+    cdef Py_ssize_t total, n
+    cdef char num[32]
+    cdef int numlen = 0
+    cdef bytes out
+    cdef char* p
     if line is None:
-        line = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+        line = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")
         _STATUS_LINES[status] = line
-    parts = [line]
+    total = PyBytes_GET_SIZE(line) + 2
+    for kv in headers:
+        k = kv[0]
+        v = kv[1]
+        if (type(k) is not str or type(v) is not str or PyUnicode_KIND(k) != PyUnicode_1BYTE_KIND
+                or PyUnicode_KIND(v) != PyUnicode_1BYTE_KIND):
+            return _build_response_head_slow(line, headers, content_length, keep_alive)
+        total += PyUnicode_GET_LENGTH(k) + PyUnicode_GET_LENGTH(v) + 4
+    if content_length >= 0:
+        numlen = snprintf(num, sizeof(num), "%zd", content_length)
+        total += 18 + numlen  # "content-length: " + digits + CRLF
+    elif content_length == -1:
+        total += 28  # "transfer-encoding: chunked\r\n"
+    if not keep_alive:
+        total += 19  # "connection: close\r\n"
+    out = PyBytes_FromStringAndSize(NULL, total)
+    p = PyBytes_AS_STRING(out)
+    p = _put(p, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line))
+    for kv in headers:
+        k = kv[0]
+        v = kv[1]
+        p = _put(p, <const char*>PyUnicode_DATA(k), PyUnicode_GET_LENGTH(k))
+        p = _put(p, ": ", 2)
+        p = _put(p, <const char*>PyUnicode_DATA(v), PyUnicode_GET_LENGTH(v))
+        p = _put(p, "\r\n", 2)
+    if content_length >= 0:
+        p = _put(p, "content-length: ", 16)
+        p = _put(p, num, numlen)
+        p = _put(p, "\r\n", 2)
+    elif content_length == -1:
+        p = _put(p, "transfer-encoding: chunked\r\n", 28)
+    if not keep_alive:
+        p = _put(p, "connection: close\r\n", 19)
+    _put(p, "\r\n", 2)
+    return out
+
+
+cdef bytes _build_response_head_slow(bytes line, list headers, Py_ssize_t content_length, bint keep_alive):
+    """Headers that are not all latin-1 str: the general path (raises UnicodeEncodeError like the twin)."""
+    cdef list parts = [line.decode("latin-1")]
     for kv in headers:
         parts.append(f"{kv[0]}: {kv[1]}\r\n")
     if content_length >= 0:
@@ -680,3 +743,87 @@ def build_response_head(int status, list headers, Py_ssize_t content_length, bin
         parts.append("connection: close\r\n")
     parts.append("\r\n")
     return "".join(parts).encode("latin-1")
+
+
+cpdef list select_headers(list headers, bytes prefix, tuple names, list out):
+    """Append to ``out`` the (name, value) pairs of parsed ``headers`` whose name starts with ``prefix``
+    or is one of ``names``, decoded as latin-1 str; returns ``out``."""
+    cdef tuple kv
+    cdef bytes k
+    cdef Py_ssize_t plen = PyBytes_GET_SIZE(prefix)
+    for kv in headers:
+        k = <bytes>kv[0]
+        if ((PyBytes_GET_SIZE(k) >= plen and memcmp(PyBytes_AS_STRING(k), PyBytes_AS_STRING(prefix), plen) == 0)
+                or k in names):
+            out.append((k.decode("latin-1"), (<bytes>kv[1]).decode("latin-1")))
+    return out
+
+
+def ms_text(long long us):
+    """Microseconds as milliseconds header text, as ``repr(us / 1000.0)`` writes it; "0.0" when ``us <= 0``."""
+    # PERF: digits written by hand; repr of a float costs ~0.5 us here
+    cdef char buf[32]
+    cdef int i = 31
+    cdef long long whole, frac
+    cdef int fdigits = 3
+    if us <= 0:
+        return "0.0"
+    if us >= 1000000000000000:
+        return repr(us / 1000.0)
+    whole = us // 1000
+    frac = us % 1000
+    if frac == 0:
+        buf[i] = 48
+        i -= 1
+    else:
+        while frac % 10 == 0:
+            frac //= 10
+            fdigits -= 1
+        while fdigits > 0:
+            buf[i] = <char>(48 + frac % 10)
+            frac //= 10
+            fdigits -= 1
+            i -= 1
+    buf[i] = 46  # "."
+    i -= 1
+    if whole == 0:
+        buf[i] = 48
+        i -= 1
+    while whole > 0:
+        buf[i] = <char>(48 + whole % 10)
+        whole //= 10
+        i -= 1
+    return PyUnicode_DecodeASCII(buf + i + 1, 31 - i, NULL)
+
+
+def build_request(bytes head, str request_id, bytes body):
+    """A whole upstream request: ``head`` (request line and fixed headers, ending in ``x-request-id: ``),
+    the request id, the content length, the blank line and the body, in one bytes object."""
+    # PERF: one allocation and memcpy; bytes %-formatting plus concatenation cost ~0.8 us here
+    cdef bytes rid
+    cdef char num[32]
+    cdef Py_ssize_t numlen, total, hlen, rlen, blen
+    cdef bytes out
+    cdef char* p
+    if PyUnicode_KIND(request_id) == PyUnicode_1BYTE_KIND:
+        rid = None
+        rlen = PyUnicode_GET_LENGTH(request_id)
+    else:
+        rid = request_id.encode("latin-1")
+        rlen = PyBytes_GET_SIZE(rid)
+    hlen = PyBytes_GET_SIZE(head)
+    blen = PyBytes_GET_SIZE(body)
+    numlen = snprintf(num, sizeof(num), "%zd", blen)
+    total = hlen + rlen + 18 + numlen + 4 + blen  # "\r\ncontent-length: " digits "\r\n\r\n"
+    out = PyBytes_FromStringAndSize(NULL, total)
+    p = PyBytes_AS_STRING(out)
+    p = _put(p, PyBytes_AS_STRING(head), hlen)
+    if rid is None:
+        p = _put(p, <const char*>PyUnicode_DATA(request_id), rlen)
+    else:
+        p = _put(p, PyBytes_AS_STRING(rid), rlen)
+    p = _put(p, "\r\ncontent-length: ", 18)
+    p = _put(p, num, numlen)
+    p = _put(p, "\r\n\r\n", 4)
+    _put(p, PyBytes_AS_STRING(body), blen)
+    return out

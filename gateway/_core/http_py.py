@@ -18,9 +18,12 @@ __all__ = [
     "Request",
     "RequestParser",
     "ResponseParser",
+    "build_request",
     "build_response_head",
     "find_header",
+    "ms_text",
     "reason_phrase",
+    "select_headers",
 ]
 
 STATE_IDLE = 0  # nothing of the next request has arrived
@@ -555,3 +558,27 @@ def build_response_head(
         parts.append("connection: close\r\n")
     parts.append("\r\n")
     return "".join(parts).encode("latin-1")
+
+
+def select_headers(
+    headers: list[tuple[bytes, bytes]], prefix: bytes, names: tuple[bytes, ...], out: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Append to ``out`` the (name, value) pairs of parsed ``headers`` whose name starts with ``prefix``
+    or is one of ``names``, decoded as latin-1 str; returns ``out``."""
+    for k, v in headers:
+        if k.startswith(prefix) or k in names:
+            out.append((k.decode("latin-1"), v.decode("latin-1")))
+    return out
+
+
+def build_request(head: bytes, request_id: str, body: bytes) -> bytes:
+    """A whole upstream request: ``head`` (request line and fixed headers, ending in ``x-request-id: ``),
+    the request id, the content length, the blank line and the body, in one bytes object."""
+    return b"%s%s\r\ncontent-length: %d\r\n\r\n%s" % (head, request_id.encode("latin-1"), len(body), body)
+
+
+def ms_text(us: int) -> str:
+    """Microseconds as milliseconds header text, as ``repr(us / 1000.0)`` writes; "0.0" when ``us <= 0``."""
+    if us <= 0:
+        return "0.0"
+    return repr(us / 1000.0)

@@ -33,6 +33,10 @@ class UpstreamResponse(Protocol):
         """The whole body. Raises UpstreamError/UpstreamTimeout."""
         ...
 
+    def complete_body(self) -> bytes | None:
+        """The whole body if it has already arrived intact (no waiting), else None: then use ``read``."""
+        ...
+
     async def next_chunk(self) -> bytes:
         """The next piece of the body as it arrives; b"" at the end. Raises UpstreamError/UpstreamTimeout."""
         ...

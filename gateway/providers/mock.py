@@ -1103,6 +1103,12 @@ class _MockResponse:
             parts.append(chunk)
         return b"".join(parts)
 
+    def complete_body(self) -> bytes | None:
+        if self._next or self._cut or self._closed or (self._delay > 0 and len(self._pieces) > 1):
+            return None
+        self._next = len(self._pieces)
+        return b"".join(self._pieces)
+
     async def next_chunk(self) -> bytes:
         if self._closed:
             return b""

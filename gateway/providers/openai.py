@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Final
 
+from gateway._core.http import build_request
 from gateway.providers.base import Transport, UpstreamResponse
 from gateway.server.pool import OriginPool
 
@@ -50,15 +51,13 @@ class OpenAITranslator:
         self._heads: dict[str, bytes] = {}
         if self._pool is not None:
             for ep, path in self._paths.items():
-                head = self._pool.build_head("POST", path, headers, -1)
-                self._heads[ep] = head + b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n"
+                self._heads[ep] = self._pool.build_head("POST", path, headers, -1) + b"x-request-id: "
 
     def send(self, endpoint: str, body: bytes, request_id: str) -> Awaitable[UpstreamResponse]:
         """Send one request upstream; the awaitable gives the response once its head has arrived."""
         pool = self._pool
         if pool is not None:
-            head = self._heads[endpoint] % (request_id.encode("latin-1"), len(body))
-            return pool.send(head, body)
+            return pool.send_data(build_request(self._heads[endpoint], request_id, body))
         headers = [*self._headers, ("x-request-id", request_id)]
         return self.transport.request("POST", self._paths[endpoint], headers, body)
 

@@ -60,13 +60,17 @@ class PooledResponse:
 
     __slots__ = ("_conn", "_error", "_parts", "_size", "_waiter", "done", "headers", "status")
 
-    def __init__(self, conn: _Connection, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self._conn: _Connection | None = conn
+    def __init__(
+        self, conn: _Connection | None, status: int, headers: list[tuple[bytes, bytes]],
+        whole: bytes | None = None,
+    ) -> None:
+        """``whole``: the complete body, when it came with the head (then ``conn`` is None)."""
+        self._conn = conn
         self.status = status
         self.headers = headers
-        self._parts: list[bytes] = []
-        self._size = 0
-        self.done = False
+        self._parts: list[bytes] = [whole] if whole else []
+        self._size = len(whole) if whole else 0
+        self.done = whole is not None
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
 
@@ -111,9 +115,17 @@ class PooledResponse:
         self._waiter = asyncio.get_running_loop().create_future()
         await self._waiter
 
-    async def read(self) -> bytes:
+    def complete_body(self) -> bytes | None:
         if self.done and self._error is None:
-            return self._take() if self._parts else b""  # PERF: the whole body came with the head
+            parts = self._parts
+            if len(parts) == 1:  # PERF: the whole body came with the head
+                self._parts = []
+                self._size = 0
+                return parts[0]
+            return self._take() if parts else b""
+        return None
+
+    async def read(self) -> bytes:
         while not self.done:
             await self._wait()
         if self._error is not None:
@@ -201,8 +213,21 @@ class _Connection(asyncio.Protocol):
                 self.deadline = pool.loop.time() + pool.read_timeout
                 return
             self.request_data = None
-            resp = self.response = PooledResponse(self, parser.status, parser.headers)
             waiter = self._head_waiter
+            self._head_waiter = None
+            if parser.done:
+                # PERF: the whole response in one read (the common case): no body feeding, no wakeups
+                self.parser = None
+                self.deadline = _INF
+                resp = PooledResponse(None, parser.status, parser.headers, parser.take_body())
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(resp)
+                if parser.keep_alive:
+                    pool.release(self)
+                else:
+                    self.drop()
+                return
+            resp = self.response = PooledResponse(self, parser.status, parser.headers)
             self._head_waiter = None
             if waiter is not None and not waiter.done():
                 waiter.set_result(resp)
@@ -444,7 +469,10 @@ class OriginPool:
         # PERF: with an idle connection at hand this returns the connection's future directly,
         no coroutine frame per request.
         """
-        data = head + body if len(body) < 65536 else b"".join((head, body))
+        return self.send_data(head + body if len(body) < 65536 else b"".join((head, body)), head_only)
+
+    def send_data(self, data: bytes, head_only: bool = False) -> Awaitable[PooledResponse]:
+        """``send`` for a request whose bytes (head and body) are already in one piece."""
         idle = self._idle
         while idle:
             conn = idle.pop()

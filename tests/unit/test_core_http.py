@@ -1008,6 +1008,82 @@ def test_build_response_head_framing(impl: ModuleType) -> None:
     assert impl.build_response_head(200, [("x-latin", "caf\xe9")], 0, True).count(b"caf\xe9") == 1
 
 
+def test_build_response_head_refuses_text_outside_latin1(impl: ModuleType) -> None:
+    with pytest.raises(UnicodeEncodeError):
+        impl.build_response_head(200, [("x-euro", "\u20ac")], 0, True)
+
+
+HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x17F), max_size=40)
+
+
+@needs_compiled
+@PROPS
+@given(
+    status=st.integers(100, 999),
+    headers=st.lists(st.tuples(HEADER_TEXT, HEADER_TEXT), max_size=8),
+    length=st.integers(-2, 10**12),
+    keep_alive=st.booleans(),
+)
+def test_build_response_head_twins_agree(
+    status: int, headers: list[tuple[str, str]], length: int, keep_alive: bool
+) -> None:
+    def run(mod: ModuleType) -> bytes | str:
+        try:
+            out: bytes = mod.build_response_head(status, headers, length, keep_alive)
+            return out
+        except UnicodeEncodeError:
+            return "UnicodeEncodeError"
+
+    assert run(_http) == run(http_py)
+
+
+def test_build_request(impl: ModuleType) -> None:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: up\r\nx-request-id: "
+    assert impl.build_request(head, "r-1", b"{}") == head + b"r-1\r\ncontent-length: 2\r\n\r\n{}"
+    assert impl.build_request(b"", "caf\xe9", b"") == b"caf\xe9\r\ncontent-length: 0\r\n\r\n"
+    with pytest.raises(UnicodeEncodeError):
+        impl.build_request(b"", "\u20ac", b"")
+
+
+@needs_compiled
+@PROPS
+@given(head=st.binary(max_size=200), rid=HEADER_TEXT, body=st.binary(max_size=5000))
+def test_build_request_twins_agree(head: bytes, rid: str, body: bytes) -> None:
+    def run(mod: ModuleType) -> bytes | str:
+        try:
+            out: bytes = mod.build_request(head, rid, body)
+            return out
+        except UnicodeEncodeError:
+            return "UnicodeEncodeError"
+
+    assert run(_http) == run(http_py)
+
+
+def test_select_headers(impl: ModuleType) -> None:
+    got = impl.select_headers(
+        [(b"content-type", b"application/json"), (b"x-ratelimit-limit-requests", b"10"),
+         (b"retry-after", b"1"), (b"x-rate", b"no"), (b"x-ratelimit-", b"\xe9")],
+        b"x-ratelimit-", (b"retry-after",), [("x-request-id", "a")],
+    )
+    assert got == [("x-request-id", "a"), ("x-ratelimit-limit-requests", "10"), ("retry-after", "1"),
+                   ("x-ratelimit-", "\xe9")]
+
+
+@pytest.mark.parametrize("us, text", [
+    (-5, "0.0"), (0, "0.0"), (1, "0.001"), (10, "0.01"), (100, "0.1"), (1000, "1.0"), (1234, "1.234"),
+    (1230, "1.23"), (120000, "120.0"), (999999, "999.999"),
+])
+def test_ms_text(impl: ModuleType, us: int, text: str) -> None:
+    assert impl.ms_text(us) == text
+
+
+@needs_compiled
+@PROPS
+@given(us=st.integers(-(10**6), 10**17))
+def test_ms_text_twins_agree(us: int) -> None:
+    assert _http.ms_text(us) == http_py.ms_text(us)
+
+
 @pytest.mark.parametrize("status", [100, 200, 204, 404, 413, 429, 431, 501, 502, 503, 504, 505, 299, 999])
 def test_reason_phrase(impl: ModuleType, status: int) -> None:
     assert impl.reason_phrase(status) == http_py._REASONS.get(status, "Unknown")
@@ -1018,7 +1094,7 @@ def test_reason_phrase(impl: ModuleType, status: int) -> None:
 
 
 def test_facade_picks_the_compiled_module() -> None:
-    from gateway._core import http, sse
+    from gateway._core import http, limit, route, sse
 
     no_ext = os.environ.get("GATEWAY_NO_EXTENSIONS") == "1"
     built = _http is not None
@@ -1030,7 +1106,9 @@ def test_facade_picks_the_compiled_module() -> None:
     else:
         assert http.RequestParser is http_py.RequestParser
     assert http.ParseError is ParseError
-    assert gateway._core.compiled() == {"http": http.COMPILED, "sse": sse.COMPILED}
+    assert gateway._core.compiled() == {
+        "http": http.COMPILED, "limit": limit.COMPILED, "route": route.COMPILED, "sse": sse.COMPILED,
+    }
     assert sorted(http.__all__) == sorted(http_py.__all__)
 
 
@@ -1042,7 +1120,7 @@ def test_facade_without_extensions_uses_the_twins() -> None:
     )
     env = {**os.environ, "GATEWAY_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "{'http': False, 'sse': False}"
+    assert out.stdout.strip() == "{'http': False, 'limit': False, 'route': False, 'sse': False}"
 
 
 # ---------------------------------------------------------------------------------------------------------
