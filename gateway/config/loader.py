@@ -525,6 +525,77 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     for name, model in config.models.items():
         yield from _model_problems(("models", name), model, provider_names)
 
+    yield from _auth_problems(config)
+
+
+_TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "models"}
+
+
+def _digest_problems(path: _Path, value: str) -> Iterator[_Problem]:
+    from gateway.auth.keyformat import MalformedDigest, digest_scheme
+
+    try:
+        digest_scheme(value)
+    except MalformedDigest as exc:
+        yield _Problem(path, str(exc))
+
+
+def _auth_problems(config: Config) -> Iterator[_Problem]:
+    from gateway.auth.keyformat import is_key_id
+
+    a = config.auth
+    if a.pepper is not None:
+        yield from _secret_problems(("auth", "pepper"), a.pepper)
+    yield from _positive_durations(("auth",), a, ("resync_interval",))
+    if not (math.isfinite(a.rotation_grace) and a.rotation_grace >= 0):
+        yield _Problem(
+            ("auth", "rotation_grace"), f"must be 0 or more seconds, found {_num(a.rotation_grace)}"
+        )
+    seen: dict[str, int] = {}
+    for i, key in enumerate(a.keys):
+        kpath: _Path = ("auth", "keys", i)
+        if not is_key_id(key.id):
+            yield _Problem(
+                (*kpath, "id"), "must be a key id: 12 characters of a-z and 2-7 (<id> in gw-<id>-<secret>)"
+            )
+        elif key.id in seen:
+            yield _Problem((*kpath, "id"), f"the key id is also used by auth.keys[{seen[key.id]}]")
+        else:
+            seen[key.id] = i
+        yield from _digest_problems((*kpath, "digest"), key.digest)
+        if not _TENANT_ID.match(key.tenant):
+            yield _Problem((*kpath, "tenant"), "must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        for j, ep in enumerate(key.endpoints):
+            if ep not in _KEY_ENDPOINTS:
+                allowed = ", ".join(sorted(_KEY_ENDPOINTS))
+                yield _Problem((*kpath, "endpoints", j), f"must be one of {allowed}")
+        if not key.models:
+            yield _Problem((*kpath, "models"), 'must list at least one model or pattern ("*" for all)')
+    for name in config.tenants:
+        if not _TENANT_ID.match(name):
+            yield _Problem(("tenants", name), "a tenant id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+
+    st = config.store
+    scheme, sep, rest = st.url.partition("://")
+    if not sep or scheme not in ("sqlite", "redis", "rediss", "unix") or not rest:
+        yield _Problem(("store", "url"), "must be sqlite://FILE, sqlite:///ABSOLUTE/FILE or redis://HOST:PORT/DB")
+    yield from _positive_durations(("store",), st, ("poll_interval", "busy_timeout"))
+
+    ad = config.admin
+    if not 1 <= ad.port <= 65535:
+        yield _Problem(("admin", "port"), f"must be between 1 and 65535, found {ad.port}")
+    elif ad.enabled and ad.port == config.server.port and ad.host == config.server.host:
+        yield _Problem(("admin", "port"), "must differ from server.port: the admin API has its own listener")
+    if ad.operator_token is not None:
+        yield from _digest_problems(("admin", "operator_token"), ad.operator_token)
+    for tenant, token in ad.tenant_tokens.items():
+        if not _TENANT_ID.match(tenant):
+            yield _Problem(
+                ("admin", "tenant_tokens", tenant), "a tenant id must be 1-64 characters of A-Z a-z 0-9 . _ -"
+            )
+        yield from _digest_problems(("admin", "tenant_tokens", tenant), token)
+
 
 def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     if not path[-1]:
@@ -621,9 +692,23 @@ def _absolute_file_refs(config: Config, base_dir: str) -> Config:
             if not os.path.isabs(target):
                 absolute = os.path.normpath(os.path.join(base_dir, target))
                 changed[name] = msgspec.structs.replace(provider, api_key=f"file:{absolute}")
-    if not changed:
-        return config
-    return msgspec.structs.replace(config, providers={**config.providers, **changed})
+    if changed:
+        config = msgspec.structs.replace(config, providers={**config.providers, **changed})
+    if config.auth.pepper is not None:
+        parsed = _parse_secret_ref(config.auth.pepper)
+        if parsed is not None and parsed[0] == "file" and not os.path.isabs(os.path.expanduser(parsed[1])):
+            absolute = os.path.normpath(os.path.join(base_dir, os.path.expanduser(parsed[1])))
+            config = msgspec.structs.replace(
+                config, auth=msgspec.structs.replace(config.auth, pepper=f"file:{absolute}")
+            )
+    scheme, sep, rest = config.store.url.partition("://")
+    if scheme == "sqlite" and sep and rest and not rest.startswith("/"):
+        # relative SQLite paths are relative to the config file, not to wherever the gateway was started
+        absolute = os.path.normpath(os.path.join(base_dir, rest))
+        config = msgspec.structs.replace(
+            config, store=msgspec.structs.replace(config.store, url=f"sqlite://{absolute}")
+        )
+    return config
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -11,12 +11,17 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "AdminConfig",
+    "AuthConfig",
     "Config",
     "LogConfig",
     "MockConfig",
     "ModelConfig",
     "ProviderConfig",
     "ServerConfig",
+    "StaticKeyConfig",
+    "StoreConfig",
+    "TenantConfig",
     "UpstreamConfig",
 ]
 
@@ -113,6 +118,8 @@ class ModelConfig(_Base, frozen=True):
     )
     #: shown on /v1/models
     owned_by: str = "llm-gateway"
+    #: "required": a tenant must subscribe and an operator approve before its keys may call this model
+    approval: Literal["none", "required"] = "none"
 
 
 class LogConfig(_Base, frozen=True):
@@ -121,9 +128,93 @@ class LogConfig(_Base, frozen=True):
     call_records: bool = True
 
 
+def _all() -> list[str]:
+    return ["*"]
+
+
+class StaticKeyConfig(_Base, frozen=True):
+    """An API key declared in the TOML file (GitOps). Only its digest is written down; the admin API
+    shows such keys but refuses to change them."""
+
+    #: the key id: the ``<id>`` in ``gw-<id>-<secret>``
+    id: str
+    #: digest of the secret, ``sha256:<hex>`` or ``hmac-sha256:<hex>`` (``gateway keys digest`` makes one)
+    digest: str
+    #: the tenant the key belongs to (a [tenants.*] table or a tenant in the store)
+    tenant: str
+    name: str = ""
+    #: model names or glob patterns this key may call
+    models: list[str] = msgspec.field(default_factory=_all)
+    #: endpoints this key may call: "chat", "completions", "embeddings", "models", or "*"
+    endpoints: list[str] = msgspec.field(default_factory=_all)
+    #: Unix seconds after which the key stops working
+    expires_at: float | None = None
+    #: names of a limit policy and a budget (see the limits documentation)
+    limit_policy: str | None = None
+    budget: str | None = None
+    #: free-form labels copied into every call record of this key
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class TenantConfig(_Base, frozen=True):
+    """A tenant declared in the TOML file; tenants may also be created through the admin API."""
+
+    name: str = ""
+    #: model names or glob patterns the tenant's keys may call at most
+    models: list[str] = msgspec.field(default_factory=_all)
+    limit_policy: str | None = None
+    budget: str | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class AuthConfig(_Base, frozen=True):
+    #: refuse data-plane requests without a valid API key (false: an open gateway, the embedded default)
+    required: bool = False
+    #: secret mixed into key digests (HMAC-SHA256), by reference ("env:NAME" or "file:PATH");
+    #: without one, digests are plain SHA-256
+    pepper: str | None = None
+    #: static keys (digest form only)
+    keys: list[StaticKeyConfig] = msgspec.field(default_factory=list)
+    #: each worker re-reads the whole key table this often, besides acting on change notifications
+    resync_interval: float = 30.0
+    #: default grace period (seconds) during which a rotated key's old secret keeps working
+    rotation_grace: float = 86400.0
+
+
+class StoreConfig(_Base, frozen=True):
+    """The durable store of keys, tenants, subscriptions, audit log and spend."""
+
+    #: "sqlite://FILE" (relative paths are relative to the config file's directory),
+    #: "sqlite:///ABSOLUTE/FILE", or "redis://host:port/db" for a cluster
+    url: str = "sqlite://gateway.db"
+    #: Redis key prefix, so several deployments can share one server
+    prefix: str = "gw"
+    #: how soon (seconds) a change made elsewhere is noticed at the latest
+    poll_interval: float | None = None
+    #: SQLite: how long a write waits for another process's lock
+    busy_timeout: float = 5.0
+
+
+class AdminConfig(_Base, frozen=True):
+    """The admin API: its own listener, its own credentials."""
+
+    #: serve the admin API (it needs operator_token or tenant_tokens to be of use)
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8081
+    #: digest of the operator bearer token (manages every tenant): ``sha256:<hex>``
+    operator_token: str | None = None
+    #: tenant id -> digest of that tenant's admin bearer token (manages only that tenant)
+    tenant_tokens: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Config(_Base, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     providers: dict[str, ProviderConfig] = msgspec.field(default_factory=dict)
     models: dict[str, ModelConfig] = msgspec.field(default_factory=dict)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
