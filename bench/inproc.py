@@ -10,6 +10,7 @@ less noise than a load test (which still decides: see ``proxy_vs_nginx.py``).
     python -m bench.inproc                    # 200,000 requests over 64 connections, best of 5 runs
     python -m bench.inproc --profile          # the same under cProfile, top functions by own time
     python -m bench.inproc --config FILE      # a config of your own (its providers must be openai-type)
+    python -m bench.inproc --auth             # with API keys required (a static key; SQLite store)
 
 Prints microseconds of CPU per request.
 """
@@ -30,9 +31,11 @@ from gateway.server.listener import HttpProtocol, ListenerState
 from gateway.server.pool import OriginPool, _Connection
 
 BODY = b'{"model":"mock-1","messages":[{"role":"user","content":"hello there"}]}'
+#: the client's key: a well-formed gateway key, which the --auth config declares as a static key
+KEY = "gw-benchbenchbe-" + "b" * 43
 REQUEST = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
-    b"Authorization: Bearer bench-key\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s" % (KEY.encode(), len(BODY), BODY)
 )
 _ANSWER = (
     b'{"id":"chatcmpl-dcc173066a961","object":"chat.completion","created":1795368548,"model":"mock-1",'
@@ -60,6 +63,26 @@ api_key = "env:PATH"
 [models.mock-1]
 provider = "up"
 """
+
+AUTH = """
+[auth]
+required = true
+[[auth.keys]]
+id = "benchbenchbe"
+digest = "{digest}"
+tenant = "bench"
+[store]
+url = "sqlite://{db}"
+"""
+
+
+def auth_config() -> str:
+    import tempfile
+
+    from gateway.auth import digest
+
+    db = tempfile.mkdtemp(prefix="gateway-inproc-") + "/keys.db"
+    return CONFIG + AUTH.format(digest=digest(KEY.split("-")[2], b""), db=db)
 
 
 class _Transport:
@@ -186,10 +209,12 @@ def _loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def measure(total: int, connections: int, config_path: str | None = None) -> float:
+def measure(
+    total: int, connections: int, config_path: str | None = None, config_text: str | None = None
+) -> float:
     loop = _loop()
     try:
-        return loop.run_until_complete(_run(None, config_path, total, connections))
+        return loop.run_until_complete(_run(config_text, config_path, total, connections))
     finally:
         loop.close()
 
@@ -200,17 +225,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", "-c", type=int, default=64)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--config")
+    ap.add_argument("--auth", action="store_true", help="require API keys (a static key in the config)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
-    measure(min(args.requests, 20_000), args.connections, args.config)  # warm-up
+    text = auth_config() if args.auth else None
+    measure(min(args.requests, 20_000), args.connections, args.config, text)  # warm-up
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        measure(args.requests, args.connections, args.config)
+        measure(args.requests, args.connections, args.config, text)
         prof.disable()
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
         return 0
-    results = [measure(args.requests, args.connections, args.config) for _ in range(args.runs)]
+    results = [measure(args.requests, args.connections, args.config, text) for _ in range(args.runs)]
     print(f"{min(results):.2f} us CPU per request (best of {args.runs}; all: "
           + ", ".join(f"{r:.2f}" for r in results) + ")")
     return 0

@@ -18,8 +18,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import msgspec
@@ -43,6 +43,10 @@ from gateway.wire import (
     usage_decoder,
     usage_event_decoder,
 )
+
+if TYPE_CHECKING:
+    from gateway.auth.access import AccessPhase
+    from gateway.auth.service import KeyService
 
 __all__ = ["Context", "Engine", "ModelEntry", "Runtime"]
 
@@ -100,6 +104,8 @@ class Runtime:
             by_name[p.name].append(p)
         # PERF: the chain holds only phases that exist; an empty seam costs nothing
         self.chain: tuple[Phase, ...] = tuple(p for n in PHASE_ORDER for p in by_name[n])
+        # PERF: only phases that have something to do after the response are called then
+        self.settle_chain = tuple(p for p in self.chain if type(p).on_settle is not Phase.on_settle)
         self.overhead_header = config.server.overhead_header
         created = int(time.time())
         self.models_body = encode({
@@ -117,7 +123,8 @@ class Context:
     """Everything one request carries through the chain."""
 
     __slots__ = (
-        "body", "endpoint", "error", "fields", "include_usage", "model", "overhead", "request", "request_id",
+        "body", "endpoint", "error", "fields", "include_usage", "key", "model", "overhead", "request",
+        "request_id",
         "response_headers", "runtime", "status", "stream", "t0", "t_up", "up_ms", "upstream_status",
         "usage",
     )
@@ -141,6 +148,8 @@ class Context:
         self.error: GatewayError | None = None
         self.response_headers: Headers = []
         self.overhead = ""
+        #: the caller's key (gateway.auth.table.KeyEntry) once the access phase has run
+        self.key: Any = None
 
 
 def _overhead_ms(ctx: Context) -> str:
@@ -208,18 +217,31 @@ class Engine:
         self.draining = False
         self._ids = _RequestIds()
         self._retiring: set[asyncio.Task[None]] = set()
-        # PERF: route table resolved once
-        self._routes: dict[str, Callable[[Context], Awaitable[None]]] = {}
+        #: the worker's key table keeper, when keys are required ([auth] required = true)
+        self.keys: KeyService | None = None
+        self._access: AccessPhase | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def _phases_for(self, config: Config) -> list[Phase]:
         phases = list(self._static_phases)
+        self._access = None
+        if self.keys is not None:
+            from gateway.auth.access import AccessPhase
+
+            approval = frozenset(n for n, m in config.models.items() if m.approval == "required")
+            self._access = AccessPhase(self.keys, approval)
+            phases.append(self._access)
         if self._phase_factory is not None:
             phases.extend(self._phase_factory(config))
         return phases
 
     async def startup(self) -> None:
+        if self._config.auth.required:
+            from gateway.auth.service import KeyService
+
+            self.keys = KeyService(self._config)
+            await self.keys.start()
         self.runtime = self._build(self._config, {})
         self.records.start()
 
@@ -237,18 +259,40 @@ class Engine:
     def reload(self, config: Config) -> None:
         """Swap in a new config. Raises (and keeps the old snapshot) if the new one cannot be built."""
         old = dict(getattr(self, "_provider_configs", {}))
-        runtime = self._build(config, old)
+        keys_before = self.keys
+        if config.auth.required:
+            if self.keys is None:
+                from gateway.auth.service import KeyService
+
+                self.keys = KeyService(config)
+                self._spawn(self.keys.start())
+            else:
+                self.keys.reload(config)  # the store itself is opened once: changing [store] needs a restart
+        elif self.keys is not None:
+            self.keys = None
+        try:
+            runtime = self._build(config, old)
+        except BaseException:
+            self.keys = keys_before
+            raise
+        if keys_before is not None and self.keys is None:
+            self._spawn(keys_before.stop())
         kept = {id(t) for t in runtime.translators.values()}
         retired = [t for _, t in old.values() if id(t) not in kept]
         self.runtime = runtime
         self._config = config
         for t in retired:
             # in-flight requests may still hold the old transport: close it once they are done
-            task = asyncio.get_running_loop().create_task(_close_when_idle(t))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._spawn(_close_when_idle(t))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def shutdown(self) -> None:
+        if self.keys is not None:
+            await self.keys.stop()
         if self.runtime is not None:
             for t in self.runtime.translators.values():
                 await t.close()
@@ -265,7 +309,11 @@ class Engine:
         try:
             endpoint = _ENDPOINTS.get(request.path)
             if endpoint is None:
-                self._local(ctx, responder)
+                key = None
+                access = self._access
+                if access is not None and request.path.startswith("/v1/models"):
+                    key = await access.check(ctx, "models")
+                self._local(ctx, responder, key)
                 return
             if request.method != "POST":
                 raise errors.MethodNotAllowed(
@@ -281,7 +329,7 @@ class Engine:
         finally:
             self._settle(ctx)
 
-    def _local(self, ctx: Context, responder: Responder) -> None:
+    def _local(self, ctx: Context, responder: Responder, key: Any = None) -> None:
         """Endpoints the gateway answers itself."""
         req = ctx.request
         path = req.path
@@ -291,11 +339,11 @@ class Engine:
                 raise errors.MethodNotAllowed(f"{req.method} is not allowed on {path}; use GET",
                                               headers=[("allow", "GET")])
             if path == "/v1/models":
-                body = runtime.models_body
+                body = runtime.models_body if key is None else _models_for(runtime, key)
             else:
                 name = unquote(path[len("/v1/models/"):])  # ids may contain "/" sent as %2F
                 found = runtime.model_bodies.get(name)
-                if found is None:
+                if found is None or (key is not None and not _key_allows(key, name)):
                     raise errors.NotFound(f"The model `{name}` does not exist", param="model",
                                           code="model_not_found")
                 body = found
@@ -359,6 +407,11 @@ class Engine:
     # route / upstream / respond --------------------------------------------------------------------
 
     async def _proxy(self, ctx: Context, responder: Responder) -> None:
+        access = self._access
+        if access is not None:
+            pending = access.authenticate(ctx)  # before parsing: an unknown caller learns nothing more
+            if pending is not None:
+                await pending
         self._parse(ctx)
         runtime = ctx.runtime
         for phase in runtime.chain:
@@ -527,7 +580,7 @@ class Engine:
     # settle ----------------------------------------------------------------------------------------
 
     def _settle(self, ctx: Context) -> None:
-        for phase in ctx.runtime.chain:
+        for phase in ctx.runtime.settle_chain:
             try:
                 phase.on_settle(ctx)
             except Exception:
@@ -548,8 +601,23 @@ class Engine:
             model.provider if model is not None else None,
             model.upstream_model if model is not None else None,
             ctx.stream, ctx.upstream_status, ctx.up_ms if ctx.t_up else None,
-            usage, err, self.worker,
+            usage, err, self.worker, ctx.key,
         ))
+
+
+def _key_allows(key: Any, model: str) -> bool:
+    return bool(key.models.allows(model) and key.tenant.models.allows(model))
+
+
+def _models_for(runtime: Runtime, key: Any) -> bytes:
+    """/v1/models as one key sees it: only the models it may call."""
+    if key.models.allows_all and key.tenant.models.allows_all:
+        return runtime.models_body
+    created = int(time.time())
+    return encode({
+        "object": "list",
+        "data": [Runtime._model_obj(e, created) for n, e in runtime.models.items() if _key_allows(key, n)],
+    })
 
 
 async def _close_when_idle(translator: OpenAITranslator, poll: float = 1.0) -> None:

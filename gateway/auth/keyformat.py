@@ -124,7 +124,7 @@ def _diagnose(raw: str) -> str:
     if not raw:
         return "the API key is empty"
     if not raw.startswith(PREFIX + "-"):
-        return f"the API key does not start with {PREFIX!r}-"
+        return f"the API key does not start with '{PREFIX}-'"
     parts = raw.split("-")
     if len(parts) != 3:
         return f"the API key must have the form {PREFIX}-<key id>-<secret>"

@@ -36,12 +36,16 @@ class CallRecord(msgspec.Struct, omit_defaults=True):
     error_code: str | None = None
     error: str | None = None
     worker: int | None = None
+    #: the caller's key id and tenant (never the key itself), and the key's labels
+    key_id: str | None = None
+    tenant: str | None = None
+    labels: dict[str, str] | None = None
 
 
 def to_record(row: tuple[Any, ...]) -> CallRecord:
     """The engine's tuple -> a CallRecord (runs in the background flush)."""
     (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
-     upstream_status, upstream_ms, usage, err, worker) = row
+     upstream_status, upstream_ms, usage, err, worker, key) = row
     return CallRecord(
         ts=ts, request_id=rid, method=method, path=path, status=status,
         duration_ms=round(duration_ms, 3), overhead_ms=float(overhead or 0.0), model=model,
@@ -53,6 +57,9 @@ def to_record(row: tuple[Any, ...]) -> CallRecord:
         error_code=err.code if err is not None else None,
         error=err.message if err is not None and err.status >= 500 else None,
         worker=worker,
+        key_id=key.id if key is not None else None,
+        tenant=key.tenant.id if key is not None else None,
+        labels=key.labels or None if key is not None else None,
     )
 
 

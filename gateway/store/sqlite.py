@@ -218,16 +218,28 @@ class SqliteStore(Store):
             raise
 
     def _connect(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            self.applied_migrations = self._migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
+        # Several worker processes open a new file at the same moment: switching it to WAL needs a lock
+        # that SQLite does not wait for (no busy handler there), so that step is retried until
+        # busy_timeout has passed.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                self.applied_migrations = self._migrate(conn)
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if ("locked" in str(exc) or "busy" in str(exc)) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            return
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> tuple[int, ...]:

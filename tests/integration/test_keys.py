@@ -1,0 +1,321 @@
+"""API keys on the data plane: real gateway processes with ``[auth] required = true``, keys made in the store.
+
+Keys are written straight into the store (the SQLite file the gateway uses, or the shared Redis server),
+as the admin API does; the gateway must pick each change up by itself: a new key works at once, a revoked
+key is refused by every worker (and, with Redis, by every node) within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redisproc
+
+from gateway.auth import digest, format_key, generate, generate_secret
+from gateway.store import open_store
+from gateway.store.base import Store
+
+from .conftest import MOCK_KEY, Gateway, StartGateway
+from .helpers import RawClient, Response, chat_body, gateway_toml, http_request, wait_for
+
+STATIC_ID = "statickeyaaa"
+STATIC_SECRET = "S" * 43
+STATIC_KEY = format_key(STATIC_ID, STATIC_SECRET)
+
+
+def auth_toml(mock_port: int, store_url: str, *, extra: str = "") -> str:
+    return gateway_toml(mock_port) + f"""
+[models.premium]
+provider = "upstream"
+upstream_model = "mock-1"
+approval = "required"
+
+[auth]
+required = true
+
+[[auth.keys]]
+id = "{STATIC_ID}"
+digest = "{digest(STATIC_SECRET, b'')}"
+tenant = "static-tenant"
+name = "from the config file"
+labels = {{ team = "ops" }}
+
+[tenants.static-tenant]
+name = "declared in TOML"
+
+[store]
+url = "{store_url}"
+poll_interval = 0.1
+{extra}"""
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _with_store(url: str, fn: Any) -> Any:
+    store = await open_store(url)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def make_key(url: str, tenant: str = "acme", **fields: Any) -> tuple[str, str]:
+    """A new key in the store at ``url``: (full key, key id)."""
+    full, key_id, secret = generate()
+
+    async def body(store: Store) -> None:
+        try:
+            await store.create_tenant(tenant)
+        except Exception:
+            pass  # already there
+        await store.create_key(key_id=key_id, tenant=tenant, name="test", digest=digest(secret, b""),
+                               **fields)
+
+    run(_with_store(url, body))
+    return full, key_id
+
+
+def call(port: int, data: bytes) -> Response:
+    with RawClient(port) as c:
+        return c.request(data)
+
+
+def keyed_chat(key: str | None, *, model: str = "chat-model", header: str = "authorization",
+               endpoint: str = "/v1/chat/completions") -> bytes:
+    headers = []
+    if key is not None:
+        headers.append((header, f"Bearer {key}" if header == "authorization" else key))
+    return http_request("POST", endpoint, chat_body("hi", model), headers=headers)
+
+
+def post_chat(port: int, key: str | None, **kw: Any) -> tuple[int, dict[str, Any]]:
+    resp = call(port, keyed_chat(key, **kw))
+    return resp.status, json.loads(resp.body)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path / 'keys.db'}"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redisproc.RedisServer]:
+    with redisproc.start(tmp_path_factory.mktemp("redis-keys")) as server:
+        yield server
+
+
+def test_keys_work_and_each_refusal_has_its_code(start_gateway: StartGateway, mock_port: int,
+                                                  sqlite_url: str) -> None:
+    gw = start_gateway(auth_toml(mock_port, sqlite_url), workers=2)
+    key, key_id = make_key(sqlite_url)
+    narrow, _ = make_key(sqlite_url, allowed_models=["mock-*"], allowed_endpoints=["chat", "models"])
+
+    assert post_chat(gw.port, key)[0] == 200
+    assert post_chat(gw.port, key, header="x-api-key")[0] == 200
+    assert post_chat(gw.port, STATIC_KEY)[0] == 200
+
+    cases = [
+        (None, {}, 401, "missing_api_key"),
+        ("sk-not-a-gateway-key", {}, 401, "malformed_api_key"),
+        (format_key("unknownkeyid", generate_secret()), {}, 401, "invalid_api_key"),
+        (format_key(key_id, generate_secret()), {}, 401, "invalid_api_key"),
+        (narrow, {"model": "chat-model"}, 403, "model_not_allowed"),
+        (narrow, {"model": "mock-1", "endpoint": "/v1/completions"}, 403, "endpoint_not_allowed"),
+        (key, {"model": "premium"}, 403, "subscription_required"),
+    ]
+    for presented, kw, status, code in cases:
+        got_status, body = post_chat(gw.port, presented, **kw)
+        assert (got_status, body["error"]["code"]) == (status, code), (presented, kw, body)
+        assert body["error"]["type"] in ("authentication_error", "permission_error")
+    assert post_chat(gw.port, narrow, model="mock-1")[0] == 200
+
+    # a Basic credential is not a key
+    resp = call(gw.port, http_request("POST", "/v1/chat/completions", chat_body(),
+                                      headers=[("authorization", "Basic dXNlcjpwYXNz")]))
+    assert resp.status == 401 and json.loads(resp.body)["error"]["code"] == "malformed_api_key"
+
+    # the SDK maps 401 and 403 to its own exceptions
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        sdk.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "x"}])
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key=narrow, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "x"}])
+    # /v1/models needs a key too, and lists what the key may use
+    sdk = openai.OpenAI(base_url=gw.base_url, api_key=narrow, max_retries=0)
+    assert sorted(m.id for m in sdk.models.list()) == ["mock-1"]
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("chat-model")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gw.base_url, api_key="wrong", max_retries=0).models.list()
+
+
+def test_expiry_rotation_grace_and_subscriptions(start_gateway: StartGateway, mock_port: int,
+                                                 sqlite_url: str) -> None:
+    gw = start_gateway(auth_toml(mock_port, sqlite_url))
+    expired, _ = make_key(sqlite_url, expires_at=time.time() - 1)
+    assert post_chat(gw.port, expired)[1]["error"]["code"] == "api_key_expired"
+
+    old, key_id = make_key(sqlite_url)
+    new_secret = generate_secret()
+    new = format_key(key_id, new_secret)
+
+    async def rotate(store: Store) -> None:
+        await store.rotate_key(key_id, digest(new_secret, b""), grace_seconds=1.5, actor="test")
+
+    run(_with_store(sqlite_url, rotate))
+    wait_for(lambda: post_chat(gw.port, new)[0] == 200, 3.0, what="the rotated secret to work")
+    assert post_chat(gw.port, old)[0] == 200  # within the grace period
+    wait_for(lambda: post_chat(gw.port, old)[0] == 401, 5.0, what="the old secret to stop working")
+    assert post_chat(gw.port, old)[1]["error"]["code"] == "api_key_expired"
+    assert post_chat(gw.port, new)[0] == 200
+
+    # the approval flow as the data plane sees it
+    def decide(state: str | None) -> None:
+        async def body(store: Store) -> None:
+            if state == "pending":
+                await store.request_subscription("acme", "premium", actor="tenant:acme")
+            elif state is not None:
+                await store.decide_subscription("acme", "premium", state, actor="operator",  # type: ignore[arg-type]
+                                                reason="test")
+
+        run(_with_store(sqlite_url, body))
+
+    decide("pending")
+    wait_for(lambda: post_chat(gw.port, new, model="premium")[1].get("error", {}).get("code")
+             == "subscription_pending", 3.0, what="subscription_pending")
+    decide("approve")
+    wait_for(lambda: post_chat(gw.port, new, model="premium")[0] == 200, 3.0, what="approved")
+    decide("revoke")
+    wait_for(lambda: post_chat(gw.port, new, model="premium")[1].get("error", {}).get("code")
+             == "subscription_rejected", 3.0, what="revoked subscription")
+
+
+def _workers_seen(gw: Gateway, key_id: str, status: int) -> set[int]:
+    """Worker indexes whose call records show ``key_id`` answered with ``status``."""
+    seen = set()
+    for line in gw.process.log_path.read_bytes().splitlines():
+        if line.startswith(b'{"ts":'):
+            rec = json.loads(line)
+            if rec.get("key_id") == key_id and rec.get("status") == status:
+                seen.add(rec["worker"])
+    return seen
+
+
+def _refused_everywhere(gateways: list[Gateway], key: str, connections: int) -> float:
+    """Revoke-time check: keep calling over fresh connections until every answer is 401; return how long
+    that took. Fresh connections spread over the workers (SO_REUSEPORT)."""
+    t0 = time.monotonic()
+    while True:
+        codes = [call(gw.port, keyed_chat(key)).status for gw in gateways for _ in range(connections)]
+        if all(c == 401 for c in codes):
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < 5.0, f"still served after 5 s: {codes}"
+
+
+def test_revoked_key_is_refused_by_every_worker_within_a_second(start_gateway: StartGateway, mock_port: int,
+                                                                  sqlite_url: str) -> None:
+    gw = start_gateway(auth_toml(mock_port, sqlite_url), workers=4)
+    key, key_id = make_key(sqlite_url)
+    # every worker serves the key first (checked through the call records' worker field)
+    wait_for(lambda: _spread(gw.port, key) and len(_workers_seen(gw, key_id, 200)) == 4, 20.0,
+             what="all four workers to serve the key")
+
+    async def revoke(store: Store) -> None:
+        await store.revoke_key(key_id, actor="test", reason="leaked")
+
+    run(_with_store(sqlite_url, revoke))
+    took = _refused_everywhere([gw], key, connections=16)
+    assert took < 1.0, took
+    wait_for(lambda: _spread(gw.port, key) and len(_workers_seen(gw, key_id, 401)) == 4, 20.0,
+             what="all four workers to refuse the key")
+    body = post_chat(gw.port, key)[1]
+    assert body["error"]["code"] == "api_key_revoked"
+
+
+def _spread(port: int, key: str, n: int = 24) -> bool:
+    """Calls over fresh connections, which the kernel spreads over the workers."""
+    for _ in range(n):
+        call(port, keyed_chat(key))
+    time.sleep(0.4)  # call records are flushed every 200 ms
+    return True
+
+
+def test_two_nodes_sharing_redis_see_a_revocation_within_a_second(
+    start_gateway: StartGateway, mock_port: int, redis_server: redisproc.RedisServer
+) -> None:
+    redis_server.flushall()
+    url = redis_server.url
+    node_a = start_gateway(auth_toml(mock_port, url), workers=2, name="node-a")
+    node_b = start_gateway(auth_toml(mock_port, url), workers=2, name="node-b")
+    key, key_id = make_key(url)
+    for node in (node_a, node_b):
+        wait_for(lambda node=node: post_chat(node.port, key)[0] == 200, 5.0, what="the new key on each node")
+
+    async def revoke(store: Store) -> None:
+        await store.revoke_key(key_id, actor="test", reason="leaked")
+
+    run(_with_store(url, revoke))
+    took = _refused_everywhere([node_a, node_b], key, connections=8)
+    assert took < 1.0, took
+
+
+def test_config_reload_adds_a_static_key(start_gateway: StartGateway, mock_port: int, sqlite_url: str) -> None:
+    gw = start_gateway(auth_toml(mock_port, sqlite_url))
+    key_id, secret = "reloadkeyaaa", generate_secret()
+    key = format_key(key_id, secret)
+    assert post_chat(gw.port, key)[1]["error"]["code"] == "invalid_api_key"
+    assert gw.config_path is not None
+    gw.config_path.write_text(auth_toml(mock_port, sqlite_url, extra=f"""
+[[auth.keys]]
+id = "{key_id}"
+digest = "{digest(secret, b'')}"
+tenant = "static-tenant"
+"""))
+    import signal
+
+    gw.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: post_chat(gw.port, key)[0] == 200, 5.0, what="the reloaded static key")
+
+
+def test_no_secret_in_logs_records_or_error_bodies(start_gateway: StartGateway, mock_port: int,
+                                                   sqlite_url: str) -> None:
+    """Every secret that reached the gateway, valid or not, appears nowhere it writes."""
+    gw = start_gateway(auth_toml(mock_port, sqlite_url).replace('level = "info"', 'level = "debug"'))
+    key, key_id = make_key(sqlite_url)
+    secret = key.split("-")[2]
+    wrong = format_key(key_id, generate_secret())
+    near_miss = key + "x"
+    bodies = []
+    for presented in (key, wrong, near_miss, STATIC_KEY, "gw-" + secret):
+        for header in ("authorization", "x-api-key"):
+            bodies.append(json.dumps(post_chat(gw.port, presented, header=header)[1]))
+            bodies.append(json.dumps(post_chat(gw.port, presented, header=header, model="premium")[1]))
+
+    async def revoke(store: Store) -> None:
+        await store.revoke_key(key_id, actor="test", reason="scan")
+
+    run(_with_store(sqlite_url, revoke))
+    wait_for(lambda: post_chat(gw.port, key)[0] == 401, 3.0)
+    bodies.append(json.dumps(post_chat(gw.port, key)[1]))
+    time.sleep(0.5)  # let the call records flush
+    written = gw.process.logs(10_000_000) + "\n".join(bodies)
+    assert key_id in written  # the id is what records and messages name
+    for s in (secret, wrong.split("-")[2], STATIC_SECRET, MOCK_KEY):
+        assert s not in written
+    assert not re.search(r"gw-[a-z2-7]{12}-[A-Za-z0-9]{32,}", written)
+    records = [json.loads(ln) for ln in gw.process.log_path.read_text().splitlines() if ln.startswith('{"ts":')]
+    ok = [r for r in records if r.get("key_id") == key_id and r["status"] == 200]
+    assert ok and ok[0]["tenant"] == "acme"
+    static = [r for r in records if r.get("key_id") == STATIC_ID and r["status"] == 200]
+    assert static and static[0]["labels"] == {"team": "ops"} and static[0]["tenant"] == "static-tenant"

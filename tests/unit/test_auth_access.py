@@ -1,0 +1,218 @@
+"""The per-worker key table and the access phase, in process (the integration tests drive real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from gateway import errors
+from gateway.auth.access import AccessPhase
+from gateway.auth.keyformat import Digester, digest, format_key, generate, generate_secret
+from gateway.auth.table import KeyTable, ModelRule
+from gateway.config.schema import StaticKeyConfig, TenantConfig
+from gateway.store.models import ApiKey, Snapshot, Subscription, Tenant
+
+NOW = time.time()
+
+
+def api_key(key_id: str, secret: str, **kw: Any) -> ApiKey:
+    fields: dict[str, Any] = dict(id=key_id, name="k", tenant="acme", digest=digest(secret, b""),
+                                  created_at=NOW, updated_at=NOW)
+    fields.update(kw)
+    return ApiKey(**fields)
+
+
+class Service:
+    """The parts of KeyService the phase uses; ``fetch`` reads from ``later`` (keys made after the table)."""
+
+    def __init__(self, table: KeyTable, later: list[ApiKey] | None = None) -> None:
+        self.table = table
+        self.used: set[str] = set()
+        self.later = later or []
+        self.fetched: list[str] = []
+
+    async def fetch(self, key_id: str) -> None:
+        self.fetched.append(key_id)
+        for k in self.later:
+            if k.id == key_id:
+                self.table.add(k, None)
+
+
+class Request:
+    def __init__(self, headers: dict[bytes, bytes]) -> None:
+        self._h = headers
+
+    def header(self, name: bytes) -> bytes | None:
+        return self._h.get(name)
+
+
+class Fields:
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+
+class Ctx:
+    def __init__(self, headers: dict[bytes, bytes], model: str = "gpt-4o", endpoint: str = "chat") -> None:
+        self.request = Request(headers)
+        self.fields = Fields(model)
+        self.endpoint = endpoint
+        self.key: Any = None
+
+
+def bearer(key: str) -> dict[bytes, bytes]:
+    return {b"authorization": b"Bearer " + key.encode()}
+
+
+def run_access(phase: AccessPhase, ctx: Ctx) -> Any:
+    """Both steps as the engine runs them; returns the key or raises the GatewayError."""
+    pending = phase.authenticate(ctx)  # type: ignore[arg-type]
+    if pending is not None:
+        asyncio.run(_await(pending))
+    phase.on_request(ctx)  # type: ignore[arg-type]
+    return ctx.key
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+def code_of(phase: AccessPhase, ctx: Ctx) -> tuple[int, str | None]:
+    with pytest.raises(errors.GatewayError) as info:
+        run_access(phase, ctx)
+    return info.value.status, info.value.code
+
+
+@pytest.fixture
+def keys() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name in ("plain", "narrow", "revoked", "expired", "rotated", "tenant_narrow"):
+        full, key_id, secret = generate()
+        out[name] = (full, key_id, secret)
+    return out  # type: ignore[return-value]
+
+
+def build(keys: dict[str, Any], pepper: bytes = b"") -> tuple[AccessPhase, Service, dict[str, str]]:
+    made = {}
+    records = []
+    for name, (full, key_id, secret) in keys.items():
+        extra: dict[str, Any] = {}
+        if name == "narrow":
+            extra = dict(allowed_models=["gpt-4o*", "mock-?"], allowed_endpoints=["chat"])
+        elif name == "revoked":
+            extra = dict(state="revoked", revoked_at=NOW)
+        elif name == "expired":
+            extra = dict(expires_at=NOW - 10)
+        elif name == "tenant_narrow":
+            extra = dict(tenant="small")
+        records.append(api_key(key_id, secret, **extra))
+        made[name] = full
+    new_secret = generate_secret()
+    full, key_id, old_secret = keys["rotated"]
+    records = [r for r in records if r.id != key_id] + [
+        api_key(key_id, new_secret, previous_digest=digest(old_secret, b""), previous_valid_until=NOW + 60)
+    ]
+    made["rotated_new"] = format_key(key_id, new_secret)
+    snap = Snapshot(
+        version=3,
+        tenants=[Tenant(id="acme", name="Acme", created_at=NOW, updated_at=NOW),
+                 Tenant(id="small", name="Small", allowed_models=["mock-1"], created_at=NOW, updated_at=NOW)],
+        keys=records,
+        subscriptions=[Subscription(tenant="acme", model="premium", state="pending", requested_by="t",
+                                    requested_at=NOW, updated_at=NOW)],
+    )
+    static_secret = generate_secret()
+    table = KeyTable(
+        Digester(pepper), snapshot=snap,
+        static_keys=[StaticKeyConfig(id="statickeyaaa", digest=digest(static_secret, b""), tenant="ops",
+                                     labels={"team": "ops"})],
+        static_tenants={"ops": TenantConfig(name="Ops", labels={"cost-center": "42"})},
+    )
+    made["static"] = format_key("statickeyaaa", static_secret)
+    service = Service(table)
+    phase = AccessPhase(service, frozenset({"premium", "premium-2"}))  # type: ignore[arg-type]
+    return phase, service, made
+
+
+def test_model_rule_globs() -> None:
+    rule = ModelRule(["gpt-4o*", "claude-?", "exact"])
+    assert rule.allows("gpt-4o") and rule.allows("gpt-4o-mini") and rule.allows("exact")
+    assert rule.allows("claude-3") and not rule.allows("claude-35")
+    assert not rule.allows("gpt-4") and not rule.allows("other")
+    assert ModelRule(["*"]).allows("anything") and ModelRule(["*"]).allows_all
+
+
+def test_each_outcome_has_its_code(keys: dict[str, Any]) -> None:
+    phase, service, made = build(keys)
+    assert run_access(phase, Ctx(bearer(made["plain"]))).id == keys["plain"][1]
+    assert run_access(phase, Ctx({b"x-api-key": made["plain"].encode()})).id == keys["plain"][1]
+    assert run_access(phase, Ctx({b"authorization": b"bearer  " + made["plain"].encode()})).id
+    assert keys["plain"][1] in service.used
+
+    assert code_of(phase, Ctx({})) == (401, "missing_api_key")
+    assert code_of(phase, Ctx({b"authorization": b"Basic abc"})) == (401, "malformed_api_key")
+    assert code_of(phase, Ctx(bearer("sk-123"))) == (401, "malformed_api_key")
+    assert code_of(phase, Ctx({b"authorization": b"Bearer gw-\xff"})) == (401, "malformed_api_key")
+    wrong = format_key(keys["plain"][1], generate_secret())
+    assert code_of(phase, Ctx(bearer(wrong))) == (401, "invalid_api_key")
+    assert code_of(phase, Ctx(bearer(made["revoked"]))) == (401, "api_key_revoked")
+    assert code_of(phase, Ctx(bearer(made["expired"]))) == (401, "api_key_expired")
+    assert code_of(phase, Ctx(bearer(made["narrow"]), endpoint="embeddings")) == (403, "endpoint_not_allowed")
+    assert code_of(phase, Ctx(bearer(made["narrow"]), model="gpt-4")) == (403, "model_not_allowed")
+    assert run_access(phase, Ctx(bearer(made["narrow"]), model="gpt-4o-mini"))
+    assert code_of(phase, Ctx(bearer(made["tenant_narrow"]), model="gpt-4o")) == (403, "model_not_allowed")
+    assert run_access(phase, Ctx(bearer(made["tenant_narrow"]), model="mock-1"))
+    assert code_of(phase, Ctx(bearer(made["plain"]), model="premium")) == (403, "subscription_pending")
+    assert code_of(phase, Ctx(bearer(made["plain"]), model="premium-2")) == (403, "subscription_required")
+
+
+def test_no_message_repeats_the_key(keys: dict[str, Any]) -> None:
+    phase, _, made = build(keys)
+    secret = keys["plain"][2]
+    for presented in (made["plain"] + "x", "gw-" + secret, format_key(keys["plain"][1], secret[:-1] + "!")):
+        with pytest.raises(errors.GatewayError) as info:
+            run_access(phase, Ctx(bearer(presented)))
+        assert secret[:20] not in info.value.message
+
+
+def test_rotation_grace(keys: dict[str, Any]) -> None:
+    phase, _, made = build(keys)
+    old = keys["rotated"][0]
+    assert run_access(phase, Ctx(bearer(made["rotated_new"])))
+    assert run_access(phase, Ctx(bearer(old)))  # within the grace period
+    key = phase.service.table.keys[keys["rotated"][1]]
+    key.previous_valid_until = NOW - 1  # the grace period has passed (the remembered hit is re-checked)
+    phase.service.table._verified.clear()
+    assert code_of(phase, Ctx(bearer(old))) == (401, "api_key_expired")
+
+
+def test_static_keys_and_labels(keys: dict[str, Any]) -> None:
+    phase, _, made = build(keys)
+    key = run_access(phase, Ctx(bearer(made["static"])))
+    assert key.source == "config" and key.tenant.id == "ops"
+    assert key.labels == {"cost-center": "42", "team": "ops"}
+
+
+def test_a_key_made_after_the_table_is_fetched_once(keys: dict[str, Any]) -> None:
+    phase, service, _ = build(keys)
+    full, key_id, secret = generate()
+    service.later.append(api_key(key_id, secret))
+    assert run_access(phase, Ctx(bearer(full))).id == key_id
+    assert service.fetched == [key_id]
+    assert run_access(phase, Ctx(bearer(full))).id == key_id
+    assert service.fetched == [key_id]  # now in the table
+    unknown = format_key("unknownkeyid", generate_secret())
+    assert code_of(phase, Ctx(bearer(unknown))) == (401, "invalid_api_key")
+
+
+def test_hmac_digests_with_a_pepper() -> None:
+    full, key_id, secret = generate()
+    pepper = b"pepper!"
+    k = api_key(key_id, secret, digest=digest(secret, pepper))
+    snap = Snapshot(version=1, tenants=[], keys=[k], subscriptions=[])
+    phase = AccessPhase(Service(KeyTable(Digester(pepper), snapshot=snap)), frozenset())  # type: ignore[arg-type]
+    assert run_access(phase, Ctx(bearer(full))).id == key_id
+    phase = AccessPhase(Service(KeyTable(Digester(b""), snapshot=snap)), frozenset())  # type: ignore[arg-type]
+    assert code_of(phase, Ctx(bearer(full))) == (401, "invalid_api_key")
