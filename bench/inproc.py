@@ -11,6 +11,7 @@ less noise than a load test (which still decides: see ``proxy_vs_nginx.py``).
     python -m bench.inproc --profile          # the same under cProfile, top functions by own time
     python -m bench.inproc --config FILE      # a config of your own (its providers must be openai-type)
     python -m bench.inproc --auth             # with API keys required (a static key; SQLite store)
+    python -m bench.inproc --stream 20        # streamed completions of 20 content events
 
 Prints microseconds of CPU per request.
 """
@@ -49,6 +50,36 @@ _ANSWER = (
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
     len(_ANSWER), _ANSWER,
 )
+
+STREAM_BODY = (
+    b'{"model":"mock-1","messages":[{"role":"user","content":"hello there"}],"stream":true,'
+    b'"stream_options":{"include_usage":true}}'
+)
+STREAM_REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+    % (KEY.encode(), len(STREAM_BODY), STREAM_BODY)
+)
+
+
+def _stream_response(chunks: int) -> list[bytes]:
+    """A chunked SSE response as an upstream sends it: one TCP read per event."""
+    events = [
+        b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1795368548,"model":"mock-1",'
+        b'"choices":[{"index":0,"delta":{"content":"word%d "},"finish_reason":null}]}\n\n' % i
+        for i in range(chunks)
+    ]
+    events.append(
+        b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1795368548,"model":"mock-1",'
+        b'"choices":[],"usage":{"prompt_tokens":6,"completion_tokens":%d,"total_tokens":%d}}\n\n'
+        % (chunks, chunks + 6)
+    )
+    events.append(b"data: [DONE]\n\n")
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    pieces = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+    pieces[-1] += b"0\r\n\r\n"
+    return [head + pieces[0], *pieces[1:]]
+
 
 CONFIG = """
 [server]
@@ -117,17 +148,30 @@ class ClientTransport(_Transport):
         super().__init__()
         self.driver = driver
         self.protocol: HttpProtocol | None = None
+        self.in_stream = False
 
     def write(self, data: bytes) -> None:
-        self.driver.responses += 1
-        if not data.startswith(b"HTTP/1.1 200"):
-            self.driver.errors += 1
-        if self.driver.sent < self.driver.total:
-            self.driver.sent += 1
+        driver = self.driver
+        if driver.stream:
+            if not self.in_stream:
+                self.in_stream = True
+                if not data.startswith(b"HTTP/1.1 200"):
+                    driver.errors += 1
+                    self.in_stream = False
+                elif not data.endswith(b"0\r\n\r\n"):
+                    return
+            elif not data.endswith(b"0\r\n\r\n"):
+                return
+            self.in_stream = False
+        elif not data.startswith(b"HTTP/1.1 200"):
+            driver.errors += 1
+        driver.responses += 1
+        if driver.sent < driver.total:
+            driver.sent += 1
             assert self.protocol is not None
-            self.driver.loop.call_soon(self.protocol.data_received, REQUEST)
-        elif self.driver.responses >= self.driver.total:
-            self.driver.done.set_result(None) if not self.driver.done.done() else None
+            driver.loop.call_soon(self.protocol.data_received, driver.request)
+        elif driver.responses >= driver.total:
+            driver.done.set_result(None) if not driver.done.done() else None
 
     def writelines(self, parts: Any) -> None:
         self.write(b"".join(parts))
@@ -136,19 +180,24 @@ class ClientTransport(_Transport):
 class UpstreamTransport(_Transport):
     """One upstream connection: answers every request on the next loop iteration."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pieces: list[bytes]) -> None:
         super().__init__()
         self.loop = loop
         self.conn: _Connection | None = None
+        self.pieces = pieces
 
     def write(self, data: bytes) -> None:
         assert self.conn is not None
-        self.loop.call_soon(self.conn.data_received, RESPONSE)
+        for piece in self.pieces:
+            self.loop.call_soon(self.conn.data_received, piece)
 
 
 class Driver:
-    def __init__(self, loop: asyncio.AbstractEventLoop, total: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, total: int, stream_chunks: int) -> None:
         self.loop = loop
+        self.stream = stream_chunks > 0
+        self.request = STREAM_REQUEST if self.stream else REQUEST
+        self.pieces = _stream_response(stream_chunks) if self.stream else [RESPONSE]
         self.total = total
         self.sent = 0
         self.responses = 0
@@ -156,17 +205,20 @@ class Driver:
         self.done: asyncio.Future[None] = loop.create_future()
 
 
-async def _run(config_text: str | None, config_path: str | None, total: int, connections: int) -> float:
+async def _run(
+    config_text: str | None, config_path: str | None, total: int, connections: int, stream_chunks: int
+) -> float:
     loop = asyncio.get_running_loop()
     config = load_config(config_path) if config_path else load_config_text(config_text or CONFIG)
     engine = Engine(config, worker=0)
     await engine.startup()
+    driver = Driver(loop, total, stream_chunks)
     assert engine.runtime is not None
     for t in engine.runtime.translators.values():
         pool = t.transport
         if isinstance(pool, OriginPool):
             for _ in range(connections):
-                up = UpstreamTransport(loop)
+                up = UpstreamTransport(loop, driver.pieces)
                 conn = _Connection(pool)
                 conn.connection_made(up)
                 up.conn = conn
@@ -177,7 +229,6 @@ async def _run(config_text: str | None, config_path: str | None, total: int, con
         max_connections=srv.max_connections, header_timeout=srv.header_timeout,
         body_timeout=srv.body_timeout, keepalive_timeout=srv.keepalive_timeout,
     )
-    driver = Driver(loop, total)
     clients = []
     for _ in range(connections):
         tr = ClientTransport(driver)
@@ -188,7 +239,7 @@ async def _run(config_text: str | None, config_path: str | None, total: int, con
     t0 = time.process_time()
     for proto, _ in clients:
         driver.sent += 1
-        proto.data_received(REQUEST)
+        proto.data_received(driver.request)
     await driver.done
     elapsed = time.process_time() - t0
     for proto, _ in clients:
@@ -210,11 +261,12 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 def measure(
-    total: int, connections: int, config_path: str | None = None, config_text: str | None = None
+    total: int, connections: int, config_path: str | None = None, config_text: str | None = None,
+    stream_chunks: int = 0,
 ) -> float:
     loop = _loop()
     try:
-        return loop.run_until_complete(_run(config_text, config_path, total, connections))
+        return loop.run_until_complete(_run(config_text, config_path, total, connections, stream_chunks))
     finally:
         loop.close()
 
@@ -226,18 +278,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--config")
     ap.add_argument("--auth", action="store_true", help="require API keys (a static key in the config)")
+    ap.add_argument("--stream", type=int, default=0, metavar="CHUNKS",
+                    help="streamed completions of CHUNKS content events each (0: non-stream)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
     text = auth_config() if args.auth else None
-    measure(min(args.requests, 20_000), args.connections, args.config, text)  # warm-up
+    measure(min(args.requests, 20_000), args.connections, args.config, text, args.stream)  # warm-up
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        measure(args.requests, args.connections, args.config, text)
+        measure(args.requests, args.connections, args.config, text, args.stream)
         prof.disable()
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
         return 0
-    results = [measure(args.requests, args.connections, args.config, text) for _ in range(args.runs)]
+    results = [measure(args.requests, args.connections, args.config, text, args.stream)
+               for _ in range(args.runs)]
     print(f"{min(results):.2f} us CPU per request (best of {args.runs}; all: "
           + ", ".join(f"{r:.2f}" for r in results) + ")")
     return 0

@@ -562,6 +562,9 @@ class Engine:
         out: list[bytes] = []
         changed = False
         for ev in split_events(data):
+            if b'"usage"' not in ev:  # PERF: only the usage event is decoded
+                out.append(ev)
+                continue
             payload = event_data(ev)
             if payload is not None and b'"usage"' in payload:
                 try:

@@ -4,8 +4,8 @@ from gateway._core.errors import ParseError as ParseError
 
 __all__ = [
     "STATE_BODY", "STATE_HEAD", "STATE_IDLE", "ChunkedDecoder", "ParseError", "Request", "RequestParser",
-    "ResponseParser", "build_request", "build_response_head", "find_header", "ms_text", "reason_phrase",
-    "select_headers",
+    "ResponseParser", "build_request", "build_response_head", "chunk_frame", "find_header", "ms_text",
+    "reason_phrase", "select_headers",
 ]
 
 STATE_IDLE: int
@@ -73,4 +73,5 @@ def build_request(head: bytes, request_id: str, body: bytes) -> bytes: ...
 def select_headers(
     headers: list[tuple[bytes, bytes]], prefix: bytes, names: tuple[bytes, ...], out: list[tuple[str, str]]
 ) -> list[tuple[str, str]]: ...
+def chunk_frame(data: bytes) -> bytes: ...
 def ms_text(us: int) -> str: ...

@@ -13,8 +13,8 @@ from gateway._core.errors import ParseError
 
 __all__ = [
     "STATE_BODY", "STATE_HEAD", "STATE_IDLE", "ChunkedDecoder", "ParseError", "Request",
-    "RequestParser", "ResponseParser", "build_request", "build_response_head", "find_header", "ms_text",
-    "reason_phrase", "select_headers",
+    "RequestParser", "ResponseParser", "build_request", "build_response_head", "chunk_frame", "find_header",
+    "ms_text", "reason_phrase", "select_headers",
 ]
 
 STATE_IDLE = 0
@@ -826,4 +826,18 @@ def build_request(bytes head, str request_id, bytes body):
     p = _put(p, num, numlen)
     p = _put(p, "\r\n\r\n", 4)
     _put(p, PyBytes_AS_STRING(body), blen)
+    return out
+
+
+def chunk_frame(bytes data):
+    """``data`` framed as one HTTP/1.1 chunk: size in hex, CRLF, the data, CRLF (one bytes object)."""
+    # PERF: one allocation; b"%x\r\n" % n plus writelines of three pieces cost ~0.7 us here
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef char num[24]
+    cdef int numlen = snprintf(num, sizeof(num), "%zx\r\n", n)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, numlen + n + 2)
+    cdef char* p = PyBytes_AS_STRING(out)
+    p = _put(p, num, numlen)
+    p = _put(p, PyBytes_AS_STRING(data), n)
+    _put(p, "\r\n", 2)
     return out

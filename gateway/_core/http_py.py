@@ -20,6 +20,7 @@ __all__ = [
     "ResponseParser",
     "build_request",
     "build_response_head",
+    "chunk_frame",
     "find_header",
     "ms_text",
     "reason_phrase",
@@ -575,6 +576,11 @@ def build_request(head: bytes, request_id: str, body: bytes) -> bytes:
     """A whole upstream request: ``head`` (request line and fixed headers, ending in ``x-request-id: ``),
     the request id, the content length, the blank line and the body, in one bytes object."""
     return b"%s%s\r\ncontent-length: %d\r\n\r\n%s" % (head, request_id.encode("latin-1"), len(body), body)
+
+
+def chunk_frame(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk: size in hex, CRLF, the data, CRLF (one bytes object)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def ms_text(us: int) -> str:

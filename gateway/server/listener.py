@@ -33,6 +33,7 @@ from gateway._core.http import (
     Request,
     RequestParser,
     build_response_head,
+    chunk_frame,
 )
 from gateway.app import App, ClientGone, Headers
 from gateway.errors import error_body
@@ -183,7 +184,7 @@ class NativeResponder:
         if not chunk:
             return
         if self._chunked:
-            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            transport.write(chunk_frame(chunk))
         else:
             transport.write(chunk)
         if conn.write_paused:

@@ -1059,6 +1059,12 @@ def test_build_request_twins_agree(head: bytes, rid: str, body: bytes) -> None:
     assert run(_http) == run(http_py)
 
 
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 255, 4096, 70000])
+def test_chunk_frame(impl: ModuleType, size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert impl.chunk_frame(data) == b"%x\r\n" % size + data + b"\r\n"
+
+
 def test_select_headers(impl: ModuleType) -> None:
     got = impl.select_headers(
         [(b"content-type", b"application/json"), (b"x-ratelimit-limit-requests", b"10"),
