@@ -1,4 +1,5 @@
-"""``gateway serve | check | mock``."""
+"""``gateway serve | check | mock``, and the admin commands ``keys | tenants | subscriptions | audit``
+(``gateway.admin.cli``)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between streamed chunks")
     p.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
     p.set_defaults(func=_cmd_mock)
+
+    from gateway.admin.cli import add_commands
+
+    add_commands(sub)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

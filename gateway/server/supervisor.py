@@ -11,6 +11,9 @@ Theory of operation:
                             | snapshot); if not, log the errors and keep everything as it is
     SIGTERM / SIGINT        | SIGTERM every worker (they drain), wait up to drain_timeout + 5 s,
                             | SIGKILL what is left, exit 0
+
+The admin API (``gateway.admin.process``), when ``[admin]`` wants it, is one more child with the index
+``ADMIN``: respawned, reloaded and stopped like a worker. Its socket is bound here once and inherited.
 """
 
 from __future__ import annotations
@@ -25,9 +28,16 @@ import time
 from gateway.config import Config, ConfigError, load_config
 from gateway.server.worker import bind_socket
 
-__all__ = ["Supervisor"]
+__all__ = ["ADMIN", "Supervisor"]
 
 log = logging.getLogger("gateway.supervisor")
+
+#: the child index of the admin API's process (workers are 0 .. N-1)
+ADMIN = -1
+
+
+def _child_name(index: int) -> str:
+    return "admin API" if index == ADMIN else f"worker {index}"
 
 
 class Supervisor:
@@ -42,6 +52,7 @@ class Supervisor:
         self.stopping = False
         self.reload_requested = False
         self.frontend_main = None
+        self.admin_sock: socket.socket | None = None
 
     def _spawn(self, index: int) -> None:
         pid = os.fork()
@@ -52,11 +63,18 @@ class Supervisor:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                from gateway.server.worker import run_worker
+                if index == ADMIN and self.admin_sock is not None:
+                    from gateway.admin.process import run_admin
 
-                code = run_worker(self.config_path, self.config, index, self.host, self.port)
+                    code = run_admin(self.config_path, self.config, self.admin_sock)
+                else:
+                    if self.admin_sock is not None:
+                        self.admin_sock.close()
+                    from gateway.server.worker import run_worker
+
+                    code = run_worker(self.config_path, self.config, index, self.host, self.port)
             except BaseException:
-                log.exception("worker %d crashed", index)
+                log.exception("%s crashed", _child_name(index))
                 code = 1
             finally:
                 sys.stdout.flush()
@@ -82,6 +100,7 @@ class Supervisor:
             f"(pid {os.getpid()})",
             file=sys.stderr, flush=True,
         )
+        self._start_admin()
         backoff = 0.0
         try:
             while self.children:
@@ -101,7 +120,7 @@ class Supervisor:
                 if self.stopping:
                     continue
                 code = os.waitstatus_to_exitcode(status)
-                log.error("worker %d (pid %d) exited with %s; respawning", index, pid, code)
+                log.error("%s (pid %d) exited with %s; respawning", _child_name(index), pid, code)
                 backoff = min(backoff * 2 or 0.1, 5.0) if lived < 1.0 else 0.0
                 if backoff:
                     time.sleep(backoff)
@@ -109,7 +128,18 @@ class Supervisor:
                     self._spawn(index)
         finally:
             placeholder.close()
+            if self.admin_sock is not None:
+                self.admin_sock.close()
         return 0
+
+    def _start_admin(self) -> None:
+        from gateway.admin.process import open_admin_socket
+
+        self.admin_sock = open_admin_socket(self.config)
+        if self.admin_sock is not None:
+            self._spawn(ADMIN)
+            host, port = self.admin_sock.getsockname()[:2]
+            print(f"gateway: admin API on http://{host}:{port}", file=sys.stderr, flush=True)
 
     def _reserve_port(self) -> socket.socket:
         """Fail fast when the port is taken, even by another gateway's SO_REUSEPORT sockets.
