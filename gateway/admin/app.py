@@ -60,6 +60,7 @@ from gateway.store import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     ApiKey,
+    Conflict,
     Decision,
     NotFound,
     Store,
@@ -337,15 +338,27 @@ class AdminApp:
             raise AdminError(400, "invalid_argument", f"{name} is one of {', '.join(allowed)}", param=name)
         return value
 
-    def _static_tenant_refusal(self, tenant: str, owned: bool = False) -> AdminError:
-        if owned:  # a key or subscription for a tenant the store does not know
-            message = (
-                f"tenant {tenant} exists only in the config file: declare its keys there ([[auth.keys]]), "
-                f"or manage the tenant through the admin API instead of [tenants.{tenant}]"
-            )
-        else:
-            message = f"tenant {tenant} is declared in the config file ([tenants.{tenant}]): change it there"
+    def _static_tenant_refusal(self, tenant: str) -> AdminError:
+        message = f"tenant {tenant} is declared in the config file ([tenants.{tenant}]): change it there"
         return AdminError(409, E.STATIC_TENANT, message)
+
+    async def _mirror_config_tenant(self, tenant: str, actor: str) -> bool:
+        """A tenant declared only in the config file gets a store record (a copy of its TOML table) the
+        first time a key or subscription is made for it through this API: keys and subscriptions live in
+        the store, which refers to its own tenants. The config file stays the source of the tenant's
+        settings (the data plane lets the TOML table win). Returns False for a tenant unknown to both."""
+        if not await self._config_only(tenant):
+            return False
+        static = self._static.tenants[tenant]
+        try:
+            await self._require_store().create_tenant(
+                tenant, name=static.name or tenant, allowed_models=static.models,
+                limit_policy=static.limit_policy, budget=static.budget, labels=static.labels,
+                actor=actor, reason=f"mirrored from [tenants.{tenant}] of the config file",
+            )
+        except Conflict:
+            pass  # made by a concurrent request
+        return True
 
     async def _config_only(self, tenant: str) -> bool:
         """True when ``tenant`` is a config tenant that the store does not know."""
@@ -522,17 +535,18 @@ class AdminApp:
         full, key_id, secret = keyformat.generate()
         while key_id in self._static.keys:  # never shadow a static key (60 random bits: not in practice)
             full, key_id, secret = keyformat.generate()
-        try:
-            key = await store.create_key(
-                key_id=key_id, tenant=tenant, name=b.name, digest=self._digester.digest(secret),
-                allowed_models=b.allowed_models, allowed_endpoints=b.allowed_endpoints,
-                expires_at=b.expires_at, limit_policy=b.limit_policy, budget=b.budget, labels=b.labels,
-                actor=call.principal.actor, reason=b.reason,
-            )
-        except NotFound:
-            if await self._config_only(tenant):
-                raise self._static_tenant_refusal(tenant, owned=True) from None
-            raise _not_found("tenant", tenant) from None
+        for attempt in (1, 2):
+            try:
+                key = await store.create_key(
+                    key_id=key_id, tenant=tenant, name=b.name, digest=self._digester.digest(secret),
+                    allowed_models=b.allowed_models, allowed_endpoints=b.allowed_endpoints,
+                    expires_at=b.expires_at, limit_policy=b.limit_policy, budget=b.budget, labels=b.labels,
+                    actor=call.principal.actor, reason=b.reason,
+                )
+                break
+            except NotFound:
+                if attempt == 2 or not await self._mirror_config_tenant(tenant, call.principal.actor):
+                    raise _not_found("tenant", tenant) from None
         return 201, wire.CreatedKey(api_key=full, key=key_view(key, self._clock()))
 
     async def h_keys_list(self, call: Call) -> Result:
@@ -615,14 +629,15 @@ class AdminApp:
         if tenant is None:
             raise AdminError(400, "invalid_argument", "tenant is required", param="tenant")
         self._check_model(b.model)
-        try:
-            sub = await self._require_store().request_subscription(
-                tenant, b.model, actor=call.principal.actor, reason=b.reason
-            )
-        except NotFound:
-            if await self._config_only(tenant):
-                raise self._static_tenant_refusal(tenant, owned=True) from None
-            raise _not_found("tenant", tenant) from None
+        for attempt in (1, 2):
+            try:
+                sub = await self._require_store().request_subscription(
+                    tenant, b.model, actor=call.principal.actor, reason=b.reason
+                )
+                break
+            except NotFound:
+                if attempt == 2 or not await self._mirror_config_tenant(tenant, call.principal.actor):
+                    raise _not_found("tenant", tenant) from None
         return 201, sub
 
     async def h_subscriptions_list(self, call: Call) -> Result:
@@ -651,14 +666,15 @@ class AdminApp:
         if decision == "approve":
             self._check_model(model)
         store = self._require_store()
-        try:
-            sub: Subscription = await store.decide_subscription(
-                tenant, model, decision, actor=call.principal.actor, reason=b.reason
-            )
-        except NotFound:
-            if await self._config_only(tenant):
-                raise self._static_tenant_refusal(tenant, owned=True) from None
-            raise
+        for attempt in (1, 2):
+            try:
+                sub: Subscription = await store.decide_subscription(
+                    tenant, model, decision, actor=call.principal.actor, reason=b.reason
+                )
+                break
+            except NotFound:
+                if attempt == 2 or not await self._mirror_config_tenant(tenant, call.principal.actor):
+                    raise
         return 200, sub
 
     async def h_subscriptions_approve(self, call: Call) -> Result:

@@ -366,14 +366,25 @@ def test_config_tenants_are_read_only(config: Config, store_url: str) -> None:
             ("POST", "/admin/v1/tenants", {"id": "static-co"}),
             ("PATCH", "/admin/v1/tenants/static-co", {"name": "x"}),
             ("DELETE", "/admin/v1/tenants/static-co", None),
-            ("POST", "/admin/v1/keys", {"tenant": "static-co"}),
-            ("POST", "/admin/v1/subscriptions", {"tenant": "static-co", "model": "premium"}),
-            ("POST", "/admin/v1/subscriptions/static-co/premium/approve", {}),
         ):
             r = await api(method, path, body)
             assert (r.status, r.code) == (409, "static_tenant"), (method, path, r)
         assert (await api("GET", "/admin/v1/tenants/static-co/usage")).status == 200
-        assert (await store.list_tenants()).items == []  # never copied into the store
+        assert (await store.list_tenants()).items == []  # not copied into the store by reads
+
+        # keys and subscriptions of a config tenant live in the store: its first one mirrors the tenant
+        r = await api("POST", "/admin/v1/keys", {"tenant": "static-co", "name": "made by the API"})
+        assert r.status == 201, r
+        assert [t.id for t in (await store.list_tenants()).items] == ["static-co"]
+        r = await api("POST", "/admin/v1/subscriptions", {"tenant": "static-co", "model": "premium"})
+        assert r.status == 201, r
+        r = await api("POST", "/admin/v1/subscriptions/static-co/premium/approve", {})
+        assert r.status == 200 and r.data["state"] == "approved", r
+        # still one tenant, shown as the config file has it, and still read-only
+        r = await api("GET", "/admin/v1/tenants")
+        assert [(t["id"], t["source"]) for t in r.data["data"] if t["id"] == "static-co"] == [("static-co", "config")]
+        r = await api("PATCH", "/admin/v1/tenants/static-co", {"name": "x"})
+        assert (r.status, r.code) == (409, "static_tenant")
 
     scenario(config, store_url, go)
 
