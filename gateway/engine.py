@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -34,6 +35,8 @@ from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator
+from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
+from gateway.routing.router import NoDeploymentAvailable, RequestInfo, Router, build_routers
 from gateway.server.pool import OriginPool
 from gateway.wire import (
     EmbeddingRequest,
@@ -65,38 +68,62 @@ _ENDPOINTS = {
     "/v1/embeddings": "embeddings",
 }
 _perf = time.perf_counter
+_monotonic = time.monotonic
+_INF = float("inf")
+
+
+class Target:
+    """One deployment as the engine sends to it: the provider's translator and the upstream model id."""
+
+    __slots__ = ("deployment", "name", "provider", "rewrite_model", "translator", "upstream_model")
+
+    def __init__(self, model: str, name: str, provider: str, upstream_model: str,
+                 translator: OpenAITranslator) -> None:
+        self.name = name
+        self.provider = provider
+        self.upstream_model = upstream_model
+        self.translator = translator
+        self.rewrite_model = upstream_model != model
 
 
 class ModelEntry:
-    """One routable model in the runtime snapshot."""
+    """One model clients may name, in the runtime snapshot."""
 
-    __slots__ = ("endpoints", "name", "owned_by", "provider", "rewrite_model", "translator", "upstream_model")
+    __slots__ = ("endpoints", "name", "owned_by", "router", "target", "targets")
 
-    def __init__(
-        self, name: str, upstream_model: str, provider: str, translator: OpenAITranslator,
-        endpoints: frozenset[str], owned_by: str,
-    ) -> None:
+    def __init__(self, name: str, endpoints: frozenset[str], owned_by: str) -> None:
         self.name = name
-        self.upstream_model = upstream_model
-        self.provider = provider
-        self.translator = translator
         self.endpoints = endpoints
         self.owned_by = owned_by
-        self.rewrite_model = upstream_model != name
+        #: a model proxied directly (one provider, no routing policy): its one target; else None
+        self.target: Target | None = None
+        #: the model's router and its targets by deployment id, for every model (fallbacks use them)
+        self.router: Router | None = None
+        self.targets: dict[str, Target] = {}
 
 
 class Runtime:
     """Immutable tables the hot path reads, compiled from one Config."""
 
-    def __init__(self, config: Config, translators: dict[str, OpenAITranslator], phases: Sequence[Phase]):
+    def __init__(self, config: Config, translators: dict[str, OpenAITranslator], phases: Sequence[Phase],
+                 previous: Runtime | None = None):
         self.config = config
         self.translators = translators
         self.models: dict[str, ModelEntry] = {}
+        routings = {name: m.routing() for name, m in config.models.items()}
+        workers = config.server.workers or os.cpu_count() or 1
+        self.routers: dict[str, Router] = build_routers(
+            routings, workers=workers, previous=previous.routers if previous is not None else None
+        )
         for name, m in config.models.items():
-            self.models[name] = ModelEntry(
-                name, m.upstream_model or name, m.provider, translators[m.provider],
-                frozenset(m.endpoints), m.owned_by,
-            )
+            entry = self.models[name] = ModelEntry(name, frozenset(m.endpoints), m.owned_by)
+            router = entry.router = self.routers[name]
+            for d in router.deployments:
+                entry.targets[d.id] = Target(
+                    name, d.name, d.provider, d.upstream_model, translators[d.provider]
+                )
+            if m.direct():
+                entry.target = next(iter(entry.targets.values()))
         by_name: dict[str, list[Phase]] = {n: [] for n in PHASE_ORDER}
         for p in phases:
             if p.name not in by_name:
@@ -123,10 +150,9 @@ class Context:
     """Everything one request carries through the chain."""
 
     __slots__ = (
-        "body", "endpoint", "error", "fields", "include_usage", "key", "model", "overhead", "request",
-        "request_id",
-        "response_headers", "runtime", "status", "stream", "t0", "t_up", "up_ms", "upstream_status",
-        "usage",
+        "attempts", "body", "endpoint", "error", "fields", "include_usage", "key", "model", "overhead",
+        "request", "request_id", "response_headers", "runtime", "status", "stream", "t0", "t_up", "target",
+        "up_ms", "upstream_status", "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime) -> None:
@@ -140,6 +166,9 @@ class Context:
         self.fields: Any = None
         self.body = request.body
         self.model: ModelEntry | None = None
+        #: the deployment that served (or last failed) the request, and how many attempts were made
+        self.target: Target | None = None
+        self.attempts = 0
         self.stream = False
         self.include_usage = False
         self.usage: Any = None
@@ -246,6 +275,7 @@ class Engine:
         self.records.start()
 
     def _build(self, config: Config, old: dict[str, tuple[ProviderConfig, OpenAITranslator]]) -> Runtime:
+        previous = self.runtime
         translators: dict[str, OpenAITranslator] = {}
         for name, p in config.providers.items():
             prev = old.get(name)
@@ -254,7 +284,7 @@ class Engine:
             else:
                 translators[name] = build_translator(name, p, config.upstream)
         self._provider_configs = {n: (config.providers[n], t) for n, t in translators.items()}
-        return Runtime(config, translators, self._phases_for(config))
+        return Runtime(config, translators, self._phases_for(config), previous)
 
     def reload(self, config: Config) -> None:
         """Swap in a new config. Raises (and keeps the old snapshot) if the new one cannot be built."""
@@ -434,10 +464,16 @@ class Engine:
                 param="model", code="unsupported_endpoint",
             )
         ctx.model = model
-        body = self._upstream_body(ctx, model)
+        target = model.target
+        if target is None:
+            await self._routed(ctx, responder, model)
+            return
+        ctx.target = target
+        ctx.attempts = 1
+        body = self._upstream_body(ctx, target)
         ctx.t_up = _perf()
         try:
-            resp = await model.translator.send(ctx.endpoint, body, ctx.request_id)
+            resp = await target.translator.send(ctx.endpoint, body, ctx.request_id)
         except UpstreamTimeout as exc:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
             raise errors.GatewayTimeout(f"The upstream provider timed out: {exc}") from None
@@ -447,7 +483,7 @@ class Engine:
         ctx.upstream_status = status = resp.status
         try:
             if status >= 400:
-                await self._relay_error(ctx, responder, resp)
+                await self._relay_error(ctx, responder, resp, await self._read(ctx, resp))
             elif ctx.stream and _is_event_stream(resp):
                 await self._relay_stream(ctx, responder, resp)
             else:
@@ -461,14 +497,141 @@ class Engine:
         finally:
             resp.close()
 
-    def _upstream_body(self, ctx: Context, model: ModelEntry) -> bytes:
+    async def _routed(self, ctx: Context, responder: Responder, model: ModelEntry) -> None:
+        """Send through the model's router: attempts, retries and fallbacks as its policy says.
+
+        A failed attempt (connect error, timeout, 429, 5xx, a context-length error, a stream that fails
+        before its first byte) is reported to the router, which decides the next attempt; the client sees
+        only the final answer. Once any byte of a response has been sent, there is no other attempt.
+        """
+        router = model.router
+        assert router is not None
+        fields = ctx.fields
+        key = ctx.key
+        runtime = ctx.runtime
+        max_tokens = getattr(fields, "max_tokens", None)
+        tokens = len(ctx.body) // 4 + (max_tokens if isinstance(max_tokens, int) else 0)
+        info = RequestInfo(
+            user=getattr(fields, "user", None), key_id=key.id if key is not None else None,
+            header=ctx.request.header, tokens=tokens,
+        )
+        attempts = router.plan(info, _monotonic(), random.random)  # NoDeploymentAvailable: a 503
+        failure: GatewayError | None = None
+        failed_resp: tuple[UpstreamResponse, bytes] | None = None
+        for attempt in attempts:
+            if attempt.delay > 0:
+                await asyncio.sleep(attempt.delay)
+            dep = attempt.deployment
+            owner = runtime.models[dep.model]
+            target = owner.targets[dep.id]
+            ctx.target = target
+            ctx.attempts += 1
+            ctx.response_headers = [("x-gateway-deployment", target.name)]
+            if dep.model != model.name:
+                ctx.response_headers.append(("x-gateway-model", dep.model))
+            if failed_resp is not None:
+                failed_resp[0].close()
+                failed_resp = None
+            body = self._upstream_body(ctx, target, dep.model)
+            t0 = _monotonic()
+            ctx.t_up = _perf()
+            timeout = attempt.timeout
+            if dep.first_byte_timeout is not None and dep.first_byte_timeout < timeout:
+                timeout = dep.first_byte_timeout
+            try:
+                sent = target.translator.send(ctx.endpoint, body, ctx.request_id)
+                resp = await (asyncio.wait_for(sent, timeout) if timeout < _INF else sent)
+            except (UpstreamTimeout, TimeoutError) as exc:
+                ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+                attempts.report(Outcome.TIMEOUT, _monotonic(), total=_monotonic() - t0)
+                failure = errors.GatewayTimeout(
+                    f"The upstream provider timed out: {exc or f'no answer within {timeout:g}s'}"
+                )
+                continue
+            except UpstreamError as exc:
+                ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+                attempts.report(outcome_of_exception(exc), _monotonic(), total=_monotonic() - t0)
+                failure = errors.BadGateway(f"The upstream provider failed: {exc}")
+                continue
+            ttfb = _monotonic() - t0
+            ctx.upstream_status = status = resp.status
+            try:
+                if status >= 400:
+                    err_body = await self._read(ctx, resp)
+                    outcome = outcome_of_status(status, err_body)
+                    if outcome.failed:
+                        retry_after = parse_retry_after(
+                            resp.header(b"retry-after"), resp.header(b"retry-after-ms")
+                        )
+                        attempts.report(outcome, _monotonic(), ttfb=ttfb, total=_monotonic() - t0,
+                                        retry_after=retry_after)
+                        failed_resp, resp = (resp, err_body), None  # type: ignore[assignment]
+                        continue
+                    attempts.report(outcome, _monotonic(), ttfb=ttfb, total=_monotonic() - t0)
+                    await self._relay_error(ctx, responder, resp, err_body)
+                    return
+                if ctx.stream and _is_event_stream(resp):
+                    try:
+                        first = await resp.next_chunk()
+                    except (UpstreamError, ValueError) as exc:
+                        first = b""
+                        failure = errors.BadGateway(f"The upstream stream failed: {exc}",
+                                                    code="upstream_stream_error")
+                    if not first:  # failed before its first byte: the client has seen nothing yet
+                        attempts.report(Outcome.SERVER_ERROR, _monotonic(), ttfb=ttfb,
+                                        total=_monotonic() - t0)
+                        failure = failure or errors.BadGateway("The upstream stream ended before any event",
+                                                               code="upstream_stream_error")
+                        continue
+                    await self._relay_stream(ctx, responder, resp, first)
+                    attempts.report(Outcome.OK if ctx.error is None else Outcome.SERVER_ERROR, _monotonic(),
+                                    ttfb=ttfb, total=_monotonic() - t0, sent=True)
+                    return
+                whole = resp.complete_body()
+                if whole is None:
+                    whole = await self._read(ctx, resp)
+                else:
+                    ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+                self._relay_body(ctx, responder, resp, whole)
+                attempts.report(Outcome.OK, _monotonic(), ttfb=ttfb, total=_monotonic() - t0, sent=True)
+                return
+            except GatewayError as exc:
+                if getattr(responder, "started", False):
+                    attempts.report(Outcome.SERVER_ERROR, _monotonic(), ttfb=ttfb, total=_monotonic() - t0,
+                                    sent=True)
+                    raise
+                # a body cut or not JSON: nothing was sent, so another attempt may still answer
+                timed_out = isinstance(exc, errors.GatewayTimeout)
+                attempts.report(Outcome.TIMEOUT if timed_out else Outcome.SERVER_ERROR, _monotonic(),
+                                ttfb=ttfb, total=_monotonic() - t0)
+                failure = exc
+                continue
+            finally:
+                if resp is not None:
+                    resp.close()
+        if failed_resp is not None:  # the last attempt's own error answer goes to the client
+            resp, err_body = failed_resp
+            try:
+                await self._relay_error(ctx, responder, resp, err_body)
+            finally:
+                resp.close()
+            return
+        if failure is not None:
+            raise failure
+        raise NoDeploymentAvailable(model.name, attempts.unavailable, _monotonic())
+
+    def _upstream_body(self, ctx: Context, target: Target, model_name: str | None = None) -> bytes:
         """The original bytes, unless the model id must change or usage must be requested."""
         need_usage = ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
-        if not model.rewrite_model and not need_usage:
+        if model_name is not None:  # a routed attempt, perhaps of a fallback model
+            rewrite = target.upstream_model != ctx.fields.model
+        else:
+            rewrite = target.rewrite_model
+        if not rewrite and not need_usage:
             return ctx.body  # PERF: forward the client's bytes untouched
         top = top_level_decoder.decode(ctx.body)
-        if model.rewrite_model:
-            top["model"] = msgspec.Raw(encode(model.upstream_model))
+        if rewrite:
+            top["model"] = msgspec.Raw(encode(target.upstream_model))
         if need_usage:
             top["stream_options"] = msgspec.Raw(b'{"include_usage":true}')
         return encode(top)
@@ -504,8 +667,9 @@ class Engine:
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.send(resp.status, headers, body)
 
-    async def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse) -> None:
-        body = await self._read(ctx, resp)
+    async def _relay_error(
+        self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes
+    ) -> None:
         status = resp.status
         try:
             msgspec.json.decode(body, type=_ErrorCheck)
@@ -525,7 +689,10 @@ class Engine:
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.send(status, headers, body)
 
-    async def _relay_stream(self, ctx: Context, responder: Responder, resp: UpstreamResponse) -> None:
+    async def _relay_stream(
+        self, ctx: Context, responder: Responder, resp: UpstreamResponse, first: bytes | None = None
+    ) -> None:
+        """Relay an event stream; ``first``: its first piece when the caller has read it already."""
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.extend(_SSE_HEADERS)
@@ -537,7 +704,10 @@ class Engine:
         try:
             while True:
                 try:
-                    chunk = await resp.next_chunk()
+                    if first is not None:
+                        chunk, first = first, None
+                    else:
+                        chunk = await resp.next_chunk()
                 except (UpstreamError, ValueError) as exc:
                     ctx.error = errors.BadGateway(f"The upstream stream failed: {exc}",
                                                   code="upstream_stream_error")
@@ -593,7 +763,7 @@ class Engine:
         if not ctx.overhead:
             _overhead_ms(ctx)
         # PERF: a flat tuple now; the sink builds and encodes the record in the background
-        model = ctx.model
+        target = ctx.target
         usage = ctx.usage
         err = ctx.error
         req = ctx.request
@@ -601,10 +771,13 @@ class Engine:
             time.time(), ctx.request_id, req.method, req.path, ctx.status,
             (_perf() - ctx.t0) * 1000.0, ctx.overhead,
             ctx.fields.model if ctx.fields is not None else None,
-            model.provider if model is not None else None,
-            model.upstream_model if model is not None else None,
+            target.provider if target is not None else None,
+            target.upstream_model if target is not None else None,
             ctx.stream, ctx.upstream_status, ctx.up_ms if ctx.t_up else None,
             usage, err, self.worker, ctx.key,
+            target.name if target is not None and ctx.model is not None and ctx.model.target is None
+            else None,
+            ctx.attempts,
         ))
 
 

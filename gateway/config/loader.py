@@ -524,6 +524,7 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
 
     for name, model in config.models.items():
         yield from _model_problems(("models", name), model, provider_names)
+    yield from _routing_problems(config, provider_names)
 
     yield from _auth_problems(config)
 
@@ -642,10 +643,30 @@ def _secret_problems(path: _Path, ref: str) -> Iterator[_Problem]:
             yield _Problem(path, error)
 
 
+def _routing_problems(config: Config, provider_names: set[str] | None) -> Iterator[_Problem]:
+    from gateway.routing.config import routing_problems
+
+    routings = {name: m.routing() for name, m in config.models.items() if m.deployments or m.provider}
+    for problem in routing_problems(routings, provider_names):
+        name = problem.path[1]
+        if not config.models[str(name)].deployments and problem.path[2:3] == ("deployments",):
+            continue  # a single-provider model: its provider was checked above, under its own key
+        yield _Problem(problem.path, problem.message)
+
+
 def _model_problems(path: _Path, model: ModelConfig, provider_names: set[str] | None) -> Iterator[_Problem]:
     if not path[-1]:
         yield _Problem(path, "the model name must not be empty")
-    if provider_names is not None and model.provider not in provider_names:
+    if model.deployments:
+        if model.provider is not None or model.upstream_model is not None:
+            yield _Problem(
+                (*path, "provider"), "give either provider (and upstream_model) or deployments, not both"
+            )
+    elif model.provider is None:
+        yield _Problem(
+            (*path, "provider"), "required: the provider that serves this model (or list deployments)"
+        )
+    elif provider_names is not None and model.provider not in provider_names:
         known = ", ".join(sorted(provider_names)) or "none"
         hint = get_close_matches(model.provider, sorted(provider_names), n=1)
         suffix = f'; did you mean "{hint[0]}"?' if hint else f" (defined: {known})"

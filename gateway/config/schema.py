@@ -10,6 +10,16 @@ from typing import Literal
 
 import msgspec
 
+from gateway.routing.config import (
+    BreakerConfig,
+    DeploymentConfig,
+    FallbackCondition,
+    HealthCheckConfig,
+    RetryConfig,
+    RoutingConfig,
+    Strategy,
+)
+
 __all__ = [
     "AdminConfig",
     "AuthConfig",
@@ -108,8 +118,8 @@ class ProviderConfig(_Base, frozen=True):
 
 
 class ModelConfig(_Base, frozen=True):
-    #: name of a [providers.*] table
-    provider: str
+    #: name of a [providers.*] table: the model's one deployment (or list several in ``deployments``)
+    provider: str | None = None
     #: the model id sent upstream (default: the model's own name)
     upstream_model: str | None = None
     #: endpoints this model serves
@@ -120,6 +130,52 @@ class ModelConfig(_Base, frozen=True):
     owned_by: str = "llm-gateway"
     #: "required": a tenant must subscribe and an operator approve before its keys may call this model
     approval: Literal["none", "required"] = "none"
+    # -- routing (docs/routing.md); a model with one ``provider`` and none of these is proxied directly
+    #: the model's deployments (instead of ``provider``/``upstream_model``)
+    deployments: list[DeploymentConfig] = msgspec.field(default_factory=list)
+    strategy: Strategy = "weighted"
+    #: consistent_hash: "user", "key_id" or "header:<name>"
+    hash_on: str = "user"
+    #: split: deployment name -> percent (sums to 100)
+    split: dict[str, float] = msgspec.field(default_factory=dict)
+    #: other models to try, in order, when this one fails under ``fallback_on``
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+    fallback_on: list[FallbackCondition] = msgspec.field(
+        default_factory=lambda: ["429", "5xx", "timeout", "context_length"]
+    )
+    #: seconds for the whole request, every attempt and fallback included
+    deadline: float | None = None
+    #: default: 3 attempts for a model with ``deployments``, 1 for a single ``provider``
+    retry: RetryConfig | None = None
+    #: default: on for a model with ``deployments``, off for a single ``provider``
+    breaker: BreakerConfig | None = None
+    health: HealthCheckConfig | None = None
+
+    def routing(self) -> RoutingConfig:
+        """The routing of this model: its deployments (or its one provider) and the policies, defaults
+        filled in."""
+        single = not self.deployments
+        deployments = self.deployments or (
+            [DeploymentConfig(provider=self.provider, upstream_model=self.upstream_model)]
+            if self.provider is not None else []
+        )
+        return RoutingConfig(
+            deployments=deployments, strategy=self.strategy, hash_on=self.hash_on, split=self.split,
+            fallbacks=self.fallbacks, fallback_on=self.fallback_on, deadline=self.deadline,
+            retry=self.retry or (RetryConfig(max_attempts=1) if single else RetryConfig()),
+            breaker=self.breaker or (BreakerConfig(enabled=False) if single else BreakerConfig()),
+            health=self.health,
+        )
+
+    def direct(self) -> bool:
+        """True when the model needs no router: one provider, one attempt, no breaker, health check,
+        fallback or deadline (# PERF: such a model is proxied with no routing work per request)."""
+        return (
+            not self.deployments and self.provider is not None and not self.fallbacks
+            and self.deadline is None and self.health is None
+            and (self.retry is None or self.retry.max_attempts == 1)
+            and (self.breaker is None or not self.breaker.enabled)
+        )
 
 
 class LogConfig(_Base, frozen=True):

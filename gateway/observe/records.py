@@ -40,12 +40,15 @@ class CallRecord(msgspec.Struct, omit_defaults=True):
     key_id: str | None = None
     tenant: str | None = None
     labels: dict[str, str] | None = None
+    #: routed models: the deployment that answered (or failed last), and the number of attempts
+    deployment: str | None = None
+    attempts: int | None = None
 
 
 def to_record(row: tuple[Any, ...]) -> CallRecord:
     """The engine's tuple -> a CallRecord (runs in the background flush)."""
     (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
-     upstream_status, upstream_ms, usage, err, worker, key) = row
+     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts) = row
     return CallRecord(
         ts=ts, request_id=rid, method=method, path=path, status=status,
         duration_ms=round(duration_ms, 3), overhead_ms=float(overhead or 0.0), model=model,
@@ -60,6 +63,8 @@ def to_record(row: tuple[Any, ...]) -> CallRecord:
         key_id=key.id if key is not None else None,
         tenant=key.tenant.id if key is not None else None,
         labels=key.labels or None if key is not None else None,
+        deployment=deployment,
+        attempts=attempts if attempts and attempts > 1 else None,
     )
 
 
