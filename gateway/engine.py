@@ -35,8 +35,9 @@ from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator
+from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
-from gateway.routing.router import NoDeploymentAvailable, RequestInfo, Router, build_routers
+from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
 from gateway.server.pool import OriginPool
 from gateway.wire import (
     EmbeddingRequest,
@@ -50,6 +51,8 @@ from gateway.wire import (
 if TYPE_CHECKING:
     from gateway.auth.access import AccessPhase
     from gateway.auth.service import KeyService
+    from gateway.routing.health import HealthChecker
+    from gateway.routing.sync import BreakerSync
 
 __all__ = ["Context", "Engine", "ModelEntry", "Runtime"]
 
@@ -249,6 +252,8 @@ class Engine:
         #: the worker's key table keeper, when keys are required ([auth] required = true)
         self.keys: KeyService | None = None
         self._access: AccessPhase | None = None
+        self._health: HealthChecker | None = None
+        self._breakers: BreakerSync | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -273,6 +278,49 @@ class Engine:
             await self.keys.start()
         self.runtime = self._build(self._config, {})
         self.records.start()
+        await self._start_routing(self.runtime)
+
+    # -- routing state beyond one worker: health checks and shared breakers ---------------------------
+
+    async def _start_routing(self, runtime: Runtime) -> None:
+        """Health checks for models that ask for them; breaker state shared with the node's other workers
+        (and, with a Redis store, with other nodes) when a model has a breaker."""
+        from gateway.routing.health import HealthChecker
+
+        checker = HealthChecker(runtime.routers, self._probe)
+        if checker.targets:
+            checker.start()
+            self._health = checker
+        routed = [r for r in runtime.routers.values() if runtime.models[r.model].target is None]
+        if self._breakers is None and any(r.config.breaker.enabled for r in routed):
+            try:
+                self._breakers = await _open_breaker_sync(runtime.config)
+            except Exception as exc:
+                log.warning("breaker state is not shared (%s); each worker keeps its own", exc)
+            else:
+                await self._breakers.start()
+        if self._breakers is not None:
+            self._breakers.attach(runtime.routers)
+
+    async def _restart_routing(self, runtime: Runtime) -> None:
+        if self._health is not None:
+            await self._health.stop()
+            self._health = None
+        await self._start_routing(runtime)
+
+    async def _probe(self, deployment: Deployment, config: HealthCheckConfig) -> bool:
+        """One health probe: the configured request to the deployment's provider; healthy on a 2xx."""
+        runtime = self.runtime
+        assert runtime is not None
+        translator = runtime.translators[deployment.provider]
+        body = config.body.encode() if config.body is not None else b""
+        method = "POST" if config.body is not None else "GET"
+        resp = await asyncio.wait_for(translator.probe(method, config.path, body), config.timeout)
+        try:
+            await asyncio.wait_for(resp.read(), config.timeout)
+        finally:
+            resp.close()
+        return 200 <= resp.status < 300
 
     def _build(self, config: Config, old: dict[str, tuple[ProviderConfig, OpenAITranslator]]) -> Runtime:
         previous = self.runtime
@@ -307,6 +355,7 @@ class Engine:
             raise
         if keys_before is not None and self.keys is None:
             self._spawn(keys_before.stop())
+        self._spawn(self._restart_routing(runtime))
         kept = {id(t) for t in runtime.translators.values()}
         retired = [t for _, t in old.values() if id(t) not in kept]
         self.runtime = runtime
@@ -321,6 +370,11 @@ class Engine:
         task.add_done_callback(self._retiring.discard)
 
     async def shutdown(self) -> None:
+        if self._health is not None:
+            await self._health.stop()
+        if self._breakers is not None:
+            await self._breakers.stop()
+            await self._breakers.transport.close()
         if self.keys is not None:
             await self.keys.stop()
         if self.runtime is not None:
@@ -559,7 +613,7 @@ class Engine:
                 if status >= 400:
                     err_body = await self._read(ctx, resp)
                     outcome = outcome_of_status(status, err_body)
-                    if outcome.failed:
+                    if outcome is not Outcome.CLIENT_ERROR:  # 429, 5xx, 408, context length: may go on
                         retry_after = parse_retry_after(
                             resp.header(b"retry-after"), resp.header(b"retry-after-ms")
                         )
@@ -794,6 +848,21 @@ def _models_for(runtime: Runtime, key: Any) -> bytes:
         "object": "list",
         "data": [Runtime._model_obj(e, created) for n, e in runtime.models.items() if _key_allows(key, n)],
     })
+
+
+async def _open_breaker_sync(config: Config) -> BreakerSync:
+    """Breaker state shared through the store's medium: a SQLite file beside the store's (the node's
+    workers), or the store's Redis (every node)."""
+    from gateway.routing.sync import BreakerSync, RedisSyncTransport, SqliteSyncTransport, SyncTransport
+
+    url = config.store.url
+    scheme, _, rest = url.partition("://")
+    transport: SyncTransport
+    if scheme == "sqlite":
+        transport = SqliteSyncTransport(rest + "-breakers")
+    else:
+        transport = await RedisSyncTransport.open(url, prefix=config.store.prefix)
+    return BreakerSync(transport)
 
 
 async def _close_when_idle(translator: OpenAITranslator, poll: float = 1.0) -> None:

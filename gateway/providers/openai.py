@@ -26,7 +26,7 @@ ENDPOINT_PATHS: Final = {
 class OpenAITranslator:
     """One per configured provider; holds the prebuilt header list and the transport."""
 
-    __slots__ = ("_headers", "_heads", "_paths", "_pool", "name", "transport")
+    __slots__ = ("_headers", "_heads", "_paths", "_pool", "_prefix", "name", "transport")
 
     def __init__(
         self,
@@ -39,6 +39,7 @@ class OpenAITranslator:
         self.name = name
         self.transport = transport
         # PERF: paths and static headers are built once per provider
+        self._prefix = path_prefix
         self._paths = {ep: path_prefix + p for ep, p in ENDPOINT_PATHS.items()}
         headers = [("content-type", "application/json"), ("user-agent", "llm-gateway")]
         if api_key:
@@ -60,6 +61,11 @@ class OpenAITranslator:
             return pool.send_data(build_request(self._heads[endpoint], request_id, body))
         headers = [*self._headers, ("x-request-id", request_id)]
         return self.transport.request("POST", self._paths[endpoint], headers, body)
+
+    def probe(self, method: str, path: str, body: bytes) -> Awaitable[UpstreamResponse]:
+        """A health-check request: ``path`` below the provider's base URL, with its credential."""
+        headers = [h for h in self._headers if h[0] != "content-type" or body]
+        return self.transport.request(method, self._prefix + path, headers, body)
 
     async def close(self) -> None:
         await self.transport.close()

@@ -1,0 +1,280 @@
+"""Routing and resilience against real processes: several ``gateway mock`` upstreams behind one gateway.
+
+Deployments differ by provider: each provider points at its own mock process, and a provider's
+``headers`` table can send ``x-mock`` failure directives with every request (see docs/mock.md), which
+makes one deployment fail while another serves.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from .conftest import StartGateway
+from .helpers import HOST, RawClient, Response, ServerProcess, chat_body, free_port, http_request, sse_events
+
+N_MOCKS = 3
+
+
+@pytest.fixture(scope="module")
+def mocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+    logs = tmp_path_factory.mktemp("routing-mocks")
+    procs = []
+    try:
+        for i in range(N_MOCKS):
+            port = free_port()
+            proc = ServerProcess(f"mock-{i}", ["mock", "--port", str(port), "-q"], logs, port).start()
+            proc.wait_ready("/healthz")
+            procs.append(proc)
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def provider(name: str, port: int, mock: str | None = None, **extra: Any) -> str:
+    text = f'\n[providers.{name}]\ntype = "openai"\nbase_url = "http://{HOST}:{port}/v1"\nread_timeout = 3.0\n'
+    text += "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
+    if mock:
+        text += f'[providers.{name}.headers]\nx-mock = "{mock}"\n'
+    return text
+
+
+def config(body: str) -> str:
+    return '[server]\ndrain_timeout = 2.0\n[log]\nlevel = "info"\ncall_records = true\n' + body
+
+
+def chat(port: int, model: str = "routed", headers: list[tuple[str, str]] | None = None, **extra: Any) -> Response:
+    with RawClient(port) as c:
+        return c.request(http_request("POST", "/v1/chat/completions", chat_body("hello", model, **extra),
+                                      headers=headers or []))
+
+
+def served_by(resp: Response) -> str | None:
+    return resp.header("x-gateway-deployment")
+
+
+def test_weights_are_respected(start_gateway: StartGateway, mocks: list[ServerProcess]) -> None:
+    gw = start_gateway(config(
+        provider("a", mocks[0].port) + provider("b", mocks[1].port) + """
+[models.routed]
+strategy = "weighted"
+[[models.routed.deployments]]
+provider = "a"
+upstream_model = "mock-1"
+weight = 3
+[[models.routed.deployments]]
+provider = "b"
+upstream_model = "mock-1"
+weight = 1
+"""))
+    counts = Counter(served_by(chat(gw.port)) for _ in range(200))
+    # one worker: smooth weighted round robin is exact over every cycle of 4
+    assert counts == {"a/mock-1": 150, "b/mock-1": 50}, counts
+
+
+def test_a_failing_deployment_is_drained_without_client_errors_and_restored(
+    start_gateway: StartGateway, mocks: list[ServerProcess], tmp_path: Path
+) -> None:
+    port_b = free_port()
+    gw = start_gateway(config(
+        provider("a", mocks[0].port) + provider("b", port_b, connect_timeout=1.0) + """
+[models.routed]
+strategy = "weighted"
+[[models.routed.deployments]]
+provider = "a"
+upstream_model = "mock-1"
+[[models.routed.deployments]]
+provider = "b"
+upstream_model = "mock-1"
+[models.routed.breaker]
+consecutive_failures = 3
+open_for = 1.0
+"""))
+    # b is down (nothing listens on its port): every request still succeeds, through a
+    statuses = Counter(chat(gw.port).status for _ in range(30))
+    assert statuses == {200: 30}
+    # after the threshold the breaker keeps b out: no more attempts on it
+    resp = chat(gw.port)
+    assert resp.status == 200 and served_by(resp) == "a/mock-1"
+    records = _records(gw)
+    retried = [r for r in records if r.get("attempts")]
+    assert 1 <= len(retried) <= 3, retried  # b was tried only until its breaker opened
+    # b comes back: after open_for, a half-open probe succeeds and b serves again
+    b = ServerProcess("mock-b", ["mock", "--port", str(port_b), "-q"], tmp_path, port_b).start()
+    try:
+        b.wait_ready("/healthz")
+        deadline = time.monotonic() + 10
+        seen: Counter[str | None] = Counter()
+        while time.monotonic() < deadline and seen["b/mock-1"] < 3:
+            resp = chat(gw.port)
+            assert resp.status == 200
+            seen[served_by(resp)] += 1
+            time.sleep(0.05)
+        assert seen["b/mock-1"] >= 3, seen
+    finally:
+        b.stop()
+
+
+def test_all_deployments_down_gives_503_with_reasons(start_gateway: StartGateway) -> None:
+    dead1, dead2 = free_port(), free_port()
+    gw = start_gateway(config(
+        provider("x", dead1, connect_timeout=1.0) + provider("y", dead2, connect_timeout=1.0) + """
+[models.routed]
+[[models.routed.deployments]]
+provider = "x"
+upstream_model = "mock-1"
+[[models.routed.deployments]]
+provider = "y"
+upstream_model = "mock-1"
+[models.routed.retry]
+max_attempts = 2
+base_backoff = 0.01
+[models.routed.breaker]
+consecutive_failures = 2
+open_for = 30.0
+"""))
+    first = chat(gw.port)
+    assert first.status == 502  # both attempts failed to connect
+    for _ in range(3):
+        resp = chat(gw.port)
+        if resp.status == 503:
+            break
+    body = json.loads(resp.body)
+    assert resp.status == 503, body
+    assert body["error"]["code"] == "no_deployment_available"
+    assert "x" in body["error"]["message"] and "y" in body["error"]["message"]
+    assert "circuit" in body["error"]["message"] or "open" in body["error"]["message"]
+    assert resp.header("retry-after") is not None
+
+
+def test_stream_failing_before_its_first_event_moves_on(start_gateway: StartGateway,
+                                                        mocks: list[ServerProcess]) -> None:
+    gw = start_gateway(config(
+        provider("bad", mocks[0].port, mock="cut=0") + provider("good", mocks[1].port) + """
+[models.routed]
+strategy = "weighted"
+[[models.routed.deployments]]
+provider = "bad"
+upstream_model = "mock-1"
+weight = 100
+[[models.routed.deployments]]
+provider = "good"
+upstream_model = "mock-1"
+[models.routed.breaker]
+enabled = false
+"""))
+    client = openai.OpenAI(base_url=f"http://{HOST}:{gw.port}/v1", api_key="k", max_retries=0)
+    for _ in range(3):
+        stream = client.chat.completions.create(
+            model="routed", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text.strip()
+    resp = chat(gw.port, stream=True)
+    assert resp.status == 200 and served_by(resp) == "good/mock-1"
+    assert sse_events(resp.body)[-1] == b"[DONE]"
+
+
+def test_a_stream_cut_after_its_first_event_is_not_retried(start_gateway: StartGateway,
+                                                           mocks: list[ServerProcess]) -> None:
+    gw = start_gateway(config(
+        provider("bad", mocks[0].port, mock="cut=2") + provider("good", mocks[1].port) + """
+[models.routed]
+[[models.routed.deployments]]
+provider = "bad"
+upstream_model = "mock-1"
+weight = 100
+[[models.routed.deployments]]
+provider = "good"
+upstream_model = "mock-1"
+"""))
+    resp = chat(gw.port, stream=True)
+    assert resp.status == 200 and served_by(resp) == "bad/mock-1"
+    assert b"upstream_stream_error" in resp.body  # the client sees the cut, then a clean end
+
+
+def test_fallback_chain_and_retry_after_cooldown(start_gateway: StartGateway, mocks: list[ServerProcess]) -> None:
+    gw = start_gateway(config(
+        provider("limited", mocks[0].port, mock="status=429 retry_after=30")
+        + provider("broken", mocks[1].port, mock="status=500")
+        + provider("good", mocks[2].port) + """
+[models.primary]
+fallbacks = ["secondary", "last-resort"]
+[[models.primary.deployments]]
+provider = "limited"
+upstream_model = "mock-1"
+[models.primary.retry]
+max_attempts = 1
+
+[models.secondary]
+[[models.secondary.deployments]]
+provider = "broken"
+upstream_model = "mock-1"
+[models.secondary.retry]
+max_attempts = 1
+
+[models.last-resort]
+provider = "good"
+upstream_model = "mock-1"
+"""))
+    resp = chat(gw.port, model="primary")
+    assert resp.status == 200, resp.body
+    assert resp.header("x-gateway-model") == "last-resort"
+    assert json.loads(resp.body)["model"] == "mock-1"
+    # the 429 put "limited" in a cooldown of its own Retry-After: it is not tried again for now
+    resp = chat(gw.port, model="primary")
+    assert resp.status == 200 and resp.header("x-gateway-model") == "last-resort"
+    records = [r for r in _records(gw) if r.get("model") == "primary"]
+    assert records[0]["attempts"] == 3
+    assert records[-1]["attempts"] == 2  # "limited" skipped while cooling down
+
+
+def test_split_and_consistent_hash(start_gateway: StartGateway, mocks: list[ServerProcess]) -> None:
+    gw = start_gateway(config(
+        provider("a", mocks[0].port) + provider("b", mocks[1].port) + provider("c", mocks[2].port) + """
+[models.canary]
+strategy = "split"
+split = { stable = 90, canary = 10 }
+[[models.canary.deployments]]
+provider = "a"
+upstream_model = "mock-1"
+name = "stable"
+[[models.canary.deployments]]
+provider = "b"
+upstream_model = "mock-1"
+name = "canary"
+
+[models.sticky]
+strategy = "consistent_hash"
+hash_on = "header:x-session-id"
+[[models.sticky.deployments]]
+provider = "a"
+upstream_model = "mock-1"
+[[models.sticky.deployments]]
+provider = "b"
+upstream_model = "mock-1"
+[[models.sticky.deployments]]
+provider = "c"
+upstream_model = "mock-1"
+"""))
+    counts = Counter(served_by(chat(gw.port, model="canary")) for _ in range(300))
+    assert 0.03 <= counts["canary"] / 300 <= 0.2, counts
+    assert counts["stable"] + counts["canary"] == 300
+    for session in ("s-1", "s-2", "s-3", "s-4"):
+        seen = {served_by(chat(gw.port, model="sticky", headers=[("x-session-id", session)])) for _ in range(5)}
+        assert len(seen) == 1, (session, seen)
+    spread = {served_by(chat(gw.port, model="sticky", headers=[("x-session-id", f"u{i}")])) for i in range(40)}
+    assert len(spread) == 3
+
+
+def _records(gw: Any) -> list[dict[str, Any]]:
+    time.sleep(0.4)  # records are flushed every 200 ms
+    return [json.loads(ln) for ln in gw.process.log_path.read_text().splitlines() if ln.startswith('{"ts":')]
