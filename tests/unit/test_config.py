@@ -431,3 +431,35 @@ def test_check_main_unreadable(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "cannot read the configuration file: No such file or directory" in capsys.readouterr().err
     assert check_main(str(tmp_path)) == 2  # a directory
     assert "cannot read the configuration file" in capsys.readouterr().err
+
+
+def test_routing_example_loads_and_builds_routers() -> None:
+    from gateway.routing.router import build_routers
+
+    config = load_config(EXAMPLES / "routing.toml")
+    chat = config.models["chat"]
+    assert not chat.direct() and config.models["chat-backup"].direct()
+    routers = build_routers({name: m.routing() for name, m in config.models.items()})
+    assert [d.name for d in routers["chat"].deployments] == ["east", "west"]
+    assert routers["chat"].fallback_models == ("chat-backup",) or list(routers["chat"].fallback_models) == [
+        "chat-backup"
+    ]
+
+
+def test_routing_problems_are_reported_with_key_paths() -> None:
+    text = (EXAMPLES / "routing.toml").read_text(encoding="utf-8")
+    text = text.replace('split = { stable = 95, candidate = 5 }', 'split = { stable = 95, candidate = 4 }')
+    text = text.replace('fallbacks = ["chat-backup"]', 'fallbacks = ["chat-backupp"]')
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text)
+    message = str(info.value)
+    assert "models.canary.split" in message and "100" in message
+    assert "models.chat.fallbacks" in message and "chat-backup" in message
+
+
+def test_a_model_needs_a_provider_or_deployments() -> None:
+    base = '[providers.p]\ntype = "mock"\n'
+    with pytest.raises(ConfigError, match=r"models\.m\.provider"):
+        load_config_text(base + "[models.m]\n")
+    with pytest.raises(ConfigError, match="not both"):
+        load_config_text(base + '[models.m]\nprovider = "p"\n[[models.m.deployments]]\nprovider = "p"\n')

@@ -1,0 +1,797 @@
+"""Deployment-wide limits: the lease sources (shared-memory table, Redis) and the worker's ``LeaseClient``.
+
+Source tests run twice: on the local table (a file in the test's tmp_path) and on Redis (a real server
+started once per test run by ``redisproc``, flushed before each test; never a fake, the Lua must meet the
+real thing). "Another worker" or "another node" is a second source instance on the same file or server;
+tests that need another OS process (a holder killed with SIGKILL, a lock held elsewhere) run a child
+Python. The exactness and bound tests with several processes live in
+``tests/integration/test_limits_cluster.py``.
+
+Redis buckets run on the server's clock, so their tests use slow refills (a unit per hour) and compare
+with a tolerance; the local table takes a clock, and its tests compare with ``limit_py.Bucket`` exactly.
+
+No pytest-asyncio: ``run`` drives each test's coroutine with ``asyncio.run`` under a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import mmap
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redisproc  # tests/ is on sys.path: the suite's conftest.py lives there, outside any package
+
+from gateway._core import limit_py
+from gateway.limits.shared import (
+    ADMITTED,
+    ASK,
+    Grant,
+    LeaseClient,
+    LeaseSource,
+    Limit,
+    Op,
+    SharedStateUnavailable,
+)
+from gateway.limits.shared_local import LocalLeaseSource, gcra
+from gateway.limits.shared_redis import RedisLeaseSource
+
+TEST_DEADLINE = 30.0
+HOUR = 3600.0
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, TEST_DEADLINE)
+
+    return asyncio.run(bounded())
+
+
+class Clock:
+    """A settable clock for the local table: its arithmetic is compared exactly."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Backend:
+    """How a test opens sources of one kind, all on the same shared state."""
+
+    def __init__(self, name: str, where: str) -> None:
+        self.name = name
+        self.where = where
+
+    async def open(self, **options: Any) -> LeaseSource:
+        if self.name == "local":
+            return await LocalLeaseSource.open(self.where, **options)
+        return await RedisLeaseSource.open(self.where, **options)
+
+    @contextlib.asynccontextmanager
+    async def source(self, **options: Any) -> AsyncIterator[LeaseSource]:
+        source = await self.open(**options)
+        try:
+            yield source
+        finally:
+            await source.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redisproc.RedisServer]:
+    with redisproc.start(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        return Backend("local", str(tmp_path / "limits.table"))
+    server: redisproc.RedisServer = request.getfixturevalue("redis_server")
+    server.flushall()
+    return Backend("redis", server.url)
+
+
+def redis_client(server: redisproc.RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url)
+
+
+def key() -> str:
+    return f"test:{uuid.uuid4().hex[:12]}"
+
+
+# == the arithmetic =========================================================================================
+
+
+def test_gcra_is_the_bucket_of_the_core() -> None:
+    """``gcra`` on a stored (level, stamp) is ``limit_py.Bucket``, float for float, on random programs."""
+    rng = random.Random(5)
+    for _ in range(300):
+        rate = rng.choice([1 / 60, 0.5, 1.0, 10.0, 1000 / 60, 1e4 / 86400, rng.uniform(0.001, 1e3)])
+        burst = rng.choice([1.0, 3.0, 10.0, 60.0, rng.uniform(0.5, 1e4)])
+        bucket = limit_py.Bucket(rate, burst)
+        level, stamp = 0.0, -math.inf
+        now = rng.choice([0.0, 3e7, 1e6 + 0.25])
+        for _ in range(rng.randint(1, 40)):
+            now += rng.choice([0.0, 0.0, 1.0, 0.5, rng.uniform(0, 3)]) / rate
+            kind = rng.choice(["acquire", "acquire", "charge", "refund", "give_back", "peek"])
+            amount = rng.choice([1.0, 1.0, 2.0, 0.0, rng.uniform(0, 1.3) * burst])
+            level, stamp, granted, wait = gcra(kind, level, stamp, rate, burst, now, amount, amount, 0.0)
+            if kind == "acquire":
+                assert wait == bucket.take(now, amount)
+                assert granted == (amount if wait == 0.0 else 0.0)
+            elif kind == "charge":
+                bucket.force(now, amount)
+            elif kind in ("refund", "give_back"):
+                bucket.refund(now, amount)
+            current = level - (now - stamp) * rate if level > 0.0 and now > stamp else level
+            assert max(current, 0.0) / rate == bucket.reset_after(now)
+
+
+def test_gcra_grants_whole_units_up_to_the_size() -> None:
+    # 10 fit: all of a size of 4
+    level, stamp, granted, wait = gcra("acquire", 0.0, -math.inf, 1.0, 10.0, 0.0, 1.0, 4.0, 0.0)
+    assert (level, granted, wait) == (4.0, 4.0, 0.0)
+    # 6 left: a size of 100 gets 6 (whole units)
+    level, stamp, granted, wait = gcra("acquire", level, stamp, 1.0, 10.0, 0.0, 1.0, 100.0, 0.0)
+    assert (level, granted, wait) == (10.0, 6.0, 0.0)
+    # 0.5 s later half a unit is back: a fractional amount fits, a unit does not
+    _, _, granted, wait = gcra("acquire", level, stamp, 1.0, 10.0, 0.5, 0.5, 8.0, 0.0)
+    assert (granted, wait) == (0.5, 0.0)
+    _, _, granted, wait = gcra("acquire", level, stamp, 1.0, 10.0, 0.5, 1.0, 8.0, 0.0)
+    assert granted == 0.0 and wait == pytest.approx(0.5)
+    # returning comes first: giving back 3 lets a lease of 3 through at once
+    level, stamp, granted, wait = gcra("acquire", level, stamp, 1.0, 10.0, 0.0, 1.0, 5.0, 3.0)
+    assert (level, granted, wait) == (10.0, 3.0, 0.0)
+    # more than the burst never fits
+    assert gcra("acquire", 0.0, -math.inf, 1.0, 10.0, 0.0, 11.0, 11.0, 0.0)[3] == math.inf
+
+
+# == sources ================================================================================================
+
+
+def test_source_grants_leases_refuses_and_settles(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source(lease_ttl=3.0) as src:
+            k, rate, burst = key(), 1 / HOUR, 10.0
+            grant = await src.acquire(k, rate, burst, 1, 100.0, size=4)
+            assert grant == Grant(4.0, 0.0, grant.remaining, grant.reset_after, 103.0)
+            assert math.floor(grant.remaining) == 6 and grant.reset_after == pytest.approx(4 * HOUR, rel=1e-3)
+            grant = await src.acquire(k, rate, burst, 1, 100.0, size=100)
+            assert (grant.granted, grant.ok) == (6.0, True)  # what is left, in whole units
+            refused = await src.acquire(k, rate, burst, 1, 100.0, size=4)
+            assert not refused.ok and refused.granted == 0.0 and refused.expires_at == 0.0
+            assert refused.retry_after == pytest.approx(HOUR, rel=1e-3)
+            assert math.floor(refused.remaining) == 0
+            assert refused.reset_after == pytest.approx(10 * HOUR, rel=1e-3)
+            await src.give_back(k, rate, burst, 3)
+            remaining, reset_after = await src.peek(k, rate, burst)
+            assert math.floor(remaining) == 3 and reset_after == pytest.approx(7 * HOUR, rel=1e-3)
+            refused = await src.acquire(k, rate, burst, 4, 100.0)
+            assert refused.retry_after == pytest.approx(HOUR, rel=1e-3)  # one more unit needed
+            assert (await src.acquire(k, rate, burst, 3, 100.0, size=10)).granted == 3.0
+            await src.charge(k, rate, burst, 5)  # usage beyond the reservation: into debt
+            remaining, reset_after = await src.peek(k, rate, burst)
+            assert remaining == 0.0 and reset_after == pytest.approx(15 * HOUR, rel=1e-3)
+            assert (await src.acquire(k, rate, burst, 1, 100.0)).retry_after == pytest.approx(
+                6 * HOUR, rel=1e-3
+            )
+            await src.refund(k, rate, burst, 100)  # never above full
+            assert await src.peek(k, rate, burst) == (10.0, 0.0)
+            assert (await src.acquire(k, rate, burst, 11, 100.0)).retry_after == math.inf
+            # an exchange: give back 2 of a lease and take a new one in one atomic call
+            assert (await src.acquire(k, rate, burst, 1, 100.0, size=10)).granted == 10.0
+            grant = await src.acquire(k, rate, burst, 1, 100.0, size=2, returning=2)
+            assert grant.granted == 2.0 and math.floor(grant.remaining) == 0
+            with pytest.raises(ValueError):
+                await src.acquire(k, 0.0, burst, 1, 100.0)
+            with pytest.raises(ValueError):
+                await src.charge(k, rate, burst, math.inf)
+
+    run(body())
+
+
+def test_source_adopts_a_changed_policy(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            k = key()
+            assert (await src.acquire(k, 1 / HOUR, 10.0, 5, 0.0)).ok
+            await src.charge(k, 1 / HOUR, 20.0, 0)  # reload: burst 10 -> 20, half used stays half used
+            remaining, _ = await src.peek(k, 1 / HOUR, 20.0)
+            assert remaining == pytest.approx(10.0, abs=0.01)
+
+    run(body())
+
+
+def test_batch_runs_several_limits_in_one_call(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            a, b, c = key(), key(), key()
+            ops = [
+                Op("acquire", a, 1 / HOUR, 5.0, 1.0, 3.0),
+                Op("acquire", b, 1 / HOUR, 1.0, 2.0, 2.0),
+                Op("charge", c, 1 / HOUR, 4.0, 1.0),
+                Op("peek", c, 1 / HOUR, 4.0),
+            ]
+            grants = await src.batch(ops, 50.0)
+            assert [g.granted for g in grants] == [3.0, 0.0, 0.0, 0.0]
+            assert [g.ok for g in grants] == [True, False, True, True]
+            assert grants[1].retry_after == math.inf
+            assert math.floor(grants[3].remaining) == 3
+
+    run(body())
+
+
+def test_local_table_matches_the_bucket_exactly(tmp_path: Path) -> None:
+    """Stored, reloaded and stepped through the table, a bucket is still ``Bucket`` to the last bit."""
+
+    async def body() -> None:
+        clock = Clock(500.0)
+        async with Backend("local", str(tmp_path / "t")).source(clock=clock) as src:
+            rng = random.Random(11)
+            rate, burst = 7 / 60, 7.0
+            bucket = limit_py.Bucket(rate, burst)
+            for _ in range(400):
+                clock.now += rng.choice([0.0, 0.0, 1 / rate, 0.5 / rate, rng.uniform(0, 2) / rate])
+                amount = rng.choice([1.0, 1.0, 2.0, 0.5])
+                if rng.random() < 0.8:
+                    grant = await src.acquire("k", rate, burst, amount, 0.0)
+                    assert grant.retry_after == bucket.take(clock.now, amount)
+                else:
+                    await src.charge("k", rate, burst, amount)
+                    bucket.force(clock.now, amount)
+                remaining, reset_after = await src.peek("k", rate, burst)
+                assert (remaining, reset_after) == (
+                    bucket.remaining(clock.now),
+                    bucket.reset_after(clock.now),
+                )
+
+    run(body())
+
+
+def test_redis_keys_carry_a_hash_tag_and_vanish_when_full(redis_server: redisproc.RedisServer) -> None:
+    redis_server.flushall()
+
+    async def body() -> None:
+        async with Backend("redis", redis_server.url).source() as src:
+            await src.acquire("tenant:a}b", 1.0, 10.0, 5, 0.0)
+            await src.enter("tenant:a}b", 3)
+            with redis_client(redis_server) as r:
+                assert sorted(r.keys("*")) == [b"{gw:lim:tenant:a}b}", b"{gw:lim:tenant:a}b}:c"]
+                # both keys hash on "gw:lim:tenant:a": one cluster slot
+                assert 4000 < r.pttl("{gw:lim:tenant:a}b}") <= 6000  # full again in 5 s, plus a second
+                await src.refund("tenant:a}b", 1.0, 10.0, 10)
+                assert r.exists("{gw:lim:tenant:a}b}") == 0  # a full bucket is a missing one
+            await src.leave("tenant:a}b")
+
+    run(body())
+
+
+def test_redis_noscript_falls_back_to_loading_the_scripts(redis_server: redisproc.RedisServer) -> None:
+    redis_server.flushall()
+
+    async def body() -> None:
+        async with Backend("redis", redis_server.url).source() as src:
+            k = key()
+            assert (await src.acquire(k, 1 / HOUR, 10.0, 1, 0.0)).ok
+            assert await src.enter(k, 5)
+            with redis_client(redis_server) as r:
+                r.script_flush()
+                # both scripts gone at once, in one batch and in single calls
+                grants = await src.batch(
+                    [Op("acquire", k, 1 / HOUR, 10.0, 1.0), Op("peek", k, 1 / HOUR, 10.0)], 0.0
+                )
+                assert grants[0].ok and math.floor(grants[1].remaining) == 8
+                r.script_flush()
+                assert await src.inflight(k) == 1
+                assert await src.enter(k, 5)
+                assert await src.inflight(k) == 2
+                r.script_flush()
+                assert (await src.acquire(k, 1 / HOUR, 10.0, 1, 0.0)).ok
+            assert src.healthy
+
+    run(body())
+
+
+def test_redis_group_commit_sends_concurrent_calls_together(redis_server: redisproc.RedisServer) -> None:
+    redis_server.flushall()
+
+    async def body() -> None:
+        async with Backend("redis", redis_server.url).source() as src:
+            assert isinstance(src, RedisLeaseSource)
+            trips: list[int] = []
+            roundtrip = src._roundtrip
+
+            async def counting(commands: list[Any]) -> list[Any]:
+                trips.append(len(commands))
+                return await roundtrip(commands)
+
+            src._roundtrip = counting  # type: ignore[method-assign]
+            keys = [key() for _ in range(10)]
+            grants = await asyncio.gather(*(src.acquire(k, 1 / HOUR, 5.0, 1, 0.0) for k in keys))
+            assert all(g.ok for g in grants)
+            assert sum(trips) == 10 and len(trips) <= 3  # the first alone, the rest together
+
+    run(body())
+
+
+def test_sources_on_one_state_share_the_bucket(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as one, backend.source() as two:
+            k = key()
+            assert (await one.acquire(k, 1 / HOUR, 3.0, 1, 0.0, size=2)).granted == 2.0
+            assert (await two.acquire(k, 1 / HOUR, 3.0, 1, 0.0, size=2)).granted == 1.0
+            assert not (await one.acquire(k, 1 / HOUR, 3.0, 1, 0.0)).ok
+
+    run(body())
+
+
+# == concurrency counters ===================================================================================
+
+
+def test_concurrency_counters_across_holders(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as one, backend.source() as two:
+            k = key()
+            assert await one.enter(k, 3) and await two.enter(k, 3) and await one.enter(k, 3)
+            assert not await two.enter(k, 3)
+            assert await one.inflight(k) == 3 == await two.inflight(k)
+            await two.leave(k)
+            await two.leave(k)  # more leaves than enters: nothing
+            assert await one.inflight(k) == 2
+            await one.keepalive()
+            assert await two.enter(k, 3)
+            assert not await one.enter(k, 3)
+            await one.leave(k)
+            await one.leave(k)
+            await two.leave(k)
+            await one.keepalive()
+            assert await one.inflight(k) == 0
+
+    run(body())
+
+
+_HOLDER_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from gateway.limits.shared_local import LocalLeaseSource
+    from gateway.limits.shared_redis import RedisLeaseSource
+
+    async def main(kind, where, key, count):
+        cls = LocalLeaseSource if kind == "local" else RedisLeaseSource
+        src = await cls.open(where, holder_ttl=2.0)
+        for _ in range(count):
+            assert await src.enter(key, 10)
+        print("entered", flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    """
+)
+
+
+def test_a_killed_holder_stops_counting_after_its_ttl(backend: Backend) -> None:
+    k = key()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER_CHILD, backend.name, backend.where, k, "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "entered"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+    async def body() -> None:
+        async with backend.source() as src:
+            assert await src.inflight(k) == 3  # the dead holder's entry still counts...
+            assert not await src.enter(k, 3)
+            deadline = time.monotonic() + 6.0
+            while await src.inflight(k) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert await src.inflight(k) == 0  # ...until its expiry (holder_ttl 2 s)
+            assert await src.enter(k, 3)
+            await src.leave(k)
+
+    run(body())
+
+
+# == the local table ========================================================================================
+
+
+_LOCK_CHILD = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+    """
+)
+
+
+def test_local_lock_held_elsewhere_never_blocks_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "t"
+
+    async def body() -> None:
+        async with Backend("local", str(path)).source() as src:
+            await src.peek("k", 1.0, 5.0)  # the table exists
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _LOCK_CHILD, str(path), "0.6", stdout=asyncio.subprocess.PIPE
+            )
+            try:
+                assert child.stdout is not None and (await child.stdout.readline()).strip() == b"locked"
+                ticks = 0
+
+                async def ticker() -> None:
+                    nonlocal ticks
+                    while True:
+                        await asyncio.sleep(0.01)
+                        ticks += 1
+
+                task = asyncio.create_task(ticker())
+                started = time.monotonic()
+                grant = await src.acquire("k", 1.0, 5.0, 2, 0.0)
+                waited = time.monotonic() - started
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                assert grant.granted == 2.0
+                assert waited > 0.2  # it did wait for the other process...
+                assert ticks >= 5  # ...on the worker thread: the loop kept running
+            finally:
+                await child.wait()
+
+    run(body())
+
+
+def test_local_torn_slot_is_repaired_on_the_safe_side(tmp_path: Path) -> None:
+    async def body() -> None:
+        clock = Clock()
+        async with Backend("local", str(tmp_path / "t")).source(clock=clock) as src:
+            assert isinstance(src, LocalLeaseSource)
+            assert (await src.acquire("k", 1.0, 10.0, 1, 0.0)).ok
+            at, _ = src._find(src._digest("k"), 4096, 64, src._slots)
+            assert at > 0
+            with open(src.path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+                m[at + 16 : at + 24] = (int.from_bytes(m[at + 16 : at + 24], "little") | 1).to_bytes(
+                    8, "little"
+                )
+            # a writer died mid-write: the bucket is taken as empty, refilling from now
+            remaining, reset_after = await src.peek("k", 1.0, 10.0)
+            assert (math.floor(remaining), reset_after) == (0, 10.0)
+            clock.now += 2.0
+            assert math.floor((await src.peek("k", 1.0, 10.0))[0]) == 2
+
+    run(body())
+
+
+def test_local_table_full_is_unavailable_and_adopts_existing_sizes(tmp_path: Path) -> None:
+    async def body() -> None:
+        path = tmp_path / "t"
+        async with Backend("local", str(path)).source(slots=16) as src:
+            for i in range(16):
+                await src.charge(f"k{i}", 1 / HOUR, 5.0, 1)
+            with pytest.raises(SharedStateUnavailable, match="full"):
+                await src.charge("k16", 1 / HOUR, 5.0, 1)
+            await src.refund("k3", 1 / HOUR, 5.0, 1)  # a bucket full again frees its slot
+            await src.charge("k16", 1 / HOUR, 5.0, 1)
+            async with Backend("local", str(path)).source(slots=4096) as other:
+                assert isinstance(other, LocalLeaseSource) and other._slots == 16
+                assert math.floor((await other.peek("k16", 1 / HOUR, 5.0))[0]) == 4
+        async with Backend("local", str(path)).source() as src:
+            await src.close()
+            with pytest.raises(SharedStateUnavailable):
+                await src.peek("k", 1.0, 1.0)
+            assert not await src.ping()
+
+    run(body())
+
+
+# == the client =============================================================================================
+
+
+class Recorder:
+    """Wraps a source's ``batch`` to record every operation the client sends."""
+
+    def __init__(self, source: LeaseSource) -> None:
+        self.ops: list[Op] = []
+        self._batch = source.batch
+
+        async def batch(ops: Any, now: float) -> list[Grant]:
+            self.ops.extend(ops)
+            return await self._batch(ops, now)
+
+        source.batch = batch  # type: ignore[method-assign]
+
+
+def test_client_spends_leases_locally_and_returns_before_asking(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            rec = Recorder(src)
+            client = LeaseClient(src, workers=1, min_size=4, max_size=4, horizon=HOUR)
+            limit = Limit(key(), 100 / HOUR, 100.0)
+            now = time.monotonic()
+            assert client.try_take(limit.key, 1, now) is ASK  # nothing known yet
+            assert (await client.take([(limit, 1)])).admitted
+            assert [(op.kind, op.size, op.returning) for op in rec.ops] == [("acquire", 4.0, 0.0)]
+            now = time.monotonic()
+            assert [client.try_take(limit.key, 1, now) for _ in range(3)] == [ADMITTED] * 3
+            assert client.try_take(limit.key, 1, now) is ASK  # the lease is spent
+            assert len(rec.ops) == 1  # no source call for the three
+            assert (await client.take([(limit, 2)])).admitted
+            assert client.try_take(limit.key, 2.5, time.monotonic()) is ASK  # 2 left, 2.5 asked
+            assert (await client.take([(limit, 2.5)])).admitted
+            # the unused 2 went back in the same call that asked for the next lease
+            assert [(op.kind, op.amount, op.returning) for op in rec.ops[2:]] == [("acquire", 2.5, 2.0)]
+            assert client.stats.source_calls == 3 and client.stats.grants == 3
+            await client.close()  # returns the 1.5 left
+            assert rec.ops[-1].kind == "give_back" and rec.ops[-1].amount == 1.5
+            remaining, _ = await src.peek(limit.key, limit.rate, limit.burst)
+            assert remaining == pytest.approx(100 - (4 + 2 + 2.5), abs=0.1)  # what was admitted, no more
+
+    run(body())
+
+
+def test_client_exact_limit_and_cached_refusals(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            rec = Recorder(src)
+            client = LeaseClient(src, workers=4)
+            limit = Limit(key(), 5 / HOUR, 5.0, lease=1)
+            decisions = [await client.take([(limit, 1)]) for _ in range(8)]
+            assert [d.status for d in decisions] == [200] * 5 + [429] * 3
+            refused = decisions[5]
+            assert refused.limit_key == limit.key and refused.retry_after == pytest.approx(HOUR / 5, rel=1e-2)
+            assert len(rec.ops) == 6  # five grants of one, one refusal; the rest answered from the cache
+            assert all(op.size == 1.0 for op in rec.ops)
+            d = client.try_take(limit.key, 1, time.monotonic())
+            assert d.status == 429 and d.retry_after > 0
+            await client.close()
+
+    run(body())
+
+
+def test_client_low_limits_get_leases_of_one(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            rec = Recorder(src)
+            client = LeaseClient(src, workers=4, min_size=8, horizon=1.0)
+            low = Limit(key(), 10.0, 10.0)  # share 10 x 1 s / 4 workers = 2.5 < 8: exact
+            high = Limit(key(), 1000.0, 1000.0)  # share 250: leases of 8 to start with
+            for _ in range(3):
+                assert (await client.take([(low, 1), (high, 1)])).admitted
+            sizes = {(op.key, op.size) for op in rec.ops}
+            assert sizes == {(low.key, 1.0), (high.key, 8.0)}
+            await client.close()
+
+    run(body())
+
+
+def test_client_is_all_or_nothing_across_limits(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            client = LeaseClient(src, workers=1, min_size=1, max_size=1)
+            wide = Limit(key(), 1 / HOUR, 10.0)
+            narrow = Limit(key(), 1 / HOUR, 2.0)
+            for _ in range(2):
+                assert (await client.take([(wide, 1), (narrow, 1)])).admitted
+            refused = await client.take([(wide, 1), (narrow, 1)])
+            assert (refused.status, refused.limit_key) == (429, narrow.key)
+            assert client.try_take_all([(wide.key, 1), (narrow.key, 1)], time.monotonic()).status == 429
+            await client.flush()  # the unit taken from wide's new lease for the refused request goes back
+            remaining, _ = await src.peek(wide.key, wide.rate, wide.burst)
+            assert math.floor(remaining) == 8
+            await client.close()
+
+    run(body())
+
+
+def test_client_settles_real_usage(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            client = LeaseClient(src, workers=1, min_size=1, max_size=1)
+            tokens = Limit(key(), 1 / HOUR, 1000.0, lease=1)
+            assert (await client.take([(tokens, 300)])).admitted  # the reservation
+            client.charge(tokens, 450, time.monotonic())  # it used 750
+            client.refund(tokens, 0)
+            await client.flush()
+            remaining, _ = await src.peek(tokens.key, tokens.rate, tokens.burst)
+            assert math.floor(remaining) == 250
+            client.refund(tokens, 100)  # another call reserved more than it used
+            await client.flush()
+            assert math.floor((await src.peek(tokens.key, tokens.rate, tokens.burst))[0]) == 350
+            await client.close()
+
+    run(body())
+
+
+def test_client_returns_leases_before_they_expire(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source(lease_ttl=0.4) as src:
+            client = LeaseClient(src, workers=1, min_size=8, max_size=8, horizon=HOUR, tick=0.05)
+            limit = Limit(key(), 1000.0 / HOUR, 1000.0)
+            assert (await client.take([(limit, 1)])).admitted
+            assert client.lease_left(limit.key, time.monotonic()) == 7.0
+            deadline = time.monotonic() + 3.0
+            while client.lease_left(limit.key, time.monotonic()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            remaining, _ = await src.peek(limit.key, limit.rate, limit.burst)
+            assert math.floor(remaining) == 999  # the 7 unused came back; an idle worker holds nothing
+            await client.close()
+
+    run(body())
+
+
+def test_two_nodes_share_one_limit(redis_server: redisproc.RedisServer) -> None:
+    """Two LeaseClients, each with its own connection to one Redis (two nodes), hammer one limit."""
+    redis_server.flushall()
+
+    async def hammer(client: LeaseClient, limit: Limit, until: float) -> int:
+        admitted = 0
+        while time.monotonic() < until:
+            d = client.try_take(limit.key, 1, time.monotonic())
+            if d is ASK:
+                d = await client.take([(limit, 1)])
+            admitted += d.admitted
+            await asyncio.sleep(0.001)
+        return admitted
+
+    async def body() -> None:
+        backend = Backend("redis", redis_server.url)
+        async with backend.source() as src1, backend.source() as src2:
+            for lease, burst, size in [(1, 20.0, 1), (None, 40.0, 5)]:
+                limit = Limit(key(), 1 / HOUR, burst, lease=lease)
+                nodes = [
+                    LeaseClient(s, workers=2, min_size=1, max_size=size, horizon=100 * HOUR)
+                    for s in (src1, src2)
+                ]
+                until = time.monotonic() + 1.0
+                counts = await asyncio.gather(*(hammer(c, limit, until) for c in nodes))
+                for c in nodes:
+                    await c.close()
+                if lease == 1:
+                    assert sum(counts) == burst  # exact
+                else:
+                    assert burst - 2 * size <= sum(counts) <= burst + 2 * (size - 1)
+                assert all(c.stats.source_calls for c in nodes)  # both nodes took part
+
+    run(body())
+
+
+def test_fail_open_fail_closed_and_recovery(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.limits")
+    server = redisproc.start(tmp_path / "redis")
+    try:
+        url, port = server.url, server.port
+
+        async def body() -> None:
+            nonlocal server
+            async with Backend("redis", url).source(timeout=0.3) as src:
+                client = LeaseClient(src, workers=4, tick=0.05, probe_interval=0.2)
+                client.start()
+                open_ = Limit(key(), 1 / HOUR, 40.0, lease=1)
+                closed = Limit(key(), 1 / HOUR, 40.0, lease=1, fail_mode="fail_closed")
+                assert (await client.take([(open_, 1)])).admitted
+                assert (await client.take([(closed, 1)])).admitted
+                server.stop()
+                d = await client.take([(open_, 1)])
+                assert client.degraded and d.admitted
+                assert sum("shared state unavailable" in r.message for r in caplog.records) == 1
+                # fail_open: each worker at its share, 40 / 4 workers = 10 at once (one spent just above)
+                more = [await client.take([(open_, 1)]) for _ in range(10)]
+                assert [d.status for d in more] == [200] * 9 + [429]
+                assert client.try_take(open_.key, 1, time.monotonic()).status == 429
+                d = await client.take([(closed, 1)])
+                assert (d.status, d.limit_key) == (503, closed.key)
+                assert client.try_take(closed.key, 1, time.monotonic()).status == 503
+                assert (await client.enter(closed.key, 4, "fail_closed")).status == 503
+                assert (await client.enter(open_.key, 4)).admitted  # local gate of 4 / 4 = 1
+                assert (await client.enter(open_.key, 4)).status == 429
+                await client.leave(open_.key)
+                calls = client.stats.source_calls
+                await asyncio.sleep(0.5)
+                assert client.degraded  # still away: probes fail quietly
+                assert sum("shared state unavailable" in r.message for r in caplog.records) == 1
+                server = restart(server, tmp_path / "redis", port)
+                deadline = time.monotonic() + 5.0
+                while client.degraded and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert not client.degraded
+                assert any("available again" in r.message for r in caplog.records)
+                d = await client.take([(closed, 1)])
+                assert d.admitted and client.stats.source_calls > calls  # the shared state decides again
+                assert client.stats.degraded_transitions == 1
+                await client.close()
+
+        run(body())
+    finally:
+        server.stop()
+
+
+def test_a_hung_redis_times_out_and_comes_back(tmp_path: Path) -> None:
+    """A server that stops answering (SIGSTOP) costs one timeout, then the fallback answers at once."""
+    server = redisproc.start(tmp_path / "redis")
+    try:
+
+        async def body() -> None:
+            async with Backend("redis", server.url).source(timeout=0.2) as src:
+                client = LeaseClient(src, workers=2, tick=0.05, probe_interval=0.2)
+                limit = Limit(key(), 1 / HOUR, 10.0, lease=1)
+                assert (await client.take([(limit, 1)])).admitted
+                server.process.send_signal(signal.SIGSTOP)
+                try:
+                    started = time.monotonic()
+                    assert (await client.take([(limit, 1)])).admitted  # the fallback: 10 / 2 workers
+                    assert client.degraded and time.monotonic() - started < 2.0
+                    assert not src.healthy
+                    started = time.monotonic()
+                    assert (await client.take([(limit, 1)])).admitted
+                    assert time.monotonic() - started < 0.1  # no more waiting on the source
+                finally:
+                    server.process.send_signal(signal.SIGCONT)
+                deadline = time.monotonic() + 5.0
+                while client.degraded and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert not client.degraded and src.healthy
+                assert (await client.take([(limit, 1)])).admitted
+                await client.close()
+
+        run(body())
+    finally:
+        server.stop()
+
+
+def restart(server: redisproc.RedisServer, directory: Path, port: int) -> redisproc.RedisServer:
+    """Start the server again on the same port and directory (its config is still there)."""
+    process = subprocess.Popen(
+        [redisproc.find_binary(), str(directory / "redis.conf")],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    again = redisproc.RedisServer(process, port, directory, owns_dir=False)
+    deadline = time.monotonic() + 10.0
+    while not again.ping():
+        assert time.monotonic() < deadline, "the Redis server did not come back"
+        time.sleep(0.05)
+    return again
+
+
+def test_client_rejects_bad_settings(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with Backend("local", str(tmp_path / "t")).source() as src:
+            with pytest.raises(ValueError):
+                LeaseClient(src, workers=0)
+            with pytest.raises(ValueError):
+                LeaseClient(src, min_size=10, max_size=5)
+            with pytest.raises(ValueError):
+                LeaseClient(src, tick=0)
+            client = LeaseClient(src)
+            with pytest.raises(RuntimeError):
+                await client.leave("never-entered")
+            await client.close()
+
+    run(body())
