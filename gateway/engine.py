@@ -51,6 +51,7 @@ from gateway.wire import (
 if TYPE_CHECKING:
     from gateway.auth.access import AccessPhase
     from gateway.auth.service import KeyService
+    from gateway.limits.admit import LimitService
     from gateway.routing.health import HealthChecker
     from gateway.routing.sync import BreakerSync
 
@@ -153,9 +154,9 @@ class Context:
     """Everything one request carries through the chain."""
 
     __slots__ = (
-        "attempts", "body", "endpoint", "error", "fields", "include_usage", "key", "model", "overhead",
-        "request", "request_id", "response_headers", "runtime", "status", "stream", "t0", "t_up", "target",
-        "up_ms", "upstream_status", "usage",
+        "attempts", "body", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits", "model",
+        "overhead", "request", "request_id", "response_headers", "route_model", "runtime", "status", "stream",
+        "t0", "t_up", "target", "up_ms", "upstream_status", "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime) -> None:
@@ -172,6 +173,12 @@ class Context:
         #: the deployment that served (or last failed) the request, and how many attempts were made
         self.target: Target | None = None
         self.attempts = 0
+        #: set by a phase to serve another model than the one asked for (a budget's downgrade)
+        self.route_model: str | None = None
+        #: what the admit phase reserved for this request (settled after the response)
+        self.limits: Any = None
+        #: USD, when the model's price and the usage are known
+        self.cost: float | None = None
         self.stream = False
         self.include_usage = False
         self.usage: Any = None
@@ -254,11 +261,15 @@ class Engine:
         self._access: AccessPhase | None = None
         self._health: HealthChecker | None = None
         self._breakers: BreakerSync | None = None
+        #: the worker's limits and budgets, when [limits] has policies or budgets
+        self.limits: LimitService | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def _phases_for(self, config: Config) -> list[Phase]:
         phases = list(self._static_phases)
+        if self.limits is not None:
+            phases.append(self.limits.phase)
         self._access = None
         if self.keys is not None:
             from gateway.auth.access import AccessPhase
@@ -271,6 +282,11 @@ class Engine:
         return phases
 
     async def startup(self) -> None:
+        if _limits_configured(self._config):
+            from gateway.limits.admit import LimitService
+
+            self.limits = LimitService(self._config, worker=self.worker)
+            await self.limits.start()
         if self._config.auth.required:
             from gateway.auth.service import KeyService
 
@@ -337,6 +353,8 @@ class Engine:
     def reload(self, config: Config) -> None:
         """Swap in a new config. Raises (and keeps the old snapshot) if the new one cannot be built."""
         old = dict(getattr(self, "_provider_configs", {}))
+        if self.limits is not None:
+            self.limits.reload(config)  # turning limits on or off entirely takes a restart
         keys_before = self.keys
         if config.auth.required:
             if self.keys is None:
@@ -370,6 +388,8 @@ class Engine:
         task.add_done_callback(self._retiring.discard)
 
     async def shutdown(self) -> None:
+        if self.limits is not None:
+            await self.limits.stop()
         if self._health is not None:
             await self._health.stop()
         if self._breakers is not None:
@@ -506,7 +526,7 @@ class Engine:
                 self._reply(ctx, responder, out)  # type: ignore[arg-type]
                 return
         fields = ctx.fields
-        model = runtime.models.get(fields.model)
+        model = runtime.models.get(ctx.route_model or fields.model)
         if model is None:
             raise errors.NotFound(
                 f"The model `{fields.model}` does not exist or you do not have access to it.",
@@ -831,7 +851,7 @@ class Engine:
             usage, err, self.worker, ctx.key,
             target.name if target is not None and ctx.model is not None and ctx.model.target is None
             else None,
-            ctx.attempts,
+            ctx.attempts, ctx.cost,
         ))
 
 
@@ -848,6 +868,11 @@ def _models_for(runtime: Runtime, key: Any) -> bytes:
         "object": "list",
         "data": [Runtime._model_obj(e, created) for n, e in runtime.models.items() if _key_allows(key, n)],
     })
+
+
+def _limits_configured(config: Config) -> bool:
+    lim = config.limits
+    return bool(lim.policies or lim.budgets)
 
 
 async def _open_breaker_sync(config: Config) -> BreakerSync:

@@ -527,6 +527,21 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _routing_problems(config, provider_names)
 
     yield from _auth_problems(config)
+    yield from _limits_problems(config)
+
+
+def _limits_problems(config: Config) -> Iterator[_Problem]:
+    from gateway.limits.policy import policy_problems
+    from gateway.limits.pricing import price_problems
+
+    principals: list[tuple[_Path, str | None, str | None]] = [
+        (("auth", "keys", i), k.limit_policy, k.budget) for i, k in enumerate(config.auth.keys)
+    ]
+    principals += [(("tenants", t), tc.limit_policy, tc.budget) for t, tc in config.tenants.items()]
+    for path, message in policy_problems(config.limits, set(config.models), principals=principals):
+        yield _Problem(path, message)
+    for path, message in price_problems(config.pricing):
+        yield _Problem(path, message)
 
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")

@@ -10,6 +10,8 @@ from typing import Literal
 
 import msgspec
 
+from gateway.limits.policy import LimitsConfig
+from gateway.limits.pricing import PriceConfig
 from gateway.routing.config import (
     BreakerConfig,
     DeploymentConfig,
@@ -274,3 +276,7 @@ class Config(_Base, frozen=True):
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    #: rate limits, token limits and budgets (docs/limits.md)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    #: model prices in USD per 1M tokens, over the shipped table
+    pricing: dict[str, PriceConfig] = msgspec.field(default_factory=dict)

@@ -43,12 +43,14 @@ class CallRecord(msgspec.Struct, omit_defaults=True):
     #: routed models: the deployment that answered (or failed last), and the number of attempts
     deployment: str | None = None
     attempts: int | None = None
+    #: USD, from the pricing table and the usage
+    cost_usd: float | None = None
 
 
 def to_record(row: tuple[Any, ...]) -> CallRecord:
     """The engine's tuple -> a CallRecord (runs in the background flush)."""
     (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
-     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts) = row
+     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost) = row
     return CallRecord(
         ts=ts, request_id=rid, method=method, path=path, status=status,
         duration_ms=round(duration_ms, 3), overhead_ms=float(overhead or 0.0), model=model,
@@ -65,6 +67,7 @@ def to_record(row: tuple[Any, ...]) -> CallRecord:
         labels=key.labels or None if key is not None else None,
         deployment=deployment,
         attempts=attempts if attempts and attempts > 1 else None,
+        cost_usd=cost,
     )
 
 
