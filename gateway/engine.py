@@ -275,8 +275,9 @@ class Engine:
             from gateway.auth.access import AccessPhase
 
             approval = frozenset(n for n, m in config.models.items() if m.approval == "required")
+            # PERF: not in the chain: the engine runs its two steps itself, the second only when the
+            # key has restrictions or a model needs approval
             self._access = AccessPhase(self.keys, approval)
-            phases.append(self._access)
         if self._phase_factory is not None:
             phases.extend(self._phase_factory(config))
         return phases
@@ -517,6 +518,8 @@ class Engine:
             if pending is not None:
                 await pending
         self._parse(ctx)
+        if access is not None and (not ctx.key.unrestricted or access.approval):
+            access.on_request(ctx)
         runtime = ctx.runtime
         for phase in runtime.chain:
             out = phase.on_request(ctx)

@@ -63,15 +63,27 @@ class AccessPhase(Phase):
         """Who is calling, and may they call ``ctx.endpoint``: sets ``ctx.key`` or raises a 401/403.
         Returns an awaitable only when the key id is not in this worker's table, so the store must be
         asked (a key made a moment ago)."""
-        try:
-            self._authenticate(ctx, False)
-        except _UnknownKeyId as exc:
-            return self._fetch_then_authenticate(ctx, exc.key_id)
+        # PERF: the common case, an Authorization header seen before with a key that does not expire,
+        # is one dict lookup of the header's bytes and a few attribute reads (~0.6 us here)
+        authorization = ctx.request.header(b"authorization")
+        hit = self.service.table._verified.get(authorization) if authorization is not None else None
+        if hit is None or hit[1] != _INF or hit[0].revoked or hit[0].expires_at != _INF:
+            try:
+                self._authenticate(ctx, authorization, False)
+            except _UnknownKeyId as exc:
+                return self._fetch_then_authenticate(ctx, authorization, exc.key_id)
+            return None
+        key = ctx.key = hit[0]
+        self.service.used.add(key.id)
+        if not key.endpoints_all and ctx.endpoint not in key.endpoints:
+            self._refuse_endpoint(key, ctx.endpoint)
         return None
 
-    async def _fetch_then_authenticate(self, ctx: Context, key_id: str) -> KeyEntry:
+    async def _fetch_then_authenticate(
+        self, ctx: Context, authorization: bytes | None, key_id: str
+    ) -> KeyEntry:
         await self.service.fetch(key_id)
-        return self._authenticate(ctx, True)
+        return self._authenticate(ctx, authorization, True)
 
     def on_request(self, ctx: Context) -> None:
         key: KeyEntry = ctx.key
@@ -92,29 +104,32 @@ class AccessPhase(Phase):
         pending = self.authenticate(ctx)
         return await pending if pending is not None else ctx.key
 
-    def _authenticate(self, ctx: Context, fetched: bool) -> KeyEntry:
-        # PERF: the common case (a Bearer key seen before, no expiry) is a few attribute reads and two
-        # dict lookups: about 1 us here; everything else takes the slow branches
-        raw = ctx.request.header(b"authorization")
-        if raw is not None and raw[:7] == b"Bearer ":
-            raw = raw[7:]
+    def _authenticate(self, ctx: Context, authorization: bytes | None, fetched: bool) -> KeyEntry:
+        if authorization is not None and authorization[:7] == b"Bearer ":
+            raw = authorization[7:]
         else:
-            raw = self._credential(ctx, raw)
+            raw = self._credential(ctx, authorization)
         service = self.service
         table = service.table
         hit = table._verified.get(raw)
         if hit is None:
             hit = self._verify(table, raw, fetched)
+        if authorization is not None:
+            table.remember(authorization, hit)  # the fast path looks up the whole header value
         key, valid_until = hit
         ctx.key = key  # also on a refusal below: the call record names the revoked or expired key
         if key.revoked or valid_until != _INF or key.expires_at != _INF:
             self._check_time(key, valid_until)
         service.used.add(key.id)
         if not key.endpoints_all and ctx.endpoint not in key.endpoints:
-            raise errors.PermissionDenied(
-                f"The API key {key.id} may not call the {ctx.endpoint} endpoint.", code="endpoint_not_allowed"
-            )
+            self._refuse_endpoint(key, ctx.endpoint)
         return key
+
+    @staticmethod
+    def _refuse_endpoint(key: KeyEntry, endpoint: str) -> None:
+        raise errors.PermissionDenied(
+            f"The API key {key.id} may not call the {endpoint} endpoint.", code="endpoint_not_allowed"
+        )
 
     @staticmethod
     def _credential(ctx: Context, authorization: bytes | None) -> bytes:

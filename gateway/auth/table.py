@@ -190,6 +190,13 @@ class KeyTable:
         self._verified[raw] = hit
         return hit
 
+    def remember(self, presented: bytes, hit: tuple[KeyEntry, float]) -> None:
+        """Remember a verified hit under another form of the presented credential (the whole
+        Authorization header value), so that the next request finds it in one lookup."""
+        if len(self._verified) >= _MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[presented] = hit
+
     def add(self, key: ApiKey, tenant: Tenant | None) -> None:
         """A key (and its tenant) read from the store after this table was built: a key made a moment
         ago works at once, before the change notification arrives."""
