@@ -278,3 +278,41 @@ upstream_model = "mock-1"
 def _records(gw: Any) -> list[dict[str, Any]]:
     time.sleep(0.4)  # records are flushed every 200 ms
     return [json.loads(ln) for ln in gw.process.log_path.read_text().splitlines() if ln.startswith('{"ts":')]
+
+
+def test_health_checks_eject_and_restore_a_deployment(start_gateway: StartGateway, mocks: list[ServerProcess],
+                                                      tmp_path: Path) -> None:
+    port_b = free_port()
+    gw = start_gateway(config(
+        provider("a", mocks[0].port) + provider("b", port_b, connect_timeout=0.5) + """
+[models.routed]
+[[models.routed.deployments]]
+provider = "a"
+upstream_model = "mock-1"
+[[models.routed.deployments]]
+provider = "b"
+upstream_model = "mock-1"
+[models.routed.health]
+path = "/models"
+interval = 0.3
+timeout = 0.3
+unhealthy_threshold = 1
+healthy_threshold = 1
+"""))
+    time.sleep(1.0)  # a few probe rounds: b (nothing listens) is ejected before any request reaches it
+    for _ in range(10):
+        resp = chat(gw.port)
+        assert resp.status == 200 and served_by(resp) == "a/mock-1"
+    assert not [r for r in _records(gw) if r.get("attempts")]  # no request paid for a failed attempt
+    b = ServerProcess("mock-b-health", ["mock", "--port", str(port_b), "-q"], tmp_path, port_b).start()
+    try:
+        b.wait_ready("/healthz")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if served_by(chat(gw.port)) == "b/mock-1":
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("b was not restored after its health probes passed")
+    finally:
+        b.stop()
