@@ -316,3 +316,82 @@ healthy_threshold = 1
             raise AssertionError("b was not restored after its health probes passed")
     finally:
         b.stop()
+
+
+def test_stream_failing_before_its_first_event_succeeds_on_the_fallback(
+    start_gateway: StartGateway, mocks: list[ServerProcess]
+) -> None:
+    gw = start_gateway(config(
+        provider("bad", mocks[0].port, mock="cut=0") + provider("good", mocks[1].port) + """
+[models.routed]
+fallbacks = ["backup"]
+[[models.routed.deployments]]
+provider = "bad"
+upstream_model = "mock-1"
+[models.routed.retry]
+max_attempts = 1
+
+[models.backup]
+provider = "good"
+upstream_model = "mock-1"
+"""))
+    resp = chat(gw.port, stream=True)
+    assert resp.status == 200 and resp.header("x-gateway-model") == "backup"
+    events = sse_events(resp.body)
+    assert events[-1] == b"[DONE]" and len(events) > 2
+
+
+def test_retries_stop_at_the_deadline(start_gateway: StartGateway, mocks: list[ServerProcess]) -> None:
+    gw = start_gateway(config(
+        provider("flaky", mocks[0].port, mock="status=503") + """
+[models.routed]
+deadline = 1.0
+[[models.routed.deployments]]
+provider = "flaky"
+upstream_model = "mock-1"
+[models.routed.retry]
+max_attempts = 50
+base_backoff = 0.2
+max_backoff = 0.4
+[models.routed.breaker]
+enabled = false
+"""))
+    t0 = time.monotonic()
+    resp = chat(gw.port)
+    took = time.monotonic() - t0
+    assert resp.status == 503  # the upstream's own last answer
+    assert took < 2.0, took
+    attempts = [r["attempts"] for r in _records(gw) if r.get("model") == "routed"]
+    assert attempts and 2 <= attempts[0] < 50, attempts
+
+
+def test_consistent_hash_keys_stay_put_when_an_unrelated_deployment_is_removed(
+    start_gateway: StartGateway, mocks: list[ServerProcess]
+) -> None:
+    import signal
+
+    def text(names: list[str]) -> str:
+        out = "".join(provider(n, mocks[i % len(mocks)].port) for i, n in enumerate(names))
+        out += '\n[models.sticky]\nstrategy = "consistent_hash"\nhash_on = "header:x-session-id"\n'
+        for n in names:
+            out += f'[[models.sticky.deployments]]\nprovider = "{n}"\nupstream_model = "mock-1"\nname = "{n}"\n'
+        return config(out)
+
+    names = ["d0", "d1", "d2", "d3", "d4"]
+    gw = start_gateway(text(names))
+    sessions = [f"session-{i}" for i in range(200)]
+
+    def mapping() -> dict[str, str | None]:
+        return {s: served_by(chat(gw.port, model="sticky", headers=[("x-session-id", s)])) for s in sessions}
+
+    before = mapping()
+    assert set(before.values()) == set(names)
+    assert gw.config_path is not None
+    gw.config_path.write_text(text([n for n in names if n != "d2"]))
+    gw.process.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    after = mapping()
+    assert "d2" not in after.values()
+    moved = [s for s in sessions if before[s] != after[s]]
+    assert all(before[s] == "d2" for s in moved)  # only the removed deployment's keys moved
+    assert len(moved) / len(sessions) <= 1 / len(names) + 0.05, len(moved)
