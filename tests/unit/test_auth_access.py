@@ -112,7 +112,7 @@ def build(keys: dict[str, Any], pepper: bytes = b"") -> tuple[AccessPhase, Servi
     new_secret = generate_secret()
     full, key_id, old_secret = keys["rotated"]
     records = [r for r in records if r.id != key_id] + [
-        api_key(key_id, new_secret, previous_digest=digest(old_secret, b""), previous_valid_until=NOW + 60)
+        api_key(key_id, new_secret, previous_digest=digest(old_secret, b""), previous_valid_until=time.time() + 3600)
     ]
     made["rotated_new"] = format_key(key_id, new_secret)
     snap = Snapshot(
