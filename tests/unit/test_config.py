@@ -463,3 +463,14 @@ def test_a_model_needs_a_provider_or_deployments() -> None:
         load_config_text(base + "[models.m]\n")
     with pytest.raises(ConfigError, match="not both"):
         load_config_text(base + '[models.m]\nprovider = "p"\n[[models.m.deployments]]\nprovider = "p"\n')
+
+
+def test_routing_docs_worked_configs_load() -> None:
+    import re
+
+    doc = (EXAMPLES.parent / "docs" / "routing.md").read_text(encoding="utf-8")
+    providers = (EXAMPLES / "routing.toml").read_text(encoding="utf-8").split("# The model clients call.")[0]
+    worked = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.S) if "[models.fast]" in b]
+    assert len(worked) == 1
+    config = load_config_text(providers + worked[0])
+    assert {m.strategy for m in config.models.values()} == {"least_latency", "least_busy", "cost"}
