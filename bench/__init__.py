@@ -1,4 +1,5 @@
 """Benchmarks of the gateway against reference proxies (see ``bench/README.md``).
 
-Run a benchmark as a module from the repository root, e.g. ``python -m bench.proxy_vs_nginx``.
+Run them as modules from the repository root: ``python -m bench.run`` (the whole suite, or ``bench/run``),
+``python -m bench.proxy_vs_nginx``, ``python -m bench.inproc``.
 """
