@@ -64,6 +64,7 @@ _SSE_HEADERS: Headers = [("content-type", "text/event-stream"), ("cache-control"
 # upstream headers a client may act on: rate limits and retry hints
 _PASS_HEADERS = (b"retry-after", b"retry-after-ms", b"x-should-retry", b"openai-processing-ms")
 _PASS_PREFIX = b"x-ratelimit-"
+_NO_PREFIX = b"\x00"  # matches no header name
 _ACCEPTED_TYPES = (b"application/json", b"application/x-www-form-urlencoded")
 _DONE = b"data: [DONE]\n\n"
 _ENDPOINTS = {
@@ -547,7 +548,8 @@ class Engine:
             return
         ctx.target = target
         ctx.attempts = 1
-        body = self._upstream_body(ctx, target)
+        # a downgraded request is sent with the served model's id, whatever the client named
+        body = self._upstream_body(ctx, target, model.name if ctx.route_model is not None else None)
         ctx.t_up = _perf()
         try:
             resp = await target.translator.send(ctx.endpoint, body, ctx.request_id)
@@ -595,6 +597,7 @@ class Engine:
         attempts = router.plan(info, _monotonic(), random.random)  # NoDeploymentAvailable: a 503
         failure: GatewayError | None = None
         failed_resp: tuple[UpstreamResponse, bytes] | None = None
+        phase_headers = ctx.response_headers  # what the phases set (rate-limit headers, downgrades)
         for attempt in attempts:
             if attempt.delay > 0:
                 await asyncio.sleep(attempt.delay)
@@ -603,7 +606,7 @@ class Engine:
             target = owner.targets[dep.id]
             ctx.target = target
             ctx.attempts += 1
-            ctx.response_headers = [("x-gateway-deployment", target.name)]
+            ctx.response_headers = [*phase_headers, ("x-gateway-deployment", target.name)]
             if dep.model != model.name:
                 ctx.response_headers.append(("x-gateway-model", dep.model))
             if failed_resp is not None:
@@ -714,7 +717,9 @@ class Engine:
         return encode(top)
 
     def _pass_headers(self, ctx: Context, resp: UpstreamResponse) -> Headers:
-        out = select_headers(resp.headers, _PASS_PREFIX, _PASS_HEADERS, [("x-request-id", ctx.request_id)])
+        # the gateway's own x-ratelimit-* headers replace the upstream's when a limit applies here
+        prefix = _PASS_PREFIX if ctx.limits is None else _NO_PREFIX
+        out = select_headers(resp.headers, prefix, _PASS_HEADERS, [("x-request-id", ctx.request_id)])
         if ctx.response_headers:
             out.extend(ctx.response_headers)
         return out

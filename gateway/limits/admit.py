@@ -1,30 +1,933 @@
-"""The ``admit`` phase: rate limits, token limits and budgets on the request path (being built)."""
+"""The ``admit`` phase: rate limits, token limits, concurrency and budgets on the request path.
+
+Which limits apply to a request (``docs/limits.md`` has the long form):
+
+    level     | policy                                                   | counters
+    ----------+----------------------------------------------------------+-------------------------------
+    key       | the key's ``limit_policy`` (a key naming none has its     | one set per key id
+              | tenant's, as the key table resolves it), else             |
+              | ``[limits] default_policy``                              |
+    tenant    | the tenant's ``limit_policy``, else ``default_policy``    | one set per tenant id
+    anonymous | ``default_policy``, when keys are not required            | one set for every such request
+    model     | ``[limits.apply.models]`` for the model served            | one set per model
+    gateway   | ``[limits.apply] gateway``                               | one set for the whole gateway
+
+A key whose policy is its tenant's is counted at the tenant only: the tenant's counters of the same
+policy see all of the key's traffic and more, so the key's own could never refuse first. Every limit
+that applies must admit the request (all or nothing); the one that refuses is named in the 429.
+
+Theory of operation, per request (``AdmitPhase.on_request``):
+
+1. The caller's ``_Principal`` (its limits and budget rules, built once per key table entry) and the
+   ``_Plan`` for the model (principal's limits + the model's + the gateway's: limit keys, ``Limit``
+   objects, header labels, all resolved when first needed and kept until reload) are two dict lookups.
+2. Budgets, if the caller has any: the spend views (per worker, refreshed from the store every few
+   seconds) decide ``block`` (429 insufficient_quota), ``downgrade`` (``ctx.route_model``) or nothing.
+   A view not read recently makes this request wait for one store read.
+3. Rates: one request and the token estimate (``estimate_tokens``) per token limit, taken through the
+   ``LeaseClient``'s synchronous fast path (``try_take`` / ``try_take_all``): a lease held by this worker
+   covers it, or a refusal is known. Only ``ASK`` makes the request await ``LeaseClient.take`` (a new
+   lease from the shared state).
+4. Concurrency limits (``enter``; they ask the shared state for every request).
+5. The ``x-ratelimit-*`` headers of the most restrictive limit of each dimension go on the answer.
+
+After the response (``on_settle``, never failing the request): token reservations are reconciled with
+the provider's usage (``charge`` the excess, ``refund`` the rest); the cost of the call goes into
+``ctx.cost`` and the spend of its key and tenant; concurrency slots are left. What a request costs when
+things go wrong:
+
+    outcome                                            | requests | tokens                   | spend
+    ---------------------------------------------------+----------+--------------------------+-----------
+    answered, usage reported (streams too)             | 1        | the usage                | priced usage
+    answered, no usage (a stream cut, client gone)      | 1        | prompt counted with      | priced the
+                                                       |          | tiktoken + the completion| same way
+                                                       |          | reservation              |
+    failed upstream, or answered by a later phase       | 1        | 0 (all refunded)         | 0
+    refused by a concurrency limit                      | 0        | 0 (refunded)             | 0
+    refused by a rate or token limit, or a budget       | 0        | 0 (nothing taken)        | 0
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
 from gateway.config import Config
+from gateway.errors import RateLimited
+from gateway.limits.budgets import BudgetRule, SpendBook, SpendView
+from gateway.limits.contract import QuotaExceeded, duration_text, retry_headers
+from gateway.limits.policy import BudgetConfig, LimitSpec, TokensKind, compile_policy
+from gateway.limits.pricing import PriceConfig, PriceTable, cached_tokens, price_of
+from gateway.limits.shared import (
+    ADMITTED,
+    Decision,
+    LeaseClient,
+    LeaseSource,
+    Limit,
+    SharedStateUnavailable,
+)
+from gateway.limits.stats import LimitStats
+from gateway.limits.tokens import TokenCounter, tokens_of_kind
 from gateway.phases import Phase
+from gateway.store.base import Store
+from gateway.wire import Usage
+
+if TYPE_CHECKING:
+    from gateway.engine import Context
 
 __all__ = ["AdmitPhase", "LimitService"]
 
+log = logging.getLogger("gateway.limits")
+
+_monotonic = time.monotonic
+_INF = math.inf
+#: principals (key table entries) and plans (models per principal) kept before the cache starts anew
+_MAX_PRINCIPALS = 50_000
+_MAX_PLANS = 256
+#: an alert claim's bucket refills in about this long: longer than any period, so one claim per period
+_CLAIM_REFILL = 40 * 86400.0
+
+
+class _Scoped:
+    """One limit of one policy as it applies at one level (a key, a tenant, a model...)."""
+
+    __slots__ = ("limit", "spec", "where")
+
+    def __init__(self, spec: LimitSpec, limit: Limit, where: str) -> None:
+        self.spec = spec
+        self.limit = limit
+        self.where = where
+
+
+class _Plan:
+    """Everything the request path needs for one caller and one model, resolved once."""
+
+    __slots__ = (
+        "concurrent", "empty", "info", "items", "pairs", "req_cache", "req_hdr", "req_nets", "req_until",
+        "simple", "single", "tok_cache", "tok_hdr", "tok_until", "token_keys", "token_kinds", "token_limits",
+        "token_nets", "token_single",
+    )
+
+    def __init__(self, scoped: Sequence[_Scoped]) -> None:
+        seen: dict[str, _Scoped] = {}
+        for s in scoped:
+            seen.setdefault(s.limit.key, s)  # a key only once per request (the client requires it)
+        req = [s for s in seen.values() if s.spec.dimension == "requests"]
+        tok = [s for s in seen.values() if s.spec.dimension == "tokens"]
+        self.concurrent = tuple(s for s in seen.values() if s.spec.dimension == "concurrent")
+        self.info = seen
+        #: request limits, one unit each, as ``try_take_all`` takes them (shared, never mutated)
+        self.items: list[tuple[str, float]] = [(s.limit.key, 1.0) for s in req]
+        #: the same as ``take`` takes them
+        self.pairs: list[tuple[Limit, float]] = [(s.limit, 1.0) for s in req]
+        #: the one request limit's key, when there is exactly one (``try_take``: cheaper)
+        self.single = req[0].limit.key if len(req) == 1 else None
+        self.token_limits = tuple(s.limit for s in tok)
+        self.token_keys = tuple(s.limit.key for s in tok)
+        self.token_kinds: tuple[TokensKind, ...] = tuple(s.spec.tokens_kind or "total" for s in tok)
+        #: the one token limit's key and kind, when there is exactly one
+        self.token_single = (tok[0].limit.key, self.token_kinds[0]) if len(tok) == 1 else None
+        self.req_hdr = tuple((s.limit.key, _n(s.spec.limit)) for s in req)
+        self.tok_hdr = tuple((s.limit.key, _n(s.spec.limit)) for s in tok)
+        #: the last x-ratelimit-* headers of each dimension and until when they may be reused
+        self.req_cache: tuple[tuple[str, str], ...] = ()
+        self.req_until = -_INF
+        self.tok_cache: tuple[tuple[str, str], ...] = ()
+        self.tok_until = -_INF
+        self.empty = not seen
+        #: the one request limit's key when the plan has nothing else (no tokens, no concurrency)
+        self.simple = self.single if not tok and not self.concurrent else None
+        #: where settlements of each request and token limit are summed (set by AdmitPhase._plan)
+        self.req_nets: tuple[_Net, ...] = ()
+        self.token_nets: tuple[_Net, ...] = ()
+
+
+class _Principal:
+    """A caller (a key, or the anonymous caller): its own limits, its budget rules, its plans by model,
+    and where its spend goes (its key and its tenant, with their spend views when budgeted)."""
+
+    __slots__ = ("budgets", "plans", "scoped", "spend")
+
+    def __init__(self, scoped: list[_Scoped], budgets: tuple[BudgetRule, ...],
+                 spend: tuple[tuple[Literal["key", "tenant"], str, SpendView | None], ...] = ()) -> None:
+        self.scoped = scoped
+        self.budgets = budgets
+        self.plans: dict[str, _Plan] = {}
+        self.spend = spend
+
+
+#: What an admitted request holds until it is settled (``ctx.limits``), when it holds anything (a plan of
+#: request limits alone leaves nothing to settle): its plan, the tokens reserved per token limit of the
+#: plan (None: it has none), the completion part of the estimate (what a response without usage is
+#: assumed to have used), and the concurrency keys entered (each needs one leave).
+#: PERF: a plain tuple: a class with slots costs twice as much to make
+_Held = tuple[_Plan, "list[int] | None", int, "list[str] | None"]
+
+
+class _Net:
+    """Units to settle with one limit's shared bucket: positive to charge, negative to refund. One per
+    limit key for the life of the phase; plans hold theirs, so settling is an attribute update."""
+
+    __slots__ = ("client", "limit", "units")
+
+    def __init__(self, client: LeaseClient, limit: Limit) -> None:
+        self.client = client
+        self.limit = limit
+        self.units = 0.0
+
 
 class AdmitPhase(Phase):
+    """The request path of ``LimitService`` (see the module docstring)."""
+
     name = "admit"
+    is_async = True
+
+    def __init__(self, service: LimitService) -> None:
+        self.service = service
+        #: request and concurrency limits; token limits (leases sized in requests' worth of tokens)
+        self.client = service.client
+        self.tokens = service.tokens
+        self.book = service.book
+        self.stats = service.stats
+        #: seconds the x-ratelimit-* values of a caller and model are reused (# PERF: estimating and
+        #: formatting them costs a few microseconds; at high rates most requests reuse them)
+        self.header_ttl = 0.001
+        self.default_max = 4096
+        self.prices = PriceTable({})
+        self._price_memo: dict[object, PriceConfig | None] = {}
+        self._compiled: dict[str, list[LimitSpec]] = {}
+        self._budgets: dict[str, BudgetConfig] = {}
+        self._default: str | None = None
+        self._model_scoped: dict[str, list[_Scoped]] = {}
+        self._gateway_scoped: list[_Scoped] = []
+        self._anon = _Principal([], ())
+        self._principals: dict[object, _Principal] = {}
+        self._unknown: set[str] = set()
+        self._nets: dict[str, _Net] = {}
+        self._dirty: list[_Net] = []
+
+    # -- build (startup and reload) ---------------------------------------------------------------------
+
+    def build(self, config: Config) -> None:
+        """Resolve the configuration's policies into compiled specs and limit keys (swapped in whole)."""
+        lim = config.limits
+        compiled = {name: compile_policy(p, name) for name, p in lim.policies.items()}
+        prices = PriceTable.load(overrides=config.pricing)
+        unit = lim.default_max_tokens
+
+        def scoped(policy: str, scope: str, id: str, where: str) -> list[_Scoped]:
+            return _scoped(compiled, unit, policy, scope, id, where)
+
+        model_scoped = {
+            model: scoped(policy, "model", model, f"model {model}")
+            for model, policy in lim.apply.models.items() if policy in compiled
+        }
+        gateway = lim.apply.gateway
+        gateway_scoped = scoped(gateway, "gateway", "all", "the gateway") if gateway in compiled else []
+        default = lim.default_policy if lim.default_policy in compiled else None
+        anon_scoped = scoped(default, "anonymous", "all", "anonymous callers") if default else []
+        # PERF: one assignment each; requests in flight keep the plans they hold
+        self.default_max = unit
+        self.prices = prices
+        self._price_memo = {}
+        self._compiled = compiled
+        self._budgets = dict(lim.budgets)
+        self._default = default
+        self._model_scoped = model_scoped
+        self._gateway_scoped = gateway_scoped
+        self._anon = _Principal(anon_scoped, ())
+        self._principals = {}
+        self._unknown = set()
+
+    def _known(self, kind: str, name: str | None, table: Mapping[str, object]) -> str | None:
+        if name is None or name in table:
+            return name
+        if name not in self._unknown:  # a key or tenant of the store may name what the file lacks
+            self._unknown.add(name)
+            log.warning("limits: no %s named %r is configured; ignoring it", kind, name)
+        return None
+
+    def _principal(self, key: Any) -> _Principal:
+        tenant = key.tenant
+        default = self._default
+        t_policy = self._known("limit policy", tenant.limit_policy, self._compiled) or default
+        k_policy = self._known("limit policy", key.limit_policy, self._compiled) or default
+        scoped: list[_Scoped] = []
+        unit = self.default_max
+        if k_policy is not None and k_policy != t_policy:
+            scoped += _scoped(self._compiled, unit, k_policy, "key", key.id, f"key {key.id}")
+        if t_policy is not None:
+            scoped += _scoped(self._compiled, unit, t_policy, "tenant", tenant.id, f"tenant {tenant.id}")
+        rules: list[BudgetRule] = []
+        t_budget = self._known("budget", tenant.budget, self._budgets)
+        k_budget = self._known("budget", key.budget, self._budgets)
+        if k_budget is not None and k_budget != t_budget:
+            rules.append(self._rule(k_budget, "key", key.id))
+        if t_budget is not None:
+            rules.append(self._rule(t_budget, "tenant", tenant.id))
+        views = {(r.view.scope, r.view.id): r.view for r in rules}
+        spend: tuple[tuple[Literal["key", "tenant"], str, SpendView | None], ...] = (
+            ("key", key.id, views.get(("key", key.id))),
+            ("tenant", tenant.id, views.get(("tenant", tenant.id))),
+        )
+        principal = _Principal(scoped, tuple(rules), spend)
+        if len(self._principals) >= _MAX_PRINCIPALS:
+            self._principals = {}
+        self._principals[key] = principal
+        return principal
+
+    def _rule(self, name: str, scope: Literal["key", "tenant"], id: str) -> BudgetRule:
+        view = self.book.view(scope, id)
+        rule = view.rule = BudgetRule(name, self._budgets[name], view)
+        return rule
+
+    def _plan(self, principal: _Principal, model: str) -> _Plan:
+        plan = _Plan([*principal.scoped, *self._model_scoped.get(model, ()), *self._gateway_scoped])
+        plan.req_nets = tuple(self._net_for(self.client, lim) for lim, _ in plan.pairs)
+        plan.token_nets = tuple(self._net_for(self.tokens, lim) for lim in plan.token_limits)
+        if len(principal.plans) >= _MAX_PLANS:
+            principal.plans = {}
+        principal.plans[model] = plan
+        return plan
+
+    # -- the request path -------------------------------------------------------------------------------
+
+    def on_request(self, ctx: Context) -> Awaitable[None] | None:
+        key = ctx.key
+        principal: _Principal | None
+        if key is None:
+            principal = self._anon
+        else:
+            principal = self._principals.get(key)  # PERF: one lookup per request once built
+            if principal is None:
+                principal = self._principal(key)
+        model: str = ctx.fields.model
+        if principal.budgets:
+            served = self._budget_gate(ctx, principal, model)
+            if served is None:
+                return self._load_then_admit(ctx, principal)
+            model = served
+        plan = principal.plans.get(model)
+        if plan is None:
+            plan = self._plan(principal, model)
+        if plan.simple:
+            # PERF: the common case inline: one request limit, covered by this worker's lease
+            now = _monotonic()
+            if self.client.try_take(plan.simple, 1.0, now) is ADMITTED:
+                self.stats.admitted += 1
+                if now < plan.req_until:
+                    ctx.response_headers.extend(plan.req_cache)
+                else:
+                    self._headers(plan, now, ctx.response_headers)
+                return None
+        elif plan.empty:
+            return None
+        return self._admit(ctx, plan)
+
+    def _admit(self, ctx: Context, plan: _Plan) -> Awaitable[None] | None:
+        now = _monotonic()
+        if plan.single is not None:
+            decision = self.client.try_take(plan.single, 1.0, now)
+        elif plan.items:
+            decision = self.client.try_take_all(plan.items, now)
+        else:
+            decision = ADMITTED
+        if decision is not ADMITTED and decision.status != 200:
+            if decision.status == 0:  # ASK: a lease from the shared state
+                return self._admit_slow(ctx, plan)
+            self._refuse(plan, decision, None, now)
+        amounts: list[int] | None = None
+        completion = 0
+        if plan.token_limits:
+            completion = self._completion(ctx)
+            prompt = (len(ctx.body) + 3) >> 2
+            one = plan.token_single
+            if one is not None:  # PERF: the usual case, without the lists of try_take_all
+                amount = tokens_of_kind(one[1], prompt, completion)
+                amounts = [amount]
+                decision = self.tokens.try_take(one[0], amount, now)
+            else:
+                amounts = [tokens_of_kind(kind, prompt, completion) for kind in plan.token_kinds]
+                decision = self.tokens.try_take_all(
+                    [(k, a) for k, a in zip(plan.token_keys, amounts, strict=False)], now
+                )
+            if decision is not ADMITTED and decision.status != 200:
+                if decision.status == 0:
+                    return self._admit_slow(ctx, plan, amounts, completion)
+                self._unrequest(plan)
+                self._refuse(plan, decision, amounts, now)
+        if plan.concurrent:
+            return self._enter(ctx, plan, amounts, completion)
+        self.stats.admitted += 1
+        if amounts is not None:
+            ctx.limits = (plan, amounts, completion, None)
+        self._headers(plan, now, ctx.response_headers)
+        return None
+
+    def _completion(self, ctx: Context) -> int:
+        """The completion part of the estimate: the request's max tokens, else the configured default."""
+        if ctx.endpoint == "embeddings":
+            return 0
+        fields = ctx.fields
+        n = getattr(fields, "max_completion_tokens", None)
+        if n is None:
+            n = fields.max_tokens
+        return self.default_max if n is None else max(int(n), 0)
+
+    async def _admit_slow(
+        self, ctx: Context, plan: _Plan, amounts: list[int] | None = None, completion: int = 0
+    ) -> None:
+        """Admission that waits for the shared state. ``amounts`` given: the request limits are passed
+        already and only the token limits need leases."""
+        if amounts is None:
+            if plan.pairs:
+                decision = await self.client.take(plan.pairs)
+                if not decision.admitted:
+                    self._refuse(plan, decision, None, _monotonic())
+            if plan.token_limits:
+                completion = self._completion(ctx)
+                prompt = (len(ctx.body) + 3) >> 2
+                amounts = [tokens_of_kind(kind, prompt, completion) for kind in plan.token_kinds]
+        if amounts is not None:
+            pairs = [(lim, float(a)) for lim, a in zip(plan.token_limits, amounts, strict=True)]
+            decision = await self.tokens.take(pairs)
+            if not decision.admitted:
+                self._unrequest(plan)
+                self._refuse(plan, decision, amounts, _monotonic())
+        self.stats.admitted_slow += 1
+        if plan.concurrent:
+            await self._enter(ctx, plan, amounts, completion)
+            return
+        self.stats.admitted += 1
+        if amounts is not None:
+            ctx.limits = (plan, amounts, completion, None)
+        self._headers(plan, _monotonic(), ctx.response_headers)
+
+    async def _enter(self, ctx: Context, plan: _Plan, amounts: list[int] | None, completion: int) -> None:
+        # shielded: a request cancelled (its client gone) while entering must still leave what it entered
+        task = asyncio.ensure_future(self._enter_all(plan))
+        try:
+            entered, refusal = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._leave_after_cancel)
+            self._unrequest(plan, amounts)
+            raise
+        now = _monotonic()
+        if refusal is not None:
+            self._unrequest(plan, amounts)
+            self._refuse(plan, refusal, amounts, now)
+        self.stats.admitted += 1
+        ctx.limits = (plan, amounts, completion, entered)
+        self._headers(plan, now, ctx.response_headers)
+
+    async def _enter_all(self, plan: _Plan) -> tuple[list[str], Decision | None]:
+        entered: list[str] = []
+        client = self.client
+        for s in plan.concurrent:
+            decision = await client.enter(s.limit.key, int(s.spec.limit), s.spec.fail_mode)
+            if not decision.admitted:
+                self.service.leave_soon(entered)
+                return [], decision
+            entered.append(s.limit.key)
+        return entered, None
+
+    def _leave_after_cancel(self, task: asyncio.Future[tuple[list[str], Decision | None]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.service.leave_soon(task.result()[0])
+
+    def _unrequest(self, plan: _Plan, amounts: list[int] | None = None) -> None:
+        """Give back what a request took from its rate and token limits: it was refused after all."""
+        for net in plan.req_nets:
+            self._settle(net, -1.0)
+        if amounts is not None:
+            for net, a in zip(plan.token_nets, amounts, strict=True):
+                self._settle(net, -float(a))
+
+    def _net_for(self, client: LeaseClient, limit: Limit) -> _Net:
+        net = self._nets.get(limit.key)
+        if net is None:
+            net = self._nets[limit.key] = _Net(client, limit)
+        net.limit = limit  # a reload may have changed it
+        return net
+
+    def _settle(self, net: _Net, units: float) -> None:
+        # PERF: summed per limit and sent every tick (flush_net): one operation per limit, not per request
+        if net.units == 0.0:
+            self._dirty.append(net)
+        net.units += units
+
+    def flush_net(self) -> None:
+        """Hand the summed charges and refunds to the lease clients (which send them to the source)."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, []
+        now = _monotonic()
+        for n in dirty:
+            units, n.units = n.units, 0.0
+            if units > 0.0:
+                n.client.charge(n.limit, units, now)
+            elif units < 0.0:
+                n.client.refund(n.limit, -units)
+        if len(self._nets) > _MAX_PRINCIPALS:  # forget idle counters (and the plans that hold them)
+            self._nets = {}
+            self._principals = {}
+            self._anon.plans = {}
+
+    # -- budgets ----------------------------------------------------------------------------------------
+
+    def _budget_gate(self, ctx: Context, principal: _Principal, model: str) -> str | None:
+        """The model to serve after the caller's budgets have had their say (raises for ``block``); None
+        when a spend view must be read from the store first."""
+        now = _monotonic()
+        book = self.book
+        day = book.today()[0]
+        downgrade: BudgetRule | None = None
+        for rule in principal.budgets:
+            view = rule.view
+            if view.fresh_until < now:
+                return None
+            if view.day is not day:
+                book.current(view)
+            view.used = True
+            if view.spent_day < rule.limit_day and view.spent_month < rule.limit_month:
+                continue
+            why = rule.exhausted()
+            if why is None:
+                continue
+            action = rule.config.action
+            if action == "block":
+                self.stats.budget_blocked += 1
+                raise _quota_error(rule, why)
+            if action == "downgrade" and downgrade is None:
+                downgrade = rule
+        if downgrade is not None:
+            to = downgrade.config.downgrade_model
+            if to is not None and to != model:
+                self.stats.downgraded += 1
+                ctx.route_model = to
+                ctx.response_headers.append(("x-gateway-downgraded", f"{model} -> {to}"))
+                return to
+        return model
+
+    async def _load_then_admit(self, ctx: Context, principal: _Principal) -> None:
+        for rule in principal.budgets:
+            if rule.view.fresh_until < _monotonic():
+                await self.book.load(rule.view)  # leaves the view usable for a while, read or not
+        out = self.on_request(ctx)
+        if out is not None:
+            await out
+
+    # -- answers ----------------------------------------------------------------------------------------
+
+    def _headers(self, plan: _Plan, now: float, out: list[tuple[str, str]]) -> None:
+        """The ``x-ratelimit-*`` trio of each dimension (reused for ``header_ttl`` seconds)."""
+        if plan.req_hdr:
+            if now >= plan.req_until:
+                plan.req_cache = _trio(self.client, plan.req_hdr, _REQ_HEADERS, now, None)
+                plan.req_until = now + self.header_ttl
+            out.extend(plan.req_cache)
+        if plan.tok_hdr:
+            if now >= plan.tok_until:
+                plan.tok_cache = _trio(self.tokens, plan.tok_hdr, _TOK_HEADERS, now, None)
+                plan.tok_until = now + self.header_ttl
+            out.extend(plan.tok_cache)
+
+    def _refuse(self, plan: _Plan, decision: Decision, amounts: list[int] | None, now: float) -> None:
+        stats = self.stats
+        if decision.status == 503:
+            stats.unavailable += 1
+            raise SharedStateUnavailable(
+                "Rate limits cannot be checked right now (their shared state is unavailable); try again "
+                "shortly.", headers=retry_headers(decision.retry_after),
+            )
+        s = plan.info.get(decision.limit_key or "")
+        headers = retry_headers(decision.retry_after)
+        if plan.req_hdr:
+            headers.extend(_trio(self.client, plan.req_hdr, _REQ_HEADERS, now, decision))
+        if plan.tok_hdr:
+            headers.extend(_trio(self.tokens, plan.tok_hdr, _TOK_HEADERS, now, decision))
+        wait = decision.retry_after
+        if s is None:  # not one of the plan's limits (cannot happen): say what we know
+            stats.refused_requests += 1
+            raise RateLimited(f"Rate limit reached. Try again in {duration_text(wait)}.", headers=headers)
+        spec = s.spec
+        which = f"{spec.name} of policy {spec.policy} for {s.where}"
+        if spec.dimension == "concurrent":
+            stats.refused_concurrency += 1
+            message = (f"Too many requests in flight: {which} (limit {_n(spec.limit)} at once). "
+                       "Try again when one has finished.")
+        elif spec.dimension == "tokens":
+            stats.refused_tokens += 1
+            asked = _tokens_asked(plan, s, amounts)
+            if wait == _INF:
+                message = (f"This request is estimated at {asked} tokens, more than {which} allows at once "
+                           f"({_n(spec.burst)}). Lower max_tokens or shorten the prompt.")
+            else:
+                message = (f"Rate limit reached: {which} (limit {_n(spec.limit)} per {spec.window}; this "
+                           f"request is estimated at {asked} tokens). Try again in {duration_text(wait)}.")
+        else:
+            stats.refused_requests += 1
+            message = (f"Rate limit reached: {which} (limit {_n(spec.limit)} per {spec.window}). "
+                       f"Try again in {duration_text(wait)}.")
+        raise RateLimited(message, headers=headers)
+
+    # -- settle -----------------------------------------------------------------------------------------
+
+    def on_settle(self, ctx: Context) -> None:
+        usage = ctx.usage
+        if usage is not None:
+            cost = self._cost(ctx, usage.prompt_tokens, usage.completion_tokens, usage)
+            if cost is not None:
+                ctx.cost = cost
+                key = ctx.key
+                if key is not None and cost > 0.0:
+                    self._spend(key, cost)
+        held: _Held | None = ctx.limits
+        if held is None:
+            return
+        ctx.limits = None
+        if held[3]:
+            self.service.leave_soon(held[3])
+        if held[1] is None:
+            return
+        if usage is not None:
+            self._reconcile(held, usage.prompt_tokens, usage.completion_tokens)
+        elif ctx.target is not None and 200 <= ctx.status < 300:
+            # answered, but the usage never came (a stream cut, the client gone): count what we can
+            self.service.spawn(self._count_then_settle(ctx, held))
+        else:  # never reached the upstream, or it failed: the tokens were not used
+            self._reconcile(held, 0, 0)
+
+    def _reconcile(self, held: _Held, prompt: int, completion: int) -> None:
+        plan, amounts, _, _ = held
+        if amounts is None:
+            return
+        stats = self.stats
+        kinds = plan.token_kinds
+        nets = plan.token_nets
+        for i, reserved in enumerate(amounts):
+            diff = tokens_of_kind(kinds[i], prompt, completion) - reserved
+            if diff:
+                net = nets[i]
+                if net.units == 0.0:
+                    self._dirty.append(net)
+                net.units += diff
+                if diff > 0:
+                    stats.tokens_charged += diff
+                else:
+                    stats.tokens_refunded -= diff
+
+    def _cost(self, ctx: Context, prompt: int, completion: int, usage: Any = None) -> float | None:
+        """US dollars of the call: priced by the answering deployment's upstream model, else by the model
+        served, else by the model asked for."""
+        target = ctx.target
+        memo = self._price_memo
+        price: PriceConfig | None = memo.get(target, _MISSING) if target is not None else _MISSING
+        if price is _MISSING:
+            lookup = self.prices.lookup
+            found = lookup(target.upstream_model) if target is not None else None
+            if found is None and ctx.model is not None:
+                found = lookup(ctx.model.name)
+            if found is None and ctx.fields is not None:
+                found = lookup(ctx.fields.model)
+            price = found
+            if target is not None:  # PERF: per deployment, once; the memo is renewed on reload
+                if len(memo) >= _MAX_PLANS:
+                    memo.clear()
+                memo[target] = found
+        if price is None:
+            return None
+        # PERF: the engine's Usage has no prompt_tokens_details (looking for it would raise inside
+        # getattr), and the usual case needs none of price_of's clamping (builtin max/min: 0.3 us each)
+        cached = cached_tokens(usage) if usage is not None and type(usage) is not Usage else 0
+        if cached == 0 and prompt >= 0 and completion >= 0:
+            return (prompt * price.input + completion * price.output) * 1e-6
+        return price_of(price, prompt, completion, cached)
+
+    def _spend(self, key: Any, cost: float) -> None:
+        self.stats.spend_usd += cost
+        principal = self._principals.get(key)
+        if principal is None:
+            principal = self._principal(key)
+        add = self.book.add
+        for scope, id, view in principal.spend:
+            add(scope, id, cost, view, False)
+
+    async def _count_then_settle(self, ctx: Context, held: _Held) -> None:
+        """Settle a response whose usage never arrived: the prompt counted with tiktoken (in the token
+        counter's thread pool), the completion at its reservation (its text is not kept here)."""
+        try:
+            prompt = await self._count_prompt(ctx)
+        except Exception as exc:
+            log.warning("limits: could not count the tokens of a response without usage (%s); its "
+                        "reservation stands", exc.__class__.__name__ + (f": {exc}" if str(exc) else ""))
+            return
+        self.stats.counted_usage += 1
+        completion = held[2]
+        self._reconcile(held, prompt, completion)
+        cost = self._cost(ctx, prompt, completion)
+        if cost is not None and ctx.key is not None and cost > 0.0:
+            self._spend(ctx.key, cost)
+
+    async def _count_prompt(self, ctx: Context) -> int:
+        counter = self.service.token_counter()
+        fields = ctx.fields
+        model = ctx.target.upstream_model if ctx.target is not None else fields.model
+        if ctx.endpoint == "chat":
+            messages = [m for m in map(_decode_any, fields.messages) if isinstance(m, dict)]
+            return await counter.count_messages(model, messages)
+        texts, extra = _texts(fields.prompt if ctx.endpoint == "completions" else fields.input)
+        return extra + (await counter.count(model, texts) if texts else 0)
+
+
+_MISSING: Any = object()
+
+
+def _scoped(compiled: Mapping[str, list[LimitSpec]], unit: int, policy: str, scope: str, id: str,
+            where: str) -> list[_Scoped]:
+    """The limits of ``policy`` at one level, with their counter keys ``<policy>/<limit>/<scope>/<id>``.
+
+    A fixed ``lease`` is in requests' worth: for a token limit, ``lease`` times ``unit`` tokens (the
+    default completion estimate), except that 1 stays 1 (exact: each request asks for its amount)."""
+    out = []
+    for spec in compiled.get(policy, ()):
+        lease: float | None = None
+        if spec.lease is not None:
+            lease = float(spec.lease) if spec.dimension != "tokens" or spec.lease == 1 else spec.lease * unit
+        limit = Limit(
+            f"{policy}/{spec.name}/{scope}/{id}", spec.rate if spec.rate > 0.0 else 1.0, spec.burst, lease,
+            spec.fail_mode,
+        )
+        out.append(_Scoped(spec, limit, where))
+    return out
+
+
+def _trio(client: LeaseClient, hdr: tuple[tuple[str, str], ...], labels: tuple[str, str, str], now: float,
+          refused: Decision | None) -> tuple[tuple[str, str], ...]:
+    """The ``x-ratelimit-*`` trio of one dimension, from its most restrictive limit: the one with the
+    least left (the refusing one, on a 429)."""
+    best: tuple[float, float, str] | None = None
+    for key, text in hdr:
+        if refused is not None and key == refused.limit_key:
+            best = (refused.remaining, refused.reset_after, text)
+            break
+        remaining, reset = client.estimate(key, now)
+        if best is None or remaining < best[0]:
+            best = (remaining, reset, text)
+    assert best is not None
+    remaining, reset, text = best
+    return (
+        (labels[0], text),
+        (labels[1], str(int(remaining)) if remaining > 0.0 else "0"),
+        (labels[2], duration_text(reset)),
+    )
+
+
+_REQ_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+_TOK_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+_decode_any = msgspec.json.Decoder().decode
+
+
+def _texts(value: Any) -> tuple[list[str], int]:
+    """The strings of a prompt or an embedding input, and the tokens given as token ids."""
+    if isinstance(value, str):
+        return [value], 0
+    texts: list[str] = []
+    extra = 0
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, int):
+                extra += 1
+            elif isinstance(item, list):
+                extra += sum(1 for t in item if isinstance(t, int))
+    return texts, extra
+
+
+def _tokens_asked(plan: _Plan, s: _Scoped, amounts: list[int] | None) -> int:
+    if amounts is None:
+        return 0
+    for lim, a in zip(plan.token_limits, amounts, strict=True):
+        if lim is s.limit:
+            return a
+    return 0
+
+
+def _quota_error(rule: BudgetRule, why: str) -> QuotaExceeded:
+    cfg = rule.config
+    view = rule.view
+    if why == "daily":
+        spent, limit, period = view.spent_day, cfg.usd_per_day or 0.0, "today (UTC)"
+    else:
+        spent, limit, period = view.spent_month, cfg.usd_per_month or 0.0, "this month (UTC)"
+    return QuotaExceeded(
+        f"Budget {rule.name} of {rule.where} is spent: {spent:.4f} of {limit:.4f} USD {period}. "
+        "Requests are refused until the period ends or the budget is raised.",
+        headers=[("x-should-retry", "false")],
+    )
+
+
+def _n(v: float) -> str:
+    """``600.0`` -> ``"600"``; other numbers as Python shows them."""
+    return str(int(v)) if math.isfinite(v) and v.is_integer() else repr(v)
 
 
 class LimitService:
-    """One per worker: the limits and budgets of the config, and the shared state they draw on."""
+    """One per worker: the limits and budgets of the config, and the shared state they draw on.
 
-    def __init__(self, config: Config, *, worker: int) -> None:
+    ``source``: the deployment-wide lease source (default: a table file beside a SQLite store's file, or
+    the Redis store's server); ``store``: the store spend is written to (default: the configured one,
+    opened in the background). Both are for tests; the service closes what it opened itself.
+    """
+
+    def __init__(self, config: Config, *, worker: int, source: LeaseSource | None = None,
+                 store: Store | None = None) -> None:
         self.config = config
         self.worker = worker
-        self.phase = AdmitPhase()
+        self.stats = LimitStats()
+        self.workers = config.server.workers or os.cpu_count() or 1
+        self._own_source = source is None
+        self.source = source if source is not None else _open_source(config)
+        self.client = LeaseClient(self.source, workers=self.workers)
+        # token limits count thousands of units per request: their leases are sized in requests' worth
+        # (the default completion estimate), so that a lease covers several requests
+        unit = float(config.limits.default_max_tokens)
+        self.tokens = LeaseClient(self.source, workers=self.workers, min_size=8.0 * unit,
+                                  max_size=1000.0 * unit)
+        self._store = store
+        self.book = SpendBook(self._open_store, self.stats, claim=self._claim, post=self._post)
+        self.phase = AdmitPhase(self)
+        self.phase.build(config)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._leaving: list[str] = []
+        self._leaver: asyncio.Task[None] | None = None
+        self._settler: asyncio.Task[None] | None = None
+        self._counter: TokenCounter | None = None
+        self._http: Any = None
+
+    @property
+    def shared_calls(self) -> int:
+        """Round trips to the shared state so far (both lease clients): the metric of lease efficiency."""
+        return self.client.stats.source_calls + self.tokens.stats.source_calls
 
     async def start(self) -> None:
-        return None
+        if self._own_source:
+            await self.source.ping()  # connect now when the shared state answers; unreachable is not fatal
+        self.client.start()
+        self.tokens.start()
+        self.book.start()
+        self._settler = asyncio.get_running_loop().create_task(self._settle_loop(), name="gateway-settle")
 
     async def stop(self) -> None:
-        return None
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 5.0)
+        if self._settler is not None:
+            self._settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settler
+            self._settler = None
+        self.phase.flush_net()
+        await self._drain_leaves()
+        await self.client.close()
+        await self.tokens.close()
+        await self.book.stop()
+        if self._own_source:
+            await self.source.close()
+        if self._counter is not None:
+            self._counter.close(wait=False)
+            self._counter = None
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.aclose()
+            self._http = None
 
     def reload(self, config: Config) -> None:
+        """New policies, budgets and prices (counters and spend carry on; the shared state is kept)."""
+        self.phase.build(config)
         self.config = config
+
+    # -- helpers of the phase ---------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def leave_soon(self, keys: list[str]) -> None:
+        """Leave concurrency slots from the background (settle cannot await)."""
+        if not keys:
+            return
+        self._leaving.extend(keys)
+        if self._leaver is None or self._leaver.done():
+            self._leaver = asyncio.get_running_loop().create_task(self._drain_leaves())
+
+    async def _drain_leaves(self) -> None:
+        while self._leaving:
+            key = self._leaving.pop()
+            try:
+                await self.client.leave(key)
+            except Exception:
+                log.exception("limits: leaving a concurrency slot failed")
+
+    async def _settle_loop(self, interval: float = 0.1) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.phase.flush_net()
+            except Exception:
+                log.exception("limits: settling charges and refunds failed")
+
+    def token_counter(self) -> TokenCounter:
+        if self._counter is None:
+            self._counter = TokenCounter()
+        return self._counter
+
+    async def _open_store(self) -> Store:
+        if self._store is not None:
+            store, self._store = self._store, None  # handed over to the book, which closes it
+            return store
+        from gateway.store.factory import StoreOptions, open_store
+
+        st = self.config.store
+        return await open_store(StoreOptions(
+            url=st.url, prefix=st.prefix, poll_interval=st.poll_interval, busy_timeout=st.busy_timeout,
+        ))
+
+    async def _claim(self, token: str) -> bool:
+        """Whether this worker is the first of the deployment to ask for ``token`` (one alert per period)."""
+        grant = await self.source.acquire(token, 1.0 / _CLAIM_REFILL, 1.0, 1.0, _monotonic())
+        return grant.ok
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> None:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(timeout=5.0)
+        resp = await self._http.post(url, json=payload)
+        resp.raise_for_status()
+
+
+def _open_source(config: Config) -> LeaseSource:
+    """The store's medium: a table file beside the SQLite store's file (the node's workers share it), or
+    the Redis store's server (every node shares it)."""
+    url = config.store.url
+    scheme, _, rest = url.partition("://")
+    if scheme == "sqlite":
+        from gateway.limits.shared_local import LocalLeaseSource
+
+        return LocalLeaseSource(rest + "-limits")
+    from gateway.limits.shared_redis import RedisLeaseSource
+    from gateway.store.factory import _split_prefix
+
+    bare, prefix = _split_prefix(url, config.store.prefix)
+    return RedisLeaseSource(bare, prefix=prefix)

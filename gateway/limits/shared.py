@@ -779,6 +779,12 @@ class LeaseClient:
             # charges are real usage: keep them for later; refunds are forfeited (the safe direction)
             self._queue = [op for op in ops if op.kind == "charge"] + self._queue
             raise
+        # a refund may make room: a refusal cached before it must not outlive it (ask the source again)
+        for op in ops:
+            if op.kind == "refund":
+                entry = self._entries.get(op.key)
+                if entry is not None:
+                    entry.refused_until = -_INF
 
     def _returns(self, now: float, within: float) -> list[Op]:
         """Close the live leases that expire within ``within`` seconds: their give-back operations."""
