@@ -276,7 +276,7 @@ class Config(_Base, frozen=True):
     tenants: dict[str, TenantConfig] = msgspec.field(default_factory=dict)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
-    #: rate limits, token limits and budgets (docs/limits.md)
+    #: rate limits, token limits and budgets (docs/limits-and-budgets.md)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     #: model prices in USD per 1M tokens, over the shipped table
     pricing: dict[str, PriceConfig] = msgspec.field(default_factory=dict)

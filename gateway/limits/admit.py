@@ -1,6 +1,6 @@
 """The ``admit`` phase: rate limits, token limits, concurrency and budgets on the request path.
 
-Which limits apply to a request (``docs/limits.md`` has the long form):
+Which limits apply to a request (``docs/limits-and-budgets.md`` has the long form):
 
     level     | policy                                                   | counters
     ----------+----------------------------------------------------------+-------------------------------
