@@ -185,8 +185,16 @@ class BreakerSync:
         return len(events)
 
     async def poll(self, timeout: float = 0.0) -> int:
-        """Receive and apply what others published; returns how many changes applied."""
-        return sum(self.apply(e) for e in await self.transport.receive(timeout))
+        """Receive and apply what others published; returns how many changes applied. Events that
+        change nothing (this instance's own, or older than what is known) do not end the wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        applied = 0
+        while True:
+            events = await self.transport.receive(max(0.0, deadline - loop.time()))
+            applied += sum(self.apply(e) for e in events)
+            if applied or not events or loop.time() >= deadline:
+                return applied
 
     async def resync(self) -> int:
         """Re-read every deployment's latest change (start, after errors, now and then)."""
