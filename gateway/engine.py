@@ -623,14 +623,16 @@ class Engine:
                 resp = await (asyncio.wait_for(sent, timeout) if timeout < _INF else sent)
             except (UpstreamTimeout, TimeoutError) as exc:
                 ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
-                attempts.report(Outcome.TIMEOUT, _monotonic(), total=_monotonic() - t0)
+                now = _monotonic()
+                attempts.report(Outcome.TIMEOUT, now, total=now - t0)
                 failure = errors.GatewayTimeout(
                     f"The upstream provider timed out: {exc or f'no answer within {timeout:g}s'}"
                 )
                 continue
             except UpstreamError as exc:
                 ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
-                attempts.report(outcome_of_exception(exc), _monotonic(), total=_monotonic() - t0)
+                now = _monotonic()
+                attempts.report(outcome_of_exception(exc), now, total=now - t0)
                 failure = errors.BadGateway(f"The upstream provider failed: {exc}")
                 continue
             ttfb = _monotonic() - t0
@@ -643,11 +645,11 @@ class Engine:
                         retry_after = parse_retry_after(
                             resp.header(b"retry-after"), resp.header(b"retry-after-ms")
                         )
-                        attempts.report(outcome, _monotonic(), ttfb=ttfb, total=_monotonic() - t0,
+                        attempts.report(outcome, (now := _monotonic()), ttfb=ttfb, total=now - t0,
                                         retry_after=retry_after)
                         failed_resp, resp = (resp, err_body), None  # type: ignore[assignment]
                         continue
-                    attempts.report(outcome, _monotonic(), ttfb=ttfb, total=_monotonic() - t0)
+                    attempts.report(outcome, (now := _monotonic()), ttfb=ttfb, total=now - t0)
                     await self._relay_error(ctx, responder, resp, err_body)
                     return
                 if ctx.stream and _is_event_stream(resp):
@@ -658,14 +660,14 @@ class Engine:
                         failure = errors.BadGateway(f"The upstream stream failed: {exc}",
                                                     code="upstream_stream_error")
                     if not first:  # failed before its first byte: the client has seen nothing yet
-                        attempts.report(Outcome.SERVER_ERROR, _monotonic(), ttfb=ttfb,
-                                        total=_monotonic() - t0)
+                        attempts.report(Outcome.SERVER_ERROR, (now := _monotonic()), ttfb=ttfb,
+                                        total=now - t0)
                         failure = failure or errors.BadGateway("The upstream stream ended before any event",
                                                                code="upstream_stream_error")
                         continue
                     await self._relay_stream(ctx, responder, resp, first)
-                    attempts.report(Outcome.OK if ctx.error is None else Outcome.SERVER_ERROR, _monotonic(),
-                                    ttfb=ttfb, total=_monotonic() - t0, sent=True)
+                    outcome = Outcome.OK if ctx.error is None else Outcome.SERVER_ERROR
+                    attempts.report(outcome, (now := _monotonic()), ttfb=ttfb, total=now - t0, sent=True)
                     return
                 whole = resp.complete_body()
                 if whole is None:
@@ -673,17 +675,17 @@ class Engine:
                 else:
                     ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
                 self._relay_body(ctx, responder, resp, whole)
-                attempts.report(Outcome.OK, _monotonic(), ttfb=ttfb, total=_monotonic() - t0, sent=True)
+                attempts.report(Outcome.OK, (now := _monotonic()), ttfb=ttfb, total=now - t0, sent=True)
                 return
             except GatewayError as exc:
                 if getattr(responder, "started", False):
-                    attempts.report(Outcome.SERVER_ERROR, _monotonic(), ttfb=ttfb, total=_monotonic() - t0,
+                    attempts.report(Outcome.SERVER_ERROR, (now := _monotonic()), ttfb=ttfb, total=now - t0,
                                     sent=True)
                     raise
                 # a body cut or not JSON: nothing was sent, so another attempt may still answer
                 timed_out = isinstance(exc, errors.GatewayTimeout)
-                attempts.report(Outcome.TIMEOUT if timed_out else Outcome.SERVER_ERROR, _monotonic(),
-                                ttfb=ttfb, total=_monotonic() - t0)
+                attempts.report(Outcome.TIMEOUT if timed_out else Outcome.SERVER_ERROR, (now := _monotonic()),
+                                ttfb=ttfb, total=now - t0)
                 failure = exc
                 continue
             finally:

@@ -30,7 +30,7 @@ from gateway.auth.table import KeyTable
 from gateway.config import Config, resolve_secret
 from gateway.store.base import NotFound, Store
 from gateway.store.factory import StoreOptions, open_store
-from gateway.store.models import Tenant
+from gateway.store.models import Snapshot, Tenant
 
 __all__ = ["KeyService"]
 
@@ -62,12 +62,10 @@ class KeyService:
         ref = config.auth.pepper
         return resolve_secret(ref).encode() if ref else b""
 
-    def _build(self, snapshot: object) -> KeyTable:
-        from gateway.store.models import Snapshot
-
+    def _build(self, snapshot: Snapshot | None) -> KeyTable:
         return KeyTable(
             self._digester,
-            snapshot=snapshot if isinstance(snapshot, Snapshot) else None,
+            snapshot=snapshot,
             static_keys=self._config.auth.keys,
             static_tenants=self._config.tenants,
         )
