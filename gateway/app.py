@@ -6,11 +6,12 @@ A front end parses a request into a ``Request`` (``gateway._core.http.Request``)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from gateway._core.http import Request
 
-__all__ = ["App", "ClientGone", "Headers", "Request", "Responder"]
+__all__ = ["App", "CallbackResponder", "ClientGone", "FastApp", "Headers", "Request", "Responder"]
 
 #: response headers: (name, value) pairs, names in lower case
 Headers = list[tuple[str, str]]
@@ -40,6 +41,19 @@ class Responder(Protocol):
     def end_stream(self) -> None: ...
 
 
+class CallbackResponder(Responder, Protocol):
+    """A responder of the native front end, which also takes answers given from callbacks."""
+
+    #: the response has begun (a head was written); nothing else may be sent then
+    started: bool
+    #: the connection stays open after this response (the app may turn it off)
+    keep_alive: bool
+
+    def done(self) -> None:
+        """The response is complete (see ``FastApp.begin``)."""
+        ...
+
+
 class App(Protocol):
     """An application served by a front end. One instance per worker process."""
 
@@ -48,3 +62,15 @@ class App(Protocol):
     async def handle(self, request: Request, responder: Responder) -> None: ...
 
     async def shutdown(self) -> None: ...
+
+
+class FastApp(App, Protocol):
+    """An app that can also answer without a coroutine per request (the native front end uses it).
+
+    ``begin`` either returns None, having taken the request: it then calls ``responder.done()`` exactly
+    once, when the response is complete (perhaps before ``begin`` returns, perhaps from a callback
+    later); or returns an awaitable that answers the request (as ``handle`` would), and never calls
+    ``done()``. Exceptions from ``begin`` get a 500 (the app has not called ``done()`` then).
+    """
+
+    def begin(self, request: Request, responder: CallbackResponder) -> Awaitable[None] | None: ...

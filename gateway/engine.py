@@ -14,13 +14,15 @@ sees one config from start to end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 import msgspec
@@ -28,7 +30,7 @@ import msgspec
 from gateway import errors
 from gateway._core.http import ms_text, select_headers
 from gateway._core.sse import SSEScanner, event_data, split_events
-from gateway.app import Headers, Request, Responder
+from gateway.app import CallbackResponder, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from gateway.auth.service import KeyService
     from gateway.limits.admit import LimitService
     from gateway.routing.health import HealthChecker
+    from gateway.routing.router import Attempt, Attempts
     from gateway.routing.sync import BreakerSync
 
 __all__ = ["Context", "Engine", "ModelEntry", "Runtime"]
@@ -72,6 +75,9 @@ _ENDPOINTS = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
 }
+_INTERNAL = errors.error_body("internal error", "server_error", "internal_error")
+#: ``Engine._front`` waits: (the awaitable, where to resume)
+_Step = tuple[Awaitable[Any], int]
 _perf = time.perf_counter
 _monotonic = time.monotonic
 _INF = float("inf")
@@ -406,34 +412,85 @@ class Engine:
 
     # -- the request path ----------------------------------------------------------------------------
 
-    async def handle(self, request: Request, responder: Responder) -> None:
+    def _context(self, request: Request) -> Context:
         runtime = self.runtime
         assert runtime is not None
         rid_b = request.header(b"x-request-id")
         rid = rid_b.decode("latin-1")[:200] if rid_b else self._ids.next()
-        ctx = Context(request, rid, runtime)
+        return Context(request, rid, runtime)
+
+    def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None]:
+        """``gateway.app.App.handle``: the request's whole cycle as one coroutine."""
+        ctx = self._context(request)
+        endpoint = _ENDPOINTS.get(request.path)
+        if endpoint is None or request.method != "POST":
+            return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
+        ctx.endpoint = endpoint
+        return self._guarded(ctx, responder, self._proxy(ctx, responder))
+
+    def begin(self, request: Request, responder: CallbackResponder) -> Awaitable[None] | None:
+        """``gateway.app.FastApp.begin``: what needs no waiting runs here; a non-stream request to a
+        directly proxied model is answered from the upstream connection's callback (``_on_head``).
+
+        # PERF: on that path a request costs no task, no future and no coroutine; everything that
+        waits otherwise (a key the table does not know yet, a limit waiting for shared state, routed
+        models, streams, a busy pool) goes on as the same coroutines ``handle`` uses.
+        """
+        ctx = self._context(request)
+        endpoint = _ENDPOINTS.get(request.path)
         try:
-            endpoint = _ENDPOINTS.get(request.path)
-            if endpoint is None:
-                key = None
-                access = self._access
-                if access is not None and request.path.startswith("/v1/models"):
-                    key = await access.check(ctx, "models")
-                self._local(ctx, responder, key)
-                return
-            if request.method != "POST":
-                raise errors.MethodNotAllowed(
-                    f"{request.method} is not allowed on {request.path}; use POST",
-                    headers=[("allow", "POST")],
-                )
-            ctx.endpoint = endpoint
-            await self._proxy(ctx, responder)
+            if endpoint is None or request.method != "POST":
+                if self._access is not None and request.path.startswith("/v1/models"):
+                    return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
+                self._answer_other(ctx, responder, endpoint, None)
+            else:
+                ctx.endpoint = endpoint
+                step = self._front(ctx, responder, 0, None)
+                if type(step) is tuple:
+                    return self._guarded(ctx, responder, self._proxy(ctx, responder, step))
+                if step is not None:
+                    model: ModelEntry = step  # type: ignore[assignment]
+                    if model.target is None or ctx.stream or not self._send_now(ctx, responder, model):
+                        return self._guarded(ctx, responder, self._upstream(ctx, responder, model))
+                    return None  # answered by _on_head
+        except GatewayError as exc:
+            ctx.error = exc
+            if not responder.started:
+                self._send_error(ctx, responder, exc)
+        except BaseException:
+            self._settle(ctx)
+            raise
+        self._settle(ctx)
+        responder.done()
+        return None
+
+    async def _guarded(self, ctx: Context, responder: Responder, work: Awaitable[None]) -> None:
+        """Run the rest of a request: a GatewayError becomes its answer; the settle hooks always run."""
+        try:
+            await work
         except GatewayError as exc:
             ctx.error = exc
             if not getattr(responder, "started", False):
                 self._send_error(ctx, responder, exc)
         finally:
             self._settle(ctx)
+
+    async def _other(self, ctx: Context, responder: Responder, endpoint: str | None) -> None:
+        key = None
+        access = self._access
+        if access is not None and endpoint is None and ctx.request.path.startswith("/v1/models"):
+            key = await access.check(ctx, "models")
+        self._answer_other(ctx, responder, endpoint, key)
+
+    def _answer_other(self, ctx: Context, responder: Responder, endpoint: str | None, key: Any) -> None:
+        """Everything but a POST to a proxied endpoint: the gateway's own endpoints, 404, 405."""
+        request = ctx.request
+        if endpoint is not None:
+            raise errors.MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}; use POST",
+                headers=[("allow", "POST")],
+            )
+        self._local(ctx, responder, key)
 
     def _local(self, ctx: Context, responder: Responder, key: Any = None) -> None:
         """Endpoints the gateway answers itself."""
@@ -512,25 +569,55 @@ class Engine:
 
     # route / upstream / respond --------------------------------------------------------------------
 
-    async def _proxy(self, ctx: Context, responder: Responder) -> None:
+    async def _proxy(
+        self, ctx: Context, responder: Responder, step: _Step | ModelEntry | None = None
+    ) -> None:
+        """The proxy path as a coroutine; ``step``: where ``begin`` left off (a wait), if it did."""
+        if step is None:
+            step = self._front(ctx, responder, 0, None)
+        while type(step) is tuple:
+            waiting, resume = step
+            step = self._front(ctx, responder, resume, await waiting)
+        if step is not None:
+            await self._upstream(ctx, responder, step)  # type: ignore[arg-type]
+
+    def _front(
+        self, ctx: Context, responder: Responder, resume: int, result: Any
+    ) -> _Step | ModelEntry | None:
+        """Everything before the upstream: authenticate, parse, the phases, the model.
+
+        Returns the model to send to; None when a phase answered; or ``(awaitable, resume)`` when
+        something must be waited for: the caller awaits it and calls again with ``resume`` and what the
+        awaitable gave (``resume`` 1: after authentication; 2 + i: after phase i's awaitable).
+        """
         access = self._access
-        if access is not None:
-            pending = access.authenticate(ctx)  # before parsing: an unknown caller learns nothing more
-            if pending is not None:
-                await pending
-        self._parse(ctx)
-        if access is not None and (not ctx.key.unrestricted or access.approval):
-            access.on_request(ctx)
-        runtime = ctx.runtime
-        for phase in runtime.chain:
+        if resume == 0:
+            if access is not None:
+                pending = access.authenticate(ctx)  # before parsing: an unknown caller learns nothing more
+                if pending is not None:
+                    return (pending, 1)
+            resume = 1
+        chain = ctx.runtime.chain
+        if resume == 1:
+            self._parse(ctx)
+            if access is not None and (not ctx.key.unrestricted or access.approval):
+                access.on_request(ctx)
+            start = 0
+        else:
+            if result is not None:
+                self._reply(ctx, responder, result)
+                return None
+            start = resume - 1
+        for i in range(start, len(chain)):
+            phase = chain[i]
             out = phase.on_request(ctx)
-            if out is not None and phase.is_async:
-                out = await out  # type: ignore[misc]
             if out is not None:
+                if phase.is_async:
+                    return (out, i + 2)  # type: ignore[return-value]
                 self._reply(ctx, responder, out)  # type: ignore[arg-type]
-                return
+                return None
         fields = ctx.fields
-        model = runtime.models.get(ctx.route_model or fields.model)
+        model = ctx.runtime.models.get(ctx.route_model or fields.model)
         if model is None:
             raise errors.NotFound(
                 f"The model `{fields.model}` does not exist or you do not have access to it.",
@@ -542,6 +629,69 @@ class Engine:
                 param="model", code="unsupported_endpoint",
             )
         ctx.model = model
+        return model
+
+    def _send_now(self, ctx: Context, responder: CallbackResponder, model: ModelEntry) -> bool:
+        """Send a directly proxied request on an idle pooled connection, to be answered by ``_on_head``;
+        False when that cannot be done (nothing was sent then)."""
+        target = model.target
+        assert target is not None
+        ctx.target = target
+        ctx.attempts = 1
+        body = self._upstream_body(ctx, target, model.name if ctx.route_model is not None else None)
+        ctx.t_up = _perf()
+        return target.translator.send_cb(
+            ctx.endpoint, body, ctx.request_id, partial(self._on_head, ctx, responder)
+        )
+
+    def _on_head(
+        self, ctx: Context, responder: CallbackResponder, resp: UpstreamResponse | None, exc: Exception | None
+    ) -> None:
+        """The upstream's answer to a request sent by ``_send_now`` (called by the pool's connection)."""
+        try:
+            try:
+                ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+                if resp is None:
+                    raise _upstream_failure(exc)
+                ctx.upstream_status = resp.status
+                whole = resp.complete_body()
+                if whole is None:  # the body is still coming: read it in a task
+                    task = asyncio.get_running_loop().create_task(self._finish(ctx, responder, resp))
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
+                    return
+                try:
+                    if resp.status >= 400:
+                        self._relay_error(ctx, responder, resp, whole)
+                    else:
+                        self._relay_body(ctx, responder, resp, whole)
+                finally:
+                    resp.close()
+            except GatewayError as err:
+                ctx.error = err
+                if not responder.started:
+                    self._send_error(ctx, responder, err)
+            self._settle(ctx)
+        except Exception:
+            log.exception("unhandled error in request handler")
+            if not responder.started:
+                responder.keep_alive = False
+                responder.send(500, _JSON, _INTERNAL)
+        responder.done()
+
+    async def _finish(self, ctx: Context, responder: CallbackResponder, resp: UpstreamResponse) -> None:
+        """``_on_head`` for a response whose body did not come with its head."""
+        try:
+            await self._guarded(ctx, responder, self._after_head(ctx, responder, resp))
+        except Exception:
+            log.exception("unhandled error in request handler")
+            if not responder.started:
+                responder.keep_alive = False
+                responder.send(500, _JSON, _INTERNAL)
+        responder.done()
+
+    async def _upstream(self, ctx: Context, responder: Responder, model: ModelEntry) -> None:
+        """Send to the model's deployment (or through its router) and relay the answer."""
         target = model.target
         if target is None:
             await self._routed(ctx, responder, model)
@@ -553,16 +703,17 @@ class Engine:
         ctx.t_up = _perf()
         try:
             resp = await target.translator.send(ctx.endpoint, body, ctx.request_id)
-        except UpstreamTimeout as exc:
+        except (UpstreamTimeout, UpstreamError) as exc:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
-            raise errors.GatewayTimeout(f"The upstream provider timed out: {exc}") from None
-        except UpstreamError as exc:
-            ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
-            raise errors.BadGateway(f"The upstream provider failed: {exc}") from None
-        ctx.upstream_status = status = resp.status
+            raise _upstream_failure(exc) from None
+        ctx.upstream_status = resp.status
+        await self._after_head(ctx, responder, resp)
+
+    async def _after_head(self, ctx: Context, responder: Responder, resp: UpstreamResponse) -> None:
+        """Relay a direct upstream's answer once its head is in: an error, a stream or a body."""
         try:
-            if status >= 400:
-                await self._relay_error(ctx, responder, resp, await self._read(ctx, resp))
+            if resp.status >= 400:
+                self._relay_error(ctx, responder, resp, await self._read(ctx, resp))
             elif ctx.stream and _is_event_stream(resp):
                 await self._relay_stream(ctx, responder, resp)
             else:
@@ -613,94 +764,149 @@ class Engine:
                 failed_resp[0].close()
                 failed_resp = None
             body = self._upstream_body(ctx, target, dep.model)
-            t0 = _monotonic()
-            ctx.t_up = _perf()
-            timeout = attempt.timeout
-            if dep.first_byte_timeout is not None and dep.first_byte_timeout < timeout:
-                timeout = dep.first_byte_timeout
-            try:
-                sent = target.translator.send(ctx.endpoint, body, ctx.request_id)
-                resp = await (asyncio.wait_for(sent, timeout) if timeout < _INF else sent)
-            except (UpstreamTimeout, TimeoutError) as exc:
-                ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
-                now = _monotonic()
-                attempts.report(Outcome.TIMEOUT, now, total=now - t0)
-                failure = errors.GatewayTimeout(
-                    f"The upstream provider timed out: {exc or f'no answer within {timeout:g}s'}"
-                )
-                continue
-            except UpstreamError as exc:
-                ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
-                now = _monotonic()
-                attempts.report(outcome_of_exception(exc), now, total=now - t0)
-                failure = errors.BadGateway(f"The upstream provider failed: {exc}")
-                continue
-            ttfb = _monotonic() - t0
-            ctx.upstream_status = status = resp.status
-            try:
-                if status >= 400:
-                    err_body = await self._read(ctx, resp)
-                    outcome = outcome_of_status(status, err_body)
-                    if outcome is not Outcome.CLIENT_ERROR:  # 429, 5xx, 408, context length: may go on
-                        retry_after = parse_retry_after(
-                            resp.header(b"retry-after"), resp.header(b"retry-after-ms")
-                        )
-                        attempts.report(outcome, (now := _monotonic()), ttfb=ttfb, total=now - t0,
-                                        retry_after=retry_after)
-                        failed_resp, resp = (resp, err_body), None  # type: ignore[assignment]
-                        continue
-                    attempts.report(outcome, (now := _monotonic()), ttfb=ttfb, total=now - t0)
-                    await self._relay_error(ctx, responder, resp, err_body)
-                    return
-                if ctx.stream and _is_event_stream(resp):
-                    try:
-                        first = await resp.next_chunk()
-                    except (UpstreamError, ValueError) as exc:
-                        first = b""
-                        failure = errors.BadGateway(f"The upstream stream failed: {exc}",
-                                                    code="upstream_stream_error")
-                    if not first:  # failed before its first byte: the client has seen nothing yet
-                        attempts.report(Outcome.SERVER_ERROR, (now := _monotonic()), ttfb=ttfb,
-                                        total=now - t0)
-                        failure = failure or errors.BadGateway("The upstream stream ended before any event",
-                                                               code="upstream_stream_error")
-                        continue
-                    await self._relay_stream(ctx, responder, resp, first)
-                    outcome = Outcome.OK if ctx.error is None else Outcome.SERVER_ERROR
-                    attempts.report(outcome, (now := _monotonic()), ttfb=ttfb, total=now - t0, sent=True)
-                    return
-                whole = resp.complete_body()
-                if whole is None:
-                    whole = await self._read(ctx, resp)
-                else:
-                    ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
-                self._relay_body(ctx, responder, resp, whole)
-                attempts.report(Outcome.OK, (now := _monotonic()), ttfb=ttfb, total=now - t0, sent=True)
-                return
-            except GatewayError as exc:
-                if getattr(responder, "started", False):
-                    attempts.report(Outcome.SERVER_ERROR, (now := _monotonic()), ttfb=ttfb, total=now - t0,
-                                    sent=True)
-                    raise
-                # a body cut or not JSON: nothing was sent, so another attempt may still answer
-                timed_out = isinstance(exc, errors.GatewayTimeout)
-                attempts.report(Outcome.TIMEOUT if timed_out else Outcome.SERVER_ERROR, (now := _monotonic()),
-                                ttfb=ttfb, total=now - t0)
-                failure = exc
-                continue
-            finally:
-                if resp is not None:
-                    resp.close()
+            failed = await self._attempt(ctx, responder, attempts, attempt, target, body)
+            if failed is None:
+                return  # the client has its answer
+            if failed.error is not None:
+                failure = failed.error
+            failed_resp = failed.answer
         if failed_resp is not None:  # the last attempt's own error answer goes to the client
             resp, err_body = failed_resp
             try:
-                await self._relay_error(ctx, responder, resp, err_body)
+                self._relay_error(ctx, responder, resp, err_body)
             finally:
                 resp.close()
             return
         if failure is not None:
             raise failure
         raise NoDeploymentAvailable(model.name, attempts.unavailable, _monotonic())
+
+    async def _attempt(
+        self, ctx: Context, responder: Responder, attempts: Attempts, attempt: Attempt, target: Target,
+        body: bytes,
+    ) -> _Failed | None:
+        """Send one attempt, take its answer within the attempt's time bounds, and report how it ended.
+
+        None: the client has its answer (or its stream). Otherwise what the client gets if nothing follows:
+        an error, or the upstream's own error answer (read, not yet relayed).
+
+        Time bounds, one timer per attempt (an ``asyncio.timeout`` moved on once the first byte is in):
+
+            waiting for  | bounded by                                 | when the bound passes
+            -------------+--------------------------------------------+------------------------------------
+            head         | first_byte_timeout, within the total bound | timeout: the next attempt may go
+            first event  | first_byte_timeout, within the total bound | timeout: the next attempt may go
+            body         | total bound                                | timeout: the next attempt may go
+            stream       | total bound                                | an error event ends the stream;
+                         |                                            | bytes were sent: no other attempt
+
+        The total bound is ``attempt.timeout``: the deployment's ``total_timeout`` cut at the request's
+        ``deadline``. Opening a connection counts against these and, alone, against the deployment's
+        ``connect_timeout`` (``OriginPool.send_within``). A stream's "first event" is its first body
+        piece, read before anything is sent so that a stream failing before it moves on transparently.
+        """
+        dep = attempt.deployment
+        total = attempt.timeout
+        first_byte = dep.first_byte_timeout
+        head_limit = first_byte if first_byte is not None and first_byte < total else total
+        # PERF: no timer at all for an attempt without bounds; otherwise one, cheaper than wait_for's task
+        timer = asyncio.timeout(head_limit) if head_limit < _INF else None
+        translator = target.translator
+        t0 = _monotonic()
+        ctx.t_up = _perf()
+        ttfb = 0.0
+        resp: UpstreamResponse | None = None
+        data = b""
+        waiting = "head"  # what the attempt waits for: "head", "first event", "body" or "stream"
+        error: Exception | None = None
+        try:
+            try:
+                async with timer or _UNBOUNDED:
+                    if dep.connect_timeout is None:
+                        resp = await translator.send(ctx.endpoint, body, ctx.request_id)
+                    else:
+                        resp = await translator.send_within(ctx.endpoint, body, ctx.request_id,
+                                                            dep.connect_timeout)
+                    ttfb = _monotonic() - t0
+                    ctx.upstream_status = resp.status
+                    streams = ctx.stream and resp.status < 400 and _is_event_stream(resp)
+                    if streams:
+                        waiting = "first event"
+                        try:
+                            data = await resp.next_chunk()
+                        except ValueError as exc:  # framing the parser refused
+                            raise UpstreamError(str(exc)) from None
+                    if timer is not None and head_limit < total:  # the first byte is in: the total bound
+                        when = timer.when()  # the first-byte bound's end, on the loop's clock
+                        timer.reschedule(when + (total - head_limit) if when is not None and total < _INF
+                                         else None)
+                    if not streams:
+                        waiting = "body"
+                        whole = resp.complete_body()
+                        data = whole if whole is not None else await resp.read()
+                    elif data:
+                        waiting = "stream"
+                        await self._relay_stream(ctx, responder, resp, data)
+            except (TimeoutError, UpstreamError) as exc:
+                error = exc
+            now = _monotonic()
+            if waiting != "stream":
+                ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
+            if error is not None:
+                if resp is not None:
+                    resp.close()
+                if waiting == "stream":  # the total bound passed mid-stream: end the client's stream
+                    attempts.report(Outcome.TIMEOUT, now, ttfb=ttfb, total=now - t0, sent=True)
+                    ctx.error = errors.GatewayTimeout(
+                        f"The upstream stream did not finish within {total:g}s ({_total_bound(dep, total)})"
+                    )
+                    await responder.write(b"data: " + ctx.error.to_body() + b"\n\n")
+                    responder.end_stream()
+                    return None
+                outcome, failure = _attempt_failure(error, waiting, dep, head_limit, total)
+                attempts.report(outcome, now, ttfb=ttfb, total=now - t0)
+                return _Failed(failure, None)
+            assert resp is not None
+            status = resp.status
+            if waiting == "stream":
+                resp.close()
+                outcome = Outcome.OK if ctx.error is None else Outcome.SERVER_ERROR
+                attempts.report(outcome, now, ttfb=ttfb, total=now - t0, sent=True)
+                return None
+            if waiting == "first event":  # the stream ended before its first event: nothing was sent
+                resp.close()
+                attempts.report(Outcome.SERVER_ERROR, now, ttfb=ttfb, total=now - t0)
+                return _Failed(errors.BadGateway("The upstream stream ended before any event",
+                                                 code="upstream_stream_error"), None)
+            if status >= 400:
+                outcome = outcome_of_status(status, data)
+                if outcome is not Outcome.CLIENT_ERROR:  # 429, 5xx, 408, context length: may go on
+                    retry_after = parse_retry_after(
+                        resp.header(b"retry-after"), resp.header(b"retry-after-ms")
+                    )
+                    attempts.report(outcome, now, ttfb=ttfb, total=now - t0, retry_after=retry_after)
+                    return _Failed(None, (resp, data))  # kept open: relayed if nothing else answers
+                attempts.report(outcome, now, ttfb=ttfb, total=now - t0)
+                try:
+                    self._relay_error(ctx, responder, resp, data)
+                finally:
+                    resp.close()
+                return None
+            try:
+                self._relay_body(ctx, responder, resp, data)
+            except GatewayError as exc:  # not JSON: nothing was sent, so another attempt may still answer
+                attempts.report(Outcome.SERVER_ERROR, now, ttfb=ttfb, total=now - t0)
+                return _Failed(exc, None)
+            finally:
+                resp.close()
+            attempts.report(Outcome.OK, now, ttfb=ttfb, total=now - t0, sent=True)
+            return None
+        except BaseException:
+            # cancelled (drain), or the client left: no result to report; release what the attempt holds
+            if resp is not None:
+                resp.close()
+            attempts.abandon()
+            raise
 
     def _upstream_body(self, ctx: Context, target: Target, model_name: str | None = None) -> bytes:
         """The original bytes, unless the model id must change or usage must be requested."""
@@ -751,9 +957,7 @@ class Engine:
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.send(resp.status, headers, body)
 
-    async def _relay_error(
-        self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes
-    ) -> None:
+    def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
         status = resp.status
         try:
             msgspec.json.decode(body, type=_ErrorCheck)
@@ -865,6 +1069,13 @@ class Engine:
         ))
 
 
+def _upstream_failure(exc: Exception | None) -> GatewayError:
+    """A transport failure before the head, as the client's answer: 504 for a timeout, else 502."""
+    if isinstance(exc, UpstreamTimeout):
+        return errors.GatewayTimeout(f"The upstream provider timed out: {exc}")
+    return errors.BadGateway(f"The upstream provider failed: {exc}")
+
+
 def _key_allows(key: Any, model: str) -> bool:
     return bool(key.models.allows(model) and key.tenant.models.allows(model))
 
@@ -910,6 +1121,49 @@ async def _close_when_idle(translator: OpenAITranslator, poll: float = 1.0) -> N
 
 class _ErrorCheck(msgspec.Struct):
     error: Any
+
+
+class _Failed(NamedTuple):
+    """A routed attempt that did not answer the client: what the client gets if nothing follows."""
+
+    #: the error to answer with (None: keep the previous one; ``answer`` is set)
+    error: GatewayError | None
+    #: the upstream's own error answer and its body, still open
+    answer: tuple[UpstreamResponse, bytes] | None
+
+
+#: the time bound of an attempt that has none (no timeouts, no deadline)
+_UNBOUNDED = contextlib.nullcontext()
+
+
+def _total_bound(dep: Deployment, total: float) -> str:
+    """Which setting made an attempt's total bound, for messages."""
+    return "the deployment's total_timeout" if total == dep.total_timeout else "the request's deadline"
+
+
+def _attempt_failure(
+    exc: Exception, waiting: str, dep: Deployment, head_limit: float, total: float
+) -> tuple[Outcome, GatewayError]:
+    """How a routed attempt that raised ``exc`` while ``waiting`` for a part of the answer ended."""
+    if isinstance(exc, TimeoutError):  # the attempt's own bound
+        if waiting == "body":
+            what, limit = "the answer did not finish", total
+            why = _total_bound(dep, total)
+        else:
+            what = "no response head" if waiting == "head" else "no first stream event"
+            limit = head_limit
+            why = "first_byte_timeout" if head_limit == dep.first_byte_timeout else _total_bound(dep, total)
+        return Outcome.TIMEOUT, errors.GatewayTimeout(
+            f"The upstream provider timed out: {what} within {limit:g}s ({why})"
+        )
+    if isinstance(exc, UpstreamTimeout):  # connect, pool wait, or the provider's read_timeout
+        return Outcome.TIMEOUT, errors.GatewayTimeout(f"The upstream provider timed out: {exc}")
+    if waiting == "head":
+        return outcome_of_exception(exc), errors.BadGateway(f"The upstream provider failed: {exc}")
+    if waiting == "first event":
+        return Outcome.SERVER_ERROR, errors.BadGateway(f"The upstream stream failed: {exc}",
+                                                       code="upstream_stream_error")
+    return Outcome.SERVER_ERROR, errors.BadGateway(f"The upstream provider failed: {exc}")
 
 
 def _is_event_stream(resp: UpstreamResponse) -> bool:

@@ -73,7 +73,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -84,7 +84,7 @@ from gateway.errors import error_body
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from gateway.app import Request, Responder
+    from gateway.app import CallbackResponder, Request, Responder
 
 __all__ = [
     "MockAbort",
@@ -1005,6 +1005,15 @@ class MockApp:
             responder.send(plan.status, list(plan.headers), self.llm.render_body(plan))
             return
         await self._deliver(self.llm.render(plan), responder)
+
+    def begin(self, request: Request, responder: CallbackResponder) -> Awaitable[None] | None:
+        """The native front end's path (``gateway.app.FastApp``): a simple answer at once, no coroutine."""
+        plan = self._plan_for(request)
+        if plan.simple:
+            responder.send(plan.status, list(plan.headers), self.llm.render_body(plan))
+            responder.done()
+            return None
+        return self._deliver(self.llm.render(plan), responder)
 
     async def _deliver(self, reply: MockReply, responder: Responder) -> None:
         if reply.hang:

@@ -12,7 +12,7 @@ from typing import Final
 
 from gateway._core.http import build_request
 from gateway.providers.base import Transport, UpstreamResponse
-from gateway.server.pool import OriginPool
+from gateway.server.pool import HeadCallback, OriginPool
 
 __all__ = ["ENDPOINT_PATHS", "OpenAITranslator"]
 
@@ -61,6 +61,25 @@ class OpenAITranslator:
             return pool.send_data(build_request(self._heads[endpoint], request_id, body))
         headers = [*self._headers, ("x-request-id", request_id)]
         return self.transport.request("POST", self._paths[endpoint], headers, body)
+
+    def send_cb(self, endpoint: str, body: bytes, request_id: str, cb: HeadCallback) -> bool:
+        """``send`` with a callback (see ``OriginPool.send_cb``); False, having sent nothing, when the
+        transport has no idle connection at hand or is not the HTTP pool."""
+        pool = self._pool
+        if pool is None:
+            return False
+        return pool.send_cb(build_request(self._heads[endpoint], request_id, body), cb)
+
+    def send_within(
+        self, endpoint: str, body: bytes, request_id: str, connect_timeout: float
+    ) -> Awaitable[UpstreamResponse]:
+        """``send`` whose new upstream connection, if it needs one, must be up within ``connect_timeout``
+        seconds (a routed deployment's own) instead of the provider's; transports without connections
+        (the in-process mock) ignore it."""
+        pool = self._pool
+        if pool is not None:
+            return pool.send_within(build_request(self._heads[endpoint], request_id, body), connect_timeout)
+        return self.send(endpoint, body, request_id)
 
     def probe(self, method: str, path: str, body: bytes) -> Awaitable[UpstreamResponse]:
         """A health-check request: ``path`` below the provider's base URL, with its credential."""

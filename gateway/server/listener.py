@@ -4,7 +4,7 @@ Theory of operation, per connection:
 
     state        | event                         | action
     -------------+-------------------------------+--------------------------------------------------
-    idle         | bytes arrive                  | parse; a complete request -> busy (run the app)
+    idle         | bytes arrive                  | parse; a complete request -> busy (``begin`` it)
     idle         | keep-alive deadline passes    | close quietly
     reading head | head deadline passes          | 408, close           (slow clients are cut)
     reading body | body deadline passes          | 408, close
@@ -12,17 +12,27 @@ Theory of operation, per connection:
     busy         | more bytes (pipelining)       | buffer; parsed only after the response is sent,
                  |                               | so pipelined requests are answered in order
     busy         | response done                 | keep-alive: next buffered request or idle; else close
-    busy         | client closes                 | the app's next write raises ClientGone
+    busy         | client closes                 | the app's next write raises ClientGone; a response
+                 |                               | sent to a gone client is dropped
     draining     | response done                 | close (no new request is read)
 
 Deadlines are plain numbers checked by one sweep per worker every half second (# PERF: no timer
 handle per request).
+
+A request is handed to the app with ``begin`` (see ``gateway.app.App``). An app that answers from
+callbacks (the engine's non-stream proxy path: the upstream connection's callback writes the response)
+returns None and calls ``responder.done()`` when the response is complete; an app that needs to wait
+returns an awaitable, which runs as a task. # PERF: the callback path makes no task, no future and no
+coroutine per request; the connection moves on to its next request from ``done()``. Requests answered
+at once (``done()`` before ``begin`` returns) are taken in a loop, not by recursion, so a deep pipeline
+of local answers keeps the stack flat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway._core.http import (
@@ -86,6 +96,10 @@ class ListenerState:
         keepalive_timeout: float,
     ) -> None:
         self.app = app
+        #: how a request is handed to the app: its ``begin`` (callback path), else ``handle`` (a task)
+        self.begin: Callable[[Request, NativeResponder], Awaitable[None] | None] = getattr(
+            app, "begin", app.handle
+        )
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         self.max_connections = max_connections
@@ -132,7 +146,9 @@ class ListenerState:
 class NativeResponder:
     """Responder over one HTTP/1.1 connection (see gateway.app.Responder)."""
 
-    __slots__ = ("_chunked", "_conn", "_head_only", "_http10", "finished", "keep_alive", "started")
+    __slots__ = (
+        "_chunked", "_conn", "_head_only", "_http10", "completed", "finished", "keep_alive", "started",
+    )
 
     def __init__(self, conn: HttpProtocol, keep_alive: bool, version: int, head_only: bool = False) -> None:
         self._conn = conn
@@ -142,6 +158,8 @@ class NativeResponder:
         self._head_only = head_only  # a response to HEAD has headers only (RFC 9110 9.3.2)
         self.started = False
         self.finished = False
+        #: the app said the response is complete (``done``), on the callback path
+        self.completed = False
 
     @property
     def disconnected(self) -> bool:
@@ -202,16 +220,25 @@ class NativeResponder:
         self.keep_alive = False
         self._conn.abort()
 
+    def done(self) -> None:
+        """The app's callback path: the response is complete; the connection moves on."""
+        if self.completed:
+            return
+        self.completed = True
+        self._conn.response_done(self)
+
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
+        "_begin",
         "_drain_waiter",
-        "_req_waiter",
+        "_inline",
         "busy",
         "deadline",
         "deadline_kind",
         "parser",
         "peer_eof",
+        "reading_paused",
         "state",
         "task",
         "transport",
@@ -225,10 +252,14 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False
         self.deadline = _INF
         self.deadline_kind = _NONE
+        #: the task running the current request, when the app needed one
         self.task: asyncio.Task[None] | None = None
         self.write_paused = False
+        self.reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._req_waiter: asyncio.Future[Request] | None = None
+        self._begin = state.begin
+        #: inside ``begin``: a ``done()`` now only marks the response, the loop in ``_next`` moves on
+        self._inline = False
         self.peer_eof = False
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
@@ -248,9 +279,10 @@ class HttpProtocol(asyncio.Protocol):
         self.parser.feed(data)
         if self.busy:
             if self.parser.buffered > _MAX_PIPELINE_BUFFER and self.transport is not None:
+                self.reading_paused = True
                 self.transport.pause_reading()
             return
-        self._next()
+        self._next(False)
 
     def eof_received(self) -> bool | None:
         self.peer_eof = True
@@ -261,10 +293,6 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.state.connections.discard(self)
-        rw = self._req_waiter
-        if rw is not None:
-            self._req_waiter = None
-            rw.cancel()  # the connection's task was waiting for a next request: let it end
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -291,28 +319,87 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is None:
             raise ClientGone()
 
-    def _next(self) -> None:
-        """Parse what is buffered; hand a complete request to the connection's task."""
+    def _next(self, after_response: bool) -> None:
+        """Take the buffered requests one by one while they are answered at once; stop at one that the
+        app answers later (a callback or a task), or when no complete request is buffered."""
         parser = self.parser
+        while True:
+            try:
+                req = parser.next_request()
+            except ParseError as exc:
+                self._fail(exc.status, exc.message)
+                return
+            if req is None:
+                if after_response and parser.state == STATE_IDLE:
+                    state = self.state
+                    self.deadline = state.loop.time() + state.keepalive_timeout
+                    self.deadline_kind = _KEEPALIVE
+                else:
+                    self._await_more()
+                return
+            self.busy = True
+            self.deadline = _INF
+            self.deadline_kind = _NONE
+            responder = NativeResponder(self, req.keep_alive, req.version, req.method == "HEAD")
+            self._inline = True
+            try:
+                pending = self._begin(req, responder)
+            except Exception:
+                log.exception("unhandled error in request handler")
+                _answer_failure(responder)
+                pending = None
+                responder.completed = True
+            finally:
+                self._inline = False
+            if pending is not None:
+                self.task = self.state.loop.create_task(self._run(pending, responder))
+                return
+            if not responder.completed or not self._proceed(responder):
+                return  # answered later, through responder.done(); or the connection is closing
+            after_response = True
+
+    def response_done(self, responder: NativeResponder) -> None:
+        """``responder.done()``: the app's callback path finished the response."""
+        if self._inline:
+            return  # answered inside ``begin``: the loop in ``_next`` goes on
+        if self._proceed(responder):
+            self._next(True)
+
+    async def _run(self, pending: Awaitable[None], responder: NativeResponder) -> None:
+        """A request the app answers in a coroutine."""
         try:
-            req = parser.next_request()
-        except ParseError as exc:
-            self._fail(exc.status, exc.message)
-            return
-        if req is None:
-            self._await_more()
-            return
-        self.busy = True
-        self.deadline = _INF
-        self.deadline_kind = _NONE
-        waiter = self._req_waiter
-        if waiter is not None:
-            self._req_waiter = None
-            waiter.set_result(req)
-        else:
-            # PERF: one task per connection, not per request (task creation registers in a Python
-            # WeakSet on 3.11); later requests on the connection are handed over through a future
-            self.task = self.state.loop.create_task(self._serve(req))
+            await pending
+        except ClientGone:
+            responder.keep_alive = False
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error in request handler")
+            _answer_failure(responder)
+        self.task = None
+        if self._proceed(responder):
+            self._next(True)
+
+    def _proceed(self, responder: NativeResponder) -> bool:
+        """After a response: True when the connection should read its next request."""
+        if not responder.finished:
+            # the app returned without finishing: end the stream, or answer, never hang the client
+            if responder.started:
+                responder.end_stream()
+            else:
+                responder.keep_alive = False
+                responder.send(500, _JSON, _INTERNAL)
+        self.busy = False
+        transport = self.transport
+        if transport is None:
+            return False
+        if not responder.keep_alive or self.state.draining or (self.peer_eof and not self.parser.buffered):
+            transport.close()
+            return False
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        return True
 
     def _await_more(self) -> None:
         """No complete request yet: arm the right deadline, answer Expect: 100-continue."""
@@ -328,59 +415,6 @@ class HttpProtocol(asyncio.Protocol):
         elif pstate == STATE_HEAD and self.deadline_kind != _HEAD:
             self.deadline = state.loop.time() + state.header_timeout
             self.deadline_kind = _HEAD
-
-    async def _serve(self, req: Request) -> None:
-        state = self.state
-        app = state.app
-        while True:
-            responder = NativeResponder(self, req.keep_alive, req.version, req.method == "HEAD")
-            try:
-                await app.handle(req, responder)
-            except ClientGone:
-                responder.keep_alive = False
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("unhandled error in request handler")
-                if not responder.started:
-                    responder.keep_alive = False
-                    responder.send(500, _JSON, _INTERNAL)
-                else:
-                    responder.abort()
-            if not responder.finished:
-                # the app returned without finishing: end the stream, or answer, never hang the client
-                if responder.started:
-                    responder.end_stream()
-                else:
-                    responder.keep_alive = False
-                    responder.send(500, _JSON, _INTERNAL)
-            transport = self.transport
-            if transport is None:
-                break
-            if not responder.keep_alive or state.draining or (self.peer_eof and not self.parser.buffered):
-                transport.close()
-                break
-            transport.resume_reading()
-            try:
-                nxt = self.parser.next_request()  # pipelined: already buffered?
-            except ParseError as exc:
-                self._fail(exc.status, exc.message)
-                break
-            if nxt is None:
-                self.busy = False
-                if self.parser.state == STATE_IDLE:
-                    self.deadline = state.loop.time() + state.keepalive_timeout
-                    self.deadline_kind = _KEEPALIVE
-                else:
-                    self._await_more()
-                waiter = self._req_waiter = state.loop.create_future()
-                try:
-                    nxt = await waiter
-                except asyncio.CancelledError:
-                    break
-            req = nxt
-        self.busy = False
-        self.task = None
 
     def _fail(self, status: int, message: str) -> None:
         if self.state.log_errors:
@@ -417,3 +451,11 @@ class HttpProtocol(asyncio.Protocol):
             self.transport = None
             self.state.connections.discard(self)
 
+
+def _answer_failure(responder: NativeResponder) -> None:
+    """An app failed unexpectedly: a 500 if nothing was sent yet, else a cut connection."""
+    if not responder.started:
+        responder.keep_alive = False
+        responder.send(500, _JSON, _INTERNAL)
+    else:
+        responder.abort()

@@ -22,6 +22,12 @@ Theory of operation, per connection:
 Deadlines are checked by one sweep per pool every 100 ms (# PERF: no timer handle per request); a
 connection that received bytes since the previous sweep gets its read deadline moved on by the sweep, so
 the relay of a body piece costs no clock read.
+
+A request may bring its own connect timeout (``send_within``: a routed deployment's ``connect_timeout``)
+instead of the pool's. It applies to every connection opened for that request: at once, after waiting for
+a free slot, and for the one resend of a stale keep-alive connection. The override is kept beside the
+request's future in ``_connect_timeouts`` only while a new connection may still be opened for it, and only
+when it differs from the pool's; requests without one pay nothing for it.
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ import asyncio
 import collections
 import socket
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway._core.http import ParseError, ResponseParser, find_header
 from gateway.providers.base import UpstreamError, UpstreamTimeout
 
-__all__ = ["OriginPool", "PooledResponse", "parse_origin"]
+__all__ = ["HeadCallback", "OriginPool", "PooledResponse", "parse_origin"]
 
 _INF = float("inf")
 # stop reading from the upstream while this much body is buffered and unread (the client is slow)
@@ -51,6 +57,39 @@ def parse_origin(url: str) -> tuple[str, str, int, str]:
         raise ValueError(f"not an http(s) URL: {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
+
+
+#: what ``OriginPool.send_cb`` calls: (response, None) once the head is in, or (None, the error)
+HeadCallback = Callable[["PooledResponse | None", "Exception | None"], None]
+
+
+def _deliver(
+    waiter: asyncio.Future[PooledResponse] | None, cb: HeadCallback | None, resp: PooledResponse
+) -> None:
+    if cb is not None:
+        cb(resp, None)
+    elif waiter is not None and not waiter.done():
+        waiter.set_result(resp)
+
+
+class _CallbackFromFuture:
+    """Adapts a head callback to a future (the rare transparent retry runs as a task)."""
+
+    __slots__ = ("cb",)
+
+    def __init__(self, cb: HeadCallback | None) -> None:
+        self.cb = cb
+
+    def __call__(self, fut: asyncio.Future[PooledResponse]) -> None:
+        cb = self.cb
+        if cb is None:
+            return
+        if fut.cancelled():
+            cb(None, UpstreamError("cancelled"))
+        elif (exc := fut.exception()) is not None:
+            cb(None, exc if isinstance(exc, Exception) else UpstreamError(str(exc)))
+        else:
+            cb(fut.result(), None)
 
 
 class _StaleConnection(Exception):
@@ -154,8 +193,8 @@ class PooledResponse:
 
 class _Connection(asyncio.Protocol):
     __slots__ = (
-        "_head_waiter", "active", "deadline", "got_bytes", "head_only", "idle_since", "parser", "pool",
-        "reading_paused", "request_data", "response", "reused", "transport",
+        "_head_cb", "_head_waiter", "active", "deadline", "got_bytes", "head_only", "idle_since", "parser",
+        "pool", "reading_paused", "request_data", "response", "reused", "transport",
     )
 
     def __init__(self, pool: OriginPool) -> None:
@@ -164,6 +203,8 @@ class _Connection(asyncio.Protocol):
         self.parser: ResponseParser | None = None
         self.response: PooledResponse | None = None
         self._head_waiter: asyncio.Future[PooledResponse] | None = None
+        #: instead of the waiter: called with (response, None) or (None, error) once the head is in
+        self._head_cb: HeadCallback | None = None
         self.deadline = _INF
         #: bytes arrived since the last sweep: the sweep then moves the read deadline on
         self.active = False
@@ -184,17 +225,24 @@ class _Connection(asyncio.Protocol):
                 pass
 
     def start(self, data: bytes, head_only: bool) -> asyncio.Future[PooledResponse]:
+        waiter: asyncio.Future[PooledResponse] = self.pool.loop.create_future()
+        self._head_waiter = waiter
+        self._write_request(data, head_only)
+        return waiter
+
+    def start_cb(self, data: bytes, cb: HeadCallback) -> None:
+        self._head_cb = cb
+        self._write_request(data, False)
+
+    def _write_request(self, data: bytes, head_only: bool) -> None:
         assert self.transport is not None
         self.parser = ResponseParser(head_only)
         self.got_bytes = False
         # kept for the one transparent retry of a reused connection (see _fail)
         self.request_data = data if self.reused else None
         self.head_only = head_only
-        waiter: asyncio.Future[PooledResponse] = self.pool.loop.create_future()
-        self._head_waiter = waiter
         self.deadline = self.pool.loop.time() + self.pool.read_timeout
         self.transport.write(data)
-        return waiter
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -218,23 +266,27 @@ class _Connection(asyncio.Protocol):
                 return
             self.request_data = None
             waiter = self._head_waiter
-            self._head_waiter = None
+            cb = self._head_cb
+            self._head_waiter = self._head_cb = None
             if parser.done:
                 # PERF: the whole response in one read (the common case): no body feeding, no wakeups
                 self.parser = None
                 self.deadline = _INF
                 resp = PooledResponse(None, parser.status, parser.headers, parser.take_body())
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(resp)
+                # back to the pool before the reader runs: a callback reader may send again at once
                 if parser.keep_alive:
                     pool.release(self)
                 else:
                     self.drop()
+                _deliver(waiter, cb, resp)
                 return
             resp = self.response = PooledResponse(self, parser.status, parser.headers)
-            self._head_waiter = None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(resp)
+            body = parser.take_body()
+            if body:
+                resp._feed(body)
+            self.active = True
+            _deliver(waiter, cb, resp)
+            return
         body = parser.take_body()
         if body:
             resp._feed(body)
@@ -294,18 +346,25 @@ class _Connection(asyncio.Protocol):
         self.parser = None
         self.deadline = _INF
         waiter = self._head_waiter
-        self._head_waiter = None
-        if waiter is not None and not waiter.done():
-            if isinstance(error, _StaleConnection) and self.request_data is not None:
-                # a reused keep-alive connection was closed by the upstream: send once more, fresh
-                self.pool.loop.create_task(self.pool._retry(waiter, self.request_data, self.head_only))
-            else:
-                waiter.set_exception(error)
+        cb = self._head_cb
+        self._head_waiter = self._head_cb = None
         resp = self.response
         self.response = None
+        self.drop()
         if resp is not None:
             resp._finish(error if not isinstance(error, _StaleConnection) else UpstreamError(str(error)))
-        self.drop()
+        if cb is None and (waiter is None or waiter.done()):
+            return  # nobody waits for this response's head (any more)
+        if isinstance(error, _StaleConnection) and self.request_data is not None:
+            # a reused keep-alive connection was closed by the upstream: send once more, fresh
+            if waiter is None:
+                waiter = self.pool.loop.create_future()
+                waiter.add_done_callback(_CallbackFromFuture(cb))
+            self.pool.loop.create_task(self.pool._retry(waiter, self.request_data, self.head_only))
+        elif cb is not None:
+            cb(None, error)
+        elif waiter is not None:
+            waiter.set_exception(error)
 
     def on_deadline(self) -> None:
         self._fail(UpstreamTimeout(f"no data from the upstream for {self.pool.read_timeout:g}s"))
@@ -353,6 +412,9 @@ class OriginPool:
         self._busy: set[_Connection] = set()
         self._connecting = 0
         self._waiters: collections.deque[asyncio.Future[_Connection]] = collections.deque()
+        #: connect timeouts of requests that brought their own (``send_within``), by the future that
+        #: stands for the request: its head's (a resend of a stale connection) or its pool-slot wait's
+        self._connect_timeouts: dict[asyncio.Future[Any], float] = {}
         self._closed = False
         self._sweeper = self.loop.create_task(self._sweep())
 
@@ -382,7 +444,10 @@ class OriginPool:
                 for conn in [c for c in self._idle if now - c.idle_since > self.idle_timeout]:
                     conn.drop()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, timeout: float | None = None) -> _Connection:
+        """A new connection, within ``timeout`` seconds (None: the pool's ``connect_timeout``)."""
+        if timeout is None:
+            timeout = self.connect_timeout
         self._connecting += 1
         try:
             _, conn = await asyncio.wait_for(
@@ -390,11 +455,11 @@ class OriginPool:
                     lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
                     server_hostname=self.host if self.ssl is not None else None,
                 ),
-                self.connect_timeout,
+                timeout,
             )
         except TimeoutError:
             raise UpstreamTimeout(
-                f"connecting to {self.host}:{self.port} timed out after {self.connect_timeout:g}s"
+                f"connecting to {self.host}:{self.port} timed out after {timeout:g}s"
             ) from None
         except ssl.SSLError as exc:
             raise UpstreamError(f"TLS error connecting to {self.host}:{self.port}: {exc}") from None
@@ -404,7 +469,7 @@ class OriginPool:
             self._connecting -= 1
         return conn
 
-    async def _acquire(self, fresh: bool = False) -> _Connection:
+    async def _acquire(self, fresh: bool = False, connect_timeout: float | None = None) -> _Connection:
         idle = self._idle
         while idle and not fresh:
             conn = idle.pop()
@@ -413,12 +478,14 @@ class OriginPool:
                 self._busy.add(conn)
                 return conn
         if self.size < self.pool_size:
-            conn = await self._connect()
+            conn = await self._connect(connect_timeout)
             conn.reused = False
             self._busy.add(conn)
             return conn
         waiter: asyncio.Future[_Connection] = self.loop.create_future()
         self._waiters.append(waiter)
+        if connect_timeout is not None:  # for the connection ``forget`` may open for this waiter
+            self._connect_timeouts[waiter] = connect_timeout
         try:
             conn = await asyncio.wait_for(waiter, self.pool_timeout)
         except TimeoutError:
@@ -428,6 +495,8 @@ class OriginPool:
         finally:
             if not waiter.done():
                 waiter.cancel()
+            if connect_timeout is not None:
+                self._connect_timeouts.pop(waiter, None)
         return conn
 
     def release(self, conn: _Connection) -> None:
@@ -460,7 +529,7 @@ class OriginPool:
 
     async def _connect_for(self, waiter: asyncio.Future[_Connection]) -> None:
         try:
-            conn = await self._connect()
+            conn = await self._connect(self._connect_timeouts.get(waiter))
         except Exception as exc:
             if not waiter.done():
                 waiter.set_exception(exc)
@@ -482,22 +551,69 @@ class OriginPool:
 
     def send_data(self, data: bytes, head_only: bool = False) -> Awaitable[PooledResponse]:
         """``send`` for a request whose bytes (head and body) are already in one piece."""
+        conn = self._take_idle()
+        if conn is not None:
+            return conn.start(data, head_only)
+        return self._send_new(data, head_only)
+
+    def send_cb(self, data: bytes, cb: HeadCallback) -> bool:
+        """Send on an idle connection and call ``cb(response, None)`` once the head is in, or
+        ``cb(None, error)``; False (nothing sent) when no idle connection is at hand.
+
+        # PERF: the callback runs in the upstream connection's ``data_received``: no future, no task.
+        """
+        conn = self._take_idle()
+        if conn is None:
+            return False
+        conn.start_cb(data, cb)
+        return True
+
+    def _take_idle(self) -> _Connection | None:
         idle = self._idle
         while idle:
             conn = idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.reused = True
                 self._busy.add(conn)
-                return conn.start(data, head_only)
-        return self._send_new(data, head_only)
+                return conn
+        return None
 
-    async def _send_new(self, data: bytes, head_only: bool) -> PooledResponse:
-        conn = await self._acquire()
+    def send_within(
+        self, data: bytes, connect_timeout: float, head_only: bool = False
+    ) -> Awaitable[PooledResponse]:
+        """``send_data`` with this request's own connect timeout: any connection opened for it must be up
+        within ``connect_timeout`` seconds instead of the pool's ``connect_timeout``.
+
+        # PERF: the same idle-connection path as ``send_data``, written out here so that ``send_data``
+        stays as it is; a timeout equal to the pool's is ``send_data`` itself.
+        """
+        if connect_timeout == self.connect_timeout:
+            return self.send_data(data, head_only)
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                self._busy.add(conn)
+                waiter = conn.start(data, head_only)
+                # a stale connection is resent on a new one (``_retry``): that one gets this timeout too
+                self._connect_timeouts[waiter] = connect_timeout
+                waiter.add_done_callback(self._settled)
+                return waiter
+        return self._send_new(data, head_only, connect_timeout)
+
+    def _settled(self, waiter: asyncio.Future[Any]) -> None:
+        self._connect_timeouts.pop(waiter, None)
+
+    async def _send_new(
+        self, data: bytes, head_only: bool, connect_timeout: float | None = None
+    ) -> PooledResponse:
+        conn = await self._acquire(connect_timeout=connect_timeout)
         return await conn.start(data, head_only)
 
     async def _retry(self, waiter: asyncio.Future[PooledResponse], data: bytes, head_only: bool) -> None:
         try:
-            conn = await self._acquire(fresh=True)
+            conn = await self._acquire(fresh=True, connect_timeout=self._connect_timeouts.get(waiter))
             conn.reused = False
             resp = await conn.start(data, head_only)
         except BaseException as exc:

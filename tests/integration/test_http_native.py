@@ -216,6 +216,30 @@ def test_pipelined_requests_answered_in_order(conn: RawClient) -> None:
     assert conn.request(http_request("GET", "/healthz")).status == 200
 
 
+def test_deep_pipeline_of_local_and_proxied_answers(conn: RawClient) -> None:
+    # answers given at once are taken in a loop, not by recursion: thousands in one buffer, in order,
+    # with proxied requests (answered later, from the upstream's callback) in between
+    reqs = []
+    for i in range(3000):
+        rid = [("X-Request-Id", f"d-{i}")]
+        if i % 500 == 250:
+            reqs.append(chat_request("deep", headers=rid))
+        elif i % 3:
+            reqs.append(http_request("GET", "/healthz", headers=rid))
+        else:
+            reqs.append(http_request("GET", "/nowhere", headers=rid))
+    sender = threading.Thread(target=conn.send, args=(b"".join(reqs),))
+    sender.start()
+    try:
+        responses = [conn.read_response() for _ in reqs]
+    finally:
+        sender.join(20)
+    assert [r.header("x-request-id") for r in responses] == [f"d-{i}" for i in range(3000)]
+    expected = [200 if i % 500 == 250 or i % 3 else 404 for i in range(3000)]
+    assert [r.status for r in responses] == expected
+    assert responses[250].json()["object"] == "chat.completion"
+
+
 def test_pipelined_flood_is_flow_controlled(conn: RawClient) -> None:
     # ~360 KB of pipelined 60 KB requests: more than the server buffers while busy (it pauses reading),
     # every one answered, in order, with the connection intact
