@@ -77,7 +77,9 @@ class DeploymentConfig(_Base, frozen=True):
     cost: float | None = None
     region: str | None = None
     tags: list[str] = msgspec.field(default_factory=list)
-    #: per-attempt timeouts (default: the provider's pool settings)
+    #: per-attempt timeouts, seconds (docs/routing.md, "Time bounds of an attempt"): opening a connection
+    #: (default: the provider's connect_timeout); to the response head, or a stream's first event; the
+    #: whole attempt, body or stream included (default for both: none, the provider's read_timeout only)
     connect_timeout: float | None = None
     first_byte_timeout: float | None = None
     total_timeout: float | None = None

@@ -302,6 +302,18 @@ class Attempts:
         self._sent = sent
         self._now = now
 
+    def abandon(self) -> None:
+        """The current attempt will have no result (the request was cancelled, or its client left while
+        it ran): release what it holds (its in-flight count) and end the plan, telling the breaker and the
+        latency tracker nothing. A probe abandoned this way frees its slot after ``open_for``. No-op when
+        no attempt is pending."""
+        a = self._pending
+        if a is None:
+            return
+        self._pending = None
+        a.router._release(a.deployment.index)
+        self.stop_reason = "abandoned"
+
     def _decide(self) -> Attempt | None:
         """The attempt after a reported failure, or None (``stop_reason`` set)."""
         outcome = self._outcome
@@ -608,6 +620,10 @@ class Router:
         if self._lb is not None:
             self._lb.acquire(i)
 
+    def _release(self, i: int) -> None:
+        if self._lb is not None:
+            self._lb.release(i)
+
     # -- results
 
     def record(
@@ -626,7 +642,7 @@ class Router:
         the tpm bucket (``tokens``: the real usage against the ``reserved`` estimate)."""
         i = deployment.index
         b = self._breakers[i]
-        if self._lb is not None:
+        if self._lb is not None:  # PERF: inline, as in ``_release``
             self._lb.release(i)
         change = b.on_failure(now) if outcome.failed else b.on_success(now)
         if change is not None:
