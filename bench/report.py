@@ -37,7 +37,12 @@ BAR: tuple[tuple[str, str, str, float], ...] = (
     ("latency", "added latency at 50% load", "p99 ≤ 1 ms", 1.0),
     ("5", "5. open streams", "5,000 held by one worker, ≤ 20 KB RSS each", 20.0),
     ("7", "7. soak", "RSS growth ≤ 10%, zero errors", 0.10),
+    ("8", "8. limits, shared state", "≤ 0.05 shared-state calls per admitted request at 10,000 requests/min",
+     0.05),
 )
+#: seconds of warm-up the limits measurement needs before its figure says anything (the lease sizing's
+#: rate estimate averages over about 10 s and starts at 0)
+LIMITS_SETTLED_WARMUP = 30.0
 
 
 # --- the bar (pure) -----------------------------------------------------------------------------------------
@@ -90,7 +95,8 @@ def evaluate_bar(scenarios: Mapping[str, Any], *, streams_required: int = 5000) 
 
     # 4: each no-upstream answer of the gateway against nginx *proxying* the small chat (scenario 1)
     chat = _case(scenarios, "chat", "chat")
-    local = [c for c in (_case(scenarios, "local", n) for n in ("notfound", "badkey")) if c is not None]
+    local = [c for c in (_case(scenarios, "local", n) for n in ("notfound", "badkey", "ratelimited"))
+             if c is not None]
     if chat is None or not local:
         row("4", "-", None, None, _why_missing(scenarios, "chat" if chat is None else "local"))
     else:
@@ -144,7 +150,29 @@ def evaluate_bar(scenarios: Mapping[str, Any], *, streams_required: int = 5000) 
         warm, end = soak["rss_warm_kb"] / 1024, soak["rss_end_kb"] / 1024
         row("7", f"RSS {_pct_signed(growth)} ({warm:.1f} → {end:.1f} MB over {soak['requests']:,} requests), "
             f"{errors} errors", growth, ok)
+
+    lim = scenarios.get("limits")
+    runs = [r for r in (lim or {}).get("runs", []) if r.get("calls_per_request") is not None]
+    if not lim or lim.get("status") != "ok" or not runs:
+        row("8", "-", None, None, _why_missing(scenarios, "limits"))
+    else:
+        worst = max(r["calls_per_request"] for r in runs)
+        measured = "; ".join(f"{r['calls_per_request']:.4f} ({_one_of(r['workers'])})" for r in runs)
+        errors = sum(r.get("errors", 0) for r in runs)
+        if errors:
+            measured += f"; {errors} answers other than 200"
+        if lim.get("rpm") != 10_000:
+            row("8", measured, worst, None, f"measured at {lim.get('rpm'):,} requests/min")
+        elif (lim.get("warmup_s") or 0) < LIMITS_SETTLED_WARMUP:
+            row("8", measured, worst, None, f"{lim.get('warmup_s'):g} s of warm-up: the lease sizing had not "
+                "learnt the rate")
+        else:
+            row("8", measured, worst, worst <= spec["8"][3] and errors == 0)
     return rows
+
+
+def _one_of(workers: int) -> str:
+    return "one worker" if workers == 1 else f"one worker of {workers}"
 
 
 def _pair_caveats(lat: Mapping[str, Any], fraction: float) -> str:
@@ -285,6 +313,7 @@ def render_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> st
     out += _streams_section(sc.get("open-streams"))
     out += _scaling_section(sc.get("scaling"), m)
     out += _soak_section(sc.get("soak"))
+    out += _limits_section(sc.get("limits"))
 
     if plots:
         out += ["## Plots", ""]
@@ -464,6 +493,39 @@ def _soak_section(so: Mapping[str, Any] | None) -> list[str]:
     return out
 
 
+def _limits_section(lim: Mapping[str, Any] | None) -> list[str]:
+    if not lim:
+        return []
+    out = ["## Limits: shared-state calls per admitted request (scenario 8)", ""]
+    if lim.get("status") != "ok":
+        return out + [f"Failed: {_first_line(lim.get('reason'))}", ""]
+    rows = []
+    for r in lim["runs"]:
+        leases = r["leases"]
+        cpr, own = r.get("calls_per_request"), r.get("gateway_calls_per_request")
+        rows.append([
+            _one_of(r["workers"]), f"{r['rate_rps']:.1f}", f"{r['admitted']:,}", f"{r['calls']:,}",
+            "-" if cpr is None else f"**{cpr:.4f}**", "-" if own is None else f"{own:.4f}",
+            f"{leases['granted']:,}", "-" if leases.get("median") is None else f"{leases['median']:g}",
+            f"{leases['fair_share']:.1f}", f"{r['admitted_slow']:,}", str(r["errors"]),
+        ])
+    out += [f"`python -m bench.inproc --limits`: the gateway in process (fake sockets, a canned upstream "
+            f"answer), API keys required and a policy of {lim['rpm']:,} requests per minute on the key's "
+            "tenant, leases from the embedded shared state (the node's table file). Requests are sent open "
+            "loop at the limit's rate in real time (a deployment of W workers: one worker at 1/W of it, "
+            f"its leases sized for W); {lim['warmup_s']:g} s of warm-up, then {lim['measured_s']:g} s "
+            "counted. Every call into the shared state is counted where the limits code makes it (its "
+            f"`LeaseSource`). Target: at most {lim.get('target_calls_per_request', 0.05):g} per admitted "
+            "request.", "",
+            *_table(["deployment", "req/s (this worker)", "admitted", "shared-state calls", "per request",
+                     "gateway's own count, per request", "leases", "median lease", "fair share",
+                     "waited for the shared state", "errors"], rows), "",
+            "*gateway's own count*: `LimitService.shared_calls` (its lease clients' round trips). *fair "
+            "share*: the largest lease the sizing allows, one second of the limit over W. *waited*: requests "
+            "admitted only after a call to the shared state (one per new lease).", ""]
+    return out
+
+
 # --- plots --------------------------------------------------------------------------------------------------
 
 _COLORS = {"gateway": "#1f77b4", "nginx": "#7f7f7f"}
@@ -511,7 +573,7 @@ def _plot_throughput(fig: Any, sc: Mapping[str, Any]) -> bool:
     for k, target in enumerate(("gateway", "nginx")):
         vals = [c["targets"][target]["median_req_per_cpu_s"] / 1000 for c in cases]
         ax.bar([x + (k - 0.5) * w for x in xs], vals, w, label=target if target == "gateway" else
-               "nginx (proxy_pass, or static return for 404/401)", color=_COLORS[target])
+               "nginx (proxy_pass, or static return for 404/401/429)", color=_COLORS[target])
     for x, c in zip(xs, cases, strict=True):
         top = max(c["targets"][t]["median_req_per_cpu_s"] for t in ("gateway", "nginx")) / 1000
         ax.annotate(_fx(c["ratios"]["req_per_cpu_s"]), (x, top), ha="center", va="bottom", fontsize=9,
@@ -519,7 +581,7 @@ def _plot_throughput(fig: Any, sc: Mapping[str, Any]) -> bool:
     chat = next((c for c in cases if c["name"] == "chat"), None)
     if chat is not None and any(c.get("nginx_path") != c.get("path") for c in cases):
         ax.axhline(chat["targets"]["nginx"]["median_req_per_cpu_s"] / 1000, color=_COLORS["nginx"],
-                   linestyle=":", linewidth=1, label="nginx proxy_pass, chat (the bar of 404/401)")
+                   linestyle=":", linewidth=1, label="nginx proxy_pass, chat (the bar of 404/401/429)")
     ax.set_xticks(list(xs))
     ax.set_xticklabels([c["name"] for c in cases], fontsize=9)
     ax.set_ylabel("thousand requests per CPU-second")

@@ -48,7 +48,7 @@ __all__ = ["main"]
 
 #: scenario numbers of the issue, accepted by --scenarios as well as the names
 _ALIASES = {"1": ["chat", "latency"], "2": ["prompts"], "3": ["stream"], "4": ["local"],
-            "5": ["open-streams"], "6": ["scaling"], "7": ["soak"]}
+            "5": ["open-streams"], "6": ["scaling"], "7": ["soak"], "8": ["limits"]}
 
 
 class Progress:
@@ -93,7 +93,7 @@ def parse_scenarios(spec: str | None) -> list[str]:
         elif part in SCENARIOS:
             wanted.add(part)
         else:
-            raise ValueError(f"unknown scenario {part!r}; known: {', '.join(SCENARIOS)} (or 1-7)")
+            raise ValueError(f"unknown scenario {part!r}; known: {', '.join(SCENARIOS)} (or 1-8)")
     return [name for name in SCENARIOS if name in wanted]
 
 
@@ -131,6 +131,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("open streams, soak")
     g.add_argument("--streams", type=int, help="streams to hold open (default 5000; quick 200)")
     g.add_argument("--soak-requests", type=int, help="requests of the soak (default 1,000,000; quick 20,000)")
+    g = p.add_argument_group("limits (shared-state calls per request, in process)")
+    g.add_argument("--limits-rpm", type=int, help="the policy's requests per minute (default 10,000)")
+    g.add_argument("--limits-workers", help="deployment sizes, one worker of each measured (default 1,8)")
+    g.add_argument("--limits-warmup", type=float, help="seconds not counted (default 30; quick 0)")
+    g.add_argument("--limits-duration", type=float, help="seconds measured (default 30; quick 2)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the generated configs and process logs")
     args = p.parse_args(argv)
     try:
@@ -138,14 +143,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         p.error(str(exc))
     for name in ("rounds", "connections", "threads", "mock_workers", "loadgen_procs", "loadgen_connections",
-                 "streams", "soak_requests"):
+                 "streams", "soak_requests", "limits_rpm"):
         v = getattr(args, name)
         if v is not None and v < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("duration", "latency_duration", "timeout"):
+    for name in ("duration", "latency_duration", "timeout", "limits_duration"):
         v = getattr(args, name)
         if v is not None and v <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.limits_warmup is not None and args.limits_warmup < 0:
+        p.error("--limits-warmup must not be negative")
+    if args.limits_workers is not None:
+        try:
+            args.limits_workers = tuple(int(x) for x in args.limits_workers.split(",") if x.strip())
+        except ValueError:
+            args.limits_workers = ()
+        if not args.limits_workers or min(args.limits_workers) < 1:
+            p.error("--limits-workers: comma-separated worker counts of at least 1")
     return args
 
 
@@ -157,7 +171,8 @@ def _settings(args: argparse.Namespace) -> Any:
         s.load_cpus = parse_cpu_list(args.load_cpus)
     for name in ("rounds", "duration", "warmup", "connections", "threads", "timeout", "mock_workers",
                  "latency_duration",
-                 "latency_upstream", "loadgen_procs", "loadgen_connections", "streams", "soak_requests"):
+                 "latency_upstream", "loadgen_procs", "loadgen_connections", "streams", "soak_requests",
+                 "limits_rpm", "limits_workers", "limits_warmup", "limits_duration"):
         v = getattr(args, name)
         if v is not None:
             setattr(s, name, v)
@@ -243,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [n for n, r in results["scenarios"].items() if r["status"] != "ok"]
     errors = [c["name"] for r in results["scenarios"].values() for c in r.get("cases", [])
               if "targets" in c and not c.get("ok")]
+    errors += [n for n, r in results["scenarios"].items() if r.get("ok") is False]  # e.g. limits
     if failed or errors:
         log(f"problems: failed {failed or '-'}; targets with errors in {errors or '-'}")
         return 1

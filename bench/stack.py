@@ -26,6 +26,7 @@ from bench.configs import (
     GATEWAY_KEY,
     gateway_key_digest,
     gateway_toml,
+    limited_key_digest,
     nginx_conf,
     static_upstream_conf,
 )
@@ -58,6 +59,9 @@ class StackOptions:
     mock_workers: int = 1
     #: require API keys on the gateway (the access phase runs on every request)
     auth: bool = False
+    #: with ``auth``: also the key limited to one request a day (``configs.LIMITED_KEY``), which turns
+    #: the gateway's admit phase on
+    rate_limited_key: bool = False
     #: the gateway's upstream pool size per worker (None: its default)
     pool_size: int | None = None
     #: nginx's worker_connections
@@ -180,9 +184,11 @@ class Stack:
             if o.auth:
                 store = self.tmp / "gateway-store" / "keys.db"
                 store.parent.mkdir(exist_ok=True)
+                limited = limited_key_digest() if o.rate_limited_key else None
                 gw_config.write_text(gateway_toml(gw_port, mock_port, workers=o.gateway_workers,
                                                   auth_digest=gateway_key_digest(), store_path=store,
-                                                  pool_size=o.pool_size, generator=o.generator))
+                                                  pool_size=o.pool_size, limited_digest=limited,
+                                                  generator=o.generator))
                 key = GATEWAY_KEY
             else:
                 gw_config.write_text(gateway_toml(gw_port, mock_port, workers=o.gateway_workers,

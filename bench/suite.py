@@ -9,11 +9,12 @@ plain dict (it goes into ``results.json`` as is; ``bench/report.py`` renders it)
 | chat           | 1. small non-stream chat completion: wrk, ABBA rounds, req/s and req/CPU-s        |
 | prompts        | 2. the same with a 4 KB and a 32 KB prompt                                        |
 | stream         | 3. streamed chat, 20 and 200 content chunks per response                          |
-| local          | 4. answers without an upstream: unknown model (404), bad key (401)                |
+| local          | 4. answers without an upstream: unknown model (404), bad key (401), limited (429) |
 | latency        | open-loop latency of the small chat at 50% and 80% of each target's saturation    |
 | open-streams   | 5. thousands of slow streams held open by one worker: RSS per open stream         |
 | scaling        | 6. one worker against two, gateway and nginx alike                               |
 | soak           | 7. a million requests: RSS after warm-up against RSS at the end, errors           |
+| limits         | 8. shared-state calls per admitted request at 10,000 requests/min (in process)    |
 
 The gateway requires API keys in every scenario (a static key; the access phase runs on every request):
 the bar is measured with every pipeline phase that exists switched on. Call records are off, as nginx's
@@ -33,14 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.configs import BAD_KEY, MODEL
+from bench.configs import BAD_KEY, LIMITED_KEY, MODEL
 from bench.httpwire import build_request
 from bench.loadgen import run_open_loop
 from bench.procs import (
     HOST,
+    REPO_ROOT,
     BenchError,
     available_cpus,
     cpu_pressure_us,
+    cpu_spec,
     die_with_parent,
     http_request,
     machine_busy_seconds,
@@ -143,10 +146,12 @@ class Case:
     #: (status, whole response body) -> None when the response is what the case expects, else why not
     check: Callable[[int, bytes], str | None]
     expect_status: int = 200
-    #: the key to send instead of the target's own (the bad-key case)
+    #: the key to send instead of the target's own (the bad-key and rate-limited cases)
     key: str | None = None
     #: nginx answers this path with a static ``return`` instead of proxying (no-upstream answers)
     nginx_path: str | None = None
+    #: requests sent (answers not checked) before the probe, to use up a limit (the rate-limited case)
+    use_up: int = 0
 
     @property
     def baseline(self) -> str:
@@ -170,6 +175,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("badkey", "wrong API key: 401 without an upstream", "/v1/chat/completions",
          chat_body("Say hello to the benchmark."), check_error(401), 401, key=BAD_KEY,
          nginx_path="/static/401"),
+    Case("ratelimited", "key over its limit (one a day): 429 without an upstream", "/v1/chat/completions",
+         chat_body("Say hello to the benchmark."), check_error(429), 429, key=LIMITED_KEY,
+         nginx_path="/static/429", use_up=1),
 )}
 
 
@@ -187,15 +195,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("chat", "1", "Chat completion, small body, non-stream (the headline)", ("chat",)),
     Scenario("prompts", "2", "Chat completion with a 4 KB and a 32 KB prompt", ("chat-4k", "chat-32k")),
     Scenario("stream", "3", "Streamed chat, 20 and 200 chunks per response", ("stream-20", "stream-200")),
-    Scenario("local", "4", "Requests answered without an upstream", ("notfound", "badkey"), skipped=(
-        ("rate-limited (429)", "rate limits are not enforced on the request path yet (the admit phase is "
-                               "being built); add the case when it lands"),
-        ("cache hit", "the response cache has not landed yet; add the case when it does"),
-    )),
+    Scenario("local", "4", "Requests answered without an upstream", ("notfound", "badkey", "ratelimited"),
+             skipped=(("cache hit", "the response cache has not landed yet; add the case when it does"),)),
     Scenario("latency", "1", "Open-loop latency of the small chat completion at 50% and 80% of saturation"),
     Scenario("open-streams", "5", "Many concurrent slow streams held by one worker: memory per open stream"),
     Scenario("scaling", "6", "Scaling: 1 against 2 workers"),
     Scenario("soak", "7", "Soak: RSS after warm-up against RSS at the end, errors"),
+    Scenario("limits", "8", "Limits: shared-state calls per admitted request at 10,000 requests/min"),
 )}
 
 
@@ -236,6 +242,12 @@ class Settings:
     soak_requests: int = 1_000_000
     soak_segment: float = 10.0
     soak_warmup_fraction: float = 0.1
+    #: limits: the policy's requests per minute, the deployments measured (one worker of each size, at
+    #: its share of the load), seconds of warm-up (the lease sizing learns the rate) and measured
+    limits_rpm: int = 10_000
+    limits_workers: tuple[int, ...] = (1, 8)
+    limits_warmup: float = 30.0
+    limits_duration: float = 30.0
     quick: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -354,6 +366,8 @@ class Suite:
 
     def _probe(self, stack: Stack, case: Case, target: Target) -> None:
         path = case.nginx_path if target.name == "nginx" and case.nginx_path else case.path
+        for _ in range(case.use_up):
+            http_request(target.port, "POST", path, case.body, key=case.key or target.key, timeout=10.0)
         status, body = http_request(target.port, "POST", path, case.body, key=case.key or target.key,
                                     timeout=10.0)
         problem = case.check(status, body)
@@ -412,18 +426,22 @@ class Suite:
         return out
 
     def _run_cases(self, sc: Scenario) -> dict[str, Any]:
-        stack = self._stack(sc.name)
+        limited = self.s.auth and any(CASES[c].key == LIMITED_KEY for c in sc.cases)
+        stack = self._stack(sc.name, rate_limited_key=limited)
         targets = [stack.targets["gateway"], stack.targets["nginx"]]
         cases = []
         for i, cname in enumerate(sc.cases):
             case = CASES[cname]
-            if case.key == BAD_KEY and not self.s.auth:
+            if case.key is not None and not self.s.auth:
                 cases.append({"name": case.name, "description": case.description, "skipped":
                               "the gateway requires no keys in this run (--no-auth)"})
                 continue
             label = f"{sc.name} [{i + 1}/{len(sc.cases)}] {cname}"
             cases.append(self._throughput(stack, case, targets, label))
-        return {"cases": cases}
+        out: dict[str, Any] = {"cases": cases}
+        if limited:  # the gateway's config had a [limits] policy: its admit phase ran on every request
+            out["rate_limited_key"] = {"id": LIMITED_KEY.split("-")[1], "policy": "requests_per_day = 1"}
+        return out
 
     def _saturation(self) -> tuple[dict[str, float], float | None, str]:
         """Each target's saturation (wrk req/s) and the upstream's CPU per request, in µs, from the chat
@@ -687,6 +705,49 @@ class Suite:
                 "seconds": round(time.monotonic() - t0, 1), "req_per_cpu_s": total / cpu if cpu else None,
                 "samples": samples}
 
+    def _run_limits(self) -> dict[str, Any]:
+        """``python -m bench.inproc --limits`` once per deployment size, all at once (each is a paced,
+        mostly idle process on the load CPUs; together they take the time of one)."""
+        s = self.s
+        d = self.tmp / "limits"
+        d.mkdir(parents=True, exist_ok=True)
+        procs: list[tuple[int, subprocess.Popen[bytes], Path, Path]] = []
+        try:
+            for w in s.limits_workers:
+                out, log = d / f"workers-{w}.json", d / f"workers-{w}.log"
+                argv = [self.tools["taskset"], "-c", cpu_spec(s.load_cpus), sys.executable, "-m",
+                        "bench.inproc", "--limits", "--rpm", str(s.limits_rpm), "--workers", str(w),
+                        "--warmup", str(s.limits_warmup), "--seconds", str(s.limits_duration),
+                        "--json", str(out)]
+                with open(log, "wb") as err:
+                    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=err, stderr=subprocess.STDOUT,
+                                            preexec_fn=die_with_parent)
+                procs.append((w, proc, out, log))
+            sizes = " and ".join(str(w) for w in s.limits_workers)
+            self.progress(f"limits: {s.limits_rpm:,} requests/min, one worker of {sizes} "
+                          f"({s.limits_warmup:g} s warm-up + {s.limits_duration:g} s measured, in process)")
+            runs = []
+            for w, proc, out, log in procs:
+                try:
+                    proc.wait(s.limits_warmup + s.limits_duration + 60)
+                except subprocess.TimeoutExpired:
+                    raise BenchError(f"limits: the run of {w} worker(s) did not finish") from None
+                if not out.exists():
+                    raise BenchError(f"limits: the run of {w} worker(s) failed (exit {proc.returncode}):\n"
+                                     + log.read_text(errors="replace")[-2000:])
+                runs.append(json.loads(out.read_text()))
+        finally:
+            for _, proc, _, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return {"rpm": s.limits_rpm, "warmup_s": s.limits_warmup, "measured_s": s.limits_duration,
+                "target_calls_per_request": LIMITS_TARGET, "runs": runs,
+                "ok": all(r["errors"] == 0 for r in runs)}
+
+
+#: issue 5's target: shared-state calls per admitted request at a limit of 10,000 requests/min
+LIMITS_TARGET = 0.05
 
 #: open-loop points that would load the load CPUs beyond this are not run; measured points beyond it are
 #: marked as describing the load side
@@ -749,5 +810,6 @@ def default_settings(quick: bool) -> Settings:
         s.latency_duration, s.latency_warmup = 1.0, 0.3
         s.streams, s.stream_chunk_delay_ms, s.stream_chunks, s.stream_settle = 200, 500, 40, 0.5
         s.soak_requests, s.soak_segment = 20_000, 1.0
+        s.limits_warmup, s.limits_duration = 0.0, 2.0
         s.quick = True
     return s

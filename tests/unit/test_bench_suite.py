@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # ``bench`` is not an installed package: import it from the checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench import configs, loadgen, report, run, suite  # noqa: E402
+from bench import configs, inproc, loadgen, report, run, suite  # noqa: E402
 from bench.histogram import Histogram, bucket_index, bucket_range  # noqa: E402
 from bench.httpwire import ResponseParser, build_request  # noqa: E402
 from bench.wrk import wrk_lua, wrk_mix_lua  # noqa: E402
@@ -301,12 +301,31 @@ def test_gateway_toml_with_keys_is_a_valid_config(tmp_path: Path, monkeypatch: p
     assert configs.BAD_KEY.split("-")[1] == key.id and configs.BAD_KEY != configs.GATEWAY_KEY
     assert config.upstream.pool_size == 6000
     assert config.log.call_records is False and config.admin.enabled is False
+    assert not config.limits.policies  # no [limits]: no admit phase
+
+
+def test_gateway_toml_with_the_rate_limited_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.auth import digest
+    from gateway.config import load_config_text
+
+    monkeypatch.setenv("BENCH_KEY", configs.BENCH_KEY)
+    text = configs.gateway_toml(18080, 19000, auth_digest=configs.gateway_key_digest(),
+                                store_path=tmp_path / "keys.db", limited_digest=configs.limited_key_digest())
+    config = load_config_text(text, "bench.toml")
+    plain, limited = config.auth.keys
+    assert plain.id == configs.GATEWAY_KEY_ID and plain.limit_policy is None
+    assert limited.id == configs.LIMITED_KEY_ID and limited.limit_policy == configs.LIMITED_POLICY
+    assert limited.digest == digest(configs.LIMITED_KEY.split("-")[2], b"")
+    assert config.limits.policies[configs.LIMITED_POLICY].requests_per_day == 1
+    with pytest.raises(ValueError):
+        configs.gateway_toml(18080, 19000, limited_digest="sha256:x")
 
 
 def test_nginx_configs(tmp_path: Path) -> None:
     conf = configs.nginx_conf(tmp_path, 18081, 19000, workers=2, worker_connections=11000, rlimit_nofile=23000)
     for directive in ("worker_processes 2;", "worker_rlimit_nofile 23000;", "worker_connections 11000;",
-                      "location = /static/404", "return 401 '", "client_body_buffer_size 64k;"):
+                      "location = /static/404", "return 401 '", "client_body_buffer_size 64k;",
+                      "location = /static/429", "add_header retry-after 86400 always;"):
         assert directive in conf
     for status, body in configs.STATIC_BODIES.items():
         json.loads(body)
@@ -335,11 +354,18 @@ def test_case_bodies_are_what_the_cases_say() -> None:
     assert 4096 < len(suite.CASES["chat-4k"].body) < 4096 + 200
     assert suite.CASES["notfound"].check(404, json.dumps({"error": {"message": "x"}}).encode()) is None
     assert suite.CASES["badkey"].check(200, b"{}") is not None
+    limited = suite.CASES["ratelimited"]
+    assert limited.key == configs.LIMITED_KEY and limited.use_up == 1 and limited.nginx_path == "/static/429"
+    assert limited.check(429, configs.STATIC_BODIES[429].encode()) is None
 
 
 def test_parse_scenarios() -> None:
     assert run.parse_scenarios(None) == list(suite.SCENARIOS)
     assert run.parse_scenarios("soak,1") == ["chat", "latency", "soak"]  # in the suite's order
+    assert run.parse_scenarios("8") == ["limits"]
+    args = run._parse_args(["--limits-workers", "1,4", "--limits-warmup", "0", "--limits-duration", "1"])
+    s = run._settings(args)
+    assert (s.limits_workers, s.limits_warmup, s.limits_duration, s.limits_rpm) == ((1, 4), 0.0, 1.0, 10_000)
     with pytest.raises(ValueError, match="unknown scenario"):
         run.parse_scenarios("chat,nope")
 
@@ -383,7 +409,8 @@ def _results(**over: Any) -> dict[str, Any]:
         "chat": {"number": "1", "status": "ok", "cases": [case("chat", 7000, 10000)]},
         "stream": {"number": "3", "status": "ok", "cases": [case("stream-20", 5000, 10000)]},
         "local": {"number": "4", "status": "ok", "cases": [case("notfound", 12000, 50000),
-                                                          case("badkey", 9000, 50000)],
+                                                          case("badkey", 9000, 50000),
+                                                          case("ratelimited", 9500, 50000)],
                   "skipped": [{"what": "cache hit", "reason": "not yet"}]},
         "latency": {"number": "1", "status": "ok", "upstream": "x", "saturation_rps": {"gateway": 1e4},
                     "saturation_source": "chat", "points": [point, dict(point, target="nginx")],
@@ -394,6 +421,9 @@ def _results(**over: Any) -> dict[str, Any]:
                                                  "idle_rss_kb": 40000, "open_rss_kb": 120000, "kb_per_stream": 16.0,
                                                  "open_seconds": 9.0, "server_cpu_util_while_open": 0.2}}},
         "soak": {"number": "7", "status": "failed", "reason": "gateway died\nits log: ..."},
+        "limits": {"number": "8", "status": "ok", "rpm": 10_000, "warmup_s": 30.0, "measured_s": 30.0,
+                   "target_calls_per_request": 0.05, "ok": True,
+                   "runs": [_limits_run(1, 30, 5000), _limits_run(8, 31, 625)]},
     }
     scenarios.update(over)
     return {"started": "2030-01-01 00:00:00", "quick": False, "scenarios": scenarios,
@@ -401,6 +431,12 @@ def _results(**over: Any) -> dict[str, Any]:
                          "threads": 1, "connections": 64},
             "machine": {"cpu_model": "Test CPU", "cpus_available": 2, "python": "3.11", "loadavg_at_start": [0.2, 0, 0],
                         "git": {"commit": "0123456789abcdef", "dirty": True}}}
+
+
+def _limits_run(workers: int, calls: int, admitted: int) -> dict[str, Any]:
+    return {"workers": workers, "rate_rps": 10_000 / 60 / workers, "admitted": admitted, "admitted_slow": calls,
+            "calls": calls, "calls_per_request": calls / admitted, "gateway_calls_per_request": calls / admitted,
+            "errors": 0, "leases": {"granted": calls, "median": admitted / calls, "fair_share": 166.7 / workers}}
 
 
 def test_bar_evaluation() -> None:
@@ -413,6 +449,9 @@ def test_bar_evaluation() -> None:
     assert rows["5"]["passed"] is True and rows["5"]["value"] == pytest.approx(16.0)
     assert rows["7"]["passed"] is None and "gateway died" in rows["7"]["note"]
     assert "\n" not in rows["7"]["note"]
+    # shared-state calls: the worst deployment decides
+    assert rows["8"]["passed"] is True and rows["8"]["value"] == pytest.approx(31 / 625)
+    assert rows["8"]["measured"] == "0.0060 (one worker); 0.0496 (one worker of 8)"
 
     broken = _results()
     broken["scenarios"]["chat"]["cases"][0]["ok"] = False  # errors: a figure, not a pass
@@ -431,8 +470,15 @@ def test_bar_evaluation() -> None:
 
     small = _results()
     small["scenarios"]["open-streams"]["streams"] = 200  # a quick run: says nothing about 5,000
+    small["scenarios"]["limits"]["warmup_s"] = 0.0  # the lease sizing had not learnt the rate yet
     rows = {r["id"]: r for r in report.evaluate_bar(small["scenarios"])}
     assert rows["5"]["passed"] is None and "only 200 streams" in rows["5"]["note"]
+    assert rows["8"]["passed"] is None and "warm-up" in rows["8"]["note"]
+
+    chatty = _results()
+    chatty["scenarios"]["limits"]["runs"][1] = _limits_run(8, 40, 625)
+    rows = {r["id"]: r for r in report.evaluate_bar(chatty["scenarios"])}
+    assert rows["8"]["passed"] is False and rows["8"]["value"] == pytest.approx(0.064)
 
 
 def test_render_markdown() -> None:
@@ -448,6 +494,9 @@ def test_render_markdown() -> None:
     assert "**FAIL**" in md and "not measured" in md
     assert "| 1. chat | proxy_pass | 7,000 | 10,000 | 0.70x |" in md
     assert "| 4. cache hit |" in md and "skipped: not yet" in md
+    assert "| 4. ratelimited | proxy_pass | 9,500 | 50,000 |" in md
+    assert "## Limits: shared-state calls per admitted request (scenario 8)" in md
+    assert "| one worker of 8 | 20.8 | 625 | 31 | **0.0496** |" in md
     assert "| 50% of gateway saturation | 5,000 | +100 µs | +200 µs | +700 µs | +1.10 ms | ok |" in md
     assert "| gateway | 5,000 / 5,000 |" in md
     assert "![throughput](throughput.png)" in md
@@ -488,6 +537,49 @@ def test_plots_are_drawn(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+# --- the in-process limits measurement (scenario 8) ----------------------------------------------------------
+
+
+def test_counting_source_counts_every_call_into_the_shared_state(tmp_path: Path) -> None:
+    from gateway.limits.shared import Op
+    from gateway.limits.shared_local import LocalLeaseSource
+
+    async def calls() -> inproc.CountingSource:
+        counting = inproc.CountingSource(LocalLeaseSource(tmp_path / "limits"))
+        assert counting.lease_ttl == counting.inner.lease_ttl and counting.healthy
+        ops = [Op("acquire", "k", 10.0, 100.0, 1.0, 8.0), Op("refund", "k", 10.0, 100.0, 1.0)]
+        await counting.batch(ops, 0.0)
+        await counting.keepalive()  # nothing in flight yet: the source does not touch the table
+        assert await counting.enter("c", 5) and await counting.inflight("c") == 1
+        await counting.leave("c")
+        await counting.keepalive()
+        assert await counting.ping()
+        await counting.close()
+        return counting
+
+    counting = asyncio.run(calls())
+    assert counting.calls == {"batch": 1, "budget": 0, "enter": 1, "leave": 1, "keepalive": 1, "inflight": 1,
+                              "ping": 1}
+    assert counting.total == 6 and counting.ops == {"acquire": 1, "refund": 1} and counting.granted == [8.0]
+
+
+def test_inproc_limits_mode_reports_calls_per_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "limits.json"
+    argv = ["--limits", "--rpm", "6000", "--workers", "2", "--warmup", "0.2", "--seconds", "0.5",
+            "--json", str(out)]
+    assert inproc.main(argv) == 0
+    r = json.loads(out.read_text())
+    assert (r["rpm"], r["workers"], r["rate_rps"]) == (6000, 2, 50.0)
+    assert r["source"] == "LocalLeaseSource"  # the embedded shared state beside the SQLite store
+    assert r["requests"] == 25 and r["admitted"] == 25 and r["errors"] == 0 and r["statuses"] == {"200": 25}
+    assert r["calls"] >= 1 and r["calls_per_request"] == pytest.approx(r["calls"] / 25)
+    assert r["calls_by_method"]["batch"] >= 1 and r["ops_by_kind"].get("acquire", 0) >= 1
+    # the gateway's own metric counts the lease clients' round trips: never more than the boundary sees
+    assert 0 <= r["gateway_shared_calls"] <= r["calls"]
+    assert r["leases"]["fair_share"] == pytest.approx(50.0) and r["samples"]
+    assert "shared-state calls per admitted request" in capsys.readouterr().out
+
+
 # --- one quick run end to end -------------------------------------------------------------------------------
 
 needs_tools = pytest.mark.skipif(
@@ -499,9 +591,10 @@ needs_tools = pytest.mark.skipif(
 
 @needs_tools
 @pytest.mark.timeout(120)
-def test_quick_run_of_the_no_upstream_scenario(tmp_path: Path) -> None:
+def test_quick_run_of_the_no_upstream_and_limits_scenarios(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "bench.run", "--quick", "--scenarios", "local", "--out", str(out)]
+    argv = [sys.executable, "-m", "bench.run", "--quick", "--scenarios", "local,limits", "--out", str(out),
+            "--limits-duration", "0.5"]
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=90)
@@ -514,23 +607,32 @@ def test_quick_run_of_the_no_upstream_scenario(tmp_path: Path) -> None:
             proc.communicate()
         pytest.fail("the quick run did not finish within 90 s")
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    assert "local: ok" in stderr  # the progress line
+    assert "local: ok" in stderr and "limits: ok" in stderr  # the progress lines
     results = json.loads((out / "results.json").read_text())
-    assert results["quick"] is True and list(results["scenarios"]) == ["local"]
+    assert results["quick"] is True and list(results["scenarios"]) == ["local", "limits"]
     local = results["scenarios"]["local"]
     assert local["status"] == "ok"
-    assert [c["name"] for c in local["cases"]] == ["notfound", "badkey"]
+    assert [c["name"] for c in local["cases"]] == ["notfound", "badkey", "ratelimited"]
+    assert local["rate_limited_key"]["id"] == configs.LIMITED_KEY_ID
     for case in local["cases"]:
         assert case["ok"] is True and case["baseline"] == "nginx static return"
         for name, t in case["targets"].items():
             assert t["median_rps"] > 0 and t["median_req_per_cpu_s"] > 0, name
             (one,) = t["rounds"]
             assert one["requests"] > 0 and "Requests/sec" in one["wrk_output"]
-    assert [s["what"] for s in local["skipped"]] == ["rate-limited (429)", "cache hit"]
+    assert [s["what"] for s in local["skipped"]] == ["cache hit"]
+    limits = results["scenarios"]["limits"]
+    assert limits["status"] == "ok" and limits["ok"] is True and limits["rpm"] == 10_000
+    assert [r["workers"] for r in limits["runs"]] == [1, 8]
+    for r in limits["runs"]:
+        assert r["admitted"] > 0 and r["errors"] == 0 and r["calls"] >= 1
+        assert r["calls_per_request"] == pytest.approx(r["calls"] / r["admitted"])
     assert results["machine"]["git"] is not None and results["machine"]["cpus_available"] >= 1
     bar = {b["id"]: b for b in results["bar"]}
     assert bar["4"]["passed"] is None  # needs the chat scenario's nginx proxy_pass figure
+    assert bar["8"]["passed"] is None and bar["8"]["value"] is not None  # no warm-up: not a result
     md = (out / "report.md").read_text()
     assert "## The bar" in md and "| 4. notfound | static return |" in md and "Quick run" in md
+    assert "| 4. ratelimited | static return |" in md and "(scenario 8)" in md
     if results["plots"]:
         assert (out / "throughput.png").exists()
