@@ -103,6 +103,10 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 }
 
 
+# Breaker.on_success relies on this to skip the table lookup on the path every success takes
+assert TRANSITIONS[(State.CLOSED, Event.SUCCESS)] is State.CLOSED
+
+
 class Change(NamedTuple):
     """A transition worth telling other workers about: an open (``until``; ``None`` = until restored), a
     close, or a cooldown (``until``). Times are on the caller's clock, the one ``now`` comes from."""
@@ -115,25 +119,33 @@ class Change(NamedTuple):
 class _Window:
     """Results of the last ``window`` seconds in ``_SLOTS`` buckets (a bucket's age decides, not its use)."""
 
-    __slots__ = ("bad", "epochs", "ok", "width")
+    __slots__ = ("bad", "epochs", "hi", "k", "lo", "ok", "width")
 
     def __init__(self, window: float) -> None:
         self.width = window / _SLOTS
         self.epochs = [-1] * _SLOTS
         self.ok = [0] * _SLOTS
         self.bad = [0] * _SLOTS
+        #: the bucket results go to while ``lo <= now < hi`` (# PERF: no division per result)
+        self.k = 0
+        self.lo = self.hi = 0.0
 
     def add(self, now: float, failed: bool) -> None:
-        epoch = int(now // self.width)
-        k = epoch % _SLOTS
-        if self.epochs[k] != epoch:
-            self.epochs[k] = epoch
-            self.ok[k] = 0
-            self.bad[k] = 0
+        if not self.lo <= now < self.hi:
+            width = self.width
+            epoch = int(now // width)
+            k = self.k = epoch % _SLOTS
+            self.lo = epoch * width
+            self.hi = self.lo + width
+            epochs = self.epochs
+            if epochs[k] != epoch:
+                epochs[k] = epoch
+                self.ok[k] = 0
+                self.bad[k] = 0
         if failed:
-            self.bad[k] += 1
+            self.bad[self.k] += 1
         else:
-            self.ok[k] += 1
+            self.ok[self.k] += 1
 
     def totals(self, now: float) -> tuple[int, int]:
         """(results, failures) in the window ending at ``now``."""
@@ -147,6 +159,7 @@ class _Window:
 
     def clear(self) -> None:
         self.epochs = [-1] * _SLOTS
+        self.lo = self.hi = 0.0
 
 
 class Breaker:
@@ -240,7 +253,8 @@ class Breaker:
     def on_success(self, now: float) -> Change | None:
         state = self.state
         if state is State.CLOSED:
-            self._step(Event.SUCCESS)
+            # PERF: (closed, success) -> closed is asserted below the table, so no lookup: every routed
+            # request ends here
             self._consecutive = 0
             if self._config.enabled:
                 self._window.add(now, False)

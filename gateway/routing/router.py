@@ -71,6 +71,9 @@ def deployment_id(model: str, name: str) -> str:
     return f"{model}\x1f{name}"
 
 
+_OK = Outcome.OK
+
+
 class RequestInfo:
     """What routing needs to know of a request. ``tokens``: the estimate of prompt + completion tokens
     (context-window fit, tpm); ``header``: looks up a request header by lower-case name (``hash_on =
@@ -80,7 +83,6 @@ class RequestInfo:
 
     def __init__(
         self,
-        *,
         user: str | None = None,
         key_id: str | None = None,
         header: Callable[[bytes], bytes | None] | None = None,
@@ -215,7 +217,7 @@ class Attempts:
         "unavailable",
     )
 
-    def __init__(self, router: Router, info: RequestInfo, now: float, rnd: Random) -> None:
+    def __init__(self, router: Router, info: RequestInfo, now: float, rnd: Random, first: int = -1) -> None:
         self._router = router
         self._chain = router._chain
         self._info = info
@@ -233,7 +235,7 @@ class Attempts:
         self.history: list[Attempt] = []
         self.stop_reason: str | None = None
         self.unavailable: list[Unavailable] = []
-        i = router._choose(router._eligible(now, info.tokens), info, rnd, now)
+        i = first if first >= 0 else router._choose(router._eligible(now, info.tokens), info, rnd, now)
         if i >= 0:
             self._next: Attempt | None = self._make(router, i, now, 0.0)
         else:
@@ -267,7 +269,7 @@ class Attempts:
         self._next = None
         self._pending = nxt
         self.history.append(nxt)
-        nxt.router._acquire(nxt.deployment.index)
+        nxt.router.acquire(nxt.deployment.index)
         return nxt
 
     @property
@@ -311,7 +313,7 @@ class Attempts:
         if a is None:
             return
         self._pending = None
-        a.router._release(a.deployment.index)
+        a.router.release(a.deployment.index)
         self.stop_reason = "abandoned"
 
     def _decide(self) -> Attempt | None:
@@ -501,9 +503,31 @@ class Router:
 
     # -- per request
 
-    def plan(self, info: RequestInfo, now: float, rnd: Random) -> Attempts:
-        """The attempts of one request; raises ``NoDeploymentAvailable`` when none can even start."""
-        return Attempts(self, info, now, rnd)
+    def plan(self, info: RequestInfo, now: float, rnd: Random, first: int = -1) -> Attempts:
+        """The attempts of one request; raises ``NoDeploymentAvailable`` when none can even start.
+
+        ``first``: the deployment of the first attempt, already chosen by ``pick`` (its in-flight count
+        not held: the first attempt takes it as every attempt does)."""
+        return Attempts(self, info, now, rnd, first)
+
+    def pick(self, info: RequestInfo, now: float, rnd: Random) -> int:
+        """The deployment a request's first attempt goes to, or -1 when none is eligible now.
+
+        # PERF: the engine's fast path: the choice ``plan`` would make, without building the attempts.
+        A deployment behind a gate (a half-open probe, an upstream rpm/tpm) is admitted here, so the
+        caller must then send to it, reporting with ``record`` (after ``acquire``) or handing it to
+        ``plan(first=...)``."""
+        return self._choose(self._eligible(now, info.tokens), info, rnd, now)
+
+    def acquire(self, i: int) -> None:
+        """Count a request in flight on deployment ``i`` (``least_busy``); ``record`` releases it."""
+        if self._lb is not None:
+            self._lb.acquire(i)
+
+    def release(self, i: int) -> None:
+        """Undo ``acquire`` for a request that was not sent after all."""
+        if self._lb is not None:
+            self._lb.release(i)
 
     def _refresh(self, now: float) -> None:
         blocked = 0
@@ -616,14 +640,6 @@ class Router:
             tpm.force(now, float(tokens))
         return True
 
-    def _acquire(self, i: int) -> None:
-        if self._lb is not None:
-            self._lb.acquire(i)
-
-    def _release(self, i: int) -> None:
-        if self._lb is not None:
-            self._lb.release(i)
-
     # -- results
 
     def record(
@@ -642,18 +658,22 @@ class Router:
         the tpm bucket (``tokens``: the real usage against the ``reserved`` estimate)."""
         i = deployment.index
         b = self._breakers[i]
-        if self._lb is not None:  # PERF: inline, as in ``_release``
+        if self._lb is not None:  # PERF: inline, as in ``release``
             self._lb.release(i)
-        change = b.on_failure(now) if outcome.failed else b.on_success(now)
-        if change is not None:
-            self._changed(deployment, change)
-        if outcome is Outcome.OK:
-            if self._ll is not None:
-                self._ll.observe(i, ttfb, total)
-        elif outcome is Outcome.RATE_LIMITED or retry_after is not None:
-            change = b.cool(now, retry_after)
+        if outcome is _OK:  # PERF: the common case first, no enum hashing
+            change = b.on_success(now)
             if change is not None:
                 self._changed(deployment, change)
+            if self._ll is not None:
+                self._ll.observe(i, ttfb, total)
+        else:
+            change = b.on_failure(now) if outcome.failed else b.on_success(now)
+            if change is not None:
+                self._changed(deployment, change)
+            if outcome is Outcome.RATE_LIMITED or retry_after is not None:
+                change = b.cool(now, retry_after)
+                if change is not None:
+                    self._changed(deployment, change)
         if tokens is not None:
             tpm = self._tpm[i]
             if tpm is not None:
