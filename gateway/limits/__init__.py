@@ -3,6 +3,8 @@
 ``policy``: the ``[limits]`` configuration (policies, budgets, where they apply), its checks, and the
 compiled ``LimitSpec`` form the admission phase builds its buckets from. ``pricing``: model prices and
 the cost of a call. ``tokens``: the admission estimate, offline tiktoken, and exact counts off the loop.
+The request path: ``admit`` (the phase), ``shared`` (leases of rate limits), ``reserve`` (budget
+reservations), ``budgets`` (spend in the store), over the sources ``shared_local`` and ``shared_redis``.
 """
 
 from gateway.limits.policy import (

@@ -22,8 +22,11 @@ Theory of operation, per request (``AdmitPhase.on_request``):
    ``_Plan`` for the model (principal's limits + the model's + the gateway's: limit keys, ``Limit``
    objects, header labels, all resolved when first needed and kept until reload) are two dict lookups.
 2. Budgets, if the caller has any: the spend views (per worker, refreshed from the store every few
-   seconds) decide ``block`` (429 insufficient_quota), ``downgrade`` (``ctx.route_model``) or nothing.
-   A view not read recently makes this request wait for one store read.
+   seconds) decide ``block`` (429 insufficient_quota), ``downgrade`` (``ctx.route_model``) or nothing
+   for a budget they know to be spent. A view not read recently makes this request wait for one store
+   read. Then the request's estimated maximum cost (``_estimate``) is reserved in the shared counter of
+   each ``block`` and ``downgrade`` budget (``BudgetClient``: from this worker's hold, or one shared
+   operation); one that does not fit refuses, or downgrades and reserves for the cheaper model.
 3. Rates: one request and the token estimate (``estimate_tokens``) per token limit, taken through the
    ``LeaseClient``'s synchronous fast path (``try_take`` / ``try_take_all``): a lease held by this worker
    covers it, or a refusal is known. Only ``ASK`` makes the request await ``LeaseClient.take`` (a new
@@ -33,7 +36,8 @@ Theory of operation, per request (``AdmitPhase.on_request``):
 
 After the response (``on_settle``, never failing the request): token reservations are reconciled with
 the provider's usage (``charge`` the excess, ``refund`` the rest); the cost of the call goes into
-``ctx.cost`` and the spend of its key and tenant; concurrency slots are left. What a request costs when
+``ctx.cost`` and the spend of its key and tenant (views and shared counters), and its budget reservation
+ends at the same moment; concurrency slots are left. What a request costs when
 things go wrong:
 
     outcome                                            | requests | tokens                   | spend
@@ -66,6 +70,7 @@ from gateway.limits.budgets import BudgetRule, SpendBook, SpendView
 from gateway.limits.contract import QuotaExceeded, duration_text, retry_headers
 from gateway.limits.policy import BudgetConfig, LimitSpec, TokensKind, compile_policy
 from gateway.limits.pricing import PriceConfig, PriceTable, cached_tokens, price_of
+from gateway.limits.reserve import RESERVED, UNCHECKED, BudgetClient, BudgetCounter
 from gateway.limits.shared import (
     ADMITTED,
     Decision,
@@ -150,37 +155,53 @@ class _Plan:
         self.token_nets: tuple[_Net, ...] = ()
 
 
+#: where a caller's spend goes: its key and its tenant, with their spend views and shared budget counters
+#: when a budget applies to them
+_SpendTo = tuple[tuple[Literal["key", "tenant"], str, "SpendView | None", "BudgetCounter | None"], ...]
+
+
 class _Principal:
     """A caller (a key, or the anonymous caller): its own limits, its budget rules, its plans by model,
-    and where its spend goes (its key and its tenant, with their spend views when budgeted)."""
+    where its spend goes, and the budgets that reserve in shared counters (``block`` and ``downgrade``
+    rules, with their counters)."""
 
-    __slots__ = ("budgets", "plans", "scoped", "spend")
+    __slots__ = ("budgets", "holds", "plans", "reserving", "scoped", "spend")
 
-    def __init__(self, scoped: list[_Scoped], budgets: tuple[BudgetRule, ...],
-                 spend: tuple[tuple[Literal["key", "tenant"], str, SpendView | None], ...] = ()) -> None:
+    def __init__(self, scoped: list[_Scoped], budgets: tuple[BudgetRule, ...], spend: _SpendTo = (),
+                 holds: tuple[tuple[BudgetRule, BudgetCounter], ...] = ()) -> None:
         self.scoped = scoped
         self.budgets = budgets
         self.plans: dict[str, _Plan] = {}
         self.spend = spend
+        self.holds = holds
+        #: by model served: the counters a request reserves in (a downgrade budget whose downgrade model
+        #: is served has had its say)
+        self.reserving: dict[str, tuple[BudgetCounter, ...]] = {}
 
 
 #: What an admitted request holds until it is settled (``ctx.limits``), when it holds anything (a plan of
-#: request limits alone leaves nothing to settle): its plan, the tokens reserved per token limit of the
-#: plan (None: it has none), the completion part of the estimate (what a response without usage is
-#: assumed to have used), and the concurrency keys entered (each needs one leave).
+#: request limits alone leaves nothing to settle): its plan (None when only a budget reservation is held),
+#: the tokens reserved per token limit of the plan (None: it has none), the completion part of the
+#: estimate (what a response without usage is assumed to have used), the concurrency keys entered (each
+#: needs one leave), and its budget reservation (dollars, and the counters they are held in).
 #: PERF: a plain tuple: a class with slots costs twice as much to make
-_Held = tuple[_Plan, "list[int] | None", int, "list[str] | None"]
+_Reserved = tuple[float, tuple[BudgetCounter, ...]]
+_Held = tuple["_Plan | None", "list[int] | None", int, "list[str] | None", "_Reserved | None"]
 
 
 class _Net:
     """Units to settle with one limit's shared bucket: positive to charge, negative to refund. One per
-    limit key for the life of the phase; plans hold theirs, so settling is an attribute update."""
+    limit key for the life of the phase; plans hold theirs, so settling is an attribute update. It also
+    says which limit of which policy the key counts (``policy``, ``name``), so that a reload can tell the
+    lease clients what became of it."""
 
-    __slots__ = ("client", "limit", "units")
+    __slots__ = ("client", "limit", "name", "policy", "units")
 
-    def __init__(self, client: LeaseClient, limit: Limit) -> None:
+    def __init__(self, client: LeaseClient, limit: Limit, policy: str, name: str) -> None:
         self.client = client
         self.limit = limit
+        self.policy = policy
+        self.name = name
         self.units = 0.0
 
 
@@ -196,6 +217,7 @@ class AdmitPhase(Phase):
         self.client = service.client
         self.tokens = service.tokens
         self.book = service.book
+        self.budgets = service.budgets
         self.stats = service.stats
         #: seconds the x-ratelimit-* values of a caller and model are reused (# PERF: estimating and
         #: formatting them costs a few microseconds; at high rates most requests reuse them)
@@ -203,6 +225,9 @@ class AdmitPhase(Phase):
         self.default_max = 4096
         self.prices = PriceTable({})
         self._price_memo: dict[object, PriceConfig | None] = {}
+        #: per model: the highest input and output prices any deployment it may reach charges, and whether
+        #: every one of them has a price (the admission estimate's prices; see ``_estimate``)
+        self._top_prices: dict[str, tuple[float, float, bool]] = {}
         self._compiled: dict[str, list[LimitSpec]] = {}
         self._budgets: dict[str, BudgetConfig] = {}
         self._default: str | None = None
@@ -234,10 +259,12 @@ class AdmitPhase(Phase):
         gateway_scoped = scoped(gateway, "gateway", "all", "the gateway") if gateway in compiled else []
         default = lim.default_policy if lim.default_policy in compiled else None
         anon_scoped = scoped(default, "anonymous", "all", "anonymous callers") if default else []
+        top_prices = _top_prices(config, prices)
         # PERF: one assignment each; requests in flight keep the plans they hold
         self.default_max = unit
         self.prices = prices
         self._price_memo = {}
+        self._top_prices = top_prices
         self._compiled = compiled
         self._budgets = dict(lim.budgets)
         self._default = default
@@ -246,6 +273,26 @@ class AdmitPhase(Phase):
         self._anon = _Principal(anon_scoped, ())
         self._principals = {}
         self._unknown = set()
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Tell the lease clients what became of every limit key they know (a reload): changed limits
+        drop their leases and cached refusals at once, removed ones are forgotten; settlements waiting
+        for the source are sent under the new limits."""
+        compiled = self._compiled
+        unit = self.default_max
+        limits: dict[str, Limit | None] = {}
+        for key, net in self._nets.items():
+            spec = next((s for s in compiled.get(net.policy, ()) if s.name == net.name), None)
+            limit = limits[key] = _limit(spec, unit, key) if spec is not None else None
+            if limit is not None:
+                net.limit = limit
+        returned = self.client.adopt(limits.get)
+        returned = self.tokens.adopt(limits.get) or returned
+        self.budgets.reseed()
+        if returned:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing started yet to send
+                self.service.spawn(_flush_quietly(self.client, self.tokens))
 
     def _known(self, kind: str, name: str | None, table: Mapping[str, object]) -> str | None:
         if name is None or name in table:
@@ -274,11 +321,19 @@ class AdmitPhase(Phase):
         if t_budget is not None:
             rules.append(self._rule(t_budget, "tenant", tenant.id))
         views = {(r.view.scope, r.view.id): r.view for r in rules}
-        spend: tuple[tuple[Literal["key", "tenant"], str, SpendView | None], ...] = (
-            ("key", key.id, views.get(("key", key.id))),
-            ("tenant", tenant.id, views.get(("tenant", tenant.id))),
+        holds: list[tuple[BudgetRule, BudgetCounter]] = []
+        counters: dict[tuple[str, str], BudgetCounter] = {}
+        if self.budgets.enabled:
+            for r in rules:
+                if r.config.action != "alert":  # an alert limits nothing: it needs no reservation
+                    counter = self.budgets.counter(r.view, r.limit_day, r.limit_month)
+                    counters[(r.view.scope, r.view.id)] = counter
+                    holds.append((r, counter))
+        spend: _SpendTo = (
+            ("key", key.id, views.get(("key", key.id)), counters.get(("key", key.id))),
+            ("tenant", tenant.id, views.get(("tenant", tenant.id)), counters.get(("tenant", tenant.id))),
         )
-        principal = _Principal(scoped, tuple(rules), spend)
+        principal = _Principal(scoped, tuple(rules), spend, tuple(holds))
         if len(self._principals) >= _MAX_PRINCIPALS:
             self._principals = {}
         self._principals[key] = principal
@@ -291,8 +346,8 @@ class AdmitPhase(Phase):
 
     def _plan(self, principal: _Principal, model: str) -> _Plan:
         plan = _Plan([*principal.scoped, *self._model_scoped.get(model, ()), *self._gateway_scoped])
-        plan.req_nets = tuple(self._net_for(self.client, lim) for lim, _ in plan.pairs)
-        plan.token_nets = tuple(self._net_for(self.tokens, lim) for lim in plan.token_limits)
+        plan.req_nets = tuple(self._net_for(self.client, plan.info[lim.key]) for lim, _ in plan.pairs)
+        plan.token_nets = tuple(self._net_for(self.tokens, plan.info[lim.key]) for lim in plan.token_limits)
         if len(principal.plans) >= _MAX_PLANS:
             principal.plans = {}
         principal.plans[model] = plan
@@ -309,12 +364,9 @@ class AdmitPhase(Phase):
             principal = self._principals.get(key)  # PERF: one lookup per request once built
             if principal is None:
                 principal = self._principal(key)
-        model: str = ctx.fields.model
         if principal.budgets:
-            served = self._budget_gate(ctx, principal, model)
-            if served is None:
-                return self._load_then_admit(ctx, principal)
-            model = served
+            return self._admit_budgeted(ctx, principal)
+        model: str = ctx.fields.model
         plan = principal.plans.get(model)
         if plan is None:
             plan = self._plan(principal, model)
@@ -329,6 +381,15 @@ class AdmitPhase(Phase):
                     self._headers(plan, now, ctx.response_headers)
                 return None
         elif plan.empty:
+            return None
+        return self._admit(ctx, plan)
+
+    def _rates(self, ctx: Context, principal: _Principal, model: str) -> Awaitable[None] | None:
+        """The rate, token and concurrency limits of ``principal`` for ``model`` (after its budgets)."""
+        plan = principal.plans.get(model)
+        if plan is None:
+            plan = self._plan(principal, model)
+        if plan.empty:
             return None
         return self._admit(ctx, plan)
 
@@ -368,7 +429,7 @@ class AdmitPhase(Phase):
             return self._enter(ctx, plan, amounts, completion)
         self.stats.admitted += 1
         if amounts is not None:
-            ctx.limits = (plan, amounts, completion, None)
+            ctx.limits = (plan, amounts, completion, None, None)
         self._headers(plan, now, ctx.response_headers)
         return None
 
@@ -408,7 +469,7 @@ class AdmitPhase(Phase):
             return
         self.stats.admitted += 1
         if amounts is not None:
-            ctx.limits = (plan, amounts, completion, None)
+            ctx.limits = (plan, amounts, completion, None, None)
         self._headers(plan, _monotonic(), ctx.response_headers)
 
     async def _enter(self, ctx: Context, plan: _Plan, amounts: list[int] | None, completion: int) -> None:
@@ -425,7 +486,7 @@ class AdmitPhase(Phase):
             self._unrequest(plan, amounts)
             self._refuse(plan, refusal, amounts, now)
         self.stats.admitted += 1
-        ctx.limits = (plan, amounts, completion, entered)
+        ctx.limits = (plan, amounts, completion, entered, None)
         self._headers(plan, now, ctx.response_headers)
 
     async def _enter_all(self, plan: _Plan) -> tuple[list[str], Decision | None]:
@@ -451,10 +512,11 @@ class AdmitPhase(Phase):
             for net, a in zip(plan.token_nets, amounts, strict=True):
                 self._settle(net, -float(a))
 
-    def _net_for(self, client: LeaseClient, limit: Limit) -> _Net:
+    def _net_for(self, client: LeaseClient, scoped: _Scoped) -> _Net:
+        limit = scoped.limit
         net = self._nets.get(limit.key)
         if net is None:
-            net = self._nets[limit.key] = _Net(client, limit)
+            net = self._nets[limit.key] = _Net(client, limit, scoped.spec.policy, scoped.spec.name)
         net.limit = limit  # a reload may have changed it
         return net
 
@@ -516,6 +578,128 @@ class AdmitPhase(Phase):
                 ctx.response_headers.append(("x-gateway-downgraded", f"{model} -> {to}"))
                 return to
         return model
+
+    def _admit_budgeted(self, ctx: Context, principal: _Principal) -> Awaitable[None] | None:
+        """A caller with budgets: the spend views first (a budget known to be spent refuses or downgrades
+        without asking anyone), then the reservation of the request's estimated cost in the shared
+        counters of its ``block`` and ``downgrade`` budgets, then the rate limits of the model served."""
+        asked: str = ctx.fields.model
+        served = self._budget_gate(ctx, principal, asked)
+        if served is None:
+            return self._load_then_admit(ctx, principal)
+        return self._reserve(ctx, principal, served, asked)
+
+    def _reserve(
+        self, ctx: Context, principal: _Principal, served: str, asked: str
+    ) -> Awaitable[None] | None:
+        """Reserve the request's estimated cost on ``served`` in every counter that must hold it, then
+        admit by the rates. A reservation that does not fit refuses (``block``) or serves the downgrade
+        model (``downgrade``), which is reserved for in turn."""
+        counters = principal.reserving.get(served)
+        if counters is None:  # PERF: once per caller and model served
+            counters = tuple(c for r, c in principal.holds if not _downgraded_by(r, served))
+            if len(principal.reserving) >= _MAX_PLANS:
+                principal.reserving = {}
+            principal.reserving[served] = counters
+        if not counters:
+            return self._with_reservation(ctx, principal, served, None, 0)
+        amount, completion = self._estimate(ctx, served, asked)
+        if amount <= 0.0:  # no price: the call costs nothing in budgets
+            return self._with_reservation(ctx, principal, served, None, completion)
+        verdict = self.budgets.try_reserve(counters, amount, _monotonic())
+        if isinstance(verdict, BudgetCounter):
+            return self._reservation_refused(ctx, principal, verdict, served, asked, amount)
+        if verdict == RESERVED:
+            return self._with_reservation(ctx, principal, served, (amount, counters), completion)
+        if verdict == UNCHECKED:
+            return self._with_reservation(ctx, principal, served, None, completion)
+        return self._reserve_slow(ctx, principal, served, asked, amount, completion, counters)
+
+    async def _reserve_slow(self, ctx: Context, principal: _Principal, served: str, asked: str, amount: float,
+                            completion: int, counters: tuple[BudgetCounter, ...]) -> None:
+        # shielded: a request cancelled (its client gone) while its reservation is asked for must not
+        # leave it held
+        task = asyncio.ensure_future(self.budgets.reserve(counters, amount))
+        try:
+            verdict = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._unreserve_after_cancel(t, counters, amount))
+            raise
+        if isinstance(verdict, BudgetCounter):
+            out = self._reservation_refused(ctx, principal, verdict, served, asked, amount)
+        elif verdict == RESERVED:
+            out = self._with_reservation(ctx, principal, served, (amount, counters), completion)
+        elif verdict == UNCHECKED:
+            out = self._with_reservation(ctx, principal, served, None, completion)
+        else:  # ASK: the counters stayed contended for every round (a very busy worker): try again soon
+            raise RateLimited("Too many requests are reserving against the same budget at once. Try again "
+                              "shortly.", headers=retry_headers(0.25))
+        if out is not None:
+            await out
+
+    def _unreserve_after_cancel(self, task: asyncio.Future[BudgetCounter | int],
+                                counters: tuple[BudgetCounter, ...], amount: float) -> None:
+        if not task.cancelled() and task.exception() is None and task.result() == RESERVED:
+            self.budgets.settle(counters, amount)
+
+    def _with_reservation(self, ctx: Context, principal: _Principal, served: str, reserved: _Reserved | None,
+                          completion: int) -> Awaitable[None] | None:
+        """The rates, with ``reserved`` released if they refuse; on admission the reservation joins what
+        the request holds until it is settled."""
+        try:
+            out = self._rates(ctx, principal, served)
+        except BaseException:
+            if reserved is not None:
+                self.budgets.settle(reserved[1], reserved[0])
+            raise
+        if out is None:
+            if reserved is not None:
+                _attach(ctx, reserved, completion)
+            return None
+        if reserved is None:
+            return out
+        return self._rates_then_attach(out, ctx, reserved, completion)
+
+    async def _rates_then_attach(self, out: Awaitable[None], ctx: Context, reserved: _Reserved,
+                                 completion: int) -> None:
+        try:
+            await out
+        except BaseException:
+            self.budgets.settle(reserved[1], reserved[0])
+            raise
+        _attach(ctx, reserved, completion)
+
+    def _reservation_refused(self, ctx: Context, principal: _Principal, counter: BudgetCounter, served: str,
+                             asked: str, amount: float) -> Awaitable[None] | None:
+        """A counter could not hold the request's reservation: its budget's action decides."""
+        rule = next(r for r, c in principal.holds if c is counter)
+        cfg = rule.config
+        to = cfg.downgrade_model
+        if cfg.action == "downgrade" and to is not None and to != served:
+            self.stats.downgraded += 1
+            ctx.route_model = to
+            ctx.response_headers.append(("x-gateway-downgraded", f"{served} -> {to}"))
+            return self._reserve(ctx, principal, to, asked)
+        self.stats.budget_blocked += 1
+        raise _reservation_error(rule, counter, amount)
+
+    def _estimate(self, ctx: Context, served: str, asked: str) -> tuple[float, int]:
+        """The request's estimated maximum cost in US dollars (0.0: no price) and its completion estimate:
+        the admission's token estimate (``ceil(body bytes / 4)`` prompt tokens, ``max_tokens`` or the
+        default completion) at the highest prices of the deployments it may reach."""
+        completion = self._completion(ctx)
+        price = self._top_prices.get(served)
+        top_in, top_out = (price[0], price[1]) if price is not None else (-1.0, -1.0)
+        if price is None or not price[2]:  # some deployment is priced by the name asked for, at settle
+            found = self.prices.lookup(asked)
+            if found is not None:
+                cached = found.input if found.cached_input is None else found.cached_input
+                top_in = max(top_in, found.input, cached)
+                top_out = max(top_out, found.output)
+        if top_in < 0.0:
+            return 0.0, completion
+        prompt = (len(ctx.body) + 3) >> 2
+        return (prompt * top_in + completion * top_out) * 1e-6, completion
 
     async def _load_then_admit(self, ctx: Context, principal: _Principal) -> None:
         for rule in principal.budgets:
@@ -596,19 +780,24 @@ class AdmitPhase(Phase):
         ctx.limits = None
         if held[3]:
             self.service.leave_soon(held[3])
-        if held[1] is None:
+        reserved = held[4]
+        if held[1] is None and reserved is None:
             return
         if usage is not None:
             self._reconcile(held, usage.prompt_tokens, usage.completion_tokens)
         elif ctx.target is not None and 200 <= ctx.status < 300:
-            # answered, but the usage never came (a stream cut, the client gone): count what we can
+            # answered, but the usage never came (a stream cut, the client gone): count what we can; a
+            # budget reservation stands until then
             self.service.spawn(self._count_then_settle(ctx, held))
+            return
         else:  # never reached the upstream, or it failed: the tokens were not used
             self._reconcile(held, 0, 0)
+        if reserved is not None:  # its real cost went to the counters above (_spend), at the same moment
+            self.budgets.settle(reserved[1], reserved[0])
 
     def _reconcile(self, held: _Held, prompt: int, completion: int) -> None:
-        plan, amounts, _, _ = held
-        if amounts is None:
+        plan, amounts = held[0], held[1]
+        if amounts is None or plan is None:
             return
         stats = self.stats
         kinds = plan.token_kinds
@@ -658,17 +847,24 @@ class AdmitPhase(Phase):
         if principal is None:
             principal = self._principal(key)
         add = self.book.add
-        for scope, id, view in principal.spend:
+        for scope, id, view, counter in principal.spend:
             add(scope, id, cost, view, False)
+            if counter is not None:
+                counter.pending += cost
 
     async def _count_then_settle(self, ctx: Context, held: _Held) -> None:
         """Settle a response whose usage never arrived: the prompt counted with tiktoken (in the token
         counter's thread pool), the completion at its reservation (its text is not kept here)."""
+        reserved = held[4]
         try:
             prompt = await self._count_prompt(ctx)
         except Exception as exc:
             log.warning("limits: could not count the tokens of a response without usage (%s); its "
                         "reservation stands", exc.__class__.__name__ + (f": {exc}" if str(exc) else ""))
+            if reserved is not None:  # counted as spent in the shared counters: the safe side
+                for counter in reserved[1]:
+                    counter.pending += reserved[0]
+                self.budgets.settle(reserved[1], reserved[0])
             return
         self.stats.counted_usage += 1
         completion = held[2]
@@ -676,6 +872,8 @@ class AdmitPhase(Phase):
         cost = self._cost(ctx, prompt, completion)
         if cost is not None and ctx.key is not None and cost > 0.0:
             self._spend(ctx.key, cost)
+        if reserved is not None:
+            self.budgets.settle(reserved[1], reserved[0])
 
     async def _count_prompt(self, ctx: Context) -> int:
         counter = self.service.token_counter()
@@ -697,16 +895,49 @@ def _scoped(compiled: Mapping[str, list[LimitSpec]], unit: int, policy: str, sco
 
     A fixed ``lease`` is in requests' worth: for a token limit, ``lease`` times ``unit`` tokens (the
     default completion estimate), except that 1 stays 1 (exact: each request asks for its amount)."""
-    out = []
-    for spec in compiled.get(policy, ()):
-        lease: float | None = None
-        if spec.lease is not None:
-            lease = float(spec.lease) if spec.dimension != "tokens" or spec.lease == 1 else spec.lease * unit
-        limit = Limit(
-            f"{policy}/{spec.name}/{scope}/{id}", spec.rate if spec.rate > 0.0 else 1.0, spec.burst, lease,
-            spec.fail_mode,
-        )
-        out.append(_Scoped(spec, limit, where))
+    return [
+        _Scoped(spec, _limit(spec, unit, f"{policy}/{spec.name}/{scope}/{id}"), where)
+        for spec in compiled.get(policy, ())
+    ]
+
+
+def _limit(spec: LimitSpec, unit: int, key: str) -> Limit:
+    """The lease client's ``Limit`` for ``spec`` under the counter key ``key``."""
+    lease: float | None = None
+    if spec.lease is not None:
+        lease = float(spec.lease) if spec.dimension != "tokens" or spec.lease == 1 else spec.lease * unit
+    return Limit(key, spec.rate if spec.rate > 0.0 else 1.0, spec.burst, lease, spec.fail_mode)
+
+
+async def _flush_quietly(*clients: LeaseClient) -> None:
+    """Send what the clients have queued (a reload's returned leases) now rather than at the next tick."""
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.flush()
+
+
+def _top_prices(config: Config, prices: PriceTable) -> dict[str, tuple[float, float, bool]]:
+    """Per model: the highest input price (cached input included) and output price of the deployments a
+    request for it may reach (its own and its fallbacks', depth first), each priced as ``_cost`` prices
+    it (by the deployment's upstream model, else by the model served), and whether all of them have one."""
+    out: dict[str, tuple[float, float, bool]] = {}
+    models = config.models
+    for name in models:
+        chain = [name]
+        for model in chain:  # grows while walked: each model once
+            chain.extend(f for f in models[model].fallbacks if f in models and f not in chain)
+        top_in = top_out = -1.0
+        complete = True
+        for model in chain:
+            for d in models[model].routing().deployments:
+                price = prices.lookup(d.upstream_model or model) or prices.lookup(name)
+                if price is None:
+                    complete = False
+                    continue
+                cached = price.input if price.cached_input is None else price.cached_input
+                top_in = max(top_in, price.input, cached)
+                top_out = max(top_out, price.output)
+        out[name] = (top_in, top_out, complete)
     return out
 
 
@@ -762,13 +993,60 @@ def _tokens_asked(plan: _Plan, s: _Scoped, amounts: list[int] | None) -> int:
     return 0
 
 
-def _quota_error(rule: BudgetRule, why: str) -> QuotaExceeded:
+def _attach(ctx: Context, reserved: _Reserved, completion: int) -> None:
+    """Add a budget reservation to what an admitted request holds until it is settled."""
+    held: _Held | None = ctx.limits
+    if held is None:
+        ctx.limits = (None, None, completion, None, reserved)
+    else:  # the completion estimate is the same (the plan's is 0 when it has no token limit)
+        ctx.limits = (held[0], held[1], completion, held[3], reserved)
+
+
+def _downgraded_by(rule: BudgetRule, served: str) -> bool:
+    """Whether ``served`` is ``rule``'s downgrade model: that budget has had its say (spend continues)."""
+    return rule.config.action == "downgrade" and rule.config.downgrade_model == served
+
+
+def _reservation_error(rule: BudgetRule, counter: BudgetCounter, amount: float) -> QuotaExceeded:
+    """The 429 of a reservation that did not fit: the budget is spent, or cannot cover this request (retry
+    will not help: lower ``max_tokens``), or what is left is reserved by requests in flight (it may be
+    free again in a moment)."""
+    view = rule.view
+    spent_day = max(counter.spent_day, view.spent_day)
+    spent_month = max(counter.spent_month, view.spent_month)
+    if spent_day >= rule.limit_day:
+        return _quota_error(rule, "daily", spent_day)
+    if spent_month >= rule.limit_month:
+        return _quota_error(rule, "monthly", spent_month)
+    if rule.limit_day - spent_day <= rule.limit_month - spent_month:
+        spent, limit, period = spent_day, rule.limit_day, "today (UTC)"
+    else:
+        spent, limit, period = spent_month, rule.limit_month, "this month (UTC)"
+    if spent + amount > limit:
+        return QuotaExceeded(
+            f"Budget {rule.name} of {rule.where} cannot cover this request: it may cost up to {amount:.6f} "
+            f"USD (its prompt and max_tokens at the model's prices) and {limit - spent:.6f} of {limit:.4f} "
+            f"USD are left {period}. Lower max_tokens, or wait until the period ends or the budget is "
+            "raised.",
+            headers=[("x-should-retry", "false")],
+        )
+    return QuotaExceeded(
+        f"Budget {rule.name} of {rule.where} is reserved by requests in flight: {spent:.6f} USD spent and "
+        f"{counter.holds:.6f} USD reserved of {limit:.4f} USD {period}; this request may cost up to "
+        f"{amount:.6f} USD. Try again when they have finished.",
+        headers=retry_headers(1.0),
+    )
+
+
+def _quota_error(rule: BudgetRule, why: str, spent: float | None = None) -> QuotaExceeded:
     cfg = rule.config
     view = rule.view
     if why == "daily":
-        spent, limit, period = view.spent_day, cfg.usd_per_day or 0.0, "today (UTC)"
+        limit, period = cfg.usd_per_day or 0.0, "today (UTC)"
+        spent = view.spent_day if spent is None else spent
     else:
-        spent, limit, period = view.spent_month, cfg.usd_per_month or 0.0, "this month (UTC)"
+        limit, period = cfg.usd_per_month or 0.0, "this month (UTC)"
+        spent = view.spent_month if spent is None else spent
     return QuotaExceeded(
         f"Budget {rule.name} of {rule.where} is spent: {spent:.4f} of {limit:.4f} USD {period}. "
         "Requests are refused until the period ends or the budget is raised.",
@@ -805,9 +1083,10 @@ class LimitService:
                                   max_size=1000.0 * unit)
         self._store = store
         self.book = SpendBook(self._open_store, self.stats, claim=self._claim, post=self._post)
+        self.budgets = BudgetClient(self.source, self.book, workers=self.workers)
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.phase = AdmitPhase(self)
         self.phase.build(config)
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._leaving: list[str] = []
         self._leaver: asyncio.Task[None] | None = None
         self._settler: asyncio.Task[None] | None = None
@@ -816,14 +1095,17 @@ class LimitService:
 
     @property
     def shared_calls(self) -> int:
-        """Round trips to the shared state so far (both lease clients): the metric of lease efficiency."""
-        return self.client.stats.source_calls + self.tokens.stats.source_calls
+        """Round trips to the shared state so far (both lease clients and the budget counters): the
+        metric of lease efficiency."""
+        calls = self.client.stats.source_calls + self.tokens.stats.source_calls
+        return calls + self.budgets.stats.source_calls
 
     async def start(self) -> None:
         if self._own_source:
             await self.source.ping()  # connect now when the shared state answers; unreachable is not fatal
         self.client.start()
         self.tokens.start()
+        self.budgets.start()
         self.book.start()
         self._settler = asyncio.get_running_loop().create_task(self._settle_loop(), name="gateway-settle")
 
@@ -840,6 +1122,7 @@ class LimitService:
         await self._drain_leaves()
         await self.client.close()
         await self.tokens.close()
+        await self.budgets.close()
         await self.book.stop()
         if self._own_source:
             await self.source.close()
@@ -852,7 +1135,8 @@ class LimitService:
             self._http = None
 
     def reload(self, config: Config) -> None:
-        """New policies, budgets and prices (counters and spend carry on; the shared state is kept)."""
+        """New policies, budgets and prices (counters and spend carry on; the shared state is kept). The
+        lease clients adopt changed limits at once (``AdmitPhase._adopt``)."""
         self.phase.build(config)
         self.config = config
 

@@ -19,9 +19,11 @@ Theory of operation (one ``SpendBook`` per worker):
 
 A view's value is exact with respect to this worker: the store's total as of the last read, plus what
 this worker added since the batch that preceded that read (``local - mark``). Other workers' spend arrives
-with the next refresh, so across the deployment a budget may be overspent by what the other workers spend
-in about ``flush_interval + refresh_interval`` seconds, plus the calls in flight when it runs out (their
-cost is known only after they finish).
+with the next refresh, so a view alone would let a budget be overspent by what the other workers spend in
+about ``flush_interval + refresh_interval`` seconds, plus the calls in flight when it runs out. The views
+are the cheap first check (a budget they know to be spent refuses without asking anyone), the alerts'
+source, the seeds of the shared counters, and the fallback while the shared state is unavailable; the
+deployment-wide bound comes from the reservations of ``gateway.limits.reserve``.
 
 Days and months are UTC calendar days (``YYYY-MM-DD``) and months; a month's spend is the sum of its days.
 """
@@ -79,6 +81,7 @@ class SpendView:
         "mark_day",
         "mark_month",
         "month",
+        "read",
         "rule",
         "scope",
         "used",
@@ -101,6 +104,8 @@ class SpendView:
         self.mark_month = 0.0
         #: monotonic time until which the values may be used without reading the store again
         self.fresh_until = -1.0
+        #: whether the store has been read at least once (else the values are this worker's alone)
+        self.read = False
         #: used since the last refresh (so the next refresh reads it)
         self.used = False
         self.loading: asyncio.Future[None] | None = None
@@ -445,6 +450,7 @@ class SpendBook:
                 view.mark_day = local_day
                 view.mark_month = local_month
                 view.fresh_until = self._clock() + self.stale_after
+                view.read = True
                 if view.rule is not None:
                     self.check_alert(view.rule)
 

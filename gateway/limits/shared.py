@@ -13,6 +13,8 @@ Pieces
 ``LeaseClient``      one per worker: holds at most one live lease per limit key, admits from it with a
                      synchronous ``try_take`` (the hot path), refills it through the source, returns what
                      it does not use, and falls back to local limits when the source is unavailable.
+``BudgetOp``         the sources also keep budget counters (spend and reservations in US dollars per key or
+                     tenant); ``gateway.limits.reserve`` is their worker-side client.
 
 Theory of operation
 -------------------
@@ -43,6 +45,13 @@ deployment, a bucket of rate ``r`` and burst ``B``, ``S`` the largest lease size
 With leases of 1 and unit requests the admission is exact: never more than the bucket allows. Settling
 real usage (``charge``) only lowers what is admitted later; ``refund`` gives back units that were
 reserved and not used, so it never lets a unit be spent twice.
+
+A changed policy (reload). Operations carry their limit's rate and burst, and the source adopts a change
+on the next operation: the units used so far stay used, up to the new burst (a limit raised from 5 to
+100 a minute admits the difference at once; one lowered below what was used is full until it refills); a
+bucket in debt beyond a full burst keeps its debt in proportion when the burst shrinks. The client adopts
+the change at once (``LeaseClient.adopt``): it closes each changed limit's lease (returning what is left
+while the lease is live) and forgets the refusal it had cached, so neither outlives the old policy.
 
 Shared state unavailable. Each limit has a ``fail_mode``: ``fail_open`` admits with a local bucket of
 ``rate / W`` and ``max(1, burst / W)`` per worker (each worker at its share), ``fail_closed`` refuses with
@@ -83,6 +92,8 @@ from gateway.errors import ServiceUnavailable
 __all__ = [
     "ADMITTED",
     "ASK",
+    "BudgetGrant",
+    "BudgetOp",
     "Decision",
     "FailMode",
     "Grant",
@@ -93,6 +104,7 @@ __all__ = [
     "Op",
     "OpKind",
     "SharedStateUnavailable",
+    "check_budget_op",
     "check_op",
 ]
 
@@ -170,6 +182,68 @@ def check_op(op: Op) -> None:
         raise ValueError(f"limit {op.key!r}: amounts must be finite numbers >= 0")
 
 
+class BudgetOp(msgspec.Struct, frozen=True, gc=False):
+    """One atomic operation on the budget counter ``key`` (a key's or a tenant's spend, in US dollars).
+
+    A counter holds the spend of the current UTC day and month and one **hold** per holder (a worker's
+    source instance): dollars reserved for its requests in flight, their spend not yet sent, and a spare
+    lease. Every operation first adds ``spent`` (real spend settled by this holder since its last
+    operation) to the day and the month, then sets this holder's hold:
+
+    - an ask (``need > 0``): the hold becomes ``need`` plus a spare of at most ``want - need`` and at most
+      ``1 / split`` of what would be left, if ``need`` fits: the day's and the month's spend plus every
+      other holder's hold plus ``need`` within ``limit_day`` and ``limit_month``; otherwise the ask is
+      refused and the hold becomes ``floor``;
+    - otherwise (settling, returning a spare, keeping alive): the hold becomes ``want`` when that is less
+      than it was, never less than ``floor``.
+
+    ``floor`` (the reservations of requests in flight) is kept unconditionally: they were admitted. Holds
+    expire ``holder_ttl`` seconds after their holder's last operation. ``day`` (``YYYYMMDD``) and
+    ``month`` (``YYYYMM``) are the holder's current UTC period: a later one than the counter's starts it
+    anew. ``seed_day``/``seed_month``: the spend the store knows of (a lower bound of the truth); they
+    raise the counter when it is created and when ``heal`` is set (after a start or a reload), so that a
+    counter that was lost, or missed spend while no budget applied, never counts less than the store.
+    A limit of ``inf`` is no limit.
+    """
+
+    key: str
+    day: int
+    month: int
+    limit_day: float
+    limit_month: float
+    spent: float = 0.0
+    floor: float = 0.0
+    need: float = 0.0
+    want: float = 0.0
+    seed_day: float = 0.0
+    seed_month: float = 0.0
+    heal: bool = False
+    split: float = 1.0
+
+
+class BudgetGrant(msgspec.Struct, frozen=True, gc=False):
+    """The answer to a ``BudgetOp``: ``ok`` (False only for a refused ask), this holder's ``held`` dollars
+    after it, and the counter as it left it: ``spent_day``, ``spent_month`` and ``holds`` (every live
+    holder's hold, this one's included)."""
+
+    ok: bool
+    held: float
+    spent_day: float
+    spent_month: float
+    holds: float
+
+
+def check_budget_op(op: BudgetOp) -> None:
+    """ValueError unless ``op`` is well formed (limits >= 0 or inf, finite amounts >= 0, split >= 1)."""
+    if not (op.limit_day >= 0.0 and op.limit_month >= 0.0):
+        raise ValueError(f"budget {op.key!r}: limits must be numbers >= 0 (inf for none)")
+    amounts = (op.spent, op.floor, op.need, op.want, op.seed_day, op.seed_month)
+    if not all(0.0 <= a < _INF for a in amounts) or not 1.0 <= op.split < _INF:
+        raise ValueError(f"budget {op.key!r}: amounts must be finite numbers >= 0, split >= 1")
+    if not (10000101 <= op.day <= 99991231 and op.month == op.day // 100):
+        raise ValueError(f"budget {op.key!r}: day must be YYYYMMDD and month its YYYYMM")
+
+
 class LeaseSource(abc.ABC):
     """The deployment-wide shared state: a GCRA bucket per limit key, concurrency counters per key.
 
@@ -182,6 +256,8 @@ class LeaseSource(abc.ABC):
     lease_ttl: float
     #: seconds a concurrency holder entry counts after its last refresh
     holder_ttl: float
+    #: whether ``budget`` is implemented (a source without it leaves budgets to the spend views)
+    keeps_budgets: bool = False
 
     @property
     @abc.abstractmethod
@@ -233,6 +309,11 @@ class LeaseSource(abc.ABC):
         """``(remaining, reset_after)`` of the bucket, for rate-limit headers; changes nothing."""
         grant = (await self.batch((Op("peek", limit_key, float(rate), float(burst)),), 0.0))[0]
         return grant.remaining, grant.reset_after
+
+    async def budget(self, ops: Sequence[BudgetOp]) -> list[BudgetGrant]:
+        """Run budget ``ops`` in order, each atomically (this holder's holds); one ``BudgetGrant`` each.
+        Sources that keep budget counters set ``keeps_budgets`` and override this."""
+        raise SharedStateUnavailable(f"{type(self).__name__} keeps no budget counters")
 
     @abc.abstractmethod
     async def enter(self, limit_key: str, limit: int) -> bool:
@@ -330,6 +411,7 @@ class _Entry:
         "lease",
         "limit",
         "pending",
+        "pinned",
         "refused_amount",
         "refused_until",
         "remaining",
@@ -352,6 +434,9 @@ class _Entry:
         self.seen = -_INF
         #: the local bucket used while the shared state is unavailable (fail_open)
         self.fallback: Bucket | None = None
+        #: ``limit`` is the current configuration's (set by ``adopt``): a different one passed in by a
+        #: request that started before the reload is stale, not a change
+        self.pinned = False
 
 
 def _worse(current: Decision | None, new: Decision) -> Decision:
@@ -528,6 +613,34 @@ class LeaseClient:
         if self._queue and not self._degraded:
             await self._send_queue(self._clock())
 
+    def adopt(self, limits: Callable[[str], Limit | None]) -> bool:
+        """Adopt a reloaded configuration. ``limits(key)``: the limit that key has now, or None when no
+        policy uses it any more. A changed limit's lease is closed and its cached refusal forgotten (so a
+        limit raised from 5 to 100 a minute admits at once, and a lowered one is not served from a lease
+        sized for the old one); a key no longer used is forgotten. Unused units of closed leases are
+        queued to go back: True when there are some (``flush`` sends them now)."""
+        now = self._clock()
+        for key, entry in list(self._entries.items()):
+            limit = limits(key)
+            if limit is None:
+                if entry.pending is None:  # an acquisition in flight settles first; then it idles out
+                    self._let_go(entry, entry.limit, now)
+                    del self._entries[key]
+            else:
+                if limit != entry.limit:
+                    self._change(entry, limit, now)
+                entry.pinned = True
+        # settlements waiting for the source go under the new limits (an old rate and burst would make
+        # the source adopt the old policy again)
+        queue = []
+        for op in self._queue:
+            limit = limits(op.key)
+            if limit is not None and (limit.rate != op.rate or limit.burst != op.burst):
+                op = Op(op.kind, op.key, limit.rate, limit.burst, op.amount, op.size, op.returning)
+            queue.append(op)
+        self._queue = queue
+        return bool(self._queue)
+
     # -- concurrency ------------------------------------------------------------------------------------
 
     async def enter(self, limit_key: str, limit: int, fail_mode: FailMode = "fail_open") -> Decision:
@@ -610,13 +723,38 @@ class LeaseClient:
         entry = self._entries.get(limit.key)
         if entry is None:
             entry = self._entries[limit.key] = _Entry(limit, self._window)
-        elif entry.limit != limit:  # the policy changed (reload): the source adopts it on the next call
-            entry.limit = limit
-            if entry.fallback is not None:
-                entry.fallback.reconfigure(
-                    limit.rate / self._workers, self._fallback_burst(limit), self._clock()
-                )
+        elif entry.limit != limit and not entry.pinned:  # the policy changed (a reload ``adopt`` missed)
+            self._change(entry, limit, self._clock())
         return entry
+
+    def _change(self, entry: _Entry, limit: Limit, now: float) -> None:
+        """Put ``entry`` under ``limit``: its lease closes (the rest given back, see ``_let_go``), its
+        cached refusal is forgotten, its fallback bucket keeps the units it has used (up to the new
+        burst). The source adopts the new rate and burst on the next operation that carries them."""
+        self._let_go(entry, limit, now)
+        entry.limit = limit
+        entry.refused_until = -_INF
+        entry.refused_amount = _INF
+        if entry.remaining > limit.burst:
+            entry.remaining = limit.burst
+        old = entry.fallback
+        if old is not None:
+            fallback = entry.fallback = Bucket(limit.rate / self._workers, self._fallback_burst(limit))
+            used = old.burst - old.remaining(now)
+            if used > 0.0:
+                fallback.force(now, min(used, fallback.burst))
+
+    def _let_go(self, entry: _Entry, limit: Limit, now: float) -> None:
+        """Close ``entry``'s lease; its unused units are queued to go back (under ``limit``) only while
+        the lease has a couple of ticks to live, so that the return reaches the source in time; what is
+        left of a lease about to expire is forfeited (the bucket refills it)."""
+        lease = entry.lease
+        if lease is None:
+            return
+        live = lease.expires_at - now > 2.0 * self._tick
+        unused = self._close_lease(entry, now)
+        if live and unused > 0.0:
+            self._enqueue(Op("give_back", limit.key, limit.rate, limit.burst, unused))
 
     def _fallback_burst(self, limit: Limit) -> float:
         return max(1.0, limit.burst / self._workers)
@@ -725,21 +863,26 @@ class LeaseClient:
                 if pending is not None and not pending.done():
                     pending.set_result(None)
         after = self._clock()
-        for i, grant in zip(missing, grants, strict=True):
+        for i, op, grant in zip(missing, ops, grants, strict=True):
             entry = entries[i]
             entry.remaining = grant.remaining
             entry.reset_at = now + grant.reset_after
             entry.seen = now
+            # a reload changed the limit meanwhile: what the old one answered is not kept beyond this
+            changed = entry.limit.rate != op.rate or entry.limit.burst != op.burst
             if not grant.ok:
                 self.stats.refusals += 1
-                entry.refused_until = now + grant.retry_after
-                entry.refused_amount = amounts[i]
+                if not changed:
+                    entry.refused_until = now + grant.retry_after
+                    entry.refused_amount = amounts[i]
                 continue
             self.stats.grants += 1
             entry.refused_until = -_INF
             lease = entry.lease = Lease(grant.granted, grant.expires_at)
             if lease.take(after, amounts[i]):  # spent at once (the protocol of the bound)
                 fresh.add(i)
+            if changed:
+                self._let_go(entry, entry.limit, after)
 
     @staticmethod
     def _close_lease(entry: _Entry, now: float) -> float:

@@ -19,16 +19,25 @@ at most the last seconds of it; a full table is a sizing error, reported as unav
 Layout of the file (little-endian, created by the first process that opens it; later openers adopt the
 sizes they find)::
 
-    header    4096 bytes   magic "GWLEASE1", version, bucket slots, counter slots, holders per counter
+    header    4096 bytes   magic "GWLEASE1", version, bucket slots, counter slots, holders per counter,
+                           budget slots
     buckets   64 bytes each: key digest (16), seq (8), level, stamp, rate, burst (4 doubles), padding
     counters  32 + 24 * holders bytes each: key digest (16), seq (8), padding; then per holder:
               holder id (8), in-flight count (8), expiry (8, a double)
+    budgets   64 + 24 * holders bytes each: key digest (16), seq (8), day (8, YYYYMMDD), month (8,
+              YYYYMM), spend of the day and of the month (2 doubles), padding; then per holder: holder id
+              (8), hold in US dollars (8, a double), expiry (8, a double)
+
+The budget region came later than the others: a file made without it (its header says 0 budget slots)
+has it appended by the first process that opens it, under the file lock; processes that mapped the file
+before keep their shorter mapping, which the appended region does not disturb.
 
 A key lives in one of the ``_WINDOW`` slots after its home slot (its BLAKE2b digest modulo the table):
 lookups scan the window (one ``mmap.find`` for the digest), a new key takes the first free slot of its
 window. A bucket slot whose bucket has refilled completely holds nothing a fresh bucket would not, so it
 is freed when its level reaches 0 and reclaimed by any key when found full; a counter slot whose holders
-have all expired likewise.
+have all expired likewise; a budget slot whose holders have all expired and that was last written on an
+earlier day than the asking operation's (its spend is in the store by then, which re-seeds it).
 
 Concurrency: one fcntl lock over the file serialises every operation of every process of the node (the
 critical section is microseconds; a process killed while holding it releases it, the kernel sees to
@@ -41,7 +50,9 @@ Torn writes: a process killed in the middle of writing a slot (SIGKILL between t
 slot's sequence number odd (it is made odd before the write and even after). A bucket found so is reset
 to empty (level = burst, refilling from now): it may under-admit for one refill period, never over-admit.
 A counter slot found so keeps the holder entries that are plausible (count >= 0, expiry within one
-``holder_ttl``) and drops the others; either way a dead writer's entry stops counting when it expires.
+``holder_ttl``) and drops the others; either way a dead writer's entry stops counting when it expires. A
+budget slot found so drops implausible holds likewise and a spend that is not a finite number >= 0 (the
+store's seeds raise it again on the next operation, which heals it).
 
 Time is the wall clock (``time.time_ns``, shifted to an epoch of 1.7e9 s so that a double keeps it to
 a few nanoseconds), like Redis's ``TIME``: the state survives a restart of the node. A clock stepped backwards
@@ -70,9 +81,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from gateway.limits.shared import Grant, LeaseSource, Op, OpKind, SharedStateUnavailable, check_op
+from gateway.limits.shared import (
+    BudgetGrant,
+    BudgetOp,
+    Grant,
+    LeaseSource,
+    Op,
+    OpKind,
+    SharedStateUnavailable,
+    check_budget_op,
+    check_op,
+)
 
-__all__ = ["CLOCK_EPOCH", "LocalLeaseSource", "gcra", "wall_clock"]
+__all__ = ["CLOCK_EPOCH", "LocalLeaseSource", "budget_step", "gcra", "reconfigure", "wall_clock"]
 
 R = TypeVar("R")
 
@@ -82,7 +103,10 @@ _EPOCH_NS = CLOCK_EPOCH * 1_000_000_000
 
 _MAGIC = b"GWLEASE1"
 _VERSION = 1
-_HEADER = struct.Struct("<8sIIII")
+_HEADER = struct.Struct("<8sIIIII")
+#: where the budget slots are in the header (files made before the budget region have 0 there)
+_BUDGET_SLOTS_AT = 24
+_BUDGET_SLOTS = struct.Struct("<I")
 _HEADER_SIZE = 4096
 _BUCKET = struct.Struct("<16sQdddd8x")
 _BUCKET_SIZE = _BUCKET.size  # 64
@@ -91,6 +115,9 @@ _SEQ_AT = 16  # offset of the sequence number in every slot
 _COUNTER_HEAD_SIZE = 32
 _HOLDER = struct.Struct("<Qqd")
 _HOLDER_SIZE = _HOLDER.size  # 24
+_BUDGET_HEAD = struct.Struct("<16sQqqdd")
+_BUDGET_HEAD_SIZE = 64
+_BUDGET_HOLDER = struct.Struct("<Qdd")
 #: slots a key may occupy after its home slot
 _WINDOW = 16
 _EMPTY = bytes(16)
@@ -182,14 +209,71 @@ def gcra(
     return level, stamp, 0.0, 0.0
 
 
-def _reconfigure(
+def reconfigure(
     level: float, stamp: float, old_rate: float, old_burst: float, burst: float, now: float
 ) -> tuple[float, float]:
-    """``Bucket.reconfigure``: refill at the old rate up to ``now``, keep the consumed fraction."""
+    """A changed policy (reload): refill at the old rate up to ``now``; the units used stay used, up to
+    the new burst; a bucket in debt (above its burst) keeps its debt in proportion when the burst shrinks.
+
+    So a limit raised from 5 to 100 a minute, 5 used, has 95 left at once; lowered from 100 to 5 with 50
+    used, it is full and refills at the new rate. (``gateway._core`` ``Bucket.reconfigure`` keeps the used
+    fraction instead; the shared state, which every worker sees, follows this rule.)
+    """
     level = _level_at(level, stamp, old_rate, now)
     if now > stamp:
         stamp = now
-    return level * (burst / old_burst), stamp
+    scaled = level * (burst / old_burst)
+    return min(level, max(burst, scaled)), stamp
+
+
+def budget_step(
+    op: BudgetOp,
+    fresh: bool,
+    day: int,
+    month: int,
+    spent_day: float,
+    spent_month: float,
+    mine: float,
+    others: float,
+) -> tuple[int, int, float, float, float, bool]:
+    """One ``BudgetOp`` on a stored counter: ``(day, month, spent_day, spent_month, mine, ok)`` after it.
+
+    ``fresh``: the counter did not exist (its stored values are zeros); ``mine``: this holder's live hold
+    before the operation; ``others``: the other holders' live holds. The Lua of
+    ``gateway.limits.shared_redis`` is this function, operation for operation.
+    """
+    if op.month > month:
+        month = op.month
+        spent_month = 0.0
+    if op.day > day:
+        day = op.day
+        spent_day = 0.0
+    spent_day = spent_day + op.spent
+    spent_month = spent_month + op.spent
+    if fresh or op.heal:
+        if op.day == day and op.seed_day > spent_day:
+            spent_day = op.seed_day
+        if op.month == month and op.seed_month > spent_month:
+            spent_month = op.seed_month
+    ok = True
+    if op.need > 0.0:
+        room = min(op.limit_day - spent_day, op.limit_month - spent_month) - others
+        if op.need <= room:
+            extra = (room - op.need) / op.split
+            if extra > op.want - op.need:
+                extra = op.want - op.need
+            if extra < 0.0:
+                extra = 0.0
+            mine = op.need + extra
+        else:
+            ok = False
+            mine = op.floor
+    else:
+        if mine > op.want:
+            mine = op.want
+        if mine < op.floor:
+            mine = op.floor
+    return day, month, spent_day, spent_month, mine, ok
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -201,9 +285,12 @@ class LocalLeaseSource(LeaseSource):
     Every worker process opens its own instance on the same path (after forking: locks and the holder
     identity are per process). ``slots``: bucket slots (64 bytes each; a key per limit and principal);
     ``counter_slots`` and ``holders`` (holders per key: at least the node's worker count): the concurrency
-    table. Sizes apply when the file is created. ``clock``: seconds, one clock for all processes
+    table; ``budget_slots``: budget counters (a key or tenant with a budget each; ``64 + 24 * holders``
+    bytes each). Sizes apply when the file is created. ``clock``: seconds, one clock for all processes
     (``wall_clock``; tests pass their own).
     """
+
+    keeps_budgets = True
 
     def __init__(
         self,
@@ -212,12 +299,15 @@ class LocalLeaseSource(LeaseSource):
         slots: int = 65_536,
         counter_slots: int = 1_024,
         holders: int = 64,
+        budget_slots: int = 4_096,
         lease_ttl: float = 2.0,
         holder_ttl: float = 10.0,
         clock: Callable[[], float] = wall_clock,
     ) -> None:
-        if slots < _WINDOW or counter_slots < _WINDOW or holders < 1:
-            raise ValueError(f"need slots >= {_WINDOW}, counter_slots >= {_WINDOW}, holders >= 1")
+        if slots < _WINDOW or counter_slots < _WINDOW or budget_slots < _WINDOW or holders < 1:
+            raise ValueError(
+                f"need slots, counter_slots and budget_slots >= {_WINDOW} and holders >= 1"
+            )
         if not (0.0 < lease_ttl < _INF and 0.0 < holder_ttl < _INF):
             raise ValueError("lease_ttl and holder_ttl must be finite numbers of seconds > 0")
         self.path = os.fspath(path)
@@ -226,15 +316,18 @@ class LocalLeaseSource(LeaseSource):
         self._clock = clock
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            self._slots, self._counter_slots, self._holders = self._layout(slots, counter_slots, holders)
+            sizes = self._layout(slots, counter_slots, holders, budget_slots)
+            self._slots, self._counter_slots, self._holders, self._budget_slots = sizes
             self._counters_at = _HEADER_SIZE + self._slots * _BUCKET_SIZE
             self._counter_size = _COUNTER_HEAD_SIZE + self._holders * _HOLDER_SIZE
-            size = self._counters_at + self._counter_slots * self._counter_size
-            self._map = mmap.mmap(self._fd, size)
+            self._budgets_at = self._counters_at + self._counter_slots * self._counter_size
+            self._budget_size = _BUDGET_HEAD_SIZE + self._holders * _HOLDER_SIZE
+            self._map = mmap.mmap(self._fd, self._budgets_at + self._budget_slots * self._budget_size)
         except BaseException:
             os.close(self._fd)
             raise
         self._holders_struct = struct.Struct("<" + "Qqd" * self._holders)
+        self._budget_holders = struct.Struct("<" + "Qdd" * self._holders)
         self._holder = int.from_bytes(secrets.token_bytes(8), "little") | 1  # never 0 (0 marks a free entry)
         self._mine: dict[str, int] = {}
         self._digests: dict[str, bytes] = {}
@@ -248,26 +341,41 @@ class LocalLeaseSource(LeaseSource):
         """Open (creating if need be) off the event loop: the first open of a node may wait on the lock."""
         return await asyncio.get_running_loop().run_in_executor(None, lambda: cls(path, **options))
 
-    def _layout(self, slots: int, counter_slots: int, holders: int) -> tuple[int, int, int]:
-        """Create the file's header, or read the sizes of an existing one (under the file lock)."""
+    def _layout(
+        self, slots: int, counter_slots: int, holders: int, budget_slots: int
+    ) -> tuple[int, int, int, int]:
+        """Create the file's header, or read the sizes of an existing one (under the file lock), appending
+        the budget region to a file made without one."""
+
+        def size(slots: int, counter_slots: int, holders: int, budget_slots: int) -> int:
+            return (
+                _HEADER_SIZE
+                + slots * _BUCKET_SIZE
+                + counter_slots * (_COUNTER_HEAD_SIZE + holders * _HOLDER_SIZE)
+                + budget_slots * (_BUDGET_HEAD_SIZE + holders * _HOLDER_SIZE)
+            )
+
         fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 0)
         try:
             header = os.pread(self._fd, _HEADER.size, 0)
             if len(header) < _HEADER.size or header[:8] == bytes(8):
-                size = (
-                    _HEADER_SIZE
-                    + slots * _BUCKET_SIZE
-                    + counter_slots * (_COUNTER_HEAD_SIZE + holders * _HOLDER_SIZE)
+                os.ftruncate(self._fd, size(slots, counter_slots, holders, budget_slots))
+                os.pwrite(
+                    self._fd, _HEADER.pack(_MAGIC, _VERSION, slots, counter_slots, holders, budget_slots), 0
                 )
-                os.ftruncate(self._fd, size)
-                os.pwrite(self._fd, _HEADER.pack(_MAGIC, _VERSION, slots, counter_slots, holders), 0)
-                return slots, counter_slots, holders
-            magic, version, slots, counter_slots, holders = _HEADER.unpack(header)
+                return slots, counter_slots, holders, budget_slots
+            magic, version, slots, counter_slots, holders, found = _HEADER.unpack(header)
             if magic != _MAGIC or version != _VERSION:
                 raise ValueError(
                     f"{self.path} is not a limits table of this version (remove it to start anew)"
                 )
-            return slots, counter_slots, holders
+            if found == 0:  # made before budgets: append their region (zeros: every slot free)
+                needed = size(slots, counter_slots, holders, budget_slots)
+                if os.fstat(self._fd).st_size < needed:
+                    os.ftruncate(self._fd, needed)
+                os.pwrite(self._fd, _BUDGET_SLOTS.pack(budget_slots), _BUDGET_SLOTS_AT)
+                found = budget_slots
+            return slots, counter_slots, holders, found
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
 
@@ -380,7 +488,7 @@ class LocalLeaseSource(LeaseSource):
             if seq & 1:  # torn by a writer that died: assume the worst (empty), refilling from now
                 level, stamp = burst, now
             elif old_rate != rate or old_burst != burst:
-                level, stamp = _reconfigure(level, stamp, old_rate, old_burst, burst, now)
+                level, stamp = reconfigure(level, stamp, old_rate, old_burst, burst, now)
         level, stamp, granted, wait = gcra(
             op.kind, level, stamp, rate, burst, now, op.amount, op.size, op.returning
         )
@@ -510,12 +618,103 @@ class LocalLeaseSource(LeaseSource):
         _, values = self._counter(key, now, claim=False)
         return self._live(values, now)
 
+    # budget counters ---------------------------------------------------------------------------------
+
+    def _budget_op(self, op: BudgetOp, now: float) -> BudgetGrant:
+        m = self._map
+        digest = self._digest(op.key)
+        at, start = self._find(digest, self._budgets_at, self._budget_size, self._budget_slots)
+        fresh = at == -1
+        if fresh:
+            seq, day, month, spent_day, spent_month = 0, 0, 0, 0.0, 0.0
+            values: list[Any] = [0, 0.0, 0.0] * self._holders
+        else:
+            _, seq, day, month, spent_day, spent_month = _BUDGET_HEAD.unpack_from(m, at)
+            values = list(self._budget_holders.unpack_from(m, at + _BUDGET_HEAD_SIZE))
+            if seq & 1:  # torn by a writer that died: keep what is plausible, let the seeds heal it
+                fresh = True
+                day, month, spent_day, spent_month = self._repair_budget(
+                    day, month, spent_day, spent_month, values, now
+                )
+        me = self._holder
+        mine = 0.0
+        others = 0.0
+        index = -1
+        free = -1
+        for i in range(0, len(values), 3):
+            if values[i] and values[i + 2] > now:
+                if values[i] == me:
+                    mine = values[i + 1]
+                    index = i
+                else:
+                    others += values[i + 1]
+            elif free == -1:
+                free = i
+        day, month, spent_day, spent_month, mine, ok = budget_step(
+            op, fresh, day, month, spent_day, spent_month, mine, others
+        )
+        if index == -1 and mine > 0.0:
+            if free == -1:
+                raise SharedStateUnavailable(
+                    f"limits table {self.path}: more budget holders than its {self._holders} per key"
+                )
+            index = free
+        if index != -1:
+            values[index : index + 3] = (me, mine, now + self.holder_ttl) if mine > 0.0 else (0, 0.0, 0.0)
+        if at == -1:
+            at = self._claim_budget(start, op.day, now)
+        _SEQ.pack_into(m, at + _SEQ_AT, seq | 1)  # odd while writing: a torn slot is recognisable
+        _BUDGET_HEAD.pack_into(m, at, digest, seq | 1, day, month, spent_day, spent_month)
+        self._budget_holders.pack_into(m, at + _BUDGET_HEAD_SIZE, *values)
+        _SEQ.pack_into(m, at + _SEQ_AT, (seq | 1) + 1)
+        return BudgetGrant(ok, mine, spent_day, spent_month, others + mine)
+
+    def _repair_budget(
+        self, day: int, month: int, spent_day: float, spent_month: float, values: list[Any], now: float
+    ) -> tuple[int, int, float, float]:
+        if not 10000101 <= day <= 99991231 or month != day // 100:
+            day, month = 0, 0
+        if not 0.0 <= spent_day < _INF:
+            spent_day = 0.0
+        if not 0.0 <= spent_month < _INF:
+            spent_month = 0.0
+        for i in range(0, len(values), 3):
+            if values[i] and not (0.0 <= values[i + 1] < _INF and values[i + 2] <= now + self.holder_ttl):
+                values[i : i + 3] = [0, 0.0, 0.0]
+        return day, month, spent_day, spent_month
+
+    def _claim_budget(self, start: int, day: int, now: float) -> int:
+        """A free budget slot of the window starting at ``start``: empty, or without a live holder and
+        last written on a day before ``day``."""
+        m = self._map
+        stride = self._budget_size
+        for at in range(start, start + _WINDOW * stride, stride):
+            digest, _seq, stored_day, _month, _sd, _sm = _BUDGET_HEAD.unpack_from(m, at)
+            if digest == _EMPTY:
+                return at
+            if stored_day < day:
+                values = self._budget_holders.unpack_from(m, at + _BUDGET_HEAD_SIZE)
+                if not any(values[i] and values[i + 2] > now for i in range(0, len(values), 3)):
+                    return at
+        raise SharedStateUnavailable(
+            f"limits table {self.path} has no free budget slot around this key: make it larger"
+        )
+
+    def _budget_apply(self, ops: Sequence[BudgetOp]) -> list[BudgetGrant]:
+        now = self._clock()
+        return [self._budget_op(op, now) for op in ops]
+
     # -- LeaseSource ------------------------------------------------------------------------------------
 
     async def batch(self, ops: Sequence[Op], now: float) -> list[Grant]:
         for op in ops:
             check_op(op)
         return await self._run(self._apply, ops, now)
+
+    async def budget(self, ops: Sequence[BudgetOp]) -> list[BudgetGrant]:
+        for op in ops:
+            check_budget_op(op)
+        return await self._run(self._budget_apply, ops)
 
     async def enter(self, limit_key: str, limit: int) -> bool:
         return await self._run(self._enter, limit_key, limit)

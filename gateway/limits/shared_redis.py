@@ -9,6 +9,10 @@ Each operation is one Lua script call, atomic on the server:
   again, so idle limits take no memory.
 - ``_COUNTER`` (enter, leave, set, count) on ``{<prefix>:lim:<key>}:c``, a hash of holder ->
   ``"<count> <expiry>"``; entries past their expiry are dropped by the next call on the key.
+- ``_BUDGET`` (``BudgetOp``) on ``{<prefix>:bud:<scope>/<id>}``, a hash of the counter's ``d`` (day),
+  ``m`` (month), ``sd`` and ``sm`` (their spend) and ``h:<holder>`` -> ``"<hold> <expiry>"``; it is
+  ``budget_step`` of ``gateway.limits.shared_local`` written in Lua. An idle counter expires after a day
+  (the store's spend re-seeds it).
 
 Time is the server's: each script reads ``redis.call('TIME')``, so nodes with skewed clocks share one
 bucket clock (seconds since an epoch of 1.7e9 s, which keeps microseconds exact in a double). Scripts
@@ -58,9 +62,18 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.limits.shared import Grant, LeaseSource, Op, SharedStateUnavailable, check_op
+from gateway.limits.shared import (
+    BudgetGrant,
+    BudgetOp,
+    Grant,
+    LeaseSource,
+    Op,
+    SharedStateUnavailable,
+    check_budget_op,
+    check_op,
+)
 
-__all__ = ["BUCKET_SCRIPT", "COUNTER_SCRIPT", "RedisLeaseSource"]
+__all__ = ["BUCKET_SCRIPT", "BUDGET_SCRIPT", "COUNTER_SCRIPT", "RedisLeaseSource"]
 
 _INF = math.inf
 
@@ -90,7 +103,11 @@ if stored then
       if level < 0 then level = 0 end
     end
     if now > stamp then stamp = now end
-    level = level * (burst / old_burst)
+    -- the units used stay used, up to the new burst; a debt keeps its proportion when the burst shrinks
+    local cap = burst
+    local scaled = level * (burst / old_burst)
+    if scaled > cap then cap = scaled end
+    if level > cap then level = cap end
   end
 end
 local function level_at(at)
@@ -200,6 +217,90 @@ return others + mine
 """
 
 
+# KEYS[1] the budget counter. ARGV: holder, day, month, limit_day, limit_month (-1: none), spent, floor,
+# need, want, seed_day, seed_month, heal (0/1), split, ttl. Returns {ok, held, spent_day, spent_month,
+# holds} (%.17g strings). ``budget_step`` of gateway.limits.shared_local, operation for operation.
+BUDGET_SCRIPT = """
+local key = KEYS[1]
+local holder = 'h:' .. ARGV[1]
+local op_day, op_month = tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit_day, limit_month = tonumber(ARGV[4]), tonumber(ARGV[5])
+local spent, floor, need, want = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local seed_day, seed_month = tonumber(ARGV[10]), tonumber(ARGV[11])
+local heal, split, ttl = ARGV[12] == '1', tonumber(ARGV[13]), tonumber(ARGV[14])
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1700000000) + tonumber(t[2]) / 1000000
+local fresh = true
+local day, month, spent_day, spent_month = 0, 0, 0, 0
+local mine, others = 0, 0
+local entries = redis.call('HGETALL', key)
+for i = 1, #entries, 2 do
+  local field, value = entries[i], entries[i + 1]
+  if field == 'd' then day = tonumber(value); fresh = false
+  elseif field == 'm' then month = tonumber(value)
+  elseif field == 'sd' then spent_day = tonumber(value)
+  elseif field == 'sm' then spent_month = tonumber(value)
+  else
+    local space = string.find(value, ' ', 1, true)
+    local hold, expiry = tonumber(string.sub(value, 1, space - 1)), tonumber(string.sub(value, space + 1))
+    if expiry <= now then
+      redis.call('HDEL', key, field)
+    elseif field == holder then
+      mine = hold
+    else
+      others = others + hold
+    end
+  end
+end
+if op_month > month then
+  month = op_month
+  spent_month = 0
+end
+if op_day > day then
+  day = op_day
+  spent_day = 0
+end
+spent_day = spent_day + spent
+spent_month = spent_month + spent
+if fresh or heal then
+  if op_day == day and seed_day > spent_day then spent_day = seed_day end
+  if op_month == month and seed_month > spent_month then spent_month = seed_month end
+end
+local ok = 1
+if need > 0 then
+  local room_day, room_month = math.huge, math.huge
+  if limit_day >= 0 then room_day = limit_day - spent_day end
+  if limit_month >= 0 then room_month = limit_month - spent_month end
+  local room = room_day
+  if room_month < room then room = room_month end
+  room = room - others
+  if need <= room then
+    local extra = (room - need) / split
+    if extra > want - need then extra = want - need end
+    if extra < 0 then extra = 0 end
+    mine = need + extra
+  else
+    ok = 0
+    mine = floor
+  end
+else
+  if mine > want then mine = want end
+  if mine < floor then mine = floor end
+end
+redis.call('HSET', key, 'd', string.format('%d', day), 'm', string.format('%d', month),
+  'sd', string.format('%.17g', spent_day), 'sm', string.format('%.17g', spent_month))
+if mine > 0 then
+  redis.call('HSET', key, holder, string.format('%.17g %.17g', mine, now + ttl))
+else
+  redis.call('HDEL', key, holder)
+end
+-- an idle counter is forgotten after a day; the store's seeds rebuild it on its next use
+redis.call('PEXPIRE', key, string.format('%d', math.ceil(ttl * 1000) + 86400000))
+return {tostring(ok), string.format('%.17g', mine), string.format('%.17g', spent_day),
+  string.format('%.17g', spent_month), string.format('%.17g', others + mine)}
+"""
+
+
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
@@ -209,20 +310,23 @@ def _command(*args: bytes) -> bytes:
 
 
 class _Script:
-    """A Lua script: its body, its SHA1, and the packed head of an EVALSHA call on one key."""
+    """A Lua script: its body, its SHA1, and the packed head of an EVALSHA call on one key with ``argc``
+    arguments."""
 
     __slots__ = ("body", "head", "load", "sha")
 
-    def __init__(self, body: str) -> None:
+    def __init__(self, body: str, argc: int) -> None:
         self.body = body.encode()
         self.sha = hashlib.sha1(self.body).hexdigest().encode()
         self.load = _command(b"SCRIPT", b"LOAD", self.body)
-        # EVALSHA sha 1 key + 6 ARGV: 10 arguments for both scripts (the counter's last one is unused)
-        self.head = b"*10\r\n" + _bulk(b"EVALSHA") + _bulk(self.sha) + _bulk(b"1")
+        # EVALSHA sha 1 key + argc ARGV
+        self.head = b"*%d\r\n" % (4 + argc) + _bulk(b"EVALSHA") + _bulk(self.sha) + _bulk(b"1")
 
 
-_BUCKET_LUA = _Script(BUCKET_SCRIPT)
-_COUNTER_LUA = _Script(COUNTER_SCRIPT)
+# 6 ARGV for both (the counter's last one is unused)
+_BUCKET_LUA = _Script(BUCKET_SCRIPT, 6)
+_COUNTER_LUA = _Script(COUNTER_SCRIPT, 6)
+_BUDGET_LUA = _Script(BUDGET_SCRIPT, 14)
 _PING = _command(b"PING")
 
 #: (script or None for a plain command, the packed command)
@@ -246,6 +350,8 @@ class RedisLeaseSource(LeaseSource):
     Nothing is retried: an operation whose reply was lost may have been applied, and its units are then
     forfeited (never counted twice).
     """
+
+    keeps_budgets = True
 
     def __init__(
         self,
@@ -315,6 +421,31 @@ class RedisLeaseSource(LeaseSource):
                 _bulk(repr(op.amount).encode()),
                 _bulk(repr(op.size).encode()),
                 _bulk(repr(op.returning).encode()),
+            )
+        )
+
+    def _budget_command(self, op: BudgetOp) -> _Command:
+        def num(value: float) -> bytes:
+            return repr(value).encode() if value < _INF else b"-1"
+
+        return _BUDGET_LUA, b"".join(
+            (
+                _BUDGET_LUA.head,
+                _bulk(f"{{{self._prefix}:bud:{op.key}}}".encode()),
+                _bulk(self._holder),
+                _bulk(b"%d" % op.day),
+                _bulk(b"%d" % op.month),
+                _bulk(num(op.limit_day)),
+                _bulk(num(op.limit_month)),
+                _bulk(num(op.spent)),
+                _bulk(num(op.floor)),
+                _bulk(num(op.need)),
+                _bulk(num(op.want)),
+                _bulk(num(op.seed_day)),
+                _bulk(num(op.seed_month)),
+                _bulk(b"1" if op.heal else b"0"),
+                _bulk(num(op.split)),
+                _bulk(repr(self.holder_ttl).encode()),
             )
         )
 
@@ -461,6 +592,15 @@ class RedisLeaseSource(LeaseSource):
                 )
             )
         return grants
+
+    async def budget(self, ops: Sequence[BudgetOp]) -> list[BudgetGrant]:
+        for op in ops:
+            check_budget_op(op)
+        replies = await self._execute([self._budget_command(op) for op in ops])
+        return [
+            BudgetGrant(ok == b"1", float(held), float(day), float(month), float(holds))
+            for ok, held, day, month, holds in replies
+        ]
 
     async def enter(self, limit_key: str, limit: int) -> bool:
         (total,) = await self._execute([self._counter_command(b"enter", limit_key, limit)])

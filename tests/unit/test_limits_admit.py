@@ -20,6 +20,7 @@ import pytest
 
 from gateway._core.http import Request
 from gateway.app import ClientGone
+from gateway.auth import digest, format_key
 from gateway.config import Config, load_config, load_config_text
 from gateway.engine import Engine
 from gateway.errors import GatewayError, RateLimited
@@ -125,6 +126,19 @@ async def admit(service: LimitService, ctx: Ctx) -> Ctx:
     if out is not None:
         await out
     return ctx
+
+
+async def admit_soon(service: LimitService, ctx: Ctx, timeout: float = 5.0) -> Ctx:
+    """``admit``, trying again for a while as a client told to retry would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await admit(service, ctx)
+        except GatewayError:
+            if time.monotonic() > deadline:
+                raise
+            ctx.response_headers.clear()
+            await asyncio.sleep(0.05)
 
 
 async def refused(service: LimitService, ctx: Ctx) -> GatewayError:
@@ -283,14 +297,51 @@ def test_reload_changes_the_limits_and_keeps_the_counters(tmp_path: Path) -> Non
     policy = "[limits]\ndefault_policy = \"p\"\n[limits.policies.p]\nrequests_per_minute = {n}\n"
 
     async def body() -> None:
-        service = await started(config(tmp_path, policy.format(n=4)))
-        assert (await admit(service, Ctx())).header("x-ratelimit-limit-requests") == "4"
-        await admit(service, Ctx())
-        service.reload(config(tmp_path, policy.format(n=2)))
-        # half of the burst was used: half stays used under the new limit (Bucket.reconfigure)
-        assert (await admit(service, Ctx())).header("x-ratelimit-limit-requests") == "2"
+        service = await started(config(tmp_path, policy.format(n=5)))
+        for _ in range(5):
+            assert (await admit(service, Ctx())).header("x-ratelimit-limit-requests") == "5"
+        await refused(service, Ctx())  # the refusal is cached by the worker until its retry-after
+        calls = service.shared_calls
+        await refused(service, Ctx())
+        assert service.shared_calls == calls
+        # raised to 100: admitted at once; the 5 used stay used, 95 are left
+        service.reload(config(tmp_path, policy.format(n=100)))
+        for _ in range(95):
+            assert (await admit(service, Ctx())).header("x-ratelimit-limit-requests") == "100"
         err = await refused(service, Ctx())
-        assert "(limit 2 per minute)" in err.message
+        assert "(limit 100 per minute)" in err.message
+        # lowered to 2 with 100 used: full until it refills at the new rate
+        service.reload(config(tmp_path, policy.format(n=2)))
+        err = await refused(service, Ctx())
+        assert "(limit 2 per minute)" in err.message and float(dict(err.headers)["retry-after"]) >= 29
+        await service.stop()
+
+    run(body())
+
+
+def test_reload_closes_the_leases_of_a_changed_limit(tmp_path: Path) -> None:
+    policy = "[limits]\ndefault_policy = \"p\"\n[limits.policies.p]\nrequests_per_minute = 100\nlease = {n}\n"
+    key = "p/requests_per_minute/anonymous/all"
+
+    async def body() -> None:
+        service = await started(config(tmp_path, policy.format(n=10)))
+        await admit(service, Ctx())  # a lease of 10: 1 spent, 9 held by this worker
+        assert service.client.lease_left(key, time.monotonic()) == 9
+        remaining, _ = await service.source.peek(key, 100 / 60, 100.0)
+        assert int(remaining) == 90
+        # exact from now on: the lease of 10 is closed and its 9 go back to the shared bucket at once
+        service.reload(config(tmp_path, policy.format(n=1)))
+        assert service.client.lease_left(key, time.monotonic()) == 0
+        await eventually(lambda: not service.client._queue)
+        remaining, _ = await service.source.peek(key, 100 / 60, 100.0)
+        assert int(remaining) == 99
+        calls = service.shared_calls
+        await admit(service, Ctx())
+        await admit(service, Ctx())
+        assert service.shared_calls == calls + 2  # a lease of 1: every admission asks
+        # a policy no longer applied: its key is forgotten by the worker
+        service.reload(config(tmp_path, "[limits]\n[limits.budgets.b]\nusd_per_day = 1.0\n"))
+        assert service.client.lease_left(key, time.monotonic()) == 0 and key not in service.client._entries
         await service.stop()
 
     run(body())
@@ -635,9 +686,10 @@ usd_per_day = 0.01
 action = "{action}"
 {extra}
 [pricing."gpt-4o"]
-input = 1000.0
-output = 1000.0
+input = 1.0
+output = 1.0
 """
+#: a token costs a millionth of a dollar (BUDGET): 10,000 tokens spend the budget
 
 
 def test_a_spent_budget_blocks_and_its_spend_survives_a_restart(tmp_path: Path) -> None:
@@ -646,9 +698,9 @@ def test_a_spent_budget_blocks_and_its_spend_survives_a_restart(tmp_path: Path) 
 
     async def body() -> None:
         service = await started(cfg)
-        ctx = await admit(service, Ctx(key, model="priced"))
-        service.phase.on_settle(ctx.answered(Usage(10, 0, 10), upstream_model="gpt-4o"))  # 0.01 USD
-        err = await refused(service, Ctx(key, model="priced"))
+        ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))
+        service.phase.on_settle(ctx.answered(Usage(10_000, 0, 10_000), upstream_model="gpt-4o"))  # 0.01 USD
+        err = await refused(service, Ctx(key, model="priced", max_tokens=100))
         assert isinstance(err, QuotaExceeded) and err.status == 429
         body = json.loads(err.to_body())["error"]
         assert (body["type"], body["code"]) == ("insufficient_quota", "insufficient_quota")
@@ -662,10 +714,133 @@ def test_a_spent_budget_blocks_and_its_spend_survives_a_restart(tmp_path: Path) 
         await store.close()
 
         again = await started(cfg)  # a restarted worker reads the spend before admitting
-        err = await refused(again, Ctx(key, model="priced"))
+        err = await refused(again, Ctx(key, model="priced", max_tokens=100))
         assert isinstance(err, QuotaExceeded)
         assert again.stats.budget_blocked == 1
         await again.stop()
+
+    run(body())
+
+
+def test_reservations_are_seen_by_every_worker_at_once(tmp_path: Path) -> None:
+    """Two workers (services on one table and store): a reservation in flight on one leaves the other
+    only what is left, before any spend reaches the store."""
+    cfg = config(tmp_path, BUDGET.format(action="block", extra=""))
+    key = Key("k1", Tenant("t1", budget="b"))
+
+    async def body() -> None:
+        a = await started(cfg)
+        b = await started(cfg)
+        # about 0.006 USD at most each (6000 completion tokens); the budget is 0.01 a day
+        ctx = await admit(a, Ctx(key, model="priced", max_tokens=6000))
+        err = await refused(b, Ctx(key, model="priced", max_tokens=6000))
+        assert isinstance(err, QuotaExceeded) and "reserved by requests in flight" in err.message
+        assert dict(err.headers).get("retry-after") and ("x-should-retry", "false") not in err.headers
+        assert json.loads(err.to_body())["error"]["code"] == "insufficient_quota"
+        a.phase.on_settle(ctx.answered(Usage(1000, 0, 1000), upstream_model="gpt-4o"))  # cost 0.001
+        await a.budgets.flush()
+        # b remembers its refusal for a moment (a flood of refused requests is not a flood of calls)
+        ctx = await admit_soon(b, Ctx(key, model="priced", max_tokens=6000))  # 0.001 spent + 0.006 fit
+        # more than is left even with nothing in flight: not to be retried
+        err = await refused(a, Ctx(key, model="priced", max_tokens=20_000))
+        assert "cannot cover this request" in err.message and ("x-should-retry", "false") in err.headers
+        b.phase.on_settle(ctx.answered(Usage(6000, 0, 6000), upstream_model="gpt-4o"))
+        await b.budgets.flush()
+        counter = b.budgets.counters["tenant/t1"]
+        assert counter.spent_day == pytest.approx(0.007) and counter.holds == 0.0
+        assert b.shared_calls >= 1
+        await a.stop()
+        await b.stop()
+
+    run(body())
+
+
+def test_a_reservation_that_does_not_fit_serves_the_downgrade_model(tmp_path: Path) -> None:
+    cfg = config(tmp_path, BUDGET.format(action="downgrade", extra='downgrade_model = "small"'))
+    key = Key("k1", Tenant("t1", budget="b"))
+
+    async def body() -> None:
+        service = await started(cfg)
+        ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))
+        assert ctx.route_model is None and ctx.limits is not None  # reserved
+        ctx = await admit(service, Ctx(key, model="priced", max_tokens=20_000))  # up to 0.02 USD: no
+        assert ctx.route_model == "small" and ctx.header("x-gateway-downgraded") == "priced -> small"
+        assert ctx.limits is None  # the downgrade model has no price here: nothing to reserve
+        await service.stop()
+
+    run(body())
+
+
+def test_a_request_refused_by_a_rate_limit_releases_its_reservation(tmp_path: Path) -> None:
+    cfg = config(tmp_path, BUDGET.format(action="block", extra="") + """
+[limits]
+default_policy = "p"
+[limits.policies.p]
+requests_per_minute = 1
+""")
+    key = Key("k1", Tenant("t1", budget="b"))
+
+    async def body() -> None:
+        service = await started(cfg)
+        ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))
+        counter = service.budgets.counters["tenant/t1"]
+        assert counter.inflight == 1 and counter.used > 0.0
+        err = await refused(service, Ctx(key, model="priced", max_tokens=100))
+        assert isinstance(err, RateLimited) and not isinstance(err, QuotaExceeded)
+        assert counter.inflight == 1  # the refused request's reservation was let go
+        service.phase.on_settle(ctx.answered(Usage(50, 100, 150), upstream_model="gpt-4o"))
+        assert counter.inflight == 0 and counter.used == 0.0
+        assert counter.pending == pytest.approx(150e-6)  # the real cost, on its way to the counter
+        await service.stop()
+
+    run(body())
+
+
+def test_an_answer_without_usage_holds_its_reservation_until_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    cfg = config(tmp_path, BUDGET.format(action="block", extra=""))
+    key = Key("k1", Tenant("t1", budget="b"))
+
+    async def body() -> None:
+        service = await started(cfg)
+        ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))
+        counter = service.budgets.counters["tenant/t1"]
+        service.phase.on_settle(ctx.answered(None, upstream_model="gpt-4o"))  # a stream cut short
+        assert counter.inflight == 1  # the reservation stands while the prompt is counted
+        await eventually(lambda: service.stats.counted_usage == 1, timeout=60)
+        assert counter.inflight == 0
+        await service.budgets.flush()
+        # the prompt counted, the completion at its reservation (100 tokens): a millionth USD each
+        assert 100e-6 < counter.spent_day < 200e-6 and counter.holds == 0.0
+        await service.stop()
+
+    run(body())
+
+
+def test_a_budget_alone_lets_the_upstreams_rate_limit_headers_through(tmp_path: Path) -> None:
+    secret = "S" * 43
+    cfg = config(tmp_path, f"""
+[auth]
+required = true
+[[auth.keys]]
+id = "budgetonlyab"
+digest = "{digest(secret, b'')}"
+tenant = "t1"
+[tenants.t1]
+budget = "b"
+""" + BUDGET.format(action="block", extra=""))
+
+    async def body() -> None:
+        engine = await engine_for(cfg)
+        key = format_key("budgetonlyab", secret)
+        rec = await post(engine, "!mock status=429", model="priced", key=key, max_tokens=10)
+        # reserved (no limit of the gateway's applies): the upstream's own x-ratelimit-* pass
+        assert rec.status == 429 and rec.header("x-ratelimit-remaining-requests") == "0"
+        counter = service_of(engine).budgets.counters["tenant/t1"]
+        assert counter.inflight == 0 and counter.pending == 0.0  # released, nothing spent
+        await engine.shutdown()
 
     run(body())
 
@@ -676,10 +851,10 @@ def test_a_spent_budget_downgrades_to_the_cheaper_model(tmp_path: Path) -> None:
 
     async def body() -> None:
         service = await started(cfg)
-        ctx = await admit(service, Ctx(key, model="priced"))
+        ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))
         assert ctx.route_model is None
-        service.phase.on_settle(ctx.answered(Usage(20, 0, 20), upstream_model="gpt-4o"))
-        ctx = await admit(service, Ctx(key, model="priced"))
+        service.phase.on_settle(ctx.answered(Usage(20_000, 0, 20_000), upstream_model="gpt-4o"))
+        ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))
         assert ctx.route_model == "small"
         assert ctx.header("x-gateway-downgraded") == "priced -> small"
         assert service.stats.downgraded == 1
@@ -704,7 +879,7 @@ def test_a_budget_alert_fires_once_per_period_and_the_call_proceeds(
             posted.append((url, payload))
 
         service.book._post = post_hook
-        for tokens in (6, 3, 5):  # 0.006 (over 50%), 0.009, 0.014 (over 100%): one alert
+        for tokens in (6_000, 3_000, 5_000):  # 0.006 (over 50%), 0.009, 0.014 (over 100%): one alert
             ctx = await admit(service, Ctx(key, model="priced"))
             service.phase.on_settle(ctx.answered(Usage(tokens, 0, tokens), upstream_model="gpt-4o"))
         await admit(service, Ctx(key, model="priced"))  # "alert" never refuses
@@ -731,10 +906,15 @@ def test_the_example_file_runs_keys_policies_budgets_and_prices(tmp_path: Path) 
         engine = await engine_for(cfg)
         ok = await post(engine, model="gpt-4o", key=acme)
         assert ok.status == 200 and ok.header("x-ratelimit-limit-tokens")
-        statuses = [(await post(engine, model="gpt-4o", key=trial)).status for _ in range(12)]
-        assert statuses[0] == 200 and statuses[-1] == 429  # 0.001 USD a day, about 0.00013 a call
-        last = await post(engine, model="gpt-4o", key=trial)
+        statuses = [(await post(engine, "hi", model="gpt-4o", key=trial, max_tokens=16)).status
+                    for _ in range(10)]
+        # 0.001 USD a day; a call reserves about 0.00021 USD and costs about 0.00017
+        assert statuses == [200] * 5 + [429] * 5, statuses
+        last = await post(engine, "hi", model="gpt-4o", key=trial, max_tokens=16)
         assert last.json()["error"]["code"] == "insufficient_quota"
+        # without max_tokens a call reserves 1024 completion tokens: more than the whole budget
+        whole = await post(engine, "hi", model="gpt-4o", key=trial)
+        assert "cannot cover this request" in whole.json()["error"]["message"]
         await engine.shutdown()
 
     run(body())

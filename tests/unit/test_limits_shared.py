@@ -36,18 +36,25 @@ import redis
 import redisproc  # tests/ is on sys.path: the suite's conftest.py lives there, outside any package
 
 from gateway._core import limit_py
+from gateway.limits.budgets import SpendBook, SpendView
+from gateway.limits.reserve import ASK as ASK_BUDGET
+from gateway.limits.reserve import RESERVED, UNCHECKED, BudgetClient
 from gateway.limits.shared import (
     ADMITTED,
     ASK,
+    BudgetGrant,
+    BudgetOp,
     Grant,
     LeaseClient,
     LeaseSource,
     Limit,
     Op,
     SharedStateUnavailable,
+    check_budget_op,
 )
-from gateway.limits.shared_local import LocalLeaseSource, gcra
+from gateway.limits.shared_local import LocalLeaseSource, budget_step, gcra, reconfigure
 from gateway.limits.shared_redis import RedisLeaseSource
+from gateway.limits.stats import LimitStats
 
 TEST_DEADLINE = 30.0
 HOUR = 3600.0
@@ -205,14 +212,34 @@ def test_source_grants_leases_refuses_and_settles(backend: Backend) -> None:
     run(body())
 
 
+def test_reconfigure_keeps_the_units_used_up_to_the_new_burst() -> None:
+    # raised: what was used stays used, the rest of the new burst is there at once
+    assert reconfigure(5.0, 0.0, 1.0, 5.0, 100.0, 0.0) == (5.0, 0.0)
+    # lowered below what was used: full (no debt is made up)
+    assert reconfigure(50.0, 0.0, 1.0, 100.0, 5.0, 0.0) == (5.0, 0.0)
+    assert reconfigure(3.0, 0.0, 1.0, 100.0, 5.0, 0.0) == (3.0, 0.0)
+    # in debt (charged beyond the burst): kept whole when raised, in proportion when lowered
+    assert reconfigure(15.0, 0.0, 1.0, 10.0, 20.0, 0.0) == (15.0, 0.0)
+    assert reconfigure(15.0, 0.0, 1.0, 10.0, 5.0, 0.0) == (7.5, 0.0)
+    # refilled at the old rate up to now first
+    assert reconfigure(10.0, 0.0, 2.0, 10.0, 100.0, 3.0) == (4.0, 3.0)
+
+
 def test_source_adopts_a_changed_policy(backend: Backend) -> None:
     async def body() -> None:
         async with backend.source() as src:
             k = key()
             assert (await src.acquire(k, 1 / HOUR, 10.0, 5, 0.0)).ok
-            await src.charge(k, 1 / HOUR, 20.0, 0)  # reload: burst 10 -> 20, half used stays half used
+            await src.charge(k, 1 / HOUR, 20.0, 0)  # reload: burst 10 -> 20, the 5 used stay used
             remaining, _ = await src.peek(k, 1 / HOUR, 20.0)
-            assert remaining == pytest.approx(10.0, abs=0.01)
+            assert remaining == pytest.approx(15.0, abs=0.01)
+            await src.charge(k, 1 / HOUR, 3.0, 0)  # lowered below what is used: full
+            remaining, reset = await src.peek(k, 1 / HOUR, 3.0)
+            assert remaining == pytest.approx(0.0, abs=0.01) and reset == pytest.approx(3 * HOUR, rel=1e-3)
+            await src.charge(k, 1 / HOUR, 3.0, 3)  # into debt: 6 used of 3
+            await src.charge(k, 1 / HOUR, 30.0, 0)  # raised: the debt is kept whole
+            remaining, _ = await src.peek(k, 1 / HOUR, 30.0)
+            assert remaining == pytest.approx(24.0, abs=0.01)
 
     run(body())
 
@@ -795,3 +822,333 @@ def test_client_rejects_bad_settings(tmp_path: Path) -> None:
             await client.close()
 
     run(body())
+
+
+# == budget counters ========================================================================================
+
+DAY = 20260115
+MONTH = DAY // 100
+
+
+def bop(
+    key: str, *, spent: float = 0.0, floor: float = 0.0, need: float = 0.0, want: float = 0.0,
+    seed_day: float = 0.0, seed_month: float = 0.0, heal: bool = False, limit_day: float = 10.0,
+    limit_month: float = math.inf, day: int = DAY, split: float = 1.0,
+) -> BudgetOp:
+    return BudgetOp(key, day, day // 100, limit_day, limit_month, spent, floor, need, want, seed_day, seed_month,
+                    heal, split)
+
+
+def test_budget_step_reserves_within_the_limit_and_counts_spend() -> None:
+    # a fresh counter starts from the store's spend (the seeds); the ask fits: need + the spare asked
+    op = bop("k", need=2.0, want=5.0, seed_day=3.0, seed_month=4.0)
+    assert budget_step(op, True, 0, 0, 0.0, 0.0, 0.0, 0.0) == (DAY, MONTH, 3.0, 4.0, 5.0, True)
+    # room = 10 - 3 spent - 4 held by others = 3: need 2 fits, the spare is capped at (3 - 2) / split
+    op = bop("k", need=2.0, want=5.0, split=2.0)
+    assert budget_step(op, False, DAY, MONTH, 3.0, 4.0, 0.0, 4.0) == (DAY, MONTH, 3.0, 4.0, 2.5, True)
+    # it does not fit: refused, the hold falls to the floor (the reservations in flight)
+    op = bop("k", floor=1.0, need=4.0, want=8.0)
+    assert budget_step(op, False, DAY, MONTH, 3.0, 4.0, 2.5, 4.0) == (DAY, MONTH, 3.0, 4.0, 1.0, False)
+    # settling: the spend is added; the hold shrinks to want, never below floor, never grows
+    op = bop("k", spent=1.5, floor=0.5, want=0.2)
+    assert budget_step(op, False, DAY, MONTH, 3.0, 4.0, 2.0, 0.0) == (DAY, MONTH, 4.5, 5.5, 0.5, True)
+    assert budget_step(bop("k", want=9.0), False, DAY, MONTH, 3.0, 4.0, 2.0, 0.0)[4] == 2.0
+    # a new day starts from 0 (a new month too); the seeds count for a fresh counter or with heal only
+    op = bop("k", spent=1.0, seed_day=7.0, day=20260201)
+    assert budget_step(op, False, DAY, MONTH, 3.0, 4.0, 0.0, 0.0)[:4] == (20260201, 202602, 1.0, 1.0)
+    op = bop("k", spent=1.0, seed_day=7.0, seed_month=9.0, heal=True)
+    assert budget_step(op, False, DAY, MONTH, 3.0, 4.0, 0.0, 0.0)[:4] == (DAY, MONTH, 7.0, 9.0)
+    # the spend carried by the operation is in the seed too: counted once
+    op = bop("k", spent=1.0, seed_day=4.0, seed_month=5.0, heal=True)
+    assert budget_step(op, False, DAY, MONTH, 3.0, 4.0, 0.0, 0.0)[2:4] == (4.0, 5.0)
+    # an operation of an earlier day (a worker behind midnight) counts on the counter's day
+    op = bop("k", spent=1.0, day=DAY - 1)
+    assert budget_step(op, False, DAY, MONTH, 3.0, 4.0, 0.0, 0.0)[:4] == (DAY, MONTH, 4.0, 5.0)
+    # a month limit holds alone
+    op = bop("k", need=2.0, want=2.0, limit_day=math.inf, limit_month=5.0)
+    assert budget_step(op, False, DAY, MONTH, 0.0, 4.0, 0.0, 0.0)[5] is False
+    with pytest.raises(ValueError):
+        check_budget_op(bop("k", need=-1.0))
+    with pytest.raises(ValueError):
+        check_budget_op(BudgetOp("k", DAY, MONTH + 1, 1.0, 1.0))
+
+
+def test_budget_counters_run_the_step_on_both_sources(backend: Backend) -> None:
+    """Random programs of several holders on a few counters: each source answers what ``budget_step``
+    computes from the state the test keeps, to the last bit (the Lua is the Python)."""
+
+    async def body() -> None:
+        rng = random.Random(11)
+        sources = [await backend.open(holder_ttl=HOUR) for _ in range(3)]
+        try:
+            keys = [key() for _ in range(3)]
+            state: dict[str, tuple[int, int, float, float]] = {}
+            holds: dict[tuple[str, int], float] = {}
+            day = DAY
+            for _ in range(150):
+                k = rng.choice(keys)
+                who = rng.randrange(3)
+                if rng.random() < 0.05:
+                    day += 1 if day % 100 < 28 else 100 - day % 100 + 101  # the next day, or month
+                amounts = [round(rng.uniform(0, 3), 2) for _ in range(4)]
+                floor = min(amounts[1], holds.get((k, who), 0.0))
+                asks = rng.random() < 0.6
+                op = bop(
+                    k, spent=amounts[0] if rng.random() < 0.5 else 0.0, floor=floor,
+                    need=floor + amounts[2] if asks else 0.0,
+                    want=floor + amounts[2] + amounts[3] if asks else amounts[3],
+                    seed_day=round(rng.uniform(0, 8), 2), seed_month=round(rng.uniform(0, 12), 2),
+                    heal=rng.random() < 0.2, limit_day=rng.choice([10.0, 6.5, math.inf]),
+                    limit_month=rng.choice([20.0, math.inf]), day=day, split=rng.choice([1.0, 8.0]),
+                )
+                fresh = k not in state
+                d, m, sd, sm = state.get(k, (0, 0, 0.0, 0.0))
+                mine = holds.get((k, who), 0.0)
+                others = sum(h for (kk, w), h in holds.items() if kk == k and w != who)
+                d, m, sd, sm, mine, ok = budget_step(op, fresh, d, m, sd, sm, mine, others)
+                (grant,) = await sources[who].budget([op])
+                assert grant == BudgetGrant(ok, mine, sd, sm, others + mine), (op, grant)
+                state[k] = (d, m, sd, sm)
+                holds[(k, who)] = mine
+        finally:
+            for src in sources:
+                await src.close()
+
+    run(body())
+
+
+def test_a_dead_holders_budget_hold_stops_counting(tmp_path: Path, redis_server: redisproc.RedisServer) -> None:
+    async def body() -> None:
+        clock = Clock(5000.0)
+        path = tmp_path / "t"
+        async with contextlib.AsyncExitStack() as stack:
+            local = [await LocalLeaseSource.open(path, holder_ttl=10.0, clock=clock) for _ in range(2)]
+            redis_server.flushall()
+            remote = [await RedisLeaseSource.open(redis_server.url, holder_ttl=0.5) for _ in range(2)]
+            for src in local + remote:
+                stack.push_async_callback(src.close)
+            for a, b in (local, remote):
+                k = key()
+                assert (await a.budget([bop(k, need=8.0, want=8.0)]))[0].held == 8.0
+                refused = (await b.budget([bop(k, need=5.0, want=5.0)]))[0]
+                assert not refused.ok and refused.holds == 8.0
+                if a is local[0]:
+                    clock.now += 10.5  # a's hold was last written more than holder_ttl ago
+                else:
+                    deadline = time.monotonic() + 10.0
+                    while (await b.budget([bop(k)]))[0].holds and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                assert (await b.budget([bop(k, need=5.0, want=5.0)]))[0].ok
+
+    run(body())
+
+
+def test_a_table_made_before_budgets_gets_them_appended(tmp_path: Path) -> None:
+    async def body() -> None:
+        path = tmp_path / "old"
+        async with Backend("local", str(path)).source(slots=16, counter_slots=16, holders=2) as src:
+            await src.charge("k", 1 / HOUR, 5.0, 2)
+        # what a file of the previous layout looks like: no budget slots in the header, no region
+        header = bytearray(path.read_bytes()[:4096])
+        header[24:28] = bytes(4)
+        old_size = 4096 + 16 * 64 + 16 * (32 + 2 * 24)
+        path.write_bytes(bytes(header) + path.read_bytes()[4096:old_size])
+        async with Backend("local", str(path)).source(budget_slots=32) as src:
+            assert isinstance(src, LocalLeaseSource) and src._budget_slots == 32 and src._slots == 16
+            assert math.floor((await src.peek("k", 1 / HOUR, 5.0))[0]) == 3  # the buckets are kept
+            assert (await src.budget([bop("b", need=1.0, want=1.0)]))[0].ok
+            assert path.stat().st_size == old_size + 32 * (64 + 2 * 24)
+
+    run(body())
+
+
+def test_a_full_budget_region_is_unavailable_and_idle_counters_of_past_days_are_reclaimed(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        async with Backend("local", str(tmp_path / "t")).source(budget_slots=16) as src:
+            for i in range(16):
+                await src.budget([bop(f"b{i}", spent=1.0)])
+            with pytest.raises(SharedStateUnavailable, match="free budget slot"):
+                await src.budget([bop("b16", spent=1.0)])
+            # tomorrow, a counter without holders is reclaimed: its spend is in the store by then
+            (grant,) = await src.budget([bop("b16", spent=1.0, seed_month=16.0, day=DAY + 1)])
+            assert grant.spent_day == 1.0 and grant.spent_month == 16.0
+            (grant,) = await src.budget([bop("b3", day=DAY + 1, seed_month=1.0)])
+            assert grant.spent_month == 1.0  # found again, or re-seeded: never below the store
+
+    run(body())
+
+
+# -- the budget client ---------------------------------------------------------------------------------------
+
+
+class Book:
+    """What ``BudgetClient`` reads of the ``SpendBook``: today's day and the spend views (never started
+    here: the store is not involved)."""
+
+    def __init__(self) -> None:
+        async def no_store() -> Any:
+            raise RuntimeError("no store in this test")
+
+        self.book = SpendBook(no_store, LimitStats())
+
+    def view(self, id: str = "t") -> SpendView:
+        return self.book.view("tenant", id)
+
+
+def test_budget_client_reserves_from_its_hold_and_settles_the_real_cost(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            books = Book()
+            client = BudgetClient(src, books.book, workers=1)
+            tenant = key()
+            counter = client.counter(books.view(tenant), 1.0, math.inf)
+            now = time.monotonic()
+            assert client.try_reserve([counter], 0.01, now) == ASK_BUDGET
+            assert await client.reserve([counter], 0.01) == RESERVED  # an ask: 0.01 and a spare of 7 more
+            assert counter.held == pytest.approx(0.08) and client.stats.source_calls == 1
+            for _ in range(7):
+                assert client.try_reserve([counter], 0.01, time.monotonic()) == RESERVED
+            assert client.try_reserve([counter], 0.01, time.monotonic()) == ASK_BUDGET
+            assert client.stats.source_calls == 1 and counter.used == pytest.approx(0.08)
+            for _ in range(8):  # each cost half its reservation
+                client.spend(counter, 0.005)
+                client.settle([counter], 0.01)
+            assert counter.used == 0.0 and counter.pending == pytest.approx(0.04)
+            await client.flush()  # the spend goes to the counter; the spare goes back
+            assert counter.pending == 0.0 and counter.held == 0.0
+            assert counter.spent_day == pytest.approx(0.04) and counter.holds == 0.0
+            await client.close()
+
+    run(body())
+
+
+def test_budget_client_near_the_end_is_exact_and_refuses_what_does_not_fit(backend: Backend) -> None:
+    async def body() -> None:
+        async with backend.source() as src:
+            books = Book()
+            a = BudgetClient(src, books.book, workers=2)
+            b = BudgetClient(await backend.open(), books.book, workers=2)
+            tenant = key()
+            ca = a.counter(books.view(tenant), 0.1, math.inf)
+            cb = b.counter(books.view(tenant), 0.1, math.inf)
+            assert await a.reserve([ca], 0.06) == RESERVED
+            # another worker sees the reservation at once: 0.06 held, 0.05 does not fit
+            assert await b.reserve([cb], 0.05) is cb and cb.holds == pytest.approx(ca.held)
+            assert b.try_reserve([cb], 0.05, time.monotonic()) is cb  # remembered for a moment
+            # the spare was capped at (0.1 - 0.06) / (8 x 2): near the end the holds are nearly exact
+            assert ca.held <= 0.06 + 0.04 / 16 + 1e-12
+            assert await b.reserve([cb], 0.03) == RESERVED
+            a.spend(ca, 0.01)
+            a.settle([ca], 0.06)
+            await a.flush()  # 0.01 spent, the rest of a's reservation is free again
+            assert await b.reserve([cb], 0.05) == RESERVED
+            b.spend(cb, 0.08)
+            b.settle([cb], 0.03)
+            b.settle([cb], 0.05)
+            await b.flush()
+            assert cb.spent_day == pytest.approx(0.09) and cb.holds == 0.0
+            await a.close()
+            await b.close()
+            await b.source.close()
+
+    run(body())
+
+
+def test_workers_racing_for_one_budget_never_overspend_it(backend: Backend) -> None:
+    """Four clients (workers) on one counter, each with many concurrent requests of random estimates that
+    cost at most their reservation: the spend never passes the budget; and it reaches the counter."""
+
+    async def body() -> None:
+        rng = random.Random(3)
+        books = Book()
+        sources = [await backend.open() for _ in range(4)]
+        clients = [BudgetClient(src, books.book, workers=4) for src in sources]
+        tenant = key()
+        counters = [c.counter(books.view(tenant), 1.0, math.inf) for c in clients]
+        spent: list[float] = []
+
+        async def request(i: int) -> None:
+            client, counter = clients[i % 4], counters[i % 4]
+            estimate = round(rng.uniform(0.005, 0.05), 4)
+            cost = estimate * rng.uniform(0.2, 1.0)
+            for _ in range(100):  # refused while others' reservations hold the rest: try again later
+                verdict = client.try_reserve([counter], estimate, time.monotonic())
+                if verdict == ASK_BUDGET:
+                    verdict = await client.reserve([counter], estimate)
+                if verdict == RESERVED:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                return
+            await asyncio.sleep(rng.uniform(0, 0.02))  # the call
+            client.spend(counter, cost)
+            client.settle([counter], estimate)
+            spent.append(cost)
+
+        for client in clients:
+            client.start()
+        await asyncio.gather(*(request(i) for i in range(400)))
+        for client in clients:
+            await client.flush()
+        assert 0.9 < sum(spent) <= 1.0  # the budget was used, and never passed
+        today = int(books.book.today()[0].replace("-", ""))
+        (counter,) = await sources[0].budget([bop(f"tenant/{tenant}", day=today)])
+        assert counter.spent_day == pytest.approx(sum(spent)) and counter.holds == 0.0
+        for client, src in zip(clients, sources, strict=True):
+            await client.close()
+            await src.close()
+
+    run(body())
+
+
+def test_budget_client_steps_aside_while_the_source_is_unavailable(tmp_path: Path) -> None:
+    async def body() -> None:
+        books = Book()
+        src = await LocalLeaseSource.open(tmp_path / "t")
+        client = BudgetClient(src, books.book, probe_interval=0.05, tick=0.05)
+        counter = client.counter(books.view(), 1.0, math.inf)
+        assert await client.reserve([counter], 0.01) == RESERVED
+        client.spend(counter, 0.01)
+        client.settle([counter], 0.01)
+        await src.close()  # every call fails from now on
+        counter.expires_at = -math.inf
+        assert await client.reserve([counter], 0.01) == UNCHECKED and client.degraded
+        assert client.try_reserve([counter], 0.01, time.monotonic()) == UNCHECKED
+        assert counter.pending == pytest.approx(0.01)  # real spend is kept for when it is back
+        await client.close()
+        # a source without budget counters leaves every request to the spend views
+        assert not BudgetClient(DownSource(), books.book).enabled
+
+    run(body())
+
+
+class DownSource(LeaseSource):
+    lease_ttl = 2.0
+    holder_ttl = 10.0
+
+    @property
+    def healthy(self) -> bool:
+        return False
+
+    async def batch(self, ops: Any, now: float) -> list[Grant]:
+        raise SharedStateUnavailable("down")
+
+    async def enter(self, limit_key: str, limit: int) -> bool:
+        raise SharedStateUnavailable("down")
+
+    async def leave(self, limit_key: str) -> None:
+        raise SharedStateUnavailable("down")
+
+    async def keepalive(self) -> None:
+        raise SharedStateUnavailable("down")
+
+    async def inflight(self, limit_key: str) -> int:
+        raise SharedStateUnavailable("down")
+
+    async def ping(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
