@@ -8,16 +8,14 @@ provider-level timeouts that would otherwise end the wait.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import netblock  # tests/ is on sys.path: the suite's conftest.py lives there, outside any package
 import pytest
 
 from .conftest import StartGateway
@@ -71,46 +69,13 @@ def mock_pair(tmp_path: Path) -> Iterator[list[ServerProcess]]:
             p.stop()
 
 
-@contextlib.contextmanager
-def unaccepting_port() -> Iterator[int]:
-    """A loopback port that never completes a new TCP handshake: a listening socket with a backlog of 0
-    that never accepts, its queue filled by one connection. Linux drops further SYNs, so a connect waits
-    until its own timeout. Skips where the system answers anyway."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("a full accept queue drops new connections only on Linux")
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    fillers: list[socket.socket] = []
-    try:
-        srv.bind((HOST, 0))
-        srv.listen(0)
-        port = srv.getsockname()[1]
-        for _ in range(2):
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            c.setblocking(False)
-            c.connect_ex((HOST, port))
-            fillers.append(c)
-        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        probe.settimeout(0.5)
-        try:
-            probe.connect((HOST, port))
-        except TimeoutError:
-            pass
-        else:
-            pytest.skip("this system completes connections past a full accept queue")
-        finally:
-            probe.close()
-        yield port
-    finally:
-        for c in fillers:
-            c.close()
-        srv.close()
 
 
 # -- per-deployment timeouts ------------------------------------------------------------------------------
 
 
 def test_a_deployments_connect_timeout_applies(start_gateway: StartGateway, mock_port: int) -> None:
-    with unaccepting_port() as dead:
+    with netblock.unaccepting_port() as dead:
         gw = start_gateway(config(
             provider("dead", dead, connect_timeout=120.0) + provider("good", mock_port) + """
 [models.routed]

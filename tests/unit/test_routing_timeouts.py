@@ -15,10 +15,11 @@ import io
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import netblock  # tests/ is on sys.path: the suite's conftest.py lives there, outside any package
 import pytest
 
 from gateway._core.http import Request
@@ -47,39 +48,6 @@ _COMPLETION = json.dumps({
 # -- an upstream that accepts no connection ------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def unaccepting_listener() -> Iterator[int]:
-    """A loopback port that never completes a new TCP handshake: a listening socket with a backlog of 0
-    that never accepts, its queue filled by one connection. Linux drops further SYNs, so a connect waits
-    until its own timeout. Skips where the system answers anyway."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("a full accept queue drops new connections only on Linux")
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    fillers: list[socket.socket] = []
-    try:
-        srv.bind((HOST, 0))
-        srv.listen(0)
-        port = srv.getsockname()[1]
-        for _ in range(2):
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            c.setblocking(False)
-            c.connect_ex((HOST, port))
-            fillers.append(c)
-        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        probe.settimeout(0.5)
-        try:
-            probe.connect((HOST, port))
-        except TimeoutError:
-            pass
-        else:
-            pytest.skip("this system completes connections past a full accept queue")
-        finally:
-            probe.close()
-        yield port
-    finally:
-        for c in fillers:
-            c.close()
-        srv.close()
 
 
 # -- an upstream scripted per path ---------------------------------------------------------------------
@@ -270,7 +238,7 @@ def one_deployment(provider: str, timeouts: str, model_keys: str = "") -> str:
 
 
 def test_the_pool_connects_within_the_requests_own_timeout() -> None:
-    with unaccepting_listener() as port:
+    with netblock.unaccepting_port() as port:
 
         async def go() -> None:
             pool = OriginPool(f"http://{HOST}:{port}/v1", connect_timeout=120.0)
@@ -311,7 +279,7 @@ def test_the_pool_forgets_connect_timeouts_once_requests_are_answered() -> None:
 
 class OneConnection:
     """A loopback listener for exactly one connection: accepted by the test, which then fills the accept
-    queue so that any further connection attempt gets no answer (see ``unaccepting_listener``)."""
+    queue so that any further connection attempt gets no answer (see ``unaccepting_port``)."""
 
     def __init__(self) -> None:
         if not sys.platform.startswith("linux"):
@@ -424,7 +392,7 @@ def test_a_request_that_waited_for_a_pool_slot_connects_within_its_timeout() -> 
 
 
 def test_a_deployments_connect_timeout_moves_the_request_on(tmp_path: Path) -> None:
-    with unaccepting_listener() as port:
+    with netblock.unaccepting_port() as port:
 
         async def go() -> None:
             text = config(tmp_path, scripted("dead", port, "ok")
@@ -439,7 +407,7 @@ def test_a_deployments_connect_timeout_moves_the_request_on(tmp_path: Path) -> N
 
 
 def test_a_connect_timeout_with_nothing_else_is_a_504(tmp_path: Path) -> None:
-    with unaccepting_listener() as port:
+    with netblock.unaccepting_port() as port:
 
         async def go() -> None:
             text = config(tmp_path, scripted("dead", port, "ok") + one_deployment("dead", "connect_timeout = 0.3"))
