@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from gateway.auth.access import AccessPhase
     from gateway.auth.service import KeyService
     from gateway.limits.admit import LimitService
+    from gateway.observe.metrics import MetricsExporter
     from gateway.routing.health import HealthChecker
     from gateway.routing.router import Attempt, Attempts
     from gateway.routing.sync import BreakerSync
@@ -270,6 +271,8 @@ class Engine:
         self._breakers: BreakerSync | None = None
         #: the worker's limits and budgets, when [limits] has policies or budgets
         self.limits: LimitService | None = None
+        #: the Prometheus export ([metrics]): the worker's snapshot timer and the scrape endpoint
+        self.metrics: MetricsExporter | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -303,6 +306,10 @@ class Engine:
         self.runtime = self._build(self._config, {})
         self.records.start()
         await self._start_routing(self.runtime)
+        from gateway.observe.metrics import MetricsExporter
+
+        self.metrics = MetricsExporter.for_engine(self, self._config)
+        self.metrics.start()
 
     # -- routing state beyond one worker: health checks and shared breakers ---------------------------
 
@@ -386,6 +393,8 @@ class Engine:
         retired = [t for _, t in old.values() if id(t) not in kept]
         self.runtime = runtime
         self._config = config
+        if self.metrics is not None:
+            self.metrics.reload(config)
         for t in retired:
             # in-flight requests may still hold the old transport: close it once they are done
             self._spawn(_close_when_idle(t))
@@ -409,6 +418,8 @@ class Engine:
             for t in self.runtime.translators.values():
                 await t.close()
         await self.records.close()
+        if self.metrics is not None:
+            self.metrics.stop()  # a last snapshot: the node's sums keep what this worker counted
 
     # -- the request path ----------------------------------------------------------------------------
 
@@ -522,6 +533,8 @@ class Engine:
                 self._reply(ctx, responder, Reply(503, b'{"status":"draining"}'))
             else:
                 self._reply(ctx, responder, Reply(200, b'{"status":"ready"}'))
+        elif self.metrics is not None and path == self.metrics.path:  # "" while [metrics] is disabled
+            self._reply(ctx, responder, self.metrics.answer(req))
         else:
             raise errors.NotFound(f"Unknown request URL: {req.method} {path}", code="unknown_url")
 

@@ -12,6 +12,7 @@ from gateway.config.loader import (
 from gateway.config.schema import (
     Config,
     LogConfig,
+    MetricsConfig,
     MockConfig,
     ModelConfig,
     ProviderConfig,
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "ConfigFileError",
     "LogConfig",
+    "MetricsConfig",
     "MockConfig",
     "ModelConfig",
     "ProviderConfig",

@@ -528,6 +528,7 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
 
     yield from _auth_problems(config)
     yield from _limits_problems(config)
+    yield from _metrics_problems(config)
 
 
 def _limits_problems(config: Config) -> Iterator[_Problem]:
@@ -542,6 +543,32 @@ def _limits_problems(config: Config) -> Iterator[_Problem]:
         yield _Problem(path, message)
     for path, message in price_problems(config.pricing):
         yield _Problem(path, message)
+
+
+#: paths the data plane answers itself or proxies: the metrics endpoint must not shadow them
+_RESERVED_PATHS = ("/healthz", "/readyz")
+
+
+def _metrics_problems(config: Config) -> Iterator[_Problem]:
+    m = config.metrics
+    path = m.path
+    if not path.startswith("/"):
+        yield _Problem(("metrics", "path"), f'must start with "/", found {json.dumps(path)}')
+    elif any(c in path for c in "?# \t\r\n\0"):
+        yield _Problem(
+            ("metrics", "path"), "must be a plain path: no query, fragment, spaces or control characters"
+        )
+    elif path in _RESERVED_PATHS or path == "/v1" or path.startswith("/v1/"):
+        yield _Problem(("metrics", "path"), f"{path} is served by the gateway already; choose another path")
+    if m.token is not None:
+        yield from _digest_problems(("metrics", "token"), m.token)
+        if m.token.startswith("hmac-sha256:") and config.auth.pepper is None:
+            yield _Problem(
+                ("metrics", "token"), "an hmac-sha256 digest needs the [auth] pepper it was made with"
+            )
+    yield from _positive_durations(("metrics",), m, ("interval",))
+    if m.dir is not None and not m.dir.strip():
+        yield _Problem(("metrics", "dir"), "must not be empty (leave it out for a fresh temporary directory)")
 
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
@@ -736,6 +763,14 @@ def _absolute_file_refs(config: Config, base_dir: str) -> Config:
             absolute = os.path.normpath(os.path.join(base_dir, os.path.expanduser(parsed[1])))
             config = msgspec.structs.replace(
                 config, auth=msgspec.structs.replace(config.auth, pepper=f"file:{absolute}")
+            )
+    mdir = config.metrics.dir
+    if mdir and mdir.strip():
+        # like the store's file: relative to the config file, whatever directory the gateway starts in
+        absolute = os.path.normpath(os.path.join(base_dir, os.path.expanduser(mdir)))
+        if absolute != mdir:
+            config = msgspec.structs.replace(
+                config, metrics=msgspec.structs.replace(config.metrics, dir=absolute)
             )
     scheme, sep, rest = config.store.url.partition("://")
     if scheme == "sqlite" and sep and rest and not rest.startswith("/"):

@@ -27,6 +27,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "LogConfig",
+    "MetricsConfig",
     "MockConfig",
     "ModelConfig",
     "ProviderConfig",
@@ -266,6 +267,20 @@ class AdminConfig(_Base, frozen=True):
     tenant_tokens: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class MetricsConfig(_Base, frozen=True):
+    """The Prometheus endpoint on the data-plane port, node-wide across workers (docs/metrics.md)."""
+
+    #: answer scrapes at ``path`` (false: 404 there, and the workers write no snapshots)
+    enabled: bool = True
+    path: str = "/metrics"
+    #: digest (``sha256:<hex>``) of the bearer token a scrape must present; none: no token needed
+    token: str | None = None
+    #: seconds between two writes of a worker's snapshot: other workers' figures are at most this old
+    interval: float = 1.0
+    #: the node's snapshot directory (default: a fresh one under the system temp directory)
+    dir: str | None = None
+
+
 class Config(_Base, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
@@ -280,3 +295,5 @@ class Config(_Base, frozen=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     #: model prices in USD per 1M tokens, over the shipped table
     pricing: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
+    #: the Prometheus metrics export (docs/metrics.md)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)

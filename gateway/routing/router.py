@@ -45,6 +45,7 @@ from gateway.routing.breaker import Breaker, Change, State
 from gateway.routing.config import DeploymentConfig, RoutingConfig
 from gateway.routing.outcome import Outcome
 from gateway.routing.retry import RetryPolicy
+from gateway.routing.stats import deployment_stats
 
 __all__ = [
     "Attempt",
@@ -99,7 +100,7 @@ class Deployment:
 
     __slots__ = (
         "config", "connect_timeout", "context_window", "cost", "first_byte_timeout", "id", "index", "model",
-        "name", "provider", "region", "tags", "total_timeout", "upstream_model", "weight",
+        "name", "provider", "region", "stats", "tags", "total_timeout", "upstream_model", "weight",
     )
 
     def __init__(self, model: str, index: int, config: DeploymentConfig, cost: float | None) -> None:
@@ -118,6 +119,8 @@ class Deployment:
         self.first_byte_timeout = config.first_byte_timeout
         self.total_timeout = config.total_timeout
         self.context_window = config.context_window
+        #: the metrics' counters: one object per deployment id for the worker's life (survives reloads)
+        self.stats = deployment_stats(model, self.name)
 
     def __repr__(self) -> str:
         return f"<Deployment {self.model}/{self.name}>"
@@ -338,6 +341,7 @@ class Attempts:
             eligible = router._eligible(now, info.tokens)
             i = router._choose(eligible & ~self._tried, info, self._rnd, now)
             if i >= 0:
+                router.deployments[i].stats.retries += 1
                 return self._make(router, i, now, 0.0)
             wait, why = policy.delay(self._attempts, self._rnd(), now, self.deadline, self._retry_after)
             if wait is not None:
@@ -345,6 +349,7 @@ class Attempts:
                 mask, gated = router._eligible_at(at, info.tokens)
                 i = router._choose(mask & self._tried, info, self._rnd, at, gated)
                 if i >= 0:
+                    router.deployments[i].stats.retries += 1
                     return self._make(router, i, now, wait)
                 why = "no deployment of the model is available for a retry"
         return self._fallback(frozenset((outcome.condition,)), now, why)
@@ -364,6 +369,7 @@ class Attempts:
             self._attempts = 0
             i = router._choose(router._eligible(now, info.tokens), info, self._rnd, now)
             if i >= 0:
+                router.deployments[i].stats.fallbacks += 1
                 return self._make(router, i, now, 0.0)
             reasons = router.unavailable(now, info.tokens)
             self.unavailable.extend(reasons)
@@ -661,12 +667,14 @@ class Router:
         if self._lb is not None:  # PERF: inline, as in ``release``
             self._lb.release(i)
         if outcome is _OK:  # PERF: the common case first, no enum hashing
+            deployment.stats.ok += 1
             change = b.on_success(now)
             if change is not None:
                 self._changed(deployment, change)
             if self._ll is not None:
                 self._ll.observe(i, ttfb, total)
         else:
+            deployment.stats.failed(outcome.value)
             change = b.on_failure(now) if outcome.failed else b.on_success(now)
             if change is not None:
                 self._changed(deployment, change)
@@ -684,6 +692,8 @@ class Router:
 
     def _changed(self, deployment: Deployment, change: Change) -> None:
         self._recheck = -_INF
+        if change.state == "open":
+            deployment.stats.breaker_opens += 1
         if change.state == "closed" and self._ll is not None:
             self._ll.reset(deployment.index)  # measured afresh, so a recovered deployment is tried again
         listener = self.on_change

@@ -661,6 +661,15 @@ def serve_granian(config: Config, config_path: str | None, workers: int, host: s
     else:
         os.environ.pop(ENV_CONFIG, None)
     os.environ[ENV_CONFIG_JSON] = msgspec.json.encode(config).decode()
+    from gateway.observe.metrics import NodeDir
+
+    try:
+        # the workers find it in their environment (GATEWAY_METRICS_DIR), as under the native supervisor
+        metrics_dir = NodeDir.open(config.metrics)
+    except OSError as exc:
+        placeholder.close()
+        print(f"gateway: cannot prepare the metrics directory: {exc}", file=sys.stderr)
+        return 1
     tls = bool(config.server.tls_cert and config.server.tls_key)
     shown = f"[{host}]" if ":" in host else host
     banner = (f"gateway: serving on {'https' if tls else 'http'}://{shown}:{port} with {workers} worker(s) "
@@ -681,3 +690,4 @@ def serve_granian(config: Config, config_path: str | None, workers: int, host: s
         return 0
     finally:
         placeholder.close()
+        metrics_dir.close()

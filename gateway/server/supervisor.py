@@ -5,12 +5,13 @@ Theory of operation:
     event                   | action
     ------------------------+--------------------------------------------------------------------
     start                   | bind (not listen) a placeholder SO_REUSEPORT socket: resolves port 0
-                            | and fails fast on a taken port; fork N workers, each binds its own
+                            | and fails fast on a taken port; empty (or make) the node's metrics
+                            | directory; fork N workers, each binds its own
     a worker exits, running | respawn it (backoff grows when workers die within a second of start)
     SIGHUP                  | validate the config file; if valid, SIGHUP every worker (each swaps its
                             | snapshot); if not, log the errors and keep everything as it is
     SIGTERM / SIGINT        | SIGTERM every worker (they drain), wait up to drain_timeout + 5 s,
-                            | SIGKILL what is left, exit 0
+                            | SIGKILL what is left, remove a metrics directory made at start, exit 0
 
 The admin API (``gateway.admin.process``), when ``[admin]`` wants it, is one more child with the index
 ``ADMIN``: respawned, reloaded and stopped like a worker. Its socket is bound here once and inherited.
@@ -90,6 +91,15 @@ class Supervisor:
             print(f"gateway: cannot bind {self.host}:{self.port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
         self.port = placeholder.getsockname()[1]
+        from gateway.observe.metrics import NodeDir
+
+        try:
+            # before the first fork: the workers find it in their environment (GATEWAY_METRICS_DIR)
+            metrics_dir = NodeDir.open(self.config.metrics)
+        except OSError as exc:
+            placeholder.close()
+            print(f"gateway: cannot prepare the metrics directory: {exc}", file=sys.stderr)
+            return 1
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -130,6 +140,7 @@ class Supervisor:
             placeholder.close()
             if self.admin_sock is not None:
                 self.admin_sock.close()
+            metrics_dir.close()
         return 0
 
     def _start_admin(self) -> None:
