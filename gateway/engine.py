@@ -724,27 +724,34 @@ class Engine:
         assert router is not None
         if router.deadline < _INF:
             return self._guarded(ctx, responder, self._routed(ctx, responder, model))
-        info = _route_info(ctx)
+        # only what this model's strategy reads (often nothing); a plan gets the whole _route_info
+        info = router.info(ctx.fields, ctx.key, ctx.request.header, len(ctx.body))
         now = _monotonic()
         i = router.pick(info, now, random.random)
         if i < 0:  # none eligible now: the coroutine path plans fallbacks or answers 503
-            return self._guarded(ctx, responder, self._routed(ctx, responder, model, _First(i, info)))
+            return self._plan_from(ctx, responder, model, i)
         dep = router.deployments[i]
         if dep.first_byte_timeout is not None or dep.total_timeout is not None:
-            return self._guarded(ctx, responder, self._routed(ctx, responder, model, _First(i, info)))
+            return self._plan_from(ctx, responder, model, i)
         target = model.targets[dep.id]
         router.acquire(i)
         body = self._upstream_body(ctx, target, dep.model)
         ctx.t_up = _perf()
-        cb = partial(self._on_routed_head, ctx, responder, model, i, info, now)
+        cb = partial(self._on_routed_head, ctx, responder, model, i, now)
         if not target.translator.send_cb(ctx.endpoint, body, ctx.request_id, cb):
             router.release(i)  # no idle connection: the first attempt is sent by the coroutine path
-            return self._guarded(ctx, responder, self._routed(ctx, responder, model, _First(i, info)))
+            return self._plan_from(ctx, responder, model, i)
         return None
 
+    def _plan_from(
+        self, ctx: Context, responder: CallbackResponder, model: ModelEntry, i: int
+    ) -> Awaitable[None]:
+        """The coroutine path from ``_route_now``'s pick ``i`` (-1: none), not sent."""
+        return self._guarded(ctx, responder, self._routed(ctx, responder, model, _First(i, _route_info(ctx))))
+
     def _on_routed_head(
-        self, ctx: Context, responder: CallbackResponder, model: ModelEntry, i: int, info: RequestInfo,
-        t0: float, resp: UpstreamResponse | None, exc: Exception | None,
+        self, ctx: Context, responder: CallbackResponder, model: ModelEntry, i: int, t0: float,
+        resp: UpstreamResponse | None, exc: Exception | None,
     ) -> None:
         """The answer to ``_route_now``'s first attempt: a complete success is relayed and recorded here;
         anything else goes on in ``_routed`` with this attempt's result."""
@@ -769,12 +776,12 @@ class Engine:
                         ctx.attempts = 0
                     else:
                         resp.close()
-                        router.record(dep, Outcome.OK, now - t0, now - t0, now)
+                        router.ok(dep, now - t0, now)
                         self._settle(ctx)
                         responder.done()
                         return
             router.release(i)  # the attempt is taken over, in-flight count included, by the plan
-            first = _First(i, info, t0, now - t0, resp, exc)
+            first = _First(i, _route_info(ctx), t0, now - t0, resp, exc)
             self._finish_later(ctx, responder, self._routed(ctx, responder, model, first))
         except Exception:
             log.exception("unhandled error in request handler")

@@ -55,3 +55,36 @@ cdef class Split:
     cdef double* _percents
     cdef object _full
     cpdef Py_ssize_t pick(self, double r, object eligible=*) except -2
+
+
+cdef class RequestInfo:
+    cdef public object user
+    cdef public object key_id
+    cdef public object header
+    cdef public object tokens
+
+
+cdef class RouterCore:
+    cdef public int _strategy
+    cdef public SmoothWeighted _rr
+    cdef public HashRing _ring
+    cdef public int _hash_kind
+    cdef public bytes _hash_header
+    cdef public LeastLatency _ll
+    cdef public LeastBusy _lb
+    cdef public long long _tie
+    cdef public Split _split
+    cdef public list _costs
+    cdef public list _windows
+    cdef public double _recheck
+    cdef public object _blocked
+    cdef public object _gated
+    cdef public object _min_window
+    cdef public int _needs
+    cdef public list _breakers
+    cpdef RequestInfo info(self, object fields, object key, object header, Py_ssize_t length)
+    cdef Py_ssize_t _pick_one(self, object mask, RequestInfo info, object rnd) except -2
+    cpdef Py_ssize_t pick(self, RequestInfo info, double now, object rnd) except -2
+    cpdef void acquire(self, Py_ssize_t i) except *
+    cpdef void release(self, Py_ssize_t i) except *
+    cpdef void ok(self, object deployment, double elapsed, double now) except *

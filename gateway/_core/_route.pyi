@@ -1,10 +1,15 @@
 """Types of the compiled deployment-selection core; the twin ``route_py`` documents the behaviour."""
 
+from collections.abc import Callable
+from typing import Any
+
 __all__ = [
     "ALL",
     "HashRing",
     "LeastBusy",
     "LeastLatency",
+    "RequestInfo",
+    "RouterCore",
     "SmoothWeighted",
     "Split",
     "cheapest",
@@ -60,6 +65,44 @@ class LeastBusy:
     def release(self, i: int) -> None: ...
     def inflight(self, i: int) -> int: ...
     def pick(self, eligible: int, tie: int = 0) -> int: ...
+
+class RequestInfo:
+    user: str | None
+    key_id: str | None
+    header: Callable[[bytes], bytes | None] | None
+    tokens: int
+    def __init__(
+        self,
+        user: str | None = None,
+        key_id: str | None = None,
+        header: Callable[[bytes], bytes | None] | None = None,
+        tokens: int = 0,
+    ) -> None: ...
+
+class RouterCore:
+    _strategy: int
+    _rr: SmoothWeighted
+    _ring: HashRing | None
+    _hash_kind: int
+    _hash_header: bytes
+    _ll: LeastLatency | None
+    _lb: LeastBusy | None
+    _tie: int
+    _split: Split | None
+    _costs: list[float]
+    _windows: list[int]
+    _recheck: float
+    _blocked: int
+    _gated: int
+    _min_window: int
+    _needs: int
+    _breakers: list[Any]
+    def info(self, fields: Any, key: Any, header: Any, length: int) -> RequestInfo: ...
+    def pick_one(self, mask: int, info: RequestInfo, rnd: Callable[[], float]) -> int: ...
+    def pick(self, info: RequestInfo, now: float, rnd: Callable[[], float]) -> int: ...
+    def acquire(self, i: int) -> None: ...
+    def release(self, i: int) -> None: ...
+    def ok(self, deployment: Any, elapsed: float, now: float) -> None: ...
 
 class Split:
     def __init__(self, percents: list[float]) -> None: ...

@@ -20,12 +20,16 @@ process and would not.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "ALL",
     "HashRing",
     "LeastBusy",
     "LeastLatency",
+    "RequestInfo",
+    "RouterCore",
     "SmoothWeighted",
     "Split",
     "cheapest",
@@ -471,3 +475,157 @@ def cheapest(costs: list[float], context_limits: list[int], need_tokens: int, el
                 best = i
                 best_cost = c
     return best
+
+
+#: strategy codes of ``RouterCore._strategy``
+WEIGHTED, CONSISTENT_HASH, LEAST_LATENCY, LEAST_BUSY, SPLIT, COST = range(6)
+
+
+class RequestInfo:
+    """What routing needs to know of a request. ``tokens``: the estimate of prompt + completion tokens
+    (context-window fit, tpm); ``header``: looks up a request header by lower-case name (``hash_on =
+    "header:..."``)."""
+
+    __slots__ = ("header", "key_id", "tokens", "user")
+
+    def __init__(
+        self,
+        user: str | None = None,
+        key_id: str | None = None,
+        header: Callable[[bytes], bytes | None] | None = None,
+        tokens: int = 0,
+    ) -> None:
+        self.user = user
+        self.key_id = key_id
+        self.header = header
+        self.tokens = tokens
+
+
+#: the request facts of a model whose routing reads none (``RouterCore.info``)
+_NO_INFO = RequestInfo()
+
+
+class RouterCore:
+    """The per-request part of a model's router: the strategy's pick, the first attempt's pick, its
+    in-flight count and the record of its success. ``gateway.routing.router.Router`` subclasses it and
+    sets every field in its ``__init__``; everything else (plans, retries, fallbacks, failures, breaker
+    changes) stays there.
+
+    Fields (the subclass's):
+
+    - ``_strategy``: one of the codes above, with its picker: ``_rr`` (``SmoothWeighted``, every
+      strategy has one: the weighted spread), ``_ring`` (``HashRing``) with ``_hash_kind`` (0 the
+      request's ``user``, 1 its key id, 2 the header ``_hash_header``), ``_ll`` (``LeastLatency``),
+      ``_lb`` (``LeastBusy``) with the rotating ``_tie``, ``_split`` (``Split``), ``_costs`` (USD per
+      million tokens) with ``_windows`` (context windows); the pickers a strategy does not use are None.
+    - ``_recheck`` (no breaker or limit block may lift before then), ``_blocked`` and ``_gated`` (masks:
+      kept out outright; asked one by one), ``_min_window`` (the smallest context window), ``_needs``
+      (what ``info`` reads: 0 nothing, 1 the token estimate, 2 that and the hash keys), ``_breakers``
+      (one per deployment, with ``on_success(now) -> change | None``).
+
+    Methods it calls on its subclass: ``_choose``, ``_eligible``, ``_changed``.
+    """
+
+    __slots__ = (
+        "_blocked", "_breakers", "_costs", "_gated", "_hash_header", "_hash_kind", "_lb", "_ll",
+        "_min_window", "_needs", "_recheck", "_ring", "_rr", "_split", "_strategy", "_tie", "_windows",
+    )
+
+    _strategy: int
+    _rr: SmoothWeighted
+    _ring: HashRing | None
+    _hash_kind: int
+    _hash_header: bytes
+    _ll: LeastLatency | None
+    _lb: LeastBusy | None
+    _tie: int
+    _split: Split | None
+    _costs: list[float]
+    _windows: list[int]
+    _recheck: float
+    _blocked: int
+    _gated: int
+    _min_window: int
+    _needs: int
+    _breakers: list[Any]
+
+    def info(self, fields: Any, key: Any, header: Any, length: int) -> RequestInfo:
+        """What ``pick`` needs of a request: its decoded ``fields`` (``user``, ``max_tokens``), its API
+        ``key`` (``id``) or None, its header lookup and its body's ``length``. Only what this model's
+        routing reads: one shared, empty ``RequestInfo`` when that is nothing."""
+        needs = self._needs
+        if not needs:
+            return _NO_INFO
+        max_tokens = getattr(fields, "max_tokens", None)
+        tokens = length // 4 + (max_tokens if isinstance(max_tokens, int) else 0)
+        if needs == 1:
+            return RequestInfo(None, None, None, tokens)
+        return RequestInfo(getattr(fields, "user", None), getattr(key, "id", None), header, tokens)
+
+    def pick_one(self, mask: int, info: RequestInfo, rnd: Callable[[], float]) -> int:
+        """The strategy's pick among ``mask`` (-1: none), nothing else considered."""
+        strategy = self._strategy
+        if strategy == WEIGHTED:
+            return self._rr.pick(mask)
+        if strategy == CONSISTENT_HASH:
+            kind = self._hash_kind
+            key: str | bytes | None
+            if kind == 0:
+                key = info.user
+            elif kind == 1:
+                key = info.key_id
+            else:
+                header = info.header
+                key = header(self._hash_header) if header is not None else None
+            if not key:  # no key: no affinity to keep, spread by weight
+                return self._rr.pick(mask)
+            assert self._ring is not None
+            return self._ring.pick(key, mask)
+        if strategy == LEAST_LATENCY:
+            assert self._ll is not None
+            return self._ll.pick(mask, rnd())
+        if strategy == LEAST_BUSY:
+            assert self._lb is not None
+            self._tie += 1
+            return self._lb.pick(mask, self._tie)
+        if strategy == SPLIT:
+            assert self._split is not None
+            return self._split.pick(rnd(), mask)
+        return cheapest(self._costs, self._windows, info.tokens, mask)
+
+    def pick(self, info: RequestInfo, now: float, rnd: Callable[[], float]) -> int:
+        """The deployment a request's first attempt goes to, or -1 when none is eligible now: the choice
+        the router's plan would make, without building it. A deployment behind a gate (a half-open probe,
+        an upstream rpm/tpm) is admitted here, so the caller must then send to it."""
+        if now < self._recheck and not self._gated and info.tokens <= self._min_window:
+            # the usual case: no block may have lifted, nobody to ask one by one, every window fits
+            return self.pick_one(~self._blocked, info, rnd)
+        return self._choose(self._eligible(now, info.tokens), info, rnd, now)  # type: ignore[attr-defined,no-any-return]
+
+    def acquire(self, i: int) -> None:
+        """Count a request in flight on deployment ``i`` (``least_busy``); ``ok`` or ``record``
+        releases it."""
+        lb = self._lb
+        if lb is not None:
+            lb.acquire(i)
+
+    def release(self, i: int) -> None:
+        """Undo ``acquire`` for a request that was not sent after all."""
+        lb = self._lb
+        if lb is not None:
+            lb.release(i)
+
+    def ok(self, deployment: Any, elapsed: float, now: float) -> None:
+        """A whole, successful answer from ``deployment`` (``index``, ``stats``) in ``elapsed`` seconds:
+        the in-flight count released, the breaker's success, the latency observed."""
+        i = deployment.index
+        deployment.stats.ok += 1
+        lb = self._lb
+        if lb is not None:
+            lb.release(i)
+        change = self._breakers[i].on_success(now)
+        if change is not None:
+            self._changed(deployment, change)  # type: ignore[attr-defined]
+        ll = self._ll
+        if ll is not None:
+            ll.observe(i, elapsed, elapsed)

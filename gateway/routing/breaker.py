@@ -252,12 +252,16 @@ class Breaker:
 
     def on_success(self, now: float) -> Change | None:
         state = self.state
-        if state is State.CLOSED:
+        if state is _C:
             # PERF: (closed, success) -> closed is asserted below the table, so no lookup: every routed
-            # request ends here
+            # request ends here, and the window's current bucket is counted inline
             self._consecutive = 0
             if self._config.enabled:
-                self._window.add(now, False)
+                w = self._window
+                if w.lo <= now < w.hi:
+                    w.ok[w.k] += 1
+                else:
+                    w.add(now, False)
         elif state is State.HALF_OPEN:
             self._probe_ok += 1
             if self._probe_ok >= self._config.half_open_probes:

@@ -40,7 +40,16 @@ from typing import NamedTuple
 
 from gateway import errors
 from gateway._core.limit import Bucket
-from gateway._core.route import ALL, HashRing, LeastBusy, LeastLatency, SmoothWeighted, Split, cheapest
+from gateway._core.route import (
+    ALL,
+    HashRing,
+    LeastBusy,
+    LeastLatency,
+    RequestInfo,
+    RouterCore,
+    SmoothWeighted,
+    Split,
+)
 from gateway.routing.breaker import Breaker, Change, State
 from gateway.routing.config import DeploymentConfig, RoutingConfig
 from gateway.routing.outcome import Outcome
@@ -74,25 +83,10 @@ def deployment_id(model: str, name: str) -> str:
 
 _OK = Outcome.OK
 
-
-class RequestInfo:
-    """What routing needs to know of a request. ``tokens``: the estimate of prompt + completion tokens
-    (context-window fit, tpm); ``header``: looks up a request header by lower-case name (``hash_on =
-    "header:..."``)."""
-
-    __slots__ = ("header", "key_id", "tokens", "user")
-
-    def __init__(
-        self,
-        user: str | None = None,
-        key_id: str | None = None,
-        header: Callable[[bytes], bytes | None] | None = None,
-        tokens: int = 0,
-    ) -> None:
-        self.user = user
-        self.key_id = key_id
-        self.header = header
-        self.tokens = tokens
+#: ``RouterCore._strategy`` by the config's name
+_STRATEGIES = {
+    "weighted": 0, "consistent_hash": 1, "least_latency": 2, "least_busy": 3, "split": 4, "cost": 5,
+}
 
 
 class Deployment:
@@ -379,8 +373,13 @@ class Attempts:
         return None
 
 
-class Router:
-    """Routing state of one model in one worker: deployments, strategy, breakers, limits, latencies."""
+class Router(RouterCore):
+    """Routing state of one model in one worker: deployments, strategy, breakers, limits, latencies.
+
+    The first attempt's pick, its in-flight count and its success (``info``, ``pick``, ``acquire``,
+    ``release``, ``ok``) are ``RouterCore``'s, compiled; this class sets the fields they read."""
+
+    _breakers: list[Breaker]
 
     def __init__(
         self,
@@ -440,7 +439,7 @@ class Router:
         self._windows = [d.context_window or _NO_WINDOW for d in deployments]
         self._min_window = min(self._windows)
 
-        # the strategy; PERF: the pickers are built here, per request only ``_pick`` runs
+        # the strategy; PERF: the pickers are built here, per request only RouterCore.pick_one runs
         weights = [d.weight for d in deployments]
         self._rr = SmoothWeighted(weights)
         self._ll = LeastLatency(n) if config.strategy == "least_latency" else None
@@ -459,13 +458,12 @@ class Router:
             kind, _, header = config.hash_on.partition(":")
             self._hash_kind = {"user": 0, "key_id": 1, "header": 2}[kind]
             self._hash_header = header.strip().lower().encode("latin-1")
-        # PERF: the strategy is resolved once; per request one bound method runs, no string compares
-        pickers: dict[str, Callable[[int, RequestInfo, Random], int]] = {
-            "weighted": self._pick_weighted, "consistent_hash": self._pick_hash,
-            "least_latency": self._pick_latency, "least_busy": self._pick_busy,
-            "split": self._pick_split, "cost": self._pick_cost,
-        }
-        self._pick = pickers[config.strategy]
+        # PERF: the strategy is resolved once; per request RouterCore.pick_one runs it, compiled
+        self._strategy = _STRATEGIES[config.strategy]
+        # what ``info`` reads of a request: 0 nothing, 1 the token estimate (context windows, tpm), 2 that
+        # and the hash keys
+        needs = 1 if self._min_window < _NO_WINDOW or any(t is not None for t in self._tpm) else 0
+        self._needs = 2 if config.strategy == "consistent_hash" else needs
         if previous is not None:
             self._inherit(previous)
 
@@ -515,25 +513,6 @@ class Router:
         ``first``: the deployment of the first attempt, already chosen by ``pick`` (its in-flight count
         not held: the first attempt takes it as every attempt does)."""
         return Attempts(self, info, now, rnd, first)
-
-    def pick(self, info: RequestInfo, now: float, rnd: Random) -> int:
-        """The deployment a request's first attempt goes to, or -1 when none is eligible now.
-
-        # PERF: the engine's fast path: the choice ``plan`` would make, without building the attempts.
-        A deployment behind a gate (a half-open probe, an upstream rpm/tpm) is admitted here, so the
-        caller must then send to it, reporting with ``record`` (after ``acquire``) or handing it to
-        ``plan(first=...)``."""
-        return self._choose(self._eligible(now, info.tokens), info, rnd, now)
-
-    def acquire(self, i: int) -> None:
-        """Count a request in flight on deployment ``i`` (``least_busy``); ``record`` releases it."""
-        if self._lb is not None:
-            self._lb.acquire(i)
-
-    def release(self, i: int) -> None:
-        """Undo ``acquire`` for a request that was not sent after all."""
-        if self._lb is not None:
-            self._lb.release(i)
 
     def _refresh(self, now: float) -> None:
         blocked = 0
@@ -586,48 +565,13 @@ class Router:
             gated = self._gated
         full = self._full
         while mask & full:
-            i = self._pick(mask, info, rnd)
+            i = self.pick_one(mask, info, rnd)
             if i < 0:
                 return -1
             if not (gated >> i) & 1 or self._admit(i, now, info.tokens):
                 return i
             mask &= ~(1 << i)
         return -1
-
-    # One picker per strategy, bound as ``_pick`` at construction. The selection itself runs compiled.
-
-    def _pick_weighted(self, mask: int, info: RequestInfo, rnd: Random) -> int:
-        return self._rr.pick(mask)
-
-    def _pick_hash(self, mask: int, info: RequestInfo, rnd: Random) -> int:
-        kind = self._hash_kind
-        if kind == 0:
-            key: str | bytes | None = info.user
-        elif kind == 1:
-            key = info.key_id
-        else:
-            header = info.header
-            key = header(self._hash_header) if header is not None else None
-        if not key:  # no key: no affinity to keep, spread by weight
-            return self._rr.pick(mask)
-        assert self._ring is not None
-        return self._ring.pick(key, mask)
-
-    def _pick_latency(self, mask: int, info: RequestInfo, rnd: Random) -> int:
-        assert self._ll is not None
-        return self._ll.pick(mask, rnd())
-
-    def _pick_busy(self, mask: int, info: RequestInfo, rnd: Random) -> int:
-        assert self._lb is not None
-        self._tie += 1
-        return self._lb.pick(mask, self._tie)
-
-    def _pick_split(self, mask: int, info: RequestInfo, rnd: Random) -> int:
-        assert self._split is not None
-        return self._split.pick(rnd(), mask)
-
-    def _pick_cost(self, mask: int, info: RequestInfo, rnd: Random) -> int:
-        return cheapest(self._costs, self._windows, info.tokens, mask)
 
     def _admit(self, i: int, now: float, tokens: int) -> bool:
         rpm = self._rpm[i]

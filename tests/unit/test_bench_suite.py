@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # ``bench`` is not an installed package: import it from the checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench import configs, inproc, loadgen, report, run, suite  # noqa: E402
+from bench import configs, inproc, loadgen, report, routing, run, suite  # noqa: E402
 from bench.histogram import Histogram, bucket_index, bucket_range  # noqa: E402
 from bench.httpwire import ResponseParser, build_request  # noqa: E402
 from bench.wrk import wrk_lua, wrk_mix_lua  # noqa: E402
@@ -636,3 +636,15 @@ def test_quick_run_of_the_no_upstream_and_limits_scenarios(tmp_path: Path) -> No
     assert "| 4. ratelimited | static return |" in md and "(scenario 8)" in md
     if results["plots"]:
         assert (out / "throughput.png").exists()
+
+
+def test_routing_bench_runs_every_strategy_through_the_router(capsys: pytest.CaptureFixture[str]) -> None:
+    assert routing.main(["-n", "200", "--runs", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["us_per_request"]) == set(routing.STRATEGIES)
+    # each strategy's router really picks among its deployments and records: the loop is not empty
+    for name in routing.STRATEGIES:
+        router = routing.router_for(name)
+        before = sum(d.stats.ok for d in router.deployments)
+        routing._loop(router, 50)
+        assert sum(d.stats.ok for d in router.deployments) == before + 50
