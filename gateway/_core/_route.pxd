@@ -57,6 +57,15 @@ cdef class Split:
     cpdef Py_ssize_t pick(self, double r, object eligible=*) except -2
 
 
+cdef class BreakerCore:
+    cdef public object state
+    cdef public object _closed
+    cdef public long long _consecutive
+    cdef public bint _counting
+    cdef public object _window
+    cdef bint _success_closed(self, double now) except -1
+
+
 cdef class RequestInfo:
     cdef public object user
     cdef public object key_id

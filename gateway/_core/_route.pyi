@@ -5,6 +5,7 @@ from typing import Any
 
 __all__ = [
     "ALL",
+    "BreakerCore",
     "HashRing",
     "LeastBusy",
     "LeastLatency",
@@ -65,6 +66,14 @@ class LeastBusy:
     def release(self, i: int) -> None: ...
     def inflight(self, i: int) -> int: ...
     def pick(self, eligible: int, tie: int = 0) -> int: ...
+
+class BreakerCore:
+    state: Any
+    _closed: Any
+    _consecutive: int
+    _counting: bool
+    _window: Any
+    def success_closed(self, now: float) -> bool: ...
 
 class RequestInfo:
     user: str | None

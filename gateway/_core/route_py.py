@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "ALL",
+    "BreakerCore",
     "HashRing",
     "LeastBusy",
     "LeastLatency",
@@ -477,6 +478,38 @@ def cheapest(costs: list[float], context_limits: list[int], need_tokens: int, el
     return best
 
 
+class BreakerCore:
+    """The per-request part of a deployment's circuit breaker: a success while it is closed, which is
+    how nearly every routed request ends. ``gateway.routing.breaker.Breaker`` subclasses it and sets
+    every field in its ``__init__``: ``state`` (the breaker's state), ``_closed`` (the closed state),
+    ``_consecutive`` (failures in a row), ``_counting`` (the error-ratio window is on) and ``_window``
+    (the window: ``lo <= now < hi`` is its current bucket ``k``; ``ok`` counts successes per bucket;
+    ``add(now, failed)`` moves to another bucket).
+    """
+
+    __slots__ = ("_closed", "_consecutive", "_counting", "_window", "state")
+
+    state: Any
+    _closed: Any
+    _consecutive: int
+    _counting: bool
+    _window: Any
+
+    def success_closed(self, now: float) -> bool:
+        """Count a success if the breaker is closed (it stays closed: no change); False if it is not
+        (nothing done: the caller runs the full ``on_success``)."""
+        if self.state is not self._closed:
+            return False
+        self._consecutive = 0
+        if self._counting:
+            w = self._window
+            if w.lo <= now < w.hi:
+                w.ok[w.k] += 1
+            else:
+                w.add(now, False)
+        return True
+
+
 #: strategy codes of ``RouterCore._strategy``
 WEIGHTED, CONSISTENT_HASH, LEAST_LATENCY, LEAST_BUSY, SPLIT, COST = range(6)
 
@@ -521,7 +554,7 @@ class RouterCore:
     - ``_recheck`` (no breaker or limit block may lift before then), ``_blocked`` and ``_gated`` (masks:
       kept out outright; asked one by one), ``_min_window`` (the smallest context window), ``_needs``
       (what ``info`` reads: 0 nothing, 1 the token estimate, 2 that and the hash keys), ``_breakers``
-      (one per deployment, with ``on_success(now) -> change | None``).
+      (one per deployment: ``BreakerCore`` with ``on_success(now) -> change | None``).
 
     Methods it calls on its subclass: ``_choose``, ``_eligible``, ``_changed``.
     """
@@ -623,9 +656,11 @@ class RouterCore:
         lb = self._lb
         if lb is not None:
             lb.release(i)
-        change = self._breakers[i].on_success(now)
-        if change is not None:
-            self._changed(deployment, change)  # type: ignore[attr-defined]
+        b = self._breakers[i]
+        if not b.success_closed(now):
+            change = b.on_success(now)
+            if change is not None:
+                self._changed(deployment, change)  # type: ignore[attr-defined]
         ll = self._ll
         if ll is not None:
             ll.observe(i, elapsed, elapsed)

@@ -55,6 +55,7 @@ import enum
 import math
 from typing import NamedTuple
 
+from gateway._core.route import BreakerCore
 from gateway.routing.config import BreakerConfig
 
 __all__ = ["TRANSITIONS", "Breaker", "Change", "Event", "State"]
@@ -162,16 +163,21 @@ class _Window:
         self.lo = self.hi = 0.0
 
 
-class Breaker:
+class Breaker(BreakerCore):
     """One deployment's breaker and cooldown. See the module docstring for the state table."""
 
+    # ``state``, ``_consecutive`` and ``_window`` are BreakerCore's: a success while closed is counted
+    # there, compiled (``RouterCore.ok``)
     __slots__ = (
-        "_config", "_consecutive", "_probe_at", "_probe_ok", "_probes", "_window", "changed_at",
-        "cooldown_until", "ejected", "state", "until",
+        "_config", "_probe_at", "_probe_ok", "_probes", "changed_at", "cooldown_until", "ejected", "until",
     )
+
+    state: State
 
     def __init__(self, config: BreakerConfig) -> None:
         self._config = config
+        self._closed = State.CLOSED
+        self._counting = config.enabled
         self.state = State.CLOSED
         #: while open: refuse until then (``inf`` while ejected)
         self.until = 0.0
@@ -251,18 +257,11 @@ class Breaker:
     # -- results
 
     def on_success(self, now: float) -> Change | None:
-        state = self.state
-        if state is _C:
-            # PERF: (closed, success) -> closed is asserted below the table, so no lookup: every routed
-            # request ends here, and the window's current bucket is counted inline
-            self._consecutive = 0
-            if self._config.enabled:
-                w = self._window
-                if w.lo <= now < w.hi:
-                    w.ok[w.k] += 1
-                else:
-                    w.add(now, False)
-        elif state is State.HALF_OPEN:
+        # PERF: (closed, success) -> closed is asserted below the table, so no lookup: every routed
+        # request ends here, counted by the compiled BreakerCore
+        if self.success_closed(now):
+            return None
+        if self.state is State.HALF_OPEN:
             self._probe_ok += 1
             if self._probe_ok >= self._config.half_open_probes:
                 self._step(Event.RECOVER)
