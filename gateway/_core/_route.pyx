@@ -13,6 +13,8 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
 from libc.stdint cimport uint64_t
 
+from gateway._core._limit cimport Bucket
+
 __all__ = [
     "ALL",
     "BreakerCore",
@@ -527,6 +529,23 @@ def cheapest(list costs, list context_limits, long long need_tokens, object elig
     return best
 
 
+cdef bint _take_limits(Bucket rpm, Bucket tpm, double now, object tokens) except -1:
+    """A deployment's upstream rpm and tpm buckets (None: no such limit) admit one request of
+    ``tokens``, and are charged for it (``Router._admit``)."""
+    cdef double need = 0.0
+    if rpm is not None and rpm.retry_after(now, 1.0) > 0.0:
+        return False
+    if tpm is not None:
+        need = float(tokens)
+        if tpm.retry_after(now, min(need, tpm.burst)) > 0.0:
+            return False
+    if rpm is not None:
+        rpm.take(now, 1.0)
+    if tpm is not None and tokens > 0:
+        tpm.force(now, need)
+    return True
+
+
 cdef class BreakerCore:
     """The per-request part of a deployment's circuit breaker (see the twin).
 
@@ -617,10 +636,37 @@ cdef class RouterCore:
         return cheapest(self._costs, self._windows, info.tokens, mask)
 
     cpdef Py_ssize_t pick(self, RequestInfo info, double now, object rnd) except -2:
+        cdef Py_ssize_t i
         tokens = info.tokens
-        if now < self._recheck and not self._gated and tokens <= self._min_window:
-            return self._pick_one(~self._blocked, info, rnd)
+        if now < self._recheck and tokens <= self._min_window:
+            mask = ~self._blocked
+            gated = self._gated
+            if not gated:
+                return self._pick_one(mask, info, rnd)
+            while True:
+                i = self._pick_one(mask, info, rnd)
+                if i < 0 or not (gated >> i) & 1 or self._admit_fast(i, now, tokens):
+                    return i
+                mask &= ~(<object>1 << i)
         return self._choose(self._eligible(now, tokens), info, rnd, now)
+
+    cdef bint _admit_fast(self, Py_ssize_t i, double now, object tokens) except -1:
+        b = self._breakers[i]
+        if (<BreakerCore?>b).state is not (<BreakerCore>b)._closed:
+            return self._admit(i, now, tokens)
+        rpm = self._rpm[i]
+        tpm = self._tpm[i]
+        if (rpm is None or type(rpm) is Bucket) and (tpm is None or type(tpm) is Bucket):
+            return _take_limits(<Bucket>rpm, <Bucket>tpm, now, tokens)  # PERF: C calls (types checked)
+        if rpm is not None and rpm.retry_after(now, 1.0) > 0.0:  # the twin's buckets
+            return False
+        if tpm is not None and tpm.retry_after(now, min(float(tokens), tpm.burst)) > 0.0:
+            return False
+        if rpm is not None:
+            rpm.take(now, 1.0)
+        if tpm is not None and tokens > 0:
+            tpm.force(now, float(tokens))
+        return True
 
     cpdef void acquire(self, Py_ssize_t i) except *:
         if self._lb is not None:

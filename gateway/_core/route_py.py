@@ -554,14 +554,16 @@ class RouterCore:
     - ``_recheck`` (no breaker or limit block may lift before then), ``_blocked`` and ``_gated`` (masks:
       kept out outright; asked one by one), ``_min_window`` (the smallest context window), ``_needs``
       (what ``info`` reads: 0 nothing, 1 the token estimate, 2 that and the hash keys), ``_breakers``
-      (one per deployment: ``BreakerCore`` with ``on_success(now) -> change | None``).
+      (one per deployment: ``BreakerCore`` with ``on_success(now) -> change | None``), ``_rpm`` and ``_tpm``
+      (per deployment, its upstream limit's ``Bucket`` or None).
 
-    Methods it calls on its subclass: ``_choose``, ``_eligible``, ``_changed``.
+    Methods it calls on its subclass: ``_choose``, ``_eligible``, ``_admit``, ``_changed``.
     """
 
     __slots__ = (
         "_blocked", "_breakers", "_costs", "_gated", "_hash_header", "_hash_kind", "_lb", "_ll",
-        "_min_window", "_needs", "_recheck", "_ring", "_rr", "_split", "_strategy", "_tie", "_windows",
+        "_min_window", "_needs", "_recheck", "_ring", "_rpm", "_rr", "_split", "_strategy", "_tie", "_tpm",
+        "_windows",
     )
 
     _strategy: int
@@ -581,6 +583,8 @@ class RouterCore:
     _min_window: int
     _needs: int
     _breakers: list[Any]
+    _rpm: list[Any]
+    _tpm: list[Any]
 
     def info(self, fields: Any, key: Any, header: Any, length: int) -> RequestInfo:
         """What ``pick`` needs of a request: its decoded ``fields`` (``user``, ``max_tokens``), its API
@@ -630,10 +634,37 @@ class RouterCore:
         """The deployment a request's first attempt goes to, or -1 when none is eligible now: the choice
         the router's plan would make, without building it. A deployment behind a gate (a half-open probe,
         an upstream rpm/tpm) is admitted here, so the caller must then send to it."""
-        if now < self._recheck and not self._gated and info.tokens <= self._min_window:
-            # the usual case: no block may have lifted, nobody to ask one by one, every window fits
-            return self.pick_one(~self._blocked, info, rnd)
-        return self._choose(self._eligible(now, info.tokens), info, rnd, now)  # type: ignore[attr-defined,no-any-return]
+        tokens = info.tokens
+        if now < self._recheck and tokens <= self._min_window:
+            # the usual case: no block may have lifted, every window fits
+            mask = ~self._blocked
+            gated = self._gated
+            if not gated:  # nobody to ask one by one
+                return self.pick_one(mask, info, rnd)
+            while True:  # ``Router._choose``: ask the gated ones one by one
+                i = self.pick_one(mask, info, rnd)
+                if i < 0 or not (gated >> i) & 1 or self._admit_fast(i, now, tokens):
+                    return i
+                mask &= ~(1 << i)
+        return self._choose(self._eligible(now, tokens), info, rnd, now)  # type: ignore[attr-defined,no-any-return]
+
+    def _admit_fast(self, i: int, now: float, tokens: int) -> bool:
+        """``Router._admit``: may gated deployment ``i`` take the request (its upstream rpm/tpm, a
+        probe)? Here when its breaker is closed (only its limits gate it); else by ``_admit``."""
+        b = self._breakers[i]
+        if b.state is not b._closed:
+            return self._admit(i, now, tokens)  # type: ignore[attr-defined,no-any-return]
+        rpm = self._rpm[i]
+        if rpm is not None and rpm.retry_after(now, 1.0) > 0.0:
+            return False
+        tpm = self._tpm[i]
+        if tpm is not None and tpm.retry_after(now, min(float(tokens), tpm.burst)) > 0.0:
+            return False
+        if rpm is not None:
+            rpm.take(now, 1.0)
+        if tpm is not None and tokens > 0:
+            tpm.force(now, float(tokens))
+        return True
 
     def acquire(self, i: int) -> None:
         """Count a request in flight on deployment ``i`` (``least_busy``); ``ok`` or ``record``

@@ -93,6 +93,10 @@ def test_twin_and_compiled_pick_the_same(strategy: str) -> None:
         assert run(route_py, strategy, seed, context_window=3000, tpm=600_000) == run(
             _route, strategy, seed, context_window=3000, tpm=600_000
         )
+        # upstream limits that run out: deployments refused one by one, and none at all (-1)
+        tight = run(_route, strategy, seed, rpm=30, tpm=200_000)
+        assert tight == run(route_py, strategy, seed, rpm=30, tpm=200_000)
+        assert any(i < 0 for i, _ in tight) and len({i for i, _ in tight}) > 2
 
 
 @pytest.mark.parametrize("core", CORES)
