@@ -5,6 +5,7 @@ from typing import Any
 
 __all__ = [
     "ALL",
+    "STRATEGIES",
     "BreakerCore",
     "HashRing",
     "LeastBusy",
@@ -18,6 +19,7 @@ __all__ = [
 ]
 
 ALL: int
+STRATEGIES: dict[str, int]
 
 def hash64(key: bytes | str) -> int: ...
 

@@ -17,6 +17,7 @@ from gateway._core._limit cimport Bucket
 
 __all__ = [
     "ALL",
+    "STRATEGIES",
     "BreakerCore",
     "HashRing",
     "LeastBusy",
@@ -574,6 +575,12 @@ DEF _CONSISTENT_HASH = 1
 DEF _LEAST_LATENCY = 2
 DEF _LEAST_BUSY = 3
 DEF _SPLIT = 4
+DEF _COST = 5
+
+STRATEGIES = {
+    "weighted": _WEIGHTED, "consistent_hash": _CONSISTENT_HASH, "least_latency": _LEAST_LATENCY,
+    "least_busy": _LEAST_BUSY, "split": _SPLIT, "cost": _COST,
+}
 
 
 cdef class RequestInfo:

@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "ALL",
+    "STRATEGIES",
     "BreakerCore",
     "HashRing",
     "LeastBusy",
@@ -512,6 +513,11 @@ class BreakerCore:
 
 #: strategy codes of ``RouterCore._strategy``
 WEIGHTED, CONSISTENT_HASH, LEAST_LATENCY, LEAST_BUSY, SPLIT, COST = range(6)
+#: the code of each strategy by its config name
+STRATEGIES = {
+    "weighted": WEIGHTED, "consistent_hash": CONSISTENT_HASH, "least_latency": LEAST_LATENCY,
+    "least_busy": LEAST_BUSY, "split": SPLIT, "cost": COST,
+}
 
 
 class RequestInfo:

@@ -42,6 +42,7 @@ from gateway import errors
 from gateway._core.limit import Bucket
 from gateway._core.route import (
     ALL,
+    STRATEGIES,
     HashRing,
     LeastBusy,
     LeastLatency,
@@ -82,11 +83,6 @@ def deployment_id(model: str, name: str) -> str:
 
 
 _OK = Outcome.OK
-
-#: ``RouterCore._strategy`` by the config's name
-_STRATEGIES = {
-    "weighted": 0, "consistent_hash": 1, "least_latency": 2, "least_busy": 3, "split": 4, "cost": 5,
-}
 
 
 class Deployment:
@@ -459,7 +455,7 @@ class Router(RouterCore):
             self._hash_kind = {"user": 0, "key_id": 1, "header": 2}[kind]
             self._hash_header = header.strip().lower().encode("latin-1")
         # PERF: the strategy is resolved once; per request RouterCore.pick_one runs it, compiled
-        self._strategy = _STRATEGIES[config.strategy]
+        self._strategy = STRATEGIES[config.strategy]
         # what ``info`` reads of a request: 0 nothing, 1 the token estimate (context windows, tpm), 2 that
         # and the hash keys
         needs = 1 if self._min_window < _NO_WINDOW or any(t is not None for t in self._tpm) else 0
