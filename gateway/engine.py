@@ -688,10 +688,7 @@ class Engine:
                     self._send_error(ctx, responder, err)
             self._settle(ctx)
         except Exception:
-            log.exception("unhandled error in request handler")
-            if not responder.started:
-                responder.keep_alive = False
-                responder.send(500, _JSON, _INTERNAL)
+            _answer_crash(responder)
         responder.done()
 
     async def _finish(self, ctx: Context, responder: CallbackResponder, work: Awaitable[None]) -> None:
@@ -699,10 +696,7 @@ class Engine:
         try:
             await self._guarded(ctx, responder, work)
         except Exception:
-            log.exception("unhandled error in request handler")
-            if not responder.started:
-                responder.keep_alive = False
-                responder.send(500, _JSON, _INTERNAL)
+            _answer_crash(responder)
         responder.done()
 
     def _finish_later(self, ctx: Context, responder: CallbackResponder, work: Awaitable[None]) -> None:
@@ -784,10 +778,7 @@ class Engine:
             first = _First(i, _route_info(ctx), t0, now - t0, resp, exc)
             self._finish_later(ctx, responder, self._routed(ctx, responder, model, first))
         except Exception:
-            log.exception("unhandled error in request handler")
-            if not responder.started:
-                responder.keep_alive = False
-                responder.send(500, _JSON, _INTERNAL)
+            _answer_crash(responder)
             self._settle(ctx)
             responder.done()
 
@@ -1188,6 +1179,15 @@ class Engine:
             else None,
             ctx.attempts, ctx.cost,
         ))
+
+
+def _answer_crash(responder: CallbackResponder) -> None:
+    """An unexpected error on the callback path (inside an ``except`` block): logged with its traceback,
+    and a 500 that closes the connection if nothing was sent yet."""
+    log.exception("unhandled error in request handler")
+    if not responder.started:
+        responder.keep_alive = False
+        responder.send(500, _JSON, _INTERNAL)
 
 
 def _upstream_failure(exc: Exception | None) -> GatewayError:

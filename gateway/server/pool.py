@@ -584,23 +584,18 @@ class OriginPool:
         """``send_data`` with this request's own connect timeout: any connection opened for it must be up
         within ``connect_timeout`` seconds instead of the pool's ``connect_timeout``.
 
-        # PERF: the same idle-connection path as ``send_data``, written out here so that ``send_data``
-        stays as it is; a timeout equal to the pool's is ``send_data`` itself.
+        A timeout equal to the pool's is ``send_data`` itself.
         """
         if connect_timeout == self.connect_timeout:
             return self.send_data(data, head_only)
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.reused = True
-                self._busy.add(conn)
-                waiter = conn.start(data, head_only)
-                # a stale connection is resent on a new one (``_retry``): that one gets this timeout too
-                self._connect_timeouts[waiter] = connect_timeout
-                waiter.add_done_callback(self._settled)
-                return waiter
-        return self._send_new(data, head_only, connect_timeout)
+        conn = self._take_idle()
+        if conn is None:
+            return self._send_new(data, head_only, connect_timeout)
+        waiter = conn.start(data, head_only)
+        # a stale connection is resent on a new one (``_retry``): that one gets this timeout too
+        self._connect_timeouts[waiter] = connect_timeout
+        waiter.add_done_callback(self._settled)
+        return waiter
 
     def _settled(self, waiter: asyncio.Future[Any]) -> None:
         self._connect_timeouts.pop(waiter, None)
