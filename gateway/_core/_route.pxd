@@ -93,7 +93,7 @@ cdef class RouterCore:
     cdef public list _breakers
     cdef public list _rpm
     cdef public list _tpm
-    cdef bint _admit_fast(self, Py_ssize_t i, double now, object tokens) except -1
+    cdef bint _admit(self, Py_ssize_t i, double now, object tokens) except -1
     cpdef RequestInfo info(self, object fields, object key, object header, Py_ssize_t length)
     cdef Py_ssize_t _pick_one(self, object mask, RequestInfo info, object rnd) except -2
     cpdef Py_ssize_t pick(self, RequestInfo info, double now, object rnd) except -2

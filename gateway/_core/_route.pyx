@@ -530,23 +530,6 @@ def cheapest(list costs, list context_limits, long long need_tokens, object elig
     return best
 
 
-cdef bint _take_limits(Bucket rpm, Bucket tpm, double now, object tokens) except -1:
-    """A deployment's upstream rpm and tpm buckets (None: no such limit) admit one request of
-    ``tokens``, and are charged for it (``Router._admit``)."""
-    cdef double need = 0.0
-    if rpm is not None and rpm.retry_after(now, 1.0) > 0.0:
-        return False
-    if tpm is not None:
-        need = float(tokens)
-        if tpm.retry_after(now, min(need, tpm.burst)) > 0.0:
-            return False
-    if rpm is not None:
-        rpm.take(now, 1.0)
-    if tpm is not None and tokens > 0:
-        tpm.force(now, need)
-    return True
-
-
 cdef class BreakerCore:
     """The per-request part of a deployment's circuit breaker (see the twin).
 
@@ -652,27 +635,33 @@ cdef class RouterCore:
                 return self._pick_one(mask, info, rnd)
             while True:
                 i = self._pick_one(mask, info, rnd)
-                if i < 0 or not (gated >> i) & 1 or self._admit_fast(i, now, tokens):
+                if i < 0 or not (gated >> i) & 1 or self._admit(i, now, tokens):
                     return i
                 mask &= ~(<object>1 << i)
         return self._choose(self._eligible(now, tokens), info, rnd, now)
 
-    cdef bint _admit_fast(self, Py_ssize_t i, double now, object tokens) except -1:
-        b = self._breakers[i]
-        if (<BreakerCore?>b).state is not (<BreakerCore>b)._closed:
-            return self._admit(i, now, tokens)
-        rpm = self._rpm[i]
-        tpm = self._tpm[i]
-        if (rpm is None or type(rpm) is Bucket) and (tpm is None or type(tpm) is Bucket):
-            return _take_limits(<Bucket>rpm, <Bucket>tpm, now, tokens)  # PERF: C calls (types checked)
-        if rpm is not None and rpm.retry_after(now, 1.0) > 0.0:  # the twin's buckets
+    def admit(self, Py_ssize_t i, double now, object tokens):
+        return self._admit(i, now, tokens)
+
+    cdef bint _admit(self, Py_ssize_t i, double now, object tokens) except -1:
+        # PERF: typed buckets, C calls; a compiled core always has the compiled buckets (it cimports
+        # their module), so any other object here is a TypeError, not a silent slow path
+        cdef Bucket rpm = self._rpm[i]
+        cdef Bucket tpm = self._tpm[i]
+        cdef double need = 0.0
+        if rpm is not None and rpm.retry_after(now, 1.0) > 0.0:
             return False
-        if tpm is not None and tpm.retry_after(now, min(float(tokens), tpm.burst)) > 0.0:
+        if tpm is not None:
+            need = float(tokens)
+            if tpm.retry_after(now, min(need, tpm.burst)) > 0.0:
+                return False
+        b = self._breakers[i]
+        if (<BreakerCore?>b).state is not (<BreakerCore>b)._closed and not b.admit(now):
             return False
         if rpm is not None:
             rpm.take(now, 1.0)
         if tpm is not None and tokens > 0:
-            tpm.force(now, float(tokens))
+            tpm.force(now, need)
         return True
 
     cpdef void acquire(self, Py_ssize_t i) except *:

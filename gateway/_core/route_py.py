@@ -563,7 +563,7 @@ class RouterCore:
       (one per deployment: ``BreakerCore`` with ``on_success(now) -> change | None``), ``_rpm`` and ``_tpm``
       (per deployment, its upstream limit's ``Bucket`` or None).
 
-    Methods it calls on its subclass: ``_choose``, ``_eligible``, ``_admit``, ``_changed``.
+    Methods it calls on its subclass: ``_choose``, ``_eligible``, ``_changed``.
     """
 
     __slots__ = (
@@ -649,22 +649,24 @@ class RouterCore:
                 return self.pick_one(mask, info, rnd)
             while True:  # ``Router._choose``: ask the gated ones one by one
                 i = self.pick_one(mask, info, rnd)
-                if i < 0 or not (gated >> i) & 1 or self._admit_fast(i, now, tokens):
+                if i < 0 or not (gated >> i) & 1 or self.admit(i, now, tokens):
                     return i
                 mask &= ~(1 << i)
         return self._choose(self._eligible(now, tokens), info, rnd, now)  # type: ignore[attr-defined,no-any-return]
 
-    def _admit_fast(self, i: int, now: float, tokens: int) -> bool:
-        """``Router._admit``: may gated deployment ``i`` take the request (its upstream rpm/tpm, a
-        probe)? Here when its breaker is closed (only its limits gate it); else by ``_admit``."""
-        b = self._breakers[i]
-        if b.state is not b._closed:
-            return self._admit(i, now, tokens)  # type: ignore[attr-defined,no-any-return]
+    def admit(self, i: int, now: float, tokens: int) -> bool:
+        """May deployment ``i`` take a request of ``tokens`` now? Its upstream rpm and tpm buckets must
+        have room (a request larger than the per-worker tpm burst still goes when the bucket has room:
+        it is charged in full, into debt, so large requests are not starved), and its breaker must admit
+        it (a half-open one takes a probe slot). If so, the buckets are charged."""
         rpm = self._rpm[i]
         if rpm is not None and rpm.retry_after(now, 1.0) > 0.0:
             return False
         tpm = self._tpm[i]
         if tpm is not None and tpm.retry_after(now, min(float(tokens), tpm.burst)) > 0.0:
+            return False
+        b = self._breakers[i]
+        if b.state is not b._closed and not b.admit(now):
             return False
         if rpm is not None:
             rpm.take(now, 1.0)

@@ -373,7 +373,8 @@ class Router(RouterCore):
     """Routing state of one model in one worker: deployments, strategy, breakers, limits, latencies.
 
     The first attempt's pick, its in-flight count and its success (``info``, ``pick``, ``acquire``,
-    ``release``, ``ok``) are ``RouterCore``'s, compiled; this class sets the fields they read."""
+    ``release``, ``ok``), and the admission of a gated deployment (``admit``) are ``RouterCore``'s,
+    compiled; this class sets the fields they read."""
 
     _breakers: list[Breaker]
 
@@ -564,27 +565,10 @@ class Router(RouterCore):
             i = self.pick_one(mask, info, rnd)
             if i < 0:
                 return -1
-            if not (gated >> i) & 1 or self._admit(i, now, info.tokens):
+            if not (gated >> i) & 1 or self.admit(i, now, info.tokens):
                 return i
             mask &= ~(1 << i)
         return -1
-
-    def _admit(self, i: int, now: float, tokens: int) -> bool:
-        rpm = self._rpm[i]
-        if rpm is not None and rpm.retry_after(now, 1.0) > 0.0:
-            return False
-        tpm = self._tpm[i]
-        # a request larger than the per-worker burst still goes when the bucket has room: it is charged
-        # in full (into debt), so large requests are not starved
-        if tpm is not None and tpm.retry_after(now, min(float(tokens), tpm.burst)) > 0.0:
-            return False
-        if not self._breakers[i].admit(now):
-            return False
-        if rpm is not None:
-            rpm.take(now, 1.0)
-        if tpm is not None and tokens > 0:
-            tpm.force(now, float(tokens))
-        return True
 
     # -- results
 
