@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from recorder import Recorder  # tests/ is on sys.path (see tests/recorder.py)
 
 from gateway import errors
 from gateway._core.http import Request
@@ -32,45 +33,6 @@ provider = "mock"
 upstream_model = "mock-embed-1"
 endpoints = ["embeddings"]
 """
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self.body = b""
-        self.chunks: list[bytes] = []
-        self.started = False
-        self.finished = False
-        self.keep_alive = True
-
-    @property
-    def disconnected(self) -> bool:
-        return False
-
-    def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-        self.started = self.finished = True
-
-    def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.status, self.headers = status, headers
-        self.started = True
-
-    async def write(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-
-    def end_stream(self) -> None:
-        self.finished = True
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k == name), None)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def events(self) -> list[bytes]:
-        raw = b"".join(self.chunks)
-        return [e for e in raw.split(b"\n\n") if e]
 
 
 def run(

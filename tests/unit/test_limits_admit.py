@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from recorder import Recorder  # tests/ is on sys.path (see tests/recorder.py)
 
 from gateway._core.http import Request
 from gateway.app import ClientGone
@@ -162,35 +163,6 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None
 
 
 # -- the real engine --------------------------------------------------------------------------------------
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self.body = b""
-        self.chunks: list[bytes] = []
-        self.started = self.finished = False
-        self.keep_alive = True
-
-    def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-        self.started = self.finished = True
-
-    def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.status, self.headers, self.started = status, headers, True
-
-    async def write(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-
-    def end_stream(self) -> None:
-        self.finished = True
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k == name), None)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 async def engine_for(cfg: Config) -> Engine:

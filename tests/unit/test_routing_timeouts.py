@@ -21,6 +21,7 @@ from typing import Any
 
 import netblock  # tests/ is on sys.path: the suite's conftest.py lives there, outside any package
 import pytest
+import recorder  # tests/ is on sys.path (see tests/recorder.py)
 
 from gateway._core.http import Request
 from gateway.config import load_config_text
@@ -145,46 +146,10 @@ async def scripted_upstream() -> AsyncIterator[int]:
 # -- the engine ------------------------------------------------------------------------------------------
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self.body = b""
-        self.chunks: list[bytes] = []
-        self.started = False
-        self.finished = False
-        self.keep_alive = True
-
-    @property
-    def disconnected(self) -> bool:
-        return False
-
-    def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.status, self.headers, self.body = status, headers, body
-        self.started = self.finished = True
-
-    def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.status, self.headers = status, headers
-        self.started = True
-
-    async def write(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-
-    def end_stream(self) -> None:
-        self.finished = True
-
-    def done(self) -> None:
-        pass
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k == name), None)
-
-    def error(self) -> dict[str, Any]:
-        return dict(json.loads(self.body)["error"])
-
+class Recorder(recorder.Recorder):
     def events(self) -> list[bytes]:
-        raw = b"".join(self.chunks)
-        return [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+        """A stream's events without their ``data: `` prefix."""
+        return [e.removeprefix(b"data: ") for e in super().events()]
 
 
 def scripted(name: str, port: int, script: str) -> str:
