@@ -229,6 +229,22 @@ def gateway_toml(
     )
 
 
+def provider_toml(name: str, port: int, mock: str | None = None, **extra: Any) -> str:
+    """A ``[providers.<name>]`` table of an openai-type provider on a local mock; ``mock``: its
+    ``x-mock`` header (the mock's behaviour); ``extra``: more keys of the table, in order."""
+    text = f'\n[providers.{name}]\ntype = "openai"\nbase_url = "http://{HOST}:{port}/v1"\n'
+    text += "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
+    if mock:
+        text += f'[providers.{name}.headers]\nx-mock = "{mock}"\n'
+    return text
+
+
+def routing_config(body: str) -> str:
+    """A gateway config for the routing tests: ``body`` (providers and models) after a short drain
+    and call records on (they carry the deployment and the attempts)."""
+    return '[server]\ndrain_timeout = 2.0\n[log]\nlevel = "info"\ncall_records = true\n' + body
+
+
 def _dead_provider(port: int) -> str:
     return (
         "\n[providers.dead]\ntype = \"openai\"\n"

@@ -18,7 +18,18 @@ import openai
 import pytest
 
 from .conftest import StartGateway
-from .helpers import HOST, RawClient, Response, ServerProcess, chat_body, free_port, http_request, sse_events
+from .helpers import (
+    HOST,
+    RawClient,
+    Response,
+    ServerProcess,
+    chat_body,
+    free_port,
+    http_request,
+    provider_toml,
+    routing_config,
+    sse_events,
+)
 
 N_MOCKS = 3
 
@@ -40,15 +51,10 @@ def mocks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProce
 
 
 def provider(name: str, port: int, mock: str | None = None, **extra: Any) -> str:
-    text = f'\n[providers.{name}]\ntype = "openai"\nbase_url = "http://{HOST}:{port}/v1"\nread_timeout = 3.0\n'
-    text += "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
-    if mock:
-        text += f'[providers.{name}.headers]\nx-mock = "{mock}"\n'
-    return text
+    return provider_toml(name, port, mock, read_timeout=3.0, **extra)
 
 
-def config(body: str) -> str:
-    return '[server]\ndrain_timeout = 2.0\n[log]\nlevel = "info"\ncall_records = true\n' + body
+config = routing_config
 
 
 def chat(port: int, model: str = "routed", headers: list[tuple[str, str]] | None = None, **extra: Any) -> Response:

@@ -19,19 +19,20 @@ import netblock  # tests/ is on sys.path: the suite's conftest.py lives there, o
 import pytest
 
 from .conftest import StartGateway
-from .helpers import HOST, RawClient, Response, ServerProcess, chat_body, free_port, http_request, sse_events
+from .helpers import (
+    RawClient,
+    Response,
+    ServerProcess,
+    chat_body,
+    free_port,
+    http_request,
+    provider_toml,
+    routing_config,
+    sse_events,
+)
 
-
-def provider(name: str, port: int, mock: str | None = None, **extra: Any) -> str:
-    text = f'\n[providers.{name}]\ntype = "openai"\nbase_url = "http://{HOST}:{port}/v1"\n'
-    text += "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
-    if mock:
-        text += f'[providers.{name}.headers]\nx-mock = "{mock}"\n'
-    return text
-
-
-def config(body: str) -> str:
-    return '[server]\ndrain_timeout = 2.0\n[log]\nlevel = "info"\ncall_records = true\n' + body
+provider = provider_toml
+config = routing_config
 
 
 def chat_on(client: RawClient, request_id: str | None = None, **extra: Any) -> Response:
