@@ -26,6 +26,13 @@ CORE_MODULES = {
     "gateway._core._limit": "gateway/_core/_limit.pyx",
     "gateway._core._route": "gateway/_core/_route.pyx",
 }
+# Request-path modules compiled from their Python source, typed by the augmenting ``.pxd`` beside each;
+# the ``.py`` is its own twin (``GATEWAY_NO_EXTENSIONS=1`` imports it instead, see gateway/__init__.py).
+SOURCE_MODULES = {
+    "gateway.server.listener": "gateway/server/listener.py",
+    "gateway.server.pool": "gateway/server/pool.py",
+    "gateway.engine": "gateway/engine.py",
+}
 
 
 class OptionalBuildExt(build_ext):
@@ -59,21 +66,26 @@ def extensions() -> list[Extension]:
             raise
         print("WARNING: Cython missing; the pure-Python twins will be used", file=sys.stderr)
         return []
-    exts = [
-        Extension(name, [src], extra_compile_args=["-O3"])
-        for name, src in CORE_MODULES.items()
-    ]
-    return cythonize(
-        exts,
-        compiler_directives={
-            "language_level": "3",
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "embedsignature": True,
-        },
-        annotate=os.environ.get("GATEWAY_CYTHON_ANNOTATE") == "1",
+    directives = {
+        "language_level": "3",
+        "boundscheck": False,
+        "wraparound": False,
+        "cdivision": True,
+        "embedsignature": True,
+    }
+    annotate = os.environ.get("GATEWAY_CYTHON_ANNOTATE") == "1"
+    core = cythonize(
+        [Extension(name, [src], extra_compile_args=["-O3"]) for name, src in CORE_MODULES.items()],
+        compiler_directives=directives,
+        annotate=annotate,
     )
-
+    # A Python source's annotations are for mypy (``x: int`` would become a C int, ``-> None`` a
+    # check): its C types come from its .pxd only.
+    source = cythonize(
+        [Extension(name, [src], extra_compile_args=["-O3"]) for name, src in SOURCE_MODULES.items()],
+        compiler_directives={**directives, "annotation_typing": False},
+        annotate=annotate,
+    )
+    return [*core, *source]
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

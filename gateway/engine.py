@@ -273,6 +273,7 @@ class Engine:
         self.limits: LimitService | None = None
         #: the Prometheus export ([metrics]): the worker's snapshot timer and the scrape endpoint
         self.metrics: MetricsExporter | None = None
+        self._provider_configs: dict[str, tuple[ProviderConfig, OpenAITranslator]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -367,7 +368,7 @@ class Engine:
 
     def reload(self, config: Config) -> None:
         """Swap in a new config. Raises (and keeps the old snapshot) if the new one cannot be built."""
-        old = dict(getattr(self, "_provider_configs", {}))
+        old = dict(self._provider_configs)
         if self.limits is not None:
             self.limits.reload(config)  # turning limits on or off entirely takes a restart
         keys_before = self.keys

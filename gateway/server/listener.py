@@ -228,7 +228,10 @@ class NativeResponder:
         self._conn.response_done(self)
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol:
+    """One client connection: an asyncio protocol (uvloop calls its methods; the class has no
+    ``asyncio.Protocol`` base so that it compiles to an extension type, see ``listener.pxd``)."""
+
     __slots__ = (
         "_begin",
         "_drain_waiter",

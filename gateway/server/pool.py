@@ -37,7 +37,7 @@ import collections
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from gateway._core.http import ParseError, ResponseParser, find_header
@@ -191,7 +191,10 @@ class PooledResponse:
             conn.drop()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection:
+    """One upstream connection: an asyncio protocol (no ``asyncio.Protocol`` base, so that it compiles
+    to an extension type, see ``pool.pxd``)."""
+
     __slots__ = (
         "_head_cb", "_head_waiter", "active", "deadline", "got_bytes", "head_only", "idle_since", "parser",
         "pool", "reading_paused", "request_data", "response", "reused", "transport",
@@ -450,9 +453,11 @@ class OriginPool:
             timeout = self.connect_timeout
         self._connecting += 1
         try:
-            _, conn = await asyncio.wait_for(
+            # _Connection has no asyncio.Protocol base (it compiles to an extension type)
+            _, proto = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
+                    cast("Callable[[], asyncio.Protocol]", lambda: _Connection(self)), self.host, self.port,
+                    ssl=self.ssl,
                     server_hostname=self.host if self.ssl is not None else None,
                 ),
                 timeout,
@@ -467,7 +472,7 @@ class OriginPool:
             raise UpstreamError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
         finally:
             self._connecting -= 1
-        return conn
+        return cast(_Connection, proto)
 
     async def _acquire(self, fresh: bool = False, connect_timeout: float | None = None) -> _Connection:
         idle = self._idle

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from gateway.app import App
 from gateway.config import Config, ConfigError, load_config
@@ -69,7 +70,9 @@ async def serve_app(
         keepalive_timeout=srv.keepalive_timeout,
     )
     state.start()
-    server = await loop.create_server(lambda: HttpProtocol(state), sock=sock, backlog=4096)
+    # the protocol class has no asyncio.Protocol base (it compiles to an extension type)
+    factory = cast("Callable[[], asyncio.Protocol]", lambda: HttpProtocol(state))
+    server = await loop.create_server(factory, sock=sock, backlog=4096)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway._core import compiled
+from gateway._core import SOURCE_MODULES, compiled
 
 ALLOWLIST = Path(__file__).resolve().parent.parent / "stubtest-allowlist.txt"
 
 
 def test_stubs_match_the_compiled_modules() -> None:
-    built = [f"gateway._core._{name}" for name, is_compiled in compiled().items() if is_compiled]
+    source = {m.rsplit(".", 1)[-1] for m in SOURCE_MODULES}  # their .py is their interface
+    built = [f"gateway._core._{name}" for name, is_compiled in compiled().items()
+             if is_compiled and name not in source]
     if not built:
         if os.environ.get("GATEWAY_REQUIRE_EXTENSIONS") == "1":
             pytest.fail("no compiled core module is built")

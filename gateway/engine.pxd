@@ -1,0 +1,111 @@
+# Declarations that compile engine.py (its own pure-Python twin) into typed extension classes.
+# PERF: the request's context, the runtime tables and the engine as cdef classes: typed fields and
+# C-level calls between the request path's methods (begin, _front, _parse, _send_now, _on_head,
+# _relay_body, _settle). See docs/architecture.md, "What is compiled".
+
+cimport cython
+
+
+cdef class Target:
+    cdef public object deployment
+    cdef public str name
+    cdef public str provider
+    cdef public bint rewrite_model
+    cdef public object translator
+    cdef public str upstream_model
+
+
+cdef class ModelEntry:
+    cdef public frozenset endpoints
+    cdef public str name
+    cdef public str owned_by
+    cdef public object router
+    cdef public Target target
+    cdef public dict targets
+
+
+cdef class Runtime:
+    cdef public object config
+    cdef public dict translators
+    cdef public dict models
+    cdef public dict routers
+    cdef public tuple chain
+    cdef public tuple settle_chain
+    cdef public str overhead_header
+    cdef public bytes models_body
+    cdef public dict model_bodies
+
+
+cdef class Context:
+    cdef public Py_ssize_t attempts
+    cdef public object body
+    cdef public object cost
+    cdef public str endpoint
+    cdef public object error
+    cdef public object fields
+    cdef public bint include_usage
+    cdef public object key
+    cdef public object limits
+    cdef public ModelEntry model
+    cdef public str overhead
+    cdef public object request
+    cdef public str request_id
+    cdef public list response_headers
+    cdef public object route_model
+    cdef public Runtime runtime
+    cdef public int status
+    cdef public bint stream
+    cdef public double t0
+    cdef public double t_up
+    cdef public Target target
+    cdef public double up_ms
+    cdef public object upstream_status
+    cdef public object usage
+
+
+cpdef str _overhead_ms(Context ctx)
+
+
+cdef class _RequestIds:
+    cdef public long long n
+    cdef public str prefix
+    cpdef str next(self)
+
+
+cdef class Engine:
+    cdef object _config
+    cdef object _phase_factory
+    cdef tuple _static_phases
+    cdef public object records
+    cdef public object worker
+    cdef public Runtime runtime
+    cdef public bint draining
+    cdef _RequestIds _ids
+    cdef set _retiring
+    cdef public object keys
+    cdef public object _access
+    cdef object _health
+    cdef object _breakers
+    cdef public object limits
+    cdef public object metrics
+    cdef dict _provider_configs
+
+    @cython.locals(runtime=Runtime)
+    cpdef Context _context(self, object request)
+    @cython.locals(ctx=Context, model=ModelEntry)
+    cpdef begin(self, object request, object responder)
+    cpdef _reply(self, Context ctx, object responder, object reply)
+    cpdef _send_error(self, Context ctx, object responder, object exc)
+    cpdef _parse(self, Context ctx)
+    @cython.locals(chain=tuple, i=Py_ssize_t, model=ModelEntry)
+    cpdef _front(self, Context ctx, object responder, int resume, object result)
+    @cython.locals(target=Target)
+    cpdef bint _send_now(self, Context ctx, object responder, ModelEntry model) except -1
+    cpdef _on_head(self, Context ctx, object responder, object resp, object exc)
+    cpdef bytes _upstream_body(self, Context ctx, Target target, object model_name=*)
+    @cython.locals(out=list)
+    cpdef list _pass_headers(self, Context ctx, object resp)
+    @cython.locals(headers=list)
+    cpdef _relay_body(self, Context ctx, object responder, object resp, object body)
+    @cython.locals(target=Target)
+    cpdef _settle(self, Context ctx)
