@@ -32,6 +32,7 @@ SOURCE_MODULES = {
     "gateway.server.listener": "gateway/server/listener.py",
     "gateway.server.pool": "gateway/server/pool.py",
     "gateway.engine": "gateway/engine.py",
+    "gateway.providers.openai": "gateway/providers/openai.py",
 }
 
 

@@ -5,13 +5,15 @@
 
 cimport cython
 
+from gateway.providers.openai cimport OpenAITranslator as COpenAITranslator
+
 
 cdef class Target:
     cdef public object deployment
     cdef public str name
     cdef public str provider
     cdef public bint rewrite_model
-    cdef public object translator
+    cdef public COpenAITranslator translator
     cdef public str upstream_model
 
 

@@ -58,7 +58,9 @@ def export(name: str, namespace: dict[str, Any]) -> None:
 
 
 #: request-path modules compiled from their Python source (setup.py ``SOURCE_MODULES``)
-SOURCE_MODULES = ("gateway.engine", "gateway.server.listener", "gateway.server.pool")
+SOURCE_MODULES = (
+    "gateway.engine", "gateway.providers.openai", "gateway.server.listener", "gateway.server.pool",
+)
 
 
 class SourceModuleFinder(importlib.abc.MetaPathFinder):

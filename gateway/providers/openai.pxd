@@ -1,0 +1,16 @@
+# Declarations that compile openai.py (its own pure-Python twin) into a typed extension class.
+# PERF: the engine's callback path calls send_cb at C level, and send_cb the pool's. See
+# docs/architecture.md, "What is compiled".
+
+from gateway.server.pool cimport OriginPool as COriginPool
+
+
+cdef class OpenAITranslator:
+    cdef public list _headers
+    cdef public dict _heads
+    cdef public dict _paths
+    cdef public COriginPool _pool
+    cdef public str _prefix
+    cdef public str name
+    cdef public object transport
+    cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb) except -1
