@@ -665,8 +665,25 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     int PyUnicode_1BYTE_KIND
 
-cdef extern from "stdio.h":
-    int snprintf(char* buf, size_t n, const char* fmt, ...)
+
+cdef int _digits(char* buf, Py_ssize_t n, int base) noexcept:
+    """``n`` >= 0 written in ``base`` (10 or 16, lower-case) into ``buf`` (room for 20 digits); returns
+    how many characters. # PERF: glibc's snprintf costs ~700 instructions per number here, this ~60."""
+    cdef char tmp[24]
+    cdef int i = 0
+    cdef int j
+    cdef Py_ssize_t d
+    if n == 0:
+        buf[0] = 48  # "0"
+        return 1
+    while n > 0:
+        d = n % base
+        tmp[i] = <char>(48 + d if d < 10 else 87 + d)  # "0".. "9", "a".. "f"
+        n //= base
+        i += 1
+    for j in range(i):
+        buf[j] = tmp[i - 1 - j]
+    return i
 
 
 cdef inline char* _put(char* out, const char* src, Py_ssize_t n) noexcept:
@@ -702,7 +719,7 @@ def build_response_head(int status, list headers, Py_ssize_t content_length, bin
             return _build_response_head_slow(line, headers, content_length, keep_alive)
         total += PyUnicode_GET_LENGTH(k) + PyUnicode_GET_LENGTH(v) + 4
     if content_length >= 0:
-        numlen = snprintf(num, sizeof(num), "%zd", content_length)
+        numlen = _digits(num, content_length, 10)
         total += 18 + numlen  # "content-length: " + digits + CRLF
     elif content_length == -1:
         total += 28  # "transfer-encoding: chunked\r\n"
@@ -813,7 +830,7 @@ def build_request(bytes head, str request_id, bytes body):
         rlen = PyBytes_GET_SIZE(rid)
     hlen = PyBytes_GET_SIZE(head)
     blen = PyBytes_GET_SIZE(body)
-    numlen = snprintf(num, sizeof(num), "%zd", blen)
+    numlen = _digits(num, blen, 10)
     total = hlen + rlen + 18 + numlen + 4 + blen  # "\r\ncontent-length: " digits "\r\n\r\n"
     out = PyBytes_FromStringAndSize(NULL, total)
     p = PyBytes_AS_STRING(out)
@@ -834,7 +851,10 @@ def chunk_frame(bytes data):
     # PERF: one allocation; b"%x\r\n" % n plus writelines of three pieces cost ~0.7 us here
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef char num[24]
-    cdef int numlen = snprintf(num, sizeof(num), "%zx\r\n", n)
+    cdef int numlen = _digits(num, n, 16)
+    num[numlen] = 13  # CR
+    num[numlen + 1] = 10  # LF
+    numlen += 2
     cdef bytes out = PyBytes_FromStringAndSize(NULL, numlen + n + 2)
     cdef char* p = PyBytes_AS_STRING(out)
     p = _put(p, num, numlen)
