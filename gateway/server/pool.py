@@ -315,6 +315,13 @@ class _Connection:
             self.deadline = self.pool.loop.time() + self.pool.read_timeout
             self.transport.resume_reading()
 
+    def pause_writing(self) -> None:
+        """The upstream's socket buffer is full. Nothing waits on it: the request's bytes are all in
+        memory already, and the transport sends them as the upstream reads."""
+
+    def resume_writing(self) -> None:
+        """The upstream's socket buffer has room again (see ``pause_writing``)."""
+
     def eof_received(self) -> bool | None:
         parser = self.parser
         if parser is not None:

@@ -52,6 +52,22 @@ def test_each_source_module_has_its_declarations() -> None:
         assert stem.with_suffix(".pxd").is_file(), name
 
 
+def test_protocols_have_every_protocol_method() -> None:
+    """The connection classes have no ``asyncio.Protocol`` base (they compile to extension types), so
+    they must define every callback the loop may make, e.g. ``pause_writing`` when a socket buffer
+    fills, themselves."""
+    import asyncio
+
+    from gateway.server.listener import HttpProtocol
+    from gateway.server.pool import _Connection
+
+    callbacks = [name for name in dir(asyncio.Protocol) if not name.startswith("_")]
+    assert "pause_writing" in callbacks and "data_received" in callbacks
+    for cls in (HttpProtocol, _Connection):
+        missing = [name for name in callbacks if not callable(getattr(cls, name, None))]
+        assert not missing, f"{cls.__name__} lacks {missing}"
+
+
 def test_built_with_the_core() -> None:
     """Where the core is compiled (every install with a C compiler, CI included), so is the request path:
     a build that compiled one and not the other is a packaging fault."""
