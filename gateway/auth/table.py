@@ -7,8 +7,12 @@ assignment, so a request sees one consistent table.
 
 Checking a key costs one dict lookup when the key has been seen since the table was built: presented keys
 that verified are remembered (raw bytes -> entry) until the next rebuild. Only the first use of a key per
-table pays for the digest (SHA-256 or HMAC-SHA256, a few microseconds here). Unknown key ids cost a dict
-miss and no digest. The remembered keys live only in this worker's memory, never in a log or a record.
+table pays for the digest (SHA-256 or HMAC-SHA256, a few microseconds here). A wrong secret for a known
+key id is remembered too (in a set of refused keys), so a client that keeps sending a wrong key costs one
+set lookup per request, not a digest: its answer cannot change before the next rebuild, because a table's
+digests never change (``add`` only adds ids the table does not have, and unknown ids are never refused
+here). Unknown key ids cost a dict miss and no digest. The remembered keys, right or wrong, live only in
+this worker's memory, never in a log or a record.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ __all__ = ["KeyEntry", "KeyTable", "ModelRule", "TenantEntry"]
 _INF = math.inf
 #: presented keys remembered per table; past this the memory is cleared (a flood of distinct valid keys)
 _MAX_VERIFIED = 100_000
+#: wrong secrets remembered per table; past this the set is cleared (a flood of distinct wrong keys then
+#: costs a digest each, as without the set)
+_MAX_REFUSED = 100_000
 
 
 class ModelRule:
@@ -109,7 +116,7 @@ class KeyEntry:
 class KeyTable:
     """Keys by id, tenants by id, subscription states by (tenant, model); immutable once built."""
 
-    __slots__ = ("_digester", "_verified", "keys", "subscriptions", "tenants", "version")
+    __slots__ = ("_digester", "_refused", "_verified", "keys", "subscriptions", "tenants", "version")
 
     def __init__(
         self,
@@ -125,6 +132,7 @@ class KeyTable:
         self.keys: dict[str, KeyEntry] = {}
         self.subscriptions: dict[tuple[str, str], str] = {}
         self._verified: dict[bytes, tuple[KeyEntry, float]] = {}
+        self._refused: set[bytes] = set()
         if snapshot is not None:
             for t in snapshot.tenants:
                 self.tenants[t.id] = _tenant_from_store(t)
@@ -170,6 +178,8 @@ class KeyTable:
         hit = self._verified.get(raw)
         if hit is not None:
             return hit
+        if raw in self._refused:
+            return None  # PERF: a wrong secret seen before: no parse, no digest
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -184,6 +194,9 @@ class KeyTable:
               and self._digester.verify(secret, entry.previous_digest)):
             hit = (entry, entry.previous_valid_until)
         else:
+            if len(self._refused) >= _MAX_REFUSED:
+                self._refused.clear()
+            self._refused.add(raw)
             return None
         if len(self._verified) >= _MAX_VERIFIED:
             self._verified.clear()

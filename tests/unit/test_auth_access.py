@@ -207,6 +207,74 @@ def test_a_key_made_after_the_table_is_fetched_once(keys: dict[str, Any]) -> Non
     assert code_of(phase, Ctx(bearer(unknown))) == (401, "invalid_api_key")
 
 
+class CountingDigester(Digester):
+    """A Digester that counts its verifications (the digest a wrong key costs)."""
+
+    __slots__ = ("verified",)
+
+    def __init__(self, pepper: bytes) -> None:
+        super().__init__(pepper)
+        self.verified = 0
+
+    def verify(self, secret: str, stored_digest: str) -> bool:
+        self.verified += 1
+        return super().verify(secret, stored_digest)
+
+
+def _counting_phase(keys: dict[str, Any]) -> tuple[AccessPhase, CountingDigester]:
+    records = [api_key(key_id, secret) for _, key_id, secret in keys.values()]
+    snap = Snapshot(version=1, tenants=[], keys=records, subscriptions=[])
+    digester = CountingDigester(b"")
+    phase = AccessPhase(Service(KeyTable(digester, snapshot=snap)), frozenset())  # type: ignore[arg-type]
+    return phase, digester
+
+
+def test_a_wrong_secret_is_refused_from_memory(keys: dict[str, Any]) -> None:
+    phase, digester = _counting_phase(keys)
+    wrong = format_key(keys["plain"][1], generate_secret())
+    assert code_of(phase, Ctx(bearer(wrong))) == (401, "invalid_api_key")
+    first = digester.verified
+    assert first >= 1
+    for _ in range(5):  # the same wrong key again: the same answer, no digest
+        assert code_of(phase, Ctx(bearer(wrong))) == (401, "invalid_api_key")
+        assert code_of(phase, Ctx({b"x-api-key": wrong.encode()})) == (401, "invalid_api_key")
+    assert digester.verified == first
+    # the right key of the same id is not affected, and another wrong secret pays its own digest
+    assert run_access(phase, Ctx(bearer(keys["plain"][0]))).id == keys["plain"][1]
+    other = format_key(keys["plain"][1], generate_secret())
+    before = digester.verified
+    assert code_of(phase, Ctx(bearer(other))) == (401, "invalid_api_key")
+    assert digester.verified > before
+    # unknown key ids are never remembered as refused: a key made later must still be fetched
+    unknown = format_key("unknownkeyid", generate_secret())
+    assert code_of(phase, Ctx(bearer(unknown))) == (401, "invalid_api_key")
+    assert unknown.encode() not in phase.service.table._refused
+
+
+def test_refused_keys_are_forgotten_with_the_table(keys: dict[str, Any]) -> None:
+    phase, digester = _counting_phase(keys)
+    wrong = format_key(keys["plain"][1], generate_secret())
+    assert code_of(phase, Ctx(bearer(wrong))) == (401, "invalid_api_key")
+    # the key's secret changes in the store: the rebuilt table knows nothing of the old refusal
+    full, key_id, _ = keys["plain"]
+    secret = wrong.split("-", 2)[2]
+    snap = Snapshot(version=2, tenants=[], keys=[api_key(key_id, secret)], subscriptions=[])
+    phase.service.table = KeyTable(digester, snapshot=snap)
+    assert run_access(phase, Ctx(bearer(wrong))).id == key_id
+    assert code_of(phase, Ctx(bearer(full))) == (401, "invalid_api_key")
+
+
+def test_the_memory_of_refused_keys_is_bounded(keys: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.auth.table as table_module
+
+    monkeypatch.setattr(table_module, "_MAX_REFUSED", 3)
+    phase, _ = _counting_phase(keys)
+    for _ in range(10):
+        wrong = format_key(keys["plain"][1], generate_secret())
+        assert code_of(phase, Ctx(bearer(wrong))) == (401, "invalid_api_key")
+        assert len(phase.service.table._refused) <= 3
+
+
 def test_hmac_digests_with_a_pepper() -> None:
     full, key_id, secret = generate()
     pepper = b"pepper!"
