@@ -1,7 +1,8 @@
 """Build the Cython core.
 
-Compiled modules are listed explicitly; each has a pure-Python twin in the same package
-(``gateway/_core/*_py.py``) with the same API, which the tests compare against.
+Compiled modules are listed explicitly: the core's ``.pyx`` modules here, each with a pure-Python twin in
+the same package (``gateway/_core/*_py.py``) with the same API, which the tests compare against; and the
+request-path modules compiled from their own ``.py`` (``SOURCE_MODULES`` in gateway/_core/__init__.py).
 
 Switches:
   GATEWAY_REQUIRE_EXTENSIONS=1  fail the build loudly if any extension does not compile (CI sets it).
@@ -26,14 +27,25 @@ CORE_MODULES = {
     "gateway._core._limit": "gateway/_core/_limit.pyx",
     "gateway._core._route": "gateway/_core/_route.pyx",
 }
-# Request-path modules compiled from their Python source, typed by the augmenting ``.pxd`` beside each;
-# the ``.py`` is its own twin (``GATEWAY_NO_EXTENSIONS=1`` imports it instead, see gateway/__init__.py).
-SOURCE_MODULES = {
-    "gateway.server.listener": "gateway/server/listener.py",
-    "gateway.server.pool": "gateway/server/pool.py",
-    "gateway.engine": "gateway/engine.py",
-    "gateway.providers.openai": "gateway/providers/openai.py",
-}
+
+
+def _source_modules() -> dict[str, str]:
+    """Request-path modules compiled from their Python source, typed by the augmenting ``.pxd`` beside
+    each; the ``.py`` is its own twin. The one list is ``SOURCE_MODULES`` in gateway/_core/__init__.py
+    (whose finder applies the two switches to them), read here without importing the package."""
+    import ast
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gateway", "_core", "__init__.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        names = [getattr(t, "id", None) for t in node.targets] if isinstance(node, ast.Assign) else []
+        if "SOURCE_MODULES" in names:
+            return {name: name.replace(".", "/") + ".py" for name in ast.literal_eval(node.value)}
+    raise RuntimeError("SOURCE_MODULES not found in gateway/_core/__init__.py")
+
+
+SOURCE_MODULES = _source_modules()
 
 
 class OptionalBuildExt(build_ext):

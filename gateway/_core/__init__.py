@@ -57,7 +57,7 @@ def export(name: str, namespace: dict[str, Any]) -> None:
     namespace["COMPILED"] = is_compiled
 
 
-#: request-path modules compiled from their Python source (setup.py ``SOURCE_MODULES``)
+#: request-path modules compiled from their Python source; setup.py reads this tuple (the one list)
 SOURCE_MODULES = (
     "gateway.engine", "gateway.providers.openai", "gateway.server.listener", "gateway.server.pool",
 )
