@@ -13,6 +13,9 @@ less noise than a load test (which still decides: see ``proxy_vs_nginx.py``).
     python -m bench.inproc --auth             # with API keys required (a static key; SQLite store)
     python -m bench.inproc --stream 20        # streamed completions of 20 content events
     python -m bench.inproc --limits           # shared-state calls per request at 10,000 requests/min
+    python -m bench.inproc --answer notfound  # an answer without an upstream: notfound (404), badkey
+                                              # (401) or ratelimited (429), with the config of the
+                                              # suite's scenario 4 (keys, and a [limits] policy)
 
 Prints microseconds of CPU per request; with ``--limits``, the shared-state calls per admitted request.
 
@@ -40,6 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.configs import GATEWAY_KEY, MODEL, gateway_key_digest, gateway_toml, limited_key_digest
 from gateway.config import Config, load_config, load_config_text
 from gateway.engine import Engine
 from gateway.limits.shared import Grant, LeaseSource, Op
@@ -196,7 +200,7 @@ class ClientTransport(_Transport):
             elif not data.endswith(b"0\r\n\r\n"):
                 return
             self.in_stream = False
-        elif not data.startswith(b"HTTP/1.1 200"):
+        elif not data.startswith(driver.expect):
             driver.errors += 1
         driver.responses += 1
         if driver.sent < driver.total:
@@ -226,10 +230,12 @@ class UpstreamTransport(_Transport):
 
 
 class Driver:
-    def __init__(self, loop: asyncio.AbstractEventLoop, total: int, stream_chunks: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, total: int, stream_chunks: int,
+                 request: bytes | None = None, expect: int = 200) -> None:
         self.loop = loop
         self.stream = stream_chunks > 0
-        self.request = STREAM_REQUEST if self.stream else REQUEST
+        self.request = request or (STREAM_REQUEST if self.stream else REQUEST)
+        self.expect = b"HTTP/1.1 %d " % expect
         self.pieces = _stream_response(stream_chunks) if self.stream else [RESPONSE]
         self.total = total
         self.sent = 0
@@ -262,16 +268,38 @@ def _listener_state(engine: Engine, config: Config) -> ListenerState:
     )
 
 
+async def _use_up(state: ListenerState, request: bytes, times: int) -> None:
+    """Send ``request`` ``times`` times on one connection (a key's allowance: answered 200, or already
+    refused when an earlier run in this process used it up)."""
+    loop = asyncio.get_running_loop()
+    driver = Driver(loop, times, 0, request)
+    tr = ClientTransport(driver)
+    proto = HttpProtocol(state)
+    tr.protocol = proto
+    proto.connection_made(tr)
+    driver.sent = 1
+    proto.data_received(request)
+    await driver.done
+    proto.connection_lost(None)
+
+
 async def _run(
-    config_text: str | None, config_path: str | None, total: int, connections: int, stream_chunks: int
+    config_text: str | None, config_path: str | None, total: int, connections: int, stream_chunks: int,
+    answer: str | None = None,
 ) -> float:
     loop = asyncio.get_running_loop()
     config = load_config(config_path) if config_path else load_config_text(config_text or CONFIG)
     engine = Engine(config, worker=0)
     await engine.startup()
-    driver = Driver(loop, total, stream_chunks)
+    from bench.suite import CASES
+
+    case = CASES[answer] if answer else None
+    request = _case_request(case) if case else None
+    driver = Driver(loop, total, stream_chunks, request, case.expect_status if case else 200)
     _fake_upstreams(engine, driver.pieces, connections)
     state = _listener_state(engine, config)
+    if case is not None and case.use_up:
+        await _use_up(state, _case_request(case, MODEL), case.use_up)
     clients = []
     for _ in range(connections):
         tr = ClientTransport(driver)
@@ -290,8 +318,37 @@ async def _run(
     await asyncio.sleep(0)
     await engine.shutdown()
     if driver.errors:
-        raise SystemExit(f"{driver.errors} responses were not 200")
+        raise SystemExit(f"{driver.errors} responses were not {driver.expect[9:12].decode()}")
     return elapsed * 1e6 / total
+
+
+#: --answer: the suite's no-upstream cases (scenario 4)
+ANSWERS = ("notfound", "badkey", "ratelimited")
+
+
+def _case_request(case: Any, model: str | None = None) -> bytes:
+    """The HTTP request of a suite case, with the case's key (or the gateway's); ``model``: with the
+    case's body asking for that model instead (to use up a key's allowance with answered requests)."""
+    body = case.body
+    if model is not None:
+        body = json.dumps({**json.loads(body), "model": model}, separators=(",", ":")).encode()
+    key = case.key or GATEWAY_KEY
+    return (
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (case.path.encode(), key.encode(), len(body), body)
+    )
+
+
+def answer_config(db: str | None = None) -> str:
+    """The config of the suite's scenario 4: keys required, the limited key and its [limits] policy."""
+    import tempfile
+
+    if db is None:
+        db = tempfile.mkdtemp(prefix="gateway-inproc-") + "/keys.db"
+    text = gateway_toml(8080, 9, auth_digest=gateway_key_digest(), store_path=Path(db),
+                        limited_digest=limited_key_digest(), generator="bench/inproc.py")
+    return text.replace('"env:BENCH_KEY"', '"env:PATH"')  # any value: no upstream is asked
 
 
 def _loop() -> asyncio.AbstractEventLoop:
@@ -305,11 +362,13 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 def measure(
     total: int, connections: int, config_path: str | None = None, config_text: str | None = None,
-    stream_chunks: int = 0,
+    stream_chunks: int = 0, answer: str | None = None,
 ) -> float:
     loop = _loop()
     try:
-        return loop.run_until_complete(_run(config_text, config_path, total, connections, stream_chunks))
+        return loop.run_until_complete(
+            _run(config_text, config_path, total, connections, stream_chunks, answer)
+        )
     finally:
         loop.close()
 
@@ -579,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--auth", action="store_true", help="require API keys (a static key in the config)")
     ap.add_argument("--stream", type=int, default=0, metavar="CHUNKS",
                     help="streamed completions of CHUNKS content events each (0: non-stream)")
+    ap.add_argument("--answer", choices=sorted(ANSWERS),
+                    help="an answer without an upstream, with the config of the suite's scenario 4")
     ap.add_argument("--profile", action="store_true")
     g = ap.add_argument_group("--limits: shared-state calls per admitted request")
     g.add_argument("--limits", action="store_true",
@@ -599,17 +660,22 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         print(limits_summary(result))
         return 1 if result["errors"] else 0
-    text = auth_config() if args.auth else None
-    measure(min(args.requests, 20_000), args.connections, args.config, text, args.stream)  # warm-up
+    if args.answer and (args.config or args.auth or args.stream):
+        ap.error("--answer brings its own config: no --config, --auth or --stream with it")
+    text = answer_config() if args.answer else auth_config() if args.auth else None
+
+    def run(total: int) -> float:
+        return measure(total, args.connections, args.config, text, args.stream, args.answer)
+
+    run(min(args.requests, 20_000))  # warm-up
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        measure(args.requests, args.connections, args.config, text, args.stream)
+        run(args.requests)
         prof.disable()
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(30)
         return 0
-    results = [measure(args.requests, args.connections, args.config, text, args.stream)
-               for _ in range(args.runs)]
+    results = [run(args.requests) for _ in range(args.runs)]
     print(f"{min(results):.2f} us CPU per request (best of {args.runs}; all: "
           + ", ".join(f"{r:.2f}" for r in results) + ")")
     return 0

@@ -116,9 +116,9 @@ class _Plan:
     """Everything the request path needs for one caller and one model, resolved once."""
 
     __slots__ = (
-        "concurrent", "empty", "info", "items", "pairs", "req_cache", "req_hdr", "req_nets", "req_until",
-        "simple", "single", "tok_cache", "tok_hdr", "tok_until", "token_keys", "token_kinds", "token_limits",
-        "token_nets", "token_single",
+        "concurrent", "empty", "info", "items", "pairs", "refusal", "refusal_memo", "req_cache", "req_hdr",
+        "req_nets", "req_until", "simple", "single", "tok_cache", "tok_hdr", "tok_until", "token_keys",
+        "token_kinds", "token_limits", "token_nets", "token_single",
     )
 
     def __init__(self, scoped: Sequence[_Scoped]) -> None:
@@ -147,6 +147,11 @@ class _Plan:
         self.req_until = -_INF
         self.tok_cache: tuple[tuple[str, str], ...] = ()
         self.tok_until = -_INF
+        #: the last refusal by the one request limit, reused while it would read the same: (limit key, ms
+        #: to wait, ms to the reset, remaining, message, headers)
+        self.refusal: tuple[str | None, int, int, int, str, tuple[tuple[str, str], ...]] | None = None
+        #: a refusal by the one request limit follows from its decision alone (no token limit's headers)
+        self.refusal_memo = len(req) == 1 and not tok
         self.empty = not seen
         #: the one request limit's key when the plan has nothing else (no tokens, no concurrency)
         self.simple = self.single if not tok and not self.concurrent else None
@@ -373,13 +378,16 @@ class AdmitPhase(Phase):
         if plan.simple:
             # PERF: the common case inline: one request limit, covered by this worker's lease
             now = _monotonic()
-            if self.client.try_take(plan.simple, 1.0, now) is ADMITTED:
+            decision = self.client.try_take(plan.simple, 1.0, now)
+            if decision is ADMITTED:
                 self.stats.admitted += 1
                 if now < plan.req_until:
                     ctx.response_headers.extend(plan.req_cache)
                 else:
                     self._headers(plan, now, ctx.response_headers)
                 return None
+            if decision.status == 429:  # PERF: a refusal known locally, answered without a second take
+                self._refuse(plan, decision, None, now)
         elif plan.empty:
             return None
         return self._admit(ctx, plan)
@@ -732,6 +740,28 @@ class AdmitPhase(Phase):
                 "Rate limits cannot be checked right now (their shared state is unavailable); try again "
                 "shortly.", headers=retry_headers(decision.retry_after),
             )
+        wait = decision.retry_after
+        if plan.refusal_memo and decision.limit_key == plan.single and wait != _INF:
+            # PERF: a client that keeps sending into a refusal of the plan's one request limit gets the
+            # same answer for a millisecond at a time: all of it follows from these values (the headers
+            # round the waits up to whole milliseconds), so it is built once for them
+            wait_ms = math.ceil(wait * 1000.0)
+            reset_ms = math.ceil(decision.reset_after * 1000.0)
+            remaining = int(decision.remaining) if decision.remaining > 0.0 else 0
+            memo = plan.refusal
+            if memo is not None and memo[1] == wait_ms and memo[2] == reset_ms and memo[3] == remaining:
+                stats.refused_requests += 1
+                raise RateLimited(memo[4], headers=list(memo[5]))
+            try:
+                self._refuse_now(plan, decision, amounts, now)
+            except RateLimited as exc:
+                plan.refusal = (decision.limit_key, wait_ms, reset_ms, remaining, exc.message,
+                                tuple(exc.headers))
+                raise
+        self._refuse_now(plan, decision, amounts, now)
+
+    def _refuse_now(self, plan: _Plan, decision: Decision, amounts: list[int] | None, now: float) -> None:
+        stats = self.stats
         s = plan.info.get(decision.limit_key or "")
         headers = retry_headers(decision.retry_after)
         if plan.req_hdr:

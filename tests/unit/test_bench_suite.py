@@ -580,6 +580,14 @@ def test_inproc_limits_mode_reports_calls_per_request(tmp_path: Path, capsys: py
     assert "shared-state calls per admitted request" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("answer", inproc.ANSWERS)
+def test_inproc_answers_without_an_upstream(answer: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--answer drives the suite's scenario-4 cases in process; every answer must have the case's status
+    (the run fails otherwise), the rate-limited key's allowance used up first."""
+    assert inproc.main(["--answer", answer, "-n", "300", "-c", "4", "--runs", "1"]) == 0
+    assert "us CPU per request" in capsys.readouterr().out
+
+
 # --- one quick run end to end -------------------------------------------------------------------------------
 
 needs_tools = pytest.mark.skipif(

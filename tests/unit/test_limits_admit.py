@@ -8,6 +8,7 @@ node's table file beside a SQLite store in the test's directory; spend goes to t
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from gateway.errors import GatewayError, RateLimited
 from gateway.limits.admit import LimitService
 from gateway.limits.budgets import utc_period
 from gateway.limits.contract import QuotaExceeded, duration_text, retry_headers
-from gateway.limits.shared import Grant, LeaseSource, Op, SharedStateUnavailable
+from gateway.limits.shared import Decision, Grant, LeaseSource, Op, SharedStateUnavailable
 from gateway.observe.records import RecordSink
 from gateway.store import open_store
 from gateway.wire import ChatRequest, EmbeddingRequest, Usage
@@ -355,6 +356,41 @@ tokens_per_minute = 100000
     run(body())
 
 
+def test_a_refusal_leaves_nothing_for_the_cyclic_collector(tmp_path: Path) -> None:
+    """A 429 raised in the (Python) admit phase, whose frame holds the request's context, is kept in
+    ``ctx.error`` without its traceback: no cycle per refusal for the cyclic collector to free, on the
+    callback path (``begin``) and on the coroutine path (``handle``)."""
+    cfg = config(tmp_path, """
+[limits]
+default_policy = "p"
+[limits.policies.p]
+requests_per_minute = 1
+""")
+
+    async def body() -> None:
+        engine = await engine_for(cfg)
+        assert (await post(engine)).status == 200
+        assert (await post(engine)).status == 429
+        raw = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        req = Request("POST", "/v1/chat/completions", "", 11,
+                      [(b"host", b"t"), (b"content-type", b"application/json")], raw, True)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(50):
+                rec = Recorder()
+                assert engine.begin(req, rec) is None and rec.status == 429
+                rec = Recorder()
+                await engine.handle(req, rec)
+                assert rec.status == 429
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+        await engine.shutdown()
+
+    run(body())
+
+
 def test_a_request_that_can_never_fit_is_not_to_be_retried(tmp_path: Path) -> None:
     cfg = config(tmp_path, """
 [limits]
@@ -370,6 +406,52 @@ tokens_per_minute = 5000
         assert err.status == 429 and headers.get("x-should-retry") == "false" and "retry-after" not in headers
         assert "estimated at" in err.message and "tokens_per_minute of policy p" in err.message
         await admit(service, Ctx(max_tokens=100))  # a smaller one still fits
+        await service.stop()
+
+    run(body())
+
+
+def test_a_repeated_refusal_reads_exactly_as_one_built_anew(tmp_path: Path) -> None:
+    """Refusals by a plan's one request limit are reused while every value in them is the same (the
+    waits in whole milliseconds); each reads exactly as the one built for its own decision, and counts."""
+    cfg = config(tmp_path, """
+[limits]
+default_policy = "p"
+[limits.policies.p]
+requests_per_minute = 1
+""")
+
+    async def body() -> None:
+        service = await started(cfg)
+        phase: Any = service.phase
+        await admit(service, Ctx())
+        first = await refused(service, Ctx())
+        plan = next(iter(phase._principals.values())).plans["chat"] if phase._principals else \
+            phase._anon.plans["chat"]
+        assert plan.refusal is not None and plan.refusal[4] == first.message  # the first one is kept
+
+        def answer(method: Callable[..., None], d: Decision) -> tuple[str, list[tuple[str, str]]]:
+            with pytest.raises(RateLimited) as info:
+                method(plan, d, None, time.monotonic())
+            return info.value.message, info.value.headers
+
+        built = 0
+        real = phase._refuse_now
+
+        def counting(*args: Any) -> None:
+            nonlocal built
+            built += 1
+            real(*args)
+
+        phase._refuse_now = counting
+        before = service.stats.refused_requests
+        waits = [59.0001, 59.0004, 59.0009, 59.0011, 59.0011, 0.5, 0.5004, 3599.9, 3600.0, 0.0001]
+        for i, wait in enumerate(waits):
+            d = Decision(429, wait, plan.single, float(i == 4), wait + (10.0 if i != 6 else 10.5))
+            assert answer(phase._refuse, d) == answer(real, d)
+        assert service.stats.refused_requests == before + 2 * len(waits)  # each refusal counts once
+        assert built < len(waits)  # some were reused: same milliseconds to wait and to the reset
+        phase._refuse_now = real
         await service.stop()
 
     run(body())
