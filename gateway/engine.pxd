@@ -36,6 +36,7 @@ cdef class Runtime:
     cdef public str overhead_header
     cdef public bytes models_body
     cdef public dict model_bodies
+    cdef public dict unknown_models
 
 
 cdef class Context:
@@ -97,6 +98,7 @@ cdef class Engine:
     @cython.locals(ctx=Context, model=ModelEntry)
     cpdef begin(self, object request, object responder)
     cpdef _reply(self, Context ctx, object responder, object reply)
+    cpdef _answer_error(self, Context ctx, object responder, object exc)
     cpdef _send_error(self, Context ctx, object responder, object exc)
     cpdef _parse(self, Context ctx)
     @cython.locals(chain=tuple, i=Py_ssize_t, model=ModelEntry)

@@ -1,7 +1,9 @@
 """Request phases before the upstream call: access, guard_in, admit, cache.
 
 A phase is a small object with ``on_request(ctx)`` (return ``None`` to continue, a ``Reply`` to answer
-locally, or raise a ``GatewayError``) and ``on_settle(ctx)`` (after the response is sent; must not
+locally, or raise a ``GatewayError``; or return one: the engine answers with it as if it had been raised
+and changes nothing in it, so a phase may hand the same instance to many requests: # PERF: a refusal
+that repeats costs no exception) and ``on_settle(ctx)`` (after the response is sent; must not
 fail). The engine composes the configured phases once, at startup and on reload (# PERF: a phase that
 has nothing to do is not in the chain at all, so seams cost nothing per request).
 
@@ -16,6 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, ClassVar
 
 from gateway.app import Headers
+from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from gateway.engine import Context
@@ -44,7 +47,7 @@ class Phase:
     #: True when ``on_request`` returns an awaitable (it is then awaited)
     is_async: ClassVar[bool] = False
 
-    def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
+    def on_request(self, ctx: Context) -> Reply | GatewayError | Awaitable[Reply | None] | None:
         return None
 
     def on_settle(self, ctx: Context) -> None:

@@ -21,6 +21,7 @@ No message repeats the presented key; call records carry the key id, never the k
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from gateway import errors
 from gateway.auth.keyformat import MalformedKey
 from gateway.auth.service import KeyService
 from gateway.auth.table import KeyEntry, KeyTable
+from gateway.errors import GatewayError
 from gateway.phases import Phase
 
 if TYPE_CHECKING:
@@ -38,6 +40,10 @@ __all__ = ["AccessPhase"]
 
 _now = time.time
 _INF = float("inf")
+
+
+#: the answer to a wrong secret (returned shared from ``authenticate``, raised as new instances elsewhere)
+_INCORRECT_KEY = errors.Unauthorized("Incorrect API key provided.", code="invalid_api_key")
 
 
 class _UnknownKeyId(Exception):
@@ -59,15 +65,18 @@ class AccessPhase(Phase):
         #: models that need an approved subscription
         self.approval = approval_required
 
-    def authenticate(self, ctx: Context) -> Awaitable[KeyEntry] | None:
+    def authenticate(self, ctx: Context) -> Awaitable[KeyEntry] | GatewayError | None:
         """Who is calling, and may they call ``ctx.endpoint``: sets ``ctx.key`` or raises a 401/403.
         Returns an awaitable only when the key id is not in this worker's table, so the store must be
-        asked (a key made a moment ago)."""
+        asked (a key made a moment ago); returns the 401 (shared: answer with it, change nothing in it)
+        for an Authorization header whose wrong secret this table has refused before."""
         # PERF: the common case, an Authorization header seen before with a key that does not expire,
         # is one dict lookup of the header's bytes and a few attribute reads (~0.6 us here)
         authorization = ctx.request.header(b"authorization")
         hit = self.service.table._verified.get(authorization) if authorization is not None else None
         if hit is None or hit[1] != _INF or hit[0].revoked or hit[0].expires_at != _INF:
+            if hit is None and authorization is not None and authorization in self.service.table._refused:
+                return _INCORRECT_KEY  # PERF: the header of a wrong secret seen before: nothing raised
             try:
                 self._authenticate(ctx, authorization, False)
             except _UnknownKeyId as exc:
@@ -102,6 +111,8 @@ class AccessPhase(Phase):
         """Authenticate and authorise an endpoint without a model (``/v1/models``)."""
         ctx.endpoint = endpoint
         pending = self.authenticate(ctx)
+        if isinstance(pending, GatewayError):
+            raise copy.copy(pending)  # shared: raised as a copy
         return await pending if pending is not None else ctx.key
 
     def _authenticate(self, ctx: Context, authorization: bytes | None, fetched: bool) -> KeyEntry:
@@ -113,7 +124,7 @@ class AccessPhase(Phase):
         table = service.table
         hit = table._verified.get(raw)
         if hit is None:
-            hit = self._verify(table, raw, fetched)
+            hit = self._verify(table, raw, fetched, authorization)
         if authorization is not None:
             table.remember(authorization, hit)  # the fast path looks up the whole header value
         key, valid_until = hit
@@ -149,17 +160,22 @@ class AccessPhase(Phase):
         return raw.strip()
 
     @staticmethod
-    def _verify(table: KeyTable, raw: bytes, fetched: bool) -> tuple[KeyEntry, float]:
+    def _verify(
+        table: KeyTable, raw: bytes, fetched: bool, authorization: bytes | None
+    ) -> tuple[KeyEntry, float]:
         try:
             hit = table.lookup(raw)
         except MalformedKey as exc:
             raise errors.Unauthorized(f"Malformed API key: {exc}", code="malformed_api_key") from None
-        if isinstance(hit, str):  # a key id the table does not hold
+        if hit is None:  # a wrong secret for a key id the table holds (never an unknown id: see lookup)
+            if authorization is not None:
+                table.refuse(authorization)
+        elif isinstance(hit, str):  # a key id the table does not hold
             if not fetched:
                 raise _UnknownKeyId(hit)
             hit = None
         if hit is None:
-            raise errors.Unauthorized("Incorrect API key provided.", code="invalid_api_key")
+            raise errors.Unauthorized(_INCORRECT_KEY.message, code="invalid_api_key")
         return hit
 
     @staticmethod

@@ -210,6 +210,14 @@ class KeyTable:
             self._verified.clear()
         self._verified[presented] = hit
 
+    def refuse(self, presented: bytes) -> None:
+        """Remember a wrong secret (``lookup`` answered None) under another form of the presented
+        credential (the whole Authorization header value), so that the next request with it is refused in
+        one lookup. Forgotten with the table, like every refusal it remembers."""
+        if len(self._refused) >= _MAX_REFUSED:
+            self._refused.clear()
+        self._refused.add(presented)
+
     def add(self, key: ApiKey, tenant: Tenant | None) -> None:
         """A key (and its tenant) read from the store after this table was built: a key made a moment
         ago works at once, before the change notification arrives."""

@@ -55,17 +55,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import math
 import os
 import time
 from collections.abc import Awaitable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 
 from gateway.config import Config
-from gateway.errors import RateLimited
+from gateway.errors import GatewayError, RateLimited
 from gateway.limits.budgets import BudgetRule, SpendBook, SpendView
 from gateway.limits.contract import QuotaExceeded, duration_text, retry_headers
 from gateway.limits.policy import BudgetConfig, LimitSpec, TokensKind, compile_policy
@@ -149,7 +150,7 @@ class _Plan:
         self.tok_until = -_INF
         #: the last refusal by the one request limit, reused while it would read the same: (limit key, ms
         #: to wait, ms to the reset, remaining, message, headers)
-        self.refusal: tuple[str | None, int, int, int, str, tuple[tuple[str, str], ...]] | None = None
+        self.refusal: tuple[str | None, int, int, int, GatewayError] | None = None
         #: a refusal by the one request limit follows from its decision alone (no token limit's headers)
         self.refusal_memo = len(req) == 1 and not tok
         self.empty = not seen
@@ -360,7 +361,7 @@ class AdmitPhase(Phase):
 
     # -- the request path -------------------------------------------------------------------------------
 
-    def on_request(self, ctx: Context) -> Awaitable[None] | None:
+    def on_request(self, ctx: Context) -> Awaitable[None] | GatewayError | None:
         key = ctx.key
         principal: _Principal | None
         if key is None:
@@ -386,8 +387,8 @@ class AdmitPhase(Phase):
                 else:
                     self._headers(plan, now, ctx.response_headers)
                 return None
-            if decision.status == 429:  # PERF: a refusal known locally, answered without a second take
-                self._refuse(plan, decision, None, now)
+            if decision.status == 429:  # PERF: a refusal known locally: no second take, nothing raised
+                return self._refusal(plan, decision, None, now)
         elif plan.empty:
             return None
         return self._admit(ctx, plan)
@@ -714,6 +715,8 @@ class AdmitPhase(Phase):
             if rule.view.fresh_until < _monotonic():
                 await self.book.load(rule.view)  # leaves the view usable for a while, read or not
         out = self.on_request(ctx)
+        if isinstance(out, GatewayError):
+            raise copy.copy(out)  # it may be shared (see _refusal)
         if out is not None:
             await out
 
@@ -732,35 +735,44 @@ class AdmitPhase(Phase):
                 plan.tok_until = now + self.header_ttl
             out.extend(plan.tok_cache)
 
-    def _refuse(self, plan: _Plan, decision: Decision, amounts: list[int] | None, now: float) -> None:
+    def _refuse(self, plan: _Plan, decision: Decision, amounts: list[int] | None, now: float) -> NoReturn:
+        """Raise the refusal ``decision`` makes (a copy: ``_refusal``'s answer may be shared)."""
+        raise copy.copy(self._refusal(plan, decision, amounts, now))
+
+    def _refusal(
+        self, plan: _Plan, decision: Decision, amounts: list[int] | None, now: float
+    ) -> GatewayError:
+        """The answer to a refusal (429, or 503 while the shared state is unavailable), counted.
+
+        # PERF: a client that keeps sending into a refusal of the plan's one request limit gets the same
+        answer for a millisecond at a time: all of it follows from the waits in whole milliseconds and
+        what remains, so it is built once for them and returned, not raised, from ``on_request`` (one
+        instance for many requests: the engine answers with it and changes nothing in it).
+        """
         stats = self.stats
         if decision.status == 503:
             stats.unavailable += 1
-            raise SharedStateUnavailable(
+            return SharedStateUnavailable(
                 "Rate limits cannot be checked right now (their shared state is unavailable); try again "
                 "shortly.", headers=retry_headers(decision.retry_after),
             )
         wait = decision.retry_after
         if plan.refusal_memo and decision.limit_key == plan.single and wait != _INF:
-            # PERF: a client that keeps sending into a refusal of the plan's one request limit gets the
-            # same answer for a millisecond at a time: all of it follows from these values (the headers
-            # round the waits up to whole milliseconds), so it is built once for them
             wait_ms = math.ceil(wait * 1000.0)
             reset_ms = math.ceil(decision.reset_after * 1000.0)
             remaining = int(decision.remaining) if decision.remaining > 0.0 else 0
             memo = plan.refusal
             if memo is not None and memo[1] == wait_ms and memo[2] == reset_ms and memo[3] == remaining:
                 stats.refused_requests += 1
-                raise RateLimited(memo[4], headers=list(memo[5]))
-            try:
-                self._refuse_now(plan, decision, amounts, now)
-            except RateLimited as exc:
-                plan.refusal = (decision.limit_key, wait_ms, reset_ms, remaining, exc.message,
-                                tuple(exc.headers))
-                raise
-        self._refuse_now(plan, decision, amounts, now)
+                return memo[4]
+            err = self._build_refusal(plan, decision, amounts, now)
+            plan.refusal = (decision.limit_key, wait_ms, reset_ms, remaining, err)
+            return err
+        return self._build_refusal(plan, decision, amounts, now)
 
-    def _refuse_now(self, plan: _Plan, decision: Decision, amounts: list[int] | None, now: float) -> None:
+    def _build_refusal(
+        self, plan: _Plan, decision: Decision, amounts: list[int] | None, now: float
+    ) -> RateLimited:
         stats = self.stats
         s = plan.info.get(decision.limit_key or "")
         headers = retry_headers(decision.retry_after)
@@ -771,7 +783,7 @@ class AdmitPhase(Phase):
         wait = decision.retry_after
         if s is None:  # not one of the plan's limits (cannot happen): say what we know
             stats.refused_requests += 1
-            raise RateLimited(f"Rate limit reached. Try again in {duration_text(wait)}.", headers=headers)
+            return RateLimited(f"Rate limit reached. Try again in {duration_text(wait)}.", headers=headers)
         spec = s.spec
         which = f"{spec.name} of policy {spec.policy} for {s.where}"
         if spec.dimension == "concurrent":
@@ -791,7 +803,7 @@ class AdmitPhase(Phase):
             stats.refused_requests += 1
             message = (f"Rate limit reached: {which} (limit {_n(spec.limit)} per {spec.window}). "
                        f"Try again in {duration_text(wait)}.")
-        raise RateLimited(message, headers=headers)
+        return RateLimited(message, headers=headers)
 
     # -- settle -----------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from typing import Any
 
@@ -69,6 +70,8 @@ def bearer(key: str) -> dict[bytes, bytes]:
 def run_access(phase: AccessPhase, ctx: Ctx) -> Any:
     """Both steps as the engine runs them; returns the key or raises the GatewayError."""
     pending = phase.authenticate(ctx)  # type: ignore[arg-type]
+    if isinstance(pending, errors.GatewayError):  # a refusal returned: the engine answers with it
+        raise copy.copy(pending)
     if pending is not None:
         asyncio.run(_await(pending))
     phase.on_request(ctx)  # type: ignore[arg-type]
@@ -245,10 +248,16 @@ def test_a_wrong_secret_is_refused_from_memory(keys: dict[str, Any]) -> None:
     before = digester.verified
     assert code_of(phase, Ctx(bearer(other))) == (401, "invalid_api_key")
     assert digester.verified > before
+    # the whole header of a refused secret is remembered too: the 401 is returned, nothing raised
+    assert isinstance(phase.authenticate(Ctx(bearer(other))), errors.Unauthorized)  # type: ignore[arg-type]
+    assert b"Bearer " + other.encode() in phase.service.table._refused
     # unknown key ids are never remembered as refused: a key made later must still be fetched
     unknown = format_key("unknownkeyid", generate_secret())
     assert code_of(phase, Ctx(bearer(unknown))) == (401, "invalid_api_key")
     assert unknown.encode() not in phase.service.table._refused
+    assert b"Bearer " + unknown.encode() not in phase.service.table._refused
+    with pytest.raises(errors.Unauthorized):  # raised: asking the store is not done yet
+        run_access(phase, Ctx(bearer(unknown)))
 
 
 def test_refused_keys_are_forgotten_with_the_table(keys: dict[str, Any]) -> None:

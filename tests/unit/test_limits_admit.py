@@ -8,6 +8,7 @@ node's table file beside a SQLite store in the test's directory; spend goes to t
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import json
 import logging
@@ -125,6 +126,8 @@ class Ctx:
 
 async def admit(service: LimitService, ctx: Ctx) -> Ctx:
     out = service.phase.on_request(ctx)  # type: ignore[arg-type]
+    if isinstance(out, GatewayError):  # a refusal returned, not raised: the engine answers with it
+        raise copy.copy(out)
     if out is not None:
         await out
     return ctx
@@ -413,7 +416,8 @@ tokens_per_minute = 5000
 
 def test_a_repeated_refusal_reads_exactly_as_one_built_anew(tmp_path: Path) -> None:
     """Refusals by a plan's one request limit are reused while every value in them is the same (the
-    waits in whole milliseconds); each reads exactly as the one built for its own decision, and counts."""
+    waits in whole milliseconds); each reads exactly as the one built for its own decision, and counts.
+    The admit phase returns the shared answer; what it raises is a copy."""
     cfg = config(tmp_path, """
 [limits]
 default_policy = "p"
@@ -425,33 +429,33 @@ requests_per_minute = 1
         service = await started(cfg)
         phase: Any = service.phase
         await admit(service, Ctx())
-        first = await refused(service, Ctx())
-        plan = next(iter(phase._principals.values())).plans["chat"] if phase._principals else \
-            phase._anon.plans["chat"]
-        assert plan.refusal is not None and plan.refusal[4] == first.message  # the first one is kept
+        first = await refused(service, Ctx())  # from the shared state: raised
+        out = phase.on_request(Ctx())  # now known in this worker: returned, the engine answers with it
+        assert isinstance(out, RateLimited) and out is not first and isinstance(first, RateLimited)
+        plan = phase._anon.plans["chat"]
+        assert plan.refusal is not None and plan.refusal[4] is out
 
-        def answer(method: Callable[..., None], d: Decision) -> tuple[str, list[tuple[str, str]]]:
-            with pytest.raises(RateLimited) as info:
-                method(plan, d, None, time.monotonic())
-            return info.value.message, info.value.headers
+        def read(err: GatewayError) -> tuple[str, list[tuple[str, str]]]:
+            return err.message, err.headers
 
         built = 0
-        real = phase._refuse_now
+        real = phase._build_refusal
 
-        def counting(*args: Any) -> None:
+        def counting(*args: Any) -> RateLimited:
             nonlocal built
             built += 1
-            real(*args)
+            return real(*args)  # type: ignore[no-any-return]
 
-        phase._refuse_now = counting
+        phase._build_refusal = counting
         before = service.stats.refused_requests
         waits = [59.0001, 59.0004, 59.0009, 59.0011, 59.0011, 0.5, 0.5004, 3599.9, 3600.0, 0.0001]
         for i, wait in enumerate(waits):
             d = Decision(429, wait, plan.single, float(i == 4), wait + (10.0 if i != 6 else 10.5))
-            assert answer(phase._refuse, d) == answer(real, d)
+            now = time.monotonic()
+            assert read(phase._refusal(plan, d, None, now)) == read(real(plan, d, None, now))
         assert service.stats.refused_requests == before + 2 * len(waits)  # each refusal counts once
         assert built < len(waits)  # some were reused: same milliseconds to wait and to the reset
-        phase._refuse_now = real
+        phase._build_refusal = real
         await service.stop()
 
     run(body())
