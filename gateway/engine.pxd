@@ -5,6 +5,7 @@
 
 cimport cython
 
+from gateway._core._http cimport Request as CRequest
 from gateway.providers.openai cimport OpenAITranslator as COpenAITranslator
 
 
@@ -94,12 +95,14 @@ cdef class Engine:
     cdef dict _provider_configs
 
     @cython.locals(runtime=Runtime)
-    cpdef Context _context(self, object request)
+    cpdef Context _context(self, CRequest request)
     @cython.locals(ctx=Context, model=ModelEntry)
     cpdef begin(self, object request, object responder)
     cpdef _reply(self, Context ctx, object responder, object reply)
     cpdef _answer_error(self, Context ctx, object responder, object exc)
+    @cython.locals(headers=list, extra=list, status=int)
     cpdef _send_error(self, Context ctx, object responder, object exc)
+    @cython.locals(req=CRequest)
     cpdef _parse(self, Context ctx)
     @cython.locals(chain=tuple, i=Py_ssize_t, model=ModelEntry)
     cpdef _front(self, Context ctx, object responder, int resume, object result)

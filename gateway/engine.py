@@ -63,7 +63,8 @@ __all__ = ["Context", "Engine", "ModelEntry", "Runtime"]
 
 log = logging.getLogger("gateway.engine")
 
-_JSON: Headers = [("content-type", "application/json")]
+_JSON_TYPE = ("content-type", "application/json")
+_JSON: Headers = [_JSON_TYPE]
 #: unknown model names whose 404 is kept (Runtime.unknown_model); then the set starts over
 _MAX_UNKNOWN = 1024
 _SSE_HEADERS: Headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
@@ -574,13 +575,17 @@ class Engine:
             self._send_error(ctx, responder, exc)
 
     def _send_error(self, ctx: Context, responder: Responder, exc: GatewayError) -> None:
-        ctx.status = exc.status
-        headers = [*_JSON, ("x-request-id", ctx.request_id),
-                   (ctx.runtime.overhead_header, _overhead_ms(ctx)), *exc.headers]
-        headers.extend(ctx.response_headers)
+        ctx.status = status = exc.status
+        headers = [_JSON_TYPE, ("x-request-id", ctx.request_id),
+                   (ctx.runtime.overhead_header, _overhead_ms(ctx))]
+        extra = exc.headers
+        if extra:
+            headers.extend(extra)
+        if ctx.response_headers:
+            headers.extend(ctx.response_headers)
         if exc.close and hasattr(responder, "keep_alive"):
             responder.keep_alive = False
-        responder.send(exc.status, headers, exc.to_body())
+        responder.send(status, headers, exc.body)
 
     # parse ----------------------------------------------------------------------------------------
 

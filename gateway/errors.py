@@ -85,9 +85,12 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or []
+        #: the JSON body, rendered once: an answer may be sent many times (a refusal returned by a phase)
+        # PERF: the engine reads this attribute; a call to to_body() from the compiled engine costs more
+        self.body = error_body(message, self.type, self.code, param)
 
     def to_body(self) -> bytes:
-        return error_body(self.message, self.type, self.code, self.param)
+        return self.body
 
 
 class BadRequest(GatewayError):

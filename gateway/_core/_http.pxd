@@ -8,6 +8,7 @@ cdef class Request:
     cdef public list headers
     cdef public bytes body
     cdef public bint keep_alive
+    cpdef object header(self, bytes name)
 
 
 cdef class ChunkedDecoder:

@@ -204,7 +204,7 @@ cdef class Request:
         self.body = body
         self.keep_alive = keep_alive
 
-    def header(self, bytes name):
+    cpdef object header(self, bytes name):
         """First value of header ``name`` (lower-case bytes), or None."""
         return find_header(self.headers, name)
 
