@@ -201,6 +201,39 @@ def test_a_phase_can_short_circuit_with_an_error() -> None:
     assert rec.status == 401 and rec.json()["error"]["code"] == "missing_api_key"
 
 
+class SharedRefusal(Phase):
+    """Returns one error instance to every request (as the limits phase does with a repeated 429)."""
+
+    name = "admit"
+    is_async = True  # returned errors are answered even from a phase that may return awaitables
+
+    def __init__(self) -> None:
+        self.error = errors.RateLimited("slow down", headers=[("retry-after", "7")])
+
+    def on_request(self, ctx: Context) -> errors.GatewayError:
+        return self.error
+
+
+def test_a_phase_can_return_an_error_to_answer_with() -> None:
+    phase = SharedRefusal()
+    engine = make([phase])
+    for _ in range(3):
+        rec = run(engine, "POST", "/v1/chat/completions", CHAT)
+        assert rec.status == 429 and rec.header("retry-after") == "7"
+        assert rec.json()["error"]["code"] == "rate_limit_exceeded"
+    # nothing was raised, and the shared instance was not changed by answering with it
+    assert phase.error.__traceback__ is None and phase.error.headers == [("retry-after", "7")]
+
+
+def test_an_unknown_model_is_answered_with_its_404_built_once() -> None:
+    engine = make()
+    first = run(engine, "POST", "/v1/chat/completions", {**CHAT, "model": "nope"})
+    again = run(engine, "POST", "/v1/chat/completions", {**CHAT, "model": "nope"})
+    assert first.status == again.status == 404 and first.body == again.body
+    assert first.json()["error"]["code"] == "model_not_found" and "`nope`" in first.json()["error"]["message"]
+    assert engine.runtime is not None and list(engine.runtime.unknown_models) == ["nope"]
+
+
 def test_an_async_phase_is_awaited() -> None:
     rec = run(make([AsyncAdmit()]), "POST", "/v1/chat/completions", CHAT)
     assert rec.status == 429 and rec.header("retry-after") == "1"
