@@ -88,6 +88,7 @@ from gateway.wire import Usage
 
 if TYPE_CHECKING:
     from gateway.engine import Context
+    from gateway.limits.shared import _Entry
 
 __all__ = ["AdmitPhase", "LimitService"]
 
@@ -117,9 +118,9 @@ class _Plan:
     """Everything the request path needs for one caller and one model, resolved once."""
 
     __slots__ = (
-        "concurrent", "empty", "info", "items", "pairs", "refusal", "refusal_memo", "req_cache", "req_hdr",
-        "req_nets", "req_until", "simple", "single", "tok_cache", "tok_hdr", "tok_until", "token_keys",
-        "token_kinds", "token_limits", "token_nets", "token_single",
+        "concurrent", "empty", "fast", "info", "items", "pairs", "refusal", "refusal_memo", "req_cache",
+        "req_hdr", "req_nets", "req_until", "simple", "single", "tok_cache", "tok_hdr", "tok_until",
+        "token_keys", "token_kinds", "token_limits", "token_nets", "token_single",
     )
 
     def __init__(self, scoped: Sequence[_Scoped]) -> None:
@@ -153,6 +154,10 @@ class _Plan:
         self.refusal: tuple[str | None, int, int, int, GatewayError] | None = None
         #: a refusal by the one request limit follows from its decision alone (no token limit's headers)
         self.refusal_memo = len(req) == 1 and not tok
+        #: the last refusal of a ``simple`` plan answered from this worker's memory, with what it rests on:
+        #: (the lease client's entry, its refused_until and reset_at then, until when the answer reads
+        #: the same, the answer); see ``on_request``
+        self.fast: tuple[_Entry, float, float, float, GatewayError] | None = None
         self.empty = not seen
         #: the one request limit's key when the plan has nothing else (no tokens, no concurrency)
         self.simple = self.single if not tok and not self.concurrent else None
@@ -379,6 +384,15 @@ class AdmitPhase(Phase):
         if plan.simple:
             # PERF: the common case inline: one request limit, covered by this worker's lease
             now = _monotonic()
+            fast = plan.fast
+            if fast is not None and now < fast[3]:
+                # PERF: the refusal answered a moment ago still stands and would read the same: its
+                # entry has no lease, the same refusal and reset, and no millisecond of either has passed
+                entry = fast[0]
+                if (entry.lease is None and entry.refused_until == fast[1] and entry.reset_at == fast[2]
+                        and self.client.entries.get(plan.simple) is entry):
+                    self.stats.refused_requests += 1
+                    return fast[4]
             decision = self.client.try_take(plan.simple, 1.0, now)
             if decision is ADMITTED:
                 self.stats.admitted += 1
@@ -388,7 +402,12 @@ class AdmitPhase(Phase):
                     self._headers(plan, now, ctx.response_headers)
                 return None
             if decision.status == 429:  # PERF: a refusal known locally: no second take, nothing raised
-                return self._refusal(plan, decision, None, now)
+                err = self._refusal(plan, decision, None, now)
+                known = self.client.entries.get(plan.simple)
+                if (known is not None and known.lease is None and now < known.refused_until
+                        and known.refused_amount <= 1.0):  # the refusal the decision came from
+                    plan.fast = (known, known.refused_until, known.reset_at, _same_until(known, now), err)
+                return err
         elif plan.empty:
             return None
         return self._admit(ctx, plan)
@@ -981,6 +1000,19 @@ def _top_prices(config: Config, prices: PriceTable) -> dict[str, tuple[float, fl
                 top_out = max(top_out, price.output)
         out[name] = (top_in, top_out, complete)
     return out
+
+
+def _same_until(entry: _Entry, now: float) -> float:
+    """Until when a refusal answered from ``entry`` at ``now`` reads the same: every value in it follows
+    from the waits to ``refused_until`` and ``reset_at`` rounded up to whole milliseconds (see
+    ``_refusal``), so until the first of the two drops by a millisecond (a nanosecond early: an answer
+    built anew is exact anyway)."""
+    wait_ms = math.ceil((entry.refused_until - now) * 1000.0)
+    until = entry.refused_until - (wait_ms - 1) / 1000.0
+    if entry.reset_at - now > 0.0:
+        reset_ms = math.ceil((entry.reset_at - now) * 1000.0)
+        until = min(until, entry.reset_at - (reset_ms - 1) / 1000.0)
+    return until - 1e-9
 
 
 def _trio(client: LeaseClient, hdr: tuple[tuple[str, str], ...], labels: tuple[str, str, str], now: float,

@@ -81,7 +81,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -490,6 +490,9 @@ class LeaseClient:
         self._probe_interval = float(probe_interval)
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        #: the same entries by limit key, for the request path's read-only checks (``AdmitPhase``'s
+        #: repeated refusal); only this class changes them
+        self.entries: Mapping[str, _Entry] = self._entries
         self._degraded = False
         self._degraded_since = 0.0
         self._next_probe = 0.0

@@ -12,6 +12,7 @@ import copy
 import gc
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -456,6 +457,60 @@ requests_per_minute = 1
         assert service.stats.refused_requests == before + 2 * len(waits)  # each refusal counts once
         assert built < len(waits)  # some were reused: same milliseconds to wait and to the reset
         phase._build_refusal = real
+        await service.stop()
+
+    run(body())
+
+
+def test_a_refusal_answered_from_memory_reads_as_one_built_at_that_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path of a repeated 429 (no lease-client call while the refusal and its rounded waits are
+    unchanged) answers exactly what the refusal built at that moment would say, across millisecond
+    boundaries of both waits; anything that changes the refusal sends it back to the lease client."""
+    cfg = config(tmp_path, """
+[limits]
+default_policy = "p"
+[limits.policies.p]
+requests_per_minute = 1
+""")
+    import gateway.limits.admit as admit_module
+
+    async def body() -> None:
+        service = await started(cfg)
+        phase: Any = service.phase
+        await admit(service, Ctx())
+        await refused(service, Ctx())  # from the shared state: now known in this worker
+        plan = phase._anon.plans["chat"]
+        entry = service.client.entries[plan.single]
+        start = time.monotonic()
+        clock = [start]
+        monkeypatch.setattr(admit_module, "_monotonic", lambda: clock[0])
+        client: Any = service.client
+        takes = 0
+        real_take = client.try_take
+
+        def counting(*args: Any) -> Decision:
+            nonlocal takes
+            takes += 1
+            return real_take(*args)  # type: ignore[no-any-return]
+
+        client.try_take = counting
+        steps = 400
+        for i in range(steps):
+            now = clock[0] = start + i * 0.00037  # about 148 ms: both waits cross many milliseconds
+            out = phase.on_request(Ctx())
+            assert isinstance(out, RateLimited)
+            d = Decision(429, entry.refused_until - now, plan.single, 0.0, max(0.0, entry.reset_at - now))
+            fresh = phase._build_refusal(plan, d, None, now)
+            assert (out.message, out.headers) == (fresh.message, fresh.headers), i
+        assert 0 < takes < steps  # most were answered without the lease client
+        # a refund (or a grant, a reload's change) clears the refusal: asked again, not answered from memory
+        entry.refused_until = -math.inf
+        out = phase.on_request(Ctx())
+        assert not isinstance(out, GatewayError) and out is not None
+        out.close()  # the slow path's coroutine, not awaited here
+        client.try_take = real_take
         await service.stop()
 
     run(body())
