@@ -194,9 +194,7 @@ class KeyTable:
               and self._digester.verify(secret, entry.previous_digest)):
             hit = (entry, entry.previous_valid_until)
         else:
-            if len(self._refused) >= _MAX_REFUSED:
-                self._refused.clear()
-            self._refused.add(raw)
+            self.refuse(raw)
             return None
         if len(self._verified) >= _MAX_VERIFIED:
             self._verified.clear()
@@ -211,9 +209,9 @@ class KeyTable:
         self._verified[presented] = hit
 
     def refuse(self, presented: bytes) -> None:
-        """Remember a wrong secret (``lookup`` answered None) under another form of the presented
-        credential (the whole Authorization header value), so that the next request with it is refused in
-        one lookup. Forgotten with the table, like every refusal it remembers."""
+        """Remember a wrong secret for a known key id: as presented to ``lookup``, and under another form
+        of the same credential (the whole Authorization header value), so that the next request with it
+        is refused in one lookup. Forgotten with the table."""
         if len(self._refused) >= _MAX_REFUSED:
             self._refused.clear()
         self._refused.add(presented)

@@ -150,7 +150,7 @@ class _Plan:
         self.tok_cache: tuple[tuple[str, str], ...] = ()
         self.tok_until = -_INF
         #: the last refusal by the one request limit, reused while it would read the same: (limit key, ms
-        #: to wait, ms to the reset, remaining, message, headers)
+        #: to wait, ms to the reset, remaining, the answer)
         self.refusal: tuple[str | None, int, int, int, GatewayError] | None = None
         #: a refusal by the one request limit follows from its decision alone (no token limit's headers)
         self.refusal_memo = len(req) == 1 and not tok

@@ -588,6 +588,14 @@ def test_inproc_answers_without_an_upstream(answer: str, capsys: pytest.CaptureF
     assert "us CPU per request" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv", [["--answer", "teapot"], ["--answer", "notfound", "--auth"],
+                                  ["--answer", "badkey", "--stream", "20"]])
+def test_inproc_answer_refuses_what_it_cannot_run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        inproc.main(argv)
+    assert info.value.code == 2 and "--answer" in capsys.readouterr().err
+
+
 # --- one quick run end to end -------------------------------------------------------------------------------
 
 needs_tools = pytest.mark.skipif(

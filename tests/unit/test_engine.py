@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -232,6 +235,14 @@ def test_an_unknown_model_is_answered_with_its_404_built_once() -> None:
     assert first.status == again.status == 404 and first.body == again.body
     assert first.json()["error"]["code"] == "model_not_found" and "`nope`" in first.json()["error"]["message"]
     assert engine.runtime is not None and list(engine.runtime.unknown_models) == ["nope"]
+
+
+def test_the_example_of_a_returned_refusal_runs() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "phase_refusal.py"
+    out = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1] and lines[0].startswith("429 60 ")
+    assert json.loads(lines[0].split(" ", 2)[2])["error"]["code"] == "rate_limit_exceeded"
 
 
 def test_an_async_phase_is_awaited() -> None:

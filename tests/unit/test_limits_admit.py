@@ -360,16 +360,33 @@ tokens_per_minute = 100000
     run(body())
 
 
-def test_a_refusal_leaves_nothing_for_the_cyclic_collector(tmp_path: Path) -> None:
-    """A 429 raised in the (Python) admit phase, whose frame holds the request's context, is kept in
-    ``ctx.error`` without its traceback: no cycle per refusal for the cyclic collector to free, on the
-    callback path (``begin``) and on the coroutine path (``handle``)."""
-    cfg = config(tmp_path, """
+#: one request a minute for everyone: the second request is refused for about a minute
+ONE_A_MINUTE = """
 [limits]
 default_policy = "p"
 [limits.policies.p]
 requests_per_minute = 1
-""")
+"""
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[int]:
+    """Count the calls of ``obj.name`` (still made) for the test's length: ``[calls]``."""
+    real = getattr(obj, name)
+    calls = [0]
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(obj, name, counting)
+    return calls
+
+
+def test_a_refusal_leaves_nothing_for_the_cyclic_collector(tmp_path: Path) -> None:
+    """A 429 raised in the (Python) admit phase, whose frame holds the request's context, is kept in
+    ``ctx.error`` without its traceback: no cycle per refusal for the cyclic collector to free, on the
+    callback path (``begin``) and on the coroutine path (``handle``)."""
+    cfg = config(tmp_path, ONE_A_MINUTE)
 
     async def body() -> None:
         engine = await engine_for(cfg)
@@ -415,16 +432,11 @@ tokens_per_minute = 5000
     run(body())
 
 
-def test_a_repeated_refusal_reads_exactly_as_one_built_anew(tmp_path: Path) -> None:
+def test_a_repeated_refusal_reads_exactly_as_one_built_anew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refusals by a plan's one request limit are reused while every value in them is the same (the
     waits in whole milliseconds); each reads exactly as the one built for its own decision, and counts.
     The admit phase returns the shared answer; what it raises is a copy."""
-    cfg = config(tmp_path, """
-[limits]
-default_policy = "p"
-[limits.policies.p]
-requests_per_minute = 1
-""")
+    cfg = config(tmp_path, ONE_A_MINUTE)
 
     async def body() -> None:
         service = await started(cfg)
@@ -439,15 +451,8 @@ requests_per_minute = 1
         def read(err: GatewayError) -> tuple[str, list[tuple[str, str]]]:
             return err.message, err.headers
 
-        built = 0
         real = phase._build_refusal
-
-        def counting(*args: Any) -> RateLimited:
-            nonlocal built
-            built += 1
-            return real(*args)  # type: ignore[no-any-return]
-
-        phase._build_refusal = counting
+        built = count_calls(monkeypatch, phase, "_build_refusal")
         before = service.stats.refused_requests
         waits = [59.0001, 59.0004, 59.0009, 59.0011, 59.0011, 0.5, 0.5004, 3599.9, 3600.0, 0.0001]
         for i, wait in enumerate(waits):
@@ -455,8 +460,7 @@ requests_per_minute = 1
             now = time.monotonic()
             assert read(phase._refusal(plan, d, None, now)) == read(real(plan, d, None, now))
         assert service.stats.refused_requests == before + 2 * len(waits)  # each refusal counts once
-        assert built < len(waits)  # some were reused: same milliseconds to wait and to the reset
-        phase._build_refusal = real
+        assert built[0] < len(waits)  # some were reused: same milliseconds to wait and to the reset
         await service.stop()
 
     run(body())
@@ -468,12 +472,7 @@ def test_a_refusal_answered_from_memory_reads_as_one_built_at_that_moment(
     """The fast path of a repeated 429 (no lease-client call while the refusal and its rounded waits are
     unchanged) answers exactly what the refusal built at that moment would say, across millisecond
     boundaries of both waits; anything that changes the refusal sends it back to the lease client."""
-    cfg = config(tmp_path, """
-[limits]
-default_policy = "p"
-[limits.policies.p]
-requests_per_minute = 1
-""")
+    cfg = config(tmp_path, ONE_A_MINUTE)
     import gateway.limits.admit as admit_module
 
     async def body() -> None:
@@ -486,16 +485,7 @@ requests_per_minute = 1
         start = time.monotonic()
         clock = [start]
         monkeypatch.setattr(admit_module, "_monotonic", lambda: clock[0])
-        client: Any = service.client
-        takes = 0
-        real_take = client.try_take
-
-        def counting(*args: Any) -> Decision:
-            nonlocal takes
-            takes += 1
-            return real_take(*args)  # type: ignore[no-any-return]
-
-        client.try_take = counting
+        takes = count_calls(monkeypatch, service.client, "try_take")
         steps = 400
         for i in range(steps):
             now = clock[0] = start + i * 0.00037  # about 148 ms: both waits cross many milliseconds
@@ -504,13 +494,12 @@ requests_per_minute = 1
             d = Decision(429, entry.refused_until - now, plan.single, 0.0, max(0.0, entry.reset_at - now))
             fresh = phase._build_refusal(plan, d, None, now)
             assert (out.message, out.headers) == (fresh.message, fresh.headers), i
-        assert 0 < takes < steps  # most were answered without the lease client
+        assert 0 < takes[0] < steps  # most were answered without the lease client
         # a refund (or a grant, a reload's change) clears the refusal: asked again, not answered from memory
         entry.refused_until = -math.inf
         out = phase.on_request(Ctx())
         assert not isinstance(out, GatewayError) and out is not None
         out.close()  # the slow path's coroutine, not awaited here
-        client.try_take = real_take
         await service.stop()
 
     run(body())
