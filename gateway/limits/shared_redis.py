@@ -72,6 +72,7 @@ from gateway.limits.shared import (
     check_budget_op,
     check_op,
 )
+from gateway.redisconn import make_connection
 
 __all__ = ["BUCKET_SCRIPT", "BUDGET_SCRIPT", "COUNTER_SCRIPT", "RedisLeaseSource"]
 
@@ -376,7 +377,7 @@ class RedisLeaseSource(LeaseSource):
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        self._conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        self._conn = make_connection(self._pool)
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}".encode()
         self._mine: dict[str, int] = {}
         self._keys: dict[str, bytes] = {}

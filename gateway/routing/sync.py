@@ -49,6 +49,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
+from gateway.redisconn import close_pubsub
 from gateway.routing.breaker import Change
 from gateway.routing.router import Deployment, Router
 
@@ -466,7 +467,7 @@ class RedisSyncTransport:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(*_REDIS_DOWN):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                await close_pubsub(pubsub)
 
     async def close(self) -> None:
         if self._closed:

@@ -49,7 +49,7 @@ from types import FrameType
 from typing import Any
 
 import msgspec
-from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]  # re-exported without `as`
+from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined,unused-ignore]  # not re-exported by some releases
 
 from gateway._core.http import Request
 from gateway.app import ClientGone, Headers

@@ -47,6 +47,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
+from gateway.redisconn import close_pubsub
 from gateway.store.base import (
     CHANGE_LOG_RETENTION,
     DEFAULT_PAGE_SIZE,
@@ -930,7 +931,7 @@ class RedisStore(Store):
 
 async def _close_quietly(pubsub: PubSub) -> None:
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        await close_pubsub(pubsub)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
         pass
 

@@ -50,7 +50,7 @@ def require_frontend(frontend: str) -> None:
     if frontend == "granian":
         reason = _granian_unavailable()
         if reason is not None:
-            pytest.skip(f"granian front end not available: {reason}")
+            pytest.skip(f"needs the granian front end: {reason}")
 
 
 @dataclass
@@ -230,13 +230,10 @@ def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
 
 
 # Known gaps of the granian front end, left open (see docs/frontends.md): granian binds with SO_REUSEPORT
-# itself, so a second instance on the same port is not refused; and its SIGTERM path waits for granian's
-# own shutdown sequence rather than exiting as soon as nothing is in flight.
+# itself, so a second instance on the same port is not refused.
 _GRANIAN_KNOWN_GAPS = {
     "test_second_gateway_on_the_same_port_fails_fast[granian]":
         "granian binds with SO_REUSEPORT itself; a second instance on the port is not refused",
-    "test_sigterm_idle_gateway_exits_promptly[granian]":
-        "granian's shutdown sequence does not exit promptly when idle",
 }
 
 
@@ -244,4 +241,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         reason = _GRANIAN_KNOWN_GAPS.get(item.name)
         if reason is not None:
-            item.add_marker(pytest.mark.xfail(strict=False, reason=f"known granian gap: {reason}"))
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"known granian gap: {reason}"))
