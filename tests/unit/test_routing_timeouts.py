@@ -170,6 +170,14 @@ async def ask(engine: Engine, body: dict[str, Any]) -> Recorder:
     return rec
 
 
+def all_records(engine: Engine) -> list[dict[str, Any]]:
+    """Every record the engine emitted so far: those its sink has written and those still queued (the
+    background flush may or may not have run, depending on how long the request took)."""
+    out = engine.records._out
+    assert isinstance(out, io.BytesIO)
+    return [json.loads(line) for line in out.getvalue().splitlines()] + engine.records.snapshot()
+
+
 @contextlib.asynccontextmanager
 async def running(text: str) -> AsyncIterator[Engine]:
     engine = Engine(load_config_text(text), records=RecordSink(io.BytesIO(), enabled=True))
@@ -364,7 +372,7 @@ def test_a_deployments_connect_timeout_moves_the_request_on(tmp_path: Path) -> N
                           + two_deployments("dead", "connect_timeout = 0.3"))
             async with running(text) as engine:
                 rec = await ask(engine, CHAT)
-                records = engine.records.snapshot()
+                records = all_records(engine)
             assert rec.status == 200 and rec.header("x-gateway-deployment") == "good"
             assert records[-1]["attempts"] == 2
 
@@ -395,7 +403,7 @@ def test_a_body_that_does_not_finish_within_total_timeout_moves_on(tmp_path: Pat
                           + two_deployments("stalls", "total_timeout = 0.5"))
             async with running(text) as engine:
                 rec = await ask(engine, CHAT)
-                records = engine.records.snapshot()
+                records = all_records(engine)
         assert rec.status == 200 and rec.header("x-gateway-deployment") == "good"
         assert records[-1]["attempts"] == 2
 
@@ -487,7 +495,7 @@ def test_first_byte_timeout_covers_a_streams_first_event(tmp_path: Path) -> None
                           + two_deployments("silent", "first_byte_timeout = 0.3"))
             async with running(text) as engine:
                 rec = await ask(engine, {**CHAT, "stream": True})
-                records = engine.records.snapshot()
+                records = all_records(engine)
         assert rec.status == 200 and rec.header("x-gateway-deployment") == "good"
         assert rec.events()[-1] == b"[DONE]"
         assert records[-1]["attempts"] == 2
@@ -506,7 +514,7 @@ chunk_delay_ms = 200
 """ + two_deployments("slow", "total_timeout = 1.0"))
         async with running(text) as engine:
             rec = await ask(engine, {**CHAT, "stream": True})
-            records = engine.records.snapshot()
+            records = all_records(engine)
         assert rec.status == 200 and rec.header("x-gateway-deployment") == "slow"
         events = rec.events()
         assert len(events) >= 2 and b"[DONE]" not in events
