@@ -87,7 +87,7 @@ DEFAULT_USAGE_DAYS = 30
 #: how long a store call may take before the admin API answers 503 (a wedged Redis must not hang clients)
 STORE_TIMEOUT = 10.0
 
-#: where msgspec says a value failed: `` - at `$.field[0]` `` or, for a dict's key, `` - at `key` in `$.field` ``
+#: where msgspec puts a failed value: `` - at `$.field[0]` ``; a dict's key: `` - at `key` in `$.field` ``
 _WHERE = re.compile(r" - at `(?:key` in `)?\$\.?([^`]*)`$")
 
 _JSON_HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
