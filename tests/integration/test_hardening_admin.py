@@ -35,43 +35,10 @@ from .helpers import (
     http_status,
     wait_for,
 )
+from .test_admin_cli import ACME, OPERATOR, admin_toml
 
-OPERATOR = "hardening-operator-token"
-ACME = "hardening-acme-admin-token"
 #: fresh connections per check: with two workers, each sees some of them
 SPREAD = 24
-
-
-def admin_toml(port: int, admin_port: int, store_url: str, extra: str = "") -> str:
-    return f"""
-[server]
-port = {port}
-drain_timeout = 3.0
-
-[log]
-call_records = false
-
-[auth]
-required = true
-
-[providers.mock]
-type = "mock"
-
-[models.mock-1]
-provider = "mock"
-
-[models.premium]
-provider = "mock"
-approval = "required"
-
-[store]
-url = "{store_url}"
-
-[admin]
-port = {admin_port}
-operator_token = "{keyformat.digest(OPERATOR, b"")}"
-tenant_tokens = {{ acme = "{keyformat.digest(ACME, b"")}" }}
-{extra}"""
 
 
 @dataclass
@@ -128,7 +95,8 @@ def start_node(tmp_path: Path) -> Iterator[StartNode]:
         port, admin_port = free_port(), free_port()
         n = len(started)
         config = tmp_path / f"node-{n}.toml"
-        config.write_text(admin_toml(port, admin_port, store_url or "sqlite://gateway.db", extra))
+        # the [admin] table comes last: ``extra`` may add to it, then more tables
+        config.write_text(admin_toml(port, admin_port, store_url or "sqlite://gateway.db") + extra)
         proc = ServerProcess(f"hardening-{n}", ["serve", "--workers", str(workers), "--config", str(config)],
                              tmp_path, port).start()
         node = Node(proc, port, admin_port, httpx.Client(timeout=30.0))
