@@ -75,13 +75,13 @@ def _whole(body: str) -> str:
 ONE_LINE = _whole(r"[^\x00-\x1f\x7f]*")
 _TENANT_ID = _whole(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LABEL_KEY = _whole(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,62}")
-_REFERENCE = _whole(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
 
 MAX_NAME = 200
 MAX_REASON = 1000
 MAX_MODEL = 256
 MAX_LABEL_VALUE = 256
 MAX_LABELS = 64
+MAX_REFERENCE = 128
 MAX_MODELS = 256
 
 TenantId = Annotated[str, msgspec.Meta(pattern=_TENANT_ID, description="1-64 of A-Z a-z 0-9 . _ -")]
@@ -90,8 +90,8 @@ Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON, pattern=ONE_LINE)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL, pattern=ONE_LINE)]
 ModelPatterns = Annotated[list[ModelName], msgspec.Meta(max_length=MAX_MODELS)]
 Endpoints = Annotated[list[str], msgspec.Meta(max_length=8)]
-#: the name of a limit policy or budget of the config file
-Reference = Annotated[str, msgspec.Meta(pattern=_REFERENCE)]
+#: the name of a limit policy or budget of the config file (any non-empty TOML key there)
+Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REFERENCE, pattern=ONE_LINE)]
 LabelKey = Annotated[str, msgspec.Meta(pattern=_LABEL_KEY)]
 LabelValue = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_VALUE, pattern=ONE_LINE)]
 Labels = Annotated[dict[LabelKey, LabelValue], msgspec.Meta(max_length=MAX_LABELS)]
@@ -108,8 +108,8 @@ LIMITS = {
         f"{MAX_MODEL} characters"
     ),
     "allowed_endpoints": "allowed_endpoints holds at most 8 of *, chat, completions, embeddings, models",
-    "limit_policy": "a limit policy name is 1-128 letters, digits, '_', '.', ':', '/' or '-'",
-    "budget": "a budget name is 1-128 letters, digits, '_', '.', ':', '/' or '-'",
+    "limit_policy": f"a limit policy name is one line of 1 to {MAX_REFERENCE} characters",
+    "budget": f"a budget name is one line of 1 to {MAX_REFERENCE} characters",
     "labels": (
         f"labels are at most {MAX_LABELS} pairs; a label name is 1-63 letters, digits, '_', '.', ':', '/' or "
         f"'-' starting with a letter or '_', a value one line of at most {MAX_LABEL_VALUE} characters"
