@@ -57,7 +57,7 @@ _WRITE_HEADERS = {
     "x-gateway-applied": {
         "description": (
             "'node': every worker of this gateway node applies the write now (the answer waited for them, "
-            "up to [admin] apply_timeout; a new key or tenant is in force at once); 'pending; late=N': N "
+            "up to [admin] apply_timeout; a new key is in force at once); 'pending; late=N': N "
             "workers had not applied it in time and will with their next notice from the store; "
             "'unknown': the admin API could not tell"
         ),

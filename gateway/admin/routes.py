@@ -43,8 +43,8 @@ class Operation:
     errors: tuple[int, ...] = ()
     #: a write: answered with ``x-gateway-change-version`` and ``x-gateway-applied``
     writes: bool = False
-    #: the answer waits until every worker of the node has applied the write (False: a creation, in
-    #: force at once because workers look a key id they do not know up in the store)
+    #: the answer waits until every worker of the node has applied the write (False: a key's creation,
+    #: in force at once because workers look a key id they do not know up in the store)
     waits: bool = False
     description: str = ""
     segments: tuple[str, ...] = field(init=False, repr=False)
@@ -82,7 +82,8 @@ ROUTES: tuple[Operation, ...] = (
     Operation("GET", "/admin/v1/whoami", "whoami", "The caller's role and tenant", "meta", wire.WhoAmI),
     # tenants
     Operation("POST", "/admin/v1/tenants", "tenants_create", "Create a tenant", "tenants", wire.TenantView,
-              status=201, body=wire.TenantCreate, operator_only=True, errors=(403, 409), writes=True),
+              status=201, body=wire.TenantCreate, operator_only=True, errors=(403, 409), writes=True,
+              waits=True),
     Operation("GET", "/admin/v1/tenants", "tenants_list", "List tenants (store and config)", "tenants",
               wire.TenantList, query=(_CURSOR, _LIMIT)),
     Operation("GET", "/admin/v1/tenants/{tenant}", "tenants_get", "Get a tenant", "tenants", wire.TenantView,
