@@ -3,7 +3,8 @@
 Each test starts a gateway with two workers and its admin listener (SQLite store, or a real Redis server)
 and changes keys, subscriptions and tenants through the admin API (over HTTP, or with the ``gateway`` CLI),
 then uses the data plane at once, with no pause in between, over fresh connections (the kernel spreads them
-over the workers). What the admin API answered must be what every worker of the node does.
+over the workers). What the admin API answered must be what every worker of the node does. Also: the admin
+API's input bounds against its OpenAPI document, and what a budget refusal says holds the budget.
 """
 
 from __future__ import annotations
