@@ -11,6 +11,8 @@ Theory of operation, per request:
     handle      | ``h_<handler>``: scope to the caller's tenant, call    | 403 tenant_forbidden, 404, 409,
                 | the store with ``actor`` and ``reason`` (the store     | 503 store_unavailable
                 | writes the audit entry in the same transaction)        |
+    in force    | a write: wait until every worker of the node applies   | (the write's answer, with
+                | it (``[admin] apply_timeout`` at most)                 | x-gateway-applied)
 
 Tenant isolation, one rule: an object *addressed by id* (a key, a tenant, a subscription in the path)
 that belongs to another tenant answers 404 with the same body as a missing one, so a tenant admin
@@ -32,6 +34,7 @@ import asyncio
 import datetime
 import logging
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -55,6 +58,7 @@ from gateway.admin.views import (
 )
 from gateway.app import Request, Responder
 from gateway.auth import keyformat
+from gateway.auth.applied import wait_applied
 from gateway.config import Config, resolve_secret
 from gateway.store import (
     DEFAULT_PAGE_SIZE,
@@ -82,6 +86,9 @@ MAX_USAGE_DAYS = 366
 DEFAULT_USAGE_DAYS = 30
 #: how long a store call may take before the admin API answers 503 (a wedged Redis must not hang clients)
 STORE_TIMEOUT = 10.0
+
+#: where msgspec puts a failed value: `` - at `$.field[0]` ``; a dict's key: `` - at `key` in `$.field` ``
+_WHERE = re.compile(r" - at `(?:key` in `)?\$\.?([^`]*)`$")
 
 _JSON_HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
 _encode = msgspec.json.Encoder().encode
@@ -115,9 +122,12 @@ def _decode(body: bytes, tp: type[T]) -> T:
     except msgspec.ValidationError as exc:
         message = str(exc)
         param = None
-        if " - at `$." in message:
-            message, _, where = message.partition(" - at `$.")
-            param = where.rstrip("`")
+        where = _WHERE.search(message)
+        if where is not None:
+            message, param = message[:where.start()], where.group(1) or None
+            field = (param or "").partition("[")[0].partition(".")[0]
+            if field in wire.LIMITS and ("length" in message or "regex" in message):
+                message = wire.LIMITS[field]  # msgspec's words would show the regex
         raise AdminError(400, "invalid_argument", message, param=param) from None
     except msgspec.DecodeError:
         raise AdminError(400, E.INVALID_JSON, "the request body is not valid JSON") from None
@@ -139,12 +149,19 @@ def _check_time(value: float | None, param: str) -> None:
         )
 
 
+def _check_reason(reason: str | None) -> None:
+    """A reason given as a query parameter: the same bounds as in a body (``wire.Reason``)."""
+    if reason is not None and (len(reason) > wire.MAX_REASON or not re.match(wire.ONE_LINE, reason)):
+        raise AdminError(400, "invalid_argument", wire.LIMITS["reason"], param="reason")
+
+
 class AdminApp:
     """The admin API (see the module docstring). One instance per admin process.
 
     ``store``: an open store (tests); or ``open_store``: how to open one at startup. When opening fails,
     the app keeps answering (503 ``store_unavailable`` on the API, ``degraded`` on healthz) and retries
-    in the background.
+    in the background. ``node_dir``: the node's directory, where the workers of this node publish how far
+    their key tables are (``gateway.auth.applied``); a write is answered once every one holds it.
     """
 
     def __init__(
@@ -154,6 +171,7 @@ class AdminApp:
         store: Store | None = None,
         open_store: Callable[[], Awaitable[Store]] | None = None,
         clock: Callable[[], float] = time.time,
+        node_dir: str | None = None,
     ) -> None:
         self.draining = False
         self._store = store
@@ -162,6 +180,9 @@ class AdminApp:
         self._store_error = "the store has not been opened yet"
         self._retry: asyncio.Task[None] | None = None
         self._clock = clock
+        #: the node's directory, where its workers publish the change version their key tables hold (None:
+        #: no workers to wait for)
+        self._node_dir = node_dir
         self._routes: dict[tuple[str, ...], dict[str, Operation]] = {}
         for op in ROUTES:
             self._routes.setdefault(op.segments, {})[op.method] = op
@@ -234,6 +255,8 @@ class AdminApp:
             call.query = self._query(request.query, op)
             status, result = await asyncio.wait_for(getattr(self, "h_" + op.handler)(call), STORE_TIMEOUT)
             body = result if isinstance(result, bytes) else _encode(result)
+            if op.writes:
+                headers = await self._in_force(op)
         except AdminError as exc:
             status, body, headers = exc.status, self._error_body(exc), exc.headers
         except StoreError as exc:
@@ -250,6 +273,34 @@ class AdminApp:
             # key ids and tenant ids only: a secret is never in a path, and bodies are not logged
             log.info("admin API: %s %s %s -> %d", actor, request.method, request.path, status)
         responder.send(status, [*_JSON_HEADERS, *headers], body)
+
+    async def _in_force(self, op: Operation) -> list[tuple[str, str]]:
+        """After a write: the store's change version that holds it, and whether every worker of this node
+        applies it now (``x-gateway-applied: node``), waiting up to ``[admin] apply_timeout`` for the
+        workers' key tables (``gateway.auth.applied``); ``pending; late=N`` when some did not in time (they
+        will with their next notice from the store), ``unknown`` when the store did not say its version."""
+        try:
+            version = await asyncio.wait_for(self._require_store().change_version(), STORE_TIMEOUT)
+        except (StoreError, AdminError, OSError, TimeoutError) as exc:
+            log.warning("admin API: could not read the store's change version after a write: %s", exc)
+            return [("x-gateway-applied", "unknown")]
+        headers = [("x-gateway-change-version", str(version))]
+        directory = self._node_dir
+        if not op.waits or directory is None:
+            return [*headers, ("x-gateway-applied", "node")]
+        try:
+            late = await wait_applied(directory, version, self.config.admin.apply_timeout)
+        except OSError as exc:
+            log.warning("admin API: cannot read the workers' applied versions in %s: %s", directory, exc)
+            return [*headers, ("x-gateway-applied", "unknown")]
+        if late:
+            log.warning(
+                "admin API: change %d not applied by %d worker(s) (pid %s) within %gs; they apply it with "
+                "their next notice from the store", version, len(late), ", ".join(map(str, late)),
+                self.config.admin.apply_timeout,
+            )
+            return [*headers, ("x-gateway-applied", f"pending; late={len(late)}")]
+        return [*headers, ("x-gateway-applied", "node")]
 
     @staticmethod
     def _error_body(exc: AdminError) -> bytes:
@@ -454,10 +505,10 @@ class AdminApp:
         tenant = call.params["tenant"]
         if tenant in self._static.tenants:
             raise self._static_tenant_refusal(tenant)
+        reason = call.query.get("reason")
+        _check_reason(reason)
         try:
-            await self._require_store().delete_tenant(
-                tenant, actor=call.principal.actor, reason=call.query.get("reason")
-            )
+            await self._require_store().delete_tenant(tenant, actor=call.principal.actor, reason=reason)
         except NotFound:
             raise _not_found("tenant", tenant) from None
         return 200, wire.Deleted(id=tenant, deleted=True)
@@ -531,6 +582,11 @@ class AdminApp:
             raise AdminError(400, "invalid_argument", "tenant is required", param="tenant")
         _check_endpoints(b.allowed_endpoints)
         _check_time(b.expires_at, "expires_at")
+        if b.expires_at is not None and b.expires_at <= self._clock():
+            raise AdminError(
+                400, "invalid_argument", "expires_at is in the past: the key would be expired at creation",
+                param="expires_at",
+            )
         store = self._require_store()
         full, key_id, secret = keyformat.generate()
         while key_id in self._static.keys:  # never shadow a static key (60 random bits: not in practice)

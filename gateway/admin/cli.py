@@ -76,6 +76,7 @@ class AdminClient:
             if isinstance(err, dict):
                 raise CliError(f"{resp.status_code} {err.get('code')}: {err.get('message')}")
             raise CliError(f"{resp.status_code} from the admin API at {self.url}")
+        _warn_if_not_in_force(resp.headers.get("x-gateway-applied"))
         return data
 
     def each(self, path: str, params: dict[str, Any], limit: int | None) -> list[Any]:
@@ -89,6 +90,19 @@ class AdminClient:
             cursor = page.get("next_cursor")
             if cursor is None or (limit is not None and len(items) >= limit):
                 return items if limit is None else items[:limit]
+
+
+def _warn_if_not_in_force(applied: str | None) -> None:
+    """A write the admin API stored but could not see in force on every worker of its node in time."""
+    if applied is None or applied == "node":
+        return
+    late = applied.partition("late=")[2]
+    if late:
+        told = f"{late} worker(s) of the node had not applied it when the admin API answered"
+    else:
+        told = "the admin API could not tell whether every worker of the node applies it yet"
+    print(f"gateway: warning: the change is stored, but {told}; workers apply it with their next notice "
+          "from the store", file=sys.stderr)
 
 
 def _seg(value: str) -> str:

@@ -35,12 +35,34 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _ERRORS = {
-    400: "invalid input: malformed JSON, an unknown field or parameter, a value out of range",
+    400: (
+        "invalid input: malformed JSON, an unknown field or parameter, a value out of range or too long, "
+        "characters a field does not take (see each field's maxLength and pattern), a key that would be "
+        "expired at creation"
+    ),
     401: "no admin token, or not a valid one",
     403: "a tenant admin reaching outside its tenant (tenant_forbidden) or an operator-only action",
     404: "no such object, or one of another tenant (the two answers are the same)",
     409: "the write contradicts the stored state, or targets a record of the config file",
     503: "the store is not available",
+}
+
+
+#: the headers of a write's answer (``AdminApp._in_force``)
+_WRITE_HEADERS = {
+    "x-gateway-change-version": {
+        "description": "the store's change version that holds this write",
+        "schema": {"type": "integer"},
+    },
+    "x-gateway-applied": {
+        "description": (
+            "'node': every worker of this gateway node applies the write now (the answer waited for them, "
+            "up to [admin] apply_timeout; a new key is in force at once); 'pending; late=N': N "
+            "workers had not applied it in time and will with their next notice from the store; "
+            "'unknown': the admin API could not tell"
+        ),
+        "schema": {"type": "string", "pattern": "^(node|unknown|pending; late=[0-9]+)$"},
+    },
 }
 
 
@@ -61,6 +83,8 @@ def _operation(op: Operation, refs: dict[type, dict[str, Any]]) -> dict[str, Any
                        "description": q.description})
     success = refs[op.response] if op.response is not None else {"type": "object"}
     responses: dict[str, Any] = {str(op.status): _json(success, op.summary)}
+    if op.writes:
+        responses[str(op.status)]["headers"] = _WRITE_HEADERS
     statuses = set(op.errors)
     if op.auth:
         statuses |= {400, 401, 503}

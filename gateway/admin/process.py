@@ -60,6 +60,7 @@ def open_admin_socket(config: Config) -> socket.socket | None:
 def run_admin(config_path: str | None, config: Config, sock: socket.socket) -> int:
     """Entry point of the forked admin process. Returns the process exit code."""
     from gateway.admin.app import AdminApp
+    from gateway.auth.applied import node_directory
     from gateway.server.worker import _new_loop, serve_app
     from gateway.store import StoreOptions, open_store
 
@@ -69,7 +70,7 @@ def run_admin(config_path: str | None, config: Config, sock: socket.socket) -> i
     )
     loop = _new_loop()
     asyncio.set_event_loop(loop)
-    app = AdminApp(config, open_store=lambda: open_store(options))
+    app = AdminApp(config, open_store=lambda: open_store(options), node_dir=node_directory())
 
     def reload() -> None:
         if config_path is None:

@@ -41,6 +41,11 @@ class Operation:
     operator_only: bool = False
     #: error statuses this operation may answer besides 400, 401 and 503 (common to all with auth)
     errors: tuple[int, ...] = ()
+    #: a write: answered with ``x-gateway-change-version`` and ``x-gateway-applied``
+    writes: bool = False
+    #: the answer waits until every worker of the node has applied the write (False: a key's creation,
+    #: in force at once because workers look a key id they do not know up in the store)
+    waits: bool = False
     description: str = ""
     segments: tuple[str, ...] = field(init=False, repr=False)
 
@@ -57,7 +62,10 @@ _LIMIT = QueryParam(
     "limit", "page size, 1 to 1000 (default 100)", {"type": "integer", "minimum": 1, "maximum": 1000}
 )
 _TENANT = QueryParam("tenant", "only this tenant's records (a tenant admin: its own tenant only)")
-_REASON = QueryParam("reason", "why: recorded in the audit log")
+_REASON = QueryParam(
+    "reason", "why: recorded in the audit log",
+    {"type": "string", "maxLength": wire.MAX_REASON, "pattern": wire.ONE_LINE},
+)
 _FROM = QueryParam("from", "first UTC day, YYYY-MM-DD (default: 29 days before `to`)")
 _TO = QueryParam("to", "last UTC day, YYYY-MM-DD (default: today)")
 _KEY_STATE = QueryParam("state", "stored state", {"type": "string", "enum": ["active", "revoked"]})
@@ -74,37 +82,39 @@ ROUTES: tuple[Operation, ...] = (
     Operation("GET", "/admin/v1/whoami", "whoami", "The caller's role and tenant", "meta", wire.WhoAmI),
     # tenants
     Operation("POST", "/admin/v1/tenants", "tenants_create", "Create a tenant", "tenants", wire.TenantView,
-              status=201, body=wire.TenantCreate, operator_only=True, errors=(403, 409)),
+              status=201, body=wire.TenantCreate, operator_only=True, errors=(403, 409), writes=True,
+              waits=True),
     Operation("GET", "/admin/v1/tenants", "tenants_list", "List tenants (store and config)", "tenants",
               wire.TenantList, query=(_CURSOR, _LIMIT)),
     Operation("GET", "/admin/v1/tenants/{tenant}", "tenants_get", "Get a tenant", "tenants", wire.TenantView,
               errors=(404,)),
     Operation("PATCH", "/admin/v1/tenants/{tenant}", "tenants_update", "Change a tenant", "tenants",
-              wire.TenantView, body=wire.TenantPatch, operator_only=True, errors=(403, 404, 409)),
+              wire.TenantView, body=wire.TenantPatch, operator_only=True, errors=(403, 404, 409), writes=True,
+              waits=True),
     Operation("DELETE", "/admin/v1/tenants/{tenant}", "tenants_delete",
               "Delete a tenant (its keys must be revoked first)", "tenants", wire.Deleted, query=(_REASON,),
-              operator_only=True, errors=(403, 404, 409)),
+              operator_only=True, errors=(403, 404, 409), writes=True, waits=True),
     Operation("GET", "/admin/v1/tenants/{tenant}/usage", "tenants_usage", "A tenant's spend per day",
               "tenants", wire.Usage, query=(_FROM, _TO), errors=(404,)),
     # keys
     Operation("POST", "/admin/v1/keys", "keys_create", "Create a key: the full key is returned once", "keys",
-              wire.CreatedKey, status=201, body=wire.KeyCreate, errors=(403, 404, 409)),
+              wire.CreatedKey, status=201, body=wire.KeyCreate, errors=(403, 404, 409), writes=True),
     Operation("GET", "/admin/v1/keys", "keys_list", "List keys (store and config)", "keys", wire.KeyList,
               query=(_TENANT, _KEY_STATE, _CURSOR, _LIMIT), errors=(403,)),
     Operation("GET", "/admin/v1/keys/{key_id}", "keys_get", "Get a key", "keys", wire.KeyView, errors=(404,)),
     Operation("PATCH", "/admin/v1/keys/{key_id}", "keys_update", "Change a key", "keys", wire.KeyView,
-              body=wire.KeyPatch, errors=(404, 409)),
+              body=wire.KeyPatch, errors=(404, 409), writes=True, waits=True),
     Operation("POST", "/admin/v1/keys/{key_id}/revoke", "keys_revoke", "Revoke a key for good", "keys",
-              wire.KeyView, body=wire.ReasonBody, errors=(404, 409)),
+              wire.KeyView, body=wire.ReasonBody, errors=(404, 409), writes=True, waits=True),
     Operation("POST", "/admin/v1/keys/{key_id}/rotate", "keys_rotate",
               "New secret; the old one works for grace_seconds more. The new full key is returned once",
-              "keys", wire.CreatedKey, body=wire.RotateBody, errors=(404, 409)),
+              "keys", wire.CreatedKey, body=wire.RotateBody, errors=(404, 409), writes=True, waits=True),
     Operation("GET", "/admin/v1/keys/{key_id}/usage", "keys_usage", "A key's spend per day", "keys",
               wire.Usage, query=(_FROM, _TO), errors=(404,)),
     # subscriptions
     Operation("POST", "/admin/v1/subscriptions", "subscriptions_request",
               "Request access to a model marked approval = \"required\"", "subscriptions", Subscription,
-              status=201, body=wire.SubscriptionCreate, errors=(403, 404, 409)),
+              status=201, body=wire.SubscriptionCreate, errors=(403, 404, 409), writes=True, waits=True),
     Operation("GET", "/admin/v1/subscriptions", "subscriptions_list", "List subscriptions", "subscriptions",
               wire.SubscriptionList,
               query=(_TENANT, QueryParam("model", "only this model"), _SUB_STATE, _CURSOR, _LIMIT),
@@ -113,13 +123,16 @@ ROUTES: tuple[Operation, ...] = (
               "subscriptions", Subscription, errors=(404,)),
     Operation("POST", "/admin/v1/subscriptions/{tenant}/{model}/approve", "subscriptions_approve",
               "Approve (or grant without a request)", "subscriptions", Subscription, body=wire.ReasonBody,
-              operator_only=True, errors=(403, 404, 409), description=_DECIDE),
+              operator_only=True, errors=(403, 404, 409), description=_DECIDE,
+              writes=True, waits=True),
     Operation("POST", "/admin/v1/subscriptions/{tenant}/{model}/reject", "subscriptions_reject",
               "Reject a pending request (reason required)", "subscriptions", Subscription,
-              body=wire.ReasonBody, operator_only=True, errors=(403, 404, 409), description=_DECIDE),
+              body=wire.ReasonBody, operator_only=True, errors=(403, 404, 409), description=_DECIDE,
+              writes=True, waits=True),
     Operation("POST", "/admin/v1/subscriptions/{tenant}/{model}/revoke", "subscriptions_revoke",
               "Revoke an approved subscription (reason required)", "subscriptions", Subscription,
-              body=wire.ReasonBody, operator_only=True, errors=(403, 404, 409), description=_DECIDE),
+              body=wire.ReasonBody, operator_only=True, errors=(403, 404, 409), description=_DECIDE,
+              writes=True, waits=True),
     # audit
     Operation("GET", "/admin/v1/audit", "audit_list", "The audit log: who did what, when and why", "audit",
               wire.AuditList,

@@ -10,7 +10,7 @@ where they come from (``source``: ``"api"`` for the store, ``"config"`` for the 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -25,6 +25,9 @@ from gateway.store.models import (
 )
 
 __all__ = [
+    "LIMITS",
+    "MAX_REASON",
+    "ONE_LINE",
     "AuditList",
     "CreatedKey",
     "Deleted",
@@ -52,6 +55,68 @@ def _all() -> list[str]:
     return ["*"]
 
 
+# -- input bounds ------------------------------------------------------------------------------------------
+#
+# What a request body may hold: every free-text field is bounded and one line (no control characters: a
+# name, label or reason is shown in CLI tables and log lines, where a newline or an escape sequence would
+# forge output); identifiers have their character sets. The bounds are ``msgspec.Meta`` on the request
+# Structs, so decoding enforces them (400 ``invalid_argument`` naming the field, worded by ``LIMITS``) and
+# the OpenAPI document shows them (``maxLength``, ``pattern``, ``maxItems``, ``maxProperties``).
+
+
+def _whole(body: str) -> str:
+    """A pattern the whole value must match. Not ``$``: in Python (msgspec checks with ``re.search``) it
+    also matches before a final newline; "no character follows" means the same in Python and ECMA regexes
+    (the OpenAPI document's dialect)."""
+    return f"^{body}(?![\\s\\S])"
+
+
+#: one line of text: no C0 control characters and no DEL
+ONE_LINE = _whole(r"[^\x00-\x1f\x7f]*")
+_TENANT_ID = _whole(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_LABEL_KEY = _whole(r"[A-Za-z_][A-Za-z0-9_.:/-]{0,62}")
+
+MAX_NAME = 200
+MAX_REASON = 1000
+MAX_MODEL = 256
+MAX_LABEL_VALUE = 256
+MAX_LABELS = 64
+MAX_REFERENCE = 128
+MAX_MODELS = 256
+
+TenantId = Annotated[str, msgspec.Meta(pattern=_TENANT_ID, description="1-64 of A-Z a-z 0-9 . _ -")]
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME, pattern=ONE_LINE)]
+Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON, pattern=ONE_LINE)]
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL, pattern=ONE_LINE)]
+ModelPatterns = Annotated[list[ModelName], msgspec.Meta(max_length=MAX_MODELS)]
+Endpoints = Annotated[list[str], msgspec.Meta(max_length=8)]
+#: the name of a limit policy or budget of the config file (any non-empty TOML key there)
+Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REFERENCE, pattern=ONE_LINE)]
+LabelKey = Annotated[str, msgspec.Meta(pattern=_LABEL_KEY)]
+LabelValue = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_VALUE, pattern=ONE_LINE)]
+Labels = Annotated[dict[LabelKey, LabelValue], msgspec.Meta(max_length=MAX_LABELS)]
+
+#: field name -> what it takes, for the 400 of a value out of bounds (msgspec's own words name the regex)
+LIMITS = {
+    "id": "a tenant id is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    "tenant": "a tenant id is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    "name": f"a name is one line of at most {MAX_NAME} characters (no control characters)",
+    "reason": f"a reason is one line of at most {MAX_REASON} characters (no control characters)",
+    "model": f"a model name is one line of 1 to {MAX_MODEL} characters (no control characters)",
+    "allowed_models": (
+        f"allowed_models holds at most {MAX_MODELS} model names or patterns, each one line of 1 to "
+        f"{MAX_MODEL} characters"
+    ),
+    "allowed_endpoints": "allowed_endpoints holds at most 8 of *, chat, completions, embeddings, models",
+    "limit_policy": f"a limit policy name is one line of 1 to {MAX_REFERENCE} characters",
+    "budget": f"a budget name is one line of 1 to {MAX_REFERENCE} characters",
+    "labels": (
+        f"labels are at most {MAX_LABELS} pairs; a label name is 1-63 letters, digits, '_', '.', ':', '/' or "
+        f"'-' starting with a letter or '_', a value one line of at most {MAX_LABEL_VALUE} characters"
+    ),
+}
+
+
 class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A request body: unknown fields are refused (a typo is a 400, never silently ignored)."""
 
@@ -65,25 +130,30 @@ class _View(msgspec.Struct, frozen=True, kw_only=True):
 
 class ReasonBody(_Body, frozen=True, kw_only=True):
     #: why: recorded in the audit log
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class TenantCreate(_Body, frozen=True, kw_only=True):
-    id: str
+    id: TenantId
     #: display name (default: the id)
-    name: str | None = None
+    name: Name | None = None
     #: model names or glob patterns this tenant's keys may use at most
-    allowed_models: list[str] = msgspec.field(default_factory=_all)
-    limit_policy: str | None = None
-    budget: str | None = None
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
-    reason: str | None = None
+    allowed_models: ModelPatterns = msgspec.field(default_factory=_all)
+    limit_policy: Reference | None = None
+    budget: Reference | None = None
+    labels: Labels = msgspec.field(default_factory=dict)
+    reason: Reason | None = None
 
 
 class TenantPatch(TenantUpdate, frozen=True, kw_only=True):
     """Fields left out are not changed."""
 
-    reason: str | None = None
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    allowed_models: ModelPatterns | msgspec.UnsetType = msgspec.UNSET
+    limit_policy: Reference | msgspec.UnsetType | None = msgspec.UNSET
+    budget: Reference | msgspec.UnsetType | None = msgspec.UNSET
+    labels: Labels | msgspec.UnsetType = msgspec.UNSET
+    reason: Reason | None = None
 
     def update(self) -> TenantUpdate:
         return TenantUpdate(**{f: getattr(self, f) for f in TenantUpdate.__struct_fields__})
@@ -91,24 +161,30 @@ class TenantPatch(TenantUpdate, frozen=True, kw_only=True):
 
 class KeyCreate(_Body, frozen=True, kw_only=True):
     #: the owning tenant; a tenant admin may leave it out (its own tenant)
-    tenant: str | None = None
-    name: str = ""
+    tenant: TenantId | None = None
+    name: Name = ""
     #: model names or glob patterns (``["*"]``: whatever the tenant may use)
-    allowed_models: list[str] = msgspec.field(default_factory=_all)
+    allowed_models: ModelPatterns = msgspec.field(default_factory=_all)
     #: "chat", "completions", "embeddings", "models", or "*"
-    allowed_endpoints: list[str] = msgspec.field(default_factory=_all)
-    #: Unix seconds after which the key stops working
+    allowed_endpoints: Endpoints = msgspec.field(default_factory=_all)
+    #: Unix seconds after which the key stops working; must be in the future
     expires_at: float | None = None
-    limit_policy: str | None = None
-    budget: str | None = None
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
-    reason: str | None = None
+    limit_policy: Reference | None = None
+    budget: Reference | None = None
+    labels: Labels = msgspec.field(default_factory=dict)
+    reason: Reason | None = None
 
 
 class KeyPatch(KeyUpdate, frozen=True, kw_only=True):
     """Fields left out are not changed; ``expires_at: null`` removes the expiry."""
 
-    reason: str | None = None
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    allowed_models: ModelPatterns | msgspec.UnsetType = msgspec.UNSET
+    allowed_endpoints: Endpoints | msgspec.UnsetType = msgspec.UNSET
+    limit_policy: Reference | msgspec.UnsetType | None = msgspec.UNSET
+    budget: Reference | msgspec.UnsetType | None = msgspec.UNSET
+    labels: Labels | msgspec.UnsetType = msgspec.UNSET
+    reason: Reason | None = None
 
     def update(self) -> KeyUpdate:
         return KeyUpdate(**{f: getattr(self, f) for f in KeyUpdate.__struct_fields__})
@@ -117,15 +193,15 @@ class KeyPatch(KeyUpdate, frozen=True, kw_only=True):
 class RotateBody(_Body, frozen=True, kw_only=True):
     #: how long the replaced secret keeps working (default: ``[auth] rotation_grace``); 0: not at all
     grace_seconds: float | None = None
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class SubscriptionCreate(_Body, frozen=True, kw_only=True):
     #: the subscribing tenant; a tenant admin may leave it out (its own tenant)
-    tenant: str | None = None
+    tenant: TenantId | None = None
     #: a model of the config marked ``approval = "required"``
-    model: str
-    reason: str | None = None
+    model: ModelName
+    reason: Reason | None = None
 
 
 # -- views -------------------------------------------------------------------------------------------------

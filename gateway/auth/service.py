@@ -16,6 +16,11 @@ Theory of operation (one ``KeyService`` per worker process):
 Change notifications come from the store: SQLite's ``PRAGMA data_version`` polled every
 ``poll_interval`` (0.2 s by default), Redis pub/sub at once. So a revoked key is refused by every worker
 of every node within about ``poll_interval`` plus the time to read a snapshot.
+
+Each swap of the table is also published in the worker's mark in the node's directory
+(``gateway.auth.applied``): the admin API of the node reads the marks after each write and answers once
+every worker's table holds it, so that a change made through it is in force on the whole node when the
+answer arrives. The mark is made before the first snapshot is read (the module says why that is exact).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import logging
 import time
 
+from gateway.auth.applied import AppliedMark, node_directory
 from gateway.auth.keyformat import Digester
 from gateway.auth.table import KeyTable
 from gateway.config import Config, resolve_secret
@@ -56,6 +62,8 @@ class KeyService:
         #: costs one store lookup per id per second at most)
         self._unknown: dict[str, float] = {}
         self.ready = asyncio.Event()
+        #: this worker's mark in the node's directory (None outside ``gateway serve``, or when it failed)
+        self._mark: AppliedMark | None = None
 
     @staticmethod
     def _pepper(config: Config) -> bytes:
@@ -73,6 +81,7 @@ class KeyService:
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._open_mark()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._run()))
         self._tasks.append(loop.create_task(self._touch_loop()))
@@ -87,6 +96,9 @@ class KeyService:
             with contextlib.suppress(BaseException):
                 await t
         self._tasks.clear()
+        if self._mark is not None:
+            self._mark.close()
+            self._mark = None
         await self._flush_last_used()
         if self._store is not None and self._own_store:
             with contextlib.suppress(Exception):
@@ -105,6 +117,16 @@ class KeyService:
 
     # -- keeping the table current -------------------------------------------------------------------
 
+    def _open_mark(self) -> None:
+        directory = node_directory()
+        if directory is None or self._mark is not None:
+            return
+        try:
+            self._mark = AppliedMark.create(directory)
+        except OSError as exc:
+            log.warning("cannot publish this worker's key table version in %s (%s): the admin API will not "
+                        "wait for this worker to apply its changes", directory, exc)
+
     async def _open(self) -> Store:
         st = self._config.store
         return await open_store(StoreOptions(
@@ -122,6 +144,15 @@ class KeyService:
                 return
             self.table = self._build(snap)
             self._snapshot_version = snap.version
+            if self._mark is not None:
+                self._publish(self._mark, snap.version)
+
+    @staticmethod
+    def _publish(mark: AppliedMark, version: int) -> None:
+        try:
+            mark.publish(version)
+        except OSError as exc:  # the admin API then answers that this worker is late
+            log.warning("cannot publish this worker's key table version: %s", exc)
 
     async def _run(self) -> None:
         failures = 0

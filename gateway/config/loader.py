@@ -626,6 +626,7 @@ def _auth_problems(config: Config) -> Iterator[_Problem]:
     yield from _positive_durations(("store",), st, ("poll_interval", "busy_timeout"))
 
     ad = config.admin
+    yield from _positive_durations(("admin",), ad, ("apply_timeout",))
     if not 1 <= ad.port <= 65535:
         yield _Problem(("admin", "port"), f"must be between 1 and 65535, found {ad.port}")
     elif ad.enabled and ad.port == config.server.port and ad.host == config.server.host:

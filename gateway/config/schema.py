@@ -265,6 +265,8 @@ class AdminConfig(_Base, frozen=True):
     operator_token: str | None = None
     #: tenant id -> digest of that tenant's admin bearer token (manages only that tenant)
     tenant_tokens: dict[str, str] = msgspec.field(default_factory=dict)
+    #: how long a write waits for every worker of the node to apply it before answering (seconds)
+    apply_timeout: float = 5.0
 
 
 class MetricsConfig(_Base, frozen=True):

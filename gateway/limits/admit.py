@@ -99,6 +99,8 @@ _INF = math.inf
 #: principals (key table entries) and plans (models per principal) kept before the cache starts anew
 _MAX_PRINCIPALS = 50_000
 _MAX_PLANS = 256
+#: dollars below which a hold is rounding noise (as in ``gateway.limits.reserve``)
+_HELD_EPSILON = 1e-12
 #: an alert claim's bucket refills in about this long: longer than any period, so one claim per period
 _CLAIM_REFILL = 40 * 86400.0
 
@@ -1083,8 +1085,13 @@ def _downgraded_by(rule: BudgetRule, served: str) -> bool:
 
 def _reservation_error(rule: BudgetRule, counter: BudgetCounter, amount: float) -> QuotaExceeded:
     """The 429 of a reservation that did not fit: the budget is spent, or cannot cover this request (retry
-    will not help: lower ``max_tokens``), or what is left is reserved by requests in flight (it may be
-    free again in a moment)."""
+    will not help: lower ``max_tokens``), or what is left is held (it may be free again in a moment).
+
+    Held by whom, told as far as this worker knows it: its own requests in flight by count and amount;
+    the other workers' holds only as a sum, since a hold may cover their requests in flight, spend they
+    settled and have not counted in the shared counter yet (right after a budget runs out, it is often
+    just that), or a spare they give back within seconds. Never "requests in flight" when there is none
+    here and the rest is other workers' holds of unknown use."""
     view = rule.view
     spent_day = max(counter.spent_day, view.spent_day)
     spent_month = max(counter.spent_month, view.spent_month)
@@ -1096,7 +1103,8 @@ def _reservation_error(rule: BudgetRule, counter: BudgetCounter, amount: float) 
         spent, limit, period = spent_day, rule.limit_day, "today (UTC)"
     else:
         spent, limit, period = spent_month, rule.limit_month, "this month (UTC)"
-    if spent + amount > limit:
+    held = _held_by(counter)
+    if spent + amount > limit or not held:  # not held: the amounts alone refused it (up to rounding)
         return QuotaExceeded(
             f"Budget {rule.name} of {rule.where} cannot cover this request: it may cost up to {amount:.6f} "
             f"USD (its prompt and max_tokens at the model's prices) and {limit - spent:.6f} of {limit:.4f} "
@@ -1105,11 +1113,25 @@ def _reservation_error(rule: BudgetRule, counter: BudgetCounter, amount: float) 
             headers=[("x-should-retry", "false")],
         )
     return QuotaExceeded(
-        f"Budget {rule.name} of {rule.where} is reserved by requests in flight: {spent:.6f} USD spent and "
-        f"{counter.holds:.6f} USD reserved of {limit:.4f} USD {period}; this request may cost up to "
-        f"{amount:.6f} USD. Try again when they have finished.",
+        f"Budget {rule.name} of {rule.where} has no room for this request now: {spent:.6f} USD counted as "
+        f"spent {period} and {' and '.join(held)}, of {limit:.4f} USD; this request may cost up to "
+        f"{amount:.6f} USD. Try again in a moment.",
         headers=retry_headers(1.0),
     )
+
+
+def _held_by(counter: BudgetCounter) -> list[str]:
+    """What holds part of a budget besides its counted spend, as far as this worker knows (see
+    ``_reservation_error``)."""
+    held: list[str] = []
+    if counter.inflight > 0 and counter.used > _HELD_EPSILON:
+        held.append(f"{counter.used:.6f} USD reserved by {counter.inflight} request(s) in flight on this "
+                    "worker")
+    others = counter.holds - counter.held
+    if others > _HELD_EPSILON:
+        held.append(f"{others:.6f} USD held by other workers (for their requests in flight, spend they have "
+                    "not counted yet, or a spare they give back within seconds)")
+    return held
 
 
 def _quota_error(rule: BudgetRule, why: str, spent: float | None = None) -> QuotaExceeded:

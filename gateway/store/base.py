@@ -547,15 +547,20 @@ def updated_key(key: ApiKey, update: KeyUpdate, now: float) -> ApiKey:
 
 
 def revoked_key(key: ApiKey, now: float) -> ApiKey | None:
-    """The revoked key, or None when it already is (nothing to write)."""
+    """The revoked key, or None when it already is (nothing to write).
+
+    A rotated-out secret's grace ends with the revocation, but its digest is kept: the data plane must
+    still know that secret as this key's, to answer it ``api_key_revoked`` like the current one rather than
+    ``invalid_api_key`` as if it were a made-up key.
+    """
     if key.state == "revoked":
         return None
+    until = key.previous_valid_until
     return msgspec.structs.replace(
         key,
         state="revoked",
         revoked_at=now,
-        previous_digest=None,
-        previous_valid_until=None,
+        previous_valid_until=None if until is None else min(until, now),
         updated_at=now,
     )
 

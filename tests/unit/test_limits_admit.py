@@ -836,7 +836,7 @@ def test_reservations_are_seen_by_every_worker_at_once(tmp_path: Path) -> None:
         # about 0.006 USD at most each (6000 completion tokens); the budget is 0.01 a day
         ctx = await admit(a, Ctx(key, model="priced", max_tokens=6000))
         err = await refused(b, Ctx(key, model="priced", max_tokens=6000))
-        assert isinstance(err, QuotaExceeded) and "reserved by requests in flight" in err.message
+        assert isinstance(err, QuotaExceeded) and "held by other workers" in err.message
         assert dict(err.headers).get("retry-after") and ("x-should-retry", "false") not in err.headers
         assert json.loads(err.to_body())["error"]["code"] == "insufficient_quota"
         a.phase.on_settle(ctx.answered(Usage(1000, 0, 1000), upstream_model="gpt-4o"))  # cost 0.001

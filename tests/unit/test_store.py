@@ -504,8 +504,10 @@ def test_revoke_key(backend: Backend) -> None:
             clock.now += 2
             revoked = await store.revoke_key(key.id, actor="op", reason="leaked")
             assert (revoked.state, revoked.revoked_at, revoked.updated_at) == ("revoked", clock.now, clock.now)
-            # a revoked key keeps no grace for its previous secret
-            assert revoked.previous_digest is None and revoked.digests_at(clock.now) == (revoked.digest,)
+            # a revoked key keeps no grace for its previous secret, but knows its digest (the data plane
+            # answers that secret api_key_revoked too)
+            assert revoked.previous_digest is not None and revoked.previous_valid_until == clock.now
+            assert revoked.digests_at(clock.now) == (revoked.digest,)
             assert revoked.status(clock.now) == "revoked"
             assert await store.get_key(key.id) == revoked
             version = await store.change_version()
