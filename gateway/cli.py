@@ -69,13 +69,15 @@ def _not_compiled() -> list[str]:
 
 
 def _warn_if_not_compiled() -> None:
+    from gateway._core import NO_EXTENSIONS
+
     missing = _not_compiled()
     if missing:
-        log.warning(
-            "!!! THE COMPILED CORE IS NOT IN USE: %s run as pure Python, slower on every request. "
-            "Reinstall with a C compiler available (GATEWAY_REQUIRE_EXTENSIONS=1 makes the build fail "
-            "instead), and unset GATEWAY_NO_EXTENSIONS. !!!", ", ".join(missing),
-        )
+        why = ("GATEWAY_NO_EXTENSIONS=1 is set" if NO_EXTENSIONS else
+               "reinstall with a C compiler and the Python headers available (with "
+               "GATEWAY_REQUIRE_EXTENSIONS=1 the install fails instead of falling back)")
+        log.warning("!!! THE COMPILED CORE IS NOT IN USE: %s run as pure Python, slower on every "
+                    "request; %s !!!", ", ".join(missing), why)
 
 
 class _VersionAction(argparse.Action):

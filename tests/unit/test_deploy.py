@@ -381,18 +381,19 @@ def test_the_cluster_example_runs_against_a_local_redis_and_mock() -> None:
 
 
 def doc_commands(path: Path) -> list[str]:
-    """Every ``gateway ...`` command line in the fenced shell blocks of ``path`` (continuations joined)."""
+    """Every ``gateway ...`` command line in the fenced shell blocks of ``path`` (continuations joined),
+    and the ``ExecStart=`` of its systemd units."""
     out = []
-    for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", path.read_text(), re.S):
+    for block in re.findall(r"```(?:bash|sh|console|ini)\n(.*?)```", path.read_text(), re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #", 1)[0].strip()
-            for part in re.split(r"&&|\|\||;|\|", line):
+            line = line.split(" #", 1)[0].strip().removeprefix("ExecStart=")
+            for part in re.split(r"&&|\|\||;|\||&", line):
                 part = part.strip()
                 words = shlex.split(part) if part else []
                 while words and "=" in words[0] and not words[0].startswith("-"):
                     words = words[1:]  # VAR=value before the command
-                if words[:1] == ["gateway"]:
-                    out.append(" ".join(words))
+                if words and (words[0] == "gateway" or words[0].endswith("/bin/gateway")):
+                    out.append(" ".join(["gateway", *words[1:]]))
     return out
 
 
