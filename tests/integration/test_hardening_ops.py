@@ -25,6 +25,7 @@ from .helpers import (
     assert_openai_error,
     assert_serves,
     chat_request,
+    children_of,
     free_port,
     gateway_toml,
     http_request,
@@ -103,6 +104,32 @@ def test_serve_is_quiet_about_a_compiled_core(tmp_path: Path, mock_port: int) ->
         assert_serves(proc.port)
         # the environment of the tests decides; CI builds the core and requires it
         assert (WARNING in proc.logs(records=False)) == bool(missing), missing
+    finally:
+        proc.stop()
+
+
+# -- the default worker count ----------------------------------------------------------------------------
+
+PINNED = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+          "from gateway.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_workers_default_to_the_cpus_the_process_may_use(tmp_path: Path, mock_port: int) -> None:
+    """Pinned to one CPU of several, ``gateway serve`` without --workers starts one worker, not one per
+    core of the machine (the cgroup quota takes the same path: tests/unit/test_cpus.py)."""
+    config = tmp_path / "pinned.toml"
+    config.write_text(gateway_toml(mock_port))
+    port = free_port()
+    proc = ServerProcess("gateway-pinned", ["serve", "--config", str(config), "--host", "127.0.0.1",
+                                            "--port", str(port)], tmp_path, port, env={"MOCK_KEY": MOCK_KEY})
+    proc.args = [sys.executable, "-c", PINNED, *proc.args[3:]]
+    proc.start()
+    try:
+        proc.wait_ready("/readyz")
+        assert_serves(proc.port)
+        assert "with 1 worker(s)" in proc.logs(records=False), proc.logs()
+        assert proc.pid is not None
+        assert len(children_of(proc.pid)) == 1
     finally:
         proc.stop()
 
