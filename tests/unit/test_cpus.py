@@ -60,23 +60,24 @@ def test_affinity_below_the_quota_wins(tmp_path: Path) -> None:
     assert default_workers(proc, affinity=3) == 3
 
 
-def test_v2_host_path_with_the_quota_on_an_ancestor(tmp_path: Path) -> None:
-    # systemd: the process's own cgroup has no limit, its slice has 2 CPUs; the root has no cpu.max
+@pytest.mark.parametrize(
+    ("parent", "leaf", "limit", "workers"),
+    [
+        # systemd: the service's own cgroup has no limit, its slice has 2 CPUs (the root has no cpu.max)
+        ("200000 100000", "max 100000", 2.0, 2),
+        # the tightest wins, wherever it is: half a CPU on the pod is still one worker
+        ("400000 100000", "50000 100000", 0.5, 1),
+    ],
+)
+def test_v2_quota_on_the_cgroup_or_an_ancestor(
+    tmp_path: Path, parent: str, leaf: str, limit: float, workers: int
+) -> None:
     fs = tmp_path / "cgroup"
-    write(fs / "system.slice", cpu__max="200000 100000")
-    write(fs / "system.slice" / "gateway.service", cpu__max="max 100000")
+    write(fs / "system.slice", cpu__max=parent)
+    write(fs / "system.slice" / "gateway.service", cpu__max=leaf)
     proc = fake_proc(tmp_path, "0::/system.slice/gateway.service\n", [v2_mount(fs)])
-    assert cgroup_cpu_limit(proc) == 2.0
-    assert default_workers(proc, affinity=16) == 2
-
-
-def test_the_tightest_of_the_process_and_its_ancestors(tmp_path: Path) -> None:
-    fs = tmp_path / "cgroup"
-    write(fs / "kubepods", cpu__max="400000 100000")
-    write(fs / "kubepods" / "pod1", cpu__max="50000 100000")
-    proc = fake_proc(tmp_path, "0::/kubepods/pod1\n", [v2_mount(fs)])
-    assert cgroup_cpu_limit(proc) == 0.5
-    assert default_workers(proc, affinity=8) == 1  # half a CPU: still one worker
+    assert cgroup_cpu_limit(proc) == limit
+    assert default_workers(proc, affinity=16) == workers
 
 
 def test_v2_mount_whose_root_is_the_containers_own_cgroup(tmp_path: Path) -> None:
