@@ -7,8 +7,12 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("gateway.cli")
 
 
 def _setup_logging(level: str) -> None:
@@ -34,9 +38,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     srv = config.server
     host = args.host or srv.host
     port = srv.port if args.port is None else args.port
+    try:
+        _warn_if_not_compiled()
+    except ImportError as exc:  # GATEWAY_REQUIRE_EXTENSIONS=1 and a module is not compiled
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
     workers = args.workers if args.workers is not None else srv.workers
     if workers <= 0:
-        workers = os.cpu_count() or 1
+        from gateway.server.cpus import default_workers
+
+        workers = default_workers()  # the CPUs this process may use: affinity and cgroup quota
+    from gateway.server.cpus import ENV_WORKERS
+
+    os.environ[ENV_WORKERS] = str(workers)  # the workers' per-worker shares divide by the count started
     frontend = args.server or srv.frontend
     if frontend == "granian":
         from gateway.server.rsgi import serve_granian
@@ -45,6 +59,45 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server.supervisor import Supervisor
 
     return Supervisor(config, args.config, workers, host, port).run()
+
+
+def _not_compiled() -> list[str]:
+    """The modules of the compiled core that run as pure Python in this process."""
+    from gateway._core import compiled
+
+    return sorted(name for name, is_compiled in compiled().items() if not is_compiled)
+
+
+def _warn_if_not_compiled() -> None:
+    from gateway._core import NO_EXTENSIONS
+
+    missing = _not_compiled()
+    if missing:
+        why = ("GATEWAY_NO_EXTENSIONS=1 is set" if NO_EXTENSIONS else
+               "reinstall with a C compiler and the Python headers available (with "
+               "GATEWAY_REQUIRE_EXTENSIONS=1 the install fails instead of falling back)")
+        log.warning("!!! THE COMPILED CORE IS NOT IN USE: %s run as pure Python, slower on every "
+                    "request; %s !!!", ", ".join(missing), why)
+
+
+class _VersionAction(argparse.Action):
+    """``gateway --version``: the installed package's version and whether its core is compiled."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            release = version("llm-gateway")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from gateway import __version__ as release
+        missing = _not_compiled()
+        core = "compiled" if not missing else "NOT compiled (pure Python: " + ", ".join(missing) + ")"
+        print(f"llm-gateway {release}, core {core}, Python {sys.version.split()[0]}")
+        parser.exit()
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -63,15 +116,19 @@ def _cmd_mock(args: argparse.Namespace) -> int:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option of ``gateway`` (the docs' tests parse their command lines with it)."""
     parser = argparse.ArgumentParser(
         prog="gateway", description="llm-gateway: an OpenAI-compatible AI gateway"
     )
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version and whether the compiled core is in use, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway")
     p.add_argument("--config", "-c", help="TOML config file (default: the embedded mock config)")
-    p.add_argument("--workers", "-w", type=int, help="worker processes (default: server.workers, 0 = cores)")
+    p.add_argument("--workers", "-w", type=int,
+                   help="worker processes (default: server.workers; 0 = one per CPU usable: affinity, quota)")
     p.add_argument("--host", help="bind address (default: server.host)")
     p.add_argument("--port", "-p", type=int, help="port (default: server.port)")
     p.add_argument("--server", choices=["native", "granian"], help="front end (default: server.frontend)")
@@ -94,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.admin.cli import add_commands
 
     add_commands(sub)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

@@ -40,6 +40,7 @@ from gateway.providers.openai import OpenAITranslator
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
+from gateway.server.cpus import worker_count
 from gateway.server.pool import OriginPool
 from gateway.wire import (
     EmbeddingRequest,
@@ -126,7 +127,7 @@ class Runtime:
         self.translators = translators
         self.models: dict[str, ModelEntry] = {}
         routings = {name: m.routing() for name, m in config.models.items()}
-        workers = config.server.workers or os.cpu_count() or 1
+        workers = worker_count(config.server.workers)
         self.routers: dict[str, Router] = build_routers(
             routings, workers=workers, previous=previous.routers if previous is not None else None
         )

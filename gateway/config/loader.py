@@ -507,6 +507,9 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _positive_durations(
         ("server",), s, ("header_timeout", "body_timeout", "keepalive_timeout", "drain_timeout")
     )
+    if math.isfinite(s.drain_timeout) and not (0.0 <= s.drain_delay < s.drain_timeout):  # refuses nan
+        yield _Problem(("server", "drain_delay"), f"must be 0 or more and below drain_timeout "
+                       f"({_num(s.drain_timeout)}), found {_num(s.drain_delay)}")
     if not s.overhead_header or not _HEADER_NAME.match(s.overhead_header):
         yield _Problem(("server", "overhead_header"), "must be a valid HTTP header name")
     if (s.tls_cert is None) != (s.tls_key is None):

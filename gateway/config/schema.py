@@ -62,6 +62,9 @@ class ServerConfig(_Base, frozen=True):
     keepalive_timeout: float = 75.0
     #: on SIGTERM, in-flight requests and streams get this long to finish
     drain_timeout: float = 30.0
+    #: native front end: the first part of drain_timeout during which a draining worker still accepts and
+    #: serves new requests while /readyz answers 503, so load balancers that probe it stop sending first
+    drain_delay: float = 0.0
     #: header carrying the gateway's own processing time in milliseconds
     overhead_header: str = "x-gateway-overhead-ms"
     #: granian front end only: TLS certificate and key (PEM) to serve HTTPS

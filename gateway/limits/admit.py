@@ -58,7 +58,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -83,6 +82,7 @@ from gateway.limits.shared import (
 from gateway.limits.stats import LimitStats
 from gateway.limits.tokens import TokenCounter, tokens_of_kind
 from gateway.phases import Phase
+from gateway.server.cpus import worker_count
 from gateway.store.base import Store
 from gateway.wire import Usage
 
@@ -1168,7 +1168,7 @@ class LimitService:
         self.config = config
         self.worker = worker
         self.stats = LimitStats()
-        self.workers = config.server.workers or os.cpu_count() or 1
+        self.workers = worker_count(config.server.workers)
         self._own_source = source is None
         self.source = source if source is not None else _open_source(config)
         self.client = LeaseClient(self.source, workers=self.workers)

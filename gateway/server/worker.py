@@ -1,8 +1,9 @@
 """One worker process: a uvloop loop that owns its SO_REUSEPORT listener, its app and its pools.
 
 Signals (sent by the supervisor, or by an operator to a single worker):
-  SIGTERM, SIGINT  drain: stop accepting, let in-flight requests and streams finish up to
-                   ``server.drain_timeout``, then exit 0.
+  SIGTERM, SIGINT  drain: /readyz answers 503; after ``server.drain_delay`` (0: at once) stop accepting,
+                   let in-flight requests and streams finish up to ``server.drain_timeout`` from the
+                   signal, then exit 0.
   SIGHUP           reload the config file; a file that fails validation is logged and ignored.
 """
 
@@ -81,12 +82,17 @@ async def serve_app(
     if ready is not None:
         ready()
     await stop.wait()
+    if hasattr(app, "draining"):
+        app.draining = True  # /readyz answers 503 from now on
+    if srv.drain_delay > 0:
+        # still accepting and serving, so that load balancers probing /readyz see the 503 and stop sending
+        # before new connections are refused; part of drain_timeout (the supervisor's deadline)
+        log.info("draining: /readyz answers 503; accepting for %.1f s more", srv.drain_delay)
+        await asyncio.sleep(srv.drain_delay)
     # drain: stop accepting, close idle connections, let in-flight requests finish
     server.close()
-    if hasattr(app, "draining"):
-        app.draining = True
     state.begin_drain()
-    drained = await state.wait_drained(srv.drain_timeout)
+    drained = await state.wait_drained(srv.drain_timeout - srv.drain_delay)
     if not drained:
         log.warning("drain deadline passed with %d connections open; closing them", len(state.connections))
     state.stop()
