@@ -640,7 +640,7 @@ class AdmitPhase(Phase):
         if verdict == RESERVED:
             return self._with_reservation(ctx, principal, served, (amount, counters), completion)
         if verdict == UNCHECKED:
-            return self._with_reservation(ctx, principal, served, None, completion)
+            return self._views_alone(ctx, principal, served, asked, amount, completion, counters)
         return self._reserve_slow(ctx, principal, served, asked, amount, completion, counters)
 
     async def _reserve_slow(self, ctx: Context, principal: _Principal, served: str, asked: str, amount: float,
@@ -658,12 +658,24 @@ class AdmitPhase(Phase):
         elif verdict == RESERVED:
             out = self._with_reservation(ctx, principal, served, (amount, counters), completion)
         elif verdict == UNCHECKED:
-            out = self._with_reservation(ctx, principal, served, None, completion)
+            out = self._views_alone(ctx, principal, served, asked, amount, completion, counters)
         else:  # ASK: the counters stayed contended for every round (a very busy worker): try again soon
             raise RateLimited("Too many requests are reserving against the same budget at once. Try again "
                               "shortly.", headers=retry_headers(0.25))
         if out is not None:
             await out
+
+    def _views_alone(self, ctx: Context, principal: _Principal, served: str, asked: str, amount: float,
+                     completion: int, counters: tuple[BudgetCounter, ...]) -> Awaitable[None] | None:
+        """Nothing can be reserved (the shared state is unavailable): the spend views decide alone. A budget
+        whose view cannot cover the request's estimate refuses it (or downgrades), as a reservation that
+        did not fit would; a budget that refused as spent before the loss keeps refusing."""
+        for rule, counter in principal.holds:
+            view = rule.view
+            if counter in counters and (view.spent_day + amount > rule.limit_day
+                                        or view.spent_month + amount > rule.limit_month):
+                return self._reservation_refused(ctx, principal, counter, served, asked, amount)
+        return self._with_reservation(ctx, principal, served, None, completion)
 
     def _unreserve_after_cancel(self, task: asyncio.Future[BudgetCounter | int],
                                 counters: tuple[BudgetCounter, ...], amount: float) -> None:
