@@ -15,48 +15,25 @@ from pathlib import Path
 
 import redisproc
 
-from gateway.auth import digest, format_key
-
 from .conftest import StartGateway
-from .helpers import RawClient, Response, assert_openai_error, chat_request, gateway_toml, wait_for
+from .helpers import RawClient, Response, assert_openai_error, chat_request, wait_for
+from .test_limits import BUDGET, KEY, MAX_TOKENS, limits_toml
+from .test_limits import send as send_as
 
-KEY_ID = "hardenkeyaaa"
-SECRET = "H" * 43
-KEY = format_key(KEY_ID, SECRET)
 AUTH = [("Authorization", f"Bearer {KEY}")]
-
-#: one worker, spend and shared state on Redis; mock-1 priced so that a budget of 0.05 USD covers about
-#: ten requests of ``max_tokens = 50``
-BUDGET = f"""
-[auth]
-required = true
-[[auth.keys]]
-id = "{KEY_ID}"
-digest = "{digest(SECRET, b'')}"
-tenant = "team"
-[tenants.team]
-budget = "daily"
-[limits.budgets.daily]
-usd_per_day = 0.05
-action = "block"
-[pricing."mock-1"]
-input = 100.0
-output = 100.0
-"""
-MAX_TOKENS = 50
 
 
 def send(port: int) -> Response:
-    with RawClient(port) as c:
-        return c.request(chat_request(headers=[("Connection", "close"), *AUTH], max_tokens=MAX_TOKENS))
+    """A request of the budgeted key (mock-1 priced so that its budget covers about 17 of them)."""
+    return send_as(port, headers=AUTH, max_tokens=MAX_TOKENS)
 
 
 def test_a_spent_budget_still_blocks_while_the_shared_state_is_down(
     start_gateway: StartGateway, mock_port: int
 ) -> None:
     with redisproc.start() as redis:
-        text = gateway_toml(mock_port) + f'\n[store]\nurl = "{redis.url}"\n' + BUDGET
-        gw = start_gateway(text, workers=1, name="budget-redis-down")
+        # one worker: spend and shared state on Redis
+        gw = start_gateway(limits_toml(mock_port, redis.url, BUDGET), workers=1, name="budget-redis-down")
 
         # spend the budget one request at a time, until the budget itself refuses (not to be retried)
         admitted = 0
@@ -104,9 +81,7 @@ requests_per_second = 3
 burst = 0.1
 lease = 1
 """
-    db = tmp_path / "gateway.db"
-    text = gateway_toml(mock_port) + f'\n[store]\nurl = "sqlite://{db}"\n' + paced
-    gw = start_gateway(text, workers=1, name="paced")
+    gw = start_gateway(limits_toml(mock_port, f"sqlite://{tmp_path / 'gateway.db'}", paced), name="paced")
     with RawClient(gw.port) as c:
         first = c.request(chat_request())
         second = c.request(chat_request())  # a third of a second later at most: refused

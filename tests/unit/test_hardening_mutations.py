@@ -6,123 +6,33 @@
   a budget they know cannot cover a request refuses it (``block``) or serves the downgrade model, as a
   reservation that did not fit would; a request that fits is still served.
 
-The service is driven as in ``test_limits_admit.py``: small fake callers straight through
-``LimitService.phase``, the shared state a real table file beside a SQLite store, made unreachable for
-budgets at the test's word.
+The service is driven with the fake callers of ``test_limits_admit.py`` straight through
+``LimitService.phase``; the shared state is a real table file beside a SQLite store, whose budget
+counters become unreachable at the test's word.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import pytest
 
-from gateway.config import Config, load_config_text
-from gateway.errors import GatewayError, RateLimited
+# the fake callers and helpers of the admit phase's own tests (this directory is on sys.path in a run)
+from test_limits_admit import BUDGET, Ctx, Key, Tenant, admit, config, refused, started
+
+from gateway.config import Config
+from gateway.errors import RateLimited
 from gateway.limits.admit import LimitService
 from gateway.limits.contract import QuotaExceeded, retry_headers
 from gateway.limits.shared import BudgetGrant, BudgetOp, SharedStateUnavailable
 from gateway.limits.shared_local import LocalLeaseSource
-from gateway.wire import ChatRequest, Usage
-
-BASE = """
-[log]
-call_records = false
-[store]
-url = "sqlite://{db}"
-[providers.mock]
-type = "mock"
-[models.priced]
-provider = "mock"
-upstream_model = "gpt-4o"
-[models.small]
-provider = "mock"
-upstream_model = "mock-small"
-[pricing."gpt-4o"]
-input = 1.0
-output = 1.0
-"""
-#: a token of ``priced`` costs a millionth of a dollar: 10,000 tokens spend the budget
-BUDGET = """
-[limits.budgets.b]
-usd_per_day = 0.01
-action = "{action}"
-{extra}
-"""
-
-
-def config(tmp_path: Path, limits: str) -> Config:
-    return load_config_text(BASE.format(db=tmp_path / "store.db") + limits)
-
-
-# -- fake callers (shaped like those of test_limits_admit.py) ----------------------------------------------
-
-
-class Tenant:
-    def __init__(self, id: str, budget: str | None = None) -> None:
-        self.id, self.limit_policy, self.budget = id, None, budget
-
-
-class Key:
-    def __init__(self, id: str, tenant: Tenant) -> None:
-        self.id, self.tenant = id, tenant
-        self.limit_policy, self.budget = tenant.limit_policy, tenant.budget
-
-
-class Target:
-    def __init__(self, upstream_model: str) -> None:
-        self.upstream_model = upstream_model
-        self.provider = "mock"
-
-
-class Ctx:
-    def __init__(self, key: Key | None = None, model: str = "priced", max_tokens: int | None = None) -> None:
-        payload: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
-        if max_tokens is not None:
-            payload["max_tokens"] = max_tokens
-        self.fields: Any = msgspec.json.decode(json.dumps(payload), type=ChatRequest)
-        self.body = json.dumps(payload).encode()
-        self.key = key
-        self.endpoint = "chat"
-        self.response_headers: list[tuple[str, str]] = []
-        self.route_model: str | None = None
-        self.limits: Any = None
-        self.usage: Any = None
-        self.target: Any = None
-        self.model: Any = None
-        self.status = 0
-        self.cost: float | None = None
-        self.error: Any = None
-
-    def header(self, name: str) -> str | None:
-        return dict(self.response_headers).get(name)
-
-    def answered(self, usage: Usage, upstream_model: str = "gpt-4o") -> Ctx:
-        self.usage, self.target, self.status = usage, Target(upstream_model), 200
-        return self
-
-
-async def admit(service: LimitService, ctx: Ctx) -> Ctx:
-    out = service.phase.on_request(ctx)  # type: ignore[arg-type]
-    if isinstance(out, GatewayError):  # a refusal returned, not raised: the engine answers with it
-        raise copy.copy(out)
-    if out is not None:
-        await out
-    return ctx
-
-
-async def refused(service: LimitService, ctx: Ctx) -> GatewayError:
-    with pytest.raises(GatewayError) as info:
-        await admit(service, ctx)
-    return info.value
+from gateway.wire import Usage
 
 
 class BudgetsDown(LocalLeaseSource):
@@ -137,10 +47,26 @@ class BudgetsDown(LocalLeaseSource):
         return await super().budget(ops)
 
 
-async def started(cfg: Config, source: BudgetsDown) -> LimitService:
-    service = LimitService(cfg, worker=0, source=source)
-    await service.start()
-    return service
+@asynccontextmanager
+async def service_on(cfg: Config, source: LocalLeaseSource) -> AsyncIterator[LimitService]:
+    service = await started(cfg, source=source)
+    try:
+        yield service
+    finally:
+        await service.stop()
+        await source.close()
+
+
+@asynccontextmanager
+async def spent_nine_tenths(
+    cfg: Config, tmp_path: Path, key: Key
+) -> AsyncIterator[tuple[LimitService, BudgetsDown]]:
+    """A service whose budget (0.01 USD a day) has 0.009 spent by one call, and its source (still up)."""
+    source = BudgetsDown(tmp_path / "limits-table")
+    async with service_on(cfg, source) as service:
+        ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))
+        service.phase.on_settle(ctx.answered(Usage(9_000, 0, 9_000), upstream_model="gpt-4o"))
+        yield service, source
 
 
 # -- retry-after-ms rounds up -----------------------------------------------------------------------------
@@ -172,24 +98,20 @@ burst = 0.1
 lease = 1
 """)
 
-    async def body() -> None:
-        source = LocalLeaseSource(tmp_path / "limits-table")
-        service = LimitService(cfg, worker=0, source=source)
-        await service.start()
-        try:
+    async def body() -> RateLimited:
+        async with service_on(cfg, LocalLeaseSource(tmp_path / "limits-table")) as service:
             await admit(service, Ctx(model="small"))
             err = await refused(service, Ctx(model="small"))
-        finally:
-            await service.stop()
-            await source.close()
-        assert isinstance(err, RateLimited) and err.status == 429
-        said = re.search(r"Try again in (\d+)ms\.", err.message)
-        assert said is not None, err.message
-        headers = dict(err.headers)
-        assert headers["retry-after-ms"] == said.group(1), (headers, err.message)
-        assert headers["retry-after"] == str(max(1, math.ceil(int(said.group(1)) / 1000.0)))
+        assert isinstance(err, RateLimited)
+        return err
 
-    asyncio.run(body())
+    err = asyncio.run(body())
+    assert err.status == 429
+    said = re.search(r"Try again in (\d+)ms\.", err.message)
+    assert said is not None, err.message
+    headers = dict(err.headers)
+    assert headers["retry-after-ms"] == said.group(1), (headers, err.message)
+    assert headers["retry-after"] == str(max(1, math.ceil(int(said.group(1)) / 1000.0)))
 
 
 # -- budgets while the shared state is unavailable ---------------------------------------------------------
@@ -202,34 +124,27 @@ def test_a_budget_that_cannot_cover_a_request_keeps_refusing_while_the_shared_st
     key = Key("k1", Tenant("t1", budget="b"))
 
     async def body() -> None:
-        source = BudgetsDown(tmp_path / "limits-table")
-        service = await started(cfg, source)
-        try:
-            ctx = await admit(service, Ctx(key, max_tokens=100))
-            service.phase.on_settle(ctx.answered(Usage(9_000, 0, 9_000)))  # 0.009 of 0.01 USD spent
-            err = await refused(service, Ctx(key, max_tokens=2_000))  # up to 0.002: does not fit
+        async with spent_nine_tenths(cfg, tmp_path, key) as (service, source):
+            err = await refused(service, Ctx(key, model="priced", max_tokens=2_000))  # up to 0.002: no
             assert isinstance(err, QuotaExceeded) and "cannot cover this request" in err.message
 
             source.down = True
             # smaller than the refused one (not answered from the memory of that refusal): it asks the
             # shared state, meets its loss, and the views decide alone
-            err = await refused(service, Ctx(key, max_tokens=1_500))
+            err = await refused(service, Ctx(key, model="priced", max_tokens=1_500))
             assert service.budgets.degraded
             assert isinstance(err, QuotaExceeded) and "cannot cover this request" in err.message
             assert ("x-should-retry", "false") in err.headers
-            err = await refused(service, Ctx(key, max_tokens=2_000))
+            err = await refused(service, Ctx(key, model="priced", max_tokens=2_000))
             assert isinstance(err, QuotaExceeded) and ("x-should-retry", "false") in err.headers
             assert json.loads(err.to_body())["error"]["code"] == "insufficient_quota"
 
             # what the views know is left still serves a request that fits in it
-            ctx = await admit(service, Ctx(key, max_tokens=100))
-            service.phase.on_settle(ctx.answered(Usage(1_500, 0, 1_500)))  # spent: 0.0105 of 0.01
-            err = await refused(service, Ctx(key, max_tokens=1))
+            ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))
+            service.phase.on_settle(ctx.answered(Usage(1_500, 0, 1_500), upstream_model="gpt-4o"))
+            err = await refused(service, Ctx(key, model="priced", max_tokens=1))  # 0.0105 of 0.01 spent
             assert isinstance(err, QuotaExceeded) and "is spent" in err.message
             assert service.budgets.degraded
-        finally:
-            await service.stop()
-            await source.close()
 
     asyncio.run(body())
 
@@ -241,19 +156,12 @@ def test_a_downgrade_budget_that_cannot_cover_a_request_downgrades_while_the_sha
     key = Key("k1", Tenant("t1", budget="b"))
 
     async def body() -> None:
-        source = BudgetsDown(tmp_path / "limits-table")
-        service = await started(cfg, source)
-        try:
-            ctx = await admit(service, Ctx(key, max_tokens=100))
-            service.phase.on_settle(ctx.answered(Usage(9_000, 0, 9_000)))  # 0.009 of 0.01 USD spent
+        async with spent_nine_tenths(cfg, tmp_path, key) as (service, source):
             source.down = True
-            ctx = await admit(service, Ctx(key, max_tokens=2_000))
+            ctx = await admit(service, Ctx(key, model="priced", max_tokens=2_000))
             assert service.budgets.degraded
             assert ctx.route_model == "small" and ctx.header("x-gateway-downgraded") == "priced -> small"
-            ctx = await admit(service, Ctx(key, max_tokens=100))  # fits: served as asked
+            ctx = await admit(service, Ctx(key, model="priced", max_tokens=100))  # fits: served as asked
             assert ctx.route_model is None
-        finally:
-            await service.stop()
-            await source.close()
 
     asyncio.run(body())
