@@ -26,7 +26,9 @@ Theory of operation, per request (``AdmitPhase.on_request``):
    for a budget they know to be spent. A view not read recently makes this request wait for one store
    read. Then the request's estimated maximum cost (``_estimate``) is reserved in the shared counter of
    each ``block`` and ``downgrade`` budget (``BudgetClient``: from this worker's hold, or one shared
-   operation); one that does not fit refuses, or downgrades and reserves for the cheaper model.
+   operation); one that does not fit refuses, or downgrades and reserves for the cheaper model. While
+   the shared state is unavailable nothing is reserved and the views decide alone: an estimate that
+   does not fit in what they know is left refuses or downgrades the same way (``_views_alone``).
 3. Rates: one request and the token estimate (``estimate_tokens``) per token limit, taken through the
    ``LeaseClient``'s synchronous fast path (``try_take`` / ``try_take_all``): a lease held by this worker
    covers it, or a refusal is known. Only ``ASK`` makes the request await ``LeaseClient.take`` (a new
