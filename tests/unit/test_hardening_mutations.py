@@ -72,6 +72,13 @@ async def spent_nine_tenths(
 # -- retry-after-ms rounds up -----------------------------------------------------------------------------
 
 
+def said_ms(message: str) -> int:
+    """The wait a refusal's message tells ("Try again in 120ms." or "in 29.532s."), in milliseconds."""
+    said = re.search(r"Try again in ([0-9.]+)(ms|s)\.", message)
+    assert said is not None, message
+    return int(said.group(1)) if said.group(2) == "ms" else round(float(said.group(1)) * 1000.0)
+
+
 @pytest.mark.parametrize(("wait", "seconds", "ms"), [
     (0.0004, "1", "1"),         # under a millisecond: one, not zero
     (0.2501, "1", "251"),
@@ -85,15 +92,15 @@ def test_retry_after_and_retry_after_ms_round_up(wait: float, seconds: str, ms: 
 
 
 def test_a_rate_limit_refusal_says_the_same_wait_in_its_message_and_its_retry_after_ms(tmp_path: Path) -> None:
-    """One request at a time, three a second (the burst multiplier leaves a burst of 1). The message's
-    "Try again in 334ms" and ``retry-after-ms`` come from the same wait, both rounded
-    up: equal (a wait of a whole number of milliseconds would pass either way; any other kills a
-    ``retry-after-ms`` rounded down)."""
+    """One request at a time, two a minute (the burst multiplier leaves a burst of 1): the second request
+    is refused for about 30 s. The message's "Try again in 29.532s" and ``retry-after-ms`` come from the
+    same wait, both rounded up to whole milliseconds: equal (a wait of a whole number of milliseconds
+    would pass either way; any other kills a ``retry-after-ms`` rounded down)."""
     cfg = config(tmp_path, """
 [limits]
 default_policy = "paced"
 [limits.policies.paced]
-requests_per_second = 3
+requests_per_minute = 2
 burst = 0.1
 lease = 1
 """)
@@ -107,11 +114,10 @@ lease = 1
 
     err = asyncio.run(body())
     assert err.status == 429
-    said = re.search(r"Try again in (\d+)ms\.", err.message)
-    assert said is not None, err.message
+    said = said_ms(err.message)
     headers = dict(err.headers)
-    assert headers["retry-after-ms"] == said.group(1), (headers, err.message)
-    assert headers["retry-after"] == str(max(1, math.ceil(int(said.group(1)) / 1000.0)))
+    assert headers["retry-after-ms"] == str(said), (headers, err.message)
+    assert headers["retry-after"] == str(max(1, math.ceil(said / 1000.0)))
 
 
 # -- budgets while the shared state is unavailable ---------------------------------------------------------
