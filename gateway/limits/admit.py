@@ -26,7 +26,9 @@ Theory of operation, per request (``AdmitPhase.on_request``):
    for a budget they know to be spent. A view not read recently makes this request wait for one store
    read. Then the request's estimated maximum cost (``_estimate``) is reserved in the shared counter of
    each ``block`` and ``downgrade`` budget (``BudgetClient``: from this worker's hold, or one shared
-   operation); one that does not fit refuses, or downgrades and reserves for the cheaper model.
+   operation); one that does not fit refuses, or downgrades and reserves for the cheaper model. While
+   the shared state is unavailable nothing is reserved and the views decide alone: an estimate that
+   does not fit in what they know is left refuses or downgrades the same way (``_views_alone``).
 3. Rates: one request and the token estimate (``estimate_tokens``) per token limit, taken through the
    ``LeaseClient``'s synchronous fast path (``try_take`` / ``try_take_all``): a lease held by this worker
    covers it, or a refusal is known. Only ``ASK`` makes the request await ``LeaseClient.take`` (a new
@@ -642,7 +644,7 @@ class AdmitPhase(Phase):
         if verdict == RESERVED:
             return self._with_reservation(ctx, principal, served, (amount, counters), completion)
         if verdict == UNCHECKED:
-            return self._with_reservation(ctx, principal, served, None, completion)
+            return self._views_alone(ctx, principal, served, asked, amount, completion, counters)
         return self._reserve_slow(ctx, principal, served, asked, amount, completion, counters)
 
     async def _reserve_slow(self, ctx: Context, principal: _Principal, served: str, asked: str, amount: float,
@@ -660,12 +662,24 @@ class AdmitPhase(Phase):
         elif verdict == RESERVED:
             out = self._with_reservation(ctx, principal, served, (amount, counters), completion)
         elif verdict == UNCHECKED:
-            out = self._with_reservation(ctx, principal, served, None, completion)
+            out = self._views_alone(ctx, principal, served, asked, amount, completion, counters)
         else:  # ASK: the counters stayed contended for every round (a very busy worker): try again soon
             raise RateLimited("Too many requests are reserving against the same budget at once. Try again "
                               "shortly.", headers=retry_headers(0.25))
         if out is not None:
             await out
+
+    def _views_alone(self, ctx: Context, principal: _Principal, served: str, asked: str, amount: float,
+                     completion: int, counters: tuple[BudgetCounter, ...]) -> Awaitable[None] | None:
+        """Nothing can be reserved (the shared state is unavailable): the spend views decide alone. A budget
+        whose view cannot cover the request's estimate refuses it (or downgrades), as a reservation that
+        did not fit would; a budget that refused as spent before the loss keeps refusing."""
+        for rule, counter in principal.holds:
+            view = rule.view
+            if counter in counters and (view.spent_day + amount > rule.limit_day
+                                        or view.spent_month + amount > rule.limit_month):
+                return self._reservation_refused(ctx, principal, counter, served, asked, amount)
+        return self._with_reservation(ctx, principal, served, None, completion)
 
     def _unreserve_after_cancel(self, task: asyncio.Future[BudgetCounter | int],
                                 counters: tuple[BudgetCounter, ...], amount: float) -> None:

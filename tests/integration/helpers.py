@@ -158,6 +158,22 @@ class ServerProcess:
                 LIVE.remove(self)
 
 
+def call_records(process: ServerProcess, ready: Callable[[list[dict[str, Any]]], bool],
+                 timeout: float = 30.0, what: str = "") -> list[dict[str, Any]]:
+    """The call records ``process`` has written to its stderr, once ``ready(records)`` holds.
+
+    Records are flushed every 200 ms: a test waits for the ones it needs instead of sleeping, and fails
+    (AssertionError) only if they never come. A line still being written is left for the next look.
+    """
+    def look() -> tuple[list[dict[str, Any]]] | None:
+        lines = process.log_path.read_text(errors="replace").split("\n")[:-1]
+        records = [json.loads(ln) for ln in lines if ln.startswith('{"ts":')]
+        return (records,) if ready(records) else None
+
+    found: tuple[list[dict[str, Any]]] = wait_for(look, timeout, what=what or "call records")
+    return found[0]
+
+
 def children_of(pid: int) -> set[int]:
     """Direct children of ``pid`` (Linux ``/proc``), skipping multiprocessing helper processes."""
     out: set[int] = set()

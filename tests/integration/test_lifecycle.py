@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -120,37 +119,34 @@ def _refused(port: int) -> bool:
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_sigterm_drains_inflight_stream(start_gateway: StartGateway, mock_port: int, frontend: str) -> None:
     require_frontend(frontend)
-    drain_timeout = 8.0
+    # a stream of about 6 s, a drain_timeout far beyond it: nothing here depends on the machine's speed
+    drain_timeout = 30.0
     gw = start_gateway(gateway_toml(mock_port, server={"drain_timeout": drain_timeout}), name="drain",
                        frontend=frontend)
-    with RawClient(gw.port, timeout=10.0) as conn:
-        conn.send(chat_request("!mock chunks=10 chunk_delay_ms=200", stream=True))
+    with RawClient(gw.port, timeout=30.0) as conn:
+        conn.send(chat_request("!mock chunks=12 chunk_delay_ms=500", stream=True))
         head = conn.read_head()
         assert head.status == 200, head
         pieces = conn.iter_chunks()
         received = [next(pieces)]  # the first chunk arrived: the stream is in flight
-        t_term = time.monotonic()
         gw.process.send_signal(signal.SIGTERM)
-        refused_at = None
+        refused_during_stream = False
         for piece in pieces:
             received.append(piece)
-            if refused_at is None and _refused(gw.port):
-                refused_at = time.monotonic() - t_term
+            refused_during_stream = refused_during_stream or _refused(gw.port)
         body = b"".join(received)
-        stream_done = time.monotonic() - t_term
         # the stream completed fully, with [DONE]
         events = sse_events(body)
         assert events[-1] == b"[DONE]", body[-300:]
         assert body.endswith(b"data: [DONE]\n\n")
-        assert sum(1 for e in events if b'"content"' in e) == 10
-        assert conn.closed_by_peer(), "a draining worker keeps the connection open after the response"
-    # new connections were refused soon after SIGTERM, while the stream was still running
-    assert refused_at is not None, "new connections were still accepted while the worker drained"
-    assert refused_at < min(1.5, stream_done), (refused_at, stream_done)
-    # and the supervisor exits 0 within drain_timeout
-    code = gw.process.wait(timeout=drain_timeout)
+        assert sum(1 for e in events if b'"content"' in e) == 12
+        assert conn.closed_by_peer(timeout=30.0), "a draining worker keeps the connection open after the response"
+    # new connections were refused after SIGTERM, while the stream was still running
+    assert refused_during_stream, "new connections were still accepted while the worker drained"
+    # and the supervisor exits 0 once the stream is done, not by giving up at drain_timeout
+    code = gw.process.wait(timeout=drain_timeout + 30.0)
     assert code == 0, gw.process.logs()
-    assert time.monotonic() - t_term < drain_timeout
+    assert "did not drain in time" not in gw.process.logs(10**7, records=False)
 
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
@@ -158,18 +154,18 @@ def test_sigterm_idle_gateway_exits_promptly(
     start_gateway: StartGateway, mock_port: int, frontend: str
 ) -> None:
     require_frontend(frontend)
-    gw = start_gateway(gateway_toml(mock_port, server={"drain_timeout": 20.0}), workers=2, name="idle-term",
+    # the drain would wait up to 600 s for a connection that held it up; the exit is awaited for 60 s:
+    # only a drain that waits on the idle connection fails this, never a slow machine
+    gw = start_gateway(gateway_toml(mock_port, server={"drain_timeout": 600.0}), workers=2, name="idle-term",
                        frontend=frontend)
     workers = _workers(gw, 2)
     with RawClient(gw.port) as idle:  # an idle keep-alive connection must not hold up the exit
         assert idle.request(http_request("GET", "/healthz")).status == 200
-        t0 = time.monotonic()
         gw.process.send_signal(signal.SIGTERM)
-        assert gw.process.wait(timeout=10.0) == 0
-        assert time.monotonic() - t0 < 5.0
-        assert idle.closed_by_peer()
+        assert gw.process.wait(timeout=60.0) == 0
+        assert idle.closed_by_peer(timeout=30.0)
     for pid in workers:
-        wait_for(lambda pid=pid: not pid_alive(pid), 5.0, what=f"worker {pid} to exit")
+        wait_for(lambda pid=pid: not pid_alive(pid), 30.0, what=f"worker {pid} to exit")
 
 
 # -- SIGHUP: reload ------------------------------------------------------------------------------------
@@ -222,11 +218,9 @@ def test_sighup_reload(start_gateway: StartGateway, mock_port: int, frontend: st
 
 def test_sighup_with_embedded_default_is_harmless(default_gateway: Gateway) -> None:
     os.kill(default_gateway.pid, signal.SIGHUP)
-    if default_gateway.frontend == "native":
-        wait_for(lambda: "SIGHUP ignored" in default_gateway.process.logs(10**7, records=False), 10.0,
-                 what="the supervisor to log that SIGHUP is ignored")
-    else:
-        time.sleep(0.5)  # granian's main process logs nothing specific: give it time to act on the signal
+    # both front ends' main processes log that they ignore it ("supervisor: ..." or "granian main: ...")
+    wait_for(lambda: "SIGHUP ignored" in default_gateway.process.logs(10**7, records=False), 30.0,
+             what="the main process to log that SIGHUP is ignored")
     assert default_gateway.process.exited() is None
     wait_for(lambda: _try_serves_model(default_gateway.port, "mock-1"), 10.0, what="the gateway to serve")
     for _ in range(3):
@@ -362,17 +356,70 @@ def test_sigterm_gives_up_on_stuck_request_after_drain_timeout(
     start_gateway: StartGateway, mock_port: int, frontend: str
 ) -> None:
     require_frontend(frontend)
-    text = gateway_toml(mock_port, server={"drain_timeout": 1.0}, provider={"read_timeout": 30.0})
-    gw = start_gateway(text, name="stuck", frontend=frontend)
-    with RawClient(gw.port, timeout=15.0) as conn:
-        conn.send(chat_request("!mock hang=1"))
-        time.sleep(0.3)  # the request is in the gateway, waiting on the upstream
-        t0 = time.monotonic()
+    # an upstream of the test's own that reads the request and never answers: the test knows when the
+    # request is stuck there. Its read_timeout (600 s) is far beyond the 60 s the exit is awaited, so
+    # only the drain_timeout (1.0 s) giving up can end the request in time, never a slow machine passing
+    with _SilentUpstream() as upstream:
+        text = gateway_toml(upstream.port, server={"drain_timeout": 1.0}, provider={"read_timeout": 600.0})
+        gw = start_gateway(text, name="stuck", frontend=frontend)
+        _give_up_on_a_stuck_request(gw, upstream)
+
+
+class _SilentUpstream:
+    """A loopback listener that accepts connections and reads requests, and never answers."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.create_server((HOST, 0))
+        self.sock.settimeout(0.1)  # so that the thread sees ``stopped`` (close does not wake an accept)
+        self.port = int(self.sock.getsockname()[1])
+        self.got_request = threading.Event()
+        self.stopped = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            self.conns.append(conn)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            if b"\r\n\r\n" in data:
+                self.got_request.set()
+
+    def __enter__(self) -> _SilentUpstream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(5.0)
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def _give_up_on_a_stuck_request(gw: Gateway, upstream: _SilentUpstream) -> None:
+    with RawClient(gw.port, timeout=30.0) as conn:
+        conn.send(chat_request("stuck"))
+        assert upstream.got_request.wait(30.0), "the request never reached the upstream"
         gw.process.send_signal(signal.SIGTERM)
-        code = gw.process.wait(timeout=10.0)
-        elapsed = time.monotonic() - t0
+        code = gw.process.wait(timeout=60.0)  # drain_timeout, then the stuck request is given up
         assert code == 0, gw.process.logs()
-        assert elapsed < 1.0 + 5.0, elapsed  # drain_timeout, then the stuck request is given up
         # the client is not left hanging: an error answer or a closed connection
         try:
             resp = conn.read_response()

@@ -32,7 +32,9 @@ import redisproc  # tests/ is on sys.path: the suite's conftest.py lives there, 
 WORKERS = 4
 #: seconds between a worker's attempts in a flood (about a thousand a second per worker: far above limits)
 FLOOD = 0.001
-#: seconds allowed between the bucket's clock and the admitting worker's stamp of a unit
+#: seconds allowed between the bucket's clock and the admitting worker's stamp of a unit, at least: the
+#: longest round trip of an admitting ask widens it (a loaded machine stretches those round trips, and a
+#: unit stamped before one is counted by the bucket at some moment within it)
 SLACK = 0.05
 
 _WORKER = textwrap.dedent(
@@ -62,7 +64,7 @@ _WORKER = textwrap.dedent(
         start = float(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
         await asyncio.sleep(max(0.0, start - time.monotonic()))
         end = start + cfg["duration"]
-        admitted, refused = [], 0
+        admitted, refused, trip = [], 0, 0.0
         while True:
             now = time.monotonic()
             if now >= end:
@@ -75,6 +77,8 @@ _WORKER = textwrap.dedent(
             decision = client.try_take(limit.key, 1.0, now)
             if decision is ASK:
                 decision = await client.take([(limit, 1.0)], now)  # stamped before the round trip
+                if decision.admitted:  # how far the bucket's clock may be from the stamp
+                    trip = max(trip, time.monotonic() - now)
             if decision.admitted:
                 admitted.append(now)
             else:
@@ -82,7 +86,7 @@ _WORKER = textwrap.dedent(
             await asyncio.sleep(pause)
         await client.close()
         await source.close()
-        print(json.dumps({"admitted": admitted, "refused": refused, "sizes": sizes,
+        print(json.dumps({"admitted": admitted, "refused": refused, "sizes": sizes, "trip": trip,
                           "calls": client.stats.source_calls, "degraded": client.stats.degraded_transitions}))
 
     asyncio.run(main(json.loads(sys.argv[1])))
@@ -209,8 +213,11 @@ def test_leases_stay_within_the_documented_bound(shared_state: tuple[str, str], 
     stamps = sorted(t for r in results for t in r["admitted"])
     largest = max(s for r in results for s in r["sizes"])  # S: the largest lease asked for
     assert 4 <= largest <= max_size  # larger leases were in play
-    excess = worst_excess(stamps, rate, SLACK)
+    slack = max([SLACK] + [r["trip"] for r in results])  # measured, not assumed: see SLACK
+    excess = worst_excess(stamps, rate, slack)
     bound = burst + WORKERS * (largest - 1)  # B + W (S - a) beyond r * D, with a = 1
-    assert excess <= bound, (excess, bound, len(stamps))
-    assert len(stamps) >= 0.5 * (burst + rate * duration), len(stamps)  # and the limit was not starved
+    assert excess <= bound, (excess, bound, slack, len(stamps))
+    # and the limit was not starved: the floods ask at about a thousand a second per worker, so even a
+    # machine running the workers at a tenth of their speed asks far more than B + r * D
+    assert len(stamps) >= 0.5 * (burst + rate * duration), len(stamps)
     assert not any(r["degraded"] for r in results)

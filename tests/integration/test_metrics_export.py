@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +85,14 @@ def send_chats(port: int, n: int) -> list[int]:
     return out
 
 
+def counted(port: int, sent: int, token: str | None = TOKEN) -> bool:
+    """Whether a scrape adds up every one of ``sent`` requests (the workers' snapshots, written every
+    INTERVAL, have caught up with them)."""
+    values = samples(scrape(port, token=token))
+    return get(values, "gateway_limits_admitted_total") + get(
+        values, "gateway_limits_refused_total", dimension="requests") == sent
+
+
 def workers_of(gw: Gateway, n: int) -> set[int]:
     def exactly() -> set[int] | None:
         kids = {p for p in children_of(gw.pid) if pid_alive(p)}
@@ -106,7 +113,8 @@ def test_two_workers_add_up_whichever_answers(
                        frontend=frontend, name=f"metrics-{frontend}")
     statuses = send_chats(gw.port, SENT)
     assert set(statuses) <= {200, 429} and statuses.count(429) > 0, statuses
-    time.sleep(3 * INTERVAL)  # every worker has written its snapshot since
+    # every worker has written its snapshot since: waited for, then every scrape must add up
+    wait_for(lambda: counted(gw.port, SENT), 30.0, interval=INTERVAL, what="the snapshots to count every request")
 
     for _ in range(8):  # spread over the workers
         values = samples(scrape(gw.port))
@@ -146,7 +154,8 @@ def test_a_crashed_worker_keeps_its_counts(start_gateway: StartGateway, mock_por
     gw = start_gateway(metrics_toml(mock_port, tmp_path / "gateway.db", metrics=""), workers=2)
     before = workers_of(gw, 2)
     statuses = send_chats(gw.port, SENT)
-    time.sleep(3 * INTERVAL)
+    wait_for(lambda: counted(gw.port, SENT, token=None), 30.0, interval=INTERVAL,
+             what="the snapshots to count every request")
     first = samples(scrape(gw.port, token=None))
     assert get(first, "gateway_limits_admitted_total") + get(
         first, "gateway_limits_refused_total", dimension="requests") == SENT

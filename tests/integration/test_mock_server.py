@@ -77,6 +77,8 @@ def test_mock_command_flags(tmp_path: Path) -> None:
         chunks = list(client.chat.completions.create(model="mock-1", messages=USER, stream=True))
         elapsed = time.monotonic() - t0
         assert sum(1 for c in chunks if c.choices[0].delta.content) == 3
+        # a lower bound only, from the configured delays (200 ms before the head, 50 ms between the three
+        # chunks; a tenth off for the timer's resolution): a correct mock cannot answer faster
         assert elapsed >= 0.2 + 2 * 0.05 * 0.9
     finally:
         client.close()

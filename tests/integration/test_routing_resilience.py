@@ -9,7 +9,6 @@ provider-level timeouts that would otherwise end the wait.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,18 +16,21 @@ from typing import Any
 
 import netblock  # tests/ is on sys.path: the suite's conftest.py lives there, outside any package
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import StartGateway
 from .helpers import (
     RawClient,
     Response,
     ServerProcess,
+    call_records,
     chat_body,
     free_port,
     http_request,
     provider_toml,
     routing_config,
     sse_events,
+    wait_for,
 )
 
 provider = provider_toml
@@ -46,12 +48,26 @@ def chat(port: int, **extra: Any) -> Response:
         return chat_on(c, **extra)
 
 
-def records(gw: Any) -> dict[str, dict[str, Any]]:
-    """The gateway's call records so far, by request id."""
-    time.sleep(0.5)  # records are flushed every 200 ms
-    lines = gw.process.log_path.read_text().splitlines()
-    out = [json.loads(ln) for ln in lines if ln.startswith('{"ts":')]
-    return {r["request_id"]: r for r in out}
+def records(gw: Any, *request_ids: str) -> dict[str, dict[str, Any]]:
+    """The gateway's call records by request id, once those of ``request_ids`` are written."""
+    found = call_records(gw.process, lambda rs: set(request_ids) <= {r["request_id"] for r in rs},
+                         what=f"the call records of {', '.join(request_ids)}")
+    return {r["request_id"]: r for r in found}
+
+
+def breaker_open_on(port: int) -> float:
+    """How many of the node's workers have ``routed/b``'s breaker open, by ``/metrics`` (on a new
+    connection: no request of a routed model is sent)."""
+    with RawClient(port) as c:
+        resp = c.request(http_request("GET", "/metrics", headers=[("Connection", "close")]))
+    assert resp.status == 200, resp
+    for fam in text_string_to_metric_families(resp.body.decode()):
+        for s in fam.samples:
+            if s.name == "gateway_routing_breaker_state" and s.labels == {
+                "model": "routed", "deployment": "b", "state": "open"
+            }:
+                return float(s.value)
+    return 0.0
 
 
 @pytest.fixture
@@ -135,7 +151,7 @@ enabled = false
     assert len(events) >= 2 and b"[DONE]" not in events
     err = json.loads(events[-1])["error"]
     assert err["code"] == "upstream_timeout" and "total_timeout" in err["message"], err
-    rec = records(gw)[rid]
+    rec = records(gw, rid)[rid]
     assert rec["error_code"] == "upstream_timeout" and rec.get("attempts") is None  # no other attempt
 
 
@@ -161,7 +177,7 @@ enabled = false
     rid = f"late-{uuid.uuid4().hex[:8]}"
     resp = chat(gw.port, request_id=rid)
     assert resp.status == 200 and resp.header("x-gateway-deployment") == "good"
-    assert records(gw)[rid]["attempts"] == 2
+    assert records(gw, rid)[rid]["attempts"] == 2
 
 
 # -- breaker state shared by the workers of a node ------------------------------------------------------
@@ -177,7 +193,7 @@ def _connection_per_worker(gw: Any, tries: int = 24) -> dict[int, RawClient]:
             c = RawClient(gw.port, timeout=30.0)
             rid = f"probe-{uuid.uuid4().hex[:8]}"
             assert chat_on(c, rid).status == 200
-            worker = records(gw)[rid]["worker"]
+            worker = records(gw, rid)[rid]["worker"]
             if worker in found:
                 spare.append(c)
             else:
@@ -224,7 +240,7 @@ open_for = 300.0
         for rid in sent:
             resp = chat_on(c1, rid)
             assert resp.status == 200 and resp.header("x-gateway-deployment") == "a"
-        seen = records(gw)
+        seen = records(gw, *sent)
         assert {seen[rid]["worker"] for rid in sent} == {first}
         retried = [rid for rid in sent if seen[rid].get("attempts")]
         assert len(retried) == 3, [seen[rid] for rid in sent]  # consecutive_failures, then b is out
@@ -232,13 +248,14 @@ open_for = 300.0
         assert not [rid for rid in sent[sent.index(retried[-1]) + 1:] if seen[rid].get("attempts")]
 
         # the second worker has not sent b a single failed request, yet it no longer tries b: the open
-        # reached it through the node's shared breaker state (checked every 0.1 s; waited for generously)
-        time.sleep(1.5)
+        # reaches it through the node's shared breaker state (waited for: both workers report it open)
+        wait_for(lambda: breaker_open_on(gw.port) == 2.0, 30.0, interval=0.2,
+                 what="both workers to have b's breaker open")
         sent = [f"w2-{i}-{uuid.uuid4().hex[:6]}" for i in range(12)]
         for rid in sent:
             resp = chat_on(c2, rid)
             assert resp.status == 200 and resp.header("x-gateway-deployment") == "a"
-        seen = records(gw)
+        seen = records(gw, *sent)
         assert {seen[rid]["worker"] for rid in sent} == {second}
         assert not [seen[rid] for rid in sent if seen[rid].get("attempts")]  # one attempt each, on a
     finally:

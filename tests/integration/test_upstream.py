@@ -19,6 +19,7 @@ from .helpers import (
     ServerProcess,
     assert_openai_error,
     assert_serves,
+    call_records,
     chat_request,
     free_port,
     gateway_toml,
@@ -39,11 +40,10 @@ def _mock(directives: str) -> list[dict[str, str]]:
 
 
 def test_upstream_refusing_connections_is_502(client: openai.OpenAI) -> None:
-    t0 = time.monotonic()
+    # a 502 and not the client's own timeout (15 s, no retries): the refusal is answered, not waited out
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="dead-model", messages=USER)
     assert info.value.status_code == 502
-    assert time.monotonic() - t0 < 5.0
     assert client.chat.completions.create(model="chat-model", messages=USER).choices
 
 
@@ -55,19 +55,20 @@ def test_upstream_cut_mid_body_is_502(client: openai.OpenAI) -> None:
 
 
 def test_upstream_silent_mid_stream_ends_with_error_event(client: openai.OpenAI, gateway: Gateway) -> None:
-    # read_timeout = 2.0: the first event comes at once, the second after 3 s of silence
+    # read_timeout = 2.0: the first event comes at once, the second after 3 s of silence; the effect of
+    # the timeout is the error event in place of the second one (the client's own timeout is 15 s)
+    t0 = time.monotonic()  # before the request: the gateway's read deadline cannot start earlier
     stream = client.chat.completions.create(
         model="chat-model", messages=_mock("chunks=3 chunk_delay_ms=3000"), stream=True, timeout=15.0,
     )
     received = []
-    t0 = time.monotonic()
     with pytest.raises(openai.APIError) as info:
         for chunk in stream:
             received.append(chunk)
     stream.close()
     assert len(received) == 1
-    assert 1.5 < time.monotonic() - t0 < 10.0
     assert isinstance(info.value.body, dict) and info.value.body.get("code") == "upstream_stream_error"
+    assert time.monotonic() - t0 >= 1.5  # it waited for the silence to last (a lower bound only)
     assert_serves(gateway.port)
 
 
@@ -133,13 +134,15 @@ def test_upstream_killed_with_idle_pool_connections(start_gateway: StartGateway,
 
 
 def test_client_gone_mid_stream(gateway: Gateway) -> None:
+    rid = f"gone-stream-{uuid.uuid4().hex[:8]}"
     with RawClient(gateway.port) as c:
-        c.send(chat_request("!mock chunks=30 chunk_delay_ms=50", stream=True))
+        c.send(chat_request("!mock chunks=30 chunk_delay_ms=50", stream=True, headers=[("x-request-id", rid)]))
         head = c.read_head()
         assert head.status == 200
         next(c.iter_chunks())
-    # the client closed after the first event; the gateway drops the upstream stream and goes on
-    time.sleep(0.3)
+    # the client closed after the first event; the gateway drops the upstream stream (the request's call
+    # record is written when it has done with it) and goes on
+    _record_of(gateway, rid)
     for _ in range(3):
         assert_serves(gateway.port)
     with RawClient(gateway.port) as c:
@@ -148,10 +151,19 @@ def test_client_gone_mid_stream(gateway: Gateway) -> None:
 
 
 def test_client_gone_while_waiting_for_upstream(gateway: Gateway) -> None:
+    rid = f"gone-waiting-{uuid.uuid4().hex[:8]}"
     with RawClient(gateway.port) as c:
-        c.send(chat_request("!mock latency_ms=500"))
-    time.sleep(0.7)  # the upstream answers after the client left: nothing to write to
+        c.send(chat_request("!mock latency_ms=500", headers=[("x-request-id", rid)]))
+    # the upstream answers after the client left: nothing to write to; the request's call record says
+    # the gateway has done with it
+    _record_of(gateway, rid)
     assert_serves(gateway.port)
+
+
+def _record_of(gateway: Gateway, rid: str) -> dict[str, Any]:
+    found = call_records(gateway.process, lambda rs: any(r["request_id"] == rid for r in rs),
+                         what=f"the call record of {rid}")
+    return next(r for r in found if r["request_id"] == rid)
 
 
 # -- size and load --------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ async def admit(service: LimitService, ctx: Ctx) -> Ctx:
     return ctx
 
 
-async def admit_soon(service: LimitService, ctx: Ctx, timeout: float = 5.0) -> Ctx:
+async def admit_soon(service: LimitService, ctx: Ctx, timeout: float = 30.0) -> Ctx:
     """``admit``, trying again for a while as a client told to retry would."""
     deadline = time.monotonic() + timeout
     while True:
@@ -160,7 +160,7 @@ async def started(cfg: Config, **kw: Any) -> LimitService:
     return service
 
 
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+async def eventually(predicate: Callable[[], Any], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -671,19 +671,23 @@ concurrent = 1
 
         # a request cancelled while it waits to enter: the slot it gets is left all the same
         entering = service.client.enter
+        inside, entered = asyncio.Event(), asyncio.Event()
 
         async def slow_enter(*args: Any) -> Any:
+            inside.set()
             await asyncio.sleep(0.05)
-            return await entering(*args)
+            out = await entering(*args)
+            entered.set()
+            return out
 
         service.client.enter = slow_enter  # type: ignore[method-assign]
         task = asyncio.ensure_future(admit(service, Ctx()))
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(inside.wait(), 30.0)  # it waits to enter: cancel it there
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.1)
-        await eventually(lambda: service._leaver is None or service._leaver.done())
+        await asyncio.wait_for(entered.wait(), 30.0)  # the slot was got all the same...
+        await eventually(lambda: service._leaver is None or service._leaver.done())  # ...and left
         assert await service.source.inflight(key) == 0
         await engine.shutdown()
 
@@ -986,7 +990,7 @@ def test_a_budget_alert_fires_once_per_period_and_the_call_proceeds(
             service.phase.on_settle(ctx.answered(Usage(tokens, 0, tokens), upstream_model="gpt-4o"))
         await admit(service, Ctx(key, model="priced"))  # "alert" never refuses
         await eventually(lambda: posted)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # no second alert follows (a slow machine can only make this pass)
         assert len(posted) == 1 and service.stats.alerts == 1
         url, payload = posted[0]
         assert url == "http://hooks.example.com/budget"

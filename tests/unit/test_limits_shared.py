@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import mmap
@@ -27,7 +28,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,20 @@ def run(coro: Awaitable[Any]) -> Any:
         return await asyncio.wait_for(coro, TEST_DEADLINE)
 
     return asyncio.run(bounded())
+
+
+async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 20.0) -> None:
+    """Wait for ``predicate`` (sync or async) to hold; AssertionError if it never does within ``timeout``
+    (generous: the things waited for take a fraction of a second on an idle machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 class Clock:
@@ -433,10 +448,10 @@ def test_a_killed_holder_stops_counting_after_its_ttl(backend: Backend) -> None:
         async with backend.source() as src:
             assert await src.inflight(k) == 3  # the dead holder's entry still counts...
             assert not await src.enter(k, 3)
-            deadline = time.monotonic() + 6.0
-            while await src.inflight(k) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            assert await src.inflight(k) == 0  # ...until its expiry (holder_ttl 2 s)
+            async def expired() -> bool:
+                return await src.inflight(k) == 0
+
+            await until(expired, "the dead holder's entry to expire (holder_ttl 2 s)")  # ...until its expiry
             assert await src.enter(k, 3)
             await src.leave(k)
 
@@ -449,10 +464,11 @@ def test_a_killed_holder_stops_counting_after_its_ttl(backend: Backend) -> None:
 _LOCK_CHILD = textwrap.dedent(
     """
     import fcntl, os, sys, time
+    import select
     fd = os.open(sys.argv[1], os.O_RDWR)
     fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    select.select([sys.stdin], [], [], float(sys.argv[2]))  # until told (or, at the latest, this long)
     fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
     """
 )
@@ -464,8 +480,11 @@ def test_local_lock_held_elsewhere_never_blocks_the_loop(tmp_path: Path) -> None
     async def body() -> None:
         async with Backend("local", str(path)).source() as src:
             await src.peek("k", 1.0, 5.0)  # the table exists
+            # the other process holds the lock until the test tells it to let go (at the latest after 20 s,
+            # so that a blocked loop, which could not tell it, fails the test instead of hanging it)
             child = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _LOCK_CHILD, str(path), "0.6", stdout=asyncio.subprocess.PIPE
+                sys.executable, "-c", _LOCK_CHILD, str(path), "20", stdout=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.PIPE,
             )
             try:
                 assert child.stdout is not None and (await child.stdout.readline()).strip() == b"locked"
@@ -477,17 +496,22 @@ def test_local_lock_held_elsewhere_never_blocks_the_loop(tmp_path: Path) -> None
                         await asyncio.sleep(0.01)
                         ticks += 1
 
-                task = asyncio.create_task(ticker())
-                started = time.monotonic()
-                grant = await src.acquire("k", 1.0, 5.0, 2, 0.0)
-                waited = time.monotonic() - started
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                assert grant.granted == 2.0
-                assert waited > 0.2  # it did wait for the other process...
+                tick_task = asyncio.create_task(ticker())
+                acquiring = asyncio.create_task(src.acquire("k", 1.0, 5.0, 2, 0.0))
+                await until(lambda: ticks >= 5 or acquiring.done(), "the loop to tick while acquiring")
+                assert not acquiring.done()  # it waits for the other process...
                 assert ticks >= 5  # ...on the worker thread: the loop kept running
+                assert child.stdin is not None
+                child.stdin.write(b"go\n")
+                await child.stdin.drain()
+                grant = await acquiring
+                tick_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tick_task
+                assert grant.granted == 2.0
             finally:
+                if child.stdin is not None:
+                    child.stdin.close()
                 await child.wait()
 
     run(body())
@@ -661,12 +685,13 @@ def test_client_returns_leases_before_they_expire(backend: Backend) -> None:
             limit = Limit(key(), 1000.0 / HOUR, 1000.0)
             assert (await client.take([(limit, 1)])).admitted
             assert client.lease_left(limit.key, time.monotonic()) == 7.0
-            deadline = time.monotonic() + 3.0
-            while client.lease_left(limit.key, time.monotonic()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.1)
-            remaining, _ = await src.peek(limit.key, limit.rate, limit.burst)
-            assert math.floor(remaining) == 999  # the 7 unused came back; an idle worker holds nothing
+
+            async def came_back() -> bool:  # units of a lease left to expire would be lost to the bucket
+                remaining, _ = await src.peek(limit.key, limit.rate, limit.burst)
+                return math.floor(remaining) == 999
+
+            await until(came_back, "the 7 unused units to come back")
+            assert client.lease_left(limit.key, time.monotonic()) == 0  # an idle worker holds nothing
             await client.close()
 
     run(body())
@@ -676,15 +701,19 @@ def test_two_nodes_share_one_limit(redis_server: redisproc.RedisServer) -> None:
     """Two LeaseClients, each with its own connection to one Redis (two nodes), hammer one limit."""
     redis_server.flushall()
 
-    async def hammer(client: LeaseClient, limit: Limit, until: float) -> int:
+    async def hammer(client: LeaseClient, limit: Limit) -> int:
+        """Take until the shared state refuses (nothing refills: 1 an hour): what this node admitted."""
         admitted = 0
-        while time.monotonic() < until:
+        deadline = time.monotonic() + 20.0
+        while True:
             d = client.try_take(limit.key, 1, time.monotonic())
             if d is ASK:
                 d = await client.take([(limit, 1)])
-            admitted += d.admitted
+            if not d.admitted:  # asked when the node's own lease was spent: the limit is used up
+                return admitted
+            admitted += 1
+            assert time.monotonic() < deadline, "the limit was never used up"
             await asyncio.sleep(0.001)
-        return admitted
 
     async def body() -> None:
         backend = Backend("redis", redis_server.url)
@@ -695,8 +724,7 @@ def test_two_nodes_share_one_limit(redis_server: redisproc.RedisServer) -> None:
                     LeaseClient(s, workers=2, min_size=1, max_size=size, horizon=100 * HOUR)
                     for s in (src1, src2)
                 ]
-                until = time.monotonic() + 1.0
-                counts = await asyncio.gather(*(hammer(c, limit, until) for c in nodes))
+                counts = await asyncio.gather(*(hammer(c, limit) for c in nodes))
                 for c in nodes:
                     await c.close()
                 if lease == 1:
@@ -739,14 +767,20 @@ def test_fail_open_fail_closed_and_recovery(tmp_path: Path, caplog: pytest.LogCa
                 assert (await client.enter(open_.key, 4)).status == 429
                 await client.leave(open_.key)
                 calls = client.stats.source_calls
-                await asyncio.sleep(0.5)
+                probes = 0
+                ping = src.ping
+
+                async def counted_ping() -> bool:
+                    nonlocal probes
+                    probes += 1
+                    return await ping()
+
+                src.ping = counted_ping  # type: ignore[method-assign]
+                await until(lambda: probes >= 2, "two probes of the lost shared state")
                 assert client.degraded  # still away: probes fail quietly
                 assert sum("shared state unavailable" in r.message for r in caplog.records) == 1
                 server = restart(server, tmp_path / "redis", port)
-                deadline = time.monotonic() + 5.0
-                while client.degraded and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                assert not client.degraded
+                await until(lambda: not client.degraded, "the client to recover")
                 assert any("available again" in r.message for r in caplog.records)
                 d = await client.take([(closed, 1)])
                 assert d.admitted and client.stats.source_calls > calls  # the shared state decides again
@@ -770,19 +804,17 @@ def test_a_hung_redis_times_out_and_comes_back(tmp_path: Path) -> None:
                 assert (await client.take([(limit, 1)])).admitted
                 server.process.send_signal(signal.SIGSTOP)
                 try:
-                    started = time.monotonic()
-                    assert (await client.take([(limit, 1)])).admitted  # the fallback: 10 / 2 workers
-                    assert client.degraded and time.monotonic() - started < 2.0
-                    assert not src.healthy
-                    started = time.monotonic()
+                    # the source's 0.2 s timeout ends the wait: without it the take would hang for good,
+                    # so a generous 20 s bound fails only when the mechanism is missing
+                    d = await asyncio.wait_for(client.take([(limit, 1)]), 20.0)
+                    assert d.admitted  # the fallback: 10 / 2 workers
+                    assert client.degraded and not src.healthy
+                    calls = client.stats.source_calls
                     assert (await client.take([(limit, 1)])).admitted
-                    assert time.monotonic() - started < 0.1  # no more waiting on the source
+                    assert client.stats.source_calls == calls  # no more waiting on the source
                 finally:
                     server.process.send_signal(signal.SIGCONT)
-                deadline = time.monotonic() + 5.0
-                while client.degraded and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                assert not client.degraded and src.healthy
+                await until(lambda: not client.degraded and src.healthy, "the client to recover")
                 assert (await client.take([(limit, 1)])).admitted
                 await client.close()
 

@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,18 +188,24 @@ def test_the_timer_rewrites_the_snapshot_and_stop_writes_a_last_one(tmp_path: Pa
         (path,) = tmp_path.glob("snapshot-*.json")
         return msgspec.json.decode(path.read_bytes(), type=Snapshot).counters[0][2]
 
+    async def until(predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30.0
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.01)
+
+    # "nothing more is written" is checked by sleeping 5 intervals: a timer still armed (due within one
+    # interval, 0.02 s) would run on the loop before that sleep returns, however slow the machine
     async def go() -> None:
         exp.start()
-        await asyncio.sleep(0.2)
-        assert read() >= 3  # rewritten several times
+        await until(lambda: read() >= 3, "the snapshot to be rewritten several times")
         exp.reload(config("[metrics]\nenabled = false\n"))  # disabled: the timer stops
         stopped = read()
         await asyncio.sleep(0.1)
         assert read() == stopped
         assert exp.path == ""
         exp.reload(config("[metrics]\ninterval = 0.02\n"))
-        await asyncio.sleep(0.1)
-        assert read() > stopped
+        await until(lambda: read() > stopped, "the re-enabled timer to write again")
         exp.stop()
         last = read()
         await asyncio.sleep(0.1)

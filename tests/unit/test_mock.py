@@ -78,14 +78,17 @@ def llm() -> MockLLM:
 
 
 def test_chat_completion_shape(llm: MockLLM) -> None:
+    before = time.time()
     reply = llm.respond("chat", chat_body())
+    after = time.time()
     assert reply.status == 200
     assert reply.chunks is None and not reply.stream
     assert ("content-type", "application/json") in reply.headers
     obj = loads(reply.body)
     assert obj["object"] == "chat.completion"
     assert obj["id"].startswith("chatcmpl-")
-    assert isinstance(obj["created"], int) and abs(obj["created"] - time.time()) < 5
+    # the time of the answer in whole seconds (however long the call took)
+    assert isinstance(obj["created"], int) and int(before) <= obj["created"] <= after
     assert obj["model"] == "mock-1"
     (choice,) = obj["choices"]
     assert choice["index"] == 0
@@ -552,6 +555,8 @@ def test_transport_read_and_paths() -> None:
 
 def test_transport_stream_with_delays() -> None:
     async def main() -> None:
+        # lower bounds only, from the configured delays (less a little for the timer's resolution): a
+        # correct transport cannot answer sooner
         t = MockTransport(MockConfig(stream_chunks=3, latency_ms=30, chunk_delay_ms=20))
         start = time.perf_counter()
         resp = await t.request("POST", "/v1/chat/completions", [], chat_body(stream=True))
@@ -591,10 +596,11 @@ def test_transport_cut() -> None:
 def test_transport_hang_and_timeouts() -> None:
     async def main() -> None:
         t = MockTransport(read_timeout=0.05)
-        start = time.perf_counter()
+        # a hang never answers: only the 0.05 s read timeout can end it, so a generous 30 s bound fails
+        # only when that mechanism is missing
         with pytest.raises(UpstreamTimeout):
-            await t.request("POST", "/v1/chat/completions", [], chat_body("!mock hang=1"))
-        assert time.perf_counter() - start < 1
+            await asyncio.wait_for(t.request("POST", "/v1/chat/completions", [], chat_body("!mock hang=1")),
+                                   30.0)
         resp = await t.request("POST", "/v1/chat/completions", [],
                                chat_body("!mock chunk_delay_ms=200", stream=True))
         await resp.next_chunk()
@@ -746,7 +752,7 @@ def test_app_latency() -> None:
     app = MockApp(MockConfig())
     start = time.perf_counter()
     r = serve(app, req("POST", "/v1/chat/completions", chat_body("!mock latency_ms=40")))
-    assert time.perf_counter() - start >= 0.035
+    assert time.perf_counter() - start >= 0.035  # a lower bound only, from the configured 40 ms
     assert r.mode == "sent" and r.status == 200
 
 
@@ -775,10 +781,12 @@ def test_app_client_gone_and_hang() -> None:
         task = asyncio.create_task(
             app.handle(req("POST", "/v1/chat/completions", chat_body("!mock hang=1")), responder)
         )
+        # the handler hangs: after it has had the loop for a while it is still waiting, unanswered (a
+        # check that nothing happens: a slow machine can only make it pass, never fail)
         await asyncio.sleep(0.05)
         assert not task.done() and responder.mode == ""
         responder.gone = True
-        await asyncio.wait_for(task, 2)
+        await asyncio.wait_for(task, 30.0)  # the client's leaving ends it (generous: it checks often)
         assert responder.mode == ""
 
     asyncio.run(main())

@@ -19,12 +19,14 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import redis
 import redisproc  # tests/ is on sys.path: the suite's conftest.py lives there, outside any package
 
 from gateway.auth import keyformat
@@ -882,14 +884,36 @@ async def _next_within(iterator: AsyncIterator[int], seconds: float) -> int:
     return await asyncio.wait_for(anext(iterator), seconds)
 
 
+#: how long a watcher is given to wake on a change: generous (it wakes within one poll of 0.05 s, or at
+#: once by pub/sub), and shorter than the Redis watcher's 30 s fallback poll, so that only pub/sub passes
+WAKE = 20.0
+
+
+async def _subscribed(backend: Backend, store: Store) -> None:
+    """For a Redis store: wait until a watcher has subscribed to its change channel (from then on no
+    change can be missed). Nothing to wait for with SQLite (its watcher polls)."""
+    if not isinstance(store, RedisStore):
+        return
+    client = redis.Redis.from_url(backend.url)  # a quick question on the side (blocking is fine here)
+    try:
+        deadline = time.monotonic() + WAKE
+        while not client.pubsub_numsub(store.channel)[0][1]:
+            assert time.monotonic() < deadline, "the watcher never subscribed"
+            await asyncio.sleep(0.01)
+    finally:
+        client.close()
+
+
 def test_watch_wakes_on_a_write_through_another_instance(backend: Backend) -> None:
     async def body() -> None:
         async with backend.store() as watcher_store, backend.store() as writer:
             # the Redis watcher's fallback poll is long: waking within the deadline proves pub/sub works
             interval = 0.05 if backend.name == "sqlite" else 30.0
-            async with contextlib.aclosing(watcher_store.watch(interval=interval)) as watcher:
-                pending = asyncio.ensure_future(_next_within(watcher, 5.0))
-                await asyncio.sleep(0.3)  # let the watcher settle on the current version
+            # the watcher starts from the version before the write (whenever it gets to read it)
+            since = await watcher_store.change_version()
+            async with contextlib.aclosing(watcher_store.watch(since=since, interval=interval)) as watcher:
+                pending = asyncio.ensure_future(_next_within(watcher, WAKE))
+                await _subscribed(backend, watcher_store)
                 assert not pending.done()
                 await writer.create_tenant("acme")
                 version = await pending
@@ -898,16 +922,16 @@ def test_watch_wakes_on_a_write_through_another_instance(backend: Backend) -> No
 
                 key = await make_key(writer, "acme")
                 await writer.revoke_key(key.id)
-                later = await _next_within(watcher, 5.0)
+                later = await _next_within(watcher, WAKE)
                 while later < await writer.change_version():  # consecutive writes may coalesce
-                    later = await _next_within(watcher, 5.0)
+                    later = await _next_within(watcher, WAKE)
                 assert (await watcher_store.get_key(key.id)).state == "revoked"
                 changes = await watcher_store.changes_since(version)
                 assert changes is not None and [c.kind for c in changes] == ["key", "key"]
 
                 # a write through the watcher's own instance wakes it too
                 await watcher_store.update_tenant("acme", TenantUpdate(name="x"))
-                assert await _next_within(watcher, 5.0) == await watcher_store.change_version()
+                assert await _next_within(watcher, WAKE) == await watcher_store.change_version()
 
     run(body())
 
@@ -918,10 +942,11 @@ def test_watch_since_and_non_changes(backend: Backend) -> None:
             await store.create_tenant("acme")
             # a version the caller already knows is behind: the watcher yields at once
             async with contextlib.aclosing(store.watch(since=0, interval=0.05)) as watcher:
-                assert await _next_within(watcher, 5.0) == 1
-            async with contextlib.aclosing(store.watch(interval=0.05)) as watcher:
+                assert await _next_within(watcher, WAKE) == 1
+            # from version 1 on (whenever the watcher reads it): writes that are not changes must not
+            # wake it; a second of 20 polls without a yield (a wrong yield would come within one poll)
+            async with contextlib.aclosing(store.watch(since=1, interval=0.05)) as watcher:
                 pending = asyncio.ensure_future(_next_within(watcher, 1.0))
-                await asyncio.sleep(0.1)
                 await store.add_spend("key", "k", "2024-01-01", 1.0)
                 await store.append_audit(actor="a", action="b", target="c")
                 with pytest.raises(TimeoutError):
@@ -933,9 +958,33 @@ def test_watch_since_and_non_changes(backend: Backend) -> None:
 def test_watch_ends_when_the_store_closes(backend: Backend) -> None:
     async def body() -> None:
         store = await backend.open()
-        watcher = store.watch(interval=0.05)
-        pending = asyncio.ensure_future(_next_within(watcher, 10.0))
-        await asyncio.sleep(0.2)
+        since = await store.change_version()
+        # the store is closed while the watcher waits for a change, not while it reads: the watcher's
+        # read is noted, and from there it goes on to its wait before the test runs again (the Redis
+        # watcher reads the version, then waits on pub/sub; the SQLite one polls in a thread, then sleeps)
+        read = asyncio.Event()
+        if isinstance(store, RedisStore):
+            change_version = store.change_version
+
+            async def noted_version() -> int:
+                version = await change_version()
+                read.set()
+                return version
+
+            store.change_version = noted_version  # type: ignore[method-assign]
+        else:
+            assert isinstance(store, SqliteStore)
+            run_in_thread = store._run
+
+            async def noted_run(*args: Any) -> Any:
+                out = await run_in_thread(*args)
+                read.set()
+                return out
+
+            store._run = noted_run  # type: ignore[method-assign]
+        watcher = store.watch(since=since, interval=0.05)  # nothing new: nothing to yield
+        pending = asyncio.ensure_future(_next_within(watcher, WAKE))
+        await asyncio.wait_for(read.wait(), WAKE)
         await store.close()
         with pytest.raises(StopAsyncIteration):
             await pending
