@@ -275,7 +275,9 @@ class SqliteStore(Store):
 
     @property
     def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None, "store not open"
+        if self._conn is None:
+            # closed (or never opened): a watcher's poll already queued when close() ran ends here
+            raise StoreUnavailable("the store is closed" if self._closed else "the store is not open")
         return self._conn
 
     def _sync_tx(self, fn: Callable[[sqlite3.Connection], R]) -> R:
