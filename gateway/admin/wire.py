@@ -77,6 +77,9 @@ class TenantCreate(_Body, frozen=True, kw_only=True):
     limit_policy: str | None = None
     budget: str | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: data residency: deployment regions its keys may be served in (null: any), tags those must carry
+    allowed_regions: list[str] | None = None
+    required_tags: list[str] = msgspec.field(default_factory=list)
     reason: str | None = None
 
 
@@ -102,6 +105,9 @@ class KeyCreate(_Body, frozen=True, kw_only=True):
     limit_policy: str | None = None
     budget: str | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: data residency, within the tenant's (narrower only): regions (null: the tenant's), more tags
+    allowed_regions: list[str] | None = None
+    required_tags: list[str] = msgspec.field(default_factory=list)
     reason: str | None = None
 
 
@@ -138,6 +144,8 @@ class TenantView(_View, frozen=True, kw_only=True):
     limit_policy: str | None
     budget: str | None
     labels: dict[str, str]
+    allowed_regions: list[str] | None
+    required_tags: list[str]
     #: "api": made through the admin API (in the store); "config": a [tenants.*] table, read-only here
     source: KeySource
     #: null for tenants of the config file
@@ -157,6 +165,8 @@ class KeyView(_View, frozen=True, kw_only=True):
     limit_policy: str | None
     budget: str | None
     labels: dict[str, str]
+    allowed_regions: list[str] | None
+    required_tags: list[str]
     #: the stored state ("active" or "revoked")
     state: KeyState
     #: what the data plane does with it now: "active", "revoked" or "expired"
