@@ -109,8 +109,17 @@ class AccessPhase(Phase):
             )
         if self.approval and model in self.approval:
             self._check_subscription(key, model)
-        if key.residency is not None:
-            check_residency(ctx, model)
+        residency = key.residency
+        if residency is not None:
+            entry = ctx.runtime.models.get(model)
+            router = entry.router if entry is not None else None
+            if router is not None:
+                # PERF: the router's memo read here; ``Router.allowed`` fills it on the first request
+                mask = router._allowed.get(residency)
+                if mask is None:
+                    mask = router.allowed(residency)
+                if not mask:
+                    raise RegionNotAllowed(model, residency, key.id)
 
     async def check(self, ctx: Context, endpoint: str) -> KeyEntry:
         """Authenticate and authorise an endpoint without a model (``/v1/models``)."""
@@ -214,9 +223,11 @@ class AccessPhase(Phase):
 
 def check_residency(ctx: Context, model: str) -> None:
     """403 ``region_not_allowed`` when the caller's data residency allows no deployment of ``model``
-    (an unknown model is left to the engine's 404). The router refuses such a request too; checked here
-    first so that nothing (limits, budgets) is reserved for it, and for direct models, which have no
-    plan: their one deployment has no region, so they serve no caller with a residency."""
+    (an unknown model is left to the engine's 404): for a model the request is moved to after the access
+    phase (a budget's downgrade). ``AccessPhase.on_request`` checks the model asked for the same way,
+    inline. The router refuses such a request too; these checks come first so that nothing (limits,
+    budgets) is reserved for it, and for direct models, which have no plan: their one deployment has no
+    region, so they serve no caller with a residency."""
     key = ctx.key
     residency = getattr(key, "residency", None)  # None: no key (auth not required)
     if residency is None:

@@ -68,6 +68,11 @@ def us() -> Iterator[RecordingUpstream]:
         yield up
 
 
+def static_key(key_id: str, key_digest: str, tenant: str, extra: str = "") -> str:
+    """An ``[[auth.keys]]`` entry; ``extra``: more of its keys (a residency)."""
+    return f'[[auth.keys]]\nid = "{key_id}"\ndigest = "{key_digest}"\ntenant = "{tenant}"\n{extra}\n'
+
+
 def residency_config(eu_port: int, us_port: int, tmp_path: Path, *, eu_breaker: str = "") -> str:
     return routing_config(
         provider_toml("eu", eu_port, connect_timeout=1.0, read_timeout=3.0)
@@ -107,34 +112,11 @@ upstream_model = "m-plain"
 
 [auth]
 required = true
-
-[[auth.keys]]
-id = "{OPEN_ID}"
-digest = "{OPEN_DIGEST}"
-tenant = "{TENANT_ANY}"
-
-[[auth.keys]]
-id = "{EU_ID}"
-digest = "{EU_DIGEST}"
-tenant = "{TENANT_ANY}"
-regions = ["eu"]
-
-[[auth.keys]]
-id = "{AP_ID}"
-digest = "{AP_DIGEST}"
-tenant = "{TENANT_ANY}"
-regions = ["ap"]
-
-[[auth.keys]]
-id = "{TENANT_ID}"
-digest = "{TENANT_DIGEST}"
-tenant = "{TENANT_EU}"
-
-[[auth.keys]]
-id = "{TAG_ID}"
-digest = "{TAG_DIGEST}"
-tenant = "{TENANT_ANY}"
-required_tags = ["gdpr"]
+{static_key(OPEN_ID, OPEN_DIGEST, TENANT_ANY)}
+{static_key(EU_ID, EU_DIGEST, TENANT_ANY, 'regions = ["eu"]')}
+{static_key(AP_ID, AP_DIGEST, TENANT_ANY, 'regions = ["ap"]')}
+{static_key(TENANT_ID, TENANT_DIGEST, TENANT_EU)}
+{static_key(TAG_ID, TAG_DIGEST, TENANT_ANY, 'required_tags = ["gdpr"]')}
 
 [tenants.{TENANT_ANY}]
 name = "no residency"
@@ -264,15 +246,8 @@ region = "eu"
 
 [auth]
 required = true
-[[auth.keys]]
-id = "{EU_ID}"
-digest = "{EU_DIGEST}"
-tenant = "t"
-regions = ["eu"]
-[[auth.keys]]
-id = "{OPEN_ID}"
-digest = "{OPEN_DIGEST}"
-tenant = "t"
+{static_key(EU_ID, EU_DIGEST, "t", 'regions = ["eu"]')}
+{static_key(OPEN_ID, OPEN_DIGEST, "t")}
 
 [store]
 url = "sqlite://{tmp_path / 'gateway.db'}"
@@ -368,11 +343,7 @@ tags = ["gdpr"]
 
 [auth]
 required = true
-[[auth.keys]]
-id = "{EU_ID}"
-digest = "{EU_DIGEST}"
-tenant = "t"
-{snippet}
+{static_key(EU_ID, EU_DIGEST, "t", snippet)}
 """)
     out = _check(text, tmp_path)
     assert out.returncode != 0, out.stdout + out.stderr
@@ -391,11 +362,7 @@ region = "us"
 
 [auth]
 required = true
-[[auth.keys]]
-id = "{EU_ID}"
-digest = "{EU_DIGEST}"
-tenant = "t"
-regions = ["eu", "us"]
+{static_key(EU_ID, EU_DIGEST, "t", 'regions = ["eu", "us"]')}
 
 [tenants.t]
 regions = ["eu"]
