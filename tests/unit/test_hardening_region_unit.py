@@ -287,3 +287,32 @@ operator_token = "{keyformat.digest(token, b'')}"
 def test_residency_is_interned_by_value() -> None:
     a = Residency(frozenset({"eu"}), frozenset())
     assert a is not EU and a.text == EU.text  # built directly: not interned (callers use ``residency``)
+
+
+def test_cli_flags_become_the_api_fields() -> None:
+    import argparse
+
+    from gateway.admin import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers())
+    sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Client:
+        def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            sent.append((method, path, body))
+            return {"id": "x", "api_key": "gw-x", "key": {"id": "x", "tenant": "acme"}}
+
+    for argv, handler in (
+        (["keys", "create", "--tenant", "acme", "--region", "eu", "--region", "fr", "--required-tag", "gdpr",
+          "--json"], cli.keys_create),
+        (["keys", "update", "abcdefghijkl", "--any-region", "--json"], cli.keys_update),
+        (["tenants", "create", "acme", "--region", "eu", "--json"], cli.tenants_create),
+        (["tenants", "update", "acme", "--required-tag", "pci", "--json"], cli.tenants_update),
+    ):
+        handler(Client(), parser.parse_args(argv))  # type: ignore[arg-type]
+    bodies = [body for _, _, body in sent]
+    assert bodies[0]["allowed_regions"] == ["eu", "fr"] and bodies[0]["required_tags"] == ["gdpr"]
+    assert bodies[1] == {"allowed_regions": None}
+    assert bodies[2]["allowed_regions"] == ["eu"] and "required_tags" not in bodies[2]
+    assert bodies[3] == {"required_tags": ["pci"]}
