@@ -383,3 +383,62 @@ def _check(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
 
+
+
+def test_a_budget_downgrade_stays_in_the_region(
+    start_gateway: StartGateway, eu: RecordingUpstream, us: RecordingUpstream, tmp_path: Path
+) -> None:
+    """A budget whose action is to downgrade to a model that has no deployment in the caller's region
+    refuses the request (403) instead of sending it there; an unrestricted caller is downgraded."""
+    text = routing_config(
+        provider_toml("eu", eu.port, read_timeout=3.0) + provider_toml("us", us.port, read_timeout=3.0)
+        + f"""
+[models.chat]
+[[models.chat.deployments]]
+provider = "eu"
+upstream_model = "gpt-4o"
+region = "eu"
+
+# the downgrade model: direct, in no region
+[models.plain]
+provider = "us"
+upstream_model = "m-plain"
+
+[auth]
+required = true
+{static_key(EU_ID, EU_DIGEST, "t", 'regions = ["eu"]')}
+{static_key(OPEN_ID, OPEN_DIGEST, "t")}
+
+[tenants.t]
+budget = "b"
+
+[limits.budgets.b]
+usd_per_day = 0.01
+action = "downgrade"
+downgrade_model = "plain"
+
+[pricing."gpt-4o"]
+input = 1.0
+output = 1.0
+
+[store]
+url = "sqlite://{tmp_path / 'gateway.db'}"
+"""
+    )
+    gw = start_gateway(text)
+    # a small request fits the budget: served in eu
+    assert chat(gw.port, EU_KEY).header("x-gateway-deployment") is not None
+    assert upstream_models(eu) == {"gpt-4o": 1}
+    # one whose reservation does not fit (20,000 tokens at a millionth of a dollar each) is downgraded...
+    big = http_request("POST", "/v1/chat/completions", chat_body("hello", "chat", max_tokens=20_000),
+                       headers=[("authorization", f"Bearer {OPEN_KEY}")])
+    with RawClient(gw.port) as c:
+        resp = c.request(big)
+    assert resp.status == 200 and resp.header("x-gateway-downgraded") == "chat -> plain", resp
+    assert upstream_models(us) == {"m-plain": 1}
+    # ... but not for the eu key: the downgrade model is not in its region
+    with RawClient(gw.port) as c:
+        resp = c.request(big.replace(OPEN_KEY.encode(), EU_KEY.encode()))
+    err = assert_openai_error(resp, 403, "region_not_allowed")
+    assert "`plain`" in err["message"], err
+    assert upstream_models(us) == {"m-plain": 1} and upstream_models(eu) == {"gpt-4o": 1}
