@@ -602,6 +602,20 @@ def _residency_problems(config: Config) -> Iterator[_Problem]:
             ("auth", "keys", i), key.regions, key.required_tags, regions, tags, within, key.tenant
         ):
             yield _Problem(path, msg)
+    if not config.auth.required:  # keys are not read then: a residency would be silently ignored
+        pinned: list[_Path] = [
+            ("tenants", n) for n, t in config.tenants.items() if t.regions is not None or t.required_tags
+        ]
+        pinned += [
+            ("auth", "keys", i)
+            for i, k in enumerate(config.auth.keys)
+            if k.regions is not None or k.required_tags
+        ]
+        if pinned:
+            yield _Problem(
+                pinned[0], "a data residency (regions, required_tags) needs [auth] required = true: "
+                "without it keys are not read and requests may go to any deployment",
+            )
 
 
 def _auth_problems(config: Config) -> Iterator[_Problem]:

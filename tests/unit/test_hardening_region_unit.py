@@ -236,6 +236,8 @@ tags = ["gdpr"]
 [tenants.cfg]
 regions = ["eu"]
 required_tags = ["gdpr"]
+[auth]
+required = true
 [admin]
 operator_token = "{keyformat.digest(token, b'')}"
 """)
@@ -316,3 +318,12 @@ def test_cli_flags_become_the_api_fields() -> None:
     assert bodies[1] == {"allowed_regions": None}
     assert bodies[2]["allowed_regions"] == ["eu"] and "required_tags" not in bodies[2]
     assert bodies[3] == {"required_tags": ["pci"]}
+
+
+def test_a_residency_without_required_keys_is_refused() -> None:
+    text = (EXAMPLES / "data_residency.toml").read_text().replace("required = true", "required = false")
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text)
+    assert "tenants.acme-eu: a data residency (regions, required_tags) needs [auth] required = true" in str(
+        info.value
+    )
