@@ -13,6 +13,7 @@ Theory of operation:
     key table build            | each key's effective ``Residency`` = its tenant's narrowed by its own
                                | (``narrow``: regions intersected, tags united), interned, on ``KeyEntry``
     access phase               | the model asked for has no matching deployment: 403 region_not_allowed
+    budget downgrade (admit)   | the same for the model a budget moves the request to
     router, per request        | ``RouterCore.pick`` and every plan intersect their eligibility masks
                                | with the model's mask for the residency (memoized per router by object)
     retries and fallbacks      | only matching deployments; a fallback model with none is passed over

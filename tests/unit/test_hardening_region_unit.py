@@ -286,7 +286,7 @@ operator_token = "{keyformat.digest(token, b'')}"
     asyncio.run(asyncio.wait_for(go(), 60))
 
 
-def test_residency_is_interned_by_value() -> None:
+def test_a_residency_built_directly_is_not_interned() -> None:
     a = Residency(frozenset({"eu"}), frozenset())
     assert a is not EU and a.text == EU.text  # built directly: not interned (callers use ``residency``)
 
