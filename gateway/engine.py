@@ -1299,14 +1299,16 @@ class _First(NamedTuple):
 
 
 def _route_info(ctx: Context) -> RequestInfo:
-    """What the router needs of a request: the hash keys and the token estimate (context fit, tpm)."""
+    """What the router needs of a request: the hash keys, the token estimate (context fit, tpm) and the
+    key's data residency (every attempt stays within the deployments it allows)."""
     fields = ctx.fields
     key = ctx.key
     max_tokens = getattr(fields, "max_tokens", None)
     tokens = len(ctx.body) // 4 + (max_tokens if isinstance(max_tokens, int) else 0)
     # PERF: positional (keywords cost ~0.4 us here)
-    return RequestInfo(getattr(fields, "user", None), key.id if key is not None else None, ctx.request.header,
-                       tokens)
+    if key is None:
+        return RequestInfo(getattr(fields, "user", None), None, ctx.request.header, tokens)
+    return RequestInfo(getattr(fields, "user", None), key.id, ctx.request.header, tokens, key.residency)
 
 
 class _Failed(NamedTuple):

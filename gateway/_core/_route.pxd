@@ -71,6 +71,7 @@ cdef class RequestInfo:
     cdef public object key_id
     cdef public object header
     cdef public object tokens
+    cdef public object residency
 
 
 cdef class RouterCore:
@@ -93,6 +94,7 @@ cdef class RouterCore:
     cdef public list _breakers
     cdef public list _rpm
     cdef public list _tpm
+    cdef public dict _allowed
     cdef bint _admit(self, Py_ssize_t i, double now, object tokens) except -1
     cpdef RequestInfo info(self, object fields, object key, object header, Py_ssize_t length)
     cdef Py_ssize_t _pick_one(self, object mask, RequestInfo info, object rnd) except -2

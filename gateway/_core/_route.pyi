@@ -82,12 +82,14 @@ class RequestInfo:
     key_id: str | None
     header: Callable[[bytes], bytes | None] | None
     tokens: int
+    residency: Any
     def __init__(
         self,
         user: str | None = None,
         key_id: str | None = None,
         header: Callable[[bytes], bytes | None] | None = None,
         tokens: int = 0,
+        residency: Any = None,
     ) -> None: ...
 
 class RouterCore:
@@ -110,6 +112,7 @@ class RouterCore:
     _breakers: list[Any]
     _rpm: list[Any]
     _tpm: list[Any]
+    _allowed: dict[Any, int]
     def info(self, fields: Any, key: Any, header: Any, length: int) -> RequestInfo: ...
     def pick_one(self, mask: int, info: RequestInfo, rnd: Callable[[], float]) -> int: ...
     def pick(self, info: RequestInfo, now: float, rnd: Callable[[], float]) -> int: ...

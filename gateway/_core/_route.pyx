@@ -569,11 +569,12 @@ STRATEGIES = {
 cdef class RequestInfo:
     """What routing needs to know of a request (see the twin)."""
 
-    def __init__(self, user=None, key_id=None, header=None, tokens=0):
+    def __init__(self, user=None, key_id=None, header=None, tokens=0, residency=None):
         self.user = user
         self.key_id = key_id
         self.header = header
         self.tokens = tokens
+        self.residency = residency
 
 
 cdef RequestInfo _NO_INFO = RequestInfo()
@@ -589,13 +590,14 @@ cdef class RouterCore:
 
     cpdef RequestInfo info(self, object fields, object key, object header, Py_ssize_t length):
         cdef int needs = self._needs
+        residency = getattr(key, "residency", None)
         if needs == 0:
-            return _NO_INFO
+            return _NO_INFO if residency is None else RequestInfo(None, None, None, 0, residency)
         max_tokens = getattr(fields, "max_tokens", None)
         tokens = length // 4 + (max_tokens if isinstance(max_tokens, int) else 0)
         if needs == 1:
-            return RequestInfo(None, None, None, tokens)
-        return RequestInfo(getattr(fields, "user", None), getattr(key, "id", None), header, tokens)
+            return RequestInfo(None, None, None, tokens, residency)
+        return RequestInfo(getattr(fields, "user", None), getattr(key, "id", None), header, tokens, residency)
 
     def pick_one(self, object mask, RequestInfo info, object rnd):
         return self._pick_one(mask, info, rnd)
@@ -628,8 +630,12 @@ cdef class RouterCore:
     cpdef Py_ssize_t pick(self, RequestInfo info, double now, object rnd) except -2:
         cdef Py_ssize_t i
         tokens = info.tokens
+        residency = info.residency
         if now < self._recheck and tokens <= self._min_window:
             mask = ~self._blocked
+            if residency is not None:  # only the deployments the caller's residency allows
+                allowed = self._allowed.get(residency)
+                mask &= allowed if allowed is not None else self.allowed(residency)
             gated = self._gated
             if not gated:
                 return self._pick_one(mask, info, rnd)
@@ -638,7 +644,10 @@ cdef class RouterCore:
                 if i < 0 or not (gated >> i) & 1 or self._admit(i, now, tokens):
                     return i
                 mask &= ~(<object>1 << i)
-        return self._choose(self._eligible(now, tokens), info, rnd, now)
+        eligible = self._eligible(now, tokens)
+        if residency is not None:
+            eligible &= self.allowed(residency)
+        return self._choose(eligible, info, rnd, now)
 
     def admit(self, Py_ssize_t i, double now, object tokens):
         return self._admit(i, now, tokens)

@@ -523,9 +523,11 @@ STRATEGIES = {
 class RequestInfo:
     """What routing needs to know of a request. ``tokens``: the estimate of prompt + completion tokens
     (context-window fit, tpm); ``header``: looks up a request header by lower-case name (``hash_on =
-    "header:..."``)."""
+    "header:..."``); ``residency``: the caller's data-residency constraint
+    (``gateway.routing.residency.Residency``, interned), which restricts every attempt to the deployments
+    it matches, or None."""
 
-    __slots__ = ("header", "key_id", "tokens", "user")
+    __slots__ = ("header", "key_id", "residency", "tokens", "user")
 
     def __init__(
         self,
@@ -533,11 +535,13 @@ class RequestInfo:
         key_id: str | None = None,
         header: Callable[[bytes], bytes | None] | None = None,
         tokens: int = 0,
+        residency: Any = None,
     ) -> None:
         self.user = user
         self.key_id = key_id
         self.header = header
         self.tokens = tokens
+        self.residency = residency
 
 
 #: the request facts of a model whose routing reads none (``RouterCore.info``)
@@ -561,13 +565,14 @@ class RouterCore:
       kept out outright; asked one by one), ``_min_window`` (the smallest context window), ``_needs``
       (what ``info`` reads: 0 nothing, 1 the token estimate, 2 that and the hash keys), ``_breakers``
       (one per deployment: ``BreakerCore`` with ``on_success(now) -> change | None``), ``_rpm`` and ``_tpm``
-      (per deployment, its upstream limit's ``Bucket`` or None).
+      (per deployment, its upstream limit's ``Bucket`` or None), ``_allowed`` (the memo of ``allowed``:
+      residency -> mask of the deployments it matches).
 
-    Methods it calls on its subclass: ``_choose``, ``_eligible``, ``_changed``.
+    Methods it calls on its subclass: ``_choose``, ``_eligible``, ``_changed``, ``allowed``.
     """
 
     __slots__ = (
-        "_blocked", "_breakers", "_costs", "_gated", "_hash_header", "_hash_kind", "_lb", "_ll",
+        "_allowed", "_blocked", "_breakers", "_costs", "_gated", "_hash_header", "_hash_kind", "_lb", "_ll",
         "_min_window", "_needs", "_recheck", "_ring", "_rpm", "_rr", "_split", "_strategy", "_tie", "_tpm",
         "_windows",
     )
@@ -591,19 +596,22 @@ class RouterCore:
     _breakers: list[Any]
     _rpm: list[Any]
     _tpm: list[Any]
+    _allowed: dict[Any, int]
 
     def info(self, fields: Any, key: Any, header: Any, length: int) -> RequestInfo:
         """What ``pick`` needs of a request: its decoded ``fields`` (``user``, ``max_tokens``), its API
-        ``key`` (``id``) or None, its header lookup and its body's ``length``. Only what this model's
-        routing reads: one shared, empty ``RequestInfo`` when that is nothing."""
+        ``key`` (``id``, ``residency``) or None, its header lookup and its body's ``length``. Only what
+        this model's routing reads, and the key's residency: one shared, empty ``RequestInfo`` when that
+        is nothing."""
         needs = self._needs
+        residency = getattr(key, "residency", None)
         if not needs:
-            return _NO_INFO
+            return _NO_INFO if residency is None else RequestInfo(None, None, None, 0, residency)
         max_tokens = getattr(fields, "max_tokens", None)
         tokens = length // 4 + (max_tokens if isinstance(max_tokens, int) else 0)
         if needs == 1:
-            return RequestInfo(None, None, None, tokens)
-        return RequestInfo(getattr(fields, "user", None), getattr(key, "id", None), header, tokens)
+            return RequestInfo(None, None, None, tokens, residency)
+        return RequestInfo(getattr(fields, "user", None), getattr(key, "id", None), header, tokens, residency)
 
     def pick_one(self, mask: int, info: RequestInfo, rnd: Callable[[], float]) -> int:
         """The strategy's pick among ``mask`` (-1: none), nothing else considered."""
@@ -641,9 +649,13 @@ class RouterCore:
         the router's plan would make, without building it. A deployment behind a gate (a half-open probe,
         an upstream rpm/tpm) is admitted here, so the caller must then send to it."""
         tokens = info.tokens
+        residency = info.residency
         if now < self._recheck and tokens <= self._min_window:
             # the usual case: no block may have lifted, every window fits
             mask = ~self._blocked
+            if residency is not None:  # only the deployments the caller's residency allows
+                allowed = self._allowed.get(residency)
+                mask &= allowed if allowed is not None else self.allowed(residency)  # type: ignore[attr-defined]
             gated = self._gated
             if not gated:  # nobody to ask one by one
                 return self.pick_one(mask, info, rnd)
@@ -652,7 +664,10 @@ class RouterCore:
                 if i < 0 or not (gated >> i) & 1 or self.admit(i, now, tokens):
                     return i
                 mask &= ~(1 << i)
-        return self._choose(self._eligible(now, tokens), info, rnd, now)  # type: ignore[attr-defined,no-any-return]
+        eligible = self._eligible(now, tokens)  # type: ignore[attr-defined]
+        if residency is not None:
+            eligible &= self.allowed(residency)  # type: ignore[attr-defined]
+        return self._choose(eligible, info, rnd, now)  # type: ignore[attr-defined,no-any-return]
 
     def admit(self, i: int, now: float, tokens: int) -> bool:
         """May deployment ``i`` take a request of ``tokens`` now? Its upstream rpm and tpm buckets must

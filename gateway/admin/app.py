@@ -142,6 +142,20 @@ def _check_endpoints(endpoints: list[str]) -> None:
             )
 
 
+def _check_residency(regions: object, tags: object) -> None:
+    """``allowed_regions`` (a list, null or unset) and ``required_tags`` (a list or unset) of a body."""
+    if isinstance(regions, list):
+        if not regions:
+            raise AdminError(
+                400, "invalid_argument",
+                "allowed_regions must list at least one region (null: any region)", param="allowed_regions",
+            )
+        if not all(regions):
+            raise AdminError(400, "invalid_argument", "a region must not be empty", param="allowed_regions")
+    if isinstance(tags, list) and not all(tags):
+        raise AdminError(400, "invalid_argument", "a tag must not be empty", param="required_tags")
+
+
 def _check_time(value: float | None, param: str) -> None:
     if value is not None and not math.isfinite(value):
         raise AdminError(
@@ -405,7 +419,8 @@ class AdminApp:
             await self._require_store().create_tenant(
                 tenant, name=static.name or tenant, allowed_models=static.models,
                 limit_policy=static.limit_policy, budget=static.budget, labels=static.labels,
-                actor=actor, reason=f"mirrored from [tenants.{tenant}] of the config file",
+                allowed_regions=static.regions, required_tags=static.required_tags, actor=actor,
+                reason=f"mirrored from [tenants.{tenant}] of the config file",
             )
         except Conflict:
             pass  # made by a concurrent request
@@ -457,9 +472,11 @@ class AdminApp:
         b = _decode(call.body, wire.TenantCreate)
         if b.id in self._static.tenants:
             raise self._static_tenant_refusal(b.id)
+        _check_residency(b.allowed_regions, b.required_tags)
         t = await self._require_store().create_tenant(
             b.id, name=b.name, allowed_models=b.allowed_models, limit_policy=b.limit_policy, budget=b.budget,
-            labels=b.labels, actor=call.principal.actor, reason=b.reason,
+            labels=b.labels, allowed_regions=b.allowed_regions, required_tags=b.required_tags,
+            actor=call.principal.actor, reason=b.reason,
         )
         return 201, tenant_view(t)
 
@@ -493,6 +510,7 @@ class AdminApp:
         update = patch.update()
         if not update.changed_fields():
             raise AdminError(400, E.EMPTY_UPDATE, "nothing to change: give at least one field")
+        _check_residency(update.allowed_regions, update.required_tags)
         try:
             t = await self._require_store().update_tenant(
                 tenant, update, actor=call.principal.actor, reason=patch.reason
@@ -587,6 +605,7 @@ class AdminApp:
                 400, "invalid_argument", "expires_at is in the past: the key would be expired at creation",
                 param="expires_at",
             )
+        _check_residency(b.allowed_regions, b.required_tags)
         store = self._require_store()
         full, key_id, secret = keyformat.generate()
         while key_id in self._static.keys:  # never shadow a static key (60 random bits: not in practice)
@@ -597,6 +616,7 @@ class AdminApp:
                     key_id=key_id, tenant=tenant, name=b.name, digest=self._digester.digest(secret),
                     allowed_models=b.allowed_models, allowed_endpoints=b.allowed_endpoints,
                     expires_at=b.expires_at, limit_policy=b.limit_policy, budget=b.budget, labels=b.labels,
+                    allowed_regions=b.allowed_regions, required_tags=b.required_tags,
                     actor=call.principal.actor, reason=b.reason,
                 )
                 break
@@ -633,6 +653,7 @@ class AdminApp:
             _check_endpoints(update.allowed_endpoints)
         if isinstance(update.expires_at, float):
             _check_time(update.expires_at, "expires_at")
+        _check_residency(update.allowed_regions, update.required_tags)
         key = await self._require_store().update_key(
             view.id, update, actor=call.principal.actor, reason=patch.reason
         )

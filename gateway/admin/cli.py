@@ -285,6 +285,7 @@ def keys_create(c: AdminClient, args: argparse.Namespace) -> None:
     _set(body, "limit_policy", args.limit_policy)
     _set(body, "budget", args.budget)
     _set(body, "labels", dict(args.label) if args.label else None)
+    _residency_body(body, args)
     _set(body, "reason", args.reason)
     _show_created(args, c.call("POST", "/admin/v1/keys", body=body), "created")
 
@@ -313,6 +314,7 @@ def keys_update(c: AdminClient, args: argparse.Namespace) -> None:
         if value is not None:
             body[name] = value or None
     _set(body, "labels", dict(args.label) if args.label else None)
+    _residency_body(body, args)
     _set(body, "reason", args.reason)
     data = c.call("PATCH", f"/admin/v1/keys/{_seg(args.key_id)}", body=body)
     _emit(args, data, _record(data))
@@ -371,6 +373,7 @@ def tenants_create(c: AdminClient, args: argparse.Namespace) -> None:
     _set(body, "limit_policy", args.limit_policy)
     _set(body, "budget", args.budget)
     _set(body, "labels", dict(args.label) if args.label else None)
+    _residency_body(body, args)
     _set(body, "reason", args.reason)
     data = c.call("POST", "/admin/v1/tenants", body=body)
     _emit(args, data, f"tenant {data['id']} created")
@@ -394,6 +397,7 @@ def tenants_update(c: AdminClient, args: argparse.Namespace) -> None:
         if value is not None:
             body[name] = value or None
     _set(body, "labels", dict(args.label) if args.label else None)
+    _residency_body(body, args)
     _set(body, "reason", args.reason)
     data = c.call("PATCH", f"/admin/v1/tenants/{_seg(args.tenant_id)}", body=body)
     _emit(args, data, _record(data))
@@ -458,7 +462,24 @@ def _key_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", metavar="NAME", help="a budget of the config")
     p.add_argument("--label", action="append", type=_label, metavar="KEY=VALUE",
                    help="label copied into call records; repeat for several")
+    _residency_args(p)
     p.add_argument("--reason", help="why: recorded in the audit log")
+
+
+def _residency_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", action="append", metavar="REGION",
+                   help="data residency: served only by deployments in this region; repeat for several")
+    p.add_argument("--any-region", action="store_true", help="remove the region restriction (update)")
+    p.add_argument("--required-tag", action="append", metavar="TAG",
+                   help="data residency: served only by deployments carrying this tag; repeat for several")
+
+
+def _residency_body(body: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.any_region:
+        body["allowed_regions"] = None
+    else:
+        _set(body, "allowed_regions", args.region)
+    _set(body, "required_tags", args.required_tag)
 
 
 def _list_args(p: argparse.ArgumentParser, default: int | None = None) -> None:
@@ -567,4 +588,5 @@ def _tenant_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-policy", metavar="NAME", help="a limit policy of the config (\"\" clears it)")
     p.add_argument("--budget", metavar="NAME", help="a budget of the config (\"\" clears it)")
     p.add_argument("--label", action="append", type=_label, metavar="KEY=VALUE", help="repeat for several")
+    _residency_args(p)
     p.add_argument("--reason", help="why: recorded in the audit log")

@@ -83,6 +83,8 @@ MAX_LABEL_VALUE = 256
 MAX_LABELS = 64
 MAX_REFERENCE = 128
 MAX_MODELS = 256
+MAX_RESIDENCY = 32
+MAX_RESIDENCY_NAME = 64
 
 TenantId = Annotated[str, msgspec.Meta(pattern=_TENANT_ID, description="1-64 of A-Z a-z 0-9 . _ -")]
 Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME, pattern=ONE_LINE)]
@@ -95,6 +97,9 @@ Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REFERENCE, 
 LabelKey = Annotated[str, msgspec.Meta(pattern=_LABEL_KEY)]
 LabelValue = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_VALUE, pattern=ONE_LINE)]
 Labels = Annotated[dict[LabelKey, LabelValue], msgspec.Meta(max_length=MAX_LABELS)]
+ResidencyName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RESIDENCY_NAME, pattern=ONE_LINE)]
+Regions = Annotated[list[ResidencyName], msgspec.Meta(max_length=MAX_RESIDENCY)]
+Tags = Annotated[list[ResidencyName], msgspec.Meta(max_length=MAX_RESIDENCY)]
 
 #: field name -> what it takes, for the 400 of a value out of bounds (msgspec's own words name the regex)
 LIMITS = {
@@ -110,6 +115,14 @@ LIMITS = {
     "allowed_endpoints": "allowed_endpoints holds at most 8 of *, chat, completions, embeddings, models",
     "limit_policy": f"a limit policy name is one line of 1 to {MAX_REFERENCE} characters",
     "budget": f"a budget name is one line of 1 to {MAX_REFERENCE} characters",
+    "allowed_regions": (
+        f"allowed_regions holds at most {MAX_RESIDENCY} region names, each one line of 1 to "
+        f"{MAX_RESIDENCY_NAME} characters"
+    ),
+    "required_tags": (
+        f"required_tags holds at most {MAX_RESIDENCY} tags, each one line of 1 to {MAX_RESIDENCY_NAME} "
+        "characters"
+    ),
     "labels": (
         f"labels are at most {MAX_LABELS} pairs; a label name is 1-63 letters, digits, '_', '.', ':', '/' or "
         f"'-' starting with a letter or '_', a value one line of at most {MAX_LABEL_VALUE} characters"
@@ -142,6 +155,9 @@ class TenantCreate(_Body, frozen=True, kw_only=True):
     limit_policy: Reference | None = None
     budget: Reference | None = None
     labels: Labels = msgspec.field(default_factory=dict)
+    #: data residency: deployment regions its keys may be served in (null: any), tags those must carry
+    allowed_regions: Regions | None = None
+    required_tags: Tags = msgspec.field(default_factory=list)
     reason: Reason | None = None
 
 
@@ -172,6 +188,9 @@ class KeyCreate(_Body, frozen=True, kw_only=True):
     limit_policy: Reference | None = None
     budget: Reference | None = None
     labels: Labels = msgspec.field(default_factory=dict)
+    #: data residency, within the tenant's (narrower only): regions (null: the tenant's), more tags
+    allowed_regions: Regions | None = None
+    required_tags: Tags = msgspec.field(default_factory=list)
     reason: Reason | None = None
 
 
@@ -214,6 +233,8 @@ class TenantView(_View, frozen=True, kw_only=True):
     limit_policy: str | None
     budget: str | None
     labels: dict[str, str]
+    allowed_regions: list[str] | None
+    required_tags: list[str]
     #: "api": made through the admin API (in the store); "config": a [tenants.*] table, read-only here
     source: KeySource
     #: null for tenants of the config file
@@ -233,6 +254,8 @@ class KeyView(_View, frozen=True, kw_only=True):
     limit_policy: str | None
     budget: str | None
     labels: dict[str, str]
+    allowed_regions: list[str] | None
+    required_tags: list[str]
     #: the stored state ("active" or "revoked")
     state: KeyState
     #: what the data plane does with it now: "active", "revoked" or "expired"

@@ -15,6 +15,8 @@ OpenAI-style ``code``, so clients and operators can tell them apart:
     403    | subscription_required   | the model needs an approved subscription; the tenant has none
     403    | subscription_pending    | requested, not yet approved
     403    | subscription_rejected   | rejected (or revoked) by an operator
+    403    | region_not_allowed      | the key's (or its tenant's) data residency allows no deployment of
+           |                         | the model (``regions``, ``required_tags``; docs/routing.md)
 
 No message repeats the presented key; call records carry the key id, never the key.
 """
@@ -32,11 +34,12 @@ from gateway.auth.service import KeyService
 from gateway.auth.table import KeyEntry, KeyTable
 from gateway.errors import GatewayError
 from gateway.phases import Phase
+from gateway.routing.router import RegionNotAllowed
 
 if TYPE_CHECKING:
     from gateway.engine import Context
 
-__all__ = ["AccessPhase"]
+__all__ = ["AccessPhase", "check_residency"]
 
 _now = time.time
 _INF = float("inf")
@@ -106,6 +109,17 @@ class AccessPhase(Phase):
             )
         if self.approval and model in self.approval:
             self._check_subscription(key, model)
+        residency = key.residency
+        if residency is not None:
+            entry = ctx.runtime.models.get(model)
+            router = entry.router if entry is not None else None
+            if router is not None:
+                # PERF: the router's memo read here; ``Router.allowed`` fills it on the first request
+                mask = router._allowed.get(residency)
+                if mask is None:
+                    mask = router.allowed(residency)
+                if not mask:
+                    raise RegionNotAllowed(model, residency, key.id)
 
     async def check(self, ctx: Context, endpoint: str) -> KeyEntry:
         """Authenticate and authorise an endpoint without a model (``/v1/models``)."""
@@ -205,3 +219,20 @@ class AccessPhase(Phase):
             f"Tenant {tenant}'s subscription to `{model}` was {state}.",
             param="model", code="subscription_rejected",
         )
+
+
+def check_residency(ctx: Context, model: str) -> None:
+    """403 ``region_not_allowed`` when the caller's data residency allows no deployment of ``model``
+    (an unknown model is left to the engine's 404): for a model the request is moved to after the access
+    phase (a budget's downgrade). ``AccessPhase.on_request`` checks the model asked for the same way,
+    inline. The router refuses such a request too; these checks come first so that nothing (limits,
+    budgets) is reserved for it, and for direct models, which have no plan: their one deployment has no
+    region, so they serve no caller with a residency."""
+    key = ctx.key
+    residency = getattr(key, "residency", None)  # None: no key (auth not required)
+    if residency is None:
+        return
+    entry = ctx.runtime.models.get(model)
+    router = entry.router if entry is not None else None
+    if router is not None and not router.allowed(residency):
+        raise RegionNotAllowed(model, residency, key.id)

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 
 from gateway.auth.keyformat import Digester, MalformedKey, parse
 from gateway.config.schema import StaticKeyConfig, TenantConfig
+from gateway.routing.residency import Residency, narrow, residency
 from gateway.store.models import ApiKey, Snapshot, Tenant
 
 __all__ = ["KeyEntry", "KeyTable", "ModelRule", "TenantEntry"]
@@ -65,11 +66,11 @@ _ALL = ModelRule(("*",))
 
 
 class TenantEntry:
-    __slots__ = ("budget", "id", "labels", "limit_policy", "models", "source")
+    __slots__ = ("budget", "id", "labels", "limit_policy", "models", "residency", "source")
 
     def __init__(
         self, tenant_id: str, models: ModelRule, limit_policy: str | None, budget: str | None,
-        labels: Mapping[str, str], source: str,
+        labels: Mapping[str, str], source: str, residency: Residency | None = None,
     ) -> None:
         self.id = tenant_id
         self.models = models
@@ -77,6 +78,8 @@ class TenantEntry:
         self.budget = budget
         self.labels = dict(labels)
         self.source = source
+        #: the deployments its keys may be served by (None: any)
+        self.residency = residency
 
 
 class KeyEntry:
@@ -84,15 +87,15 @@ class KeyEntry:
 
     __slots__ = (
         "budget", "digest", "endpoints", "endpoints_all", "expires_at", "id", "labels", "limit_policy",
-        "models", "name", "previous_digest", "previous_valid_until", "revoked", "source", "tenant",
-        "unrestricted",
+        "models", "name", "previous_digest", "previous_valid_until", "residency", "revoked", "source",
+        "tenant", "unrestricted",
     )
 
     def __init__(
         self, *, key_id: str, name: str, tenant: TenantEntry, digest: str, previous_digest: str | None,
         previous_valid_until: float | None, models: ModelRule, endpoints: Iterable[str],
         expires_at: float | None, revoked: bool, limit_policy: str | None, budget: str | None,
-        labels: Mapping[str, str], source: str,
+        labels: Mapping[str, str], source: str, residency: Residency | None = None,
     ) -> None:
         self.id = key_id
         self.name = name
@@ -109,8 +112,13 @@ class KeyEntry:
         self.budget = budget if budget is not None else tenant.budget
         self.labels = {**tenant.labels, **labels}
         self.source = source
-        #: every endpoint and model allowed by the key and its tenant: the hot path skips those checks
-        self.unrestricted = self.endpoints_all and models.allows_all and tenant.models.allows_all
+        #: the deployments it may be served by: its own residency within its tenant's (None: any)
+        self.residency = narrow(tenant.residency, residency)
+        #: every endpoint, model and deployment allowed by the key and its tenant: the hot path skips
+        #: those checks
+        self.unrestricted = (
+            self.endpoints_all and models.allows_all and tenant.models.allows_all and self.residency is None
+        )
 
 
 class KeyTable:
@@ -138,7 +146,8 @@ class KeyTable:
                 self.tenants[t.id] = _tenant_from_store(t)
         for tid, tc in (static_tenants or {}).items():
             self.tenants[tid] = TenantEntry(
-                tid, ModelRule(tc.models), tc.limit_policy, tc.budget, tc.labels, "config"
+                tid, ModelRule(tc.models), tc.limit_policy, tc.budget, tc.labels, "config",
+                residency(tc.regions, tc.required_tags),
             )
         if snapshot is not None:
             for k in snapshot.keys:
@@ -151,6 +160,7 @@ class KeyTable:
                 previous_digest=None, previous_valid_until=None, models=ModelRule(sk.models),
                 endpoints=sk.endpoints, expires_at=sk.expires_at, revoked=False,
                 limit_policy=sk.limit_policy, budget=sk.budget, labels=sk.labels, source="config",
+                residency=residency(sk.regions, sk.required_tags),
             )
 
     def _tenant(self, tenant_id: str) -> TenantEntry:
@@ -165,7 +175,7 @@ class KeyTable:
             previous_digest=k.previous_digest, previous_valid_until=k.previous_valid_until,
             models=ModelRule(k.allowed_models), endpoints=k.allowed_endpoints, expires_at=k.expires_at,
             revoked=k.state == "revoked", limit_policy=k.limit_policy, budget=k.budget, labels=k.labels,
-            source=k.source,
+            source=k.source, residency=residency(k.allowed_regions, k.required_tags),
         )
 
     def lookup(self, raw: bytes) -> tuple[KeyEntry, float] | str | None:
@@ -229,4 +239,7 @@ class KeyTable:
 
 
 def _tenant_from_store(t: Tenant) -> TenantEntry:
-    return TenantEntry(t.id, ModelRule(t.allowed_models), t.limit_policy, t.budget, t.labels, "api")
+    return TenantEntry(
+        t.id, ModelRule(t.allowed_models), t.limit_policy, t.budget, t.labels, "api",
+        residency(t.allowed_regions, t.required_tags),
+    )

@@ -587,6 +587,40 @@ def _digest_problems(path: _Path, value: str) -> Iterator[_Problem]:
         yield _Problem(path, str(exc))
 
 
+def _residency_problems(config: Config) -> Iterator[_Problem]:
+    """Data residency of static keys and tenants: names the deployments of the file have, keys within
+    their tenant's regions."""
+    from gateway.routing.residency import residency_problems
+
+    deployments = [d for m in config.models.values() for d in m.deployments]
+    regions = {d.region for d in deployments if d.region}
+    tags = {t for d in deployments for t in d.tags}
+    for name, tc in config.tenants.items():
+        for path, msg in residency_problems(("tenants", name), tc.regions, tc.required_tags, regions, tags):
+            yield _Problem(path, msg)
+    for i, key in enumerate(config.auth.keys):
+        tenant = config.tenants.get(key.tenant)
+        within = tenant.regions if tenant is not None else None
+        for path, msg in residency_problems(
+            ("auth", "keys", i), key.regions, key.required_tags, regions, tags, within, key.tenant
+        ):
+            yield _Problem(path, msg)
+    if not config.auth.required:  # keys are not read then: a residency would be silently ignored
+        pinned: list[_Path] = [
+            ("tenants", n) for n, t in config.tenants.items() if t.regions is not None or t.required_tags
+        ]
+        pinned += [
+            ("auth", "keys", i)
+            for i, k in enumerate(config.auth.keys)
+            if k.regions is not None or k.required_tags
+        ]
+        if pinned:
+            yield _Problem(
+                pinned[0], "a data residency (regions, required_tags) needs [auth] required = true: "
+                "without it keys are not read and requests may go to any deployment",
+            )
+
+
 def _auth_problems(config: Config) -> Iterator[_Problem]:
     from gateway.auth.keyformat import is_key_id
 
@@ -621,6 +655,7 @@ def _auth_problems(config: Config) -> Iterator[_Problem]:
     for name in config.tenants:
         if not _TENANT_ID.match(name):
             yield _Problem(("tenants", name), "a tenant id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    yield from _residency_problems(config)
 
     st = config.store
     scheme, sep, rest = st.url.partition("://")

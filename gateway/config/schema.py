@@ -216,6 +216,10 @@ class StaticKeyConfig(_Base, frozen=True):
     budget: str | None = None
     #: free-form labels copied into every call record of this key
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: data residency (docs/routing.md): served only by deployments in one of these regions (default:
+    #: any region), carrying every one of these tags; within the tenant's, never wider
+    regions: list[str] | None = None
+    required_tags: list[str] = msgspec.field(default_factory=list)
 
 
 class TenantConfig(_Base, frozen=True):
@@ -227,6 +231,9 @@ class TenantConfig(_Base, frozen=True):
     limit_policy: str | None = None
     budget: str | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: data residency of every key of the tenant (docs/routing.md): deployment regions, required tags
+    regions: list[str] | None = None
+    required_tags: list[str] = msgspec.field(default_factory=list)
 
 
 class AuthConfig(_Base, frozen=True):

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 
+from gateway.auth.access import check_residency
 from gateway.config import Config
 from gateway.errors import GatewayError, RateLimited
 from gateway.limits.budgets import BudgetRule, SpendBook, SpendView
@@ -605,6 +606,7 @@ class AdmitPhase(Phase):
         if downgrade is not None:
             to = downgrade.config.downgrade_model
             if to is not None and to != model:
+                check_residency(ctx, to)  # a downgrade stays within the caller's data residency
                 self.stats.downgraded += 1
                 ctx.route_model = to
                 ctx.response_headers.append(("x-gateway-downgraded", f"{model} -> {to}"))
@@ -720,6 +722,7 @@ class AdmitPhase(Phase):
         cfg = rule.config
         to = cfg.downgrade_model
         if cfg.action == "downgrade" and to is not None and to != served:
+            check_residency(ctx, to)  # a downgrade stays within the caller's data residency
             self.stats.downgraded += 1
             ctx.route_model = to
             ctx.response_headers.append(("x-gateway-downgraded", f"{served} -> {to}"))

@@ -75,6 +75,8 @@ class DeploymentConfig(_Base, frozen=True):
     weight: int = 1
     #: USD per million tokens; overrides the pricing table for the "cost" strategy
     cost: float | None = None
+    #: where the deployment runs and what it is, for data residency: a key or tenant with ``regions`` or
+    #: ``required_tags`` is served only by deployments that match them (docs/routing.md)
     region: str | None = None
     tags: list[str] = msgspec.field(default_factory=list)
     #: per-attempt timeouts, seconds (docs/routing.md, "Time bounds of an attempt"): opening a connection
@@ -305,6 +307,8 @@ def _deployment_problems(
         n: int | None = getattr(d, key)
         if n is not None and n < 1:
             yield RoutingProblem((*path, key), f"must be 1 or more, found {n}")
+    if d.region is not None and not d.region:
+        yield RoutingProblem((*path, "region"), "must not be empty (leave it out for no region)")
     for i, tag in enumerate(d.tags):
         if not tag:
             yield RoutingProblem((*path, "tags", i), "must not be empty")

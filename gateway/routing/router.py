@@ -23,6 +23,13 @@ Order of attempts:
    A fallback's own fallbacks follow it (depth first, each model at most once), under that fallback's
    ``fallback_on``. The deadline is the requested model's, for the whole request.
 
+A request with a data-residency constraint (``RequestInfo.residency``, see ``gateway.routing.residency``)
+sees, in every step above, only the deployments it matches: the model's mask for it (``allowed``,
+memoized per router) is intersected with every eligibility mask. A requested model with no matching
+deployment is refused (``RegionNotAllowed``, 403) before any attempt; a fallback model with none is passed
+over (its own fallbacks still apply); when matching deployments exist but none can take the request, the
+503 lists those only.
+
 All times (``now``, ``until``) are on one monotonic clock chosen by the caller; ``rnd`` returns uniform
 floats in [0, 1) (``random.random``, or a seeded ``random.Random().random`` in tests). Nothing here
 awaits, sleeps or reads a clock.
@@ -54,6 +61,7 @@ from gateway._core.route import (
 from gateway.routing.breaker import Breaker, Change, State
 from gateway.routing.config import DeploymentConfig, RoutingConfig
 from gateway.routing.outcome import Outcome
+from gateway.routing.residency import Residency
 from gateway.routing.retry import RetryPolicy
 from gateway.routing.stats import deployment_stats
 
@@ -62,6 +70,7 @@ __all__ = [
     "Attempts",
     "Deployment",
     "NoDeploymentAvailable",
+    "RegionNotAllowed",
     "RequestInfo",
     "Router",
     "Unavailable",
@@ -72,6 +81,9 @@ __all__ = [
 _INF = math.inf
 _NO_WINDOW = 1 << 62  # a deployment without a context_window takes any size
 _HASH_VNODES = 160
+#: residency masks memoized per router; past this a mask is computed each time (distinct constraints are
+#: few: one per distinct regions/tags combination of the keys and tenants)
+_MAX_ALLOWED = 1024
 
 Random = Callable[[], float]
 ChangeListener = Callable[["Deployment", Change], None]
@@ -144,6 +156,21 @@ class NoDeploymentAvailable(errors.ServiceUnavailable):
         super().__init__(_unavailable_message(model, reasons, now), headers=headers)
 
 
+class RegionNotAllowed(errors.PermissionDenied):
+    """403: the caller's data residency allows no deployment of the model (nothing is sent anywhere)."""
+
+    code = "region_not_allowed"
+
+    def __init__(self, model: str, residency: Residency, key_id: str | None = None) -> None:
+        self.model = model
+        self.residency = residency
+        who = f"The API key {key_id}" if key_id else "This API key"
+        super().__init__(
+            f"{who} may only be served by deployments {residency.text}; the model `{model}` has none.",
+            param="model",
+        )
+
+
 def _unavailable_message(model: str, reasons: list[Unavailable], now: float) -> str:
     parts: list[str] = []
     current = None
@@ -205,7 +232,7 @@ class Attempts:
     """
 
     __slots__ = (
-        "_attempts", "_chain", "_entered", "_info", "_next", "_now", "_outcome", "_pending", "_pos",
+        "_attempts", "_chain", "_entered", "_info", "_mask", "_next", "_now", "_outcome", "_pending", "_pos",
         "_retry_after", "_rnd", "_router", "_sent", "_tried", "deadline", "history", "stop_reason",
         "unavailable",
     )
@@ -228,11 +255,16 @@ class Attempts:
         self.history: list[Attempt] = []
         self.stop_reason: str | None = None
         self.unavailable: list[Unavailable] = []
-        i = first if first >= 0 else router._choose(router._eligible(now, info.tokens), info, rnd, now)
-        if i >= 0:
-            self._next: Attempt | None = self._make(router, i, now, 0.0)
+        #: the deployments of the current model the request may go to at all (its residency)
+        self._mask = mask = router.allowed(info.residency)
+        if not mask:
+            raise RegionNotAllowed(router.model, info.residency, info.key_id)
+        if first < 0:
+            first = router._choose(router._eligible(now, info.tokens) & mask, info, rnd, now)
+        if first >= 0:
+            self._next: Attempt | None = self._make(router, first, now, 0.0)
         else:
-            self.unavailable.extend(router.unavailable(now, info.tokens))
+            self.unavailable.extend(router.unavailable(now, info.tokens, mask))
             self._next = self._fallback(frozenset(u.condition for u in self.unavailable), now, "")
             if self._next is None:
                 raise NoDeploymentAvailable(router.model, self.unavailable, now)
@@ -328,7 +360,7 @@ class Attempts:
         info = self._info
         why = policy.stop_reason(outcome, self._attempts, False)
         if why is None:
-            eligible = router._eligible(now, info.tokens)
+            eligible = router._eligible(now, info.tokens) & self._mask
             i = router._choose(eligible & ~self._tried, info, self._rnd, now)
             if i >= 0:
                 router.deployments[i].stats.retries += 1
@@ -337,7 +369,7 @@ class Attempts:
             if wait is not None:
                 at = now + wait
                 mask, gated = router._eligible_at(at, info.tokens)
-                i = router._choose(mask & self._tried, info, self._rnd, at, gated)
+                i = router._choose(mask & self._mask & self._tried, info, self._rnd, at, gated)
                 if i >= 0:
                     router.deployments[i].stats.retries += 1
                     return self._make(router, i, now, wait)
@@ -353,15 +385,19 @@ class Attempts:
             if not (self._entered >> parent) & 1 or not conditions & chain[parent][0].fallback_on:
                 continue
             self._entered |= 1 << j
+            mask = router.allowed(info.residency)
+            if not mask:  # nothing of this fallback may serve the request: passed over, its own may
+                continue
             self._pos = j
             self._router = router
+            self._mask = mask
             self._tried = 0
             self._attempts = 0
-            i = router._choose(router._eligible(now, info.tokens), info, self._rnd, now)
+            i = router._choose(router._eligible(now, info.tokens) & mask, info, self._rnd, now)
             if i >= 0:
                 router.deployments[i].stats.fallbacks += 1
                 return self._make(router, i, now, 0.0)
-            reasons = router.unavailable(now, info.tokens)
+            reasons = router.unavailable(now, info.tokens, mask)
             self.unavailable.extend(reasons)
             conditions = frozenset(u.condition for u in reasons)
             why = f"no deployment of fallback `{router.model}` is available"
@@ -415,6 +451,8 @@ class Router(RouterCore):
         self.on_change: ChangeListener | None = None
         # (router, index of the entry that introduced it) in fallback order; ``link`` fills in the rest
         self._chain: tuple[tuple[Router, int], ...] = ((self, 0),)
+        # PERF: residency -> mask of the deployments it matches, filled on first use (``allowed``)
+        self._allowed = {}
 
         self._breakers = [Breaker(config.breaker) for _ in deployments]
 
@@ -503,6 +541,20 @@ class Router(RouterCore):
         return tuple(r.model for r, _ in self._chain[1:])
 
     # -- per request
+
+    def allowed(self, residency: Residency | None) -> int:
+        """The mask of the deployments a request with ``residency`` may go to (``ALL`` for None)."""
+        if residency is None:
+            return ALL
+        mask = self._allowed.get(residency)
+        if mask is None:
+            mask = 0
+            for d in self.deployments:
+                if residency.matches(d.region, d.tags):
+                    mask |= 1 << d.index
+            if len(self._allowed) < _MAX_ALLOWED:
+                self._allowed[residency] = mask
+        return mask
 
     def plan(self, info: RequestInfo, now: float, rnd: Random, first: int = -1) -> Attempts:
         """The attempts of one request; raises ``NoDeploymentAvailable`` when none can even start.
@@ -656,10 +708,12 @@ class Router(RouterCore):
         """Requests in flight to the deployment (counted with strategy "least_busy" only)."""
         return self._lb.inflight(deployment.index) if self._lb is not None else 0
 
-    def unavailable(self, now: float, tokens: int = 0) -> list[Unavailable]:
-        """Why each deployment that could not take a request of ``tokens`` now cannot."""
+    def unavailable(self, now: float, tokens: int = 0, mask: int = ALL) -> list[Unavailable]:
+        """Why each deployment (of ``mask``) that could not take a request of ``tokens`` now cannot."""
         out: list[Unavailable] = []
         for i, d in enumerate(self.deployments):
+            if not (mask >> i) & 1:
+                continue
             b = self._breakers[i]
             why: tuple[str, float | None, str] | None = None
             if self._windows[i] < tokens:

@@ -142,6 +142,8 @@ class Store(abc.ABC):
         limit_policy: str | None = None,
         budget: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allowed_regions: Sequence[str] | None = None,
+        required_tags: Sequence[str] = (),
         actor: str | None = None,
         reason: str | None = None,
     ) -> Tenant:
@@ -190,6 +192,8 @@ class Store(abc.ABC):
         limit_policy: str | None = None,
         budget: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allowed_regions: Sequence[str] | None = None,
+        required_tags: Sequence[str] = (),
         source: KeySource = "api",
         actor: str | None = None,
         reason: str | None = None,
@@ -480,6 +484,8 @@ def new_tenant(
     budget: str | None,
     labels: Mapping[str, str] | None,
     now: float,
+    allowed_regions: Sequence[str] | None = None,
+    required_tags: Sequence[str] = (),
 ) -> Tenant:
     if not check_tenant_id(tenant_id):
         raise InvalidArgument(
@@ -492,6 +498,8 @@ def new_tenant(
         limit_policy=limit_policy,
         budget=budget,
         labels=dict(labels or {}),
+        allowed_regions=list(allowed_regions) if allowed_regions is not None else None,
+        required_tags=list(required_tags),
         created_at=now,
         updated_at=now,
     )
@@ -516,6 +524,8 @@ def new_key(
     labels: Mapping[str, str] | None,
     source: KeySource,
     now: float,
+    allowed_regions: Sequence[str] | None = None,
+    required_tags: Sequence[str] = (),
 ) -> ApiKey:
     if not keyformat.is_key_id(key_id):
         raise InvalidArgument(
@@ -533,6 +543,8 @@ def new_key(
         limit_policy=limit_policy,
         budget=budget,
         labels=dict(labels or {}),
+        allowed_regions=list(allowed_regions) if allowed_regions is not None else None,
+        required_tags=list(required_tags),
         created_at=now,
         updated_at=now,
         source=source,

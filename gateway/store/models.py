@@ -105,6 +105,10 @@ class Tenant(_Record, frozen=True, kw_only=True):
     budget: str | None = None
     #: free-form labels, copied into call records
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: data residency: its keys are served only by deployments in one of these regions (None: any),
+    #: carrying every one of these tags (docs/routing.md)
+    allowed_regions: list[str] | None = None
+    required_tags: list[str] = msgspec.field(default_factory=list)
     created_at: float
     updated_at: float
 
@@ -131,6 +135,9 @@ class ApiKey(_Record, frozen=True, kw_only=True):
     budget: str | None = None
     #: free-form labels, copied into call records
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: data residency, within its tenant's (narrower only): regions (None: the tenant's) and more tags
+    allowed_regions: list[str] | None = None
+    required_tags: list[str] = msgspec.field(default_factory=list)
     created_at: float
     updated_at: float
     #: kept apart from the record by the stores (batched writes from every worker), merged on read
@@ -237,6 +244,8 @@ class TenantUpdate(_Update, frozen=True):
     limit_policy: str | msgspec.UnsetType | None = msgspec.UNSET
     budget: str | msgspec.UnsetType | None = msgspec.UNSET
     labels: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    allowed_regions: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    required_tags: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class KeyUpdate(_Update, frozen=True):
@@ -249,6 +258,8 @@ class KeyUpdate(_Update, frozen=True):
     limit_policy: str | msgspec.UnsetType | None = msgspec.UNSET
     budget: str | msgspec.UnsetType | None = msgspec.UNSET
     labels: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    allowed_regions: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    required_tags: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 # -- subscription approval -------------------------------------------------------------------------------

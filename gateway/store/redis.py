@@ -429,11 +429,15 @@ class RedisStore(Store):
         limit_policy: str | None = None,
         budget: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allowed_regions: Sequence[str] | None = None,
+        required_tags: Sequence[str] = (),
         actor: str | None = None,
         reason: str | None = None,
     ) -> Tenant:
         now = self._clock()
-        tenant = new_tenant(tenant_id, name, allowed_models, limit_policy, budget, labels, now)
+        tenant = new_tenant(
+            tenant_id, name, allowed_models, limit_policy, budget, labels, now, allowed_regions, required_tags
+        )
         ops = _Ops()
         ops.absent(self._tenants, tenant_id)
         ops.hset(self._tenants, tenant_id, _encode(tenant))
@@ -551,6 +555,8 @@ class RedisStore(Store):
         limit_policy: str | None = None,
         budget: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allowed_regions: Sequence[str] | None = None,
+        required_tags: Sequence[str] = (),
         source: KeySource = "api",
         actor: str | None = None,
         reason: str | None = None,
@@ -567,6 +573,8 @@ class RedisStore(Store):
             limit_policy=limit_policy,
             budget=budget,
             labels=labels,
+            allowed_regions=allowed_regions,
+            required_tags=required_tags,
             source=source,
             now=now,
         )

@@ -360,11 +360,15 @@ class SqliteStore(Store):
         limit_policy: str | None = None,
         budget: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allowed_regions: Sequence[str] | None = None,
+        required_tags: Sequence[str] = (),
         actor: str | None = None,
         reason: str | None = None,
     ) -> Tenant:
         now = self._clock()
-        tenant = new_tenant(tenant_id, name, allowed_models, limit_policy, budget, labels, now)
+        tenant = new_tenant(
+            tenant_id, name, allowed_models, limit_policy, budget, labels, now, allowed_regions, required_tags
+        )
         draft = audit_draft(actor, "tenant.create", tenant_id, tenant_id, reason, now)
 
         def tx(conn: sqlite3.Connection) -> Tenant:
@@ -457,6 +461,8 @@ class SqliteStore(Store):
         limit_policy: str | None = None,
         budget: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allowed_regions: Sequence[str] | None = None,
+        required_tags: Sequence[str] = (),
         source: KeySource = "api",
         actor: str | None = None,
         reason: str | None = None,
@@ -473,6 +479,8 @@ class SqliteStore(Store):
             limit_policy=limit_policy,
             budget=budget,
             labels=labels,
+            allowed_regions=allowed_regions,
+            required_tags=required_tags,
             source=source,
             now=now,
         )

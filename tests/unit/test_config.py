@@ -446,6 +446,13 @@ def test_routing_example_loads_and_builds_routers() -> None:
     ]
 
 
+def test_data_residency_example_passes_the_check(capsys: pytest.CaptureFixture[str]) -> None:
+    config = load_config(EXAMPLES / "data_residency.toml")
+    assert config.tenants["acme-eu"].regions == ["eu"]
+    assert [d.region for d in config.models["chat"].deployments] == ["eu", "us"]
+    assert check_main(str(EXAMPLES / "data_residency.toml")) == 0
+
+
 def test_routing_problems_are_reported_with_key_paths() -> None:
     text = (EXAMPLES / "routing.toml").read_text(encoding="utf-8")
     text = text.replace('split = { stable = 95, candidate = 5 }', 'split = { stable = 95, candidate = 4 }')
