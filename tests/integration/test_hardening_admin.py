@@ -289,6 +289,10 @@ def test_admin_input_bounds_answer_400_as_documented(start_node: StartNode) -> N
         ("POST", "/admin/v1/keys", {"tenant": "acme", "limit_policy": ""}, "limit_policy"),
         ("POST", "/admin/v1/keys", {"tenant": "acme", "budget": "b" * 129}, "budget"),
         ("POST", "/admin/v1/keys", {"tenant": "acme", "expires_at": time.time() - 60}, "expires_at"),
+        ("POST", "/admin/v1/tenants", {"id": "ok", "allowed_regions": [f"r{i}" for i in range(33)]},
+         "allowed_regions"),
+        ("POST", "/admin/v1/keys", {"tenant": "acme", "allowed_regions": ["e" * 65]}, "allowed_regions"),
+        ("POST", "/admin/v1/keys", {"tenant": "acme", "required_tags": ["two\nlines"]}, "required_tags"),
         ("POST", "/admin/v1/subscriptions", {"tenant": "acme", "model": "premium", "reason": "x" * 1001},
          "reason"),
     ]
