@@ -21,13 +21,18 @@ Request rules (IR → Anthropic):
   byte for byte, first in the assistant turn; thinking text without a signature cannot be verified by
   Anthropic and is dropped. ``reasoning.budget_tokens`` or an effort word (``REASONING_BUDGETS``)
   turns thinking on; then temperature and top_k are not sent (Anthropic refuses them with thinking).
+  Anthropic refuses thinking with a forced tool (``tool_choice`` any/tool): the client's tool choice
+  wins and thinking stays off for that request.
 - Structured output: ``json_schema`` → ``output_config.format`` (Anthropic's native structured
   outputs, constrained decoding; not a forced tool, so tools and tool_choice stay the client's).
   ``json_object`` has no native form: a system instruction asks for one JSON object.
 - ``max_tokens`` is required by Anthropic: the client's (OpenAI ``max_completion_tokens`` or
   ``max_tokens``), else ``default_max_tokens`` (4096) plus the thinking budget when thinking is on.
-- ``temperature`` is clamped to Anthropic's range [0, 1]; ``seed``, penalties and ``n == 1`` have no
-  Anthropic form and are not sent; ``n > 1`` is refused (400).
+- Sampling: ``temperature`` is clamped to Anthropic's range [0, 1]; ``top_p`` and ``top_k`` pass.
+  Anthropic's newest models refuse any non-default sampling parameter (and API versions after
+  ``2023-06-01`` drop the fields; the SDK's current request types no longer list them), so
+  ``build_request(..., sampling=False)`` leaves all three out: the provider's model config decides.
+  ``seed`` and the penalties have no Anthropic form and are not sent; ``n > 1`` is refused (400).
 """
 
 from __future__ import annotations
@@ -288,9 +293,12 @@ def _max_tokens_and_budget(req: ir.Request, default_max_tokens: int) -> tuple[in
 
 
 def build_request(
-    req: ir.Request, model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS
+    req: ir.Request, model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS, sampling: bool = True
 ) -> wire.Request:
-    """The Anthropic request for ``req``, sent to upstream model id ``model``. Raises BadRequest."""
+    """The Anthropic request for ``req``, sent to upstream model id ``model``. Raises BadRequest.
+
+    ``sampling=False``: the model refuses temperature/top_p/top_k; they are not sent.
+    """
     if req.n is not None and req.n > 1:
         raise BadRequest("this model answers one choice at a time (n must be 1)", param="n")
     system, turns = _messages(req.messages)
@@ -303,8 +311,12 @@ def build_request(
     elif fmt is not None and fmt.type == "json_object":
         system.append(wire.TextBlock(_JSON_OBJECT_INSTRUCTION))
     max_tokens, budget = _max_tokens_and_budget(req, default_max_tokens)
+    if req.tools and req.tool_choice is not None and req.tool_choice.mode in ("required", "named"):
+        budget = None  # Anthropic forces a tool only without thinking; the client's choice wins
     thinking = wire.ThinkingConfig("enabled", budget) if budget is not None else None
     temperature = None if req.temperature is None else min(max(req.temperature, 0.0), 1.0)
+    if not sampling:
+        temperature = None
     tools = [
         wire.ToolParam(t.name, t.parameters or _EMPTY_SCHEMA, t.description, t.strict, t.cache_control)
         for t in req.tools
@@ -316,8 +328,8 @@ def build_request(
         system=system or None,
         stop_sequences=req.stop or None,
         temperature=None if thinking else temperature,
-        top_p=req.top_p,
-        top_k=None if thinking else req.top_k,
+        top_p=req.top_p if sampling else None,
+        top_k=None if thinking or not sampling else req.top_k,
         metadata=wire.Metadata(req.user) if req.user else None,
         tools=tools or None,
         tool_choice=_tool_choice(req),
@@ -327,9 +339,11 @@ def build_request(
     )
 
 
-def encode_request(req: ir.Request, model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> bytes:
+def encode_request(
+    req: ir.Request, model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS, sampling: bool = True
+) -> bytes:
     """``build_request`` as the JSON body."""
-    return wire.encode(build_request(req, model, default_max_tokens=default_max_tokens))
+    return wire.encode(build_request(req, model, default_max_tokens=default_max_tokens, sampling=sampling))
 
 
 # ---- response ------------------------------------------------------------------------------------
@@ -458,10 +472,10 @@ def ratelimit_headers(headers: Iterable[tuple[str, str]], now: float) -> list[tu
     are present. Names are matched case-insensitively.
     """
     found: dict[str, str] = {}
-    for name, value in headers:
+    for name, raw in headers:
         low = name.lower()
         if low.startswith(_RATELIMIT_PREFIX):
-            found[low[len(_RATELIMIT_PREFIX):]] = value.strip()
+            found[low[len(_RATELIMIT_PREFIX):]] = raw.strip()
     out: list[tuple[str, str]] = []
     for suffix, target in _RATELIMIT_NAMES.items():
         value: str | None = found.get(suffix)

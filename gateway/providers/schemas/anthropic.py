@@ -121,7 +121,8 @@ class ToolResultBlock(msgspec.Struct, frozen=True, tag="tool_result", omit_defau
 
 class ThinkingBlock(msgspec.Struct, frozen=True, tag="thinking"):
     thinking: str
-    signature: str
+    #: absent from a streamed ``content_block_start`` (it arrives as a ``signature_delta``)
+    signature: str = ""
 
 
 class RedactedThinkingBlock(msgspec.Struct, frozen=True, tag="redacted_thinking"):
@@ -220,7 +221,8 @@ class Message(msgspec.Struct, frozen=True):
     model: str
     #: decoded block by block with ``decode_block`` (unknown block types stay raw)
     content: list[msgspec.Raw]
-    usage: Usage
+    #: always present in an answer; a streamed ``message_start`` may omit it
+    usage: Usage = Usage()
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     stop_reason: str | None = None
