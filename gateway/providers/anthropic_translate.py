@@ -60,10 +60,12 @@ __all__ = [
     "build_request",
     "encode_request",
     "error_from_response",
+    "provider_error",
     "ratelimit_headers",
     "response_from_body",
     "restore_tool_id",
     "sanitize_tool_id",
+    "stop_reason",
     "usage_from_wire",
 ]
 

@@ -171,6 +171,11 @@ def test_request_golden(name: str) -> None:
 # ---- pitfalls ------------------------------------------------------------------------------------
 
 
+def test_crlf_framing_gives_the_same_output() -> None:
+    raw = _stream("tool_use")
+    assert _translate(raw.replace(b"\n", b"\r\n")) == _translate(raw)
+
+
 def test_parallel_tool_calls_keep_their_index() -> None:
     """Two tool blocks whose fragments interleave: each fragment lands on its own call's index."""
     chunks = _chunks(_translate(_stream("parallel_tools_cached")))
