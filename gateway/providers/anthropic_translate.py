@@ -24,7 +24,8 @@ Request rules (IR → Anthropic):
   Anthropic refuses thinking with a forced tool (``tool_choice`` any/tool): the client's tool choice
   wins and thinking stays off for that request.
 - Structured output: ``json_schema`` → ``output_config.format`` (Anthropic's native structured
-  outputs, constrained decoding; not a forced tool, so tools and tool_choice stay the client's).
+  outputs, constrained decoding; not a forced tool, so tools and tool_choice stay the client's), the
+  schema fitted to the subset Anthropic enforces (``fit_schema``; so are ``strict`` tools' schemas).
   ``json_object`` has no native form: a system instruction asks for one JSON object.
 - ``max_tokens`` is required by Anthropic: the client's (OpenAI ``max_completion_tokens`` or
   ``max_tokens``), else ``default_max_tokens`` (4096) plus the thinking budget when thinking is on.
@@ -60,6 +61,7 @@ __all__ = [
     "build_request",
     "encode_request",
     "error_from_response",
+    "fit_schema",
     "provider_error",
     "ratelimit_headers",
     "response_from_body",
@@ -131,6 +133,56 @@ def restore_tool_id(tool_id: str) -> str:
         return base64.urlsafe_b64decode(enc + "=" * (-len(enc) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError):
         return tool_id
+
+
+# ---- structured-output schemas --------------------------------------------------------------------
+#
+# Anthropic's constrained decoding (``output_config.format`` and ``strict`` tools) takes a subset of JSON
+# Schema: every object closed (``additionalProperties: false``), ``anyOf``/``allOf`` but not ``oneOf``,
+# a fixed set of string formats, ``minItems`` of 0 or 1 only, no numeric or length bounds. OpenAI
+# accepts more (and non-strict schemas need not close their objects), so a client's schema is fitted:
+# objects are closed, ``oneOf`` becomes ``anyOf``, and each keyword Anthropic cannot enforce moves
+# into the node's description, where the model can still read it. ``$defs`` and ``$ref`` are kept.
+
+_STRING_FORMATS: Final = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "uri", "ipv4", "ipv6", "uuid"}
+)
+#: keywords kept as they are on every node
+_KEPT: Final = ("$ref", "enum", "const", "description", "title")
+
+
+def _fit_node(node: dict[str, Any]) -> dict[str, Any]:
+    rest = dict(node)
+    out: dict[str, Any] = {k: rest.pop(k) for k in _KEPT if k in rest}
+    if "$defs" in rest:
+        out["$defs"] = {name: fit_schema(d) for name, d in rest.pop("$defs").items()}
+    for union in ("anyOf", "oneOf", "allOf"):
+        if isinstance(rest.get(union), list):
+            out["allOf" if union == "allOf" else "anyOf"] = [fit_schema(v) for v in rest.pop(union)]
+    kind = rest.pop("type", None)
+    if kind is not None:
+        out["type"] = kind
+    if kind == "object" or (isinstance(kind, list) and "object" in kind):
+        out["properties"] = {k: fit_schema(v) for k, v in rest.pop("properties", {}).items()}
+        if "required" in rest:
+            out["required"] = rest.pop("required")
+        rest.pop("additionalProperties", None)
+        out["additionalProperties"] = False
+    if "items" in rest:
+        out["items"] = fit_schema(rest.pop("items"))
+    if rest.get("minItems") in (0, 1):
+        out["minItems"] = rest.pop("minItems")
+    if rest.get("format") in _STRING_FORMATS:
+        out["format"] = rest.pop("format")
+    if rest:
+        note = "{" + ", ".join(f"{k}: {v}" for k, v in rest.items()) + "}"
+        out["description"] = f"{out['description']}\n\n{note}" if "description" in out else note
+    return out
+
+
+def fit_schema(schema: Any) -> Any:
+    """A JSON schema fitted to what Anthropic's structured outputs accept (see above)."""
+    return _fit_node(schema) if isinstance(schema, dict) else schema
 
 
 # ---- request -------------------------------------------------------------------------------------
@@ -309,7 +361,7 @@ def build_request(
     if fmt is not None and fmt.type == "json_schema":
         if fmt.schema is None:
             raise BadRequest("response_format json_schema needs a schema", param="response_format")
-        output_config = wire.OutputConfig(format=wire.JSONOutputFormat(fmt.schema))
+        output_config = wire.OutputConfig(format=wire.JSONOutputFormat(fit_schema(fmt.schema)))
     elif fmt is not None and fmt.type == "json_object":
         system.append(wire.TextBlock(_JSON_OBJECT_INSTRUCTION))
     max_tokens, budget = _max_tokens_and_budget(req, default_max_tokens)
@@ -320,7 +372,13 @@ def build_request(
     if not sampling:
         temperature = None
     tools = [
-        wire.ToolParam(t.name, t.parameters or _EMPTY_SCHEMA, t.description, t.strict, t.cache_control)
+        wire.ToolParam(
+            t.name,
+            (fit_schema(t.parameters) if t.strict else t.parameters) or _EMPTY_SCHEMA,
+            t.description,
+            t.strict,
+            t.cache_control,
+        )
         for t in req.tools
     ]
     return wire.Request(

@@ -609,6 +609,47 @@ def test_structured_output() -> None:
     assert "output_config" not in body and "JSON object" in body["system"][-1]["text"]
 
 
+def test_structured_output_schema_is_fitted_to_anthropic() -> None:
+    """Open objects are closed, oneOf becomes anyOf, unenforceable keywords move into the description."""
+    schema = {
+        "title": "Person",
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "email": {"type": "string", "format": "email", "maxLength": 80},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 3},
+            "pet": {"oneOf": [{"$ref": "#/$defs/Pet"}, {"type": "null"}]},
+        },
+        "required": ["age"],
+        "$defs": {"Pet": {"type": "object", "properties": {"name": {"type": "string"}}, "additionalProperties": True}},
+    }
+    rf = {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}
+    body = assert_sdk_request(tr.encode_request(_request(response_format=rf), "c"))
+    assert body["output_config"]["format"]["schema"] == {
+        "title": "Person",
+        "$defs": {"Pet": {"type": "object", "properties": {"name": {"type": "string"}}, "additionalProperties": False}},
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "description": "{minimum: 0, maximum: 150}"},
+            "email": {"type": "string", "format": "email", "description": "{maxLength: 80}"},
+            "tags": {"type": "array", "items": {"type": "string"}, "description": "{minItems: 3}"},
+            "pet": {"anyOf": [{"$ref": "#/$defs/Pet"}, {"type": "null"}]},
+        },
+        "required": ["age"],
+        "additionalProperties": False,
+    }
+    strict_tool = {"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "object", "properties": {"n": {"type": "number", "exclusiveMinimum": 0}}}}}
+    loose_tool = {"type": "function", "function": {"name": "g", "parameters": {"type": "object", "properties": {"n": {"type": "number", "exclusiveMinimum": 0}}}}}
+    tools = assert_sdk_request(tr.encode_request(_request(tools=[strict_tool, loose_tool]), "c"))["tools"]
+    assert tools[0]["input_schema"] == {
+        "type": "object",
+        "properties": {"n": {"type": "number", "description": "{exclusiveMinimum: 0}"}},
+        "additionalProperties": False,
+    }
+    assert tools[0]["strict"] is True
+    assert tools[1]["input_schema"] == loose_tool["function"]["parameters"]  # type: ignore[index]
+
+
 def test_images_and_documents() -> None:
     content = [
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
