@@ -112,7 +112,8 @@ def _cmd_mock(args: argparse.Namespace) -> int:
     _setup_logging("warning" if args.quiet else "info")
     return run_mock_server(
         host=args.host, port=args.port, workers=args.workers, latency_ms=args.latency_ms,
-        stream_chunks=args.chunks, chunk_delay_ms=args.chunk_delay_ms,
+        stream_chunks=args.chunks, chunk_delay_ms=args.chunk_delay_ms, dialect=args.dialect,
+        api_key=args.api_key,
     )
 
 
@@ -138,13 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="TOML config file (default: the embedded config)")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("mock", help="run the deterministic mock LLM as an OpenAI-compatible server")
+    p = sub.add_parser(
+        "mock", help="run the deterministic mock LLM as an OpenAI, Anthropic or Azure OpenAI server"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", "-p", type=int, default=9000)
     p.add_argument("--workers", "-w", type=int, default=1)
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before each response")
     p.add_argument("--chunks", type=int, default=8, help="content chunks per streamed response")
     p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between streamed chunks")
+    p.add_argument("--dialect", choices=["openai", "anthropic", "azure"], default="openai",
+                   help="wire format to answer in (default: openai)")
+    p.add_argument("--api-key", help="require this key in the dialect's credential header (default: none)")
     p.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")
     p.set_defaults(func=_cmd_mock)
 

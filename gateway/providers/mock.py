@@ -74,13 +74,14 @@ import re
 import struct
 import time
 from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from gateway.config.schema import MockConfig
 from gateway.errors import error_body
+from gateway.providers import mock_content
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -269,9 +270,46 @@ class _Part(msgspec.Struct):
     text: str | None = None
 
 
+class _InFunction(msgspec.Struct):
+    name: str = ""
+
+
+class _InToolCall(msgspec.Struct):
+    id: str = ""
+    function: _InFunction = msgspec.field(default_factory=_InFunction)
+
+
 class _Message(msgspec.Struct):
     role: str
     content: str | list[_Part] | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[_InToolCall] | None = None
+
+
+class _FunctionDef(msgspec.Struct):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class _ToolDef(msgspec.Struct):
+    function: _FunctionDef
+    type: str = "function"
+
+
+class _NamedChoice(msgspec.Struct):
+    function: _InFunction
+    type: str = "function"
+
+
+class _JSONSchemaFormat(msgspec.Struct):
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool | None = None
+
+
+class _ResponseFormat(msgspec.Struct):
+    type: str
+    json_schema: _JSONSchemaFormat | None = None
 
 
 class _StreamOptions(msgspec.Struct):
@@ -285,6 +323,10 @@ class _ChatRequest(msgspec.Struct):
     max_completion_tokens: int | None = None
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
+    tools: list[_ToolDef] | None = None
+    tool_choice: str | _NamedChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: _ResponseFormat | None = None
 
 
 _Prompt = str | list[str | int | list[int]]
@@ -339,11 +381,23 @@ class _Usage(msgspec.Struct):
     total_tokens: int
 
 
+class _OutFunction(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class _OutToolCall(msgspec.Struct):
+    id: str
+    type: str
+    function: _OutFunction
+
+
 class _ChatMessage(msgspec.Struct):
     role: str
-    content: str
+    content: str | None
     refusal: None = None
     annotations: list[str] = msgspec.field(default_factory=list)
+    tool_calls: list[_OutToolCall] | UnsetType = UNSET
 
 
 class _ChatChoice(msgspec.Struct):
@@ -364,10 +418,23 @@ class _ChatCompletion(msgspec.Struct):
     system_fingerprint: str
 
 
+class _DeltaFunction(msgspec.Struct):
+    name: str | UnsetType = UNSET
+    arguments: str = ""
+
+
+class _DeltaToolCall(msgspec.Struct):
+    index: int
+    function: _DeltaFunction
+    id: str | UnsetType = UNSET
+    type: str | UnsetType = UNSET
+
+
 class _Delta(msgspec.Struct):
     role: str | UnsetType = UNSET
-    content: str | UnsetType = UNSET
+    content: str | UnsetType | None = UNSET
     refusal: UnsetType | None = UNSET
+    tool_calls: list[_DeltaToolCall] | UnsetType = UNSET
 
 
 class _ChunkChoice(msgspec.Struct):
@@ -654,6 +721,76 @@ def _embedding(item: str | list[int], dims: int) -> tuple[list[float], bytes]:
     return list(struct.unpack(f"<{dims}f", packed)), packed
 
 
+# --- tools and structured output (the OpenAI dialect; the decision itself is in mock_content) --------------
+
+
+def _choice_of(choice: str | _NamedChoice | None) -> str:
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        return choice if choice in ("none", "required") else "auto"
+    return choice.function.name
+
+
+def _tool_result(req: _ChatRequest, texts: list[str]) -> tuple[str | None, str] | None:
+    """(tool name, result) when the last message is a ``tool`` message; the name from the call it answers."""
+    last = req.messages[-1]
+    if last.role != "tool":
+        return None
+    name = None
+    for m in reversed(req.messages):
+        for call in m.tool_calls or ():
+            if call.id == last.tool_call_id:
+                name = call.function.name
+                break
+        if name is not None:
+            break
+    return name, texts[-1]
+
+
+def _chat_turn(req: _ChatRequest, texts: list[str]) -> mock_content.Turn | None:
+    """The turn for a chat request, or None for the plain words (see ``mock_content``)."""
+    fmt = req.response_format
+    schema = fmt.json_schema.schema if fmt is not None and fmt.json_schema is not None else None
+    if schema is None and fmt is not None and fmt.type == "json_schema":
+        schema = {"type": "object"}
+    tools = [mock_content.ToolSpec(t.function.name, t.function.parameters) for t in req.tools or ()]
+    if not tools and schema is None and (fmt is None or fmt.type != "json_object") \
+            and req.messages[-1].role != "tool":
+        return None  # PERF: the common request decides nothing here
+    return mock_content.decide(
+        seed="\n".join(texts),
+        last_user=texts[-1] if req.messages[-1].role == "user" else None,
+        tools=tools,
+        choice=_choice_of(req.tool_choice),
+        parallel=req.parallel_tool_calls is not False,
+        tool_result=_tool_result(req, texts),
+        schema=schema,
+        json_mode=fmt is not None and fmt.type == "json_object",
+        id_prefix="call_",
+    )
+
+
+def _turn_tokens(turn: mock_content.Turn) -> int:
+    text = turn.text if turn.kind != "tools" else "".join(c.name + c.arguments for c in turn.calls)
+    return max(1, len(text) // 4)
+
+
+def _turn_deltas(turn: mock_content.Turn, chunks: int) -> list[_Delta]:
+    """The deltas of a streamed turn: the role first, then content or tool calls (each call: index, id
+    and name first, then its argument fragments)."""
+    if turn.kind != "tools":
+        pieces = mock_content.json_fragments(turn.text, chunks)
+        return [_Delta("assistant", pieces[0], None), *(_Delta(content=p) for p in pieces[1:])]
+    out: list[_Delta] = []
+    for index, call in enumerate(turn.calls):
+        head = _DeltaToolCall(index, _DeltaFunction(call.name, ""), call.id, "function")
+        out.append(_Delta("assistant", None, None, [head]) if index == 0 else _Delta(tool_calls=[head]))
+        for piece in mock_content.json_fragments(call.arguments, chunks):
+            out.append(_Delta(tool_calls=[_DeltaToolCall(index, _DeltaFunction(arguments=piece))]))
+    return out
+
+
 # --- the engine --------------------------------------------------------------------------------------------
 
 
@@ -722,6 +859,10 @@ class MockLLM:
             raise ValueError(f"unknown mock endpoint {endpoint!r}")
         return self._timed(plan, d)
 
+    def timed(self, plan: _Plan, d: MockDirectives) -> _Plan:
+        """``plan`` with the latency, delays, cut and hang of the config and ``d`` (other dialects)."""
+        return self._timed(plan, d)
+
     def _timed(self, plan: _Plan, d: MockDirectives) -> _Plan:
         """``plan`` with the latency, delays, cut and hang the config and directives ask for."""
         latency = self._latency if d.latency_ms is None else d.latency_ms / 1000.0
@@ -774,6 +915,9 @@ class MockLLM:
         status = d.status or 200
         user = next((t for m, t in zip(reversed(req.messages), reversed(texts), strict=True)
                      if m.role == "user"), texts[-1])
+        turn = _chat_turn(req, texts)
+        if turn is not None:  # tools, structured output, a reply to a tool result
+            return self._turn_plan(req, turn, texts, status, d), d
         n, finish = self._length(max_tokens)
         words = _words_for(user, n)
         prompt = max(1, sum(map(len, texts)) // 4 + 4 * len(texts))
@@ -801,6 +945,43 @@ class MockLLM:
             events.append(_ChatChunk("", "chat.completion.chunk", 0, model, "default", _FINGERPRINT, [],
                                      usage))
         return self._stream_plan(status, [_encode(e) for e in events], b"chatcmpl-", bool(d.garbage)), d
+
+    def _turn_plan(self, req: _ChatRequest, turn: mock_content.Turn, texts: list[str], status: int,
+                   d: MockDirectives) -> _Plan:
+        """The plan of a chat answer that is not plain words: JSON content, tool calls or a tool reply."""
+        prompt = max(1, sum(map(len, texts)) // 4 + 4 * len(texts))
+        tokens = _turn_tokens(turn)
+        usage = _ChatUsage(prompt, tokens, prompt + tokens, _PromptDetails(), _CompletionDetails())
+        finish = "tool_calls" if turn.kind == "tools" else "stop"
+        model = req.model
+        if not req.stream:
+            if d.garbage:
+                return _static(status, [("content-type", _JSON)], _GARBAGE_BODY)
+            if turn.kind == "tools":
+                calls = [_OutToolCall(c.id, "function", _OutFunction(c.name, c.arguments))
+                         for c in turn.calls]
+                message = _ChatMessage("assistant", None, tool_calls=calls)
+            else:
+                message = _ChatMessage("assistant", turn.text)
+            choice = _ChatChoice(0, message, None, finish)
+            enc = _encode(_ChatCompletion("", "chat.completion", 0, model, [choice], usage, "default",
+                                          _FINGERPRINT))
+            mid, tail = _split_template(enc)
+            return _Plan(status, [("content-type", _JSON)], (tail,), (True,),
+                         head=_ID_LEAD + b"chatcmpl-" + self._id_token, mid=mid)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        nullable: UnsetType | None = None if include_usage else UNSET
+        events = [
+            _ChatChunk("", "chat.completion.chunk", 0, model, "default", _FINGERPRINT,
+                       [_ChunkChoice(0, delta, None, None)], nullable)
+            for delta in _turn_deltas(turn, d.chunks or self._stream_chunks)
+        ]
+        events.append(_ChatChunk("", "chat.completion.chunk", 0, model, "default", _FINGERPRINT,
+                                 [_ChunkChoice(0, _Delta(), None, finish)], nullable))
+        if include_usage:
+            events.append(_ChatChunk("", "chat.completion.chunk", 0, model, "default", _FINGERPRINT, [],
+                                     usage))
+        return self._stream_plan(status, [_encode(e) for e in events], b"chatcmpl-", bool(d.garbage))
 
     def _stream_plan(self, status: int, encoded: list[bytes], id_prefix: bytes, garbage: bool) -> _Plan:
         mid = b""
@@ -958,8 +1139,10 @@ class MockApp:
     no waiting (see the module docstring).
     """
 
-    def __init__(self, config: MockConfig | MockLLM | None = None) -> None:
+    def __init__(self, config: MockConfig | MockLLM | None = None, *, api_key: str | None = None) -> None:
         self.llm = config if isinstance(config, MockLLM) else MockLLM(config)
+        #: when set, every request but /healthz must carry ``Authorization: Bearer <api_key>``
+        self.api_key = api_key
         # PERF: routing is one dict lookup on the exact path
         self._routes: dict[str, tuple[str, str]] = {
             "/v1/chat/completions": ("POST", "chat"),
@@ -989,6 +1172,9 @@ class MockApp:
                                 [("allow", method)])
         if not endpoint:
             return _HEALTH
+        if self.api_key is not None and request.header(b"authorization") != b"Bearer " + self.api_key.encode(
+        ):
+            return _error_plan(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         x_mock = request.header(b"x-mock")
         return self.llm.plan(endpoint, request.body, None if x_mock is None else x_mock.decode("latin-1"))
 
