@@ -9,8 +9,9 @@ are the same too, with errors in Anthropic's shape.
 
 Theory of operation
 -------------------
-``AnthropicMock.plan`` checks the head (``x-api-key`` when the mock has a key, ``anthropic-version``
-always: Anthropic answers 400 without it), decodes the request (only the fields the mock acts on),
+``AnthropicMock.plan`` checks the head (when the mock has a key: ``x-api-key`` or ``Authorization:
+Bearer``, as the SDK sends it since 2026; ``anthropic-version`` always: Anthropic answers 400 without it
+or with a version it does not know), decodes the request (only the fields the mock acts on),
 applies the directives, and builds a ``_Plan`` (``mock.py``) holding the final bytes: the answer has a
 fresh ``msg_`` id, so nothing is cached or templated. The stream is::
 
@@ -64,8 +65,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ANTHROPIC_VERSIONS", "AnthropicMock", "AnthropicMockApp"]
 
-#: the ``anthropic-version`` values Anthropic accepts
-ANTHROPIC_VERSIONS: Final = frozenset({"2023-06-01", "2023-01-01"})
+#: the ``anthropic-version`` values Anthropic accepts (the SDK of 2026-10 sends the newest)
+ANTHROPIC_VERSIONS: Final = frozenset({"2023-01-01", "2023-06-01", "2026-10-21"})
 #: minimum thinking budget Anthropic accepts
 _MIN_BUDGET: Final = 1024
 #: words of a thinking block
@@ -469,11 +470,14 @@ class AnthropicMock:
         if self.api_key is None:
             return None
         key = request.header(b"x-api-key")
-        if key is None:
+        bearer = request.header(b"authorization")
+        if key is None and bearer is None:
             return self.error(401, "x-api-key header is required")
-        if key.decode("latin-1") != self.api_key:
-            return self.error(401, "invalid x-api-key")
-        return None
+        if key is not None and key.decode("latin-1") == self.api_key:
+            return None
+        if bearer is not None and bearer.decode("latin-1") == f"Bearer {self.api_key}":
+            return None
+        return self.error(401, "invalid x-api-key")
 
     def _model_list(self) -> _Plan:
         body = _encode({"data": self._models, "has_more": False,
@@ -546,9 +550,10 @@ class AnthropicMock:
         }
         out = [_sse("message_start", {"type": "message_start", "message": start})]
         for index, block in enumerate(answer.blocks):
-            out += _block_events(index, block, chunks)
-            if index == 0:
-                out.append(_sse("ping", {"type": "ping"}))
+            events = _block_events(index, block, chunks)
+            if index == 0:  # Anthropic's ping comes right after the first block starts
+                events.insert(1, _sse("ping", {"type": "ping"}))
+            out += events
         final = usage.wire(answer.output_tokens)
         del final["cache_creation"], final["service_tier"]
         out.append(_sse("message_delta", {"type": "message_delta", "delta": {
