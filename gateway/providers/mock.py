@@ -748,12 +748,31 @@ def _tool_result(req: _ChatRequest, texts: list[str]) -> tuple[str | None, str] 
     return name, texts[-1]
 
 
+def _turn_refusal(req: _ChatRequest) -> _Plan | None:
+    """OpenAI's 400 for a tool choice without its tool, or a JSON-schema format without a schema."""
+    choice = req.tool_choice
+    if choice is not None and choice not in ("none", "auto") and not req.tools:
+        return _bad("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
+                    "specified.", "tool_choice")
+    if isinstance(choice, _NamedChoice):
+        name = choice.function.name
+        if name not in {t.function.name for t in req.tools or ()}:
+            return _bad(f"Invalid value for 'tool_choice': no function named '{name}' was specified in the "
+                        "'tools' parameter.", "tool_choice")
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
+        return _error_plan(400, "Missing required parameter: 'response_format.json_schema'.",
+                           "invalid_request_error", "missing_required_parameter",
+                           "response_format.json_schema")
+    return None
+
+
 def _chat_turn(req: _ChatRequest, texts: list[str]) -> mock_content.Turn | None:
     """The turn for a chat request, or None for the plain words (see ``mock_content``)."""
     fmt = req.response_format
     schema = fmt.json_schema.schema if fmt is not None and fmt.json_schema is not None else None
     if schema is None and fmt is not None and fmt.type == "json_schema":
-        schema = {"type": "object"}
+        schema = {"type": "object"}  # a json_schema format without its "schema": any object
     tools = [mock_content.ToolSpec(t.function.name, t.function.parameters) for t in req.tools or ()]
     if not tools and schema is None and (fmt is None or fmt.type != "json_object") \
             and req.messages[-1].role != "tool":
@@ -915,6 +934,9 @@ class MockLLM:
         status = d.status or 200
         user = next((t for m, t in zip(reversed(req.messages), reversed(texts), strict=True)
                      if m.role == "user"), texts[-1])
+        refused = _turn_refusal(req)
+        if refused is not None:
+            return refused, d
         turn = _chat_turn(req, texts)
         if turn is not None:  # tools, structured output, a reply to a tool result
             return self._turn_plan(req, turn, texts, status, d), d

@@ -41,6 +41,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,6 +76,8 @@ _THINKING_WORDS: Final = 16
 _RATE_LIMIT: Final = {"requests": 4000, "tokens": 400000, "input-tokens": 300000, "output-tokens": 100000}
 
 _JSON: Final = "application/json"
+_SIGNATURE_MARK: Final = b"\x8amock-sig\x01"
+_TOOL_ID: Final = re.compile(r"^[a-zA-Z0-9_-]+$")
 _SSE: Final = "text/event-stream; charset=utf-8"
 _GARBAGE_BODY: Final = b'{"id": "msg_mock", "type": <<mock garbage: this is not JSON>>'
 _GARBAGE_EVENT: Final = b"event: content_block_delta\ndata: {<<mock garbage: this is not JSON>>\n\n"
@@ -104,6 +107,9 @@ class _Block(msgspec.Struct):
     tool_use_id: str | None = None
     content: str | list[dict[str, Any]] | None = None
     cache_control: dict[str, Any] | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
 
 
 class _Message(msgspec.Struct):
@@ -195,9 +201,22 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 def signature_for(thinking: str) -> str:
-    """The deterministic signature of a thinking block (opaque base64, like Anthropic's)."""
-    return base64.b64encode(hashlib.blake2b(b"mock-thinking:" + thinking.encode(), digest_size=48).digest()
-                            ).decode()
+    """The deterministic signature of a thinking block (opaque base64, like Anthropic's): a fixed mark and
+    a digest of the text, so a block sent back can be verified."""
+    digest = hashlib.blake2b(b"mock-thinking:" + thinking.encode("utf-8", "surrogatepass"), digest_size=40)
+    return base64.b64encode(_SIGNATURE_MARK + digest.digest()).decode()
+
+
+def signature_valid(thinking: str, signature: str) -> bool:
+    """Whether ``signature`` is one the mock gave ``thinking``; a signature-only block (empty text, as
+    with omitted thinking) needs the mark only."""
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except ValueError:
+        return False
+    if not raw.startswith(_SIGNATURE_MARK):
+        return False
+    return not thinking or signature == signature_for(thinking)
 
 
 class _Usage(msgspec.Struct):
@@ -298,6 +317,35 @@ def _check(req: _Request, count_only: bool) -> None:
     if req.tool_choice is not None and req.tool_choice.type == "tool":
         if req.tool_choice.name not in {t.name for t in req.tools or ()}:
             raise _Invalid(f"Tool '{req.tool_choice.name}' not found in provided tools")
+    _check_history(req, th is not None and th.type == "enabled")
+
+
+def _check_history(req: _Request, thinking: bool) -> None:
+    """What Anthropic verifies in the turns sent back: thinking signatures, tool-use ids and their results,
+    and, with thinking on, a thinking block first in the assistant turn whose tool calls are answered."""
+    previous: list[_Block] = []
+    for i, message in enumerate(req.messages):
+        blocks = _blocks(message.content)
+        for j, block in enumerate(blocks):
+            where = f"messages.{i}.content.{j}"
+            if block.type == "thinking" and not signature_valid(block.thinking or "", block.signature or ""):
+                raise _Invalid(f"{where}: Invalid `signature` in `thinking` block")
+            if block.type == "tool_use" and not _TOOL_ID.match(block.id or ""):
+                raise _Invalid(f"{where}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'")
+        results = [b.tool_use_id for b in blocks if b.type == "tool_result"]
+        if results:
+            asked = {b.id for b in previous if b.type == "tool_use"}
+            unknown = [r for r in results if r not in asked]
+            if unknown:
+                raise _Invalid(f"messages.{i}.content.0: unexpected `tool_use_id` found in `tool_result` "
+                               f"blocks: {unknown[0]}. Each `tool_result` block must have a corresponding "
+                               "`tool_use` block in the previous message.")
+            if thinking and i == len(req.messages) - 1 and previous and \
+                    previous[0].type not in ("thinking", "redacted_thinking"):
+                raise _Invalid(f"messages.{i - 1}.content.0.type: Expected `thinking` or "
+                               f"`redacted_thinking`, but found `{previous[0].type}`. When `thinking` is "
+                               "enabled, a final `assistant` message must start with a thinking block.")
+        previous = blocks
 
 
 # --- the answer ---------------------------------------------------------------------------------------

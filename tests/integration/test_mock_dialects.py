@@ -392,3 +392,31 @@ def test_default_gateway_structured_output_and_tools(default_gateway: Gateway) -
         assert args == call.function.arguments  # type: ignore[union-attr]
     finally:
         client.close()
+
+
+def test_anthropic_verifies_the_turns_sent_back(claude: anthropic.Anthropic) -> None:
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    first_turn = _msg("weather !tool get_weather")
+    first = claude.messages.create(model="m", max_tokens=2048, messages=first_turn, tools=[WEATHER],
+                                   thinking=thinking)  # type: ignore[arg-type]
+    think, use = first.content
+    assert think.type == "thinking" and use.type == "tool_use"
+    blocks = _dump(first.content)
+
+    def follow(assistant: list[dict[str, Any]], tool_use_id: str = use.id) -> Message:
+        turn = [*first_turn, {"role": "assistant", "content": assistant},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use_id, "content": "rain"}]}]
+        return claude.messages.create(model="m", max_tokens=2048, messages=turn, tools=[WEATHER],  # type: ignore[arg-type]
+                                      thinking=thinking)  # type: ignore[arg-type]
+
+    assert "rain" in follow(blocks).content[-1].text  # type: ignore[union-attr]
+    # a signature-only block (the text left out) still carries a valid signature
+    follow([{**blocks[0], "thinking": ""}, blocks[1]])
+    with pytest.raises(anthropic.BadRequestError, match="Invalid `signature`"):
+        follow([{**blocks[0], "thinking": blocks[0]["thinking"] + " edited"}, blocks[1]])
+    with pytest.raises(anthropic.BadRequestError, match="Expected `thinking` or `redacted_thinking`"):
+        follow([blocks[1]])
+    with pytest.raises(anthropic.BadRequestError, match="unexpected `tool_use_id`"):
+        follow(blocks, "toolu_other")
+    with pytest.raises(anthropic.BadRequestError, match="should match pattern"):
+        follow([blocks[0], {**blocks[1], "id": "functions.get_weather:0"}], "functions.get_weather:0")

@@ -269,3 +269,15 @@ def test_openai_reply_to_a_tool_result() -> None:
     done = _chat(llm, messages=msgs, tools=TOOLS)
     text = done.choices[0].message.content
     assert done.choices[0].finish_reason == "stop" and "get_weather" in text and "sunny and 21 degrees" in text
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+])
+def test_openai_refuses_what_openai_refuses(body: dict[str, Any], param: str) -> None:
+    reply = MockLLM().respond("chat", json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                                  **body}).encode())
+    assert reply.status == 400
+    assert json.loads(reply.body)["error"]["param"] == param
