@@ -19,6 +19,8 @@ Content: words drawn from a fixed lorem-ipsum sequence at an offset taken from a
 message; ``max_tokens`` (or ``max_completion_tokens``) words when given (capped at 4096,
 ``finish_reason = "length"``), else ``completion_words`` from the config (``"stop"``). Usage: prompt
 tokens = characters of all message contents // 4 + 4 per message (min 1); completion tokens = words.
+Tools, structured output and replies to tool results are decided by ``mock_content`` (its docstring has
+the rules and the ``!tool`` cue); this module renders them (``_chat_turn``, ``MockLLM._turn_plan``).
 
 Failure injection
 -----------------

@@ -146,6 +146,13 @@ def test_anthropic_stop_reasons(claude: anthropic.Anthropic) -> None:
     assert stopped.content[0].text == full[:full.index(word)]
     refused = claude.messages.create(model="m", max_tokens=100, messages=_msg("do it !refuse"))
     assert refused.stop_reason == "refusal" and refused.content == []
+    with claude.messages.stream(model="m", max_tokens=3, messages=_msg("hello")) as stream:
+        assert stream.get_final_message().stop_reason == "max_tokens"
+    with claude.messages.stream(model="m", max_tokens=100, messages=_msg("hello"), stop_sequences=[word]) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", word)
+    with claude.messages.stream(model="m", max_tokens=100, messages=_msg("do it !refuse")) as stream:
+        assert stream.get_final_message().stop_reason == "refusal"
 
 
 def test_anthropic_stream_matches_the_message(claude: anthropic.Anthropic, anthropic_port: int) -> None:
