@@ -10,16 +10,29 @@ from typing import Any
 
 import msgspec
 
+from gateway._core.jsoncheck import KeyWatch
+
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "ChatChoice",
+    "ChatCompletion",
     "ChatRequest",
     "CompletionRequest",
     "EmbeddingRequest",
     "StreamOptions",
+    "TextChoice",
+    "TextCompletion",
     "Usage",
     "UsageEnvelope",
     "UsageEvent",
+    "completion_decoders",
     "decoders",
+    "key_watches",
 ]
+
+#: arrays and objects nested deeper than this in a request body are refused (400 ``invalid_json``) before
+#: any decoder sees the body: msgspec decodes nesting by recursion and would fail with RecursionError
+MAX_JSON_DEPTH = 128
 
 
 class StreamOptions(msgspec.Struct, frozen=True):
@@ -70,7 +83,68 @@ class UsageEvent(msgspec.Struct, frozen=True):
     choices: list[msgspec.Raw] | None = None
 
 
-# PERF: decoders are built once
+class ChatChoice(msgspec.Struct, frozen=True):
+    """One choice of a chat completion; the message's fields stay raw (they become a stream's delta)."""
+
+    index: int = 0
+    message: dict[str, msgspec.Raw] = {}
+    finish_reason: msgspec.Raw | None = None
+    logprobs: msgspec.Raw | None = None
+
+
+class ChatCompletion(msgspec.Struct, frozen=True):
+    """A whole chat completion, as an upstream may answer a stream request (turned into a stream)."""
+
+    id: msgspec.Raw | None = None
+    object: str | None = None
+    created: msgspec.Raw | None = None
+    model: msgspec.Raw | None = None
+    system_fingerprint: msgspec.Raw | None = None
+    service_tier: msgspec.Raw | None = None
+    choices: list[ChatChoice] = []
+    usage: msgspec.Raw | None = None
+    error: msgspec.Raw | None = None
+
+
+class TextChoice(msgspec.Struct, frozen=True):
+    index: int = 0
+    text: msgspec.Raw | None = None
+    finish_reason: msgspec.Raw | None = None
+    logprobs: msgspec.Raw | None = None
+
+
+class TextCompletion(msgspec.Struct, frozen=True):
+    """A whole legacy completion (``/v1/completions``), as an upstream may answer a stream request."""
+
+    id: msgspec.Raw | None = None
+    object: str | None = None
+    created: msgspec.Raw | None = None
+    model: msgspec.Raw | None = None
+    system_fingerprint: msgspec.Raw | None = None
+    choices: list[TextChoice] = []
+    usage: msgspec.Raw | None = None
+    error: msgspec.Raw | None = None
+
+
+def _watch(request: type[msgspec.Struct]) -> KeyWatch:
+    """The keys of a request body that may appear only once: every field its Struct reads (what is checked
+    must be what is sent: a repeated key would be read here as its last value and perhaps upstream as
+    another), and the fields of ``stream_options``."""
+    fields = request.__struct_fields__
+    nested = {"stream_options": StreamOptions.__struct_fields__} if "stream_options" in fields else None
+    return KeyWatch(fields, nested)
+
+
+# PERF: decoders and key watches are built once
+key_watches: dict[str, KeyWatch] = {
+    "chat": _watch(ChatRequest),
+    "completions": _watch(CompletionRequest),
+    "embeddings": _watch(EmbeddingRequest),
+}
+completion_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    "chat": msgspec.json.Decoder(ChatCompletion),
+    "completions": msgspec.json.Decoder(TextCompletion),
+}
 decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "chat": msgspec.json.Decoder(ChatRequest),
     "completions": msgspec.json.Decoder(CompletionRequest),
