@@ -37,7 +37,7 @@ from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
-from gateway.providers.openai import OpenAITranslator, completion_as_stream, error_text
+from gateway.providers.openai import OpenAITranslator, completion_as_stream, error_text, has_error
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
@@ -1252,7 +1252,7 @@ class Engine:
                 "neither an event stream nor a JSON completion",
                 code="upstream_invalid_response",
             ) from None
-        if completion.error is not None:
+        if has_error(completion):
             raise errors.BadGateway(
                 "The upstream provider answered the stream request with an error: "
                 + error_text(completion.error),

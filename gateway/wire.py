@@ -83,47 +83,51 @@ class UsageEvent(msgspec.Struct, frozen=True):
     choices: list[msgspec.Raw] | None = None
 
 
+#: a field the answer does not have (an empty Raw: falsy); ``null`` is ``Raw(b"null")``
+_ABSENT = msgspec.Raw()
+
+
 class ChatChoice(msgspec.Struct, frozen=True):
     """One choice of a chat completion; the message's fields stay raw (they become a stream's delta)."""
 
     index: int = 0
     message: dict[str, msgspec.Raw] = {}
-    finish_reason: msgspec.Raw | None = None
-    logprobs: msgspec.Raw | None = None
+    finish_reason: msgspec.Raw = _ABSENT
+    logprobs: msgspec.Raw = _ABSENT
 
 
 class ChatCompletion(msgspec.Struct, frozen=True):
     """A whole chat completion, as an upstream may answer a stream request (turned into a stream)."""
 
-    id: msgspec.Raw | None = None
+    id: msgspec.Raw = _ABSENT
     object: str | None = None
-    created: msgspec.Raw | None = None
-    model: msgspec.Raw | None = None
-    system_fingerprint: msgspec.Raw | None = None
-    service_tier: msgspec.Raw | None = None
+    created: msgspec.Raw = _ABSENT
+    model: msgspec.Raw = _ABSENT
+    system_fingerprint: msgspec.Raw = _ABSENT
+    service_tier: msgspec.Raw = _ABSENT
     choices: list[ChatChoice] = []
-    usage: msgspec.Raw | None = None
-    error: msgspec.Raw | None = None
+    usage: msgspec.Raw = _ABSENT
+    error: msgspec.Raw = _ABSENT
 
 
 class TextChoice(msgspec.Struct, frozen=True):
     index: int = 0
-    text: msgspec.Raw | None = None
-    finish_reason: msgspec.Raw | None = None
-    logprobs: msgspec.Raw | None = None
+    text: msgspec.Raw = _ABSENT
+    finish_reason: msgspec.Raw = _ABSENT
+    logprobs: msgspec.Raw = _ABSENT
 
 
 class TextCompletion(msgspec.Struct, frozen=True):
     """A whole legacy completion (``/v1/completions``), as an upstream may answer a stream request."""
 
-    id: msgspec.Raw | None = None
+    id: msgspec.Raw = _ABSENT
     object: str | None = None
-    created: msgspec.Raw | None = None
-    model: msgspec.Raw | None = None
-    system_fingerprint: msgspec.Raw | None = None
+    created: msgspec.Raw = _ABSENT
+    model: msgspec.Raw = _ABSENT
+    system_fingerprint: msgspec.Raw = _ABSENT
     choices: list[TextChoice] = []
-    usage: msgspec.Raw | None = None
-    error: msgspec.Raw | None = None
+    usage: msgspec.Raw = _ABSENT
+    error: msgspec.Raw = _ABSENT
 
 
 def _watch(request: type[msgspec.Struct]) -> KeyWatch:

@@ -20,7 +20,7 @@ from gateway.providers.base import Transport, UpstreamResponse
 from gateway.server.pool import HeadCallback, OriginPool
 from gateway.wire import ChatCompletion, TextCompletion, Usage
 
-__all__ = ["ENDPOINT_PATHS", "OpenAITranslator", "completion_as_stream", "error_text"]
+__all__ = ["ENDPOINT_PATHS", "OpenAITranslator", "completion_as_stream", "error_text", "has_error"]
 
 ENDPOINT_PATHS: Final = {
     "chat": "/chat/completions",
@@ -106,6 +106,11 @@ _decode_tool_calls = msgspec.json.Decoder(list[dict[str, msgspec.Raw]]).decode
 _decode_usage = msgspec.json.Decoder(Usage).decode
 
 
+def has_error(completion: ChatCompletion | TextCompletion) -> bool:
+    """The answer carries an ``error`` object (some servers answer 200 with one)."""
+    return bool(completion.error) and bytes(completion.error) != b"null"
+
+
 def completion_as_stream(
     completion: ChatCompletion | TextCompletion, include_usage: bool
 ) -> tuple[bytes, Usage | None]:
@@ -122,7 +127,7 @@ def completion_as_stream(
         "created": completion.created or msgspec.Raw(b"0"),
         "model": completion.model or _EMPTY,
     }
-    if completion.system_fingerprint is not None:
+    if completion.system_fingerprint:
         head["system_fingerprint"] = completion.system_fingerprint
     events: list[bytes] = []
     if isinstance(completion, TextCompletion):
@@ -132,7 +137,7 @@ def completion_as_stream(
             events.append(_event(head, [{"text": "", "index": text.index, "logprobs": None,
                                          "finish_reason": text.finish_reason or _NULL}]))
     else:
-        if completion.service_tier is not None:
+        if completion.service_tier:
             head["service_tier"] = completion.service_tier
         for choice in completion.choices:
             events.append(_event(head, [{"index": choice.index, "delta": _delta(choice.message),
@@ -140,7 +145,7 @@ def completion_as_stream(
             events.append(_event(head, [{"index": choice.index, "delta": {}, "logprobs": None,
                                          "finish_reason": choice.finish_reason or _NULL}]))
     usage = None
-    if completion.usage is not None and bytes(completion.usage) != b"null":
+    if completion.usage and bytes(completion.usage) != b"null":
         try:
             usage = _decode_usage(completion.usage)
         except (msgspec.DecodeError, msgspec.ValidationError):
