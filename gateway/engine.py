@@ -578,7 +578,8 @@ class Engine:
             the client leaving          | nothing (gone)                   | the status sent, client_closed
             the worker's drain deadline | 503, or an error event + [DONE]  | worker_shutdown
             (``cut_unfinished``)        |                                  |
-            another cancellation        | what the front end sends         | request_cancelled
+            another cancellation        | what the front end sends         | worker_shutdown when draining,
+                                        |                                  | else request_cancelled
             an unexpected exception     | 500 from the front end           | 500, internal_error
         """
         if ctx.settled:  # cut by the drain deadline before it began
@@ -598,8 +599,10 @@ class Engine:
             raise
         except asyncio.CancelledError:
             cut = self._cut_error
-            if cut is None:
-                ctx.error = _WORKER_STOPPING if self.draining else _CANCELLED
+            if cut is None:  # the front end's (granian's drain deadline): it answers what was not answered
+                err = ctx.error = _WORKER_STOPPING if self.draining else _CANCELLED
+                if not getattr(responder, "started", False):
+                    ctx.status = err.status
                 raise
             # the drain deadline (cut_unfinished): end the request while the client is still there
             task = ctx.task
@@ -1430,7 +1433,7 @@ _INTERNAL_ERROR = errors.GatewayError("internal error (see the worker's log)")
 _CLIENT_CLOSED = errors.ClientClosed("the client closed the connection before the response was complete")
 _WORKER_STOPPING = errors.ServiceUnavailable("The gateway worker shut down before the request finished",
                                              code="worker_shutdown")
-_CANCELLED = errors.GatewayError("the request was cancelled by the front end", code="request_cancelled")
+_CANCELLED = errors.ClientClosed("the request was cancelled by the front end", code="request_cancelled")
 
 
 def _upstream_failure(exc: Exception | None) -> GatewayError:

@@ -96,18 +96,23 @@ class ChatChoice(msgspec.Struct, frozen=True):
     logprobs: msgspec.Raw = _ABSENT
 
 
-class ChatCompletion(msgspec.Struct, frozen=True):
-    """A whole chat completion, as an upstream may answer a stream request (turned into a stream)."""
+class _Completion(msgspec.Struct, frozen=True):
+    """What a whole completion of either endpoint holds besides its choices."""
 
     id: msgspec.Raw = _ABSENT
     object: str | None = None
     created: msgspec.Raw = _ABSENT
     model: msgspec.Raw = _ABSENT
     system_fingerprint: msgspec.Raw = _ABSENT
-    service_tier: msgspec.Raw = _ABSENT
-    choices: list[ChatChoice] = []
     usage: msgspec.Raw = _ABSENT
     error: msgspec.Raw = _ABSENT
+
+
+class ChatCompletion(_Completion, frozen=True):
+    """A whole chat completion, as an upstream may answer a stream request (turned into a stream)."""
+
+    service_tier: msgspec.Raw = _ABSENT
+    choices: list[ChatChoice] = []
 
 
 class TextChoice(msgspec.Struct, frozen=True):
@@ -117,17 +122,10 @@ class TextChoice(msgspec.Struct, frozen=True):
     logprobs: msgspec.Raw = _ABSENT
 
 
-class TextCompletion(msgspec.Struct, frozen=True):
+class TextCompletion(_Completion, frozen=True):
     """A whole legacy completion (``/v1/completions``), as an upstream may answer a stream request."""
 
-    id: msgspec.Raw = _ABSENT
-    object: str | None = None
-    created: msgspec.Raw = _ABSENT
-    model: msgspec.Raw = _ABSENT
-    system_fingerprint: msgspec.Raw = _ABSENT
     choices: list[TextChoice] = []
-    usage: msgspec.Raw = _ABSENT
-    error: msgspec.Raw = _ABSENT
 
 
 def _watch(request: type[msgspec.Struct]) -> KeyWatch:

@@ -8,6 +8,8 @@ skipped with memchr; only the bytes between them are looked at one by one.
 
 import json
 
+from gateway._core.jsoncheck_py import watch_tables
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
@@ -19,26 +21,8 @@ TOO_DEEP = -1
 cdef class KeyWatch:
 
     def __init__(self, keys=(), nested=None):
-        top = list(keys)
-        nested = nested or {}
-        for name in nested:
-            if name not in top:
-                top.append(name)
-        inner_of = [list(nested.get(name, ())) for name in top]
-        paths = list(top)
-        starts = []
-        for name, inner in zip(top, inner_of, strict=True):
-            starts.append(len(paths))
-            paths.extend(f"{name}.{k}" for k in inner)
-        if len(paths) > 64:
-            raise ValueError("a KeyWatch holds at most 64 keys")
-        self.paths = tuple(paths)
-        self._top = tuple(name.encode() for name in top)
-        self._nested = tuple(
-            (start, tuple(k.encode() for k in inner)) if inner else None
-            for start, inner in zip(starts, inner_of, strict=True)
-        )
-        self._inner = bool(nested)
+        # built once per endpoint, by the twin's code (one place for the tables' layout)
+        self.paths, self._top, self._nested, self._inner = watch_tables(keys, nested)
 
 
 cdef Py_ssize_t _string_end(const char* s, Py_ssize_t n, Py_ssize_t start) noexcept:

@@ -46,27 +46,34 @@ class KeyWatch:
     __slots__ = ("_inner", "_nested", "_top", "paths")
 
     def __init__(self, keys: Iterable[str] = (), nested: Mapping[str, Iterable[str]] | None = None) -> None:
-        top = list(keys)
-        nested = nested or {}
-        for name in nested:
-            if name not in top:
-                top.append(name)
-        inner_of = [list(nested.get(name, ())) for name in top]
-        paths = list(top)
-        starts = []
-        for name, inner in zip(top, inner_of, strict=True):
-            starts.append(len(paths))
-            paths.extend(f"{name}.{k}" for k in inner)
-        if len(paths) > 64:
-            raise ValueError("a KeyWatch holds at most 64 keys")
-        self.paths = tuple(paths)
-        self._top = tuple(name.encode() for name in top)
-        # per top-level key: (index of its first inner path, its inner keys), or None
-        self._nested = tuple(
-            (start, tuple(k.encode() for k in inner)) if inner else None
-            for start, inner in zip(starts, inner_of, strict=True)
-        )
-        self._inner = bool(nested)
+        self.paths, self._top, self._nested, self._inner = watch_tables(keys, nested)
+
+
+_Tables = tuple[tuple[str, ...], tuple[bytes, ...], tuple[tuple[int, tuple[bytes, ...]] | None, ...], bool]
+
+
+def watch_tables(keys: Iterable[str], nested: Mapping[str, Iterable[str]] | None) -> _Tables:
+    """What a ``KeyWatch`` holds (both implementations build it here): its paths; the top-level keys as
+    bytes; per top-level key, the index of its first inner path and its inner keys as bytes, or None;
+    whether any key has inner keys."""
+    top = list(keys)
+    nested = nested or {}
+    for name in nested:
+        if name not in top:
+            top.append(name)
+    inner_of = [list(nested.get(name, ())) for name in top]
+    paths = list(top)
+    starts = []
+    for name, inner in zip(top, inner_of, strict=True):
+        starts.append(len(paths))
+        paths.extend(f"{name}.{k}" for k in inner)
+    if len(paths) > 64:
+        raise ValueError("a KeyWatch holds at most 64 keys")
+    tables = tuple(
+        (start, tuple(k.encode() for k in inner)) if inner else None
+        for start, inner in zip(starts, inner_of, strict=True)
+    )
+    return tuple(paths), tuple(name.encode() for name in top), tables, bool(nested)
 
 
 def _string_end(data: bytes, start: int) -> int:

@@ -215,6 +215,16 @@ def post(port: int, path: str, body: bytes, request_id: str | None = None) -> An
         return c.request(http_request("POST", path, body, headers=headers))
 
 
+def stream_of(gw: Any, what: str, **extra: Any) -> tuple[str, Any]:
+    """A stream request to the scripted upstream (``what``: its answer), on its own connection: its request
+    id and the response read to its end."""
+    request_id = rid()
+    resp = post(gw.port, "/v1/chat/completions", chat_body(what, model="scripted", stream=True, **extra),
+                request_id)
+    assert resp.status == 200, resp
+    return request_id, resp
+
+
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -307,10 +317,7 @@ def test_event_over_the_limit_ends_with_an_error_event_and_done(
     start_gateway: StartGateway, mock_port: int, scripted: ScriptedUpstream
 ) -> None:
     gw = start_gateway(config(mock_port, scripted.port))
-    request_id = rid()
-    resp = post(gw.port, "/v1/chat/completions",
-                chat_body("big-event", model="scripted", stream=True), request_id)
-    assert resp.status == 200, resp
+    request_id, resp = stream_of(gw, "big-event")
     events = sse_events(resp.body)  # the chunked body ended cleanly (the client read it to its end)
     assert json.loads(events[0])["choices"][0]["delta"]["content"] == "first"
     assert events[-1] == b"[DONE]" and len(events) == 3, events
@@ -343,10 +350,7 @@ def test_trailing_blank_line_in_its_own_segment_is_a_clean_end(
     start_gateway: StartGateway, mock_port: int, scripted: ScriptedUpstream
 ) -> None:
     gw = start_gateway(config(mock_port, scripted.port))
-    request_id = rid()
-    resp = post(gw.port, "/v1/chat/completions",
-                chat_body("trailing-blank", model="scripted", stream=True), request_id)
-    assert resp.status == 200, resp
+    request_id, resp = stream_of(gw, "trailing-blank")
     assert b"error" not in resp.body, resp.body
     assert sse_events(resp.body)[-1] == b"[DONE]"
     rec = records_of(gw, request_id)[request_id][0]
@@ -361,11 +365,8 @@ def test_usage_on_a_content_chunk_is_learned_and_the_chunk_kept(
     start_gateway: StartGateway, mock_port: int, scripted: ScriptedUpstream, include_usage: bool
 ) -> None:
     gw = start_gateway(config(mock_port, scripted.port))
-    request_id = rid()
     extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
-    resp = post(gw.port, "/v1/chat/completions",
-                chat_body("usage-on-content", model="scripted", stream=True, **extra), request_id)
-    assert resp.status == 200, resp
+    request_id, resp = stream_of(gw, "usage-on-content", **extra)
     events = sse_events(resp.body)
     contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
     assert contents == ["one ", "two"] and events[-1] == b"[DONE]"
