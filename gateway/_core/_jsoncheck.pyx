@@ -47,21 +47,22 @@ cdef Py_ssize_t _key_index(const char* s, Py_ssize_t start, Py_ssize_t end, tupl
     """Index of the key in ``s[start:end]`` (without its quotes) among ``names``, or -1."""
     cdef Py_ssize_t n = end - start, i
     cdef bytes name, raw
-    if memchr(s + start, 92, n) != NULL:  # escaped: decode it as the decoder would
-        raw = PyBytes_FromStringAndSize(s + start - 1, n + 2)
-        try:
-            decoded = json.loads(raw).encode("utf-8", "surrogatepass")
-        except ValueError:
-            return -1
-        try:
-            return names.index(decoded)
-        except ValueError:
-            return -1
-    for i in range(len(names)):
+    for i in range(len(names)):  # names have no backslash: a key equal to one is not escaped
         name = <bytes>names[i]
         if PyBytes_GET_SIZE(name) == n and memcmp(PyBytes_AS_STRING(name), s + start, n) == 0:
             return i
-    return -1
+    if memchr(s + start, 92, n) == NULL:
+        return -1
+    # escaped: decode it as the decoder would
+    raw = PyBytes_FromStringAndSize(s + start - 1, n + 2)
+    try:
+        decoded = json.loads(raw).encode("utf-8", "surrogatepass")
+    except ValueError:
+        return -1
+    try:
+        return names.index(decoded)
+    except ValueError:
+        return -1
 
 
 def check_json(bytes data, Py_ssize_t max_depth, KeyWatch watch=None):
