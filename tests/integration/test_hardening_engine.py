@@ -8,6 +8,7 @@ whose last blank line comes in its own segment. Call records are read from the g
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import signal
@@ -20,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 
-from .conftest import StartGateway
+from .conftest import StartGateway, require_frontend
 from .helpers import (
     HOST,
     RawClient,
@@ -512,3 +513,34 @@ def test_request_cut_before_its_stream_started_is_recorded_once(
     assert gw.process.wait(30) == 0
     recs = [r for r in records(gw) if r["request_id"] == request_id]
     assert len(recs) == 1 and recs[0]["error_code"] == "worker_shutdown" and recs[0]["status"] == 503, recs
+
+
+def test_granian_drain_deadline_records_what_it_cuts(start_gateway: StartGateway, mock_port: int,
+                                                     scripted: ScriptedUpstream) -> None:
+    """The granian front end cuts what still runs at its drain deadline itself: each cut request is
+    recorded once, as worker_shutdown."""
+    require_frontend("granian")
+    gw = start_gateway(config(mock_port, scripted.port, drain_timeout=1.0), frontend="granian")
+    cut_stream, cut_wait = rid(), rid()
+    stream_client = RawClient(gw.port, timeout=20.0)
+    stream_client.send(http_request("POST", "/v1/chat/completions",
+                                    chat_body("!mock chunks=100 chunk_delay_ms=200", stream=True),
+                                    headers=[("x-request-id", cut_stream)]))
+    assert stream_client.read_head().status == 200
+    wait_client = RawClient(gw.port, timeout=20.0)
+    wait_client.send(http_request("POST", "/v1/chat/completions", chat_body("hang", model="scripted"),
+                                  headers=[("x-request-id", cut_wait)]))
+    wait_for(lambda: scripted.asked("hang"), 10.0, what="the request waiting upstream")
+    gw.process.send_signal(signal.SIGTERM)
+    assert_openai_error(wait_client.read_response(), 503)
+    with contextlib.suppress(ConnectionError):  # granian ends a cut stream where it is
+        for _ in stream_client.iter_chunks():
+            pass
+    stream_client.close()
+    wait_client.close()
+    assert gw.process.wait(30) == 0
+    recs = records(gw)
+    for request_id, status in ((cut_stream, 200), (cut_wait, 503)):
+        mine = [r for r in recs if r["request_id"] == request_id]
+        assert len(mine) == 1, (request_id, mine)
+        assert mine[0]["error_code"] == "worker_shutdown" and mine[0]["status"] == status, mine
