@@ -148,7 +148,7 @@ def completion_as_stream(
     if completion.usage and bytes(completion.usage) != b"null":
         try:
             usage = _decode_usage(completion.usage)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             usage = None
         if include_usage:
             events.append(_event(head, [], completion.usage))
@@ -171,7 +171,7 @@ def _delta(message: dict[str, msgspec.Raw]) -> dict[str, Any]:
     try:
         numbered: list[dict[str, Any]] = [{"index": msgspec.Raw(b"%d" % i), **call}
                                           for i, call in enumerate(_decode_tool_calls(calls))]
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return message
     return {**message, "tool_calls": numbered}
 
