@@ -26,6 +26,7 @@ CORE_MODULES = {
     "gateway._core._sse": "gateway/_core/_sse.pyx",
     "gateway._core._limit": "gateway/_core/_limit.pyx",
     "gateway._core._route": "gateway/_core/_route.pyx",
+    "gateway._core._jsoncheck": "gateway/_core/_jsoncheck.pyx",
 }
 
 

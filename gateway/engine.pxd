@@ -54,14 +54,17 @@ cdef class Context:
     cdef public str overhead
     cdef public object request
     cdef public str request_id
+    cdef public object responder
     cdef public list response_headers
     cdef public object route_model
     cdef public Runtime runtime
+    cdef public bint settled
     cdef public int status
     cdef public bint stream
     cdef public double t0
     cdef public double t_up
     cdef public Target target
+    cdef public object task
     cdef public double up_ms
     cdef public object upstream_status
     cdef public object usage
@@ -86,6 +89,8 @@ cdef class Engine:
     cdef public bint draining
     cdef _RequestIds _ids
     cdef set _retiring
+    cdef set _live
+    cdef object _cut_error
     cdef public object keys
     cdef public object _access
     cdef object _health
@@ -95,7 +100,7 @@ cdef class Engine:
     cdef dict _provider_configs
 
     @cython.locals(runtime=Runtime)
-    cpdef Context _context(self, CRequest request)
+    cpdef Context _context(self, CRequest request, object responder)
     @cython.locals(ctx=Context, model=ModelEntry)
     cpdef begin(self, object request, object responder)
     cpdef _reply(self, Context ctx, object responder, object reply)

@@ -29,23 +29,27 @@ import msgspec
 
 from gateway import errors
 from gateway._core.http import ms_text, select_headers
+from gateway._core.jsoncheck import TOO_DEEP, check_json
 from gateway._core.sse import SSEScanner, event_data, split_events
-from gateway.app import CallbackResponder, Headers, Request, Responder
+from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
-from gateway.providers.openai import OpenAITranslator
+from gateway.providers.openai import OpenAITranslator, completion_as_stream, error_text, has_error
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
 from gateway.server.cpus import worker_count
 from gateway.server.pool import OriginPool
 from gateway.wire import (
+    MAX_JSON_DEPTH,
     EmbeddingRequest,
+    completion_decoders,
     decoders,
     encode,
+    key_watches,
     top_level_decoder,
     usage_decoder,
     usage_event_decoder,
@@ -181,14 +185,20 @@ class Context:
 
     __slots__ = (
         "attempts", "body", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits", "model",
-        "overhead", "request", "request_id", "response_headers", "route_model", "runtime", "status", "stream",
-        "t0", "t_up", "target", "up_ms", "upstream_status", "usage",
+        "overhead", "request", "request_id", "responder", "response_headers", "route_model", "runtime",
+        "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
     )
 
-    def __init__(self, request: Request, request_id: str, runtime: Runtime) -> None:
+    def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
         self.request = request
         self.request_id = request_id
         self.runtime = runtime
+        #: where the answer goes (the engine answers a request itself when the worker cuts it)
+        self.responder = responder
+        #: the task running the request, when it runs as coroutines (None on the callback path)
+        self.task: asyncio.Task[Any] | None = None
+        #: the request has its call record: nothing more is sent or recorded for it
+        self.settled = False
         self.t0 = _perf()
         self.t_up = 0.0
         self.up_ms = 0.0
@@ -282,6 +292,10 @@ class Engine:
         self.draining = False
         self._ids = _RequestIds()
         self._retiring: set[asyncio.Task[None]] = set()
+        #: requests begun and not yet recorded (``_settle``): whatever ends them, each gets its one record
+        self._live: set[Context] = set()
+        #: set when the worker cuts its unfinished requests (``cut_unfinished``): what they are told
+        self._cut_error: GatewayError | None = None
         #: the worker's key table keeper, when keys are required ([auth] required = true)
         self.keys: KeyService | None = None
         self._access: AccessPhase | None = None
@@ -423,7 +437,57 @@ class Engine:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    async def cut_unfinished(self, wait: float = 1.0) -> None:
+        """The drain deadline has passed: end every request still running, while the clients are still
+        connected. A stream gets an error event and ``data: [DONE]``, a request not yet answered a 503;
+        each is recorded with the code ``worker_shutdown``. Requests running as tasks are cancelled and
+        end themselves (``_guarded``); those on the callback path (waiting for an upstream's answer) are
+        answered here, and the answer, if it still comes, is dropped (``_on_head``). Waits up to ``wait``
+        seconds for the tasks to finish writing."""
+        if not self._live:
+            return
+        err = self._cut_error = errors.ServiceUnavailable(
+            "The gateway worker shut down before the request finished (drain deadline)",
+            code="worker_shutdown",
+        )
+        log.warning("drain deadline passed: cutting %d unfinished request(s)", len(self._live))
+        tasks = []
+        for ctx in list(self._live):
+            task = ctx.task
+            if task is not None and not task.done():
+                task.cancel()
+                tasks.append(task)
+            elif task is None:
+                ctx.error = err
+                responder = ctx.responder
+                if not getattr(responder, "started", False):
+                    self._send_error(ctx, responder, err)
+                self._settle(ctx)
+                done = getattr(responder, "done", None)
+                if done is not None:
+                    done()
+        if tasks:
+            await asyncio.wait(tasks, timeout=wait)
+
+    def _record_unfinished(self) -> None:
+        """The worker is stopping: record the requests that never ended (nothing can reach their clients
+        any more)."""
+        if not self._live:
+            return
+        log.warning("worker stopping with %d unfinished request(s); recorded as worker_shutdown",
+                    len(self._live))
+        err = self._cut_error or errors.ServiceUnavailable(
+            "The gateway worker shut down before the request finished", code="worker_shutdown"
+        )
+        for ctx in list(self._live):
+            if ctx.error is None:
+                ctx.error = err
+            if not ctx.status:
+                ctx.status = err.status
+            self._settle(ctx)
+
     async def shutdown(self) -> None:
+        self._record_unfinished()
         if self.limits is not None:
             await self.limits.stop()
         if self._health is not None:
@@ -442,16 +506,18 @@ class Engine:
 
     # -- the request path ----------------------------------------------------------------------------
 
-    def _context(self, request: Request) -> Context:
+    def _context(self, request: Request, responder: Responder) -> Context:
         runtime = self.runtime
         assert runtime is not None
         rid_b = request.header(b"x-request-id")
         rid = rid_b.decode("latin-1")[:200] if rid_b else self._ids.next()
-        return Context(request, rid, runtime)
+        ctx = Context(request, rid, runtime, responder)
+        self._live.add(ctx)
+        return ctx
 
     def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None]:
         """``gateway.app.App.handle``: the request's whole cycle as one coroutine."""
-        ctx = self._context(request)
+        ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
         if endpoint is None or request.method != "POST":
             return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
@@ -466,7 +532,7 @@ class Engine:
         waits otherwise (a key the table does not know yet, a limit waiting for shared state, routed
         models, streams, a busy pool) goes on as the same coroutines ``handle`` uses.
         """
-        ctx = self._context(request)
+        ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
         try:
             if endpoint is None or request.method != "POST":
@@ -496,6 +562,7 @@ class Engine:
             if not responder.started:
                 self._send_error(ctx, responder, exc)
         except BaseException:
+            _crashed(ctx, responder)  # the front end answers 500
             self._settle(ctx)
             raise
         self._settle(ctx)
@@ -503,7 +570,24 @@ class Engine:
         return None
 
     async def _guarded(self, ctx: Context, responder: Responder, work: Awaitable[None]) -> None:
-        """Run the rest of a request: a GatewayError becomes its answer; the settle hooks always run."""
+        """Run the rest of a request: a GatewayError becomes its answer; the settle hooks and the call
+        record always run, whatever ends the request:
+
+            ended by                    | the client gets                  | recorded as
+            ----------------------------+----------------------------------+----------------------------
+            a GatewayError              | its answer (or its stream's end) | its status and code
+            the client leaving          | nothing (gone)                   | the status sent, client_closed
+            the worker's drain deadline | 503, or an error event + [DONE]  | worker_shutdown
+            (``cut_unfinished``)        |                                  |
+            another cancellation        | what the front end sends         | worker_shutdown when draining,
+                                        |                                  | else request_cancelled
+            an unexpected exception     | 500 from the front end           | 500, internal_error
+        """
+        if ctx.settled:  # cut by the drain deadline before it began
+            if isinstance(work, Coroutine):
+                work.close()
+            return
+        ctx.task = asyncio.current_task()
         try:
             await work
         except GatewayError as exc:
@@ -511,8 +595,39 @@ class Engine:
             ctx.error = exc
             if not getattr(responder, "started", False):
                 self._send_error(ctx, responder, exc)
+        except ClientGone:
+            ctx.error = _CLIENT_CLOSED
+            raise
+        except asyncio.CancelledError:
+            cut = self._cut_error
+            if cut is None:  # the front end's (granian's drain deadline): it answers what was not answered
+                err = ctx.error = _WORKER_STOPPING if self.draining else _CANCELLED
+                if not getattr(responder, "started", False):
+                    ctx.status = err.status
+                raise
+            # the drain deadline (cut_unfinished): end the request while the client is still there
+            task = ctx.task
+            if task is not None:
+                task.uncancel()
+            await self._end_cut(ctx, responder, cut)
+        except Exception:
+            _crashed(ctx, responder)
+            raise
         finally:
             self._settle(ctx)
+
+    async def _end_cut(self, ctx: Context, responder: Responder, err: GatewayError) -> None:
+        """Tell the client of a request cut at the drain deadline, within a bound (it may be slow)."""
+        ctx.error = err
+        if not getattr(responder, "started", False):
+            self._send_error(ctx, responder, err)
+            return
+        if getattr(responder, "finished", False):
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(0.5):
+                await responder.write(b"data: " + err.body + b"\n\n" + _DONE)
+        responder.end_stream()
 
     async def _other(self, ctx: Context, responder: Responder, endpoint: str | None) -> None:
         key = None
@@ -603,6 +718,10 @@ class Engine:
         if not body:
             raise errors.BadRequest("The request body is empty; expected a JSON object",
                                     code="invalid_json")
+        # PERF: one compiled pass over the bytes (strings skipped with memchr), not a second decode
+        problem = check_json(body, MAX_JSON_DEPTH, key_watches[ctx.endpoint])
+        if problem:
+            raise _refused_shape(problem, ctx.endpoint)
         try:
             fields = decoders[ctx.endpoint].decode(body)
         except msgspec.ValidationError as exc:
@@ -705,6 +824,10 @@ class Engine:
         self, ctx: Context, responder: CallbackResponder, resp: UpstreamResponse | None, exc: Exception | None
     ) -> None:
         """The upstream's answer to a request sent by ``_send_now`` (called by the pool's connection)."""
+        if ctx.settled:  # cut at the drain deadline (cut_unfinished): the client has had its answer
+            if resp is not None:
+                resp.close()
+            return
         try:
             try:
                 ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
@@ -729,7 +852,8 @@ class Engine:
                     self._send_error(ctx, responder, err)
             self._settle(ctx)
         except Exception:
-            _answer_crash(responder)
+            _answer_crash(ctx, responder)
+            self._settle(ctx)
         responder.done()
 
     async def _finish(self, ctx: Context, responder: CallbackResponder, work: Awaitable[None]) -> None:
@@ -737,7 +861,7 @@ class Engine:
         try:
             await self._guarded(ctx, responder, work)
         except Exception:
-            _answer_crash(responder)
+            _answer_crash(ctx, responder)
         responder.done()
 
     def _finish_later(self, ctx: Context, responder: CallbackResponder, work: Awaitable[None]) -> None:
@@ -792,6 +916,11 @@ class Engine:
         anything else goes on in ``_routed`` with this attempt's result."""
         router = model.router
         assert router is not None
+        if ctx.settled:  # cut at the drain deadline (cut_unfinished): the client has had its answer
+            router.release(i)
+            if resp is not None:
+                resp.close()
+            return
         try:
             now = _monotonic()
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
@@ -819,7 +948,7 @@ class Engine:
             first = _First(i, _route_info(ctx), t0, now - t0, resp, exc)
             self._finish_later(ctx, responder, self._routed(ctx, responder, model, first))
         except Exception:
-            _answer_crash(responder)
+            _answer_crash(ctx, responder)
             self._settle(ctx)
             responder.done()
 
@@ -1009,10 +1138,9 @@ class Engine:
                     resp.close()
                 if waiting == "stream":  # the total bound passed mid-stream: end the client's stream
                     attempts.report(Outcome.TIMEOUT, now, ttfb=ttfb, total=now - t0, sent=True)
-                    ctx.error = errors.GatewayTimeout(
+                    await _stream_failed(ctx, responder, errors.GatewayTimeout(
                         f"The upstream stream did not finish within {total:g}s ({_total_bound(dep, total)})"
-                    )
-                    await responder.write(b"data: " + ctx.error.to_body() + b"\n\n")
+                    ))
                     responder.end_stream()
                     return None
                 outcome, failure = _attempt_failure(error, waiting, dep, head_limit, total)
@@ -1096,9 +1224,12 @@ class Engine:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
 
     def _relay_body(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
+        if ctx.stream:  # a stream request answered with one JSON body: the client gets its stream
+            self._relay_as_stream(ctx, responder, resp, body)
+            return
         try:
             env = usage_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             raise errors.BadGateway(
                 "The upstream provider returned a response body that is not valid JSON",
                 code="upstream_invalid_response",
@@ -1110,11 +1241,39 @@ class Engine:
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.send(resp.status, headers, body)
 
+    def _relay_as_stream(
+        self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes
+    ) -> None:
+        """A stream request that the upstream answered with a whole JSON completion (not an event stream):
+        answered with the stream the completion would have been (``completion_as_stream``); an error
+        object in a 2xx answer becomes a 502. Raises (nothing sent) when the body is neither."""
+        try:
+            completion = completion_decoders[ctx.endpoint].decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            ctype = (resp.header(b"content-type") or b"").decode("latin-1")
+            raise errors.BadGateway(
+                f"The upstream provider answered a stream request with {ctype or 'no content-type'} that is "
+                "neither an event stream nor a JSON completion",
+                code="upstream_invalid_response",
+            ) from None
+        if has_error(completion):
+            raise errors.BadGateway(
+                "The upstream provider answered the stream request with an error: "
+                + error_text(completion.error),
+                code="upstream_error",
+            )
+        events, ctx.usage = completion_as_stream(completion, ctx.include_usage)
+        ctx.status = resp.status
+        headers = self._pass_headers(ctx, resp)
+        headers.extend(_SSE_HEADERS)
+        headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
+        responder.send(resp.status, headers, events)
+
     def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
         status = resp.status
         try:
             msgspec.json.decode(body, type=_ErrorCheck)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             text = body[:200].decode("utf-8", "replace")
             message = (
                 f"The upstream provider answered {status} with a body that is not an OpenAI error: {text}"
@@ -1150,17 +1309,21 @@ class Engine:
                     else:
                         chunk = await resp.next_chunk()
                 except (UpstreamError, ValueError) as exc:
-                    ctx.error = errors.BadGateway(f"The upstream stream failed: {exc}",
-                                                  code="upstream_stream_error")
-                    await responder.write(b"data: " + ctx.error.to_body() + b"\n\n")
+                    await _stream_failed(ctx, responder, errors.BadGateway(
+                        f"The upstream stream failed: {exc}", code="upstream_stream_error"))
                     break
                 if not chunk:
                     if scanner.pending:
-                        ctx.error = errors.BadGateway("The upstream stream ended inside an event",
-                                                      code="upstream_stream_error")
-                        await responder.write(b"data: " + ctx.error.to_body() + b"\n\n")
+                        await _stream_failed(ctx, responder, errors.BadGateway(
+                            "The upstream stream ended inside an event", code="upstream_stream_error"))
                     break
-                data = scanner.feed(chunk)
+                try:
+                    data = scanner.feed(chunk)
+                except ValueError:  # an event past the scanner's limit: the stream cannot go on
+                    await _stream_failed(ctx, responder, errors.BadGateway(
+                        f"The upstream sent a stream event larger than {scanner.max_event_bytes} bytes",
+                        code="upstream_event_too_large"))
+                    break
                 if data and b'"usage"' in data:
                     data = self._take_usage(ctx, data, strip)
                 if data:
@@ -1180,7 +1343,7 @@ class Engine:
             if payload is not None and b'"usage"' in payload:
                 try:
                     chunk = usage_event_decoder.decode(payload)
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                     out.append(ev)
                     continue
                 if chunk.usage is not None:
@@ -1194,6 +1357,11 @@ class Engine:
     # settle ----------------------------------------------------------------------------------------
 
     def _settle(self, ctx: Context) -> None:
+        """The end of a request, once whatever ended it: the phases' settle hooks and the call record."""
+        if ctx.settled:
+            return
+        ctx.settled = True
+        self._live.discard(ctx)
         for phase in ctx.runtime.settle_chain:
             try:
                 phase.on_settle(ctx)
@@ -1222,13 +1390,51 @@ class Engine:
         ))
 
 
-def _answer_crash(responder: CallbackResponder) -> None:
+async def _stream_failed(ctx: Context, responder: Responder, err: GatewayError) -> None:
+    """A stream that cannot go on: the error, as an event in the client's dialect, and the stream's
+    regular end (``data: [DONE]``), so that every client sees the error and a well-formed stream."""
+    ctx.error = err
+    await responder.write(b"data: " + err.body + b"\n\n" + _DONE)
+
+
+def _refused_shape(problem: int, endpoint: str) -> errors.BadRequest:
+    """The 400 for a body ``check_json`` refused (``problem``: its answer)."""
+    if problem == TOO_DEEP:
+        return errors.BadRequest(
+            f"The JSON body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; the limit is "
+            f"{MAX_JSON_DEPTH}.",
+            code="invalid_json",
+        )
+    path = key_watches[endpoint].paths[problem - 1]
+    return errors.BadRequest(
+        f"The JSON body repeats the key '{path}'; the gateway reads it, so it must appear once.",
+        param=path, code="duplicate_key",
+    )
+
+
+def _answer_crash(ctx: Context, responder: CallbackResponder) -> None:
     """An unexpected error on the callback path (inside an ``except`` block): logged with its traceback,
     and a 500 that closes the connection if nothing was sent yet."""
     log.exception("unhandled error in request handler")
+    _crashed(ctx, responder)
     if not responder.started:
         responder.keep_alive = False
         responder.send(500, _JSON, _INTERNAL)
+
+
+def _crashed(ctx: Context, responder: Responder) -> None:
+    """What the call record of a request ended by an unexpected exception says."""
+    ctx.error = _INTERNAL_ERROR
+    if not getattr(responder, "started", False):
+        ctx.status = 500
+
+
+#: what the call records of requests ended by something other than an answer say (never raised)
+_INTERNAL_ERROR = errors.GatewayError("internal error (see the worker's log)")
+_CLIENT_CLOSED = errors.ClientClosed("the client closed the connection before the response was complete")
+_WORKER_STOPPING = errors.ServiceUnavailable("The gateway worker shut down before the request finished",
+                                             code="worker_shutdown")
+_CANCELLED = errors.ClientClosed("the request was cancelled by the front end", code="request_cancelled")
 
 
 def _upstream_failure(exc: Exception | None) -> GatewayError:

@@ -12,6 +12,7 @@ import msgspec
 __all__ = [
     "BadGateway",
     "BadRequest",
+    "ClientClosed",
     "GatewayError",
     "GatewayTimeout",
     "HeadersTooLarge",
@@ -161,6 +162,15 @@ class NotImplementedHTTP(GatewayError):
     type = "invalid_request_error"
     code = "not_implemented"
     close = True
+
+
+class ClientClosed(GatewayError):
+    """The client left before its response was complete. Never sent (nobody is there to read it): what a
+    call record says, with nginx's status for it."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed"
 
 
 class BadGateway(GatewayError):

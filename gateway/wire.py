@@ -10,16 +10,29 @@ from typing import Any
 
 import msgspec
 
+from gateway._core.jsoncheck import KeyWatch
+
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "ChatChoice",
+    "ChatCompletion",
     "ChatRequest",
     "CompletionRequest",
     "EmbeddingRequest",
     "StreamOptions",
+    "TextChoice",
+    "TextCompletion",
     "Usage",
     "UsageEnvelope",
     "UsageEvent",
+    "completion_decoders",
     "decoders",
+    "key_watches",
 ]
+
+#: arrays and objects nested deeper than this in a request body are refused (400 ``invalid_json``) before
+#: any decoder sees the body: msgspec decodes nesting by recursion and would fail with RecursionError
+MAX_JSON_DEPTH = 128
 
 
 class StreamOptions(msgspec.Struct, frozen=True):
@@ -70,7 +83,70 @@ class UsageEvent(msgspec.Struct, frozen=True):
     choices: list[msgspec.Raw] | None = None
 
 
-# PERF: decoders are built once
+#: a field the answer does not have (an empty Raw: falsy); ``null`` is ``Raw(b"null")``
+_ABSENT = msgspec.Raw()
+
+
+class ChatChoice(msgspec.Struct, frozen=True):
+    """One choice of a chat completion; the message's fields stay raw (they become a stream's delta)."""
+
+    index: int = 0
+    message: dict[str, msgspec.Raw] = {}
+    finish_reason: msgspec.Raw = _ABSENT
+    logprobs: msgspec.Raw = _ABSENT
+
+
+class _Completion(msgspec.Struct, frozen=True):
+    """What a whole completion of either endpoint holds besides its choices."""
+
+    id: msgspec.Raw = _ABSENT
+    object: str | None = None
+    created: msgspec.Raw = _ABSENT
+    model: msgspec.Raw = _ABSENT
+    system_fingerprint: msgspec.Raw = _ABSENT
+    usage: msgspec.Raw = _ABSENT
+    error: msgspec.Raw = _ABSENT
+
+
+class ChatCompletion(_Completion, frozen=True):
+    """A whole chat completion, as an upstream may answer a stream request (turned into a stream)."""
+
+    service_tier: msgspec.Raw = _ABSENT
+    choices: list[ChatChoice] = []
+
+
+class TextChoice(msgspec.Struct, frozen=True):
+    index: int = 0
+    text: msgspec.Raw = _ABSENT
+    finish_reason: msgspec.Raw = _ABSENT
+    logprobs: msgspec.Raw = _ABSENT
+
+
+class TextCompletion(_Completion, frozen=True):
+    """A whole legacy completion (``/v1/completions``), as an upstream may answer a stream request."""
+
+    choices: list[TextChoice] = []
+
+
+def _watch(request: type[msgspec.Struct]) -> KeyWatch:
+    """The keys of a request body that may appear only once: every field its Struct reads (what is checked
+    must be what is sent: a repeated key would be read here as its last value and perhaps upstream as
+    another), and the fields of ``stream_options``."""
+    fields = request.__struct_fields__
+    nested = {"stream_options": StreamOptions.__struct_fields__} if "stream_options" in fields else None
+    return KeyWatch(fields, nested)
+
+
+# PERF: decoders and key watches are built once
+key_watches: dict[str, KeyWatch] = {
+    "chat": _watch(ChatRequest),
+    "completions": _watch(CompletionRequest),
+    "embeddings": _watch(EmbeddingRequest),
+}
+completion_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    "chat": msgspec.json.Decoder(ChatCompletion),
+    "completions": msgspec.json.Decoder(TextCompletion),
+}
 decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "chat": msgspec.json.Decoder(ChatRequest),
     "completions": msgspec.json.Decoder(CompletionRequest),

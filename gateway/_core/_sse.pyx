@@ -9,7 +9,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 __all__ = ["SSEScanner", "event_data", "split_events"]
 
 
-cdef Py_ssize_t _boundary(const char* s, Py_ssize_t n) noexcept:
+cdef Py_ssize_t _boundary(const char* s, Py_ssize_t n, bint after_event) noexcept:
+    # after_event: the byte before s is the line feed that ended a released event (see sse_py)
     cdef Py_ssize_t i = n - 1
     while i >= 1:
         if s[i] == 10:
@@ -17,7 +18,11 @@ cdef Py_ssize_t _boundary(const char* s, Py_ssize_t n) noexcept:
                 return i + 1
             if s[i - 1] == 13 and i >= 2 and s[i - 2] == 10:
                 return i + 1
+            if s[i - 1] == 13 and i == 1 and after_event:
+                return 2
         i -= 1
+    if n >= 1 and s[0] == 10 and after_event:
+        return 1
     return 0
 
 
@@ -25,6 +30,7 @@ cdef class SSEScanner:
 
     def __init__(self, Py_ssize_t max_event_bytes=1 << 20):
         self._tail = b""
+        self._after_event = False
         self.max_event_bytes = max_event_bytes
 
     @property
@@ -34,7 +40,9 @@ cdef class SSEScanner:
     cpdef bytes feed(self, bytes chunk):
         cdef bytes buf = self._tail + chunk if PyBytes_GET_SIZE(self._tail) else chunk
         cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
-        cdef Py_ssize_t end = _boundary(PyBytes_AS_STRING(buf), n)
+        cdef Py_ssize_t end = _boundary(PyBytes_AS_STRING(buf), n, self._after_event)
+        if end:
+            self._after_event = True
         if end == n:
             self._tail = b""
             return buf

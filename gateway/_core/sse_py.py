@@ -10,18 +10,36 @@ from __future__ import annotations
 __all__ = ["SSEScanner", "event_data", "split_events"]
 
 
-def _boundary(buf: bytes) -> int:
-    """End index of the last complete event in ``buf`` (0 if none)."""
+def _boundary(buf: bytes, after_event: bool) -> int:
+    """End index of the last complete event in ``buf`` (0 if none). ``after_event``: the byte before
+    ``buf`` is the line feed that ended an event, so a blank line at the very start of ``buf`` is one too
+    (the same bytes in one piece would have been a boundary: see ``SSEScanner``)."""
     a = buf.rfind(b"\n\n")
     b = buf.rfind(b"\n\r\n")
-    return max(a + 2 if a >= 0 else 0, b + 3 if b >= 0 else 0)
+    end = max(a + 2 if a >= 0 else 0, b + 3 if b >= 0 else 0)
+    if end == 0 and after_event:
+        if buf.startswith(b"\n"):
+            return 1
+        if buf.startswith(b"\r\n"):
+            return 2
+    return end
 
 
 class SSEScanner:
-    __slots__ = ("_tail", "max_event_bytes")
+    """Holds back an incomplete event; releases complete ones.
+
+    What is released does not depend on how the stream was cut into pieces: a boundary (a line feed
+    ending a blank line) is found across the cut between pieces too. The only such boundary the bytes of
+    the current buffer cannot show is a blank line at its start right after a released event (the
+    released bytes end with that event's line feed, and the held-back tail starts right after them);
+    ``_after_event`` remembers that something was released.
+    """
+
+    __slots__ = ("_after_event", "_tail", "max_event_bytes")
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
         self._tail = b""
+        self._after_event = False
         self.max_event_bytes = max_event_bytes
 
     @property
@@ -32,7 +50,9 @@ class SSEScanner:
     def feed(self, chunk: bytes) -> bytes:
         """Complete events available after ``chunk`` (b"" if none). Raises ValueError past max_event_bytes."""
         buf = self._tail + chunk if self._tail else chunk
-        end = _boundary(buf)
+        end = _boundary(buf, self._after_event)
+        if end:
+            self._after_event = True
         if end == len(buf):
             self._tail = b""
             return buf

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from gateway._core.jsoncheck import TOO_DEEP, check_json
 from gateway.admin import errors as E
 from gateway.admin import wire
 from gateway.admin.auth import Principal, TokenChecker
@@ -72,6 +73,7 @@ from gateway.store import (
     Subscription,
 )
 from gateway.store.models import check_day
+from gateway.wire import MAX_JSON_DEPTH
 
 __all__ = ["AdminApp"]
 
@@ -117,6 +119,9 @@ def _not_found(kind: str, ident: str) -> AdminError:
 def _decode(body: bytes, tp: type[T]) -> T:
     if not body.strip():
         body = b"{}"
+    if check_json(body, MAX_JSON_DEPTH) == TOO_DEEP:  # the decoder recurses: refuse before it does
+        raise AdminError(400, E.INVALID_JSON,
+                         f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
     try:
         return msgspec.json.decode(body, type=tp)
     except msgspec.ValidationError as exc:

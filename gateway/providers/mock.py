@@ -81,10 +81,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from gateway._core.jsoncheck import TOO_DEEP, check_json
 from gateway.config.schema import MockConfig
 from gateway.errors import error_body
 from gateway.providers import mock_content
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
+from gateway.wire import MAX_JSON_DEPTH
 
 if TYPE_CHECKING:
     from gateway.app import CallbackResponder, Request, Responder
@@ -866,7 +868,11 @@ class MockLLM:
             )
         except MockDirectiveError as exc:
             return self._timed(_directive_error(exc), _NO_DIRECTIVES)
-        if endpoint == "chat":
+        if endpoint in ("chat", "completions", "embeddings") and check_json(body, MAX_JSON_DEPTH) == TOO_DEEP:
+            # its decoders recurse: nesting deep enough would raise RecursionError, not a decode error
+            deep = f"The JSON body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep."
+            plan, d = _bad(deep), header
+        elif endpoint == "chat":
             plan, d = self._chat(body, header)
         elif endpoint == "completions":
             plan, d = self._completions(body, header)

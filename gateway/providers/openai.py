@@ -2,19 +2,25 @@
 
 Client shape and upstream shape are the same, so translation is: pick the upstream path, set the
 upstream model id and the credential, ask for usage on streams; responses pass through unchanged
-(the engine strips the usage chunk when the client did not ask for it).
+(the engine strips the usage chunk when the client did not ask for it), except one: an upstream that
+answers a stream request with a whole JSON completion (some OpenAI-compatible servers ignore
+``stream: true``, or ignore it for some models) has its answer turned into the stream the client asked
+for (``completion_as_stream``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Final
+from typing import Any, Final
+
+import msgspec
 
 from gateway._core.http import build_request
 from gateway.providers.base import Transport, UpstreamResponse
 from gateway.server.pool import HeadCallback, OriginPool
+from gateway.wire import ChatCompletion, TextCompletion, Usage
 
-__all__ = ["ENDPOINT_PATHS", "OpenAITranslator"]
+__all__ = ["ENDPOINT_PATHS", "OpenAITranslator", "completion_as_stream", "error_text", "has_error"]
 
 ENDPOINT_PATHS: Final = {
     "chat": "/chat/completions",
@@ -88,3 +94,104 @@ class OpenAITranslator:
 
     async def close(self) -> None:
         await self.transport.close()
+
+
+_NULL = msgspec.Raw(b"null")
+_EMPTY = msgspec.Raw(b'""')
+_CHAT_CHUNK = msgspec.Raw(b'"chat.completion.chunk"')
+_TEXT_CHUNK = msgspec.Raw(b'"text_completion"')
+_DONE = b"data: [DONE]\n\n"
+_encode = msgspec.json.Encoder().encode
+_decode_tool_calls = msgspec.json.Decoder(list[dict[str, msgspec.Raw]]).decode
+_decode_usage = msgspec.json.Decoder(Usage).decode
+
+
+def has_error(completion: ChatCompletion | TextCompletion) -> bool:
+    """The answer carries an ``error`` object (some servers answer 200 with one)."""
+    return bool(completion.error) and bytes(completion.error) != b"null"
+
+
+def completion_as_stream(
+    completion: ChatCompletion | TextCompletion, include_usage: bool
+) -> tuple[bytes, Usage | None]:
+    """The event stream an upstream would have sent for ``completion``, had it streamed, and its usage.
+
+    Per choice, one chunk with everything the message holds as its delta (tool calls numbered, as
+    streamed tool calls are), then one with its ``finish_reason``; the usage chunk (``choices: []``) when
+    the client asked for it (``include_usage``); ``data: [DONE]``. Values the gateway does not act on are
+    copied as raw bytes, never re-serialised.
+    """
+    head: dict[str, Any] = {
+        "id": completion.id or _EMPTY,
+        "object": _TEXT_CHUNK if isinstance(completion, TextCompletion) else _CHAT_CHUNK,
+        "created": completion.created or msgspec.Raw(b"0"),
+        "model": completion.model or _EMPTY,
+    }
+    if completion.system_fingerprint:
+        head["system_fingerprint"] = completion.system_fingerprint
+    events: list[bytes] = []
+    if isinstance(completion, TextCompletion):
+        for text in completion.choices:
+            events.append(_event(head, [{"text": text.text or _EMPTY, "index": text.index,
+                                         "logprobs": text.logprobs or _NULL, "finish_reason": None}]))
+            events.append(_event(head, [{"text": "", "index": text.index, "logprobs": None,
+                                         "finish_reason": text.finish_reason or _NULL}]))
+    else:
+        if completion.service_tier:
+            head["service_tier"] = completion.service_tier
+        for choice in completion.choices:
+            events.append(_event(head, [{"index": choice.index, "delta": _delta(choice.message),
+                                         "logprobs": choice.logprobs or _NULL, "finish_reason": None}]))
+            events.append(_event(head, [{"index": choice.index, "delta": {}, "logprobs": None,
+                                         "finish_reason": choice.finish_reason or _NULL}]))
+    usage = None
+    if completion.usage and bytes(completion.usage) != b"null":
+        try:
+            usage = _decode_usage(completion.usage)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            usage = None
+        if include_usage:
+            events.append(_event(head, [], completion.usage))
+    events.append(_DONE)
+    return b"".join(events), usage
+
+
+def _event(head: dict[str, Any], choices: list[dict[str, Any]], usage: msgspec.Raw | None = None) -> bytes:
+    chunk = {**head, "choices": choices}
+    if usage is not None:
+        chunk["usage"] = usage
+    return b"data: " + _encode(chunk) + b"\n\n"
+
+
+def _delta(message: dict[str, msgspec.Raw]) -> dict[str, Any]:
+    """A chat message as a stream's delta: streamed tool calls carry their ``index``."""
+    calls = message.get("tool_calls")
+    if calls is None or not bytes(calls).lstrip().startswith(b"["):
+        return message
+    try:
+        numbered: list[dict[str, Any]] = [{"index": msgspec.Raw(b"%d" % i), **call}
+                                          for i, call in enumerate(_decode_tool_calls(calls))]
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return message
+    return {**message, "tool_calls": numbered}
+
+
+class _ErrorObject(msgspec.Struct):
+    message: str | None = None
+    code: str | int | None = None
+
+
+_decode_error = msgspec.json.Decoder(_ErrorObject | str).decode
+
+
+def error_text(error: msgspec.Raw | bytes, limit: int = 300) -> str:
+    """What an upstream's ``error`` value says, for a message of ours (bounded)."""
+    raw = bytes(error)
+    try:
+        value = _decode_error(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return raw[:limit].decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value[:limit]
+    text = value.message or raw[:limit].decode("utf-8", "replace")
+    return text[:limit]

@@ -3,7 +3,8 @@
 Signals (sent by the supervisor, or by an operator to a single worker):
   SIGTERM, SIGINT  drain: /readyz answers 503; after ``server.drain_delay`` (0: at once) stop accepting,
                    let in-flight requests and streams finish up to ``server.drain_timeout`` from the
-                   signal, then exit 0.
+                   signal; then the app ends what still runs (the engine: an error event and ``[DONE]``
+                   for a stream, a 503 otherwise, each recorded), and exit 0.
   SIGHUP           reload the config file; a file that fails validation is logged and ignored.
 """
 
@@ -95,6 +96,9 @@ async def serve_app(
     drained = await state.wait_drained(srv.drain_timeout - srv.drain_delay)
     if not drained:
         log.warning("drain deadline passed with %d connections open; closing them", len(state.connections))
+        cut = getattr(app, "cut_unfinished", None)
+        if cut is not None:  # the app ends what still runs while its clients are connected (the engine)
+            await cut()
     state.stop()
     await app.shutdown()
 

@@ -148,8 +148,9 @@ enabled = false
     resp = chat(gw.port, request_id=rid, stream=True)
     assert resp.status == 200 and resp.header("x-gateway-deployment") == "slow"
     events = sse_events(resp.body)
-    assert len(events) >= 2 and b"[DONE]" not in events
-    err = json.loads(events[-1])["error"]
+    # the error event, then the stream's regular end
+    assert len(events) >= 3 and events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
+    err = json.loads(events[-2])["error"]
     assert err["code"] == "upstream_timeout" and "total_timeout" in err["message"], err
     rec = records(gw, rid)[rid]
     assert rec["error_code"] == "upstream_timeout" and rec.get("attempts") is None  # no other attempt

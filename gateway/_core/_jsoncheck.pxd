@@ -1,0 +1,8 @@
+# Declarations of the compiled JSON body checks (see _jsoncheck.pyx; twin: jsoncheck_py.py).
+
+
+cdef class KeyWatch:
+    cdef readonly tuple paths
+    cdef tuple _top
+    cdef tuple _nested
+    cdef bint _inner
