@@ -263,7 +263,7 @@ class Supervisor:
         signals, self._signals = self._signals, []
         for signum in signals:
             if signum in (signal.SIGTERM, signal.SIGINT):
-                self._stop(signum)
+                self._stop(signal.Signals(signum).name)
             elif signum == signal.SIGHUP and not self.stopping:
                 self._reload("SIGHUP")
 
@@ -300,7 +300,7 @@ class Supervisor:
                 "gateway (its errors are above)", name, child.pid, code, failures,
             )
             self.exit_code = 1
-            self._stop(signal.SIGTERM)
+            self._stop("giving up")
             return
         delay = min(_START_BACKOFF * 2 ** (failures - 1), _MAX_BACKOFF)
         log.error("%s (pid %d) exited with %s before it served (%d of %d failed starts); respawning in "
@@ -368,12 +368,12 @@ class Supervisor:
 
     # -- stop
 
-    def _stop(self, signum: int) -> None:
+    def _stop(self, why: str) -> None:
         if self.stopping:
             return
         self.stopping = True
         self._respawn_at.clear()
-        log.info("supervisor: %s, draining %d child(ren)", signal.Signals(signum).name, len(self.children))
+        log.info("supervisor: %s, draining %d child(ren)", why, len(self.children))
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -396,7 +396,7 @@ class Supervisor:
             new = read_snapshot(self.config_path)
             _check_state_dir(new.config)
         except ConfigError as exc:
-            log.error("supervisor: config reload (%s) rejected, keeping the running config:\n%s", why, exc)
+            log.error("supervisor: config reload rejected (%s), keeping the running config:\n%s", why, exc)
             return
         if self._watch is not None:
             self._watch.watch(_watched(self.config_path, new))
