@@ -53,6 +53,7 @@ __all__ = [
     "load_config",
     "load_config_bytes",
     "load_config_text",
+    "read_config_file",
     "resolve_secret",
 ]
 
@@ -152,13 +153,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     resolve the same whatever the working directory of the process that later reads them.
     """
     source = os.fspath(path)
+    return load_config_bytes(read_config_file(source), source)
+
+
+def read_config_file(source: str) -> bytes:
+    """The bytes of the configuration file at ``source``; ``ConfigFileError`` when it cannot be read."""
     try:
         with open(source, "rb") as f:
-            raw = f.read()
+            return f.read()
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise ConfigFileError([f"{source}: cannot read the configuration file: {reason}"]) from None
-    return load_config_bytes(raw, source)
 
 
 def load_config_bytes(raw: bytes, source: str) -> Config:

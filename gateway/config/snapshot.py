@@ -105,17 +105,10 @@ def read_snapshot(path: str | os.PathLike[str]) -> ConfigSnapshot:
     """Read the file at ``path`` once and validate it (``ConfigError`` / ``ConfigFileError`` as
     ``load_config``, and a config without models: ``check_servable``); the snapshot holds the credential
     files the validation read."""
-    from gateway.config.loader import check_servable, load_config_bytes
+    from gateway.config.loader import check_servable, load_config_bytes, read_config_file
 
     source = os.fspath(path)
-    try:
-        with open(source, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        from gateway.config.loader import ConfigFileError
-
-        reason = exc.strerror or exc.__class__.__name__
-        raise ConfigFileError([f"{source}: cannot read the configuration file: {reason}"]) from None
+    raw = read_config_file(source)
     with _capturing() as files:
         config = load_config_bytes(raw, source)
     check_servable(config, source)

@@ -33,6 +33,7 @@ from .helpers import (
     pid_alive,
     wait_for,
 )
+from .test_lifecycle import _refused, _try_serves
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,24 +65,6 @@ def _workers(pid: int, n: int, timeout: float = 20.0) -> set[int]:
 
     found: set[int] = wait_for(exactly_n, timeout, what=f"{n} live children under pid {pid}")
     return found
-
-
-def _serves(port: int, model: str = "chat-model") -> bool:
-    try:
-        assert_serves(port, model=model)
-    except (OSError, AssertionError):
-        return False
-    return True
-
-
-def _refused(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
 
 
 def _port_free(port: int) -> bool:
@@ -125,14 +108,9 @@ def test_empty_file_reload_is_rejected_and_the_old_config_serves(start_gateway: 
     assert_serves(gw.port)
 
 
-def _keys_toml(mock_port: int, admin_port: int, *, key_models: str = '["chat-model"]') -> str:
-    """Keys required, one static key, one tenant with a policy, an operator token; ``[auth]`` last but
-    for the admin table, so that a file cut before ``[auth]`` is still a valid file."""
-    return gateway_toml(mock_port) + f"""
-[limits.policies.tenant-policy]
-requests_per_minute = 6000
-
-[auth]
+def _auth(key_models: str) -> str:
+    """``[auth]``: keys required, the one static key of these tests, allowed ``key_models``."""
+    return f"""[auth]
 required = true
 
 [[auth.keys]]
@@ -140,7 +118,17 @@ id = "{KEY_ID}"
 digest = "{digest(KEY_SECRET, b'')}"
 tenant = "team"
 models = {key_models}
+"""
 
+
+def _keys_toml(mock_port: int, admin_port: int, *, key_models: str = '["chat-model"]') -> str:
+    """Keys required, one static key, one tenant with a policy, an operator token; ``[auth]`` last but
+    for the admin table, so that a file cut before ``[auth]`` is still a valid file."""
+    return gateway_toml(mock_port) + f"""
+[limits.policies.tenant-policy]
+requests_per_minute = 6000
+
+{_auth(key_models)}
 [tenants.team]
 limit_policy = "tenant-policy"
 
@@ -205,7 +193,7 @@ def test_workers_never_serve_different_configs(start_gateway: StartGateway, mock
     # a respawned worker serves the validated config too, not what the file says now
     os.kill(early, signal.SIGKILL)
     wait_for(lambda: early not in _workers(gw.pid, 2), 20.0, what="a respawned worker")
-    wait_for(lambda: _serves(gw.port), 20.0, what="the respawned worker to serve")
+    wait_for(lambda: _try_serves(gw.port), 20.0, what="the respawned worker to serve")
     _probe_models(gw.port, {"new-model": 200, "other-model": 404})
 
 
@@ -290,18 +278,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _auth_toml(mock_port: int, store: str = "") -> str:
-    return gateway_toml(mock_port) + f"""
-[auth]
-required = true
-
-[[auth.keys]]
-id = "{KEY_ID}"
-digest = "{digest(KEY_SECRET, b'')}"
-tenant = "team"
-
-[store]
-{store}
-"""
+    return gateway_toml(mock_port) + _auth('["*"]') + f"\n[store]\n{store}\n"
 
 
 def test_read_only_config_dir_without_a_state_dir_is_a_clear_startup_error(
@@ -408,7 +385,7 @@ def test_a_stopped_worker_is_replaced(start_gateway: StartGateway, mock_port: in
     assert len(after & before) == 1
     logs = _logs(gw)
     assert f"(pid {victim}) missed its heartbeat" in logs, logs
-    wait_for(lambda: _serves(gw.port), 20.0, what="the gateway to serve after the replacement")
+    wait_for(lambda: _try_serves(gw.port), 20.0, what="the gateway to serve after the replacement")
     for _ in range(PROBES // 2):
         with RawClient(gw.port) as c:
             assert c.request(chat_request("hi", headers=[("Connection", "close")])).status == 200
