@@ -63,6 +63,8 @@ _START_BACKOFF = 0.5
 _MAX_BACKOFF = 8.0
 #: how long a child may take to run its event loop for the first time (imports, building the engine)
 _START_GRACE = 60.0
+#: the signals the supervisor handles (a flag and a wake-up); a child starts with their defaults
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
 def _child_name(index: int) -> str:
@@ -115,22 +117,39 @@ class Supervisor:
         return self.n if index == ADMIN else index
 
     def _spawn(self, index: int) -> None:
-        r, w = os.pipe()
         self.table.reset(self._slot(index))
         supervisor = os.getpid()
-        pid = os.fork()
+        # blocked across the fork: the child must not run the supervisor's handlers before its own
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            r, w = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(r)
+                os.close(w)
+                raise
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            log.error("supervisor: cannot start %s (%s); trying again in %g s", _child_name(index), exc,
+                      _MAX_BACKOFF)
+            self._respawn_at[index] = time.monotonic() + _MAX_BACKOFF
+            return
         if pid == 0:  # child
             os.close(w)
-            os._exit(self._child_main(index, r, supervisor))
+            os._exit(self._child_main(index, r, supervisor, mask))
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(r)
         self.children[pid] = _Child(pid, index, ConfigSender(w))
 
-    def _child_main(self, index: int, config_fd: int, supervisor: int) -> int:
+    def _child_main(self, index: int, config_fd: int, supervisor: int,
+                    mask: set[int | signal.Signals]) -> int:
         code = 1
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for sig in _HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if not set_parent_death_signal(supervisor):
                 return 1  # the supervisor died before the call: an orphan must not serve
             self._close_inherited(index)
@@ -207,7 +226,7 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in _HANDLED:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
