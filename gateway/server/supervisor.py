@@ -106,6 +106,8 @@ class Supervisor:
         if config_path is not None and snapshot.config.server.watch_config:
             self._watch = ConfigWatch(_watched(config_path, snapshot), snapshot.config.server.watch_interval)
         self._restarts: dict[str, int] = {}
+        #: fixed at start: every child, a respawned one too, beats at the pace the supervisor checks
+        self._beat_timeout = snapshot.config.server.worker_heartbeat_timeout
 
     @property
     def config(self) -> Config:
@@ -154,8 +156,7 @@ class Supervisor:
                 return 1  # the supervisor died before the call: an orphan must not serve
             self._close_inherited(index)
             config = install(self.snapshot)
-            link = ChildLink(ConfigReceiver(config_fd), self.table, self._slot(index),
-                             config.server.worker_heartbeat_timeout)
+            link = ChildLink(ConfigReceiver(config_fd), self.table, self._slot(index), self._beat_timeout)
             if index == ADMIN and self.admin_sock is not None:
                 from gateway.admin.process import run_admin
 
@@ -249,13 +250,13 @@ class Supervisor:
                     self._kill_stragglers()
 
     def _wait(self, sel: selectors.BaseSelector) -> None:
-        writers = {c.sender.fd for c in self.children.values() if c.sender.pending}
+        # registered anew each time: a pipe closed since may have left its number to a new one
         for key in list(sel.get_map().values()):
-            if key.fd != self._wake_r and key.fd not in writers:
+            if key.fd != self._wake_r:
                 sel.unregister(key.fd)
-        for fd in writers:
-            if fd not in sel.get_map():
-                sel.register(fd, selectors.EVENT_WRITE)
+        for child in self.children.values():
+            if child.sender.pending:
+                sel.register(child.sender.fd, selectors.EVENT_WRITE)
         for key, _ in sel.select(self._timeout()):
             if key.fd == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
@@ -268,7 +269,7 @@ class Supervisor:
     def _timeout(self) -> float:
         now = time.monotonic()
         waits = [1.0]
-        beat = self.config.server.worker_heartbeat_timeout
+        beat = self._beat_timeout
         if beat > 0:
             waits.append(beat / 4.0)
         if self._watch is not None:
@@ -334,7 +335,7 @@ class Supervisor:
                 self._spawn(index)
 
     def _check_heartbeats(self, now: float) -> None:
-        timeout = self.config.server.worker_heartbeat_timeout
+        timeout = self._beat_timeout
         if timeout <= 0:
             return
         for child in self.children.values():
@@ -417,6 +418,9 @@ class Supervisor:
         except ConfigError as exc:
             log.error("supervisor: config reload rejected (%s), keeping the running config:\n%s", why, exc)
             return
+        except Exception:  # a bug must not end the supervisor (and with it every worker)
+            log.exception("supervisor: config reload failed (%s), keeping the running config", why)
+            return
         if self._watch is not None:
             self._watch.watch(_watched(self.config_path, new))
         if new.digest == self.snapshot.digest:
@@ -442,8 +446,10 @@ class Supervisor:
             log.warning(
                 "supervisor: listener settings (host, port, workers, frontend) change on restart only"
             )
-        if new.server.watch_config != old.server.watch_config:
-            log.warning("supervisor: [server] watch_config changes on restart only")
+        restart_only = ("watch_config", "watch_interval", "worker_heartbeat_timeout")
+        changed = [k for k in restart_only if getattr(new.server, k) != getattr(old.server, k)]
+        if changed:
+            log.warning("supervisor: [server] %s change on restart only", ", ".join(changed))
 
 
 def _check_state_dir(new: Config) -> None:
