@@ -428,11 +428,12 @@ class Supervisor:
             return
         self._warn_changes(new.config)
         self.snapshot = new
+        # logged first: the children log their own reload as soon as the snapshot reaches them
+        log.info("supervisor: config reloaded from %s (%s); sending it to %d child(ren)", self.config_path,
+                 why, len(self.children))
         data = frame(encode_snapshot(new))
         for child in self.children.values():
             child.sender.send(data)
-        log.info("supervisor: config reloaded from %s (%s); sent to %d child(ren)", self.config_path, why,
-                 len(self.children))
 
     def _warn_changes(self, new: Config) -> None:
         from gateway.config.security import weakenings

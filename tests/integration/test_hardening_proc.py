@@ -4,6 +4,7 @@ watch, the state directory, orphaned and stuck workers (docs/architecture.md, "P
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -178,6 +179,7 @@ def test_workers_never_serve_different_configs(start_gateway: StartGateway, mock
     gw = start_gateway(gateway_toml(mock_port, server=server), workers=2, name="same-config")
     assert gw.config_path is not None
     late, early = sorted(_workers(gw.pid, 2))
+    _wait_live(gw, 2)  # both serve: the probes below reach both
     os.kill(late, signal.SIGSTOP)
     try:
         gw.config_path.write_text(gateway_toml(mock_port, server=server, extra_models=NEW_MODEL))
@@ -250,14 +252,39 @@ def _read_only_config_dir() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+_REMOUNT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+
+
+@functools.cache
+def _namespace() -> list[str] | None:
+    """How root runs a command in a mount namespace of its own (``unshare``, privileged or in a user
+    namespace), or None when this machine allows neither."""
+    probe = tempfile.mkdtemp(prefix="gateway-ns-")
+    try:
+        for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+            try:
+                done = subprocess.run([*prefix, "sh", "-c", _REMOUNT, probe, "true"], capture_output=True,
+                                      timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if done.returncode == 0:
+                return prefix
+        return None
+    finally:
+        os.rmdir(probe)
+
+
 def _serve(config: Path, port: int, log_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     etc = config.parent
     etc.chmod(0o555)
     command = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "2",
                "--host", HOST, "--port", str(port)]
     if os.geteuid() == 0:
-        remount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
-        command = ["unshare", "--mount", "sh", "-c", remount, str(etc), *command]
+        prefix = _namespace()
+        if prefix is None:
+            pytest.skip("root writes into a 0555 directory, and this machine refuses the mount namespace "
+                        "(unshare) that would make it read-only")
+        command = [*prefix, "sh", "-c", _REMOUNT, str(etc), *command]
     with open(log_dir / f"serve-{port}.log", "wb") as out:
         return subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
@@ -370,9 +397,10 @@ def test_supervisor_killed_with_sigkill_takes_its_workers_with_it(start_gateway:
 
 
 def test_a_stopped_worker_is_replaced(start_gateway: StartGateway, mock_port: int) -> None:
-    gw = start_gateway(gateway_toml(mock_port, server={"worker_heartbeat_timeout": 2.0}), workers=2,
+    gw = start_gateway(gateway_toml(mock_port, server={"worker_heartbeat_timeout": 3.0}), workers=2,
                        name="heartbeat")
     before = _workers(gw.pid, 2)
+    _wait_live(gw, 2)  # both loops run, so both beat
     victim = min(before)
     os.kill(victim, signal.SIGSTOP)
     try:
@@ -390,10 +418,19 @@ def test_a_stopped_worker_is_replaced(start_gateway: StartGateway, mock_port: in
         with RawClient(gw.port) as c:
             assert c.request(chat_request("hi", headers=[("Connection", "close")])).status == 200
 
-    def restarts() -> bool:
-        with RawClient(gw.port) as c:
-            body = c.request(http_request("GET", "/metrics", headers=[("Connection", "close")])).body
-        found = re.search(rb'^gateway_worker_restarts_total\{reason="heartbeat"\} (\S+)$', body, re.M)
-        return found is not None and float(found[1]) >= 1
+    wait_for(lambda: _metric(gw.port, 'gateway_worker_restarts_total{reason="heartbeat"}') >= 1, 15.0,
+             what="the replacement in the metrics")
 
-    wait_for(restarts, 15.0, what="the replacement in the metrics")
+
+def _wait_live(gw: Gateway, n: int) -> None:
+    """Until ``n`` workers have started serving (each writes its metrics snapshot from then on)."""
+    wait_for(lambda: _metric(gw.port, 'gateway_metrics_workers{state="live"}') == n, 30.0,
+             what=f"{n} workers to be up")
+
+
+def _metric(port: int, series: str) -> float:
+    """The value of one series in a scrape (0 when it is not there)."""
+    with RawClient(port) as c:
+        body = c.request(http_request("GET", "/metrics", headers=[("Connection", "close")])).body
+    found = re.search(rb"^" + re.escape(series.encode()) + rb" (\S+)$", body, re.M)
+    return float(found[1]) if found else 0.0
