@@ -24,16 +24,21 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, default_config, load_config
+    from gateway.config import ConfigError, default_config
+    from gateway.config.snapshot import read_snapshot, snapshot_of
+    from gateway.store.datadir import StateDirError, prepare_state_dir
 
     try:
-        config = load_config(args.config) if args.config else default_config()
+        snapshot = read_snapshot(args.config) if args.config else snapshot_of(default_config())
     except ConfigError as exc:
         print(f"gateway: invalid config:\n{exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"gateway: cannot read config: {exc}", file=sys.stderr)
-        return 2
+    config = snapshot.config
+    try:
+        prepare_state_dir(config)
+    except StateDirError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 1
     _setup_logging(config.log.level)
     srv = config.server
     host = args.host or srv.host
@@ -58,7 +63,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return serve_granian(config, args.config, workers, host, port)
     from gateway.server.supervisor import Supervisor
 
-    return Supervisor(config, args.config, workers, host, port).run()
+    return Supervisor(snapshot, args.config, workers, host, port).run()
 
 
 def _not_compiled() -> list[str]:

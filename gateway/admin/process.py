@@ -5,8 +5,9 @@ the admin process (``run_admin``), so a respawn never races another process for 
 opens the store from ``[store]``; when that fails it logs the reason, keeps serving (503 on the API,
 ``degraded`` on ``/admin/healthz``) and retries, and the data plane is not affected either way.
 
-Signals, as for a worker: SIGTERM/SIGINT drain and exit; SIGHUP reloads the config file (tokens, static
-keys and tenants, models, pepper; ``[admin] host/port`` and ``[store]`` change on restart only).
+Signals and links, as for a worker: SIGTERM/SIGINT drain and exit; reloads arrive from the supervisor
+through the config pipe (tokens, static keys and tenants, models, pepper; ``[admin] host/port`` and
+``[store]`` change on restart only); a heartbeat tells the supervisor its loop runs.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ import logging
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from gateway.server.control import ChildLink
 
 __all__ = ["admin_wanted", "open_admin_socket", "run_admin"]
 
@@ -57,7 +62,7 @@ def open_admin_socket(config: Config) -> socket.socket | None:
     return sock
 
 
-def run_admin(config_path: str | None, config: Config, sock: socket.socket) -> int:
+def run_admin(config: Config, sock: socket.socket, link: ChildLink | None = None) -> int:
     """Entry point of the forked admin process. Returns the process exit code."""
     from gateway.admin.app import AdminApp
     from gateway.auth.applied import node_directory
@@ -72,11 +77,8 @@ def run_admin(config_path: str | None, config: Config, sock: socket.socket) -> i
     asyncio.set_event_loop(loop)
     app = AdminApp(config, open_store=lambda: open_store(options), node_dir=node_directory())
 
-    def reload() -> None:
-        if config_path is None:
-            return
+    def apply(new: Config) -> None:
         try:
-            new = load_config(config_path)
             app.reload(new)
         except ConfigError as exc:
             log.error("admin API: config reload rejected, keeping the running config:\n%s", exc)
@@ -86,10 +88,10 @@ def run_admin(config_path: str | None, config: Config, sock: socket.socket) -> i
             restart_only = (config.admin.host, config.admin.port, config.store)
             if (new.admin.host, new.admin.port, new.store) != restart_only:
                 log.warning("admin API: [admin] host/port and [store] change on restart only")
-            log.info("admin API: config reloaded from %s", config_path)
+            log.info("admin API: config reloaded")
 
     try:
-        loop.run_until_complete(serve_app(app, config, sock=sock, on_reload=reload))
+        loop.run_until_complete(serve_app(app, config, sock=sock, link=link, on_config=apply))
     finally:
         loop.close()
     log.info("admin API (pid %d) exited cleanly", os.getpid())

@@ -12,6 +12,7 @@ from gateway.config.loader import (
     DEFAULT_CONFIG_SOURCE,
     ConfigError,
     ConfigFileError,
+    check_servable,
     default_config,
     load_config,
 )
@@ -27,6 +28,7 @@ def check_main(path: str | None) -> int:
     """Validate ``path`` (or the embedded default when ``None``); report on stdout/stderr; exit code."""
     try:
         config = default_config() if path is None else load_config(path)
+        check_servable(config, DEFAULT_CONFIG_SOURCE if path is None else path)
     except ConfigFileError as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)

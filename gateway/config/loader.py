@@ -41,15 +41,19 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.config.schema import Config, ModelConfig, ProviderConfig
+from gateway.config.snapshot import read_secret_file
 
 __all__ = [
     "DEFAULT_CONFIG_SOURCE",
     "DEFAULT_CONFIG_TOML",
     "ConfigError",
     "ConfigFileError",
+    "check_servable",
     "default_config",
     "load_config",
+    "load_config_bytes",
     "load_config_text",
+    "read_config_file",
     "resolve_secret",
 ]
 
@@ -149,12 +153,21 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     resolve the same whatever the working directory of the process that later reads them.
     """
     source = os.fspath(path)
+    return load_config_bytes(read_config_file(source), source)
+
+
+def read_config_file(source: str) -> bytes:
+    """The bytes of the configuration file at ``source``; ``ConfigFileError`` when it cannot be read."""
     try:
         with open(source, "rb") as f:
-            raw = f.read()
+            return f.read()
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise ConfigFileError([f"{source}: cannot read the configuration file: {reason}"]) from None
+
+
+def load_config_bytes(raw: bytes, source: str) -> Config:
+    """Validate the bytes of the file at ``source`` (as ``load_config``, which reads them)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -205,6 +218,17 @@ def load_config_text(
     return config
 
 
+def check_servable(config: Config, source: str) -> None:
+    """Refuse (``ConfigError``) a valid configuration that cannot serve: one without models, which would
+    answer 404 to every request (an empty file, or one cut short). ``gateway serve`` and ``gateway check``
+    ask this at startup and at every reload; a partial config built in code need not pass it."""
+    if not config.models:
+        raise ConfigError([
+            f"{source}: no models are defined: the gateway would answer 404 to every request (is the file "
+            "empty or cut short?); define at least one [models.NAME] table"
+        ])
+
+
 def default_config() -> Config:
     """The embedded default: the mock provider behind ``mock-1``, ``mock-embed-1`` and ``gpt-4o-mini``."""
     return load_config_text(DEFAULT_CONFIG_TOML, DEFAULT_CONFIG_SOURCE)
@@ -230,8 +254,7 @@ def resolve_secret(ref: str) -> str:
         return value.strip()
     path = os.path.expanduser(target)
     try:
-        with open(path, encoding="utf-8") as f:
-            value = f.read()
+        value = read_secret_file(path)
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise ConfigError([f"cannot read key file {path}: {reason}"]) from None
@@ -515,6 +538,10 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     if (s.tls_cert is None) != (s.tls_key is None):
         given, missing = ("tls_cert", "tls_key") if s.tls_key is None else ("tls_key", "tls_cert")
         yield _Problem(("server", given), f"{missing} must be given too (TLS needs both or neither)")
+    yield from _positive_durations(("server",), s, ("watch_interval",))
+    if not (math.isfinite(s.worker_heartbeat_timeout) and s.worker_heartbeat_timeout >= 0):
+        yield _Problem(("server", "worker_heartbeat_timeout"),
+                       f"must be 0 (off) or more seconds, found {_num(s.worker_heartbeat_timeout)}")
 
     u = config.upstream
     yield from _positive_durations(
@@ -529,6 +556,8 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
         yield from _model_problems(("models", name), model, provider_names)
     yield from _routing_problems(config, provider_names)
 
+    if config.store.data_dir is not None and not config.store.data_dir.strip():
+        yield _Problem(("store", "data_dir"), "must not be empty (leave it out for the default)")
     yield from _auth_problems(config)
     yield from _limits_problems(config)
     yield from _metrics_problems(config)
@@ -811,14 +840,26 @@ def _absolute_file_refs(config: Config, base_dir: str) -> Config:
             config = msgspec.structs.replace(
                 config, metrics=msgspec.structs.replace(config.metrics, dir=absolute)
             )
-    scheme, sep, rest = config.store.url.partition("://")
+    return _state_paths(config, base_dir)
+
+
+def _state_paths(config: Config, base_dir: str) -> Config:
+    """``[store] data_dir`` made absolute (or chosen: ``gateway.store.datadir``), and a relative SQLite
+    path made absolute in it, not wherever the gateway was started."""
+    from gateway.store.datadir import default_data_dir
+
+    st = config.store
+    if st.data_dir is not None and not st.data_dir.strip():
+        return config  # reported by the semantic checks
+    if st.data_dir is not None:
+        data_dir = os.path.normpath(os.path.join(base_dir, os.path.expanduser(st.data_dir)))
+    else:
+        data_dir = default_data_dir(base_dir)
+    url = st.url
+    scheme, sep, rest = url.partition("://")
     if scheme == "sqlite" and sep and rest and not rest.startswith("/"):
-        # relative SQLite paths are relative to the config file, not to wherever the gateway was started
-        absolute = os.path.normpath(os.path.join(base_dir, rest))
-        config = msgspec.structs.replace(
-            config, store=msgspec.structs.replace(config.store, url=f"sqlite://{absolute}")
-        )
-    return config
+        url = f"sqlite://{os.path.normpath(os.path.join(data_dir, rest))}"
+    return msgspec.structs.replace(config, store=msgspec.structs.replace(st, url=url, data_dir=data_dir))
 
 
 # --------------------------------------------------------------------------------------------------------

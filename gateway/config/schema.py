@@ -70,6 +70,12 @@ class ServerConfig(_Base, frozen=True):
     #: granian front end only: TLS certificate and key (PEM) to serve HTTPS
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: reload when the config file (or a ``file:`` credential) changes, as on SIGHUP (native front end)
+    watch_config: bool = False
+    #: how often the watch looks; a change is applied once it has held still this long
+    watch_interval: float = 1.0
+    #: a worker whose event loop has not beaten for this long is replaced (0: never; native front end)
+    worker_heartbeat_timeout: float = 5.0
 
 
 class UpstreamConfig(_Base, frozen=True):
@@ -253,7 +259,7 @@ class AuthConfig(_Base, frozen=True):
 class StoreConfig(_Base, frozen=True):
     """The durable store of keys, tenants, subscriptions, audit log and spend."""
 
-    #: "sqlite://FILE" (relative paths are relative to the config file's directory),
+    #: "sqlite://FILE" (relative paths are relative to ``data_dir``),
     #: "sqlite:///ABSOLUTE/FILE", or "redis://host:port/db" for a cluster
     url: str = "sqlite://gateway.db"
     #: Redis key prefix, so several deployments can share one server
@@ -262,6 +268,10 @@ class StoreConfig(_Base, frozen=True):
     poll_interval: float | None = None
     #: SQLite: how long a write waits for another process's lock
     busy_timeout: float = 5.0
+    #: the directory of the node's state files (the SQLite store, the limits table, the breaker file);
+    #: relative to the config file's directory. Default: that directory when writable, else the user's
+    #: state directory ($XDG_STATE_HOME or ~/.local/state, then llm-gateway)
+    data_dir: str | None = None
 
 
 class AdminConfig(_Base, frozen=True):

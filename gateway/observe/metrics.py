@@ -59,6 +59,7 @@ __all__ = [
     "CONTENT_TYPE",
     "ENV_METRICS_DIR",
     "METRICS",
+    "SUPERVISOR",
     "MetricDef",
     "MetricsExporter",
     "NodeDir",
@@ -66,6 +67,7 @@ __all__ = [
     "aggregate",
     "engine_samples",
     "render",
+    "write_supervisor_snapshot",
 ]
 
 log = logging.getLogger("gateway.metrics")
@@ -158,6 +160,10 @@ METRICS: tuple[MetricDef, ...] = (
        "model", "deployment"),
     _g("gateway_routing_breaker_state",
        "Workers whose circuit breaker of the deployment is in this state.", "model", "deployment", "state"),
+    # -- the process model
+    _c("gateway_worker_restarts_total",
+       "Children (workers, the admin API) the supervisor replaced, by why: exited (after serving), "
+       "start_failed (exited before it served), heartbeat (its event loop stopped running).", "reason"),
     # -- the export itself
     _g("gateway_metrics_workers",
        "Worker snapshots summed in this scrape: live, stale (not written for 5 intervals) or exited "
@@ -165,6 +171,8 @@ METRICS: tuple[MetricDef, ...] = (
 )
 
 _BY_NAME = {m.name: m for m in METRICS}
+#: the ``worker`` of the supervisor's snapshot (its counters are summed; it is not counted as a worker)
+SUPERVISOR = -2
 _LIMIT_CLIENTS = ("requests", "tokens", "budgets")
 _BREAKER_STATES = ("closed", "open", "half_open", "ejected")
 
@@ -295,6 +303,8 @@ def aggregate(snapshots: Iterable[Snapshot], now: float,
         for name, labels, value in snap.counters:
             key = (name, tuple(labels))
             totals[key] = totals.get(key, 0.0) + value
+        if snap.worker == SUPERVISOR:
+            continue  # counters only; not a worker
         if not alive(snap.pid):
             states["exited"] += 1
             continue
@@ -556,6 +566,23 @@ class NodeDir:
             del os.environ[ENV_METRICS_DIR]
         if self.created:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def write_supervisor_snapshot(restarts: dict[str, int]) -> None:
+    """(In the supervisor) its counters, as a snapshot in the node's directory that workers sum with
+    theirs: ``restarts`` by reason. Written when they change; a failed write is logged, never raised."""
+    directory = os.environ.get(ENV_METRICS_DIR)
+    if not directory:
+        return
+    counters: list[Sample] = [("gateway_worker_restarts_total", (r,), float(n)) for r, n in restarts.items()]
+    name = f"{_PREFIX}supervisor-{os.getpid()}{_SUFFIX}"
+    tmp = os.path.join(directory, f".{name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_encode(Snapshot(os.getpid(), SUPERVISOR, time.time(), 0.0, counters, [])))
+        os.replace(tmp, os.path.join(directory, name))
+    except OSError as exc:
+        log.warning("metrics: cannot write the supervisor's snapshot to %s (%s)", directory, exc)
 
 
 #: a fresh node directory's name: this prefix, the owning process's pid, "-", a random part

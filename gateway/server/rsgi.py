@@ -54,6 +54,7 @@ from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined,unused-igno
 from gateway._core.http import Request
 from gateway.app import ClientGone, Headers
 from gateway.config import Config, ConfigError, default_config, load_config
+from gateway.config.loader import check_servable
 from gateway.errors import error_body
 
 __all__ = [
@@ -343,6 +344,7 @@ class RSGIApp:
             return
         try:
             new = load_config(path)
+            check_servable(new, path)
             engine.reload(new)
         except ConfigError as exc:
             log.error("granian worker %d: config reload rejected, keeping the running config:\n%s", pid, exc)
@@ -622,9 +624,14 @@ class _MainHooks:
             return
         try:
             new = load_config(path)
+            check_servable(new, path)
         except ConfigError as exc:
             log.error("granian main: config reload rejected, keeping the running config:\n%s", exc)
             return
+        from gateway.config.security import weakenings
+
+        for change in weakenings(self.config, new):
+            log.warning("granian main: this reload loosens security: %s", change)
         old = self.config.server
         if (new.server.host, new.server.port, new.server.workers, new.server.frontend) != (
             old.host, old.port, old.workers, old.frontend,

@@ -1,11 +1,19 @@
 """One worker process: a uvloop loop that owns its SO_REUSEPORT listener, its app and its pools.
 
+What links it to the supervisor (``gateway.server.control.ChildLink``), all on the worker's loop:
+  config pipe      each config the supervisor validated arrives as an encoded snapshot and is swapped in;
+                   the worker never reads the config file itself. End of file: the supervisor is gone,
+                   the worker drains and exits (beside the parent-death signal the supervisor set)
+  heartbeat        a loop timer writes the time into the worker's slot; a loop that stops running (a
+                   stopped process, a busy loop) is noticed by the supervisor, which replaces the worker
+
 Signals (sent by the supervisor, or by an operator to a single worker):
   SIGTERM, SIGINT  drain: /readyz answers 503; after ``server.drain_delay`` (0: at once) stop accepting,
                    let in-flight requests and streams finish up to ``server.drain_timeout`` from the
                    signal; then the app ends what still runs (the engine: an error event and ``[DONE]``
                    for a stream, a 503 otherwise, each recorded), and exit 0.
-  SIGHUP           reload the config file; a file that fails validation is logged and ignored.
+  SIGHUP           logged and ignored: reloads go through the supervisor, so that every worker serves the
+                   same config.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from collections.abc import Callable
 from typing import cast
 
 from gateway.app import App
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError
+from gateway.config.snapshot import ConfigSnapshot, install
+from gateway.server.control import ChildLink
 from gateway.server.listener import HttpProtocol, ListenerState
 
 __all__ = ["bind_socket", "run_worker", "serve_app"]
@@ -57,11 +67,22 @@ async def serve_app(
     sock: socket.socket,
     on_reload: Callable[[], None] | None = None,
     ready: Callable[[], None] | None = None,
+    link: ChildLink | None = None,
+    on_config: Callable[[Config], None] | None = None,
 ) -> None:
-    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT, then drain."""
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT, then drain.
+
+    ``link``: the supervisor's; each config it hands over is installed and passed to ``on_config``.
+    ``on_reload``: a SIGHUP handler (the mock server's, which has no supervisor).
+    """
     loop = asyncio.get_running_loop()
     srv = config.server
+    stop = asyncio.Event()
+    if link is not None:
+        link.beat_from(loop)
     await app.startup()
+    if link is not None:
+        link.listen(loop, lambda snapshot: _apply(snapshot, on_config), lambda: _orphaned(stop))
     state = ListenerState(
         app,
         max_header_bytes=srv.max_header_bytes,
@@ -75,13 +96,16 @@ async def serve_app(
     # the protocol class has no asyncio.Protocol base (it compiles to an extension type)
     factory = cast("Callable[[], asyncio.Protocol]", lambda: HttpProtocol(state))
     server = await loop.create_server(factory, sock=sock, backlog=4096)
-    stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if on_reload is not None:
         loop.add_signal_handler(signal.SIGHUP, on_reload)
+    elif link is not None:
+        loop.add_signal_handler(signal.SIGHUP, _hup_ignored)
     if ready is not None:
         ready()
+    if link is not None:
+        link.ready()
     await stop.wait()
     if hasattr(app, "draining"):
         app.draining = True  # /readyz answers 503 from now on
@@ -101,9 +125,27 @@ async def serve_app(
             await cut()
     state.stop()
     await app.shutdown()
+    if link is not None:
+        link.stop()
 
 
-def run_worker(config_path: str | None, config: Config, index: int, host: str, port: int) -> int:
+def _apply(snapshot: ConfigSnapshot, on_config: Callable[[Config], None] | None) -> None:
+    """A config handed over by the supervisor: its credential files pinned, then the app's turn."""
+    if on_config is not None:
+        on_config(install(snapshot))
+
+
+def _orphaned(stop: asyncio.Event) -> None:
+    log.warning("pid %d: the supervisor is gone (its config pipe closed); draining and exiting", os.getpid())
+    stop.set()
+
+
+def _hup_ignored() -> None:
+    log.warning("pid %d: SIGHUP ignored: send it to the supervisor (pid %d), which reloads every worker",
+                os.getpid(), os.getppid())
+
+
+def run_worker(config: Config, index: int, host: str, port: int, link: ChildLink | None = None) -> int:
     """Entry point of a forked worker. Returns the process exit code."""
     from gateway.engine import Engine
 
@@ -111,23 +153,19 @@ def run_worker(config_path: str | None, config: Config, index: int, host: str, p
     asyncio.set_event_loop(loop)
     engine = Engine(config, worker=index)
 
-    def reload() -> None:
-        if config_path is None:
-            log.info("worker %d: no config file to reload (embedded default)", index)
-            return
+    def apply(new: Config) -> None:
         try:
-            new = load_config(config_path)
             engine.reload(new)
         except ConfigError as exc:
             log.error("worker %d: config reload rejected, keeping the running config:\n%s", index, exc)
         except Exception:
             log.exception("worker %d: config reload failed, keeping the running config", index)
         else:
-            log.info("worker %d: config reloaded from %s", index, config_path)
+            log.info("worker %d: config reloaded", index)
 
     sock = bind_socket(host, port)
     try:
-        loop.run_until_complete(serve_app(engine, config, sock=sock, on_reload=reload))
+        loop.run_until_complete(serve_app(engine, config, sock=sock, link=link, on_config=apply))
     finally:
         loop.close()
     log.info("worker %d (pid %d) exited cleanly", index, os.getpid())
