@@ -1,7 +1,8 @@
 """The data plane's transport against hostile peers, through real ``gateway serve`` processes.
 
 - Non-stream answers of any size up to ``max_answer_bytes`` arrive whole; above it a clean 502, and the
-  upstream connection is freed either way (a pool of one connection serves the next request).
+  upstream connection is freed either way (a pool of one connection serves the next request). A stream
+  whose client reads nothing holds its upstream connection for ``read_timeout`` at most.
 - A client that pipelines thousands of requests and reads none of the answers costs the worker a bounded
   amount of memory; once it reads, every request is answered, in order.
 - Bare-LF upstream response heads and control bytes in chunk extensions or trailers, from an upstream or
@@ -10,12 +11,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -224,12 +226,17 @@ def test_pipelining_without_reading_keeps_memory_bounded(start_gateway: StartGat
 # 6. bare LF and control bytes on the wire
 
 
-class ScriptedUpstream:
-    """An upstream in a thread of the test process that answers every request with the same raw bytes
-    and then keeps the connection open (so a gateway that waits for more would wait for its timeout)."""
+#: what a scripted upstream sends for a request body: the pieces of its answer, and whether it then closes
+Script = Callable[[bytes], tuple[Iterable[bytes], bool]]
 
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
+
+class ScriptedUpstream:
+    """An upstream in a thread of the test process that answers every request as ``script`` says; by
+    default the same raw bytes, the connection then kept open (so a gateway that waits for more would
+    wait for its timeout)."""
+
+    def __init__(self, answer: bytes | Script) -> None:
+        self.script: Script = answer if callable(answer) else (lambda body: ((answer,), False))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((HOST, 0))
@@ -279,8 +286,13 @@ class ScriptedUpstream:
                     if not data:
                         return
                     buf += data
-                buf = buf[length:]
-                conn.sendall(self.answer)
+                body, buf = buf[:length], buf[length:]
+                pieces, close = self.script(body)
+                for piece in pieces:
+                    conn.sendall(piece)
+                if close:
+                    conn.close()
+                    return
         except OSError:
             return
 
@@ -399,3 +411,44 @@ def test_refusals_are_logged_without_a_traceback(wire_gateway: Gateway) -> None:
     logs = wait_for(lambda: (t := wire_gateway.process.logs()) and "chunk extension" in t and t, 15.0,
                     what="the refusal in the log")
     assert "Traceback" not in logs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. (the other reader) a stream whose client reads nothing holds its upstream connection for a bounded time
+
+STREAM_EVENT = b"data: " + json.dumps({
+    "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+    "choices": [{"index": 0, "delta": {"content": "x" * 4000}, "finish_reason": None}],
+}).encode() + b"\n\n"
+
+
+def endless_stream_or_answer(body: bytes) -> tuple[Iterable[bytes], bool]:
+    """A stream request: 64 MB of events, close-delimited (far more than every buffer on the way holds);
+    anything else: an ordinary chat answer."""
+    if json.loads(body).get("stream"):
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+        piece = STREAM_EVENT * 256
+        return itertools.chain([head], itertools.repeat(piece, 64)), True
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(OK_BODY)
+    return [head + OK_BODY], False
+
+
+def test_stream_nobody_reads_frees_its_upstream_connection(start_gateway: StartGateway) -> None:
+    with ScriptedUpstream(endless_stream_or_answer) as up:
+        # one pooled connection; requests wait for it up to a minute; the paused stream gets read_timeout
+        config = scripted_config(up.port).replace("read_timeout = 120.0", "read_timeout = 2.0\npool_size = 1")
+        config = config.replace("[providers.raw]", "[upstream]\npool_timeout = 60.0\n\n[providers.raw]")
+        gw = start_gateway(config, name="wire-paused")
+        try:
+            body = json.dumps({"model": "raw-model", "stream": True,
+                               "messages": [{"role": "user", "content": "hi"}]}).encode()
+            with RawClient(gw.port, timeout=30.0) as reader:
+                reader.send(http_request("POST", "/v1/chat/completions", body))
+                assert reader.read_head().status == 200  # then reads nothing more
+                # the pool's only connection is stuck behind that client until the gateway gives up on it
+                with RawClient(gw.port, timeout=90.0) as c:
+                    resp = c.request(chat())
+                assert resp.status == 200, resp
+                assert resp.json()["choices"][0]["message"]["content"] == "fine"
+        finally:
+            gw.process.stop()
