@@ -23,12 +23,12 @@ Theory of operation, per connection:
 Deadlines are plain numbers checked by one sweep per worker every half second (# PERF: no timer
 handle per request).
 
-Memory per connection is bounded both ways: at most ``_MAX_PIPELINE_BUFFER`` (and one read) of unparsed
-requests (reading pauses beyond it while a request is answered, and resumes only once the parser needs
-more bytes or is back under it), and the answers the client has not read stay in the
-transport's buffer, which grows past its high-water mark by one answer at most: once the transport says
-``pause_writing``, the connection reads nothing more and answers nothing more until ``resume_writing``.
-A client that pipelines thousands of requests without reading its answers costs a few answers' worth.
+Memory per connection is bounded both ways. Unparsed requests: at most ``_MAX_PIPELINE_BUFFER`` and one
+read (reading pauses beyond it while a request is answered, and resumes only once the parser needs more
+bytes or is back under it). Unread answers: the transport's buffer grows past its high-water mark by one
+answer at most, since once the transport says ``pause_writing`` the connection reads nothing more and
+answers nothing more until ``resume_writing``. A client that pipelines thousands of requests without
+reading its answers costs a few answers' worth; the rest waits in the kernel's socket buffers.
 
 A request is handed to the app with ``begin`` (see ``gateway.app.App``). An app that answers from
 callbacks (the engine's non-stream proxy path: the upstream connection's callback writes the response)

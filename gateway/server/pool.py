@@ -17,8 +17,8 @@ Theory of operation, per connection:
              | the connection was a reused one    | connection (a stale keep-alive connection)
     busy     | closed/reset otherwise             | UpstreamError to the reader
     busy     | no byte for read_timeout           | UpstreamTimeout to the reader, connection closed
-    busy     | stream reader lags: over _HIGH_WATER| reading paused until the reader takes the body
-             | bytes buffered and not taken       | (``next_chunk``); the read deadline keeps running
+    busy     | stream reader lags: more than      | reading paused until the reader takes the body
+             | _HIGH_WATER bytes not taken        | (``next_chunk``); the read deadline keeps running
     busy     | paused, nothing taken for          | UpstreamTimeout to the reader, connection closed
              | read_timeout                       |
     busy     | whole-body reader (``read``)       | never paused: the body is gathered up to
