@@ -13,6 +13,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from gateway._core import http_py
 from gateway._core.errors import ParseError
@@ -296,3 +298,27 @@ def test_response_chunk_line_at_the_limit_split_between_cr_and_lf(impl: ModuleTy
     too_long = head + line + b"e\r\nhello\r\n0\r\n\r\n"
     for cut in range(cr - 1, cr + 3):
         assert response_outcome(impl, [too_long[:cut], too_long[cut:]]) == ("error", 400)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# property: any bytes in an extension or a trailer value, any cut; the rule is a header value's
+
+
+def _text_ok(b: bytes) -> bool:
+    return not any((c < 0x20 and c != 0x09) or c == 0x7F for c in b)
+
+
+@settings(max_examples=int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", 300)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(ext=st.binary(max_size=10), value=st.binary(max_size=10), cut=st.integers(0, 400))
+def test_prop_extension_and_trailer_bytes(ext: bytes, value: bytes, cut: int) -> None:
+    assume(b"\r\n" not in ext and b"\r\n" not in value)  # a CRLF would end the line: other framing
+    data = req(HOST, CHUNKED, body=b"5;" + ext + b"\r\nhello\r\n0\r\nX-T: " + value + b"\r\n\r\n")
+    ok = _text_ok(ext) and _text_ok(value.strip(b" \t"))
+    cut %= len(data) + 1
+    for mod in (http_py, _http):
+        if mod is None:
+            continue
+        for pieces in ([data], [data[:cut], data[cut:]]):
+            got = outcome(mod, pieces)
+            assert got[:2] == (("ok", [b"hello"]) if ok else ("error", 400)), (mod.__name__, pieces, got)
