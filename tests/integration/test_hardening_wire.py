@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -26,6 +27,7 @@ from .conftest import Gateway, StartGateway
 from .helpers import (
     HOST,
     RawClient,
+    Response,
     assert_openai_error,
     assert_serves,
     children_of,
@@ -297,20 +299,41 @@ class ScriptedUpstream:
             return
 
 
-def scripted_config(port: int) -> str:
+def scripted_config(port: int, upstream: str = "", provider: str = "read_timeout = 120.0") -> str:
     return f"""
 [server]
 drain_timeout = 2.0
 header_timeout = 30.0
 
+[upstream]
+{upstream}
+
 [providers.raw]
 type = "openai"
 base_url = "http://{HOST}:{port}/v1"
-read_timeout = 120.0
+{provider}
 
 [models.raw-model]
 provider = "raw"
 """
+
+
+@contextlib.contextmanager
+def scripted_gateway(start_gateway: StartGateway, answer: bytes | Script, name: str,
+                     **config: str) -> Iterator[Gateway]:
+    """A gateway whose one provider, ``raw``, is a ``ScriptedUpstream`` answering ``answer``."""
+    with ScriptedUpstream(answer) as up:
+        gw = start_gateway(scripted_config(up.port, **config), name=name)
+        try:
+            yield gw
+        finally:
+            gw.process.stop()  # before the upstream goes: its threads hold the pool's connections
+
+
+def assert_fine(resp: Response) -> None:
+    """The scripted upstream's ordinary chat answer, relayed."""
+    assert resp.status == 200, resp
+    assert resp.json()["choices"][0]["message"]["content"] == "fine"
 
 
 def chat(model: str = "raw-model") -> bytes:
@@ -349,28 +372,16 @@ BAD_UPSTREAM_ANSWERS = {
 def test_malformed_upstream_framing_is_a_502_at_once(start_gateway: StartGateway, answer: bytes) -> None:
     # the provider's read_timeout is two minutes and the client gives up after 20 s: only a refusal
     # from the bytes themselves answers in time
-    with ScriptedUpstream(answer) as up:
-        gw = start_gateway(scripted_config(up.port), name="wire-scripted")
-        try:
-            with RawClient(gw.port, timeout=20.0) as c:
-                err = assert_openai_error(c.request(chat()), 502)
-            assert err["type"] == "upstream_error"
-        finally:
-            gw.process.stop()
+    with scripted_gateway(start_gateway, answer, "wire-scripted") as gw, RawClient(gw.port, timeout=20.0) as c:
+        err = assert_openai_error(c.request(chat()), 502)
+    assert err["type"] == "upstream_error"
 
 
 def test_well_formed_chunked_upstream_answer_with_extension_and_trailer(start_gateway: StartGateway) -> None:
     answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
               + chunked(OK_BODY, ext=b';name="v"', trailer=b"x-t: 1\r\n"))
-    with ScriptedUpstream(answer) as up:
-        gw = start_gateway(scripted_config(up.port), name="wire-scripted-ok")
-        try:
-            with RawClient(gw.port, timeout=20.0) as c:
-                resp = c.request(chat())
-            assert resp.status == 200, resp
-            assert resp.json()["choices"][0]["message"]["content"] == "fine"
-        finally:
-            gw.process.stop()
+    with scripted_gateway(start_gateway, answer, "wire-scripted-ok") as gw, RawClient(gw.port, timeout=20.0) as c:
+        assert_fine(c.request(chat()))
 
 
 @pytest.fixture
@@ -434,21 +445,14 @@ def endless_stream_or_answer(body: bytes) -> tuple[Iterable[bytes], bool]:
 
 
 def test_stream_nobody_reads_frees_its_upstream_connection(start_gateway: StartGateway) -> None:
-    with ScriptedUpstream(endless_stream_or_answer) as up:
-        # one pooled connection; requests wait for it up to a minute; the paused stream gets read_timeout
-        config = scripted_config(up.port).replace("read_timeout = 120.0", "read_timeout = 2.0\npool_size = 1")
-        config = config.replace("[providers.raw]", "[upstream]\npool_timeout = 60.0\n\n[providers.raw]")
-        gw = start_gateway(config, name="wire-paused")
-        try:
-            body = json.dumps({"model": "raw-model", "stream": True,
-                               "messages": [{"role": "user", "content": "hi"}]}).encode()
-            with RawClient(gw.port, timeout=30.0) as reader:
-                reader.send(http_request("POST", "/v1/chat/completions", body))
-                assert reader.read_head().status == 200  # then reads nothing more
-                # the pool's only connection is stuck behind that client until the gateway gives up on it
-                with RawClient(gw.port, timeout=90.0) as c:
-                    resp = c.request(chat())
-                assert resp.status == 200, resp
-                assert resp.json()["choices"][0]["message"]["content"] == "fine"
-        finally:
-            gw.process.stop()
+    # one pooled connection; requests wait for it up to a minute; the paused stream gets read_timeout
+    with scripted_gateway(start_gateway, endless_stream_or_answer, "wire-paused", upstream="pool_timeout = 60.0",
+                          provider="read_timeout = 2.0\npool_size = 1") as gw:
+        body = json.dumps({"model": "raw-model", "stream": True,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        with RawClient(gw.port, timeout=30.0) as reader:
+            reader.send(http_request("POST", "/v1/chat/completions", body))
+            assert reader.read_head().status == 200  # then reads nothing more
+            # the pool's only connection is stuck behind that client until the gateway gives up on it
+            with RawClient(gw.port, timeout=90.0) as c:
+                assert_fine(c.request(chat()))
