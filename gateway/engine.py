@@ -266,6 +266,7 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         idle_timeout=defaults.idle_timeout,
         verify_tls=defaults.verify_tls if p.verify_tls is None else p.verify_tls,
         ca_file=p.ca_file or defaults.ca_file,
+        max_answer_bytes=p.max_answer_bytes or defaults.max_answer_bytes,
     )
     key = resolve_secret(p.api_key) if p.api_key else None
     return OpenAITranslator(name, pool, pool.prefix, key, p.headers)

@@ -96,6 +96,45 @@ cdef inline Py_ssize_t _find_head_end(const char* s, Py_ssize_t start, Py_ssize_
     return -1
 
 
+cdef inline bint _bare_lf(const char* s, Py_ssize_t start, Py_ssize_t end) noexcept:
+    """True when s[start:end] holds an LF that no CR precedes (see the twin)."""
+    cdef const char* p
+    cdef Py_ssize_t i = start
+    while i < end:
+        p = <const char*>memchr(s + i, 10, end - i)
+        if p == NULL:
+            return False
+        i = p - s
+        if i == start or s[i - 1] != 13:
+            return True
+        i += 1
+    return False
+
+
+cdef inline bint _valid_text(const char* s, Py_ssize_t start, Py_ssize_t end) noexcept:
+    """A field value's bytes: VCHAR, obs-text, SP, HTAB (no CR, LF, NUL, other controls or DEL)."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(start, end):
+        c = <unsigned char>s[i]
+        if (c < 32 and c != 9) or c == 127:
+            return False
+    return True
+
+
+cdef int _held_line(const char* s, Py_ssize_t pos, Py_ssize_t n, str what) except -1:
+    """An incomplete chunk-size or trailer line (see the twin): refused when over the limit (a final
+    CR, which may start its CRLF, not counted) or when it holds a bare LF."""
+    cdef Py_ssize_t held = n - pos
+    if held and s[n - 1] == 13:
+        held -= 1
+    if held > MAX_CHUNK_LINE:
+        raise ParseError(400, f"{what} too long")
+    if memchr(s + pos, 10, n - pos) != NULL:
+        raise ParseError(400, f"bare LF in a {what}")
+    return 0
+
+
 cdef inline bint _eq_lower(const char* s, Py_ssize_t n, const char* lit, Py_ssize_t litn) noexcept:
     cdef Py_ssize_t i
     if n != litn:
@@ -232,14 +271,15 @@ cdef class ChunkedDecoder:
             if self.state == 0:
                 end = _find_crlf(s, pos, n)
                 if end < 0:
-                    if n - pos > MAX_CHUNK_LINE:
-                        raise ParseError(400, "chunk size line too long")
+                    _held_line(s, pos, n, "chunk size line")
                     return pos
                 if end - pos > MAX_CHUNK_LINE:
                     raise ParseError(400, "chunk size line too long")
                 hend = pos
                 while hend < end and s[hend] != 59:  # ';'
                     hend += 1
+                if hend < end and not _valid_text(s, hend + 1, end):
+                    raise ParseError(400, "invalid character in chunk extension")
                 while hend > pos and (s[hend - 1] == 32 or s[hend - 1] == 9):
                     hend -= 1
                 if hend == pos or hend - pos > 15:
@@ -274,13 +314,14 @@ cdef class ChunkedDecoder:
             else:
                 end = _find_crlf(s, pos, n)
                 if end < 0:
-                    if n - pos > MAX_CHUNK_LINE:
-                        raise ParseError(400, "trailer line too long")
+                    _held_line(s, pos, n, "trailer line")
                     return pos
                 if end - pos > MAX_CHUNK_LINE:
                     raise ParseError(400, "trailer line too long")
                 if end == pos:
                     self.done = True
+                else:
+                    _parse_header_lines(s, pos, end)  # a trailer obeys a header line's rules
                 pos = end + 2
         return pos
 
@@ -384,6 +425,8 @@ cdef class RequestParser:
         if end < 0:
             if n - pos > self.max_header_bytes:
                 raise ParseError(431, f"request head exceeds {self.max_header_bytes} bytes")
+            if _bare_lf(s, pos, n):
+                raise ParseError(400, "bare LF in the request head")
             self.state = STATE_HEAD
             return False
         if end + 4 - pos > self.max_header_bytes:
@@ -610,13 +653,16 @@ cdef class ResponseParser:
             if end < 0:
                 if n > self.max_header_bytes:
                     raise ParseError(502, "upstream response head too large")
+                if _bare_lf(s, 0, n):
+                    raise ParseError(502, "bare LF in the upstream response head")
                 self._buf = buf
                 return None
             if end + 4 > self.max_header_bytes:
                 raise ParseError(502, "upstream response head too large")
             line_end = _find_crlf(s, 0, end + 2)
             if (line_end < 12 or memcmp(s, b"HTTP/1.", 7) != 0 or s[8] != 32
-                    or not (48 <= s[9] <= 57 and 48 <= s[10] <= 57 and 48 <= s[11] <= 57)):
+                    or not (48 <= s[9] <= 57 and 48 <= s[10] <= 57 and 48 <= s[11] <= 57)
+                    or not _valid_text(s, 12, line_end)):
                 raise ParseError(502, "malformed upstream status line")
             status = (s[9] - 48) * 100 + (s[10] - 48) * 10 + (s[11] - 48)
             headers = _parse_header_lines(s, line_end + 2, end)

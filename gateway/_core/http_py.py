@@ -60,6 +60,30 @@ def _valid_value(b: bytes) -> bool:
     return all(c >= 0x20 or c == 0x09 for c in b) and 0x7F not in b
 
 
+def _bare_lf(buf: bytes, start: int, end: int) -> bool:
+    """True when ``buf[start:end]`` holds an LF that no CR precedes: a line end HTTP/1.1 does not allow
+    (RFC 9112 2.2). An incomplete head with one is refused at once, not after the head's timeout."""
+    i = buf.find(b"\n", start, end)
+    while i >= 0:
+        if i == start or buf[i - 1] != 0x0D:
+            return True
+        i = buf.find(b"\n", i + 1, end)
+    return False
+
+
+def _held_line(buf: bytes, pos: int, n: int, what: str) -> None:
+    """An incomplete chunk-size or trailer line ``buf[pos:n]`` (no CRLF yet): refused when it is already
+    over the limit or holds a bare LF. A CR at its end may be the start of its CRLF, so it does not count:
+    the outcome does not depend on where the segments end."""
+    held = n - pos
+    if held and buf[n - 1] == 0x0D:
+        held -= 1
+    if held > _MAX_CHUNK_LINE:
+        raise ParseError(400, f"{what} too long")
+    if buf.find(b"\n", pos, n) >= 0:
+        raise ParseError(400, f"bare LF in a {what}")
+
+
 class Request:
     """One complete request: head and (de-chunked) body."""
 
@@ -114,8 +138,7 @@ class ChunkedDecoder:
             if self.state == 0:
                 end = buf.find(b"\r\n", pos)
                 if end < 0:
-                    if n - pos > _MAX_CHUNK_LINE:
-                        raise ParseError(400, "chunk size line too long")
+                    _held_line(buf, pos, n, "chunk size line")
                     return pos
                 if end - pos > _MAX_CHUNK_LINE:
                     raise ParseError(400, "chunk size line too long")
@@ -124,6 +147,9 @@ class ChunkedDecoder:
                 hexpart = (line if semi < 0 else line[:semi]).rstrip(b" \t")
                 if not hexpart or len(hexpart) > 15 or not all(c in _HEX for c in hexpart):
                     raise ParseError(400, "invalid chunk size")
+                if semi >= 0 and not _valid_value(line[semi + 1:]):
+                    # the bytes a header value may not hold (CR, LF, NUL, controls) are no better here
+                    raise ParseError(400, "invalid character in chunk extension")
                 self.remaining = int(hexpart, 16)
                 pos = end + 2
                 self.state = 1 if self.remaining else 3
@@ -145,13 +171,14 @@ class ChunkedDecoder:
             else:  # trailers: lines until an empty one
                 end = buf.find(b"\r\n", pos)
                 if end < 0:
-                    if n - pos > _MAX_CHUNK_LINE:
-                        raise ParseError(400, "trailer line too long")
+                    _held_line(buf, pos, n, "trailer line")
                     return pos
                 if end - pos > _MAX_CHUNK_LINE:
                     raise ParseError(400, "trailer line too long")
                 if end == pos:
                     self.done = True
+                else:
+                    _parse_header_lines(buf[pos:end], 0)  # a trailer obeys a header line's rules
                 pos = end + 2
         return pos
 
@@ -282,6 +309,8 @@ class RequestParser:
         if end < 0:
             if len(buf) - pos > self.max_header_bytes:
                 raise ParseError(431, f"request head exceeds {self.max_header_bytes} bytes")
+            if _bare_lf(buf, pos, len(buf)):
+                raise ParseError(400, "bare LF in the request head")
             self.state = STATE_HEAD
             return False
         if end + 4 - pos > self.max_header_bytes:
@@ -475,13 +504,16 @@ class ResponseParser:
             if end < 0:
                 if len(buf) > self.max_header_bytes:
                     raise ParseError(502, "upstream response head too large")
+                if _bare_lf(buf, 0, len(buf)):
+                    raise ParseError(502, "bare LF in the upstream response head")
                 self._buf = buf
                 return None
             if end + 4 > self.max_header_bytes:
                 raise ParseError(502, "upstream response head too large")
             line_end = buf.find(b"\r\n")
             line = buf[:line_end]
-            if not line.startswith(b"HTTP/1.") or len(line) < 12 or line[8:9] != b" ":
+            if (not line.startswith(b"HTTP/1.") or len(line) < 12 or line[8:9] != b" "
+                    or not _valid_value(line[12:])):
                 raise ParseError(502, "malformed upstream status line")
             code = line[9:12]
             if not code.isdigit():

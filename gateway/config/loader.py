@@ -89,6 +89,7 @@ read_timeout = 120.0            # longest silence between two reads, time to fir
 pool_size = 512                 # connections per upstream origin per worker
 pool_timeout = 10.0             # wait for a free pooled connection at most this long
 idle_timeout = 60.0             # idle pooled connections are closed after this time
+max_answer_bytes = 67108864     # 64 MiB: largest non-stream answer from an upstream (502 beyond)
 verify_tls = true
 # ca_file = "/etc/ssl/private-ca.pem"
 
@@ -547,7 +548,7 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _positive_durations(
         ("upstream",), u, ("connect_timeout", "read_timeout", "pool_timeout", "idle_timeout")
     )
-    yield from _positive_ints(("upstream",), u, ("pool_size",))
+    yield from _positive_ints(("upstream",), u, ("pool_size", "max_answer_bytes"))
 
     for name, provider in config.providers.items():
         yield from _provider_problems(("providers", name), provider)
@@ -729,7 +730,7 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
         elif any(c in value for c in "\r\n\0"):
             yield _Problem((*path, "headers", header), "the value must not contain CR, LF or NUL")
     yield from _positive_durations(path, p, ("connect_timeout", "read_timeout"))
-    yield from _positive_ints(path, p, ("pool_size",))
+    yield from _positive_ints(path, p, ("pool_size", "max_answer_bytes"))
 
     m, mpath = p.mock, (*path, "mock")
     for key in ("latency_ms", "chunk_delay_ms"):

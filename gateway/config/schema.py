@@ -90,6 +90,8 @@ class UpstreamConfig(_Base, frozen=True):
     pool_timeout: float = 10.0
     #: idle pooled connections are closed after this time
     idle_timeout: float = 60.0
+    #: the largest non-stream answer body gathered from an upstream (502 beyond it)
+    max_answer_bytes: int = 64 * 1024 * 1024
     verify_tls: bool = True
     #: a CA bundle (PEM) to verify upstream certificates with, instead of the system store
     ca_file: str | None = None
@@ -124,6 +126,7 @@ class ProviderConfig(_Base, frozen=True):
     connect_timeout: float | None = None
     read_timeout: float | None = None
     pool_size: int | None = None
+    max_answer_bytes: int | None = None
     verify_tls: bool | None = None
     ca_file: str | None = None
     mock: MockConfig = msgspec.field(default_factory=MockConfig)

@@ -40,6 +40,7 @@ cdef class NativeResponder:
 cdef class HttpProtocol:
     cdef object _begin
     cdef object _drain_waiter
+    cdef bint _held
     cdef bint _inline
     cdef public bint busy
     cdef public double deadline
@@ -54,6 +55,8 @@ cdef class HttpProtocol:
     @cython.locals(parser=CRequestParser, responder=NativeResponder, state=ListenerState)
     cpdef _next(self, bint after_response)
     cpdef response_done(self, NativeResponder responder)
+    cpdef _unhold(self)
+    cpdef _read_more(self)
     cpdef bint _proceed(self, NativeResponder responder) except -1
     @cython.locals(parser=CRequestParser, state=ListenerState, pstate=int)
     cpdef _await_more(self)

@@ -11,13 +11,24 @@ Theory of operation, per connection:
     any          | ParseError                    | answer its status (400/413/431/501/505), close
     busy         | more bytes (pipelining)       | buffer; parsed only after the response is sent,
                  |                               | so pipelined requests are answered in order
+    any          | client reads none of our      | (``pause_writing``) stop reading from it; take no
+                 | answers: write buffer full    | further buffered request (nginx does the same)
     busy         | response done                 | keep-alive: next buffered request or idle; else close
+    busy         | response done, write paused   | held: the buffered requests wait
+    held         | client reads (resume_writing) | read again; the buffered requests are answered
     busy         | client closes                 | the app's next write raises ClientGone; a response
                  |                               | sent to a gone client is dropped
     draining     | response done                 | close (no new request is read)
 
 Deadlines are plain numbers checked by one sweep per worker every half second (# PERF: no timer
 handle per request).
+
+Memory per connection is bounded both ways. Unparsed requests: at most ``_MAX_PIPELINE_BUFFER`` and one
+read (reading pauses beyond it while a request is answered, and resumes only once the parser needs more
+bytes or is back under it). Unread answers: the transport's buffer grows past its high-water mark by one
+answer at most, since once the transport says ``pause_writing`` the connection reads nothing more and
+answers nothing more until ``resume_writing``. A client that pipelines thousands of requests without
+reading its answers costs a few answers' worth; the rest waits in the kernel's socket buffers.
 
 A request is handed to the app with ``begin`` (see ``gateway.app.App``). An app that answers from
 callbacks (the engine's non-stream proxy path: the upstream connection's callback writes the response)
@@ -235,6 +246,7 @@ class HttpProtocol:
     __slots__ = (
         "_begin",
         "_drain_waiter",
+        "_held",
         "_inline",
         "busy",
         "deadline",
@@ -264,6 +276,8 @@ class HttpProtocol:
         #: inside ``begin``: a ``done()`` now only marks the response, the loop in ``_next`` moves on
         self._inline = False
         self.peer_eof = False
+        #: requests wait, unread or unparsed, until the client reads its answers (``resume_writing``)
+        self._held = False
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
 
@@ -280,7 +294,7 @@ class HttpProtocol:
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
-        if self.busy:
+        if self.busy or self._held:
             if self.parser.buffered > _MAX_PIPELINE_BUFFER and self.transport is not None:
                 self.reading_paused = True
                 self.transport.pause_reading()
@@ -289,7 +303,7 @@ class HttpProtocol:
 
     def eof_received(self) -> bool | None:
         self.peer_eof = True
-        if not self.busy:
+        if not self.busy and not self._held:
             self.close()
         return True  # keep the transport half-open while a response is being written
 
@@ -301,7 +315,13 @@ class HttpProtocol:
             waiter.set_result(None)
 
     def pause_writing(self) -> None:
+        """The client does not read its answers as fast as they come: read none of its requests until it
+        does (their answers would pile up in the transport's buffer, without bound)."""
         self.write_paused = True
+        transport = self.transport
+        if transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -310,6 +330,28 @@ class HttpProtocol:
             self._drain_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        if self._held:
+            self._unhold()
+
+    def _unhold(self) -> None:
+        """The client read its answers: read again and answer the requests held meanwhile."""
+        self._held = False
+        transport = self.transport
+        if transport is None:
+            return
+        if self.peer_eof and not self.parser.buffered:
+            transport.close()
+            return
+        if self.parser.buffered <= _MAX_PIPELINE_BUFFER:
+            self._read_more()
+        self._next(True)
+
+    def _read_more(self) -> None:
+        """Lift a pause of reading: the parser has room, or needs more bytes to go on. Never while the
+        client reads no answers (``pause_writing``)."""
+        if self.reading_paused and not self.write_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     # -- request cycle -------------------------------------------------------------------------------
 
@@ -327,12 +369,18 @@ class HttpProtocol:
         app answers later (a callback or a task), or when no complete request is buffered."""
         parser = self.parser
         while True:
+            if self.write_paused:  # the client reads no answers: hold its requests (see resume_writing)
+                self._held = True
+                self.deadline = _INF
+                self.deadline_kind = _NONE
+                return
             try:
                 req = parser.next_request()
             except ParseError as exc:
                 self._fail(exc.status, exc.message)
                 return
             if req is None:
+                self._read_more()  # a request is incomplete: its bytes must come in, whatever is buffered
                 if after_response and parser.state == STATE_IDLE:
                     state = self.state
                     self.deadline = state.loop.time() + state.keepalive_timeout
@@ -399,9 +447,8 @@ class HttpProtocol:
         if not responder.keep_alive or self.state.draining or (self.peer_eof and not self.parser.buffered):
             transport.close()
             return False
-        if self.reading_paused:
-            self.reading_paused = False
-            transport.resume_reading()
+        if self.parser.buffered <= _MAX_PIPELINE_BUFFER:  # else read on only once they are taken
+            self._read_more()
         return True
 
     def _await_more(self) -> None:

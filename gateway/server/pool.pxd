@@ -13,8 +13,11 @@ cdef _deliver(object waiter, object cb, PooledResponse resp)
 cdef class PooledResponse:
     cdef _Connection _conn
     cdef object _error
+    cdef Py_ssize_t _limit
     cdef list _parts
     cdef public Py_ssize_t _size
+    cdef public Py_ssize_t _total
+    cdef public bint _whole
     cdef object _waiter
     cdef public bint done
     cdef public list headers
@@ -22,6 +25,7 @@ cdef class PooledResponse:
     cpdef _feed(self, bytes data)
     cpdef _finish(self, object error=*)
     cpdef _wake(self)
+    cpdef _too_large(self)
     cpdef bytes _take(self)
     @cython.locals(parts=list)
     cpdef complete_body(self)
@@ -63,6 +67,7 @@ cdef class OriginPool:
     cdef public double read_timeout
     cdef public double pool_timeout
     cdef public double idle_timeout
+    cdef public Py_ssize_t max_answer_bytes
     cdef public object ssl
     cdef public object loop
     cdef public list _idle

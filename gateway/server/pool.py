@@ -17,11 +17,26 @@ Theory of operation, per connection:
              | the connection was a reused one    | connection (a stale keep-alive connection)
     busy     | closed/reset otherwise             | UpstreamError to the reader
     busy     | no byte for read_timeout           | UpstreamTimeout to the reader, connection closed
+    busy     | stream reader lags: more than      | reading paused until the reader takes the body
+             | _HIGH_WATER bytes not taken        | (``next_chunk``); the read deadline keeps running
+    busy     | paused, nothing taken for          | UpstreamTimeout to the reader, connection closed
+             | read_timeout                       |
+    busy     | whole-body reader (``read``)       | never paused: the body is gathered up to
+             |                                    | ``max_answer_bytes``; one byte more ends it with
+             |                                    | UpstreamError (the client gets a 502), connection
+             |                                    | closed
     busy     | reader closes before body complete | connection closed (never reused half-read)
 
 Deadlines are checked by one sweep per pool every 100 ms (# PERF: no timer handle per request); a
 connection that received bytes since the previous sweep gets its read deadline moved on by the sweep, so
 the relay of a body piece costs no clock read.
+
+Two readers, two bounds. A stream reader (``next_chunk``) takes the body piece by piece; while it lags,
+the connection stops reading at ``_HIGH_WATER``, so memory stays bounded whatever the answer's size, and
+``read_timeout`` bounds how long the paused connection waits for the reader. A whole-body reader
+(``read``, ``complete_body``) needs all of it: pausing would wait for a taker that never comes, so its
+connection is never paused (a pause from before ``read`` is lifted) and ``max_answer_bytes`` bounds the
+memory instead.
 
 A request may bring its own connect timeout (``send_within``: a routed deployment's ``connect_timeout``)
 instead of the pool's. It applies to every connection opened for that request: at once, after waiting for
@@ -99,18 +114,27 @@ class _StaleConnection(Exception):
 class PooledResponse:
     """One response from the pool (see gateway.providers.base.UpstreamResponse)."""
 
-    __slots__ = ("_conn", "_error", "_parts", "_size", "_waiter", "done", "headers", "status")
+    __slots__ = (
+        "_conn", "_error", "_limit", "_parts", "_size", "_total", "_waiter", "_whole", "done", "headers",
+        "status",
+    )
 
     def __init__(
         self, conn: _Connection | None, status: int, headers: list[tuple[bytes, bytes]],
-        whole: bytes | None = None,
+        whole: bytes | None, limit: int,
     ) -> None:
-        """``whole``: the complete body, when it came with the head (then ``conn`` is None)."""
+        """``whole``: the complete body, when it came with the head (then ``conn`` is None); ``limit``:
+        the most body bytes ``read`` gathers (the pool's ``max_answer_bytes``)."""
         self._conn = conn
         self.status = status
         self.headers = headers
         self._parts: list[bytes] = [whole] if whole else []
         self._size = len(whole) if whole else 0
+        #: body bytes received in all (``_size``: those not taken yet)
+        self._total = self._size
+        self._limit = limit
+        #: a reader wants the whole body (``read``): the connection is never paused for it
+        self._whole = False
         self.done = whole is not None
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -122,7 +146,11 @@ class PooledResponse:
     def _feed(self, data: bytes) -> None:
         self._parts.append(data)
         self._size += len(data)
+        self._total += len(data)
         self._wake()
+
+    def _too_large(self) -> UpstreamError:
+        return UpstreamError(f"the upstream answer exceeds max_answer_bytes ({self._limit} bytes)")
 
     def _finish(self, error: Exception | None = None) -> None:
         if self.done:
@@ -157,7 +185,7 @@ class PooledResponse:
         await self._waiter
 
     def complete_body(self) -> bytes | None:
-        if self.done and self._error is None:
+        if self.done and self._error is None and self._total <= self._limit:
             parts = self._parts
             if len(parts) == 1:  # PERF: the whole body came with the head
                 self._parts = []
@@ -167,10 +195,17 @@ class PooledResponse:
         return None
 
     async def read(self) -> bytes:
+        """The whole body; UpstreamError when it is over ``max_answer_bytes``."""
+        self._whole = True
+        conn = self._conn
+        if conn is not None and conn.reading_paused:
+            conn.resume()  # paused before this reader came: nobody else would ever lift it
         while not self.done:
             await self._wait()
         if self._error is not None:
             raise self._error
+        if self._total > self._limit:  # came whole with the head, or ended in the read that crossed it
+            raise self._too_large()
         return self._take() if self._parts else b""
 
     async def next_chunk(self) -> bytes:
@@ -275,7 +310,8 @@ class _Connection:
                 # PERF: the whole response in one read (the common case): no body feeding, no wakeups
                 self.parser = None
                 self.deadline = _INF
-                resp = PooledResponse(None, parser.status, parser.headers, parser.take_body())
+                resp = PooledResponse(None, parser.status, parser.headers, parser.take_body(),
+                                      pool.max_answer_bytes)
                 # back to the pool before the reader runs: a callback reader may send again at once
                 if parser.keep_alive:
                     pool.release(self)
@@ -283,7 +319,8 @@ class _Connection:
                     self.drop()
                 _deliver(waiter, cb, resp)
                 return
-            resp = self.response = PooledResponse(self, parser.status, parser.headers)
+            resp = self.response = PooledResponse(self, parser.status, parser.headers, None,
+                                                  pool.max_answer_bytes)
             body = parser.take_body()
             if body:
                 resp._feed(body)
@@ -304,9 +341,12 @@ class _Connection:
                 self.drop()
             return
         self.active = True  # PERF: the sweep moves the read deadline on, not every read
-        if resp._size > _HIGH_WATER and self.transport is not None and not self.reading_paused:
+        if resp._whole:
+            if resp._total > resp._limit:
+                self._fail(resp._too_large())
+        elif resp._size > _HIGH_WATER and self.transport is not None and not self.reading_paused:
+            # the stream reader lags: wait for it (``resume``), within read_timeout (the sweep's deadline)
             self.reading_paused = True
-            self.deadline = _INF  # waiting on our slow client, not on the upstream
             self.transport.pause_reading()
 
     def resume(self) -> None:
@@ -377,7 +417,10 @@ class _Connection:
             waiter.set_exception(error)
 
     def on_deadline(self) -> None:
-        self._fail(UpstreamTimeout(f"no data from the upstream for {self.pool.read_timeout:g}s"))
+        if self.reading_paused:
+            self._fail(UpstreamTimeout(f"the reader took no data for {self.pool.read_timeout:g}s"))
+        else:
+            self._fail(UpstreamTimeout(f"no data from the upstream for {self.pool.read_timeout:g}s"))
 
     def drop(self) -> None:
         self.pool.forget(self)
@@ -401,6 +444,7 @@ class OriginPool:
         idle_timeout: float = 60.0,
         verify_tls: bool = True,
         ca_file: str | None = None,
+        max_answer_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.scheme, self.host, self.port, self.prefix = parse_origin(url)
         default_port = 443 if self.scheme == "https" else 80
@@ -410,6 +454,8 @@ class OriginPool:
         self.read_timeout = read_timeout
         self.pool_timeout = pool_timeout
         self.idle_timeout = idle_timeout
+        #: the largest body a whole-body reader gathers (streams are relayed piece by piece, unbounded)
+        self.max_answer_bytes = max_answer_bytes
         self.ssl: ssl.SSLContext | None = None
         if self.scheme == "https":
             ctx = ssl.create_default_context(cafile=ca_file)
