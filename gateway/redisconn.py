@@ -1,28 +1,427 @@
-"""What the store, the limits and the breaker sync share about talking to Redis through redis-py.
+"""What the store, the limits and the breaker sync share about talking to Redis through redis-py: the one
+place that turns a configured URL into clients and connection pools.
 
-redis-py's own type hints change between the releases we support (``redis>=5``): a call that one release
-leaves untyped, the next one types. The few calls that differ go through here, typed once by us, so that
-strict mypy reads the same on every supported release and no ``type: ignore`` turns stale on an upgrade.
+URL forms (``parse_url``):
+
+==========================================================================  ===============================
+``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS)      one server, as redis-py reads it
+``unix://[[user]:password@]/path/to/redis.sock[?db=N]``                     one server on a Unix socket
+``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]``  Sentinel (port 26379)
+``rediss+sentinel://...``                                                   Sentinel, TLS to every node
+``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``          Redis Cluster seed nodes (6379)
+``rediss+cluster://...``                                                    Redis Cluster over TLS
+==========================================================================  ===============================
+
+The Sentinel form is the one of the ``redis-sentinel-url`` package (also read by Kombu-style tools): the
+hosts are the sentinels, the first path segment the name of the monitored master, the second the
+database. The password in the URL is the master's (and its replicas'); sentinels that require their own
+take ``?sentinel_password=...`` (and ``sentinel_username=``). Both Sentinel and Cluster forms take
+``socket_timeout`` and ``socket_connect_timeout`` (seconds) in the query; the store's ``prefix=`` is
+accepted everywhere and ignored here (the store factory reads it).
+
+Failover. A Sentinel client resolves the master by asking the sentinels each time it opens a connection
+(redis-py's ``SentinelConnectionPool``); a connection to a master that died fails, is dropped, and the
+next one goes to whatever master the sentinels then name. A master demoted to a replica answers writes
+with READONLY, which redis-py's Sentinel connection turns into a connection error, with the same
+effect. Nothing here keeps a master address of its own.
+
+Typing. redis-py's own type hints change between the releases we support (``redis>=5``): a call that
+one release leaves untyped, the next one types. The few calls that differ go through here, typed once by
+us, so that strict mypy reads the same on every supported release and no ``type: ignore`` turns stale on
+an upgrade.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+import urllib.parse
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-import redis.asyncio
-from redis.asyncio.client import PubSub
+import msgspec
 
-__all__ = ["close_pubsub", "make_connection"]
+if TYPE_CHECKING:  # redis is imported when a client is made: a node on SQLite never loads it
+    import redis.asyncio
+    from redis.asyncio.client import PubSub
+
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "SCHEMES",
+    "SENTINEL_SCHEMES",
+    "SINGLE_SCHEMES",
+    "RedisTarget",
+    "SlotMap",
+    "close_client",
+    "close_pool",
+    "close_pubsub",
+    "connection_pool",
+    "make_connection",
+    "node_connection",
+    "open_client",
+    "open_cluster",
+    "open_pubsub",
+    "parse_url",
+    "queue_wait",
+    "redact",
+    "run_script",
+]
+
+SINGLE_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: every scheme that names a Redis
+SCHEMES = SINGLE_SCHEMES + SENTINEL_SCHEMES + CLUSTER_SCHEMES
+
+_SENTINEL_PORT = 26379
+_REDIS_PORT = 6379
+#: query parameters the Sentinel and Cluster forms take (``prefix`` belongs to the store factory)
+_OPTIONS = ("prefix", "sentinel_username", "sentinel_password", "socket_timeout", "socket_connect_timeout")
+#: seconds a sentinel may take to answer "who is the master?" when the URL does not say
+_SENTINEL_TIMEOUT = 1.0
+
+
+class RedisTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """A parsed Redis URL: what to connect to and with which credentials."""
+
+    kind: Literal["single", "sentinel", "cluster"]
+    #: the URL as configured, without ``prefix=`` (``single``: what redis-py reads)
+    url: str
+    #: the sentinels (``sentinel``) or the seed nodes (``cluster``)
+    hosts: tuple[tuple[str, int], ...] = ()
+    #: the master's name as the sentinels know it (``sentinel``)
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    tls: bool = False
+    socket_timeout: float | None = None
+    socket_connect_timeout: float | None = None
+
+
+def parse_url(url: str) -> RedisTarget:
+    """The target ``url`` names; ValueError (its message fit for a config error) when it is malformed."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in SCHEMES:
+        raise ValueError(f"unknown Redis URL scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"malformed Redis URL: {exc}") from None
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    base, _, _ = url.partition("?")
+    kept = urllib.parse.urlencode([(k, v) for k, v in query if k != "prefix"])
+    bare = f"{base}?{kept}" if kept else base
+    if scheme in SINGLE_SCHEMES:
+        return RedisTarget(kind="single", url=bare)
+    options: dict[str, str] = {}
+    for name, value in query:
+        if name not in _OPTIONS:
+            known = ", ".join(_OPTIONS)
+            raise ValueError(f"unknown parameter {name!r} in a {scheme}:// URL: it takes {known}")
+        options[name] = value
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    username, password = _credentials(userinfo) if at else (None, None)
+    sentinel = scheme in SENTINEL_SCHEMES
+    hosts = _hosts(hostlist, _SENTINEL_PORT if sentinel else _REDIS_PORT)
+    segments = [urllib.parse.unquote(s) for s in parts.path.split("/")[1:] if s]
+    service, db = "", 0
+    if sentinel:
+        if not segments or len(segments) > 2:
+            raise ValueError("a Sentinel URL names the master: redis+sentinel://host:26379,.../MASTER[/DB]")
+        service = segments[0]
+        db = _int(segments[1], "the database") if len(segments) == 2 else 0
+    elif segments not in ([], ["0"]):
+        raise ValueError("a Redis Cluster has one database: redis+cluster://host:port,... (no path)")
+    return RedisTarget(
+        kind="sentinel" if sentinel else "cluster",
+        url=bare,
+        hosts=hosts,
+        service=service,
+        db=db,
+        username=username,
+        password=password,
+        sentinel_username=options.get("sentinel_username") or None,
+        sentinel_password=options.get("sentinel_password") or None,
+        tls=scheme.startswith("rediss"),
+        socket_timeout=_seconds(options, "socket_timeout"),
+        socket_connect_timeout=_seconds(options, "socket_connect_timeout"),
+    )
+
+
+def _credentials(userinfo: str) -> tuple[str | None, str | None]:
+    user, colon, password = userinfo.partition(":")
+    username = urllib.parse.unquote(user) or None
+    return username, (urllib.parse.unquote(password) or None) if colon else None
+
+
+def _hosts(hostlist: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    hosts = []
+    for item in hostlist.split(","):
+        if not item:
+            raise ValueError("a host list looks like host1:port,host2:port (an empty entry was found)")
+        if item.startswith("["):  # [IPv6]:port
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"malformed host {item!r}")
+            port = rest[1:]
+        else:
+            host, _, port = item.partition(":")
+        if not host:
+            raise ValueError(f"malformed host {item!r}")
+        number = _int(port, f"the port of {item!r}") if port else default_port
+        if not 0 < number < 65536:
+            raise ValueError(f"the port of {item!r} must be between 1 and 65535")
+        hosts.append((host, number))
+    return tuple(hosts)
+
+
+def _int(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{what} must be a whole number, found {text!r}")
+    return int(text)
+
+
+def _seconds(options: dict[str, str], name: str) -> float | None:
+    if name not in options:
+        return None
+    try:
+        value = float(options[name])
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, found {options[name]!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise ValueError(f"{name} must be a number of seconds above 0, found {options[name]!r}")
+    return value
+
+
+def redact(url: str) -> str:
+    """The URL without its passwords, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    netloc = f"{userinfo}@{hosts}" if at else hosts
+    query = urllib.parse.urlencode(
+        [(k, "***" if k.endswith("password") else v) for k, v in urllib.parse.parse_qsl(parts.query, True)]
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+# -- clients and pools ------------------------------------------------------------------------------------
+
+
+def _node_options(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any]:
+    """Connection arguments of the data nodes (master, replicas, cluster nodes)."""
+    out = dict(options)
+    if target.username is not None:
+        out["username"] = target.username
+    if target.password is not None:
+        out["password"] = target.password
+    if target.socket_timeout is not None:
+        out["socket_timeout"] = target.socket_timeout
+    if target.socket_connect_timeout is not None:
+        out["socket_connect_timeout"] = target.socket_connect_timeout
+    return out
+
+
+def _sentinel(target: RedisTarget, options: dict[str, Any]) -> Any:
+    """A ``redis.asyncio.sentinel.Sentinel`` for the target's sentinels (short timeouts of their own: a
+    sentinel that does not answer must not hold up asking the next one)."""
+    from redis.asyncio.sentinel import Sentinel
+
+    timeout = target.socket_timeout or options.get("socket_connect_timeout") or _SENTINEL_TIMEOUT
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if target.sentinel_username is not None:
+        sentinel_kwargs["username"] = target.sentinel_username
+    if target.sentinel_password is not None:
+        sentinel_kwargs["password"] = target.sentinel_password
+    if target.tls:
+        sentinel_kwargs["ssl"] = True
+    make: Any = Sentinel
+    return make(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+
+
+def connection_pool(target: RedisTarget, **options: Any) -> redis.asyncio.ConnectionPool:
+    """A pool of connections to the one server (``single``) or to the master the sentinels name at each
+    connect (``sentinel``). ``options`` are connection arguments (timeouts, retry, ...); the URL's own
+    win. A cluster has no single pool: ValueError."""
+    import redis.asyncio
+
+    if target.kind == "single":
+        return redis.asyncio.ConnectionPool.from_url(target.url, **options)
+    if target.kind == "sentinel":
+        from redis.asyncio.sentinel import SentinelConnectionPool
+
+        sentinel = _sentinel(target, options)
+        kwargs = _node_options(target, options)
+        kwargs["db"] = target.db
+        if target.tls:
+            from redis.asyncio.sentinel import SentinelManagedSSLConnection
+
+            kwargs["connection_class"] = SentinelManagedSSLConnection
+        make: Any = SentinelConnectionPool
+        pool: redis.asyncio.ConnectionPool = make(target.service, sentinel, **kwargs)
+        return pool
+    raise ValueError("a Redis Cluster has a pool per node: open a cluster client instead")
+
+
+def open_client(target: RedisTarget, **options: Any) -> redis.asyncio.Redis:
+    """A client of the one server, of the Sentinel-managed master, or of the cluster (``options``:
+    client arguments such as ``decode_responses``).
+
+    A cluster's client is a ``redis.asyncio.cluster.RedisCluster``, typed here as the ``Redis`` whose
+    commands the store and the breaker sync use: it routes each command by its key, runs scripts whose
+    keys share one slot, and pipelines per node. Pub/sub goes through ``open_pubsub``, ``WAIT`` through
+    ``queue_wait``.
+    """
+    import redis.asyncio
+
+    if target.kind == "single":
+        return redis.asyncio.Redis.from_url(target.url, **options)
+    if target.kind == "cluster":
+        cluster: Any = open_cluster(target, **options)
+        return cast("redis.asyncio.Redis", cluster)
+    return redis.asyncio.Redis(connection_pool=connection_pool(target, **options))
+
+
+def _is_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+#: pub/sub objects with a pool of their own (on one node of a cluster), disconnected when they close
+_OWN_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def open_pubsub(client: redis.asyncio.Redis) -> PubSub:
+    """A pub/sub object of ``client``. On a cluster, where a publication reaches every node, it is on a
+    connection of its own to one node (another one picked at random each time, so that a dead node is
+    left behind on the next try)."""
+    if not _is_cluster(client):
+        return client.pubsub()
+    import redis.asyncio
+    from redis.asyncio.client import PubSub
+
+    cluster: Any = client
+    node = cluster.get_random_node()
+    pool = redis.asyncio.ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+    pubsub = PubSub(connection_pool=pool)
+    _OWN_POOLS.add(pubsub)
+    return pubsub
+
+
+def queue_wait(client: redis.asyncio.Redis, pipe: Any, replicas: int, timeout_ms: int, key: str) -> None:
+    """Queue ``WAIT replicas timeout_ms`` on ``pipe`` after a write to ``key``: on a cluster, sent to the
+    master of ``key``'s slot (the pipeline sends one node's commands on one connection, in order; WAIT
+    counts the replicas that have that connection's writes)."""
+    if _is_cluster(client):
+        cluster: Any = client
+        pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=cluster.get_node_from_key(key))
+    else:
+        pipe.wait(replicas, timeout_ms)
+
+
+def open_cluster(target: RedisTarget, **options: Any) -> Any:
+    """A ``redis.asyncio.cluster.RedisCluster`` on the target's seed nodes (not connected yet: await its
+    ``initialize()``)."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    make: Any = RedisCluster
+    nodes = [ClusterNode(host, port) for host, port in target.hosts]
+    kwargs = _node_options(target, options)
+    if target.tls:
+        kwargs["ssl"] = True
+    return make(startup_nodes=nodes, **kwargs)
+
+
+def node_connection(target: RedisTarget, node: tuple[str, int], **options: Any) -> Any:
+    """A connection to one node of the target's cluster (``options``: connection arguments)."""
+    import redis.asyncio
+
+    make: Any = redis.asyncio.SSLConnection if target.tls else redis.asyncio.Connection
+    return make(host=node[0], port=node[1], **_node_options(target, options))
+
+
+class SlotMap:
+    """Which master serves each hash slot of a Redis Cluster, from a ``CLUSTER SLOTS`` reply. Empty (and
+    false) until read."""
+
+    __slots__ = ("_key_slot", "_ranges", "_starts")
+
+    def __init__(self, ranges: Sequence[tuple[int, int, tuple[str, int]]] = ()) -> None:
+        from redis.crc import key_slot
+
+        self._key_slot = key_slot
+        self._ranges = sorted(ranges)
+        self._starts = [start for start, _, _ in self._ranges]
+
+    @classmethod
+    def from_reply(cls, reply: Any, asked: tuple[str, int]) -> SlotMap:
+        """The map in ``reply``; a master without an address (``""`` or ``"?"``) is the node ``asked``."""
+        ranges = []
+        for entry in reply:
+            master = entry[2]
+            host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+            node = (host if host not in ("", "?") else asked[0], int(master[1]))
+            ranges.append((int(entry[0]), int(entry[1]), node))
+        return cls(ranges)
+
+    def __bool__(self) -> bool:
+        return bool(self._ranges)
+
+    def masters(self) -> list[tuple[str, int]]:
+        return list(dict.fromkeys(node for _, _, node in self._ranges))
+
+    def node_of(self, key: bytes | None) -> tuple[str, int]:
+        """The master of ``key``'s slot (None: any master); ConnectionError when no master serves it."""
+        if key is None:
+            return self._ranges[0][2]
+        slot = self._key_slot(key)
+        at = bisect.bisect_right(self._starts, slot) - 1
+        if at >= 0 and self._ranges[at][1] >= slot:
+            return self._ranges[at][2]
+        import redis.exceptions
+
+        raise redis.exceptions.ConnectionError(f"no cluster master serves slot {slot}")
+
+
+async def close_pool(pool: redis.asyncio.ConnectionPool) -> None:
+    """Disconnect a pool, and the sentinel clients of a Sentinel pool."""
+    await pool.disconnect()
+    manager: Any = getattr(pool, "sentinel_manager", None)
+    if manager is not None:
+        for sentinel in manager.sentinels:
+            await sentinel.aclose()
+
+
+async def close_client(client: redis.asyncio.Redis) -> None:
+    """Close a client of ``open_client`` and its pool (which it may not own)."""
+    await client.aclose()
+    if not _is_cluster(client):
+        await close_pool(client.connection_pool)
 
 
 async def close_pubsub(pubsub: PubSub) -> None:
     """Close a pub/sub object and its connection (``aclose`` is untyped before redis 8.2)."""
     close: Any = pubsub.aclose
     await close()
+    if pubsub in _OWN_POOLS:
+        await pubsub.connection_pool.disconnect()
+
+
+async def run_script(script: Any, keys: list[str], args: list[Any], pipe: Any) -> None:
+    """Queue a registered script's call on ``pipe`` (the pipeline loads the script if the server lacks
+    it; the call's client argument is typed differently across releases)."""
+    call: Any = script
+    await call(keys=keys, args=args, client=pipe)
 
 
 def make_connection(pool: redis.asyncio.ConnectionPool) -> Any:
     """A connection of ``pool``'s class and arguments, outside the pool's own bookkeeping (untyped before
-    redis 8.2)."""
+    redis 8.2). From a Sentinel pool, the connection asks the sentinels for the master each time it
+    connects."""
     make: Any = pool.make_connection
     return make()

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -112,9 +113,9 @@ class RedisServer:
         self.stop()
 
 
-def start(directory: Path | None = None, *, attempts: int = 3) -> RedisServer:
+def start(directory: Path | None = None, *, attempts: int = 3, extra: Sequence[str] = ()) -> RedisServer:
     """Start a server and wait until it answers PING. A port taken between choosing and binding it (by
-    another test run) is retried on a new port."""
+    another test run) is retried on a new port. ``extra``: more lines of its config file."""
     binary = find_binary()
     owns_dir = directory is None
     workdir = Path(tempfile.mkdtemp(prefix="redis-test-")) if directory is None else directory
@@ -134,6 +135,7 @@ def start(directory: Path | None = None, *, attempts: int = 3) -> RedisServer:
                     "appendonly no",
                     "daemonize no",
                     "protected-mode yes",
+                    *extra,
                     "",
                 ]
             )

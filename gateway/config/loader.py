@@ -41,6 +41,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.config.schema import Config, ModelConfig, ProviderConfig
+from gateway.redisconn import SENTINEL_SCHEMES, SINGLE_SCHEMES
+from gateway.redisconn import parse_url as parse_redis_url
 
 __all__ = [
     "DEFAULT_CONFIG_SOURCE",
@@ -572,6 +574,8 @@ def _metrics_problems(config: Config) -> Iterator[_Problem]:
 
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+#: the Redis URL schemes the store runs on
+_STORE_REDIS_SCHEMES = SINGLE_SCHEMES + SENTINEL_SCHEMES
 _KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "models"}
 
 
@@ -621,9 +625,20 @@ def _auth_problems(config: Config) -> Iterator[_Problem]:
 
     st = config.store
     scheme, sep, rest = st.url.partition("://")
-    if not sep or scheme not in ("sqlite", "redis", "rediss", "unix") or not rest:
-        yield _Problem(("store", "url"), "must be sqlite://FILE, sqlite:///ABSOLUTE/FILE or redis://HOST:PORT/DB")
-    yield from _positive_durations(("store",), st, ("poll_interval", "busy_timeout"))
+    if not sep or scheme not in ("sqlite", *_STORE_REDIS_SCHEMES) or not rest:
+        yield _Problem(
+            ("store", "url"),
+            "must be sqlite://FILE, sqlite:///ABSOLUTE/FILE, redis://HOST:PORT/DB"
+            " or redis+sentinel://HOST:26379,.../MASTER/DB",
+        )
+    elif scheme != "sqlite":
+        try:
+            parse_redis_url(st.url)
+        except ValueError as exc:
+            yield _Problem(("store", "url"), str(exc))
+    yield from _positive_durations(("store",), st, ("poll_interval", "busy_timeout", "replica_ack_timeout"))
+    if st.min_replicas_acked is not None and st.min_replicas_acked < 0:
+        yield _Problem(("store", "min_replicas_acked"), f"must be 0 or more, found {st.min_replicas_acked}")
 
     ad = config.admin
     if not 1 <= ad.port <= 65535:

@@ -245,6 +245,7 @@ class StoreConfig(_Base, frozen=True):
 
     #: "sqlite://FILE" (relative paths are relative to the config file's directory),
     #: "sqlite:///ABSOLUTE/FILE", or "redis://host:port/db" for a cluster
+    #: ("redis+sentinel://host:26379,.../MASTER/db" behind Sentinel; gateway/redisconn.py)
     url: str = "sqlite://gateway.db"
     #: Redis key prefix, so several deployments can share one server
     prefix: str = "gw"
@@ -252,6 +253,11 @@ class StoreConfig(_Base, frozen=True):
     poll_interval: float | None = None
     #: SQLite: how long a write waits for another process's lock
     busy_timeout: float = 5.0
+    #: Redis: replicas that must confirm each key/tenant/subscription write (WAIT) before it is answered;
+    #: none: 1 behind Sentinel, 0 on one server
+    min_replicas_acked: int | None = None
+    #: Redis: seconds a write waits for those confirmations before it is answered 503
+    replica_ack_timeout: float = 1.0
 
 
 class AdminConfig(_Base, frozen=True):

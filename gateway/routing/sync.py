@@ -49,7 +49,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
-from gateway.redisconn import close_pubsub
+from gateway.redisconn import close_client, close_pubsub, open_client, open_pubsub, parse_url
 from gateway.routing.breaker import Change
 from gateway.routing.router import Deployment, Router
 
@@ -405,18 +405,21 @@ class RedisSyncTransport:
 
     @classmethod
     async def open(cls, url: str, *, prefix: str = "gw") -> RedisSyncTransport:
-        client = redis.asyncio.Redis.from_url(url)
+        """On the Redis ``url`` names (``gateway.redisconn``: one server, a Sentinel-managed master
+        followed through failovers, or a Redis Cluster: the hash and the channel share one name, so the
+        script's two keys are one slot)."""
+        client = open_client(parse_url(url))
         try:
             await client.ping()
         except BaseException:
-            await client.aclose()
+            await close_client(client)
             raise
         return cls(client, prefix=prefix)
 
     async def _subscribed(self) -> PubSub:
         # subscribe before any snapshot read, so that no publication falls in between
         if self._pubsub is None:
-            pubsub = self._r.pubsub()
+            pubsub = open_pubsub(self._r)
             await pubsub.subscribe(self.channel)
             self._pubsub = pubsub
         return self._pubsub
@@ -474,4 +477,4 @@ class RedisSyncTransport:
             return
         self._closed = True
         await self._drop_pubsub()
-        await self._r.aclose()
+        await close_client(self._r)

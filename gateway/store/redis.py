@@ -28,6 +28,15 @@ Every write goes through one Lua script (``_COMMIT``): it checks the records the
 from fresh records and tried again. Watchers wake on the publication and also re-read the version at
 their interval, so a notification lost while reconnecting delays a change but never hides it.
 
+Replication. Redis replicates asynchronously: a write the master acknowledged and died before sending
+to its replica is lost when Sentinel promotes that replica. With ``min_replicas_acked`` N > 0 each
+commit is followed, on the same connection and in the same round trip, by ``WAIT N timeout``: the write
+is reported done only once N replicas have it, so a key or tenant whose creation was answered survives a
+failover. When fewer replicas confirm within ``replica_ack_timeout`` the write stays applied on the
+master but the call fails with StoreUnavailable (the admin API answers 503): it was not confirmed. Spend
+and last-used times are not waited for (counters sent in the background, at most the replication lag of
+them lost on a failover); see docs/keys-and-tenants.md.
+
 redis-py costs about 100 us of client CPU per call: fine here, since nothing on the request path awaits
 this store (the hot path reads per-worker tables kept current by ``watch``).
 """
@@ -36,9 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -47,7 +56,16 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
-from gateway.redisconn import close_pubsub
+from gateway.redisconn import (
+    close_client,
+    close_pubsub,
+    open_client,
+    open_pubsub,
+    parse_url,
+    queue_wait,
+    redact,
+    run_script,
+)
 from gateway.store.base import (
     CHANGE_LOG_RETENTION,
     DEFAULT_PAGE_SIZE,
@@ -92,6 +110,8 @@ from gateway.store.models import (
 )
 
 __all__ = ["RedisStore"]
+
+log = logging.getLogger("gateway.store.redis")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -182,6 +202,14 @@ return 0
 """
 
 
+# KEYS: 1 version, 2 change log; ARGV: the version known. The current version and the changes after the
+# known one, read together.
+_CHANGES = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+return {current, redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')}
+"""
+
+
 def _tenant_of(raw: str, _: str | None) -> Tenant:
     return _tenant(raw)
 
@@ -264,8 +292,14 @@ class RedisStore(Store):
         prefix: str = "gw",
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        min_replicas_acked: int = 0,
+        replica_ack_timeout: float = 1.0,
     ) -> None:
+        if min_replicas_acked < 0 or not 0.0 < replica_ack_timeout < float("inf"):
+            raise ValueError("min_replicas_acked must be >= 0, replica_ack_timeout a number of seconds > 0")
         self._r = client
+        self.min_replicas_acked = min_replicas_acked
+        self._ack_timeout_ms = max(1, round(replica_ack_timeout * 1000))
         self._poll_interval = poll_interval
         self._clock = clock
         self._closed = False
@@ -286,6 +320,7 @@ class RedisStore(Store):
         self.channel = f"{prefix}:changes"
         self._commit_script = client.register_script(_COMMIT)
         self._touch_script = client.register_script(_TOUCH)
+        self._changes_script = client.register_script(_CHANGES)
 
     @classmethod
     async def open(
@@ -295,21 +330,35 @@ class RedisStore(Store):
         prefix: str = "gw",
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        min_replicas_acked: int | None = None,
+        replica_ack_timeout: float = 1.0,
     ) -> RedisStore:
-        """Connect to ``redis://host:port/db`` (also ``rediss://``, ``unix://``) and check it answers."""
-        client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        """Connect to the Redis ``url`` names (``gateway.redisconn``: one server, or the master of a
+        Sentinel group, or a Redis Cluster) and check it answers. ``min_replicas_acked`` None: 1 behind
+        Sentinel (a replica is what a failover promotes), else 0."""
+        target = parse_url(url)
+        if min_replicas_acked is None:
+            min_replicas_acked = 1 if target.kind == "sentinel" else 0
+        client = open_client(target, decode_responses=True)
         try:
             await client.ping()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            await client.aclose()
-            raise StoreUnavailable(f"Redis store at {_redact(url)}: {exc}") from exc
-        return cls(client, prefix=prefix, poll_interval=poll_interval, clock=clock)
+            await close_client(client)
+            raise StoreUnavailable(f"Redis store at {redact(url)}: {exc}") from exc
+        return cls(
+            client,
+            prefix=prefix,
+            poll_interval=poll_interval,
+            clock=clock,
+            min_replicas_acked=min_replicas_acked,
+            replica_ack_timeout=replica_ack_timeout,
+        )
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await self._r.aclose()
+        await close_client(self._r)
 
     # -- key names
 
@@ -354,7 +403,7 @@ class RedisStore(Store):
                 keys.append(key)
                 index[key] = len(keys)
             args.extend((name, index[key], field, value))
-        result = [_str(x) for x in await self._commit_script(keys=keys, args=args)]
+        result = [_str(x) for x in await self._run_commit(keys, args)]
         status = result[0]
         if status == "ok":
             return int(result[2])
@@ -363,6 +412,28 @@ class RedisStore(Store):
         if status == "missing":
             raise NotFound(f"{result[1]} does not exist")
         raise _Lost(result[1])
+
+    async def _run_commit(self, keys: list[str], args: list[str | bytes | int]) -> Any:
+        """The commit script's reply; with ``min_replicas_acked``, sent with ``WAIT`` on one connection
+        (WAIT counts the replicas that have this connection's writes), StoreUnavailable when too few
+        confirm in time."""
+        wanted = self.min_replicas_acked
+        if wanted == 0:
+            return await self._commit_script(keys=keys, args=args)
+        async with self._r.pipeline(transaction=False) as pipe:
+            await run_script(self._commit_script, keys, args, pipe)
+            queue_wait(self._r, pipe, wanted, self._ack_timeout_ms, keys[0])
+            reply, acked = await pipe.execute()
+        if int(acked) < wanted:
+            log.warning(
+                "store: a write was confirmed by %s of %s replica(s) within %s ms; answered as failed",
+                acked, wanted, self._ack_timeout_ms,
+            )
+            raise StoreUnavailable(
+                f"the write was applied on the Redis master but confirmed by {acked} of {wanted} replica(s)"
+                f" within {self._ack_timeout_ms} ms: a failover could lose it ([store] min_replicas_acked)"
+            )
+        return reply
 
     async def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, R]]) -> R:
         """Run a read-compute-commit ``attempt`` until it does not lose a race."""
@@ -497,7 +568,8 @@ class RedisStore(Store):
         keys_of, subs_of = self._keys_of(tenant_id), self._subs_of(tenant_id)
 
         async def attempt() -> None:
-            async with self._r.pipeline(transaction=True) as pipe:
+            # not atomic (a cluster runs no multi-key transaction): the commit checks what was read
+            async with self._r.pipeline(transaction=False) as pipe:
                 pipe.hget(self._tenants, tenant_id)
                 pipe.zrange(keys_of, 0, -1)
                 pipe.zrange(subs_of, 0, -1)
@@ -881,11 +953,8 @@ class RedisStore(Store):
 
     @_guarded
     async def changes_since(self, version: int) -> list[Change] | None:
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.get(self._version)
-            pipe.zrangebyscore(self._changes, f"({version}", "+inf")
-            current_raw, members = await pipe.execute()
-        current = int(current_raw) if current_raw is not None else 0
+        current_raw, members = await self._changes_script(keys=[self._version, self._changes], args=[version])
+        current = int(current_raw)
         if version >= current:
             return [] if version == current else None
         changes = []
@@ -905,7 +974,7 @@ class RedisStore(Store):
                 try:
                     if pubsub is None:
                         # subscribe before reading the version, so that no publication falls in between
-                        pubsub = self._r.pubsub()
+                        pubsub = open_pubsub(self._r)
                         await pubsub.subscribe(self.channel)
                     version = await self.change_version()
                     if last is None:
@@ -935,12 +1004,3 @@ async def _close_quietly(pubsub: PubSub) -> None:
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
         pass
 
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))

@@ -1,0 +1,95 @@
+"""``gateway.redisconn``: the URL forms it reads, the ones it refuses, and what it hides in messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.redisconn import RedisTarget, parse_url, redact
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://user:secret@redis.internal:6380/2",
+        "unix:///run/redis.sock?db=1",
+    ],
+)
+def test_one_server_urls_go_to_redis_py_as_they_are(url: str) -> None:
+    assert parse_url(url) == RedisTarget(kind="single", url=url)
+
+
+def test_the_store_prefix_is_not_passed_on() -> None:
+    target = parse_url("redis://127.0.0.1:6379/0?prefix=blue&socket_timeout=2")
+    assert target.url == "redis://127.0.0.1:6379/0?socket_timeout=2"
+    sentinel = parse_url("redis+sentinel://h:26379/mymaster?prefix=blue")
+    assert sentinel.url == "redis+sentinel://h:26379/mymaster"
+
+
+def test_a_sentinel_url_names_the_sentinels_the_master_and_the_database() -> None:
+    target = parse_url(
+        "redis+sentinel://:s%40cret@10.0.0.1:26379,sentinel-b,[::1]:26380/mymaster/3"
+        "?sentinel_password=sp&socket_timeout=0.5&socket_connect_timeout=0.25"
+    )
+    assert target.kind == "sentinel"
+    assert target.hosts == (("10.0.0.1", 26379), ("sentinel-b", 26379), ("::1", 26380))
+    assert (target.service, target.db) == ("mymaster", 3)
+    assert (target.username, target.password) == (None, "s@cret")
+    assert (target.sentinel_username, target.sentinel_password) == (None, "sp")
+    assert (target.socket_timeout, target.socket_connect_timeout) == (0.5, 0.25)
+    assert not target.tls
+
+
+def test_a_sentinel_url_without_a_database_uses_0_and_tls_has_its_scheme() -> None:
+    target = parse_url("rediss+sentinel://ops:pw@h1:1,h2:2/gw")
+    assert (target.service, target.db, target.tls) == ("gw", 0, True)
+    assert (target.username, target.password) == ("ops", "pw")
+
+
+def test_a_cluster_url_lists_seed_nodes() -> None:
+    target = parse_url("redis+cluster://:pw@n1:7000,n2,n3:7002")
+    assert target.kind == "cluster"
+    assert target.hosts == (("n1", 7000), ("n2", 6379), ("n3", 7002))
+    assert target.password == "pw"
+    assert parse_url("redis+cluster://n1:7000/0").hosts == (("n1", 7000),)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("memcached://h:1", "unknown Redis URL scheme"),
+        ("redis+sentinel://h:26379", "names the master"),
+        ("redis+sentinel://h:26379/", "names the master"),
+        ("redis+sentinel://h:26379/m/0/extra", "names the master"),
+        ("redis+sentinel://h:26379/m/zero", "database must be a whole number"),
+        ("redis+sentinel://h:26379,,h2/m", "empty entry"),
+        ("redis+sentinel://h:port/m", "port of 'h:port'"),
+        ("redis+sentinel://h:70000/m", "between 1 and 65535"),
+        ("redis+sentinel://:26379/m", "malformed host"),
+        ("redis+sentinel://[::1/m", "malformed Redis URL"),
+        ("redis+sentinel://h,[::1]x/m", "malformed host"),
+        ("redis+sentinel://h/m?db=2", "unknown parameter 'db'"),
+        ("redis+sentinel://h/m?socket_timeout=-1", "above 0"),
+        ("redis+sentinel://h/m?socket_timeout=soon", "number of seconds"),
+        ("redis+cluster://n1:7000/3", "one database"),
+    ],
+)
+def test_malformed_urls_are_refused_with_a_reason(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        parse_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:pw@h:6379/0", "redis://user:***@h:6379/0"),
+        (
+            "redis+sentinel://:pw@a:1,b:2/m/0?sentinel_password=sp&prefix=x",
+            "redis+sentinel://:***@a:1,b:2/m/0?sentinel_password=%2A%2A%2A&prefix=x",
+        ),
+    ],
+)
+def test_redact_hides_every_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
