@@ -16,11 +16,14 @@ earlier would find nobody to promote.
 
 from __future__ import annotations
 
-import os
+import contextlib
+import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +33,7 @@ from typing import Any
 import redis
 import redisproc
 
-__all__ = ["DOWN_AFTER_MS", "MASTER_NAME", "RedisHA", "start"]
+__all__ = ["DOWN_AFTER_MS", "MASTER_NAME", "LagProxy", "RedisCluster", "RedisHA", "cluster_cli", "start", "start_cluster"]
 
 MASTER_NAME = "gwmaster"
 DOWN_AFTER_MS = 1000
@@ -55,6 +58,71 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.1)
+
+
+class LagProxy:
+    """A TCP relay from a replica to its master that can hold what the master sends: replication lag
+    (or a partition) on demand. While held, the master's stream is kept here, not delivered, and the
+    replica's acknowledgements still flow (so the master sees the replica connected but behind);
+    ``drop`` discards what was held and closes the links. One thread, no sleeping."""
+
+    def __init__(self, master_port: int) -> None:
+        self.master_port = master_port
+        self._listener = socket.create_server((redisproc.HOST, 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._held = threading.Event()
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._thread = threading.Thread(target=self._run, name="lag-proxy", daemon=True)
+        self._thread.start()
+
+    def hold(self) -> None:
+        self._held.set()
+
+    def drop(self) -> None:
+        """Forget what was held, close every link, and refuse new ones (the master is gone)."""
+        self._stopped.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        self._listener.setblocking(False)
+        sel.register(self._listener, selectors.EVENT_READ, None)
+        try:
+            while not self._stopped.is_set():
+                for key, _ in sel.select(timeout=0.05):
+                    if key.data is None:
+                        replica, _ = self._listener.accept()
+                        master = socket.create_connection((redisproc.HOST, self.master_port), timeout=5)
+                        replica.setblocking(False)
+                        master.setblocking(False)
+                        sel.register(replica, selectors.EVENT_READ, ("up", replica, master))
+                        sel.register(master, selectors.EVENT_READ, ("down", master, replica))
+                        self._pairs.append((replica, master))
+                        continue
+                    direction, own, peer = key.data
+                    if direction == "down" and self._held.is_set():
+                        sel.unregister(own)  # leave the master's bytes unread: held
+                        continue
+                    try:
+                        data = own.recv(65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._stopped.set()
+                        break
+                    peer.setblocking(True)
+                    peer.sendall(data)
+                    peer.setblocking(False)
+        finally:
+            sel.close()
+            for replica, master in self._pairs:
+                for sock in (replica, master):
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        sock.close()
+            self._listener.close()
 
 
 class Sentinel:
@@ -98,6 +166,7 @@ class RedisHA:
         self.master: redisproc.RedisServer | None = None
         self.replicas: list[redisproc.RedisServer] = []
         self.sentinels: list[Sentinel] = []
+        self.proxies: list[LagProxy] = []
 
     @property
     def url(self) -> str:
@@ -110,14 +179,19 @@ class RedisHA:
     def server_on(self, port: int) -> redisproc.RedisServer:
         return next(s for s in self.servers() if s.port == port)
 
-    def master_port(self) -> int:
-        """The port every live sentinel names as the master's."""
+    def agreed_master(self) -> int | None:
+        """The port every live sentinel names as the master's; None while they disagree."""
         answers = {s.master_address() for s in self.sentinels if s.process.poll() is None}
         if len(answers) != 1 or None in answers:
-            raise RuntimeError(f"the sentinels disagree on the master: {answers}")
+            return None
         (address,) = answers
-        assert address is not None
-        return address[1]
+        return address[1] if address is not None else None
+
+    def master_port(self) -> int:
+        port = self.agreed_master()
+        if port is None:
+            raise RuntimeError("the sentinels disagree on the master")
+        return port
 
     def kill_master(self) -> int:
         """SIGKILL the master (no shutdown, no last save); its port."""
@@ -131,8 +205,8 @@ class RedisHA:
         """Wait until every sentinel names another master than ``old_port`` and it answers as master."""
 
         def promoted() -> int | None:
-            port = self.master_port()
-            if port == old_port:
+            port = self.agreed_master()
+            if port is None or port == old_port:
                 return None
             with _client(port) as c:
                 role = c.execute_command("ROLE")
@@ -141,19 +215,12 @@ class RedisHA:
         port: int = _wait(promoted, timeout, "the sentinels to promote the replica")
         return port
 
-    def pause(self, server: redisproc.RedisServer) -> None:
-        """SIGSTOP a server: it takes nothing from its socket until ``resume`` (replication stalls)."""
-        os.kill(server.process.pid, signal.SIGSTOP)
-
-    def resume(self, server: redisproc.RedisServer) -> None:
-        os.kill(server.process.pid, signal.SIGCONT)
-
     def stop(self) -> None:
+        for proxy in self.proxies:
+            proxy.drop()
         for sentinel in self.sentinels:
             sentinel.stop()
         for server in self.servers():
-            if server.process.poll() is None:
-                self.resume(server)
             server.stop()
         if self._owns_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -204,16 +271,22 @@ def _start_sentinel(directory: Path, master_port: int, quorum: int) -> Sentinel:
     raise RuntimeError(f"a sentinel did not start: {log.read_text()[-2000:] if log.exists() else ''}")
 
 
-def start(directory: Path | None = None, *, replicas: int = 1, sentinels: int = 3) -> RedisHA:
+def start(
+    directory: Path | None = None, *, replicas: int = 1, sentinels: int = 3, lag_proxy: bool = False
+) -> RedisHA:
     """A master, ``replicas`` replicas of it, and ``sentinels`` sentinels (quorum: their majority), all
-    ready."""
+    ready. ``lag_proxy``: the replicas reach the master through one ``LagProxy`` each (``ha.proxies``)."""
     owns_dir = directory is None
     workdir = Path(tempfile.mkdtemp(prefix="redis-ha-")) if directory is None else directory
     ha = RedisHA(workdir, owns_dir)
     try:
         ha.master = redisproc.start(workdir / "master")
         for i in range(replicas):
-            replica = redisproc.start(workdir / f"replica-{i}", extra=[f"replicaof {redisproc.HOST} {ha.master.port}"])
+            upstream = ha.master.port
+            if lag_proxy:
+                ha.proxies.append(LagProxy(ha.master.port))
+                upstream = ha.proxies[-1].port
+            replica = redisproc.start(workdir / f"replica-{i}", extra=[f"replicaof {redisproc.HOST} {upstream}"])
             ha.replicas.append(replica)
 
             def linked(port: int = replica.port) -> bool:
@@ -233,4 +306,126 @@ def start(directory: Path | None = None, *, replicas: int = 1, sentinels: int = 
         return ha
     except BaseException:
         ha.stop()
+        raise
+
+
+class RedisCluster:
+    """The masters (and replicas) of a Redis Cluster; ``stop`` ends them all."""
+
+    def __init__(self, directory: Path, owns_dir: bool) -> None:
+        self.directory = directory
+        self._owns_dir = owns_dir
+        self.nodes: list[redisproc.RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{redisproc.HOST}:{n.port}" for n in self.nodes)
+
+    def master_of(self, key: str) -> redisproc.RedisServer:
+        """The node that serves ``key``'s slot now, as the first live node sees it."""
+        asked = next(n for n in self.nodes if n.process.poll() is None)
+        with _client(asked.port) as c:
+            slot = c.execute_command("CLUSTER", "KEYSLOT", key)
+            for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(master[1]))
+        raise RuntimeError(f"no master serves {key!r}")
+
+    def wait_promoted(self, key: str, old: redisproc.RedisServer, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until another node serves ``key``'s slot than ``old`` and the cluster is ok again."""
+        _wait(lambda: self.master_of(key) is not old, timeout, "a replica to take over the slot")
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until every live node says the cluster is ok."""
+
+        def ok() -> bool:
+            for node in self.nodes:
+                if node.process.poll() is None:
+                    with _client(node.port) as c:
+                        if c.execute_command("CLUSTER", "INFO").find(b"cluster_state:ok") < 0:
+                            return False
+            return True
+
+        _wait(ok, timeout, "the cluster to be ok")
+
+    def restart(self, node: redisproc.RedisServer) -> redisproc.RedisServer:
+        """Start a dead node again on its port, from its own config and ``nodes.conf``: a failed master
+        comes back as a replica of the one that replaced it."""
+        config = node.directory / "redis.conf"
+        process = subprocess.Popen(
+            [redisproc.find_binary(), str(config)], cwd=node.directory, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        again = redisproc.RedisServer(process, node.port, node.directory, owns_dir=False)
+        self.nodes[self.nodes.index(node)] = again
+        _wait(again.ping, READY_TIMEOUT, "the restarted node")
+        return again
+
+    def wait_replicas_linked(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until every live replica's link to its master is up (its first sync done): a replica
+        promoted before that would have none of the data."""
+
+        def linked() -> bool:
+            for node in self.nodes:
+                if node.process.poll() is None:
+                    with _client(node.port) as c:
+                        info = c.info("replication")
+                    if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                        return False
+            return True
+
+        _wait(linked, timeout, "the replicas' links to their masters")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisCluster:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def cluster_cli() -> str | None:
+    """``redis-cli`` (or ``valkey-cli``) from PATH: it creates the cluster."""
+    return shutil.which("redis-cli") or shutil.which("valkey-cli")
+
+
+def start_cluster(directory: Path | None = None, *, masters: int = 3, replicas: int = 0) -> RedisCluster:
+    """A cluster of ``masters`` masters with ``replicas`` replicas each, its slots spread evenly."""
+    cli = cluster_cli()
+    if cli is None:
+        raise RuntimeError("no redis-cli to create a cluster with")
+    owns_dir = directory is None
+    workdir = Path(tempfile.mkdtemp(prefix="redis-cluster-")) if directory is None else directory
+    cluster = RedisCluster(workdir, owns_dir)
+    try:
+        for i in range(masters * (1 + replicas)):
+            cluster.nodes.append(
+                redisproc.start(
+                    workdir / f"node-{i}",
+                    extra=[
+                        "cluster-enabled yes",
+                        'cluster-config-file "nodes.conf"',
+                        "cluster-node-timeout 2000",
+                        "cluster-replica-validity-factor 0",
+                    ],
+                )
+            )
+        addresses = [f"{redisproc.HOST}:{n.port}" for n in cluster.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+        )
+        cluster.wait_ok()
+        cluster.wait_replicas_linked()
+        return cluster
+    except BaseException:
+        cluster.stop()
         raise

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.config.schema import Config, ModelConfig, ProviderConfig
-from gateway.redisconn import SENTINEL_SCHEMES, SINGLE_SCHEMES
+from gateway.redisconn import SCHEMES as REDIS_SCHEMES
 from gateway.redisconn import parse_url as parse_redis_url
 
 __all__ = [
@@ -574,8 +574,6 @@ def _metrics_problems(config: Config) -> Iterator[_Problem]:
 
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-#: the Redis URL schemes the store runs on
-_STORE_REDIS_SCHEMES = SINGLE_SCHEMES + SENTINEL_SCHEMES
 _KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "models"}
 
 
@@ -625,11 +623,11 @@ def _auth_problems(config: Config) -> Iterator[_Problem]:
 
     st = config.store
     scheme, sep, rest = st.url.partition("://")
-    if not sep or scheme not in ("sqlite", *_STORE_REDIS_SCHEMES) or not rest:
+    if not sep or scheme not in ("sqlite", *REDIS_SCHEMES) or not rest:
         yield _Problem(
             ("store", "url"),
-            "must be sqlite://FILE, sqlite:///ABSOLUTE/FILE, redis://HOST:PORT/DB"
-            " or redis+sentinel://HOST:26379,.../MASTER/DB",
+            "must be sqlite://FILE, sqlite:///ABSOLUTE/FILE, redis://HOST:PORT/DB,"
+            " redis+sentinel://HOST:26379,.../MASTER/DB or redis+cluster://HOST:PORT,...",
         )
     elif scheme != "sqlite":
         try:

@@ -6,8 +6,9 @@ URL forms:
   ``sqlite://gateway.db`` (relative to the working directory). The file and its tables are created on
   first open.
 - ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path/to/redis.sock?db=0``,
-  as redis-py reads them, and ``redis+sentinel://[:password@]host:26379,host2:26379/MASTER[/db]``: the
-  master a group of sentinels names, followed through failovers (``gateway.redisconn``). An extra
+  as redis-py reads them; ``redis+sentinel://[:password@]host:26379,host2:26379/MASTER[/db]``: the
+  master a group of sentinels names, followed through failovers; ``redis+cluster://host:port,...``: a
+  Redis Cluster (see ``gateway.redisconn``). An extra
   ``prefix=NAME`` query parameter sets the key prefix (default ``gw``), so that several deployments may
   share one server.
 """
@@ -18,14 +19,14 @@ import urllib.parse
 
 import msgspec
 
-from gateway.redisconn import CLUSTER_SCHEMES, SENTINEL_SCHEMES, SINGLE_SCHEMES, parse_url
+from gateway.redisconn import SCHEMES, parse_url
 from gateway.store.base import InvalidArgument, Store
 
 __all__ = ["REDIS_SCHEMES", "SQLITE_SCHEME", "StoreOptions", "open_store"]
 
 SQLITE_SCHEME = "sqlite"
-#: the Redis URL schemes the store runs on (Redis Cluster: the limits and the breaker sync only)
-REDIS_SCHEMES = SINGLE_SCHEMES + SENTINEL_SCHEMES
+#: the Redis URL schemes (one server, Sentinel, Cluster: see gateway.redisconn)
+REDIS_SCHEMES = SCHEMES
 
 
 class StoreOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -82,8 +83,6 @@ async def open_store(target: str | StoreOptions) -> Store:
             min_replicas_acked=options.min_replicas_acked,
             replica_ack_timeout=options.replica_ack_timeout,
         )
-    if scheme in CLUSTER_SCHEMES:
-        raise InvalidArgument("the store does not run on Redis Cluster: use redis:// or redis+sentinel://")
     raise InvalidArgument(f"unknown store URL scheme {scheme!r}: use sqlite://, redis:// or redis+sentinel://")
 
 

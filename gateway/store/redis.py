@@ -420,10 +420,13 @@ class RedisStore(Store):
         wanted = self.min_replicas_acked
         if wanted == 0:
             return await self._commit_script(keys=keys, args=args)
-        async with self._r.pipeline(transaction=False) as pipe:
-            await run_script(self._commit_script, keys, args, pipe)
-            queue_wait(self._r, pipe, wanted, self._ack_timeout_ms, keys[0])
-            reply, acked = await pipe.execute()
+        try:
+            reply, acked = await self._commit_and_wait(keys, args, wanted)
+        except redis.exceptions.NoScriptError:
+            # a cluster's pipeline does not load scripts (one server's does): load it on every master and
+            # send again (a NOSCRIPT call ran nothing)
+            await self._r.script_load(_COMMIT)
+            reply, acked = await self._commit_and_wait(keys, args, wanted)
         if int(acked) < wanted:
             log.warning(
                 "store: a write was confirmed by %s of %s replica(s) within %s ms; answered as failed",
@@ -434,6 +437,12 @@ class RedisStore(Store):
                 f" within {self._ack_timeout_ms} ms: a failover could lose it ([store] min_replicas_acked)"
             )
         return reply
+
+    async def _commit_and_wait(self, keys: list[str], args: list[str | bytes | int], wanted: int) -> Any:
+        async with self._r.pipeline(transaction=False) as pipe:
+            await run_script(self._commit_script, keys, args, pipe)
+            queue_wait(self._r, pipe, wanted, self._ack_timeout_ms, keys[0])
+            return await pipe.execute()
 
     async def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, R]]) -> R:
         """Run a read-compute-commit ``attempt`` until it does not lose a race."""
