@@ -331,6 +331,29 @@ class RedisCluster:
                     return next(n for n in self.nodes if n.port == int(master[1]))
         raise RuntimeError(f"no master serves {key!r}")
 
+    def replica_of(self, master: redisproc.RedisServer) -> redisproc.RedisServer:
+        """A replica of ``master``."""
+        for node in self.nodes:
+            if node is not master and node.process.poll() is None:
+                with _client(node.port) as c:
+                    info = c.info("replication")
+                if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
+                    return node
+        raise RuntimeError(f"no replica of the master on port {master.port}")
+
+    def planned_failover(self, replica: redisproc.RedisServer, timeout: float = READY_TIMEOUT) -> None:
+        """``CLUSTER FAILOVER`` on ``replica``: it takes its master's slots, the master becomes its
+        replica (no data lost, no node down). Returns once ``replica`` is a master."""
+        with _client(replica.port) as c:
+            c.execute_command("CLUSTER", "FAILOVER")
+
+        def promoted() -> bool:
+            with _client(replica.port) as c:
+                return bool(c.info("replication").get("role") == "master")
+
+        _wait(promoted, timeout, "the planned failover")
+        self.wait_ok(timeout)
+
     def wait_promoted(self, key: str, old: redisproc.RedisServer, timeout: float = READY_TIMEOUT) -> None:
         """Wait until another node serves ``key``'s slot than ``old`` and the cluster is ok again."""
         _wait(lambda: self.master_of(key) is not old, timeout, "a replica to take over the slot")

@@ -431,3 +431,28 @@ def test_a_gateway_on_redis_cluster_keeps_keys_limits_and_budgets_through_a_fail
     thrifty, _ = make_key(url, "thrifty", acked=1, budget="small")
     answers = spend_until_blocked(gw.port, thrifty)
     assert [a for a in answers if a.status == 200], [a.status for a in answers]
+
+
+def test_the_limits_follow_a_planned_cluster_failover_without_a_failed_call(cluster: redisha.RedisCluster) -> None:
+    """``CLUSTER FAILOVER`` on a replica swaps it with its master, which stays up and answers MOVED for
+    the slots it gave away: the limits read the slot map again and send the call to the new master, in
+    the same round trip, instead of falling back to the fail mode."""
+    limit_key = "planned"
+    bucket = "{gw:lim:" + limit_key + "}"
+    old = cluster.master_of(bucket)
+    successor = cluster.replica_of(old)
+
+    async def scenario() -> None:
+        source = await RedisLeaseSource.open(cluster.url)
+        try:
+            op = Op("acquire", limit_key, 0.001, 3.0, 1.0, 1.0)  # no refill to speak of
+            assert (await source.batch([op], time.monotonic()))[0].granted == 1.0
+            await asyncio.get_running_loop().run_in_executor(None, cluster.planned_failover, successor)
+            grants = await source.batch([op, op, op], time.monotonic())
+            assert [g.granted for g in grants] == [1.0, 1.0, 0.0]
+            assert source.healthy
+        finally:
+            await source.close()
+
+    run(scenario())
+    assert cluster.master_of(bucket) is successor

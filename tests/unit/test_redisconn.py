@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.redisconn import RedisTarget, parse_url, redact
+from gateway.redisconn import RedisTarget, SlotMap, parse_url, redact
 
 
 @pytest.mark.parametrize(
@@ -93,3 +93,41 @@ def test_malformed_urls_are_refused_with_a_reason(url: str, message: str) -> Non
 )
 def test_redact_hides_every_password(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+# -- SlotMap: where a cluster serves each key
+
+
+def _reply() -> list[list[object]]:
+    """A CLUSTER SLOTS reply of three masters (the second without an address), replicas after each."""
+    return [
+        [0, 5460, [b"10.0.0.1", 7000, b"id1"], [b"10.0.0.4", 7003, b"id4"]],
+        [5461, 10922, [b"", 7001, b"id2"]],
+        [10923, 16383, ["10.0.0.3", 7002, "id3"]],
+    ]
+
+
+def test_a_slot_map_routes_keys_by_their_hash_tag() -> None:
+    from redis.crc import key_slot
+
+    slots = SlotMap.from_reply(_reply(), ("seed", 7100))
+    assert slots
+    assert slots.masters() == [("10.0.0.1", 7000), ("seed", 7001), ("10.0.0.3", 7002)]
+    for key in (b"{gw:lim:acme}", b"{gw:lim:acme}:c", b"{gw:bud:key/abc}", b"plain"):
+        slot = key_slot(key)
+        expected = ("10.0.0.1", 7000) if slot <= 5460 else ("seed", 7001) if slot <= 10922 else ("10.0.0.3", 7002)
+        assert slots.node_of(key) == expected, key
+    # a limit's bucket and its counter share the braces, so one slot and one node
+    assert slots.node_of(b"{gw:lim:k}") == slots.node_of(b"{gw:lim:k}:c")
+    assert slots.node_of(None) == ("10.0.0.1", 7000)
+
+
+def test_a_slot_no_master_serves_is_a_connection_error() -> None:
+    import redis.exceptions
+    from redis.crc import key_slot
+
+    slots = SlotMap([(0, 100, ("a", 1))])
+    key = next(k for k in (b"a", b"b", b"c", b"d") if key_slot(k) > 100)
+    with pytest.raises(redis.exceptions.ConnectionError, match="no cluster master serves slot"):
+        slots.node_of(key)
+    assert not SlotMap()
