@@ -245,7 +245,8 @@ class StoreConfig(_Base, frozen=True):
 
     #: "sqlite://FILE" (relative paths are relative to the config file's directory),
     #: "sqlite:///ABSOLUTE/FILE", or "redis://host:port/db" for a cluster
-    #: ("redis+sentinel://host:26379,.../MASTER/db" behind Sentinel; gateway/redisconn.py)
+    #: ("redis+sentinel://host:26379,.../MASTER/db" behind Sentinel, "redis+cluster://host:port,..."
+    #: for Redis Cluster; gateway/redisconn.py)
     url: str = "sqlite://gateway.db"
     #: Redis key prefix, so several deployments can share one server
     prefix: str = "gw"

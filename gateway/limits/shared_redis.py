@@ -19,7 +19,8 @@ bucket clock (seconds since an epoch of 1.7e9 s, which keeps microseconds exact 
 that read ``TIME`` and then write are replicated by their effects, the default since Redis 5.
 
 Redis Cluster: the braces are a hash tag, so both keys of one limit live on one slot and each script
-touches one slot. Different limits spread over the cluster; a batch is a pipeline, one EVALSHA each.
+touches one slot. Different limits spread over the cluster; a batch is a pipeline to each master
+concerned, one EVALSHA each, routed by the slot map (``_ClusterLinks``).
 
 Sentinel: the connection comes from a ``SentinelConnectionPool`` (``gateway.redisconn``), so each time it
 connects it asks the sentinels for the master. A failed round trip drops the connection; the next one

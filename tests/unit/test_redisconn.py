@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from gateway.config import ConfigError, load_config, load_config_text
+from gateway.config.check import check_main
 from gateway.redisconn import RedisTarget, SlotMap, parse_url, redact
 
 
@@ -131,3 +135,44 @@ def test_a_slot_no_master_serves_is_a_connection_error() -> None:
     with pytest.raises(redis.exceptions.ConnectionError, match="no cluster master serves slot"):
         slots.node_of(key)
     assert not SlotMap()
+
+
+# -- the configuration: [store] url and its replication keys
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _store_errors(store: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config_text("[store]\n" + store, "gateway.toml")
+    return info.value.errors
+
+
+def test_the_sentinel_example_loads_and_passes_the_check(capsys: pytest.CaptureFixture[str]) -> None:
+    config = load_config(EXAMPLES / "redis_sentinel.toml")
+    assert parse_url(config.store.url).kind == "sentinel"
+    assert config.store.min_replicas_acked == 1
+    assert check_main(str(EXAMPLES / "redis_sentinel.toml")) == 0
+    assert "ok:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://h:6379/0", "redis+sentinel://a:26379,b/mymaster/1", "rediss+cluster://:pw@n1:7000,n2:7001"],
+)
+def test_every_redis_form_is_a_valid_store_url(url: str) -> None:
+    assert load_config_text(f'[store]\nurl = "{url}"\n', "gateway.toml").store.url == url
+
+
+def test_a_malformed_redis_url_is_a_config_error_with_its_reason() -> None:
+    (error,) = _store_errors('url = "redis+sentinel://a:26379"\n')
+    assert "store.url" in error and "names the master" in error
+    (error,) = _store_errors('url = "memcached://a"\n')
+    assert "redis+sentinel://" in error
+
+
+def test_replication_keys_are_checked() -> None:
+    errors = _store_errors('url = "redis://h"\nmin_replicas_acked = -1\nreplica_ack_timeout = 0\n')
+    assert any("store.min_replicas_acked" in e and "0 or more" in e for e in errors), errors
+    assert any("store.replica_ack_timeout" in e for e in errors), errors
