@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import redis
 import redisproc
@@ -148,16 +148,25 @@ class Sentinel:
         return len(known_replicas) >= replicas and len(known_sentinels) >= sentinels
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        redisproc.end(self.process)
 
 
-class RedisHA:
+class _Servers:
+    """Processes that ``stop`` ends, usable as a context manager."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class RedisHA(_Servers):
     """A master, its replicas and the sentinels watching them; ``stop`` ends them all."""
 
     def __init__(self, directory: Path, owns_dir: bool) -> None:
@@ -224,14 +233,6 @@ class RedisHA:
             server.stop()
         if self._owns_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> RedisHA:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _start_sentinel(directory: Path, master_port: int, quorum: int) -> Sentinel:
@@ -309,7 +310,7 @@ def start(
         raise
 
 
-class RedisCluster:
+class RedisCluster(_Servers):
     """The masters (and replicas) of a Redis Cluster; ``stop`` ends them all."""
 
     def __init__(self, directory: Path, owns_dir: bool) -> None:
@@ -405,14 +406,6 @@ class RedisCluster:
             node.stop()
         if self._owns_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> RedisCluster:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def cluster_cli() -> str | None:

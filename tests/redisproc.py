@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["HOST", "RedisServer", "find_binary", "start"]
+__all__ = ["HOST", "RedisServer", "end", "find_binary", "start"]
 
 HOST = "127.0.0.1"
 #: a slow two-core machine starts the server in well under this
@@ -64,6 +64,17 @@ def _command(port: int, command: bytes, timeout: float = 2.0) -> bytes:
     return reply.strip()
 
 
+def end(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``process`` and reap it; SIGKILL if it takes more than 10 seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 class RedisServer:
     """A running server; ``stop`` (or leaving the ``with`` block) ends it and removes its directory."""
 
@@ -94,13 +105,7 @@ class RedisServer:
             raise RuntimeError(f"FLUSHALL answered {reply!r}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end(self.process)
         if self._owns_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
