@@ -36,8 +36,8 @@ from __future__ import annotations
 import bisect
 import urllib.parse
 import weakref
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import msgspec
 
@@ -50,20 +50,28 @@ __all__ = [
     "SCHEMES",
     "SENTINEL_SCHEMES",
     "SINGLE_SCHEMES",
+    "Client",
+    "Pipeline",
     "RedisTarget",
+    "Script",
     "SlotMap",
     "close_client",
+    "close_node_clients",
     "close_pool",
     "close_pubsub",
     "connection_pool",
+    "forget_node",
+    "is_cluster",
+    "key_pipeline",
     "make_connection",
+    "no_retries",
     "node_connection",
     "open_client",
     "open_cluster",
     "open_pubsub",
     "parse_url",
-    "queue_wait",
     "redact",
+    "redirected",
     "run_script",
 ]
 
@@ -267,26 +275,76 @@ def connection_pool(target: RedisTarget, **options: Any) -> redis.asyncio.Connec
     raise ValueError("a Redis Cluster has a pool per node: open a cluster client instead")
 
 
-def open_client(target: RedisTarget, **options: Any) -> redis.asyncio.Redis:
-    """A client of the one server, of the Sentinel-managed master, or of the cluster (``options``:
-    client arguments such as ``decode_responses``).
+class Script(Protocol):
+    """A script of ``Client.register_script``: EVALSHA, loading the script when the server lacks it."""
 
-    A cluster's client is a ``redis.asyncio.cluster.RedisCluster``, typed here as the ``Redis`` whose
-    commands the store and the breaker sync use: it routes each command by its key, runs scripts whose
-    keys share one slot, and pipelines per node. Pub/sub goes through ``open_pubsub``, ``WAIT`` through
-    ``queue_wait``.
-    """
+    def __call__(
+        self, keys: Sequence[str] = ..., args: Sequence[Any] = ..., client: Any = ...
+    ) -> Awaitable[Any]: ...
+
+
+class Pipeline(Protocol):
+    """The commands the store queues on a pipeline (each returns the pipeline); ``execute`` sends them."""
+
+    def get(self, name: str) -> Any: ...
+    def hget(self, name: str, key: str) -> Any: ...
+    def hexists(self, name: str, key: str) -> Any: ...
+    def hmget(self, name: str, keys: Sequence[str]) -> Any: ...
+    def hincrbyfloat(self, name: str, key: str, amount: float) -> Any: ...
+    def zrange(self, name: str, start: int, end: int) -> Any: ...
+    def wait(self, num_replicas: int, timeout: int) -> Any: ...
+    async def execute(self) -> list[Any]: ...
+    async def __aenter__(self) -> Pipeline: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+class Client(Protocol):
+    """What the store and the breaker sync use of a redis-py asyncio client, typed once here (redis-py's
+    own hints for these commands change between releases: ``Awaitable[T] | T`` in some). Replies are
+    ``Any``: text with ``decode_responses``, else bytes. A ``Redis`` (one server, Sentinel) and a
+    ``RedisCluster`` both answer these; pub/sub goes through ``open_pubsub``, a write followed by
+    ``WAIT`` through ``key_pipeline``, closing through ``close_client``."""
+
+    async def ping(self) -> Any: ...
+    async def get(self, name: str) -> Any: ...
+    async def hget(self, name: str, key: str) -> Any: ...
+    async def hgetall(self, name: str) -> Any: ...
+    async def hmget(self, name: str, keys: Sequence[str]) -> Any: ...
+    async def hincrbyfloat(self, name: str, key: str, amount: float) -> Any: ...
+    async def zrangebylex(self, name: str, min: str, max: str, start: int, num: int) -> Any: ...
+    async def zrangebyscore(self, name: str, min: str, max: str, start: int, num: int) -> Any: ...
+    async def zrevrangebyscore(self, name: str, max: str, min: str, start: int, num: int) -> Any: ...
+    def register_script(self, script: str) -> Script: ...
+    def pipeline(self, transaction: bool = ...) -> Pipeline: ...
+
+
+def open_client(target: RedisTarget, **options: Any) -> Client:
+    """A client of the one server, of the Sentinel-managed master, or of the cluster (a
+    ``redis.asyncio.cluster.RedisCluster``: it routes each command by its key, runs scripts whose keys
+    share one slot, and pipelines per node). ``options``: client arguments such as ``decode_responses``."""
     import redis.asyncio
 
+    client: Any
     if target.kind == "single":
-        return redis.asyncio.Redis.from_url(target.url, **options)
-    if target.kind == "cluster":
-        cluster: Any = open_cluster(target, **options)
-        return cast("redis.asyncio.Redis", cluster)
-    return redis.asyncio.Redis(connection_pool=connection_pool(target, **options))
+        client = redis.asyncio.Redis.from_url(target.url, **options)
+    elif target.kind == "cluster":
+        client = open_cluster(target, **options)
+    else:
+        client = redis.asyncio.Redis(connection_pool=connection_pool(target, **options))
+    return cast(Client, client)
 
 
-def _is_cluster(client: Any) -> bool:
+def no_retries() -> Any:
+    """A redis-py ``Retry`` that tries once (``NoBackoff`` is untyped in some releases)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    backoff: Any = NoBackoff
+    return Retry(backoff(), 0)
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a Redis Cluster client."""
     from redis.asyncio.cluster import RedisCluster
 
     return isinstance(client, RedisCluster)
@@ -296,32 +354,77 @@ def _is_cluster(client: Any) -> bool:
 _OWN_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def open_pubsub(client: redis.asyncio.Redis) -> PubSub:
+def open_pubsub(client: Client) -> PubSub:
     """A pub/sub object of ``client``. On a cluster, where a publication reaches every node, it is on a
     connection of its own to one node (another one picked at random each time, so that a dead node is
     left behind on the next try)."""
-    if not _is_cluster(client):
-        return client.pubsub()
+    if not is_cluster(client):
+        plain: Any = client
+        pubsub: PubSub = plain.pubsub()
+        return pubsub
     import redis.asyncio
     from redis.asyncio.client import PubSub
 
     cluster: Any = client
     node = cluster.get_random_node()
     pool = redis.asyncio.ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
-    pubsub = PubSub(connection_pool=pool)
-    _OWN_POOLS.add(pubsub)
-    return pubsub
+    own = PubSub(connection_pool=pool)
+    _OWN_POOLS.add(own)
+    return own
 
 
-def queue_wait(client: redis.asyncio.Redis, pipe: Any, replicas: int, timeout_ms: int, key: str) -> None:
-    """Queue ``WAIT replicas timeout_ms`` on ``pipe`` after a write to ``key``: on a cluster, sent to the
-    master of ``key``'s slot (the pipeline sends one node's commands on one connection, in order; WAIT
-    counts the replicas that have that connection's writes)."""
-    if _is_cluster(client):
-        cluster: Any = client
-        pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=cluster.get_node_from_key(key))
-    else:
-        pipe.wait(replicas, timeout_ms)
+def key_pipeline(client: Client, key: str, nodes: dict[str, Any]) -> Pipeline:
+    """A pipeline that sends all its commands on one connection to the master of ``key``: the client's
+    own (one server, Sentinel), or on a cluster one of a plain client of that master, kept in ``nodes``
+    (a cluster pipeline spreads commands by key, and some releases refuse scripts in it). ``WAIT`` counts
+    the replicas that have that connection's writes: it must follow them on the same connection."""
+    if not is_cluster(client):
+        return client.pipeline(transaction=False)
+    import redis.asyncio
+
+    cluster: Any = client
+    node = cluster.get_node_from_key(key)
+    plain = nodes.get(node.name)
+    if plain is None:
+        pool = redis.asyncio.ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+        plain = nodes[node.name] = redis.asyncio.Redis(connection_pool=pool)
+    return cast(Pipeline, plain.pipeline(transaction=False))
+
+
+async def forget_node(nodes: dict[str, Any], key: str, client: Client) -> None:
+    """Close and forget the plain client of ``key``'s master (it failed: the next one is made anew)."""
+    if not is_cluster(client):
+        return
+    cluster: Any = client
+    plain = nodes.pop(cluster.get_node_from_key(key).name, None)
+    if plain is not None:
+        await close_client(plain)
+
+
+#: the error replies of a cluster node that mean "the slot is elsewhere now": the call ran nothing
+_REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def redirected(reply: object) -> bool:
+    """Whether ``reply`` is a cluster's redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN). redis-py gives
+    these their own exception classes on a cluster client's connections, and in recent releases on every
+    connection; elsewhere they are a plain ResponseError whose message starts with the word."""
+    import redis.exceptions
+
+    classes = (
+        redis.exceptions.MovedError,
+        redis.exceptions.AskError,
+        redis.exceptions.TryAgainError,
+        redis.exceptions.ClusterDownError,
+    )
+    return isinstance(reply, classes) or (
+        isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith(_REDIRECTS)
+    )
+
+
+async def close_node_clients(nodes: dict[str, Any]) -> None:
+    while nodes:
+        await close_client(nodes.popitem()[1])
 
 
 def open_cluster(target: RedisTarget, **options: Any) -> Any:
@@ -397,11 +500,12 @@ async def close_pool(pool: redis.asyncio.ConnectionPool) -> None:
             await sentinel.aclose()
 
 
-async def close_client(client: redis.asyncio.Redis) -> None:
+async def close_client(client: Client) -> None:
     """Close a client of ``open_client`` and its pool (which it may not own)."""
-    await client.aclose()
-    if not _is_cluster(client):
-        await close_pool(client.connection_pool)
+    plain: Any = client
+    await plain.aclose()
+    if not is_cluster(client):
+        await close_pool(plain.connection_pool)
 
 
 async def close_pubsub(pubsub: PubSub) -> None:

@@ -64,8 +64,6 @@ from typing import Any
 
 import redis.asyncio
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from gateway.limits.shared import (
     BudgetGrant,
@@ -83,9 +81,11 @@ from gateway.redisconn import (
     close_pool,
     connection_pool,
     make_connection,
+    no_retries,
     node_connection,
     parse_url,
     redact,
+    redirected,
 )
 
 __all__ = ["BUCKET_SCRIPT", "BUDGET_SCRIPT", "COUNTER_SCRIPT", "RedisLeaseSource"]
@@ -347,13 +347,7 @@ _CLUSTER_SLOTS = _command(b"CLUSTER", b"SLOTS")
 
 #: (script or None for a plain command, the packed command, its key or None: where a cluster routes it)
 _Command = tuple[_Script | None, bytes, bytes | None]
-#: replies that mean "not on this node (now)": the cluster's slots moved (a failover, a resharding)
-_REDIRECTS = (
-    redis.exceptions.MovedError,
-    redis.exceptions.AskError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-)
+
 
 
 class RedisLeaseSource(LeaseSource):
@@ -389,7 +383,7 @@ class RedisLeaseSource(LeaseSource):
         options: dict[str, Any] = {
             "socket_timeout": None,  # one timeout per round trip instead (see _roundtrip)
             "socket_connect_timeout": self._timeout,
-            "retry": Retry(NoBackoff(), 0),
+            "retry": no_retries(),
             "health_check_interval": 0,
         }
         self._cluster: _ClusterLinks | None = None
@@ -751,20 +745,20 @@ class _ClusterLinks:
                 *(_exchange(self._link(node), [commands[i] for i in groups[node]]) for node in nodes),
                 return_exceptions=True,
             )
-            redirected = []
+            again = []
             for node, result in zip(nodes, results, strict=True):
                 if isinstance(result, BaseException):
                     self._slots = SlotMap()  # a master failed: the map may be stale
                     await self._link(node).disconnect(nowait=True)
                     raise result
                 for i, reply in zip(groups[node], result, strict=True):
-                    if isinstance(reply, _REDIRECTS) and attempt == 0:
-                        redirected.append(i)
+                    if attempt == 0 and redirected(reply):
+                        again.append(i)
                     replies[i] = reply
-            if not redirected:
+            if not again:
                 break
             self._slots = SlotMap()
-            pending = redirected
+            pending = again
         return replies
 
     async def drop(self) -> None:

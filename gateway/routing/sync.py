@@ -49,7 +49,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
-from gateway.redisconn import close_client, close_pubsub, open_client, open_pubsub, parse_url
+from gateway.redisconn import Client, close_client, close_pubsub, open_client, open_pubsub, parse_url
 from gateway.routing.breaker import Change
 from gateway.routing.router import Deployment, Router
 
@@ -395,7 +395,7 @@ class RedisSyncTransport:
     redis-py costs about 100 us of client CPU per call: fine here, nothing on the request path awaits it.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = "gw") -> None:
+    def __init__(self, client: Client, *, prefix: str = "gw") -> None:
         self._r = client
         self.key = f"{prefix}:breakers"
         self.channel = f"{prefix}:breakers"

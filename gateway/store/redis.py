@@ -57,13 +57,18 @@ import redis.exceptions
 from redis.asyncio.client import PubSub
 
 from gateway.redisconn import (
+    Client,
     close_client,
+    close_node_clients,
     close_pubsub,
+    forget_node,
+    is_cluster,
+    key_pipeline,
     open_client,
     open_pubsub,
     parse_url,
-    queue_wait,
     redact,
+    redirected,
     run_script,
 )
 from gateway.store.base import (
@@ -287,7 +292,7 @@ class RedisStore(Store):
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: Client,
         *,
         prefix: str = "gw",
         poll_interval: float = 1.0,
@@ -298,6 +303,9 @@ class RedisStore(Store):
         if min_replicas_acked < 0 or not 0.0 < replica_ack_timeout < float("inf"):
             raise ValueError("min_replicas_acked must be >= 0, replica_ack_timeout a number of seconds > 0")
         self._r = client
+        self._cluster = is_cluster(client)
+        #: on a cluster, plain clients of the masters that took commits with WAIT (see key_pipeline)
+        self._nodes: dict[str, Any] = {}
         self.min_replicas_acked = min_replicas_acked
         self._ack_timeout_ms = max(1, round(replica_ack_timeout * 1000))
         self._poll_interval = poll_interval
@@ -358,6 +366,7 @@ class RedisStore(Store):
         if self._closed:
             return
         self._closed = True
+        await close_node_clients(self._nodes)
         await close_client(self._r)
 
     # -- key names
@@ -422,10 +431,11 @@ class RedisStore(Store):
             return await self._commit_script(keys=keys, args=args)
         try:
             reply, acked = await self._commit_and_wait(keys, args, wanted)
-        except redis.exceptions.NoScriptError:
-            # a cluster's pipeline does not load scripts (one server's does): load it on every master and
-            # send again (a NOSCRIPT call ran nothing)
-            await self._r.script_load(_COMMIT)
+        except redis.exceptions.ResponseError as exc:
+            if not redirected(exc):
+                raise
+            # the slot moved (a cluster failover) since the cluster client last looked: a redirected call
+            # ran nothing, so send it once more to the master the client finds now
             reply, acked = await self._commit_and_wait(keys, args, wanted)
         if int(acked) < wanted:
             log.warning(
@@ -439,10 +449,18 @@ class RedisStore(Store):
         return reply
 
     async def _commit_and_wait(self, keys: list[str], args: list[str | bytes | int], wanted: int) -> Any:
-        async with self._r.pipeline(transaction=False) as pipe:
-            await run_script(self._commit_script, keys, args, pipe)
-            queue_wait(self._r, pipe, wanted, self._ack_timeout_ms, keys[0])
-            return await pipe.execute()
+        """The commit and ``WAIT`` in one pipeline on one connection to the records' master (on a cluster,
+        the master of their slot: a routed read first lets the cluster client learn where that is)."""
+        if self._cluster:
+            await self._r.get(self._version)
+        try:
+            async with key_pipeline(self._r, keys[0], self._nodes) as pipe:
+                await run_script(self._commit_script, keys, args, pipe)
+                pipe.wait(wanted, self._ack_timeout_ms)
+                return await pipe.execute()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            await forget_node(self._nodes, keys[0], self._r)
+            raise
 
     async def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, R]]) -> R:
         """Run a read-compute-commit ``attempt`` until it does not lose a race."""

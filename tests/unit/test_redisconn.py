@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import ConfigError, load_config, load_config_text
 from gateway.config.check import check_main
-from gateway.redisconn import RedisTarget, SlotMap, parse_url, redact
+from gateway.redisconn import RedisTarget, SlotMap, parse_url, redact, redirected
 
 
 @pytest.mark.parametrize(
@@ -176,3 +176,15 @@ def test_replication_keys_are_checked() -> None:
     errors = _store_errors('url = "redis://h"\nmin_replicas_acked = -1\nreplica_ack_timeout = 0\n')
     assert any("store.min_replicas_acked" in e and "0 or more" in e for e in errors), errors
     assert any("store.replica_ack_timeout" in e for e in errors), errors
+
+
+def test_a_redirection_is_recognised_in_both_of_redis_py_s_forms() -> None:
+    import redis.exceptions
+
+    assert redirected(redis.exceptions.MovedError("3999 127.0.0.1:6381"))
+    assert redirected(redis.exceptions.ResponseError("MOVED 3999 127.0.0.1:6381"))
+    assert redirected(redis.exceptions.ResponseError("ASK 3999 127.0.0.1:6381"))
+    assert redirected(redis.exceptions.ResponseError("CLUSTERDOWN The cluster is down"))
+    assert not redirected(redis.exceptions.ResponseError("ERR unknown command"))
+    assert not redirected(redis.exceptions.ResponseError("MOVEDX"))
+    assert not redirected(["MOVED 1 h:1"])
