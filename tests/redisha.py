@@ -38,6 +38,8 @@ __all__ = ["DOWN_AFTER_MS", "MASTER_NAME", "LagProxy", "RedisCluster", "RedisHA"
 MASTER_NAME = "gwmaster"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 4000
+#: a cluster node's bus listens on its port + 10000
+CLUSTER_HIGHEST_PORT = 55535
 #: sentinels discover each other over the master's hello channel, every 2 s: a slow machine needs more
 READY_TIMEOUT = 30.0
 
@@ -432,6 +434,7 @@ def start_cluster(directory: Path | None = None, *, masters: int = 3, replicas: 
                         "cluster-node-timeout 2000",
                         "cluster-replica-validity-factor 0",
                     ],
+                    highest_port=CLUSTER_HIGHEST_PORT,
                 )
             )
         addresses = [f"{redisproc.HOST}:{n.port}" for n in cluster.nodes]

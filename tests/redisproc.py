@@ -45,10 +45,14 @@ def find_binary() -> str:
     return str(get_binary_path())
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+def _free_port(highest: int = 65535) -> int:
+    """A free loopback port, at most ``highest``."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port <= highest:
+            return port
 
 
 def _command(port: int, command: bytes, timeout: float = 2.0) -> bytes:
@@ -118,16 +122,19 @@ class RedisServer:
         self.stop()
 
 
-def start(directory: Path | None = None, *, attempts: int = 3, extra: Sequence[str] = ()) -> RedisServer:
+def start(
+    directory: Path | None = None, *, attempts: int = 3, extra: Sequence[str] = (), highest_port: int = 65535
+) -> RedisServer:
     """Start a server and wait until it answers PING. A port taken between choosing and binding it (by
-    another test run) is retried on a new port. ``extra``: more lines of its config file."""
+    another test run) is retried on a new port. ``extra``: more lines of its config file; ``highest_port``:
+    the highest port it may listen on."""
     binary = find_binary()
     owns_dir = directory is None
     workdir = Path(tempfile.mkdtemp(prefix="redis-test-")) if directory is None else directory
     workdir.mkdir(parents=True, exist_ok=True)
     last_error = ""
     for _ in range(attempts):
-        port = _free_port()
+        port = _free_port(highest_port)
         config = workdir / "redis.conf"
         config.write_text(
             "\n".join(
