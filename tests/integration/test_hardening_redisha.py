@@ -57,7 +57,7 @@ def _require_servers() -> None:
     try:
         redisproc.find_binary()
     except RuntimeError as exc:
-        pytest.skip(str(exc))
+        pytest.skip(f"needs redis-server (apt-get install -y redis-server redis-sentinel): {exc}")
 
 
 def run(coro: Any) -> Any:
@@ -385,7 +385,7 @@ def cluster(tmp_path: Path) -> Iterator[redisha.RedisCluster]:
     """Three masters with a replica each: killing one master promotes its replica."""
     _require_servers()
     if redisha.cluster_cli() is None:
-        pytest.skip("no redis-cli to create a cluster with")
+        pytest.skip("needs redis-cli to create a cluster (apt-get install -y redis-tools)")
     with redisha.start_cluster(tmp_path / "redis-cluster", masters=3, replicas=1) as servers:
         yield servers
 
