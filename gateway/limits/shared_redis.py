@@ -692,17 +692,19 @@ class _ClusterLinks:
 
     Every script call touches one key (the bucket, the counter, or the budget counter; the braces make
     a limit's two keys one slot), so no call spans nodes. The slot map is read with ``CLUSTER SLOTS``
-    from any node that answers (known masters first, then the URL's seed nodes) before the first call,
-    and again after a connection failure (a master died: a replica is being promoted) or a redirection
-    (MOVED, ASK, TRYAGAIN, CLUSTERDOWN). Redirected calls were not run, so they are sent once more after
-    the new map is read; calls to a node that failed count as lost (their units forfeited, as with one
-    server). A round trip sends to the nodes concurrently.
+    from the first node to answer (the masters last known and the URL's seed nodes, asked together)
+    before the first call, and again after a connection failure (a master died: a replica is being
+    promoted) or a redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN). Redirected calls were not run, so
+    they are sent once more after the new map is read; calls to a node that failed count as lost (their
+    units forfeited, as with one server). A round trip sends to the nodes concurrently.
     """
 
     def __init__(self, target: RedisTarget, options: dict[str, Any]) -> None:
         self._target = target
         self._options = options
         self._slots = SlotMap()
+        #: the masters of the last map read: asked first next time (the seed nodes may be gone)
+        self._known: list[tuple[str, int]] = []
         self._links: dict[tuple[str, int], Any] = {}
 
     def _link(self, node: tuple[str, int]) -> Any:
@@ -712,24 +714,42 @@ class _ClusterLinks:
         return conn
 
     async def _refresh(self) -> None:
-        """Read the slot map from the first node that answers."""
+        """Read the slot map from the masters last known and the URL's seed nodes, asked together: the
+        first to answer with a map wins, the others are cut. Together, so that a host that does not
+        answer at all (not even a refusal) does not use up the round trip's time."""
+        nodes = list(dict.fromkeys([*self._known, *self._target.hosts]))
+        tasks = {asyncio.ensure_future(self._slots_of(node)): node for node in nodes}
         failures = []
-        for node in dict.fromkeys([*self._slots.masters(), *self._target.hosts]):
-            conn = self._link(node)
-            try:
-                replies = await _exchange(conn, [(None, _CLUSTER_SLOTS, None)])
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                await conn.disconnect(nowait=True)
-                failures.append(f"{node[0]}:{node[1]}: {exc}")
-                continue
-            if isinstance(replies[0], Exception):
-                failures.append(f"{node[0]}:{node[1]}: {replies[0]}")
-                continue
-            self._slots = SlotMap.from_reply(replies[0], node)
-            if self._slots:
-                return
-            failures.append(f"{node[0]}:{node[1]}: no slot is served")
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    node = tasks.pop(task)
+                    error = task.exception()
+                    if error is None and task.result():
+                        self._slots = task.result()
+                        self._known = self._slots.masters()
+                        return
+                    failures.append(f"{node[0]}:{node[1]}: {error or 'no slot is served'}")
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task, node in tasks.items():
+                with contextlib.suppress(BaseException):
+                    await task
+                await self._link(node).disconnect(nowait=True)
         raise SharedStateUnavailable("no cluster node gave a slot map: " + "; ".join(failures))
+
+    async def _slots_of(self, node: tuple[str, int]) -> SlotMap:
+        conn = self._link(node)
+        try:
+            (reply,) = await _exchange(conn, [(None, _CLUSTER_SLOTS, None)])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            await conn.disconnect(nowait=True)
+            raise
+        if isinstance(reply, Exception):
+            raise reply
+        return SlotMap.from_reply(reply, node)
 
     async def exchange(self, commands: list[_Command]) -> list[Any]:
         replies: list[Any] = [None] * len(commands)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -456,3 +457,23 @@ def test_the_limits_follow_a_planned_cluster_failover_without_a_failed_call(clus
 
     run(scenario())
     assert cluster.master_of(bucket) is successor
+
+
+def test_the_limits_find_the_cluster_past_a_seed_node_that_never_answers(cluster: redisha.RedisCluster) -> None:
+    """The first seed node of the URL takes connections and never replies (a hung host): the slot map
+    comes from the others, asked at the same time, well within the round trip's time."""
+    with socket.create_server((redisproc.HOST, 0)) as silent:  # the kernel accepts; nothing ever answers
+        hung = f"{redisproc.HOST}:{silent.getsockname()[1]}"
+        url = f"redis+cluster://{hung}," + cluster.url.partition("://")[2]
+
+        async def scenario() -> None:
+            source = await RedisLeaseSource.open(url, timeout=0.5)
+            try:
+                assert source.healthy
+                op = Op("acquire", "past-a-hung-seed", 0.001, 2.0, 1.0, 1.0)
+                grants = await source.batch([op, op, op], time.monotonic())
+                assert [g.granted for g in grants] == [1.0, 1.0, 0.0]
+            finally:
+                await source.close()
+
+        run(scenario())
