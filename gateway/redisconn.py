@@ -3,21 +3,19 @@ place that turns a configured URL into clients and connection pools.
 
 URL forms (``parse_url``):
 
-==========================================================================  ===============================
-``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS)      one server, as redis-py reads it
-``unix://[[user]:password@]/path/to/redis.sock[?db=N]``                     one server on a Unix socket
-``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]``  Sentinel (port 26379)
-``rediss+sentinel://...``                                                   Sentinel, TLS to every node
-``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``          Redis Cluster seed nodes (6379)
-``rediss+cluster://...``                                                    Redis Cluster over TLS
-==========================================================================  ===============================
+- ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
+  ``unix://[[user]:password@]/path/to/redis.sock[?db=N]``: one server, as redis-py reads the URL;
+- ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/MASTER[/db]`` (``rediss+sentinel``:
+  TLS to every node): the master that these sentinels (port 26379 by default) name;
+- ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]`` (``rediss+cluster``: TLS): a Redis
+  Cluster, from these seed nodes (port 6379 by default).
 
-The Sentinel form is the one of the ``redis-sentinel-url`` package (also read by Kombu-style tools): the
-hosts are the sentinels, the first path segment the name of the monitored master, the second the
-database. The password in the URL is the master's (and its replicas'); sentinels that require their own
-take ``?sentinel_password=...`` (and ``sentinel_username=``). Both Sentinel and Cluster forms take
-``socket_timeout`` and ``socket_connect_timeout`` (seconds) in the query; the store's ``prefix=`` is
-accepted everywhere and ignored here (the store factory reads it).
+The Sentinel form is the one the ``redis-sentinel-url`` package defined: the hosts are the sentinels,
+the first path segment the name of the monitored master, the second the database. The password in the
+URL is the master's (and its replicas'); sentinels that require their own take ``?sentinel_password=...``
+(and ``sentinel_username=``). Both Sentinel and Cluster forms take ``socket_timeout`` and
+``socket_connect_timeout`` (seconds) in the query; the store's ``prefix=`` is accepted everywhere and
+ignored here (the store factory reads it).
 
 Failover. A Sentinel client resolves the master by asking the sentinels each time it opens a connection
 (redis-py's ``SentinelConnectionPool``); a connection to a master that died fails, is dropped, and the
@@ -26,9 +24,10 @@ with READONLY, which redis-py's Sentinel connection turns into a connection erro
 effect. Nothing here keeps a master address of its own.
 
 Typing. redis-py's own type hints change between the releases we support (``redis>=5``): a call that
-one release leaves untyped, the next one types. The few calls that differ go through here, typed once by
-us, so that strict mypy reads the same on every supported release and no ``type: ignore`` turns stale on
-an upgrade.
+one release leaves untyped, the next one types, and some type a command's reply as ``Awaitable[T] | T``.
+What the store and the breaker sync use of a client is the ``Client`` protocol below, and the calls that
+differ go through here, typed once by us, so that strict mypy reads the same on every supported release
+and no ``type: ignore`` turns stale on an upgrade.
 """
 
 from __future__ import annotations
@@ -124,29 +123,15 @@ def parse_url(url: str) -> RedisTarget:
     bare = f"{base}?{kept}" if kept else base
     if scheme in SINGLE_SCHEMES:
         return RedisTarget(kind="single", url=bare)
-    options: dict[str, str] = {}
-    for name, value in query:
-        if name not in _OPTIONS:
-            known = ", ".join(_OPTIONS)
-            raise ValueError(f"unknown parameter {name!r} in a {scheme}:// URL: it takes {known}")
-        options[name] = value
+    options = _options(scheme, query)
     userinfo, at, hostlist = parts.netloc.rpartition("@")
     username, password = _credentials(userinfo) if at else (None, None)
     sentinel = scheme in SENTINEL_SCHEMES
-    hosts = _hosts(hostlist, _SENTINEL_PORT if sentinel else _REDIS_PORT)
-    segments = [urllib.parse.unquote(s) for s in parts.path.split("/")[1:] if s]
-    service, db = "", 0
-    if sentinel:
-        if not segments or len(segments) > 2:
-            raise ValueError("a Sentinel URL names the master: redis+sentinel://host:26379,.../MASTER[/DB]")
-        service = segments[0]
-        db = _int(segments[1], "the database") if len(segments) == 2 else 0
-    elif segments not in ([], ["0"]):
-        raise ValueError("a Redis Cluster has one database: redis+cluster://host:port,... (no path)")
+    service, db = _master(parts.path) if sentinel else _cluster_path(parts.path)
     return RedisTarget(
         kind="sentinel" if sentinel else "cluster",
         url=bare,
-        hosts=hosts,
+        hosts=_hosts(hostlist, _SENTINEL_PORT if sentinel else _REDIS_PORT),
         service=service,
         db=db,
         username=username,
@@ -157,6 +142,32 @@ def parse_url(url: str) -> RedisTarget:
         socket_timeout=_seconds(options, "socket_timeout"),
         socket_connect_timeout=_seconds(options, "socket_connect_timeout"),
     )
+
+
+def _options(scheme: str, query: list[tuple[str, str]]) -> dict[str, str]:
+    for name, _ in query:
+        if name not in _OPTIONS:
+            known = ", ".join(_OPTIONS)
+            raise ValueError(f"unknown parameter {name!r} in a {scheme}:// URL: it takes {known}")
+    return dict(query)
+
+
+def _segments(path: str) -> list[str]:
+    return [urllib.parse.unquote(s) for s in path.split("/")[1:] if s]
+
+
+def _master(path: str) -> tuple[str, int]:
+    """The master's name and the database of a Sentinel URL's path ``/MASTER[/DB]``."""
+    segments = _segments(path)
+    if not segments or len(segments) > 2:
+        raise ValueError("a Sentinel URL names the master: redis+sentinel://host:26379,.../MASTER[/DB]")
+    return segments[0], _int(segments[1], "the database") if len(segments) == 2 else 0
+
+
+def _cluster_path(path: str) -> tuple[str, int]:
+    if _segments(path) not in ([], ["0"]):
+        raise ValueError("a Redis Cluster has one database: redis+cluster://host:port,... (no path)")
+    return "", 0
 
 
 def _credentials(userinfo: str) -> tuple[str | None, str | None]:
