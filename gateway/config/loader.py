@@ -574,6 +574,8 @@ def _metrics_problems(config: Config) -> Iterator[_Problem]:
 
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+#: the longest a store write may wait for its replicas (the admin API cuts a store call at 10 s)
+_MAX_ACK_TIMEOUT = 5.0
 _KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "models"}
 
 
@@ -637,6 +639,12 @@ def _auth_problems(config: Config) -> Iterator[_Problem]:
     yield from _positive_durations(("store",), st, ("poll_interval", "busy_timeout", "replica_ack_timeout"))
     if st.min_replicas_acked is not None and st.min_replicas_acked < 0:
         yield _Problem(("store", "min_replicas_acked"), f"must be 0 or more, found {st.min_replicas_acked}")
+    if st.replica_ack_timeout > _MAX_ACK_TIMEOUT:
+        yield _Problem(
+            ("store", "replica_ack_timeout"),
+            f"must be at most {_MAX_ACK_TIMEOUT:g} seconds (the admin API gives a store call 10), "
+            f"found {st.replica_ack_timeout:g}",
+        )
 
     ad = config.admin
     if not 1 <= ad.port <= 65535:

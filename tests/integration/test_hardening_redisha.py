@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -40,7 +41,17 @@ from gateway.store import open_store
 from gateway.store.base import NotFound, Store, StoreUnavailable
 
 from .conftest import Gateway, StartGateway
-from .helpers import RawClient, Response, chat_request, gateway_toml, http_request, wait_for
+from .helpers import (
+    RawClient,
+    Response,
+    assert_openai_error,
+    chat_request,
+    free_port,
+    gateway_toml,
+    http_request,
+    http_status,
+    wait_for,
+)
 
 #: seconds allowed for Sentinel (or the cluster) to notice the kill and promote a replica, and for the
 #: gateway's parts to find the new master: several times what it takes on an idle machine
@@ -477,3 +488,49 @@ def test_the_limits_find_the_cluster_past_a_seed_node_that_never_answers(cluster
                 await source.close()
 
         run(scenario())
+
+
+OPERATOR = "operator-token-for-the-failover-tests"
+
+
+def admin_call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> Response:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = [("Connection", "close"), ("Authorization", f"Bearer {OPERATOR}")]
+    with RawClient(port, timeout=20.0) as c:
+        return c.request(http_request(method, path, data, headers=headers))
+
+
+def test_the_admin_api_answers_a_write_only_once_a_replica_has_it(
+    start_gateway: StartGateway, mock_port: int, tmp_path: Path
+) -> None:
+    """Through the admin API of a real gateway: while the replica lags, a tenant's creation is answered
+    503 ``store_unavailable`` (applied on the master, not confirmed); the master dies, the replica is
+    promoted, and every creation that was answered 201 is there."""
+    _require_servers()
+    with redisha.start(tmp_path / "redis-ha", replicas=1, lag_proxy=True) as servers:
+        admin_port = free_port()
+        text = gateway_config(mock_port, servers.url) + (
+            f'\n[admin]\nport = {admin_port}\noperator_token = "{digest(OPERATOR, b"")}"\n'
+        )
+        start_gateway(text, workers=1, name="admin-failover")
+        wait_for(lambda: http_status(admin_port, "/admin/healthz") == 200, 30.0, what="the admin API")
+
+        answered = []
+        created = admin_call(admin_port, "POST", "/admin/v1/tenants", {"id": "acme"})
+        assert created.status == 201, created
+        answered.append("acme")
+        servers.proxies[0].hold()
+        lagging = admin_call(admin_port, "POST", "/admin/v1/tenants", {"id": "lagging"})
+        if lagging.status == 201:
+            answered.append("lagging")
+        assert_openai_error(lagging, 503, "store_unavailable")
+        assert "confirmed by 0 of 1 replica" in lagging.json()["error"]["message"]
+
+        old = servers.kill_master()
+        servers.proxies[0].drop()
+        servers.wait_promoted(old, timeout=RECOVERY)
+        for tenant in answered:
+            wait_for(lambda tenant=tenant: admin_call(admin_port, "GET", f"/admin/v1/tenants/{tenant}").status != 503,
+                     RECOVERY, what="the admin API on the promoted master")
+            found = admin_call(admin_port, "GET", f"/admin/v1/tenants/{tenant}")
+            assert found.status == 200, (tenant, found)

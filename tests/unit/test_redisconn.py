@@ -176,6 +176,8 @@ def test_replication_keys_are_checked() -> None:
     errors = _store_errors('url = "redis://h"\nmin_replicas_acked = -1\nreplica_ack_timeout = 0\n')
     assert any("store.min_replicas_acked" in e and "0 or more" in e for e in errors), errors
     assert any("store.replica_ack_timeout" in e for e in errors), errors
+    (error,) = _store_errors('url = "redis://h"\nreplica_ack_timeout = 30.0\n')
+    assert "store.replica_ack_timeout" in error and "at most 5 seconds" in error
 
 
 def test_a_redirection_is_recognised_in_both_of_redis_py_s_forms() -> None:
