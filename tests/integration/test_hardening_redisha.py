@@ -8,8 +8,10 @@ Real servers only (``tests/redisha.py``: a master, replicas and three sentinels;
   share) while no master is reachable; keys authenticate from each worker's table meanwhile;
 - the store, the limits and the breaker sync reconnect to the promoted master by themselves (they ask
   Sentinel, or read the cluster's slot map again), without a restart;
-- a write the store answered was on a replica first (``[store] min_replicas_acked``, WAIT), so the
-  promotion does not lose it.
+- a write the store (and the admin API) answered was on a replica first (``[store] min_replicas_acked``,
+  WAIT), so the promotion does not lose it; one the lagging replica did not confirm is answered 503;
+- on a cluster, a planned failover (MOVED) costs the limits no failed call, and a seed node that never
+  answers does not keep them from the others.
 
 No timing is asserted: each wait has a deadline, generous for a loaded two-core machine.
 """
