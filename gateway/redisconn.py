@@ -63,6 +63,7 @@ __all__ = [
     "is_cluster",
     "key_pipeline",
     "make_connection",
+    "moved_to",
     "no_retries",
     "node_connection",
     "open_client",
@@ -72,6 +73,7 @@ __all__ = [
     "redact",
     "redirected",
     "run_script",
+    "unavailable_errors",
 ]
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
@@ -412,6 +414,22 @@ async def forget_node(nodes: dict[str, Any], key: str, client: Client) -> None:
         await close_client(plain)
 
 
+def unavailable_errors() -> tuple[type[Exception], ...]:
+    """What a redis-py call raises when Redis, or the part of a cluster the call needs, cannot answer
+    now: connection failures and timeouts, and on a cluster a slot without a master, a cluster that is
+    down or cannot be reached (a failover under way)."""
+    import redis.exceptions
+
+    return (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.ClusterError,
+        redis.exceptions.TryAgainError,
+        redis.exceptions.RedisClusterException,
+        OSError,
+    )
+
+
 #: the error replies of a cluster node that mean "the slot is elsewhere now": the call ran nothing
 _REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
 
@@ -460,10 +478,10 @@ def node_connection(target: RedisTarget, node: tuple[str, int], **options: Any) 
 
 
 class SlotMap:
-    """Which master serves each hash slot of a Redis Cluster, from a ``CLUSTER SLOTS`` reply. Empty (and
-    false) until read."""
+    """Which master serves each hash slot of a Redis Cluster, from a ``CLUSTER SLOTS`` reply, and the
+    slots MOVED since elsewhere. Empty (and false) until read."""
 
-    __slots__ = ("_key_slot", "_ranges", "_starts")
+    __slots__ = ("_key_slot", "_moved", "_ranges", "_starts")
 
     def __init__(self, ranges: Sequence[tuple[int, int, tuple[str, int]]] = ()) -> None:
         from redis.crc import key_slot
@@ -471,6 +489,8 @@ class SlotMap:
         self._key_slot = key_slot
         self._ranges = sorted(ranges)
         self._starts = [start for start, _, _ in self._ranges]
+        #: slot -> the master a MOVED reply named (at most one entry a slot: bounded by 16384)
+        self._moved: dict[int, tuple[str, int]] = {}
 
     @classmethod
     def from_reply(cls, reply: Any, asked: tuple[str, int]) -> SlotMap:
@@ -487,19 +507,46 @@ class SlotMap:
         return bool(self._ranges)
 
     def masters(self) -> list[tuple[str, int]]:
-        return list(dict.fromkeys(node for _, _, node in self._ranges))
+        return list(dict.fromkeys([*(node for _, _, node in self._ranges), *self._moved.values()]))
+
+    def move(self, slot: int, node: tuple[str, int]) -> None:
+        """``slot`` is served by ``node`` now (a MOVED reply said so: the slot's new master knows before
+        the rest of the cluster does, so a map read again could still be the old one)."""
+        self._moved[slot] = node
 
     def node_of(self, key: bytes | None) -> tuple[str, int]:
         """The master of ``key``'s slot (None: any master); ConnectionError when no master serves it."""
         if key is None:
             return self._ranges[0][2]
         slot = self._key_slot(key)
+        moved = self._moved.get(slot)
+        if moved is not None:
+            return moved
         at = bisect.bisect_right(self._starts, slot) - 1
         if at >= 0 and self._ranges[at][1] >= slot:
             return self._ranges[at][2]
         import redis.exceptions
 
         raise redis.exceptions.ConnectionError(f"no cluster master serves slot {slot}")
+
+
+def moved_to(reply: object, asked: tuple[str, int]) -> tuple[int, tuple[str, int]] | None:
+    """The slot and its new master of a MOVED reply (``MOVED <slot> <host>:<port>``; an empty host is the
+    node ``asked``), None for any other reply."""
+    import redis.exceptions
+
+    if isinstance(reply, redis.exceptions.MovedError):
+        words = str(reply).split()
+    elif isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("MOVED "):
+        words = str(reply).split()[1:]
+    else:
+        return None
+    if len(words) != 2 or not words[0].isdigit():
+        return None
+    host, _, port = words[1].rpartition(":")
+    if not port.isdigit():
+        return None
+    return int(words[0]), (host or asked[0], int(port))
 
 
 async def close_pool(pool: redis.asyncio.ConnectionPool) -> None:

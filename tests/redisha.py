@@ -324,9 +324,11 @@ class RedisCluster(_Servers):
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"{redisproc.HOST}:{n.port}" for n in self.nodes)
 
-    def master_of(self, key: str) -> redisproc.RedisServer:
-        """The node that serves ``key``'s slot now, as the first live node sees it."""
-        asked = next(n for n in self.nodes if n.process.poll() is None)
+    def master_of(self, key: str, asked: redisproc.RedisServer | None = None) -> redisproc.RedisServer:
+        """The node that serves ``key``'s slot now, as ``asked`` (default: the first live node) sees it:
+        after a failover, the nodes not involved learn of it a moment later (gossip)."""
+        if asked is None:
+            asked = next(n for n in self.nodes if n.process.poll() is None)
         with _client(asked.port) as c:
             slot = c.execute_command("CLUSTER", "KEYSLOT", key)
             for start, end, master, *_ in c.execute_command("CLUSTER", "SLOTS"):

@@ -81,6 +81,7 @@ from gateway.redisconn import (
     close_pool,
     connection_pool,
     make_connection,
+    moved_to,
     no_retries,
     node_connection,
     parse_url,
@@ -694,9 +695,10 @@ class _ClusterLinks:
     a limit's two keys one slot), so no call spans nodes. The slot map is read with ``CLUSTER SLOTS``
     from the first node to answer (the masters last known and the URL's seed nodes, asked together)
     before the first call, and again after a connection failure (a master died: a replica is being
-    promoted) or a redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN). Redirected calls were not run, so
-    they are sent once more after the new map is read; calls to a node that failed count as lost (their
-    units forfeited, as with one server). A round trip sends to the nodes concurrently.
+    promoted) or a redirection (ASK, TRYAGAIN, CLUSTERDOWN); a MOVED reply names the slot's new master,
+    which the map takes at once (the rest of the cluster may learn it later). Redirected calls were not
+    run, so they are sent once more; calls to a node that failed count as lost (their units forfeited,
+    as with one server). A round trip sends to the nodes concurrently.
     """
 
     def __init__(self, target: RedisTarget, options: dict[str, Any]) -> None:
@@ -766,18 +768,25 @@ class _ClusterLinks:
                 return_exceptions=True,
             )
             again = []
+            stale = False
             for node, result in zip(nodes, results, strict=True):
                 if isinstance(result, BaseException):
                     self._slots = SlotMap()  # a master failed: the map may be stale
                     await self._link(node).disconnect(nowait=True)
                     raise result
                 for i, reply in zip(groups[node], result, strict=True):
+                    replies[i] = reply
                     if attempt == 0 and redirected(reply):
                         again.append(i)
-                    replies[i] = reply
+                        moved = moved_to(reply, node)
+                        if moved is not None:
+                            self._slots.move(*moved)
+                        else:  # ASK, TRYAGAIN, CLUSTERDOWN: read the map again
+                            stale = True
             if not again:
                 break
-            self._slots = SlotMap()
+            if stale:
+                self._slots = SlotMap()
             pending = again
         return replies
 

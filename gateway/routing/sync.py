@@ -45,11 +45,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
-import redis.asyncio
-import redis.exceptions
 from redis.asyncio.client import PubSub
 
-from gateway.redisconn import Client, close_client, close_pubsub, open_client, open_pubsub, parse_url
+from gateway.redisconn import (
+    Client,
+    close_client,
+    close_pubsub,
+    open_client,
+    open_pubsub,
+    parse_url,
+    unavailable_errors,
+)
 from gateway.routing.breaker import Change
 from gateway.routing.router import Deployment, Router
 
@@ -384,7 +390,7 @@ return 1
 """
 
 
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_REDIS_DOWN = unavailable_errors()
 
 
 class RedisSyncTransport:

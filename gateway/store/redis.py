@@ -52,7 +52,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mappin
 from typing import Any, ParamSpec, TypeVar
 
 import msgspec
-import redis.asyncio
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
@@ -70,6 +69,7 @@ from gateway.redisconn import (
     redact,
     redirected,
     run_script,
+    unavailable_errors,
 )
 from gateway.store.base import (
     CHANGE_LOG_RETENTION,
@@ -126,6 +126,10 @@ T = TypeVar("T")
 _CAS_ATTEMPTS = 32
 #: the longest pause, in seconds, before retrying a write that lost a race (jittered, growing)
 _CAS_BACKOFF = 0.002
+#: what a call raises while Redis (or the part of a cluster it needs) cannot answer
+_DOWN = unavailable_errors()
+#: the same, and the store's own word for it
+_DOWN_OR_UNAVAILABLE: tuple[type[Exception], ...] = (*_DOWN, StoreUnavailable)
 #: records fetched per round trip when a listing filters on something without an index
 _SCAN_BATCH = 200
 
@@ -243,7 +247,7 @@ def _guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
             raise StoreUnavailable("the store is closed")
         try:
             return await fn(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except _DOWN as exc:
             raise StoreUnavailable(f"Redis store: {exc}") from exc
 
     return wrapper
@@ -350,7 +354,7 @@ class RedisStore(Store):
         client = open_client(target, decode_responses=True)
         try:
             await client.ping()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except _DOWN as exc:
             await close_client(client)
             raise StoreUnavailable(f"Redis store at {redact(url)}: {exc}") from exc
         return cls(
@@ -458,7 +462,7 @@ class RedisStore(Store):
                 await run_script(self._commit_script, keys, args, pipe)
                 pipe.wait(wanted, self._ack_timeout_ms)
                 return await pipe.execute()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except _DOWN:
             await forget_node(self._nodes, keys[0], self._r)
             raise
 
@@ -1013,7 +1017,7 @@ class RedisStore(Store):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=pause)
                     while message is not None:  # drain: one re-read covers every queued publication
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-                except (StoreUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                except _DOWN_OR_UNAVAILABLE:
                     if self._closed:
                         return
                     if pubsub is not None:
@@ -1028,6 +1032,6 @@ class RedisStore(Store):
 async def _close_quietly(pubsub: PubSub) -> None:
     try:
         await close_pubsub(pubsub)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+    except _DOWN:
         pass
 

@@ -469,7 +469,7 @@ def test_the_limits_follow_a_planned_cluster_failover_without_a_failed_call(clus
             await source.close()
 
     run(scenario())
-    assert cluster.master_of(bucket) is successor
+    assert cluster.master_of(bucket, asked=successor) is successor
 
 
 def test_the_limits_find_the_cluster_past_a_seed_node_that_never_answers(cluster: redisha.RedisCluster) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import ConfigError, load_config, load_config_text
 from gateway.config.check import check_main
-from gateway.redisconn import RedisTarget, SlotMap, parse_url, redact, redirected
+from gateway.redisconn import RedisTarget, SlotMap, moved_to, parse_url, redact, redirected
 
 
 @pytest.mark.parametrize(
@@ -190,3 +190,22 @@ def test_a_redirection_is_recognised_in_both_of_redis_py_s_forms() -> None:
     assert not redirected(redis.exceptions.ResponseError("ERR unknown command"))
     assert not redirected(redis.exceptions.ResponseError("MOVEDX"))
     assert not redirected(["MOVED 1 h:1"])
+
+
+def test_a_moved_reply_names_the_slot_s_new_master_and_the_map_takes_it() -> None:
+    import redis.exceptions
+    from redis.crc import key_slot
+
+    asked = ("10.0.0.1", 7000)
+    assert moved_to(redis.exceptions.MovedError("3999 10.0.0.2:7001"), asked) == (3999, ("10.0.0.2", 7001))
+    assert moved_to(redis.exceptions.ResponseError("MOVED 3999 10.0.0.2:7001"), asked) == (3999, ("10.0.0.2", 7001))
+    assert moved_to(redis.exceptions.ResponseError("MOVED 3999 :7001"), asked) == (3999, ("10.0.0.1", 7001))
+    assert moved_to(redis.exceptions.ResponseError("ASK 3999 10.0.0.2:7001"), asked) is None
+    assert moved_to(redis.exceptions.ResponseError("MOVED nonsense"), asked) is None
+    assert moved_to(b"OK", asked) is None
+
+    slots = SlotMap.from_reply(_reply(), ("seed", 7100))
+    key = b"{gw:lim:moving}"
+    slots.move(key_slot(key), ("10.0.0.9", 7009))
+    assert slots.node_of(key) == ("10.0.0.9", 7009)
+    assert ("10.0.0.9", 7009) in slots.masters()
