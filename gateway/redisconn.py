@@ -88,6 +88,10 @@ _REDIS_PORT = 6379
 _OPTIONS = ("prefix", "sentinel_username", "sentinel_password", "socket_timeout", "socket_connect_timeout")
 #: seconds a sentinel may take to answer "who is the master?" when the URL does not say
 _SENTINEL_TIMEOUT = 1.0
+#: seconds a Sentinel-managed or cluster node may take to answer a call, or to connect, when neither the
+#: URL nor the caller says (above the longest replica_ack_timeout: a write's WAIT must fit)
+_SOCKET_TIMEOUT = 10.0
+_CONNECT_TIMEOUT = 5.0
 
 
 class RedisTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -244,6 +248,10 @@ def _node_options(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any
         out["socket_timeout"] = target.socket_timeout
     if target.socket_connect_timeout is not None:
         out["socket_connect_timeout"] = target.socket_connect_timeout
+    # a master whose host vanished answers nothing, not even a refusal: without a timeout a call would
+    # wait for it forever instead of failing over (a caller's own choice, even None, stands)
+    out.setdefault("socket_timeout", _SOCKET_TIMEOUT)
+    out.setdefault("socket_connect_timeout", _CONNECT_TIMEOUT)
     return out
 
 
