@@ -209,3 +209,17 @@ def test_a_moved_reply_names_the_slot_s_new_master_and_the_map_takes_it() -> Non
     slots.move(key_slot(key), ("10.0.0.9", 7009))
     assert slots.node_of(key) == ("10.0.0.9", 7009)
     assert ("10.0.0.9", 7009) in slots.masters()
+
+
+def test_sentinel_and_cluster_connections_time_out_unless_told_otherwise() -> None:
+    from gateway.redisconn import connection_pool, node_connection
+
+    pool = connection_pool(parse_url("redis+sentinel://127.0.0.1:1/m/2"))
+    assert (pool.connection_kwargs["socket_timeout"], pool.connection_kwargs["socket_connect_timeout"]) == (10.0, 5.0)
+    assert pool.connection_kwargs["db"] == 2
+    told = connection_pool(parse_url("redis+sentinel://127.0.0.1:1/m?socket_timeout=0.3"), socket_timeout=None)
+    assert told.connection_kwargs["socket_timeout"] == 0.3  # the URL wins over the caller
+    caller = connection_pool(parse_url("redis+sentinel://127.0.0.1:1/m"), socket_timeout=None)
+    assert caller.connection_kwargs["socket_timeout"] is None  # the caller's own choice stands
+    conn = node_connection(parse_url("redis+cluster://:pw@127.0.0.1:1"), ("127.0.0.1", 7000))
+    assert (conn.host, conn.port, conn.password, conn.socket_timeout) == ("127.0.0.1", 7000, "pw", 10.0)
