@@ -138,6 +138,10 @@ default_policy = "roomy"
 [limits.policies.roomy]
 requests_per_second = 1000
 
+[limits.policies.strict]
+requests_per_second = 1000
+fail_mode = "fail_closed"
+
 [limits.policies.tight]
 requests_per_minute = {TIGHT}
 lease = 1
@@ -168,7 +172,10 @@ class Load:
             if self._stop.is_set():
                 return
             try:
-                outcome: int | str = ask(self.port, self.key).status
+                answer = ask(self.port, self.key)
+                outcome: int | str = answer.status
+                if answer.status != 200:
+                    outcome = f"{answer.status} {answer.json()['error']['code']}"
             except OSError as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
             with self._lock:
@@ -233,7 +240,8 @@ def test_a_gateway_on_sentinel_rides_out_a_master_kill_under_load(
     gw: Gateway = start_gateway(gateway_config(mock_port, url), workers=2, name="sentinel")
     wait_for(lambda: ask(gw.port, key).status == 200, 10.0, what="the key made before the failover")
 
-    with Load(gw.port, key) as load:
+    strict, _ = make_key(url, "strict", limit_policy="strict")
+    with Load(gw.port, key) as load, Load(gw.port, strict, threads=2) as closed:
         wait_for(lambda: load.count() >= 40, 30.0, what="the load to be under way")
         old = ha.kill_master()
         killed_at = time.monotonic()
@@ -249,6 +257,11 @@ def test_a_gateway_on_sentinel_rides_out_a_master_kill_under_load(
     # fail_open: every request answered, admitted by the key table every worker holds and local limits
     assert all(outcome == 200 for _, outcome in load.answers), sorted({str(o) for _, o in load.answers})
     assert len(load.answers) <= 4 * 200
+    # fail_closed: admitted, or refused with 503 limits_unavailable while no master answers (leases
+    # held before the kill still admit until they expire), never anything else
+    outcomes = {o for _, o in closed.answers}
+    assert outcomes <= {200, "503 limits_unavailable"}, outcomes
+    assert closed.after(recovered_at), "no fail_closed request after the recovery"
 
     # the key made before the failover is on the promoted master, and still authenticates
     got = run(_with_store(url, lambda store: store.get_key(key_id)))
