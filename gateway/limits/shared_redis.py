@@ -542,6 +542,12 @@ class RedisLeaseSource(LeaseSource):
             if not future.done():
                 future.set_exception(SharedStateUnavailable("the Redis lease source is closed"))
 
+    async def _disconnect(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.drop()
+        else:
+            await self._conn.disconnect(nowait=True)
+
     async def _roundtrip(self, commands: list[_Command]) -> list[Any]:
         try:
             async with asyncio.timeout(self._timeout):
@@ -554,17 +560,12 @@ class RedisLeaseSource(LeaseSource):
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
             OSError,
+            SharedStateUnavailable,  # a failed SCRIPT LOAD: replies may be left unread, the stream is lost
         ) as exc:
-            if self._cluster is not None:
-                await self._cluster.drop()
-            else:
-                await self._conn.disconnect(nowait=True)
+            await self._disconnect()
             self._healthy = False
             why = str(exc) or type(exc).__name__
             raise SharedStateUnavailable(f"Redis at {redact(self.url)}: {why}") from exc
-        except SharedStateUnavailable as exc:
-            self._healthy = False
-            raise SharedStateUnavailable(f"Redis at {redact(self.url)}: {exc}") from exc
         for reply in replies:
             if isinstance(reply, redis.exceptions.ResponseError):
                 self._healthy = False

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.exceptions
 import redisha
 import redisproc
 
 from gateway.auth import digest, generate
 from gateway.limits.budgets import utc_period
-from gateway.limits.shared import Op
+from gateway.limits.shared import Op, SharedStateUnavailable
 from gateway.limits.shared_redis import RedisLeaseSource
 from gateway.routing.sync import BreakerEvent, RedisSyncTransport
 from gateway.store import open_store
@@ -549,3 +550,32 @@ def test_the_admin_api_answers_a_write_only_once_a_replica_has_it(
                      RECOVERY, what="the admin API on the promoted master")
             found = admin_call(admin_port, "GET", f"/admin/v1/tenants/{tenant}")
             assert found.status == 200, (tenant, found)
+
+
+def test_a_failed_script_load_does_not_leave_the_limits_reading_stale_replies(tmp_path: Path) -> None:
+    """A promoted replica that never saw the scripts answers NOSCRIPT; if loading them then fails (here:
+    an ACL that forbids SCRIPT LOAD), the round trip fails with replies still unread. The next round trip
+    must not read those: once the script is there, the answers are right again."""
+    _require_servers()
+    with redisproc.start(tmp_path / "redis") as server:
+        admin = redis.Redis(port=server.port)
+        admin.execute_command("ACL", "SETUSER", "limited", "on", ">pw", "~*", "&*", "+@all", "-script|load")
+        admin.execute_command("SCRIPT", "FLUSH")
+
+        async def scenario() -> None:
+            source = RedisLeaseSource(f"redis://limited:pw@{redisproc.HOST}:{server.port}/0", timeout=2.0)
+            try:
+                op = Op("acquire", "reload", 0.001, 3.0, 1.0, 1.0)
+                with pytest.raises(SharedStateUnavailable, match="SCRIPT LOAD"):
+                    await source.batch([op, op], time.monotonic())
+                from gateway.limits.shared_redis import BUCKET_SCRIPT
+
+                admin.script_load(BUCKET_SCRIPT)
+                grants = await source.batch([op, op, op, op], time.monotonic())
+                assert [g.granted for g in grants] == [1.0, 1.0, 1.0, 0.0]
+                assert await source.ping()
+            finally:
+                await source.close()
+                admin.close()
+
+        run(scenario())
