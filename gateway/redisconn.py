@@ -23,7 +23,7 @@ next one goes to whatever master the sentinels then name. A master demoted to a 
 with READONLY, which redis-py's Sentinel connection turns into a connection error, with the same
 effect. Nothing here keeps a master address of its own.
 
-Typing. redis-py's own type hints change between the releases we support (``redis>=5``): a call that
+Typing. redis-py's type hints change between the releases we support (``redis>=5.0.1``): a call that
 one release leaves untyped, the next one types, and some type a command's reply as ``Awaitable[T] | T``.
 What the store and the breaker sync use of a client is the ``Client`` protocol below, and the calls that
 differ go through here, typed once by us, so that strict mypy reads the same on every supported release
