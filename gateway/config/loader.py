@@ -42,6 +42,8 @@ import msgspec
 
 from gateway.config.schema import Config, ModelConfig, ProviderConfig
 from gateway.config.snapshot import read_secret_file
+from gateway.redisconn import SCHEMES as REDIS_SCHEMES
+from gateway.redisconn import parse_url as parse_redis_url
 
 __all__ = [
     "DEFAULT_CONFIG_SOURCE",
@@ -605,6 +607,8 @@ def _metrics_problems(config: Config) -> Iterator[_Problem]:
 
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+#: the longest a store write may wait for its replicas (the admin API cuts a store call at 10 s)
+_MAX_ACK_TIMEOUT = 5.0
 _KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "models"}
 
 
@@ -689,9 +693,26 @@ def _auth_problems(config: Config) -> Iterator[_Problem]:
 
     st = config.store
     scheme, sep, rest = st.url.partition("://")
-    if not sep or scheme not in ("sqlite", "redis", "rediss", "unix") or not rest:
-        yield _Problem(("store", "url"), "must be sqlite://FILE, sqlite:///ABSOLUTE/FILE or redis://HOST:PORT/DB")
-    yield from _positive_durations(("store",), st, ("poll_interval", "busy_timeout"))
+    if not sep or scheme not in ("sqlite", *REDIS_SCHEMES) or not rest:
+        yield _Problem(
+            ("store", "url"),
+            "must be sqlite://FILE, sqlite:///ABSOLUTE/FILE, redis://HOST:PORT/DB,"
+            " redis+sentinel://HOST:26379,.../MASTER/DB or redis+cluster://HOST:PORT,...",
+        )
+    elif scheme != "sqlite":
+        try:
+            parse_redis_url(st.url)
+        except ValueError as exc:
+            yield _Problem(("store", "url"), str(exc))
+    yield from _positive_durations(("store",), st, ("poll_interval", "busy_timeout", "replica_ack_timeout"))
+    if st.min_replicas_acked is not None and st.min_replicas_acked < 0:
+        yield _Problem(("store", "min_replicas_acked"), f"must be 0 or more, found {st.min_replicas_acked}")
+    if st.replica_ack_timeout > _MAX_ACK_TIMEOUT:
+        yield _Problem(
+            ("store", "replica_ack_timeout"),
+            f"must be at most {_MAX_ACK_TIMEOUT:g} seconds (the admin API gives a store call 10), "
+            f"found {st.replica_ack_timeout:g}",
+        )
 
     ad = config.admin
     yield from _positive_durations(("admin",), ad, ("apply_timeout",))

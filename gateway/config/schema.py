@@ -264,6 +264,8 @@ class StoreConfig(_Base, frozen=True):
 
     #: "sqlite://FILE" (relative paths are relative to ``data_dir``),
     #: "sqlite:///ABSOLUTE/FILE", or "redis://host:port/db" for a cluster
+    #: ("redis+sentinel://host:26379,.../MASTER/db" behind Sentinel, "redis+cluster://host:port,..."
+    #: for Redis Cluster; gateway/redisconn.py)
     url: str = "sqlite://gateway.db"
     #: Redis key prefix, so several deployments can share one server
     prefix: str = "gw"
@@ -275,6 +277,11 @@ class StoreConfig(_Base, frozen=True):
     #: relative to the config file's directory. Default: that directory when writable, else the user's
     #: state directory ($XDG_STATE_HOME or ~/.local/state, then llm-gateway)
     data_dir: str | None = None
+    #: Redis: replicas that must confirm each key/tenant/subscription write (WAIT) before it is answered;
+    #: none: 1 behind Sentinel, 0 on one server
+    min_replicas_acked: int | None = None
+    #: Redis: seconds a write waits for those confirmations before it is answered 503
+    replica_ack_timeout: float = 1.0
 
 
 class AdminConfig(_Base, frozen=True):

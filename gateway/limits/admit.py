@@ -1298,6 +1298,7 @@ class LimitService:
         st = self.config.store
         return await open_store(StoreOptions(
             url=st.url, prefix=st.prefix, poll_interval=st.poll_interval, busy_timeout=st.busy_timeout,
+            min_replicas_acked=st.min_replicas_acked, replica_ack_timeout=st.replica_ack_timeout,
         ))
 
     async def _claim(self, token: str) -> bool:

@@ -337,6 +337,9 @@ class SpendBook:
             for t in left:
                 with contextlib.suppress(BaseException):
                     await t
+        # the last chance: reopen the store now even if a failure's back-off says later (a failover
+        # may just have ended), rather than lose the spend still pending
+        self._next_open = 0.0
         with contextlib.suppress(Exception):
             await self._flush_locked()  # waits for a write under way, then writes what is left
         if self._pending:

@@ -19,7 +19,13 @@ bucket clock (seconds since an epoch of 1.7e9 s, which keeps microseconds exact 
 that read ``TIME`` and then write are replicated by their effects, the default since Redis 5.
 
 Redis Cluster: the braces are a hash tag, so both keys of one limit live on one slot and each script
-touches one slot. Different limits spread over the cluster; a batch is a pipeline, one EVALSHA each.
+touches one slot. Different limits spread over the cluster; a batch is a pipeline to each master
+concerned, one EVALSHA each, routed by the slot map (``_ClusterLinks``).
+
+Sentinel: the connection comes from a ``SentinelConnectionPool`` (``gateway.redisconn``), so each time it
+connects it asks the sentinels for the master. A failed round trip drops the connection; the next one
+(a call, or the client's probe every second while it falls back to ``fail_mode``) connects to whatever
+master the sentinels then name. A demoted master's READONLY reply counts as a failed round trip too.
 
 Calls are EVALSHA; a NOSCRIPT reply (the script cache was flushed, or a failover to a replica that never
 saw the script) sends ``SCRIPT LOAD`` and the failed calls again in one more round trip.
@@ -53,14 +59,11 @@ import math
 import os
 import secrets
 import socket
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from gateway.limits.shared import (
     BudgetGrant,
@@ -72,7 +75,19 @@ from gateway.limits.shared import (
     check_budget_op,
     check_op,
 )
-from gateway.redisconn import make_connection
+from gateway.redisconn import (
+    RedisTarget,
+    SlotMap,
+    close_pool,
+    connection_pool,
+    make_connection,
+    moved_to,
+    no_retries,
+    node_connection,
+    parse_url,
+    redact,
+    redirected,
+)
 
 __all__ = ["BUCKET_SCRIPT", "BUDGET_SCRIPT", "COUNTER_SCRIPT", "RedisLeaseSource"]
 
@@ -329,21 +344,16 @@ _BUCKET_LUA = _Script(BUCKET_SCRIPT, 6)
 _COUNTER_LUA = _Script(COUNTER_SCRIPT, 6)
 _BUDGET_LUA = _Script(BUDGET_SCRIPT, 14)
 _PING = _command(b"PING")
+_CLUSTER_SLOTS = _command(b"CLUSTER", b"SLOTS")
 
-#: (script or None for a plain command, the packed command)
-_Command = tuple[_Script | None, bytes]
+#: (script or None for a plain command, the packed command, its key or None: where a cluster routes it)
+_Command = tuple[_Script | None, bytes, bytes | None]
 
-
-def _redact(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class RedisLeaseSource(LeaseSource):
-    """Leases and concurrency counters in Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``).
+    """Leases and concurrency counters in Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``, or
+    ``redis+sentinel://``: the master the sentinels name; see ``gateway.redisconn``).
 
     One instance per worker process: one connection, one holder identity. ``prefix`` starts every key.
     ``timeout``: seconds a round trip (connecting included) may take before the source is unavailable;
@@ -370,14 +380,20 @@ class RedisLeaseSource(LeaseSource):
         self.holder_ttl = float(holder_ttl)
         self._prefix = prefix
         self._timeout = float(timeout)
-        self._pool = redis.asyncio.ConnectionPool.from_url(
-            url,
-            socket_timeout=None,  # one timeout per round trip instead (see _roundtrip)
-            socket_connect_timeout=self._timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
-        self._conn = make_connection(self._pool)
+        target = parse_url(url)
+        options: dict[str, Any] = {
+            "socket_timeout": None,  # one timeout per round trip instead (see _roundtrip)
+            "socket_connect_timeout": self._timeout,
+            "retry": no_retries(),
+            "health_check_interval": 0,
+        }
+        self._cluster: _ClusterLinks | None = None
+        self._pool: redis.asyncio.ConnectionPool | None = None
+        if target.kind == "cluster":
+            self._cluster = _ClusterLinks(target, options)
+        else:
+            self._pool = connection_pool(target, **options)
+            self._conn = make_connection(self._pool)
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}".encode()
         self._mine: dict[str, int] = {}
         self._keys: dict[str, bytes] = {}
@@ -412,10 +428,11 @@ class RedisLeaseSource(LeaseSource):
         return packed
 
     def _bucket_command(self, op: Op) -> _Command:
+        key = self._key(op.key)
         return _BUCKET_LUA, b"".join(
             (
                 _BUCKET_LUA.head,
-                _bulk(self._key(op.key)),
+                _bulk(key),
                 _bulk(op.kind.encode()),
                 _bulk(repr(op.rate).encode()),
                 _bulk(repr(op.burst).encode()),
@@ -423,16 +440,17 @@ class RedisLeaseSource(LeaseSource):
                 _bulk(repr(op.size).encode()),
                 _bulk(repr(op.returning).encode()),
             )
-        )
+        ), key
 
     def _budget_command(self, op: BudgetOp) -> _Command:
         def num(value: float) -> bytes:
             return repr(value).encode() if value < _INF else b"-1"
 
+        key = f"{{{self._prefix}:bud:{op.key}}}".encode()
         return _BUDGET_LUA, b"".join(
             (
                 _BUDGET_LUA.head,
-                _bulk(f"{{{self._prefix}:bud:{op.key}}}".encode()),
+                _bulk(key),
                 _bulk(self._holder),
                 _bulk(b"%d" % op.day),
                 _bulk(b"%d" % op.month),
@@ -448,13 +466,14 @@ class RedisLeaseSource(LeaseSource):
                 _bulk(num(op.split)),
                 _bulk(repr(self.holder_ttl).encode()),
             )
-        )
+        ), key
 
     def _counter_command(self, kind: bytes, limit_key: str, limit: int = 0, count: int = 0) -> _Command:
+        key = self._key(limit_key) + b":c"
         return _COUNTER_LUA, b"".join(
             (
                 _COUNTER_LUA.head,
-                _bulk(self._key(limit_key) + b":c"),
+                _bulk(key),
                 _bulk(kind),
                 _bulk(self._holder),
                 _bulk(b"%d" % limit),
@@ -462,7 +481,7 @@ class RedisLeaseSource(LeaseSource):
                 _bulk(b"%d" % count),
                 _bulk(b""),
             )
-        )
+        ), key
 
     async def _execute(self, commands: list[_Command]) -> list[Any]:
         """Send ``commands`` and return their replies. When the connection is idle the caller makes the
@@ -523,55 +542,36 @@ class RedisLeaseSource(LeaseSource):
             if not future.done():
                 future.set_exception(SharedStateUnavailable("the Redis lease source is closed"))
 
+    async def _disconnect(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.drop()
+        else:
+            await self._conn.disconnect(nowait=True)
+
     async def _roundtrip(self, commands: list[_Command]) -> list[Any]:
-        conn = self._conn
         try:
             async with asyncio.timeout(self._timeout):
-                if not conn.is_connected:
-                    await conn.connect()
-                await conn.send_packed_command(b"".join(packed for _, packed in commands), check_health=False)
-                replies = [await self._read() for _ in commands]
-                missing = [
-                    i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)
-                ]
-                if missing:
-                    await self._reload(commands, replies, missing)
+                if self._cluster is not None:
+                    replies = await self._cluster.exchange(commands)
+                else:
+                    replies = await _exchange(self._conn, commands)
         except (
             TimeoutError,
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
             OSError,
+            SharedStateUnavailable,  # a failed SCRIPT LOAD: replies may be left unread, the stream is lost
         ) as exc:
-            await conn.disconnect(nowait=True)
+            await self._disconnect()
             self._healthy = False
             why = str(exc) or type(exc).__name__
-            raise SharedStateUnavailable(f"Redis at {_redact(self.url)}: {why}") from exc
+            raise SharedStateUnavailable(f"Redis at {redact(self.url)}: {why}") from exc
         for reply in replies:
             if isinstance(reply, redis.exceptions.ResponseError):
                 self._healthy = False
-                raise SharedStateUnavailable(f"Redis at {_redact(self.url)}: {reply}")
+                raise SharedStateUnavailable(f"Redis at {redact(self.url)}: {reply}")
         self._healthy = True
         return replies
-
-    async def _read(self) -> Any:
-        try:
-            return await self._conn.read_response()
-        except redis.exceptions.ResponseError as exc:  # one command's error reply; the stream is intact
-            return exc
-
-    async def _reload(self, commands: list[_Command], replies: list[Any], missing: list[int]) -> None:
-        """NOSCRIPT: load the scripts and send the failed calls again, in one round trip."""
-        scripts = list({id(s): s for i in missing if (s := commands[i][0]) is not None}.values())
-        payload = b"".join(s.load for s in scripts) + b"".join(commands[i][1] for i in missing)
-        await self._conn.send_packed_command(payload, check_health=False)
-        for script in scripts:
-            loaded = await self._read()
-            if isinstance(loaded, Exception):
-                raise SharedStateUnavailable(f"Redis at {_redact(self.url)}: SCRIPT LOAD failed: {loaded}")
-            if loaded != script.sha:
-                raise SharedStateUnavailable(f"Redis at {_redact(self.url)}: SCRIPT LOAD answered {loaded!r}")
-        for i in missing:
-            replies[i] = await self._read()
 
     # -- LeaseSource ------------------------------------------------------------------------------------
 
@@ -632,7 +632,7 @@ class RedisLeaseSource(LeaseSource):
 
     async def ping(self) -> bool:
         try:
-            (reply,) = await self._execute([(None, _PING)])
+            (reply,) = await self._execute([(None, _PING, None)])
         except SharedStateUnavailable:
             return False
         return bool(reply)
@@ -647,5 +647,152 @@ class RedisLeaseSource(LeaseSource):
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
         self._fail_jobs()
-        await self._conn.disconnect()
-        await self._pool.disconnect()
+        if self._cluster is not None:
+            await self._cluster.drop()
+        if self._pool is not None:
+            await self._conn.disconnect()
+            await close_pool(self._pool)
+
+
+# --------------------------------------------------------------------------------------------------------
+# One connection's exchange, and a cluster's connections
+
+
+async def _read(conn: Any) -> Any:
+    try:
+        return await conn.read_response()
+    except redis.exceptions.ResponseError as exc:  # one command's error reply; the stream is intact
+        return exc
+
+
+async def _exchange(conn: Any, commands: Sequence[_Command]) -> list[Any]:
+    """Send ``commands`` on ``conn`` (connecting it first if need be) and read their replies; a NOSCRIPT
+    reply loads the scripts and sends the failed calls again, in one more round trip."""
+    if not conn.is_connected:
+        await conn.connect()
+    await conn.send_packed_command(b"".join(packed for _, packed, _ in commands), check_health=False)
+    replies = [await _read(conn) for _ in commands]
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+    if not missing:
+        return replies
+    scripts = list({id(s): s for i in missing if (s := commands[i][0]) is not None}.values())
+    payload = b"".join(s.load for s in scripts) + b"".join(commands[i][1] for i in missing)
+    await conn.send_packed_command(payload, check_health=False)
+    for script in scripts:
+        loaded = await _read(conn)
+        if isinstance(loaded, Exception):
+            raise SharedStateUnavailable(f"SCRIPT LOAD failed: {loaded}")
+        if loaded != script.sha:
+            raise SharedStateUnavailable(f"SCRIPT LOAD answered {loaded!r}")
+    for i in missing:
+        replies[i] = await _read(conn)
+    return replies
+
+
+class _ClusterLinks:
+    """Redis Cluster: one connection per master, each command sent to the master of its key's slot.
+
+    Every script call touches one key (the bucket, the counter, or the budget counter; the braces make
+    a limit's two keys one slot), so no call spans nodes. The slot map is read with ``CLUSTER SLOTS``
+    from the first node to answer (the masters last known and the URL's seed nodes, asked together)
+    before the first call, and again after a connection failure (a master died: a replica is being
+    promoted) or a redirection (ASK, TRYAGAIN, CLUSTERDOWN); a MOVED reply names the slot's new master,
+    which the map takes at once (the rest of the cluster may learn it later). Redirected calls were not
+    run, so they are sent once more; calls to a node that failed count as lost (their units forfeited,
+    as with one server). A round trip sends to the nodes concurrently.
+    """
+
+    def __init__(self, target: RedisTarget, options: dict[str, Any]) -> None:
+        self._target = target
+        self._options = options
+        self._slots = SlotMap()
+        #: the masters of the last map read: asked first next time (the seed nodes may be gone)
+        self._known: list[tuple[str, int]] = []
+        self._links: dict[tuple[str, int], Any] = {}
+
+    def _link(self, node: tuple[str, int]) -> Any:
+        conn = self._links.get(node)
+        if conn is None:
+            conn = self._links[node] = node_connection(self._target, node, **self._options)
+        return conn
+
+    async def _refresh(self) -> None:
+        """Read the slot map from the masters last known and the URL's seed nodes, asked together: the
+        first to answer with a map wins, the others are cut. Together, so that a host that does not
+        answer at all (not even a refusal) does not use up the round trip's time."""
+        nodes = list(dict.fromkeys([*self._known, *self._target.hosts]))
+        tasks = {asyncio.ensure_future(self._slots_of(node)): node for node in nodes}
+        failures = []
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    node = tasks.pop(task)
+                    error = task.exception()
+                    if error is None and task.result():
+                        self._slots = task.result()
+                        self._known = self._slots.masters()
+                        return
+                    failures.append(f"{node[0]}:{node[1]}: {error or 'no slot is served'}")
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task, node in tasks.items():
+                with contextlib.suppress(BaseException):
+                    await task
+                await self._link(node).disconnect(nowait=True)
+        raise SharedStateUnavailable("no cluster node gave a slot map: " + "; ".join(failures))
+
+    async def _slots_of(self, node: tuple[str, int]) -> SlotMap:
+        conn = self._link(node)
+        try:
+            (reply,) = await _exchange(conn, [(None, _CLUSTER_SLOTS, None)])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            await conn.disconnect(nowait=True)
+            raise
+        if isinstance(reply, Exception):
+            raise reply
+        return SlotMap.from_reply(reply, node)
+
+    async def exchange(self, commands: list[_Command]) -> list[Any]:
+        replies: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))
+        for attempt in range(2):
+            if not self._slots:
+                await self._refresh()
+            groups: dict[tuple[str, int], list[int]] = {}
+            for i in pending:
+                groups.setdefault(self._slots.node_of(commands[i][2]), []).append(i)
+            nodes = list(groups)
+            results = await asyncio.gather(
+                *(_exchange(self._link(node), [commands[i] for i in groups[node]]) for node in nodes),
+                return_exceptions=True,
+            )
+            again = []
+            stale = False
+            for node, result in zip(nodes, results, strict=True):
+                if isinstance(result, BaseException):
+                    self._slots = SlotMap()  # a master failed: the map may be stale
+                    await self._link(node).disconnect(nowait=True)
+                    raise result
+                for i, reply in zip(groups[node], result, strict=True):
+                    replies[i] = reply
+                    if attempt == 0 and redirected(reply):
+                        again.append(i)
+                        moved = moved_to(reply, node)
+                        if moved is not None:
+                            self._slots.move(*moved)
+                        else:  # ASK, TRYAGAIN, CLUSTERDOWN: read the map again
+                            stale = True
+            if not again:
+                break
+            if stale:
+                self._slots = SlotMap()
+            pending = again
+        return replies
+
+    async def drop(self) -> None:
+        """Disconnect every node; the next round trip reads the slot map again."""
+        self._slots = SlotMap()
+        for conn in self._links.values():
+            await conn.disconnect(nowait=True)

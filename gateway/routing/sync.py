@@ -45,11 +45,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
-import redis.asyncio
-import redis.exceptions
 from redis.asyncio.client import PubSub
 
-from gateway.redisconn import close_pubsub
+from gateway.redisconn import (
+    Client,
+    close_client,
+    close_pubsub,
+    open_client,
+    open_pubsub,
+    parse_url,
+    unavailable_errors,
+)
 from gateway.routing.breaker import Change
 from gateway.routing.router import Deployment, Router
 
@@ -384,7 +390,7 @@ return 1
 """
 
 
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_REDIS_DOWN = unavailable_errors()
 
 
 class RedisSyncTransport:
@@ -395,7 +401,7 @@ class RedisSyncTransport:
     redis-py costs about 100 us of client CPU per call: fine here, nothing on the request path awaits it.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = "gw") -> None:
+    def __init__(self, client: Client, *, prefix: str = "gw") -> None:
         self._r = client
         self.key = f"{prefix}:breakers"
         self.channel = f"{prefix}:breakers"
@@ -405,18 +411,21 @@ class RedisSyncTransport:
 
     @classmethod
     async def open(cls, url: str, *, prefix: str = "gw") -> RedisSyncTransport:
-        client = redis.asyncio.Redis.from_url(url)
+        """On the Redis ``url`` names (``gateway.redisconn``: one server, a Sentinel-managed master
+        followed through failovers, or a Redis Cluster: the hash and the channel share one name, so the
+        script's two keys are one slot)."""
+        client = open_client(parse_url(url))
         try:
             await client.ping()
         except BaseException:
-            await client.aclose()
+            await close_client(client)
             raise
         return cls(client, prefix=prefix)
 
     async def _subscribed(self) -> PubSub:
         # subscribe before any snapshot read, so that no publication falls in between
         if self._pubsub is None:
-            pubsub = self._r.pubsub()
+            pubsub = open_pubsub(self._r)
             await pubsub.subscribe(self.channel)
             self._pubsub = pubsub
         return self._pubsub
@@ -474,4 +483,4 @@ class RedisSyncTransport:
             return
         self._closed = True
         await self._drop_pubsub()
-        await self._r.aclose()
+        await close_client(self._r)

@@ -6,8 +6,11 @@ URL forms:
   ``sqlite://gateway.db`` (relative to the working directory). The file and its tables are created on
   first open.
 - ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path/to/redis.sock?db=0``,
-  as redis-py reads them. An extra ``prefix=NAME`` query parameter sets the key prefix (default ``gw``),
-  so that several deployments may share one server.
+  as redis-py reads them; ``redis+sentinel://[:password@]host:26379,host2:26379/MASTER[/db]``: the
+  master a group of sentinels names, followed through failovers; ``redis+cluster://host:port,...``: a
+  Redis Cluster (see ``gateway.redisconn``). An extra
+  ``prefix=NAME`` query parameter sets the key prefix (default ``gw``), so that several deployments may
+  share one server.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import urllib.parse
 
 import msgspec
 
+from gateway.redisconn import SCHEMES, parse_url
 from gateway.store.base import InvalidArgument, Store
 
 __all__ = ["REDIS_SCHEMES", "SQLITE_SCHEME", "StoreOptions", "open_store"]
 
 SQLITE_SCHEME = "sqlite"
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: the Redis URL schemes (one server, Sentinel, Cluster: see gateway.redisconn)
+REDIS_SCHEMES = SCHEMES
 
 
 class StoreOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -36,6 +41,11 @@ class StoreOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     poll_interval: float | None = None
     #: SQLite: how long a write waits for another process's write lock before giving up
     busy_timeout: float = 5.0
+    #: Redis: replicas that must confirm each record write (WAIT) before it is reported done; None: 1
+    #: behind Sentinel, 0 on one server
+    min_replicas_acked: int | None = None
+    #: Redis: how long (seconds) a write waits for those confirmations before it is reported failed
+    replica_ack_timeout: float = 1.0
 
 
 async def open_store(target: str | StoreOptions) -> Store:
@@ -62,12 +72,18 @@ async def open_store(target: str | StoreOptions) -> Store:
         # imported here: a node on SQLite never loads the Redis client
         from gateway.store.redis import RedisStore
 
+        try:
+            parse_url(url)
+        except ValueError as exc:
+            raise InvalidArgument(f"store URL: {exc}") from None
         return await RedisStore.open(
             url,
             prefix=prefix,
             poll_interval=options.poll_interval if options.poll_interval is not None else 1.0,
+            min_replicas_acked=options.min_replicas_acked,
+            replica_ack_timeout=options.replica_ack_timeout,
         )
-    raise InvalidArgument(f"unknown store URL scheme {scheme!r}: use sqlite:// or redis://")
+    raise InvalidArgument(f"unknown store URL scheme {scheme!r}: use sqlite://, redis:// or redis+sentinel://")
 
 
 def _split_prefix(url: str, default: str) -> tuple[str, str]:

@@ -28,6 +28,15 @@ Every write goes through one Lua script (``_COMMIT``): it checks the records the
 from fresh records and tried again. Watchers wake on the publication and also re-read the version at
 their interval, so a notification lost while reconnecting delays a change but never hides it.
 
+Replication. Redis replicates asynchronously: a write the master acknowledged and died before sending
+to its replica is lost when Sentinel promotes that replica. With ``min_replicas_acked`` N > 0 each
+commit is followed, on the same connection and in the same round trip, by ``WAIT N timeout``: the write
+is reported done only once N replicas have it, so a key or tenant whose creation was answered survives a
+failover. When fewer replicas confirm within ``replica_ack_timeout`` the write stays applied on the
+master but the call fails with StoreUnavailable (the admin API answers 503): it was not confirmed. Spend
+and last-used times are not waited for (counters sent in the background, at most the replication lag of
+them lost on a failover); see docs/keys-and-tenants.md.
+
 redis-py costs about 100 us of client CPU per call: fine here, since nothing on the request path awaits
 this store (the hot path reads per-worker tables kept current by ``watch``).
 """
@@ -36,18 +45,32 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import msgspec
-import redis.asyncio
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
-from gateway.redisconn import close_pubsub
+from gateway.redisconn import (
+    Client,
+    close_client,
+    close_node_clients,
+    close_pubsub,
+    forget_node,
+    is_cluster,
+    key_pipeline,
+    open_client,
+    open_pubsub,
+    parse_url,
+    redact,
+    redirected,
+    run_script,
+    unavailable_errors,
+)
 from gateway.store.base import (
     CHANGE_LOG_RETENTION,
     DEFAULT_PAGE_SIZE,
@@ -93,6 +116,8 @@ from gateway.store.models import (
 
 __all__ = ["RedisStore"]
 
+log = logging.getLogger("gateway.store.redis")
+
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -101,6 +126,10 @@ T = TypeVar("T")
 _CAS_ATTEMPTS = 32
 #: the longest pause, in seconds, before retrying a write that lost a race (jittered, growing)
 _CAS_BACKOFF = 0.002
+#: what a call raises while Redis (or the part of a cluster it needs) cannot answer
+_DOWN = unavailable_errors()
+#: the same, and the store's own word for it
+_DOWN_OR_UNAVAILABLE: tuple[type[Exception], ...] = (*_DOWN, StoreUnavailable)
 #: records fetched per round trip when a listing filters on something without an index
 _SCAN_BATCH = 200
 
@@ -182,6 +211,14 @@ return 0
 """
 
 
+# KEYS: 1 version, 2 change log; ARGV: the version known. The current version and the changes after the
+# known one, read together.
+_CHANGES = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+return {current, redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')}
+"""
+
+
 def _tenant_of(raw: str, _: str | None) -> Tenant:
     return _tenant(raw)
 
@@ -210,7 +247,7 @@ def _guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
             raise StoreUnavailable("the store is closed")
         try:
             return await fn(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except _DOWN as exc:
             raise StoreUnavailable(f"Redis store: {exc}") from exc
 
     return wrapper
@@ -259,13 +296,22 @@ class RedisStore(Store):
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: Client,
         *,
         prefix: str = "gw",
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        min_replicas_acked: int = 0,
+        replica_ack_timeout: float = 1.0,
     ) -> None:
+        if min_replicas_acked < 0 or not 0.0 < replica_ack_timeout < float("inf"):
+            raise ValueError("min_replicas_acked must be >= 0, replica_ack_timeout a number of seconds > 0")
         self._r = client
+        self._cluster = is_cluster(client)
+        #: on a cluster, plain clients of the masters that took commits with WAIT (see key_pipeline)
+        self._nodes: dict[str, Any] = {}
+        self.min_replicas_acked = min_replicas_acked
+        self._ack_timeout_ms = max(1, round(replica_ack_timeout * 1000))
         self._poll_interval = poll_interval
         self._clock = clock
         self._closed = False
@@ -286,6 +332,7 @@ class RedisStore(Store):
         self.channel = f"{prefix}:changes"
         self._commit_script = client.register_script(_COMMIT)
         self._touch_script = client.register_script(_TOUCH)
+        self._changes_script = client.register_script(_CHANGES)
 
     @classmethod
     async def open(
@@ -295,21 +342,36 @@ class RedisStore(Store):
         prefix: str = "gw",
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        min_replicas_acked: int | None = None,
+        replica_ack_timeout: float = 1.0,
     ) -> RedisStore:
-        """Connect to ``redis://host:port/db`` (also ``rediss://``, ``unix://``) and check it answers."""
-        client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        """Connect to the Redis ``url`` names (``gateway.redisconn``: one server, or the master of a
+        Sentinel group, or a Redis Cluster) and check it answers. ``min_replicas_acked`` None: 1 behind
+        Sentinel (a replica is what a failover promotes), else 0."""
+        target = parse_url(url)
+        if min_replicas_acked is None:
+            min_replicas_acked = 1 if target.kind == "sentinel" else 0
+        client = open_client(target, decode_responses=True)
         try:
             await client.ping()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            await client.aclose()
-            raise StoreUnavailable(f"Redis store at {_redact(url)}: {exc}") from exc
-        return cls(client, prefix=prefix, poll_interval=poll_interval, clock=clock)
+        except _DOWN as exc:
+            await close_client(client)
+            raise StoreUnavailable(f"Redis store at {redact(url)}: {exc}") from exc
+        return cls(
+            client,
+            prefix=prefix,
+            poll_interval=poll_interval,
+            clock=clock,
+            min_replicas_acked=min_replicas_acked,
+            replica_ack_timeout=replica_ack_timeout,
+        )
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await self._r.aclose()
+        await close_node_clients(self._nodes)
+        await close_client(self._r)
 
     # -- key names
 
@@ -354,7 +416,7 @@ class RedisStore(Store):
                 keys.append(key)
                 index[key] = len(keys)
             args.extend((name, index[key], field, value))
-        result = [_str(x) for x in await self._commit_script(keys=keys, args=args)]
+        result = [_str(x) for x in await self._run_commit(keys, args)]
         status = result[0]
         if status == "ok":
             return int(result[2])
@@ -363,6 +425,46 @@ class RedisStore(Store):
         if status == "missing":
             raise NotFound(f"{result[1]} does not exist")
         raise _Lost(result[1])
+
+    async def _run_commit(self, keys: list[str], args: list[str | bytes | int]) -> Any:
+        """The commit script's reply; with ``min_replicas_acked``, sent with ``WAIT`` on one connection
+        (WAIT counts the replicas that have this connection's writes), StoreUnavailable when too few
+        confirm in time."""
+        wanted = self.min_replicas_acked
+        if wanted == 0:
+            return await self._commit_script(keys=keys, args=args)
+        try:
+            reply, acked = await self._commit_and_wait(keys, args, wanted)
+        except redis.exceptions.ResponseError as exc:
+            if not redirected(exc):
+                raise
+            # the slot moved (a cluster failover) since the cluster client last looked: a redirected call
+            # ran nothing, so send it once more to the master the client finds now
+            reply, acked = await self._commit_and_wait(keys, args, wanted)
+        if int(acked) < wanted:
+            log.warning(
+                "store: a write was confirmed by %s of %s replica(s) within %s ms; answered as failed",
+                acked, wanted, self._ack_timeout_ms,
+            )
+            raise StoreUnavailable(
+                f"the write was applied on the Redis master but confirmed by {acked} of {wanted} replica(s)"
+                f" within {self._ack_timeout_ms} ms: a failover could lose it ([store] min_replicas_acked)"
+            )
+        return reply
+
+    async def _commit_and_wait(self, keys: list[str], args: list[str | bytes | int], wanted: int) -> Any:
+        """The commit and ``WAIT`` in one pipeline on one connection to the records' master (on a cluster,
+        the master of their slot: a routed read first lets the cluster client learn where that is)."""
+        if self._cluster:
+            await self._r.get(self._version)
+        try:
+            async with key_pipeline(self._r, keys[0], self._nodes) as pipe:
+                await run_script(self._commit_script, keys, args, pipe)
+                pipe.wait(wanted, self._ack_timeout_ms)
+                return await pipe.execute()
+        except _DOWN:
+            await forget_node(self._nodes, keys[0], self._r)
+            raise
 
     async def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, R]]) -> R:
         """Run a read-compute-commit ``attempt`` until it does not lose a race."""
@@ -501,7 +603,8 @@ class RedisStore(Store):
         keys_of, subs_of = self._keys_of(tenant_id), self._subs_of(tenant_id)
 
         async def attempt() -> None:
-            async with self._r.pipeline(transaction=True) as pipe:
+            # not atomic (a cluster runs no multi-key transaction): the commit checks what was read
+            async with self._r.pipeline(transaction=False) as pipe:
                 pipe.hget(self._tenants, tenant_id)
                 pipe.zrange(keys_of, 0, -1)
                 pipe.zrange(subs_of, 0, -1)
@@ -889,11 +992,8 @@ class RedisStore(Store):
 
     @_guarded
     async def changes_since(self, version: int) -> list[Change] | None:
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.get(self._version)
-            pipe.zrangebyscore(self._changes, f"({version}", "+inf")
-            current_raw, members = await pipe.execute()
-        current = int(current_raw) if current_raw is not None else 0
+        current_raw, members = await self._changes_script(keys=[self._version, self._changes], args=[version])
+        current = int(current_raw)
         if version >= current:
             return [] if version == current else None
         changes = []
@@ -913,7 +1013,7 @@ class RedisStore(Store):
                 try:
                     if pubsub is None:
                         # subscribe before reading the version, so that no publication falls in between
-                        pubsub = self._r.pubsub()
+                        pubsub = open_pubsub(self._r)
                         await pubsub.subscribe(self.channel)
                     version = await self.change_version()
                     if last is None:
@@ -925,7 +1025,7 @@ class RedisStore(Store):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=pause)
                     while message is not None:  # drain: one re-read covers every queued publication
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-                except (StoreUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                except _DOWN_OR_UNAVAILABLE:
                     if self._closed:
                         return
                     if pubsub is not None:
@@ -940,15 +1040,6 @@ class RedisStore(Store):
 async def _close_quietly(pubsub: PubSub) -> None:
     try:
         await close_pubsub(pubsub)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+    except _DOWN:
         pass
 
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
