@@ -14,18 +14,26 @@ Process model (granian's multiprocess server, not ``gateway.server.supervisor``)
 
 Where a worker's config comes from (environment set by ``serve_granian`` before the workers start):
 
+    ``GATEWAY_CONFIG_SNAPSHOT_FILE``  the snapshot the main process validated last (``gateway.config
+                             .snapshot``: the config and the contents of its credential files), rewritten
+                             atomically at every valid reload: read at worker start and on every SIGHUP, so
+                             every worker, a respawned one too, serves exactly what the main validated and
+                             no worker reads the TOML file or a key file itself
     ``GATEWAY_CONFIG_JSON``  the config the main process validated last (msgspec JSON): used at worker start
-    ``GATEWAY_CONFIG``       the TOML file: read at worker start when there is no JSON snapshot (e.g. under
-                             granian's own CLI) and on every SIGHUP reload
-    neither                  the embedded default config
+                             when there is no snapshot file
+    ``GATEWAY_CONFIG``       the TOML file: read at worker start and on SIGHUP only when there is neither
+                             (e.g. under granian's own CLI)
+    none                     the embedded default config
 
 Signals:
 
     signal            | main process                                   | worker
     ------------------+------------------------------------------------+---------------------------------
-    SIGHUP            | validate the file; if valid, refresh the JSON  | reload the file into the Engine
-                      | snapshot and SIGHUP every worker; else log     | (invalid: logged, old config
-                      | the errors and keep everything                 | keeps serving)
+    SIGHUP            | read and validate the file once; if valid,     | load the snapshot file into the
+                      | rewrite the snapshot file and SIGHUP every     | Engine (unreadable: logged, old
+                      | worker; else log the errors, keep everything   | config keeps serving)
+    main dies         | (even SIGKILL)                                 | SIGTERM from the kernel
+                      |                                                | (``PR_SET_PDEATHSIG``): drains
     SIGTERM / SIGINT  | granian: SIGTERM every worker, wait up to      | granian stops accepting, lets
                       | ``drain_timeout + 5`` s, then SIGKILL          | in-flight requests finish; we set
                       |                                                | ``engine.draining`` and cancel what
@@ -38,6 +46,7 @@ stream body cleanly); ``write`` has no backpressure (granian queues stream chunk
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -60,6 +69,7 @@ from gateway.errors import error_body
 __all__ = [
     "ENV_CONFIG",
     "ENV_CONFIG_JSON",
+    "ENV_CONFIG_SNAPSHOT_FILE",
     "RSGIApp",
     "RSGIResponder",
     "app",
@@ -74,6 +84,10 @@ log = logging.getLogger("gateway.rsgi")
 ENV_CONFIG = "GATEWAY_CONFIG"
 #: the config the main process validated last, as msgspec JSON (what a starting worker uses)
 ENV_CONFIG_JSON = "GATEWAY_CONFIG_JSON"
+#: the file holding the main process's last validated snapshot (``gateway.config.snapshot``)
+ENV_CONFIG_SNAPSHOT_FILE = "GATEWAY_CONFIG_SNAPSHOT_FILE"
+#: the granian main process's pid, for the workers' parent-death signal
+ENV_MAIN_PID = "GATEWAY_GRANIAN_MAIN_PID"
 
 # RSGI's scope.http_version ("1" is HTTP/1.0 as granian reports it) -> Request.version
 _VERSIONS = {"1.1": 11, "2": 11, "1": 10, "1.0": 10}
@@ -88,9 +102,34 @@ def _error(status: int, message: str, type_: str, code: str) -> tuple[int, Heade
     return status, list(_JSON), error_body(message, type_, code)
 
 
+def _snapshot_from_file() -> Config | None:
+    """The main process's last validated snapshot, installed (its credential files pinned); None when
+    there is no snapshot file (granian's own CLI). Raises OSError or msgspec errors for an unreadable one."""
+    from gateway.config.snapshot import decode_snapshot, install
+
+    path = os.environ.get(ENV_CONFIG_SNAPSHOT_FILE)
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return install(decode_snapshot(f.read()))
+
+
+def write_snapshot_file(path: str, data: bytes) -> None:
+    """Replace the snapshot file atomically: a worker reads either the old snapshot or the new one. It holds
+    the contents of credential files, so only this user may read it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def config_from_env() -> tuple[Config, str | None]:
     """The worker's starting config and the file SIGHUP reloads (see the module docstring)."""
     path = os.environ.get(ENV_CONFIG) or None
+    from_file = _snapshot_from_file()
+    if from_file is not None:
+        return from_file, path
     snapshot = os.environ.get(ENV_CONFIG_JSON)
     if snapshot:
         return msgspec.json.decode(snapshot, type=Config), path
@@ -258,6 +297,7 @@ class RSGIApp:
             loop.run_until_complete(engine.startup())
             self.engine = engine
         if self.signals:
+            _die_with_main()
             self._install_signals(loop)
             if _take_pending_hup():  # a SIGHUP came between the fork and now: reload once running
                 loop.call_soon(self.reload)
@@ -343,8 +383,11 @@ class RSGIApp:
             log.warning("granian worker %d: SIGHUP before the engine started; ignored", pid)
             return
         try:
-            new = load_config(path)
-            check_servable(new, path)
+            # the snapshot the main process validated: every worker applies the same one
+            new = _snapshot_from_file()
+            if new is None:
+                new = load_config(path)
+                check_servable(new, path)
             engine.reload(new)
         except ConfigError as exc:
             log.error("granian worker %d: config reload rejected, keeping the running config:\n%s", pid, exc)
@@ -509,6 +552,19 @@ class RSGIApp:
 #: what granian loads in each worker: ``gateway.server.rsgi:app``
 app = RSGIApp()
 
+def _die_with_main() -> None:
+    """A worker is SIGTERMed (and drains) when granian's main process dies, even by SIGKILL, so no orphan
+    keeps serving on the port; one whose main is gone already stops at once."""
+    main = os.environ.get(ENV_MAIN_PID)
+    if not main or not main.isdigit():
+        return
+    from gateway.server.control import set_parent_death_signal
+
+    if not set_parent_death_signal(int(main)):
+        log.warning("granian worker %d: the main process is gone; stopping", os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 # set in a worker by the main process's SIGHUP handler it inherited, before __rsgi_init__ installs its own
 _hup_pending = False
 
@@ -598,11 +654,13 @@ def _worker_pids(server: Any) -> list[int]:
 class _MainHooks:
     """What the gateway adds to granian's main process: the banner and the SIGHUP config reload."""
 
-    def __init__(self, server: Any, config: Config, config_path: str | None, banner: str) -> None:
+    def __init__(self, server: Any, config: Config, config_path: str | None, banner: str,
+                 snapshot_file: str) -> None:
         self.server = server
         self.config = config
         self.config_path = config_path
         self.banner = banner
+        self.snapshot_file = snapshot_file
         self.pid = os.getpid()
 
     def on_startup(self) -> None:
@@ -622,12 +680,14 @@ class _MainHooks:
         if path is None:
             log.info("granian main: SIGHUP ignored, running the embedded default config")
             return
+        from gateway.config.snapshot import encode_snapshot, read_snapshot
+
         try:
-            new = load_config(path)
-            check_servable(new, path)
+            snapshot = read_snapshot(path)  # the one read of the file and its credential files
         except ConfigError as exc:
             log.error("granian main: config reload rejected, keeping the running config:\n%s", exc)
             return
+        new = snapshot.config
         from gateway.config.security import weakenings
 
         for change in weakenings(self.config, new):
@@ -638,8 +698,13 @@ class _MainHooks:
         ) or (new.server.tls_cert, new.server.tls_key) != (old.tls_cert, old.tls_key):
             log.warning("granian main: listener settings (host, port, workers, frontend, TLS) change on "
                         "restart only")
+        try:
+            write_snapshot_file(self.snapshot_file, encode_snapshot(snapshot))  # what every worker applies
+        except OSError as exc:
+            log.error("granian main: cannot write the config snapshot, keeping the running config: %s", exc)
+            return
         self.config = new
-        os.environ[ENV_CONFIG_JSON] = msgspec.json.encode(new).decode()  # what respawned workers start with
+        os.environ[ENV_CONFIG_JSON] = msgspec.json.encode(new).decode()
         for pid in _worker_pids(self.server):
             try:
                 os.kill(pid, signal.SIGHUP)
@@ -667,16 +732,30 @@ def serve_granian(config: Config, config_path: str | None, workers: int, host: s
         os.environ[ENV_CONFIG] = os.path.abspath(config_path)
     else:
         os.environ.pop(ENV_CONFIG, None)
+    from gateway.config.snapshot import encode_snapshot, read_snapshot, snapshot_of
+
+    try:
+        # one read of the file (and its credential files) for every worker, as under the native supervisor
+        snapshot = read_snapshot(config_path) if config_path is not None else snapshot_of(config)
+    except ConfigError as exc:
+        placeholder.close()
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    config = snapshot.config
     os.environ[ENV_CONFIG_JSON] = msgspec.json.encode(config).decode()
+    os.environ[ENV_MAIN_PID] = str(os.getpid())
     from gateway.observe.metrics import NodeDir
 
     try:
         # the workers find it in their environment (GATEWAY_METRICS_DIR), as under the native supervisor
         metrics_dir = NodeDir.open(config.metrics)
+        snapshot_file = os.path.join(metrics_dir.path, "config.snapshot")
+        write_snapshot_file(snapshot_file, encode_snapshot(snapshot))
     except OSError as exc:
         placeholder.close()
-        print(f"gateway: cannot prepare the metrics directory: {exc}", file=sys.stderr)
+        print(f"gateway: cannot prepare the node directory: {exc}", file=sys.stderr)
         return 1
+    os.environ[ENV_CONFIG_SNAPSHOT_FILE] = snapshot_file
     tls = bool(config.server.tls_cert and config.server.tls_key)
     shown = f"[{host}]" if ":" in host else host
     banner = (f"gateway: serving on {'https' if tls else 'http'}://{shown}:{port} with {workers} worker(s) "
@@ -687,7 +766,7 @@ def serve_granian(config: Config, config_path: str | None, workers: int, host: s
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad certificate or key
             print(f"gateway: cannot start granian: {exc}", file=sys.stderr)
             return 2
-        hooks = _MainHooks(server, config, config_path, banner)
+        hooks = _MainHooks(server, config, config_path, banner, snapshot_file)
         server.on_startup(hooks.on_startup)
         try:
             server.serve()
@@ -697,4 +776,7 @@ def serve_granian(config: Config, config_path: str | None, workers: int, host: s
         return 0
     finally:
         placeholder.close()
+        with contextlib.suppress(OSError):
+            os.unlink(snapshot_file)
         metrics_dir.close()
+        os.environ.pop(ENV_CONFIG_SNAPSHOT_FILE, None)

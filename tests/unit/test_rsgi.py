@@ -31,6 +31,8 @@ from granian.rsgi import ProtocolClosed  # type: ignore[attr-defined]
 from gateway._core.http import Request
 from gateway.app import ClientGone, Headers
 from gateway.config import DEFAULT_CONFIG_TOML, Config, default_config
+from gateway.config.loader import resolve_secret
+from gateway.config.snapshot import decode_snapshot, encode_snapshot, install, read_snapshot, snapshot_of
 from gateway.server import rsgi
 from gateway.server.rsgi import ENV_CONFIG, ENV_CONFIG_JSON, RSGIApp, RSGIResponder
 
@@ -581,20 +583,49 @@ def test_main_process_sighup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     f.write_text(DEFAULT_CONFIG_TOML)
     monkeypatch.setenv(ENV_CONFIG_JSON, "old")
     server = SimpleNamespace(wrks=[])  # no workers to signal
-    hooks = rsgi._MainHooks(server, default_config(), str(f), "banner")
+    snapshot_file = tmp_path / "config.snapshot"
+    hooks = rsgi._MainHooks(server, default_config(), str(f), "banner", str(snapshot_file))
 
     f.write_text(DEFAULT_CONFIG_TOML + '\n[models.bad]\nprovider = "nope"\n')
     hooks.on_hup(signal.SIGHUP, None)
     assert "config reload rejected" in caplog.text and os.environ[ENV_CONFIG_JSON] == "old"
+    assert not snapshot_file.exists()
 
     f.write_text(DEFAULT_CONFIG_TOML.replace("max_body_bytes = 4194304", "max_body_bytes = 4321"))
     hooks.on_hup(signal.SIGHUP, None)
     new = msgspec.json.decode(os.environ[ENV_CONFIG_JSON], type=Config)
     assert new.server.max_body_bytes == 4321 and hooks.config == new
+    # what the workers apply: the snapshot the main validated, readable by this user only
+    assert decode_snapshot(snapshot_file.read_bytes()).config == new
+    assert snapshot_file.stat().st_mode & 0o777 == 0o600
 
     hooks.pid = -1  # as in a freshly forked worker: only note the signal
     hooks.on_hup(signal.SIGHUP, None)
     assert rsgi._take_pending_hup() and not rsgi._take_pending_hup()
+
+
+def test_workers_apply_the_main_snapshot_not_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A granian worker starts from, and reloads, the snapshot the main process validated: a config file or
+    a key file rewritten after that validation never reaches one worker and not another."""
+    key = tmp_path / "upstream.key"
+    key.write_text("sk-validated")
+    f = tmp_path / "gw.toml"
+    f.write_text(DEFAULT_CONFIG_TOML.replace("max_body_bytes = 4194304", "max_body_bytes = 4321")
+                 + f'\n[providers.up]\ntype = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                 f'api_key = "file:{key}"\n')
+    snapshot_file = tmp_path / "config.snapshot"
+    rsgi.write_snapshot_file(str(snapshot_file), encode_snapshot(read_snapshot(str(f))))
+    # rewritten on disk after the main validated it
+    f.write_text(DEFAULT_CONFIG_TOML.replace("max_body_bytes = 4194304", "max_body_bytes = 999"))
+    key.write_text("sk-rewritten")
+    monkeypatch.setenv(ENV_CONFIG, str(f))
+    monkeypatch.setenv(rsgi.ENV_CONFIG_SNAPSHOT_FILE, str(snapshot_file))
+    try:
+        config, path = rsgi.config_from_env()
+        assert config.server.max_body_bytes == 4321 and path == str(f)
+        assert resolve_secret(f"file:{key}") == "sk-validated"
+    finally:
+        install(snapshot_of(default_config()))
 
 
 def test_granian_options() -> None:
