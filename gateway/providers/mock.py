@@ -1233,8 +1233,12 @@ class MockApp:
 
     async def _deliver(self, reply: MockReply, responder: Responder) -> None:
         if reply.hang:
-            while not responder.disconnected:
+            # until the client is gone or has closed its side (a gateway that timed out closes its
+            # connection: a half-closed one would otherwise be held here, and its socket, for ever)
+            while not (responder.disconnected or getattr(responder, "peer_closed", False)):
                 await asyncio.sleep(0.25)
+            if not responder.disconnected:
+                _drop(responder)  # no answer, as promised: drop the connection
             return
         if reply.latency > 0:
             await asyncio.sleep(reply.latency)
@@ -1262,12 +1266,17 @@ class MockApp:
                 return
             raise
         if reply.cut_after is not None:
-            abort = getattr(responder, "abort", None)
-            if abort is None:
-                raise MockAbort("mock: cut the response as a directive asked")
-            abort()
+            _drop(responder)
             return
         responder.end_stream()
+
+
+def _drop(responder: Responder) -> None:
+    """End the connection without (finishing) an answer: ``abort()`` where the responder has one."""
+    abort = getattr(responder, "abort", None)
+    if abort is None:
+        raise MockAbort("mock: dropped the connection as a directive asked")
+    abort()
 
 
 # --- the Transport -----------------------------------------------------------------------------------------

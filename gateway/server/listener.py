@@ -176,6 +176,14 @@ class NativeResponder:
     def disconnected(self) -> bool:
         return self._conn.transport is None
 
+    @property
+    def peer_closed(self) -> bool:
+        """The client closed its side (EOF) or the connection is gone: it will send nothing more. A client
+        may still read an answer after a half-close, so this is not ``disconnected``; it is for a server
+        that would otherwise wait without end for such a client (the mock's ``hang``)."""
+        conn = self._conn
+        return conn.transport is None or conn.peer_eof
+
     def send(self, status: int, headers: Headers, body: bytes) -> None:
         if self.started:
             raise RuntimeError("response already started")
