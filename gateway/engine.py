@@ -36,8 +36,10 @@ from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secre
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
+from gateway.providers.azure import azure_translator
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator, completion_as_stream, error_text, has_error
+from gateway.providers.presets import base_url_of, quirks_of
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
@@ -103,7 +105,7 @@ class Target:
         self.provider = provider
         self.upstream_model = upstream_model
         self.translator = translator
-        self.rewrite_model = upstream_model != model
+        self.rewrite_model = upstream_model != model and not translator.model_in_path
 
 
 class ModelEntry:
@@ -140,7 +142,8 @@ class Runtime:
             router = entry.router = self.routers[name]
             for d in router.deployments:
                 entry.targets[d.id] = Target(
-                    name, d.name, d.provider, d.upstream_model, translators[d.provider]
+                    name, d.name, d.provider, d.upstream_model,
+                    translators[d.provider].for_model(d.upstream_model),
                 )
             if m.direct():
                 entry.target = next(iter(entry.targets.values()))
@@ -256,9 +259,8 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         return OpenAITranslator(name, MockTransport(p.mock), "/v1", None, p.headers)
     from gateway.server.pool import OriginPool
 
-    assert p.base_url is not None
     pool = OriginPool(
-        p.base_url,
+        base_url_of(p),
         pool_size=p.pool_size or defaults.pool_size,
         connect_timeout=p.connect_timeout or defaults.connect_timeout,
         read_timeout=p.read_timeout or defaults.read_timeout,
@@ -267,8 +269,10 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         verify_tls=defaults.verify_tls if p.verify_tls is None else p.verify_tls,
         ca_file=p.ca_file or defaults.ca_file,
     )
+    if p.type == "azure":
+        return azure_translator(name, p, pool, pool.prefix)
     key = resolve_secret(p.api_key) if p.api_key else None
-    return OpenAITranslator(name, pool, pool.prefix, key, p.headers)
+    return OpenAITranslator(name, pool, pool.prefix, key, p.headers, quirks=quirks_of(p))
 
 
 class Engine:
@@ -1190,14 +1194,20 @@ class Engine:
 
     def _upstream_body(self, ctx: Context, target: Target, model_name: str | None = None) -> bytes:
         """The original bytes, unless the model id must change or usage must be requested."""
-        need_usage = ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
+        quirks = target.translator.quirks  # a preset's body changes (gateway.providers.presets), or None
+        need_usage = (ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
+                      and (quirks is None or quirks.ask_usage))
         if model_name is not None:  # a routed attempt, perhaps of a fallback model
-            rewrite = target.upstream_model != ctx.fields.model
+            rewrite = target.upstream_model != ctx.fields.model and not target.translator.model_in_path
         else:
             rewrite = target.rewrite_model
         if not rewrite and not need_usage:
-            return ctx.body  # PERF: forward the client's bytes untouched
+            if quirks is None:
+                return ctx.body  # PERF: forward the client's bytes untouched
+            return quirks.body(ctx.body)  # PERF: decoded only when a quirk field occurs in it
         top = top_level_decoder.decode(ctx.body)
+        if quirks is not None:
+            quirks.apply(top)
         if rewrite:
             top["model"] = msgspec.Raw(encode(target.upstream_model))
         if need_usage:
