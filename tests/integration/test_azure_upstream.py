@@ -86,7 +86,7 @@ class FilteringUpstream:
     completion (``finish_reason: content_filter``). Records each request's path and headers."""
 
     def __init__(self) -> None:
-        seen: list[tuple[str, dict[str, str]]] = []
+        seen: list[tuple[str, dict[str, str], bytes]] = []
         self.seen = seen
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -96,8 +96,9 @@ class FilteringUpstream:
                 pass
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-                seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = json.loads(raw)
+                seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, raw))
                 if "bad prompt" in body["messages"][-1]["content"]:
                     status, out, ctype = 400, json.dumps(PROMPT_FILTERED).encode(), "application/json"
                 else:
@@ -313,9 +314,22 @@ def test_prompt_content_filter_passes_through(client: openai.OpenAI, filtering: 
     assert err.status_code == 400 and err.code == "content_filter"
     body = err.body
     assert isinstance(body, dict) and body["innererror"]["code"] == "ResponsibleAIPolicyViolation"
-    path, headers = filtering.seen[-1]
+    path, headers, _ = filtering.seen[-1]
     assert path == "/openai/deployments/cf/chat/completions?api-version=2024-10-21"
     assert headers["api-key"] == MOCK_KEY and "authorization" not in headers
+
+
+def test_deployments_path_forwards_the_clients_bytes(gateway: Gateway, filtering: FilteringUpstream) -> None:
+    """The deployment is in the path, so the body's ``model`` (the gateway's name, not the deployment's)
+    is not rewritten: the client's bytes go up as they came (the pass-through fast path)."""
+    import httpx
+
+    body = b'{ "model": "filtered",  "messages": [{"role": "user", "content": "a story"}], "seed": 1 }'
+    resp = httpx.post(f"{gateway.base_url}/chat/completions", content=body,
+                      headers={"content-type": "application/json", "x-request-id": "bytes-1"})
+    assert resp.status_code == 200
+    (sent,) = [s for s in filtering.seen if s[1].get("x-request-id") == "bytes-1"]
+    assert sent[0].startswith("/openai/deployments/cf/chat/completions?") and sent[2] == body
 
 
 def test_completion_content_filter_passes_through(client: openai.OpenAI, gateway: Gateway) -> None:
