@@ -687,7 +687,7 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     if p.type == "openai" and p.base_url is None and p.preset is None:
         yield _Problem(
             (*path, "base_url"),
-            'required for type "openai" (for example "https://api.openai.com/v1"), unless a preset gives it',
+            'required for type "openai" (for example "https://api.openai.com/v1")',
         )
     elif p.type == "azure" and p.base_url is None:
         yield _Problem((*path, "base_url"), 'required for type "azure": the resource endpoint, for example '
