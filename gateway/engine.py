@@ -39,7 +39,7 @@ from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.azure import azure_translator
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator, completion_as_stream, error_text, has_error
-from gateway.providers.presets import base_url_of, quirks_of
+from gateway.providers.presets import base_url_of, credentials_of, quirks_of
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
@@ -270,9 +270,12 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         ca_file=p.ca_file or defaults.ca_file,
     )
     if p.type == "azure":
-        return azure_translator(name, p, pool, pool.prefix)
-    key = resolve_secret(p.api_key) if p.api_key else None
-    return OpenAITranslator(name, pool, pool.prefix, key, p.headers, quirks=quirks_of(p))
+        translator = azure_translator(name, p, pool, pool.prefix)
+    else:
+        key = resolve_secret(p.api_key) if p.api_key else None
+        translator = OpenAITranslator(name, pool, pool.prefix, key, p.headers, quirks=quirks_of(p))
+    translator.secrets = credentials_of(p)
+    return translator
 
 
 class Engine:
@@ -395,7 +398,7 @@ class Engine:
         translators: dict[str, OpenAITranslator] = {}
         for name, p in config.providers.items():
             prev = old.get(name)
-            if prev is not None and prev[0] == p:
+            if prev is not None and prev[0] == p and prev[1].secrets == credentials_of(p):
                 translators[name] = prev[1]  # unchanged provider: keep its warm pool
             else:
                 translators[name] = build_translator(name, p, config.upstream)

@@ -16,5 +16,6 @@ cdef class OpenAITranslator:
     cdef public bint model_in_path
     cdef public str name
     cdef public object quirks
+    cdef public tuple secrets
     cdef public object transport
     cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb) except -1

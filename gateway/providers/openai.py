@@ -42,7 +42,7 @@ class OpenAITranslator:
     """
 
     __slots__ = ("_headers", "_heads", "_models", "_paths", "_pool", "_prefix", "_template", "model_in_path",
-                 "name", "quirks", "transport")
+                 "name", "quirks", "secrets", "transport")
 
     def __init__(
         self,
@@ -60,6 +60,8 @@ class OpenAITranslator:
         self.name = name
         self.transport = transport
         self.quirks = quirks
+        #: the credentials it was built with (``presets.credentials_of``): a reload compares them
+        self.secrets: tuple[str, ...] = ()
         # PERF: paths and static headers are built once per provider
         self._prefix = path_prefix
         self._template = model_paths

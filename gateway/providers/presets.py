@@ -29,9 +29,9 @@ from typing import Final, Literal
 
 import msgspec
 
-from gateway.config.schema import ProviderConfig
+from gateway.config import ProviderConfig, resolve_secret
 
-__all__ = ["PRESETS", "BodyQuirks", "Preset", "StreamUsage", "base_url_of", "quirks_of"]
+__all__ = ["PRESETS", "BodyQuirks", "Preset", "StreamUsage", "base_url_of", "credentials_of", "quirks_of"]
 
 #: how a provider reports usage in a stream: only when asked (``stream_options.include_usage``, as
 #: OpenAI), on its last chunk whether asked or not, on every chunk (cumulative: the last one counts), or
@@ -158,3 +158,10 @@ def base_url_of(p: ProviderConfig) -> str:
 def quirks_of(p: ProviderConfig) -> BodyQuirks | None:
     """The provider's body quirks: its preset's, if it has a preset with any."""
     return BodyQuirks.of(PRESETS[p.preset]) if p.preset is not None else None
+
+
+def credentials_of(p: ProviderConfig) -> tuple[str, ...]:
+    """The provider's credentials as they read now (references resolved). A reload compares them with the
+    ones its translator was built with: a key or token rotated behind an unchanged reference (a
+    rewritten secret file) gets a new translator."""
+    return tuple(resolve_secret(ref) for ref in (p.api_key, p.azure_ad_token) if ref)

@@ -352,3 +352,34 @@ def test_unknown_deployment_is_azures_404(client: openai.OpenAI, tmp_path: Path,
     resp = httpx.post(f"http://{HOST}:{azure_mock}/openai/deployments/x/chat/completions",
                       headers={"api-key": MOCK_KEY}, json={"messages": []})
     assert resp.status_code == 404
+
+
+def test_a_rotated_token_is_used_after_a_reload(azure_mock: int, tmp_path: Path) -> None:
+    """The Entra ID token is read at load time: whatever renews it rewrites the file and reloads the
+    gateway (SIGHUP), which then sends the new token although the config's reference did not change."""
+    import signal
+
+    from .helpers import wait_for
+
+    token = tmp_path / "entra.token"
+    token.write_text("expired-token\n")
+    text = _azure_provider("az", azure_mock, azure_ad_token=f"file:{token}") + _model("chat", "az", "gpt4o-prod")
+    gw = _launch("gateway-azure-rotate", tmp_path, config_text=text, workers=1, frontend="native")
+    c = gw.client()
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        token.write_text(MOCK_KEY + "\n")
+        gw.process.send_signal(signal.SIGHUP)
+
+        def served() -> bool:
+            try:
+                c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+            except openai.AuthenticationError:
+                return False
+            return True
+
+        wait_for(served, 30.0, interval=0.2, what="the reloaded token to be sent")
+    finally:
+        c.close()
+        gw.process.stop()
