@@ -7,14 +7,12 @@ Both paths (``azure_path = "deployments"``: the deployment in the path and ``api
 ``azure_ad_token`` as a bearer token) are checked against the mock, which refuses a wrong path, a missing
 ``api-version`` or a wrong credential exactly as Azure does. Azure's extra fields (content-filter results,
 the stream's first chunk with empty ``choices``) must not break usage accounting or the SDK. Content-filter
-refusals come from a tiny Azure-shaped upstream in the test (the mock has no such cue).
+refusals come from a tiny Azure-shaped upstream in the test (``TinyUpstream``; the mock has no such cue).
 """
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from pydantic import BaseModel
 
 from .conftest import MOCK_KEY, Gateway, _launch
 from .helpers import HOST, ServerProcess, call_records, free_port
+from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,47 +79,14 @@ def _completion_filtered(stream: bool) -> tuple[bytes, str]:
     return body, "text/event-stream"
 
 
-class FilteringUpstream:
-    """Answers ``/openai/deployments/cf/chat/completions?api-version=...`` as Azure does when its content
-    filter trips: the prompt (400 ``content_filter``) when the last message says ``bad prompt``, else the
-    completion (``finish_reason: content_filter``). Records each request's path and headers."""
-
-    def __init__(self) -> None:
-        seen: list[tuple[str, dict[str, str], bytes]] = []
-        self.seen = seen
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                body = json.loads(raw)
-                seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, raw))
-                if "bad prompt" in body["messages"][-1]["content"]:
-                    status, out, ctype = 400, json.dumps(PROMPT_FILTERED).encode(), "application/json"
-                else:
-                    status = 200
-                    out, ctype = _completion_filtered(bool(body.get("stream")))
-                self.send_response(status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+def _filtering_answer(path: str, headers: dict[str, str], raw: bytes) -> tuple[int, str, bytes]:
+    """Azure when its content filter trips: on the prompt (400 ``content_filter``) when the last message
+    says ``bad prompt``, else on the completion (``finish_reason: content_filter``)."""
+    body = json.loads(raw)
+    if "bad prompt" in body["messages"][-1]["content"]:
+        return 400, "application/json", json.dumps(PROMPT_FILTERED).encode()
+    out, ctype = _completion_filtered(bool(body.get("stream")))
+    return 200, ctype, out
 
 
 # -- processes ------------------------------------------------------------------------------------------
@@ -140,8 +106,8 @@ def azure_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def filtering() -> Iterator[FilteringUpstream]:
-    up = FilteringUpstream()
+def filtering() -> Iterator[TinyUpstream]:
+    up = TinyUpstream(_filtering_answer)
     try:
         yield up
     finally:
@@ -159,7 +125,7 @@ def _model(name: str, provider: str, deployment: str, endpoints: str = '["chat",
 
 
 @pytest.fixture(scope="module")
-def gateway(azure_mock: int, filtering: FilteringUpstream,
+def gateway(azure_mock: int, filtering: TinyUpstream,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("azure-gateway")
     wrong = tmp / "wrong.key"
@@ -307,7 +273,7 @@ def test_rate_limited_keeps_the_retry_headers(client: openai.OpenAI, stream: boo
     assert headers["x-ratelimit-remaining-requests"] == "0"
 
 
-def test_prompt_content_filter_passes_through(client: openai.OpenAI, filtering: FilteringUpstream) -> None:
+def test_prompt_content_filter_passes_through(client: openai.OpenAI, filtering: TinyUpstream) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="filtered", messages=[{"role": "user", "content": "a bad prompt"}])
     err = info.value
@@ -319,7 +285,7 @@ def test_prompt_content_filter_passes_through(client: openai.OpenAI, filtering: 
     assert headers["api-key"] == MOCK_KEY and "authorization" not in headers
 
 
-def test_deployments_path_forwards_the_clients_bytes(gateway: Gateway, filtering: FilteringUpstream) -> None:
+def test_deployments_path_forwards_the_clients_bytes(gateway: Gateway, filtering: TinyUpstream) -> None:
     """The deployment is in the path, so the body's ``model`` (the gateway's name, not the deployment's)
     is not rewritten: the client's bytes go up as they came (the pass-through fast path)."""
     import httpx

@@ -12,6 +12,7 @@ import pytest
 
 from .conftest import Gateway, StartGateway
 from .helpers import HOST, RawClient, RecordingUpstream, call_records, http_request, sse_events
+from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,3 +96,38 @@ def test_plain_openai_is_byte_for_byte(gateway: Gateway, upstream: RecordingUpst
     body = b'{"model":"plain","logprobs":true,"top_logprobs":2,"max_completion_tokens":9,"messages":[]}'
     assert _post(gateway, body, "plain-1")[0] == 200
     assert _sent(upstream, "plain-1").body == body
+
+
+def _openrouter_stream() -> bytes:
+    """A stream as OpenRouter sends it: SSE comment lines (``: OPENROUTER PROCESSING``) between the events,
+    the usage on a last chunk without choices."""
+    head = {"id": "gen-1", "object": "chat.completion.chunk", "created": 1, "model": "openai/gpt-4o"}
+    chunks = [
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+        {**head, "choices": [], "usage": {"prompt_tokens": 6, "completion_tokens": 2, "total_tokens": 8}},
+    ]
+    events = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
+    comment = b": OPENROUTER PROCESSING\n\n"
+    return comment + events[0] + comment + events[1] + events[2] + b"data: [DONE]\n\n"
+
+
+def test_openrouter_stream_comments_reach_the_sdk_harmlessly(start_gateway: StartGateway) -> None:
+    up = TinyUpstream(lambda path, headers, body: (200, "text/event-stream", _openrouter_stream()))
+    try:
+        text = ('[log]\nlevel = "info"\ncall_records = true\n[providers.or]\ntype = "openai"\npreset = "openrouter"\n'
+                f'base_url = "http://{HOST}:{up.port}/api/v1"\napi_key = "env:MOCK_KEY"\n'
+                '[models.gpt]\nprovider = "or"\nupstream_model = "openai/gpt-4o"\n')
+        gw = start_gateway(text, name="openrouter")
+        with gw.client() as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt", messages=[{"role": "user", "content": "hi"}], stream=True)
+            chunks = list(raw.parse())
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
+        assert all(c.usage is None for c in chunks)  # not asked for: the usage chunk is removed
+        request_id = raw.headers["x-request-id"]
+        recs = call_records(gw.process, lambda rs: any(r.get("request_id") == request_id for r in rs))
+        (rec,) = [r for r in recs if r.get("request_id") == request_id]
+        assert rec["total_tokens"] == 8 and rec["status"] == 200
+    finally:
+        up.close()
