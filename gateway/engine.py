@@ -256,7 +256,9 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
     if p.type == "mock":
         from gateway.providers.mock import MockTransport
 
-        return OpenAITranslator(name, MockTransport(p.mock), "/v1", None, p.headers)
+        mock = OpenAITranslator(name, MockTransport(p.mock), "/v1", None, p.headers)
+        mock.secrets = credentials_of(p)
+        return mock
     from gateway.server.pool import OriginPool
 
     pool = OriginPool(
