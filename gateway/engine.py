@@ -36,8 +36,10 @@ from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secre
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
+from gateway.providers.azure import azure_translator
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator, completion_as_stream, error_text, has_error
+from gateway.providers.presets import base_url_of, credentials_of, quirks_of
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
@@ -103,7 +105,7 @@ class Target:
         self.provider = provider
         self.upstream_model = upstream_model
         self.translator = translator
-        self.rewrite_model = upstream_model != model
+        self.rewrite_model = upstream_model != model and not translator.model_in_path
 
 
 class ModelEntry:
@@ -140,7 +142,8 @@ class Runtime:
             router = entry.router = self.routers[name]
             for d in router.deployments:
                 entry.targets[d.id] = Target(
-                    name, d.name, d.provider, d.upstream_model, translators[d.provider]
+                    name, d.name, d.provider, d.upstream_model,
+                    translators[d.provider].for_model(d.upstream_model),
                 )
             if m.direct():
                 entry.target = next(iter(entry.targets.values()))
@@ -253,12 +256,13 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
     if p.type == "mock":
         from gateway.providers.mock import MockTransport
 
-        return OpenAITranslator(name, MockTransport(p.mock), "/v1", None, p.headers)
+        mock = OpenAITranslator(name, MockTransport(p.mock), "/v1", None, p.headers)
+        mock.secrets = credentials_of(p)
+        return mock
     from gateway.server.pool import OriginPool
 
-    assert p.base_url is not None
     pool = OriginPool(
-        p.base_url,
+        base_url_of(p),
         pool_size=p.pool_size or defaults.pool_size,
         connect_timeout=p.connect_timeout or defaults.connect_timeout,
         read_timeout=p.read_timeout or defaults.read_timeout,
@@ -268,8 +272,13 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         ca_file=p.ca_file or defaults.ca_file,
         max_answer_bytes=p.max_answer_bytes or defaults.max_answer_bytes,
     )
-    key = resolve_secret(p.api_key) if p.api_key else None
-    return OpenAITranslator(name, pool, pool.prefix, key, p.headers)
+    if p.type == "azure":
+        translator = azure_translator(name, p, pool, pool.prefix)
+    else:
+        key = resolve_secret(p.api_key) if p.api_key else None
+        translator = OpenAITranslator(name, pool, pool.prefix, key, p.headers, quirks=quirks_of(p))
+    translator.secrets = credentials_of(p)
+    return translator
 
 
 class Engine:
@@ -392,7 +401,7 @@ class Engine:
         translators: dict[str, OpenAITranslator] = {}
         for name, p in config.providers.items():
             prev = old.get(name)
-            if prev is not None and prev[0] == p:
+            if prev is not None and prev[0] == p and prev[1].secrets == credentials_of(p):
                 translators[name] = prev[1]  # unchanged provider: keep its warm pool
             else:
                 translators[name] = build_translator(name, p, config.upstream)
@@ -1191,14 +1200,20 @@ class Engine:
 
     def _upstream_body(self, ctx: Context, target: Target, model_name: str | None = None) -> bytes:
         """The original bytes, unless the model id must change or usage must be requested."""
-        need_usage = ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
+        quirks = target.translator.quirks  # a preset's body changes (gateway.providers.presets), or None
+        need_usage = (ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
+                      and (quirks is None or quirks.ask_usage))
         if model_name is not None:  # a routed attempt, perhaps of a fallback model
-            rewrite = target.upstream_model != ctx.fields.model
+            rewrite = target.upstream_model != ctx.fields.model and not target.translator.model_in_path
         else:
             rewrite = target.rewrite_model
         if not rewrite and not need_usage:
-            return ctx.body  # PERF: forward the client's bytes untouched
+            if quirks is None:
+                return ctx.body  # PERF: forward the client's bytes untouched
+            return quirks.body(ctx.body)  # PERF: decoded only when a quirk field occurs in it
         top = top_level_decoder.decode(ctx.body)
+        if quirks is not None:
+            quirks.apply(top)
         if rewrite:
             top["model"] = msgspec.Raw(encode(target.upstream_model))
         if need_usage:

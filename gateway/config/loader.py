@@ -59,6 +59,8 @@ __all__ = [
     "resolve_secret",
 ]
 
+_AZURE_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+
 #: The embedded default configuration (``gateway serve`` without ``--config``). ``examples/gateway.toml``
 #: holds the same text; a test keeps the two equal.
 DEFAULT_CONFIG_TOML = """\
@@ -733,18 +735,22 @@ def _auth_problems(config: Config) -> Iterator[_Problem]:
 def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     if not path[-1]:
         yield _Problem(path, "the provider name must not be empty")
-    if p.type == "openai":
-        if p.base_url is None:
-            yield _Problem(
-                (*path, "base_url"),
-                'required for type "openai" (for example "https://api.openai.com/v1")',
-            )
-        else:
-            parts = urlsplit(p.base_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                yield _Problem((*path, "base_url"), "must be an http:// or https:// URL with a host")
+    if p.type == "openai" and p.base_url is None and p.preset is None:
+        yield _Problem(
+            (*path, "base_url"),
+            'required for type "openai" (for example "https://api.openai.com/v1")',
+        )
+    elif p.type == "azure" and p.base_url is None:
+        yield _Problem((*path, "base_url"), 'required for type "azure": the resource endpoint, for example '
+                       '"https://NAME.openai.azure.com"')
+    if p.base_url is not None and p.type != "mock":
+        parts = urlsplit(p.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            yield _Problem((*path, "base_url"), "must be an http:// or https:// URL with a host")
     if p.api_key is not None:
         yield from _secret_problems((*path, "api_key"), p.api_key)
+    yield from _preset_problems(path, p)
+    yield from _azure_problems(path, p)
     for header, value in p.headers.items():
         if not _HEADER_NAME.match(header):
             yield _Problem((*path, "headers", header), "is not a valid HTTP header name")
@@ -761,6 +767,44 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     if m.completion_words < 0:
         yield _Problem((*mpath, "completion_words"), f"must be 0 or more, found {m.completion_words}")
     yield from _positive_ints(mpath, m, ("stream_chunks", "embedding_dimensions"))
+
+
+def _preset_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
+    from gateway.providers.presets import PRESETS
+
+    if p.preset is None:
+        return
+    if p.type != "openai":
+        yield _Problem((*path, "preset"), 'only for type "openai"')
+    elif p.preset not in PRESETS:
+        hint = get_close_matches(p.preset, sorted(PRESETS), n=1)
+        suffix = f'; did you mean "{hint[0]}"?' if hint else f" (known: {', '.join(sorted(PRESETS))})"
+        yield _Problem((*path, "preset"), f"unknown preset {json.dumps(p.preset)}{suffix}")
+
+
+def _azure_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
+    if p.type != "azure":
+        given = (("azure_path", p.azure_path != "deployments"), ("api_version", p.api_version is not None),
+                 ("azure_ad_token", p.azure_ad_token is not None))
+        for key, set_ in given:
+            if set_:
+                yield _Problem((*path, key), 'only for type "azure"')
+        return
+    if p.azure_ad_token is not None:
+        yield from _secret_problems((*path, "azure_ad_token"), p.azure_ad_token)
+        if p.api_key is not None:
+            yield _Problem((*path, "azure_ad_token"), "give either api_key or azure_ad_token, not both")
+    elif p.api_key is None:
+        yield _Problem((*path, "api_key"), 'required for type "azure" (or azure_ad_token, an Entra ID token)')
+    if p.base_url is not None and urlsplit(p.base_url).path.rstrip("/").endswith(("/openai", "/openai/v1")):
+        yield _Problem((*path, "base_url"), 'the resource endpoint, without "/openai" (azure_path adds it)')
+    v = p.api_version
+    if v is not None:
+        if p.azure_path == "deployments" and not _AZURE_VERSION.match(v):
+            yield _Problem((*path, "api_version"), 'must be a dated version such as "2024-10-21" or '
+                           '"2025-04-01-preview"')
+        elif p.azure_path == "v1" and v not in ("preview", "latest"):
+            yield _Problem((*path, "api_version"), 'with azure_path = "v1": leave it out, or "preview"')
 
 
 def _secret_problems(path: _Path, ref: str) -> Iterator[_Problem]:
@@ -839,12 +883,15 @@ def _absolute_file_refs(config: Config, base_dir: str) -> Config:
     """``file:`` references made absolute against ``base_dir`` (the config file's directory)."""
     changed: dict[str, ProviderConfig] = {}
     for name, provider in config.providers.items():
-        parsed = _parse_secret_ref(provider.api_key) if provider.api_key else None
-        if parsed is not None and parsed[0] == "file":
-            target = os.path.expanduser(parsed[1])
-            if not os.path.isabs(target):
-                absolute = os.path.normpath(os.path.join(base_dir, target))
-                changed[name] = msgspec.structs.replace(provider, api_key=f"file:{absolute}")
+        for field in ("api_key", "azure_ad_token"):
+            ref = getattr(changed.get(name, provider), field)
+            parsed = _parse_secret_ref(ref) if ref else None
+            if parsed is not None and parsed[0] == "file":
+                target = os.path.expanduser(parsed[1])
+                if not os.path.isabs(target):
+                    absolute = os.path.normpath(os.path.join(base_dir, target))
+                    changed[name] = msgspec.structs.replace(
+                        changed.get(name, provider), **{field: f"file:{absolute}"})
     if changed:
         config = msgspec.structs.replace(config, providers={**config.providers, **changed})
     if config.auth.pepper is not None:

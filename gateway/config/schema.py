@@ -115,12 +115,23 @@ class MockConfig(_Base, frozen=True):
 
 
 class ProviderConfig(_Base, frozen=True):
-    #: "openai": any OpenAI-compatible API; "mock": the built-in deterministic mock, in process
-    type: Literal["openai", "mock"]
-    #: base URL including the version prefix, e.g. "https://api.openai.com/v1"
+    #: "openai": any OpenAI-compatible API; "azure": Azure OpenAI; "mock": the built-in deterministic mock,
+    #: in process
+    type: Literal["openai", "azure", "mock"]
+    #: base URL including the version prefix, e.g. "https://api.openai.com/v1"; for "azure" the resource
+    #: endpoint, e.g. "https://NAME.openai.azure.com"
     base_url: str | None = None
-    #: credential by reference: "env:NAME" or "file:PATH" (never a literal)
+    #: credential by reference: "env:NAME" or "file:PATH" (never a literal); "azure" sends it as api-key
     api_key: str | None = None
+    #: "openai" only: a known OpenAI-compatible provider (docs/providers-openai-compatible.md): its default
+    #: base_url and its request-body quirks
+    preset: str | None = None
+    #: "azure" only: "deployments" (/openai/deployments/{upstream_model}/...) or "v1" (/openai/v1/...)
+    azure_path: Literal["deployments", "v1"] = "deployments"
+    #: "azure" only: the api-version query parameter (default on the deployments path: 2024-10-21)
+    api_version: str | None = None
+    #: "azure" only: an Entra ID access token by reference, sent as a bearer token (instead of api_key)
+    azure_ad_token: str | None = None
     #: extra headers sent upstream with every request
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     connect_timeout: float | None = None

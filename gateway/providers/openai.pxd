@@ -8,9 +8,14 @@ from gateway.server.pool cimport OriginPool as COriginPool
 cdef class OpenAITranslator:
     cdef public list _headers
     cdef public dict _heads
+    cdef public dict _models
     cdef public dict _paths
     cdef public COriginPool _pool
     cdef public str _prefix
+    cdef public object _template
+    cdef public bint model_in_path
     cdef public str name
+    cdef public object quirks
+    cdef public tuple secrets
     cdef public object transport
     cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb) except -1

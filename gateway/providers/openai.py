@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from typing import Any, Final
+from urllib.parse import quote
 
 import msgspec
 
 from gateway._core.http import build_request
 from gateway.providers.base import Transport, UpstreamResponse
+from gateway.providers.presets import BodyQuirks
 from gateway.server.pool import HeadCallback, OriginPool
 from gateway.wire import ChatCompletion, TextCompletion, Usage
 
@@ -30,9 +32,17 @@ ENDPOINT_PATHS: Final = {
 
 
 class OpenAITranslator:
-    """One per configured provider; holds the prebuilt header list and the transport."""
+    """One per configured provider; holds the prebuilt header list and the transport.
 
-    __slots__ = ("_headers", "_heads", "_paths", "_pool", "_prefix", "name", "transport")
+    ``paths``: the upstream path of each endpoint (default: ``path_prefix`` + ``ENDPOINT_PATHS``).
+    ``model_paths``: a template of paths naming the model (Azure's deployments: ``{model}`` and
+    ``{endpoint}`` are filled in): then each model gets its own translator (``for_model``), with its
+    request heads prebuilt, sharing this one's transport. ``quirks``: a preset's request-body changes
+    (``gateway.providers.presets``), applied by the engine; None: bodies pass through.
+    """
+
+    __slots__ = ("_headers", "_heads", "_models", "_paths", "_pool", "_prefix", "_template", "model_in_path",
+                 "name", "quirks", "secrets", "transport")
 
     def __init__(
         self,
@@ -41,16 +51,33 @@ class OpenAITranslator:
         path_prefix: str,
         api_key: str | None,
         extra_headers: dict[str, str],
+        *,
+        paths: dict[str, str] | None = None,
+        model_paths: str | None = None,
+        quirks: BodyQuirks | None = None,
+        headers: list[tuple[str, str]] | None = None,
     ) -> None:
         self.name = name
         self.transport = transport
+        self.quirks = quirks
+        #: the credentials it was built with (``presets.credentials_of``): a reload compares them
+        self.secrets: tuple[str, ...] = ()
         # PERF: paths and static headers are built once per provider
         self._prefix = path_prefix
-        self._paths = {ep: path_prefix + p for ep, p in ENDPOINT_PATHS.items()}
-        headers = [("content-type", "application/json"), ("user-agent", "llm-gateway")]
-        if api_key:
-            headers.append(("authorization", f"Bearer {api_key}"))
-        headers.extend((k.lower(), v) for k, v in extra_headers.items())
+        self._template = model_paths
+        self._models: dict[str, OpenAITranslator] = {}
+        #: the model id is in the path (Azure's deployments), so the body's ``model`` need not change
+        self.model_in_path = False
+        if model_paths is not None:
+            paths = {}  # this one only answers probes: each model sends through its own (for_model)
+        if paths is None:
+            paths = {ep: path_prefix + p for ep, p in ENDPOINT_PATHS.items()}
+        self._paths = paths
+        if headers is None:
+            headers = [("content-type", "application/json"), ("user-agent", "llm-gateway")]
+            if api_key:
+                headers.append(("authorization", f"Bearer {api_key}"))
+            headers.extend((k.lower(), v) for k, v in extra_headers.items())
         self._headers = headers
         # PERF: with the HTTP pool, the request head is prebuilt per endpoint; per request only the
         # request id and the length are formatted in
@@ -59,6 +86,22 @@ class OpenAITranslator:
         if self._pool is not None:
             for ep, path in self._paths.items():
                 self._heads[ep] = self._pool.build_head("POST", path, headers, -1) + b"x-request-id: "
+
+    def for_model(self, model: str) -> OpenAITranslator:
+        """The translator that sends requests for upstream ``model``: this one, unless paths name the
+        model; then one per model, built once (at config load, by the engine's runtime tables)."""
+        template = self._template
+        if template is None:
+            return self
+        child = self._models.get(model)
+        if child is None:
+            segment = quote(model, safe="")
+            paths = {ep: template.format(model=segment, endpoint=p) for ep, p in ENDPOINT_PATHS.items()}
+            child = OpenAITranslator(self.name, self.transport, self._prefix, None, {}, paths=paths,
+                                     quirks=self.quirks, headers=self._headers)
+            child.model_in_path = True
+            self._models[model] = child
+        return child
 
     def send(self, endpoint: str, body: bytes, request_id: str) -> Awaitable[UpstreamResponse]:
         """Send one request upstream; the awaitable gives the response once its head has arrived."""

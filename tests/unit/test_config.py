@@ -368,7 +368,7 @@ def test_several_errors_reported_at_once_in_file_order(monkeypatch: pytest.Monke
 def test_a_model_of_a_broken_provider_is_not_a_second_error() -> None:
     text = '[providers.p]\ntype = "grpc"\n[models.m]\nprovider = "p"\n'
     assert errors_of(text) == [
-        'gateway.toml:2: providers.p.type: expected one of "openai", "mock", found a string ("grpc")'
+        'gateway.toml:2: providers.p.type: expected one of "openai", "azure", "mock", found a string ("grpc")'
     ]
 
 
