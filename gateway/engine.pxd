@@ -115,9 +115,9 @@ cdef class Engine:
     cpdef bint _send_now(self, Context ctx, object responder, ModelEntry model) except -1
     cpdef _on_head(self, Context ctx, object responder, object resp, object exc)
     cpdef bytes _upstream_body(self, Context ctx, Target target, object model_name=*)
-    @cython.locals(out=list)
+    @cython.locals(out=list, target=Target)
     cpdef list _pass_headers(self, Context ctx, object resp)
-    @cython.locals(headers=list)
+    @cython.locals(headers=list, target=Target)
     cpdef _relay_body(self, Context ctx, object responder, object resp, object body)
     @cython.locals(target=Target)
     cpdef _settle(self, Context ctx)

@@ -28,16 +28,15 @@ from urllib.parse import unquote
 import msgspec
 
 from gateway import errors
-from gateway._core.http import ms_text, select_headers
+from gateway._core.http import ms_text
 from gateway._core.jsoncheck import TOO_DEEP, check_json
-from gateway._core.sse import SSEScanner, event_data, split_events
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
-from gateway.providers.openai import OpenAITranslator, completion_as_stream, error_text, has_error
+from gateway.providers.openai import OpenAITranslator
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
@@ -46,13 +45,9 @@ from gateway.server.pool import OriginPool
 from gateway.wire import (
     MAX_JSON_DEPTH,
     EmbeddingRequest,
-    completion_decoders,
     decoders,
     encode,
     key_watches,
-    top_level_decoder,
-    usage_decoder,
-    usage_event_decoder,
 )
 
 if TYPE_CHECKING:
@@ -73,10 +68,6 @@ _JSON: Headers = [_JSON_TYPE]
 #: unknown model names whose 404 is kept (Runtime.unknown_model); then the set starts over
 _MAX_UNKNOWN = 1024
 _SSE_HEADERS: Headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
-# upstream headers a client may act on: rate limits and retry hints
-_PASS_HEADERS = (b"retry-after", b"retry-after-ms", b"x-should-retry", b"openai-processing-ms")
-_PASS_PREFIX = b"x-ratelimit-"
-_NO_PREFIX = b"\x00"  # matches no header name
 _ACCEPTED_TYPES = (b"application/json", b"application/x-www-form-urlencoded")
 _DONE = b"data: [DONE]\n\n"
 _ENDPOINTS = {
@@ -256,9 +247,14 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         return OpenAITranslator(name, MockTransport(p.mock), "/v1", None, p.headers)
     from gateway.server.pool import OriginPool
 
-    assert p.base_url is not None
+    base_url = p.base_url
+    if base_url is None and p.type == "anthropic":
+        from gateway.providers.anthropic import DEFAULT_BASE_URL
+
+        base_url = DEFAULT_BASE_URL
+    assert base_url is not None
     pool = OriginPool(
-        p.base_url,
+        base_url,
         pool_size=p.pool_size or defaults.pool_size,
         connect_timeout=p.connect_timeout or defaults.connect_timeout,
         read_timeout=p.read_timeout or defaults.read_timeout,
@@ -268,6 +264,10 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         ca_file=p.ca_file or defaults.ca_file,
     )
     key = resolve_secret(p.api_key) if p.api_key else None
+    if p.type == "anthropic":
+        from gateway.providers.anthropic import AnthropicTranslator
+
+        return AnthropicTranslator(name, pool, pool.prefix, key, p.headers, p.anthropic_version, p.beta)
     return OpenAITranslator(name, pool, pool.prefix, key, p.headers)
 
 
@@ -1189,26 +1189,20 @@ class Engine:
             raise
 
     def _upstream_body(self, ctx: Context, target: Target, model_name: str | None = None) -> bytes:
-        """The original bytes, unless the model id must change or usage must be requested."""
-        need_usage = ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
+        """The request for the target's upstream, built by its translator from the client's."""
         if model_name is not None:  # a routed attempt, perhaps of a fallback model
             rewrite = target.upstream_model != ctx.fields.model
         else:
             rewrite = target.rewrite_model
-        if not rewrite and not need_usage:
-            return ctx.body  # PERF: forward the client's bytes untouched
-        top = top_level_decoder.decode(ctx.body)
-        if rewrite:
-            top["model"] = msgspec.Raw(encode(target.upstream_model))
-        if need_usage:
-            top["stream_options"] = msgspec.Raw(b'{"include_usage":true}')
-        return encode(top)
+        return target.translator.request_body(ctx, target.upstream_model, rewrite)
 
     def _pass_headers(self, ctx: Context, resp: UpstreamResponse) -> Headers:
         # the gateway's own x-ratelimit-* headers replace the upstream's when a limit applies here (a
         # budget reservation alone, held without a plan of limits, sets none)
-        prefix = _PASS_PREFIX if ctx.limits is None or ctx.limits[0] is None else _NO_PREFIX
-        out = select_headers(resp.headers, prefix, _PASS_HEADERS, [("x-request-id", ctx.request_id)])
+        ratelimit = ctx.limits is None or ctx.limits[0] is None
+        target = ctx.target
+        assert target is not None
+        out = target.translator.pass_headers(resp, ratelimit, [("x-request-id", ctx.request_id)])
         if ctx.response_headers:
             out.extend(ctx.response_headers)
         return out
@@ -1224,66 +1218,40 @@ class Engine:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
 
     def _relay_body(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
+        target = ctx.target
+        assert target is not None
         if ctx.stream:  # a stream request answered with one JSON body: the client gets its stream
-            self._relay_as_stream(ctx, responder, resp, body)
+            events = target.translator.body_as_stream(ctx, resp, body)
+            ctx.status = resp.status
+            headers = self._pass_headers(ctx, resp)
+            headers.extend(_SSE_HEADERS)
+            headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
+            responder.send(resp.status, headers, events)
             return
-        try:
-            env = usage_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            raise errors.BadGateway(
-                "The upstream provider returned a response body that is not valid JSON",
-                code="upstream_invalid_response",
-            ) from None
-        ctx.usage = env.usage
+        body = target.translator.take_body(ctx, body)  # the usage is learned; raises when not JSON
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.append(("content-type", "application/json"))
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.send(resp.status, headers, body)
 
-    def _relay_as_stream(
-        self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes
-    ) -> None:
-        """A stream request that the upstream answered with a whole JSON completion (not an event stream):
-        answered with the stream the completion would have been (``completion_as_stream``); an error
-        object in a 2xx answer becomes a 502. Raises (nothing sent) when the body is neither."""
-        try:
-            completion = completion_decoders[ctx.endpoint].decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            ctype = (resp.header(b"content-type") or b"").decode("latin-1")
-            raise errors.BadGateway(
-                f"The upstream provider answered a stream request with {ctype or 'no content-type'} that is "
-                "neither an event stream nor a JSON completion",
-                code="upstream_invalid_response",
-            ) from None
-        if has_error(completion):
-            raise errors.BadGateway(
-                "The upstream provider answered the stream request with an error: "
-                + error_text(completion.error),
-                code="upstream_error",
-            )
-        events, ctx.usage = completion_as_stream(completion, ctx.include_usage)
-        ctx.status = resp.status
-        headers = self._pass_headers(ctx, resp)
-        headers.extend(_SSE_HEADERS)
-        headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
-        responder.send(resp.status, headers, events)
-
     def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
-        status = resp.status
-        try:
-            msgspec.json.decode(body, type=_ErrorCheck)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        target = ctx.target
+        assert target is not None
+        answer = target.translator.error_answer(resp.status, body)
+        if answer is None:
+            status = resp.status
             text = body[:200].decode("utf-8", "replace")
             message = (
-                f"The upstream provider answered {status} with a body that is not an OpenAI error: {text}"
+                f"The upstream provider answered {status} with a body that is not an error of its API: {text}"
             )
             headers = self._pass_headers(ctx, resp)[1:]
             if status == 429:  # keep the status: clients must still back off
-                raise errors.RateLimited(message, code="upstream_rate_limited", headers=headers) from None
-            raise errors.BadGateway(message, code="upstream_error", headers=headers) from None
+                raise errors.RateLimited(message, code="upstream_rate_limited", headers=headers)
+            raise errors.BadGateway(message, code="upstream_error", headers=headers)
+        status, body = answer
         ctx.status = status
-        ctx.error = errors.GatewayError(f"upstream answered {status}", code="upstream_error")
+        ctx.error = errors.GatewayError(f"upstream answered {resp.status}", code="upstream_error")
         headers = self._pass_headers(ctx, resp)
         headers.append(("content-type", "application/json"))
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
@@ -1292,14 +1260,16 @@ class Engine:
     async def _relay_stream(
         self, ctx: Context, responder: Responder, resp: UpstreamResponse, first: bytes | None = None
     ) -> None:
-        """Relay an event stream; ``first``: its first piece when the caller has read it already."""
+        """Relay an event stream through the translator's relay, event by event; ``first``: its first
+        piece when the caller has read it already."""
+        target = ctx.target
+        assert target is not None
+        relay = target.translator.stream_relay(ctx)
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.extend(_SSE_HEADERS)
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.start_stream(resp.status, headers)
-        scanner = SSEScanner()
-        strip = not ctx.include_usage
         t_up = ctx.t_up
         try:
             while True:
@@ -1312,47 +1282,17 @@ class Engine:
                     await _stream_failed(ctx, responder, errors.BadGateway(
                         f"The upstream stream failed: {exc}", code="upstream_stream_error"))
                     break
-                if not chunk:
-                    if scanner.pending:
-                        await _stream_failed(ctx, responder, errors.BadGateway(
-                            "The upstream stream ended inside an event", code="upstream_stream_error"))
-                    break
-                try:
-                    data = scanner.feed(chunk)
-                except ValueError:  # an event past the scanner's limit: the stream cannot go on
-                    await _stream_failed(ctx, responder, errors.BadGateway(
-                        f"The upstream sent a stream event larger than {scanner.max_event_bytes} bytes",
-                        code="upstream_event_too_large"))
-                    break
-                if data and b'"usage"' in data:
-                    data = self._take_usage(ctx, data, strip)
+                data = relay.feed(chunk) if chunk else relay.end()
                 if data:
                     await responder.write(data)
+                if relay.error is not None:
+                    await _stream_failed(ctx, responder, relay.error)
+                    break
+                if not chunk:
+                    break
         finally:
             ctx.up_ms = (_perf() - t_up) * 1000.0
         responder.end_stream()
-
-    def _take_usage(self, ctx: Context, data: bytes, strip: bool) -> bytes:
-        out: list[bytes] = []
-        changed = False
-        for ev in split_events(data):
-            if b'"usage"' not in ev:  # PERF: only the usage event is decoded
-                out.append(ev)
-                continue
-            payload = event_data(ev)
-            if payload is not None and b'"usage"' in payload:
-                try:
-                    chunk = usage_event_decoder.decode(payload)
-                except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-                    out.append(ev)
-                    continue
-                if chunk.usage is not None:
-                    ctx.usage = chunk.usage
-                    if strip and not chunk.choices:
-                        changed = True
-                        continue  # the client did not ask for the usage chunk
-            out.append(ev)
-        return b"".join(out) if changed else data
 
     # settle ----------------------------------------------------------------------------------------
 
@@ -1485,10 +1425,6 @@ async def _close_when_idle(translator: OpenAITranslator, poll: float = 1.0) -> N
     while isinstance(transport, OriginPool) and transport.stats()["busy"]:
         await asyncio.sleep(poll)
     await translator.close()
-
-
-class _ErrorCheck(msgspec.Struct):
-    error: Any
 
 
 class _First(NamedTuple):

@@ -692,6 +692,8 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
             parts = urlsplit(p.base_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 yield _Problem((*path, "base_url"), "must be an http:// or https:// URL with a host")
+    if p.type == "anthropic":
+        yield from _anthropic_problems(path, p)
     if p.api_key is not None:
         yield from _secret_problems((*path, "api_key"), p.api_key)
     for header, value in p.headers.items():
@@ -710,6 +712,22 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     if m.completion_words < 0:
         yield _Problem((*mpath, "completion_words"), f"must be 0 or more, found {m.completion_words}")
     yield from _positive_ints(mpath, m, ("stream_chunks", "embedding_dimensions"))
+
+
+def _anthropic_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
+    """An anthropic provider: base_url optional (the public API by default), header values sane."""
+    if p.base_url is not None:
+        parts = urlsplit(p.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            yield _Problem((*path, "base_url"), "must be an http:// or https:// URL with a host")
+    if not p.anthropic_version or any(c in p.anthropic_version for c in "\r\n\0,"):
+        yield _Problem((*path, "anthropic_version"), 'must be a version such as "2023-06-01"')
+    for i, beta in enumerate(p.beta):
+        if not beta or not _HEADER_TOKEN.match(beta):
+            yield _Problem((*path, "beta", i), "must be a beta name such as \"prompt-caching-2024-07-31\"")
+
+
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 def _secret_problems(path: _Path, ref: str) -> Iterator[_Problem]:

@@ -107,8 +107,9 @@ class MockConfig(_Base, frozen=True):
 
 
 class ProviderConfig(_Base, frozen=True):
-    #: "openai": any OpenAI-compatible API; "mock": the built-in deterministic mock, in process
-    type: Literal["openai", "mock"]
+    #: "openai": any OpenAI-compatible API; "mock": the built-in deterministic mock, in process;
+    #: "anthropic": the Anthropic Messages API (chat only; docs/providers.md)
+    type: Literal["openai", "mock", "anthropic"]
     #: base URL including the version prefix, e.g. "https://api.openai.com/v1"
     base_url: str | None = None
     #: credential by reference: "env:NAME" or "file:PATH" (never a literal)
@@ -121,6 +122,10 @@ class ProviderConfig(_Base, frozen=True):
     verify_tls: bool | None = None
     ca_file: str | None = None
     mock: MockConfig = msgspec.field(default_factory=MockConfig)
+    #: anthropic: the ``anthropic-version`` header sent upstream
+    anthropic_version: str = "2023-06-01"
+    #: anthropic: beta features, sent as ``anthropic-beta`` (comma-joined)
+    beta: list[str] = msgspec.field(default_factory=list)
 
 
 class ModelConfig(_Base, frozen=True):

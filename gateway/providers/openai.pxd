@@ -14,3 +14,6 @@ cdef class OpenAITranslator:
     cdef public str name
     cdef public object transport
     cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb) except -1
+    cpdef bytes request_body(self, object ctx, str upstream_model, bint rewrite)
+    cpdef list pass_headers(self, object resp, bint ratelimit, list out)
+    cpdef bytes take_body(self, object ctx, bytes body)

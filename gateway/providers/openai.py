@@ -2,10 +2,14 @@
 
 Client shape and upstream shape are the same, so translation is: pick the upstream path, set the
 upstream model id and the credential, ask for usage on streams; responses pass through unchanged
-(the engine strips the usage chunk when the client did not ask for it), except one: an upstream that
+(the usage chunk is dropped when the client did not ask for it), except one: an upstream that
 answers a stream request with a whole JSON completion (some OpenAI-compatible servers ignore
 ``stream: true``, or ignore it for some models) has its answer turned into the stream the client asked
 for (``completion_as_stream``).
+
+``OpenAITranslator`` is the engine's translator interface (``gateway.providers.translator``) in its
+pass-through form; translators of other wire formats subclass it for its transport plumbing and
+override the five translating methods.
 """
 
 from __future__ import annotations
@@ -15,12 +19,31 @@ from typing import Any, Final
 
 import msgspec
 
-from gateway._core.http import build_request
+from gateway import errors
+from gateway._core.http import build_request, select_headers
+from gateway._core.sse import SSEScanner, event_data, split_events
 from gateway.providers.base import Transport, UpstreamResponse
 from gateway.server.pool import HeadCallback, OriginPool
-from gateway.wire import ChatCompletion, TextCompletion, Usage
+from gateway.wire import (
+    ChatCompletion,
+    TextCompletion,
+    Usage,
+    completion_decoders,
+    encode,
+    top_level_decoder,
+    usage_decoder,
+    usage_event_decoder,
+)
 
-__all__ = ["ENDPOINT_PATHS", "OpenAITranslator", "completion_as_stream", "error_text", "has_error"]
+__all__ = [
+    "ENDPOINT_PATHS",
+    "OpenAIStreamRelay",
+    "OpenAITranslator",
+    "completion_as_stream",
+    "error_text",
+    "has_error",
+    "take_usage",
+]
 
 ENDPOINT_PATHS: Final = {
     "chat": "/chat/completions",
@@ -94,6 +117,144 @@ class OpenAITranslator:
 
     async def close(self) -> None:
         await self.transport.close()
+
+    # -- the translating side (gateway.providers.translator.Translator) --------------------------------
+
+    def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
+        """The original bytes, unless the model id must change or usage must be requested."""
+        need_usage = ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
+        if not rewrite and not need_usage:
+            return ctx.body  # type: ignore[no-any-return]  # PERF: forward the client's bytes untouched
+        top = top_level_decoder.decode(ctx.body)
+        if rewrite:
+            top["model"] = msgspec.Raw(encode(upstream_model))
+        if need_usage:
+            top["stream_options"] = msgspec.Raw(b'{"include_usage":true}')
+        return encode(top)
+
+    def pass_headers(
+        self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """``out`` plus the upstream headers a client may act on: retry hints and (``ratelimit``) the
+        upstream's ``x-ratelimit-*``."""
+        return select_headers(resp.headers, _PASS_PREFIX if ratelimit else _NO_PREFIX, _PASS_HEADERS, out)
+
+    def take_body(self, ctx: Any, body: bytes) -> bytes:
+        """A 2xx body for the client (the same bytes); its usage goes to ``ctx.usage``. Raises BadGateway
+        (nothing sent) when it is not JSON."""
+        try:
+            env = usage_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            raise errors.BadGateway(
+                "The upstream provider returned a response body that is not valid JSON",
+                code="upstream_invalid_response",
+            ) from None
+        ctx.usage = env.usage
+        return body
+
+    def body_as_stream(self, ctx: Any, resp: UpstreamResponse, body: bytes) -> bytes:
+        """A stream request that the upstream answered with a whole JSON completion (not an event
+        stream): the stream the completion would have been (``completion_as_stream``); an error object in
+        a 2xx answer becomes a 502. Raises (nothing sent) when the body is neither."""
+        try:
+            completion = completion_decoders[ctx.endpoint].decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            ctype = (resp.header(b"content-type") or b"").decode("latin-1")
+            raise errors.BadGateway(
+                f"The upstream provider answered a stream request with {ctype or 'no content-type'} that is "
+                "neither an event stream nor a JSON completion",
+                code="upstream_invalid_response",
+            ) from None
+        if has_error(completion):
+            raise errors.BadGateway(
+                "The upstream provider answered the stream request with an error: "
+                + error_text(completion.error),
+                code="upstream_error",
+            )
+        events, ctx.usage = completion_as_stream(completion, ctx.include_usage)
+        return events
+
+    def stream_relay(self, ctx: Any) -> OpenAIStreamRelay:
+        """The per-request relay of the upstream's event stream."""
+        return OpenAIStreamRelay(ctx)
+
+    def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
+        """An upstream error answer as the client gets it: (status, OpenAI error body); None when the
+        body is not an error of this provider's API (the engine answers 502, or 429 for a 429)."""
+        try:
+            msgspec.json.decode(body, type=_ErrorCheck)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return None
+        return status, body
+
+
+class _ErrorCheck(msgspec.Struct):
+    error: Any
+
+
+# upstream headers a client may act on: rate limits and retry hints
+_PASS_HEADERS = (b"retry-after", b"retry-after-ms", b"x-should-retry", b"openai-processing-ms")
+_PASS_PREFIX = b"x-ratelimit-"
+_NO_PREFIX = b"\x00"  # matches no header name
+
+
+class OpenAIStreamRelay:
+    """An OpenAI event stream, relayed as it comes: complete events pass through; the usage is learned
+    from the chunk that carries it (dropped when the client did not ask for it)."""
+
+    __slots__ = ("_ctx", "_scanner", "_strip", "error")
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+        self._scanner = SSEScanner()
+        self._strip = not ctx.include_usage
+        #: set when the stream cannot go on (the engine ends the client's stream with it)
+        self.error: errors.GatewayError | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete events now in, for the client."""
+        scanner = self._scanner
+        try:
+            data = scanner.feed(chunk)
+        except ValueError:  # an event past the scanner's limit: the stream cannot go on
+            self.error = errors.BadGateway(
+                f"The upstream sent a stream event larger than {scanner.max_event_bytes} bytes",
+                code="upstream_event_too_large")
+            return b""
+        if data and b'"usage"' in data:
+            return take_usage(self._ctx, data, self._strip)
+        return data
+
+    def end(self) -> bytes:
+        """The upstream body ended: what is left for the client (nothing; an event cut short fails)."""
+        if self._scanner.pending:
+            self.error = errors.BadGateway("The upstream stream ended inside an event",
+                                           code="upstream_stream_error")
+        return b""
+
+
+def take_usage(ctx: Any, data: bytes, strip: bool) -> bytes:
+    """Learn the usage from the events in ``data``; drop the usage-only chunk when ``strip``."""
+    out: list[bytes] = []
+    changed = False
+    for ev in split_events(data):
+        if b'"usage"' not in ev:  # PERF: only the usage event is decoded
+            out.append(ev)
+            continue
+        payload = event_data(ev)
+        if payload is not None and b'"usage"' in payload:
+            try:
+                chunk = usage_event_decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                out.append(ev)
+                continue
+            if chunk.usage is not None:
+                ctx.usage = chunk.usage
+                if strip and not chunk.choices:
+                    changed = True
+                    continue  # the client did not ask for the usage chunk
+        out.append(ev)
+    return b"".join(out) if changed else data
 
 
 _NULL = msgspec.Raw(b"null")
