@@ -111,7 +111,7 @@ cdef class Engine:
     cpdef _parse(self, Context ctx)
     @cython.locals(chain=tuple, i=Py_ssize_t, model=ModelEntry)
     cpdef _front(self, Context ctx, object responder, int resume, object result)
-    @cython.locals(target=Target)
+    @cython.locals(target=Target, translator=COpenAITranslator)
     cpdef bint _send_now(self, Context ctx, object responder, ModelEntry model) except -1
     cpdef _on_head(self, Context ctx, object responder, object resp, object exc)
     cpdef bytes _upstream_body(self, Context ctx, Target target, object model_name=*)

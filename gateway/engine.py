@@ -36,7 +36,7 @@ from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
-from gateway.providers.openai import OpenAITranslator
+from gateway.providers.openai import DEFAULT_FORWARD_HEADERS, OpenAITranslator
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
@@ -241,6 +241,19 @@ class _RequestIds:
 
 def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenAITranslator:
     """The provider's translator with its transport (a pool per worker, or the in-process mock)."""
+    translator = _translator(name, p, defaults)
+    if p.forward_headers is not None:
+        translator.forward_headers(p.forward_headers)
+    elif p.type == "anthropic":
+        from gateway.providers import anthropic
+
+        translator.forward_headers(list(anthropic.DEFAULT_FORWARD_HEADERS))
+    else:
+        translator.forward_headers(list(DEFAULT_FORWARD_HEADERS))
+    return translator
+
+
+def _translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenAITranslator:
     if p.type == "mock":
         from gateway.providers.mock import MockTransport
 
@@ -816,8 +829,10 @@ class Engine:
         ctx.attempts = 1
         body = self._upstream_body(ctx, target, model.name if ctx.route_model is not None else None)
         ctx.t_up = _perf()
-        return target.translator.send_cb(
-            ctx.endpoint, body, ctx.request_id, partial(self._on_head, ctx, responder)
+        translator = target.translator
+        return translator.send_cb(
+            ctx.endpoint, body, ctx.request_id, partial(self._on_head, ctx, responder),
+            translator.forwarded(ctx.request),
         )
 
     def _on_head(
@@ -897,7 +912,8 @@ class Engine:
         body = self._upstream_body(ctx, target, dep.model)
         ctx.t_up = _perf()
         cb = partial(self._on_routed_head, ctx, responder, model, i, now)
-        if not target.translator.send_cb(ctx.endpoint, body, ctx.request_id, cb):
+        translator = target.translator
+        if not translator.send_cb(ctx.endpoint, body, ctx.request_id, cb, translator.forwarded(ctx.request)):
             router.release(i)  # no idle connection: the first attempt is sent by the coroutine path
             return self._plan_from(ctx, responder, model, i)
         return None
@@ -964,7 +980,9 @@ class Engine:
         body = self._upstream_body(ctx, target, model.name if ctx.route_model is not None else None)
         ctx.t_up = _perf()
         try:
-            resp = await target.translator.send(ctx.endpoint, body, ctx.request_id)
+            translator = target.translator
+            extra = translator.forwarded(ctx.request)
+            resp = await translator.send(ctx.endpoint, body, ctx.request_id, extra)
         except (UpstreamTimeout, UpstreamError) as exc:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
             raise _upstream_failure(exc) from None
@@ -1104,10 +1122,12 @@ class Engine:
                                 str(pre.error))
                         resp = pre.response
                     elif dep.connect_timeout is None:
-                        resp = await translator.send(ctx.endpoint, body, ctx.request_id)
+                        resp = await translator.send(ctx.endpoint, body, ctx.request_id,
+                                                     translator.forwarded(ctx.request))
                     else:
                         resp = await translator.send_within(ctx.endpoint, body, ctx.request_id,
-                                                            dep.connect_timeout)
+                                                            dep.connect_timeout,
+                                                            translator.forwarded(ctx.request))
                     ttfb = _monotonic() - t0 if pre is None else pre.ttfb
                     ctx.upstream_status = resp.status
                     streams = ctx.stream and resp.status < 400 and _is_event_stream(resp)

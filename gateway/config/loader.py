@@ -701,6 +701,12 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
             yield _Problem((*path, "headers", header), "is not a valid HTTP header name")
         elif any(c in value for c in "\r\n\0"):
             yield _Problem((*path, "headers", header), "the value must not contain CR, LF or NUL")
+    for i, name in enumerate(p.forward_headers or ()):
+        if not _HEADER_NAME.match(name):
+            yield _Problem((*path, "forward_headers", i), "is not a valid HTTP header name")
+        elif name.lower() in _NOT_FORWARDED:
+            yield _Problem((*path, "forward_headers", i),
+                           f"{name} is set by the gateway itself (framing, routing or the credential)")
     yield from _positive_durations(path, p, ("connect_timeout", "read_timeout"))
     yield from _positive_ints(path, p, ("pool_size",))
 
@@ -727,6 +733,12 @@ def _anthropic_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
             yield _Problem((*path, "beta", i), "must be a beta name such as \"prompt-caching-2024-07-31\"")
 
 
+#: client headers a provider's forward_headers may not name
+_NOT_FORWARDED = frozenset({
+    "host", "content-length", "content-type", "transfer-encoding", "connection", "keep-alive", "te",
+    "upgrade", "trailer", "proxy-authorization", "authorization", "x-api-key", "api-key", "cookie",
+    "x-request-id", "expect",
+})
 _HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 

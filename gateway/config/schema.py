@@ -126,6 +126,8 @@ class ProviderConfig(_Base, frozen=True):
     anthropic_version: str = "2023-06-01"
     #: anthropic: beta features, sent as ``anthropic-beta`` (comma-joined)
     beta: list[str] = msgspec.field(default_factory=list)
+    #: client headers passed upstream; default by type (docs/providers.md), [] for none
+    forward_headers: list[str] | None = None
 
 
 class ModelConfig(_Base, frozen=True):

@@ -33,6 +33,7 @@ from gateway.providers.openai import OpenAITranslator
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_FORWARD_HEADERS",
     "DEFAULT_VERSION",
     "AnthropicStreamRelay",
     "AnthropicTranslator",
@@ -44,6 +45,9 @@ __all__ = [
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com/v1"
 DEFAULT_VERSION: Final = "2023-06-01"
+#: client headers an Anthropic upstream gets by default (``forward_headers``): the client's
+#: ``anthropic-version`` replaces the configured one; its ``anthropic-beta`` values join the configured ones
+DEFAULT_FORWARD_HEADERS: Final = ("anthropic-beta", "anthropic-version")
 
 #: upstream headers passed to the client as they are (the rate-limit ones are mapped)
 _PASS: Final = (b"retry-after", b"x-should-retry")
@@ -110,7 +114,7 @@ def response_events(resp: ir.Response) -> list[ir.StreamEvent]:
 class AnthropicTranslator(OpenAITranslator):
     """One per ``type = "anthropic"`` provider: OpenAI chat in, the Messages API upstream."""
 
-    __slots__ = ()
+    __slots__ = ("_beta",)
 
     def __init__(
         self,
@@ -122,6 +126,7 @@ class AnthropicTranslator(OpenAITranslator):
         version: str = DEFAULT_VERSION,
         beta: list[str] | None = None,
     ) -> None:
+        self._beta = list(beta or ())
         headers = {"x-api-key": api_key} if api_key else {}
         headers["anthropic-version"] = version
         if beta:
@@ -134,6 +139,13 @@ class AnthropicTranslator(OpenAITranslator):
         self._heads = {} if pool is None else {
             "chat": pool.build_head("POST", self._paths["chat"], self._headers, -1) + b"x-request-id: "
         }
+
+    def merge_headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A client's ``anthropic-beta`` values are added to the configured ones (each once); any other
+        forwarded header (``anthropic-version``) replaces the configured one."""
+        if self._beta:
+            extra = [(k, _join_betas(self._beta, v) if k == "anthropic-beta" else v) for k, v in extra]
+        return super().merge_headers(extra)
 
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
         """The Messages API request for the client's chat request (always rebuilt: the shapes differ)."""
@@ -180,6 +192,11 @@ class AnthropicTranslator(OpenAITranslator):
         gets, with the status of ``anthropic_translate.ERROR_TYPES`` (529 overloaded: 503)."""
         err = xlate.error_from_response(status, body)
         return err.status, openai_chat.encode_error(err)
+
+
+def _join_betas(configured: list[str], client: str) -> str:
+    names = [*configured, *(b.strip() for b in client.split(","))]
+    return ",".join(dict.fromkeys(n for n in names if n))
 
 
 def _answer(body: bytes) -> ir.Response:

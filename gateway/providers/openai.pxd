@@ -6,6 +6,7 @@ from gateway.server.pool cimport OriginPool as COriginPool
 
 
 cdef class OpenAITranslator:
+    cdef public tuple _forward
     cdef public list _headers
     cdef public dict _heads
     cdef public dict _paths
@@ -13,7 +14,8 @@ cdef class OpenAITranslator:
     cdef public str _prefix
     cdef public str name
     cdef public object transport
-    cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb) except -1
+    cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb, object extra=*) except -1
+    cpdef object forwarded(self, object request)
     cpdef bytes request_body(self, object ctx, str upstream_model, bint rewrite)
     cpdef list pass_headers(self, object resp, bint ratelimit, list out)
     cpdef bytes take_body(self, object ctx, bytes body)

@@ -36,6 +36,7 @@ from gateway.wire import (
 )
 
 __all__ = [
+    "DEFAULT_FORWARD_HEADERS",
     "ENDPOINT_PATHS",
     "OpenAIStreamRelay",
     "OpenAITranslator",
@@ -44,6 +45,9 @@ __all__ = [
     "has_error",
     "take_usage",
 ]
+
+#: client headers an OpenAI-compatible upstream gets by default (``forward_headers``)
+DEFAULT_FORWARD_HEADERS: Final = ("openai-beta", "openai-organization", "openai-project")
 
 ENDPOINT_PATHS: Final = {
     "chat": "/chat/completions",
@@ -55,7 +59,7 @@ ENDPOINT_PATHS: Final = {
 class OpenAITranslator:
     """One per configured provider; holds the prebuilt header list and the transport."""
 
-    __slots__ = ("_headers", "_heads", "_paths", "_pool", "_prefix", "name", "transport")
+    __slots__ = ("_forward", "_headers", "_heads", "_paths", "_pool", "_prefix", "name", "transport")
 
     def __init__(
         self,
@@ -82,33 +86,72 @@ class OpenAITranslator:
         if self._pool is not None:
             for ep, path in self._paths.items():
                 self._heads[ep] = self._pool.build_head("POST", path, headers, -1) + b"x-request-id: "
+        #: client headers passed upstream (lower-case names; see ``forward_headers``)
+        self._forward: tuple[bytes, ...] = ()
 
-    def send(self, endpoint: str, body: bytes, request_id: str) -> Awaitable[UpstreamResponse]:
-        """Send one request upstream; the awaitable gives the response once its head has arrived."""
+    def forward_headers(self, names: list[str]) -> None:
+        """Pass these client headers upstream (a client's value replaces a configured one)."""
+        self._forward = tuple(n.lower().encode("latin-1") for n in names)
+
+    def forwarded(self, request: Any) -> list[tuple[str, str]] | None:
+        """The client headers of ``request`` to pass upstream, or None (the usual case)."""
+        names = self._forward
+        if not names:
+            return None
+        # PERF: one compiled pass over the client's headers
+        found: list[tuple[str, str]] = select_headers(request.headers, _NO_PREFIX, names, [])
+        return found or None
+
+    def merge_headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The configured headers with the client's ``extra`` ones: a client's value replaces the
+        configured header of the same name."""
+        names = {k for k, _ in extra}
+        return [h for h in self._headers if h[0] not in names] + extra
+
+    def _head(self, endpoint: str, extra: list[tuple[str, str]]) -> bytes:
+        """A request head with forwarded client headers (built per request: the prebuilt one has none)."""
+        pool = self._pool
+        assert pool is not None
+        path = self._paths[endpoint]
+        return pool.build_head("POST", path, self.merge_headers(extra), -1) + b"x-request-id: "
+
+    def send(
+        self, endpoint: str, body: bytes, request_id: str, extra: list[tuple[str, str]] | None = None
+    ) -> Awaitable[UpstreamResponse]:
+        """Send one request upstream; the awaitable gives the response once its head has arrived.
+        ``extra``: client headers to pass (``forwarded``)."""
         pool = self._pool
         if pool is not None:
-            return pool.send_data(build_request(self._heads[endpoint], request_id, body))
-        headers = [*self._headers, ("x-request-id", request_id)]
+            head = self._heads[endpoint] if extra is None else self._head(endpoint, extra)
+            return pool.send_data(build_request(head, request_id, body))
+        base = self._headers if extra is None else self.merge_headers(extra)
+        headers = [*base, ("x-request-id", request_id)]
         return self.transport.request("POST", self._paths[endpoint], headers, body)
 
-    def send_cb(self, endpoint: str, body: bytes, request_id: str, cb: HeadCallback) -> bool:
+    def send_cb(
+        self, endpoint: str, body: bytes, request_id: str, cb: HeadCallback,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> bool:
         """``send`` with a callback (see ``OriginPool.send_cb``); False, having sent nothing, when the
         transport has no idle connection at hand or is not the HTTP pool."""
         pool = self._pool
         if pool is None:
             return False
-        return pool.send_cb(build_request(self._heads[endpoint], request_id, body), cb)
+        head = self._heads[endpoint] if extra is None else self._head(endpoint, extra)
+        return pool.send_cb(build_request(head, request_id, body), cb)
 
     def send_within(
-        self, endpoint: str, body: bytes, request_id: str, connect_timeout: float
+        self, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
+        extra: list[tuple[str, str]] | None = None,
     ) -> Awaitable[UpstreamResponse]:
         """``send`` whose new upstream connection, if it needs one, must be up within ``connect_timeout``
         seconds (a routed deployment's own) instead of the provider's; transports without connections
         (the in-process mock) ignore it."""
         pool = self._pool
         if pool is not None:
-            return pool.send_within(build_request(self._heads[endpoint], request_id, body), connect_timeout)
-        return self.send(endpoint, body, request_id)
+            head = self._heads[endpoint] if extra is None else self._head(endpoint, extra)
+            return pool.send_within(build_request(head, request_id, body), connect_timeout)
+        return self.send(endpoint, body, request_id, extra)
 
     def probe(self, method: str, path: str, body: bytes) -> Awaitable[UpstreamResponse]:
         """A health-check request: ``path`` below the provider's base URL, with its credential."""

@@ -20,7 +20,7 @@ import pydantic
 import pytest
 
 from .conftest import Gateway, _launch, _stop
-from .helpers import HOST, ServerProcess, call_records, free_port
+from .helpers import HOST, RecordingUpstream, ServerProcess, call_records, free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,7 +88,7 @@ class Recorder:
         self._thread.join(5)
 
 
-def _config(anth_port: int, mock_port: int, rec_port: int) -> str:
+def _config(anth_port: int, mock_port: int, rec_port: int, oai_rec_port: int) -> str:
     anth = f"http://{HOST}:{anth_port}/v1"
     return f"""
 [server]
@@ -116,6 +116,16 @@ base_url = "http://{HOST}:{rec_port}/v1"
 api_key = "env:ANTH_KEY"
 beta = ["prompt-caching-2024-07-31"]
 
+[providers.claude-custom]
+type = "anthropic"
+base_url = "http://{HOST}:{rec_port}/v1"
+api_key = "env:ANTH_KEY"
+forward_headers = ["X-Trace-Tag"]
+
+[providers.openai-recorded]
+type = "openai"
+base_url = "http://{HOST}:{oai_rec_port}/v1"
+
 [providers.openai]
 type = "openai"
 base_url = "http://{HOST}:{mock_port}/v1"
@@ -127,6 +137,12 @@ upstream_model = "claude-mock"
 
 [models.claude-recorded]
 provider = "claude-recorded"
+
+[models.claude-custom]
+provider = "claude-custom"
+
+[models.openai-recorded]
+provider = "openai-recorded"
 
 [models.claude-down]
 provider = "claude-down"
@@ -170,11 +186,17 @@ def recorder() -> Iterator[Recorder]:
 
 
 @pytest.fixture(scope="module")
-def gw(anthropic_mock: int, mock_port: int, recorder: Recorder, logs_dir: Path,
-       request: pytest.FixtureRequest, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
+def openai_recorder() -> Iterator[RecordingUpstream]:
+    with RecordingUpstream() as rec:
+        yield rec
+
+
+@pytest.fixture(scope="module")
+def gw(anthropic_mock: int, mock_port: int, recorder: Recorder, openai_recorder: RecordingUpstream,
+       logs_dir: Path, request: pytest.FixtureRequest, monkeypatch_module: pytest.MonkeyPatch) -> Iterator[Gateway]:
     monkeypatch_module.setenv("ANTH_KEY", ANTH_KEY)
-    gateway = _launch("gateway-anthropic", logs_dir, config_text=_config(anthropic_mock, mock_port, recorder.port),
-                      workers=1, frontend="native")
+    config = _config(anthropic_mock, mock_port, recorder.port, openai_recorder.port)
+    gateway = _launch("gateway-anthropic", logs_dir, config_text=config, workers=1, frontend="native")
     failed = request.session.testsfailed
     try:
         yield gateway
@@ -491,3 +513,49 @@ def test_credentials_version_and_beta_sent(client: openai.OpenAI, recorder: Reco
     assert "authorization" not in seen
 
 
+
+
+def test_client_anthropic_headers_forwarded(client: openai.OpenAI, recorder: Recorder) -> None:
+    """A client's anthropic-beta joins the configured betas; its anthropic-version replaces the
+    configured one; headers outside the allow-list stay behind."""
+    before = len(recorder.headers)
+    client.chat.completions.create(model="claude-recorded", messages=USER, extra_headers={
+        "anthropic-beta": "extra-beta-1, prompt-caching-2024-07-31",
+        "anthropic-version": "2026-10-21",
+        "x-secret-thing": "no",
+    })
+    seen = recorder.headers[before]
+    assert seen["anthropic-beta"] == "prompt-caching-2024-07-31,extra-beta-1"
+    assert seen["anthropic-version"] == "2026-10-21"
+    assert "x-secret-thing" not in seen
+    assert seen["x-api-key"] == ANTH_KEY
+
+
+def test_the_anthropic_version_really_reaches_anthropic(client: openai.OpenAI) -> None:
+    # the mock refuses versions it does not know: the client's header went up
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="claude", messages=USER,
+                                       extra_headers={"anthropic-version": "1999-01-01"})
+    assert "anthropic-version" in str(info.value)
+
+
+def test_configured_forward_headers_replace_the_defaults(client: openai.OpenAI, recorder: Recorder) -> None:
+    before = len(recorder.headers)
+    client.chat.completions.create(model="claude-custom", messages=USER, extra_headers={
+        "x-trace-tag": "abc", "anthropic-beta": "not-passed"})
+    seen = recorder.headers[before]
+    assert seen["x-trace-tag"] == "abc"
+    assert "anthropic-beta" not in seen
+    assert seen["anthropic-version"] == "2023-06-01"
+
+
+def test_openai_headers_forwarded(client: openai.OpenAI, openai_recorder: RecordingUpstream) -> None:
+    before = len(openai_recorder.requests)
+    client.chat.completions.create(model="openai-recorded", messages=USER, extra_headers={
+        "OpenAI-Beta": "assistants=v2", "OpenAI-Organization": "org-1", "OpenAI-Project": "proj-1",
+        "anthropic-beta": "nope"})
+    seen = openai_recorder.requests[before].headers
+    assert seen["openai-beta"] == "assistants=v2"
+    assert seen["openai-organization"] == "org-1"
+    assert seen["openai-project"] == "proj-1"
+    assert "anthropic-beta" not in seen

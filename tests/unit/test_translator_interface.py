@@ -226,3 +226,36 @@ def test_example_anthropic_toml(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     p = config.providers["anthropic"]
     assert p.type == "anthropic" and p.base_url is None and p.anthropic_version == "2023-06-01"
     assert main(["check", "--config", str(EXAMPLES / "anthropic.toml")]) == 0
+
+
+def _problems(text: str) -> list[str]:
+    from gateway.config import ConfigError, load_config_text
+
+    try:
+        load_config_text(text)
+    except ConfigError as exc:
+        return list(exc.errors)
+    return []
+
+
+def test_forward_headers_are_checked() -> None:
+    base = "[providers.a]\ntype = \"anthropic\"\n[models.m]\nprovider = \"a\"\n"
+    assert _problems(base) == []
+    bad = '[providers.a]\ntype = "anthropic"\nforward_headers = ["Authorization", "bad header"]\n'
+    problems = _problems(bad)
+    assert any("forward_headers[0]" in p and "set by the gateway" in p for p in problems)
+    assert any("forward_headers[1]" in p and "not a valid HTTP header name" in p for p in problems)
+    assert any("beta[0]" in p for p in _problems('[providers.a]\ntype = "anthropic"\nbeta = ["a b"]\n'))
+
+
+def test_forwarded_client_headers_merge() -> None:
+    t = anthropic()
+    t.forward_headers(["anthropic-beta", "anthropic-version"])
+    request = type("R", (), {"headers": [(b"anthropic-beta", b"b3, b1"), (b"x-other", b"1"),
+                                         (b"anthropic-version", b"2026-10-21")]})()
+    extra = t.forwarded(request)
+    assert extra == [("anthropic-beta", "b3, b1"), ("anthropic-version", "2026-10-21")]
+    merged = dict(t.merge_headers(extra))
+    assert merged["anthropic-beta"] == "b1,b2,b3"
+    assert merged["anthropic-version"] == "2026-10-21"
+    assert t.forwarded(type("R", (), {"headers": [(b"x-other", b"1")]})()) is None
