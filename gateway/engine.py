@@ -1113,6 +1113,7 @@ class Engine:
         data = b""
         waiting = "head"  # what the attempt waits for: "head", "first event", "body" or "stream"
         error: Exception | None = None
+        refused: GatewayError | None = None
         try:
             try:
                 async with timer or _UNBOUNDED:
@@ -1150,7 +1151,18 @@ class Engine:
                         await self._relay_stream(ctx, responder, resp, data)
             except (TimeoutError, UpstreamError) as exc:
                 error = exc
+            except _StreamRefused as exc:  # an error event first: nothing was sent
+                refused = exc.error
+                waiting = "first event"
             now = _monotonic()
+            if refused is not None:
+                assert resp is not None
+                resp.close()
+                outcome = outcome_of_status(refused.status)
+                attempts.report(outcome, now, ttfb=ttfb, total=now - t0)
+                if outcome is Outcome.CLIENT_ERROR:
+                    raise refused
+                return _Failed(refused, None)
             if waiting != "stream":
                 ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
             if error is not None:
@@ -1281,10 +1293,17 @@ class Engine:
         self, ctx: Context, responder: Responder, resp: UpstreamResponse, first: bytes | None = None
     ) -> None:
         """Relay an event stream through the translator's relay, event by event; ``first``: its first
-        piece when the caller has read it already."""
+        piece when the caller (a routed attempt) has read it already. When that piece is only an error
+        (an Anthropic ``error`` event before any content), nothing is sent and ``_StreamRefused`` is
+        raised: the attempt failed before the first byte, so routing may still go elsewhere."""
         target = ctx.target
         assert target is not None
         relay = target.translator.stream_relay(ctx)
+        pending = b""
+        if first is not None:
+            pending = relay.feed(first)
+            if relay.error is not None and not pending:
+                raise _StreamRefused(relay.error)
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.extend(_SSE_HEADERS)
@@ -1292,12 +1311,15 @@ class Engine:
         responder.start_stream(resp.status, headers)
         t_up = ctx.t_up
         try:
-            while True:
+            if pending:
+                await responder.write(pending)
+            failed = relay.error
+            ended = failed is not None
+            if failed is not None:
+                await _stream_failed(ctx, responder, failed)
+            while not ended:
                 try:
-                    if first is not None:
-                        chunk, first = first, None
-                    else:
-                        chunk = await resp.next_chunk()
+                    chunk = await resp.next_chunk()
                 except (UpstreamError, ValueError) as exc:
                     await _stream_failed(ctx, responder, errors.BadGateway(
                         f"The upstream stream failed: {exc}", code="upstream_stream_error"))
@@ -1308,8 +1330,7 @@ class Engine:
                 if relay.error is not None:
                     await _stream_failed(ctx, responder, relay.error)
                     break
-                if not chunk:
-                    break
+                ended = not chunk
         finally:
             ctx.up_ms = (_perf() - t_up) * 1000.0
         responder.end_stream()
@@ -1471,6 +1492,14 @@ def _route_info(ctx: Context) -> RequestInfo:
     if key is None:
         return RequestInfo(getattr(fields, "user", None), None, ctx.request.header, tokens)
     return RequestInfo(getattr(fields, "user", None), key.id, ctx.request.header, tokens, key.residency)
+
+
+class _StreamRefused(Exception):
+    """A stream whose first piece is only an error (``_relay_stream``): nothing was sent to the client."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _Failed(NamedTuple):

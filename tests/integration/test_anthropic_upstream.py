@@ -62,15 +62,23 @@ class Recorder:
                 pass
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 seen.append({k.lower(): v for k, v in self.headers.items()})
+                if json.loads(body).get("stream"):
+                    # what Anthropic does when overloaded after the head: 200, then an error event
+                    self._answer("text/event-stream", b'event: error\ndata: {"type": "error", "error": '
+                                 b'{"type": "overloaded_error", "message": "Overloaded"}}\n\n')
+                    return
                 out = json.dumps({
                     "id": "msg_rec", "type": "message", "role": "assistant", "model": "claude-rec",
                     "content": [{"type": "text", "text": "recorded"}], "stop_reason": "end_turn",
                     "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1},
                 }).encode()
+                self._answer("application/json", out)
+
+            def _answer(self, ctype: str, out: bytes) -> None:
                 self.send_response(200)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", ctype)
                 self.send_header("content-length", str(len(out)))
                 self.end_headers()
                 self.wfile.write(out)
@@ -156,6 +164,20 @@ deployments = [
 ]
 strategy = "least_busy"
 retry = {{ max_attempts = 2, base_backoff = 0.0 }}
+
+[models.mixed]
+strategy = "cost"
+deployments = [
+  {{ provider = "claude-down", upstream_model = "claude-mock", cost = 1.0 }},
+  {{ provider = "openai", upstream_model = "mock-1", cost = 10.0 }},
+]
+
+[models.mixed-sse-error]
+strategy = "cost"
+deployments = [
+  {{ provider = "claude-recorded", upstream_model = "claude-rec", cost = 1.0 }},
+  {{ provider = "openai", upstream_model = "mock-1", cost = 10.0 }},
+]
 
 [models.openai-backup]
 provider = "openai"
@@ -497,6 +519,36 @@ def test_failover_anthropic_to_openai_stream(client: openai.OpenAI, gw: Gateway)
     assert chunks[-1].usage is not None
     record = _records(gw, raw.headers["x-request-id"])
     assert record["provider"] == "openai" and record["attempts"] == 2 and record["stream"] is True
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_deployments_on_two_providers_fail_over(client: openai.OpenAI, gw: Gateway, stream: bool) -> None:
+    """One routed model, Anthropic first (529), OpenAI second: the client sees OpenAI's dialect either way."""
+    raw = client.chat.completions.with_raw_response.create(model="mixed", messages=USER, stream=stream)
+    if stream:
+        chunks = list(raw.parse())  # type: ignore[call-overload]
+        assert chunks[0].model == "mock-1" and chunks[-1].choices[0].finish_reason == "stop"
+    else:
+        assert raw.parse().model == "mock-1"  # type: ignore[union-attr]
+    assert raw.headers.get("x-gateway-deployment") == "openai/mock-1"
+    record = _records(gw, raw.headers["x-request-id"])
+    assert record["provider"] == "openai" and record["attempts"] == 2
+
+
+def test_stream_error_event_before_content_fails_over(client: openai.OpenAI, gw: Gateway) -> None:
+    """Anthropic answers 200 and then an overloaded_error event: nothing was sent, so OpenAI answers."""
+    raw = client.chat.completions.with_raw_response.create(model="mixed-sse-error", messages=USER, stream=True)
+    chunks = list(raw.parse())
+    assert chunks[0].model == "mock-1"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    record = _records(gw, raw.headers["x-request-id"])
+    assert record["provider"] == "openai" and record["attempts"] == 2
+
+
+def test_stream_error_event_on_a_direct_model(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIError) as info:
+        list(client.chat.completions.create(model="claude-recorded", messages=USER, stream=True))
+    assert "Overloaded" in str(info.value)
 
 
 # -- headers on the wire --------------------------------------------------------------------------------
