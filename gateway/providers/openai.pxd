@@ -2,6 +2,8 @@
 # PERF: the engine's callback path calls send_cb at C level, and send_cb the pool's. See
 # docs/architecture.md, "What is compiled".
 
+from gateway._core._http cimport Request as CRequest
+from gateway._core._sse cimport SSEScanner as CSSEScanner
 from gateway.server.pool cimport OriginPool as COriginPool
 
 
@@ -15,7 +17,16 @@ cdef class OpenAITranslator:
     cdef public str name
     cdef public object transport
     cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb, object extra=*) except -1
-    cpdef object forwarded(self, object request)
+    cpdef object forwarded(self, CRequest request)
     cpdef bytes request_body(self, object ctx, str upstream_model, bint rewrite)
     cpdef list pass_headers(self, object resp, bint ratelimit, list out)
     cpdef bytes take_body(self, object ctx, bytes body)
+
+
+cdef class OpenAIStreamRelay:
+    cdef object _ctx
+    cdef CSSEScanner _scanner
+    cdef bint _strip
+    cdef public object error
+    cpdef bytes feed(self, bytes chunk)
+    cpdef bytes end(self)

@@ -243,7 +243,10 @@ _NO_PREFIX = b"\x00"  # matches no header name
 
 class OpenAIStreamRelay:
     """An OpenAI event stream, relayed as it comes: complete events pass through; the usage is learned
-    from the chunk that carries it (dropped when the client did not ask for it)."""
+    from the chunk that carries it (dropped when the client did not ask for it).
+
+    # PERF: compiled with its scanner typed: a chunk costs one call from the engine, the scanner's at C
+    level."""
 
     __slots__ = ("_ctx", "_scanner", "_strip", "error")
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from gateway import errors
+from gateway._core.http import Request
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.providers.anthropic import AnthropicTranslator, TranslatedUsage
@@ -251,11 +252,11 @@ def test_forward_headers_are_checked() -> None:
 def test_forwarded_client_headers_merge() -> None:
     t = anthropic()
     t.forward_headers(["anthropic-beta", "anthropic-version"])
-    request = type("R", (), {"headers": [(b"anthropic-beta", b"b3, b1"), (b"x-other", b"1"),
-                                         (b"anthropic-version", b"2026-10-21")]})()
+    request = Request("POST", "/v1/chat/completions", "", 11, [
+        (b"anthropic-beta", b"b3, b1"), (b"x-other", b"1"), (b"anthropic-version", b"2026-10-21")], b"{}", True)
     extra = t.forwarded(request)
     assert extra == [("anthropic-beta", "b3, b1"), ("anthropic-version", "2026-10-21")]
     merged = dict(t.merge_headers(extra))
     assert merged["anthropic-beta"] == "b1,b2,b3"
     assert merged["anthropic-version"] == "2026-10-21"
-    assert t.forwarded(type("R", (), {"headers": [(b"x-other", b"1")]})()) is None
+    assert t.forwarded(Request("POST", "/", "", 11, [(b"x-other", b"1")], b"", True)) is None
