@@ -36,7 +36,7 @@ from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
-from gateway.providers.openai import DEFAULT_FORWARD_HEADERS, OpenAITranslator
+from gateway.providers.openai import OpenAITranslator
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
@@ -242,14 +242,8 @@ class _RequestIds:
 def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenAITranslator:
     """The provider's translator with its transport (a pool per worker, or the in-process mock)."""
     translator = _translator(name, p, defaults)
-    if p.forward_headers is not None:
+    if p.forward_headers is not None:  # else the translator's own default list
         translator.forward_headers(p.forward_headers)
-    elif p.type == "anthropic":
-        from gateway.providers import anthropic
-
-        translator.forward_headers(list(anthropic.DEFAULT_FORWARD_HEADERS))
-    else:
-        translator.forward_headers(list(DEFAULT_FORWARD_HEADERS))
     return translator
 
 

@@ -133,6 +133,7 @@ class AnthropicTranslator(OpenAITranslator):
             headers["anthropic-beta"] = ",".join(beta)
         headers.update(extra_headers)
         super().__init__(name, transport, path_prefix, None, headers)
+        self.forward_headers(list(DEFAULT_FORWARD_HEADERS))
         # PERF: one endpoint, its head prebuilt like the base's
         self._paths = {"chat": path_prefix + "/messages"}
         pool = self._pool

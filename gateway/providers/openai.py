@@ -88,6 +88,7 @@ class OpenAITranslator:
                 self._heads[ep] = self._pool.build_head("POST", path, headers, -1) + b"x-request-id: "
         #: client headers passed upstream (lower-case names; see ``forward_headers``)
         self._forward: tuple[bytes, ...] = ()
+        self.forward_headers(list(DEFAULT_FORWARD_HEADERS))
 
     def forward_headers(self, names: list[str]) -> None:
         """Pass these client headers upstream (a client's value replaces a configured one)."""
