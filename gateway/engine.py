@@ -32,6 +32,7 @@ from gateway._core.http import ms_text
 from gateway._core.jsoncheck import TOO_DEEP, check_json
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
+from gateway.context import Context
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from gateway.routing.router import Attempt, Attempts
     from gateway.routing.sync import BreakerSync
 
-__all__ = ["Context", "Engine", "ModelEntry", "Runtime"]
+__all__ = ["Engine", "ModelEntry", "Runtime", "Target", "build_translator"]
 
 log = logging.getLogger("gateway.engine")
 
@@ -169,53 +170,6 @@ class Runtime:
     @staticmethod
     def _model_obj(e: ModelEntry, created: int) -> dict[str, Any]:
         return {"id": e.name, "object": "model", "created": created, "owned_by": e.owned_by}
-
-
-class Context:
-    """Everything one request carries through the chain."""
-
-    __slots__ = (
-        "attempts", "body", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits", "model",
-        "overhead", "request", "request_id", "responder", "response_headers", "route_model", "runtime",
-        "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
-    )
-
-    def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
-        self.request = request
-        self.request_id = request_id
-        self.runtime = runtime
-        #: where the answer goes (the engine answers a request itself when the worker cuts it)
-        self.responder = responder
-        #: the task running the request, when it runs as coroutines (None on the callback path)
-        self.task: asyncio.Task[Any] | None = None
-        #: the request has its call record: nothing more is sent or recorded for it
-        self.settled = False
-        self.t0 = _perf()
-        self.t_up = 0.0
-        self.up_ms = 0.0
-        self.endpoint = ""
-        self.fields: Any = None
-        self.body = request.body
-        self.model: ModelEntry | None = None
-        #: the deployment that served (or last failed) the request, and how many attempts were made
-        self.target: Target | None = None
-        self.attempts = 0
-        #: set by a phase to serve another model than the one asked for (a budget's downgrade)
-        self.route_model: str | None = None
-        #: what the admit phase reserved for this request (settled after the response)
-        self.limits: Any = None
-        #: USD, when the model's price and the usage are known
-        self.cost: float | None = None
-        self.stream = False
-        self.include_usage = False
-        self.usage: Any = None
-        self.status = 0
-        self.upstream_status: int | None = None
-        self.error: GatewayError | None = None
-        self.response_headers: Headers = []
-        self.overhead = ""
-        #: the caller's key (gateway.auth.table.KeyEntry) once the access phase has run
-        self.key: Any = None
 
 
 def _overhead_ms(ctx: Context) -> str:
@@ -686,8 +640,9 @@ class Engine:
 
     def _reply(self, ctx: Context, responder: Responder, reply: Reply) -> None:
         ctx.status = reply.status
+        runtime: Runtime = ctx.runtime
         headers = reply.headers + [("x-request-id", ctx.request_id),
-                                   (ctx.runtime.overhead_header, _overhead_ms(ctx))]
+                                   (runtime.overhead_header, _overhead_ms(ctx))]
         headers.extend(ctx.response_headers)
         responder.send(reply.status, headers, reply.body)
 
@@ -699,8 +654,9 @@ class Engine:
 
     def _send_error(self, ctx: Context, responder: Responder, exc: GatewayError) -> None:
         ctx.status = status = exc.status
+        runtime: Runtime = ctx.runtime
         headers = [_JSON_TYPE, ("x-request-id", ctx.request_id),
-                   (ctx.runtime.overhead_header, _overhead_ms(ctx))]
+                   (runtime.overhead_header, _overhead_ms(ctx))]
         extra = exc.headers
         if extra:
             headers.extend(extra)
@@ -777,7 +733,8 @@ class Engine:
                         return None
                     return (pending, 1)
             resume = 1
-        chain = ctx.runtime.chain
+        runtime: Runtime = ctx.runtime
+        chain = runtime.chain
         if resume == 1:
             self._parse(ctx)
             if access is not None and (not ctx.key.unrestricted or access.approval):
@@ -800,11 +757,11 @@ class Engine:
                 self._reply(ctx, responder, out)  # type: ignore[arg-type]
                 return None
         fields = ctx.fields
-        model = ctx.runtime.models.get(ctx.route_model or fields.model)
+        model = runtime.models.get(ctx.route_model or fields.model)
         if model is None:
             # PERF: answered, not raised: the 404 of a name is built once (an exception and its raise
             # through this frame cost ~2 us)
-            self._answer_error(ctx, responder, ctx.runtime.unknown_model(fields.model))
+            self._answer_error(ctx, responder, runtime.unknown_model(fields.model))
             return None
         if ctx.endpoint not in model.endpoints:
             raise errors.BadRequest(
@@ -1244,21 +1201,22 @@ class Engine:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
 
     def _relay_body(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
-        target = ctx.target
+        target: Target | None = ctx.target
+        runtime: Runtime = ctx.runtime
         assert target is not None
         if ctx.stream:  # a stream request answered with one JSON body: the client gets its stream
             events = target.translator.body_as_stream(ctx, resp, body)
             ctx.status = resp.status
             headers = self._pass_headers(ctx, resp)
             headers.extend(_SSE_HEADERS)
-            headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
+            headers.append((runtime.overhead_header, _overhead_ms(ctx)))
             responder.send(resp.status, headers, events)
             return
         body = target.translator.take_body(ctx, body)  # the usage is learned; raises when not JSON
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.append(("content-type", "application/json"))
-        headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
+        headers.append((runtime.overhead_header, _overhead_ms(ctx)))
         responder.send(resp.status, headers, body)
 
     def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
@@ -1337,7 +1295,8 @@ class Engine:
             return
         ctx.settled = True
         self._live.discard(ctx)
-        for phase in ctx.runtime.settle_chain:
+        runtime: Runtime = ctx.runtime
+        for phase in runtime.settle_chain:
             try:
                 phase.on_settle(ctx)
             except Exception:
@@ -1347,7 +1306,8 @@ class Engine:
         if not ctx.overhead:
             _overhead_ms(ctx)
         # PERF: a flat tuple now; the sink builds and encodes the record in the background
-        target = ctx.target
+        target: Target | None = ctx.target
+        model: ModelEntry | None = ctx.model
         usage = ctx.usage
         err = ctx.error
         req = ctx.request
@@ -1359,7 +1319,7 @@ class Engine:
             target.upstream_model if target is not None else None,
             ctx.stream, ctx.upstream_status, ctx.up_ms if ctx.t_up else None,
             usage, err, self.worker, ctx.key,
-            target.name if target is not None and ctx.model is not None and ctx.model.target is None
+            target.name if target is not None and model is not None and model.target is None
             else None,
             ctx.attempts, ctx.cost,
         ))
