@@ -2,8 +2,11 @@
 # PERF: the engine's callback path calls send_cb at C level, and send_cb the pool's. See
 # docs/architecture.md, "What is compiled".
 
+cimport cython
+
 from gateway._core._http cimport Request as CRequest
 from gateway._core._sse cimport SSEScanner as CSSEScanner
+from gateway.context cimport Context
 from gateway.server.pool cimport OriginPool as COriginPool
 
 
@@ -17,10 +20,11 @@ cdef class OpenAITranslator:
     cdef public str name
     cdef public object transport
     cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb, object extra=*) except -1
+    @cython.locals(name=bytes)
     cpdef object forwarded(self, CRequest request)
-    cpdef bytes request_body(self, object ctx, str upstream_model, bint rewrite)
+    cpdef bytes request_body(self, Context ctx, str upstream_model, bint rewrite)
     cpdef list pass_headers(self, object resp, bint ratelimit, list out)
-    cpdef bytes take_body(self, object ctx, bytes body)
+    cpdef bytes take_body(self, Context ctx, bytes body)
 
 
 cdef class OpenAIStreamRelay:

@@ -96,12 +96,15 @@ class OpenAITranslator:
 
     def forwarded(self, request: Any) -> list[tuple[str, str]] | None:
         """The client headers of ``request`` to pass upstream, or None (the usual case)."""
-        names = self._forward
-        if not names:
-            return None
-        # PERF: one compiled pass over the client's headers
-        found: list[tuple[str, str]] = select_headers(request.headers, _NO_PREFIX, names, [])
-        return found or None
+        found: list[tuple[str, str]] | None = None
+        for name in self._forward:
+            # PERF: the request's compiled header lookup, called at C level; a list only when one is there
+            value = request.header(name)
+            if value is not None:
+                if found is None:
+                    found = []
+                found.append((name.decode("latin-1"), value.decode("latin-1")))
+        return found
 
     def merge_headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """The configured headers with the client's ``extra`` ones: a client's value replaces the

@@ -17,6 +17,7 @@ from gateway import errors
 from gateway._core.http import Request
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.context import Context
 from gateway.providers.anthropic import AnthropicTranslator, TranslatedUsage
 from gateway.providers.openai import OpenAITranslator
 from gateway.providers.translator import StreamRelay, Translator
@@ -33,15 +34,15 @@ class _Transport:
         pass
 
 
-class _Ctx:
-    def __init__(self, body: bytes = CHAT, endpoint: str = "chat", stream: bool = False,
-                 include_usage: bool = False) -> None:
-        self.body = body
-        self.endpoint = endpoint
-        self.stream = stream
-        self.include_usage = include_usage
-        self.usage: Any = None
-        self.fields = type("F", (), {"model": json.loads(body).get("model")})()
+def _context(body: bytes = CHAT, endpoint: str = "chat", stream: bool = False,
+         include_usage: bool = False) -> Context:
+    """A request's context as the engine makes it (the compiled translators take nothing else)."""
+    ctx = Context(Request("POST", "/v1/chat/completions", "", 11, [], body, True), "rid", None, None)
+    ctx.endpoint = endpoint
+    ctx.stream = stream
+    ctx.include_usage = include_usage
+    ctx.fields = type("F", (), {"model": json.loads(body).get("model")})()
+    return ctx
 
 
 class _Resp:
@@ -60,7 +61,7 @@ def anthropic() -> AnthropicTranslator:
 def test_both_translators_have_the_interface() -> None:
     for t in (anthropic(), OpenAITranslator("o", _Transport(), "/v1", None, {})):
         translator: Translator = t
-        relay: StreamRelay = t.stream_relay(_Ctx())
+        relay: StreamRelay = t.stream_relay(_context())
         assert translator.name and relay.error is None
 
 
@@ -76,16 +77,16 @@ def test_anthropic_headers_and_path() -> None:
 
 def test_openai_request_body_passes_bytes_through() -> None:
     t = OpenAITranslator("o", _Transport(), "/v1", None, {})
-    ctx = _Ctx()
+    ctx = _context()
     assert t.request_body(ctx, "claude", False) is ctx.body
     rewritten = json.loads(t.request_body(ctx, "up-1", True))
     assert rewritten["model"] == "up-1"
-    streamed = json.loads(t.request_body(_Ctx(stream=True), "claude", False))
+    streamed = json.loads(t.request_body(_context(stream=True), "claude", False))
     assert streamed["stream_options"] == {"include_usage": True}
 
 
 def test_anthropic_request_body() -> None:
-    body = json.loads(anthropic().request_body(_Ctx(), "claude-up", False))
+    body = json.loads(anthropic().request_body(_context(), "claude-up", False))
     assert body["model"] == "claude-up"
     assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     assert body["max_tokens"] == 4096
@@ -94,12 +95,12 @@ def test_anthropic_request_body() -> None:
 @pytest.mark.parametrize("endpoint", ["completions", "embeddings"])
 def test_anthropic_refuses_other_endpoints(endpoint: str) -> None:
     with pytest.raises(errors.BadRequest) as info:
-        anthropic().request_body(_Ctx(endpoint=endpoint), "claude", False)
+        anthropic().request_body(_context(endpoint=endpoint), "claude", False)
     assert info.value.code == "unsupported_endpoint"
 
 
 def test_anthropic_body_and_usage() -> None:
-    ctx = _Ctx()
+    ctx = _context()
     message = {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-up",
         "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn", "stop_sequence": None,
@@ -117,7 +118,7 @@ def test_anthropic_body_and_usage() -> None:
 
 def test_anthropic_body_not_a_message_is_a_502() -> None:
     with pytest.raises(errors.BadGateway):
-        anthropic().take_body(_Ctx(), b"<html>")
+        anthropic().take_body(_context(), b"<html>")
 
 
 def test_anthropic_errors() -> None:
@@ -156,8 +157,8 @@ STREAM = b"".join(
 )
 
 
-def _relay_all(pieces: list[bytes], include_usage: bool) -> tuple[bytes, _Ctx, StreamRelay]:
-    ctx = _Ctx(stream=True, include_usage=include_usage)
+def _relay_all(pieces: list[bytes], include_usage: bool) -> tuple[bytes, Context, StreamRelay]:
+    ctx = _context(stream=True, include_usage=include_usage)
     relay = anthropic().stream_relay(ctx)
     out = b"".join(relay.feed(p) for p in pieces) + relay.end()
     return out, ctx, relay
@@ -183,7 +184,7 @@ def test_anthropic_stream_event_by_event_at_any_boundary() -> None:
 
 
 def test_anthropic_stream_emits_before_the_end() -> None:
-    ctx = _Ctx(stream=True)
+    ctx = _context(stream=True)
     relay = anthropic().stream_relay(ctx)
     first_two = STREAM.split(b"\n\n", 3)
     out = relay.feed(first_two[0] + b"\n\n" + first_two[1] + b"\n\n" + first_two[2] + b"\n\n")
@@ -204,7 +205,7 @@ def test_anthropic_stream_error_event() -> None:
 
 
 def test_anthropic_whole_answer_to_a_stream_request() -> None:
-    ctx = _Ctx(stream=True, include_usage=True)
+    ctx = _context(stream=True, include_usage=True)
     message = {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "c",
         "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}],
