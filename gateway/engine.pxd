@@ -6,6 +6,7 @@
 cimport cython
 
 from gateway._core._http cimport Request as CRequest
+from gateway.context cimport Context
 from gateway.providers.openai cimport OpenAITranslator as COpenAITranslator
 
 
@@ -38,36 +39,6 @@ cdef class Runtime:
     cdef public bytes models_body
     cdef public dict model_bodies
     cdef public dict unknown_models
-
-
-cdef class Context:
-    cdef public Py_ssize_t attempts
-    cdef public object body
-    cdef public object cost
-    cdef public str endpoint
-    cdef public object error
-    cdef public object fields
-    cdef public bint include_usage
-    cdef public object key
-    cdef public object limits
-    cdef public ModelEntry model
-    cdef public str overhead
-    cdef public object request
-    cdef public str request_id
-    cdef public object responder
-    cdef public list response_headers
-    cdef public object route_model
-    cdef public Runtime runtime
-    cdef public bint settled
-    cdef public int status
-    cdef public bint stream
-    cdef public double t0
-    cdef public double t_up
-    cdef public Target target
-    cdef public object task
-    cdef public double up_ms
-    cdef public object upstream_status
-    cdef public object usage
 
 
 cpdef str _overhead_ms(Context ctx)
@@ -103,21 +74,22 @@ cdef class Engine:
     cpdef Context _context(self, CRequest request, object responder)
     @cython.locals(ctx=Context, model=ModelEntry)
     cpdef begin(self, object request, object responder)
+    @cython.locals(runtime=Runtime)
     cpdef _reply(self, Context ctx, object responder, object reply)
     cpdef _answer_error(self, Context ctx, object responder, object exc)
-    @cython.locals(headers=list, extra=list, status=int)
+    @cython.locals(headers=list, extra=list, status=int, runtime=Runtime)
     cpdef _send_error(self, Context ctx, object responder, object exc)
     @cython.locals(req=CRequest)
     cpdef _parse(self, Context ctx)
-    @cython.locals(chain=tuple, i=Py_ssize_t, model=ModelEntry)
+    @cython.locals(chain=tuple, i=Py_ssize_t, model=ModelEntry, runtime=Runtime)
     cpdef _front(self, Context ctx, object responder, int resume, object result)
-    @cython.locals(target=Target)
+    @cython.locals(target=Target, translator=COpenAITranslator)
     cpdef bint _send_now(self, Context ctx, object responder, ModelEntry model) except -1
     cpdef _on_head(self, Context ctx, object responder, object resp, object exc)
     cpdef bytes _upstream_body(self, Context ctx, Target target, object model_name=*)
-    @cython.locals(out=list)
+    @cython.locals(out=list, target=Target)
     cpdef list _pass_headers(self, Context ctx, object resp)
-    @cython.locals(headers=list)
+    @cython.locals(headers=list, target=Target, runtime=Runtime)
     cpdef _relay_body(self, Context ctx, object responder, object resp, object body)
-    @cython.locals(target=Target)
+    @cython.locals(target=Target, model=ModelEntry, runtime=Runtime)
     cpdef _settle(self, Context ctx)

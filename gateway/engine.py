@@ -28,17 +28,17 @@ from urllib.parse import unquote
 import msgspec
 
 from gateway import errors
-from gateway._core.http import ms_text, select_headers
+from gateway._core.http import ms_text
 from gateway._core.jsoncheck import TOO_DEEP, check_json
-from gateway._core.sse import SSEScanner, event_data, split_events
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
+from gateway.context import Context
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.azure import azure_translator
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
-from gateway.providers.openai import OpenAITranslator, completion_as_stream, error_text, has_error
+from gateway.providers.openai import OpenAITranslator
 from gateway.providers.presets import base_url_of, credentials_of, quirks_of
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
@@ -48,13 +48,9 @@ from gateway.server.pool import OriginPool
 from gateway.wire import (
     MAX_JSON_DEPTH,
     EmbeddingRequest,
-    completion_decoders,
     decoders,
     encode,
     key_watches,
-    top_level_decoder,
-    usage_decoder,
-    usage_event_decoder,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +62,7 @@ if TYPE_CHECKING:
     from gateway.routing.router import Attempt, Attempts
     from gateway.routing.sync import BreakerSync
 
-__all__ = ["Context", "Engine", "ModelEntry", "Runtime"]
+__all__ = ["Engine", "ModelEntry", "Runtime", "Target", "build_translator"]
 
 log = logging.getLogger("gateway.engine")
 
@@ -75,10 +71,6 @@ _JSON: Headers = [_JSON_TYPE]
 #: unknown model names whose 404 is kept (Runtime.unknown_model); then the set starts over
 _MAX_UNKNOWN = 1024
 _SSE_HEADERS: Headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
-# upstream headers a client may act on: rate limits and retry hints
-_PASS_HEADERS = (b"retry-after", b"retry-after-ms", b"x-should-retry", b"openai-processing-ms")
-_PASS_PREFIX = b"x-ratelimit-"
-_NO_PREFIX = b"\x00"  # matches no header name
 _ACCEPTED_TYPES = (b"application/json", b"application/x-www-form-urlencoded")
 _DONE = b"data: [DONE]\n\n"
 _ENDPOINTS = {
@@ -183,53 +175,6 @@ class Runtime:
         return {"id": e.name, "object": "model", "created": created, "owned_by": e.owned_by}
 
 
-class Context:
-    """Everything one request carries through the chain."""
-
-    __slots__ = (
-        "attempts", "body", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits", "model",
-        "overhead", "request", "request_id", "responder", "response_headers", "route_model", "runtime",
-        "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
-    )
-
-    def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
-        self.request = request
-        self.request_id = request_id
-        self.runtime = runtime
-        #: where the answer goes (the engine answers a request itself when the worker cuts it)
-        self.responder = responder
-        #: the task running the request, when it runs as coroutines (None on the callback path)
-        self.task: asyncio.Task[Any] | None = None
-        #: the request has its call record: nothing more is sent or recorded for it
-        self.settled = False
-        self.t0 = _perf()
-        self.t_up = 0.0
-        self.up_ms = 0.0
-        self.endpoint = ""
-        self.fields: Any = None
-        self.body = request.body
-        self.model: ModelEntry | None = None
-        #: the deployment that served (or last failed) the request, and how many attempts were made
-        self.target: Target | None = None
-        self.attempts = 0
-        #: set by a phase to serve another model than the one asked for (a budget's downgrade)
-        self.route_model: str | None = None
-        #: what the admit phase reserved for this request (settled after the response)
-        self.limits: Any = None
-        #: USD, when the model's price and the usage are known
-        self.cost: float | None = None
-        self.stream = False
-        self.include_usage = False
-        self.usage: Any = None
-        self.status = 0
-        self.upstream_status: int | None = None
-        self.error: GatewayError | None = None
-        self.response_headers: Headers = []
-        self.overhead = ""
-        #: the caller's key (gateway.auth.table.KeyEntry) once the access phase has run
-        self.key: Any = None
-
-
 def _overhead_ms(ctx: Context) -> str:
     """The gateway's own time so far (total minus upstream wait), in ms, as the header value."""
     # PERF: integer microseconds formatted by the core; round(x, 3) costs ~0.7 us here, repr ~0.5 us
@@ -253,6 +198,13 @@ class _RequestIds:
 
 def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenAITranslator:
     """The provider's translator with its transport (a pool per worker, or the in-process mock)."""
+    translator = _translator(name, p, defaults)
+    if p.forward_headers is not None:  # else the translator's own default list
+        translator.forward_headers(p.forward_headers)
+    return translator
+
+
+def _translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenAITranslator:
     if p.type == "mock":
         from gateway.providers.mock import MockTransport
 
@@ -261,8 +213,14 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         return mock
     from gateway.server.pool import OriginPool
 
+    if p.type == "anthropic" and p.base_url is None:
+        from gateway.providers.anthropic import DEFAULT_BASE_URL
+
+        base_url = DEFAULT_BASE_URL
+    else:
+        base_url = base_url_of(p)
     pool = OriginPool(
-        base_url_of(p),
+        base_url,
         pool_size=p.pool_size or defaults.pool_size,
         connect_timeout=p.connect_timeout or defaults.connect_timeout,
         read_timeout=p.read_timeout or defaults.read_timeout,
@@ -272,8 +230,14 @@ def build_translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> 
         ca_file=p.ca_file or defaults.ca_file,
         max_answer_bytes=p.max_answer_bytes or defaults.max_answer_bytes,
     )
+    translator: OpenAITranslator
     if p.type == "azure":
         translator = azure_translator(name, p, pool, pool.prefix)
+    elif p.type == "anthropic":
+        from gateway.providers.anthropic import AnthropicTranslator
+
+        key = resolve_secret(p.api_key) if p.api_key else None
+        translator = AnthropicTranslator(name, pool, pool.prefix, key, p.headers, p.anthropic_version, p.beta)
     else:
         key = resolve_secret(p.api_key) if p.api_key else None
         translator = OpenAITranslator(name, pool, pool.prefix, key, p.headers, quirks=quirks_of(p))
@@ -689,8 +653,9 @@ class Engine:
 
     def _reply(self, ctx: Context, responder: Responder, reply: Reply) -> None:
         ctx.status = reply.status
+        runtime: Runtime = ctx.runtime
         headers = reply.headers + [("x-request-id", ctx.request_id),
-                                   (ctx.runtime.overhead_header, _overhead_ms(ctx))]
+                                   (runtime.overhead_header, _overhead_ms(ctx))]
         headers.extend(ctx.response_headers)
         responder.send(reply.status, headers, reply.body)
 
@@ -702,8 +667,9 @@ class Engine:
 
     def _send_error(self, ctx: Context, responder: Responder, exc: GatewayError) -> None:
         ctx.status = status = exc.status
+        runtime: Runtime = ctx.runtime
         headers = [_JSON_TYPE, ("x-request-id", ctx.request_id),
-                   (ctx.runtime.overhead_header, _overhead_ms(ctx))]
+                   (runtime.overhead_header, _overhead_ms(ctx))]
         extra = exc.headers
         if extra:
             headers.extend(extra)
@@ -780,7 +746,8 @@ class Engine:
                         return None
                     return (pending, 1)
             resume = 1
-        chain = ctx.runtime.chain
+        runtime: Runtime = ctx.runtime
+        chain = runtime.chain
         if resume == 1:
             self._parse(ctx)
             if access is not None and (not ctx.key.unrestricted or access.approval):
@@ -803,11 +770,11 @@ class Engine:
                 self._reply(ctx, responder, out)  # type: ignore[arg-type]
                 return None
         fields = ctx.fields
-        model = ctx.runtime.models.get(ctx.route_model or fields.model)
+        model = runtime.models.get(ctx.route_model or fields.model)
         if model is None:
             # PERF: answered, not raised: the 404 of a name is built once (an exception and its raise
             # through this frame cost ~2 us)
-            self._answer_error(ctx, responder, ctx.runtime.unknown_model(fields.model))
+            self._answer_error(ctx, responder, runtime.unknown_model(fields.model))
             return None
         if ctx.endpoint not in model.endpoints:
             raise errors.BadRequest(
@@ -826,8 +793,10 @@ class Engine:
         ctx.attempts = 1
         body = self._upstream_body(ctx, target, model.name if ctx.route_model is not None else None)
         ctx.t_up = _perf()
-        return target.translator.send_cb(
-            ctx.endpoint, body, ctx.request_id, partial(self._on_head, ctx, responder)
+        translator = target.translator
+        return translator.send_cb(
+            ctx.endpoint, body, ctx.request_id, partial(self._on_head, ctx, responder),
+            translator.forwarded(ctx.request),
         )
 
     def _on_head(
@@ -907,7 +876,8 @@ class Engine:
         body = self._upstream_body(ctx, target, dep.model)
         ctx.t_up = _perf()
         cb = partial(self._on_routed_head, ctx, responder, model, i, now)
-        if not target.translator.send_cb(ctx.endpoint, body, ctx.request_id, cb):
+        translator = target.translator
+        if not translator.send_cb(ctx.endpoint, body, ctx.request_id, cb, translator.forwarded(ctx.request)):
             router.release(i)  # no idle connection: the first attempt is sent by the coroutine path
             return self._plan_from(ctx, responder, model, i)
         return None
@@ -974,7 +944,9 @@ class Engine:
         body = self._upstream_body(ctx, target, model.name if ctx.route_model is not None else None)
         ctx.t_up = _perf()
         try:
-            resp = await target.translator.send(ctx.endpoint, body, ctx.request_id)
+            translator = target.translator
+            extra = translator.forwarded(ctx.request)
+            resp = await translator.send(ctx.endpoint, body, ctx.request_id, extra)
         except (UpstreamTimeout, UpstreamError) as exc:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
             raise _upstream_failure(exc) from None
@@ -1105,6 +1077,7 @@ class Engine:
         data = b""
         waiting = "head"  # what the attempt waits for: "head", "first event", "body" or "stream"
         error: Exception | None = None
+        refused: GatewayError | None = None
         try:
             try:
                 async with timer or _UNBOUNDED:
@@ -1114,10 +1087,12 @@ class Engine:
                                 str(pre.error))
                         resp = pre.response
                     elif dep.connect_timeout is None:
-                        resp = await translator.send(ctx.endpoint, body, ctx.request_id)
+                        resp = await translator.send(ctx.endpoint, body, ctx.request_id,
+                                                     translator.forwarded(ctx.request))
                     else:
                         resp = await translator.send_within(ctx.endpoint, body, ctx.request_id,
-                                                            dep.connect_timeout)
+                                                            dep.connect_timeout,
+                                                            translator.forwarded(ctx.request))
                     ttfb = _monotonic() - t0 if pre is None else pre.ttfb
                     ctx.upstream_status = resp.status
                     streams = ctx.stream and resp.status < 400 and _is_event_stream(resp)
@@ -1140,7 +1115,18 @@ class Engine:
                         await self._relay_stream(ctx, responder, resp, data)
             except (TimeoutError, UpstreamError) as exc:
                 error = exc
+            except _StreamRefused as exc:  # an error event first: nothing was sent
+                refused = exc.error
+                waiting = "first event"
             now = _monotonic()
+            if refused is not None:
+                assert resp is not None
+                resp.close()
+                outcome = outcome_of_status(refused.status)
+                attempts.report(outcome, now, ttfb=ttfb, total=now - t0)
+                if outcome is Outcome.CLIENT_ERROR:
+                    raise refused
+                return _Failed(refused, None)
             if waiting != "stream":
                 ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
             if error is not None:
@@ -1199,32 +1185,20 @@ class Engine:
             raise
 
     def _upstream_body(self, ctx: Context, target: Target, model_name: str | None = None) -> bytes:
-        """The original bytes, unless the model id must change or usage must be requested."""
-        quirks = target.translator.quirks  # a preset's body changes (gateway.providers.presets), or None
-        need_usage = (ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
-                      and (quirks is None or quirks.ask_usage))
+        """The request for the target's upstream, built by its translator from the client's."""
         if model_name is not None:  # a routed attempt, perhaps of a fallback model
             rewrite = target.upstream_model != ctx.fields.model and not target.translator.model_in_path
         else:
             rewrite = target.rewrite_model
-        if not rewrite and not need_usage:
-            if quirks is None:
-                return ctx.body  # PERF: forward the client's bytes untouched
-            return quirks.body(ctx.body)  # PERF: decoded only when a quirk field occurs in it
-        top = top_level_decoder.decode(ctx.body)
-        if quirks is not None:
-            quirks.apply(top)
-        if rewrite:
-            top["model"] = msgspec.Raw(encode(target.upstream_model))
-        if need_usage:
-            top["stream_options"] = msgspec.Raw(b'{"include_usage":true}')
-        return encode(top)
+        return target.translator.request_body(ctx, target.upstream_model, rewrite)
 
     def _pass_headers(self, ctx: Context, resp: UpstreamResponse) -> Headers:
         # the gateway's own x-ratelimit-* headers replace the upstream's when a limit applies here (a
         # budget reservation alone, held without a plan of limits, sets none)
-        prefix = _PASS_PREFIX if ctx.limits is None or ctx.limits[0] is None else _NO_PREFIX
-        out = select_headers(resp.headers, prefix, _PASS_HEADERS, [("x-request-id", ctx.request_id)])
+        ratelimit = ctx.limits is None or ctx.limits[0] is None
+        target = ctx.target
+        assert target is not None
+        out = target.translator.pass_headers(resp, ratelimit, [("x-request-id", ctx.request_id)])
         if ctx.response_headers:
             out.extend(ctx.response_headers)
         return out
@@ -1240,66 +1214,41 @@ class Engine:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
 
     def _relay_body(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
+        target: Target | None = ctx.target
+        runtime: Runtime = ctx.runtime
+        assert target is not None
         if ctx.stream:  # a stream request answered with one JSON body: the client gets its stream
-            self._relay_as_stream(ctx, responder, resp, body)
+            events = target.translator.body_as_stream(ctx, resp, body)
+            ctx.status = resp.status
+            headers = self._pass_headers(ctx, resp)
+            headers.extend(_SSE_HEADERS)
+            headers.append((runtime.overhead_header, _overhead_ms(ctx)))
+            responder.send(resp.status, headers, events)
             return
-        try:
-            env = usage_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            raise errors.BadGateway(
-                "The upstream provider returned a response body that is not valid JSON",
-                code="upstream_invalid_response",
-            ) from None
-        ctx.usage = env.usage
+        body = target.translator.take_body(ctx, body)  # the usage is learned; raises when not JSON
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.append(("content-type", "application/json"))
-        headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
+        headers.append((runtime.overhead_header, _overhead_ms(ctx)))
         responder.send(resp.status, headers, body)
 
-    def _relay_as_stream(
-        self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes
-    ) -> None:
-        """A stream request that the upstream answered with a whole JSON completion (not an event stream):
-        answered with the stream the completion would have been (``completion_as_stream``); an error
-        object in a 2xx answer becomes a 502. Raises (nothing sent) when the body is neither."""
-        try:
-            completion = completion_decoders[ctx.endpoint].decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            ctype = (resp.header(b"content-type") or b"").decode("latin-1")
-            raise errors.BadGateway(
-                f"The upstream provider answered a stream request with {ctype or 'no content-type'} that is "
-                "neither an event stream nor a JSON completion",
-                code="upstream_invalid_response",
-            ) from None
-        if has_error(completion):
-            raise errors.BadGateway(
-                "The upstream provider answered the stream request with an error: "
-                + error_text(completion.error),
-                code="upstream_error",
-            )
-        events, ctx.usage = completion_as_stream(completion, ctx.include_usage)
-        ctx.status = resp.status
-        headers = self._pass_headers(ctx, resp)
-        headers.extend(_SSE_HEADERS)
-        headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
-        responder.send(resp.status, headers, events)
-
     def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
-        status = resp.status
-        try:
-            msgspec.json.decode(body, type=_ErrorCheck)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        target = ctx.target
+        assert target is not None
+        answer = target.translator.error_answer(resp.status, body)
+        if answer is None:
+            status = resp.status
             text = body[:200].decode("utf-8", "replace")
             message = (
-                f"The upstream provider answered {status} with a body that is not an OpenAI error: {text}"
+                f"The upstream provider answered {status} with a body that is not an error of its API: {text}"
             )
             headers = self._pass_headers(ctx, resp)[1:]
             if status == 429:  # keep the status: clients must still back off
-                raise errors.RateLimited(message, code="upstream_rate_limited", headers=headers) from None
-            raise errors.BadGateway(message, code="upstream_error", headers=headers) from None
+                raise errors.RateLimited(message, code="upstream_rate_limited", headers=headers)
+            raise errors.BadGateway(message, code="upstream_error", headers=headers)
+        status, body = answer
         ctx.status = status
-        ctx.error = errors.GatewayError(f"upstream answered {status}", code="upstream_error")
+        ctx.error = errors.GatewayError(f"upstream answered {resp.status}", code="upstream_error")
         headers = self._pass_headers(ctx, resp)
         headers.append(("content-type", "application/json"))
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
@@ -1308,67 +1257,48 @@ class Engine:
     async def _relay_stream(
         self, ctx: Context, responder: Responder, resp: UpstreamResponse, first: bytes | None = None
     ) -> None:
-        """Relay an event stream; ``first``: its first piece when the caller has read it already."""
+        """Relay an event stream through the translator's relay, event by event; ``first``: its first
+        piece when the caller (a routed attempt) has read it already. When that piece is only an error
+        (an Anthropic ``error`` event before any content), nothing is sent and ``_StreamRefused`` is
+        raised: the attempt failed before the first byte, so routing may still go elsewhere."""
+        target = ctx.target
+        assert target is not None
+        relay = target.translator.stream_relay(ctx)
+        pending = b""
+        if first is not None:
+            pending = relay.feed(first)
+            if relay.error is not None and not pending:
+                raise _StreamRefused(relay.error)
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.extend(_SSE_HEADERS)
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.start_stream(resp.status, headers)
-        scanner = SSEScanner()
-        strip = not ctx.include_usage
         t_up = ctx.t_up
         try:
-            while True:
+            if pending:
+                await responder.write(pending)
+            failed = relay.error
+            ended = failed is not None
+            if failed is not None:
+                await _stream_failed(ctx, responder, failed)
+            while not ended:
                 try:
-                    if first is not None:
-                        chunk, first = first, None
-                    else:
-                        chunk = await resp.next_chunk()
+                    chunk = await resp.next_chunk()
                 except (UpstreamError, ValueError) as exc:
                     await _stream_failed(ctx, responder, errors.BadGateway(
                         f"The upstream stream failed: {exc}", code="upstream_stream_error"))
                     break
-                if not chunk:
-                    if scanner.pending:
-                        await _stream_failed(ctx, responder, errors.BadGateway(
-                            "The upstream stream ended inside an event", code="upstream_stream_error"))
-                    break
-                try:
-                    data = scanner.feed(chunk)
-                except ValueError:  # an event past the scanner's limit: the stream cannot go on
-                    await _stream_failed(ctx, responder, errors.BadGateway(
-                        f"The upstream sent a stream event larger than {scanner.max_event_bytes} bytes",
-                        code="upstream_event_too_large"))
-                    break
-                if data and b'"usage"' in data:
-                    data = self._take_usage(ctx, data, strip)
+                data = relay.feed(chunk) if chunk else relay.end()
                 if data:
                     await responder.write(data)
+                if relay.error is not None:
+                    await _stream_failed(ctx, responder, relay.error)
+                    break
+                ended = not chunk
         finally:
             ctx.up_ms = (_perf() - t_up) * 1000.0
         responder.end_stream()
-
-    def _take_usage(self, ctx: Context, data: bytes, strip: bool) -> bytes:
-        out: list[bytes] = []
-        changed = False
-        for ev in split_events(data):
-            if b'"usage"' not in ev:  # PERF: only the usage event is decoded
-                out.append(ev)
-                continue
-            payload = event_data(ev)
-            if payload is not None and b'"usage"' in payload:
-                try:
-                    chunk = usage_event_decoder.decode(payload)
-                except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-                    out.append(ev)
-                    continue
-                if chunk.usage is not None:
-                    ctx.usage = chunk.usage
-                    if strip and not chunk.choices:
-                        changed = True
-                        continue  # the client did not ask for the usage chunk
-            out.append(ev)
-        return b"".join(out) if changed else data
 
     # settle ----------------------------------------------------------------------------------------
 
@@ -1378,7 +1308,8 @@ class Engine:
             return
         ctx.settled = True
         self._live.discard(ctx)
-        for phase in ctx.runtime.settle_chain:
+        runtime: Runtime = ctx.runtime
+        for phase in runtime.settle_chain:
             try:
                 phase.on_settle(ctx)
             except Exception:
@@ -1388,7 +1319,8 @@ class Engine:
         if not ctx.overhead:
             _overhead_ms(ctx)
         # PERF: a flat tuple now; the sink builds and encodes the record in the background
-        target = ctx.target
+        target: Target | None = ctx.target
+        model: ModelEntry | None = ctx.model
         usage = ctx.usage
         err = ctx.error
         req = ctx.request
@@ -1400,7 +1332,7 @@ class Engine:
             target.upstream_model if target is not None else None,
             ctx.stream, ctx.upstream_status, ctx.up_ms if ctx.t_up else None,
             usage, err, self.worker, ctx.key,
-            target.name if target is not None and ctx.model is not None and ctx.model.target is None
+            target.name if target is not None and model is not None and model.target is None
             else None,
             ctx.attempts, ctx.cost,
         ))
@@ -1503,10 +1435,6 @@ async def _close_when_idle(translator: OpenAITranslator, poll: float = 1.0) -> N
     await translator.close()
 
 
-class _ErrorCheck(msgspec.Struct):
-    error: Any
-
-
 class _First(NamedTuple):
     """What ``Engine._route_now`` did with a routed request's first attempt (see ``Engine._routed``)."""
 
@@ -1531,6 +1459,14 @@ def _route_info(ctx: Context) -> RequestInfo:
     if key is None:
         return RequestInfo(getattr(fields, "user", None), None, ctx.request.header, tokens)
     return RequestInfo(getattr(fields, "user", None), key.id, ctx.request.header, tokens, key.residency)
+
+
+class _StreamRefused(Exception):
+    """A stream whose first piece is only an error (``_relay_stream``): nothing was sent to the client."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _Failed(NamedTuple):

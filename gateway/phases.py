@@ -21,7 +21,7 @@ from gateway.app import Headers
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.engine import Context
+    from gateway.context import Context
 
 __all__ = ["PHASE_ORDER", "Phase", "Reply"]
 

@@ -37,7 +37,7 @@ from gateway.phases import Phase
 from gateway.routing.router import RegionNotAllowed
 
 if TYPE_CHECKING:
-    from gateway.engine import Context
+    from gateway.context import Context
 
 __all__ = ["AccessPhase", "check_residency"]
 

@@ -747,6 +747,8 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
         parts = urlsplit(p.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             yield _Problem((*path, "base_url"), "must be an http:// or https:// URL with a host")
+    if p.type == "anthropic":
+        yield from _anthropic_problems(path, p)
     if p.api_key is not None:
         yield from _secret_problems((*path, "api_key"), p.api_key)
     yield from _preset_problems(path, p)
@@ -756,6 +758,12 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
             yield _Problem((*path, "headers", header), "is not a valid HTTP header name")
         elif any(c in value for c in "\r\n\0"):
             yield _Problem((*path, "headers", header), "the value must not contain CR, LF or NUL")
+    for i, name in enumerate(p.forward_headers or ()):
+        if not _HEADER_NAME.match(name):
+            yield _Problem((*path, "forward_headers", i), "is not a valid HTTP header name")
+        elif name.lower() in _NOT_FORWARDED:
+            yield _Problem((*path, "forward_headers", i),
+                           f"{name} is set by the gateway itself (framing, routing or the credential)")
     yield from _positive_durations(path, p, ("connect_timeout", "read_timeout"))
     yield from _positive_ints(path, p, ("pool_size", "max_answer_bytes"))
 
@@ -805,6 +813,25 @@ def _azure_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
                            '"2025-04-01-preview"')
         elif p.azure_path == "v1" and v not in ("preview", "latest"):
             yield _Problem((*path, "api_version"), 'with azure_path = "v1": leave it out, or "preview"')
+
+
+def _anthropic_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
+    """An anthropic provider: base_url optional (the public API by default; checked with the others),
+    header values sane."""
+    if not p.anthropic_version or any(c in p.anthropic_version for c in "\r\n\0,"):
+        yield _Problem((*path, "anthropic_version"), 'must be a version such as "2023-06-01"')
+    for i, beta in enumerate(p.beta):
+        if not beta or not _HEADER_TOKEN.match(beta):
+            yield _Problem((*path, "beta", i), "must be a beta name such as \"prompt-caching-2024-07-31\"")
+
+
+#: client headers a provider's forward_headers may not name
+_NOT_FORWARDED = frozenset({
+    "host", "content-length", "content-type", "transfer-encoding", "connection", "keep-alive", "te",
+    "upgrade", "trailer", "proxy-authorization", "authorization", "x-api-key", "api-key", "cookie",
+    "x-request-id", "expect",
+})
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 def _secret_problems(path: _Path, ref: str) -> Iterator[_Problem]:

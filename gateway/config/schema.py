@@ -115,9 +115,9 @@ class MockConfig(_Base, frozen=True):
 
 
 class ProviderConfig(_Base, frozen=True):
-    #: "openai": any OpenAI-compatible API; "azure": Azure OpenAI; "mock": the built-in deterministic mock,
-    #: in process
-    type: Literal["openai", "azure", "mock"]
+    #: "openai": any OpenAI-compatible API; "azure": Azure OpenAI; "anthropic": the Anthropic Messages API
+    #: (chat only; docs/providers.md); "mock": the built-in deterministic mock, in process
+    type: Literal["openai", "azure", "mock", "anthropic"]
     #: base URL including the version prefix, e.g. "https://api.openai.com/v1"; for "azure" the resource
     #: endpoint, e.g. "https://NAME.openai.azure.com"
     base_url: str | None = None
@@ -141,6 +141,12 @@ class ProviderConfig(_Base, frozen=True):
     verify_tls: bool | None = None
     ca_file: str | None = None
     mock: MockConfig = msgspec.field(default_factory=MockConfig)
+    #: anthropic: the ``anthropic-version`` header sent upstream
+    anthropic_version: str = "2023-06-01"
+    #: anthropic: beta features, sent as ``anthropic-beta`` (comma-joined)
+    beta: list[str] = msgspec.field(default_factory=list)
+    #: client headers passed upstream; default by type (docs/providers.md), [] for none
+    forward_headers: list[str] | None = None
 
 
 class ModelConfig(_Base, frozen=True):

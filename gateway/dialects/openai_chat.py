@@ -55,6 +55,8 @@ class _ImageURL(msgspec.Struct, frozen=True):
 
 class _TextContent(msgspec.Struct, frozen=True, tag="text"):
     text: str
+    #: Anthropic's prompt-caching mark, as LiteLLM and OpenRouter accept it on OpenAI content parts
+    cache_control: dict[str, Any] | None = None
 
 
 class _ImageContent(msgspec.Struct, frozen=True, tag="image_url"):
@@ -217,7 +219,7 @@ def _parts(content: str | list[_ContentPart] | None) -> list[ir.Part]:
     parts: list[ir.Part] = []
     for c in content:
         if isinstance(c, _TextContent):
-            parts.append(ir.TextPart(c.text))
+            parts.append(ir.TextPart(c.text, cache_control=c.cache_control))
         elif isinstance(c, _ImageContent):
             parts.append(_image(c.image_url))
         elif isinstance(c, _FileContent):

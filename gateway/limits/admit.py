@@ -90,7 +90,7 @@ from gateway.store.base import Store
 from gateway.wire import Usage
 
 if TYPE_CHECKING:
-    from gateway.engine import Context
+    from gateway.context import Context
     from gateway.limits.shared import _Entry
 
 __all__ = ["AdmitPhase", "LimitService"]

@@ -13,6 +13,8 @@ from typing import IO, Any
 
 import msgspec
 
+from gateway.limits.pricing import cached_tokens
+
 __all__ = ["CallRecord", "RecordSink", "to_record"]
 
 
@@ -33,6 +35,9 @@ class CallRecord(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    #: of ``prompt_tokens``: read from the provider's prompt cache, and written to it (when reported)
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
     error_code: str | None = None
     error: str | None = None
     worker: int | None = None
@@ -59,6 +64,8 @@ def to_record(row: tuple[Any, ...]) -> CallRecord:
         prompt_tokens=usage.prompt_tokens if usage is not None else None,
         completion_tokens=usage.completion_tokens if usage is not None else None,
         total_tokens=usage.total_tokens if usage is not None else None,
+        cached_tokens=cached_tokens(usage) or None if usage is not None else None,
+        cache_write_tokens=getattr(usage, "cache_write_tokens", None) or None,
         error_code=err.code if err is not None else None,
         error=err.message if err is not None and err.status >= 500 else None,
         worker=worker,

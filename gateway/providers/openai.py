@@ -2,10 +2,14 @@
 
 Client shape and upstream shape are the same, so translation is: pick the upstream path, set the
 upstream model id and the credential, ask for usage on streams; responses pass through unchanged
-(the engine strips the usage chunk when the client did not ask for it), except one: an upstream that
+(the usage chunk is dropped when the client did not ask for it), except one: an upstream that
 answers a stream request with a whole JSON completion (some OpenAI-compatible servers ignore
 ``stream: true``, or ignore it for some models) has its answer turned into the stream the client asked
 for (``completion_as_stream``).
+
+``OpenAITranslator`` is the engine's translator interface (``gateway.providers.translator``) in its
+pass-through form; translators of other wire formats subclass it for its transport plumbing and
+override the five translating methods.
 """
 
 from __future__ import annotations
@@ -16,13 +20,36 @@ from urllib.parse import quote
 
 import msgspec
 
-from gateway._core.http import build_request
+from gateway import errors
+from gateway._core.http import build_request, select_headers
+from gateway._core.sse import SSEScanner, event_data, split_events
 from gateway.providers.base import Transport, UpstreamResponse
 from gateway.providers.presets import BodyQuirks
 from gateway.server.pool import HeadCallback, OriginPool
-from gateway.wire import ChatCompletion, TextCompletion, Usage
+from gateway.wire import (
+    ChatCompletion,
+    TextCompletion,
+    Usage,
+    completion_decoders,
+    encode,
+    top_level_decoder,
+    usage_decoder,
+    usage_event_decoder,
+)
 
-__all__ = ["ENDPOINT_PATHS", "OpenAITranslator", "completion_as_stream", "error_text", "has_error"]
+__all__ = [
+    "DEFAULT_FORWARD_HEADERS",
+    "ENDPOINT_PATHS",
+    "OpenAIStreamRelay",
+    "OpenAITranslator",
+    "completion_as_stream",
+    "error_text",
+    "has_error",
+    "take_usage",
+]
+
+#: client headers an OpenAI-compatible upstream gets by default (``forward_headers``)
+DEFAULT_FORWARD_HEADERS: Final = ("openai-beta", "openai-organization", "openai-project")
 
 ENDPOINT_PATHS: Final = {
     "chat": "/chat/completions",
@@ -38,11 +65,11 @@ class OpenAITranslator:
     ``model_paths``: a template of paths naming the model (Azure's deployments: ``{model}`` and
     ``{endpoint}`` are filled in): then each model gets its own translator (``for_model``), with its
     request heads prebuilt, sharing this one's transport. ``quirks``: a preset's request-body changes
-    (``gateway.providers.presets``), applied by the engine; None: bodies pass through.
+    (``gateway.providers.presets``), applied in ``request_body``; None: bodies pass through.
     """
 
-    __slots__ = ("_headers", "_heads", "_models", "_paths", "_pool", "_prefix", "_template", "model_in_path",
-                 "name", "quirks", "secrets", "transport")
+    __slots__ = ("_forward", "_headers", "_heads", "_models", "_paths", "_pool", "_prefix", "_template",
+                 "model_in_path", "name", "quirks", "secrets", "transport")
 
     def __init__(
         self,
@@ -86,6 +113,9 @@ class OpenAITranslator:
         if self._pool is not None:
             for ep, path in self._paths.items():
                 self._heads[ep] = self._pool.build_head("POST", path, headers, -1) + b"x-request-id: "
+        #: client headers passed upstream (lower-case names; see ``forward_headers``)
+        self._forward: tuple[bytes, ...] = ()
+        self.forward_headers(list(DEFAULT_FORWARD_HEADERS))
 
     def for_model(self, model: str) -> OpenAITranslator:
         """The translator that sends requests for upstream ``model``: this one, unless paths name the
@@ -100,35 +130,77 @@ class OpenAITranslator:
             child = OpenAITranslator(self.name, self.transport, self._prefix, None, {}, paths=paths,
                                      quirks=self.quirks, headers=self._headers)
             child.model_in_path = True
+            child._forward = self._forward
+            child.secrets = self.secrets
             self._models[model] = child
         return child
 
-    def send(self, endpoint: str, body: bytes, request_id: str) -> Awaitable[UpstreamResponse]:
-        """Send one request upstream; the awaitable gives the response once its head has arrived."""
+    def forward_headers(self, names: list[str]) -> None:
+        """Pass these client headers upstream (a client's value replaces a configured one)."""
+        self._forward = tuple(n.lower().encode("latin-1") for n in names)
+
+    def forwarded(self, request: Any) -> list[tuple[str, str]] | None:
+        """The client headers of ``request`` to pass upstream, or None (the usual case)."""
+        found: list[tuple[str, str]] | None = None
+        for name in self._forward:
+            # PERF: the request's compiled header lookup, called at C level; a list only when one is there
+            value = request.header(name)
+            if value is not None:
+                if found is None:
+                    found = []
+                found.append((name.decode("latin-1"), value.decode("latin-1")))
+        return found
+
+    def merge_headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The configured headers with the client's ``extra`` ones: a client's value replaces the
+        configured header of the same name."""
+        names = {k for k, _ in extra}
+        return [h for h in self._headers if h[0] not in names] + extra
+
+    def _head(self, endpoint: str, extra: list[tuple[str, str]]) -> bytes:
+        """A request head with forwarded client headers (built per request: the prebuilt one has none)."""
+        pool = self._pool
+        assert pool is not None
+        path = self._paths[endpoint]
+        return pool.build_head("POST", path, self.merge_headers(extra), -1) + b"x-request-id: "
+
+    def send(
+        self, endpoint: str, body: bytes, request_id: str, extra: list[tuple[str, str]] | None = None
+    ) -> Awaitable[UpstreamResponse]:
+        """Send one request upstream; the awaitable gives the response once its head has arrived.
+        ``extra``: client headers to pass (``forwarded``)."""
         pool = self._pool
         if pool is not None:
-            return pool.send_data(build_request(self._heads[endpoint], request_id, body))
-        headers = [*self._headers, ("x-request-id", request_id)]
+            head = self._heads[endpoint] if extra is None else self._head(endpoint, extra)
+            return pool.send_data(build_request(head, request_id, body))
+        base = self._headers if extra is None else self.merge_headers(extra)
+        headers = [*base, ("x-request-id", request_id)]
         return self.transport.request("POST", self._paths[endpoint], headers, body)
 
-    def send_cb(self, endpoint: str, body: bytes, request_id: str, cb: HeadCallback) -> bool:
+    def send_cb(
+        self, endpoint: str, body: bytes, request_id: str, cb: HeadCallback,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> bool:
         """``send`` with a callback (see ``OriginPool.send_cb``); False, having sent nothing, when the
         transport has no idle connection at hand or is not the HTTP pool."""
         pool = self._pool
         if pool is None:
             return False
-        return pool.send_cb(build_request(self._heads[endpoint], request_id, body), cb)
+        head = self._heads[endpoint] if extra is None else self._head(endpoint, extra)
+        return pool.send_cb(build_request(head, request_id, body), cb)
 
     def send_within(
-        self, endpoint: str, body: bytes, request_id: str, connect_timeout: float
+        self, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
+        extra: list[tuple[str, str]] | None = None,
     ) -> Awaitable[UpstreamResponse]:
         """``send`` whose new upstream connection, if it needs one, must be up within ``connect_timeout``
         seconds (a routed deployment's own) instead of the provider's; transports without connections
         (the in-process mock) ignore it."""
         pool = self._pool
         if pool is not None:
-            return pool.send_within(build_request(self._heads[endpoint], request_id, body), connect_timeout)
-        return self.send(endpoint, body, request_id)
+            head = self._heads[endpoint] if extra is None else self._head(endpoint, extra)
+            return pool.send_within(build_request(head, request_id, body), connect_timeout)
+        return self.send(endpoint, body, request_id, extra)
 
     def probe(self, method: str, path: str, body: bytes) -> Awaitable[UpstreamResponse]:
         """A health-check request: ``path`` below the provider's base URL, with its credential."""
@@ -137,6 +209,154 @@ class OpenAITranslator:
 
     async def close(self) -> None:
         await self.transport.close()
+
+    # -- the translating side (gateway.providers.translator.Translator) --------------------------------
+
+    def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
+        """The original bytes, unless the model id must change, usage must be requested or a preset's
+        quirk applies."""
+        quirks = self.quirks  # a preset's body changes (gateway.providers.presets), or None
+        need_usage = (ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
+                      and (quirks is None or quirks.ask_usage))
+        if not rewrite and not need_usage:
+            if quirks is None:
+                return ctx.body  # type: ignore[no-any-return]  # PERF: forward the client's bytes untouched
+            return quirks.body(ctx.body)  # PERF: decoded only when a quirk field occurs in it
+        top = top_level_decoder.decode(ctx.body)
+        if quirks is not None:
+            quirks.apply(top)
+        if rewrite:
+            top["model"] = msgspec.Raw(encode(upstream_model))
+        if need_usage:
+            top["stream_options"] = msgspec.Raw(b'{"include_usage":true}')
+        return encode(top)
+
+    def pass_headers(
+        self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """``out`` plus the upstream headers a client may act on: retry hints and (``ratelimit``) the
+        upstream's ``x-ratelimit-*``."""
+        return select_headers(resp.headers, _PASS_PREFIX if ratelimit else _NO_PREFIX, _PASS_HEADERS, out)
+
+    def take_body(self, ctx: Any, body: bytes) -> bytes:
+        """A 2xx body for the client (the same bytes); its usage goes to ``ctx.usage``. Raises BadGateway
+        (nothing sent) when it is not JSON."""
+        try:
+            env = usage_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            raise errors.BadGateway(
+                "The upstream provider returned a response body that is not valid JSON",
+                code="upstream_invalid_response",
+            ) from None
+        ctx.usage = env.usage
+        return body
+
+    def body_as_stream(self, ctx: Any, resp: UpstreamResponse, body: bytes) -> bytes:
+        """A stream request that the upstream answered with a whole JSON completion (not an event
+        stream): the stream the completion would have been (``completion_as_stream``); an error object in
+        a 2xx answer becomes a 502. Raises (nothing sent) when the body is neither."""
+        try:
+            completion = completion_decoders[ctx.endpoint].decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            ctype = (resp.header(b"content-type") or b"").decode("latin-1")
+            raise errors.BadGateway(
+                f"The upstream provider answered a stream request with {ctype or 'no content-type'} that is "
+                "neither an event stream nor a JSON completion",
+                code="upstream_invalid_response",
+            ) from None
+        if has_error(completion):
+            raise errors.BadGateway(
+                "The upstream provider answered the stream request with an error: "
+                + error_text(completion.error),
+                code="upstream_error",
+            )
+        events, ctx.usage = completion_as_stream(completion, ctx.include_usage)
+        return events
+
+    def stream_relay(self, ctx: Any) -> OpenAIStreamRelay:
+        """The per-request relay of the upstream's event stream."""
+        return OpenAIStreamRelay(ctx)
+
+    def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
+        """An upstream error answer as the client gets it: (status, OpenAI error body); None when the
+        body is not an error of this provider's API (the engine answers 502, or 429 for a 429)."""
+        try:
+            msgspec.json.decode(body, type=_ErrorCheck)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return None
+        return status, body
+
+
+class _ErrorCheck(msgspec.Struct):
+    error: Any
+
+
+# upstream headers a client may act on: rate limits and retry hints
+_PASS_HEADERS = (b"retry-after", b"retry-after-ms", b"x-should-retry", b"openai-processing-ms")
+_PASS_PREFIX = b"x-ratelimit-"
+_NO_PREFIX = b"\x00"  # matches no header name
+
+
+class OpenAIStreamRelay:
+    """An OpenAI event stream, relayed as it comes: complete events pass through; the usage is learned
+    from the chunk that carries it (dropped when the client did not ask for it).
+
+    # PERF: compiled with its scanner typed: a chunk costs one call from the engine, the scanner's at C
+    level."""
+
+    __slots__ = ("_ctx", "_scanner", "_strip", "error")
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+        self._scanner = SSEScanner()
+        self._strip = not ctx.include_usage
+        #: set when the stream cannot go on (the engine ends the client's stream with it)
+        self.error: errors.GatewayError | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete events now in, for the client."""
+        scanner = self._scanner
+        try:
+            data = scanner.feed(chunk)
+        except ValueError:  # an event past the scanner's limit: the stream cannot go on
+            self.error = errors.BadGateway(
+                f"The upstream sent a stream event larger than {scanner.max_event_bytes} bytes",
+                code="upstream_event_too_large")
+            return b""
+        if data and b'"usage"' in data:
+            return take_usage(self._ctx, data, self._strip)
+        return data
+
+    def end(self) -> bytes:
+        """The upstream body ended: what is left for the client (nothing; an event cut short fails)."""
+        if self._scanner.pending:
+            self.error = errors.BadGateway("The upstream stream ended inside an event",
+                                           code="upstream_stream_error")
+        return b""
+
+
+def take_usage(ctx: Any, data: bytes, strip: bool) -> bytes:
+    """Learn the usage from the events in ``data``; drop the usage-only chunk when ``strip``."""
+    out: list[bytes] = []
+    changed = False
+    for ev in split_events(data):
+        if b'"usage"' not in ev:  # PERF: only the usage event is decoded
+            out.append(ev)
+            continue
+        payload = event_data(ev)
+        if payload is not None and b'"usage"' in payload:
+            try:
+                chunk = usage_event_decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                out.append(ev)
+                continue
+            if chunk.usage is not None:
+                ctx.usage = chunk.usage
+                if strip and not chunk.choices:
+                    changed = True
+                    continue  # the client did not ask for the usage chunk
+        out.append(ev)
+    return b"".join(out) if changed else data
 
 
 _NULL = msgspec.Raw(b"null")

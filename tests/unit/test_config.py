@@ -367,9 +367,10 @@ def test_several_errors_reported_at_once_in_file_order(monkeypatch: pytest.Monke
 
 def test_a_model_of_a_broken_provider_is_not_a_second_error() -> None:
     text = '[providers.p]\ntype = "grpc"\n[models.m]\nprovider = "p"\n'
-    assert errors_of(text) == [
-        'gateway.toml:2: providers.p.type: expected one of "openai", "azure", "mock", found a string ("grpc")'
-    ]
+    errors = errors_of(text)
+    assert len(errors) == 1
+    assert errors[0].startswith('gateway.toml:2: providers.p.type: expected one of "openai", ')
+    assert errors[0].endswith('found a string ("grpc")')
 
 
 def test_a_wrong_value_is_not_also_reported_as_a_semantic_error() -> None:

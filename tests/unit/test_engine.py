@@ -16,7 +16,8 @@ from recorder import Recorder  # tests/ is on sys.path (see tests/recorder.py)
 from gateway import errors
 from gateway._core.http import Request
 from gateway.config import load_config_text
-from gateway.engine import Context, Engine
+from gateway.context import Context
+from gateway.engine import Engine
 from gateway.observe.records import RecordSink
 from gateway.phases import Phase, Reply
 

@@ -22,7 +22,7 @@ from gateway.admin.errors import AdminError
 from gateway.config import load_config_text
 from gateway.engine import Engine
 from gateway.observe.records import RecordSink
-from gateway.providers.openai import completion_as_stream
+from gateway.providers.openai import completion_as_stream, take_usage
 from gateway.wire import MAX_JSON_DEPTH, ChatRequest, completion_decoders, key_watches
 
 try:
@@ -218,12 +218,12 @@ def test_usage_is_taken_from_a_chunk_that_also_carries_choices() -> None:
                        b'"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n')
             usage_only = b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}\n\n'
             # the content chunk reaches the client whole, and its usage is learned
-            assert e._take_usage(ctx, content, True) == content
+            assert take_usage(ctx, content, True) == content
             assert ctx.usage is not None and (ctx.usage.prompt_tokens, ctx.usage.total_tokens) == (5, 7)
             # a usage-only chunk the client did not ask for is dropped, its usage learned
-            assert e._take_usage(ctx, content + usage_only, True) == content
+            assert take_usage(ctx, content + usage_only, True) == content
             assert ctx.usage.total_tokens == 8
-            assert e._take_usage(ctx, usage_only, False) == usage_only
+            assert take_usage(ctx, usage_only, False) == usage_only
         finally:
             await e.shutdown()
 

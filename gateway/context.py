@@ -1,0 +1,69 @@
+"""The request's context: everything one request carries through the phase chain.
+
+Its own module (compiled from this source, typed by ``context.pxd``) so that the phases, the access and
+limits phases and the translators can name the type without importing the engine. The runtime tables
+(``gateway.engine.Runtime``, ``ModelEntry``, ``Target``) it points to stay in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.app import Headers, Request, Responder
+    from gateway.engine import ModelEntry, Runtime, Target
+
+__all__ = ["Context"]
+
+_perf = time.perf_counter
+
+
+class Context:
+    """Everything one request carries through the chain."""
+
+    __slots__ = (
+        "attempts", "body", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits", "model",
+        "overhead", "request", "request_id", "responder", "response_headers", "route_model", "runtime",
+        "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
+    )
+
+    def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.runtime = runtime
+        #: where the answer goes (the engine answers a request itself when the worker cuts it)
+        self.responder = responder
+        #: the task running the request, when it runs as coroutines (None on the callback path)
+        self.task: asyncio.Task[Any] | None = None
+        #: the request has its call record: nothing more is sent or recorded for it
+        self.settled = False
+        self.t0 = _perf()
+        self.t_up = 0.0
+        self.up_ms = 0.0
+        self.endpoint = ""
+        self.fields: Any = None
+        self.body = request.body
+        self.model: ModelEntry | None = None
+        #: the deployment that served (or last failed) the request, and how many attempts were made
+        self.target: Target | None = None
+        self.attempts = 0
+        #: set by a phase to serve another model than the one asked for (a budget's downgrade)
+        self.route_model: str | None = None
+        #: what the admit phase reserved for this request (settled after the response)
+        self.limits: Any = None
+        #: USD, when the model's price and the usage are known
+        self.cost: float | None = None
+        self.stream = False
+        self.include_usage = False
+        self.usage: Any = None
+        self.status = 0
+        self.upstream_status: int | None = None
+        self.error: GatewayError | None = None
+        self.response_headers: Headers = []
+        self.overhead = ""
+        #: the caller's key (gateway.auth.table.KeyEntry) once the access phase has run
+        self.key: Any = None
