@@ -124,21 +124,29 @@ def mock_port(logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[int]:
 
 def _launch(name: str, logs_dir: Path, *, config_text: str | None, workers: int, frontend: str,
             config_path: Path | None = None) -> Gateway:
-    port = free_port()
-    args = ["serve", "--workers", str(workers), "--host", HOST, "--port", str(port)]
-    if frontend != "native":
-        args += ["--server", frontend]
     if config_text is not None:
         config_path = config_path or logs_dir / f"{name}.toml"
         config_path.write_text(config_text)
-        args += ["--config", str(config_path)]
-    proc = ServerProcess(name, args, logs_dir, port, env={"MOCK_KEY": MOCK_KEY}).start()
-    try:
-        proc.wait_ready("/readyz")
-    except BaseException:
-        proc.stop()
-        raise
-    return Gateway(port, proc, frontend, workers, config_path)
+    for attempt in range(3):
+        # a port free when picked may be taken before the gateway binds it (an ephemeral port handed to
+        # some other process's outgoing connection meanwhile): the gateway then exits at once saying so,
+        # and it is started again on another port
+        port = free_port()
+        args = ["serve", "--workers", str(workers), "--host", HOST, "--port", str(port)]
+        if frontend != "native":
+            args += ["--server", frontend]
+        if config_path is not None and config_text is not None:
+            args += ["--config", str(config_path)]
+        proc = ServerProcess(name, args, logs_dir, port, env={"MOCK_KEY": MOCK_KEY}).start()
+        try:
+            proc.wait_ready("/readyz")
+        except BaseException:
+            proc.stop()
+            if attempt < 2 and "cannot bind" in proc.logs(records=False):
+                continue
+            raise
+        return Gateway(port, proc, frontend, workers, config_path)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session", params=FRONTENDS)

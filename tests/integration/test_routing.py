@@ -396,7 +396,7 @@ def test_consistent_hash_keys_stay_put_when_an_unrelated_deployment_is_removed(
     assert gw.config_path is not None
     gw.config_path.write_text(text([n for n in names if n != "d2"]))
     gw.process.send_signal(signal.SIGHUP)
-    wait_for(lambda: "worker 0: config reloaded from" in gw.process.logs(10**7, records=False), 30.0,
+    wait_for(lambda: "worker 0: config reloaded" in gw.process.logs(10**7, records=False), 30.0,
              what="the worker to reload")
     after = mapping()
     assert "d2" not in after.values()
