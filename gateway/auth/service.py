@@ -190,7 +190,9 @@ class KeyService:
             await asyncio.sleep(_RETRY[min(failures, len(_RETRY)) - 1] if failures else _RETRY[-1])
 
     async def _watch(self, store: Store) -> None:
-        async for _version in store.watch():
+        # from the version the table was built from: a change made between that read and the watch's
+        # first look at the store is not lost
+        async for _version in store.watch(since=self._snapshot_version):
             await self.refresh()
 
     async def fetch(self, key_id: str) -> None:

@@ -130,6 +130,10 @@ _CAS_BACKOFF = 0.002
 _DOWN = unavailable_errors()
 #: the same, and the store's own word for it
 _DOWN_OR_UNAVAILABLE: tuple[type[Exception], ...] = (*_DOWN, StoreUnavailable)
+#: seconds a subscription's read may take beyond its own timeout before the watch drops the connection
+_WATCH_STALL = 5.0
+#: what makes the watch drop its subscription and make it again: the store down, or a read that stalled
+_WATCH_DOWN: tuple[type[Exception], ...] = (*_DOWN_OR_UNAVAILABLE, TimeoutError)
 #: records fetched per round trip when a listing filters on something without an index
 _SCAN_BATCH = 200
 
@@ -1014,7 +1018,7 @@ class RedisStore(Store):
                     if pubsub is None:
                         # subscribe before reading the version, so that no publication falls in between
                         pubsub = open_pubsub(self._r)
-                        await pubsub.subscribe(self.channel)
+                        await asyncio.wait_for(pubsub.subscribe(self.channel), _WATCH_STALL + pause)
                     version = await self.change_version()
                     if last is None:
                         last = version
@@ -1022,10 +1026,18 @@ class RedisStore(Store):
                         last = version
                         yield version
                         continue
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=pause)
+                    # NOTE: a read of the subscription never blocks the watch for longer than its poll
+                    # (plus a margin): a connection that stalls without an error is dropped and made again,
+                    # so the version is re-read at least every ``pause`` whatever the subscription does
+                    message = await asyncio.wait_for(
+                        pubsub.get_message(ignore_subscribe_messages=True, timeout=pause),
+                        _WATCH_STALL + pause,
+                    )
                     while message is not None:  # drain: one re-read covers every queued publication
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-                except _DOWN_OR_UNAVAILABLE:
+                        message = await asyncio.wait_for(
+                            pubsub.get_message(ignore_subscribe_messages=True, timeout=0), _WATCH_STALL
+                        )
+                except _WATCH_DOWN:
                     if self._closed:
                         return
                     if pubsub is not None:
