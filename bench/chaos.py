@@ -150,21 +150,29 @@ class _NoAnswer(Exception):
         self.got_bytes = got_bytes
 
 
+async def _answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+) -> tuple[int, bool]:
+    """Send one request on a connection and read its whole answer: its status, and whether the connection
+    may carry the next request (nothing of another answer was read with it)."""
+    writer.write(data)
+    parser = ResponseParser()
+    got = False
+    while True:
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise _NoAnswer("closed before the answer ended" if got else "closed before any answer", got)
+        got = True
+        done = parser.feed(chunk)
+        if done:
+            return done[0], parser.status is None
+
+
 async def _exchange(port: int, data: bytes) -> int:
     """Send one request on a new connection and read its whole answer; its status."""
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
-        writer.write(data)
-        parser = ResponseParser()
-        got = False
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk:
-                raise _NoAnswer("closed before the answer ended" if got else "closed before any answer", got)
-            got = True
-            done = parser.feed(chunk)
-            if done:
-                return done[0]
+        return (await _answer(reader, writer, data))[0]
     finally:
         writer.close()
 
@@ -186,19 +194,8 @@ class _Client:
         reader, writer = conn
         keep = False
         try:
-            writer.write(data)
-            parser = ResponseParser()
-            got = False
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    raise _NoAnswer("closed before the answer ended" if got else "closed before any answer",
-                                    got)
-                got = True
-                done = parser.feed(chunk)
-                if done:
-                    keep = parser.status is None
-                    return done[0]
+            status, keep = await _answer(reader, writer, data)
+            return status
         finally:
             if keep and not reader.at_eof():
                 self.idle.append(conn)

@@ -8,9 +8,7 @@ for what the gateway puts on the wire (headers).
 from __future__ import annotations
 
 import base64
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pytest
 
 from .conftest import Gateway, _launch, _stop
 from .helpers import HOST, RecordingUpstream, ServerProcess, call_records, free_port
+from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,52 +47,27 @@ PNG = base64.b64encode(
 ).decode()
 
 
-class Recorder:
+def _anthropic_answer(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+    if json.loads(body).get("stream"):
+        # what Anthropic does when overloaded after the head: 200, then an error event
+        return 200, "text/event-stream", (b'event: error\ndata: {"type": "error", "error": '
+                                          b'{"type": "overloaded_error", "message": "Overloaded"}}\n\n')
+    return 200, "application/json", json.dumps({
+        "id": "msg_rec", "type": "message", "role": "assistant", "model": "claude-rec",
+        "content": [{"type": "text", "text": "recorded"}], "stop_reason": "end_turn",
+        "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1},
+    }).encode()
+
+
+class Recorder(TinyUpstream):
     """An Anthropic-shaped upstream that keeps the headers of every request it gets."""
 
     def __init__(self) -> None:
-        self.headers: list[dict[str, str]] = []
-        seen = self.headers
+        super().__init__(_anthropic_answer)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                seen.append({k.lower(): v for k, v in self.headers.items()})
-                if json.loads(body).get("stream"):
-                    # what Anthropic does when overloaded after the head: 200, then an error event
-                    self._answer("text/event-stream", b'event: error\ndata: {"type": "error", "error": '
-                                 b'{"type": "overloaded_error", "message": "Overloaded"}}\n\n')
-                    return
-                out = json.dumps({
-                    "id": "msg_rec", "type": "message", "role": "assistant", "model": "claude-rec",
-                    "content": [{"type": "text", "text": "recorded"}], "stop_reason": "end_turn",
-                    "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1},
-                }).encode()
-                self._answer("application/json", out)
-
-            def _answer(self, ctype: str, out: bytes) -> None:
-                self.send_response(200)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+    @property
+    def headers(self) -> list[dict[str, str]]:
+        return [headers for _, headers, _ in self.seen]
 
 
 def _config(anth_port: int, mock_port: int, rec_port: int, oai_rec_port: int) -> str:
