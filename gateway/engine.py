@@ -41,6 +41,7 @@ from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTime
 from gateway.providers.openai import OpenAITranslator
 from gateway.providers.presets import base_url_of, credentials_of, quirks_of
 from gateway.routing.config import HealthCheckConfig
+from gateway.routing.credentials import CREDENTIAL_STATUSES, credentials_rejected
 from gateway.routing.outcome import Outcome, outcome_of_exception, outcome_of_status, parse_retry_after
 from gateway.routing.router import Deployment, NoDeploymentAvailable, RequestInfo, Router, build_routers
 from gateway.server.cpus import worker_count
@@ -1156,6 +1157,10 @@ class Engine:
                                                  code="upstream_stream_error"), None)
             if status >= 400:
                 outcome = outcome_of_status(status, data)
+                if outcome is Outcome.CREDENTIALS:  # the deployment's fault: never relayed as the client's
+                    resp.close()
+                    attempts.report(outcome, now, ttfb=ttfb, total=now - t0)
+                    return _Failed(credentials_rejected(target.provider, status, data), None)
                 if outcome is not Outcome.CLIENT_ERROR:  # 429, 5xx, 408, context length: may go on
                     retry_after = parse_retry_after(
                         resp.header(b"retry-after"), resp.header(b"retry-after-ms")
@@ -1235,6 +1240,8 @@ class Engine:
     def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
         target = ctx.target
         assert target is not None
+        if resp.status in CREDENTIAL_STATUSES:  # the provider refused the gateway's key, not the client's
+            raise credentials_rejected(target.provider, resp.status, body)
         answer = target.translator.error_answer(resp.status, body)
         if answer is None:
             status = resp.status

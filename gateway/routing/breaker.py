@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A deployment that keeps failing is taken out of rotation for a while instead of costing every request
 a failed attempt. Its breaker is *closed* while it works: every request may go. Failures (transport
-errors, timeouts, 5xx; see ``Outcome.failed``) are counted two ways: in a row, and in a sliding window of
+errors, timeouts, 5xx, 401/403; ``Outcome.failed``) are counted two ways: in a row, and in a sliding window of
 ``window`` seconds. ``consecutive_failures`` in a row, or an error ratio of at least ``error_ratio`` over a
 window holding at least ``min_requests`` results, *trips* it: the breaker is *open* for ``open_for``
 seconds and refuses every request. The first request asked for after that makes it *half-open*: up to

@@ -32,6 +32,8 @@ class Outcome(enum.Enum):
     SERVER_ERROR = "5xx"
     #: the request does not fit the model's context window (a 400 that another model may accept)
     CONTEXT_LENGTH = "context_length"
+    #: the upstream refused the gateway's own credentials (401, 403): the deployment's fault
+    CREDENTIALS = "credentials"
     #: any other 4xx: the request's fault, not the deployment's
     CLIENT_ERROR = "4xx"
 
@@ -42,11 +44,14 @@ class Outcome(enum.Enum):
 
     @property
     def condition(self) -> str:
-        """The ``fallback_on`` condition this outcome meets ("5xx" also stands for transport errors)."""
-        return "5xx" if self is Outcome.CONNECT else self.value
+        """The ``fallback_on`` condition this outcome meets ("5xx" also stands for transport errors and
+        refused credentials)."""
+        return "5xx" if self is Outcome.CONNECT or self is Outcome.CREDENTIALS else self.value
 
 
-_DEPLOYMENT_FAILURES = frozenset({Outcome.CONNECT, Outcome.TIMEOUT, Outcome.SERVER_ERROR})
+_DEPLOYMENT_FAILURES = frozenset(
+    {Outcome.CONNECT, Outcome.TIMEOUT, Outcome.SERVER_ERROR, Outcome.CREDENTIALS}
+)
 
 # Phrases providers use for a prompt that is too long. OpenAI and compatible servers send the code
 # ``context_length_exceeded``; the rest are the messages of vLLM, Anthropic, Gemini and Bedrock.
@@ -78,6 +83,8 @@ def outcome_of_status(status: int, body: bytes = b"") -> Outcome:
         return Outcome.SERVER_ERROR
     if status == 408:  # the upstream timed out waiting for the request
         return Outcome.TIMEOUT
+    if status == 401 or status == 403:  # the provider refused the gateway's credentials
+        return Outcome.CREDENTIALS
     if is_context_length_error(status, body):
         return Outcome.CONTEXT_LENGTH
     return Outcome.CLIENT_ERROR

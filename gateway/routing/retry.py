@@ -5,7 +5,9 @@ The rules, in the order they are checked:
 1. Never once the client has received a byte of the response (a stream that has started cannot be
    replayed without the client seeing the seam). Before that, a failed stream is retried like any other.
 2. Only failures listed in ``retry_on``: transport errors before the response head ("connect"), timeouts,
-   429 and 5xx by default. A 400 stays a 400; a context-length error is for the fallbacks.
+   429 and 5xx by default. A 400 stays a 400; a context-length error is for the fallbacks. Refused
+   credentials (401/403) go with "5xx", to another deployment only (the router never waits to send the
+   same credential to the same provider again).
 3. At most ``max_attempts`` attempts, the first included.
 4. The wait before retry ``n`` (1-based) is *full jitter*: a uniform random time in
    ``[0, min(max_backoff, base_backoff * 2^(n-1))]`` (AWS Architecture Blog, "Exponential Backoff And
@@ -49,7 +51,10 @@ class RetryPolicy:
         self.base_backoff = config.base_backoff
         self.max_backoff = config.max_backoff
         # PERF: the outcomes themselves, so that a check is one set lookup
-        self.retry_on = frozenset(Outcome(c) for c in config.retry_on)
+        retry_on = {Outcome(c) for c in config.retry_on}
+        if Outcome.SERVER_ERROR in retry_on:  # refused credentials: another deployment (never the same)
+            retry_on.add(Outcome.CREDENTIALS)
+        self.retry_on = frozenset(retry_on)
 
     def stop_reason(self, outcome: Outcome, attempts: int, sent: bool) -> str | None:
         """Why no retry may follow attempt number ``attempts`` that ended in ``outcome``; None if one may."""

@@ -366,6 +366,8 @@ class Attempts:
                 router.deployments[i].stats.retries += 1
                 return self._make(router, i, now, 0.0)
             wait, why = policy.delay(self._attempts, self._rnd(), now, self.deadline, self._retry_after)
+            if outcome is Outcome.CREDENTIALS:  # the same credential would be refused again
+                wait, why = None, "the provider refused the deployment's credentials"
             if wait is not None:
                 at = now + wait
                 mask, gated = router._eligible_at(at, info.tokens)

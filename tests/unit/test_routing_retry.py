@@ -99,7 +99,8 @@ def test_parse_retry_after() -> None:
     ("status", "body", "outcome"),
     [
         (200, b"", Outcome.OK), (429, b"", Outcome.RATE_LIMITED), (500, b"", Outcome.SERVER_ERROR),
-        (503, b"", Outcome.SERVER_ERROR), (408, b"", Outcome.TIMEOUT), (401, b"", Outcome.CLIENT_ERROR),
+        (503, b"", Outcome.SERVER_ERROR), (408, b"", Outcome.TIMEOUT), (401, b"", Outcome.CREDENTIALS),
+        (403, b"", Outcome.CREDENTIALS), (404, b"", Outcome.CLIENT_ERROR),
         (400, b'{"error":{"code":"context_length_exceeded"}}', Outcome.CONTEXT_LENGTH),
         (400, b'{"error":{"message":"prompt is too long: 210000 tokens"}}', Outcome.CONTEXT_LENGTH),
         (400, b'{"error":{"message":"bad temperature"}}', Outcome.CLIENT_ERROR),
