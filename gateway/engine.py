@@ -36,6 +36,7 @@ from gateway.context import Context
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
+from gateway.providers.anthropic import with_sampling
 from gateway.providers.azure import azure_translator
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator
@@ -136,7 +137,7 @@ class Runtime:
             for d in router.deployments:
                 entry.targets[d.id] = Target(
                     name, d.name, d.provider, d.upstream_model,
-                    translators[d.provider].for_model(d.upstream_model),
+                    with_sampling(translators[d.provider].for_model(d.upstream_model), m.sampling),
                 )
             if m.direct():
                 entry.target = next(iter(entry.targets.values()))
@@ -238,7 +239,8 @@ def _translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenA
         from gateway.providers.anthropic import AnthropicTranslator
 
         key = resolve_secret(p.api_key) if p.api_key else None
-        translator = AnthropicTranslator(name, pool, pool.prefix, key, p.headers, p.anthropic_version, p.beta)
+        translator = AnthropicTranslator(name, pool, pool.prefix, key, p.headers, p.anthropic_version, p.beta,
+                                         p.sampling or "all")
     else:
         key = resolve_secret(p.api_key) if p.api_key else None
         translator = OpenAITranslator(name, pool, pool.prefix, key, p.headers, quirks=quirks_of(p))

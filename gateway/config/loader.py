@@ -749,6 +749,8 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
             yield _Problem((*path, "base_url"), "must be an http:// or https:// URL with a host")
     if p.type == "anthropic":
         yield from _anthropic_problems(path, p)
+    elif p.sampling is not None:  # the others get the client's sampling fields as they are
+        yield _Problem((*path, "sampling"), 'only for type "anthropic"')
     if p.api_key is not None:
         yield from _secret_problems((*path, "api_key"), p.api_key)
     yield from _preset_problems(path, p)

@@ -147,6 +147,9 @@ class ProviderConfig(_Base, frozen=True):
     beta: list[str] = msgspec.field(default_factory=list)
     #: client headers passed upstream; default by type (docs/providers.md), [] for none
     forward_headers: list[str] | None = None
+    #: anthropic: the client's temperature/top_p/top_k sent upstream: "all", "single" (temperature or
+    #: top_p, not both) or "none"; a model's own ``sampling`` overrides it
+    sampling: Literal["all", "single", "none"] | None = None
 
 
 class ModelConfig(_Base, frozen=True):
@@ -182,6 +185,8 @@ class ModelConfig(_Base, frozen=True):
     #: default: on for a model with ``deployments``, off for a single ``provider``
     breaker: BreakerConfig | None = None
     health: HealthCheckConfig | None = None
+    #: its Anthropic deployments' sampling parameters (as the provider's ``sampling``; default: theirs)
+    sampling: Literal["all", "single", "none"] | None = None
 
     def routing(self) -> RoutingConfig:
         """The routing of this model: its deployments (or its one provider) and the policies, defaults

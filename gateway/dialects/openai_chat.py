@@ -445,7 +445,8 @@ def encode_error(err: ir.ProviderError) -> bytes:
 # sequence); OpenAI numbers tool calls among themselves. The encoder gives each tool block the next
 # tool index when it opens and keeps the pair, so parallel calls keep their own index whichever order
 # their fragments arrive in. A StreamError becomes an ``{"error": ...}`` data line (what OpenAI sends
-# and its SDK raises on) and ends the stream without [DONE].
+# and its SDK raises on) followed by ``data: [DONE]``: the engine's rule for every mid-stream error (its
+# ``_stream_failed``), so a client sees the error and a well-formed end whichever path ended the stream.
 #
 #   event          emits                                    state
 #   MessageStart   role chunk                               id, model remembered
@@ -454,7 +455,7 @@ def encode_error(err: ir.ProviderError) -> bytes:
 #   BlockStop      -                                        -
 #   UsageUpdate    -                                        latest usage kept
 #   MessageStop    finish chunk [, usage chunk], [DONE]     done
-#   StreamError    error line                               done
+#   StreamError    error line, [DONE]                       done
 
 
 class _FunctionDelta(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -533,7 +534,7 @@ class ChunkEncoder:
             return self._finish(event)
         if isinstance(event, ir.StreamError):
             self._done = True
-            return b"data: " + encode_error(event.error) + b"\n\n"
+            return b"data: " + encode_error(event.error) + b"\n\n" + _DONE
         return b""  # BlockStop
 
     def encode_all(self, events: list[ir.StreamEvent]) -> bytes:

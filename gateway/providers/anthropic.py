@@ -41,6 +41,7 @@ __all__ = [
     "gateway_error",
     "openai_usage",
     "response_events",
+    "with_sampling",
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com/v1"
@@ -112,9 +113,12 @@ def response_events(resp: ir.Response) -> list[ir.StreamEvent]:
 
 
 class AnthropicTranslator(OpenAITranslator):
-    """One per ``type = "anthropic"`` provider: OpenAI chat in, the Messages API upstream."""
+    """One per ``type = "anthropic"`` provider: OpenAI chat in, the Messages API upstream.
 
-    __slots__ = ("_beta",)
+    ``sampling``: which of the client's ``temperature``/``top_p``/``top_k`` go upstream (the provider's
+    ``sampling`` key; a model's own ``sampling`` gets a translator of its own, ``with_sampling``)."""
+
+    __slots__ = ("_args", "_beta", "_children", "sampling")
 
     def __init__(
         self,
@@ -125,7 +129,11 @@ class AnthropicTranslator(OpenAITranslator):
         extra_headers: dict[str, str],
         version: str = DEFAULT_VERSION,
         beta: list[str] | None = None,
+        sampling: xlate.Sampling = "all",
     ) -> None:
+        self._args = (name, transport, path_prefix, api_key, extra_headers, version, beta)
+        self._children: dict[str, AnthropicTranslator] = {}
+        self.sampling: xlate.Sampling = sampling
         self._beta = list(beta or ())
         headers = {"x-api-key": api_key} if api_key else {}
         headers["anthropic-version"] = version
@@ -140,6 +148,18 @@ class AnthropicTranslator(OpenAITranslator):
         self._heads = {} if pool is None else {
             "chat": pool.build_head("POST", self._paths["chat"], self._headers, -1) + b"x-request-id: "
         }
+
+    def with_sampling(self, sampling: xlate.Sampling) -> AnthropicTranslator:
+        """This translator, or one that sends ``sampling`` instead (built once per mode, sharing the
+        transport, its request heads and forwarded headers the same)."""
+        if sampling == self.sampling:
+            return self
+        child = self._children.get(sampling)
+        if child is None:
+            child = self._children[sampling] = AnthropicTranslator(*self._args, sampling=sampling)
+            child._forward = self._forward
+            child.secrets = self.secrets
+        return child
 
     def merge_headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """A client's ``anthropic-beta`` values are added to the configured ones (each once); any other
@@ -156,7 +176,8 @@ class AnthropicTranslator(OpenAITranslator):
                 "endpoint; only /v1/chat/completions is available for it",
                 param="model", code="unsupported_endpoint",
             )
-        return xlate.encode_request(openai_chat.decode_request(ctx.body), upstream_model)
+        request = openai_chat.decode_request(ctx.body)
+        return xlate.encode_request(request, upstream_model, sampling=self.sampling)
 
     def pass_headers(
         self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
@@ -193,6 +214,15 @@ class AnthropicTranslator(OpenAITranslator):
         gets, with the status of ``anthropic_translate.ERROR_TYPES`` (529 overloaded: 503)."""
         err = xlate.error_from_response(status, body)
         return err.status, openai_chat.encode_error(err)
+
+
+def with_sampling(translator: OpenAITranslator, sampling: xlate.Sampling | None) -> OpenAITranslator:
+    """``translator`` for a model whose config sets ``sampling`` (None: the provider's): an Anthropic
+    translator sending that; any other translator as it is (OpenAI-compatible upstreams get the client's
+    sampling fields untouched)."""
+    if sampling is None or not isinstance(translator, AnthropicTranslator):
+        return translator
+    return translator.with_sampling(sampling)
 
 
 def _join_betas(configured: list[str], client: str) -> str:

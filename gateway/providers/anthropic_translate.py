@@ -29,10 +29,12 @@ Request rules (IR → Anthropic):
   ``json_object`` has no native form: a system instruction asks for one JSON object.
 - ``max_tokens`` is required by Anthropic: the client's (OpenAI ``max_completion_tokens`` or
   ``max_tokens``), else ``default_max_tokens`` (4096) plus the thinking budget when thinking is on.
-- Sampling: ``temperature`` is clamped to Anthropic's range [0, 1]; ``top_p`` and ``top_k`` pass.
-  Anthropic's newest models refuse any non-default sampling parameter (and API versions after
-  ``2023-06-01`` drop the fields; the SDK's current request types no longer list them), so
-  ``build_request(..., sampling=False)`` leaves all three out: the provider's model config decides.
+- Sampling: ``temperature`` is clamped to Anthropic's range [0, 1]; ``top_p`` and ``top_k`` pass
+  (``sampling="all"``). Some models refuse ``temperature`` and ``top_p`` together: ``sampling="single"``
+  sends ``temperature`` alone when the client gave both. Some refuse any non-default sampling parameter
+  (and API versions after ``2023-06-01`` drop the fields; the SDK's current request types no longer
+  list them): ``sampling="none"`` leaves all three out. The ``sampling`` key of the provider or the
+  model decides (``True``/``False`` stand for ``"all"``/``"none"``).
   ``seed`` and the penalties have no Anthropic form and are not sent; ``n > 1`` is refused (400).
 """
 
@@ -43,7 +45,7 @@ import binascii
 import re
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -58,6 +60,7 @@ __all__ = [
     "REASONING_BUDGETS",
     "STOP_REASONS",
     "AnthropicStream",
+    "Sampling",
     "build_request",
     "encode_request",
     "error_from_response",
@@ -72,6 +75,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKENS: Final = 4096
+#: which sampling parameters a model takes (the ``sampling`` config key): all three, temperature or top_p
+#: but not both, or none
+Sampling = Literal["all", "single", "none"]
 
 #: OpenAI ``reasoning_effort`` → Anthropic thinking budget (tokens); ``none`` turns thinking off
 REASONING_BUDGETS: Final[dict[str, int]] = {
@@ -347,12 +353,16 @@ def _max_tokens_and_budget(req: ir.Request, default_max_tokens: int) -> tuple[in
 
 
 def build_request(
-    req: ir.Request, model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS, sampling: bool = True
+    req: ir.Request, model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    sampling: Sampling | bool = "all",
 ) -> wire.Request:
     """The Anthropic request for ``req``, sent to upstream model id ``model``. Raises BadRequest.
 
-    ``sampling=False``: the model refuses temperature/top_p/top_k; they are not sent.
+    ``sampling``: "all" (or True) sends the client's temperature/top_p/top_k; "single": temperature
+    alone when the client gave both it and top_p (the model refuses the pair); "none" (or False): the
+    model refuses all three, none is sent.
     """
+    mode = ("all" if sampling else "none") if isinstance(sampling, bool) else sampling
     if req.n is not None and req.n > 1:
         raise BadRequest("this model answers one choice at a time (n must be 1)", param="n")
     system, turns = _messages(req.messages)
@@ -369,8 +379,11 @@ def build_request(
         budget = None  # Anthropic forces a tool only without thinking; the client's choice wins
     thinking = wire.ThinkingConfig("enabled", budget) if budget is not None else None
     temperature = None if req.temperature is None else min(max(req.temperature, 0.0), 1.0)
-    if not sampling:
-        temperature = None
+    top_p, top_k = req.top_p, req.top_k
+    if mode == "none":
+        temperature = top_p = top_k = None
+    elif mode == "single" and temperature is not None and not thinking:
+        top_p = None  # the model takes one of the two: the client's temperature wins
     tools = [
         wire.ToolParam(
             t.name,
@@ -388,8 +401,8 @@ def build_request(
         system=system or None,
         stop_sequences=req.stop or None,
         temperature=None if thinking else temperature,
-        top_p=req.top_p if sampling else None,
-        top_k=None if thinking or not sampling else req.top_k,
+        top_p=top_p,
+        top_k=None if thinking else top_k,
         metadata=wire.Metadata(req.user) if req.user else None,
         tools=tools or None,
         tool_choice=_tool_choice(req),
@@ -400,7 +413,8 @@ def build_request(
 
 
 def encode_request(
-    req: ir.Request, model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS, sampling: bool = True
+    req: ir.Request, model: str, *, default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    sampling: Sampling | bool = "all",
 ) -> bytes:
     """``build_request`` as the JSON body."""
     return wire.encode(build_request(req, model, default_max_tokens=default_max_tokens, sampling=sampling))

@@ -160,7 +160,7 @@ def test_stream_error_line_ends_the_stream() -> None:
     enc = oc.ChunkEncoder(CREATED, include_usage=False)
     err = ir.ProviderError(503, "server_error", "upstream_overloaded", "Overloaded", True, "overloaded_error")
     out = enc.encode_all([ir.MessageStart("m", "c"), ir.StreamError(err)])
-    assert _lines(out)[-1] == oc.encode_error(err)
+    assert _lines(out)[-2:] == [oc.encode_error(err), b"[DONE]"]  # the error, then the regular end
     assert enc.encode(ir.MessageStop(ir.StopReason.END_TURN)) == b""
 
 

@@ -512,7 +512,7 @@ def test_error_mid_stream() -> None:
     out = _translate(_stream("overloaded_midstream"))
     chunks = _chunks(out)
     assert chunks[-1] == {"error": {"message": "Overloaded", "type": "server_error", "param": None, "code": "upstream_overloaded"}}
-    assert b"[DONE]" not in out
+    assert out.endswith(b"\n\ndata: [DONE]\n\n")  # the error, then the stream's regular end
     stream = tr.AnthropicStream()
     events = stream.feed(_stream("overloaded_midstream"))
     assert isinstance(events[-1], ir.StreamError) and events[-1].error.retryable
