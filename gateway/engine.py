@@ -34,6 +34,7 @@ from gateway.app import CallbackResponder, ClientGone, Headers, Request, Respond
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
 from gateway.context import Context
 from gateway.errors import GatewayError
+from gateway.image_fetch import image_phases
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.providers.anthropic import with_sampling
@@ -298,6 +299,7 @@ class Engine:
             # PERF: not in the chain: the engine runs its two steps itself, the second only when the
             # key has restrictions or a model needs approval
             self._access = AccessPhase(self.keys, approval)
+        phases.extend(image_phases(config))  # none unless a provider has fetch_images
         if self._phase_factory is not None:
             phases.extend(self._phase_factory(config))
         return phases

@@ -8,8 +8,8 @@ fail). The engine composes the configured phases once, at startup and on reload 
 has nothing to do is not in the chain at all, so seams cost nothing per request).
 
 Phases that later capabilities fill in (keys, limits, budgets, the response cache, guardrails) plug
-in here; the chain's order is fixed: parse -> access -> guard_in -> admit -> cache -> route -> upstream
--> respond -> settle.
+in here; the chain's order is fixed: parse -> access -> guard_in -> admit -> cache -> prepare -> route
+-> upstream -> respond -> settle.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PHASE_ORDER", "Phase", "Reply"]
 
-#: names of the phases that run before routing, in order
-PHASE_ORDER: tuple[str, ...] = ("access", "guard_in", "admit", "cache")
+#: names of the phases that run before routing, in order ("prepare": rewrites the upstream needs, such as
+#: image URLs fetched inline, after the limits and the cache have seen the client's request)
+PHASE_ORDER: tuple[str, ...] = ("access", "guard_in", "admit", "cache", "prepare")
 
 
 class Reply:

@@ -11,6 +11,7 @@ from gateway.config.loader import (
 )
 from gateway.config.schema import (
     Config,
+    ImagesConfig,
     LogConfig,
     MetricsConfig,
     MockConfig,
@@ -25,6 +26,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigFileError",
+    "ImagesConfig",
     "LogConfig",
     "MetricsConfig",
     "MockConfig",

@@ -566,6 +566,19 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _auth_problems(config)
     yield from _limits_problems(config)
     yield from _metrics_problems(config)
+    yield from _images_problems(config)
+
+
+def _images_problems(config: Config) -> Iterator[_Problem]:
+    im = config.images
+    yield from _positive_ints(("images",), im, ("max_bytes", "max_images"))
+    yield from _positive_durations(("images",), im, ("timeout",))
+    if im.max_redirects < 0:
+        yield _Problem(("images", "max_redirects"), f"must be 0 or more, found {im.max_redirects}")
+    for i, t in enumerate(im.allowed_types):
+        if not t.startswith("image/") or t != t.strip().lower() or ";" in t:
+            yield _Problem(("images", "allowed_types", i),
+                           f'must be a lower-case image type such as "image/png", found {json.dumps(t)}')
 
 
 def _limits_problems(config: Config) -> Iterator[_Problem]:

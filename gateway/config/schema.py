@@ -26,6 +26,7 @@ __all__ = [
     "AdminConfig",
     "AuthConfig",
     "Config",
+    "ImagesConfig",
     "LogConfig",
     "MetricsConfig",
     "MockConfig",
@@ -147,6 +148,9 @@ class ProviderConfig(_Base, frozen=True):
     beta: list[str] = msgspec.field(default_factory=list)
     #: client headers passed upstream; default by type (docs/providers.md), [] for none
     forward_headers: list[str] | None = None
+    #: fetch the http(s) image URLs of chat requests for this provider's models and send them inline
+    #: (base64), for upstreams that cannot fetch them; bounded and checked by ``[images]``
+    fetch_images: bool = False
     #: anthropic: the client's temperature/top_p/top_k sent upstream: "all", "single" (temperature or
     #: top_p, not both) or "none"; a model's own ``sampling`` overrides it
     sampling: Literal["all", "single", "none"] | None = None
@@ -335,6 +339,26 @@ class MetricsConfig(_Base, frozen=True):
     dir: str | None = None
 
 
+def _image_types() -> list[str]:
+    return ["image/png", "image/jpeg", "image/gif", "image/webp"]
+
+
+class ImagesConfig(_Base, frozen=True):
+    """How the gateway fetches image URLs for providers with ``fetch_images`` (docs/providers.md)."""
+
+    #: the largest image fetched, in bytes
+    max_bytes: int = 5 * 1024 * 1024
+    #: seconds for one image: resolving, connecting, redirects and the body
+    timeout: float = 10.0
+    #: the most images fetched for one request
+    max_images: int = 20
+    max_redirects: int = 3
+    #: content types accepted (the answer's content-type, checked against the bytes)
+    allowed_types: list[str] = msgspec.field(default_factory=_image_types)
+    #: fetch from private, loopback, link-local and other non-public addresses too: for tests only
+    allow_private: bool = False
+
+
 class Config(_Base, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
@@ -351,3 +375,5 @@ class Config(_Base, frozen=True):
     pricing: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
     #: the Prometheus metrics export (docs/metrics.md)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    #: image URLs fetched for providers with ``fetch_images``
+    images: ImagesConfig = msgspec.field(default_factory=ImagesConfig)

@@ -41,6 +41,8 @@ class TinyUpstream:
                 self.end_headers()
                 self.wfile.write(out)
 
+            do_GET = do_POST  # a GET has no body: answered the same way (an image server)
+
         self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
