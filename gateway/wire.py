@@ -19,6 +19,7 @@ __all__ = [
     "ChatRequest",
     "CompletionRequest",
     "EmbeddingRequest",
+    "PromptTokensDetails",
     "StreamOptions",
     "TextChoice",
     "TextCompletion",
@@ -64,10 +65,17 @@ class EmbeddingRequest(msgspec.Struct, frozen=True):
     user: str | None = None
 
 
+class PromptTokensDetails(msgspec.Struct, frozen=True):
+    #: prompt tokens read from the provider's prompt cache (priced at ``cached_input``)
+    cached_tokens: int | None = None
+
+
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    #: the cache reads among ``prompt_tokens``, when the upstream reports them (OpenAI, Azure, DeepSeek...)
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class UsageEnvelope(msgspec.Struct, frozen=True):

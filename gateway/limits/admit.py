@@ -914,9 +914,15 @@ class AdmitPhase(Phase):
                 memo[target] = found
         if price is None:
             return None
-        # PERF: the engine's Usage has no prompt_tokens_details (looking for it would raise inside
-        # getattr), and the usual case needs none of price_of's clamping (builtin max/min: 0.3 us each)
-        cached = cached_tokens(usage) if usage is not None and type(usage) is not Usage else 0
+        # PERF: the pass-through's Usage read directly (cached_tokens' getattr and Mapping check cost more),
+        # and the usual case needs none of price_of's clamping (builtin max/min: 0.3 us each)
+        if usage is None:
+            cached = 0
+        elif type(usage) is Usage:
+            details = usage.prompt_tokens_details
+            cached = (details.cached_tokens or 0) if details is not None else 0
+        else:
+            cached = cached_tokens(usage)
         if cached == 0 and prompt >= 0 and completion >= 0:
             return (prompt * price.input + completion * price.output) * 1e-6
         return price_of(price, prompt, completion, cached)
