@@ -231,6 +231,20 @@ def test_tools(client: openai.OpenAI, model: str) -> None:
     assert names == ["get_weather"]
 
 
+@pytest.mark.parametrize("model", ["dep-key", "v1-token"])
+def test_images(client: openai.OpenAI, gateway: Gateway, model: str) -> None:
+    """Vision requests (a URL and inline base64) go to Azure as they are and are answered."""
+    pixel = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA"
+             "60e6kgAAAABJRU5ErkJggg==")
+    for url in ("https://example.com/cat.png", pixel):
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is in this image?"},
+            {"type": "image_url", "image_url": {"url": url, "detail": "low"}}]}])
+        done = raw.parse()
+        assert done.choices[0].message.content and done.choices[0].finish_reason == "stop"
+        assert _records_for(gateway, raw.headers["x-request-id"])["status"] == 200
+
+
 @pytest.mark.parametrize("model", ["dep-token", "v1-key"])
 def test_json_schema(client: openai.OpenAI, model: str) -> None:
     parsed = client.chat.completions.parse(

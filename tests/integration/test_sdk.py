@@ -223,9 +223,11 @@ def test_upstream_500(client: openai.OpenAI) -> None:
 
 
 def test_upstream_401(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.AuthenticationError) as info:
+    # the provider refused the gateway's credential, not the client's: a 502, never the client's 401
+    with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="chat-model", messages=_mock("status=401"))
-    assert info.value.status_code == 401
+    assert info.value.status_code == 502
+    assert isinstance(info.value.body, dict) and info.value.body.get("code") == "upstream_authentication"
 
 
 def test_upstream_garbage_is_bad_gateway(client: openai.OpenAI, gateway: Gateway) -> None:
