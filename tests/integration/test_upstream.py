@@ -82,9 +82,14 @@ def test_upstream_503_retry_after_passed_through(client: openai.OpenAI) -> None:
 
 def test_upstream_errors_keep_openai_shape(gateway: Gateway) -> None:
     with RawClient(gateway.port) as c:
-        for status in (400, 403, 404, 409, 422, 500, 503):
+        for status in (400, 404, 409, 422, 500, 503):
             resp = c.request(chat_request(f"!mock status={status}"))
             assert_openai_error(resp, status)
+            assert resp.header("x-request-id")
+        # a 401/403 refused the gateway's credential, not the client's: the gateway's 502
+        for status, code in ((401, "upstream_authentication"), (403, "upstream_permission")):
+            resp = c.request(chat_request(f"!mock status={status}"))
+            assert_openai_error(resp, 502, code)
             assert resp.header("x-request-id")
         resp = c.request(chat_request("!mock bogus=1"))  # the upstream's own 400
         assert_openai_error(resp, 400, "invalid_mock_directive")
