@@ -348,15 +348,17 @@ def test_a_rotated_token_is_used_after_a_reload(azure_mock: int, tmp_path: Path)
     gw = _launch("gateway-azure-rotate", tmp_path, config_text=text, workers=1, frontend="native")
     c = gw.client()
     try:
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.InternalServerError) as info:  # Azure refused the gateway's token: 502
             c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert info.value.status_code == 502
         token.write_text(MOCK_KEY + "\n")
         gw.process.send_signal(signal.SIGHUP)
 
         def served() -> bool:
             try:
                 c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
-            except openai.AuthenticationError:
+            except openai.InternalServerError as exc:
+                assert exc.status_code == 502
                 return False
             return True
 
