@@ -360,9 +360,11 @@ class Engine:
         method = "POST" if config.body is not None else "GET"
         resp = await asyncio.wait_for(translator.probe(method, config.path, body), config.timeout)
         try:
-            await asyncio.wait_for(resp.read(), config.timeout)
+            answer = await asyncio.wait_for(resp.read(), config.timeout)
         finally:
             resp.close()
+        if resp.status in CREDENTIAL_STATUSES:  # logged as what it is (the probe fails, as any non-2xx)
+            credentials_rejected(deployment.provider, resp.status, answer)
         return 200 <= resp.status < 300
 
     def _build(self, config: Config, old: dict[str, tuple[ProviderConfig, OpenAITranslator]]) -> Runtime:

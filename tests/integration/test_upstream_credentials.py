@@ -50,6 +50,11 @@ type = "openai"
 base_url = "{keyed}"
 api_key = "file:{key_file}"
 
+[providers.probed]
+type = "openai"
+base_url = "{keyed}"
+api_key = "file:{key_file}"
+
 [providers.forbidden]
 type = "openai"
 base_url = "http://{HOST}:{mock_port}/v1"
@@ -73,6 +78,10 @@ deployments = [
   {{ provider = "good", upstream_model = "mock-1", name = "good", cost = 2.0 }},
 ]
 breaker = {{ consecutive_failures = 2, open_for = 600.0 }}
+
+[models.probed]
+deployments = [{{ provider = "probed", upstream_model = "mock-1", name = "probed" }}]
+health = {{ path = "/models", interval = 0.5, timeout = 0.5, unhealthy_threshold = 2 }}
 
 [models.routed-403]
 strategy = "cost"
@@ -238,3 +247,12 @@ def test_the_log_names_a_credentials_problem(gw: Gateway) -> None:
     # the operator sees the provider's own message (the client never does)
     line = next(ln for ln in logs.splitlines() if "provider revoked answered 401" in ln)
     assert "Incorrect API key" in line
+
+
+def test_a_health_probe_refused_names_the_credentials_problem(gw: Gateway) -> None:
+    """A deployment no request reaches: its health probe gets the 401, which is logged as a credentials
+    problem, and the probes' failures eject it."""
+    wait_for(lambda: "upstream credentials problem: provider probed answered 401"
+             in gw.process.logs(200000, records=False), 20.0, what="the probe's credentials warning")
+    wait_for(lambda: "deployment probed/probed failed" in gw.process.logs(200000, records=False), 20.0,
+             what="the ejection")
