@@ -6,7 +6,7 @@ stream chunk against them, and the SDK's models forbid fields they do not declar
 
     POST /v1beta/models/{model}:generateContent | :streamGenerateContent (?alt=sse: SSE, else a JSON array)
     POST /v1beta/models/{model}:embedContent | :batchEmbedContents | :countTokens
-    GET  /v1beta/models, /v1beta/models/{model}
+    GET  /v1beta/models, /v1beta/models/{model}                  (and the same below /v1 and /v1alpha)
     POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent |
          :streamGenerateContent | :predict (Vertex AI text embeddings)
     POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:rawPredict | :streamRawPredict
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from gateway._core.jsoncheck import TOO_DEEP, check_json
 from gateway.providers import mock_content
 from gateway.providers.mock import MAX_WORDS as _MAX_WORDS
 from gateway.providers.mock import (
@@ -61,6 +62,7 @@ from gateway.providers.mock import (
 from gateway.providers.mock import _split_words as split_words
 from gateway.providers.mock import _words_for as words_for
 from gateway.providers.mock_anthropic import AnthropicMock
+from gateway.wire import MAX_JSON_DEPTH
 
 if TYPE_CHECKING:
     from gateway.app import Request
@@ -75,7 +77,8 @@ _GARBAGE_BODY: Final = b'{"candidates": [<<mock garbage: this is not JSON>>'
 _GARBAGE_EVENT: Final = b"data: {<<mock garbage: this is not JSON>>\r\n\r\n"
 _VERTEX_ANTHROPIC: Final = "vertex-2023-10-16"
 
-_GEMINI_PATH: Final = re.compile(r"^/v1beta/(models/[^/:]+|tunedModels/[^/:]+):([A-Za-z]+)$")
+_GEMINI_PATH: Final = re.compile(r"^/v1(?:beta|alpha)?/(models/[^/:]+|tunedModels/[^/:]+):([A-Za-z]+)$")
+_MODELS_PATH: Final = re.compile(r"^/v1(?:beta|alpha)?/models(?:/([^/:]+))?$")
 _VERTEX_PATH: Final = re.compile(
     r"^/v1(?:beta1)?/projects/([^/]+)/locations/([^/]+)/publishers/(google|anthropic)/models/([^/:]+):([A-Za-z]+)$"
 )
@@ -151,6 +154,10 @@ class _Declaration(_Strict):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     parameters_json_schema: dict[str, Any] | None = None
+    #: the schema of the function's result
+    response: dict[str, Any] | None = None
+    response_json_schema: dict[str, Any] | None = None
+    behavior: str | None = None
 
 
 class _Tool(_Strict):
@@ -233,9 +240,35 @@ class _Invalid(Exception):
     """A request Gemini would refuse: 400 INVALID_ARGUMENT with this message."""
 
 
+#: fields whose values are the client's own JSON (schemas, arguments, results): their keys stay as sent
+_FREE: Final = frozenset({"args", "response", "parameters", "parametersJsonSchema", "responseJsonSchema",
+                          "responseSchema", "safetySettings"})
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def _camel_keys(value: Any) -> Any:
+    """Proto3 JSON takes a field by its lowerCamel name or its proto (snake_case) name: the SDK sends
+    some of each. Message keys are made lowerCamel; the client's own JSON below ``_FREE`` is not touched."""
+    if isinstance(value, list):
+        return [_camel_keys(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for k, v in value.items():
+        key = _camel(k) if isinstance(k, str) else k
+        out[key] = v if key in _FREE else _camel_keys(v)
+    return out
+
+
 def _decode(body: bytes, kind: type[Any]) -> Any:
+    if check_json(body, MAX_JSON_DEPTH) == TOO_DEEP:  # the decoders recurse
+        raise _Invalid(f"Invalid JSON payload received. Nested more than {MAX_JSON_DEPTH} levels deep.")
     try:
-        return msgspec.json.decode(body, type=kind)
+        return msgspec.convert(_camel_keys(msgspec.json.decode(body)), type=kind)
     except msgspec.ValidationError as exc:
         text = str(exc)
         m = re.search(r"Object contains unknown field `([^`]+)`(?: - at `\$(.*)`)?", text)
@@ -376,6 +409,16 @@ def _finish_cue(text: str) -> str | None:
     return None
 
 
+def _lower_types(schema: Any) -> Any:
+    """An OpenAPI ``Schema`` (``type: "OBJECT"``, as the SDK writes it) in JSON Schema's lower case."""
+    if isinstance(schema, list):
+        return [_lower_types(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: (v.lower() if k == "type" and isinstance(v, str) else
+                v if k in ("enum", "example", "default") else _lower_types(v)) for k, v in schema.items()}
+
+
 def _tool_result(req: _Request) -> tuple[str | None, str] | None:
     last = req.contents[-1]
     results = [p.function_response for p in last.parts if p.function_response is not None]
@@ -503,13 +546,14 @@ class GeminiMock:
             if method != "POST":
                 return self.error(405, f"Method {method} not allowed")
             return self._method(m.group(1), m.group(2), request.body, query, header, vertex=False)
-        if path == "/v1beta/models" and method == "GET":
-            return _Plan(200, [("content-type", _JSON)], (_encode({"models": self._models}),), (False,))
-        if path.startswith("/v1beta/models/") and method == "GET":
+        listing = _MODELS_PATH.match(path)
+        if listing is not None and method == "GET":
+            if listing.group(1) is None:
+                return _Plan(200, [("content-type", _JSON)], (_encode({"models": self._models}),), (False,))
             for entry in self._models:
-                if entry["name"] == path[len("/v1beta/"):]:
+                if entry["name"] == f"models/{listing.group(1)}":
                     return _Plan(200, [("content-type", _JSON)], (_encode(entry),), (False,))
-            return self.error(404, f"models/{path.rpartition('/')[2]} is not found for API version v1beta")
+            return self.error(404, f"models/{listing.group(1)} is not found for API version v1beta")
         return self.error(404, f"The requested URL {path} was not found on this server.")
 
     def _auth(self, request: Request, query: str, vertex: bool) -> _Plan | None:
@@ -620,7 +664,7 @@ class GeminiMock:
         tools = [mock_content.ToolSpec(decl.name, decl.parameters_json_schema or decl.parameters)
                  for t in req.tools or () for decl in t.function_declarations or ()]
         json_mime = gc.response_mime_type == "application/json"
-        schema = gc.response_json_schema or gc.response_schema
+        schema = gc.response_json_schema or _lower_types(gc.response_schema)
         turn = mock_content.decide(
             seed=seed, last_user=last_user or None, tools=tools, choice=_choice(req), parallel=True,
             tool_result=_tool_result(req), schema=schema if json_mime and schema else None,
