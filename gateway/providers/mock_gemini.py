@@ -290,9 +290,11 @@ def signature_for(seed: str) -> str:
 
 
 def signature_valid(signature: str) -> bool:
-    """Whether ``signature`` is one the mock gives (its mark; the digest is not re-derived)."""
+    """Whether ``signature`` is one the mock gives (its mark; the digest is not re-derived). Proto JSON
+    bytes come in either base64 alphabet (the SDK re-encodes them URL-safe)."""
     try:
-        return base64.b64decode(signature, validate=True).startswith(_SIGNATURE_MARK)
+        raw = base64.b64decode(signature.replace("-", "+").replace("_", "/"), validate=True)
+        return raw.startswith(_SIGNATURE_MARK)
     except ValueError:
         return False
 
@@ -606,6 +608,8 @@ class GeminiMock:
 
     def _generate(self, model: str, name: str, body: bytes, query: str, header: MockDirectives) -> _Plan:
         req: _Request = _decode(body, _Request)
+        if not req.contents:
+            raise _Invalid("* GenerateContentRequest.contents: contents is not specified")
         texts = [_content_text(c) for c in req.contents]
         last_user = texts[-1] if req.contents[-1].role != "model" else ""
         try:
