@@ -98,8 +98,8 @@ def _model_path(model: str) -> str:
 def _vertex_path(prefix: str, project: str, location: str, publisher: str, model: str) -> str:
     where = f"{prefix}/projects/{quote(project, safe='')}/locations/{quote(location, safe='')}/"
     if "/" in model:
-        return where + quote(model, safe="/")
-    return f"{where}publishers/{publisher}/models/{quote(model, safe='')}"
+        return where + quote(model, safe="/@")
+    return f"{where}publishers/{publisher}/models/{quote(model, safe='@')}"  # versions: claude-...@2025...
 
 
 def _stream_endpoint(endpoint: str, body: bytes) -> str:

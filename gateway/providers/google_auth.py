@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -46,19 +47,48 @@ _MAX_BACKOFF: Final = 60.0
 
 
 def load_credentials(credentials_file: str | None) -> tuple[Any, str | None]:
-    """(google-auth credentials, their project id or None) from a credentials JSON file (service account,
-    ``external_account`` for workload identity federation, authorized user, impersonated), else from
+    """(google-auth credentials, their project id or None) from a credentials JSON file, else from
     Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``, the GKE/GCE metadata server
-    for workload identity, gcloud). Raises ``google.auth.exceptions.DefaultCredentialsError``."""
+    for workload identity, gcloud). Raises ``ValueError`` (an unreadable or unknown file),
+    ``google.auth.exceptions.GoogleAuthError``.
+
+    A file is loaded by its ``type`` with that type's own loader (google-auth's advice: a file is never
+    trusted to be whatever it says): ``service_account`` (a key), ``external_account`` (workload identity
+    federation: a file- or URL-sourced token, or AWS), ``authorized_user`` (gcloud's user credentials)."""
     import google.auth
 
-    found: tuple[Any, str | None]
-    if credentials_file is not None:
-        found = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-            credentials_file, scopes=list(SCOPES))
-    else:
-        found = google.auth.default(scopes=list(SCOPES))
-    return found
+    if credentials_file is None:
+        found: tuple[Any, str | None] = google.auth.default(scopes=list(SCOPES))
+        return found
+    with open(credentials_file, encoding="utf-8") as f:
+        info = json.load(f)
+    kind = info.get("type") if isinstance(info, dict) else None
+    scopes = list(SCOPES)
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        creds = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes)
+        return creds, info.get("project_id")
+    if kind == "external_account":
+        source = info.get("credential_source") or {}
+        if str(source.get("environment_id", "")).startswith("aws"):
+            from google.auth import aws
+
+            ext: Any = aws.Credentials.from_info(info, scopes=scopes)  # type: ignore[no-untyped-call]
+        else:
+            from google.auth import identity_pool
+
+            ext = identity_pool.Credentials.from_info(info, scopes=scopes)  # type: ignore[no-untyped-call]
+        return ext, info.get("quota_project_id")
+    if kind == "authorized_user":
+        from google.oauth2 import credentials
+
+        user = credentials.Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes)
+        return user, info.get("quota_project_id")
+    raise ValueError(f"{credentials_file}: credentials of type {kind!r} are not supported (service_account, "
+                     "external_account or authorized_user; or leave credentials_file out for ADC)")
 
 
 def _transport_request() -> Any:
