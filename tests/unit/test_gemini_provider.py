@@ -299,3 +299,17 @@ def test_examples_load(monkeypatch: pytest.MonkeyPatch) -> None:
     vertex = load_config(EXAMPLES / "vertex.toml")
     assert {p.location for p in vertex.providers.values()} == {"europe-west4", "global"}
     assert vertex.models["claude-sonnet"].upstream_model == "claude-sonnet-4-5@20250929"
+
+
+def test_provider_docs_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Gemini and Vertex TOML blocks of docs/providers.md load (a key file named there is checked
+    for existence, so the block that names one is loaded with it left out)."""
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    doc = (EXAMPLES.parent / "docs" / "providers.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in doc.split("```toml\n")[1:]]
+    google = [b for b in blocks if 'type = "gemini"' in b or 'type = "vertex"' in b]
+    assert len(google) == 3
+    for block in google:
+        text = "\n".join(line for line in block.splitlines() if not line.startswith("credentials_file"))
+        cfg = load_config_text(text, "docs/providers.md")
+        assert all(p.type in ("gemini", "vertex") for p in cfg.providers.values())
