@@ -452,14 +452,19 @@ def test_reasoning_tokens_and_summaries(client: openai.OpenAI) -> None:
 
 
 def test_cached_tokens(client: openai.OpenAI, gw: Gateway) -> None:
+    system = {"role": "system", "content": "You are terse. " * 40}
     raw = client.chat.completions.with_raw_response.create(
-        model="gemini", messages=[{"role": "system", "content": "You are terse. " * 40},
-                                  {"role": "user", "content": "!cache hello"}])
+        model="gemini", messages=[system, {"role": "user", "content": "!cache hello"}])  # type: ignore[list-item]
     resp = raw.parse()
     assert resp.usage is not None and resp.usage.prompt_tokens_details is not None
     cached = resp.usage.prompt_tokens_details.cached_tokens or 0
-    # Gemini's promptTokenCount already includes the cached tokens: counted once
     assert 0 < cached < resp.usage.prompt_tokens
+    # the same prompt size without the cue: the same promptTokenCount upstream, nothing cached. Gemini's
+    # promptTokenCount already includes the cached tokens: counted once, the total does not grow
+    plain = client.chat.completions.create(
+        model="gemini", messages=[system, {"role": "user", "content": "xcache hello"}])  # type: ignore[list-item]
+    assert plain.usage is not None and plain.usage.prompt_tokens == resp.usage.prompt_tokens
+    assert not (plain.usage.prompt_tokens_details and plain.usage.prompt_tokens_details.cached_tokens)
     record = _record(gw, raw.headers["x-request-id"])
     assert record["prompt_tokens"] == resp.usage.prompt_tokens and record["cached_tokens"] == cached
 
