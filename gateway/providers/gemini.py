@@ -191,7 +191,7 @@ class GeminiTranslator(OpenAITranslator):
     The provider's own instance (``model`` None) only answers health probes and makes the per-model
     ones (``for_model``)."""
 
-    __slots__ = ("_auth", "_auth_value", "_base", "_location", "_model", "_project", "_vertex")
+    __slots__ = ("_auth", "_auth_value", "_base", "_model", "_vertex")
 
     def __init__(
         self,
