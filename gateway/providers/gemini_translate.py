@@ -62,6 +62,7 @@ __all__ = [
     "FINISH_REASONS",
     "OPENAPI_SCHEMA_KEYS",
     "REASONING_BUDGETS",
+    "SKIP_SIGNATURE",
     "GeminiStream",
     "build_request",
     "embed_request",
@@ -152,6 +153,9 @@ _CALL_MARK: Final = "#fc:"
 _THOUGHT_MARK: Final = "#th"
 #: prefix of the tool-call ids the gateway makes up for calls Gemini gave no id (never sent back as ids)
 _GEN_ID: Final = "call_g"
+#: the signature Google documents for a function call that never had one (a conversation begun on another
+#: provider or model): Gemini 3 skips its check for it instead of refusing the turn
+SKIP_SIGNATURE: Final = "skip_thought_signature_validator"
 _encode_json: Final = msgspec.json.Encoder().encode
 _decode_obj: Final = msgspec.json.Decoder(dict[str, Any])
 _decode_any: Final = msgspec.json.Decoder()
@@ -407,11 +411,33 @@ def _thinking(req: ir.Request, model: str) -> wire.ThinkingConfig | None:
     return wire.ThinkingConfig(True, thinking_budget=REASONING_BUDGETS[r.effort])
 
 
+def _foreign_calls_signed(contents: list[wire.Content]) -> None:
+    """Gemini 3 refuses a function call of the current turn (since the last user text) without a thought
+    signature. A call another provider made never had one: its first call per model step gets the
+    documented ``SKIP_SIGNATURE``. A call Gemini made (an id of ours) keeps what the client sent back: a
+    signature the client dropped is refused by Gemini, not papered over."""
+    start = 0
+    for i, c in enumerate(contents):
+        if c.role == "user" and any(p.text is not None or p.inline_data or p.file_data for p in c.parts):
+            start = i
+    for c in contents[start:]:
+        if c.role != "model":
+            continue
+        for j, p in enumerate(c.parts):
+            if p.function_call is not None:
+                if p.thought_signature is None and not any(q.thought_signature for q in c.parts) \
+                        and p.function_call.id is not None:  # our own ids are never sent (call_g...)
+                    c.parts[j] = msgspec.structs.replace(p, thought_signature=SKIP_SIGNATURE)
+                break
+
+
 def build_request(req: ir.Request, model: str) -> wire.Request:
     """The ``generateContent`` request for ``req`` (the model is in the URL). Raises BadRequest."""
     if req.n is not None and req.n > 1:
         raise BadRequest("this model answers one choice at a time (n must be 1)", param="n")
     instruction, contents = _contents(req.messages)
+    if model.rpartition("/")[2].startswith("gemini-3"):
+        _foreign_calls_signed(contents)
     fmt = req.response_format
     mime = schema = None
     if fmt is not None and fmt.type != "text":

@@ -76,6 +76,7 @@ _THOUGHT_WORDS: Final = 12
 _GARBAGE_BODY: Final = b'{"candidates": [<<mock garbage: this is not JSON>>'
 _GARBAGE_EVENT: Final = b"data: {<<mock garbage: this is not JSON>>\r\n\r\n"
 _VERTEX_ANTHROPIC: Final = "vertex-2023-10-16"
+_SKIP_SIGNATURE: Final = "skip_thought_signature_validator"
 
 _GEMINI_PATH: Final = re.compile(r"^/v1(?:beta|alpha)?/(models/[^/:]+|tunedModels/[^/:]+):([A-Za-z]+)$")
 _MODELS_PATH: Final = re.compile(r"^/v1(?:beta|alpha)?/models(?:/([^/:]+))?$")
@@ -292,6 +293,8 @@ def signature_for(seed: str) -> str:
 def signature_valid(signature: str) -> bool:
     """Whether ``signature`` is one the mock gives (its mark; the digest is not re-derived). Proto JSON
     bytes come in either base64 alphabet (the SDK re-encodes them URL-safe)."""
+    if signature == _SKIP_SIGNATURE:  # Google's documented stand-in for a call that never had one
+        return True
     try:
         raw = base64.b64decode(signature.replace("-", "+").replace("_", "/"), validate=True)
         return raw.startswith(_SIGNATURE_MARK)

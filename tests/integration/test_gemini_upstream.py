@@ -410,6 +410,18 @@ def test_thought_signature_round_trip(client: openai.OpenAI, model: str, stream:
     assert "thought_signature" in str(info.value)
 
 
+def test_tool_calls_of_another_provider_go_to_gemini_3(client: openai.OpenAI) -> None:
+    """A conversation whose tool calls another provider made (no thought signature ever) moves to a Gemini 3
+    model (a fallback, say): the gateway signs them with Google's documented stand-in, not refused."""
+    resp = client.chat.completions.create(model="gemini3", tools=[WEATHER], messages=[  # type: ignore[list-item]
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_Xk3openai", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_Xk3openai", "content": "rainy"}])  # type: ignore[list-item]
+    assert "rainy" in (resp.choices[0].message.content or "")
+
+
 # -- images, structured output, reasoning ----------------------------------------------------------------
 
 

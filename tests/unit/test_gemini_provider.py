@@ -313,3 +313,40 @@ def test_provider_docs_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
         text = "\n".join(line for line in block.splitlines() if not line.startswith("credentials_file"))
         cfg = load_config_text(text, "docs/providers.md")
         assert all(p.type in ("gemini", "vertex") for p in cfg.providers.values())
+
+
+def test_claude_on_vertex_bodies_and_errors() -> None:
+    import anthropic.types as at
+    from openai.types.chat import ChatCompletion
+
+    fixtures = EXAMPLES.parent / "tests" / "fixtures" / "providers" / "vertex"
+    claude = GeminiTranslator("v", FakeTransport(), "/v1", [], vertex=("p", "us-east5")).for_model("claude-sonnet-4-5")
+
+    class Ctx:
+        endpoint = "chat"
+        stream = False
+        include_usage = False
+        usage: Any = None
+        body = b'{"model": "c", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}'
+        fields = None
+
+    ctx = Ctx()
+    body = json.loads(claude.request_body(ctx, "claude-sonnet-4-5", True))
+    assert "model" not in body and body["anthropic_version"] == "vertex-2023-10-16" and body["max_tokens"] == 50
+    ctx.stream = True
+    ctx.body = ctx.body.replace(b'"max_tokens"', b'"stream": true, "max_tokens"')
+    raw = claude.request_body(ctx, "claude-sonnet-4-5", True)
+    assert raw.endswith(b"\n") and json.loads(raw)["stream"] is True  # the stream path's mark
+    answer = (fixtures / "responses" / "claude_raw_predict.json").read_bytes()
+    at.Message.model_validate_json(answer)
+    ctx.stream = False
+    out = ChatCompletion.model_validate_json(claude.take_body(ctx, answer))
+    assert out.choices[0].message.content == "Hello from Claude on Vertex AI."
+    assert ctx.usage.prompt_tokens == 12 and ctx.usage.completion_tokens == 9
+    # Vertex's own errors are Google's; Anthropic's are Anthropic's
+    quota = claude.error_answer(429, (fixtures / "errors" / "resource_exhausted_429.json").read_bytes())
+    assert quota is not None and quota[0] == 429
+    overloaded = claude.error_answer(529, b'{"type": "error", "error": {"type": "overloaded_error", "message": "x"}}')
+    assert overloaded is not None and overloaded[0] == 503
+    denied = claude.error_answer(403, (fixtures / "errors" / "permission_denied_403.json").read_bytes())
+    assert denied is not None and denied[0] == 502 and b"upstream_permission" in denied[1]

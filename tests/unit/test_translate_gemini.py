@@ -511,3 +511,23 @@ def test_vertex_predict_embeddings() -> None:
 def test_token_array_embeddings_are_refused() -> None:
     with pytest.raises(BadRequest):
         tr.openai_embedding_inputs(b'{"model": "e", "input": [[1, 2, 3]]}')
+
+
+def test_foreign_calls_get_the_documented_skip_signature_on_gemini_3() -> None:
+    """A conversation begun on another provider has tool calls that never had a signature: Gemini 3 would
+    refuse the turn, so their first call per step gets Google's documented stand-in. A call Gemini made
+    (an id of the gateway's) that comes back unsigned is left for Gemini to refuse."""
+    def body(model: str, call_id: str) -> dict[str, Any]:
+        req = oc.decode_request(json.dumps({"model": "m", "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": call_id + "2", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "1"},
+            {"role": "tool", "tool_call_id": call_id + "2", "content": "2"}]}).encode())
+        return json.loads(tr.encode_request(req, model))
+
+    parts = body("gemini-3-pro-preview", "call_abc123")["contents"][1]["parts"]
+    assert parts[0]["thoughtSignature"] == tr.SKIP_SIGNATURE and "thoughtSignature" not in parts[1]
+    assert "thoughtSignature" not in body("gemini-2.5-flash", "call_abc123")["contents"][1]["parts"][0]
+    assert "thoughtSignature" not in body("gemini-3-pro-preview", "call_g0123")["contents"][1]["parts"][0]
