@@ -35,8 +35,10 @@ Request rules (IR → Gemini ``generateContent``):
   refuses a function call of the current turn without it). In the IR a signature is a signature-only
   ``ThinkingPart`` (OpenAI clients carry it in ``thinking_blocks``); which part it belongs to rides in
   the signature string after the base64 (``#fc:<call id>`` for a function call, ``#th`` for a thought
-  part, nothing for text), since the OpenAI dialect cannot keep the order of parts. ``signature_target``
-  / ``_with_target`` are the only places that know this form.
+  part, ``#tx`` for text), since the OpenAI dialect cannot keep the order of parts. A signature without
+  one of these marks is another provider's (Anthropic's) and is not sent: Gemini would refuse it.
+  ``signature_target`` / ``_with_target`` are the only places that know this form. Gemini 3 refuses an
+  unsigned call of the current turn: calls another provider made get ``SKIP_SIGNATURE``.
 - Sampling passes (``temperature``, ``topP``, ``topK``, ``seed``, the penalties, ``stopSequences``);
   ``max_tokens`` → ``maxOutputTokens``; ``n > 1`` is refused (400): one candidate is translated.
 """
@@ -151,6 +153,7 @@ _BY_HTTP: Final[dict[int, str]] = {
 _JSON_MIME: Final = "application/json"
 _CALL_MARK: Final = "#fc:"
 _THOUGHT_MARK: Final = "#th"
+_TEXT_MARK: Final = "#tx"
 #: prefix of the tool-call ids the gateway makes up for calls Gemini gave no id (never sent back as ids)
 _GEN_ID: Final = "call_g"
 #: the signature Google documents for a function call that never had one (a conversation begun on another
@@ -165,21 +168,21 @@ _decode_any: Final = msgspec.json.Decoder()
 
 
 def signature_target(signature: str) -> tuple[str, str, str | None]:
-    """(raw signature, target kind ``text``/``call``/``thought``, call id) of an IR signature."""
+    """(raw signature, target kind ``text``/``call``/``thought``, call id) of an IR signature; kind
+    ``foreign`` for a signature with no mark: another provider's (Anthropic's), never sent to Gemini."""
     raw, sep, call_id = signature.partition(_CALL_MARK)
     if sep:
         return raw, "call", call_id
-    if signature.endswith(_THOUGHT_MARK):
-        return signature[: -len(_THOUGHT_MARK)], "thought", None
-    return signature, "text", None
+    for mark, kind in ((_THOUGHT_MARK, "thought"), (_TEXT_MARK, "text")):
+        if signature.endswith(mark):
+            return signature[: -len(mark)], kind, None
+    return signature, "foreign", None
 
 
 def _with_target(signature: str, kind: str, call_id: str | None = None) -> str:
     if kind == "call":
         return f"{signature}{_CALL_MARK}{call_id}"
-    if kind == "thought":
-        return signature + _THOUGHT_MARK
-    return signature
+    return signature + (_THOUGHT_MARK if kind == "thought" else _TEXT_MARK)
 
 
 def _call_id(seed: str, n: int) -> str:
@@ -289,8 +292,9 @@ def _model_parts(parts: list[ir.Part]) -> list[wire.Part]:
                 call_sigs[call_id] = raw
             elif kind == "thought":
                 out.append(wire.Part(text=p.text, thought=True, thought_signature=raw))
-            else:
+            elif kind == "text":
                 text_sigs.append(raw)
+            # a foreign signature (another provider's reasoning) would be a corrupted one to Gemini
     texts: list[int] = []
     for p in parts:
         if isinstance(p, ir.TextPart):
@@ -553,10 +557,10 @@ def _part(p: wire.Part, seed: str, n: int) -> tuple[list[ir.Part], int]:
     if p.text is not None:
         out: list[ir.Part] = [ir.TextPart(p.text)] if p.text else []
         if sig:
-            out.append(ir.ThinkingPart("", sig))
+            out.append(ir.ThinkingPart("", _with_target(sig, "text")))
         return out, n
     if sig and p == wire.Part(thought_signature=sig):
-        return [ir.ThinkingPart("", sig)], n
+        return [ir.ThinkingPart("", _with_target(sig, "text"))], n
     return [ir.OpaquePart("gemini", msgspec.to_builtins(p))], n
 
 
@@ -869,7 +873,7 @@ class GeminiStream:
             if p.text:
                 self._text("text", p.text, out)
             if sig:
-                self._signature(sig, out)
+                self._signature(_with_target(sig, "text"), out)
         elif sig:
-            self._signature(sig, out)
+            self._signature(_with_target(sig, "text"), out)
         # other parts (executableCode, inline images...) have no OpenAI stream form: skipped

@@ -379,6 +379,7 @@ def test_text_signature_goes_back_on_the_text() -> None:
 def test_unsigned_and_foreign_reasoning_is_not_sent() -> None:
     body = _next_turn({"role": "assistant", "content": "x", "thinking_blocks": [
         {"type": "thinking", "thinking": "a summary", "signature": ""},
+        {"type": "thinking", "thinking": "Anthropic's", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxB"},
         {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}]}, {})
     assert body["contents"][1]["parts"] == [{"text": "x"}]
 
