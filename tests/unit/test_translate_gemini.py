@@ -532,3 +532,15 @@ def test_foreign_calls_get_the_documented_skip_signature_on_gemini_3() -> None:
     assert parts[0]["thoughtSignature"] == tr.SKIP_SIGNATURE and "thoughtSignature" not in parts[1]
     assert "thoughtSignature" not in body("gemini-2.5-flash", "call_abc123")["contents"][1]["parts"][0]
     assert "thoughtSignature" not in body("gemini-3-pro-preview", "call_g0123")["contents"][1]["parts"][0]
+
+
+def test_error_event_in_any_layout() -> None:
+    """An error event split over several ``data:`` lines, with spaces, is still an error (not an empty
+    chunk); a text that mentions "error" is still text."""
+    stream = tr.GeminiStream()
+    events = stream.feed(b'data: {\ndata:   "error": {"code": 429, "message": "q", "status": "RESOURCE_EXHAUSTED"}}'
+                         b"\n\n")
+    assert len(events) == 1 and isinstance(events[0], ir.StreamError) and events[0].error.status == 429
+    stream = tr.GeminiStream()
+    text = stream.feed(b'data: {"candidates":[{"content":{"parts":[{"text":"an \\"error\\" word"}]}}]}\r\n\r\n')
+    assert [e.value for e in text if isinstance(e, ir.BlockDelta)] == ['an "error" word']
