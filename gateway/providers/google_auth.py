@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from typing import Any, Final
 
 from gateway.providers.base import UpstreamError
 
-__all__ = ["REFRESH_MARGIN", "SCOPES", "TokenSource", "load_credentials"]
+__all__ = ["REFRESH_MARGIN", "SCOPES", "TokenSource", "file_digest", "load_credentials"]
 
 log = logging.getLogger("gateway.providers.google_auth")
 
@@ -89,6 +90,16 @@ def load_credentials(credentials_file: str | None) -> tuple[Any, str | None]:
         return user, info.get("quota_project_id")
     raise ValueError(f"{credentials_file}: credentials of type {kind!r} are not supported (service_account, "
                      "external_account or authorized_user; or leave credentials_file out for ADC)")
+
+
+def file_digest(path: str) -> str:
+    """A digest of a credentials file as it reads now (a reload compares it: a rotated key file gets the
+    provider new credentials); ``""`` when it cannot be read (loading it reports why)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _transport_request() -> Any:

@@ -350,3 +350,18 @@ def test_claude_on_vertex_bodies_and_errors() -> None:
     assert overloaded is not None and overloaded[0] == 503
     denied = claude.error_answer(403, (fixtures / "errors" / "permission_denied_403.json").read_bytes())
     assert denied is not None and denied[0] == 502 and b"upstream_permission" in denied[1]
+
+
+def test_a_rotated_key_file_changes_the_provider_credentials(tmp_path: Path) -> None:
+    """A reload keeps a provider's translator while its credentials read the same: a key file rewritten in
+    place (a rotated Kubernetes Secret) must read differently."""
+    from gateway.providers.presets import credentials_of
+
+    key = tmp_path / "k.json"
+    key.write_text('{"type": "service_account", "v": 1}')
+    text = f'[providers.p]\ntype = "vertex"\nproject = "my-proj-1"\ncredentials_file = "{key}"\n[models.m]\nprovider = "p"\n'
+    p = load_config_text(text).providers["p"]
+    before = credentials_of(p)
+    assert credentials_of(p) == before
+    key.write_text('{"type": "service_account", "v": 2}')
+    assert credentials_of(p) != before
