@@ -36,7 +36,14 @@ from typing import Any, Final
 
 from gateway.providers.base import UpstreamError
 
-__all__ = ["REFRESH_MARGIN", "SCOPES", "TokenSource", "file_digest", "load_credentials"]
+__all__ = [
+    "FIRST_TOKEN_TIMEOUT",
+    "REFRESH_MARGIN",
+    "SCOPES",
+    "TokenSource",
+    "file_digest",
+    "load_credentials",
+]
 
 log = logging.getLogger("gateway.providers.google_auth")
 
@@ -45,6 +52,8 @@ SCOPES: Final = ("https://www.googleapis.com/auth/cloud-platform",)
 #: refresh this many seconds before expiry (at most half the token's remaining life)
 REFRESH_MARGIN: Final = 300.0
 _MAX_BACKOFF: Final = 60.0
+#: how long a request waits for a worker's first token before it fails (502)
+FIRST_TOKEN_TIMEOUT: Final = 30.0
 
 
 def load_credentials(credentials_file: str | None) -> tuple[Any, str | None]:
@@ -153,7 +162,11 @@ class TokenSource:
         self.start()
         assert self._changed is not None
         self._changed.clear()
-        await self._changed.wait()
+        try:
+            await asyncio.wait_for(self._changed.wait(), FIRST_TOKEN_TIMEOUT)
+        except TimeoutError:
+            raise UpstreamError(f"no Google access token for Vertex AI within {FIRST_TOKEN_TIMEOUT:.0f} s "
+                                "(the token endpoint or metadata server does not answer)") from None
         value = self.header
         if value is None or self._expired():
             raise UpstreamError(f"no Google access token for Vertex AI: {self.failure or 'refresh failed'}")

@@ -365,3 +365,28 @@ def test_a_rotated_key_file_changes_the_provider_credentials(tmp_path: Path) -> 
     assert credentials_of(p) == before
     key.write_text('{"type": "service_account", "v": 2}')
     assert credentials_of(p) != before
+
+
+def test_first_token_wait_is_bounded(tmp_path: Path, server: TokenServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token endpoint (or metadata server) that does not answer fails the first requests after
+    FIRST_TOKEN_TIMEOUT with a 502-mapped UpstreamError, instead of holding them."""
+    from gateway.providers import google_auth
+
+    monkeypatch.setattr(google_auth, "FIRST_TOKEN_TIMEOUT", 0.3)
+    creds, _ = load_credentials(str(key_file(tmp_path, server.port)))
+    release = threading.Event()
+
+    def hanging(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        raise OSError("released")
+
+    async def run() -> None:
+        src = TokenSource(creds, request_factory=lambda: hanging)
+        try:
+            with pytest.raises(UpstreamError, match="does not answer"):
+                await src.ready()
+        finally:
+            release.set()
+            await src.close()
+
+    asyncio.run(run())
