@@ -220,6 +220,10 @@ def _translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenA
         from gateway.providers.anthropic import DEFAULT_BASE_URL
 
         base_url = DEFAULT_BASE_URL
+    elif p.type in ("gemini", "vertex"):
+        from gateway.providers.gemini import default_base_url
+
+        base_url = default_base_url(p)
     else:
         base_url = base_url_of(p)
     pool = OriginPool(
@@ -242,6 +246,10 @@ def _translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenA
         key = resolve_secret(p.api_key) if p.api_key else None
         translator = AnthropicTranslator(name, pool, pool.prefix, key, p.headers, p.anthropic_version, p.beta,
                                          p.sampling or "all")
+    elif p.type in ("gemini", "vertex"):
+        from gateway.providers.gemini import google_translator
+
+        translator = google_translator(name, p, pool, pool.prefix)
     else:
         key = resolve_secret(p.api_key) if p.api_key else None
         translator = OpenAITranslator(name, pool, pool.prefix, key, p.headers, quirks=quirks_of(p))

@@ -764,6 +764,7 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
         yield from _anthropic_problems(path, p)
     elif p.sampling is not None:  # the others get the client's sampling fields as they are
         yield _Problem((*path, "sampling"), 'only for type "anthropic"')
+    yield from _google_problems(path, p)
     if p.api_key is not None:
         yield from _secret_problems((*path, "api_key"), p.api_key)
     yield from _preset_problems(path, p)
@@ -838,6 +839,28 @@ def _anthropic_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     for i, beta in enumerate(p.beta):
         if not beta or not _HEADER_TOKEN.match(beta):
             yield _Problem((*path, "beta", i), "must be a beta name such as \"prompt-caching-2024-07-31\"")
+
+
+_LOCATION = re.compile(r"^(global|[a-z]+-[a-z]+[0-9]+)$")
+
+
+def _google_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
+    """project/location/credentials_file are Vertex AI's; Vertex takes Google credentials, not api_key."""
+    if p.type != "vertex":
+        for key in ("project", "location", "credentials_file"):
+            if getattr(p, key) is not None:
+                yield _Problem((*path, key), 'only for type "vertex"')
+        return
+    if p.api_key is not None:
+        yield _Problem((*path, "api_key"), 'not for type "vertex": it authenticates with Google credentials '
+                       "(credentials_file, or Application Default Credentials)")
+    if p.location is not None and not _LOCATION.match(p.location):
+        yield _Problem((*path, "location"), 'must be a region such as "us-central1", or "global"')
+    if p.project is not None and not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", p.project):
+        yield _Problem((*path, "project"), "must be a Google Cloud project id (6-30 lower-case letters, "
+                       "digits and hyphens)")
+    if p.credentials_file is not None and not os.path.isfile(os.path.expanduser(p.credentials_file)):
+        yield _Problem((*path, "credentials_file"), f"no such file: {p.credentials_file}")
 
 
 #: client headers a provider's forward_headers may not name
@@ -934,6 +957,10 @@ def _absolute_file_refs(config: Config, base_dir: str) -> Config:
                     absolute = os.path.normpath(os.path.join(base_dir, target))
                     changed[name] = msgspec.structs.replace(
                         changed.get(name, provider), **{field: f"file:{absolute}"})
+        cred = changed.get(name, provider).credentials_file  # a Vertex credentials file: a plain path
+        if cred is not None and not os.path.isabs(os.path.expanduser(cred)):
+            absolute = os.path.normpath(os.path.join(base_dir, os.path.expanduser(cred)))
+            changed[name] = msgspec.structs.replace(changed.get(name, provider), credentials_file=absolute)
     if changed:
         config = msgspec.structs.replace(config, providers={**config.providers, **changed})
     if config.auth.pepper is not None:

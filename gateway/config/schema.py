@@ -117,8 +117,9 @@ class MockConfig(_Base, frozen=True):
 
 class ProviderConfig(_Base, frozen=True):
     #: "openai": any OpenAI-compatible API; "azure": Azure OpenAI; "anthropic": the Anthropic Messages API
-    #: (chat only; docs/providers.md); "mock": the built-in deterministic mock, in process
-    type: Literal["openai", "azure", "mock", "anthropic"]
+    #: (chat only; docs/providers.md); "gemini": the Gemini API; "vertex": Vertex AI (Gemini and Claude);
+    #: "mock": the built-in deterministic mock, in process
+    type: Literal["openai", "azure", "mock", "anthropic", "gemini", "vertex"]
     #: base URL including the version prefix, e.g. "https://api.openai.com/v1"; for "azure" the resource
     #: endpoint, e.g. "https://NAME.openai.azure.com"
     base_url: str | None = None
@@ -154,6 +155,13 @@ class ProviderConfig(_Base, frozen=True):
     #: anthropic: the client's temperature/top_p/top_k sent upstream: "all", "single" (temperature or
     #: top_p, not both) or "none"; a model's own ``sampling`` overrides it
     sampling: Literal["all", "single", "none"] | None = None
+    #: vertex: the Google Cloud project (default: the credentials' own project)
+    project: str | None = None
+    #: vertex: the region ("us-central1", "europe-west4", ...) or "global" (default "us-central1")
+    location: str | None = None
+    #: vertex: a Google credentials JSON file (service-account key, workload identity federation);
+    #: default: Application Default Credentials (GKE workload identity, GOOGLE_APPLICATION_CREDENTIALS)
+    credentials_file: str | None = None
 
 
 class ModelConfig(_Base, frozen=True):

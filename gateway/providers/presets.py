@@ -164,4 +164,9 @@ def credentials_of(p: ProviderConfig) -> tuple[str, ...]:
     """The provider's credentials as they read now (references resolved). A reload compares them with the
     ones its translator was built with: a key or token rotated behind an unchanged reference (a
     rewritten secret file) gets a new translator."""
-    return tuple(resolve_secret(ref) for ref in (p.api_key, p.azure_ad_token) if ref)
+    found = tuple(resolve_secret(ref) for ref in (p.api_key, p.azure_ad_token) if ref)
+    if p.credentials_file is not None:  # a Vertex key file rewritten in place (a rotated Secret)
+        from gateway.providers.google_auth import file_digest
+
+        found += (file_digest(p.credentials_file),)
+    return found

@@ -2,7 +2,8 @@
 
 Tests and benchmarks use it as a real upstream over TCP. ``--workers N`` forks N processes sharing the
 port through SO_REUSEPORT. ``--dialect`` picks the wire format: ``openai`` (``MockApp``), ``anthropic``
-(``mock_anthropic.AnthropicMockApp``) or ``azure`` (``mock_azure.AzureMockApp``); ``--api-key`` makes
+(``mock_anthropic.AnthropicMockApp``), ``azure`` (``mock_azure.AzureMockApp``) or ``gemini``
+(``mock_gemini.GeminiMockApp``, with Vertex AI's paths); ``--api-key`` makes
 the mock check the dialect's credential header.
 """
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["DIALECTS", "run_mock_server"]
 
 #: the wire formats ``gateway mock --dialect`` speaks
-DIALECTS: Final = ("openai", "anthropic", "azure")
+DIALECTS: Final = ("openai", "anthropic", "azure", "gemini")
 
 
 def _app(mock: MockConfig, dialect: str, api_key: str | None) -> MockApp:
@@ -30,6 +31,10 @@ def _app(mock: MockConfig, dialect: str, api_key: str | None) -> MockApp:
         from gateway.providers.mock_anthropic import AnthropicMockApp
 
         return AnthropicMockApp(mock, api_key=api_key)
+    if dialect == "gemini":
+        from gateway.providers.mock_gemini import GeminiMockApp
+
+        return GeminiMockApp(mock, api_key=api_key)
     if dialect == "azure":
         from gateway.providers.mock_azure import AzureMockApp
 
