@@ -117,7 +117,7 @@ class MockConfig(_Base, frozen=True):
 class ProviderConfig(_Base, frozen=True):
     #: "openai": any OpenAI-compatible API; "azure": Azure OpenAI; "anthropic": the Anthropic Messages API
     #: (chat only; docs/providers.md); "mock": the built-in deterministic mock, in process
-    type: Literal["openai", "azure", "mock", "anthropic"]
+    type: Literal["openai", "azure", "mock", "anthropic", "bedrock", "cohere"]
     #: base URL including the version prefix, e.g. "https://api.openai.com/v1"; for "azure" the resource
     #: endpoint, e.g. "https://NAME.openai.azure.com"
     base_url: str | None = None
@@ -147,6 +147,13 @@ class ProviderConfig(_Base, frozen=True):
     beta: list[str] = msgspec.field(default_factory=list)
     #: client headers passed upstream; default by type (docs/providers.md), [] for none
     forward_headers: list[str] | None = None
+    #: bedrock: the AWS region (default: AWS_REGION / AWS_DEFAULT_REGION); credentials come from
+    #: botocore's chain (docs/providers.md), a shared-file ``aws_profile``, or the static keys below
+    region: str | None = None
+    aws_profile: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
 
 
 class ModelConfig(_Base, frozen=True):
