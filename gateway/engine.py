@@ -237,6 +237,11 @@ def _translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenA
         from gateway.providers.bedrock import bedrock_translator
 
         translator = bedrock_translator(name, p, pool)
+    elif p.type == "cohere":
+        from gateway.providers.cohere import CohereTranslator
+
+        key = resolve_secret(p.api_key) if p.api_key else None
+        translator = CohereTranslator(name, pool, pool.prefix, key, p.headers)
     elif p.type == "anthropic":
         from gateway.providers.anthropic import AnthropicTranslator
 

@@ -831,6 +831,8 @@ _AWS_KEYS = ("aws_profile", "aws_access_key_id", "aws_secret_access_key", "aws_s
 
 def _bedrock_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     """A bedrock provider: a region (or AWS_REGION), static keys as references and in pairs."""
+    if p.type == "cohere" and p.api_key is None:
+        yield _Problem((*path, "api_key"), 'required for type "cohere" (sent as Authorization: Bearer)')
     if p.type != "bedrock":
         for key in ("region", *_AWS_KEYS):
             if getattr(p, key) is not None:

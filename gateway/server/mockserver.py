@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["DIALECTS", "run_mock_server"]
 
 #: the wire formats ``gateway mock --dialect`` speaks
-DIALECTS: Final = ("openai", "anthropic", "azure", "bedrock")
+DIALECTS: Final = ("openai", "anthropic", "azure", "bedrock", "cohere")
 
 
 def _app(mock: MockConfig, dialect: str, api_key: str | None) -> MockApp:
@@ -34,6 +34,10 @@ def _app(mock: MockConfig, dialect: str, api_key: str | None) -> MockApp:
         from gateway.providers.mock_azure import AzureMockApp
 
         return AzureMockApp(mock, api_key=api_key)
+    if dialect == "cohere":
+        from gateway.providers.mock_cohere import CohereMockApp
+
+        return CohereMockApp(mock, api_key=api_key)
     if dialect == "bedrock":
         from gateway.providers.mock_bedrock import BedrockMockApp
 
