@@ -118,7 +118,7 @@ _EMPTY_SCHEMA: Final[dict[str, Any]] = {"type": "object", "properties": {}}
 _decode_args: Final = msgspec.json.Decoder(dict[str, Any])
 _decode_any: Final = msgspec.json.Decoder()
 _encode_json: Final = msgspec.json.Encoder().encode
-_CACHE_POINT: Final = wire.ContentBlock(cachePoint=wire.CachePoint())
+_CACHE_POINT: Final = wire.ContentBlock(cachePoint=wire.CachePoint("default"))
 
 
 def _image(part: ir.ImagePart) -> wire.ImageBlock:
@@ -205,7 +205,7 @@ def _messages(messages: list[ir.Message]) -> tuple[list[wire.SystemBlock], list[
             if isinstance(p, ir.TextPart) and p.text:
                 system.append(wire.SystemBlock(text=p.text))
                 if p.cache_control is not None:
-                    system.append(wire.SystemBlock(cachePoint=wire.CachePoint()))
+                    system.append(wire.SystemBlock(cachePoint=wire.CachePoint("default")))
         i += 1
     turns: list[wire.Message] = []
     has_tools = False
@@ -247,7 +247,7 @@ def _tool_config(req: ir.Request, has_tool_blocks: bool) -> tuple[wire.ToolConfi
                              t.strict)
         tools.append(wire.Tool(toolSpec=spec))
         if t.cache_control is not None:
-            tools.append(wire.Tool(cachePoint=wire.CachePoint()))
+            tools.append(wire.Tool(cachePoint=wire.CachePoint("default")))
     choice: wire.ToolChoice | None = None
     if tc is not None and tc.mode == "required":
         choice = wire.ToolChoice.of("any")
@@ -302,7 +302,7 @@ def build_request(req: ir.Request, model: str) -> wire.Request:
         if fmt.schema is None:
             raise BadRequest("response_format json_schema needs a schema", param="response_format")
         definition = wire.JsonSchemaDefinition(_encode_json(fmt.schema).decode(), fmt.name, fmt.description)
-        output_config = wire.OutputConfig(wire.OutputFormat(wire.OutputFormatStructure(definition)))
+        output_config = wire.OutputConfig(wire.OutputFormat("json_schema", wire.OutputFormatStructure(definition)))
     elif fmt is not None and fmt.type == "json_object":
         system.append(wire.SystemBlock(text=_JSON_OBJECT_INSTRUCTION))
     extra, thinking = _claude_fields(req, model)

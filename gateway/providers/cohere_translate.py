@@ -113,7 +113,7 @@ def _messages(messages: list[ir.Message]) -> list[wire.Message]:
                     out.append(wire.Message("tool", text or " ", tool_call_id=part.tool_call_id))
             continue
         if m.role == "assistant":
-            calls = [wire.ToolCall(p.id, wire.Function(p.name, p.arguments or "{}"))
+            calls = [wire.ToolCall(p.id, "function", wire.Function(p.name, p.arguments or "{}"))
                      for p in m.content if isinstance(p, ir.ToolCallPart)]
             texts = [p for p in m.content if isinstance(p, ir.TextPart)]
             content = _content(list(texts)) if texts else None
@@ -158,15 +158,15 @@ def build_request(req: ir.Request, model: str) -> wire.Request:
     fmt = req.response_format
     response_format = None
     if fmt is not None and fmt.type == "json_schema":
-        response_format = wire.JSONFormat(json_schema=fmt.schema)
+        response_format = wire.JSONFormat("json_object", fmt.schema)
     elif fmt is not None and fmt.type == "json_object":
-        response_format = wire.JSONFormat()
+        response_format = wire.JSONFormat("json_object")
     budget = _budget(req)
     return wire.Request(
         model=model,
         messages=_messages(req.messages),
         stream=True if req.stream else None,
-        tools=[wire.Tool(wire.ToolDef(t.name, t.parameters or {"type": "object", "properties": {}},
+        tools=[wire.Tool("function", wire.ToolDef(t.name, t.parameters or {"type": "object", "properties": {}},
                                       t.description)) for t in tools] or None,
         strict_tools=True if any(t.strict for t in tools) else None,
         tool_choice=choice,

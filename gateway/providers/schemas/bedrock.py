@@ -61,7 +61,8 @@ class _Wire(msgspec.Struct, omit_defaults=True, frozen=True):
 
 
 class CachePoint(_Wire, frozen=True):
-    type: str = "default"
+    #: required on the wire, so not a default (``omit_defaults`` would drop it)
+    type: str
 
 
 class Source(_Wire, frozen=True):
@@ -203,8 +204,8 @@ class OutputFormatStructure(_Wire, frozen=True):
 
 
 class OutputFormat(_Wire, frozen=True):
+    type: str
     structure: OutputFormatStructure
-    type: str = "json_schema"
 
 
 class OutputConfig(_Wire, frozen=True):

@@ -75,8 +75,9 @@ class Function(_Wire, frozen=True):
 
 class ToolCall(_Wire, frozen=True):
     id: str
+    #: required fields have no default: ``omit_defaults`` would drop them
+    type: str
     function: Function
-    type: str = "function"
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -94,12 +95,12 @@ class ToolDef(_Wire, frozen=True):
 
 
 class Tool(_Wire, frozen=True):
+    type: str
     function: ToolDef
-    type: str = "function"
 
 
 class JSONFormat(_Wire, frozen=True):
-    type: str = "json_object"
+    type: str
     json_schema: dict[str, Any] | None = None
 
 
