@@ -256,13 +256,15 @@ class BedrockStreamRelay:
     violation or a stream cut before ``messageStop`` sets ``error``: the engine ends the client's stream.
     """
 
-    __slots__ = ("_ctx", "_encoder", "_machine", "error")
+    __slots__ = ("_content", "_ctx", "_encoder", "_machine", "error")
 
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
         self._machine = xlate.BedrockStream("chatcmpl-" + ctx.request_id, ctx.fields.model)
         self._encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
         self.error: errors.GatewayError | None = None
+        #: a content chunk was produced (before one, an error leaves nothing worth sending: see _emit)
+        self._content = False
 
     def feed(self, chunk: bytes) -> bytes:
         return self._emit(self._machine.feed(chunk))
@@ -276,12 +278,17 @@ class BedrockStreamRelay:
         for ev in events:
             if isinstance(ev, ir.StreamError):
                 self.error = gateway_error(ev.error)
+                if not self._content:
+                    # only the role chunk so far: give nothing, so that a routed attempt whose stream
+                    # fails before its content is still a failed attempt (the engine fails over)
+                    out.clear()
                 break
             if isinstance(ev, ir.UsageUpdate):
                 self._ctx.usage = openai_usage(ev.usage)
             data = encode(ev)
             if data:
                 out.append(data)
+                self._content = self._content or not isinstance(ev, ir.MessageStart)
         return b"".join(out)
 
 

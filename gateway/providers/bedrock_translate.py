@@ -302,7 +302,8 @@ def build_request(req: ir.Request, model: str) -> wire.Request:
         if fmt.schema is None:
             raise BadRequest("response_format json_schema needs a schema", param="response_format")
         definition = wire.JsonSchemaDefinition(_encode_json(fmt.schema).decode(), fmt.name, fmt.description)
-        output_config = wire.OutputConfig(wire.OutputFormat("json_schema", wire.OutputFormatStructure(definition)))
+        structure = wire.OutputFormatStructure(definition)
+        output_config = wire.OutputConfig(wire.OutputFormat("json_schema", structure))
     elif fmt is not None and fmt.type == "json_object":
         system.append(wire.SystemBlock(text=_JSON_OBJECT_INSTRUCTION))
     extra, thinking = _claude_fields(req, model)

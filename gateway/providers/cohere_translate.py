@@ -79,7 +79,7 @@ ERROR_STATUSES: Final[dict[int, tuple[int, str, str, bool]]] = {
 }
 _TOO_LONG: Final = ("too many tokens", "too long", "context length", "exceeds the model")
 
-_decode_args: Final = msgspec.json.Decoder(dict[str, Any])
+_EMPTY_SCHEMA: Final[dict[str, Any]] = {"type": "object", "properties": {}}
 
 
 # ---- request -------------------------------------------------------------------------------------
@@ -166,8 +166,8 @@ def build_request(req: ir.Request, model: str) -> wire.Request:
         model=model,
         messages=_messages(req.messages),
         stream=True if req.stream else None,
-        tools=[wire.Tool("function", wire.ToolDef(t.name, t.parameters or {"type": "object", "properties": {}},
-                                      t.description)) for t in tools] or None,
+        tools=[wire.Tool("function", wire.ToolDef(t.name, t.parameters or _EMPTY_SCHEMA, t.description))
+               for t in tools] or None,
         strict_tools=True if any(t.strict for t in tools) else None,
         tool_choice=choice,
         response_format=response_format,

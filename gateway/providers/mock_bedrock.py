@@ -507,9 +507,9 @@ class BedrockMock:
                    "stopReason": answer.stop_reason, "usage": usage, "metrics": metrics}
             return self.llm.timed(_Plan(200, self._headers(), (_encode(out),), (False,)), d)
         events = [_event("messageStart", {"role": "assistant"})]
-        if exception is not None:
+        if exception is not None:  # in the same write as messageStart, as a failure right after the head
             name = exception[:1].upper() + exception[1:]
-            events.append(_exception(name, _MESSAGES.get(name, f"mock: {name}")))
+            events[0] += _exception(name, _MESSAGES.get(name, f"mock: {name}"))
         else:
             for i, block in enumerate(answer.blocks):
                 events += _block_events(i, block, d.chunks or self.llm.config.stream_chunks)
