@@ -29,8 +29,7 @@ import asyncio
 import logging
 from typing import Any, Final
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session
@@ -115,6 +114,41 @@ class AwsCredentials:
                 pass
 
 
+class _Headers(dict[str, str]):
+    """The header map ``SigV4Auth`` reads (``items``, ``get_all``, ``in``), without ``email.message``."""
+
+    def get_all(self, name: str) -> list[str]:
+        return [self[name]]
+
+
+class _Request:
+    """The request ``SigV4Auth`` signs: what it reads and writes of botocore's ``AWSRequest``."""
+
+    __slots__ = ("body", "context", "headers", "method", "params", "url")
+
+    def __init__(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        self.method = "POST"
+        self.url = url
+        self.body = body
+        self.headers = headers
+        self.context: dict[str, Any] = {}
+        self.params: dict[str, str] = {}
+
+
+class _SigV4Auth(SigV4Auth):  # type: ignore[misc]
+    """botocore's SigV4 (canonical request, payload hash, scope, signing key, signature), with its header
+    map a plain dict: botocore builds an ``email.message``-based ``HTTPHeaders`` for it, which was most of
+    the cost of a signature (a request has each header once, so ``get_all`` is one value)."""
+
+    def headers_to_sign(self, request: Any) -> _Headers:
+        out = _Headers()
+        for name, value in request.headers.items():
+            low = name.lower()
+            if low not in SIGNED_HEADERS_BLACKLIST:
+                out[low] = value
+        return out
+
+
 class SigV4Signer:
     """Signs Bedrock Runtime requests for one region with the current frozen credentials."""
 
@@ -129,9 +163,8 @@ class SigV4Signer:
 
     def headers(self, path: str, body: bytes) -> list[tuple[str, str]]:
         """The signature headers of ``POST path`` with ``body`` (lower-case names)."""
-        auth = SigV4Auth(self.credentials.frozen, SIGNING_NAME, self.region)
-        request: Any = AWSRequest("POST", self._origin + path, data=body,
-                                  headers={"content-type": "application/json", "host": self._host})
+        auth = _SigV4Auth(self.credentials.frozen, SIGNING_NAME, self.region)
+        request = _Request(self._origin + path, body, {"content-type": "application/json", "host": self._host})
         auth.add_auth(request)
         signed = request.headers
         out = [("authorization", signed["Authorization"]), ("x-amz-date", signed["X-Amz-Date"])]
