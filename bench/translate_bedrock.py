@@ -59,9 +59,10 @@ def _stream(deltas: int) -> list[bytes]:
     out = [_event("messageStart", {"role": "assistant"})]
     out += [_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "word "}})
             for _ in range(deltas)]
-    out += [_event("contentBlockStop", {"contentBlockIndex": 0}), _event("messageStop", {"stopReason": "end_turn"}),
-            _event("metadata", {"usage": {"inputTokens": 9, "outputTokens": deltas, "totalTokens": 9 + deltas},
-                                "metrics": {"latencyMs": 10}})]
+    usage = {"inputTokens": 9, "outputTokens": deltas, "totalTokens": 9 + deltas}
+    out += [_event("contentBlockStop", {"contentBlockIndex": 0}),
+            _event("messageStop", {"stopReason": "end_turn"}),
+            _event("metadata", {"usage": usage, "metrics": {"latencyMs": 10}})]
     return out
 
 

@@ -164,7 +164,8 @@ class SigV4Signer:
     def headers(self, path: str, body: bytes) -> list[tuple[str, str]]:
         """The signature headers of ``POST path`` with ``body`` (lower-case names)."""
         auth = _SigV4Auth(self.credentials.frozen, SIGNING_NAME, self.region)
-        request = _Request(self._origin + path, body, {"content-type": "application/json", "host": self._host})
+        headers = {"content-type": "application/json", "host": self._host}
+        request = _Request(self._origin + path, body, headers)
         auth.add_auth(request)
         signed = request.headers
         out = [("authorization", signed["Authorization"]), ("x-amz-date", signed["X-Amz-Date"])]
