@@ -371,3 +371,56 @@ def test_cohere_on_bedrock_embeddings() -> None:
         {"id": "x", "embeddings": {"float": [[0.5], [0.25]]}, "texts": ["a", "b"],
          "response_type": "embeddings_by_type"}), ["aaaa", "bbbbbbbb"])
     assert answer.vectors == [[0.5], [0.25]] and answer.prompt_tokens == 3
+
+
+# ---- the mock's answers against the service model ------------------------------------------------
+
+
+def _mock() -> Any:
+    from gateway.config.schema import MockConfig
+    from gateway.providers.mock import MockLLM
+    from gateway.providers.mock_bedrock import BedrockMock
+
+    return BedrockMock(MockLLM(MockConfig()))
+
+
+def _mock_body(**fields: Any) -> bytes:
+    req = request(**fields)
+    return tr.encode_request(req, MODEL)
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"tools": [WEATHER], "tool_choice": "required"},
+    {"reasoning_effort": "low"},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}},
+])
+def test_mock_answers_and_events_match_the_service_model(fields: dict[str, Any]) -> None:
+    mock = _mock()
+    body = _mock_body(**fields)
+    validate_converse_request(body)
+    answer = mock._converse(MODEL, body, None, stream=False)
+    assert answer.status == 200
+    validate_shape(json.loads(answer.parts[0]), CONVERSE_OUT)
+    stream = mock._converse(MODEL, body, None, stream=True)
+    buf = EventStreamBuffer()
+    buf.add_data(b"".join(stream.parts))
+    kinds = []
+    for msg in buf:
+        kind = msg.headers[":event-type"]
+        kinds.append(kind)
+        validate_shape(json.loads(msg.payload), STREAM_OUT.members[kind])
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    events = replay(b"".join(stream.parts))
+    assert isinstance(events[-1], ir.MessageStop)
+
+
+def test_mock_exception_event_matches_the_service_model() -> None:
+    stream = _mock()._converse(MODEL, _mock_body(messages=[
+        {"role": "user", "content": "!exception throttlingException"}]), None, stream=True)
+    buf = EventStreamBuffer()
+    buf.add_data(b"".join(stream.parts))
+    msgs = list(buf)
+    assert msgs[-1].headers[":message-type"] == "exception"
+    validate_shape(json.loads(msgs[-1].payload), STREAM_OUT.members[msgs[-1].headers[":exception-type"]])
