@@ -41,7 +41,8 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 
 from gateway import ir
 from gateway.errors import BadRequest
-from gateway.providers.anthropic_translate import REASONING_BUDGETS, restore_tool_id, sanitize_tool_id
+from gateway.providers.anthropic_translate import _thinking_budget as thinking_budget
+from gateway.providers.anthropic_translate import restore_tool_id, sanitize_tool_id
 from gateway.providers.schemas import bedrock as wire
 
 __all__ = [
@@ -258,26 +259,12 @@ def _tool_config(req: ir.Request, has_tool_blocks: bool) -> tuple[wire.ToolConfi
     return wire.ToolConfig(tools, choice), tc is not None and tc.mode == "none"
 
 
-def _thinking_budget(req: ir.Request) -> int | None:
-    r = req.reasoning
-    if r is None:
-        return None
-    if r.budget_tokens is not None:
-        return r.budget_tokens
-    if r.effort is None or r.effort == "none":
-        return None
-    budget = REASONING_BUDGETS.get(r.effort)
-    if budget is None:
-        raise BadRequest(f"unknown reasoning_effort {r.effort!r}", param="reasoning_effort")
-    return budget
-
-
 def _claude_fields(req: ir.Request, model: str) -> tuple[dict[str, Any] | None, bool]:
     """(additionalModelRequestFields for a Claude model, whether thinking is on)."""
     if "anthropic." not in model:
         return None, False
     fields: dict[str, Any] = {}
-    budget = _thinking_budget(req)
+    budget = thinking_budget(req)
     forced = req.tool_choice is not None and req.tool_choice.mode in ("required", "named")
     if budget is not None and not forced:  # Claude refuses thinking with a forced tool
         fields["thinking"] = {"type": "enabled", "budget_tokens": budget}

@@ -23,8 +23,9 @@ from gateway.providers import cohere_translate as xlate
 from gateway.providers.anthropic import gateway_error, openai_usage, response_events
 from gateway.providers.base import Transport, UpstreamResponse
 from gateway.providers.openai import OpenAITranslator
+from gateway.providers.relay import IRStreamRelay
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_FORWARD_HEADERS", "CohereStreamRelay", "CohereTranslator"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_FORWARD_HEADERS", "CohereTranslator"]
 
 DEFAULT_BASE_URL: Final = "https://api.cohere.com"
 #: client headers a Cohere upstream gets by default: none
@@ -94,48 +95,9 @@ class CohereTranslator(OpenAITranslator):
         encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
         return encoder.encode_all(response_events(answer))
 
-    def stream_relay(self, ctx: Any) -> CohereStreamRelay:  # type: ignore[override]
-        return CohereStreamRelay(ctx)
+    def stream_relay(self, ctx: Any) -> IRStreamRelay:  # type: ignore[override]
+        return IRStreamRelay(ctx, xlate.CohereStream(ctx.fields.model))
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
         err = xlate.error_from_response(status, body)
         return err.status, openai_chat.encode_error(err)
-
-
-class CohereStreamRelay:
-    """Cohere SSE bytes in, OpenAI chunk SSE bytes out, as they come; the usage kept on the request."""
-
-    __slots__ = ("_content", "_ctx", "_encoder", "_machine", "error")
-
-    def __init__(self, ctx: Any) -> None:
-        self._ctx = ctx
-        self._machine = xlate.CohereStream(ctx.fields.model)
-        self._encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
-        self.error: errors.GatewayError | None = None
-        #: a content chunk was produced (before one, an error leaves nothing worth sending: see _emit)
-        self._content = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        return self._emit(self._machine.feed(chunk))
-
-    def end(self) -> bytes:
-        return self._emit(self._machine.close())
-
-    def _emit(self, events: list[ir.StreamEvent]) -> bytes:
-        out: list[bytes] = []
-        encode = self._encoder.encode
-        for ev in events:
-            if isinstance(ev, ir.StreamError):
-                self.error = gateway_error(ev.error)
-                if not self._content:
-                    # only the role chunk so far: give nothing, so that a routed attempt whose stream
-                    # fails before its content is still a failed attempt (the engine fails over)
-                    out.clear()
-                break
-            if isinstance(ev, ir.UsageUpdate):
-                self._ctx.usage = openai_usage(ev.usage)
-            data = encode(ev)
-            if data:
-                out.append(data)
-                self._content = self._content or not isinstance(ev, ir.MessageStart)
-        return b"".join(out)

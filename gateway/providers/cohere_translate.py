@@ -32,7 +32,7 @@ import msgspec
 from gateway import ir
 from gateway._core.sse import SSEScanner, event_data, split_events
 from gateway.errors import BadRequest
-from gateway.providers.anthropic_translate import REASONING_BUDGETS
+from gateway.providers.anthropic_translate import _thinking_budget as thinking_budget
 from gateway.providers.schemas import cohere as wire
 
 __all__ = [
@@ -124,20 +124,6 @@ def _messages(messages: list[ir.Message]) -> list[wire.Message]:
     return out
 
 
-def _budget(req: ir.Request) -> int | None:
-    r = req.reasoning
-    if r is None:
-        return None
-    if r.budget_tokens is not None:
-        return r.budget_tokens
-    if r.effort is None or r.effort == "none":
-        return None
-    budget = REASONING_BUDGETS.get(r.effort)
-    if budget is None:
-        raise BadRequest(f"unknown reasoning_effort {r.effort!r}", param="reasoning_effort")
-    return budget
-
-
 def build_request(req: ir.Request, model: str) -> wire.Request:
     """The ``/v2/chat`` request for ``req`` to upstream model ``model``. Raises BadRequest."""
     if req.n is not None and req.n > 1:
@@ -161,7 +147,7 @@ def build_request(req: ir.Request, model: str) -> wire.Request:
         response_format = wire.JSONFormat("json_object", fmt.schema)
     elif fmt is not None and fmt.type == "json_object":
         response_format = wire.JSONFormat("json_object")
-    budget = _budget(req)
+    budget = thinking_budget(req)
     return wire.Request(
         model=model,
         messages=_messages(req.messages),
