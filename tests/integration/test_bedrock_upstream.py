@@ -181,12 +181,15 @@ def _record(gw: Gateway, request_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def boto(bedrock_mock: int) -> Any:
+def boto(bedrock_mock: int) -> Iterator[Any]:
     session = botocore.session.get_session()
-    return session.create_client("bedrock-runtime", region_name="us-east-1",
-                                 endpoint_url=f"http://{HOST}:{bedrock_mock}", aws_access_key_id=KEY_ID,
-                                 aws_secret_access_key=SECRET,
-                                 config=BotoConfig(retries={"max_attempts": 1}))
+    client = session.create_client("bedrock-runtime", region_name="us-east-1",
+                                   endpoint_url=f"http://{HOST}:{bedrock_mock}", aws_access_key_id=KEY_ID,
+                                   aws_secret_access_key=SECRET, config=BotoConfig(retries={"max_attempts": 1}))
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def test_botocore_converse_against_the_mock(boto: Any) -> None:
@@ -228,6 +231,7 @@ def test_the_mock_refuses_a_bad_signature(boto: Any, bedrock_mock: int) -> None:
         aws_access_key_id=KEY_ID, aws_secret_access_key="wrong", config=BotoConfig(retries={"max_attempts": 1}))
     with pytest.raises(Exception) as info:
         wrong.converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    wrong.close()
     assert "InvalidSignatureException" in str(info.value)
 
 

@@ -133,8 +133,8 @@ def client(gw: Gateway) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture(scope="module")
 def co(cohere_mock: int) -> Iterator[Any]:
-    client = cohere.ClientV2(api_key=CO_KEY, base_url=f"http://{HOST}:{cohere_mock}")
-    yield client
+    with cohere.ClientV2(api_key=CO_KEY, base_url=f"http://{HOST}:{cohere_mock}") as client:
+        yield client
 
 
 def test_cohere_sdk_chat_against_the_mock(co: Any) -> None:
