@@ -48,7 +48,7 @@ PNG = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100
 #: shared file or instance metadata of this machine may leak in
 AWS_ENV = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
            "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-creds",
-           "AWS_EC2_METADATA_DISABLED": "true", "WRONG_SECRET": "not-the-secret"}
+           "AWS_EC2_METADATA_DISABLED": "true", "WRONG_SECRET": "not-the-secret", "BEDROCK_API_KEY": KEY_ID}
 
 
 def _config(bedrock_port: int, mock_port: int) -> str:
@@ -79,6 +79,12 @@ region = "us-east-1"
 aws_access_key_id = "env:AWS_ACCESS_KEY_ID"
 aws_secret_access_key = "env:WRONG_SECRET"
 
+[providers.aws-api-key]
+type = "bedrock"
+base_url = "{base}"
+region = "us-east-1"
+api_key = "env:BEDROCK_API_KEY"
+
 [providers.openai]
 type = "openai"
 base_url = "http://{HOST}:{mock_port}/v1"
@@ -101,6 +107,10 @@ endpoints = ["embeddings"]
 provider = "aws"
 upstream_model = "cohere.embed-english-v3"
 endpoints = ["embeddings"]
+
+[models.claude-api-key]
+provider = "aws-api-key"
+upstream_model = "{CLAUDE}"
 
 [models.claude-wrong-secret]
 provider = "aws-wrong-secret"
@@ -291,6 +301,22 @@ def test_parallel_tool_calls_stream_keep_their_index(client: openai.OpenAI) -> N
             entry["arguments"] += (tc.function.arguments if tc.function else None) or ""
     assert sorted(calls) == [0, 1] and calls[0]["name"] == "get_weather" and calls[1]["name"] == "get_time"
     assert "city" in json.loads(calls[0]["arguments"]) and "zone" in json.loads(calls[1]["arguments"])
+
+
+def test_foreign_tool_ids_are_made_valid_and_mapped_back(client: openai.OpenAI) -> None:
+    """An id from another provider (``functions.get_weather:0``) breaks Bedrock's id pattern: the mock
+    refuses it unless it is escaped, and the reply to the result still quotes it."""
+    messages = [{"role": "user", "content": "weather?"},
+                {"role": "assistant", "tool_calls": [{"id": "functions.get_weather:0", "type": "function",
+                                                      "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "hail"}]
+    resp = client.chat.completions.create(model="claude", messages=messages, tools=[WEATHER])  # type: ignore[arg-type]
+    assert "hail" in (resp.choices[0].message.content or "")
+
+
+def test_a_bedrock_api_key_is_sent_as_bearer(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(model="claude-api-key", messages=USER)  # type: ignore[arg-type]
+    assert resp.choices[0].message.content
 
 
 def test_tool_choice_none_stays_none(client: openai.OpenAI) -> None:
