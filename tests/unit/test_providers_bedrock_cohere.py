@@ -172,3 +172,18 @@ def test_a_stream_body_goes_to_converse_stream() -> None:
     assert t._request("chat", b"{}" + STREAM_MARK, "r", None)[0] == "stream"
     assert t._request("chat", b"{}", "r", None)[0] == "chat"
     assert t._request("embeddings", b"{}", "r", None)[0] == "embeddings"
+
+
+def test_shared_file_profiles_and_role_assumption(aws_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``aws_profile`` picks a profile of the shared files; one with ``role_arn`` assumes that role (through
+    STS, later, by the refresh task: resolving it calls nothing)."""
+    creds_file = tmp_path / "credentials"
+    creds_file.write_text("[base]\naws_access_key_id = AKIDBASE\naws_secret_access_key = s\n")
+    config_file = tmp_path / "config"
+    config_file.write_text("[profile gateway]\nrole_arn = arn:aws:iam::123456789012:role/gateway\n"
+                           "source_profile = base\nregion = us-east-1\n")
+    aws_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds_file))
+    aws_env.setenv("AWS_CONFIG_FILE", str(config_file))
+    assert resolve_credentials("base").get_frozen_credentials().access_key == "AKIDBASE"
+    role = resolve_credentials("gateway")
+    assert isinstance(role, RefreshableCredentials) and role.method == "assume-role"
