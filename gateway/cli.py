@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float, default=0.0, help="delay before each response")
     p.add_argument("--chunks", type=int, default=8, help="content chunks per streamed response")
     p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between streamed chunks")
-    p.add_argument("--dialect", choices=["openai", "anthropic", "azure", "gemini"], default="openai",
+    p.add_argument("--dialect", choices=["openai", "anthropic", "azure", "gemini", "bedrock", "cohere"],
+                   default="openai",
                    help="wire format to answer in (default: openai)")
     p.add_argument("--api-key", help="require this key in the dialect's credential header (default: none)")
     p.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only")

@@ -240,6 +240,15 @@ def _translator(name: str, p: ProviderConfig, defaults: UpstreamConfig) -> OpenA
     translator: OpenAITranslator
     if p.type == "azure":
         translator = azure_translator(name, p, pool, pool.prefix)
+    elif p.type == "bedrock":
+        from gateway.providers.bedrock import bedrock_translator
+
+        translator = bedrock_translator(name, p, pool)
+    elif p.type == "cohere":
+        from gateway.providers.cohere import CohereTranslator
+
+        key = resolve_secret(p.api_key) if p.api_key else None
+        translator = CohereTranslator(name, pool, pool.prefix, key, p.headers)
     elif p.type == "anthropic":
         from gateway.providers.anthropic import AnthropicTranslator
 
@@ -1534,8 +1543,11 @@ def _attempt_failure(
 
 
 def _is_event_stream(resp: UpstreamResponse) -> bool:
-    ctype = resp.header(b"content-type")
-    return ctype is not None and ctype.startswith(b"text/event-stream")
+    ctype = resp.header(b"content-type")  # SSE, or AWS's binary event stream (Bedrock's ConverseStream)
+    return ctype is not None and ctype.startswith(_STREAM_TYPES)
+
+
+_STREAM_TYPES = (b"text/event-stream", b"application/vnd.amazon.eventstream")
 
 
 def _validation_error(exc: msgspec.ValidationError) -> errors.BadRequest:

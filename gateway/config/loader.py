@@ -765,6 +765,7 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     elif p.sampling is not None:  # the others get the client's sampling fields as they are
         yield _Problem((*path, "sampling"), 'only for type "anthropic"')
     yield from _google_problems(path, p)
+    yield from _bedrock_problems(path, p)
     if p.api_key is not None:
         yield from _secret_problems((*path, "api_key"), p.api_key)
     yield from _preset_problems(path, p)
@@ -861,6 +862,31 @@ def _google_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
                        "digits and hyphens)")
     if p.credentials_file is not None and not os.path.isfile(os.path.expanduser(p.credentials_file)):
         yield _Problem((*path, "credentials_file"), f"no such file: {p.credentials_file}")
+_AWS_KEYS = ("aws_profile", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+
+
+def _bedrock_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
+    """A bedrock provider: a region (or AWS_REGION), static keys as references and in pairs."""
+    if p.type == "cohere" and p.api_key is None:
+        yield _Problem((*path, "api_key"), 'required for type "cohere" (sent as Authorization: Bearer)')
+    if p.type != "bedrock":
+        for key in ("region", *_AWS_KEYS):
+            if getattr(p, key) is not None:
+                yield _Problem((*path, key), 'only for type "bedrock"')
+        return
+    region = p.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region or not _AWS_REGION.match(region):
+        yield _Problem((*path, "region"), 'required for type "bedrock" (or AWS_REGION), e.g. "us-east-1"')
+    for key in _AWS_KEYS[1:]:
+        ref = getattr(p, key)
+        if ref is not None:
+            yield from _secret_problems((*path, key), ref)
+    if (p.aws_access_key_id is None) != (p.aws_secret_access_key is None):
+        yield _Problem((*path, "aws_secret_access_key"), "aws_access_key_id and aws_secret_access_key go "
+                       "together")
+
+
+_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
 #: client headers a provider's forward_headers may not name

@@ -118,8 +118,8 @@ class MockConfig(_Base, frozen=True):
 class ProviderConfig(_Base, frozen=True):
     #: "openai": any OpenAI-compatible API; "azure": Azure OpenAI; "anthropic": the Anthropic Messages API
     #: (chat only; docs/providers.md); "gemini": the Gemini API; "vertex": Vertex AI (Gemini and Claude);
-    #: "mock": the built-in deterministic mock, in process
-    type: Literal["openai", "azure", "mock", "anthropic", "gemini", "vertex"]
+    #: "bedrock": Amazon Bedrock (Converse); "cohere": Cohere v2; "mock": the built-in deterministic mock
+    type: Literal["openai", "azure", "mock", "anthropic", "gemini", "vertex", "bedrock", "cohere"]
     #: base URL including the version prefix, e.g. "https://api.openai.com/v1"; for "azure" the resource
     #: endpoint, e.g. "https://NAME.openai.azure.com"
     base_url: str | None = None
@@ -162,6 +162,13 @@ class ProviderConfig(_Base, frozen=True):
     #: vertex: a Google credentials JSON file (service-account key, workload identity federation);
     #: default: Application Default Credentials (GKE workload identity, GOOGLE_APPLICATION_CREDENTIALS)
     credentials_file: str | None = None
+    #: bedrock: the AWS region (default: AWS_REGION / AWS_DEFAULT_REGION); credentials come from
+    #: botocore's chain (docs/providers.md), a shared-file ``aws_profile``, or the static keys below
+    region: str | None = None
+    aws_profile: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
 
 
 class ModelConfig(_Base, frozen=True):

@@ -25,6 +25,8 @@ The table's sources are cited in ``docs/providers-openai-compatible.md``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Final, Literal
 
 import msgspec
@@ -147,10 +149,24 @@ class BodyQuirks:
         return _encode(top) if self.apply(top) else body
 
 
+def _bedrock_url(p: ProviderConfig) -> str:
+    region = p.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
+    return f"https://bedrock-runtime.{region}.amazonaws.com"
+
+
+#: the default base URL of provider types with their own wire format (the loader checked what they need)
+NATIVE_BASE_URLS: Final[dict[str, Callable[[ProviderConfig], str]]] = {
+    "bedrock": _bedrock_url,
+    "cohere": lambda p: "https://api.cohere.com",
+}
+
+
 def base_url_of(p: ProviderConfig) -> str:
     """The provider's base URL: its own, else its preset's (the loader has checked that one exists)."""
     if p.base_url is not None:
         return p.base_url
+    if p.type in NATIVE_BASE_URLS:
+        return NATIVE_BASE_URLS[p.type](p)
     assert p.preset is not None
     return PRESETS[p.preset].base_url
 
@@ -164,7 +180,8 @@ def credentials_of(p: ProviderConfig) -> tuple[str, ...]:
     """The provider's credentials as they read now (references resolved). A reload compares them with the
     ones its translator was built with: a key or token rotated behind an unchanged reference (a
     rewritten secret file) gets a new translator."""
-    found = tuple(resolve_secret(ref) for ref in (p.api_key, p.azure_ad_token) if ref)
+    refs = (p.api_key, p.azure_ad_token, p.aws_access_key_id, p.aws_secret_access_key, p.aws_session_token)
+    found = tuple(resolve_secret(ref) for ref in refs if ref)
     if p.credentials_file is not None:  # a Vertex key file rewritten in place (a rotated Secret)
         from gateway.providers.google_auth import file_digest
 

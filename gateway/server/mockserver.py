@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["DIALECTS", "run_mock_server"]
 
 #: the wire formats ``gateway mock --dialect`` speaks
-DIALECTS: Final = ("openai", "anthropic", "azure", "gemini")
+DIALECTS: Final = ("openai", "anthropic", "azure", "gemini", "bedrock", "cohere")
 
 
 def _app(mock: MockConfig, dialect: str, api_key: str | None) -> MockApp:
@@ -39,6 +39,14 @@ def _app(mock: MockConfig, dialect: str, api_key: str | None) -> MockApp:
         from gateway.providers.mock_azure import AzureMockApp
 
         return AzureMockApp(mock, api_key=api_key)
+    if dialect == "cohere":
+        from gateway.providers.mock_cohere import CohereMockApp
+
+        return CohereMockApp(mock, api_key=api_key)
+    if dialect == "bedrock":
+        from gateway.providers.mock_bedrock import BedrockMockApp
+
+        return BedrockMockApp(mock, api_key=api_key)
     from gateway.providers.mock import MockApp
 
     return MockApp(mock, api_key=api_key)
