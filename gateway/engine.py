@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from gateway.auth.service import KeyService
     from gateway.limits.admit import LimitService
     from gateway.observe.metrics import MetricsExporter
+    from gateway.responses.service import ResponsesService
     from gateway.routing.health import HealthChecker
     from gateway.routing.router import Attempt, Attempts
     from gateway.routing.sync import BreakerSync
@@ -77,7 +78,10 @@ _ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
 }
+#: the Responses API's endpoint (gateway.responses.service): served through the chat path by its front
+_RESPONSES = "responses"
 _INTERNAL = errors.error_body("internal error", "server_error", "internal_error")
 #: ``Engine._front`` waits: (the awaitable, where to resume)
 _Step = tuple[Awaitable[Any], int]
@@ -280,6 +284,8 @@ class Engine:
         #: the Prometheus export ([metrics]): the worker's snapshot timer and the scrape endpoint
         self.metrics: MetricsExporter | None = None
         self._provider_configs: dict[str, tuple[ProviderConfig, OpenAITranslator]] = {}
+        #: the Responses API's store and front (gateway.responses), made on the first /v1/responses request
+        self._responses: ResponsesService | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -400,6 +406,8 @@ class Engine:
         retired = [t for _, t in old.values() if id(t) not in kept]
         self.runtime = runtime
         self._config = config
+        if self._responses is not None:
+            self._responses.reload(config)
         if self.metrics is not None:
             self.metrics.reload(config)
         for t in retired:
@@ -475,6 +483,8 @@ class Engine:
             for t in self.runtime.translators.values():
                 await t.close()
         await self.records.close()
+        if self._responses is not None:
+            await self._responses.close()
         if self.metrics is not None:
             self.metrics.stop()  # a last snapshot: the node's sums keep what this worker counted
 
@@ -494,8 +504,12 @@ class Engine:
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
         if endpoint is None or request.method != "POST":
+            if request.path.startswith("/v1/responses"):
+                return self._guarded(ctx, responder, self._responses_local(ctx, responder))
             return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
         ctx.endpoint = endpoint
+        if endpoint is _RESPONSES:
+            return self._guarded(ctx, responder, self._responses_create(ctx, responder))
         return self._guarded(ctx, responder, self._proxy(ctx, responder))
 
     def begin(self, request: Request, responder: CallbackResponder) -> Awaitable[None] | None:
@@ -512,7 +526,12 @@ class Engine:
             if endpoint is None or request.method != "POST":
                 if self._access is not None and request.path.startswith("/v1/models"):
                     return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
+                if request.path.startswith("/v1/responses"):
+                    return self._guarded(ctx, responder, self._responses_local(ctx, responder))
                 self._answer_other(ctx, responder, endpoint, None)
+            elif endpoint is _RESPONSES:
+                ctx.endpoint = endpoint
+                return self._guarded(ctx, responder, self._responses_create(ctx, responder))
             else:
                 ctx.endpoint = endpoint
                 step = self._front(ctx, responder, 0, None)
@@ -679,6 +698,49 @@ class Engine:
             responder.keep_alive = False
         responder.send(status, headers, exc.body)
 
+    # the Responses API (gateway.responses.service) ------------------------------------------------
+
+    def _responses_service(self) -> ResponsesService:
+        service = self._responses
+        if service is None:
+            from gateway.responses.service import ResponsesService
+
+            service = self._responses = ResponsesService(self._config)
+        return service
+
+    async def _responses_create(self, ctx: Context, responder: Responder) -> None:
+        """``POST /v1/responses``: authenticated for the ``responses`` scope, decoded, continued from its
+        previous response, then run as a chat request whose answer the front re-encodes and stores."""
+        access = self._access
+        if access is not None:
+            pending = access.authenticate(ctx)
+            if isinstance(pending, GatewayError):
+                self._answer_error(ctx, responder, pending)
+                return
+            if pending is not None:
+                await pending
+        front = await self._responses_service().front(ctx, responder)
+        ctx.endpoint = "chat"
+        ctx.responder = front
+        step = self._front(ctx, front, 1, None)
+        if step is not None:
+            await self._proxy(ctx, front, step)
+        await front.complete()
+
+    async def _responses_local(self, ctx: Context, responder: Responder) -> None:
+        """``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""
+        request = ctx.request
+        if request.path == "/v1/responses":
+            raise errors.MethodNotAllowed(f"{request.method} is not allowed on /v1/responses; use POST",
+                                          headers=[("allow", "POST")])
+        access = self._access
+        if access is not None:
+            await access.check(ctx, _RESPONSES)
+        ctx.endpoint = _RESPONSES
+        service = self._responses_service()
+        status, body = await service.answer(ctx, request.method, request.path, request.query)
+        self._reply(ctx, responder, Reply(status, body))
+
     # parse ----------------------------------------------------------------------------------------
 
     def _parse(self, ctx: Context) -> None:
@@ -690,7 +752,7 @@ class Engine:
                 raise errors.UnsupportedMediaType(
                     f"Unsupported Content-Type {mt.decode('latin-1')!r}; send application/json"
                 )
-        body = req.body
+        body = ctx.body  # the client's bytes; for /v1/responses the chat request its front made of them
         if not body:
             raise errors.BadRequest("The request body is empty; expected a JSON object",
                                     code="invalid_json")

@@ -31,6 +31,7 @@ __all__ = [
     "MockConfig",
     "ModelConfig",
     "ProviderConfig",
+    "ResponsesConfig",
     "ServerConfig",
     "StaticKeyConfig",
     "StoreConfig",
@@ -233,7 +234,7 @@ class StaticKeyConfig(_Base, frozen=True):
     name: str = ""
     #: model names or glob patterns this key may call
     models: list[str] = msgspec.field(default_factory=_all)
-    #: endpoints this key may call: "chat", "completions", "embeddings", "models", or "*"
+    #: endpoints this key may call: "chat", "completions", "embeddings", "models", "responses", or "*"
     endpoints: list[str] = msgspec.field(default_factory=_all)
     #: Unix seconds after which the key stops working
     expires_at: float | None = None
@@ -330,6 +331,13 @@ class MetricsConfig(_Base, frozen=True):
     dir: str | None = None
 
 
+class ResponsesConfig(_Base, frozen=True):
+    """The Responses API's stored responses (docs/dialects-responses.md)."""
+
+    #: seconds a stored response (``store``, the default) stays readable and continuable (default 30 days)
+    retention: float = 2_592_000.0
+
+
 class Config(_Base, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
@@ -346,3 +354,5 @@ class Config(_Base, frozen=True):
     pricing: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
     #: the Prometheus metrics export (docs/metrics.md)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    #: the Responses API's stored responses
+    responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
