@@ -221,6 +221,8 @@ def decode_request(body: bytes) -> Decoded:
                 )
             if not isinstance(t.get("name"), str) or not t["name"]:
                 raise _bad("a function tool needs a name", f"tools[{i}].name", "missing_required_parameter")
+    _tool_choice(r.tool_choice)  # checked now: a bad choice is the client's 400 before anything is read
+    _format(r.text)
     items = _items(r.input)
     instructions = ir.Message("system", [ir.TextPart(r.instructions)]) if r.instructions else None
     messages = _messages(items)
