@@ -602,7 +602,7 @@ class Engine:
             task = ctx.task
             if task is not None:
                 task.uncancel()
-            await self._end_cut(ctx, responder, cut)
+            await self._end_cut(ctx, ctx.responder, cut)  # a front (/v1/responses) re-encodes the error
         except Exception:
             _crashed(ctx, responder)
             raise
@@ -722,10 +722,13 @@ class Engine:
         front = await self._responses_service().front(ctx, responder)
         ctx.endpoint = "chat"
         ctx.responder = front
-        step = self._front(ctx, front, 1, None)
-        if step is not None:
-            await self._proxy(ctx, front, step)
-        await front.complete()
+        try:
+            step = self._front(ctx, front, 1, None)
+            if step is not None:
+                await self._proxy(ctx, front, step)
+            await front.complete()
+        finally:
+            front.settle()
 
     async def _responses_local(self, ctx: Context, responder: Responder) -> None:
         """``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""

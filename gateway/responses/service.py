@@ -319,6 +319,10 @@ class ResponsesFront:
             self._closed = True
             self._client.end_stream()
 
+    def settle(self) -> None:
+        """What the call record says: the client's own ``stream`` (the upstream is always streamed)."""
+        self._ctx.stream = self._decoded.stream
+
     async def _emit(self, events: list[ir.StreamEvent]) -> None:
         enc = self._encoder
         out: list[bytes] = []

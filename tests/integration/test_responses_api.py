@@ -250,3 +250,44 @@ def test_responses_scope_and_call_records(cluster: Cluster) -> None:
                                                           for r in rs))
     rec = next(r for r in recs if r.get("path") == "/v1/responses" and r.get("status") == 200)
     assert rec["provider"] == "upstream" and rec["completion_tokens"] > 0 and rec.get("key_id")
+
+
+# -- errors in the Responses shape ------------------------------------------------------------------------
+
+
+def test_upstream_errors_and_mid_stream_failures(default_gateway: Gateway) -> None:
+    client = default_gateway.client(max_retries=0)
+    with pytest.raises(openai.InternalServerError) as info:
+        client.responses.create(model="mock-1", input="!mock status=503 please")
+    assert info.value.status_code == 503
+    body: Any = info.value.body
+    assert set(body) == {"message", "type", "param", "code"}
+
+    events = list(client.responses.create(model="mock-1", input="!mock cut=3 please", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"], kinds
+    failed = events[-1].response  # type: ignore[union-attr]
+    assert failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(failed.id)  # a failed response is not stored
+
+    with pytest.raises(openai.APIStatusError) as cut:
+        client.responses.create(model="mock-1", input="!mock cut=3 please")
+    assert cut.value.status_code == 502
+
+
+def test_gateway_rate_limit_is_a_429_with_retry_headers(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(gateway_toml(mock_port) + """
+[limits.policies.one]
+requests_per_minute = 1
+
+[limits.apply]
+gateway = "one"
+""")
+    client = openai.OpenAI(base_url=f"http://{HOST}:{gw.port}/v1", api_key="x", max_retries=0)
+    client.responses.create(model="chat-model", input="first")
+    with pytest.raises(openai.RateLimitError) as info:
+        client.responses.create(model="chat-model", input="second")
+    body: Any = info.value.body
+    assert body["code"] == "rate_limit_exceeded" and body["type"] == "rate_limit_error"
+    assert info.value.response.headers.get("retry-after")
