@@ -233,7 +233,7 @@ class StaticKeyConfig(_Base, frozen=True):
     name: str = ""
     #: model names or glob patterns this key may call
     models: list[str] = msgspec.field(default_factory=_all)
-    #: endpoints this key may call: "chat", "completions", "embeddings", "models", or "*"
+    #: endpoints this key may call: "chat", "completions", "embeddings", "messages", "models", or "*"
     endpoints: list[str] = msgspec.field(default_factory=_all)
     #: Unix seconds after which the key stops working
     expires_at: float | None = None
