@@ -33,6 +33,9 @@ from gateway._core.jsoncheck import TOO_DEEP, check_json
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
 from gateway.context import Context
+from gateway.dialects import DIALECT_PATHS
+from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
+from gateway.dialects.base import ClientDialect
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
@@ -134,7 +137,7 @@ class Runtime:
             routings, workers=workers, previous=previous.routers if previous is not None else None
         )
         for name, m in config.models.items():
-            entry = self.models[name] = ModelEntry(name, frozenset(m.endpoints), m.owned_by)
+            entry = self.models[name] = ModelEntry(name, _served_endpoints(m.endpoints), m.owned_by)
             router = entry.router = self.routers[name]
             for d in router.deployments:
                 entry.targets[d.id] = Target(
@@ -503,7 +506,7 @@ class Engine:
         """``gateway.app.App.handle``: the request's whole cycle as one coroutine."""
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
-        if endpoint is None or request.method != "POST":
+        if endpoint is None or request.method != "POST":  # the gateway's own, or another dialect's
             if request.path.startswith("/v1/responses"):
                 return self._guarded(ctx, responder, self._responses_local(ctx, responder))
             return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
@@ -524,7 +527,8 @@ class Engine:
         endpoint = _ENDPOINTS.get(request.path)
         try:
             if endpoint is None or request.method != "POST":
-                if self._access is not None and request.path.startswith("/v1/models"):
+                if (self._access is not None and request.path.startswith("/v1/models")) or (
+                        request.path in DIALECT_PATHS):  # another dialect: the coroutine path
                     return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
                 if request.path.startswith("/v1/responses"):
                     return self._guarded(ctx, responder, self._responses_local(ctx, responder))
@@ -619,15 +623,42 @@ class Engine:
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(0.5):
-                await responder.write(b"data: " + err.body + b"\n\n" + _DONE)
+                await responder.write(_stream_end(ctx, err))
         responder.end_stream()
 
     async def _other(self, ctx: Context, responder: Responder, endpoint: str | None) -> None:
         key = None
         access = self._access
-        if access is not None and endpoint is None and ctx.request.path.startswith("/v1/models"):
+        path = ctx.request.path
+        if endpoint is None:
+            found = DIALECT_PATHS.get(path)
+            if found is not None:  # a request in another dialect (gateway.dialects)
+                await self._dialect_request(ctx, responder, *found)
+                return
+            if path.startswith("/v1/models") and ctx.request.header(b"anthropic-version") is not None:
+                ctx.dialect = ANTHROPIC_MESSAGES  # the anthropic SDK: its shape of the list and errors
+        if access is not None and endpoint is None and path.startswith("/v1/models"):
             key = await access.check(ctx, "models")
         self._answer_other(ctx, responder, endpoint, key)
+
+    async def _dialect_request(
+        self, ctx: Context, responder: Responder, endpoint: str, dialect: ClientDialect
+    ) -> None:
+        """A request in another dialect than OpenAI chat: its generation endpoint goes the proxy path
+        with ``ctx.dialect`` set (the translators and the error answers read it); the others are the
+        dialect's own (``gateway.dialects.endpoints``)."""
+        ctx.dialect = dialect
+        request = ctx.request
+        if request.method != "POST":
+            raise errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use POST",
+                                          headers=[("allow", "POST")])
+        ctx.endpoint = endpoint
+        if endpoint == dialect.endpoint:
+            await self._proxy(ctx, responder)
+            return
+        from gateway.dialects.endpoints import dialect_endpoint
+
+        await dialect_endpoint(self, ctx, responder, endpoint)
 
     def _answer_other(self, ctx: Context, responder: Responder, endpoint: str | None, key: Any) -> None:
         """Everything but a POST to a proxied endpoint: the gateway's own endpoints, 404, 405."""
@@ -648,7 +679,12 @@ class Engine:
             if req.method != "GET":
                 raise errors.MethodNotAllowed(f"{req.method} is not allowed on {path}; use GET",
                                               headers=[("allow", "GET")])
-            if path == "/v1/models":
+            if ctx.dialect is not None or req.header(b"anthropic-version") is not None:
+                from gateway.dialects.endpoints import anthropic_models
+
+                ctx.dialect = ANTHROPIC_MESSAGES
+                body = anthropic_models(runtime, path, key)
+            elif path == "/v1/models":
                 body = runtime.models_body if key is None else _models_for(runtime, key)
             else:
                 name = unquote(path[len("/v1/models/"):])  # ids may contain "/" sent as %2F
@@ -696,6 +732,11 @@ class Engine:
             headers.extend(ctx.response_headers)
         if exc.close and hasattr(responder, "keep_alive"):
             responder.keep_alive = False
+        dialect = ctx.dialect
+        if dialect is not None:  # the error in the client's dialect
+            responder.send(status, dialect.response_headers(headers, time.time()),
+                           dialect.error_body(exc, ctx.request_id))
+            return
         responder.send(status, headers, exc.body)
 
     # the Responses API (gateway.responses.service) ------------------------------------------------
@@ -1266,6 +1307,8 @@ class Engine:
         out = target.translator.pass_headers(resp, ratelimit, [("x-request-id", ctx.request_id)])
         if ctx.response_headers:
             out.extend(ctx.response_headers)
+        if ctx.dialect is not None:  # the headers as the client's dialect names them
+            return ctx.dialect.response_headers(out, time.time())  # type: ignore[no-any-return]
         return out
 
     async def _read(self, ctx: Context, resp: UpstreamResponse) -> bytes:
@@ -1300,7 +1343,7 @@ class Engine:
     def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
         target = ctx.target
         assert target is not None
-        answer = target.translator.error_answer(resp.status, body)
+        answer = target.translator.client_error(ctx, resp.status, body)
         if answer is None:
             status = resp.status
             text = body[:200].decode("utf-8", "replace")
@@ -1407,7 +1450,24 @@ async def _stream_failed(ctx: Context, responder: Responder, err: GatewayError) 
     """A stream that cannot go on: the error, as an event in the client's dialect, and the stream's
     regular end (``data: [DONE]``), so that every client sees the error and a well-formed stream."""
     ctx.error = err
-    await responder.write(b"data: " + err.body + b"\n\n" + _DONE)
+    await responder.write(_stream_end(ctx, err))
+
+
+def _stream_end(ctx: Context, err: GatewayError) -> bytes:
+    """The bytes that end a client's stream with ``err``, in its dialect."""
+    dialect = ctx.dialect
+    if dialect is None:
+        return b"data: " + err.body + b"\n\n" + _DONE
+    data: bytes = dialect.stream_error(err, ctx.request_id)
+    return data
+
+
+def _served_endpoints(endpoints: Sequence[str]) -> frozenset[str]:
+    """A model's endpoints: those configured, and each dialect's generation endpoint whose capability
+    it has (a chat model serves ``/v1/messages``)."""
+    served = set(endpoints)
+    served.update(d.endpoint for _, d in DIALECT_PATHS.values() if d.serves in served)
+    return frozenset(served)
 
 
 def _refused_shape(problem: int, endpoint: str) -> errors.BadRequest:

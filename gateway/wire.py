@@ -6,7 +6,7 @@ at C speed; the original bytes are forwarded untouched unless something must be 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -19,6 +19,7 @@ __all__ = [
     "ChatRequest",
     "CompletionRequest",
     "EmbeddingRequest",
+    "MessagesRequest",
     "StreamOptions",
     "TextChoice",
     "TextCompletion",
@@ -56,6 +57,19 @@ class CompletionRequest(msgspec.Struct, frozen=True):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     user: str | None = None
+
+
+class MessagesRequest(msgspec.Struct, frozen=True):
+    """An Anthropic Messages request (``/v1/messages``): the fields the engine acts on."""
+
+    model: str
+    messages: list[msgspec.Raw]
+    stream: bool | None = None
+    max_tokens: int | None = None
+    #: the Messages API has no stream options (its streams always carry usage)
+    stream_options: ClassVar[None] = None
+    #: read by routing's hash on "user" (``metadata.user_id`` is not looked at)
+    user: ClassVar[None] = None
 
 
 class EmbeddingRequest(msgspec.Struct, frozen=True):
@@ -142,6 +156,7 @@ key_watches: dict[str, KeyWatch] = {
     "chat": _watch(ChatRequest),
     "completions": _watch(CompletionRequest),
     "embeddings": _watch(EmbeddingRequest),
+    "messages": _watch(MessagesRequest),
 }
 completion_decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "chat": msgspec.json.Decoder(ChatCompletion),
@@ -151,6 +166,7 @@ decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "chat": msgspec.json.Decoder(ChatRequest),
     "completions": msgspec.json.Decoder(CompletionRequest),
     "embeddings": msgspec.json.Decoder(EmbeddingRequest),
+    "messages": msgspec.json.Decoder(MessagesRequest),
 }
 usage_decoder = msgspec.json.Decoder(UsageEnvelope)
 usage_event_decoder = msgspec.json.Decoder(UsageEvent)

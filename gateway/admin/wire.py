@@ -181,7 +181,7 @@ class KeyCreate(_Body, frozen=True, kw_only=True):
     name: Name = ""
     #: model names or glob patterns (``["*"]``: whatever the tenant may use)
     allowed_models: ModelPatterns = msgspec.field(default_factory=_all)
-    #: "chat", "completions", "embeddings", "models", or "*"
+    #: "chat", "completions", "embeddings", "messages", "models", or "*"
     allowed_endpoints: Endpoints = msgspec.field(default_factory=_all)
     #: Unix seconds after which the key stops working; must be in the future
     expires_at: float | None = None

@@ -612,7 +612,7 @@ def _metrics_problems(config: Config) -> Iterator[_Problem]:
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 #: the longest a store write may wait for its replicas (the admin API cuts a store call at 10 s)
 _MAX_ACK_TIMEOUT = 5.0
-_KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "models", "responses"}
+_KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "messages", "models", "responses"}
 
 
 def _digest_problems(path: _Path, value: str) -> Iterator[_Problem]:

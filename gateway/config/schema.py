@@ -234,7 +234,8 @@ class StaticKeyConfig(_Base, frozen=True):
     name: str = ""
     #: model names or glob patterns this key may call
     models: list[str] = msgspec.field(default_factory=_all)
-    #: endpoints this key may call: "chat", "completions", "embeddings", "models", "responses", or "*"
+    #: endpoints this key may call: "chat", "completions", "embeddings", "messages", "models", "responses",
+    #: or "*"
     endpoints: list[str] = msgspec.field(default_factory=_all)
     #: Unix seconds after which the key stops working
     expires_at: float | None = None

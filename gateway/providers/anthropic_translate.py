@@ -59,6 +59,7 @@ __all__ = [
     "STOP_REASONS",
     "AnthropicStream",
     "build_request",
+    "cumulative_usage",
     "encode_request",
     "error_from_response",
     "fit_schema",
@@ -789,20 +790,7 @@ class AnthropicStream:
         u = ev.usage
         if u is None:
             return
-        cur = self._usage
-        self._usage = ir.Usage(
-            input_tokens=cur.input_tokens if u.input_tokens is None else u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=cur.cache_read_tokens
-            if u.cache_read_input_tokens is None
-            else u.cache_read_input_tokens,
-            cache_write_tokens=cur.cache_write_tokens
-            if u.cache_creation_input_tokens is None
-            else u.cache_creation_input_tokens,
-            reasoning_tokens=cur.reasoning_tokens
-            if u.output_tokens_details is None
-            else u.output_tokens_details.thinking_tokens,
-        )
+        self._usage = cumulative_usage(self._usage, u)
         out.append(ir.UsageUpdate(self._usage))
 
     def _on_message_stop(self, ev: wire.MessageStop, out: list[ir.StreamEvent]) -> None:
@@ -815,6 +803,23 @@ class AnthropicStream:
 
     def _on_error(self, ev: wire.ErrorEvent, out: list[ir.StreamEvent]) -> None:
         out.append(ir.StreamError(provider_error(ev.error.type, ev.error.message, 200)))
+
+
+def cumulative_usage(cur: ir.Usage, u: wire.MessageDeltaUsage) -> ir.Usage:
+    """A ``message_delta``'s figures over the running ones (each is cumulative; an absent one: unchanged)."""
+    return ir.Usage(
+        input_tokens=cur.input_tokens if u.input_tokens is None else u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=cur.cache_read_tokens
+        if u.cache_read_input_tokens is None
+        else u.cache_read_input_tokens,
+        cache_write_tokens=cur.cache_write_tokens
+        if u.cache_creation_input_tokens is None
+        else u.cache_creation_input_tokens,
+        reasoning_tokens=cur.reasoning_tokens
+        if u.output_tokens_details is None
+        else u.output_tokens_details.thinking_tokens,
+    )
 
 
 def _delta_value(delta: Any) -> str:

@@ -99,31 +99,54 @@ def _make_key(url: str, tenant: str, endpoints: tuple[str, ...] = ("*",)) -> str
     return full
 
 
+class Clients:
+    """SDK clients made during a test, closed after it (an unclosed one leaves its sockets to the GC)."""
+
+    def __init__(self) -> None:
+        self.made: list[openai.OpenAI] = []
+
+    def __call__(self, node: Gateway, key: str = "k") -> openai.OpenAI:
+        c = openai.OpenAI(base_url=f"http://{HOST}:{node.port}/v1", api_key=key, max_retries=0, timeout=30)
+        self.made.append(c)
+        return c
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    made = Clients()
+    try:
+        yield made
+    finally:
+        for c in made.made:
+            c.close()
+
+
 class Cluster:
-    def __init__(self, a: Gateway, b: Gateway, url: str) -> None:
+    def __init__(self, a: Gateway, b: Gateway, url: str, clients: Clients) -> None:
         self.a, self.b, self.url = a, b, url
         self.key1 = _make_key(url, "acme")
         self.key2 = _make_key(url, "globex")
+        self._clients = clients
 
     def client(self, node: Gateway, key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"http://{HOST}:{node.port}/v1", api_key=key, max_retries=0, timeout=30)
+        return self._clients(node, key)
 
 
 @pytest.fixture
 def cluster(start_gateway: StartGateway, mock_port: int, anthropic_mock: int, redis_server: redisproc.RedisServer,
-            monkeypatch: pytest.MonkeyPatch) -> Cluster:
+            monkeypatch: pytest.MonkeyPatch, clients: Clients) -> Cluster:
     monkeypatch.setenv("ANTH_KEY", ANTH_KEY)
     text = _config(mock_port, anthropic_mock, redis_server.url)
     a = start_gateway(text, workers=2, name="responses-node-a")
     b = start_gateway(text, workers=2, name="responses-node-b")
-    return Cluster(a, b, redis_server.url)
+    return Cluster(a, b, redis_server.url, clients)
 
 
 # -- the default gateway (in-process mock, no keys, SQLite) ---------------------------------------------
 
 
-def test_default_gateway_create_stream_retrieve_delete(default_gateway: Gateway) -> None:
-    client = default_gateway.client()
+def test_default_gateway_create_stream_retrieve_delete(default_gateway: Gateway, clients: Clients) -> None:
+    client = clients(default_gateway)
     resp = client.responses.create(model="mock-1", input="Tell me about gateways.", instructions="Be brief.",
                                    metadata={"team": "ops"})
     assert resp.object == "response" and resp.status == "completed"
@@ -165,8 +188,8 @@ def test_default_gateway_create_stream_retrieve_delete(default_gateway: Gateway)
         client.responses.retrieve(unstored.id)
 
 
-def test_builtin_tools_and_bad_input_are_400(default_gateway: Gateway) -> None:
-    client = default_gateway.client()
+def test_builtin_tools_and_bad_input_are_400(default_gateway: Gateway, clients: Clients) -> None:
+    client = clients(default_gateway)
     for tool in ({"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]},
                  {"type": "code_interpreter", "container": {"type": "auto"}}):
         with pytest.raises(openai.BadRequestError) as info:
@@ -255,8 +278,8 @@ def test_responses_scope_and_call_records(cluster: Cluster) -> None:
 # -- errors in the Responses shape ------------------------------------------------------------------------
 
 
-def test_upstream_errors_and_mid_stream_failures(default_gateway: Gateway) -> None:
-    client = default_gateway.client(max_retries=0)
+def test_upstream_errors_and_mid_stream_failures(default_gateway: Gateway, clients: Clients) -> None:
+    client = clients(default_gateway)
     with pytest.raises(openai.InternalServerError) as info:
         client.responses.create(model="mock-1", input="!mock status=503 please")
     assert info.value.status_code == 503
@@ -276,7 +299,8 @@ def test_upstream_errors_and_mid_stream_failures(default_gateway: Gateway) -> No
     assert cut.value.status_code == 502
 
 
-def test_gateway_rate_limit_is_a_429_with_retry_headers(start_gateway: StartGateway, mock_port: int) -> None:
+def test_gateway_rate_limit_is_a_429_with_retry_headers(start_gateway: StartGateway, mock_port: int,
+                                                        clients: Clients) -> None:
     gw = start_gateway(gateway_toml(mock_port) + """
 [limits.policies.one]
 requests_per_minute = 1
@@ -284,7 +308,7 @@ requests_per_minute = 1
 [limits.apply]
 gateway = "one"
 """)
-    client = openai.OpenAI(base_url=f"http://{HOST}:{gw.port}/v1", api_key="x", max_retries=0)
+    client = clients(gw)
     client.responses.create(model="chat-model", input="first")
     with pytest.raises(openai.RateLimitError) as info:
         client.responses.create(model="chat-model", input="second")
