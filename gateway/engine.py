@@ -83,7 +83,7 @@ _ENDPOINTS = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
 }
-#: the Responses API's endpoint (gateway.responses.service): served through the chat path by its front
+#: the Responses API's endpoint: its POST is run by the Responses front (gateway.responses.service)
 _RESPONSES = "responses"
 _INTERNAL = errors.error_body("internal error", "server_error", "internal_error")
 #: ``Engine._front`` waits: (the awaitable, where to resume)
@@ -751,7 +751,8 @@ class Engine:
 
     async def _responses_create(self, ctx: Context, responder: Responder) -> None:
         """``POST /v1/responses``: authenticated for the ``responses`` scope, decoded, continued from its
-        previous response, then run as a chat request whose answer the front re-encodes and stores."""
+        previous response, then run through the proxy path with its dialect (``ctx.dialect``); the front
+        stores the answer before its last part reaches the client."""
         access = self._access
         if access is not None:
             pending = access.authenticate(ctx)
@@ -760,16 +761,12 @@ class Engine:
                 return
             if pending is not None:
                 await pending
-        front = await self._responses_service().front(ctx, responder)
-        ctx.endpoint = "chat"
+        front = await self._responses_service().front(ctx, responder)  # sets ctx.dialect
         ctx.responder = front
-        try:
-            step = self._front(ctx, front, 1, None)
-            if step is not None:
-                await self._proxy(ctx, front, step)
-            await front.complete()
-        finally:
-            front.settle()
+        step = self._front(ctx, front, 1, None)
+        if step is not None:
+            await self._proxy(ctx, front, step)
+        await front.complete()
 
     async def _responses_local(self, ctx: Context, responder: Responder) -> None:
         """``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""

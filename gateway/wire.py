@@ -20,6 +20,7 @@ __all__ = [
     "CompletionRequest",
     "EmbeddingRequest",
     "MessagesRequest",
+    "ResponsesRequest",
     "StreamOptions",
     "TextChoice",
     "TextCompletion",
@@ -70,6 +71,20 @@ class MessagesRequest(msgspec.Struct, frozen=True):
     stream_options: ClassVar[None] = None
     #: read by routing's hash on "user" (``metadata.user_id`` is not looked at)
     user: ClassVar[None] = None
+
+
+class ResponsesRequest(msgspec.Struct, frozen=True):
+    """An OpenAI Responses request (``/v1/responses``): the fields the engine acts on."""
+
+    model: str
+    #: a string or items (the limits' token count reads the string form only)
+    input: str | list[msgspec.Raw] = ""
+    stream: bool | None = None
+    #: ``max_output_tokens``, under the name the limits and routing read
+    max_tokens: int | None = msgspec.field(default=None, name="max_output_tokens")
+    user: str | None = None
+    #: the Responses API has no stream options (its streams always end with the usage)
+    stream_options: ClassVar[None] = None
 
 
 class EmbeddingRequest(msgspec.Struct, frozen=True):
@@ -146,7 +161,7 @@ def _watch(request: type[msgspec.Struct]) -> KeyWatch:
     """The keys of a request body that may appear only once: every field its Struct reads (what is checked
     must be what is sent: a repeated key would be read here as its last value and perhaps upstream as
     another), and the fields of ``stream_options``."""
-    fields = request.__struct_fields__
+    fields = request.__struct_encode_fields__  # the JSON names (``max_output_tokens``, not ``max_tokens``)
     nested = {"stream_options": StreamOptions.__struct_fields__} if "stream_options" in fields else None
     return KeyWatch(fields, nested)
 
@@ -157,6 +172,7 @@ key_watches: dict[str, KeyWatch] = {
     "completions": _watch(CompletionRequest),
     "embeddings": _watch(EmbeddingRequest),
     "messages": _watch(MessagesRequest),
+    "responses": _watch(ResponsesRequest),
 }
 completion_decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "chat": msgspec.json.Decoder(ChatCompletion),
@@ -167,6 +183,7 @@ decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "completions": msgspec.json.Decoder(CompletionRequest),
     "embeddings": msgspec.json.Decoder(EmbeddingRequest),
     "messages": msgspec.json.Decoder(MessagesRequest),
+    "responses": msgspec.json.Decoder(ResponsesRequest),
 }
 usage_decoder = msgspec.json.Decoder(UsageEnvelope)
 usage_event_decoder = msgspec.json.Decoder(UsageEvent)

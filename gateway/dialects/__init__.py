@@ -12,6 +12,7 @@ from typing import Final
 
 from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.dialects.base import ClientDialect
+from gateway.dialects.openai_responses import OPENAI_RESPONSES
 
 __all__ = ["DIALECT_PATHS"]
 
@@ -21,4 +22,7 @@ __all__ = ["DIALECT_PATHS"]
 DIALECT_PATHS: Final[dict[str, tuple[str, ClientDialect]]] = {
     "/v1/messages": ("messages", ANTHROPIC_MESSAGES),
     "/v1/messages/count_tokens": ("count_tokens", ANTHROPIC_MESSAGES),
+    # POST is taken by the engine's Responses front (gateway.responses.service), which makes a dialect
+    # object per request; GET/DELETE /v1/responses/{id} are its own too
+    "/v1/responses": ("responses", OPENAI_RESPONSES),
 }

@@ -45,11 +45,14 @@ from typing import Any, Final, Literal
 import msgspec
 
 from gateway import errors, ir
+from gateway.dialects.base import ClientDialect
 
 __all__ = [
     "BUILTIN_TOOLS",
+    "OPENAI_RESPONSES",
     "Decoded",
     "EventEncoder",
+    "OpenAIResponses",
     "ResponseObject",
     "decode_request",
     "encode_error_event",
@@ -914,3 +917,91 @@ class EventEncoder:
             )
             + self._event("response.output_item.done", output_index=at, item=item)
         )
+
+
+# ---- the dialect object (gateway.dialects.base) --------------------------------------------------
+#
+# Unlike the other dialects, a Responses request carries state the engine fetches before the request is
+# sent (the stored conversation of ``previous_response_id``) and state written after it (the record,
+# before the last event). So the engine makes one ``OpenAIResponses`` per request (``for_request``),
+# holding the decoded request, its conversation and its stream encoder; ``OPENAI_RESPONSES``, the
+# stateless instance, only names the endpoint for the tables (``gateway.dialects.DIALECT_PATHS``).
+
+
+class _Stream:
+    """The ``StreamEncoder`` the bridge writes IR events to: every event but the last, which the front
+    (``gateway.responses.service``) sends once the answer is stored."""
+
+    def __init__(self, encoder: EventEncoder) -> None:
+        self.encoder = encoder
+
+    @property
+    def done(self) -> bool:
+        return self.encoder.finished or self.encoder.failed
+
+    def encode(self, event: ir.StreamEvent) -> bytes:
+        return self.encoder.encode(event)
+
+
+class OpenAIResponses(ClientDialect):
+    """The Responses API as a ``ClientDialect``; see the module docstring and the note above."""
+
+    name = "openai_responses"
+    endpoint = "responses"
+    serves = "chat"
+
+    def __init__(
+        self, decoded: Decoded | None = None, previous: list[ir.Message] | None = None, created_at: int = 0
+    ) -> None:
+        self.decoded = decoded
+        self.previous = previous or []
+        self.response_id = new_id("resp")
+        self.created_at = created_at
+        self.encoder = EventEncoder(decoded.params, self.response_id, created_at) if decoded else None
+        #: the whole answer given to ``encode_response`` (a non-streamed request) and its response object,
+        #: for the store
+        self.answer: ir.Response | None = None
+        self.stored_object: bytes | None = None
+
+    def for_request(self, decoded: Decoded, previous: list[ir.Message], created_at: int) -> OpenAIResponses:
+        return OpenAIResponses(decoded, previous, created_at)
+
+    def decode_request(self, body: bytes) -> ir.Request:
+        if self.decoded is None:
+            raise errors.BadRequest("a Responses request is decoded by its front")  # never: see above
+        return self.decoded.ir_request(self.previous)
+
+    def encode_response(self, resp: ir.Response, created: int) -> bytes:
+        """The ``response`` object of a whole answer (its id is the gateway's, not the upstream's)."""
+        assert self.decoded is not None
+        self.answer = resp
+        obj = response_object(
+            self.decoded.params,
+            self.response_id,
+            self.created_at,
+            resp.model or self.decoded.params.model,
+            output_items(resp.content),
+            "completed",
+            resp.usage,
+            resp.stop_reason,
+        )
+        self.stored_object = body = _encode(obj)
+        return body
+
+    def stream_encoder(self, ctx: Any, created: int) -> _Stream:
+        assert self.encoder is not None
+        return _Stream(self.encoder)
+
+    def error_body(self, err: errors.GatewayError, request_id: str) -> bytes:
+        return err.body  # the Responses API answers errors in OpenAI's shape
+
+    def stream_error(self, err: errors.GatewayError, request_id: str) -> bytes:
+        if self.encoder is None:
+            return b""
+        return self.encoder.fail(err.message, err.code)
+
+    def provider_error_body(self, err: ir.ProviderError, request_id: str) -> bytes:
+        return errors.error_body(err.message, err.type, err.code)
+
+
+OPENAI_RESPONSES: Final = OpenAIResponses()

@@ -62,6 +62,8 @@ ENDPOINT_PATHS: Final = {
     "chat": "/chat/completions",
     #: a Messages client's request, translated to chat (gateway.providers.bridge)
     "messages": "/chat/completions",
+    #: a Responses client's request, translated to chat (gateway.providers.bridge)
+    "responses": "/chat/completions",
     "completions": "/completions",
     "embeddings": "/embeddings",
 }

@@ -1,21 +1,19 @@
-"""The Responses API front: ``/v1/responses`` served through the engine's chat path, from any provider.
+"""The Responses API front: ``/v1/responses`` on the engine, from any provider, with its stored state.
 
-How a ``POST /v1/responses`` runs (``Engine._responses``):
+How a ``POST /v1/responses`` runs (``Engine._responses_create``):
 
     authenticate (key scope ``responses``)
     decode the Responses body (gateway.dialects.openai_responses) ── 400 in the Responses error shape
     previous_response_id: the stored conversation of that response, this tenant's only ── else 404
-    IR request ──chat_bridge.encode_request──▶ a chat request (always streamed upstream, usage included)
-    the engine's chat path: parse, access, limits and budgets, routing, the provider's translator
-    the chat stream coming back ──ChunkDecoder──▶ IR events ──EventEncoder──▶ Responses events
-    at the end of the answer: the record is written (``store``), THEN ``response.completed`` (stream) or
-    the ``response`` object (non-stream) is sent
+    ctx.dialect = a per-request ``OpenAIResponses`` (the decoded request, its conversation, its encoder)
+    the engine's proxy path: parse, access, limits and budgets, routing; the provider's translator asks
+    the dialect for the IR request and answers through it (gateway.providers.bridge), as for every dialect
+    the answer's end: the record is written (``store``), THEN ``response.completed`` (stream) or the
+    ``response`` object (non-stream) is sent
 
-``ResponsesFront`` is the responder the engine writes to for such a request: the engine writes a chat
-answer (or a chat error) as for any chat request, and the front re-encodes it in the Responses dialect.
-Errors before the answer keep OpenAI's error shape, which the Responses API shares; an error mid-stream
-becomes ``error`` + ``response.failed``. Asking upstream for a stream in every case gives one decoding
-path and keeps the store write before the last byte: ``write`` may wait, ``send`` may not.
+``ResponsesFront`` is the responder the engine writes to for such a request: it passes everything through
+and holds back only the answer's last part until the record is stored (``write`` may wait for the store;
+``send`` may not, so a whole answer waits for ``complete``, which the engine awaits after the proxy path).
 
 The record (``StoredRecord``) holds the response object as answered, its input items, and the
 conversation a next turn continues: the previous conversation, this input and this answer as IR
@@ -34,8 +32,7 @@ import msgspec
 
 from gateway import errors, ir
 from gateway.app import Headers, Responder
-from gateway.dialects import chat_bridge
-from gateway.dialects import openai_responses as dialect
+from gateway.dialects import openai_responses as dialect_module
 from gateway.responses.store import ResponseStore, open_response_store
 from gateway.store.base import StoreUnavailable
 
@@ -131,15 +128,18 @@ class ResponsesService:
     # -- POST -----------------------------------------------------------------------------------------
 
     async def front(self, ctx: Any, client: Responder) -> ResponsesFront:
-        """Decode the Responses request, prepend its previous conversation, and turn ``ctx.body`` into the
-        chat request the engine runs; the front the engine then writes the chat answer to."""
-        decoded = dialect.decode_request(ctx.body)
+        """Decode the Responses request and fetch its previous conversation: the request's dialect object
+        (``ctx.dialect``, which the translators ask for the IR request) and the front the engine writes
+        the answer to."""
+        decoded = dialect_module.decode_request(ctx.body)
         previous: list[ir.Message] = []
         prev_id = decoded.params.previous_response_id
         if prev_id:
             previous = (await self.load(tenant_of(ctx), prev_id)).conversation
-        ctx.body = chat_bridge.encode_request(decoded.ir_request(previous), True)
-        return ResponsesFront(self, ctx, client, decoded, previous)
+        ctx.dialect = dialect = dialect_module.OPENAI_RESPONSES.for_request(
+            decoded, previous, int(time.time())
+        )
+        return ResponsesFront(self, ctx, client, dialect)
 
     # -- GET / DELETE ---------------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class ResponsesService:
         record = await self.load(tenant, response_id)
         if not tail:
             return 200, bytes(record.response)
-        return 200, _list_page(dialect.input_items_of(record.input_items), query)
+        return 200, _list_page(dialect_module.input_items_of(record.input_items), query)
 
 
 def _list_page(items: list[dict[str, Any]], query: str) -> bytes:
@@ -207,35 +207,40 @@ def _list_page(items: list[dict[str, Any]], query: str) -> bytes:
 
 
 class ResponsesFront:
-    """The responder of a ``/v1/responses`` request: chat answers in, the Responses dialect out."""
+    """The responder of a ``/v1/responses`` request: it passes the engine's answer to the client, holding
+    back the last part (the whole answer, or ``response.completed``) until the record is stored.
+
+        the engine calls      a streamed request                       a non-streamed request
+        send(>= 400, ...)     passed at once (errors are not stored)   passed at once
+        send(2xx, ...)        the events of a whole upstream answer:   the response object: held
+                              held
+        start_stream          passed at once                           -
+        write(events)         passed; once the encoder has seen the    -
+                              answer's end: store, then the last event
+        end_stream            passed once the last event is out        -
+        (then) complete()     what was held: store, then send it; a stream that ended without its
+                              last event gets ``error`` + ``response.failed``
+    """
 
     def __init__(
-        self,
-        service: ResponsesService,
-        ctx: Any,
-        client: Responder,
-        decoded: dialect.Decoded,
-        previous: list[ir.Message],
+        self, service: ResponsesService, ctx: Any, client: Responder, dialect: dialect_module.OpenAIResponses
     ) -> None:
         self._service = service
         self._ctx = ctx
         self._client = client
-        self._decoded = decoded
-        self._previous = previous
+        self._dialect = dialect
+        assert dialect.decoded is not None and dialect.encoder is not None
+        self._decoded = dialect.decoded
+        self._encoder = dialect.encoder
+        self._streaming = self._decoded.stream
         self._tenant = tenant_of(ctx)
-        self.response_id = dialect.new_id("resp")
-        self._encoder = dialect.EventEncoder(decoded.params, self.response_id, int(time.time()))
-        self._decoder = chat_bridge.ChunkDecoder()
-        self._streaming = decoded.stream
-        self._headers: Headers = []
-        self._status = 200
+        #: a whole 2xx answer given to ``send``, sent by ``complete`` once stored
+        self._held: tuple[int, Headers, bytes] | None = None
         #: the client's response has begun (the engine reads it to know whether an error can be answered)
         self.started = False
-        #: the engine called end_stream: the client's stream ends once the answer is complete
         self._ended = False
         self._closed = False
-        #: the events of a whole answer given to ``send``, emitted by ``complete``
-        self._pending: list[ir.StreamEvent] | None = None
+        self._terminal_sent = False
 
     # Responder / CallbackResponder surface ----------------------------------------------------------
 
@@ -257,139 +262,83 @@ class ResponsesFront:
         return self._closed
 
     def send(self, status: int, headers: Headers, body: bytes) -> None:
-        """An error answer passes as it is (the Responses API uses OpenAI's error shape); a whole chat
-        answer (an upstream that answered the stream request with one body) waits for ``complete``."""
+        self.started = True
         if status >= 400:
-            self.started = self._closed = True
+            self._closed = True
             self._client.send(status, headers, body)
             return
-        self._status, self._headers = status, _without_type(headers)
-        self.started = True
-        self._ended = True
-        try:
-            events = (
-                self._decoder.feed(body)
-                if body.lstrip().startswith(b"data:")
-                else _response_events(chat_bridge.response_from_body(body))
-            )
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            events = [
-                ir.StreamError(
-                    ir.ProviderError(
-                        502,
-                        "upstream_error",
-                        "upstream_invalid_response",
-                        "The upstream answer is not a chat completion",
-                    )
-                )
-            ]
-        self._pending = events
+        self._held = (status, headers, body)
 
     def start_stream(self, status: int, headers: Headers) -> None:
-        self._status, self._headers = status, _without_type(headers)
         self.started = True
-        if self._streaming:
-            self._client.start_stream(
-                status, [*self._headers, ("content-type", "text/event-stream"), ("cache-control", "no-cache")]
-            )
+        self._client.start_stream(status, headers)
 
     async def write(self, chunk: bytes) -> None:
-        await self._emit(self._decoder.feed(chunk))
+        if chunk:
+            await self._client.write(chunk)
+        if self._encoder.finished and not self._terminal_sent:
+            await self._client.write(await self._finish())
 
     def end_stream(self) -> None:
         self._ended = True
-        if self._streaming and (self._encoder.finished or self._encoder.failed) and not self._closed:
-            self._closed = True
-            self._client.end_stream()
+        if self._terminal_sent or self._encoder.failed:
+            self._close_stream()
 
     # completion -------------------------------------------------------------------------------------
 
     async def complete(self) -> None:
-        """After the engine is done with the request: finish what the chat answer left open (a stream cut
-        without ``[DONE]``, a whole answer given to ``send``) and end the client's response."""
+        """After the engine is done with the request: store and send what was held back."""
         if self._closed or not self.started:
             return
-        pending = self._pending
-        if pending is not None:
-            self._pending = None
-            await self._emit(pending)
-        if not (self._encoder.finished or self._encoder.failed):
-            await self._emit(self._decoder.close())
+        held, self._held = self._held, None
+        if held is not None:
+            status, headers, body = held
+            if self._streaming:
+                tail = await self._finish() if self._encoder.finished else b""
+                self._closed = True
+                self._client.send(status, headers, body + tail)
+                return
+            try:
+                await self._save()
+            except errors.GatewayError as exc:
+                self._closed = True
+                self._ctx.error = exc
+                self._ctx.status = exc.status
+                self._client.send(exc.status, [_JSON], exc.body)
+                return
+            self._closed = True
+            self._client.send(status, headers, body)
+            return
+        if self._streaming and not (self._terminal_sent or self._encoder.failed):
+            # the upstream's stream ended without the answer's end and without an error the engine saw
+            await self._client.write(
+                self._encoder.fail("The upstream stream ended early", "upstream_stream_error")
+            )
+        self._close_stream()
+
+    def _close_stream(self) -> None:
         if self._streaming and not self._closed:
             self._closed = True
             self._client.end_stream()
 
-    def settle(self) -> None:
-        """What the call record says: the client's own ``stream`` (the upstream is always streamed)."""
-        self._ctx.stream = self._decoded.stream
-
-    async def _emit(self, events: list[ir.StreamEvent]) -> None:
-        enc = self._encoder
-        out: list[bytes] = []
-        for ev in events:
-            if isinstance(ev, ir.StreamError):
-                err = self._ctx.error
-                status = err.status if isinstance(err, errors.GatewayError) else ev.error.status
-                await self._fail(out, ev.error.message, ev.error.code, ev.error.type, status)
-                return
-            data = enc.encode(ev)
-            if data:
-                out.append(data)
-            if enc.finished:
-                await self._finish(out)
-                return
-        if out and self._streaming:
-            await self._client.write(b"".join(out))
-
-    async def _finish(self, out: list[bytes]) -> None:
-        """The answer is complete: store it, then tell the client."""
-        enc = self._encoder
-        obj = enc.final_object()
+    async def _finish(self) -> bytes:
+        """The answer is complete: store it, then the stream's last event (or its failure)."""
+        self._terminal_sent = True
         try:
-            if self._decoded.store:
-                await self._save(obj, enc.response())
+            await self._save()
         except errors.GatewayError as exc:
-            await self._fail(out, exc.message, exc.code, exc.type, exc.status)
-            return
-        if self._streaming:
-            out.append(enc.terminal())
-            await self._client.write(b"".join(out))
-            if self._ended and not self._closed:
-                self._closed = True
-                self._client.end_stream()
-            return
-        self._closed = True
-        self._client.send(self._status, [*self._headers, _JSON], _encode(obj))
+            self._ctx.error = exc
+            return self._encoder.fail(exc.message, exc.code)
+        return self._encoder.terminal()
 
-    async def _save(self, obj: dict[str, Any], answer: ir.Response) -> None:
-        conversation = [*self._previous, *self._decoded.messages]
+    async def _save(self) -> None:
+        if not self._decoded.store:
+            return
+        d = self._dialect
+        answer = d.answer if d.answer is not None else self._encoder.response()
+        obj = d.stored_object if d.stored_object is not None else _encode(self._encoder.final_object())
+        conversation = [*d.previous, *self._decoded.messages]
         if answer.content:
             conversation.append(ir.Message("assistant", answer.content))
-        record = StoredRecord(msgspec.Raw(_encode(obj)), self._decoded.items, conversation, answer.model)
-        await self._service.save(self._tenant, self.response_id, record)
-
-    async def _fail(self, out: list[bytes], message: str, code: str | None, type_: str, status: int) -> None:
-        ctx = self._ctx
-        if ctx.error is None:
-            ctx.error = errors.BadGateway(message, code=code)
-        if self._streaming:
-            out.append(self._encoder.fail(message, code))
-            await self._client.write(b"".join(out))
-            if self._ended and not self._closed:
-                self._closed = True
-                self._client.end_stream()
-            return
-        self._encoder.failed = True
-        self._closed = True
-        ctx.status = status
-        self._client.send(status, [*self._headers, _JSON], errors.error_body(message, type_, code))
-
-
-def _without_type(headers: Headers) -> Headers:
-    return [(k, v) for k, v in headers if k not in ("content-type", "cache-control", "content-length")]
-
-
-def _response_events(resp: ir.Response) -> list[ir.StreamEvent]:
-    from gateway.providers.anthropic import response_events
-
-    return response_events(resp)
+        record = StoredRecord(msgspec.Raw(obj), self._decoded.items, conversation, answer.model)
+        await self._service.save(self._tenant, d.response_id, record)

@@ -1,5 +1,5 @@
 """The Responses dialect: request decoding, the response object and the event stream, checked against the
-``openai`` SDK's own types; the chat bridge (IR ⇄ chat) and the response store."""
+``openai`` SDK's own types; an OpenAI upstream's chat stream through it; the response store."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
 from gateway import errors, ir
-from gateway.dialects import chat_bridge
 from gateway.dialects import openai_responses as dialect
+from gateway.providers import openai_translate as oai
 from gateway.responses.store import SqliteResponseStore
 
 _events = pydantic.TypeAdapter(ResponseStreamEvent)
@@ -79,7 +79,7 @@ def test_items_tool_round_trip_and_previous_conversation() -> None:
     assert req.parallel_tool_calls is False
     assert req.response_format == ir.ResponseFormat("json_schema", "w", {"type": "object"}, True)
     assert req.reasoning == ir.Reasoning(effort="low")
-    chat = json.loads(chat_bridge.encode_request(req, True))
+    chat = json.loads(oai.encode_request(msgspec.structs.replace(req, stream=True), "up-1"))
     assert chat["stream"] is True and chat["stream_options"] == {"include_usage": True}
     assert chat["messages"][2]["tool_calls"][1]["id"] == "call_2"
     assert chat["messages"][3] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
@@ -204,7 +204,7 @@ def test_stream_error_fails_the_response() -> None:
     assert enc.encode(ir.MessageStop(ir.StopReason.END_TURN)) == b""
 
 
-# -- chat bridge ------------------------------------------------------------------------------------------
+# -- an OpenAI upstream's chat stream, through the IR ------------------------------------------------------
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -229,7 +229,7 @@ def test_chunk_decoder_parallel_calls_any_cut() -> None:
     rng = random.Random(7)
     results = []
     for _ in range(20):
-        dec = chat_bridge.ChunkDecoder()
+        dec = oai.ChunkStream()
         events: list[ir.StreamEvent] = []
         i = 0
         while i < len(stream):
@@ -249,18 +249,21 @@ def test_chunk_decoder_parallel_calls_any_cut() -> None:
     assert resp.usage == ir.Usage(input_tokens=3, output_tokens=3, cache_read_tokens=2)
 
 
-def test_chunk_decoder_error_line() -> None:
-    dec = chat_bridge.ChunkDecoder()
-    events = dec.feed(_chunk({"content": "a"}) + b'data: {"error":{"message":"m","type":"t","code":"c"}}\n\n')
-    assert isinstance(events[-1], ir.StreamError) and events[-1].error.message == "m"
-
-
-def test_completion_body_to_ir() -> None:
-    body = json.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "finish_reason": "length", "message": {
-        "role": "assistant", "content": "hey", "tool_calls": None}}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
-    resp = chat_bridge.response_from_body(body)
-    assert resp.content == [ir.TextPart("hey")] and resp.stop_reason is ir.StopReason.MAX_TOKENS
+def test_dialect_object_encodes_a_whole_answer_and_its_stream() -> None:
+    d = dialect.decode_request(_body(input="x", store=True))
+    prev = [ir.Message("user", [ir.TextPart("before")])]
+    per_request = dialect.OPENAI_RESPONSES.for_request(d, prev, 5)
+    assert per_request is not dialect.OPENAI_RESPONSES and per_request.response_id.startswith("resp_")
+    assert per_request.decode_request(b"ignored").messages[0] == prev[0]
+    body = per_request.encode_response(ir.Response("up", "m", [ir.TextPart("hi")], ir.StopReason.END_TURN), 0)
+    r = Response.model_validate_json(body)
+    assert r.id == per_request.response_id and r.output_text == "hi" and r.created_at == 5
+    assert per_request.stored_object == body and per_request.answer is not None
+    err = errors.ServiceUnavailable("busy")
+    events = _parse_sse(per_request.stream_error(err, "rid"))
+    assert [e["type"] for e in events] == ["response.created", "response.in_progress", "error", "response.failed"]
+    for e in events:
+        _events.validate_python(e)
 
 
 # -- the SQLite response store --------------------------------------------------------------------------
