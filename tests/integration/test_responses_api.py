@@ -315,3 +315,19 @@ gateway = "one"
     body: Any = info.value.body
     assert body["code"] == "rate_limit_exceeded" and body["type"] == "rate_limit_error"
     assert info.value.response.headers.get("retry-after")
+
+
+def test_an_answer_that_cannot_be_stored_is_not_given_an_id(start_gateway: StartGateway, mock_port: int,
+                                                            clients: Clients) -> None:
+    dead = free_port()  # nothing listens there: the response store cannot take the record
+    gw = start_gateway(gateway_toml(mock_port) + f'\n[store]\nurl = "redis://{HOST}:{dead}/0"\n')
+    client = clients(gw)
+    with pytest.raises(openai.InternalServerError) as info:
+        client.responses.create(model="chat-model", input="x")
+    assert info.value.status_code == 503
+    assert info.value.body["code"] == "store_unavailable"  # type: ignore[index]
+    events = list(client.responses.create(model="chat-model", input="x", stream=True))
+    assert [e.type for e in events][-2:] == ["error", "response.failed"]
+    assert not any(e.type == "response.completed" for e in events)
+    # without store, nothing needs the store
+    assert client.responses.create(model="chat-model", input="x", store=False).status == "completed"
