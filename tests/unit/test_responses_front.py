@@ -1,0 +1,106 @@
+"""The Responses front holds back the answer's last part until the record is stored: a client that has a
+response id can continue it from any node at once (no read-after-write race)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from gateway import ir
+from gateway.dialects import openai_responses as dialect
+from gateway.responses.service import ResponsesFront, StoredRecord
+
+
+class _Ctx:
+    key = None
+    error: Any = None
+    status = 0
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.disconnected = False
+
+    def send(self, status: int, headers: Any, body: bytes) -> None:
+        self.calls.append(("send", body))
+
+    def start_stream(self, status: int, headers: Any) -> None:
+        self.calls.append(("start", status))
+
+    async def write(self, chunk: bytes) -> None:
+        self.calls.append(("write", chunk))
+
+    def end_stream(self) -> None:
+        self.calls.append(("end", None))
+
+    def text(self) -> str:
+        return "".join(c[1].decode() for c in self.calls if c[0] in ("send", "write"))
+
+
+class _SlowService:
+    """A store whose write returns only when the test lets it."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+        self.release = asyncio.Event()
+        self.saved: list[tuple[str, str, StoredRecord]] = []
+
+    async def save(self, tenant: str, response_id: str, record: StoredRecord) -> None:
+        self.called.set()
+        await self.release.wait()
+        self.saved.append((tenant, response_id, record))
+
+
+def _front(stream: bool) -> tuple[ResponsesFront, _Client, _SlowService, dialect.OpenAIResponses]:
+    decoded = dialect.decode_request(json.dumps({"model": "m", "input": "hi", "stream": stream}).encode())
+    per_request = dialect.OPENAI_RESPONSES.for_request(decoded, [], 1)
+    client, service = _Client(), _SlowService()
+    return ResponsesFront(service, _Ctx(), client, per_request), client, service, per_request  # type: ignore[arg-type]
+
+
+_EVENTS: list[ir.StreamEvent] = [
+    ir.MessageStart("u", "m"), ir.BlockStart(0, "text"), ir.BlockDelta(0, "text", "yes"), ir.BlockStop(0),
+    ir.UsageUpdate(ir.Usage(3, 1)), ir.MessageStop(ir.StopReason.END_TURN),
+]
+
+
+def test_stream_completes_only_after_the_record_is_stored() -> None:
+    async def run() -> None:
+        front, client, service, per_request = _front(True)
+        front.start_stream(200, [("content-type", "text/event-stream")])
+        encoder = per_request.stream_encoder(None, 0)
+        data = b"".join(encoder.encode(e) for e in _EVENTS)
+        assert encoder.done
+        writing = asyncio.create_task(front.write(data))
+        await asyncio.wait_for(service.called.wait(), 10)
+        assert "response.output_text.done" in client.text()
+        assert "response.completed" not in client.text()  # not before the store has it
+        service.release.set()
+        await asyncio.wait_for(writing, 10)
+        assert client.text().rstrip().split("\n")[-2] == "event: response.completed"
+        front.end_stream()
+        await front.complete()
+        assert client.calls[-1] == ("end", None)
+        (tenant, rid, record), = service.saved
+        assert rid == per_request.response_id and tenant == "-"
+        assert record.conversation[-1] == ir.Message("assistant", [ir.TextPart("yes")])
+
+    asyncio.run(run())
+
+
+def test_whole_answer_is_sent_only_after_the_record_is_stored() -> None:
+    async def run() -> None:
+        front, client, service, per_request = _front(False)
+        body = per_request.encode_response(ir.Response("u", "m", [ir.TextPart("yes")], ir.StopReason.END_TURN), 0)
+        front.send(200, [("content-type", "application/json")], body)
+        completing = asyncio.create_task(front.complete())
+        await asyncio.wait_for(service.called.wait(), 10)
+        assert client.calls == []  # nothing before the store has it
+        service.release.set()
+        await asyncio.wait_for(completing, 10)
+        assert client.calls == [("send", body)]
+        assert bytes(service.saved[0][2].response) == body
+
+    asyncio.run(run())
