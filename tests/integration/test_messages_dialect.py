@@ -146,6 +146,11 @@ upstream_model = "claude-mock"
 [models.recorded]
 provider = "recorded"
 
+[models.claude-or-gpt]
+provider = "claude-busy"
+upstream_model = "claude-mock"
+fallbacks = ["gpt"]
+
 [models.gpt]
 provider = "openai"
 upstream_model = "mock-1"
@@ -427,6 +432,36 @@ def test_rate_limited_answer_and_the_sdk_retry(gw: Gateway) -> None:
         client(gw).messages.create(**body)  # type: ignore[arg-type]
     msg = client(gw, retries=5).messages.create(**body)  # type: ignore[arg-type]
     assert msg.content
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+def test_a_stream_cut_upstream_ends_with_an_anthropic_error_event(gw: Gateway, model: str) -> None:
+    """Translated (gpt) and pass-through (claude): the upstream drops the connection mid-stream; the
+    client's stream ends with Anthropic's ``error`` event (what the SDK raises on), no ``message_stop``."""
+    resp = raw(gw, {"model": model, "max_tokens": 64, "stream": True,
+                    "messages": [{"role": "user", "content": "!mock cut=3 chunks=8"}]})
+    assert resp.status_code == 200
+    names = event_names(resp.content)
+    assert names[0] == "message_start" and names[-1] == "error" and "message_stop" not in names
+    last = json.loads(resp.content.rstrip().split(b"\n")[-1][len(b"data: "):])
+    assert last["error"]["type"] == "api_error" and last["request_id"] == resp.headers["request-id"]
+    with pytest.raises(anthropic.APIStatusError), client(gw).messages.stream(
+        model=model, max_tokens=64, messages=[{"role": "user", "content": "!mock cut=3 chunks=8"}],
+    ) as stream:
+        for _ in stream:
+            pass
+
+
+def test_failover_from_an_overloaded_anthropic_upstream_to_an_openai_one(gw: Gateway) -> None:
+    """Anthropic answers 529; the model's fallback (an OpenAI-dialect upstream) answers, and the client
+    sees one dialect: a Messages answer, streamed or not."""
+    c = client(gw)
+    msg = c.messages.with_raw_response.create(model="claude-or-gpt", max_tokens=32, messages=USER)
+    assert msg.headers["x-gateway-model"] == "gpt"
+    assert msg.parse().content[0].type == "text"
+    with c.messages.stream(model="claude-or-gpt", max_tokens=32, messages=USER) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "text" and final.content[0].text
 
 
 # -- models ------------------------------------------------------------------------------------------
