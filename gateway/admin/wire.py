@@ -112,7 +112,9 @@ LIMITS = {
         f"allowed_models holds at most {MAX_MODELS} model names or patterns, each one line of 1 to "
         f"{MAX_MODEL} characters"
     ),
-    "allowed_endpoints": "allowed_endpoints holds at most 8 of *, chat, completions, embeddings, models",
+    "allowed_endpoints": (
+        "allowed_endpoints holds at most 8 of *, chat, completions, embeddings, messages, models"
+    ),
     "limit_policy": f"a limit policy name is one line of 1 to {MAX_REFERENCE} characters",
     "budget": f"a budget name is one line of 1 to {MAX_REFERENCE} characters",
     "allowed_regions": (

@@ -333,7 +333,7 @@ class MetricsConfig(_Base, frozen=True):
 
 
 class ResponsesConfig(_Base, frozen=True):
-    """The Responses API's stored responses (docs/dialects-responses.md)."""
+    """The Responses API's stored responses (docs/dialects.md#openai-responses)."""
 
     #: seconds a stored response (``store``, the default) stays readable and continuable (default 30 days)
     retention: float = 2_592_000.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,11 @@ upstream_model = "claude-mock"
 [models.recorded]
 provider = "recorded"
 
+[models.claude-or-gpt]
+provider = "claude-busy"
+upstream_model = "claude-mock"
+fallbacks = ["gpt"]
+
 [models.gpt]
 provider = "openai"
 upstream_model = "mock-1"
@@ -209,9 +214,23 @@ def default_gw(logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[Gatew
         _stop(gateway.process, request, failed)
 
 
-def client(gw: Gateway, key: str = KEY, retries: int = 0) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=f"http://{HOST}:{gw.port}", api_key=key, max_retries=retries,
-                               timeout=30.0)
+Sdk = Callable[..., anthropic.Anthropic]
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    """Makes ``anthropic`` clients for a gateway (a key, no retries unless asked); closed after the test."""
+    made: list[anthropic.Anthropic] = []
+
+    def make(gw: Gateway, key: str = KEY, retries: int = 0) -> anthropic.Anthropic:
+        c = anthropic.Anthropic(base_url=f"http://{HOST}:{gw.port}", api_key=key, max_retries=retries,
+                                timeout=30.0)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
 
 
 def raw(gw: Gateway, body: dict[str, Any] | bytes, path: str = "/v1/messages", key: str | None = KEY,
@@ -231,10 +250,10 @@ def event_names(body: bytes) -> list[str]:
 
 
 @pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt"])
-def test_create_and_stream_with_the_sdk(gw: Gateway, model: str) -> None:
+def test_create_and_stream_with_the_sdk(sdk: Sdk, gw: Gateway, model: str) -> None:
     """Non-stream and stream through the SDK: a ``message`` with usage, and a stream the SDK accumulates
     into the same kind of message; the translated (mock-chat, gpt) and pass-through (claude) paths."""
-    c = client(gw)
+    c = sdk(gw)
     msg = c.messages.create(model=model, max_tokens=64, messages=USER,
                             system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
                             metadata={"user_id": "user-1"}, stop_sequences=["\n\n\n"])
@@ -274,9 +293,9 @@ def test_translated_stream_has_the_exact_event_sequence(gw: Gateway, model: str)
 
 
 @pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt"])
-def test_tools_round_trip(gw: Gateway, model: str) -> None:
+def test_tools_round_trip(sdk: Sdk, gw: Gateway, model: str) -> None:
     """``tool_choice: any`` gets a ``tool_use`` block; its ``tool_result`` goes back and the model answers."""
-    c = client(gw)
+    c = sdk(gw)
     first = c.messages.create(model=model, max_tokens=128, messages=USER, tools=[WEATHER],
                               tool_choice={"type": "any"})
     assert first.stop_reason == "tool_use"
@@ -292,8 +311,8 @@ def test_tools_round_trip(gw: Gateway, model: str) -> None:
 
 
 @pytest.mark.parametrize("model", ["mock-chat", "claude"])
-def test_streamed_tool_call_accumulates(gw: Gateway, model: str) -> None:
-    c = client(gw)
+def test_streamed_tool_call_accumulates(sdk: Sdk, gw: Gateway, model: str) -> None:
+    c = sdk(gw)
     with c.messages.stream(model=model, max_tokens=128, messages=USER, tools=[WEATHER],
                            tool_choice={"type": "tool", "name": "get_weather"}) as stream:
         kinds = [event.type for event in stream]
@@ -307,10 +326,10 @@ def test_streamed_tool_call_accumulates(gw: Gateway, model: str) -> None:
 # -- thinking ----------------------------------------------------------------------------------------
 
 
-def test_thinking_and_its_signature_survive_a_round_trip(gw: Gateway) -> None:
+def test_thinking_and_its_signature_survive_a_round_trip(sdk: Sdk, gw: Gateway) -> None:
     """Pass-through: the thinking block's signature (which the Anthropic mock verifies on the next turn)
     comes back byte for byte; streamed, it arrives as thinking_delta and signature_delta."""
-    c = client(gw)
+    c = sdk(gw)
     thinking = {"type": "enabled", "budget_tokens": 1024}
     first = c.messages.create(model="claude", max_tokens=2048, thinking=thinking, messages=USER)
     block = first.content[0]
@@ -328,8 +347,8 @@ def test_thinking_and_its_signature_survive_a_round_trip(gw: Gateway) -> None:
     assert final.content[0].type == "thinking" and final.content[0].signature == block.signature
 
 
-def test_thinking_request_is_accepted_by_a_translated_upstream(gw: Gateway) -> None:
-    msg = client(gw).messages.create(model="gpt", max_tokens=2048, messages=USER,
+def test_thinking_request_is_accepted_by_a_translated_upstream(sdk: Sdk, gw: Gateway) -> None:
+    msg = sdk(gw).messages.create(model="gpt", max_tokens=2048, messages=USER,
                                      thinking={"type": "enabled", "budget_tokens": 1024})
     assert any(b.type == "text" for b in msg.content)
 
@@ -365,8 +384,8 @@ def test_passthrough_forwards_the_exact_bytes(gw: Gateway, recorder: TinyUpstrea
 # -- count_tokens ------------------------------------------------------------------------------------
 
 
-def test_count_tokens_exact_upstream_and_local_estimate(gw: Gateway) -> None:
-    c = client(gw)
+def test_count_tokens_exact_upstream_and_local_estimate(sdk: Sdk, gw: Gateway) -> None:
+    c = sdk(gw)
     args: dict[str, Any] = {"messages": USER, "system": "Be brief.", "tools": [WEATHER]}
     exact = c.messages.count_tokens(model="claude", **args)
     assert exact.input_tokens > 0
@@ -381,18 +400,18 @@ def test_count_tokens_exact_upstream_and_local_estimate(gw: Gateway) -> None:
 # -- errors ------------------------------------------------------------------------------------------
 
 
-def test_errors_in_anthropic_shape(gw: Gateway) -> None:
+def test_errors_in_anthropic_shape(sdk: Sdk, gw: Gateway) -> None:
     with pytest.raises(anthropic.AuthenticationError) as auth:
-        client(gw, key="sk-wrong").messages.create(model="mock-chat", max_tokens=8, messages=USER)
+        sdk(gw, key="sk-wrong").messages.create(model="mock-chat", max_tokens=8, messages=USER)
     assert auth.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
     assert auth.value.response.headers["request-id"]
     with pytest.raises(anthropic.PermissionDeniedError):
-        client(gw, key=CHAT_ONLY_KEY).messages.create(model="mock-chat", max_tokens=8, messages=USER)
+        sdk(gw, key=CHAT_ONLY_KEY).messages.create(model="mock-chat", max_tokens=8, messages=USER)
     with pytest.raises(anthropic.NotFoundError) as missing:
-        client(gw).messages.create(model="no-such-model", max_tokens=8, messages=USER)
+        sdk(gw).messages.create(model="no-such-model", max_tokens=8, messages=USER)
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
     with pytest.raises(anthropic.BadRequestError):
-        client(gw).messages.create(model="embed-only", max_tokens=8, messages=USER)
+        sdk(gw).messages.create(model="embed-only", max_tokens=8, messages=USER)
     resp = raw(gw, {"model": "mock-chat", "messages": USER})  # no max_tokens
     assert resp.status_code == 400
     body = resp.json()
@@ -404,14 +423,14 @@ def test_errors_in_anthropic_shape(gw: Gateway) -> None:
     assert resp.status_code == 405 and resp.json()["type"] == "error"
 
 
-def test_upstream_overloaded_passes_through(gw: Gateway) -> None:
+def test_upstream_overloaded_passes_through(sdk: Sdk, gw: Gateway) -> None:
     with pytest.raises(anthropic.APIStatusError) as busy:
-        client(gw).messages.create(model="claude-busy", max_tokens=8, messages=USER)
+        sdk(gw).messages.create(model="claude-busy", max_tokens=8, messages=USER)
     assert busy.value.status_code == 529
     assert busy.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
 
 
-def test_rate_limited_answer_and_the_sdk_retry(gw: Gateway) -> None:
+def test_rate_limited_answer_and_the_sdk_retry(sdk: Sdk, gw: Gateway) -> None:
     """The gateway's own 429: Anthropic's shape, ``retry-after`` and ``anthropic-ratelimit-*``; the SDK
     with retries waits as told and gets through."""
     body = {"model": "limited", "max_tokens": 8, "messages": USER}
@@ -424,20 +443,50 @@ def test_rate_limited_answer_and_the_sdk_retry(gw: Gateway) -> None:
     assert resp.headers["anthropic-ratelimit-requests-remaining"] == "0"
     assert resp.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
     with pytest.raises(anthropic.RateLimitError):
-        client(gw).messages.create(**body)  # type: ignore[arg-type]
-    msg = client(gw, retries=5).messages.create(**body)  # type: ignore[arg-type]
+        sdk(gw).messages.create(**body)  # type: ignore[arg-type]
+    msg = sdk(gw, retries=5).messages.create(**body)  # type: ignore[arg-type]
     assert msg.content
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+def test_a_stream_cut_upstream_ends_with_an_anthropic_error_event(sdk: Sdk, gw: Gateway, model: str) -> None:
+    """Translated (gpt) and pass-through (claude): the upstream drops the connection mid-stream; the
+    client's stream ends with Anthropic's ``error`` event (what the SDK raises on), no ``message_stop``."""
+    resp = raw(gw, {"model": model, "max_tokens": 64, "stream": True,
+                    "messages": [{"role": "user", "content": "!mock cut=3 chunks=8"}]})
+    assert resp.status_code == 200
+    names = event_names(resp.content)
+    assert names[0] == "message_start" and names[-1] == "error" and "message_stop" not in names
+    last = json.loads(resp.content.rstrip().split(b"\n")[-1][len(b"data: "):])
+    assert last["error"]["type"] == "api_error" and last["request_id"] == resp.headers["request-id"]
+    with pytest.raises(anthropic.APIStatusError), sdk(gw).messages.stream(
+        model=model, max_tokens=64, messages=[{"role": "user", "content": "!mock cut=3 chunks=8"}],
+    ) as stream:
+        for _ in stream:
+            pass
+
+
+def test_failover_from_an_overloaded_anthropic_upstream_to_an_openai_one(sdk: Sdk, gw: Gateway) -> None:
+    """Anthropic answers 529; the model's fallback (an OpenAI-dialect upstream) answers, and the client
+    sees one dialect: a Messages answer, streamed or not."""
+    c = sdk(gw)
+    msg = c.messages.with_raw_response.create(model="claude-or-gpt", max_tokens=32, messages=USER)
+    assert msg.headers["x-gateway-model"] == "gpt"
+    assert msg.parse().content[0].type == "text"
+    with c.messages.stream(model="claude-or-gpt", max_tokens=32, messages=USER) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "text" and final.content[0].text
 
 
 # -- models ------------------------------------------------------------------------------------------
 
 
-def test_models_in_each_sdks_shape(gw: Gateway) -> None:
-    models = client(gw).models.list()
+def test_models_in_each_sdks_shape(sdk: Sdk, gw: Gateway) -> None:
+    models = sdk(gw).models.list()
     ids = [m.id for m in models.data]
     assert "claude" in ids and "mock-chat" in ids
     assert all(m.type == "model" for m in models.data)
-    assert client(gw).models.retrieve("claude").id == "claude"
+    assert sdk(gw).models.retrieve("claude").id == "claude"
     plain = httpx.get(f"http://{HOST}:{gw.port}/v1/models", headers={"authorization": f"Bearer {KEY}"})
     assert plain.json()["object"] == "list"
 
@@ -445,8 +494,9 @@ def test_models_in_each_sdks_shape(gw: Gateway) -> None:
 # -- the embedded default and Claude Code's way of calling ------------------------------------------
 
 
-def test_default_gateway_serves_messages(default_gw: Gateway) -> None:
+def test_default_gateway_serves_messages(default_gw: Gateway, request: pytest.FixtureRequest) -> None:
     c = anthropic.Anthropic(base_url=f"http://{HOST}:{default_gw.port}", api_key="anything", max_retries=0)
+    request.addfinalizer(c.close)
     model = c.models.list().data[0].id
     msg = c.messages.create(model=model, max_tokens=32, messages=USER)
     assert msg.content[0].type == "text"
@@ -459,7 +509,8 @@ def test_default_gateway_serves_messages(default_gw: Gateway) -> None:
 
 @pytest.mark.parametrize("variable", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
 @pytest.mark.parametrize("model", ["mock-chat", "claude"])
-def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, variable: str, model: str) -> None:
+def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+                           variable: str, model: str) -> None:
     """ANTHROPIC_BASE_URL at the gateway and a gateway key as the API key (x-api-key) or auth token
     (Authorization: Bearer); streaming with tools and cache_control blocks, as Claude Code sends."""
     monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://{HOST}:{gw.port}")
@@ -467,6 +518,7 @@ def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, variabl
     monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
     monkeypatch.setenv(variable, KEY)
     c = anthropic.Anthropic(max_retries=0)
+    request.addfinalizer(c.close)
     tools = [{**WEATHER, "cache_control": {"type": "ephemeral"}}]
     system = [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}]
     messages = [{"role": "user", "content": [
