@@ -104,3 +104,54 @@ def test_whole_answer_is_sent_only_after_the_record_is_stored() -> None:
         assert bytes(service.saved[0][2].response) == body
 
     asyncio.run(run())
+
+
+# -- input_items pages -------------------------------------------------------------------------------------
+
+
+def test_input_items_pages() -> None:
+    from gateway import errors
+    from gateway.responses.service import _list_page
+
+    items = [{"id": f"i{n}", "type": "message"} for n in range(5)]
+
+    def page(query: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(_list_page(items, query))
+        return result
+
+    first = page("limit=2")
+    assert [i["id"] for i in first["data"]] == ["i4", "i3"]  # newest first by default
+    assert first["has_more"] and first["first_id"] == "i4" and first["last_id"] == "i3"
+    second = page("limit=2&after=i3")
+    assert [i["id"] for i in second["data"]] == ["i2", "i1"] and second["has_more"]
+    last = page("limit=2&after=i1")
+    assert [i["id"] for i in last["data"]] == ["i0"] and not last["has_more"]
+    assert [i["id"] for i in page("order=asc&limit=3")["data"]] == ["i0", "i1", "i2"]
+    assert [i["id"] for i in page("order=asc&before=i3&limit=2")["data"]] == ["i1", "i2"]
+    assert page("")["data"] == items[::-1] and not page("")["has_more"]
+    for bad in ("limit=0", "limit=101", "limit=x", "order=up", "after=nope"):
+        try:
+            page(bad)
+        except errors.BadRequest:
+            continue
+        raise AssertionError(f"{bad} was accepted")
+
+
+# -- config -------------------------------------------------------------------------------------------------
+
+
+def test_retention_config_and_the_example() -> None:
+    from pathlib import Path
+
+    from gateway.config import ConfigError, load_config, load_config_text
+
+    assert load_config_text("", "g.toml").responses.retention == 30 * 86400
+    assert load_config_text("[responses]\nretention = 60\n", "g.toml").responses.retention == 60
+    try:
+        load_config_text("[responses]\nretention = 0\n", "g.toml")
+    except ConfigError as exc:
+        assert any("responses.retention" in e for e in exc.errors), exc.errors
+    else:
+        raise AssertionError("retention = 0 was accepted")
+    example = load_config(Path(__file__).resolve().parents[2] / "examples" / "responses.toml")
+    assert example.responses.retention == 7 * 86400 and "mock-1" in example.models
