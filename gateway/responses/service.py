@@ -36,7 +36,7 @@ from gateway.dialects import openai_responses as dialect_module
 from gateway.responses.store import ResponseStore, open_response_store
 from gateway.store.base import StoreUnavailable
 
-__all__ = ["ResponsesFront", "ResponsesService", "StoredRecord", "tenant_of"]
+__all__ = ["MAX_CONVERSATION_BYTES", "ResponsesFront", "ResponsesService", "StoredRecord", "tenant_of"]
 
 log = logging.getLogger("gateway.responses")
 
@@ -45,6 +45,9 @@ _JSON: Final = ("content-type", "application/json")
 #: the tenant of requests made without keys ([auth] required = false)
 _NO_TENANT: Final = "-"
 _MAX_LIST: Final = 100
+#: the most a conversation may weigh (the stored one of ``previous_response_id`` and the new request's
+#: body): a chain of turns grows its record with each one, and each record is held whole in memory
+MAX_CONVERSATION_BYTES: Final = 32 << 20
 
 
 class StoredRecord(msgspec.Struct, frozen=True):
@@ -135,7 +138,16 @@ class ResponsesService:
         previous: list[ir.Message] = []
         prev_id = decoded.params.previous_response_id
         if prev_id:
-            previous = (await self.load(tenant_of(ctx), prev_id)).conversation
+            data = await self._call(self._get(tenant_of(ctx), prev_id))
+            if data is None:
+                raise _not_found(prev_id)
+            if len(data) + len(ctx.body) > MAX_CONVERSATION_BYTES:
+                raise errors.BadRequest(
+                    f"The conversation of previous_response_id '{prev_id}' and this input exceed "
+                    f"{MAX_CONVERSATION_BYTES >> 20} MiB; start a new conversation",
+                    param="previous_response_id", code="conversation_too_large",
+                )
+            previous = _record.decode(data).conversation
         ctx.dialect = dialect = dialect_module.OPENAI_RESPONSES.for_request(
             decoded, previous, int(time.time())
         )

@@ -155,3 +155,56 @@ def test_retention_config_and_the_example() -> None:
         raise AssertionError("retention = 0 was accepted")
     example = load_config(Path(__file__).resolve().parents[2] / "examples" / "responses.toml")
     assert example.responses.retention == 7 * 86400 and "mock-1" in example.models
+
+
+# -- previous_response_id ------------------------------------------------------------------------------------
+
+
+def test_previous_conversation_is_loaded_per_tenant_and_bounded(tmp_path: Any, monkeypatch: Any) -> None:
+    import msgspec
+    import pytest
+
+    from gateway import errors
+    from gateway.responses import service as svc
+    from gateway.store.factory import StoreOptions
+
+    class _Config:
+        store = StoreOptions(url=f"sqlite://{tmp_path / 'gw.db'}")
+
+        class responses:
+            retention = 60.0
+
+    class _Key:
+        def __init__(self, tenant: str) -> None:
+            self.tenant = type("T", (), {"id": tenant})()
+
+    def ctx_for(tenant: str, body: dict[str, Any]) -> Any:
+        c = _Ctx()
+        c.key = _Key(tenant)  # type: ignore[assignment]
+        c.body = json.dumps({"model": "m", **body}).encode()  # type: ignore[attr-defined]
+        c.dialect = None  # type: ignore[attr-defined]
+        return c
+
+    async def run() -> None:
+        service = svc.ResponsesService(_Config())
+        try:
+            earlier = [ir.Message("user", [ir.TextPart("first")]), ir.Message("assistant", [ir.TextPart("ok")])]
+            record = StoredRecord(msgspec.Raw(b"{}"), [], earlier, "m")
+            await service.save("acme", "resp_prev", record)
+            ctx = ctx_for("acme", {"input": "next", "previous_response_id": "resp_prev", "instructions": "be nice"})
+            await service.front(ctx, _Client())  # type: ignore[arg-type]
+            req = ctx.dialect.decode_request(b"")
+            assert [m.role for m in req.messages] == ["system", "user", "assistant", "user"]
+            assert req.messages[1:3] == earlier
+            with pytest.raises(errors.NotFound):  # another tenant's id: not found
+                await service.front(ctx_for("globex", {"input": "x", "previous_response_id": "resp_prev"}),
+                                    _Client())  # type: ignore[arg-type]
+            monkeypatch.setattr(svc, "MAX_CONVERSATION_BYTES", 64)
+            with pytest.raises(errors.BadRequest) as info:
+                await service.front(ctx_for("acme", {"input": "x", "previous_response_id": "resp_prev"}),
+                                    _Client())  # type: ignore[arg-type]
+            assert info.value.code == "conversation_too_large"
+        finally:
+            await service.close()
+
+    asyncio.run(run())
