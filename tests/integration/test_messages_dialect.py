@@ -21,12 +21,15 @@ import pytest
 from gateway.auth import digest, format_key
 
 from .conftest import Gateway, _launch, _stop
-from .helpers import HOST, ServerProcess, call_records, free_port
+from .helpers import HOST, call_records
+from .test_anthropic_upstream import (
+    ANTH_KEY,
+    anthropic_mock,  # noqa: F401  # its fixture, shared
+)
 from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(120)
 
-ANTH_KEY = "sk-ant-messages"
 KEY = format_key("msgskeyaaaaa", "M" * 43)
 CHAT_ONLY_KEY = format_key("chatonlyaaaa", "C" * 43)
 USER = [{"role": "user", "content": "Tell me something about gateways."}]
@@ -36,8 +39,6 @@ WEATHER = {
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
 #: the event sequence of a one-text-block answer, as Anthropic streams it
-TEXT_EVENTS = ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop",
-               "message_delta", "message_stop"]
 
 
 # -- the recorder: an Anthropic upstream that keeps the exact bytes it gets and answers fixed bytes ------
@@ -163,19 +164,6 @@ endpoints = ["embeddings"]
 
 
 @pytest.fixture(scope="module")
-def anthropic_mock(logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[int]:
-    port = free_port()
-    proc = ServerProcess("mock-anthropic-msgs", ["mock", "--dialect", "anthropic", "--api-key", ANTH_KEY,
-                                                 "--port", str(port), "-q"], logs_dir, port).start()
-    failed = request.session.testsfailed
-    try:
-        proc.wait_ready("/healthz")
-        yield port
-    finally:
-        _stop(proc, request, failed)
-
-
-@pytest.fixture(scope="module")
 def recorder() -> Iterator[TinyUpstream]:
     rec = TinyUpstream(_recorded_answer)
     try:
@@ -192,9 +180,9 @@ def anth_key_env() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def gw(anthropic_mock: int, mock_port: int, recorder: TinyUpstream, logs_dir: Path,
-       request: pytest.FixtureRequest, anth_key_env: None) -> Iterator[Gateway]:
-    config = _config(anthropic_mock, mock_port, recorder.port)
+def gw(mock_port: int, recorder: TinyUpstream, logs_dir: Path, request: pytest.FixtureRequest,
+       anth_key_env: None) -> Iterator[Gateway]:
+    config = _config(request.getfixturevalue("anthropic_mock"), mock_port, recorder.port)
     gateway = _launch("gateway-messages", logs_dir, config_text=config, workers=1, frontend="native")
     failed = request.session.testsfailed
     try:
