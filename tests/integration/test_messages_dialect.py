@@ -24,6 +24,7 @@ from .conftest import Gateway, _launch, _stop
 from .helpers import HOST, call_records
 from .test_anthropic_upstream import (
     ANTH_KEY,
+    PNG,
     anthropic_mock,  # noqa: F401  # its fixture, shared
 )
 from .tiny_upstream import TinyUpstream
@@ -101,6 +102,11 @@ name = "Team"
 apply = {{ models = {{ "limited" = "one-per-second" }} }}
 [limits.policies.one-per-second]
 requests_per_second = 1
+
+[pricing."recorded"]
+input = 1.0
+output = 2.0
+cached_input = 0.5
 
 [providers.embedded]
 type = "mock"
@@ -311,6 +317,23 @@ def test_streamed_tool_call_accumulates(sdk: Sdk, gw: Gateway, model: str) -> No
     assert final.stop_reason == "tool_use"
 
 
+# -- images ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt"])
+def test_images_base64_and_url(sdk: Sdk, gw: Gateway, model: str) -> None:
+    msg = sdk(gw).messages.create(model=model, max_tokens=32, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+        {"type": "text", "text": "What is in these images?"},
+    ]}])
+    assert msg.content[0].type == "text" and msg.usage.input_tokens > 0
+    bad = {"type": "image", "source": {"type": "url", "url": "file:///etc/passwd"}}
+    if model != "claude":  # translated: the gateway checks it (an Anthropic upstream judges its own)
+        with pytest.raises(anthropic.BadRequestError):
+            sdk(gw).messages.create(model=model, max_tokens=32, messages=[{"role": "user", "content": [bad]}])
+
+
 # -- thinking ----------------------------------------------------------------------------------------
 
 
@@ -366,6 +389,8 @@ def test_passthrough_forwards_the_exact_bytes(gw: Gateway, recorder: TinyUpstrea
     mine = [r for r in records if r.get("model") == "recorded"]
     # the usage read on the way: every prompt token once (7 + 5 written + 11 read), cache reads apart
     assert mine[0]["prompt_tokens"] == 23 and mine[0]["completion_tokens"] == 1
+    # priced like a chat answer: 12 prompt tokens at input, 11 cache reads at cached_input, 1 at output
+    assert mine[0]["cost_usd"] == pytest.approx((12 * 1.0 + 11 * 0.5 + 1 * 2.0) * 1e-6)
     assert mine[1]["prompt_tokens"] == 18 and mine[1]["completion_tokens"] == 3 and mine[1]["stream"]
 
 
