@@ -25,6 +25,7 @@ from .helpers import HOST, call_records
 from .test_anthropic_upstream import (
     ANTH_KEY,
     PNG,
+    Recorder,
     anthropic_mock,  # noqa: F401  # its fixture, shared
 )
 from .tiny_upstream import TinyUpstream
@@ -75,7 +76,7 @@ def _recorded_answer(path: str, headers: dict[str, str], body: bytes) -> tuple[i
     return 200, "application/json", RECORDED_MESSAGE
 
 
-def _config(anth_port: int, mock_port: int, rec_port: int) -> str:
+def _config(anth_port: int, mock_port: int, rec_port: int, sse_error_port: int) -> str:
     anth = f"http://{HOST}:{anth_port}/v1"
     return f"""
 [server]
@@ -153,6 +154,18 @@ upstream_model = "claude-mock"
 [models.recorded]
 provider = "recorded"
 
+[providers.sse-error]
+type = "anthropic"
+base_url = "http://{HOST}:{sse_error_port}/v1"
+api_key = "env:ANTH_KEY"
+
+[models.sse-error-or-gpt]
+strategy = "cost"
+deployments = [
+  {{ provider = "sse-error", upstream_model = "claude-rec", cost = 1.0 }},
+  {{ provider = "openai", upstream_model = "mock-1", cost = 10.0 }},
+]
+
 [models.claude-or-gpt]
 provider = "claude-busy"
 upstream_model = "claude-mock"
@@ -179,6 +192,16 @@ def recorder() -> Iterator[TinyUpstream]:
 
 
 @pytest.fixture(scope="module")
+def sse_error() -> Iterator[Recorder]:
+    """An Anthropic upstream whose streams are only an ``overloaded_error`` event (200, then the error)."""
+    rec = Recorder()
+    try:
+        yield rec
+    finally:
+        rec.close()
+
+
+@pytest.fixture(scope="module")
 def anth_key_env() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ANTH_KEY", ANTH_KEY)
@@ -186,9 +209,9 @@ def anth_key_env() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def gw(mock_port: int, recorder: TinyUpstream, logs_dir: Path, request: pytest.FixtureRequest,
-       anth_key_env: None) -> Iterator[Gateway]:
-    config = _config(request.getfixturevalue("anthropic_mock"), mock_port, recorder.port)
+def gw(mock_port: int, recorder: TinyUpstream, sse_error: Recorder, logs_dir: Path,
+       request: pytest.FixtureRequest, anth_key_env: None) -> Iterator[Gateway]:
+    config = _config(request.getfixturevalue("anthropic_mock"), mock_port, recorder.port, sse_error.port)
     gateway = _launch("gateway-messages", logs_dir, config_text=config, workers=1, frontend="native")
     failed = request.session.testsfailed
     try:
@@ -489,6 +512,17 @@ def test_failover_from_an_overloaded_anthropic_upstream_to_an_openai_one(sdk: Sd
     with c.messages.stream(model="claude-or-gpt", max_tokens=32, messages=USER) as stream:
         final = stream.get_final_message()
     assert final.content[0].type == "text" and final.content[0].text
+
+
+def test_an_error_event_before_any_content_fails_over(sdk: Sdk, gw: Gateway, sse_error: Recorder) -> None:
+    """Pass-through stream whose first event is Anthropic's ``error``: nothing is sent to the client, the
+    routed model goes on to its next deployment (an OpenAI-dialect one), the client gets one clean
+    Messages stream."""
+    before = len(sse_error.seen)
+    with sdk(gw).messages.stream(model="sse-error-or-gpt", max_tokens=32, messages=USER) as stream:
+        final = stream.get_final_message()
+    assert len(sse_error.seen) == before + 1
+    assert final.content[0].type == "text" and final.stop_reason in ("end_turn", "max_tokens")
 
 
 # -- models ------------------------------------------------------------------------------------------
