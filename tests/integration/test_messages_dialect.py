@@ -431,6 +431,12 @@ def test_count_tokens_exact_upstream_and_local_estimate(sdk: Sdk, gw: Gateway) -
     assert 10 < local.input_tokens < bigger.input_tokens
     with pytest.raises(anthropic.NotFoundError):
         c.messages.count_tokens(model="no-such-model", messages=USER)
+    for model in ("claude", "mock-chat"):
+        resp = raw(gw, {"model": model, "messages": USER}, path="/v1/messages/count_tokens")
+        assert resp.status_code == 200 and resp.headers["request-id"] == resp.headers["x-request-id"]
+    resp = raw(gw, {"model": "mock-chat", "messages": USER}, path="/v1/messages/count_tokens",
+               key=CHAT_ONLY_KEY)
+    assert resp.status_code == 403 and resp.json()["error"]["type"] == "permission_error"
 
 
 # -- errors ------------------------------------------------------------------------------------------
