@@ -70,8 +70,8 @@ async def _count_tokens(engine: Engine, ctx: Context, responder: Responder) -> N
         await _upstream_count(engine, ctx, responder, target)
         return
     tokens = await estimate_input_tokens(req)
-    engine._reply(ctx, responder, Reply(200, encode({"input_tokens": tokens}),
-                                        [("content-type", "application/json")]))
+    headers = [("content-type", "application/json"), ("request-id", ctx.request_id)]
+    engine._reply(ctx, responder, Reply(200, encode({"input_tokens": tokens}), headers))
 
 
 async def _upstream_count(engine: Engine, ctx: Context, responder: Responder, target: Target) -> None:

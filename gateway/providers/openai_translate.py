@@ -27,7 +27,8 @@ from typing import Any, Final
 import msgspec
 
 from gateway import ir
-from gateway._core.sse import SSEScanner, event_data, split_events
+from gateway._core.sse import event_data
+from gateway.providers.sse_machine import DONE, FAILED, IDLE, MESSAGE, SSEMachine
 
 __all__ = [
     "STOP_REASONS",
@@ -388,60 +389,29 @@ def error_from_response(status: int, body: bytes) -> ir.ProviderError | None:
 #   the end, no finish_reason      StreamError 502                             FAILED
 
 
-class ChunkStream:
+class ChunkStream(SSEMachine):
     """OpenAI chunk SSE bytes in, IR stream events out: ``feed(chunk)`` per body chunk, then ``close()``."""
 
-    __slots__ = ("_current", "_next", "_reason", "_scanner", "_tools", "_usage", "state")
+    __slots__ = ("_current", "_next", "_reason", "_tools")
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
-        self._scanner = SSEScanner(max_event_bytes)
-        self.state = "IDLE"
+        super().__init__(max_event_bytes)
         #: the open text or thinking block: (IR index, kind), or None
         self._current: tuple[int, str] | None = None
         #: open tool blocks: OpenAI tool index → IR index
         self._tools: dict[int, int] = {}
         self._next = 0
         self._reason: str | None = None
-        self._usage = ir.Usage()
 
-    @property
-    def usage(self) -> ir.Usage:
-        return self._usage
-
-    def feed(self, chunk: bytes) -> list[ir.StreamEvent]:
-        out: list[ir.StreamEvent] = []
-        try:
-            data = self._scanner.feed(chunk)
-        except ValueError as e:
-            return self._fail(out, str(e))
-        if data:
-            for event in split_events(data):
-                self._event(event, out)
-        return out
-
-    def close(self) -> list[ir.StreamEvent]:
-        out: list[ir.StreamEvent] = []
-        tail = self._scanner.pending
-        if tail.strip():
-            self._scanner = SSEScanner(self._scanner.max_event_bytes)
-            self._event(tail, out)
-        if self.state in ("IDLE", "MESSAGE"):
-            if self._reason is not None:
-                self._finish(out)
-            else:
-                self._fail(out, "the upstream stream ended before the answer was complete")
-        return out
-
-    def _fail(self, out: list[ir.StreamEvent], message: str, err: ir.ProviderError | None = None
-              ) -> list[ir.StreamEvent]:
-        if self.state not in ("FAILED", "DONE"):
-            self.state = "FAILED"
-            out.append(ir.StreamError(err or ir.ProviderError(502, "upstream_error", "bad_gateway", message,
-                                                              retryable=True)))
-        return out
+    def _ended(self, out: list[ir.StreamEvent]) -> None:
+        """No ``[DONE]``: an answer that said why it finished is complete; any other was cut."""
+        if self.state in (IDLE, MESSAGE) and self._reason is not None:
+            self._finish(out)
+        else:
+            super()._ended(out)
 
     def _event(self, event: bytes, out: list[ir.StreamEvent]) -> None:
-        if self.state in ("FAILED", "DONE"):
+        if self.state in (FAILED, DONE):
             return
         data = event_data(event)
         if data is None or not data.strip():
@@ -457,8 +427,8 @@ class ChunkStream:
         if chunk.error is not None:
             self._on_error(chunk.error, out)
             return
-        if self.state == "IDLE":
-            self.state = "MESSAGE"
+        if self.state == IDLE:
+            self.state = MESSAGE
             out.append(ir.MessageStart(chunk.id, chunk.model))
         for choice in chunk.choices[:1]:
             self._delta(choice.delta, out)
@@ -522,7 +492,7 @@ class ChunkStream:
                 out.append(ir.BlockDelta(i, "arguments", f.arguments))
 
     def _finish(self, out: list[ir.StreamEvent]) -> None:
-        if self.state == "IDLE":
+        if self.state == IDLE:
             self._fail(out, "the upstream stream ended before any answer")
             return
         self._stop_current(out)
@@ -531,4 +501,4 @@ class ChunkStream:
         self._tools.clear()
         out.append(ir.UsageUpdate(self._usage))
         out.append(ir.MessageStop(_stop(self._reason) or ir.StopReason.END_TURN))
-        self.state = "DONE"
+        self.state = DONE

@@ -21,12 +21,17 @@ import pytest
 from gateway.auth import digest, format_key
 
 from .conftest import Gateway, _launch, _stop
-from .helpers import HOST, ServerProcess, call_records, free_port
+from .helpers import HOST, call_records
+from .test_anthropic_upstream import (
+    ANTH_KEY,
+    PNG,
+    Recorder,
+    anthropic_mock,  # noqa: F401  # its fixture, shared
+)
 from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(120)
 
-ANTH_KEY = "sk-ant-messages"
 KEY = format_key("msgskeyaaaaa", "M" * 43)
 CHAT_ONLY_KEY = format_key("chatonlyaaaa", "C" * 43)
 USER = [{"role": "user", "content": "Tell me something about gateways."}]
@@ -36,8 +41,6 @@ WEATHER = {
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
 #: the event sequence of a one-text-block answer, as Anthropic streams it
-TEXT_EVENTS = ["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop",
-               "message_delta", "message_stop"]
 
 
 # -- the recorder: an Anthropic upstream that keeps the exact bytes it gets and answers fixed bytes ------
@@ -73,7 +76,7 @@ def _recorded_answer(path: str, headers: dict[str, str], body: bytes) -> tuple[i
     return 200, "application/json", RECORDED_MESSAGE
 
 
-def _config(anth_port: int, mock_port: int, rec_port: int) -> str:
+def _config(anth_port: int, mock_port: int, rec_port: int, sse_error_port: int) -> str:
     anth = f"http://{HOST}:{anth_port}/v1"
     return f"""
 [server]
@@ -100,6 +103,11 @@ name = "Team"
 apply = {{ models = {{ "limited" = "one-per-second" }} }}
 [limits.policies.one-per-second]
 requests_per_second = 1
+
+[pricing."recorded"]
+input = 1.0
+output = 2.0
+cached_input = 0.5
 
 [providers.embedded]
 type = "mock"
@@ -146,6 +154,18 @@ upstream_model = "claude-mock"
 [models.recorded]
 provider = "recorded"
 
+[providers.sse-error]
+type = "anthropic"
+base_url = "http://{HOST}:{sse_error_port}/v1"
+api_key = "env:ANTH_KEY"
+
+[models.sse-error-or-gpt]
+strategy = "cost"
+deployments = [
+  {{ provider = "sse-error", upstream_model = "claude-rec", cost = 1.0 }},
+  {{ provider = "openai", upstream_model = "mock-1", cost = 10.0 }},
+]
+
 [models.claude-or-gpt]
 provider = "claude-busy"
 upstream_model = "claude-mock"
@@ -163,21 +183,18 @@ endpoints = ["embeddings"]
 
 
 @pytest.fixture(scope="module")
-def anthropic_mock(logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[int]:
-    port = free_port()
-    proc = ServerProcess("mock-anthropic-msgs", ["mock", "--dialect", "anthropic", "--api-key", ANTH_KEY,
-                                                 "--port", str(port), "-q"], logs_dir, port).start()
-    failed = request.session.testsfailed
+def recorder() -> Iterator[TinyUpstream]:
+    rec = TinyUpstream(_recorded_answer)
     try:
-        proc.wait_ready("/healthz")
-        yield port
+        yield rec
     finally:
-        _stop(proc, request, failed)
+        rec.close()
 
 
 @pytest.fixture(scope="module")
-def recorder() -> Iterator[TinyUpstream]:
-    rec = TinyUpstream(_recorded_answer)
+def sse_error() -> Iterator[Recorder]:
+    """An Anthropic upstream whose streams are only an ``overloaded_error`` event (200, then the error)."""
+    rec = Recorder()
     try:
         yield rec
     finally:
@@ -192,9 +209,9 @@ def anth_key_env() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def gw(anthropic_mock: int, mock_port: int, recorder: TinyUpstream, logs_dir: Path,
+def gw(mock_port: int, recorder: TinyUpstream, sse_error: Recorder, logs_dir: Path,
        request: pytest.FixtureRequest, anth_key_env: None) -> Iterator[Gateway]:
-    config = _config(anthropic_mock, mock_port, recorder.port)
+    config = _config(request.getfixturevalue("anthropic_mock"), mock_port, recorder.port, sse_error.port)
     gateway = _launch("gateway-messages", logs_dir, config_text=config, workers=1, frontend="native")
     failed = request.session.testsfailed
     try:
@@ -323,6 +340,23 @@ def test_streamed_tool_call_accumulates(sdk: Sdk, gw: Gateway, model: str) -> No
     assert final.stop_reason == "tool_use"
 
 
+# -- images ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt"])
+def test_images_base64_and_url(sdk: Sdk, gw: Gateway, model: str) -> None:
+    msg = sdk(gw).messages.create(model=model, max_tokens=32, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+        {"type": "text", "text": "What is in these images?"},
+    ]}])
+    assert msg.content[0].type == "text" and msg.usage.input_tokens > 0
+    bad = {"type": "image", "source": {"type": "url", "url": "file:///etc/passwd"}}
+    if model != "claude":  # translated: the gateway checks it (an Anthropic upstream judges its own)
+        with pytest.raises(anthropic.BadRequestError):
+            sdk(gw).messages.create(model=model, max_tokens=32, messages=[{"role": "user", "content": [bad]}])
+
+
 # -- thinking ----------------------------------------------------------------------------------------
 
 
@@ -378,6 +412,8 @@ def test_passthrough_forwards_the_exact_bytes(gw: Gateway, recorder: TinyUpstrea
     mine = [r for r in records if r.get("model") == "recorded"]
     # the usage read on the way: every prompt token once (7 + 5 written + 11 read), cache reads apart
     assert mine[0]["prompt_tokens"] == 23 and mine[0]["completion_tokens"] == 1
+    # priced like a chat answer: 12 prompt tokens at input, 11 cache reads at cached_input, 1 at output
+    assert mine[0]["cost_usd"] == pytest.approx((12 * 1.0 + 11 * 0.5 + 1 * 2.0) * 1e-6)
     assert mine[1]["prompt_tokens"] == 18 and mine[1]["completion_tokens"] == 3 and mine[1]["stream"]
 
 
@@ -395,6 +431,12 @@ def test_count_tokens_exact_upstream_and_local_estimate(sdk: Sdk, gw: Gateway) -
     assert 10 < local.input_tokens < bigger.input_tokens
     with pytest.raises(anthropic.NotFoundError):
         c.messages.count_tokens(model="no-such-model", messages=USER)
+    for model in ("claude", "mock-chat"):
+        resp = raw(gw, {"model": model, "messages": USER}, path="/v1/messages/count_tokens")
+        assert resp.status_code == 200 and resp.headers["request-id"] == resp.headers["x-request-id"]
+    resp = raw(gw, {"model": "mock-chat", "messages": USER}, path="/v1/messages/count_tokens",
+               key=CHAT_ONLY_KEY)
+    assert resp.status_code == 403 and resp.json()["error"]["type"] == "permission_error"
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -476,6 +518,17 @@ def test_failover_from_an_overloaded_anthropic_upstream_to_an_openai_one(sdk: Sd
     with c.messages.stream(model="claude-or-gpt", max_tokens=32, messages=USER) as stream:
         final = stream.get_final_message()
     assert final.content[0].type == "text" and final.content[0].text
+
+
+def test_an_error_event_before_any_content_fails_over(sdk: Sdk, gw: Gateway, sse_error: Recorder) -> None:
+    """Pass-through stream whose first event is Anthropic's ``error``: nothing is sent to the client, the
+    routed model goes on to its next deployment (an OpenAI-dialect one), the client gets one clean
+    Messages stream."""
+    before = len(sse_error.seen)
+    with sdk(gw).messages.stream(model="sse-error-or-gpt", max_tokens=32, messages=USER) as stream:
+        final = stream.get_final_message()
+    assert len(sse_error.seen) == before + 1
+    assert final.content[0].type == "text" and final.stop_reason in ("end_turn", "max_tokens")
 
 
 # -- models ------------------------------------------------------------------------------------------

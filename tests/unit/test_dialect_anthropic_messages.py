@@ -275,3 +275,62 @@ def test_example_messages_toml_loads() -> None:
 def test_registry() -> None:
     assert DIALECT_PATHS["/v1/messages"] == ("messages", am.ANTHROPIC_MESSAGES)
     assert am.ANTHROPIC_MESSAGES.endpoint == "messages"
+
+
+# -- the Anthropic pass-through relay ----------------------------------------------------------------
+
+
+class _Ctx:
+    usage: Any = None
+    include_usage = False
+    request_id = "rid"
+    dialect = am.ANTHROPIC_MESSAGES
+
+
+def _anthropic_stream(*events: tuple[str, dict[str, Any]]) -> bytes:
+    return b"".join(b"event: " + k.encode() + b"\ndata: " + json.dumps({"type": k, **d}).encode() + b"\n\n"
+                    for k, d in events)
+
+
+PASS_STREAM = _anthropic_stream(
+    ("message_start", {"message": {"id": "m", "type": "message", "role": "assistant", "model": "c",
+                                   "content": [], "usage": {"input_tokens": 5, "output_tokens": 1,
+                                                            "cache_read_input_tokens": 4}}}),
+    ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+    ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "an error? no"}}),
+    ("content_block_stop", {"index": 0}),
+    ("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 6}}),
+    ("message_stop", {}),
+)
+
+
+def test_passthrough_relay_forwards_bytes_and_reads_usage_whatever_the_fragments() -> None:
+    from gateway.providers.anthropic import PassThroughRelay
+
+    rng = random.Random(17)
+    for cuts in ([], list(range(1, len(PASS_STREAM))),
+                 *(sorted(rng.sample(range(1, len(PASS_STREAM)), 12)) for _ in range(20))):
+        ctx = _Ctx()
+        relay = PassThroughRelay(ctx)
+        out, start = b"", 0
+        for cut in [*cuts, len(PASS_STREAM)]:
+            out += relay.feed(PASS_STREAM[start:cut])
+            start = cut
+        out += relay.end()
+        assert out == PASS_STREAM and relay.error is None
+        assert (ctx.usage.prompt_tokens, ctx.usage.completion_tokens) == (9, 6)
+        assert ctx.usage.prompt_tokens_details.cached_tokens == 4
+
+
+def test_passthrough_relay_errors() -> None:
+    from gateway.providers.anthropic import PassThroughRelay
+
+    relay = PassThroughRelay(_Ctx())
+    error = _anthropic_stream(("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}}))
+    assert relay.feed(error) == b""  # nothing sent: a routed model may still go elsewhere
+    assert relay.error is not None and relay.error.status == 503
+    assert json.loads(am.ANTHROPIC_MESSAGES.stream_error(relay.error, "r").split(b"data: ")[1])["error"] == {
+        "type": "overloaded_error", "message": "Overloaded"}
+    cut = PassThroughRelay(_Ctx())
+    assert cut.feed(PASS_STREAM[: PASS_STREAM.index(b"event: message_delta")])
+    assert cut.end() == b"" and cut.error is not None and cut.error.status == 502
