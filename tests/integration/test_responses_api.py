@@ -1,9 +1,10 @@
 """The OpenAI Responses API (``/v1/responses``) with the official ``openai`` SDK's ``client.responses``.
 
 Real processes on loopback: ``gateway serve`` with its embedded default (the in-process mock), and two
-gateway nodes sharing one real Redis, in front of the standalone OpenAI mock and ``gateway mock --dialect
-anthropic``, with keys of two tenants. A response made on one node is continued, read, listed and
-deleted on the other: the record is written before the answer, so there is nothing to wait for.
+gateway nodes sharing one real Redis, in front of the standalone OpenAI mock, ``gateway mock --dialect
+anthropic`` and ``gateway mock --dialect azure``, with keys of two tenants. A response made on one node is
+continued, read, listed and deleted on the other: the record is written before the answer, so there is
+nothing to wait for.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import redisproc
 from gateway.auth import digest, generate
 from gateway.store import open_store
 
-from .conftest import Gateway, StartGateway, _stop
+from .conftest import MOCK_KEY, Gateway, StartGateway, _stop
 from .helpers import HOST, ServerProcess, call_records, free_port, gateway_toml
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,8 +58,30 @@ def anthropic_mock(logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[i
         _stop(proc, request, failed)
 
 
-def _config(mock_port: int, anth_port: int, store_url: str) -> str:
+@pytest.fixture(scope="module")
+def azure_mock(logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[int]:
+    port = free_port()
+    proc = ServerProcess("mock-azure-responses", ["mock", "--dialect", "azure", "--api-key", MOCK_KEY,
+                                                  "--port", str(port), "-q"], logs_dir, port).start()
+    failed = request.session.testsfailed
+    try:
+        proc.wait_ready("/healthz")
+        yield port
+    finally:
+        _stop(proc, request, failed)
+
+
+def _config(mock_port: int, anth_port: int, azure_port: int, store_url: str) -> str:
     return gateway_toml(mock_port) + f"""
+[providers.azure]
+type = "azure"
+base_url = "http://{HOST}:{azure_port}"
+api_key = "env:MOCK_KEY"
+
+[models.azure]
+provider = "azure"
+upstream_model = "gpt-4o-deployment"
+
 [providers.claude]
 type = "anthropic"
 base_url = "http://{HOST}:{anth_port}/v1"
@@ -133,10 +156,10 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(start_gateway: StartGateway, mock_port: int, anthropic_mock: int, redis_server: redisproc.RedisServer,
-            monkeypatch: pytest.MonkeyPatch, clients: Clients) -> Cluster:
+def cluster(start_gateway: StartGateway, mock_port: int, anthropic_mock: int, azure_mock: int,
+            redis_server: redisproc.RedisServer, monkeypatch: pytest.MonkeyPatch, clients: Clients) -> Cluster:
     monkeypatch.setenv("ANTH_KEY", ANTH_KEY)
-    text = _config(mock_port, anthropic_mock, redis_server.url)
+    text = _config(mock_port, anthropic_mock, azure_mock, redis_server.url)
     a = start_gateway(text, workers=2, name="responses-node-a")
     b = start_gateway(text, workers=2, name="responses-node-b")
     return Cluster(a, b, redis_server.url, clients)
@@ -207,7 +230,7 @@ def test_builtin_tools_and_bad_input_are_400(default_gateway: Gateway, clients: 
 # -- two nodes on one Redis, keys of two tenants, OpenAI and Anthropic upstreams ------------------------
 
 
-@pytest.mark.parametrize("model", ["chat-model", "claude"])
+@pytest.mark.parametrize("model", ["chat-model", "claude", "azure"])
 def test_tool_round_trip_across_nodes(cluster: Cluster, model: str) -> None:
     on_a = cluster.client(cluster.a, cluster.key1)
     on_b = cluster.client(cluster.b, cluster.key1)
