@@ -1,10 +1,12 @@
-"""CPU of the OpenAI ⇄ Anthropic translation alone, per request, in process (no sockets, no engine).
+"""CPU of the dialect translations alone, per request, in process (no sockets, no engine).
 
     python -m bench.translate               # non-stream request + answer, and a 20-event stream
 
-What it times is what ``AnthropicTranslator`` adds to a request over the pass-through path: building the
-Messages API request from the OpenAI body (``request_body``), turning the ``message`` into a
-``chat.completion`` (``take_body``), and relaying a stream of 20 text deltas (``stream_relay``).
+What it times is what a translator adds to a request over the pass-through path: building the upstream
+request from the client's body (``request_body``), turning the answer into the client's (``take_body``),
+and relaying a stream of 20 text deltas (``stream_relay``), for an OpenAI chat client on an Anthropic
+upstream and for an Anthropic Messages client on an OpenAI-compatible one; and, for comparison, what
+a Messages client's pass-through relay costs on an Anthropic upstream (bytes forwarded, usage read).
 """
 
 from __future__ import annotations
@@ -15,14 +17,26 @@ import timeit
 from typing import Any
 
 from gateway.config.schema import MockConfig
+from gateway.context import Context
+from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.providers.anthropic import AnthropicTranslator
 from gateway.providers.mock import MockTransport
+from gateway.providers.openai import OpenAITranslator
 
 BODY = b'{"model":"mock-1","messages":[{"role":"user","content":"hello there"}]}'
 MESSAGE = json.dumps({
     "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
     "content": [{"type": "text", "text": "Lorem ipsum dolor sit amet consectetur adipiscing elit sed do"}],
     "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 12},
+}).encode()
+
+
+MESSAGES_BODY = b'{"model":"mock-1","max_tokens":256,"messages":[{"role":"user","content":"hello there"}]}'
+COMPLETION = json.dumps({
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "mock-1",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "Lorem ipsum dolor sit amet consectetur adipiscing elit sed do"}}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22},
 }).encode()
 
 
@@ -33,6 +47,49 @@ class _Ctx:
     usage: Any = None
     body = BODY
     fields = None
+    dialect: Any = None
+    request_id = "bench"
+
+
+class _Request:
+    body = MESSAGES_BODY
+
+
+def _messages_context() -> Context:
+    """A Messages client's request context (the compiled translators take only the real type)."""
+    ctx = Context(_Request(), "bench", None, None)  # type: ignore[arg-type]
+    ctx.endpoint = "messages"
+    ctx.dialect = ANTHROPIC_MESSAGES
+    return ctx
+
+
+def _chunks(deltas: int) -> list[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
+        data: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        if usage is not None:
+            data = {**data, "choices": [], "usage": usage}
+        return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": "word "}) for _ in range(deltas)]
+    out += [chunk({}, "stop"), chunk({}, usage={"prompt_tokens": 9, "completion_tokens": deltas}),
+            b"data: [DONE]\n\n"]
+    return out
+
+
+def _per_call(fn: Any, n: int) -> float:
+    return float(min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6)
+
+
+def _relay_cost(translator: Any, ctx: Any, chunks: list[bytes], n: int) -> float:
+    def stream() -> None:
+        relay = translator.stream_relay(ctx)
+        for c in chunks:
+            relay.feed(c)
+        relay.end()
+
+    return _per_call(stream, n)
 
 
 def _event(data: dict[str, Any]) -> bytes:
@@ -76,6 +133,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"request OpenAI -> Anthropic: {req:.2f} us")
     print(f"answer Anthropic -> OpenAI:  {ans:.2f} us")
     print(f"stream of {args.deltas} deltas:        {st:.2f} us ({st / (len(chunks)):.2f} us per event)")
+    # an Anthropic Messages client: translated to an OpenAI-compatible upstream, or passed through
+    o = OpenAITranslator("o", MockTransport(MockConfig()), "/v1", "k", {})
+    mctx = _messages_context()
+    oai_chunks = _chunks(args.deltas)
+    req = _per_call(lambda: o.request_body(mctx, "mock-1", False), n)
+    ans = _per_call(lambda: o.take_body(mctx, COMPLETION), n)
+    st = _relay_cost(o, mctx, oai_chunks, m)
+    print(f"request Messages -> OpenAI:  {req:.2f} us")
+    print(f"answer OpenAI -> Messages:   {ans:.2f} us")
+    print(f"stream of {args.deltas} deltas:        {st:.2f} us ({st / len(oai_chunks):.2f} us per event)")
+    ans = _per_call(lambda: t.take_body(mctx, MESSAGE), n)
+    st = _relay_cost(t, mctx, chunks, m)
+    print(f"pass-through Messages answer (usage read): {ans:.2f} us")
+    print(f"pass-through Messages stream of {args.deltas} deltas: {st:.2f} us "
+          f"({st / len(chunks):.2f} us per event)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ cdef class Context:
     cdef public Py_ssize_t attempts
     cdef public object body
     cdef public object cost
+    cdef public object dialect
     cdef public str endpoint
     cdef public object error
     cdef public object fields

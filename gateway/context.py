@@ -26,9 +26,10 @@ class Context:
     """Everything one request carries through the chain."""
 
     __slots__ = (
-        "attempts", "body", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits", "model",
-        "overhead", "request", "request_id", "responder", "response_headers", "route_model", "runtime",
-        "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
+        "attempts", "body", "cost", "dialect", "endpoint", "error", "fields", "include_usage", "key",
+        "limits", "model", "overhead", "request", "request_id", "responder", "response_headers",
+        "route_model", "runtime", "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms",
+        "upstream_status", "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
@@ -45,6 +46,8 @@ class Context:
         self.t_up = 0.0
         self.up_ms = 0.0
         self.endpoint = ""
+        #: the client's dialect (``gateway.dialects.base.ClientDialect``); None: OpenAI chat
+        self.dialect: Any = None
         self.fields: Any = None
         self.body = request.body
         self.model: ModelEntry | None = None

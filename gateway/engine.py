@@ -33,6 +33,9 @@ from gateway._core.jsoncheck import TOO_DEEP, check_json
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
 from gateway.context import Context
+from gateway.dialects import DIALECT_PATHS
+from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
+from gateway.dialects.base import ClientDialect
 from gateway.errors import GatewayError
 from gateway.image_fetch import image_phases
 from gateway.observe.records import RecordSink
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from gateway.auth.service import KeyService
     from gateway.limits.admit import LimitService
     from gateway.observe.metrics import MetricsExporter
+    from gateway.responses.service import ResponsesService
     from gateway.routing.health import HealthChecker
     from gateway.routing.router import Attempt, Attempts
     from gateway.routing.sync import BreakerSync
@@ -80,7 +84,10 @@ _ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
 }
+#: the Responses API's endpoint: its POST is run by the Responses front (gateway.responses.service)
+_RESPONSES = "responses"
 _INTERNAL = errors.error_body("internal error", "server_error", "internal_error")
 #: ``Engine._front`` waits: (the awaitable, where to resume)
 _Step = tuple[Awaitable[Any], int]
@@ -133,7 +140,7 @@ class Runtime:
             routings, workers=workers, previous=previous.routers if previous is not None else None
         )
         for name, m in config.models.items():
-            entry = self.models[name] = ModelEntry(name, frozenset(m.endpoints), m.owned_by)
+            entry = self.models[name] = ModelEntry(name, _served_endpoints(m.endpoints), m.owned_by)
             router = entry.router = self.routers[name]
             for d in router.deployments:
                 entry.targets[d.id] = Target(
@@ -301,6 +308,8 @@ class Engine:
         #: the Prometheus export ([metrics]): the worker's snapshot timer and the scrape endpoint
         self.metrics: MetricsExporter | None = None
         self._provider_configs: dict[str, tuple[ProviderConfig, OpenAITranslator]] = {}
+        #: the Responses API's store and front (gateway.responses), made on the first /v1/responses request
+        self._responses: ResponsesService | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -424,6 +433,8 @@ class Engine:
         retired = [t for _, t in old.values() if id(t) not in kept]
         self.runtime = runtime
         self._config = config
+        if self._responses is not None:
+            self._responses.reload(config)
         if self.metrics is not None:
             self.metrics.reload(config)
         for t in retired:
@@ -499,6 +510,8 @@ class Engine:
             for t in self.runtime.translators.values():
                 await t.close()
         await self.records.close()
+        if self._responses is not None:
+            await self._responses.close()
         if self.metrics is not None:
             self.metrics.stop()  # a last snapshot: the node's sums keep what this worker counted
 
@@ -517,9 +530,13 @@ class Engine:
         """``gateway.app.App.handle``: the request's whole cycle as one coroutine."""
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
-        if endpoint is None or request.method != "POST":
+        if endpoint is None or request.method != "POST":  # the gateway's own, or another dialect's
+            if request.path.startswith("/v1/responses"):
+                return self._guarded(ctx, responder, self._responses_local(ctx, responder))
             return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
         ctx.endpoint = endpoint
+        if endpoint is _RESPONSES:
+            return self._guarded(ctx, responder, self._responses_create(ctx, responder))
         return self._guarded(ctx, responder, self._proxy(ctx, responder))
 
     def begin(self, request: Request, responder: CallbackResponder) -> Awaitable[None] | None:
@@ -534,9 +551,15 @@ class Engine:
         endpoint = _ENDPOINTS.get(request.path)
         try:
             if endpoint is None or request.method != "POST":
-                if self._access is not None and request.path.startswith("/v1/models"):
+                if (self._access is not None and request.path.startswith("/v1/models")) or (
+                        request.path in DIALECT_PATHS):  # another dialect: the coroutine path
                     return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
+                if request.path.startswith("/v1/responses"):
+                    return self._guarded(ctx, responder, self._responses_local(ctx, responder))
                 self._answer_other(ctx, responder, endpoint, None)
+            elif endpoint is _RESPONSES:
+                ctx.endpoint = endpoint
+                return self._guarded(ctx, responder, self._responses_create(ctx, responder))
             else:
                 ctx.endpoint = endpoint
                 step = self._front(ctx, responder, 0, None)
@@ -607,7 +630,7 @@ class Engine:
             task = ctx.task
             if task is not None:
                 task.uncancel()
-            await self._end_cut(ctx, responder, cut)
+            await self._end_cut(ctx, ctx.responder, cut)  # a front (/v1/responses) re-encodes the error
         except Exception:
             _crashed(ctx, responder)
             raise
@@ -624,15 +647,42 @@ class Engine:
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(0.5):
-                await responder.write(b"data: " + err.body + b"\n\n" + _DONE)
+                await responder.write(_stream_end(ctx, err))
         responder.end_stream()
 
     async def _other(self, ctx: Context, responder: Responder, endpoint: str | None) -> None:
         key = None
         access = self._access
-        if access is not None and endpoint is None and ctx.request.path.startswith("/v1/models"):
+        path = ctx.request.path
+        if endpoint is None:
+            found = DIALECT_PATHS.get(path)
+            if found is not None:  # a request in another dialect (gateway.dialects)
+                await self._dialect_request(ctx, responder, *found)
+                return
+            if path.startswith("/v1/models") and ctx.request.header(b"anthropic-version") is not None:
+                ctx.dialect = ANTHROPIC_MESSAGES  # the anthropic SDK: its shape of the list and errors
+        if access is not None and endpoint is None and path.startswith("/v1/models"):
             key = await access.check(ctx, "models")
         self._answer_other(ctx, responder, endpoint, key)
+
+    async def _dialect_request(
+        self, ctx: Context, responder: Responder, endpoint: str, dialect: ClientDialect
+    ) -> None:
+        """A request in another dialect than OpenAI chat: its generation endpoint goes the proxy path
+        with ``ctx.dialect`` set (the translators and the error answers read it); the others are the
+        dialect's own (``gateway.dialects.endpoints``)."""
+        ctx.dialect = dialect
+        request = ctx.request
+        if request.method != "POST":
+            raise errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use POST",
+                                          headers=[("allow", "POST")])
+        ctx.endpoint = endpoint
+        if endpoint == dialect.endpoint:
+            await self._proxy(ctx, responder)
+            return
+        from gateway.dialects.endpoints import dialect_endpoint
+
+        await dialect_endpoint(self, ctx, responder, endpoint)
 
     def _answer_other(self, ctx: Context, responder: Responder, endpoint: str | None, key: Any) -> None:
         """Everything but a POST to a proxied endpoint: the gateway's own endpoints, 404, 405."""
@@ -653,7 +703,12 @@ class Engine:
             if req.method != "GET":
                 raise errors.MethodNotAllowed(f"{req.method} is not allowed on {path}; use GET",
                                               headers=[("allow", "GET")])
-            if path == "/v1/models":
+            if ctx.dialect is not None or req.header(b"anthropic-version") is not None:
+                from gateway.dialects.endpoints import anthropic_models
+
+                ctx.dialect = ANTHROPIC_MESSAGES
+                body = anthropic_models(runtime, path, key)
+            elif path == "/v1/models":
                 body = runtime.models_body if key is None else _models_for(runtime, key)
             else:
                 name = unquote(path[len("/v1/models/"):])  # ids may contain "/" sent as %2F
@@ -701,7 +756,55 @@ class Engine:
             headers.extend(ctx.response_headers)
         if exc.close and hasattr(responder, "keep_alive"):
             responder.keep_alive = False
+        dialect = ctx.dialect
+        if dialect is not None:  # the error in the client's dialect
+            responder.send(status, dialect.response_headers(headers, time.time()),
+                           dialect.error_body(exc, ctx.request_id))
+            return
         responder.send(status, headers, exc.body)
+
+    # the Responses API (gateway.responses.service) ------------------------------------------------
+
+    def _responses_service(self) -> ResponsesService:
+        service = self._responses
+        if service is None:
+            from gateway.responses.service import ResponsesService
+
+            service = self._responses = ResponsesService(self._config)
+        return service
+
+    async def _responses_create(self, ctx: Context, responder: Responder) -> None:
+        """``POST /v1/responses``: authenticated for the ``responses`` scope, decoded, continued from its
+        previous response, then run through the proxy path with its dialect (``ctx.dialect``); the front
+        stores the answer before its last part reaches the client."""
+        access = self._access
+        if access is not None:
+            pending = access.authenticate(ctx)
+            if isinstance(pending, GatewayError):
+                self._answer_error(ctx, responder, pending)
+                return
+            if pending is not None:
+                await pending
+        front = await self._responses_service().front(ctx, responder)  # sets ctx.dialect
+        ctx.responder = front
+        step = self._front(ctx, front, 1, None)
+        if step is not None:
+            await self._proxy(ctx, front, step)
+        await front.complete()
+
+    async def _responses_local(self, ctx: Context, responder: Responder) -> None:
+        """``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""
+        request = ctx.request
+        if request.path == "/v1/responses":
+            raise errors.MethodNotAllowed(f"{request.method} is not allowed on /v1/responses; use POST",
+                                          headers=[("allow", "POST")])
+        access = self._access
+        if access is not None:
+            await access.check(ctx, _RESPONSES)
+        ctx.endpoint = _RESPONSES
+        service = self._responses_service()
+        status, body = await service.answer(ctx, request.method, request.path, request.query)
+        self._reply(ctx, responder, Reply(status, body))
 
     # parse ----------------------------------------------------------------------------------------
 
@@ -714,7 +817,7 @@ class Engine:
                 raise errors.UnsupportedMediaType(
                     f"Unsupported Content-Type {mt.decode('latin-1')!r}; send application/json"
                 )
-        body = req.body
+        body = ctx.body  # the client's bytes; for /v1/responses the chat request its front made of them
         if not body:
             raise errors.BadRequest("The request body is empty; expected a JSON object",
                                     code="invalid_json")
@@ -1229,6 +1332,8 @@ class Engine:
         out = target.translator.pass_headers(resp, ratelimit, [("x-request-id", ctx.request_id)])
         if ctx.response_headers:
             out.extend(ctx.response_headers)
+        if ctx.dialect is not None:  # the headers as the client's dialect names them
+            return ctx.dialect.response_headers(out, time.time())  # type: ignore[no-any-return]
         return out
 
     async def _read(self, ctx: Context, resp: UpstreamResponse) -> bytes:
@@ -1265,7 +1370,7 @@ class Engine:
         assert target is not None
         if resp.status in CREDENTIAL_STATUSES:  # the provider refused the gateway's key, not the client's
             raise credentials_rejected(target.provider, resp.status, body)
-        answer = target.translator.error_answer(resp.status, body)
+        answer = target.translator.client_error(ctx, resp.status, body)
         if answer is None:
             status = resp.status
             text = body[:200].decode("utf-8", "replace")
@@ -1372,7 +1477,24 @@ async def _stream_failed(ctx: Context, responder: Responder, err: GatewayError) 
     """A stream that cannot go on: the error, as an event in the client's dialect, and the stream's
     regular end (``data: [DONE]``), so that every client sees the error and a well-formed stream."""
     ctx.error = err
-    await responder.write(b"data: " + err.body + b"\n\n" + _DONE)
+    await responder.write(_stream_end(ctx, err))
+
+
+def _stream_end(ctx: Context, err: GatewayError) -> bytes:
+    """The bytes that end a client's stream with ``err``, in its dialect."""
+    dialect = ctx.dialect
+    if dialect is None:
+        return b"data: " + err.body + b"\n\n" + _DONE
+    data: bytes = dialect.stream_error(err, ctx.request_id)
+    return data
+
+
+def _served_endpoints(endpoints: Sequence[str]) -> frozenset[str]:
+    """A model's endpoints: those configured, and each dialect's generation endpoint whose capability
+    it has (a chat model serves ``/v1/messages``)."""
+    served = set(endpoints)
+    served.update(d.endpoint for _, d in DIALECT_PATHS.values() if d.serves in served)
+    return frozenset(served)
 
 
 def _refused_shape(problem: int, endpoint: str) -> errors.BadRequest:

@@ -6,7 +6,7 @@ at C speed; the original bytes are forwarded untouched unless something must be 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -20,6 +20,8 @@ __all__ = [
     "CompletionRequest",
     "EmbeddingRequest",
     "PromptTokensDetails",
+    "MessagesRequest",
+    "ResponsesRequest",
     "StreamOptions",
     "TextChoice",
     "TextCompletion",
@@ -57,6 +59,33 @@ class CompletionRequest(msgspec.Struct, frozen=True):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     user: str | None = None
+
+
+class MessagesRequest(msgspec.Struct, frozen=True):
+    """An Anthropic Messages request (``/v1/messages``): the fields the engine acts on."""
+
+    model: str
+    messages: list[msgspec.Raw]
+    stream: bool | None = None
+    max_tokens: int | None = None
+    #: the Messages API has no stream options (its streams always carry usage)
+    stream_options: ClassVar[None] = None
+    #: read by routing's hash on "user" (``metadata.user_id`` is not looked at)
+    user: ClassVar[None] = None
+
+
+class ResponsesRequest(msgspec.Struct, frozen=True):
+    """An OpenAI Responses request (``/v1/responses``): the fields the engine acts on."""
+
+    model: str
+    #: a string or items (the limits' token count reads the string form only)
+    input: str | list[msgspec.Raw] = ""
+    stream: bool | None = None
+    #: ``max_output_tokens``, under the name the limits and routing read
+    max_tokens: int | None = msgspec.field(default=None, name="max_output_tokens")
+    user: str | None = None
+    #: the Responses API has no stream options (its streams always end with the usage)
+    stream_options: ClassVar[None] = None
 
 
 class EmbeddingRequest(msgspec.Struct, frozen=True):
@@ -140,7 +169,7 @@ def _watch(request: type[msgspec.Struct]) -> KeyWatch:
     """The keys of a request body that may appear only once: every field its Struct reads (what is checked
     must be what is sent: a repeated key would be read here as its last value and perhaps upstream as
     another), and the fields of ``stream_options``."""
-    fields = request.__struct_fields__
+    fields = request.__struct_encode_fields__  # the JSON names (``max_output_tokens``, not ``max_tokens``)
     nested = {"stream_options": StreamOptions.__struct_fields__} if "stream_options" in fields else None
     return KeyWatch(fields, nested)
 
@@ -150,6 +179,8 @@ key_watches: dict[str, KeyWatch] = {
     "chat": _watch(ChatRequest),
     "completions": _watch(CompletionRequest),
     "embeddings": _watch(EmbeddingRequest),
+    "messages": _watch(MessagesRequest),
+    "responses": _watch(ResponsesRequest),
 }
 completion_decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "chat": msgspec.json.Decoder(ChatCompletion),
@@ -159,6 +190,8 @@ decoders: dict[str, msgspec.json.Decoder[Any]] = {
     "chat": msgspec.json.Decoder(ChatRequest),
     "completions": msgspec.json.Decoder(CompletionRequest),
     "embeddings": msgspec.json.Decoder(EmbeddingRequest),
+    "messages": msgspec.json.Decoder(MessagesRequest),
+    "responses": msgspec.json.Decoder(ResponsesRequest),
 }
 usage_decoder = msgspec.json.Decoder(UsageEnvelope)
 usage_event_decoder = msgspec.json.Decoder(UsageEvent)

@@ -82,7 +82,7 @@ log = logging.getLogger("gateway.admin")
 T = TypeVar("T")
 
 #: endpoint names a key may be limited to (the same list the config loader accepts for static keys)
-KEY_ENDPOINTS = ("*", "chat", "completions", "embeddings", "models")
+KEY_ENDPOINTS = ("*", "chat", "completions", "embeddings", "messages", "models", "responses")
 #: longest range a usage query may span
 MAX_USAGE_DAYS = 366
 DEFAULT_USAGE_DAYS = 30

@@ -454,7 +454,7 @@ def _key_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", metavar="MODEL",
                    help="allowed model or glob pattern; repeat for several (default: *)")
     p.add_argument("--endpoint", action="append", metavar="ENDPOINT",
-                   choices=["*", "chat", "completions", "embeddings", "models"],
+                   choices=["*", "chat", "completions", "embeddings", "messages", "models", "responses"],
                    help="allowed endpoint; repeat for several (default: *)")
     p.add_argument("--expires-at", type=_timestamp, metavar="TIME", help="Unix seconds or ISO 8601 (UTC)")
     p.add_argument("--expires-in", type=_duration, metavar="DURATION", help="e.g. 30d, 12h")

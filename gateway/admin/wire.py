@@ -112,7 +112,9 @@ LIMITS = {
         f"allowed_models holds at most {MAX_MODELS} model names or patterns, each one line of 1 to "
         f"{MAX_MODEL} characters"
     ),
-    "allowed_endpoints": "allowed_endpoints holds at most 8 of *, chat, completions, embeddings, models",
+    "allowed_endpoints": (
+        "allowed_endpoints holds at most 8 of *, chat, completions, embeddings, messages, models"
+    ),
     "limit_policy": f"a limit policy name is one line of 1 to {MAX_REFERENCE} characters",
     "budget": f"a budget name is one line of 1 to {MAX_REFERENCE} characters",
     "allowed_regions": (
@@ -181,7 +183,7 @@ class KeyCreate(_Body, frozen=True, kw_only=True):
     name: Name = ""
     #: model names or glob patterns (``["*"]``: whatever the tenant may use)
     allowed_models: ModelPatterns = msgspec.field(default_factory=_all)
-    #: "chat", "completions", "embeddings", "models", or "*"
+    #: "chat", "completions", "embeddings", "messages", "models", or "*"
     allowed_endpoints: Endpoints = msgspec.field(default_factory=_all)
     #: Unix seconds after which the key stops working; must be in the future
     expires_at: float | None = None

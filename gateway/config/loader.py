@@ -566,6 +566,7 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _auth_problems(config)
     yield from _limits_problems(config)
     yield from _metrics_problems(config)
+    yield from _positive_durations(("responses",), config.responses, ("retention",))
     yield from _images_problems(config)
 
 
@@ -624,7 +625,7 @@ def _metrics_problems(config: Config) -> Iterator[_Problem]:
 _TENANT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 #: the longest a store write may wait for its replicas (the admin API cuts a store call at 10 s)
 _MAX_ACK_TIMEOUT = 5.0
-_KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "models"}
+_KEY_ENDPOINTS = {"*", "chat", "completions", "embeddings", "messages", "models", "responses"}
 
 
 def _digest_problems(path: _Path, value: str) -> Iterator[_Problem]:

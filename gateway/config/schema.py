@@ -32,6 +32,7 @@ __all__ = [
     "MockConfig",
     "ModelConfig",
     "ProviderConfig",
+    "ResponsesConfig",
     "ServerConfig",
     "StaticKeyConfig",
     "StoreConfig",
@@ -257,7 +258,8 @@ class StaticKeyConfig(_Base, frozen=True):
     name: str = ""
     #: model names or glob patterns this key may call
     models: list[str] = msgspec.field(default_factory=_all)
-    #: endpoints this key may call: "chat", "completions", "embeddings", "models", or "*"
+    #: endpoints this key may call: "chat", "completions", "embeddings", "messages", "models", "responses",
+    #: or "*"
     endpoints: list[str] = msgspec.field(default_factory=_all)
     #: Unix seconds after which the key stops working
     expires_at: float | None = None
@@ -374,6 +376,13 @@ class ImagesConfig(_Base, frozen=True):
     allow_private: bool = False
 
 
+class ResponsesConfig(_Base, frozen=True):
+    """The Responses API's stored responses (docs/dialects.md#openai-responses)."""
+
+    #: seconds a stored response (``store``, the default) stays readable and continuable (default 30 days)
+    retention: float = 2_592_000.0
+
+
 class Config(_Base, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
@@ -392,3 +401,5 @@ class Config(_Base, frozen=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     #: image URLs fetched for providers with ``fetch_images``
     images: ImagesConfig = msgspec.field(default_factory=ImagesConfig)
+    #: the Responses API's stored responses
+    responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)

@@ -17,11 +17,14 @@ from typing import Any, Final, Literal
 import msgspec
 
 from gateway import ir
-from gateway.errors import BadRequest, error_body
+from gateway.dialects.base import ClientDialect
+from gateway.errors import BadRequest, GatewayError, error_body
 
 __all__ = [
     "FINISH_REASONS",
+    "OPENAI_CHAT",
     "ChunkEncoder",
+    "OpenAIChat",
     "decode_request",
     "encode_error",
     "encode_response",
@@ -580,3 +583,37 @@ class ChunkEncoder:
             chunk = _Chunk(self._id, self._created, self._model, [], usage=_usage(self._usage))
             out += b"data: " + _encode(chunk) + b"\n\n"
         return out + _DONE
+
+
+# ---- the dialect object (gateway.dialects.base) --------------------------------------------------
+
+
+class OpenAIChat(ClientDialect):
+    """OpenAI Chat Completions as a ``ClientDialect``. The engine's default: a request in this dialect
+    has ``ctx.dialect is None`` (it costs the pass-through path nothing); translators that bridge to
+    another wire use this object for it (``gateway.providers.bridge.client_dialect``)."""
+
+    name = "openai_chat"
+    endpoint = "chat"
+    serves = "chat"
+
+    def decode_request(self, body: bytes) -> ir.Request:
+        return decode_request(body)
+
+    def encode_response(self, resp: ir.Response, created: int) -> bytes:
+        return encode_response(resp, created)
+
+    def stream_encoder(self, ctx: Any, created: int) -> ChunkEncoder:
+        return ChunkEncoder(created, bool(ctx.include_usage))
+
+    def error_body(self, err: GatewayError, request_id: str) -> bytes:
+        return err.body
+
+    def stream_error(self, err: GatewayError, request_id: str) -> bytes:
+        return b"data: " + err.body + b"\n\n" + _DONE
+
+    def provider_error_body(self, err: ir.ProviderError, request_id: str) -> bytes:
+        return encode_error(err)
+
+
+OPENAI_CHAT: Final = OpenAIChat()

@@ -965,7 +965,7 @@ class AdmitPhase(Phase):
         counter = self.service.token_counter()
         fields = ctx.fields
         model = ctx.target.upstream_model if ctx.target is not None else fields.model
-        if ctx.endpoint == "chat":
+        if ctx.endpoint == "chat" or ctx.endpoint == "messages":  # an Anthropic turn has the same texts
             messages = [m for m in map(_decode_any, fields.messages) if isinstance(m, dict)]
             return await counter.count_messages(model, messages)
         texts, extra = _texts(fields.prompt if ctx.endpoint == "completions" else fields.input)

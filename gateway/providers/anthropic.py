@@ -1,7 +1,10 @@
-"""Translator for Anthropic upstreams (the Messages API), behind an OpenAI-dialect client.
+"""Translator for Anthropic upstreams (the Messages API), behind a client of any dialect.
 
-The engine talks to every upstream through the translator interface (``gateway.providers.translator``);
-this one translates in both directions through the IR:
+The engine talks to every upstream through the translator interface (``gateway.providers.translator``).
+A Messages client (``ctx.dialect is ANTHROPIC_MESSAGES``) is pass-through: its bytes go up unchanged
+(the model id aside: prompt caching marks and thinking signatures intact), the answer comes back
+unchanged, the usage is read on the way (``PassThroughRelay``). Any other dialect is translated in both
+directions through the IR (``gateway.providers.bridge``); for an OpenAI chat client:
 
     client body ──openai_chat.decode_request──▶ ir.Request ──anthropic_translate.encode_request──▶ /messages
     answer      ◀─openai_chat.encode_response── ir.Response ◀─anthropic_translate.response_from_body── body
@@ -26,10 +29,24 @@ from typing import Any, Final
 import msgspec
 
 from gateway import errors, ir
-from gateway.dialects import openai_chat
+from gateway._core.sse import SSEScanner, event_data, split_events
+from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
+from gateway.dialects.anthropic_messages import error_body as messages_error_body
+from gateway.dialects.openai_chat import OPENAI_CHAT
 from gateway.providers import anthropic_translate as xlate
+from gateway.providers import bridge
 from gateway.providers.base import Transport, UpstreamResponse
+from gateway.providers.bridge import (
+    BridgeRelay,
+    CachedTokens,
+    TranslatedUsage,
+    gateway_error,
+    openai_usage,
+    response_events,
+)
 from gateway.providers.openai import OpenAITranslator
+from gateway.providers.schemas import anthropic as wire
+from gateway.wire import encode, top_level_decoder
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -37,6 +54,8 @@ __all__ = [
     "DEFAULT_VERSION",
     "AnthropicStreamRelay",
     "AnthropicTranslator",
+    "CachedTokens",
+    "PassThroughRelay",
     "TranslatedUsage",
     "gateway_error",
     "openai_usage",
@@ -54,62 +73,6 @@ DEFAULT_FORWARD_HEADERS: Final = ("anthropic-beta", "anthropic-version")
 _PASS: Final = (b"retry-after", b"x-should-retry")
 _RATELIMIT_PREFIX: Final = b"anthropic-ratelimit-"
 _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
-
-
-class CachedTokens(msgspec.Struct, frozen=True):
-    cached_tokens: int = 0
-
-
-class TranslatedUsage(msgspec.Struct, frozen=True):
-    """A translated answer's usage as the limits, budgets, pricing and call records read it."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    #: cache reads (a part of ``prompt_tokens``)
-    prompt_tokens_details: CachedTokens = CachedTokens()
-    #: cache writes (a part of ``prompt_tokens``)
-    cache_write_tokens: int = 0
-
-
-def openai_usage(u: ir.Usage) -> TranslatedUsage:
-    """IR usage in OpenAI's terms: each prompt token counted once, cache reads apart."""
-    return TranslatedUsage(u.prompt_tokens, u.output_tokens, u.total_tokens,
-                           CachedTokens(u.cache_read_tokens), u.cache_write_tokens)
-
-
-def gateway_error(err: ir.ProviderError) -> errors.GatewayError:
-    """An IR error as the GatewayError the engine ends a stream with (its body is the OpenAI error)."""
-    out = errors.GatewayError(err.message, code=err.code)
-    out.status = err.status
-    out.type = err.type
-    out.body = openai_chat.encode_error(err)
-    return out
-
-
-def response_events(resp: ir.Response) -> list[ir.StreamEvent]:
-    """The IR stream events of a whole answer (an upstream that answered a stream request whole)."""
-    out: list[ir.StreamEvent] = [ir.MessageStart(resp.id, resp.model, resp.usage)]
-    for i, part in enumerate(resp.content):
-        if isinstance(part, ir.TextPart):
-            out += [ir.BlockStart(i, "text"), ir.BlockDelta(i, "text", part.text)]
-        elif isinstance(part, ir.ToolCallPart):
-            out += [ir.BlockStart(i, "tool_call", part.id, part.name),
-                    ir.BlockDelta(i, "arguments", part.arguments)]
-        elif isinstance(part, ir.ThinkingPart):
-            out.append(ir.BlockStart(i, "thinking"))
-            if part.text:
-                out.append(ir.BlockDelta(i, "thinking", part.text))
-            if part.signature:
-                out.append(ir.BlockDelta(i, "signature", part.signature))
-        elif isinstance(part, ir.RedactedThinkingPart):
-            out.append(ir.BlockStart(i, "redacted_thinking", data=part.data))
-        else:
-            continue
-        out.append(ir.BlockStop(i))
-    out.append(ir.UsageUpdate(resp.usage))
-    out.append(ir.MessageStop(resp.stop_reason or ir.StopReason.END_TURN, resp.stop_sequence))
-    return out
 
 
 class AnthropicTranslator(OpenAITranslator):
@@ -142,11 +105,14 @@ class AnthropicTranslator(OpenAITranslator):
         headers.update(extra_headers)
         super().__init__(name, transport, path_prefix, None, headers)
         self.forward_headers(list(DEFAULT_FORWARD_HEADERS))
-        # PERF: one endpoint, its head prebuilt like the base's
-        self._paths = {"chat": path_prefix + "/messages"}
+        # PERF: the generation endpoints of every dialect go to /messages, their heads prebuilt
+        messages = path_prefix + "/messages"
+        self._paths = {"chat": messages, "messages": messages, "responses": messages,
+                       "count_tokens": messages + "/count_tokens"}
         pool = self._pool
         self._heads = {} if pool is None else {
-            "chat": pool.build_head("POST", self._paths["chat"], self._headers, -1) + b"x-request-id: "
+            ep: pool.build_head("POST", path, self._headers, -1) + b"x-request-id: "
+            for ep, path in self._paths.items()
         }
 
     def with_sampling(self, sampling: xlate.Sampling) -> AnthropicTranslator:
@@ -168,16 +134,24 @@ class AnthropicTranslator(OpenAITranslator):
             extra = [(k, _join_betas(self._beta, v) if k == "anthropic-beta" else v) for k, v in extra]
         return super().merge_headers(extra)
 
+    # -- the translating side: pass-through for Messages clients, through the IR for the others ------
+
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
-        """The Messages API request for the client's chat request (always rebuilt: the shapes differ)."""
-        if ctx.endpoint != "chat":
+        """A Messages client's bytes as they are (the model id aside); any other dialect's request
+        rebuilt as a Messages API request."""
+        if ctx.dialect is ANTHROPIC_MESSAGES:
+            if not rewrite:
+                return ctx.body  # type: ignore[no-any-return]  # PERF: the client's bytes untouched
+            top = top_level_decoder.decode(ctx.body)
+            top["model"] = msgspec.Raw(encode(upstream_model))
+            return encode(top)
+        if ctx.endpoint != "chat" and ctx.dialect is None:
             raise errors.BadRequest(
                 f"The model `{ctx.fields.model}` is served by Anthropic, which has no {ctx.endpoint} "
                 "endpoint; only /v1/chat/completions is available for it",
                 param="model", code="unsupported_endpoint",
             )
-        request = openai_chat.decode_request(ctx.body)
-        return xlate.encode_request(request, upstream_model, sampling=self.sampling)
+        return bridge.request_body(self, ctx, upstream_model)
 
     def pass_headers(
         self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
@@ -194,26 +168,70 @@ class AnthropicTranslator(OpenAITranslator):
         return out
 
     def take_body(self, ctx: Any, body: bytes) -> bytes:
-        """The ``chat.completion`` for Anthropic's ``message``; its usage goes to ``ctx.usage``."""
-        answer = _answer(body)
-        ctx.usage = openai_usage(answer.usage)
-        return openai_chat.encode_response(answer, int(time.time()))
+        """A Messages client gets the ``message`` as it is (its usage read); any other dialect the
+        answer translated. The usage goes to ``ctx.usage``."""
+        if ctx.dialect is ANTHROPIC_MESSAGES:
+            try:
+                usage = _usage_decoder.decode(body).usage
+            except _DECODE_ERRORS:
+                raise errors.BadGateway(
+                    "The upstream provider returned a response body that is not an Anthropic message",
+                    code="upstream_invalid_response",
+                ) from None
+            ctx.usage = openai_usage(xlate.usage_from_wire(usage))
+            return body
+        return bridge.take_body(self, ctx, body)
 
     def body_as_stream(self, ctx: Any, resp: UpstreamResponse, body: bytes) -> bytes:
-        """A stream request answered with one ``message``: the chunks it would have streamed."""
-        answer = _answer(body)
-        ctx.usage = openai_usage(answer.usage)
-        encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
-        return encoder.encode_all(response_events(answer))
+        """A stream request answered with one ``message``: the stream it would have been."""
+        return bridge.body_as_stream(self, ctx, body)
 
-    def stream_relay(self, ctx: Any) -> AnthropicStreamRelay:  # type: ignore[override]
-        return AnthropicStreamRelay(ctx)
+    def stream_relay(self, ctx: Any) -> Any:
+        if ctx.dialect is ANTHROPIC_MESSAGES:
+            return PassThroughRelay(ctx)
+        return BridgeRelay(ctx, xlate.AnthropicStream())
+
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        """A Messages client gets Anthropic's error as it is, except those about the gateway's own
+        credentials or setup upstream (401, 402, 403, 404: a 502 ``api_error``); any other dialect the
+        error translated (``error_answer``)."""
+        if ctx.dialect is not ANTHROPIC_MESSAGES:
+            return bridge.error_answer(self, ctx, status, body)
+        if status in _OPERATOR_STATUSES:
+            err = xlate.error_from_response(status, body)
+            return 502, messages_error_body(502, f"upstream answered {status}: {err.message}", ctx.request_id)
+        return status, body
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
         """Anthropic's error (or a body of another shape, by its status) as the OpenAI error the client
         gets, with the status of ``anthropic_translate.ERROR_TYPES`` (529 overloaded: 503)."""
         err = xlate.error_from_response(status, body)
-        return err.status, openai_chat.encode_error(err)
+        return err.status, OPENAI_CHAT.provider_error_body(err, "")
+
+    # -- this wire's IR codecs (gateway.providers.bridge) ----------------------------------------------
+
+    def ir_request(self, req: ir.Request, upstream_model: str) -> bytes:
+        return xlate.encode_request(req, upstream_model, sampling=self.sampling)
+
+    def ir_response(self, body: bytes) -> ir.Response:
+        return _answer(body)
+
+    def ir_stream(self) -> xlate.AnthropicStream:
+        return xlate.AnthropicStream()
+
+    def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
+        return xlate.error_from_response(status, body)
+
+
+#: upstream statuses about the gateway's own credentials or setup, not the client's request
+_OPERATOR_STATUSES: Final = frozenset({401, 402, 403, 404})
+
+
+class _UsageOnly(msgspec.Struct):
+    usage: wire.Usage = wire.Usage()
+
+
+_usage_decoder: Final = msgspec.json.Decoder(_UsageOnly)
 
 
 def with_sampling(translator: OpenAITranslator, sampling: xlate.Sampling | None) -> OpenAITranslator:
@@ -240,37 +258,99 @@ def _answer(body: bytes) -> ir.Response:
         ) from None
 
 
-class AnthropicStreamRelay:
-    """Anthropic SSE bytes in, OpenAI chunk SSE bytes out, as they come; the usage kept on the request.
+class AnthropicStreamRelay(BridgeRelay):
+    """Anthropic SSE bytes in, the client dialect's SSE bytes out, as they come; the usage kept on the
+    request.
 
     An ``error`` event (``overloaded_error`` mid-stream), a grammar violation or a stream cut before
     ``message_stop`` sets ``error``: the engine ends the client's stream with it.
     """
 
-    __slots__ = ("_ctx", "_encoder", "_machine", "error")
+    __slots__ = ()
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx, xlate.AnthropicStream())
+
+
+class _UsageEvent(msgspec.Struct):
+    type: str = ""
+    message: _UsageOnly | None = None
+    usage: wire.MessageDeltaUsage | None = None
+    error: wire.ErrorDetail | None = None
+
+
+_usage_event_decoder: Final = msgspec.json.Decoder(_UsageEvent)
+
+
+class PassThroughRelay:
+    """A Messages client on an Anthropic upstream: complete events pass through as they are; the usage
+    is read from the events that carry it (``message_start``: input and cache tokens; ``message_delta``:
+    the cumulative output), the only ones decoded.
+
+    An ``error`` event before anything was sent sets ``error`` and sends nothing (a routed model may go
+    on to its next deployment); after that the events before it pass and ``error`` ends the stream (the
+    engine writes the error event in Anthropic's shape). A stream that ends without ``message_stop``
+    fails the same way.
+    """
+
+    __slots__ = ("_ctx", "_scanner", "_sent", "_stopped", "_usage", "error")
 
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
-        self._machine = xlate.AnthropicStream()
-        self._encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
+        self._scanner = SSEScanner()
+        self._usage = ir.Usage()
+        self._sent = False
+        self._stopped = False
         self.error: errors.GatewayError | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        return self._emit(self._machine.feed(chunk))
+        scanner = self._scanner
+        try:
+            data = scanner.feed(chunk)
+        except ValueError:
+            self.error = errors.BadGateway(
+                f"The upstream sent a stream event larger than {scanner.max_event_bytes} bytes",
+                code="upstream_event_too_large")
+            return b""
+        if not data:
+            return b""
+        # PERF: only the events that carry usage or an error are decoded
+        if b'"usage"' in data or b"error" in data or b"message_stop" in data:
+            data = self._inspect(data)
+        if data:
+            self._sent = True
+        return data
 
     def end(self) -> bytes:
-        return self._emit(self._machine.close())
+        if self.error is None and not self._stopped:
+            self.error = errors.BadGateway("The upstream stream ended before the message was complete",
+                                           code="upstream_stream_error")
+        return b""
 
-    def _emit(self, events: list[ir.StreamEvent]) -> bytes:
+    def _inspect(self, data: bytes) -> bytes:
         out: list[bytes] = []
-        encode = self._encoder.encode
-        for ev in events:
-            if isinstance(ev, ir.StreamError):
-                self.error = gateway_error(ev.error)
+        for ev in split_events(data):
+            payload = event_data(ev)
+            if payload is None:
+                out.append(ev)
+                continue
+            try:
+                event = _usage_event_decoder.decode(payload)
+            except _DECODE_ERRORS:
+                out.append(ev)
+                continue
+            if event.type == "error":
+                detail = event.error or wire.ErrorDetail("api_error", "the upstream stream failed")
+                err = xlate.provider_error(detail.type, detail.message, 200)
+                self.error = gateway_error(err)
                 break
-            if isinstance(ev, ir.MessageStart | ir.UsageUpdate):
-                self._ctx.usage = openai_usage(ev.usage)
-            data = encode(ev)
-            if data:
-                out.append(data)
+            if event.type == "message_start" and event.message is not None:
+                self._usage = xlate.usage_from_wire(event.message.usage)
+                self._ctx.usage = openai_usage(self._usage)
+            elif event.type == "message_delta" and event.usage is not None:
+                self._usage = xlate.cumulative_usage(self._usage, event.usage)
+                self._ctx.usage = openai_usage(self._usage)
+            elif event.type == "message_stop":
+                self._stopped = True
+            out.append(ev)
         return b"".join(out)

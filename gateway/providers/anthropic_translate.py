@@ -50,9 +50,10 @@ from typing import Any, Final, Literal
 import msgspec
 
 from gateway import ir
-from gateway._core.sse import SSEScanner, event_data, split_events
+from gateway._core.sse import event_data
 from gateway.errors import BadRequest
 from gateway.providers.schemas import anthropic as wire
+from gateway.providers.sse_machine import DONE, FAILED, IDLE, MESSAGE, SSEMachine
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -62,6 +63,7 @@ __all__ = [
     "AnthropicStream",
     "Sampling",
     "build_request",
+    "cumulative_usage",
     "encode_request",
     "error_from_response",
     "fit_schema",
@@ -595,10 +597,6 @@ def ratelimit_headers(headers: Iterable[tuple[str, str]], now: float) -> list[tu
 # the cumulative output_tokens (and any other field that changed). The machine keeps the running
 # absolute figures and emits them as ``UsageUpdate`` (latest wins), so nothing is ever summed twice.
 
-IDLE: Final = "IDLE"
-MESSAGE: Final = "MESSAGE"
-DONE: Final = "DONE"
-FAILED: Final = "FAILED"
 
 TRANSITIONS: Final[dict[tuple[str, type], tuple[str | None, str]]] = {
     (IDLE, wire.MessageStart): ("_on_message_start", MESSAGE),
@@ -649,54 +647,17 @@ class ProtocolViolation(Exception):
     """The upstream stream broke Anthropic's event grammar."""
 
 
-class AnthropicStream:
+class AnthropicStream(SSEMachine):
     """Anthropic SSE bytes in, IR stream events out: ``feed(chunk)`` per body chunk, then ``close()``."""
 
-    __slots__ = ("_blocks", "_scanner", "_stop", "_stop_sequence", "_usage", "state")
+    __slots__ = ("_blocks", "_stop", "_stop_sequence")
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
-        self._scanner = SSEScanner(max_event_bytes)
-        self.state = IDLE
+        super().__init__(max_event_bytes)
         #: open blocks: index → kind (text, tool_call, thinking, redacted_thinking, opaque)
         self._blocks: dict[int, str] = {}
-        self._usage = ir.Usage()
         self._stop: str | None = None
         self._stop_sequence: str | None = None
-
-    @property
-    def usage(self) -> ir.Usage:
-        """Usage so far (the settle phase reads it even when the stream failed)."""
-        return self._usage
-
-    def feed(self, chunk: bytes) -> list[ir.StreamEvent]:
-        """IR events for the complete SSE events now buffered."""
-        out: list[ir.StreamEvent] = []
-        try:
-            data = self._scanner.feed(chunk)
-        except ValueError as e:
-            return self._fail(out, str(e))
-        if data:
-            for event in split_events(data):
-                self._event(event, out)
-        return out
-
-    def close(self) -> list[ir.StreamEvent]:
-        """The upstream body ended: the last event (if unterminated), then an error if the message did not."""
-        out: list[ir.StreamEvent] = []
-        tail = self._scanner.pending
-        if tail.strip():
-            self._scanner = SSEScanner(self._scanner.max_event_bytes)
-            self._event(tail, out)
-        if self.state in (IDLE, MESSAGE):
-            self._fail(out, "the upstream stream ended before the message was complete")
-        return out
-
-    def _fail(self, out: list[ir.StreamEvent], message: str) -> list[ir.StreamEvent]:
-        if self.state != FAILED:
-            self.state = FAILED
-            err = ir.ProviderError(502, "upstream_error", "bad_gateway", message, retryable=True)
-            out.append(ir.StreamError(err))
-        return out
 
     def _event(self, event: bytes, out: list[ir.StreamEvent]) -> None:
         if self.state == FAILED:
@@ -803,20 +764,7 @@ class AnthropicStream:
         u = ev.usage
         if u is None:
             return
-        cur = self._usage
-        self._usage = ir.Usage(
-            input_tokens=cur.input_tokens if u.input_tokens is None else u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=cur.cache_read_tokens
-            if u.cache_read_input_tokens is None
-            else u.cache_read_input_tokens,
-            cache_write_tokens=cur.cache_write_tokens
-            if u.cache_creation_input_tokens is None
-            else u.cache_creation_input_tokens,
-            reasoning_tokens=cur.reasoning_tokens
-            if u.output_tokens_details is None
-            else u.output_tokens_details.thinking_tokens,
-        )
+        self._usage = cumulative_usage(self._usage, u)
         out.append(ir.UsageUpdate(self._usage))
 
     def _on_message_stop(self, ev: wire.MessageStop, out: list[ir.StreamEvent]) -> None:
@@ -829,6 +777,23 @@ class AnthropicStream:
 
     def _on_error(self, ev: wire.ErrorEvent, out: list[ir.StreamEvent]) -> None:
         out.append(ir.StreamError(provider_error(ev.error.type, ev.error.message, 200)))
+
+
+def cumulative_usage(cur: ir.Usage, u: wire.MessageDeltaUsage) -> ir.Usage:
+    """A ``message_delta``'s figures over the running ones (each is cumulative; an absent one: unchanged)."""
+    return ir.Usage(
+        input_tokens=cur.input_tokens if u.input_tokens is None else u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=cur.cache_read_tokens
+        if u.cache_read_input_tokens is None
+        else u.cache_read_input_tokens,
+        cache_write_tokens=cur.cache_write_tokens
+        if u.cache_creation_input_tokens is None
+        else u.cache_creation_input_tokens,
+        reasoning_tokens=cur.reasoning_tokens
+        if u.output_tokens_details is None
+        else u.output_tokens_details.thinking_tokens,
+    )
 
 
 def _delta_value(delta: Any) -> str:

@@ -9,7 +9,12 @@ for (``completion_as_stream``).
 
 ``OpenAITranslator`` is the engine's translator interface (``gateway.providers.translator``) in its
 pass-through form; translators of other wire formats subclass it for its transport plumbing and
-override the five translating methods.
+override the translating methods.
+
+A client of another dialect (``ctx.dialect`` is not None: Anthropic Messages, OpenAI Responses) is
+served through the IR (``gateway.providers.bridge``) with this wire's codecs (``ir_request``,
+``ir_response``, ``ir_stream``, ``ir_error``: ``gateway.providers.openai_translate``). On the
+pass-through path that costs one pointer comparison per translating method.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import msgspec
 from gateway import errors
 from gateway._core.http import build_request, select_headers
 from gateway._core.sse import SSEScanner, event_data, split_events
+from gateway.providers import bridge
+from gateway.providers import openai_translate as oai
 from gateway.providers.base import Transport, UpstreamResponse
 from gateway.providers.presets import BodyQuirks
 from gateway.server.pool import HeadCallback, OriginPool
@@ -53,6 +60,10 @@ DEFAULT_FORWARD_HEADERS: Final = ("openai-beta", "openai-organization", "openai-
 
 ENDPOINT_PATHS: Final = {
     "chat": "/chat/completions",
+    #: a Messages client's request, translated to chat (gateway.providers.bridge)
+    "messages": "/chat/completions",
+    #: a Responses client's request, translated to chat (gateway.providers.bridge)
+    "responses": "/chat/completions",
     "completions": "/completions",
     "embeddings": "/embeddings",
 }
@@ -215,6 +226,8 @@ class OpenAITranslator:
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
         """The original bytes, unless the model id must change, usage must be requested or a preset's
         quirk applies."""
+        if ctx.dialect is not None:  # another dialect: through the IR
+            return self._quirked(bridge.request_body(self, ctx, upstream_model))
         quirks = self.quirks  # a preset's body changes (gateway.providers.presets), or None
         need_usage = (ctx.stream and not ctx.include_usage and ctx.endpoint != "embeddings"
                       and (quirks is None or quirks.ask_usage))
@@ -241,6 +254,8 @@ class OpenAITranslator:
     def take_body(self, ctx: Any, body: bytes) -> bytes:
         """A 2xx body for the client (the same bytes); its usage goes to ``ctx.usage``. Raises BadGateway
         (nothing sent) when it is not JSON."""
+        if ctx.dialect is not None:
+            return bridge.take_body(self, ctx, body)
         try:
             env = usage_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
@@ -255,6 +270,8 @@ class OpenAITranslator:
         """A stream request that the upstream answered with a whole JSON completion (not an event
         stream): the stream the completion would have been (``completion_as_stream``); an error object in
         a 2xx answer becomes a 502. Raises (nothing sent) when the body is neither."""
+        if ctx.dialect is not None:
+            return bridge.body_as_stream(self, ctx, body)
         try:
             completion = completion_decoders[ctx.endpoint].decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
@@ -273,9 +290,49 @@ class OpenAITranslator:
         events, ctx.usage = completion_as_stream(completion, ctx.include_usage)
         return events
 
-    def stream_relay(self, ctx: Any) -> OpenAIStreamRelay:
+    def stream_relay(self, ctx: Any) -> Any:
         """The per-request relay of the upstream's event stream."""
+        if ctx.dialect is not None:
+            return bridge.BridgeRelay(ctx, self.ir_stream())
         return OpenAIStreamRelay(ctx)
+
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        """An upstream error answer in the client's dialect (``error_answer`` for OpenAI chat)."""
+        if ctx.dialect is None:
+            return self.error_answer(status, body)
+        return bridge.error_answer(self, ctx, status, body)
+
+    # -- this wire's IR codecs (gateway.providers.bridge) ----------------------------------------------
+
+    def _quirked(self, body: bytes) -> bytes:
+        quirks = self.quirks
+        if quirks is None:
+            return body
+        top = top_level_decoder.decode(body)
+        quirks.apply(top)
+        return encode(top)
+
+    def ir_request(self, req: Any, upstream_model: str) -> bytes:
+        """An IR request as this wire's chat request."""
+        return oai.encode_request(req, upstream_model)
+
+    def ir_response(self, body: bytes) -> Any:
+        """A ``chat.completion`` → IR. Raises BadGateway (nothing sent) when it is not one."""
+        try:
+            return oai.response_from_body(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            raise errors.BadGateway(
+                "The upstream provider returned a response body that is not a chat completion",
+                code="upstream_invalid_response",
+            ) from None
+
+    def ir_stream(self) -> Any:
+        """A ``chat.completion.chunk`` stream → IR events."""
+        return oai.ChunkStream()
+
+    def ir_error(self, status: int, body: bytes) -> Any:
+        """An error answer → IR; None when it is not OpenAI's error shape."""
+        return oai.error_from_response(status, body)
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
         """An upstream error answer as the client gets it: (status, OpenAI error body); None when the

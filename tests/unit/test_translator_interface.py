@@ -72,7 +72,8 @@ def test_anthropic_headers_and_path() -> None:
     assert headers["anthropic-version"] == "2023-06-01"
     assert headers["anthropic-beta"] == "b1,b2"
     assert "authorization" not in headers
-    assert t._paths == {"chat": "/v1/messages"}
+    assert t._paths == {"chat": "/v1/messages", "messages": "/v1/messages", "responses": "/v1/messages",
+                        "count_tokens": "/v1/messages/count_tokens"}
 
 
 def test_openai_request_body_passes_bytes_through() -> None:
