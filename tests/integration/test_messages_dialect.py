@@ -2,7 +2,7 @@
 
 One ``gateway serve`` (keys required, a rate limit on one model) in front of: the embedded mock
 (translated: OpenAI chat wire), ``gateway mock --dialect anthropic`` (pass-through), ``gateway mock``
-(an OpenAI-dialect upstream: translated), an Anthropic-shaped recorder in this process (pass-through,
+and ``gateway mock --dialect azure`` (OpenAI-dialect upstreams: translated), an Anthropic-shaped recorder in this process (pass-through,
 for the exact bytes), and the gateway with no config at all (the embedded default).
 """
 
@@ -28,6 +28,7 @@ from .test_anthropic_upstream import (
     Recorder,
     anthropic_mock,  # noqa: F401  # its fixture, shared
 )
+from .test_azure_upstream import _azure_provider, azure_mock  # noqa: F401  # its fixture, shared
 from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(120)
@@ -76,9 +77,10 @@ def _recorded_answer(path: str, headers: dict[str, str], body: bytes) -> tuple[i
     return 200, "application/json", RECORDED_MESSAGE
 
 
-def _config(anth_port: int, mock_port: int, rec_port: int, sse_error_port: int) -> str:
+def _config(anth_port: int, mock_port: int, rec_port: int, sse_error_port: int, azure_port: int) -> str:
     anth = f"http://{HOST}:{anth_port}/v1"
-    return f"""
+    azure = _azure_provider("azure", azure_port, api_key="env:MOCK_KEY")
+    return azure + f"""
 [server]
 drain_timeout = 2.0
 [log]
@@ -175,6 +177,10 @@ fallbacks = ["gpt"]
 provider = "openai"
 upstream_model = "mock-1"
 
+[models.azure-gpt]
+provider = "azure"
+upstream_model = "gpt4o-prod"
+
 [models.embed-only]
 provider = "embedded"
 upstream_model = "mock-embed-1"
@@ -211,7 +217,8 @@ def anth_key_env() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def gw(mock_port: int, recorder: TinyUpstream, sse_error: Recorder, logs_dir: Path,
        request: pytest.FixtureRequest, anth_key_env: None) -> Iterator[Gateway]:
-    config = _config(request.getfixturevalue("anthropic_mock"), mock_port, recorder.port, sse_error.port)
+    config = _config(request.getfixturevalue("anthropic_mock"), mock_port, recorder.port, sse_error.port,
+                     request.getfixturevalue("azure_mock"))
     gateway = _launch("gateway-messages", logs_dir, config_text=config, workers=1, frontend="native")
     failed = request.session.testsfailed
     try:
@@ -266,7 +273,7 @@ def event_names(body: bytes) -> list[str]:
 # -- create and stream, every upstream kind ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt"])
+@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt", "azure-gpt"])
 def test_create_and_stream_with_the_sdk(sdk: Sdk, gw: Gateway, model: str) -> None:
     """Non-stream and stream through the SDK: a ``message`` with usage, and a stream the SDK accumulates
     into the same kind of message; the translated (mock-chat, gpt) and pass-through (claude) paths."""
@@ -291,7 +298,7 @@ def test_create_and_stream_with_the_sdk(sdk: Sdk, gw: Gateway, model: str) -> No
     assert all(r["status"] == 200 and r["completion_tokens"] > 0 and r["prompt_tokens"] > 0 for r in mine)
 
 
-@pytest.mark.parametrize("model", ["mock-chat", "gpt"])
+@pytest.mark.parametrize("model", ["mock-chat", "gpt", "azure-gpt"])
 def test_translated_stream_has_the_exact_event_sequence(gw: Gateway, model: str) -> None:
     resp = raw(gw, {"model": model, "max_tokens": 16, "stream": True, "messages": USER})
     assert resp.status_code == 200
@@ -309,7 +316,7 @@ def test_translated_stream_has_the_exact_event_sequence(gw: Gateway, model: str)
 # -- tools -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt"])
+@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt", "azure-gpt"])
 def test_tools_round_trip(sdk: Sdk, gw: Gateway, model: str) -> None:
     """``tool_choice: any`` gets a ``tool_use`` block; its ``tool_result`` goes back and the model answers."""
     c = sdk(gw)
