@@ -35,6 +35,7 @@ pytestmark = pytest.mark.timeout(120)
 
 KEY = format_key("msgskeyaaaaa", "M" * 43)
 CHAT_ONLY_KEY = format_key("chatonlyaaaa", "C" * 43)
+MESSAGES_ONLY_KEY = format_key("msgsonlyaaaa", "O" * 43)
 USER = [{"role": "user", "content": "Tell me something about gateways."}]
 WEATHER = {
     "name": "get_weather",
@@ -98,6 +99,11 @@ id = "chatonlyaaaa"
 digest = "{digest("C" * 43, b'')}"
 tenant = "team"
 endpoints = ["chat"]
+[[auth.keys]]
+id = "msgsonlyaaaa"
+digest = "{digest("O" * 43, b'')}"
+tenant = "team"
+endpoints = ["messages"]
 [tenants.team]
 name = "Team"
 
@@ -456,6 +462,10 @@ def test_errors_in_anthropic_shape(sdk: Sdk, gw: Gateway) -> None:
     assert auth.value.response.headers["request-id"]
     with pytest.raises(anthropic.PermissionDeniedError):
         sdk(gw, key=CHAT_ONLY_KEY).messages.create(model="mock-chat", max_tokens=8, messages=USER)
+    assert sdk(gw, key=MESSAGES_ONLY_KEY).messages.create(model="mock-chat", max_tokens=8, messages=USER).content
+    chat = httpx.post(f"http://{HOST}:{gw.port}/v1/chat/completions", headers={"x-api-key": MESSAGES_ONLY_KEY},
+                      json={"model": "mock-chat", "messages": USER})
+    assert chat.status_code == 403 and chat.json()["error"]["code"] == "endpoint_not_allowed"
     with pytest.raises(anthropic.NotFoundError) as missing:
         sdk(gw).messages.create(model="no-such-model", max_tokens=8, messages=USER)
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
