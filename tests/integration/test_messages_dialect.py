@@ -447,6 +447,10 @@ def test_count_tokens_exact_upstream_and_local_estimate(sdk: Sdk, gw: Gateway) -
     for model in ("claude", "mock-chat"):
         resp = raw(gw, {"model": model, "messages": USER}, path="/v1/messages/count_tokens")
         assert resp.status_code == 200 and resp.headers["request-id"] == resp.headers["x-request-id"]
+    deep = b'{"model": "mock-chat", "messages": [{"role": "user", "content": ' + b"[" * 5000 + b"]" * 5000 + b"}]}"
+    for body in (deep, b"", b'{"model": "a", "model": "b", "messages": []}'):
+        resp = raw(gw, body, path="/v1/messages/count_tokens")
+        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
     resp = raw(gw, {"model": "mock-chat", "messages": USER}, path="/v1/messages/count_tokens",
                key=CHAT_ONLY_KEY)
     assert resp.status_code == 403 and resp.json()["error"]["type"] == "permission_error"
