@@ -581,12 +581,17 @@ def test_default_gateway_serves_messages(default_gw: Gateway, request: pytest.Fi
         c.messages.create(model="no-such-model", max_tokens=8, messages=USER)
 
 
+#: betas Claude Code sends
+BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14"]
+
+
 @pytest.mark.parametrize("variable", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
 @pytest.mark.parametrize("model", ["mock-chat", "claude"])
 def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
                            variable: str, model: str) -> None:
     """ANTHROPIC_BASE_URL at the gateway and a gateway key as the API key (x-api-key) or auth token
-    (Authorization: Bearer); streaming with tools and cache_control blocks, as Claude Code sends."""
+    (Authorization: Bearer); streaming with tools and cache_control blocks through the beta Messages API
+    (``/v1/messages?beta=true`` and ``anthropic-beta``), as Claude Code sends."""
     monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://{HOST}:{gw.port}")
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
@@ -599,8 +604,8 @@ def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, request
         {"type": "text", "text": "What is the weather in Paris? !tool get_weather",
          "cache_control": {"type": "ephemeral"}},
     ]}]
-    with c.messages.stream(model=model, max_tokens=256, system=system, tools=tools,  # type: ignore[arg-type]
-                           messages=messages) as stream:  # type: ignore[arg-type]
+    with c.beta.messages.stream(model=model, max_tokens=256, system=system, tools=tools,  # type: ignore[arg-type]
+                                messages=messages, betas=BETAS) as stream:  # type: ignore[arg-type]
         final = stream.get_final_message()
     use = next(b for b in final.content if b.type == "tool_use")
     assert final.stop_reason == "tool_use" and use.name == "get_weather"
@@ -609,7 +614,7 @@ def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, request
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Sunny",
                                       "cache_control": {"type": "ephemeral"}}]},
     ]
-    with c.messages.stream(model=model, max_tokens=256, system=system, tools=tools,  # type: ignore[arg-type]
-                           messages=messages) as stream:  # type: ignore[arg-type]
+    with c.beta.messages.stream(model=model, max_tokens=256, system=system, tools=tools,  # type: ignore[arg-type]
+                                messages=messages, betas=BETAS) as stream:  # type: ignore[arg-type]
         answer = stream.get_final_message()
     assert any(b.type == "text" and b.text for b in answer.content)
