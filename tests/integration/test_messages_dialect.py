@@ -21,7 +21,7 @@ import pytest
 from gateway.auth import digest, format_key
 
 from .conftest import Gateway, _launch, _stop
-from .helpers import HOST, call_records
+from .helpers import HOST, call_records, free_port
 from .test_anthropic_upstream import (
     ANTH_KEY,
     PNG,
@@ -173,6 +173,15 @@ deployments = [
   {{ provider = "sse-error", upstream_model = "claude-rec", cost = 1.0 }},
   {{ provider = "openai", upstream_model = "mock-1", cost = 10.0 }},
 ]
+
+[providers.dead]
+type = "openai"
+base_url = "http://{HOST}:{free_port()}/v1"
+connect_timeout = 1.0
+
+[models.all-down]
+deployments = [{{ provider = "dead", upstream_model = "mock-1" }}]
+retry = {{ max_attempts = 1 }}
 
 [models.claude-or-gpt]
 provider = "claude-busy"
@@ -484,6 +493,15 @@ def test_errors_in_anthropic_shape(sdk: Sdk, gw: Gateway) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
     resp = httpx.get(f"http://{HOST}:{gw.port}/v1/messages", headers={"x-api-key": KEY})
     assert resp.status_code == 405 and resp.json()["type"] == "error"
+
+
+def test_an_unreachable_upstream_is_an_anthropic_api_error(gw: Gateway) -> None:
+    """The gateway's own 502 (the routed model's one deployment refuses connections), in Anthropic's shape."""
+    resp = raw(gw, {"model": "all-down", "max_tokens": 8, "messages": USER})
+    assert resp.status_code == 502, resp.text
+    body = resp.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert body["request_id"] == resp.headers["request-id"]
 
 
 def test_upstream_overloaded_passes_through(sdk: Sdk, gw: Gateway) -> None:
