@@ -54,9 +54,9 @@ async def _count_tokens(engine: Engine, ctx: Context, responder: Responder) -> N
     access = engine._access
     if access is not None:
         await access.check(ctx, "messages")  # the scope of the dialect's requests
+    ctx.endpoint = "messages"
+    engine._parse(ctx)  # the checks of every request body: type, emptiness, depth, repeated keys
     ctx.endpoint = _COUNT_ENDPOINT
-    if not ctx.body:
-        raise errors.BadRequest("The request body is empty; expected a JSON object", code="invalid_json")
     req = decode_count_request(ctx.body)
     runtime: Runtime = ctx.runtime
     model = runtime.models.get(req.model)

@@ -2,7 +2,7 @@
 
 One ``gateway serve`` (keys required, a rate limit on one model) in front of: the embedded mock
 (translated: OpenAI chat wire), ``gateway mock --dialect anthropic`` (pass-through), ``gateway mock``
-(an OpenAI-dialect upstream: translated), an Anthropic-shaped recorder in this process (pass-through,
+and ``gateway mock --dialect azure`` (OpenAI-dialect upstreams: translated), an Anthropic-shaped recorder in this process (pass-through,
 for the exact bytes), and the gateway with no config at all (the embedded default).
 """
 
@@ -21,19 +21,21 @@ import pytest
 from gateway.auth import digest, format_key
 
 from .conftest import Gateway, _launch, _stop
-from .helpers import HOST, call_records
+from .helpers import HOST, call_records, free_port
 from .test_anthropic_upstream import (
     ANTH_KEY,
     PNG,
     Recorder,
     anthropic_mock,  # noqa: F401  # its fixture, shared
 )
+from .test_azure_upstream import _azure_provider, azure_mock  # noqa: F401  # its fixture, shared
 from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(120)
 
 KEY = format_key("msgskeyaaaaa", "M" * 43)
 CHAT_ONLY_KEY = format_key("chatonlyaaaa", "C" * 43)
+MESSAGES_ONLY_KEY = format_key("msgsonlyaaaa", "O" * 43)
 USER = [{"role": "user", "content": "Tell me something about gateways."}]
 WEATHER = {
     "name": "get_weather",
@@ -76,9 +78,10 @@ def _recorded_answer(path: str, headers: dict[str, str], body: bytes) -> tuple[i
     return 200, "application/json", RECORDED_MESSAGE
 
 
-def _config(anth_port: int, mock_port: int, rec_port: int, sse_error_port: int) -> str:
+def _config(anth_port: int, mock_port: int, rec_port: int, sse_error_port: int, azure_port: int) -> str:
     anth = f"http://{HOST}:{anth_port}/v1"
-    return f"""
+    azure = _azure_provider("azure", azure_port, api_key="env:MOCK_KEY")
+    return azure + f"""
 [server]
 drain_timeout = 2.0
 [log]
@@ -96,6 +99,11 @@ id = "chatonlyaaaa"
 digest = "{digest("C" * 43, b'')}"
 tenant = "team"
 endpoints = ["chat"]
+[[auth.keys]]
+id = "msgsonlyaaaa"
+digest = "{digest("O" * 43, b'')}"
+tenant = "team"
+endpoints = ["messages"]
 [tenants.team]
 name = "Team"
 
@@ -166,6 +174,15 @@ deployments = [
   {{ provider = "openai", upstream_model = "mock-1", cost = 10.0 }},
 ]
 
+[providers.dead]
+type = "openai"
+base_url = "http://{HOST}:{free_port()}/v1"
+connect_timeout = 1.0
+
+[models.all-down]
+deployments = [{{ provider = "dead", upstream_model = "mock-1" }}]
+retry = {{ max_attempts = 1 }}
+
 [models.claude-or-gpt]
 provider = "claude-busy"
 upstream_model = "claude-mock"
@@ -174,6 +191,10 @@ fallbacks = ["gpt"]
 [models.gpt]
 provider = "openai"
 upstream_model = "mock-1"
+
+[models.azure-gpt]
+provider = "azure"
+upstream_model = "gpt4o-prod"
 
 [models.embed-only]
 provider = "embedded"
@@ -211,7 +232,8 @@ def anth_key_env() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def gw(mock_port: int, recorder: TinyUpstream, sse_error: Recorder, logs_dir: Path,
        request: pytest.FixtureRequest, anth_key_env: None) -> Iterator[Gateway]:
-    config = _config(request.getfixturevalue("anthropic_mock"), mock_port, recorder.port, sse_error.port)
+    config = _config(request.getfixturevalue("anthropic_mock"), mock_port, recorder.port, sse_error.port,
+                     request.getfixturevalue("azure_mock"))
     gateway = _launch("gateway-messages", logs_dir, config_text=config, workers=1, frontend="native")
     failed = request.session.testsfailed
     try:
@@ -266,7 +288,7 @@ def event_names(body: bytes) -> list[str]:
 # -- create and stream, every upstream kind ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt"])
+@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt", "azure-gpt"])
 def test_create_and_stream_with_the_sdk(sdk: Sdk, gw: Gateway, model: str) -> None:
     """Non-stream and stream through the SDK: a ``message`` with usage, and a stream the SDK accumulates
     into the same kind of message; the translated (mock-chat, gpt) and pass-through (claude) paths."""
@@ -291,7 +313,7 @@ def test_create_and_stream_with_the_sdk(sdk: Sdk, gw: Gateway, model: str) -> No
     assert all(r["status"] == 200 and r["completion_tokens"] > 0 and r["prompt_tokens"] > 0 for r in mine)
 
 
-@pytest.mark.parametrize("model", ["mock-chat", "gpt"])
+@pytest.mark.parametrize("model", ["mock-chat", "gpt", "azure-gpt"])
 def test_translated_stream_has_the_exact_event_sequence(gw: Gateway, model: str) -> None:
     resp = raw(gw, {"model": model, "max_tokens": 16, "stream": True, "messages": USER})
     assert resp.status_code == 200
@@ -309,7 +331,7 @@ def test_translated_stream_has_the_exact_event_sequence(gw: Gateway, model: str)
 # -- tools -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt"])
+@pytest.mark.parametrize("model", ["mock-chat", "claude", "gpt", "azure-gpt"])
 def test_tools_round_trip(sdk: Sdk, gw: Gateway, model: str) -> None:
     """``tool_choice: any`` gets a ``tool_use`` block; its ``tool_result`` goes back and the model answers."""
     c = sdk(gw)
@@ -434,6 +456,10 @@ def test_count_tokens_exact_upstream_and_local_estimate(sdk: Sdk, gw: Gateway) -
     for model in ("claude", "mock-chat"):
         resp = raw(gw, {"model": model, "messages": USER}, path="/v1/messages/count_tokens")
         assert resp.status_code == 200 and resp.headers["request-id"] == resp.headers["x-request-id"]
+    deep = b'{"model": "mock-chat", "messages": [{"role": "user", "content": ' + b"[" * 5000 + b"]" * 5000 + b"}]}"
+    for body in (deep, b"", b'{"model": "a", "model": "b", "messages": []}'):
+        resp = raw(gw, body, path="/v1/messages/count_tokens")
+        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
     resp = raw(gw, {"model": "mock-chat", "messages": USER}, path="/v1/messages/count_tokens",
                key=CHAT_ONLY_KEY)
     assert resp.status_code == 403 and resp.json()["error"]["type"] == "permission_error"
@@ -449,6 +475,10 @@ def test_errors_in_anthropic_shape(sdk: Sdk, gw: Gateway) -> None:
     assert auth.value.response.headers["request-id"]
     with pytest.raises(anthropic.PermissionDeniedError):
         sdk(gw, key=CHAT_ONLY_KEY).messages.create(model="mock-chat", max_tokens=8, messages=USER)
+    assert sdk(gw, key=MESSAGES_ONLY_KEY).messages.create(model="mock-chat", max_tokens=8, messages=USER).content
+    chat = httpx.post(f"http://{HOST}:{gw.port}/v1/chat/completions", headers={"x-api-key": MESSAGES_ONLY_KEY},
+                      json={"model": "mock-chat", "messages": USER})
+    assert chat.status_code == 403 and chat.json()["error"]["code"] == "endpoint_not_allowed"
     with pytest.raises(anthropic.NotFoundError) as missing:
         sdk(gw).messages.create(model="no-such-model", max_tokens=8, messages=USER)
     assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
@@ -463,6 +493,15 @@ def test_errors_in_anthropic_shape(sdk: Sdk, gw: Gateway) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
     resp = httpx.get(f"http://{HOST}:{gw.port}/v1/messages", headers={"x-api-key": KEY})
     assert resp.status_code == 405 and resp.json()["type"] == "error"
+
+
+def test_an_unreachable_upstream_is_an_anthropic_api_error(gw: Gateway) -> None:
+    """The gateway's own 502 (the routed model's one deployment refuses connections), in Anthropic's shape."""
+    resp = raw(gw, {"model": "all-down", "max_tokens": 8, "messages": USER})
+    assert resp.status_code == 502, resp.text
+    body = resp.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert body["request_id"] == resp.headers["request-id"]
 
 
 def test_upstream_overloaded_passes_through(sdk: Sdk, gw: Gateway) -> None:
@@ -560,12 +599,17 @@ def test_default_gateway_serves_messages(default_gw: Gateway, request: pytest.Fi
         c.messages.create(model="no-such-model", max_tokens=8, messages=USER)
 
 
+#: betas Claude Code sends
+BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14"]
+
+
 @pytest.mark.parametrize("variable", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
 @pytest.mark.parametrize("model", ["mock-chat", "claude"])
 def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
                            variable: str, model: str) -> None:
     """ANTHROPIC_BASE_URL at the gateway and a gateway key as the API key (x-api-key) or auth token
-    (Authorization: Bearer); streaming with tools and cache_control blocks, as Claude Code sends."""
+    (Authorization: Bearer); streaming with tools and cache_control blocks through the beta Messages API
+    (``/v1/messages?beta=true`` and ``anthropic-beta``), as Claude Code sends."""
     monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://{HOST}:{gw.port}")
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
@@ -578,8 +622,8 @@ def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, request
         {"type": "text", "text": "What is the weather in Paris? !tool get_weather",
          "cache_control": {"type": "ephemeral"}},
     ]}]
-    with c.messages.stream(model=model, max_tokens=256, system=system, tools=tools,  # type: ignore[arg-type]
-                           messages=messages) as stream:  # type: ignore[arg-type]
+    with c.beta.messages.stream(model=model, max_tokens=256, system=system, tools=tools,  # type: ignore[arg-type]
+                                messages=messages, betas=BETAS) as stream:  # type: ignore[arg-type]
         final = stream.get_final_message()
     use = next(b for b in final.content if b.type == "tool_use")
     assert final.stop_reason == "tool_use" and use.name == "get_weather"
@@ -588,7 +632,7 @@ def test_claude_code_style(gw: Gateway, monkeypatch: pytest.MonkeyPatch, request
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Sunny",
                                       "cache_control": {"type": "ephemeral"}}]},
     ]
-    with c.messages.stream(model=model, max_tokens=256, system=system, tools=tools,  # type: ignore[arg-type]
-                           messages=messages) as stream:  # type: ignore[arg-type]
+    with c.beta.messages.stream(model=model, max_tokens=256, system=system, tools=tools,  # type: ignore[arg-type]
+                                messages=messages, betas=BETAS) as stream:  # type: ignore[arg-type]
         answer = stream.get_final_message()
     assert any(b.type == "text" and b.text for b in answer.content)

@@ -147,6 +147,17 @@ def test_stream_error_event_and_error_bodies() -> None:
     anthropic.types.ErrorResponse.model_validate(body)
 
 
+def test_the_gateway_s_own_statuses_get_anthropic_error_types() -> None:
+    from gateway.routing.router import NoDeploymentAvailable
+
+    unavailable = NoDeploymentAvailable("m", [], 0.0)
+    assert json.loads(am.ANTHROPIC_MESSAGES.error_body(unavailable, "r"))["error"]["type"] == "overloaded_error"
+    assert [am.error_type(s) for s in (400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504, 529, 418, 599)] == [
+        "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+        "invalid_request_error", "request_too_large", "rate_limit_error", "api_error", "api_error",
+        "overloaded_error", "timeout_error", "overloaded_error", "invalid_request_error", "api_error"]
+
+
 def test_response_headers_map_rate_limits_and_the_request_id() -> None:
     headers = [("x-request-id", "r1"), ("x-ratelimit-limit-requests", "10"),
                ("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "1m30s"),
