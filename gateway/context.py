@@ -26,9 +26,9 @@ class Context:
     """Everything one request carries through the chain."""
 
     __slots__ = (
-        "attempts", "body", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits", "model",
-        "overhead", "request", "request_id", "responder", "response_headers", "route_model", "runtime",
-        "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
+        "attempts", "body", "cache", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits",
+        "model", "overhead", "request", "request_id", "responder", "response_headers", "route_model",
+        "runtime", "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
@@ -67,3 +67,5 @@ class Context:
         self.overhead = ""
         #: the caller's key (gateway.auth.table.KeyEntry) once the access phase has run
         self.key: Any = None
+        #: the response cache's state for this request (gateway.cache.phase.CacheState), when it has one
+        self.cache: Any = None

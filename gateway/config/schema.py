@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from gateway.cache.config import CacheConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
 from gateway.routing.config import (
@@ -346,3 +347,4 @@ class Config(_Base, frozen=True):
     pricing: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
     #: the Prometheus metrics export (docs/metrics.md)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)

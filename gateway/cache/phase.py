@@ -1,0 +1,349 @@
+"""The ``cache`` phase: exact-match answers from the worker's memory tier or the shared Redis tier.
+
+Per request (a chat request to a model whose policy caches it)::
+
+    on_request   Cache-Control read; the key computed (gateway.cache.keys); when the client allows a
+                 lookup: memory tier -> hit (answered here) | Redis tier (awaited) -> hit | miss.
+                 x-gateway-cache: hit | miss | bypass goes on the answer; a hit also gets ``age``.
+    on_response  a complete answer about to be sent: kept (a reference) if it may be stored
+    on_stream    a stream about to be sent: an assembler watches the client-bound bytes
+    on_settle    after the response is sent: a complete 200 with no error is stored, as its IR
+                 (gateway.cache.entry), in memory now and in Redis in the background
+
+    outcome   | when                                                          | counted as
+    ----------+---------------------------------------------------------------+------------------------
+    hit       | a live entry in memory or Redis                               | hits{tier}
+    miss      | looked up, nothing there (the answer is stored after it is sent)| misses
+    bypass    | not looked up: Cache-Control no-cache (the answer refreshes the   | bypasses{reason}
+              | entry), when = "deterministic" and the request is not, or the   |
+              | Redis tier is down (then not stored there either)               |
+
+A hit never reaches routing or the provider. It counts against request limits (the admit phase ran
+before), and, unless ``hits_count_tokens``, not against tokens or spend: ``ctx.usage`` stays empty, so
+the limits phase refunds the token reservation. Its call record says ``cache: "hit"`` and the cost the
+original call had (``cost_saved_usd``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from gateway import ir
+from gateway._core.cache import LRUCache
+from gateway.cache.config import CacheConfig, CachePolicy
+from gateway.cache.keys import KeyParts, cache_key, is_deterministic, namespace, request_form
+from gateway.cache.openai_chat import OpenAIChatCodec, StreamAssembler
+from gateway.cache.redis_tier import RedisTier, TierDown, redis_key
+from gateway.phases import Phase, Reply, StreamObserver
+from gateway.wire import Usage
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.context import Context
+
+__all__ = ["CacheEntry", "CachePhase", "CacheService", "CacheState", "CacheStats"]
+
+_DIALECT = "openai_chat"
+#: the client dialect's codec, by dialect name (other dialects add theirs)
+CODECS: dict[str, Any] = {_DIALECT: OpenAIChatCodec}
+_JSON = ("content-type", "application/json")
+_SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+_MISS = ("x-gateway-cache", "miss")
+_BYPASS = ("x-gateway-cache", "bypass")
+
+
+class CacheEntry(msgspec.Struct, array_like=True, frozen=True):
+    """What is stored: the answer dialect-neutral, and what a hit needs besides."""
+
+    response: ir.Response
+    #: the answer's ``created`` (seconds), and when it was stored (wall clock: ``age`` on every node)
+    created: int
+    stored: float
+    #: USD the original call cost (None: unpriced)
+    cost: float | None
+    tenant: str | None
+    key_id: str | None
+    model: str
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(CacheEntry).decode
+
+
+class CacheStats:
+    __slots__ = ("bypass_nocache", "bypass_policy", "bypass_redis", "hits_memory", "hits_redis", "misses",
+                 "redis_errors", "stores", "too_large", "unstorable")
+
+    def __init__(self) -> None:
+        self.hits_memory = 0
+        self.hits_redis = 0
+        self.misses = 0
+        self.bypass_nocache = 0
+        self.bypass_policy = 0
+        self.bypass_redis = 0
+        self.stores = 0
+        self.too_large = 0
+        self.unstorable = 0
+        self.redis_errors = 0
+
+
+class CacheState:
+    """``ctx.cache``: what the phase decided for one request."""
+
+    __slots__ = ("assembler", "body", "key", "key_id", "model", "outcome", "policy", "redis_down", "saved",
+                 "store", "tenant")
+
+    def __init__(self, key: bytes, policy: CachePolicy, store: bool, tenant: str | None,
+                 key_id: str | None, model: str) -> None:
+        self.key = key
+        self.policy = policy
+        #: the answer may be stored (not no-store, Redis not down for a Redis-only cache)
+        self.store = store
+        self.outcome = "miss"
+        self.tenant = tenant
+        self.key_id = key_id
+        self.model = model
+        #: the whole answer sent (on_response) or the stream's assembler (on_stream)
+        self.body: bytes | None = None
+        self.assembler: StreamAssembler | None = None
+        #: a hit: the cost of the call it replays
+        self.saved: float | None = None
+        #: the Redis tier failed this request's lookup: the answer is not written there
+        self.redis_down = False
+
+
+class _Watch(StreamObserver):
+    __slots__ = ("assembler",)
+
+    def __init__(self, assembler: StreamAssembler) -> None:
+        self.assembler = assembler
+
+    def feed(self, data: bytes) -> bytes:
+        self.assembler.feed(data)
+        return data
+
+
+def _cache_control(ctx: Context) -> tuple[bool, bool]:
+    """(no_cache, no_store) from the request's Cache-Control header (and ``Pragma: no-cache``)."""
+    value = ctx.request.header(b"cache-control")
+    no_cache = no_store = False
+    if value:
+        for part in value.lower().split(b","):
+            d = part.strip()
+            if d == b"no-cache" or d == b"max-age=0":
+                no_cache = True
+            elif d == b"no-store":
+                no_store = True
+    elif ctx.request.header(b"pragma") == b"no-cache":
+        no_cache = True
+    return no_cache, no_store
+
+
+class CacheService:
+    """One worker's cache: its memory tier, its Redis tier, its counters. Lives across reloads."""
+
+    def __init__(self, config: Config) -> None:
+        c = config.cache
+        self.stats = CacheStats()
+        self.memory = LRUCache(c.memory_bytes) if c.memory_bytes else None
+        self.redis: RedisTier | None = None
+        self._redis_url: str | None = None
+        self.config = c
+        self._set_redis(config)
+        self.phase = self._phase()
+
+    def _set_redis(self, config: Config) -> None:
+        c = config.cache
+        url = (c.redis_url or config.store.url) if c.redis else None
+        prefix = c.prefix or config.store.prefix
+        if url == self._redis_url and (self.redis is None or self.redis.prefix == prefix):
+            if self.redis is not None:
+                self.redis.timeout = c.redis_timeout
+                self.redis.compress_above = c.compress_above
+            return
+        old = self.redis
+        self.redis = RedisTier(url, prefix, c.redis_timeout, c.compress_above) if url else None
+        self._redis_url = url
+        if old is not None:
+            import asyncio
+
+            asyncio.get_running_loop().create_task(old.close())
+
+    def _phase(self) -> CachePhase:
+        cls = RedisCachePhase if self.redis is not None else CachePhase
+        return cls(self)
+
+    def reload(self, config: Config) -> None:
+        c = config.cache
+        self.config = c
+        if c.memory_bytes == 0:
+            self.memory = None
+        elif self.memory is None:
+            self.memory = LRUCache(c.memory_bytes)
+        elif self.memory.max_bytes != c.memory_bytes:
+            self.memory.resize(c.memory_bytes, 0, time.monotonic())
+        self._set_redis(config)
+        self.phase = self._phase()
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()
+
+
+class CachePhase(Phase):
+    """The cache phase of a worker whose cache has no Redis tier: never waits."""
+
+    name: ClassVar[str] = "cache"
+
+    def __init__(self, service: CacheService) -> None:
+        self.service = service
+        self.stats = service.stats
+        self.memory = service.memory
+        self.redis = service.redis
+        c = service.config
+        self.count_tokens = c.hits_count_tokens
+        # PERF: the policy of every configured model resolved once (None: not cached)
+        self.policies: dict[str, CachePolicy | None] = {}
+        self.config: CacheConfig = c
+
+    def _policy(self, model: str) -> CachePolicy | None:
+        try:
+            return self.policies[model]
+        except KeyError:
+            if len(self.policies) > 4096:
+                self.policies.clear()
+            p = self.policies[model] = self.config.policy(model)
+            return p
+
+    def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
+        if ctx.endpoint != "chat":
+            return None
+        fields = ctx.fields
+        model = ctx.route_model or fields.model
+        policy = self._policy(model)
+        if policy is None:
+            return None
+        no_cache, no_store = _cache_control(ctx)
+        form = request_form(ctx.body)
+        if policy.when == "deterministic" and not is_deterministic(form):
+            self.stats.bypass_policy += 1
+            ctx.response_headers.append(_BYPASS)
+            return None
+        key = ctx.key
+        tenant = key.tenant.id if key is not None else None
+        key_id = key.id if key is not None else None
+        parts = KeyParts(namespace(policy.scope, tenant, key_id), _DIALECT, ctx.endpoint, model)
+        digest = cache_key(parts, form)
+        state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model)
+        if no_cache:
+            state.outcome = "bypass"
+            self.stats.bypass_nocache += 1
+            ctx.response_headers.append(_BYPASS)
+            return None
+        memory = self.memory
+        if memory is not None:
+            found = memory.get(digest, time.monotonic())
+            if found is not None:
+                self.stats.hits_memory += 1
+                return self._hit(ctx, state, _unpack(found[0]))
+        if self.redis is not None:
+            return self._redis_lookup(ctx, state)
+        self.stats.misses += 1
+        ctx.response_headers.append(_MISS)
+        return None
+
+    async def _redis_lookup(self, ctx: Context, state: CacheState) -> Reply | None:
+        redis = self.redis
+        assert redis is not None
+        try:
+            raw = await redis.get(redis_key(redis.prefix, state.tenant, state.model, state.key))
+        except TierDown:
+            self.stats.bypass_redis += 1
+            state.outcome = "bypass"
+            state.redis_down = True
+            ctx.response_headers.append(_BYPASS)
+            return None
+        if raw is not None:
+            try:
+                entry = _unpack(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                entry = None
+            if entry is not None:
+                self.stats.hits_redis += 1
+                now = time.time()
+                if self.memory is not None:  # promoted, for the rest of its time to live
+                    left = state.policy.ttl - (now - entry.stored)
+                    if left > 0:
+                        self.memory.put(state.key, raw, time.monotonic(), left, (entry.tenant, entry.key_id,
+                                                                               entry.model))
+                return self._hit(ctx, state, entry)
+        self.stats.misses += 1
+        ctx.response_headers.append(_MISS)
+        return None
+
+    def _hit(self, ctx: Context, state: CacheState, entry: CacheEntry) -> Reply:
+        state.outcome = "hit"
+        state.store = False
+        state.saved = entry.cost
+        if self.count_tokens:
+            u = entry.response.usage
+            ctx.usage = Usage(u.prompt_tokens, u.output_tokens, u.total_tokens)
+        codec = CODECS[_DIALECT]
+        body = codec.replay(entry.response, entry.created, ctx.stream, ctx.include_usage)
+        age = str(max(int(time.time() - entry.stored), 0))
+        head = _SSE if ctx.stream else [_JSON]
+        return Reply(200, body, [*head, ("x-gateway-cache", "hit"), ("age", age)])
+
+    # -- the way out --------------------------------------------------------------------------------
+
+    def on_response(self, ctx: Context, body: bytes) -> bytes:
+        state: CacheState | None = ctx.cache
+        if state is not None and state.store:
+            state.body = body
+        return body
+
+    def on_stream(self, ctx: Context) -> StreamObserver | None:
+        state: CacheState | None = ctx.cache
+        if state is None or not state.store:
+            return None
+        state.assembler = CODECS[_DIALECT].assembler(state.policy.max_entry_bytes * 4)
+        return _Watch(state.assembler)
+
+    def on_settle(self, ctx: Context) -> None:
+        state: CacheState | None = ctx.cache
+        if state is None or not state.store or ctx.status != 200 or ctx.error is not None:
+            return
+        codec = CODECS[_DIALECT]
+        if state.body is not None:
+            answer = codec.read_whole(state.body)
+        elif state.assembler is not None:
+            answer = state.assembler.result()
+        else:
+            return
+        if answer is None:
+            self.stats.unstorable += 1
+            return
+        response, created = answer
+        entry = CacheEntry(response, created, time.time(), ctx.cost, state.tenant, state.key_id, state.model)
+        raw = _pack(entry)
+        policy = state.policy
+        if len(raw) > policy.max_entry_bytes:
+            self.stats.too_large += 1
+            return
+        self.stats.stores += 1
+        if self.memory is not None:
+            tag = (state.tenant, state.key_id, state.model)
+            self.memory.put(state.key, raw, time.monotonic(), policy.ttl, tag)
+        redis = self.redis
+        if redis is not None and not state.redis_down:
+            redis.set_soon(redis_key(redis.prefix, state.tenant, state.model, state.key), raw, policy.ttl)
+
+
+class RedisCachePhase(CachePhase):
+    """The cache phase with a Redis tier: a memory miss waits for Redis."""
+
+    is_async: ClassVar[bool] = True

@@ -1,0 +1,320 @@
+"""The cache's shared tier: entries in Redis, seen by every worker of every node.
+
+One connection per worker, pipelined: a command is written as soon as it is asked for and its reply is
+matched in order (RESP replies come back in the order of the commands), so many requests' lookups share
+the connection without waiting for each other. RESP is packed and parsed here (the few reply types the
+cache reads), with no client library on the request path.
+
+Failure is never the client's problem. Each call is bounded by ``timeout``; a call that fails or times
+out marks the tier down: the connection is dropped, every call waiting on it gets ``TierDown``, and for
+the next ``retry_after`` seconds calls fail at once without touching the network (the phase counts them
+as bypasses and goes to the provider). The next call after that opens a new connection.
+
+Values: ``b"r" + raw`` or, above ``compress_above`` bytes, ``b"z" + zlib(raw)``. Keys:
+``<prefix>:cache:<tenant>:<model>:<hex key>`` with tenant and model percent-encoded (no ``:``, ``*``,
+``?`` or ``[`` in them), so that a purge by tenant or model is one ``SCAN MATCH`` pattern.
+
+Supported URLs: ``redis://``, ``rediss://`` (TLS) and ``unix://`` to one server (with its password and
+database). Sentinel and Cluster URLs are refused by the configuration check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+import zlib
+from typing import cast
+from urllib.parse import quote
+
+from gateway.redisconn import parse_url
+
+__all__ = ["RedisTier", "TierDown", "pack_value", "redis_key", "unpack_value"]
+
+
+class TierDown(Exception):
+    """The shared tier cannot answer now."""
+
+
+def pack_value(raw: bytes, compress_above: int) -> bytes:
+    if len(raw) > compress_above:
+        return b"z" + zlib.compress(raw, 6)
+    return b"r" + raw
+
+
+def unpack_value(value: bytes) -> bytes:
+    if value[:1] == b"z":
+        return zlib.decompress(value[1:])
+    if value[:1] == b"r":
+        return value[1:]
+    raise ValueError("not a cache value")
+
+
+def _part(text: str) -> str:
+    return quote(text, safe="")
+
+
+def redis_key(prefix: str, tenant: str | None, model: str, key: bytes) -> str:
+    return f"{prefix}:cache:{_part(tenant or '-')}:{_part(model)}:{key.hex()}"
+
+
+def _command(*args: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class _ReplyError(Exception):
+    pass
+
+
+class _Parser:
+    """RESP2 replies: simple strings, errors, integers, bulk strings and arrays of them."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    def gets(self) -> tuple[bool, object]:
+        """(True, reply) for the next complete reply, else (False, None)."""
+        done, value, pos = self._parse(0)
+        if done:
+            self.buf = self.buf[pos:]
+        return done, value
+
+    def _parse(self, pos: int) -> tuple[bool, object, int]:
+        buf = self.buf
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return False, None, pos
+        kind, line, nxt = buf[pos:pos + 1], buf[pos + 1:end], end + 2
+        if kind == b"+":
+            return True, line, nxt
+        if kind == b"-":
+            return True, _ReplyError(line.decode("utf-8", "replace")), nxt
+        if kind == b":":
+            return True, int(line), nxt
+        if kind == b"$":
+            n = int(line)
+            if n < 0:
+                return True, None, nxt
+            if len(buf) < nxt + n + 2:
+                return False, None, pos
+            return True, buf[nxt:nxt + n], nxt + n + 2
+        if kind == b"*":
+            n = int(line)
+            if n < 0:
+                return True, None, nxt
+            items: list[object] = []
+            for _ in range(n):
+                done, item, nxt = self._parse(nxt)
+                if not done:
+                    return False, None, pos
+                items.append(item)
+            return True, items, nxt
+        raise ValueError(f"unexpected RESP reply type {kind!r}")
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = _Parser()
+        self.waiters: collections.deque[asyncio.Future[object]] = collections.deque()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        while self.waiters:
+            try:
+                done, reply = self.parser.gets()
+            except ValueError as exc:
+                self.fail(exc)
+                return
+            if not done:
+                return
+            fut = self.waiters.popleft()
+            if not fut.done():
+                if isinstance(reply, _ReplyError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or ConnectionResetError("the Redis server closed the connection"))
+
+    def fail(self, exc: BaseException) -> None:
+        self.closed = True
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(TierDown(str(exc)))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, data: bytes) -> asyncio.Future[object]:
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.closed or self.transport is None:
+            fut.set_exception(TierDown("not connected"))
+            return fut
+        self.waiters.append(fut)
+        self.transport.write(data)
+        return fut
+
+
+class RedisTier:
+    """The shared tier of one worker (see the module docstring)."""
+
+    def __init__(self, url: str, prefix: str, timeout: float, compress_above: int,
+                 retry_after: float = 1.0, max_pending_writes: int = 1024) -> None:
+        self.target = parse_url(url)
+        if self.target.kind != "single":
+            raise ValueError("the cache's Redis tier needs one server (redis://, rediss:// or unix://)")
+        self.prefix = prefix
+        self.timeout = timeout
+        self.compress_above = compress_above
+        self.retry_after = retry_after
+        self.max_pending_writes = max_pending_writes
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._down_until = 0.0
+        self._writes: set[asyncio.Task[None]] = set()
+        #: calls that failed (timeouts, connection errors, refused while down), writes dropped
+        self.errors = 0
+        self.dropped_writes = 0
+
+    # -- connection ------------------------------------------------------------------------------------
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        t = self.target
+        url = t.url
+        conn = _Connection()
+        if url.startswith("unix://"):
+            path = url[len("unix://"):].split("?", 1)[0]
+            path = path.split("@", 1)[-1]
+            await loop.create_unix_connection(lambda: conn, path)
+        else:
+            host, port = t.hosts[0] if t.hosts else _host_port(url)
+            ctx = ssl.create_default_context() if t.tls else None
+            await loop.create_connection(lambda: conn, host, port, ssl=ctx)
+        setup: list[bytes] = []
+        if t.password is not None:
+            setup.append(_command(b"AUTH", *([t.username.encode()] if t.username else []),
+                                  t.password.encode()))
+        if t.db:
+            setup.append(_command(b"SELECT", str(t.db).encode()))
+        for cmd in setup:
+            await conn.send(cmd)
+        return conn
+
+    async def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if time.monotonic() < self._down_until:
+            raise TierDown("the Redis tier is down")
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        connecting = self._connecting
+        try:
+            conn = await asyncio.shield(connecting)
+        except Exception as exc:
+            self._mark_down()
+            raise TierDown(str(exc)) from None
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+        self._conn = conn
+        return conn
+
+    def _mark_down(self) -> None:
+        self._down_until = time.monotonic() + self.retry_after
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.fail(TierDown("marked down"))
+
+    async def _call(self, *args: bytes) -> object:
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn = await self._connection()
+                return await conn.send(_command(*args))
+        except (TierDown, TimeoutError, OSError, _ReplyError) as exc:
+            self.errors += 1
+            if not isinstance(exc, _ReplyError):
+                self._mark_down()
+            raise TierDown(str(exc) or exc.__class__.__name__) from None
+
+    # -- the cache's calls -----------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        """The raw entry under ``key`` (unpacked), or None; raises TierDown."""
+        value = await self._call(b"GET", key.encode())
+        if not isinstance(value, bytes):
+            return None
+        try:
+            return unpack_value(value)
+        except (ValueError, zlib.error):
+            return None
+
+    def set_soon(self, key: str, raw: bytes, ttl: float) -> None:
+        """Write an entry in the background (after the response is sent); dropped when too many writes
+        are pending or the tier is down."""
+        if len(self._writes) >= self.max_pending_writes or time.monotonic() < self._down_until:
+            self.dropped_writes += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._set(key, raw, ttl))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _set(self, key: str, raw: bytes, ttl: float) -> None:
+        ms = max(int(ttl * 1000), 1)
+        try:
+            value = pack_value(raw, self.compress_above)
+            await self._call(b"SET", key.encode(), value, b"PX", str(ms).encode())
+        except TierDown:
+            self.dropped_writes += 1
+
+    async def purge(self, pattern: str) -> int:
+        """Delete every entry whose key matches the ``SCAN MATCH`` ``pattern``; the number deleted."""
+        cursor = b"0"
+        deleted = 0
+        while True:
+            reply = await self._call(b"SCAN", cursor, b"MATCH", pattern.encode(), b"COUNT", b"500")
+            assert isinstance(reply, list)
+            cursor, keys = reply[0], reply[1]
+            if keys:
+                n = await self._call(b"UNLINK", *keys)
+                deleted += int(n) if isinstance(n, int) else 0
+            if cursor == b"0":
+                return deleted
+
+    def purge_pattern(self, tenant: str | None = None, model: str | None = None) -> str:
+        t = _part(tenant) if tenant is not None else "*"
+        m = _part(model) if model is not None else "*"
+        return f"{self.prefix}:cache:{t}:{m}:*"
+
+    async def close(self) -> None:
+        for task in list(self._writes):
+            task.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.transport is not None:
+            conn.closed = True
+            conn.transport.close()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if rest.startswith("["):
+        host, _, port = rest[1:].partition("]")
+        return host, int(port.lstrip(":") or 6379)
+    host, _, port = rest.partition(":")
+    return host or "127.0.0.1", int(port or 6379)

@@ -1,0 +1,278 @@
+"""The response cache through real processes: a gateway in front of the standalone mock, and a real
+redis-server for the shared tier.
+
+Hits, misses, bypasses (Cache-Control), no-store, TTL expiry, tenant isolation, stream replay read by
+the openai SDK, the memory tier's byte bound under a flood, a Redis outage, and two nodes sharing the
+Redis tier.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redisproc
+
+from gateway.auth import digest, format_key
+
+from .conftest import Gateway, StartGateway
+from .helpers import RawClient, Response, call_records, chat_request, gateway_toml, http_request, wait_for
+
+SECRET_A = "A" * 43
+SECRET_B = "B" * 43
+KEY_A = format_key("cachekeyaaaa", SECRET_A)
+KEY_B = format_key("cachekeybbbb", SECRET_B)
+
+TENANTS = f"""
+[auth]
+required = true
+[[auth.keys]]
+id = "cachekeyaaaa"
+digest = "{digest(SECRET_A, b'')}"
+tenant = "alpha"
+[[auth.keys]]
+id = "cachekeybbbb"
+digest = "{digest(SECRET_B, b'')}"
+tenant = "beta"
+[tenants.alpha]
+[tenants.beta]
+"""
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string"}}}}}]
+
+
+def cache_toml(mock_port: int, cache: str = "", extra: str = "") -> str:
+    return gateway_toml(mock_port) + "\n[cache]\nenabled = true\n" + cache + extra
+
+
+def ask(gw: Gateway, content: str, *, key: str | None = None, headers: tuple[tuple[str, str], ...] = (),
+        **extra: Any) -> Response:
+    hdrs = list(headers)
+    if key is not None:
+        hdrs.append(("Authorization", f"Bearer {key}"))
+    with RawClient(gw.port) as c:
+        return c.request(chat_request(content, headers=hdrs, **extra))
+
+
+def outcome(resp: Response) -> str | None:
+    assert resp.status == 200, resp
+    return resp.header("x-gateway-cache")
+
+
+def metric(gw: Gateway, name: str, labels: str = "") -> float:
+    with RawClient(gw.port) as c:
+        body = c.request(http_request("GET", "/metrics")).body.decode()
+    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.M)
+    total = 0.0
+    for m in pattern.finditer(body):
+        if labels in (m.group(1) or ""):
+            total += float(m.group(2))
+    return total
+
+
+def test_miss_then_hit_and_the_client_controls(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(cache_toml(mock_port))
+    first = ask(gw, "cache me please")
+    assert outcome(first) == "miss"
+    again = wait_for(lambda: (r := ask(gw, "cache me please")).header("x-gateway-cache") == "hit" and r,
+                     10, what="a hit")
+    assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [again.json()["usage"][k] for k in counts] == [first.json()["usage"][k] for k in counts]
+    assert again.header("age") is not None and int(again.header("age") or "-1") >= 0
+    # the same question written differently (key order, number form, user, metadata) is the same entry
+    same = json.dumps({"temperature": 1.0, "user": "someone", "metadata": {"x": "y"},
+                       "messages": [{"content": "cache me please", "role": "user"}],
+                       "model": "chat-model"}).encode()
+    first_t = ask(gw, "cache me please", temperature=1)
+    assert outcome(first_t) in ("miss", "hit")
+    with RawClient(gw.port) as c:
+        resp = c.request(http_request("POST", "/v1/chat/completions", same))
+    assert outcome(resp) == "hit"
+    # no-cache: no lookup (bypass), and the fresh answer is stored
+    assert outcome(ask(gw, "cache me please", headers=(("Cache-Control", "no-cache"),))) == "bypass"
+    # no-store: looked up, but a miss is not stored
+    assert outcome(ask(gw, "not to be kept", headers=(("Cache-Control", "no-store"),))) == "miss"
+    assert outcome(ask(gw, "not to be kept", headers=(("Cache-Control", "no-store"),))) == "miss"
+    # a different answer-changing field is another entry
+    assert outcome(ask(gw, "cache me please", max_tokens=3)) == "miss"
+    records = call_records(gw.process, lambda rs: any(r.get("cache") == "hit" for r in rs))
+    hits = [r for r in records if r.get("cache") == "hit"]
+    assert hits and all(r.get("provider") is None for r in hits)
+    assert metric(gw, "gateway_cache_requests_total", 'outcome="hit"') >= 2
+
+
+def test_errors_are_never_stored(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(cache_toml(mock_port))
+    for _ in range(2):
+        resp = ask(gw, "!mock status=500 fail")
+        assert resp.status == 500
+        assert resp.header("x-gateway-cache") == "miss"
+
+
+def test_ttl_expiry(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(cache_toml(mock_port, "[cache.default]\nttl = 1.0\n"))
+    assert outcome(ask(gw, "short lived")) == "miss"
+    wait_for(lambda: ask(gw, "short lived").header("x-gateway-cache") == "hit", 10, what="a hit")
+    # past its time to live the entry is gone: a miss again (polled, never slept)
+    wait_for(lambda: ask(gw, "short lived").header("x-gateway-cache") == "miss", 20, what="expiry")
+
+
+def test_deterministic_policy_bypasses_sampled_requests(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(cache_toml(mock_port, '[cache.default]\nwhen = "deterministic"\n'))
+    assert outcome(ask(gw, "sampled", temperature=0.7)) == "bypass"
+    assert outcome(ask(gw, "pinned", temperature=0)) == "miss"
+    wait_for(lambda: ask(gw, "pinned", temperature=0.0).header("x-gateway-cache") == "hit", 10, what="hit")
+    assert outcome(ask(gw, "seeded", seed=7, temperature=0.9)) == "miss"
+
+
+@pytest.mark.parametrize("scope", ["tenant", "global"])
+def test_tenant_b_never_gets_tenant_a_answer(start_gateway: StartGateway, mock_port: int, scope: str) -> None:
+    gw = start_gateway(cache_toml(mock_port, f'[cache.default]\nscope = "{scope}"\n', TENANTS))
+    assert outcome(ask(gw, "a private question", key=KEY_A)) == "miss"
+    wait_for(lambda: ask(gw, "a private question", key=KEY_A).header("x-gateway-cache") == "hit", 10,
+             what="tenant A's hit")
+    b = ask(gw, "a private question", key=KEY_B)
+    if scope == "tenant":
+        assert outcome(b) == "miss"
+        assert outcome(ask(gw, "a private question", key=KEY_B)) == "hit"  # B's own entry
+    else:  # shared on purpose: the one scope where B sees A's entry
+        assert outcome(b) == "hit"
+
+
+def test_stream_replay_read_by_the_sdk_equals_the_original(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(cache_toml(mock_port))
+    client = gw.client()
+    try:
+        def run(stream: bool) -> tuple[dict[str, Any], str | None]:
+            raw = client.chat.completions.with_raw_response.create(
+                model="chat-model", messages=[{"role": "user", "content": "!tool get_weather in Paris"}],
+                tools=TOOLS, stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}),
+            )
+            parsed = raw.parse()
+            if not stream:
+                m = parsed.choices[0].message
+                calls = [(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()]
+                usage = _counts(parsed.usage)
+                return {"content": m.content or "", "calls": calls, "usage": usage,
+                        "finish": parsed.choices[0].finish_reason}, raw.headers.get("x-gateway-cache")
+            content = ""
+            calls: dict[int, list[str]] = {}
+            usage = None
+            finish = None
+            for chunk in parsed:
+                if chunk.usage is not None:
+                    usage = _counts(chunk.usage)
+                for ch in chunk.choices:
+                    content += ch.delta.content or ""
+                    for tc in ch.delta.tool_calls or ():
+                        slot = calls.setdefault(tc.index, ["", "", ""])
+                        slot[0] += tc.id or ""
+                        slot[1] += (tc.function.name or "") if tc.function else ""
+                        slot[2] += (tc.function.arguments or "") if tc.function else ""
+                    finish = ch.finish_reason or finish
+            return {"content": content, "calls": [tuple(calls[i]) for i in sorted(calls)], "usage": usage,
+                    "finish": finish}, raw.headers.get("x-gateway-cache")
+
+        original, how = run(stream=True)
+        assert how == "miss" and original["calls"] and original["usage"], original
+        replay, how = wait_for(lambda: (r := run(stream=True))[1] == "hit" and r, 10, what="a stream hit")
+        assert replay == original
+        whole, how = run(stream=False)
+        assert how == "hit"
+        assert whole["calls"] == original["calls"] and whole["usage"] == original["usage"]
+        assert whole["finish"] == original["finish"] == "tool_calls"
+    finally:
+        client.close()
+
+
+def _counts(usage: Any) -> tuple[int, ...] | None:
+    """The token counts of an SDK usage object (the zero-valued extras a replay leaves out aside)."""
+    if usage is None:
+        return None
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else 0
+    return (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, cached or 0, reasoning or 0)
+
+
+def test_a_cut_stream_is_not_stored(start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(cache_toml(mock_port))
+    body = json.dumps({"model": "chat-model", "stream": True,
+                       "messages": [{"role": "user", "content": "!mock cut=3 a cut stream"}]}).encode()
+    for _ in range(2):
+        with RawClient(gw.port) as c:
+            c.sock.sendall(http_request("POST", "/v1/chat/completions", body, headers=[("Connection", "close")]))
+            data = b""
+            while chunk := c.sock.recv(65536):
+                data += chunk
+        assert b"x-gateway-cache: miss" in data.lower()
+    assert metric(gw, "gateway_cache_stores_total") == 0
+
+
+def test_memory_tier_stays_within_its_byte_bound(start_gateway: StartGateway, mock_port: int) -> None:
+    bound = 16384
+    gw = start_gateway(cache_toml(mock_port, f"memory_bytes = {bound}\n"))
+    for i in range(300):
+        assert outcome(ask(gw, f"distinct question number {i}")) == "miss"
+    wait_for(lambda: metric(gw, "gateway_cache_stores_total") >= 300, 15, what="every answer stored")
+    wait_for(lambda: metric(gw, "gateway_cache_evictions_total") > 0, 15, what="evictions")
+    held = metric(gw, "gateway_cache_memory_bytes")
+    assert 0 < held <= bound
+    assert metric(gw, "gateway_cache_memory_entries") < 300
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[redisproc.RedisServer]:
+    with redisproc.start(tmp_path / "redis") as server:
+        yield server
+
+
+def redis_cache(mock_port: int, url: str, memory: int = 0) -> str:
+    return cache_toml(mock_port, f'memory_bytes = {memory}\nredis = true\nredis_url = "{url}"\n')
+
+
+def test_two_nodes_share_redis_hits(start_gateway: StartGateway, mock_port: int,
+                                    redis_server: redisproc.RedisServer) -> None:
+    one = start_gateway(redis_cache(mock_port, redis_server.url), name="node-one")
+    two = start_gateway(redis_cache(mock_port, redis_server.url), name="node-two")
+    first = ask(one, "shared across the cluster")
+    assert outcome(first) == "miss"
+    hit = wait_for(lambda: (r := ask(two, "shared across the cluster")).header("x-gateway-cache") == "hit"
+                   and r, 10, what="node two's hit from Redis")
+    assert hit.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+    assert metric(two, "gateway_cache_requests_total", 'tier="redis"') >= 1
+
+
+def test_redis_outage_changes_nothing_for_clients(start_gateway: StartGateway, mock_port: int,
+                                                  redis_server: redisproc.RedisServer) -> None:
+    gw = start_gateway(redis_cache(mock_port, redis_server.url, memory=1 << 20))
+    assert outcome(ask(gw, "before the outage")) == "miss"
+    wait_for(lambda: ask(gw, "before the outage").header("x-gateway-cache") == "hit", 10, what="a hit")
+    redis_server.stop()  # the real server is gone
+    for i in range(20):  # every request is still answered; a lookup that needs Redis is bypassed
+        assert outcome(ask(gw, f"during the outage {i}")) in ("bypass", "miss")
+    assert outcome(ask(gw, "before the outage")) == "hit"  # the memory tier still serves
+    assert metric(gw, "gateway_cache_requests_total", 'reason="redis_down"') + metric(
+        gw, "gateway_cache_requests_total", 'tier="redis_down"') >= 1
+    stream = ask(gw, "a stream in the outage", stream=True)
+    assert stream.status == 200 and b"[DONE]" in stream.body
+
+
+def test_cache_section_is_checked(tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+    from gateway.config.loader import load_config_text
+
+    with pytest.raises(ConfigError, match="cache.default.ttl"):
+        load_config_text('[cache]\nenabled = true\n[cache.default]\nttl = -1\n')
+    with pytest.raises(ConfigError, match="cache.models.nope"):
+        load_config_text('[cache]\nenabled = true\n[cache.models.nope]\nttl = 5\n')
+    with pytest.raises(ConfigError, match="redis"):
+        load_config_text('[cache]\nenabled = true\nredis = true\n')
+    assert load_config_text('[cache]\nenabled = true\n').cache.enabled
