@@ -162,8 +162,11 @@ METRICS: tuple[MetricDef, ...] = (
        "Workers whose circuit breaker of the deployment is in this state.", "model", "deployment", "state"),
     # -- the response cache
     _c("gateway_cache_requests_total",
-       "Requests to cached models, by outcome: hit (by tier: memory or redis), miss, or bypass (by reason: "
-       "no_cache, policy, redis_down).", "outcome", "tier"),
+       "Requests to cached models, by outcome: hit (by tier: memory or redis), miss, or bypass.",
+       "outcome", "tier"),
+    _c("gateway_cache_bypass_total",
+       "Requests to cached models not looked up, by why: no_cache (the client's Cache-Control), policy "
+       "(when = deterministic and the request is not), redis_down (the shared tier failed).", "reason"),
     _c("gateway_cache_stores_total", "Answers stored in the cache (each once, in every tier it has)."),
     _c("gateway_cache_not_stored_total",
        "Successful answers not stored, by why: too_large (over max_entry_bytes), unstorable (a form the "
@@ -258,7 +261,7 @@ def engine_samples(engine: Any) -> tuple[list[Sample], list[Sample]]:
     c(("gateway_spend_write_failures_total", (), st.spend_flush_errors))
     c(("gateway_spend_reads_total", (), st.spend_reads))
 
-    _cache_samples(engine.cache, c, gauges.append)
+    _cache_samples(getattr(engine, "cache", None), c, gauges.append)
 
     # routing: the routed models of the running config (breaker states), and every deployment's counters
     # (a deployment a reload removed keeps its counters, so the node's sums do not go back)
@@ -292,7 +295,7 @@ def engine_samples(engine: Any) -> tuple[list[Sample], list[Sample]]:
 
 
 def _cache_samples(cache: Any, c: Any, g: Any) -> None:
-    """The response cache's series (at zero when the cache is off, so that dashboards see them)."""
+    """The response cache's series (its counters at zero when the cache is off, so dashboards see them)."""
     from gateway.cache.phase import CacheStats
 
     st: CacheStats = cache.stats if cache is not None else CacheStats()
@@ -301,16 +304,18 @@ def _cache_samples(cache: Any, c: Any, g: Any) -> None:
     c(("gateway_cache_requests_total", ("hit", "memory"), st.hits_memory))
     c(("gateway_cache_requests_total", ("hit", "redis"), st.hits_redis))
     c(("gateway_cache_requests_total", ("miss", ""), st.misses))
-    c(("gateway_cache_requests_total", ("bypass", "no_cache"), st.bypass_nocache))
-    c(("gateway_cache_requests_total", ("bypass", "policy"), st.bypass_policy))
-    c(("gateway_cache_requests_total", ("bypass", "redis_down"), st.bypass_redis))
+    c(("gateway_cache_requests_total", ("bypass", ""), st.bypass_nocache + st.bypass_policy + st.bypass_redis))
+    c(("gateway_cache_bypass_total", ("no_cache",), st.bypass_nocache))
+    c(("gateway_cache_bypass_total", ("policy",), st.bypass_policy))
+    c(("gateway_cache_bypass_total", ("redis_down",), st.bypass_redis))
     c(("gateway_cache_stores_total", (), st.stores))
     c(("gateway_cache_not_stored_total", ("too_large",), st.too_large))
     c(("gateway_cache_not_stored_total", ("unstorable",), st.unstorable))
     c(("gateway_cache_errors_total", (), redis.errors if redis is not None else 0))
     c(("gateway_cache_evictions_total", (), memory.evictions if memory is not None else 0))
-    g(("gateway_cache_memory_bytes", (), float(memory.size) if memory is not None else 0.0))
-    g(("gateway_cache_memory_entries", (), float(len(memory)) if memory is not None else 0.0))
+    if memory is not None:  # gauges only where there is a memory tier (a node's sums add the workers')
+        g(("gateway_cache_memory_bytes", (), float(memory.size)))
+        g(("gateway_cache_memory_entries", (), float(len(memory))))
 
 
 # --------------------------------------------------------------------------------------------------------
