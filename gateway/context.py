@@ -28,7 +28,8 @@ class Context:
     __slots__ = (
         "attempts", "body", "cache", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits",
         "model", "overhead", "request", "request_id", "responder", "response_headers", "route_model",
-        "runtime", "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
+        "runtime", "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status",
+        "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:

@@ -304,7 +304,8 @@ def _cache_samples(cache: Any, c: Any, g: Any) -> None:
     c(("gateway_cache_requests_total", ("hit", "memory"), st.hits_memory))
     c(("gateway_cache_requests_total", ("hit", "redis"), st.hits_redis))
     c(("gateway_cache_requests_total", ("miss", ""), st.misses))
-    c(("gateway_cache_requests_total", ("bypass", ""), st.bypass_nocache + st.bypass_policy + st.bypass_redis))
+    bypasses = st.bypass_nocache + st.bypass_policy + st.bypass_redis
+    c(("gateway_cache_requests_total", ("bypass", ""), bypasses))
     c(("gateway_cache_bypass_total", ("no_cache",), st.bypass_nocache))
     c(("gateway_cache_bypass_total", ("policy",), st.bypass_policy))
     c(("gateway_cache_bypass_total", ("redis_down",), st.bypass_redis))

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 import redisproc
 
@@ -268,9 +267,9 @@ def test_cache_section_is_checked(tmp_path: Path) -> None:
     from gateway.config import ConfigError
     from gateway.config.loader import load_config_text
 
-    with pytest.raises(ConfigError, match="cache.default.ttl"):
+    with pytest.raises(ConfigError, match=r"cache\.default\.ttl"):
         load_config_text('[cache]\nenabled = true\n[cache.default]\nttl = -1\n')
-    with pytest.raises(ConfigError, match="cache.models.nope"):
+    with pytest.raises(ConfigError, match=r"cache\.models\.nope"):
         load_config_text('[cache]\nenabled = true\n[cache.models.nope]\nttl = 5\n')
     with pytest.raises(ConfigError, match="redis"):
         load_config_text('[cache]\nenabled = true\nredis = true\n')

@@ -31,7 +31,7 @@ PROPS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-O = cache_py.ENTRY_OVERHEAD
+OVERHEAD = cache_py.ENTRY_OVERHEAD
 
 
 @pytest.fixture(params=IMPLS)
@@ -45,13 +45,13 @@ def test_get_put_and_expiry(impl: ModuleType) -> None:
     assert c.get(b"k", 0.0) is None
     assert c.put(b"k", b"value", 1.0, 10.0, "tag")
     assert c.get(b"k", 5.0) == (b"value", 1.0)
-    assert c.size == 1 + 5 + O and len(c) == 1
+    assert c.size == 1 + 5 + OVERHEAD and len(c) == 1
     assert c.get(b"k", 11.0) is None  # expired at stored + ttl
     assert len(c) == 0 and c.size == 0 and c.expirations == 1
 
 
 def test_least_recently_used_goes_first(impl: ModuleType) -> None:
-    c = impl.LRUCache(3 * (1 + 10 + O))
+    c = impl.LRUCache(3 * (1 + 10 + OVERHEAD))
     for k in (b"a", b"b", b"c"):
         assert c.put(k, b"x" * 10, 0.0, 100.0)
     assert c.get(b"a", 1.0) is not None  # a is now the most recent
@@ -79,7 +79,7 @@ def test_purge_by_tag_delete_clear_resize(impl: ModuleType) -> None:
     assert c.purge(lambda tag: tag[0] == "alpha") == 5
     assert len(c) == 5 and all(c.get(b"k%d" % i, 1.0) is None for i in range(1, 10, 2))
     assert c.delete(b"k0") and not c.delete(b"k0")
-    c.resize(2 * (2 + 1 + O), 0, 2.0)
+    c.resize(2 * (2 + 1 + OVERHEAD), 0, 2.0)
     assert len(c) == 2 and c.size <= c.max_bytes
     c.clear()
     assert len(c) == 0 and c.size == 0 and c.get(b"k2", 3.0) is None
