@@ -35,7 +35,7 @@ import msgspec
 from gateway import ir
 from gateway._core.cache import LRUCache
 from gateway.cache.config import CacheConfig, CachePolicy
-from gateway.cache.keys import KeyParts, cache_key, is_deterministic, namespace, request_form
+from gateway.cache.keys import KeyParts, cache_key, is_deterministic, key_head, namespace, request_form
 from gateway.cache.openai_chat import OpenAIChatCodec, StreamAssembler
 from gateway.cache.redis_tier import RedisTier, TierDown, redis_key
 from gateway.phases import Phase, Reply, StreamObserver
@@ -209,6 +209,8 @@ class CachePhase(Phase):
         # PERF: the policy of every configured model resolved once (None: not cached)
         self.policies: dict[str, CachePolicy | None] = {}
         self.config: CacheConfig = c
+        #: (namespace, endpoint, model) -> the key's head (gateway.cache.keys.key_head)
+        self.heads: dict[tuple[str, str, str], bytes] = {}
 
     def _policy(self, model: str) -> CachePolicy | None:
         try:
@@ -218,6 +220,17 @@ class CachePhase(Phase):
                 self.policies.clear()
             p = self.policies[model] = self.config.policy(model)
             return p
+
+    def _head(self, policy: CachePolicy, tenant: str | None, key_id: str | None, endpoint: str,
+              model: str) -> bytes:
+        space = namespace(policy.scope, tenant, key_id)
+        heads = self.heads
+        head = heads.get((space, endpoint, model))
+        if head is None:
+            if len(heads) > 65536:
+                heads.clear()
+            head = heads[(space, endpoint, model)] = key_head(KeyParts(space, _DIALECT, endpoint, model))
+        return head
 
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
         if ctx.endpoint != "chat":
@@ -236,8 +249,7 @@ class CachePhase(Phase):
         key = ctx.key
         tenant = key.tenant.id if key is not None else None
         key_id = key.id if key is not None else None
-        parts = KeyParts(namespace(policy.scope, tenant, key_id), _DIALECT, ctx.endpoint, model)
-        digest = cache_key(parts, form)
+        digest = cache_key(self._head(policy, tenant, key_id, ctx.endpoint, model), form)
         state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model)
         if no_cache:
             state.outcome = "bypass"
