@@ -26,6 +26,7 @@ original call had (``cost_saved_usd``).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,7 +36,8 @@ import msgspec
 from gateway import ir
 from gateway._core.cache import LRUCache
 from gateway.cache.config import CacheConfig, CachePolicy
-from gateway.cache.keys import KeyParts, cache_key, is_deterministic, key_head, namespace, request_form
+from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace, request_form
+from gateway.cache.keys import _encode as _encode_form
 from gateway.cache.openai_chat import OpenAIChatCodec, StreamAssembler
 from gateway.cache.redis_tier import RedisTier, TierDown, redis_key
 from gateway.phases import Phase, Reply, StreamObserver
@@ -53,6 +55,10 @@ CODECS: dict[str, Any] = {_DIALECT: OpenAIChatCodec}
 _JSON = ("content-type", "application/json")
 _SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _MISS = ("x-gateway-cache", "miss")
+_NO_DIRECTIVES = (False, False)
+_UNKNOWN: Any = object()
+_monotonic = time.monotonic
+_blake2b = hashlib.blake2b
 _BYPASS = ("x-gateway-cache", "bypass")
 
 
@@ -127,19 +133,15 @@ class _Watch(StreamObserver):
         return data
 
 
-def _cache_control(ctx: Context) -> tuple[bool, bool]:
-    """(no_cache, no_store) from the request's Cache-Control header (and ``Pragma: no-cache``)."""
-    value = ctx.request.header(b"cache-control")
+def _cache_control(value: bytes) -> tuple[bool, bool]:
+    """(no_cache, no_store) from the request's Cache-Control header."""
     no_cache = no_store = False
-    if value:
-        for part in value.lower().split(b","):
-            d = part.strip()
-            if d == b"no-cache" or d == b"max-age=0":
-                no_cache = True
-            elif d == b"no-store":
-                no_store = True
-    elif ctx.request.header(b"pragma") == b"no-cache":
-        no_cache = True
+    for part in value.lower().split(b","):
+        d = part.strip()
+        if d == b"no-cache" or d == b"max-age=0":
+            no_cache = True
+        elif d == b"no-store":
+            no_store = True
     return no_cache, no_store
 
 
@@ -209,8 +211,8 @@ class CachePhase(Phase):
         # PERF: the policy of every configured model resolved once (None: not cached)
         self.policies: dict[str, CachePolicy | None] = {}
         self.config: CacheConfig = c
-        #: (namespace, endpoint, model) -> the key's head (gateway.cache.keys.key_head)
-        self.heads: dict[tuple[str, str, str], bytes] = {}
+        #: (tenant, key id, model) -> the key's head (gateway.cache.keys.key_head)
+        self.heads: dict[tuple[str | None, str | None, str], bytes] = {}
 
     def _policy(self, model: str) -> CachePolicy | None:
         try:
@@ -223,33 +225,40 @@ class CachePhase(Phase):
 
     def _head(self, policy: CachePolicy, tenant: str | None, key_id: str | None, endpoint: str,
               model: str) -> bytes:
+        """The key's head of this caller and model (built once: the phase is rebuilt on reload)."""
+        if len(self.heads) > 65536:
+            self.heads.clear()
         space = namespace(policy.scope, tenant, key_id)
-        heads = self.heads
-        head = heads.get((space, endpoint, model))
-        if head is None:
-            if len(heads) > 65536:
-                heads.clear()
-            head = heads[(space, endpoint, model)] = key_head(KeyParts(space, _DIALECT, endpoint, model))
+        head = self.heads[(tenant, key_id, model)] = key_head(KeyParts(space, _DIALECT, endpoint, model))
         return head
 
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
+        # PERF: the common miss is a handful of dict lookups and three C calls (decode, encode, hash)
         if ctx.endpoint != "chat":
             return None
-        fields = ctx.fields
-        model = ctx.route_model or fields.model
-        policy = self._policy(model)
+        model = ctx.route_model or ctx.fields.model
+        policy = self.policies.get(model, _UNKNOWN)
+        if policy is _UNKNOWN:
+            policy = self._policy(model)
         if policy is None:
             return None
-        no_cache, no_store = _cache_control(ctx)
+        assert isinstance(policy, CachePolicy)
+        cc = ctx.request.header(b"cache-control")
+        no_cache, no_store = _cache_control(cc) if cc else _NO_DIRECTIVES
         form = request_form(ctx.body)
         if policy.when == "deterministic" and not is_deterministic(form):
             self.stats.bypass_policy += 1
             ctx.response_headers.append(_BYPASS)
             return None
         key = ctx.key
-        tenant = key.tenant.id if key is not None else None
-        key_id = key.id if key is not None else None
-        digest = cache_key(self._head(policy, tenant, key_id, ctx.endpoint, model), form)
+        if key is None:
+            tenant = key_id = None
+        else:
+            tenant, key_id = key.tenant.id, key.id
+        head = self.heads.get((tenant, key_id, model))
+        if head is None:
+            head = self._head(policy, tenant, key_id, ctx.endpoint, model)
+        digest = _blake2b(head + _encode_form(form), digest_size=32).digest()
         state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model)
         if no_cache:
             state.outcome = "bypass"
@@ -258,7 +267,7 @@ class CachePhase(Phase):
             return None
         memory = self.memory
         if memory is not None:
-            found = memory.get(digest, time.monotonic())
+            found = memory.get(digest, _monotonic())
             if found is not None:
                 self.stats.hits_memory += 1
                 return self._hit(ctx, state, _unpack(found[0]))
