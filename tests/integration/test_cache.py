@@ -274,3 +274,53 @@ def test_cache_section_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="redis"):
         load_config_text('[cache]\nenabled = true\nredis = true\n')
     assert load_config_text('[cache]\nenabled = true\n').cache.enabled
+
+
+def test_the_example_runs_as_it_is(start_gateway: StartGateway) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "cache.toml"
+    gw = start_gateway(example.read_text())
+    body = json.dumps({"model": "mock-1", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def post(payload: bytes) -> Response:
+        with RawClient(gw.port) as c:
+            return c.request(http_request("POST", "/v1/chat/completions", payload))
+
+    assert outcome(post(body)) == "miss"
+    hit = wait_for(lambda: (r := post(body)).header("x-gateway-cache") == "hit" and r, 10, what="a hit")
+    assert hit.header("age") is not None
+    sampled = json.dumps({"model": "gpt-4o-mini", "temperature": 0.5,
+                          "messages": [{"role": "user", "content": "hi"}]}).encode()
+    assert outcome(post(sampled)) == "bypass"
+
+
+LIMITED = """
+[limits]
+default_policy = "few"
+[limits.policies.few]
+requests_per_minute = 4
+lease = 1
+[pricing."mock-1"]
+input = 100.0
+output = 100.0
+"""
+
+
+def test_a_hit_counts_against_request_limits_not_spend(start_gateway: StartGateway, mock_port: int,
+                                                       tmp_path: Path) -> None:
+    store = f'\n[store]\nurl = "sqlite://{tmp_path / "store.db"}"\n'
+    gw = start_gateway(cache_toml(mock_port, "", TENANTS + LIMITED + store))
+    assert outcome(ask(gw, "limited question", key=KEY_A)) == "miss"
+    hits = 0
+    for _ in range(3):
+        resp = ask(gw, "limited question", key=KEY_A)
+        assert resp.status == 200
+        hits += resp.header("x-gateway-cache") == "hit"
+    assert hits >= 1
+    refused = ask(gw, "limited question", key=KEY_A)  # the fifth request in the minute, cached or not
+    assert refused.status == 429, refused
+    records = call_records(gw.process, lambda rs: sum(r.get("cache") == "hit" for r in rs) >= hits)
+    miss = next(r for r in records if r.get("cache") == "miss")
+    hit = next(r for r in records if r.get("cache") == "hit")
+    assert miss["cost_usd"] > 0
+    assert hit.get("cost_usd") is None and hit["cost_saved_usd"] == miss["cost_usd"]
+    assert hit.get("total_tokens") is None
