@@ -26,7 +26,9 @@ original call had (``cost_saved_usd``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import struct
 import time
 from collections.abc import Awaitable
@@ -36,6 +38,8 @@ import msgspec
 
 from gateway import ir
 from gateway._core.cache import LRUCache
+from gateway.auth.applied import node_directory
+from gateway.cache.admin import PURGE_POLL, PurgeWatch
 from gateway.cache.config import CacheConfig, CachePolicy
 from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace, request_form
 from gateway.cache.keys import _encode as _encode_form
@@ -49,6 +53,8 @@ if TYPE_CHECKING:
     from gateway.context import Context
 
 __all__ = ["CacheEntry", "CachePhase", "CacheService", "CacheState", "CacheStats"]
+
+log = logging.getLogger("gateway.cache")
 
 _DIALECT = "openai_chat"
 #: the client dialect's codec, by dialect name (other dialects add theirs)
@@ -163,6 +169,24 @@ class CacheService:
         self.config = c
         self._set_redis(config)
         self.phase = self._phase()
+        self._watch: asyncio.Task[None] | None = None
+        node_dir = node_directory()
+        if node_dir is not None:
+            self._watch = asyncio.get_running_loop().create_task(self._apply_purges(PurgeWatch(node_dir)))
+
+    async def _apply_purges(self, watch: PurgeWatch) -> None:
+        """Apply the admin API's purge orders to this worker's memory tier (gateway.cache.admin)."""
+        while True:
+            await asyncio.sleep(PURGE_POLL)
+            try:
+                orders = watch.poll()
+            except OSError as exc:
+                log.warning("cache: cannot read the purge orders (%s)", exc)
+                continue
+            memory = self.memory
+            for order in orders:
+                dropped = memory.purge(order.matches) if memory is not None else 0
+                log.info("cache: purge %s dropped %d memory entries", order, dropped)
 
     def _set_redis(self, config: Config) -> None:
         c = config.cache
@@ -177,8 +201,6 @@ class CacheService:
         self.redis = RedisTier(url, prefix, c.redis_timeout, c.compress_above) if url else None
         self._redis_url = url
         if old is not None:
-            import asyncio
-
             asyncio.get_running_loop().create_task(old.close())
 
     def _phase(self) -> CachePhase:
@@ -198,6 +220,8 @@ class CacheService:
         self.phase = self._phase()
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.redis is not None:
             await self.redis.close()
 
@@ -301,7 +325,7 @@ class CachePhase(Phase):
         redis = self.redis
         assert redis is not None
         try:
-            raw = await redis.get(redis_key(redis.prefix, state.tenant, state.model, state.key))
+            raw = await redis.get(redis_key(redis.prefix, state.tenant, state.key_id, state.model, state.key))
         except TierDown:
             self.stats.bypass_redis += 1
             state.outcome = "bypass"
@@ -390,7 +414,8 @@ class CachePhase(Phase):
             self.memory.put(state.key, raw, time.monotonic(), policy.ttl, tag)
         redis = self.redis
         if redis is not None and not state.redis_down:
-            redis.set_soon(redis_key(redis.prefix, state.tenant, state.model, state.key), raw, policy.ttl)
+            where = redis_key(redis.prefix, state.tenant, state.key_id, state.model, state.key)
+            redis.set_soon(where, raw, policy.ttl)
 
 
 class RedisCachePhase(CachePhase):

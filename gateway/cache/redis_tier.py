@@ -11,8 +11,9 @@ the next ``retry_after`` seconds calls fail at once without touching the network
 as bypasses and goes to the provider). The next call after that opens a new connection.
 
 Values: ``b"r" + raw`` or, above ``compress_above`` bytes, ``b"z" + zlib(raw)``. Keys:
-``<prefix>:cache:<tenant>:<model>:<hex key>`` with tenant and model percent-encoded (no ``:``, ``*``,
-``?`` or ``[`` in them), so that a purge by tenant or model is one ``SCAN MATCH`` pattern.
+``<prefix>:cache:<tenant>:<key id>:<model>:<hex key>`` (the tenant and API key whose request stored it)
+with each part percent-encoded (no ``:``, ``*``, ``?`` or ``[`` in them), so that a purge by tenant, key or
+model is one ``SCAN MATCH`` pattern.
 
 Supported URLs: ``redis://``, ``rediss://`` (TLS) and ``unix://`` to one server (with its password and
 database). Sentinel and Cluster URLs are refused by the configuration check.
@@ -55,8 +56,9 @@ def _part(text: str) -> str:
     return quote(text, safe="")
 
 
-def redis_key(prefix: str, tenant: str | None, model: str, key: bytes) -> str:
-    return f"{prefix}:cache:{_part(tenant or '-')}:{_part(model)}:{key.hex()}"
+def redis_key(prefix: str, tenant: str | None, key_id: str | None, model: str, key: bytes) -> str:
+    """An entry's Redis key: who wrote it (tenant, API key) and for which model, then its hash."""
+    return f"{prefix}:cache:{_part(tenant or '-')}:{_part(key_id or '-')}:{_part(model)}:{key.hex()}"
 
 
 def _command(*args: bytes) -> bytes:
@@ -297,10 +299,10 @@ class RedisTier:
             if cursor == b"0":
                 return deleted
 
-    def purge_pattern(self, tenant: str | None = None, model: str | None = None) -> str:
-        t = _part(tenant) if tenant is not None else "*"
-        m = _part(model) if model is not None else "*"
-        return f"{self.prefix}:cache:{t}:{m}:*"
+    def purge_pattern(self, tenant: str | None = None, key_id: str | None = None,
+                      model: str | None = None) -> str:
+        parts = [_part(p) if p is not None else "*" for p in (tenant, key_id, model)]
+        return f"{self.prefix}:cache:{':'.join(parts)}:*"
 
     async def close(self) -> None:
         for task in list(self._writes):

@@ -319,6 +319,24 @@ def _cache_samples(cache: Any, c: Any, g: Any) -> None:
         g(("gateway_cache_memory_entries", (), float(len(memory))))
 
 
+def read_node_totals(directory: str) -> Totals:
+    """The node's figures from every snapshot in its directory (for readers outside the workers: the
+    admin API's cache statistics)."""
+    snapshots: list[Snapshot] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return {}
+    for entry in entries:
+        if entry.name.startswith(_PREFIX) and entry.name.endswith(_SUFFIX):
+            try:
+                with open(entry.path, "rb") as f:
+                    snapshots.append(_decode(f.read()))
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+                continue
+    return aggregate(snapshots, time.time())
+
+
 # --------------------------------------------------------------------------------------------------------
 # Sums and rendering
 

@@ -324,3 +324,46 @@ def test_a_hit_counts_against_request_limits_not_spend(start_gateway: StartGatew
     assert miss["cost_usd"] > 0
     assert hit.get("cost_usd") is None and hit["cost_saved_usd"] == miss["cost_usd"]
     assert hit.get("total_tokens") is None
+
+
+OPERATOR = "operator-token-for-the-cache-tests"
+
+
+def test_admin_purges_by_tenant_and_shows_hit_ratios(start_gateway: StartGateway, mock_port: int,
+                                                     redis_server: redisproc.RedisServer,
+                                                     tmp_path: Path) -> None:
+    from .helpers import free_port
+
+    admin_port = free_port()
+    admin = (f'\n[admin]\nport = {admin_port}\noperator_token = "{digest(OPERATOR, b"")}"\n'
+             f'\n[store]\nurl = "sqlite://{tmp_path / "store.db"}"\n')
+    gw = start_gateway(redis_cache(mock_port, redis_server.url, memory=1 << 20) + TENANTS + admin, workers=2)
+
+    def admin_call(method: str, path: str, body: Any = None) -> Response:
+        data = json.dumps(body).encode() if body is not None else None
+        with RawClient(admin_port) as c:
+            return c.request(http_request(method, path, data,
+                                          headers=[("Authorization", f"Bearer {OPERATOR}")]))
+
+    def admin_up() -> bool:
+        try:
+            return admin_call("GET", "/admin/v1/cache/stats").status == 200
+        except OSError:
+            return False
+
+    wait_for(admin_up, 30, what="the admin API")
+    for key, question in ((KEY_A, "alpha's question"), (KEY_B, "beta's question")):
+        assert outcome(ask(gw, question, key=key)) == "miss"
+        wait_for(lambda k=key, q=question: ask(gw, q, key=k).header("x-gateway-cache") == "hit", 10, what="hit")
+    purged = admin_call("POST", "/admin/v1/cache/purge", {"tenant": "alpha"})
+    assert purged.status == 200, purged
+    assert purged.json()["redis_deleted"] == 1
+    # every worker drops alpha's entries (each answer may come from either worker): misses from now on
+    wait_for(lambda: all(ask(gw, "alpha's question", key=KEY_A, headers=(("Cache-Control", "no-store"),))
+                         .header("x-gateway-cache") == "miss" for _ in range(4)), 10, what="the purge")
+    assert outcome(ask(gw, "beta's question", key=KEY_B)) == "hit"  # beta's entries stay
+    bad = admin_call("POST", "/admin/v1/cache/purge", {})
+    assert bad.status == 400
+    stats = wait_for(lambda: (r := admin_call("GET", "/admin/v1/cache/stats").json())["hits_memory"]
+                     + r["hits_redis"] >= 2 and r, 15, what="stats")
+    assert 0 < stats["hit_ratio"] < 1 and stats["enabled"]
