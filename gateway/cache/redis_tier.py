@@ -128,6 +128,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = _Parser()
         self.waiters: collections.deque[asyncio.Future[object]] = collections.deque()
+        #: when each waiting command was sent (monotonic), oldest first: the watchdog's clock
+        self.sent: collections.deque[float] = collections.deque()
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,6 +146,7 @@ class _Connection(asyncio.Protocol):
             if not done:
                 return
             fut = self.waiters.popleft()
+            self.sent.popleft()
             if not fut.done():
                 if isinstance(reply, _ReplyError):
                     fut.set_exception(reply)
@@ -155,6 +158,7 @@ class _Connection(asyncio.Protocol):
 
     def fail(self, exc: BaseException) -> None:
         self.closed = True
+        self.sent.clear()
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
@@ -168,6 +172,7 @@ class _Connection(asyncio.Protocol):
             fut.set_exception(TierDown("not connected"))
             return fut
         self.waiters.append(fut)
+        self.sent.append(time.monotonic())
         self.transport.write(data)
         return fut
 
@@ -189,6 +194,7 @@ class RedisTier:
         self._connecting: asyncio.Future[_Connection] | None = None
         self._down_until = 0.0
         self._writes: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
         #: calls that failed (timeouts, connection errors, refused while down), writes dropped
         self.errors = 0
         self.dropped_writes = 0
@@ -245,15 +251,39 @@ class RedisTier:
             conn.fail(TierDown("marked down"))
 
     async def _call(self, *args: bytes) -> object:
-        try:
-            async with asyncio.timeout(self.timeout):
-                conn = await self._connection()
-                return await conn.send(_command(*args))
-        except (TierDown, TimeoutError, OSError, _ReplyError) as exc:
-            self.errors += 1
-            if not isinstance(exc, _ReplyError):
+        """One command. PERF: no timer per call: on an open connection the command is written at once
+        and a watchdog (one timer while anything waits) fails the connection when its oldest command has
+        waited longer than ``timeout``."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    conn = await self._connection()
+            except (TierDown, TimeoutError, OSError) as exc:
+                self.errors += 1
                 self._mark_down()
-            raise TierDown(str(exc) or exc.__class__.__name__) from None
+                raise TierDown(str(exc) or exc.__class__.__name__) from None
+        fut = conn.send(_command(*args))
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(self.timeout / 2, self._watch, conn)
+        try:
+            return await fut
+        except TierDown:
+            self.errors += 1
+            self._mark_down()
+            raise
+        except _ReplyError as exc:
+            self.errors += 1
+            raise TierDown(str(exc)) from None
+
+    def _watch(self, conn: _Connection) -> None:
+        self._watchdog = None
+        if conn.closed or not conn.sent:
+            return
+        if time.monotonic() - conn.sent[0] > self.timeout:
+            self._mark_down()  # fails every waiting command with TierDown
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(self.timeout / 2, self._watch, conn)
 
     # -- the cache's calls -----------------------------------------------------------------------------
 
@@ -305,6 +335,8 @@ class RedisTier:
         return f"{self.prefix}:cache:{':'.join(parts)}:*"
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for task in list(self._writes):
             task.cancel()
         conn, self._conn = self._conn, None

@@ -367,3 +367,20 @@ def test_admin_purges_by_tenant_and_shows_hit_ratios(start_gateway: StartGateway
     stats = wait_for(lambda: (r := admin_call("GET", "/admin/v1/cache/stats").json())["hits_memory"]
                      + r["hits_redis"] >= 2 and r, 15, what="stats")
     assert 0 < stats["hit_ratio"] < 1 and stats["enabled"]
+
+
+def test_a_stalled_redis_is_bypassed(start_gateway: StartGateway, mock_port: int,
+                                     redis_server: redisproc.RedisServer) -> None:
+    import signal
+
+    gw = start_gateway(redis_cache(mock_port, redis_server.url, memory=1 << 20))
+    assert outcome(ask(gw, "before the stall")) == "miss"
+    redis_server.process.send_signal(signal.SIGSTOP)  # alive, connected, and answering nothing
+    try:
+        seen = {outcome(ask(gw, f"during the stall {i}")) for i in range(6)}
+        assert seen <= {"bypass", "miss"} and "bypass" in seen
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    # once it answers again the tier is used again: a fresh question is stored in Redis and found there
+    wait_for(lambda: ask(gw, "after the stall").header("x-gateway-cache") == "hit", 15, what="a hit")
+    assert metric(gw, "gateway_cache_errors_total") >= 1
