@@ -298,22 +298,21 @@ class CachePhase(Phase):
         memory = self.memory
         if memory is not None:
             now = _monotonic()
-            # PERF: a repeated hit is the rendered answer in the form asked for, kept beside the entry
-            variant = digest + _VARIANTS[ctx.stream + 2 * ctx.include_usage]
-            found = memory.get(variant, now)
-            if found is not None and not self.count_tokens:
-                self.stats.hits_memory += 1
-                return self._rendered_hit(ctx, state, found[0])
             found = memory.get(digest, now)
             if found is not None:
                 self.stats.hits_memory += 1
+                # PERF: a repeated hit is the rendered answer in the form asked for, kept beside the entry
+                variant = digest + _VARIANTS[ctx.stream + 2 * ctx.include_usage]
+                rendered = memory.get(variant, now)
+                if rendered is not None and not self.count_tokens:
+                    return self._rendered_hit(ctx, state, rendered[0])
                 entry = _unpack(found[0])
                 reply = self._hit(ctx, state, entry)
                 left = found[1] + policy.ttl - now
                 if left > 0:
                     cost = _NAN if entry.cost is None else entry.cost
-                    rendered = _RENDERED.pack(entry.stored, cost) + reply.body
-                    memory.put(variant, rendered, now, left, (tenant, key_id, model))
+                    value = _RENDERED.pack(entry.stored, cost) + reply.body
+                    memory.put(variant, value, now, left, (tenant, key_id, model))
                 return reply
         if self.redis is not None:
             return self._redis_lookup(ctx, state)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl
 import time
 import zlib
@@ -52,8 +53,9 @@ def unpack_value(value: bytes) -> bytes:
     raise ValueError("not a cache value")
 
 
+@functools.lru_cache(maxsize=4096)
 def _part(text: str) -> str:
-    return quote(text, safe="")
+    return quote(text, safe="")  # PERF: memoised: the same tenants, keys and models come back
 
 
 def redis_key(prefix: str, tenant: str | None, key_id: str | None, model: str, key: bytes) -> str:
@@ -131,6 +133,8 @@ class _Connection(asyncio.Protocol):
         #: when each waiting command was sent (monotonic), oldest first: the watchdog's clock
         self.sent: collections.deque[float] = collections.deque()
         self.closed = False
+        #: commands written in this loop iteration, sent together at its end (group commit)
+        self.out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -173,8 +177,16 @@ class _Connection(asyncio.Protocol):
             return fut
         self.waiters.append(fut)
         self.sent.append(time.monotonic())
-        self.transport.write(data)
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(data)
         return fut
+
+    def flush(self) -> None:
+        """PERF: one write (one system call) for every command asked for in a loop iteration."""
+        out, self.out = self.out, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(out))
 
 
 class RedisTier:
