@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.context import Context
 
-__all__ = ["CacheEntry", "CachePhase", "CacheService", "CacheState", "CacheStats"]
+__all__ = ["CacheEntry", "CachePhase", "CacheService", "CacheState", "CacheStats", "answer_changed"]
 
 log = logging.getLogger("gateway.cache")
 
@@ -132,6 +132,15 @@ class CacheState:
         self.saved: float | None = None
         #: the Redis tier failed this request's lookup: the answer is not written there
         self.redis_down = False
+
+
+def answer_changed(ctx: Context) -> None:
+    """Keep this request's answer out of the cache: a phase that changes an answer on its way out (an
+    output guardrail) calls it. The cache sees the answer before the phases earlier in the chain do (the
+    way out runs in reverse order), so it cannot tell by itself."""
+    state: CacheState | None = ctx.cache
+    if state is not None:
+        state.store = False
 
 
 class _Watch(StreamObserver):

@@ -4,12 +4,18 @@ without them holds none."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import ClassVar
 
-from test_engine import CHAT, make, run
+from recorder import Recorder
+from test_engine import CHAT, CONFIG, make, run
 
+from gateway._core.http import Request
+from gateway.cache.phase import answer_changed
+from gateway.config import load_config_text
 from gateway.context import Context
+from gateway.engine import Engine
 from gateway.phases import Phase, StreamObserver
 
 
@@ -90,3 +96,33 @@ def test_a_chain_without_hooks_holds_none() -> None:
     runtime = engine.runtime
     assert runtime is not None
     assert runtime.response_chain == () and runtime.stream_chain == ()
+
+
+def test_an_answer_a_guard_changed_is_not_cached() -> None:
+    from test_engine import CONFIG
+
+    from gateway.cache.phase import answer_changed
+    from gateway.config import load_config_text
+    from gateway.engine import Engine
+
+    class Redact(Guard):
+        def on_response(self, ctx: Context, body: bytes) -> bytes:
+            answer_changed(ctx)
+            return super().on_response(ctx, body)
+
+    async def go() -> list[str | None]:
+        engine = Engine(load_config_text(CONFIG + "\n[cache]\nenabled = true\n"), phases=[Redact()])
+        await engine.startup()
+        seen = []
+        for _ in range(2):
+            rec = Recorder()
+            req = Request("POST", "/v1/chat/completions", "", 11,
+                          [(b"host", b"t"), (b"content-type", b"application/json")], json.dumps(CHAT).encode(),
+                          True)
+            await engine.handle(req, rec)
+            await asyncio.sleep(0)
+            seen.append(rec.header("x-gateway-cache"))
+        await engine.shutdown()
+        return seen
+
+    assert asyncio.run(go()) == ["miss", "miss"]
