@@ -99,12 +99,6 @@ def test_a_chain_without_hooks_holds_none() -> None:
 
 
 def test_an_answer_a_guard_changed_is_not_cached() -> None:
-    from test_engine import CONFIG
-
-    from gateway.cache.phase import answer_changed
-    from gateway.config import load_config_text
-    from gateway.engine import Engine
-
     class Redact(Guard):
         def on_response(self, ctx: Context, body: bytes) -> bytes:
             answer_changed(ctx)
