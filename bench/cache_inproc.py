@@ -63,7 +63,23 @@ CASES: dict[str, tuple[str, bytes]] = {
 }
 
 
-async def _run(config_text: str, request: bytes, total: int, connections: int) -> float:
+def _check(case: str, engine: Engine, total: int, connections: int) -> None:
+    """The case measured what it says: misses are misses, hits are hits (SystemExit otherwise)."""
+    cache = engine.cache
+    if case == "no cache":
+        ok = cache is None
+    else:
+        assert cache is not None
+        st = cache.stats
+        hits = st.hits_memory + st.hits_redis
+        ok = hits == 0 if case.startswith("miss") else hits >= total - 2 * connections
+        if case == "miss + store":
+            ok = ok and st.too_large > 0
+    if not ok:
+        raise SystemExit(f"case {case!r} did not measure what it says")
+
+
+async def _run(config_text: str, request: bytes, total: int, connections: int, case: str = "") -> float:
     loop = asyncio.get_running_loop()
     config = load_config_text(config_text)
     engine = Engine(config, worker=0)
@@ -87,6 +103,8 @@ async def _run(config_text: str, request: bytes, total: int, connections: int) -
     for proto in clients:
         proto.connection_lost(None)
     await asyncio.sleep(0)
+    if case:
+        _check(case, engine, total, connections)
     await engine.shutdown()
     if driver.errors:
         raise SystemExit(f"{driver.errors} responses were not 200")
@@ -97,7 +115,7 @@ def measure(case: str, total: int, connections: int) -> float:
     config_text, request = CASES[case]
     loop = _loop()
     try:
-        return loop.run_until_complete(_run(config_text, request, total, connections))
+        return loop.run_until_complete(_run(config_text, request, total, connections, case))
     finally:
         loop.close()
 
