@@ -28,11 +28,15 @@ import ssl
 import time
 import zlib
 from typing import cast
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import msgspec
 
 from gateway.redisconn import parse_url
 
-__all__ = ["RedisTier", "TierDown", "pack_value", "redis_key", "unpack_value"]
+__all__ = [
+    "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "server_address", "unpack_value",
+]
 
 
 class TierDown(Exception):
@@ -194,9 +198,9 @@ class RedisTier:
 
     def __init__(self, url: str, prefix: str, timeout: float, compress_above: int,
                  retry_after: float = 1.0, max_pending_writes: int = 1024) -> None:
-        self.target = parse_url(url)
-        if self.target.kind != "single":
+        if parse_url(url).kind != "single":
             raise ValueError("the cache's Redis tier needs one server (redis://, rediss:// or unix://)")
+        self.address = server_address(url)
         self.prefix = prefix
         self.timeout = timeout
         self.compress_above = compress_above
@@ -215,23 +219,19 @@ class RedisTier:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        t = self.target
-        url = t.url
+        a = self.address
         conn = _Connection()
-        if url.startswith("unix://"):
-            path = url[len("unix://"):].split("?", 1)[0]
-            path = path.split("@", 1)[-1]
-            await loop.create_unix_connection(lambda: conn, path)
+        if a.path is not None:
+            await loop.create_unix_connection(lambda: conn, a.path)
         else:
-            host, port = t.hosts[0] if t.hosts else _host_port(url)
-            ctx = ssl.create_default_context() if t.tls else None
-            await loop.create_connection(lambda: conn, host, port, ssl=ctx)
+            ctx = ssl.create_default_context() if a.tls else None
+            await loop.create_connection(lambda: conn, a.host, a.port, ssl=ctx)
         setup: list[bytes] = []
-        if t.password is not None:
-            setup.append(_command(b"AUTH", *([t.username.encode()] if t.username else []),
-                                  t.password.encode()))
-        if t.db:
-            setup.append(_command(b"SELECT", str(t.db).encode()))
+        if a.password is not None:
+            user = [a.username.encode()] if a.username else []
+            setup.append(_command(b"AUTH", *user, a.password.encode()))
+        if a.db:
+            setup.append(_command(b"SELECT", str(a.db).encode()))
         for cmd in setup:
             await conn.send(cmd)
         return conn
@@ -357,10 +357,31 @@ class RedisTier:
             conn.transport.close()
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    rest = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
-    if rest.startswith("["):
-        host, _, port = rest[1:].partition("]")
-        return host, int(port.lstrip(":") or 6379)
-    host, _, port = rest.partition(":")
-    return host or "127.0.0.1", int(port or 6379)
+class ServerAddress(msgspec.Struct, frozen=True):
+    """Where one Redis server is and how to log in, from a ``redis://``, ``rediss://`` or ``unix://`` URL
+    (the forms redis-py reads: ``redis://[[user]:password@]host[:port][/db]``,
+    ``unix://[[user]:password@]/path/to/socket[?db=N]``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    #: a unix socket's path (then host and port are not used)
+    path: str | None = None
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: bool = False
+
+
+def server_address(url: str) -> ServerAddress:
+    parts = urlsplit(url)
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "unix":
+        return ServerAddress(path=parts.path, username=username, password=password,
+                             db=int(query.get("db") or 0))
+    segment = parts.path.strip("/")
+    return ServerAddress(
+        host=parts.hostname or "127.0.0.1", port=parts.port or 6379, username=username, password=password,
+        db=int(segment or query.get("db") or 0), tls=parts.scheme == "rediss",
+    )
