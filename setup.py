@@ -27,6 +27,7 @@ CORE_MODULES = {
     "gateway._core._limit": "gateway/_core/_limit.pyx",
     "gateway._core._route": "gateway/_core/_route.pyx",
     "gateway._core._jsoncheck": "gateway/_core/_jsoncheck.pyx",
+    "gateway._core._cache": "gateway/_core/_cache.pyx",
 }
 
 

@@ -6,6 +6,7 @@
 cdef class Context:
     cdef public Py_ssize_t attempts
     cdef public object body
+    cdef public object cache
     cdef public object cost
     cdef public object dialect
     cdef public str endpoint

@@ -26,7 +26,7 @@ class Context:
     """Everything one request carries through the chain."""
 
     __slots__ = (
-        "attempts", "body", "cost", "dialect", "endpoint", "error", "fields", "include_usage", "key",
+        "attempts", "body", "cache", "cost", "dialect", "endpoint", "error", "fields", "include_usage", "key",
         "limits", "model", "overhead", "request", "request_id", "responder", "response_headers",
         "route_model", "runtime", "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms",
         "upstream_status", "usage",
@@ -70,3 +70,5 @@ class Context:
         self.overhead = ""
         #: the caller's key (gateway.auth.table.KeyEntry) once the access phase has run
         self.key: Any = None
+        #: the response cache's state for this request (gateway.cache.phase.CacheState), when it has one
+        self.cache: Any = None

@@ -35,6 +35,8 @@ cdef class Runtime:
     cdef public dict routers
     cdef public tuple chain
     cdef public tuple settle_chain
+    cdef public tuple response_chain
+    cdef public tuple stream_chain
     cdef public str overhead_header
     cdef public bytes models_body
     cdef public dict model_bodies
@@ -67,6 +69,7 @@ cdef class Engine:
     cdef object _health
     cdef object _breakers
     cdef public object limits
+    cdef public object cache
     cdef public object metrics
     cdef dict _provider_configs
     cdef object _responses

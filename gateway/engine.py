@@ -62,6 +62,7 @@ from gateway.wire import (
 if TYPE_CHECKING:
     from gateway.auth.access import AccessPhase
     from gateway.auth.service import KeyService
+    from gateway.cache.phase import CacheService
     from gateway.limits.admit import LimitService
     from gateway.observe.metrics import MetricsExporter
     from gateway.responses.service import ResponsesService
@@ -158,6 +159,10 @@ class Runtime:
         self.chain: tuple[Phase, ...] = tuple(p for n in PHASE_ORDER for p in by_name[n])
         # PERF: only phases that have something to do after the response are called then
         self.settle_chain = tuple(p for p in self.chain if type(p).on_settle is not Phase.on_settle)
+        # PERF: the way out, in reverse order, only phases that look at it (see gateway.phases)
+        self.response_chain = tuple(p for p in reversed(self.chain)
+                                    if type(p).on_response is not Phase.on_response)
+        self.stream_chain = tuple(p for p in reversed(self.chain) if type(p).on_stream is not Phase.on_stream)
         self.overhead_header = config.server.overhead_header
         created = int(time.time())
         self.models_body = encode({
@@ -305,6 +310,8 @@ class Engine:
         self._breakers: BreakerSync | None = None
         #: the worker's limits and budgets, when [limits] has policies or budgets
         self.limits: LimitService | None = None
+        #: the worker's response cache, when [cache] is enabled
+        self.cache: CacheService | None = None
         #: the Prometheus export ([metrics]): the worker's snapshot timer and the scrape endpoint
         self.metrics: MetricsExporter | None = None
         self._provider_configs: dict[str, tuple[ProviderConfig, OpenAITranslator]] = {}
@@ -328,6 +335,8 @@ class Engine:
         phases.extend(image_phases(config))  # none unless a provider has fetch_images
         if self._phase_factory is not None:
             phases.extend(self._phase_factory(config))
+        if self.cache is not None:
+            phases.append(self.cache.phase)
         return phases
 
     async def startup(self) -> None:
@@ -341,6 +350,10 @@ class Engine:
 
             self.keys = KeyService(self._config)
             await self.keys.start()
+        if self._config.cache.enabled:
+            from gateway.cache.phase import CacheService
+
+            self.cache = CacheService(self._config)
         self.runtime = self._build(self._config, {})
         self.records.start()
         await self._start_routing(self.runtime)
@@ -410,6 +423,8 @@ class Engine:
         old = dict(self._provider_configs)
         if self.limits is not None:
             self.limits.reload(config)  # turning limits on or off entirely takes a restart
+        if self.cache is not None:
+            self.cache.reload(config)  # turning the cache on or off entirely takes a restart
         keys_before = self.keys
         if config.auth.required:
             if self.keys is None:
@@ -506,6 +521,8 @@ class Engine:
             await self._breakers.transport.close()
         if self.keys is not None:
             await self.keys.stop()
+        if self.cache is not None:
+            await self.cache.close()
         if self.runtime is not None:
             for t in self.runtime.translators.values():
                 await t.close()
@@ -892,7 +909,7 @@ class Engine:
                 if isinstance(out, GatewayError):  # a refusal returned, not raised (see Phase)
                     self._answer_error(ctx, responder, out)
                     return None
-                if phase.is_async:
+                if phase.is_async and type(out) is not Reply:  # an async phase may still answer at once
                     return (out, i + 2)  # type: ignore[return-value]
                 self._reply(ctx, responder, out)  # type: ignore[arg-type]
                 return None
@@ -1352,6 +1369,8 @@ class Engine:
         assert target is not None
         if ctx.stream:  # a stream request answered with one JSON body: the client gets its stream
             events = target.translator.body_as_stream(ctx, resp, body)
+            if runtime.stream_chain:
+                events = _observed_whole(ctx, runtime, events)
             ctx.status = resp.status
             headers = self._pass_headers(ctx, resp)
             headers.extend(_SSE_HEADERS)
@@ -1359,6 +1378,9 @@ class Engine:
             responder.send(resp.status, headers, events)
             return
         body = target.translator.take_body(ctx, body)  # the usage is learned; raises when not JSON
+        if runtime.response_chain:
+            for phase in runtime.response_chain:
+                body = phase.on_response(ctx, body)
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.append(("content-type", "application/json"))
@@ -1404,6 +1426,10 @@ class Engine:
             pending = relay.feed(first)
             if relay.error is not None and not pending:
                 raise _StreamRefused(relay.error)
+        runtime: Runtime = ctx.runtime
+        if runtime.stream_chain:
+            await self._relay_observed(ctx, responder, resp, relay, pending, runtime)
+            return
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.extend(_SSE_HEADERS)
@@ -1431,6 +1457,58 @@ class Engine:
                     await _stream_failed(ctx, responder, relay.error)
                     break
                 ended = not chunk
+        finally:
+            ctx.up_ms = (_perf() - t_up) * 1000.0
+        responder.end_stream()
+
+    async def _relay_observed(
+        self, ctx: Context, responder: Responder, resp: UpstreamResponse, relay: Any, pending: bytes,
+        runtime: Runtime,
+    ) -> None:
+        """``_relay_stream`` with the phases' stream observers (``Phase.on_stream``) between the relay and
+        the client: each piece goes through them in reverse chain order. Kept apart so that the common
+        path (no observer) pays nothing for them."""
+        observers = [o for o in (p.on_stream(ctx) for p in runtime.stream_chain) if o is not None]
+        ctx.status = resp.status
+        headers = self._pass_headers(ctx, resp)
+        headers.extend(_SSE_HEADERS)
+        headers.append((runtime.overhead_header, _overhead_ms(ctx)))
+        responder.start_stream(resp.status, headers)
+        t_up = ctx.t_up
+
+        async def send(data: bytes) -> None:
+            for o in observers:
+                data = o.feed(data)
+            if data:
+                await responder.write(data)
+
+        try:
+            if pending:
+                await send(pending)
+            failed = relay.error
+            ended = failed is not None
+            if failed is not None:
+                await _stream_failed(ctx, responder, failed)
+            while not ended:
+                try:
+                    chunk = await resp.next_chunk()
+                except (UpstreamError, ValueError) as exc:
+                    await _stream_failed(ctx, responder, errors.BadGateway(
+                        f"The upstream stream failed: {exc}", code="upstream_stream_error"))
+                    break
+                data = relay.feed(chunk) if chunk else relay.end()
+                if data:
+                    await send(data)
+                if relay.error is not None:
+                    await _stream_failed(ctx, responder, relay.error)
+                    break
+                ended = not chunk
+            tail = b""
+            for o in observers:
+                tail = o.feed(tail) if tail else b""
+                tail += o.end()
+            if tail:
+                await responder.write(tail)
         finally:
             ctx.up_ms = (_perf() - t_up) * 1000.0
         responder.end_stream()
@@ -1469,8 +1547,17 @@ class Engine:
             usage, err, self.worker, ctx.key,
             target.name if target is not None and model is not None and model.target is None
             else None,
-            ctx.attempts, ctx.cost,
+            ctx.attempts, ctx.cost, ctx.cache,
         ))
+
+
+def _observed_whole(ctx: Context, runtime: Runtime, events: bytes) -> bytes:
+    """A whole stream (a stream request answered with one body) through the phases' stream observers."""
+    for phase in runtime.stream_chain:
+        observer = phase.on_stream(ctx)
+        if observer is not None:
+            events = observer.feed(events) + observer.end()
+    return events
 
 
 async def _stream_failed(ctx: Context, responder: Responder, err: GatewayError) -> None:

@@ -462,6 +462,21 @@ class AdminApp:
             actor=p.actor, role="operator" if p.is_operator else "tenant_admin", tenant=p.tenant
         )
 
+    # -- the response cache ----------------------------------------------------------------------------------
+
+    async def h_cache_purge(self, call: Call) -> Result:
+        from gateway.cache.admin import CachePurge, purge
+
+        order = _decode(call.body, CachePurge)
+        if order.tenant is not None:
+            self._scope(call.principal, order.tenant)  # a tenant admin: 403 for another tenant
+        return 200, await purge(self.config, self._node_dir, call.principal, order)
+
+    async def h_cache_stats(self, call: Call) -> Result:
+        from gateway.cache.admin import node_stats
+
+        return 200, node_stats(self._node_dir, self.config.cache.enabled)
+
     # -- tenants ---------------------------------------------------------------------------------------------
 
     async def _tenant_view(self, tenant_id: str) -> wire.TenantView:

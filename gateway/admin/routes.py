@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.admin import wire
+from gateway.cache.admin import CachePurge, CachePurged, CacheStatsView
 from gateway.store.models import Subscription
 
 __all__ = ["ROUTES", "Operation", "QueryParam"]
@@ -133,6 +134,15 @@ ROUTES: tuple[Operation, ...] = (
               "Revoke an approved subscription (reason required)", "subscriptions", Subscription,
               body=wire.ReasonBody, operator_only=True, errors=(403, 404, 409), description=_DECIDE,
               writes=True, waits=True),
+    # the response cache
+    Operation("POST", "/admin/v1/cache/purge", "cache_purge",
+              "Purge cached answers by tenant, API key or model", "cache", CachePurged, body=CachePurge,
+              errors=(403, 404),
+              description="The Redis tier is purged at once; this node's workers drop the matching entries "
+                          "from their memory within memory_within_seconds. A tenant admin purges its own "
+                          "tenant's entries only. docs/cache.md."),
+    Operation("GET", "/admin/v1/cache/stats", "cache_stats", "This node's cache hits, misses and hit ratio",
+              "cache", CacheStatsView, operator_only=True, errors=(403,)),
     # audit
     Operation("GET", "/admin/v1/audit", "audit_list", "The audit log: who did what, when and why", "audit",
               wire.AuditList,

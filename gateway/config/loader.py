@@ -567,6 +567,7 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _limits_problems(config)
     yield from _metrics_problems(config)
     yield from _positive_durations(("responses",), config.responses, ("retention",))
+    yield from _cache_problems(config)
     yield from _images_problems(config)
 
 
@@ -593,6 +594,13 @@ def _limits_problems(config: Config) -> Iterator[_Problem]:
     for path, message in policy_problems(config.limits, set(config.models), principals=principals):
         yield _Problem(path, message)
     for path, message in price_problems(config.pricing):
+        yield _Problem(path, message)
+
+
+def _cache_problems(config: Config) -> Iterator[_Problem]:
+    from gateway.cache.config import cache_problems
+
+    for path, message in cache_problems(config.cache, set(config.models), config.store.url):
         yield _Problem(path, message)
 
 

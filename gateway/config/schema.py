@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from gateway.cache.config import CacheConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
 from gateway.routing.config import (
@@ -403,3 +404,4 @@ class Config(_Base, frozen=True):
     images: ImagesConfig = msgspec.field(default_factory=ImagesConfig)
     #: the Responses API's stored responses
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)

@@ -160,6 +160,21 @@ METRICS: tuple[MetricDef, ...] = (
        "model", "deployment"),
     _g("gateway_routing_breaker_state",
        "Workers whose circuit breaker of the deployment is in this state.", "model", "deployment", "state"),
+    # -- the response cache
+    _c("gateway_cache_requests_total",
+       "Requests to cached models, by outcome: hit (by tier: memory or redis), miss, or bypass.",
+       "outcome", "tier"),
+    _c("gateway_cache_bypass_total",
+       "Requests to cached models not looked up, by why: no_cache (the client's Cache-Control), policy "
+       "(when = deterministic and the request is not), redis_down (the shared tier failed).", "reason"),
+    _c("gateway_cache_stores_total", "Answers stored in the cache (each once, in every tier it has)."),
+    _c("gateway_cache_not_stored_total",
+       "Successful answers not stored, by why: too_large (over max_entry_bytes), unstorable (a form the "
+       "cache cannot replay: several choices, logprobs, a cut stream).", "reason"),
+    _c("gateway_cache_errors_total", "Calls to the cache's Redis tier that failed or timed out."),
+    _c("gateway_cache_evictions_total", "Entries the memory tier evicted to stay within its byte bound."),
+    _g("gateway_cache_memory_bytes", "Bytes held by the workers' memory tiers."),
+    _g("gateway_cache_memory_entries", "Entries held by the workers' memory tiers."),
     # -- the process model
     _c("gateway_worker_restarts_total",
        "Children (workers, the admin API) the supervisor replaced, by why: exited (after serving), "
@@ -246,6 +261,8 @@ def engine_samples(engine: Any) -> tuple[list[Sample], list[Sample]]:
     c(("gateway_spend_write_failures_total", (), st.spend_flush_errors))
     c(("gateway_spend_reads_total", (), st.spend_reads))
 
+    _cache_samples(getattr(engine, "cache", None), c, gauges.append)
+
     # routing: the routed models of the running config (breaker states), and every deployment's counters
     # (a deployment a reload removed keeps its counters, so the node's sums do not go back)
     routed: set[tuple[str, str]] = set()
@@ -275,6 +292,49 @@ def engine_samples(engine: Any) -> tuple[list[Sample], list[Sample]]:
         c(("gateway_routing_failovers_total", (*where, "fallback"), ds.fallbacks))
         c(("gateway_routing_breaker_opens_total", where, ds.breaker_opens))
     return counters, gauges
+
+
+def _cache_samples(cache: Any, c: Any, g: Any) -> None:
+    """The response cache's series (its counters at zero when the cache is off, so dashboards see them)."""
+    from gateway.cache.phase import CacheStats
+
+    st: CacheStats = cache.stats if cache is not None else CacheStats()
+    memory = cache.memory if cache is not None else None
+    redis = cache.redis if cache is not None else None
+    c(("gateway_cache_requests_total", ("hit", "memory"), st.hits_memory))
+    c(("gateway_cache_requests_total", ("hit", "redis"), st.hits_redis))
+    c(("gateway_cache_requests_total", ("miss", ""), st.misses))
+    bypasses = st.bypass_nocache + st.bypass_policy + st.bypass_redis
+    c(("gateway_cache_requests_total", ("bypass", ""), bypasses))
+    c(("gateway_cache_bypass_total", ("no_cache",), st.bypass_nocache))
+    c(("gateway_cache_bypass_total", ("policy",), st.bypass_policy))
+    c(("gateway_cache_bypass_total", ("redis_down",), st.bypass_redis))
+    c(("gateway_cache_stores_total", (), st.stores))
+    c(("gateway_cache_not_stored_total", ("too_large",), st.too_large))
+    c(("gateway_cache_not_stored_total", ("unstorable",), st.unstorable))
+    c(("gateway_cache_errors_total", (), redis.errors if redis is not None else 0))
+    c(("gateway_cache_evictions_total", (), memory.evictions if memory is not None else 0))
+    if memory is not None:  # gauges only where there is a memory tier (a node's sums add the workers')
+        g(("gateway_cache_memory_bytes", (), float(memory.size)))
+        g(("gateway_cache_memory_entries", (), float(len(memory))))
+
+
+def read_node_totals(directory: str) -> Totals:
+    """The node's figures from every snapshot in its directory (for readers outside the workers: the
+    admin API's cache statistics)."""
+    snapshots: list[Snapshot] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return {}
+    for entry in entries:
+        if entry.name.startswith(_PREFIX) and entry.name.endswith(_SUFFIX):
+            try:
+                with open(entry.path, "rb") as f:
+                    snapshots.append(_decode(f.read()))
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+                continue
+    return aggregate(snapshots, time.time())
 
 
 # --------------------------------------------------------------------------------------------------------

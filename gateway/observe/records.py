@@ -50,12 +50,16 @@ class CallRecord(msgspec.Struct, omit_defaults=True):
     attempts: int | None = None
     #: USD, from the pricing table and the usage
     cost_usd: float | None = None
+    #: the response cache: "hit", "miss" or "bypass" (absent: the model is not cached), and on a hit the
+    #: USD the original call cost
+    cache: str | None = None
+    cost_saved_usd: float | None = None
 
 
 def to_record(row: tuple[Any, ...]) -> CallRecord:
     """The engine's tuple -> a CallRecord (runs in the background flush)."""
     (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
-     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost) = row
+     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost, cache) = row
     return CallRecord(
         ts=ts, request_id=rid, method=method, path=path, status=status,
         duration_ms=round(duration_ms, 3), overhead_ms=float(overhead or 0.0), model=model,
@@ -75,6 +79,8 @@ def to_record(row: tuple[Any, ...]) -> CallRecord:
         deployment=deployment,
         attempts=attempts if attempts and attempts > 1 else None,
         cost_usd=cost,
+        cache=cache.outcome if cache is not None else None,
+        cost_saved_usd=cache.saved if cache is not None else None,
     )
 
 

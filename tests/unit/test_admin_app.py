@@ -556,6 +556,7 @@ def test_tenant_admin_cannot_reach_another_tenant_through_any_endpoint(config: C
                 ("GET", "/admin/v1/audit", None, {"tenant": tenant}),
                 ("POST", "/admin/v1/keys", {"tenant": tenant}, None),
                 ("POST", "/admin/v1/subscriptions", {"tenant": tenant, "model": "premium"}, None),
+                ("POST", "/admin/v1/cache/purge", {"tenant": tenant}, None),
             ):
                 r = await as_acme(method, path, body, query=query)
                 assert (r.status, r.code) == (403, "tenant_forbidden"), (method, path, tenant)
@@ -569,6 +570,7 @@ def test_tenant_admin_cannot_reach_another_tenant_through_any_endpoint(config: C
             ("POST", "/admin/v1/subscriptions/globex/premium/approve", {}),
             ("POST", "/admin/v1/subscriptions/globex/premium/reject", {"reason": "x"}),
             ("POST", "/admin/v1/subscriptions/acme/premium/revoke", {"reason": "x"}),
+            ("GET", "/admin/v1/cache/stats", None),
         ):
             r = await as_acme(method, path, body)
             assert (r.status, r.code) == (403, "operator_only"), (method, path)
@@ -801,6 +803,9 @@ def test_every_response_matches_the_openapi_document(config: Config, store_url: 
         await api("POST", "/admin/v1/subscriptions/globex/premium/approve", {}, token=GLOBEX)
         await api("GET", "/admin/v1/audit", query={"limit": 3})
         await api("GET", "/admin/v1/audit", query={"bogus": "1"})
+        await api("POST", "/admin/v1/cache/purge", {"model": "mock-1"})
+        await api("POST", "/admin/v1/cache/purge", {})
+        await api("GET", "/admin/v1/cache/stats")
 
         doc = document()
         for op, status, body in api.seen:

@@ -1,0 +1,427 @@
+"""The ``cache`` phase: exact-match answers from the worker's memory tier or the shared Redis tier.
+
+Per request (a chat request to a model whose policy caches it)::
+
+    on_request   Cache-Control read; the key computed (gateway.cache.keys); when the client allows a
+                 lookup: memory tier -> hit (answered here) | Redis tier (awaited) -> hit | miss.
+                 x-gateway-cache: hit | miss | bypass goes on the answer; a hit also gets ``age``.
+    on_response  a complete answer about to be sent: kept (a reference) if it may be stored
+    on_stream    a stream about to be sent: an assembler watches the client-bound bytes
+    on_settle    after the response is sent: a complete 200 with no error is stored, as its IR
+                 (``CacheEntry``), in memory now and in Redis in the background
+
+    outcome | when                                                              | counted as
+    --------+-------------------------------------------------------------------+------------------------
+    hit     | a live entry in memory or Redis                                   | hits (by tier)
+    miss    | looked up, not there (the answer is stored after it is sent)      | misses
+    bypass  | not looked up: Cache-Control no-cache (the answer then refreshes  | bypasses (by reason)
+            | the entry), when = "deterministic" and a request that is not, or  |
+            | the Redis tier failing (the answer is then not written there)     |
+
+A hit never reaches routing or the provider. It counts against request limits (the admit phase ran
+before), and, unless ``hits_count_tokens``, not against tokens or spend: ``ctx.usage`` stays empty, so
+the limits phase refunds the token reservation. Its call record says ``cache: "hit"`` and the cost the
+original call had (``cost_saved_usd``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import struct
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from gateway import ir
+from gateway._core.cache import LRUCache
+from gateway.auth.applied import node_directory
+from gateway.cache.admin import PURGE_POLL, PurgeWatch
+from gateway.cache.config import CacheConfig, CachePolicy
+from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace, request_form
+from gateway.cache.keys import _encode as _encode_form
+from gateway.cache.openai_chat import OpenAIChatCodec, StreamAssembler
+from gateway.cache.redis_tier import RedisTier, TierDown, redis_key
+from gateway.phases import Phase, Reply, StreamObserver
+from gateway.wire import Usage
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.context import Context
+
+__all__ = ["CacheEntry", "CachePhase", "CacheService", "CacheState", "CacheStats", "answer_changed"]
+
+log = logging.getLogger("gateway.cache")
+
+_DIALECT = "openai_chat"
+#: the client dialect's codec, by dialect name (other dialects add theirs)
+CODECS: dict[str, Any] = {_DIALECT: OpenAIChatCodec}
+_JSON = ("content-type", "application/json")
+_SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+_MISS = ("x-gateway-cache", "miss")
+_NO_DIRECTIVES = (False, False)
+#: the rendered forms kept beside an entry in the memory tier: whole, stream, (whole), stream with usage
+_VARIANTS = (b"\x01", b"\x02", b"\x01", b"\x03")
+#: a rendered form's prefix: when the entry was stored (wall clock) and the cost it saves (NaN: unpriced)
+_RENDERED = struct.Struct("<dd")
+_NAN = float("nan")
+_UNKNOWN: Any = object()
+_monotonic = time.monotonic
+_blake2b = hashlib.blake2b
+_BYPASS = ("x-gateway-cache", "bypass")
+
+
+class CacheEntry(msgspec.Struct, array_like=True, frozen=True):
+    """What is stored: the answer dialect-neutral, and what a hit needs besides."""
+
+    response: ir.Response
+    #: the answer's ``created`` (seconds), and when it was stored (wall clock: ``age`` on every node)
+    created: int
+    stored: float
+    #: USD the original call cost (None: unpriced)
+    cost: float | None
+    tenant: str | None
+    key_id: str | None
+    model: str
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(CacheEntry).decode
+
+
+class CacheStats:
+    __slots__ = ("bypass_nocache", "bypass_policy", "bypass_redis", "hits_memory", "hits_redis", "misses",
+                 "redis_errors", "stores", "too_large", "unstorable")
+
+    def __init__(self) -> None:
+        self.hits_memory = 0
+        self.hits_redis = 0
+        self.misses = 0
+        self.bypass_nocache = 0
+        self.bypass_policy = 0
+        self.bypass_redis = 0
+        self.stores = 0
+        self.too_large = 0
+        self.unstorable = 0
+        self.redis_errors = 0
+
+
+class CacheState(msgspec.Struct):
+    """``ctx.cache``: what the phase decided for one request (# PERF: a Struct: made in C, with its
+    defaults, on every lookup)."""
+
+    key: bytes
+    policy: CachePolicy
+    #: the answer may be stored (not no-store)
+    store: bool
+    tenant: str | None
+    key_id: str | None
+    model: str
+    outcome: str = "miss"
+    #: the whole answer sent (on_response) or the stream's assembler (on_stream)
+    body: bytes | None = None
+    assembler: StreamAssembler | None = None
+    #: a hit: the cost of the call it replays
+    saved: float | None = None
+    #: the Redis tier failed this request's lookup: the answer is not written there
+    redis_down: bool = False
+
+
+def answer_changed(ctx: Context) -> None:
+    """Keep this request's answer out of the cache: a phase that changes an answer on its way out (an
+    output guardrail) calls it. The cache sees the answer before the phases earlier in the chain do (the
+    way out runs in reverse order), so it cannot tell by itself."""
+    state: CacheState | None = ctx.cache
+    if state is not None:
+        state.store = False
+
+
+class _Watch(StreamObserver):
+    __slots__ = ("assembler",)
+
+    def __init__(self, assembler: StreamAssembler) -> None:
+        self.assembler = assembler
+
+    def feed(self, data: bytes) -> bytes:
+        self.assembler.feed(data)
+        return data
+
+
+def _cache_control(value: bytes) -> tuple[bool, bool]:
+    """(no_cache, no_store) from the request's Cache-Control header."""
+    no_cache = no_store = False
+    for part in value.lower().split(b","):
+        d = part.strip()
+        if d == b"no-cache" or d == b"max-age=0":
+            no_cache = True
+        elif d == b"no-store":
+            no_store = True
+    return no_cache, no_store
+
+
+class CacheService:
+    """One worker's cache: its memory tier, its Redis tier, its counters. Lives across reloads."""
+
+    def __init__(self, config: Config) -> None:
+        c = config.cache
+        self.stats = CacheStats()
+        self.memory = LRUCache(c.memory_bytes) if c.memory_bytes else None
+        self.redis: RedisTier | None = None
+        self._redis_url: str | None = None
+        self.config = c
+        self._set_redis(config)
+        self.phase = self._phase()
+        self._watch: asyncio.Task[None] | None = None
+        node_dir = node_directory()
+        if node_dir is not None:
+            self._watch = asyncio.get_running_loop().create_task(self._apply_purges(PurgeWatch(node_dir)))
+
+    async def _apply_purges(self, watch: PurgeWatch) -> None:
+        """Apply the admin API's purge orders to this worker's memory tier (gateway.cache.admin)."""
+        while True:
+            await asyncio.sleep(PURGE_POLL)
+            try:
+                orders = watch.poll()
+            except OSError as exc:
+                log.warning("cache: cannot read the purge orders (%s)", exc)
+                continue
+            memory = self.memory
+            for order in orders:
+                dropped = memory.purge(order.matches) if memory is not None else 0
+                log.info("cache: purge %s dropped %d memory entries", order, dropped)
+
+    def _set_redis(self, config: Config) -> None:
+        c = config.cache
+        url = (c.redis_url or config.store.url) if c.redis else None
+        prefix = c.prefix or config.store.prefix
+        if url == self._redis_url and (self.redis is None or self.redis.prefix == prefix):
+            if self.redis is not None:
+                self.redis.timeout = c.redis_timeout
+                self.redis.compress_above = c.compress_above
+            return
+        old = self.redis
+        self.redis = RedisTier(url, prefix, c.redis_timeout, c.compress_above) if url else None
+        self._redis_url = url
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.close())
+
+    def _phase(self) -> CachePhase:
+        cls = RedisCachePhase if self.redis is not None else CachePhase
+        return cls(self)
+
+    def reload(self, config: Config) -> None:
+        c = config.cache
+        self.config = c
+        if c.memory_bytes == 0:
+            self.memory = None
+        elif self.memory is None:
+            self.memory = LRUCache(c.memory_bytes)
+        elif self.memory.max_bytes != c.memory_bytes:
+            self.memory.resize(c.memory_bytes, 0, time.monotonic())
+        self._set_redis(config)
+        self.phase = self._phase()
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.redis is not None:
+            await self.redis.close()
+
+
+class CachePhase(Phase):
+    """The cache phase of a worker whose cache has no Redis tier: never waits."""
+
+    name: ClassVar[str] = "cache"
+
+    def __init__(self, service: CacheService) -> None:
+        self.service = service
+        self.stats = service.stats
+        self.memory = service.memory
+        self.redis = service.redis
+        c = service.config
+        self.count_tokens = c.hits_count_tokens
+        # PERF: the policy of every configured model resolved once (None: not cached)
+        self.policies: dict[str, CachePolicy | None] = {}
+        self.config: CacheConfig = c
+        #: (tenant, key id, model) -> the key's head (gateway.cache.keys.key_head)
+        self.heads: dict[tuple[str | None, str | None, str], bytes] = {}
+
+    def _policy(self, model: str) -> CachePolicy | None:
+        try:
+            return self.policies[model]
+        except KeyError:
+            if len(self.policies) > 4096:
+                self.policies.clear()
+            p = self.policies[model] = self.config.policy(model)
+            return p
+
+    def _head(self, policy: CachePolicy, tenant: str | None, key_id: str | None, endpoint: str,
+              model: str) -> bytes:
+        """The key's head of this caller and model (built once: the phase is rebuilt on reload)."""
+        if len(self.heads) > 65536:
+            self.heads.clear()
+        space = namespace(policy.scope, tenant, key_id)
+        head = self.heads[(tenant, key_id, model)] = key_head(KeyParts(space, _DIALECT, endpoint, model))
+        return head
+
+    def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
+        # PERF: the common miss is a handful of dict lookups and three C calls (decode, encode, hash)
+        if ctx.endpoint != "chat":
+            return None
+        model = ctx.route_model or ctx.fields.model
+        policy: CachePolicy | None = self.policies.get(model, _UNKNOWN)
+        if policy is _UNKNOWN:
+            policy = self._policy(model)
+        if policy is None:
+            return None
+        cc = ctx.request.header(b"cache-control")
+        no_cache, no_store = _cache_control(cc) if cc else _NO_DIRECTIVES
+        form = request_form(ctx.body)
+        if policy.when == "deterministic" and not is_deterministic(form):
+            self.stats.bypass_policy += 1
+            ctx.response_headers.append(_BYPASS)
+            return None
+        key = ctx.key
+        if key is None:
+            tenant = key_id = None
+        else:
+            tenant, key_id = key.tenant.id, key.id
+        head = self.heads.get((tenant, key_id, model))
+        if head is None:
+            head = self._head(policy, tenant, key_id, ctx.endpoint, model)
+        digest = _blake2b(head + _encode_form(form), digest_size=32).digest()
+        state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model)
+        if no_cache:
+            state.outcome = "bypass"
+            self.stats.bypass_nocache += 1
+            ctx.response_headers.append(_BYPASS)
+            return None
+        memory = self.memory
+        if memory is not None:
+            now = _monotonic()
+            found = memory.get(digest, now)
+            if found is not None:
+                self.stats.hits_memory += 1
+                # PERF: a repeated hit is the rendered answer in the form asked for, kept beside the entry
+                variant = digest + _VARIANTS[ctx.stream + 2 * ctx.include_usage]
+                rendered = memory.get(variant, now)
+                if rendered is not None and not self.count_tokens:
+                    return self._rendered_hit(ctx, state, rendered[0])
+                entry = _unpack(found[0])
+                reply = self._hit(ctx, state, entry)
+                left = found[1] + policy.ttl - now
+                if left > 0:
+                    cost = _NAN if entry.cost is None else entry.cost
+                    value = _RENDERED.pack(entry.stored, cost) + reply.body
+                    memory.put(variant, value, now, left, (tenant, key_id, model))
+                return reply
+        if self.redis is not None:
+            return self._redis_lookup(ctx, state)
+        self.stats.misses += 1
+        ctx.response_headers.append(_MISS)
+        return None
+
+    async def _redis_lookup(self, ctx: Context, state: CacheState) -> Reply | None:
+        redis = self.redis
+        assert redis is not None
+        try:
+            raw = await redis.get(redis_key(redis.prefix, state.tenant, state.key_id, state.model, state.key))
+        except TierDown:
+            self.stats.bypass_redis += 1
+            state.outcome = "bypass"
+            state.redis_down = True
+            ctx.response_headers.append(_BYPASS)
+            return None
+        if raw is not None:
+            try:
+                entry = _unpack(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                entry = None
+            if entry is not None:
+                self.stats.hits_redis += 1
+                now = time.time()
+                if self.memory is not None:  # promoted, for the rest of its time to live
+                    left = state.policy.ttl - (now - entry.stored)
+                    if left > 0:
+                        self.memory.put(state.key, raw, time.monotonic(), left, (entry.tenant, entry.key_id,
+                                                                               entry.model))
+                return self._hit(ctx, state, entry)
+        self.stats.misses += 1
+        ctx.response_headers.append(_MISS)
+        return None
+
+    def _rendered_hit(self, ctx: Context, state: CacheState, value: bytes) -> Reply:
+        stored, cost = _RENDERED.unpack_from(value)
+        state.outcome = "hit"
+        state.store = False
+        state.saved = None if cost != cost else cost  # NaN: unpriced
+        age = str(max(int(time.time() - stored), 0))
+        head = _SSE if ctx.stream else [_JSON]
+        return Reply(200, value[_RENDERED.size:], [*head, ("x-gateway-cache", "hit"), ("age", age)])
+
+    def _hit(self, ctx: Context, state: CacheState, entry: CacheEntry) -> Reply:
+        state.outcome = "hit"
+        state.store = False
+        state.saved = entry.cost
+        if self.count_tokens:
+            u = entry.response.usage
+            ctx.usage = Usage(u.prompt_tokens, u.output_tokens, u.total_tokens)
+        codec = CODECS[_DIALECT]
+        body = codec.replay(entry.response, entry.created, ctx.stream, ctx.include_usage)
+        age = str(max(int(time.time() - entry.stored), 0))
+        head = _SSE if ctx.stream else [_JSON]
+        return Reply(200, body, [*head, ("x-gateway-cache", "hit"), ("age", age)])
+
+    # -- the way out --------------------------------------------------------------------------------
+
+    def on_response(self, ctx: Context, body: bytes) -> bytes:
+        state: CacheState | None = ctx.cache
+        if state is not None and state.store:
+            state.body = body
+        return body
+
+    def on_stream(self, ctx: Context) -> StreamObserver | None:
+        state: CacheState | None = ctx.cache
+        if state is None or not state.store:
+            return None
+        state.assembler = CODECS[_DIALECT].assembler(state.policy.max_entry_bytes * 4)
+        return _Watch(state.assembler)
+
+    def on_settle(self, ctx: Context) -> None:
+        state: CacheState | None = ctx.cache
+        if state is None or not state.store or ctx.status != 200 or ctx.error is not None:
+            return
+        codec = CODECS[_DIALECT]
+        if state.body is not None:
+            answer = codec.read_whole(state.body)
+        elif state.assembler is not None:
+            answer = state.assembler.result()
+        else:
+            return
+        if answer is None:
+            self.stats.unstorable += 1
+            return
+        response, created = answer
+        entry = CacheEntry(response, created, time.time(), ctx.cost, state.tenant, state.key_id, state.model)
+        raw = _pack(entry)
+        policy = state.policy
+        if len(raw) > policy.max_entry_bytes:
+            self.stats.too_large += 1
+            return
+        self.stats.stores += 1
+        if self.memory is not None:
+            tag = (state.tenant, state.key_id, state.model)
+            self.memory.put(state.key, raw, time.monotonic(), policy.ttl, tag)
+        redis = self.redis
+        if redis is not None and not state.redis_down:
+            where = redis_key(redis.prefix, state.tenant, state.key_id, state.model, state.key)
+            redis.set_soon(where, raw, policy.ttl)
+
+
+class RedisCachePhase(CachePhase):
+    """The cache phase with a Redis tier: a memory miss waits for Redis."""
+
+    is_async: ClassVar[bool] = True

@@ -1,0 +1,387 @@
+"""The cache's shared tier: entries in Redis, seen by every worker of every node.
+
+One connection per worker, pipelined: a command is written as soon as it is asked for and its reply is
+matched in order (RESP replies come back in the order of the commands), so many requests' lookups share
+the connection without waiting for each other. RESP is packed and parsed here (the few reply types the
+cache reads), with no client library on the request path.
+
+Failure is never the client's problem. Each call is bounded by ``timeout``; a call that fails or times
+out marks the tier down: the connection is dropped, every call waiting on it gets ``TierDown``, and for
+the next ``retry_after`` seconds calls fail at once without touching the network (the phase counts them
+as bypasses and goes to the provider). The next call after that opens a new connection.
+
+Values: ``b"r" + raw`` or, above ``compress_above`` bytes, ``b"z" + zlib(raw)``. Keys:
+``<prefix>:cache:<tenant>:<key id>:<model>:<hex key>`` (the tenant and API key whose request stored it)
+with each part percent-encoded (no ``:``, ``*``, ``?`` or ``[`` in them), so that a purge by tenant, key or
+model is one ``SCAN MATCH`` pattern.
+
+Supported URLs: ``redis://``, ``rediss://`` (TLS) and ``unix://`` to one server (with its password and
+database). Sentinel and Cluster URLs are refused by the configuration check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import ssl
+import time
+import zlib
+from typing import cast
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import msgspec
+
+from gateway.redisconn import parse_url
+
+__all__ = [
+    "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "server_address", "unpack_value",
+]
+
+
+class TierDown(Exception):
+    """The shared tier cannot answer now."""
+
+
+def pack_value(raw: bytes, compress_above: int) -> bytes:
+    if len(raw) > compress_above:
+        return b"z" + zlib.compress(raw, 6)
+    return b"r" + raw
+
+
+def unpack_value(value: bytes) -> bytes:
+    if value[:1] == b"z":
+        return zlib.decompress(value[1:])
+    if value[:1] == b"r":
+        return value[1:]
+    raise ValueError("not a cache value")
+
+
+@functools.lru_cache(maxsize=4096)
+def _part(text: str) -> str:
+    return quote(text, safe="")  # PERF: memoised: the same tenants, keys and models come back
+
+
+def redis_key(prefix: str, tenant: str | None, key_id: str | None, model: str, key: bytes) -> str:
+    """An entry's Redis key: who wrote it (tenant, API key) and for which model, then its hash."""
+    return f"{prefix}:cache:{_part(tenant or '-')}:{_part(key_id or '-')}:{_part(model)}:{key.hex()}"
+
+
+def _command(*args: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class _ReplyError(Exception):
+    pass
+
+
+class _Parser:
+    """RESP2 replies: simple strings, errors, integers, bulk strings and arrays of them."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    def gets(self) -> tuple[bool, object]:
+        """(True, reply) for the next complete reply, else (False, None)."""
+        done, value, pos = self._parse(0)
+        if done:
+            self.buf = self.buf[pos:]
+        return done, value
+
+    def _parse(self, pos: int) -> tuple[bool, object, int]:
+        buf = self.buf
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return False, None, pos
+        kind, line, nxt = buf[pos:pos + 1], buf[pos + 1:end], end + 2
+        if kind == b"+":
+            return True, line, nxt
+        if kind == b"-":
+            return True, _ReplyError(line.decode("utf-8", "replace")), nxt
+        if kind == b":":
+            return True, int(line), nxt
+        if kind == b"$":
+            n = int(line)
+            if n < 0:
+                return True, None, nxt
+            if len(buf) < nxt + n + 2:
+                return False, None, pos
+            return True, buf[nxt:nxt + n], nxt + n + 2
+        if kind == b"*":
+            n = int(line)
+            if n < 0:
+                return True, None, nxt
+            items: list[object] = []
+            for _ in range(n):
+                done, item, nxt = self._parse(nxt)
+                if not done:
+                    return False, None, pos
+                items.append(item)
+            return True, items, nxt
+        raise ValueError(f"unexpected RESP reply type {kind!r}")
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = _Parser()
+        self.waiters: collections.deque[asyncio.Future[object]] = collections.deque()
+        #: when each waiting command was sent (monotonic), oldest first: the watchdog's clock
+        self.sent: collections.deque[float] = collections.deque()
+        self.closed = False
+        #: commands written in this loop iteration, sent together at its end (group commit)
+        self.out: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        while self.waiters:
+            try:
+                done, reply = self.parser.gets()
+            except ValueError as exc:
+                self.fail(exc)
+                return
+            if not done:
+                return
+            fut = self.waiters.popleft()
+            self.sent.popleft()
+            if not fut.done():
+                if isinstance(reply, _ReplyError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(exc or ConnectionResetError("the Redis server closed the connection"))
+
+    def fail(self, exc: BaseException) -> None:
+        self.closed = True
+        self.sent.clear()
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(TierDown(str(exc)))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, data: bytes) -> asyncio.Future[object]:
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.closed or self.transport is None:
+            fut.set_exception(TierDown("not connected"))
+            return fut
+        self.waiters.append(fut)
+        self.sent.append(time.monotonic())
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(data)
+        return fut
+
+    def flush(self) -> None:
+        """PERF: one write (one system call) for every command asked for in a loop iteration."""
+        out, self.out = self.out, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+
+class RedisTier:
+    """The shared tier of one worker (see the module docstring)."""
+
+    def __init__(self, url: str, prefix: str, timeout: float, compress_above: int,
+                 retry_after: float = 1.0, max_pending_writes: int = 1024) -> None:
+        if parse_url(url).kind != "single":
+            raise ValueError("the cache's Redis tier needs one server (redis://, rediss:// or unix://)")
+        self.address = server_address(url)
+        self.prefix = prefix
+        self.timeout = timeout
+        self.compress_above = compress_above
+        self.retry_after = retry_after
+        self.max_pending_writes = max_pending_writes
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._down_until = 0.0
+        self._writes: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
+        #: calls that failed (timeouts, connection errors, refused while down), writes dropped
+        self.errors = 0
+        self.dropped_writes = 0
+
+    # -- connection ------------------------------------------------------------------------------------
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        a = self.address
+        conn = _Connection()
+        if a.path is not None:
+            await loop.create_unix_connection(lambda: conn, a.path)
+        else:
+            ctx = ssl.create_default_context() if a.tls else None
+            await loop.create_connection(lambda: conn, a.host, a.port, ssl=ctx)
+        setup: list[bytes] = []
+        if a.password is not None:
+            user = [a.username.encode()] if a.username else []
+            setup.append(_command(b"AUTH", *user, a.password.encode()))
+        if a.db:
+            setup.append(_command(b"SELECT", str(a.db).encode()))
+        for cmd in setup:
+            await conn.send(cmd)
+        return conn
+
+    async def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if time.monotonic() < self._down_until:
+            raise TierDown("the Redis tier is down")
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        connecting = self._connecting
+        try:
+            conn = await asyncio.shield(connecting)
+        except Exception as exc:
+            self._mark_down()
+            raise TierDown(str(exc)) from None
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+        self._conn = conn
+        return conn
+
+    def _mark_down(self) -> None:
+        self._down_until = time.monotonic() + self.retry_after
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.fail(TierDown("marked down"))
+
+    async def _call(self, *args: bytes) -> object:
+        """One command. PERF: no timer per call: on an open connection the command is written at once
+        and a watchdog (one timer while anything waits) fails the connection when its oldest command has
+        waited longer than ``timeout``."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    conn = await self._connection()
+            except (TierDown, TimeoutError, OSError) as exc:
+                self.errors += 1
+                self._mark_down()
+                raise TierDown(str(exc) or exc.__class__.__name__) from None
+        fut = conn.send(_command(*args))
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(self.timeout / 2, self._watch, conn)
+        try:
+            return await fut
+        except TierDown:
+            self.errors += 1
+            self._mark_down()
+            raise
+        except _ReplyError as exc:
+            self.errors += 1
+            raise TierDown(str(exc)) from None
+
+    def _watch(self, conn: _Connection) -> None:
+        self._watchdog = None
+        if conn.closed or not conn.sent:
+            return
+        if time.monotonic() - conn.sent[0] > self.timeout:
+            self._mark_down()  # fails every waiting command with TierDown
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(self.timeout / 2, self._watch, conn)
+
+    # -- the cache's calls -----------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        """The raw entry under ``key`` (unpacked), or None; raises TierDown."""
+        value = await self._call(b"GET", key.encode())
+        if not isinstance(value, bytes):
+            return None
+        try:
+            return unpack_value(value)
+        except (ValueError, zlib.error):
+            return None
+
+    def set_soon(self, key: str, raw: bytes, ttl: float) -> None:
+        """Write an entry in the background (after the response is sent); dropped when too many writes
+        are pending or the tier is down."""
+        if len(self._writes) >= self.max_pending_writes or time.monotonic() < self._down_until:
+            self.dropped_writes += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._set(key, raw, ttl))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _set(self, key: str, raw: bytes, ttl: float) -> None:
+        ms = max(int(ttl * 1000), 1)
+        try:
+            value = pack_value(raw, self.compress_above)
+            await self._call(b"SET", key.encode(), value, b"PX", str(ms).encode())
+        except TierDown:
+            self.dropped_writes += 1
+
+    async def purge(self, pattern: str) -> int:
+        """Delete every entry whose key matches the ``SCAN MATCH`` ``pattern``; the number deleted."""
+        cursor = b"0"
+        deleted = 0
+        while True:
+            reply = await self._call(b"SCAN", cursor, b"MATCH", pattern.encode(), b"COUNT", b"500")
+            assert isinstance(reply, list)
+            cursor, keys = reply[0], reply[1]
+            if keys:
+                n = await self._call(b"UNLINK", *keys)
+                deleted += int(n) if isinstance(n, int) else 0
+            if cursor == b"0":
+                return deleted
+
+    def purge_pattern(self, tenant: str | None = None, key_id: str | None = None,
+                      model: str | None = None) -> str:
+        parts = [_part(p) if p is not None else "*" for p in (tenant, key_id, model)]
+        return f"{self.prefix}:cache:{':'.join(parts)}:*"
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for task in list(self._writes):
+            task.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.transport is not None:
+            conn.closed = True
+            conn.transport.close()
+
+
+class ServerAddress(msgspec.Struct, frozen=True):
+    """Where one Redis server is and how to log in, from a ``redis://``, ``rediss://`` or ``unix://`` URL
+    (the forms redis-py reads: ``redis://[[user]:password@]host[:port][/db]``,
+    ``unix://[[user]:password@]/path/to/socket[?db=N]``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    #: a unix socket's path (then host and port are not used)
+    path: str | None = None
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: bool = False
+
+
+def server_address(url: str) -> ServerAddress:
+    parts = urlsplit(url)
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme == "unix":
+        return ServerAddress(path=parts.path, username=username, password=password,
+                             db=int(query.get("db") or 0))
+    segment = parts.path.strip("/")
+    return ServerAddress(
+        host=parts.hostname or "127.0.0.1", port=parts.port or 6379, username=username, password=password,
+        db=int(segment or query.get("db") or 0), tls=parts.scheme == "rediss",
+    )
