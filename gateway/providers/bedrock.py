@@ -240,7 +240,7 @@ class BedrockTranslator(OpenAITranslator):
         encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
         return encoder.encode_all(response_events(answer))
 
-    def stream_relay(self, ctx: Any) -> IRStreamRelay:  # type: ignore[override]
+    def stream_relay(self, ctx: Any) -> IRStreamRelay:
         return IRStreamRelay(ctx, xlate.BedrockStream("chatcmpl-" + ctx.request_id, ctx.fields.model))
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:

@@ -95,7 +95,7 @@ class CohereTranslator(OpenAITranslator):
         encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
         return encoder.encode_all(response_events(answer))
 
-    def stream_relay(self, ctx: Any) -> IRStreamRelay:  # type: ignore[override]
+    def stream_relay(self, ctx: Any) -> IRStreamRelay:
         return IRStreamRelay(ctx, xlate.CohereStream(ctx.fields.model))
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:

@@ -292,7 +292,7 @@ class GeminiTranslator(OpenAITranslator):
         encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
         return encoder.encode_all(response_events(answer))
 
-    def stream_relay(self, ctx: Any) -> GeminiStreamRelay:  # type: ignore[override]
+    def stream_relay(self, ctx: Any) -> GeminiStreamRelay:
         return GeminiStreamRelay(ctx)
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
@@ -340,7 +340,7 @@ class GeminiStreamRelay(AnthropicStreamRelay):
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
-        self._machine = xlate.GeminiStream()  # type: ignore[assignment]
+        self._machine = xlate.GeminiStream()
 
 
 # ---- Claude on Vertex ------------------------------------------------------------------------------
