@@ -12,6 +12,7 @@ import msgspec
 
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
+from gateway.observe.config import RecordsConfig
 from gateway.routing.config import (
     BreakerConfig,
     DeploymentConfig,
@@ -328,6 +329,8 @@ class MetricsConfig(_Base, frozen=True):
     interval: float = 1.0
     #: the node's snapshot directory (default: a fresh one under the system temp directory)
     dir: str | None = None
+    #: opt-in labels of the request metrics: "tenant", "key" (one series per key: mind the cardinality)
+    labels: list[str] = msgspec.field(default_factory=list)
 
 
 class Config(_Base, frozen=True):
@@ -346,3 +349,5 @@ class Config(_Base, frozen=True):
     pricing: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
     #: the Prometheus metrics export (docs/metrics.md)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    #: call records: sinks, bodies (docs/observability.md)
+    records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)
