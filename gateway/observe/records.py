@@ -1,26 +1,28 @@
-"""Call records: one JSON line per request, built and encoded on the loop in slices, written by sinks'
-threads; and the request figures of the GenAI metrics, taken from the same records.
+"""Call records: one JSON line per request, built when the request ends, encoded on the loop in batches,
+written by sinks' threads; the GenAI metrics are counted from the same records.
 
 Theory of operation:
 
-    when                   | what
-    -----------------------+-------------------------------------------------------------------------------
-    a request ends         | ``emit``: the engine's flat tuple is appended to a list (the request path's
-    (``Engine._settle``)   | whole cost). Beyond ``[records] queue`` held tuples, it is dropped and counted
-    every ``flush_interval`` | ``_tick`` (a loop timer) turns at most ``_SLICE`` tuples into ``CallRecord``s
-                           | (cost filled in from the price table when no phase priced the call, bodies
-                           | redacted and capped), counts them into the GenAI metrics, encodes them all at
-                           | once (``encode_lines``) and offers the bytes to every sink; more left: the next
-                           | slice runs on the next loop iteration, so no flush holds the loop for long
-    a sink's thread        | writes or sends what it was offered (``gateway.observe.sinks``)
-    the worker stops       | ``close``: every held tuple is converted and offered, then each sink delivers
-                           | its queue (retrying until ``[server] drain_timeout``) and stops
+    when                     | what
+    -------------------------+-----------------------------------------------------------------------------
+    a request ends           | ``emit`` (``Engine._settle``, after the answer was sent): the engine's flat
+                             | tuple becomes a ``CallRecord`` (compiled: ``rows.to_record``; the cost
+                             | filled in from the price table when no phase priced the call), is counted
+                             | into the GenAI metrics and waits in a list. Beyond ``[records] queue``
+                             | waiting records, it is dropped and counted
+    every ``flush_interval`` | ``_tick`` (a loop timer) takes at most ``_SLICE`` waiting records (their
+                             | bodies redacted and capped when ``[records] bodies`` asks), encodes them at
+                             | once (``encode_lines``) and offers the bytes to every sink; more left: the
+                             | next slice on the next loop iteration, so no flush holds the loop for long
+    a sink's thread          | writes or sends what it was offered (``gateway.observe.sinks``)
+    the worker stops         | ``close``: every waiting record is offered, then each sink delivers its queue
+                             | (retrying until ``[server] drain_timeout``) and stops
 
-Why the tuple and the slices: building the record costs more than the rest of the hand-off, and a Struct
-per request on the request path cost ~2 us; converting in slices of ``_SLICE`` bounds the stall a flush
-adds to any request to a fraction of a millisecond, whatever the traffic (a flush of every record of
-200 ms at once stalled the loop for ~10 ms at saturation and made the p99). Client keys are never part of
-a record.
+Why so: a flush that built and encoded 200 ms of records at once, and wrote them to stderr on the loop,
+stalled the loop for ~10 ms at saturation (the p99), and the tuples it held for that long (with the
+request's objects) were promoted through the GC's generations and made it collect several times as
+often. A ``CallRecord`` is untracked by the GC (``gc=False``), so what waits costs the collector nothing.
+Client keys are never part of a record.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.limits.pricing import PriceTable, cached_tokens
+from gateway.limits.pricing import PriceTable
+from gateway.observe.callrecord import CallRecord
 from gateway.observe.config import RecordsConfig
+from gateway.observe.rows import dialect_of, to_record
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -45,113 +49,8 @@ __all__ = ["CallRecord", "RecordSink", "Redactor", "dialect_of", "to_record"]
 
 log = logging.getLogger("gateway.records")
 
-#: tuples converted per loop iteration (a slice costs well under a millisecond)
-_SLICE = 256
-
-
-class CallRecord(msgspec.Struct, omit_defaults=True, gc=False):
-    ts: float
-    request_id: str
-    method: str
-    path: str
-    status: int
-    duration_ms: float
-    overhead_ms: float
-    model: str | None = None
-    provider: str | None = None
-    upstream_model: str | None = None
-    stream: bool = False
-    upstream_status: int | None = None
-    upstream_ms: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    #: of ``prompt_tokens``: read from the provider's prompt cache, and written to it (when reported)
-    cached_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    error_code: str | None = None
-    error: str | None = None
-    worker: int | None = None
-    #: the caller's key id and tenant (never the key itself), and the key's labels
-    key_id: str | None = None
-    tenant: str | None = None
-    labels: dict[str, str] | None = None
-    #: routed models: the deployment that answered (or failed last), and the number of attempts
-    deployment: str | None = None
-    attempts: int | None = None
-    #: USD, from the pricing table and the usage
-    cost_usd: float | None = None
-    #: "chat", "completions", "embeddings" (none for answers without an endpoint, e.g. 404)
-    endpoint: str | None = None
-    #: the client's API shape: "openai", "anthropic", "openai_responses"
-    dialect: str | None = None
-    #: streams: ms from the request's arrival to the start of the streamed answer
-    ttft_ms: float | None = None
-    #: of the answer: reasoning tokens (when the provider reports them)
-    reasoning_tokens: int | None = None
-    #: ``[records] bodies``: the bodies as text, key material and configured fields redacted, capped
-    request_body: str | None = None
-    response_body: str | None = None
-    #: which bodies were cut at ``max_body_bytes``
-    truncated: list[str] | None = None
-
-
-#: the client dialect of a path (the rest speak OpenAI Chat Completions, Completions or Embeddings)
-_DIALECTS = {"/v1/messages": "anthropic", "/v1/responses": "openai_responses"}
-
-
-def dialect_of(path: str) -> str:
-    return _DIALECTS.get(path, "openai")
-
-
-def _ms(x: float) -> float:
-    return int(x * 1000.0) / 1000.0  # PERF: three decimals without round() (half its cost)
-
-
-def _reasoning(usage: Any) -> int | None:
-    details: Any = getattr(usage, "completion_tokens_details", None)
-    if details is None:
-        return None
-    if isinstance(details, dict):
-        n = details.get("reasoning_tokens")
-    else:
-        n = getattr(details, "reasoning_tokens", None)
-    return n if isinstance(n, int) and n > 0 else None
-
-
-def to_record(row: tuple[Any, ...], prices: PriceTable | None = None) -> CallRecord:
-    """The engine's tuple -> a CallRecord (runs in the flush, on the loop). ``prices``: the cost of a call
-    no phase priced (no ``[limits]``)."""
-    (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
-     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost) = row[:20]
-    endpoint, ttft_ms = (row[20], row[21]) if len(row) > 21 else (None, None)
-    if usage is not None:
-        prompt, completion, total = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
-        cached = cached_tokens(usage) or None
-        written = getattr(usage, "cache_write_tokens", None) or None
-        reasoning = _reasoning(usage)
-        if cost is None and prices is not None:
-            cost = prices.cost(upstream_model, usage) if upstream_model else None
-            if cost is None and model:
-                cost = prices.cost(model, usage)
-    else:
-        prompt = completion = total = cached = written = reasoning = None
-    if key is not None:
-        key_id, tenant, labels = key.id, key.tenant.id, key.labels or None
-    else:
-        key_id = tenant = labels = None
-    # PERF: positional, in field order (keywords cost ~0.4 us more)
-    return CallRecord(
-        ts, rid, method, path, status, _ms(duration_ms), float(overhead or 0.0), model, provider,
-        upstream_model, stream, upstream_status, _ms(upstream_ms) if upstream_ms is not None else None,
-        prompt, completion, total, cached, written,
-        err.code if err is not None else None,
-        err.message if err is not None and err.status >= 500 else None,
-        worker, key_id, tenant, labels, deployment, attempts if attempts and attempts > 1 else None, cost,
-        endpoint or None, _DIALECTS.get(path, "openai"),
-        _ms(ttft_ms) if ttft_ms is not None else None, reasoning,
-    )
-
+#: records encoded per loop iteration (a slice costs well under a millisecond)
+_SLICE = 1024
 
 # --------------------------------------------------------------------------------------------------------
 # Bodies
@@ -246,7 +145,9 @@ class RecordSink:
         self._bound = cfg.queue
         self._prices = prices
         self._drain_timeout = drain_timeout
-        self._rows: list[tuple[Any, ...]] = []
+        #: records waiting for the flush, and (record, request body, answer) of those that keep bodies
+        self._rows: list[CallRecord] = []
+        self._raw: list[tuple[CallRecord, bytes | None, bytes | None]] = []
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._encode_lines: Callable[[Sequence[CallRecord]], bytes] = msgspec.json.Encoder().encode_lines
         self._bodies = "none"
@@ -298,18 +199,29 @@ class RecordSink:
         self._handle = asyncio.get_running_loop().call_later(self._interval, self._tick)
 
     def emit(self, row: tuple[Any, ...]) -> None:
-        """Queue one request given as the tuple the engine builds (see ``to_record``)."""
+        """One finished request, as the tuple the engine builds (see ``rows.to_record``): its record is
+        built and counted into the metrics now, and waits for the next flush."""
         self.emitted += 1
-        rows = self._rows
-        if len(rows) < self._bound:
-            rows.append(row)
-        else:
+        pending = self._rows
+        if len(pending) >= self._bound:
             self.dropped += 1
+            return
+        # PERF: converted at once: the record (untracked by the GC) waits for the flush, not the tuple,
+        # which holds the request's tracked objects; tuples held for a flush interval were promoted
+        # through the GC's generations and made it run several times as often
+        rec = to_record(row, self._prices)
+        if self.metrics is not None:
+            self.metrics.observe_one(rec)
+        if self.records_on:
+            pending.append(rec)
+            if self._bodies != "none" and len(row) > 23:
+                request = row[22]
+                self._raw.append((rec, request.body if request is not None else None, row[23]))
 
     def _tick(self) -> None:
         self._handle = None
         try:
-            self._convert(_SLICE)
+            self._flush(_SLICE)
         except Exception:  # the timer must go on
             log.exception("records: a flush failed")
         if self._closed:
@@ -320,22 +232,16 @@ class RecordSink:
         else:
             self._handle = loop.call_later(self._interval, self._tick)
 
-    def _convert(self, limit: int) -> None:
-        rows = self._rows
-        if not rows:
+    def _flush(self, limit: int) -> None:
+        pending = self._rows
+        if not pending:
             return
-        if len(rows) <= limit:
-            batch, self._rows = rows, []
+        if len(pending) <= limit:
+            records, self._rows = pending, []
         else:
-            batch, self._rows = rows[:limit], rows[limit:]
-        prices = self._prices
-        records = [to_record(r, prices) for r in batch]
-        if self._bodies != "none":
-            self._add_bodies(batch, records)
-        if self.metrics is not None:
-            self.metrics.observe(records)
-        if not self.records_on:
-            return
+            records, self._rows = pending[:limit], pending[limit:]
+        if self._raw:
+            self._add_bodies(limit)
         data = self._encode_lines(records)
         if self._out is not None:
             try:
@@ -348,19 +254,17 @@ class RecordSink:
         for s in self._sinks:
             s.offer(chunk)
 
-    def _add_bodies(self, rows: list[tuple[Any, ...]], records: list[CallRecord]) -> None:
+    def _add_bodies(self, limit: int) -> None:
+        raw = self._raw
+        batch, self._raw = (raw, []) if len(raw) <= limit else (raw[:limit], raw[limit:])
         red = self._redactor
         both = self._bodies == "both"
-        for row, rec in zip(rows, records, strict=True):
-            if len(row) < 24:
-                continue
-            request, answer = row[22], row[23]
+        for rec, request, answer in batch:
             cut: list[str] = []
-            if request is not None:
-                rec.request_body, c = red.text(request.body)
-                if c:
-                    cut.append("request")
-            if both and answer is not None:
+            rec.request_body, c = red.text(request)
+            if c:
+                cut.append("request")
+            if both:
                 rec.response_body, c = red.text(answer)
                 if c:
                     cut.append("response")
@@ -374,7 +278,7 @@ class RecordSink:
             self._handle.cancel()
             self._handle = None
         while self._rows:
-            self._convert(len(self._rows))
+            self._flush(len(self._rows) + len(self._raw))
         if self._sinks:
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(None, s.close, self._drain_timeout)
@@ -383,7 +287,7 @@ class RecordSink:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Records not yet handed off (for tests)."""
-        return [msgspec.to_builtins(to_record(r, self._prices)) for r in self._rows]
+        return [msgspec.to_builtins(r) for r in self._rows]
 
     # -- metrics
 
