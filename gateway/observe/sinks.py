@@ -140,9 +140,14 @@ class Sink:
                 self._cond.wait()
             out: list[Chunk] = []
             n = 0
-            while self._chunks and (not out or n + self._chunks[0][1] <= self.batch):
-                chunk = self._chunks.popleft()
-                out.append(chunk)
+            while self._chunks and n < self.batch:
+                chunk = self._chunks[0]
+                room = self.batch - n
+                if chunk[1] > room:  # the rest of this chunk waits for the next batch
+                    head, self._chunks[0] = _split(chunk, room)
+                    out.append(head)
+                    break
+                out.append(self._chunks.popleft())
                 n += chunk[1]
             return out
 
@@ -203,6 +208,15 @@ class Sink:
 
     def _release(self) -> None:
         """Release what ``deliver`` holds open (on the closing thread, after the sink's thread)."""
+
+
+def _split(chunk: Chunk, n: int) -> tuple[Chunk, Chunk]:
+    """The first ``n`` records of ``chunk``, and the rest."""
+    data, count, records = chunk
+    end = 0
+    for _ in range(n):
+        end = data.index(b"\n", end) + 1
+    return (data[:end], n, records[:n]), (data[end:], count - n, records[n:])
 
 
 def _describe(exc: BaseException) -> str:
