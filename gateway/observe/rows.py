@@ -70,6 +70,6 @@ def to_record(row: tuple[Any, ...], prices: PriceTable | None = None) -> CallRec
         err.code if err is not None else None,
         err.message if err is not None and err.status >= 500 else None,
         worker, key_id, tenant, labels, deployment, attempts if attempts and attempts > 1 else None, cost,
-        endpoint or None, _DIALECTS.get(path, "openai"),
+        endpoint or None, _DIALECTS.get(path, "openai") if endpoint else _DIALECTS.get(path),
         _ms(ttft_ms) if ttft_ms is not None else None, reasoning,
     )

@@ -30,6 +30,8 @@ import errno
 import http.client
 import logging
 import os
+import select
+import stat
 import threading
 import time
 import urllib.parse
@@ -219,6 +221,23 @@ def _split(chunk: Chunk, n: int) -> tuple[Chunk, Chunk]:
     return (data[:end], n, records[:n]), (data[end:], count - n, records[n:])
 
 
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    """``data`` cut between lines into pieces of at most ``size`` bytes (a longer line is a piece)."""
+    out = []
+    pos = 0
+    n = len(data)
+    while pos < n:
+        end = pos + size
+        if end >= n:
+            end = n
+        else:
+            cut = data.rfind(b"\n", pos, end)
+            end = cut + 1 if cut >= 0 else data.find(b"\n", end) + 1 or n
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -243,11 +262,22 @@ class StreamSink(Sink):
     def __init__(self, name: str, fd: int = 2, **kw: Any) -> None:
         super().__init__(name, **kw)
         self.fd = fd
+        #: a pipe or a socket (shared by the node's workers): writes of at most PIPE_BUF bytes, cut between
+        #: lines, so that two workers' lines never interleave (a write to a file is whole anyway)
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            mode = 0
+        self._piece = select.PIPE_BUF if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else 0
 
     def deliver(self, chunks: list[Chunk]) -> None:
         data = chunks[0][0] if len(chunks) == 1 else b"".join(c[0] for c in chunks)
         try:
-            _write_all(self.fd, data)
+            if self._piece and len(data) > self._piece:
+                for piece in _pieces(data, self._piece):
+                    _write_all(self.fd, piece)
+            else:
+                _write_all(self.fd, data)
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.EBADF):
                 raise _Permanent(_describe(exc)) from None
