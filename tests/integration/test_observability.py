@@ -268,8 +268,25 @@ type = "stderr"
     assert _metric(text, "gateway_record_sink_records_total", sink="http") == len(receivers[0].all_ids())
 
 
+def _otlp_message(content_type: str, body: bytes) -> dict[str, Any]:
+    if content_type == "application/json":
+        message: dict[str, Any] = json.loads(body)
+        return message
+    assert content_type == "application/x-protobuf"
+    from google.protobuf import json_format  # type: ignore[import-untyped]
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (  # type: ignore[import-untyped]
+        ExportLogsServiceRequest,
+    )
+
+    decoded: dict[str, Any] = json_format.MessageToDict(ExportLogsServiceRequest.FromString(body))
+    return decoded
+
+
+@pytest.mark.parametrize("encoding", ["json", "protobuf"])
 def test_otlp_logs_reach_a_collector_as_log_records(
-        start_gateway: StartGateway, mock_port: int, receivers: list[Receiver]) -> None:
+        start_gateway: StartGateway, mock_port: int, receivers: list[Receiver], encoding: str) -> None:
+    if encoding == "protobuf":
+        pytest.importorskip("opentelemetry.proto", reason="the otlp extra is not installed")
     port = free_port()
     receivers.append(Receiver(port))
     gw = start_gateway(_config(mock_port, f"""
@@ -277,13 +294,14 @@ def test_otlp_logs_reach_a_collector_as_log_records(
 type = "otlp"
 url = "http://{HOST}:{port}/v1/logs"
 service_name = "gw-test"
+encoding = "{encoding}"
 """))
     sent = [_chat(gw.port) for _ in range(15)]
     _stop_cleanly(gw)
     logs: list[dict[str, Any]] = []
     for ct, body in receivers[0].bodies:
-        assert ct == "application/json"
-        msg = json.loads(body)
+        assert ct == ("application/json" if encoding == "json" else "application/x-protobuf")
+        msg = _otlp_message(ct, body)
         for rl in msg["resourceLogs"]:
             attrs = {a["key"]: a["value"] for a in rl["resource"]["attributes"]}
             assert attrs["service.name"] == {"stringValue": "gw-test"}
