@@ -7,9 +7,10 @@ cimport cython
 
 cdef class _Hist:
     cdef public tuple bounds
-    cdef public list counts
+    cdef double[:] _bounds
+    cdef long long[:] _counts
     cdef public double sum
-    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, b=double)
+    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, bounds="double[:]")
     cpdef observe(self, double v)
     cpdef list samples(self, str name, tuple labels)
 
