@@ -16,7 +16,7 @@ Theory of operation:
                              | next slice on the next loop iteration, so no flush holds the loop for long
     a sink's thread          | writes or sends what it was offered (``gateway.observe.sinks``)
     the worker stops         | ``close``: every waiting record is offered, then each sink delivers its queue
-                             | (retrying until ``[server] drain_timeout``) and stops
+                             | (retrying for up to ``CLOSE_TIMEOUT``) and stops
 
 Why so: a flush that built and encoded 200 ms of records at once, and wrote them to stderr on the loop,
 stalled the loop for ~10 ms at saturation (the p99), and the tuples it held for that long (with the
@@ -49,6 +49,9 @@ __all__ = ["CallRecord", "RecordSink", "Redactor", "dialect_of", "to_record"]
 
 log = logging.getLogger("gateway.records")
 
+#: seconds a stopping worker's sinks may keep retrying what they hold: the supervisor kills a worker
+#: 5 s after ``[server] drain_timeout``, which the requests' drain may have used up
+CLOSE_TIMEOUT = 4.0
 #: records encoded per loop iteration (a slice costs well under a millisecond)
 _SLICE = 1024
 
@@ -129,7 +132,7 @@ class RecordSink:
     def __init__(self, out: IO[bytes] | None = None, enabled: bool = True, interval: float | None = None, *,
                  config: RecordsConfig | None = None, sinks: Sequence[Sink] | None = None,
                  metrics: GenAIMetrics | None = None, prices: PriceTable | None = None,
-                 drain_timeout: float = 10.0) -> None:
+                 close_timeout: float | None = None) -> None:
         cfg = config or RecordsConfig()
         self.records_on = enabled
         self.metrics = metrics
@@ -144,7 +147,7 @@ class RecordSink:
         self._interval = cfg.flush_interval if interval is None else interval
         self._bound = cfg.queue
         self._prices = prices
-        self._drain_timeout = drain_timeout
+        self._close_timeout = CLOSE_TIMEOUT if close_timeout is None else close_timeout
         #: records waiting for the flush, and (record, request body, answer) of those that keep bodies
         self._rows: list[CallRecord] = []
         self._raw: list[tuple[CallRecord, bytes | None, bytes | None]] = []
@@ -171,8 +174,7 @@ class RecordSink:
         sinks = build_sinks(rc.sinks, worker, resolve_secret) if enabled else []
         metrics = GenAIMetrics(config.metrics.labels) if config.metrics.enabled else None
         return cls(None, enabled, config=rc, sinks=sinks, metrics=metrics,
-                   prices=PriceTable.load(overrides=config.pricing),
-                   drain_timeout=config.server.drain_timeout)
+                   prices=PriceTable.load(overrides=config.pricing))
 
     def _configure(self, cfg: RecordsConfig) -> None:
         self._bodies = cfg.bodies
@@ -272,7 +274,7 @@ class RecordSink:
 
     async def close(self) -> None:
         """Convert and hand off every held record, then let each sink deliver its queue (until
-        ``drain_timeout``) and stop. Records emitted afterwards are only counted."""
+        ``CLOSE_TIMEOUT``) and stop. Records emitted afterwards are only counted."""
         self._closed = True
         if self._handle is not None:
             self._handle.cancel()
@@ -281,7 +283,7 @@ class RecordSink:
             self._flush(len(self._rows) + len(self._raw))
         if self._sinks:
             loop = asyncio.get_running_loop()
-            await asyncio.gather(*(loop.run_in_executor(None, s.close, self._drain_timeout)
+            await asyncio.gather(*(loop.run_in_executor(None, s.close, self._close_timeout)
                                    for s in self._sinks))
         self.records_on = False
 

@@ -129,6 +129,7 @@ class Sink:
             self._queued = 0
         if left:
             self.dropped["shutdown"] += left
+            log.warning("records: sink %s still failing at shutdown; %d record(s) dropped", self.name, left)
         self._release()
 
     # -- the thread's side

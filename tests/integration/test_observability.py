@@ -400,3 +400,21 @@ output = 2.0
     assert _metric(text, "gateway_cost_usd_total", **labels) > 0
     assert "# TYPE gen_ai_client_operation_duration_seconds histogram" in text
     assert _metric(text, "gateway_records_dropped_total") == 0
+
+
+def test_a_stop_with_a_dead_http_sink_is_bounded_and_says_what_it_dropped(
+        start_gateway: StartGateway, mock_port: int) -> None:
+    gw = start_gateway(_config(mock_port, f"""
+[[records.sinks]]
+type = "http"
+url = "http://{HOST}:{free_port()}/ingest"
+backoff = 0.05
+max_backoff = 0.2
+"""))
+    for _ in range(5):
+        _chat(gw.port)
+    _stop_cleanly(gw)  # the sink's retries end at their deadline: the worker exits by itself, cleanly
+    logs = gw.process.logs(records=False)
+    dropped = re.findall(r"sink http still failing at shutdown; (\d+) record\(s\) dropped", logs)
+    assert sum(int(n) for n in dropped) >= 5, logs
+    assert "exited cleanly" in logs
