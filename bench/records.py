@@ -41,6 +41,8 @@ class RecordsBench(Bench):
 
     def __init__(self, args: argparse.Namespace, tmp: Path, tools: dict[str, Any]) -> None:
         super().__init__(args, tmp, tools)
+        #: call records in the records-on gateway's log, counted once it has stopped
+        self.records_written = 0
         self.on_stack = Stack(tools, tmp / "records-on", StackOptions(
             server_cpus=list(args.server_cpus), load_cpus=list(args.load_cpus),
             mock_workers=args.mock_workers, with_nginx=False, call_records=True,
@@ -49,7 +51,10 @@ class RecordsBench(Bench):
 
     def stop_all(self) -> None:
         super().stop_all()
-        self.on_stack.stop()
+        gateway = self.on_stack.targets.get("gateway")
+        self.on_stack.stop()  # a clean stop: the gateway writes every record it holds first
+        if gateway is not None:
+            self.records_written = _count_records(gateway.service.log_path)
 
     def start(self) -> list[Target]:
         off, nginx = super().start()
@@ -80,8 +85,6 @@ class RecordsBench(Bench):
             "req_per_cpu_s": _r(on["median_req_per_cpu_s"], off["median_req_per_cpu_s"]),
             "p99": _r(on["p99_ms"], off["p99_ms"])}
         result["ok"] = result["ok"] and on["error_total"] == 0
-        records = self.on_stack.targets["gateway"].service.log_path
-        result["records_written"] = _count_records(records)
         return result
 
 
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         finally:
             bench.stop_all()
+            if "result" in locals():
+                result["records_written"] = bench.records_written
             if args.keep_tmp:
                 log(f"temp dir kept: {tmp}")
             else:
