@@ -38,7 +38,7 @@ import msgspec
 from gateway.limits.pricing import PriceTable
 from gateway.observe.callrecord import CallRecord
 from gateway.observe.config import RecordsConfig
-from gateway.observe.rows import dialect_of, to_record
+from gateway.observe.rows import Prices, dialect_of, to_record
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -146,7 +146,7 @@ class RecordSink:
             self._sinks = [StreamSink("stderr", queue=cfg.queue)]
         self._interval = cfg.flush_interval if interval is None else interval
         self._bound = cfg.queue
-        self._prices = prices
+        self._prices = Prices(prices) if prices is not None else None
         self._close_timeout = CLOSE_TIMEOUT if close_timeout is None else close_timeout
         #: records waiting for the flush, and (record, request body, answer) of those that keep bodies
         self._rows: list[CallRecord] = []
@@ -183,7 +183,7 @@ class RecordSink:
     def reload(self, config: Config) -> None:
         """``[records]`` bodies, redaction and ``[pricing]`` of a reloaded config (sinks: on restart)."""
         self._configure(config.records)
-        self._prices = PriceTable.load(overrides=config.pricing)
+        self._prices = Prices(PriceTable.load(overrides=config.pricing))
         if self.metrics is not None:
             self.metrics.set_labels(config.metrics.labels)
 

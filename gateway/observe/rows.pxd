@@ -11,5 +11,15 @@ cdef double _ms(double x)
 
 cpdef object _reasoning(object usage)
 
+cdef int _MEMO_LIMIT
+
+
+cdef class Prices:
+    cdef public object table
+    cdef public dict memo
+    @cython.locals(key=tuple, memo=dict)
+    cpdef object price(self, object upstream_model, object model)
+
+
 @cython.locals(duration_ms=double)
-cpdef object to_record(tuple row, object prices=*)
+cpdef object to_record(tuple row, Prices prices=*)

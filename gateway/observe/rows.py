@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.limits.pricing import PriceTable, cached_tokens, price_of
+from gateway.limits.pricing import PriceConfig, PriceTable, cached_tokens, price_of
 from gateway.observe.callrecord import CallRecord
 
-__all__ = ["dialect_of", "to_record"]
+__all__ = ["Prices", "dialect_of", "to_record"]
 
 
 #: the client dialect of a path (the rest speak OpenAI Chat Completions, Completions or Embeddings)
@@ -37,7 +37,35 @@ def _reasoning(usage: Any) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
-def to_record(row: tuple[Any, ...], prices: PriceTable | None = None) -> CallRecord:
+class Prices:
+    """The price table with a memo of each (upstream model, model) pair's price: a call no phase priced
+    costs one dict lookup (# PERF: ``PriceTable.lookup`` is a Python method, twice per call)."""
+
+    __slots__ = ("memo", "table")
+
+    def __init__(self, table: PriceTable) -> None:
+        self.table = table
+        self.memo: dict[tuple[str | None, str | None], PriceConfig | None] = {}
+
+    def price(self, upstream_model: str | None, model: str | None) -> PriceConfig | None:
+        key = (upstream_model, model)
+        memo = self.memo
+        if key in memo:
+            return memo[key]
+        found = self.table.lookup(upstream_model) if upstream_model else None
+        if found is None and model:
+            found = self.table.lookup(model)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = found
+        return found
+
+
+#: distinct (upstream model, model) pairs remembered (names clients choose: bounded)
+_MEMO_LIMIT = 4096
+
+
+def to_record(row: tuple[Any, ...], prices: Prices | None = None) -> CallRecord:
     """The engine's tuple -> a CallRecord (runs in the flush, on the loop). ``prices``: the cost of a call
     no phase priced (no ``[limits]``)."""
     (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
@@ -47,13 +75,12 @@ def to_record(row: tuple[Any, ...], prices: PriceTable | None = None) -> CallRec
         endpoint, ttft_ms = row[20], row[21]
     if usage is not None:
         prompt, completion, total = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
-        cached = cached_tokens(usage) or None
+        # PERF: the helper only when the usage has details (the usual usage has none)
+        cached = cached_tokens(usage) or None if hasattr(usage, "prompt_tokens_details") else None
         written = getattr(usage, "cache_write_tokens", None) or None
         reasoning = _reasoning(usage)
         if cost is None and prices is not None:
-            price = prices.lookup(upstream_model) if upstream_model else None
-            if price is None and model:
-                price = prices.lookup(model)
+            price = prices.price(upstream_model, model)
             if price is not None:
                 cost = price_of(price, prompt, completion, cached or 0)
     else:

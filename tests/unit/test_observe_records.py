@@ -15,7 +15,7 @@ from gateway.config import ConfigError, load_config_text
 from gateway.observe.config import RecordSinkConfig
 from gateway.observe.genai import GenAIMetrics, _Hist
 from gateway.observe.records import REDACTED, Redactor
-from gateway.observe.rows import to_record
+from gateway.observe.rows import Prices, to_record
 from gateway.observe.sinks import FileSink, HttpSink, _pieces, _split, build_sinks, file_path_for
 from gateway.wire import Usage
 
@@ -146,7 +146,7 @@ def test_records_feed_the_request_metrics_with_opt_in_labels() -> None:
 def test_cost_without_limits_from_the_price_table() -> None:
     from gateway.limits.pricing import PriceConfig, PriceTable
 
-    prices = PriceTable({"up": PriceConfig(input=1.0, output=2.0)})
+    prices = Prices(PriceTable({"up": PriceConfig(input=1.0, output=2.0)}))
     row = (0.0, "r", "POST", "/v1/chat/completions", 200, 1.0, "0.1", "m", "p", "up", False, 200, 1.0,
            Usage(1000, 500, 1500), None, 0, None, None, 1, None, "chat", None, None, None)
     assert to_record(row, prices).cost_usd == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
