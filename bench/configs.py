@@ -82,7 +82,8 @@ def limited_key_digest() -> str:
 
 def gateway_toml(port: int, mock_port: int, *, workers: int = 1, auth_digest: str | None = None,
                  store_path: Path | None = None, pool_size: int | None = None,
-                 limited_digest: str | None = None, generator: str = "bench/proxy_vs_nginx.py") -> str:
+                 limited_digest: str | None = None, generator: str = "bench/proxy_vs_nginx.py",
+                 call_records: bool = False) -> str:
     """The gateway's config: one openai-type provider at the mock, one model named like the upstream's.
 
     The gateway's model is named like the upstream model (``mock-1``), not e.g. ``bench-model``: then the
@@ -106,7 +107,7 @@ drain_timeout = 1.0
 
 [log]
 level = "warning"
-call_records = false
+call_records = {"true" if call_records else "false"}
 
 [admin]
 enabled = false

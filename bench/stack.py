@@ -73,6 +73,9 @@ class StackOptions:
     #: ``configs.static_upstream_conf``); the mock still runs, idle
     static_upstream: bytes | None = None
     generator: str = "bench"
+    #: the gateway's call records (to its stderr, the service's log file); off in every scenario but
+    #: ``bench.records``
+    call_records: bool = False
 
 
 @dataclass
@@ -188,11 +191,12 @@ class Stack:
                 gw_config.write_text(gateway_toml(gw_port, mock_port, workers=o.gateway_workers,
                                                   auth_digest=gateway_key_digest(), store_path=store,
                                                   pool_size=o.pool_size, limited_digest=limited,
-                                                  generator=o.generator))
+                                                  generator=o.generator, call_records=o.call_records))
                 key = GATEWAY_KEY
             else:
                 gw_config.write_text(gateway_toml(gw_port, mock_port, workers=o.gateway_workers,
-                                                  pool_size=o.pool_size, generator=o.generator))
+                                                  pool_size=o.pool_size, generator=o.generator,
+                                                  call_records=o.call_records))
             gateway = self._add(start_service("gateway", self.pinned(self.server_cpus, [
                 sys.executable, "-m", "gateway", "serve", "--config", str(gw_config),
                 "--workers", str(o.gateway_workers), "--host", HOST, "--port", str(gw_port),

@@ -4,6 +4,7 @@
 # cimport back into the engine would be a cycle): the engine reads them through typed locals.
 
 cdef class Context:
+    cdef public object answer
     cdef public Py_ssize_t attempts
     cdef public object body
     cdef public object cache
@@ -27,6 +28,7 @@ cdef class Context:
     cdef public int status
     cdef public bint stream
     cdef public double t0
+    cdef public double t_first
     cdef public double t_up
     cdef public object target
     cdef public object task

@@ -26,10 +26,10 @@ class Context:
     """Everything one request carries through the chain."""
 
     __slots__ = (
-        "attempts", "body", "cache", "cost", "dialect", "endpoint", "error", "fields", "include_usage", "key",
-        "limits", "model", "overhead", "request", "request_id", "responder", "response_headers",
-        "route_model", "runtime", "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms",
-        "upstream_status", "usage",
+        "answer", "attempts", "body", "cache", "cost", "dialect", "endpoint", "error", "fields",
+        "include_usage", "key", "limits", "model", "overhead", "request", "request_id", "responder",
+        "response_headers", "route_model", "runtime", "settled", "status", "stream", "t0", "t_first", "t_up",
+        "target", "task", "up_ms", "upstream_status", "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
@@ -45,6 +45,10 @@ class Context:
         self.t0 = _perf()
         self.t_up = 0.0
         self.up_ms = 0.0
+        #: when a streamed answer started (0.0: not a stream, or not started): the time to first token
+        self.t_first = 0.0
+        #: the non-streamed answer's body as sent (for call records that keep bodies)
+        self.answer: bytes | None = None
         self.endpoint = ""
         #: the client's dialect (``gateway.dialects.base.ClientDialect``); None: OpenAI chat
         self.dialect: Any = None

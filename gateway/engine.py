@@ -293,8 +293,8 @@ class Engine:
         self._config = config
         self._phase_factory = phase_factory
         self._static_phases = tuple(phases)
-        self.records = records or RecordSink(enabled=config.log.call_records)
         self.worker = worker if worker is not None else os.getpid()
+        self.records = records or RecordSink.for_config(config, self.worker)
         self.runtime: Runtime | None = None
         self.draining = False
         self._ids = _RequestIds()
@@ -452,6 +452,7 @@ class Engine:
             self._responses.reload(config)
         if self.metrics is not None:
             self.metrics.reload(config)
+        self.records.reload(config)
         for t in retired:
             # in-flight requests may still hold the old transport: close it once they are done
             self._spawn(_close_when_idle(t))
@@ -1385,6 +1386,7 @@ class Engine:
         headers = self._pass_headers(ctx, resp)
         headers.append(("content-type", "application/json"))
         headers.append((runtime.overhead_header, _overhead_ms(ctx)))
+        ctx.answer = body
         responder.send(resp.status, headers, body)
 
     def _relay_error(self, ctx: Context, responder: Responder, resp: UpstreamResponse, body: bytes) -> None:
@@ -1435,6 +1437,7 @@ class Engine:
         headers.extend(_SSE_HEADERS)
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.start_stream(resp.status, headers)
+        ctx.t_first = _perf()
         t_up = ctx.t_up
         try:
             if pending:
@@ -1531,7 +1534,8 @@ class Engine:
             return
         if not ctx.overhead:
             _overhead_ms(ctx)
-        # PERF: a flat tuple now; the sink builds and encodes the record in the background
+        # PERF: a flat tuple now; the records' flush builds, counts and encodes the record off the request
+        # path, in slices (gateway.observe.records)
         target: Target | None = ctx.target
         model: ModelEntry | None = ctx.model
         usage = ctx.usage
@@ -1547,7 +1551,8 @@ class Engine:
             usage, err, self.worker, ctx.key,
             target.name if target is not None and model is not None and model.target is None
             else None,
-            ctx.attempts, ctx.cost, ctx.cache,
+            ctx.attempts, ctx.cost, ctx.endpoint,
+            (ctx.t_first - ctx.t0) * 1000.0 if ctx.t_first else None, req, ctx.answer, ctx.cache,
         ))
 
 

@@ -13,6 +13,7 @@ import msgspec
 from gateway.cache.config import CacheConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
+from gateway.observe.config import RecordsConfig
 from gateway.routing.config import (
     BreakerConfig,
     DeploymentConfig,
@@ -355,6 +356,8 @@ class MetricsConfig(_Base, frozen=True):
     interval: float = 1.0
     #: the node's snapshot directory (default: a fresh one under the system temp directory)
     dir: str | None = None
+    #: opt-in labels of the request metrics: "tenant", "key" (one series per key: mind the cardinality)
+    labels: list[str] = msgspec.field(default_factory=list)
 
 
 def _image_types() -> list[str]:
@@ -405,3 +408,5 @@ class Config(_Base, frozen=True):
     #: the Responses API's stored responses
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    #: call records: sinks, bodies (docs/observability.md)
+    records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)

@@ -43,11 +43,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway import errors
+from gateway.observe.genai import LABELS as _REQ
+from gateway.observe.genai import OPTIONAL_LABELS as _OPT
 from gateway.phases import Reply
 
 if TYPE_CHECKING:
@@ -94,7 +96,7 @@ class MetricDef(NamedTuple):
     """One exported metric. ``name`` is the exposition name (counters end in ``_total``)."""
 
     name: str
-    kind: str  # "counter" or "gauge"
+    kind: str  # "counter", "gauge" or "histogram"
     labels: tuple[str, ...]
     help: str
 
@@ -105,6 +107,14 @@ def _c(name: str, help: str, *labels: str) -> MetricDef:
 
 def _g(name: str, help: str, *labels: str) -> MetricDef:
     return MetricDef(name, "gauge", labels, help)
+
+
+def _h(name: str, help: str, *labels: str) -> MetricDef:
+    return MetricDef(name, "histogram", labels, help)
+
+
+#: the labels of the request metrics (``gateway.observe.genai``): tenant and key are empty unless opted in
+_REQUEST_LABELS = (*_REQ, *_OPT)
 
 
 #: every metric, in exposition order; docs/metrics.md lists the same (tests/test_metrics.py checks it)
@@ -175,6 +185,34 @@ METRICS: tuple[MetricDef, ...] = (
     _c("gateway_cache_evictions_total", "Entries the memory tier evicted to stay within its byte bound."),
     _g("gateway_cache_memory_bytes", "Bytes held by the workers' memory tiers."),
     _g("gateway_cache_memory_entries", "Entries held by the workers' memory tiers."),
+    # -- requests (counted from the call records: gateway.observe.genai)
+    _c("gateway_requests_total", "Requests answered, by endpoint, dialect, model, provider, deployment and "
+       "status.", *_REQUEST_LABELS),
+    _h("gen_ai_client_operation_duration_seconds",
+       "Duration of a request at the gateway, from its arrival to the end of its answer.", *_REQUEST_LABELS),
+    _h("gen_ai_server_request_duration_seconds",
+       "Time spent waiting for the upstream (every attempt), for requests that reached one.",
+       *_REQUEST_LABELS),
+    _h("gen_ai_server_time_to_first_token_seconds",
+       "Streamed answers: time from the request's arrival to the start of the streamed answer.",
+       *_REQUEST_LABELS),
+    _h("gen_ai_server_time_per_output_token_seconds",
+       "Streamed answers: time after the first token per further output token.", *_REQUEST_LABELS),
+    _h("gen_ai_client_token_usage", "Tokens per request, by type: input, output, cached (of the input), "
+       "reasoning (of the output).", *_REQUEST_LABELS, "gen_ai_token_type"),
+    _h("gateway_overhead_seconds", "The gateway's own time per request (duration minus upstream wait).",
+       *_REQUEST_LABELS),
+    _c("gateway_cost_usd_total", "US dollars of the calls whose usage and model price are known.",
+       *_REQUEST_LABELS),
+    # -- call records
+    _c("gateway_records_dropped_total",
+       "Call records dropped before encoding: the worker held [records] queue of them already."),
+    _c("gateway_record_sink_records_total", "Call records a sink delivered.", "sink"),
+    _c("gateway_record_sink_dropped_total",
+       "Call records a sink dropped: queue_full (its queue was full), rejected (an answer retrying cannot "
+       "change), shutdown (still undelivered at the stop's deadline).", "sink", "reason"),
+    _c("gateway_record_sink_failures_total", "Failed deliveries of a sink (each retry counts).", "sink"),
+    _g("gateway_record_sink_queued", "Call records waiting in a sink's queue.", "sink"),
     # -- the process model
     _c("gateway_worker_restarts_total",
        "Children (workers, the admin API) the supervisor replaced, by why: exited (after serving), "
@@ -291,6 +329,11 @@ def engine_samples(engine: Any) -> tuple[list[Sample], list[Sample]]:
         c(("gateway_routing_failovers_total", (*where, "retry"), ds.retries))
         c(("gateway_routing_failovers_total", (*where, "fallback"), ds.fallbacks))
         c(("gateway_routing_breaker_opens_total", where, ds.breaker_opens))
+    samples = getattr(getattr(engine, "records", None), "samples", None)
+    if samples is not None:
+        rc, rg = samples()
+        counters.extend(rc)
+        gauges.extend(rg)
     return counters, gauges
 
 
@@ -390,6 +433,9 @@ class _TotalsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for m in METRICS:
+            if m.kind == "histogram":
+                yield self._histogram(m)
+                continue
             family: CounterMetricFamily | GaugeMetricFamily
             if m.kind == "counter":
                 family = CounterMetricFamily(m.name, m.help, labels=m.labels)
@@ -403,6 +449,21 @@ class _TotalsCollector(Collector):
             elif not m.labels:
                 family.add_metric([], 0.0)
             yield family
+
+
+    def _histogram(self, m: MetricDef) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(m.name, m.help, labels=m.labels)
+        n = len(m.labels)
+        buckets: dict[tuple[str, ...], list[tuple[float, str, float]]] = {}
+        for labels, value in self.by_name.get(f"{m.name}_bucket", ()):
+            if len(labels) == n + 1:
+                le = labels[n]
+                buckets.setdefault(labels[:n], []).append((float(le), le, value))
+        sums = {labels: v for labels, v in self.by_name.get(f"{m.name}_sum", ()) if len(labels) == n}
+        for labels in sorted(buckets):
+            bs = sorted(buckets[labels])
+            family.add_metric(list(labels), [(le, v) for _, le, v in bs], sums.get(labels, 0.0))
+        return family
 
 
 def render(totals: Totals) -> bytes:
@@ -678,7 +739,7 @@ def clear_snapshots(directory: str) -> None:
 def _check_metric_names() -> None:
     """The names follow Prometheus' conventions (checked once at import; a typo fails loudly)."""
     for m in METRICS:
-        assert m.name.startswith("gateway_"), m.name
+        assert m.name.startswith(("gateway_", "gen_ai_")), m.name
         assert m.name.endswith("_total") == (m.kind == "counter"), m.name
     assert len(_BY_NAME) == len(METRICS)
 

@@ -1,131 +1,308 @@
-"""Call records: one JSON line per request, appended to a buffer and written in the background.
+"""Call records: one JSON line per request, built when the request ends, encoded on the loop in batches,
+written by sinks' threads; the GenAI metrics are counted from the same records.
 
-A request never waits on a write: ``emit`` appends a flat tuple to a list (# PERF: building the
-Struct per request cost ~2 us); a task turns the tuples into records and writes them every 200 ms to
-the sink (stderr by default). Client keys are never part of a record.
+Theory of operation:
+
+    when                     | what
+    -------------------------+-----------------------------------------------------------------------------
+    a request ends           | ``emit`` (``Engine._settle``, after the answer was sent): the engine's flat
+                             | tuple becomes a ``CallRecord`` (compiled: ``rows.to_record``; the cost
+                             | filled in from the price table when no phase priced the call), is counted
+                             | into the GenAI metrics and waits in a list. Beyond ``[records] queue``
+                             | waiting records, it is dropped and counted
+    every ``flush_interval`` | ``_tick`` (a loop timer) takes at most ``_SLICE`` waiting records (their
+                             | bodies redacted and capped when ``[records] bodies`` asks), encodes them at
+                             | once (``encode_lines``) and offers the bytes to every sink; more left: the
+                             | next slice on the next loop iteration, so no flush holds the loop for long
+    a sink's thread          | writes or sends what it was offered (``gateway.observe.sinks``)
+    the worker stops         | ``close``: every waiting record is offered, then each sink delivers its queue
+                             | (retrying for up to ``CLOSE_TIMEOUT``) and stops
+
+Why so: a flush that built and encoded 200 ms of records at once, and wrote them to stderr on the loop,
+stalled the loop for ~10 ms at saturation (the p99), and the tuples it held for that long (with the
+request's objects) were promoted through the GC's generations and made it collect several times as
+often. A ``CallRecord`` is untracked by the GC (``gc=False``), so what waits costs the collector nothing.
+Client keys are never part of a record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from typing import IO, Any
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.limits.pricing import cached_tokens
+from gateway.limits.pricing import PriceTable
+from gateway.observe.callrecord import CallRecord
+from gateway.observe.config import RecordsConfig
+from gateway.observe.rows import Prices, dialect_of, to_record
 
-__all__ = ["CallRecord", "RecordSink", "to_record"]
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.observe.genai import GenAIMetrics
+    from gateway.observe.sinks import Sink
+
+__all__ = ["CallRecord", "RecordSink", "Redactor", "dialect_of", "to_record"]
+
+log = logging.getLogger("gateway.records")
+
+#: seconds a stopping worker's sinks may keep retrying what they hold: the supervisor kills a worker
+#: 5 s after ``[server] drain_timeout``, which the requests' drain may have used up
+CLOSE_TIMEOUT = 4.0
+#: records encoded per loop iteration (a slice costs well under a millisecond)
+_SLICE = 1024
+
+# --------------------------------------------------------------------------------------------------------
+# Bodies
+
+#: JSON member names whose values are key material, always redacted (compared lowercased, - and _ alike)
+_KEY_FIELDS = frozenset({
+    "authorization", "proxy_authorization", "x_api_key", "api_key", "apikey", "api_token", "access_token",
+    "refresh_token", "id_token", "client_secret", "secret", "secret_key", "password", "private_key",
+    "x_goog_api_key", "token",
+})
+#: strings that look like key material wherever they appear: bearer credentials, provider key formats
+#: (OpenAI/Anthropic ``sk-``, the gateway's ``gw-<id>-<secret>``, AWS access key ids, Google API keys,
+#: GitHub and Slack tokens, JWTs)
+_KEY_PATTERN = re.compile(
+    r"(?i:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"
+    r"|\bsk-[A-Za-z0-9_-]{16,}"
+    r"|\bgw-[A-Za-z0-9]+-[A-Za-z0-9_-]{16,}"
+    r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"
+    r"|\bAIza[A-Za-z0-9_-]{30,}"
+    r"|\bgh[pousr]_[A-Za-z0-9]{30,}"
+    r"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
+    r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+)
+REDACTED = "[redacted]"
 
 
-class CallRecord(msgspec.Struct, omit_defaults=True):
-    ts: float
-    request_id: str
-    method: str
-    path: str
-    status: int
-    duration_ms: float
-    overhead_ms: float
-    model: str | None = None
-    provider: str | None = None
-    upstream_model: str | None = None
-    stream: bool = False
-    upstream_status: int | None = None
-    upstream_ms: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    #: of ``prompt_tokens``: read from the provider's prompt cache, and written to it (when reported)
-    cached_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    error_code: str | None = None
-    error: str | None = None
-    worker: int | None = None
-    #: the caller's key id and tenant (never the key itself), and the key's labels
-    key_id: str | None = None
-    tenant: str | None = None
-    labels: dict[str, str] | None = None
-    #: routed models: the deployment that answered (or failed last), and the number of attempts
-    deployment: str | None = None
-    attempts: int | None = None
-    #: USD, from the pricing table and the usage
-    cost_usd: float | None = None
-    #: the response cache: "hit", "miss" or "bypass" (absent: the model is not cached), and on a hit the
-    #: USD the original call cost
-    cache: str | None = None
-    cost_saved_usd: float | None = None
+def _fold(name: str) -> str:
+    return name.lower().replace("-", "_")
 
 
-def to_record(row: tuple[Any, ...]) -> CallRecord:
-    """The engine's tuple -> a CallRecord (runs in the background flush)."""
-    (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
-     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost, cache) = row
-    return CallRecord(
-        ts=ts, request_id=rid, method=method, path=path, status=status,
-        duration_ms=round(duration_ms, 3), overhead_ms=float(overhead or 0.0), model=model,
-        provider=provider, upstream_model=upstream_model, stream=stream, upstream_status=upstream_status,
-        upstream_ms=round(upstream_ms, 3) if upstream_ms is not None else None,
-        prompt_tokens=usage.prompt_tokens if usage is not None else None,
-        completion_tokens=usage.completion_tokens if usage is not None else None,
-        total_tokens=usage.total_tokens if usage is not None else None,
-        cached_tokens=cached_tokens(usage) or None if usage is not None else None,
-        cache_write_tokens=getattr(usage, "cache_write_tokens", None) or None,
-        error_code=err.code if err is not None else None,
-        error=err.message if err is not None and err.status >= 500 else None,
-        worker=worker,
-        key_id=key.id if key is not None else None,
-        tenant=key.tenant.id if key is not None else None,
-        labels=key.labels or None if key is not None else None,
-        deployment=deployment,
-        attempts=attempts if attempts and attempts > 1 else None,
-        cost_usd=cost,
-        cache=cache.outcome if cache is not None else None,
-        cost_saved_usd=cache.saved if cache is not None else None,
-    )
+class Redactor:
+    """Bodies for records: JSON values under key-material names and ``fields`` replaced, strings that look
+    like keys replaced anywhere, the text cut at ``limit`` bytes."""
+
+    __slots__ = ("fields", "limit")
+
+    def __init__(self, fields: Sequence[str] = (), limit: int = 4096) -> None:
+        self.fields = _KEY_FIELDS | {_fold(f) for f in fields}
+        self.limit = limit
+
+    def _walk(self, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: REDACTED if _fold(k) in self.fields else self._walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [self._walk(x) for x in v]
+        if isinstance(v, str):
+            return _KEY_PATTERN.sub(REDACTED, v)
+        return v
+
+    def text(self, body: bytes | None) -> tuple[str | None, bool]:
+        """(the redacted text of ``body``, whether it was cut)."""
+        if not body:
+            return None, False
+        try:
+            text = msgspec.json.encode(self._walk(msgspec.json.decode(body))).decode()
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            text = _KEY_PATTERN.sub(REDACTED, body.decode("utf-8", "replace"))
+        raw = text.encode()
+        if len(raw) <= self.limit:
+            return text, False
+        return raw[: self.limit].decode("utf-8", "ignore"), True
+
+
+# --------------------------------------------------------------------------------------------------------
+# The worker's hub
 
 
 class RecordSink:
-    def __init__(self, out: IO[bytes] | None = None, enabled: bool = True, interval: float = 0.2) -> None:
-        self.enabled = enabled
-        self._out = out if out is not None else sys.stderr.buffer
-        self._buf: list[tuple[Any, ...]] = []
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
-        self._encode = msgspec.json.Encoder().encode
+    """The worker's call records and request metrics (see the module's table).
+
+    ``out``: a file object written synchronously in the flush instead of the configured sinks (tests in
+    process); ``enabled``: call records on; ``metrics``: the GenAI metrics the records are counted into
+    (their being set also makes the engine emit with records off).
+    """
+
+    def __init__(self, out: IO[bytes] | None = None, enabled: bool = True, interval: float | None = None, *,
+                 config: RecordsConfig | None = None, sinks: Sequence[Sink] | None = None,
+                 metrics: GenAIMetrics | None = None, prices: PriceTable | None = None,
+                 close_timeout: float | None = None) -> None:
+        cfg = config or RecordsConfig()
+        self.records_on = enabled
+        self.metrics = metrics
+        #: the engine's switch: emit a tuple per request
+        self.enabled = enabled or metrics is not None
+        self._out = out
+        self._sinks: list[Sink] = list(sinks or ()) if out is None and enabled else []
+        if out is None and enabled and sinks is None:
+            from gateway.observe.sinks import StreamSink
+
+            self._sinks = [StreamSink("stderr", queue=cfg.queue)]
+        self._interval = cfg.flush_interval if interval is None else interval
+        self._bound = cfg.queue
+        self._prices = Prices(prices) if prices is not None else None
+        self._close_timeout = CLOSE_TIMEOUT if close_timeout is None else close_timeout
+        #: records waiting for the flush, and (record, request body, answer) of those that keep bodies
+        self._rows: list[CallRecord] = []
+        self._raw: list[tuple[CallRecord, bytes | None, bytes | None]] = []
+        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._encode_lines: Callable[[Sequence[CallRecord]], bytes] = msgspec.json.Encoder().encode_lines
+        self._bodies = "none"
+        self._redactor = Redactor()
+        self._configure(cfg)
         self.emitted = 0
+        #: tuples dropped because ``[records] queue`` were held already (the loop could not keep up)
+        self.dropped = 0
+        self._closed = False
+
+    @classmethod
+    def for_config(cls, config: Config, worker: int) -> RecordSink:
+        """The hub a worker's engine runs with: ``[records]``'s sinks, the GenAI metrics when ``[metrics]``
+        is on, the price table for calls no phase priced."""
+        from gateway.config import resolve_secret
+        from gateway.observe.genai import GenAIMetrics
+        from gateway.observe.sinks import build_sinks
+
+        rc: RecordsConfig = config.records
+        enabled = config.log.call_records
+        sinks = build_sinks(rc.sinks, worker, resolve_secret) if enabled else []
+        metrics = GenAIMetrics(config.metrics.labels) if config.metrics.enabled else None
+        return cls(None, enabled, config=rc, sinks=sinks, metrics=metrics,
+                   prices=PriceTable.load(overrides=config.pricing))
+
+    def _configure(self, cfg: RecordsConfig) -> None:
+        self._bodies = cfg.bodies
+        self._redactor = Redactor(cfg.redact_fields, cfg.max_body_bytes)
+
+    def reload(self, config: Config) -> None:
+        """``[records]`` bodies, redaction and ``[pricing]`` of a reloaded config (sinks: on restart)."""
+        self._configure(config.records)
+        self._prices = Prices(PriceTable.load(overrides=config.pricing))
+        if self.metrics is not None:
+            self.metrics.set_labels(config.metrics.labels)
+
+    @property
+    def sinks(self) -> Sequence[Sink]:
+        return self._sinks
+
+    # -- the loop's side
 
     def start(self) -> None:
-        if self.enabled and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if not self.enabled or self._handle is not None:
+            return
+        for s in self._sinks:
+            s.start()
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._tick)
 
     def emit(self, row: tuple[Any, ...]) -> None:
-        """Queue one record given as the tuple the engine builds (see ``to_record``)."""
+        """One finished request, as the tuple the engine builds (see ``rows.to_record``): its record is
+        built and counted into the metrics now, and waits for the next flush."""
         self.emitted += 1
-        if self.enabled:
-            self._buf.append(row)
-
-    def _flush(self) -> None:
-        if not self._buf:
+        pending = self._rows
+        if len(pending) >= self._bound:
+            self.dropped += 1
             return
-        buf, self._buf = self._buf, []
-        enc = self._encode
-        try:
-            self._out.write(b"".join(enc(to_record(r)) + b"\n" for r in buf))
-            self._out.flush()
-        except (OSError, ValueError):
-            pass
+        # PERF: converted at once: the record (untracked by the GC) waits for the flush, not the tuple,
+        # which holds the request's tracked objects; tuples held for a flush interval were promoted
+        # through the GC's generations and made it run several times as often
+        rec = to_record(row, self._prices)
+        if self.metrics is not None:
+            self.metrics.observe_one(rec)
+        if self.records_on:
+            pending.append(rec)
+            if self._bodies != "none" and len(row) > 23:
+                request = row[22]
+                self._raw.append((rec, request.body if request is not None else None, row[23]))
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            self._flush()
+    def _tick(self) -> None:
+        self._handle = None
+        try:
+            self._flush(_SLICE)
+        except Exception:  # the timer must go on
+            log.exception("records: a flush failed")
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self._rows:  # more than a slice waited: the next one on the next iteration
+            self._handle = loop.call_soon(self._tick)
+        else:
+            self._handle = loop.call_later(self._interval, self._tick)
+
+    def _flush(self, limit: int) -> None:
+        pending = self._rows
+        if not pending:
+            return
+        if len(pending) <= limit:
+            records, self._rows = pending, []
+        else:
+            records, self._rows = pending[:limit], pending[limit:]
+        if self._raw:
+            self._add_bodies(limit)
+        data = self._encode_lines(records)
+        if self._out is not None:
+            try:
+                self._out.write(data)
+                self._out.flush()
+            except (OSError, ValueError):
+                pass
+            return
+        chunk = (data, len(records), records)
+        for s in self._sinks:
+            s.offer(chunk)
+
+    def _add_bodies(self, limit: int) -> None:
+        raw = self._raw
+        batch, self._raw = (raw, []) if len(raw) <= limit else (raw[:limit], raw[limit:])
+        red = self._redactor
+        both = self._bodies == "both"
+        for rec, request, answer in batch:
+            cut: list[str] = []
+            rec.request_body, c = red.text(request)
+            if c:
+                cut.append("request")
+            if both:
+                rec.response_body, c = red.text(answer)
+                if c:
+                    cut.append("response")
+            rec.truncated = cut or None
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-        self._flush()
+        """Convert and hand off every held record, then let each sink deliver its queue (until
+        ``CLOSE_TIMEOUT``) and stop. Records emitted afterwards are only counted."""
+        self._closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        while self._rows:
+            self._flush(len(self._rows) + len(self._raw))
+        if self._sinks:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(None, s.close, self._close_timeout)
+                                   for s in self._sinks))
+        self.records_on = False
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Records not yet flushed (for tests)."""
-        return [msgspec.to_builtins(to_record(r)) for r in self._buf]
+        """Records not yet handed off (for tests)."""
+        return [msgspec.to_builtins(r) for r in self._rows]
+
+    # -- metrics
+
+    def samples(self) -> tuple[list[Any], list[Any]]:
+        """(counters, gauges) of the records, the sinks and the GenAI metrics, for the worker's snapshot."""
+        counters: list[Any] = [("gateway_records_dropped_total", (), float(self.dropped))]
+        gauges: list[Any] = []
+        for s in self._sinks:
+            counters.append(("gateway_record_sink_records_total", (s.name,), float(s.written)))
+            counters.append(("gateway_record_sink_failures_total", (s.name,), float(s.failures)))
+            for reason, n in s.dropped.items():
+                counters.append(("gateway_record_sink_dropped_total", (s.name, reason), float(n)))
+            gauges.append(("gateway_record_sink_queued", (s.name,), float(s.queued)))
+        if self.metrics is not None:
+            counters.extend(self.metrics.samples())
+        return counters, gauges

@@ -281,7 +281,7 @@ def test_render_is_valid_exposition_with_types_and_help() -> None:
 
 def test_metric_names_follow_the_conventions() -> None:
     for m in METRICS:
-        assert m.name.startswith("gateway_")
+        assert m.name.startswith(("gateway_", "gen_ai_"))  # gen_ai_: the OpenTelemetry GenAI names
         assert m.name.endswith("_total") == (m.kind == "counter")
         assert m.help.endswith(".")
 

@@ -1,0 +1,42 @@
+# Declarations that compile genai.py (its own pure-Python twin) into typed extension classes.
+# PERF: counting a record into a dozen histograms is most of the request metrics' cost: typed fields,
+# C doubles in the bucket scan, C-level calls between the classes.
+
+cimport cython
+
+
+cdef class _Hist:
+    cdef public tuple bounds
+    cdef double[:] _bounds
+    cdef long long[:] _counts
+    cdef public double sum
+    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, bounds="double[:]")
+    cpdef observe(self, double v)
+    cpdef list samples(self, str name, tuple labels)
+
+
+cdef class _Series:
+    cdef public tuple labels
+    cdef public long long requests
+    cdef public double cost
+    cdef public _Hist duration
+    cdef public _Hist upstream
+    cdef public _Hist overhead
+    cdef public _Hist ttft
+    cdef public _Hist tpot
+    cdef public _Hist tok_input
+    cdef public _Hist tok_output
+    cdef public _Hist tok_cached
+    cdef public _Hist tok_reasoning
+
+
+cdef class GenAIMetrics:
+    cdef dict _series
+    cdef public bint tenant
+    cdef public bint key
+    @cython.locals(s=_Series, key=tuple)
+    cpdef _Series _series_of(self, object r)
+    cpdef _Series _new_series(self, tuple key, object r)
+    cpdef observe(self, object records)
+    @cython.locals(s=_Series, duration=double, ttft=double)
+    cpdef observe_one(self, object r)

@@ -1,0 +1,25 @@
+# Declarations that compile rows.py (its own pure-Python twin).
+# PERF: converting the engine's tuple is most of a call record's cost: typed locals, C-level calls.
+
+cimport cython
+
+cdef dict _DIALECTS
+
+cpdef str dialect_of(str path)
+
+cdef double _ms(double x)
+
+cpdef object _reasoning(object usage)
+
+cdef int _MEMO_LIMIT
+
+
+cdef class Prices:
+    cdef public object table
+    cdef public dict memo
+    @cython.locals(key=tuple, memo=dict)
+    cpdef object price(self, object upstream_model, object model)
+
+
+@cython.locals(duration_ms=double)
+cpdef object to_record(tuple row, Prices prices=*)

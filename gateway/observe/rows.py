@@ -1,0 +1,105 @@
+"""The engine's tuple of a finished request -> its ``CallRecord`` (the records' flush, on the loop).
+
+Compiled from this source (``SOURCE_MODULES``), typed by ``rows.pxd``: the conversion is most of what a
+record costs (PERF: typed locals and C-level attribute reads; the ``.py`` is the twin).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.limits.pricing import PriceConfig, PriceTable, cached_tokens, price_of
+from gateway.observe.callrecord import CallRecord
+
+__all__ = ["Prices", "dialect_of", "to_record"]
+
+
+#: the client dialect of a path (the rest speak OpenAI Chat Completions, Completions or Embeddings)
+_DIALECTS = {"/v1/messages": "anthropic", "/v1/responses": "openai_responses"}
+
+
+def dialect_of(path: str) -> str:
+    return _DIALECTS.get(path, "openai")
+
+
+def _ms(x: float) -> float:
+    return x * 1000.0 // 1.0 / 1000.0  # PERF: three decimals (cut, not rounded) without round()
+
+
+def _reasoning(usage: Any) -> int | None:
+    details: Any = getattr(usage, "completion_tokens_details", None)
+    if details is None:
+        return None
+    if isinstance(details, dict):
+        n = details.get("reasoning_tokens")
+    else:
+        n = getattr(details, "reasoning_tokens", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+class Prices:
+    """The price table with a memo of each (upstream model, model) pair's price: a call no phase priced
+    costs one dict lookup (# PERF: ``PriceTable.lookup`` is a Python method, twice per call)."""
+
+    __slots__ = ("memo", "table")
+
+    def __init__(self, table: PriceTable) -> None:
+        self.table = table
+        self.memo: dict[tuple[str | None, str | None], PriceConfig | None] = {}
+
+    def price(self, upstream_model: str | None, model: str | None) -> PriceConfig | None:
+        key = (upstream_model, model)
+        memo = self.memo
+        if key in memo:
+            return memo[key]
+        found = self.table.lookup(upstream_model) if upstream_model else None
+        if found is None and model:
+            found = self.table.lookup(model)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = found
+        return found
+
+
+#: distinct (upstream model, model) pairs remembered (names clients choose: bounded)
+_MEMO_LIMIT = 4096
+
+
+def to_record(row: tuple[Any, ...], prices: Prices | None = None) -> CallRecord:
+    """The engine's tuple -> a CallRecord (runs in the flush, on the loop). ``prices``: the cost of a call
+    no phase priced (no ``[limits]``)."""
+    (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
+     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost) = row[:20]
+    endpoint = ttft_ms = cache = None
+    if len(row) > 21:
+        endpoint, ttft_ms = row[20], row[21]
+        if len(row) > 24:
+            cache = row[24]
+    if usage is not None:
+        prompt, completion, total = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
+        # PERF: the helper only when the usage has details (the usual usage has none)
+        cached = cached_tokens(usage) or None if hasattr(usage, "prompt_tokens_details") else None
+        written = getattr(usage, "cache_write_tokens", None) or None
+        reasoning = _reasoning(usage)
+        if cost is None and prices is not None:
+            price = prices.price(upstream_model, model)
+            if price is not None:
+                cost = price_of(price, prompt, completion, cached or 0)
+    else:
+        prompt = completion = total = cached = written = reasoning = None
+    if key is not None:
+        key_id, tenant, labels = key.id, key.tenant.id, key.labels or None
+    else:
+        key_id = tenant = labels = None
+    # PERF: positional, in field order (keywords cost ~0.4 us more)
+    return CallRecord(
+        ts, rid, method, path, status, _ms(duration_ms), float(overhead or 0.0), model, provider,
+        upstream_model, stream, upstream_status, _ms(upstream_ms) if upstream_ms is not None else None,
+        prompt, completion, total, cached, written,
+        err.code if err is not None else None,
+        err.message if err is not None and err.status >= 500 else None,
+        worker, key_id, tenant, labels, deployment, attempts if attempts and attempts > 1 else None, cost,
+        endpoint or None, _DIALECTS.get(path, "openai") if endpoint else _DIALECTS.get(path),
+        _ms(ttft_ms) if ttft_ms is not None else None, reasoning,
+        cache.outcome if cache is not None else None, cache.saved if cache is not None else None,
+    )
