@@ -11,6 +11,7 @@ from typing import Literal
 import msgspec
 
 from gateway.cache.config import CacheConfig
+from gateway.guard.config import GuardrailsConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
 from gateway.routing.config import (
@@ -348,3 +349,5 @@ class Config(_Base, frozen=True):
     #: the Prometheus metrics export (docs/metrics.md)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    #: guardrails on prompts and answers (docs/guardrails.md)
+    guardrails: GuardrailsConfig = msgspec.field(default_factory=GuardrailsConfig)
