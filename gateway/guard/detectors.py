@@ -118,10 +118,23 @@ def _card_network(d: str) -> bool:
     return False
 
 
+def _group_ends(text: str, start: int, end: int, limit: int = 5) -> list[int]:
+    """The candidate's end, then the ends of its shorter forms that drop whole trailing groups (a greedy
+    candidate may have run on into the next number: "4111 1111 1111 1111 57%")."""
+    ends = [end]
+    i = end - 1
+    while i > start and len(ends) < limit:
+        if not text[i].isalnum() and text[i - 1].isalnum():
+            ends.append(i)
+        i -= 1
+    return ends
+
+
 def _card(text: str, start: int, end: int) -> int:
-    digits = "".join(c for c in text[start:end] if c.isdigit())
-    if 13 <= len(digits) <= 19 and _card_network(digits) and luhn_valid(digits):
-        return end
+    for stop in _group_ends(text, start, end):
+        digits = "".join(c for c in text[start:stop] if c.isdigit())
+        if 13 <= len(digits) <= 19 and _card_network(digits) and luhn_valid(digits):
+            return stop
     return -1
 
 
@@ -218,38 +231,37 @@ def _ca_sin(text: str, start: int, end: int) -> int:
 
 # -- phone numbers ---------------------------------------------------------------------------------------
 
-#: a date, a time or a plain decimal inside a phone candidate: never a phone number
-_NOT_PHONE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}$|^\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}$|^\d+\.\d+$")
+#: a date inside a phone candidate: never a phone number
+_DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|^\d{4}[-/.]\d{1,2}$")
 
 
 def phone_validator(regions: Sequence[str]) -> Validator:
-    """Validates phone candidates with ``phonenumbers``: numbers with a ``+`` (or 00) by their own
-    country code, others as numbers of each region in ``regions`` in turn."""
+    """Validates phone candidates with ``phonenumbers``' own matcher (which also knows dates and times):
+    numbers with a ``+`` (or 00) by their own country code, others as numbers of each region in
+    ``regions`` in turn. A finding must begin where the candidate does (a later start is tried as a
+    candidate of its own); a bare run of digits not starting with 0 is an order number, not a phone."""
     import phonenumbers
 
-    parse = phonenumbers.parse
-    valid = phonenumbers.is_valid_number
-    error = phonenumbers.NumberParseException
+    matcher = phonenumbers.PhoneNumberMatcher
+    valid = phonenumbers.Leniency.VALID
     tries = tuple(regions) or ("US",)
 
     def check(text: str, start: int, end: int) -> int:
-        cand = text[start:end].rstrip(" .-(")
-        if _NOT_PHONE.match(cand):
+        if end < len(text) and text[end] == ":":  # a time: 2024-01-15 10:30
             return -1
-        end = start + len(cand)
-        if cand.isdigit() and cand[0] != "0":  # a bare run of digits is an order number, not a phone
-            return -1
-        digits = sum(c.isdigit() for c in cand)
-        if digits < 7 or digits > 15:
-            return -1
-        if cand.startswith("00"):
-            cand = "+" + cand[2:]
-        for region in (None,) if cand.startswith("+") else tries:
-            try:
-                if valid(parse(cand, region)):
-                    return end
-            except error:
+        for stop in _group_ends(text, start, end, 4):
+            cand = text[start:stop].rstrip(" .-(")
+            if _DATE.search(cand) is not None or (cand.isdigit() and cand[0] != "0"):
                 continue
+            shift = 0
+            if cand.startswith("00"):
+                cand = "+" + cand[2:]
+                shift = 1
+            for region in tries:
+                for m in matcher(cand, region, leniency=valid):
+                    if m.start == 0 and m.end >= len(cand) - 1:
+                        return start + m.end + shift
+                    break
         return -1
 
     return check
@@ -259,8 +271,8 @@ def phone_validator(regions: Sequence[str]) -> Validator:
 
 _EMAIL = (r"(?<![\w.+%-])[A-Za-z0-9][\w.+%-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![\w-])")
-_CARD = r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\w])"
-_PHONE = r"(?<![\w+/.,-])(?:\+|00)?(?:\(\d{1,4}\)[ .-]?)?\d[\d .\-()]{5,18}\d(?![\w/])"
+_CARD = r"(?<![\w.,:#-])\d(?:[ -]?\d){12,18}(?![\w])"
+_PHONE = r"(?<![\w+/.,:#-])(?:\+|00)?(?:\(\d{1,4}\)[ .-]?)?\d[\d .\-()]{5,18}\d(?![\w/])"
 _IPV4 = (r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
          r"(?![\w]|\.\d)")
 _IPV6 = r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:|:)(?::?[0-9A-Fa-f]{1,4}|:){2,14}(?![\w:])"
@@ -444,5 +456,5 @@ class Scanner:
             if hit is not None:
                 found.append(hit)
                 pos = hit.end
-            else:
-                pos = m.end()
+            else:  # a later start inside the candidate may still be a finding of its own
+                pos = start + 1

@@ -12,8 +12,8 @@ The stream window (``Window``), one per choice of a streamed answer. Theory of o
                  findings = scan(buffer)
                  cut = where a match could still be growing: the start of the buffer's tail that could
                        begin a finding (a run of non-space characters, a run of digits and separators,
-                       an unfinished placeholder or escape), or of a finding that reaches the end; never
-                       more than ``max_len`` characters back
+                       an unfinished placeholder or escape), or of a finding that reaches the end or
+                       crosses the cut; never more than ``max_len`` characters back
                  act on the findings before ``cut`` (block raises; mask replaces), restore placeholders
                  release buffer[:cut] at once, hold buffer[cut:]
     flush():     the stream's end: act on everything held and release it
@@ -39,7 +39,7 @@ _PLACEHOLDER = re.compile(r"(?:<|\\u003[cC])([A-Z][A-Z0-9_]{0,40}_\d{1,6})(?:>|\
 #: the tail of a buffer that could still become (part of) a finding or a placeholder
 _TAIL = re.compile(
     r"(?:[+(]?\d[\d ().\-/]*"  # a number, perhaps with separators (card, phone, id, address)
-    r"|[A-Z]{2}\d{2}(?: ?[A-Za-z0-9])*|[A-Z]{2} ?(?:\d{2} ?)*"  # an IBAN, a NINO
+    r"|[A-Z]{2}\d{2}(?: ?[A-Za-z0-9])* ?|[A-Z]{2} ?(?:\d{2} ?)*"  # an IBAN, a NINO
     r"|-----BEGIN[ A-Z0-9]*-{0,5}"  # a PEM header
     r"|[^\s\\\"<]*(?:<[A-Z0-9_]*)?"  # a word (an e-mail, a key), perhaps an unfinished placeholder
     r"|\\(?:u[0-9a-fA-F]{0,3})?|\\u003[cC][A-Z0-9_]*)\Z"  # an unfinished escape or escaped placeholder
@@ -49,20 +49,24 @@ _TAIL = re.compile(
 class Masker:
     """One request's placeholders, both ways."""
 
-    __slots__ = ("counts", "originals", "placeholders")
+    __slots__ = ("counts", "originals", "placeholders", "withheld")
 
     def __init__(self) -> None:
         self.placeholders: dict[str, str] = {}  # original (as it appears in the JSON text) -> placeholder
         self.originals: dict[str, str] = {}  # placeholder name (EMAIL_1) -> original
+        #: values masked in the answer: their placeholders are never restored
+        self.withheld: dict[str, str] = {}
         self.counts: dict[str, int] = {}
 
-    def placeholder(self, kind: str, value: str) -> str:
-        ph = self.placeholders.get(value)
+    def placeholder(self, kind: str, value: str, restorable: bool = True) -> str:
+        known = self.placeholders if restorable else self.withheld
+        ph = known.get(value)
         if ph is None:
             n = self.counts[kind] = self.counts.get(kind, 0) + 1
             name = f"{kind}_{n}"
-            ph = self.placeholders[value] = f"<{name}>"
-            self.originals[name] = value
+            ph = known[value] = f"<{name}>"
+            if restorable:
+                self.originals[name] = value
         return ph
 
     def restore(self, text: str) -> str:
@@ -75,7 +79,9 @@ class Masker:
 def apply(text: str, findings: Sequence[Finding], side: Side, masker: Masker, request_id: str,
           where: str) -> str:
     """Act on ``findings`` in ``text``: raise the block of the first blocking detector, log what is to
-    be logged, and return the text with masked findings replaced."""
+    be logged, and return the text with masked findings replaced (in a prompt by placeholders that the
+    answer gets back restored; in an answer by placeholders that stay)."""
+    restorable = where == "prompt"
     action, which = side.strictest(findings)
     if action == "block":
         assert which is not None
@@ -89,7 +95,7 @@ def apply(text: str, findings: Sequence[Finding], side: Side, masker: Masker, re
         a = actions[f.detector.name]
         if a == "mask":
             out.append(text[pos:f.start])
-            out.append(masker.placeholder(f.detector.kind, text[f.start:f.end]))
+            out.append(masker.placeholder(f.detector.kind, text[f.start:f.end], restorable))
             pos = f.end
         elif a == "log":
             log.info("guardrail finding: request %s, detector %s in the %s", request_id, f.detector.name,
@@ -144,8 +150,9 @@ class Window:
         cut = m.start() if m is not None else n
         if side is not None and side.phrase_hold:
             cut = min(cut, max(0, n - side.phrase_hold + 1))
-        for f in findings:
-            if f.end >= n and f.start < cut:  # a finding that reaches the end may still grow
+        for f in reversed(findings):
+            # a finding that reaches the end may still grow; one across the cut is released whole
+            if f.start < cut and (f.end >= n or f.end > cut):
                 cut = f.start
         cut = _safe_cut(buf, cut)
         self.buf = buf[cut:]
