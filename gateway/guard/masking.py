@@ -106,6 +106,19 @@ def apply(text: str, findings: Sequence[Finding], side: Side, masker: Masker, re
     return "".join(out)
 
 
+def _whole_placeholder(buf: str, cut: int) -> int:
+    """Move ``cut`` back so that it does not split a placeholder (``<EMAIL_1>``, ``\\u003cEMAIL_1``)."""
+    lo = max(0, cut - 56)
+    i = max(buf.rfind("<", lo, cut), buf.rfind("\\u003c", lo, cut), buf.rfind("\\u003C", lo, cut))
+    if i < 0:
+        return cut
+    m = _OPEN_PLACEHOLDER.match(buf, i)
+    return i if m is not None and m.end() >= cut else cut
+
+
+_OPEN_PLACEHOLDER = re.compile(r"(?:<|\\u003[cC])[A-Z0-9_]*")
+
+
 def _safe_cut(buf: str, cut: int) -> int:
     """Move ``cut`` back so that it does not split a JSON escape (``\\n``, ``\\u00e9``)."""
     lo = max(0, cut - 6)
@@ -154,7 +167,7 @@ class Window:
             # a finding that reaches the end may still grow; one across the cut is released whole
             if f.start < cut and (f.end >= n or f.end > cut):
                 cut = f.start
-        cut = _safe_cut(buf, cut)
+        cut = _safe_cut(buf, _whole_placeholder(buf, cut))
         self.buf = buf[cut:]
         if cut == 0:
             return ""

@@ -26,7 +26,7 @@ from typing import Final
 
 from gateway import errors
 from gateway.guard.config import GuardPolicy, WebhookConfig
-from gateway.guard.detectors import Detector, Finding, Scanner, builtin
+from gateway.guard.detectors import Detector, Finding, Scanner, builtin, deny_detector
 
 __all__ = ["RANK", "Guard", "Side", "blocked"]
 
@@ -199,7 +199,7 @@ class Guard:
                 rx, max_len = custom[name]
                 detectors.append(Detector(name, rx, kind=name.upper(), max_len=max_len))
             elif name == "deny":
-                detectors.append(_deny(deny_words, deny_rx))
+                detectors.append(deny_detector(deny_words, deny_rx))
             else:
                 detectors.extend(builtin(name, phone_regions=regions))
         phrase_hold = max((len(w) for w in deny_words if not w.isalnum()), default=0)
@@ -221,12 +221,6 @@ class Guard:
             factor = self.injection_tool_weight if _TOOL_ROLE.search(text) else 1.0
             score += factor * sum(weights[int(g[1:])] for g in seen if g)
         return score
-
-
-def _deny(words: list[str], patterns: list[str]) -> Detector:
-    parts = [r"(?<![\w])" + re.escape(w) + r"(?![\w])" for w in words] + [f"(?:{p})" for p in patterns]
-    longest = max((len(w) for w in words), default=64)
-    return Detector("deny", "(?i:" + "|".join(parts) + ")", kind="DENIED", max_len=max(longest, 64))
 
 
 def _smallest(values: Iterable[int | None]) -> int | None:
