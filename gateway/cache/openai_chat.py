@@ -1,10 +1,10 @@
 """The cache's codec for the OpenAI Chat Completions dialect: client-bound answers → IR, IR → replay.
 
-Entries are stored dialect-neutral, as an ``ir.Response`` (``gateway.cache.entry``); each client dialect
-gives the cache three things (``DialectCodec``): read a whole answer it sent, assemble a stream it sent,
-and write an IR answer back whole or as a stream. This is the one for ``openai_chat``; the replay side
-is ``gateway.dialects.openai_chat`` (``encode_response``, ``ChunkEncoder``), so a hit reads exactly like
-a translated answer.
+Entries are stored dialect-neutral, as an ``ir.Response`` (``gateway.cache.phase.CacheEntry``); each
+client dialect gives the cache three things (its codec, in ``gateway.cache.phase.CODECS``): read a whole
+answer it sent, assemble a stream it sent, and write an IR answer back whole or as a stream. This is the
+one for ``openai_chat``; the replay side is ``gateway.dialects.openai_chat`` (``encode_response``,
+``ChunkEncoder``), so a hit reads exactly like a translated answer.
 
 What is not representable is not stored (the reader returns None): several choices (``n`` > 1),
 logprobs, a refusal, an audio answer, an error. The stream assembler follows the chunk grammar of
@@ -325,7 +325,7 @@ def replay(resp: ir.Response, created: int, stream: bool, include_usage: bool) -
 
 
 class OpenAIChatCodec:
-    """The ``openai_chat`` dialect's codec (see ``gateway.cache.entry.DialectCodec``)."""
+    """The ``openai_chat`` dialect's codec (see the module docstring)."""
 
     name = "openai_chat"
 

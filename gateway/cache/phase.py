@@ -8,15 +8,15 @@ Per request (a chat request to a model whose policy caches it)::
     on_response  a complete answer about to be sent: kept (a reference) if it may be stored
     on_stream    a stream about to be sent: an assembler watches the client-bound bytes
     on_settle    after the response is sent: a complete 200 with no error is stored, as its IR
-                 (gateway.cache.entry), in memory now and in Redis in the background
+                 (``CacheEntry``), in memory now and in Redis in the background
 
-    outcome   | when                                                          | counted as
-    ----------+---------------------------------------------------------------+------------------------
-    hit       | a live entry in memory or Redis                               | hits{tier}
-    miss      | looked up, nothing there (the answer is stored after it is sent)| misses
-    bypass    | not looked up: Cache-Control no-cache (the answer refreshes the   | bypasses{reason}
-              | entry), when = "deterministic" and the request is not, or the   |
-              | Redis tier is down (then not stored there either)               |
+    outcome | when                                                              | counted as
+    --------+-------------------------------------------------------------------+------------------------
+    hit     | a live entry in memory or Redis                                   | hits (by tier)
+    miss    | looked up, not there (the answer is stored after it is sent)      | misses
+    bypass  | not looked up: Cache-Control no-cache (the answer then refreshes  | bypasses (by reason)
+            | the entry), when = "deterministic" and a request that is not, or  |
+            | the Redis tier failing (the answer is then not written there)     |
 
 A hit never reaches routing or the provider. It counts against request limits (the admit phase ran
 before), and, unless ``hits_count_tokens``, not against tokens or spend: ``ctx.usage`` stays empty, so
