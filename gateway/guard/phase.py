@@ -80,8 +80,6 @@ class GuardPhase(Phase):
         self._memo: dict[tuple[str | None, str | None, str], Guard | None] = {}
         self._by_names: dict[tuple[str, ...], Guard] = {}
         self._states: dict[Context, GuardState] = {}
-        self._counter: Any = None
-        self._http: Any = None
 
     # -- which policies apply ------------------------------------------------------------------------
 
@@ -170,12 +168,8 @@ class GuardPhase(Phase):
     async def _later(self, ctx: Context, guard: Guard, messages: list[Any], count: bool) -> Reply | None:
         if count:
             assert guard.max_prompt_tokens is not None
-            if self._counter is None:
-                from gateway.limits.tokens import TokenCounter
-
-                self._counter = TokenCounter()
             decoded = [msgspec.json.decode(m) for m in messages]
-            tokens = await self._counter.count_messages(ctx.fields.model, decoded)
+            tokens = await _shared.counter().count_messages(ctx.fields.model, decoded)
             if tokens > guard.max_prompt_tokens:
                 raise errors.BadRequest(
                     f"The prompt has {tokens} tokens; the guardrail policy allows {guard.max_prompt_tokens}.",
@@ -187,8 +181,6 @@ class GuardPhase(Phase):
     async def _webhook(self, ctx: Context, policy: str, hook: Any) -> None:
         import httpx
 
-        if self._http is None:
-            self._http = httpx.AsyncClient()
         key = ctx.key
         payload = {"direction": "input", "model": ctx.fields.model, "request_id": ctx.request_id,
                    "key_id": key.id if key is not None else None,
@@ -196,7 +188,7 @@ class GuardPhase(Phase):
                    "body": msgspec.Raw(ctx.body)}
         try:
             resp = await asyncio.wait_for(
-                self._http.post(hook.url, content=msgspec.json.encode(payload),
+                _shared.http().post(hook.url, content=msgspec.json.encode(payload),
                                 headers={"content-type": "application/json", **hook.headers}),
                 hook.timeout)
             if resp.status_code >= 300:
@@ -256,11 +248,34 @@ class GuardPhase(Phase):
     def on_settle(self, ctx: Context) -> None:
         self._states.pop(ctx, None)
 
-    async def close(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-        if self._counter is not None:
-            self._counter.close(wait=False)
+
+class _Shared:
+    """What every guard phase of the worker shares, made on first use and kept across reloads (a reload
+    builds new phases): the webhook client (its keep-alive connections) and the token counter (its
+    thread)."""
+
+    __slots__ = ("_counter", "_http")
+
+    def __init__(self) -> None:
+        self._counter: Any = None
+        self._http: Any = None
+
+    def counter(self) -> Any:
+        if self._counter is None:
+            from gateway.limits.tokens import TokenCounter
+
+            self._counter = TokenCounter()
+        return self._counter
+
+    def http(self) -> Any:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient()
+        return self._http
+
+
+_shared = _Shared()
 
 
 def _no_store(ctx: Context) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from gateway import errors
 from gateway.guard.config import GuardPolicy, WebhookConfig
@@ -205,7 +205,7 @@ class Guard:
         phrase_hold = max((len(w) for w in deny_words if not w.isalnum()), default=0)
         return Side(detectors, actions, owners, where, allow, phrase_hold)
 
-    def injection_score(self, messages: Sequence[bytes]) -> float:
+    def injection_score(self, messages: Sequence[Any]) -> float:
         """The score of the prompt's messages: the weights of the distinct phrasings found, those inside
         tool results counted ``tool_weight`` times."""
         rx = self.injection
@@ -214,7 +214,7 @@ class Guard:
         score = 0.0
         weights = self._weights
         for raw in messages:
-            text = raw.decode("utf-8", "replace")
+            text = bytes(raw).decode("utf-8", "replace")
             seen = {m.lastgroup for m in rx.finditer(text)}
             if not seen:
                 continue
