@@ -30,7 +30,7 @@ from gateway.errors import GatewayError
 from gateway.guard.config import GuardPolicy, GuardrailsConfig, names
 from gateway.guard.masking import Masker, apply
 from gateway.guard.policy import Guard, blocked
-from gateway.guard.stream import ChatStreamGuard
+from gateway.guard.stream import OPENAI_CHAT, SHAPES, ChatStreamGuard
 from gateway.phases import Phase, Reply, StreamObserver
 
 if TYPE_CHECKING:
@@ -243,7 +243,13 @@ class GuardPhase(Phase):
             return None
         _no_store(ctx)
         side = state.guard.output if state.guard.output else None
-        return ChatStreamGuard(side, state.masker, ctx.request_id)
+        dialect: Any = getattr(ctx, "dialect", None)  # None: OpenAI chat
+        shape = SHAPES.get(dialect.name) if dialect is not None else OPENAI_CHAT
+        if shape is None:  # a dialect whose stream the guard cannot read: its text is not checked
+            log.warning("guardrails: the %s stream of request %s is not checked", dialect.name,
+                        ctx.request_id)
+            return None
+        return ChatStreamGuard(side, state.masker, ctx.request_id, shape)
 
     def on_settle(self, ctx: Context) -> None:
         self._states.pop(ctx, None)

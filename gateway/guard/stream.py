@@ -1,14 +1,21 @@
-"""Output guardrails on a client-bound stream in the OpenAI Chat Completions dialect.
+"""Output guardrails on a client-bound stream, in the client's dialect.
 
 The observer (``gateway.phases.StreamObserver``) sees the stream as the client will get it, in pieces
-that need not end on an event. It cuts them into events, and for each ``chat.completion.chunk`` that
-carries ``delta.content`` passes the content (JSON-escaped text, never decoded) through the choice's
-``Window`` (``gateway.guard.masking``), writing back what the window releases. What a window still
-holds when a choice finishes, or at ``[DONE]``, or at the stream's end, goes out in one more content
-event built from the choice's last one. A block raises the detector's ``GatewayError``: the engine ends
-the stream with an error event in the client's dialect.
+that need not end on an event. It cuts them into events, and for each event that carries text passes
+the text (JSON-escaped, never decoded) through its choice's (block's) ``Window``
+(``gateway.guard.masking``), writing back what the window releases. What a window still holds when its
+choice finishes, or at the stream's end, goes out in one more text event built from the choice's last
+one. A block raises the detector's ``GatewayError``: the engine ends the stream with an error event in
+the client's dialect. Events without text (role, tool calls, usage) pass unchanged, in order.
 
-Events without content (role, tool calls, usage) pass unchanged, in order.
+Where the text is, by dialect (``EventShape``):
+
+    dialect              | text event                      | text field     | choice  | finished by
+    ---------------------+---------------------------------+----------------+---------+-----------------
+    OpenAI chat          | chat.completion.chunk           | delta.content  | index   | finish_reason,
+                         |                                 |                |         | data: [DONE]
+    Anthropic Messages   | content_block_delta, text_delta | delta.text     | index   | content_block_stop,
+                         |                                 |                |         | message_stop
 """
 
 from __future__ import annotations
@@ -21,10 +28,27 @@ from gateway.phases import StreamObserver
 
 __all__ = ["ChatStreamGuard"]
 
-_CONTENT = re.compile(rb'"content"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _INDEX = re.compile(rb'"index"\s*:\s*(\d+)')
-_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
-_DONE = b"data: [DONE]"
+
+
+class EventShape:
+    """Where a dialect's stream events carry their text (see the module docstring)."""
+
+    __slots__ = ("end", "finish", "only", "text")
+
+    def __init__(self, text: bytes, finish: bytes, end: bytes, only: bytes | None = None) -> None:
+        self.text = re.compile(text)
+        self.finish = re.compile(finish)
+        self.end = end  # an event that begins with this ends the stream: every window is flushed before it
+        self.only = only  # the text counts only in events that contain this
+
+
+_STRING = rb'\s*:\s*"((?:[^"\\]|\\.)*)"'
+OPENAI_CHAT = EventShape(rb'"content"' + _STRING, rb'"finish_reason"\s*:\s*"', b"data: [DONE]")
+ANTHROPIC_MESSAGES = EventShape(rb'"text"' + _STRING, rb'"content_block_stop"', b"event: message_stop",
+                                b'"text_delta"')
+#: the shape of each client dialect, by its name (``ctx.dialect.name``; OpenAI chat has none)
+SHAPES = {"openai_chat": OPENAI_CHAT, "anthropic_messages": ANTHROPIC_MESSAGES}
 
 
 class _Choice:
@@ -39,9 +63,11 @@ class _Choice:
 class ChatStreamGuard(StreamObserver):
     """See the module docstring. ``side``: the answer's detectors (None: restore placeholders only)."""
 
-    __slots__ = ("choices", "masker", "partial", "request_id", "side")
+    __slots__ = ("choices", "masker", "partial", "request_id", "shape", "side")
 
-    def __init__(self, side: Side | None, masker: Masker, request_id: str) -> None:
+    def __init__(self, side: Side | None, masker: Masker, request_id: str,
+                 shape: EventShape = OPENAI_CHAT) -> None:
+        self.shape = shape
         self.side = side
         self.masker = masker
         self.request_id = request_id
@@ -70,13 +96,14 @@ class ChatStreamGuard(StreamObserver):
         return b"".join(out)
 
     def _event(self, event: bytes, out: list[bytes]) -> None:
-        if event.startswith(_DONE):
+        shape = self.shape
+        if event.startswith(shape.end):
             self._flush_all(out)
             out.append(event + b"\n\n")
             return
-        m = _CONTENT.search(event)
+        m = shape.text.search(event) if shape.only is None or shape.only in event else None
         if m is None:
-            if _FINISH.search(event) is not None:
+            if shape.finish.search(event) is not None:
                 index = _INDEX.search(event)
                 choice = self.choices.get(index.group(1) if index is not None else b"0")
                 if choice is not None:
@@ -91,7 +118,7 @@ class ChatStreamGuard(StreamObserver):
         start, stop = m.span(1)
         head, tail = event[:start], event[stop:]
         text = m.group(1).decode("utf-8", "surrogatepass")
-        finished = _FINISH.search(tail) is not None
+        finished = shape.finish.search(tail) is not None
         released = choice.window.feed(text)
         if finished:
             released += choice.window.flush()

@@ -150,3 +150,28 @@ def test_config_rejects_unknown_names() -> None:
     config = load_config_text(base + '[guardrails.policies.p]\ninput = { email = "mask" }\n'
                               '[guardrails.apply]\nmodels = { m = "p" }\n')
     assert config.guardrails.apply.models == {"m": "p"}
+
+
+def test_stream_guard_reads_anthropic_messages_events() -> None:
+    from gateway.guard.stream import ANTHROPIC_MESSAGES
+
+    masker = Masker()
+    masker.placeholder("EMAIL", "alice@example.com")
+    guard = _guard(output={"card": "block"})
+    observer = ChatStreamGuard(guard.output, masker, "r", ANTHROPIC_MESSAGES)
+
+    def delta(text: str) -> bytes:
+        payload = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+        return b"event: content_block_delta\ndata: " + json.dumps(payload).encode() + b"\n\n"
+
+    stop = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    out = observer.feed(delta("write to <EMAIL") + delta("_1> today"))
+    out += observer.feed(stop + b'event: message_stop\ndata: {"type":"message_stop"}\n\n') + observer.end()
+    texts = [json.loads(e.split(b"data: ", 1)[1])["delta"]["text"]
+             for e in out.split(b"\n\n") if b"text_delta" in e]
+    assert "".join(texts) == "write to alice@example.com today"
+    assert out.index(b"content_block_stop") > out.rindex(b"text_delta")
+    observer = ChatStreamGuard(guard.output, Masker(), "r", ANTHROPIC_MESSAGES)
+    observer.feed(delta("card 4111 1111 "))
+    with pytest.raises(GatewayError):
+        observer.feed(delta("1111 1111 ok") + stop)
