@@ -121,12 +121,12 @@ class GuardPhase(Phase):
         masker = Masker()
         state = GuardState(guard, masker, None)
         if guard.input:
-            text = ctx.body.decode("utf-8", "surrogatepass")
+            text = ctx.body.decode("utf-8", "surrogateescape")
             findings = guard.input.scanner.scan(text)
             if findings:
                 masked = apply(text, findings, guard.input, masker, ctx.request_id, "prompt")
                 if masked is not text:
-                    ctx.body = masked.encode("utf-8", "surrogatepass")
+                    ctx.body = masked.encode("utf-8", "surrogateescape")
                     state.changed = True
         if guard.injection is not None:
             score = guard.injection_score(messages)
@@ -222,7 +222,7 @@ class GuardPhase(Phase):
             return body
         guard = state.guard
         masker = state.masker
-        text = body.decode("utf-8", "surrogatepass")
+        text = body.decode("utf-8", "surrogateescape")
         out = text
         if guard.output:
             findings = guard.output.scanner.scan(text)
@@ -235,7 +235,7 @@ class GuardPhase(Phase):
         if out is text:
             return body
         _no_store(ctx)
-        return out.encode("utf-8", "surrogatepass")
+        return out.encode("utf-8", "surrogateescape")
 
     def on_stream(self, ctx: Context) -> StreamObserver | None:
         state = self._states.get(ctx)

@@ -117,18 +117,18 @@ class ChatStreamGuard(StreamObserver):
             choice = self.choices[key] = _Choice(Window(self.side, self.masker, self.request_id))
         start, stop = m.span(1)
         head, tail = event[:start], event[stop:]
-        text = m.group(1).decode("utf-8", "surrogatepass")
+        text = m.group(1).decode("utf-8", "surrogateescape")
         finished = shape.finish.search(tail) is not None
         released = choice.window.feed(text)
         if finished:
             released += choice.window.flush()
         choice.head, choice.tail = head, tail
-        out.append(head + released.encode("utf-8", "surrogatepass") + tail + b"\n\n")
+        out.append(head + released.encode("utf-8", "surrogateescape") + tail + b"\n\n")
 
     def _flush(self, choice: _Choice, out: list[bytes]) -> None:
         rest = choice.window.flush()
         if rest and choice.head:
-            out.append(choice.head + rest.encode("utf-8", "surrogatepass") + choice.tail + b"\n\n")
+            out.append(choice.head + rest.encode("utf-8", "surrogateescape") + choice.tail + b"\n\n")
 
     def _flush_all(self, out: list[bytes]) -> None:
         for choice in self.choices.values():

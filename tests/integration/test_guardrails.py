@@ -295,3 +295,14 @@ def test_example_config_runs_as_it_is(tmp_path_factory: pytest.TempPathFactory) 
         assert resp.status == 400 and json.loads(resp.body)["error"]["code"] == "guardrail_injection"
     finally:
         gw.process.stop()
+
+
+def test_body_that_is_not_utf8_is_answered_not_crashed(gateway: Gateway, upstream: TinyUpstream) -> None:
+    body = b'{"model": "guarded", "messages": [{"role": "user", "content": "mail ' + b"\xff\xfe" + \
+        EMAIL.encode() + b'"}]}'
+    r = httpx.post(f"http://{HOST}:{gateway.port}/v1/chat/completions", content=body,
+                   headers={"content-type": "application/json"}, timeout=30)
+    # the test's upstream cannot read such a body (502); the guard masked it and sent it on, bytes kept
+    assert r.status_code == 502, r.text
+    sent = upstream.seen[-1][2]
+    assert EMAIL.encode() not in sent and b"mail \xff\xfe<EMAIL_1>" in sent
