@@ -306,3 +306,27 @@ def test_body_that_is_not_utf8_is_answered_not_crashed(gateway: Gateway, upstrea
     assert r.status_code == 502, r.text
     sent = upstream.seen[-1][2]
     assert EMAIL.encode() not in sent and b"mail \xff\xfe<EMAIL_1>" in sent
+
+
+def test_masked_answers_stay_out_of_the_response_cache(upstream: TinyUpstream,
+                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two prompts that differ only in a masked value are one request to the provider's eyes; the answer
+    carries the first one's placeholder, so it must not be replayed to the second caller."""
+    text = '[log]\nlevel = "info"\ncall_records = true\n[cache]\nenabled = true\n'
+    text += f'\n[providers.up]\ntype = "openai"\nbase_url = "http://{HOST}:{upstream.port}/v1"\n'
+    text += 'api_key = "env:MOCK_KEY"\n[models.cached]\nprovider = "up"\nupstream_model = "m-cached"\n'
+    text += '[guardrails.policies.pii]\ninput = { email = "mask" }\n[guardrails.apply]\ngateway = "pii"\n'
+    gw = _launch("gateway-guard-cache", tmp_path_factory.mktemp("guard-cache"), config_text=text, workers=1,
+                 frontend="native")
+    try:
+        for who in ("alice@example.com", "bob@example.org"):
+            resp = _chat(gw, "cached", f"mail {who}")
+            assert resp.status == 200
+            assert json.loads(resp.body)["choices"][0]["message"]["content"] == f"echo: mail {who}"
+        assert len(_sent(upstream, "cached")) == 2
+        resp = _chat(gw, "cached", "no personal data here")  # an answer the guard did not touch is cached
+        again = _chat(gw, "cached", "no personal data here")
+        content = json.loads(again.body)["choices"][0]["message"]["content"]
+        assert content == "echo: no personal data here" and len(_sent(upstream, "cached")) == 3
+    finally:
+        gw.process.stop()

@@ -175,3 +175,28 @@ def test_stream_guard_reads_anthropic_messages_events() -> None:
     observer.feed(delta("card 4111 1111 "))
     with pytest.raises(GatewayError):
         observer.feed(delta("1111 1111 ok") + stop)
+
+
+def test_tool_arguments_and_json_schema_of_answers() -> None:
+    from gateway.guard.phase import _check_answer
+
+    guard = _guard(tool_arguments="block", json_schema="block")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    request = {"tools": [{"type": "function", "function": {"name": "weather", "parameters": schema}}],
+               "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}}
+
+    def answer(content: str | None, arguments: str | None = None) -> bytes:
+        message: dict[str, object] = {"role": "assistant", "content": content}
+        if arguments is not None:
+            message["tool_calls"] = [{"id": "c", "type": "function",
+                                      "function": {"name": "weather", "arguments": arguments}}]
+        return json.dumps({"choices": [{"index": 0, "message": message}]}).encode()
+
+    _check_answer(guard, request, answer('{"city": "Oslo"}'))
+    _check_answer(guard, request, answer(None, '{"city": "Oslo"}'))
+    for bad in (answer('{"town": "Oslo"}'), answer("not json"), answer(None, '{"city": 3}'),
+                answer(None, '["Oslo"]')):
+        with pytest.raises(GatewayError) as info:
+            _check_answer(guard, request, bad)
+        assert info.value.code in ("guardrail_json_schema", "guardrail_tool_arguments")
+    _check_answer(_guard(json_schema="log"), request, answer('{"town": "Oslo"}'))  # logged only
