@@ -173,7 +173,15 @@ def _streamed_text(raw: bytes) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _sent(up: TinyUpstream, model: str) -> list[bytes]:
-    return [body for _, _, body in up.seen if json.loads(body)["model"] == f"m-{model}"]
+    """The bodies the upstream received for ``model`` (a body that is not UTF-8 names no model here)."""
+    out = []
+    for _, _, body in up.seen:
+        try:
+            if json.loads(body)["model"] == f"m-{model}":
+                out.append(body)
+        except UnicodeDecodeError:
+            continue
+    return out
 
 
 def _record(gw: Gateway, rid: str) -> dict[str, Any]:
