@@ -335,6 +335,10 @@ class Engine:
         phases.extend(image_phases(config))  # none unless a provider has fetch_images
         if self._phase_factory is not None:
             phases.extend(self._phase_factory(config))
+        if config.guardrails.enabled and config.guardrails.policies:
+            from gateway.guard.phase import GuardPhase
+
+            phases.append(GuardPhase(config.guardrails))
         if self.cache is not None:
             phases.append(self.cache.phase)
         return phases
@@ -1371,7 +1375,11 @@ class Engine:
         if ctx.stream:  # a stream request answered with one JSON body: the client gets its stream
             events = target.translator.body_as_stream(ctx, resp, body)
             if runtime.stream_chain:
-                events = _observed_whole(ctx, runtime, events)
+                try:
+                    events = _observed_whole(ctx, runtime, events)
+                except GatewayError as exc:  # a phase refused the answer (an output guardrail)
+                    self._answer_error(ctx, responder, exc)
+                    return
             ctx.status = resp.status
             headers = self._pass_headers(ctx, resp)
             headers.extend(_SSE_HEADERS)
@@ -1380,8 +1388,12 @@ class Engine:
             return
         body = target.translator.take_body(ctx, body)  # the usage is learned; raises when not JSON
         if runtime.response_chain:
-            for phase in runtime.response_chain:
-                body = phase.on_response(ctx, body)
+            try:
+                for phase in runtime.response_chain:
+                    body = phase.on_response(ctx, body)
+            except GatewayError as exc:  # a phase refused the answer (an output guardrail): nothing sent
+                self._answer_error(ctx, responder, exc)
+                return
         ctx.status = resp.status
         headers = self._pass_headers(ctx, resp)
         headers.append(("content-type", "application/json"))
@@ -1486,32 +1498,35 @@ class Engine:
                 await responder.write(data)
 
         try:
-            if pending:
-                await send(pending)
-            failed = relay.error
-            ended = failed is not None
-            if failed is not None:
-                await _stream_failed(ctx, responder, failed)
-            while not ended:
-                try:
-                    chunk = await resp.next_chunk()
-                except (UpstreamError, ValueError) as exc:
-                    await _stream_failed(ctx, responder, errors.BadGateway(
-                        f"The upstream stream failed: {exc}", code="upstream_stream_error"))
-                    break
-                data = relay.feed(chunk) if chunk else relay.end()
-                if data:
-                    await send(data)
-                if relay.error is not None:
-                    await _stream_failed(ctx, responder, relay.error)
-                    break
-                ended = not chunk
-            tail = b""
-            for o in observers:
-                tail = o.feed(tail) if tail else b""
-                tail += o.end()
-            if tail:
-                await responder.write(tail)
+            try:
+                if pending:
+                    await send(pending)
+                failed = relay.error
+                ended = failed is not None
+                if failed is not None:
+                    await _stream_failed(ctx, responder, failed)
+                while not ended:
+                    try:
+                        chunk = await resp.next_chunk()
+                    except (UpstreamError, ValueError) as exc:
+                        await _stream_failed(ctx, responder, errors.BadGateway(
+                            f"The upstream stream failed: {exc}", code="upstream_stream_error"))
+                        break
+                    data = relay.feed(chunk) if chunk else relay.end()
+                    if data:
+                        await send(data)
+                    if relay.error is not None:
+                        await _stream_failed(ctx, responder, relay.error)
+                        break
+                    ended = not chunk
+                tail = b""
+                for o in observers:
+                    tail = o.feed(tail) if tail else b""
+                    tail += o.end()
+                if tail:
+                    await responder.write(tail)
+            except GatewayError as exc:  # an observer refused the stream (an output guardrail): end it
+                await _stream_failed(ctx, responder, exc)
         finally:
             ctx.up_ms = (_perf() - t_up) * 1000.0
         responder.end_stream()

@@ -570,6 +570,7 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _positive_durations(("responses",), config.responses, ("retention",))
     yield from (_Problem(p, m) for p, m in records_problems(config.records, config.metrics.labels))
     yield from _cache_problems(config)
+    yield from _guardrail_problems(config)
     yield from _images_problems(config)
 
 
@@ -603,6 +604,13 @@ def _cache_problems(config: Config) -> Iterator[_Problem]:
     from gateway.cache.config import cache_problems
 
     for path, message in cache_problems(config.cache, set(config.models), config.store.url):
+        yield _Problem(path, message)
+
+
+def _guardrail_problems(config: Config) -> Iterator[_Problem]:
+    from gateway.guard.config import guardrail_problems
+
+    for path, message in guardrail_problems(config.guardrails, set(config.models)):
         yield _Problem(path, message)
 
 

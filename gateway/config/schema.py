@@ -11,6 +11,7 @@ from typing import Literal
 import msgspec
 
 from gateway.cache.config import CacheConfig
+from gateway.guard.config import GuardrailsConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
 from gateway.observe.config import RecordsConfig
@@ -410,3 +411,5 @@ class Config(_Base, frozen=True):
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     #: call records: sinks, bodies (docs/observability.md)
     records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)
+    #: guardrails on prompts and answers (docs/guardrails.md)
+    guardrails: GuardrailsConfig = msgspec.field(default_factory=GuardrailsConfig)

@@ -1,0 +1,345 @@
+"""The guardrails phase (``guard_in``) and its way out: prompts checked and masked before anything is
+sent, answers checked, masked and restored before the client sees them.
+
+    hook           | does
+    ---------------+-------------------------------------------------------------------------------
+    on_request     | the request's Guard (its policies merged, kept per key, tenant and model); shape
+                   | (messages, roles); the prompt's scan: block (400), mask (ctx.body rewritten: the
+                   | provider never sees the value), log; injection score; then, when needed, the
+                   | counted prompt tokens and the webhooks (awaited)
+    on_response    | a whole answer: scanned (block, mask, log), tool arguments and structured output
+                   | checked, placeholders restored
+    on_stream      | a ChatStreamGuard over the stream (sliding window across chunks)
+    on_settle      | forgets the request's state
+
+# PERF: a request no policy applies to costs one dict lookup (the guard of its key, tenant and model);
+a guarded request whose text has no candidate costs a few substring searches and no copy of the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway import errors
+from gateway.errors import GatewayError
+from gateway.guard.config import GuardPolicy, GuardrailsConfig, names
+from gateway.guard.masking import Masker, apply
+from gateway.guard.policy import Guard, blocked
+from gateway.guard.stream import OPENAI_CHAT, SHAPES, ChatStreamGuard
+from gateway.phases import Phase, Reply, StreamObserver
+
+if TYPE_CHECKING:
+    from gateway.context import Context
+
+__all__ = ["GuardPhase", "GuardState"]
+
+log = logging.getLogger("gateway.guard")
+
+#: memoised guards by (key id, tenant id, model); cleared past this many
+_MAX_MEMO = 4096
+
+
+class _Role(msgspec.Struct):
+    role: str = ""
+
+
+_role_decoder = msgspec.json.Decoder(_Role)
+
+
+class GuardState:
+    """What one guarded request carries to its way out."""
+
+    __slots__ = ("changed", "guard", "masker", "request")
+
+    def __init__(self, guard: Guard, masker: Masker, request: Any) -> None:
+        self.guard = guard
+        self.masker = masker
+        self.request = request  # the decoded request, when an answer check needs its tools or schema
+        self.changed = False
+
+
+class GuardPhase(Phase):
+    """See the module docstring."""
+
+    name = "guard_in"
+    is_async = True  # only when tokens must be counted or a webhook called; else it answers at once
+
+    def __init__(self, config: GuardrailsConfig) -> None:
+        self.config = config
+        self.policies: dict[str, GuardPolicy] = dict(config.policies)
+        apply_ = config.apply
+        self._gateway = names(apply_.gateway)
+        self._models = {k: names(v) for k, v in apply_.models.items()}
+        self._tenants = {k: names(v) for k, v in apply_.tenants.items()}
+        self._keys = {k: names(v) for k, v in apply_.keys.items()}
+        self._memo: dict[tuple[str | None, str | None, str], Guard | None] = {}
+        self._by_names: dict[tuple[str, ...], Guard] = {}
+        self._states: dict[Context, GuardState] = {}
+
+    # -- which policies apply ------------------------------------------------------------------------
+
+    def guard_for(self, key_id: str | None, tenant: str | None, model: str) -> Guard | None:
+        memo = (key_id, tenant, model)
+        guard = self._memo.get(memo, False)
+        if guard is not False:
+            return guard  # type: ignore[return-value]
+        chosen: list[str] = []
+        for group in (self._gateway, self._models.get(model, ()), self._tenants.get(tenant or "", ()),
+                      self._keys.get(key_id or "", ())):
+            chosen.extend(n for n in group if n not in chosen)
+        found: Guard | None = None
+        if chosen:
+            key = tuple(chosen)
+            found = self._by_names.get(key)
+            if found is None:
+                found = self._by_names[key] = Guard([(n, self.policies[n]) for n in chosen])
+        if len(self._memo) >= _MAX_MEMO:
+            self._memo.clear()
+        self._memo[memo] = found
+        return found
+
+    # -- the request ---------------------------------------------------------------------------------
+
+    def on_request(self, ctx: Context) -> Reply | GatewayError | Awaitable[Reply | None] | None:
+        fields = ctx.fields
+        messages = getattr(fields, "messages", None)
+        if messages is None:  # not a chat request: nothing to guard here
+            return None
+        key = ctx.key
+        guard = self.guard_for(key.id if key is not None else None,
+                               key.tenant.id if key is not None else None, fields.model)
+        if guard is None:
+            return None
+        refusal = self._shape(guard, messages)
+        if refusal is not None:
+            return refusal
+        masker = Masker()
+        state = GuardState(guard, masker, None)
+        if guard.input:
+            text = ctx.body.decode("utf-8", "surrogateescape")
+            findings = guard.input.scanner.scan(text)
+            if findings:
+                masked = apply(text, findings, guard.input, masker, ctx.request_id, "prompt")
+                if masked is not text:
+                    ctx.body = masked.encode("utf-8", "surrogateescape")
+                    state.changed = True
+        if guard.injection is not None:
+            score = guard.injection_score(messages)
+            if score >= guard.injection_threshold and guard.injection_action != "off":
+                log.warning("guardrail injection score %.2f: request %s", score, ctx.request_id)
+                if guard.injection_action == "block":
+                    assert guard.injection_error is not None
+                    return guard.injection_error
+        if guard.output or masker.originals or guard.tool_arguments != "off" or guard.json_schema != "off":
+            if guard.tool_arguments != "off" or guard.json_schema != "off":
+                state.request = msgspec.json.decode(ctx.body)
+            self._states[ctx] = state
+        needs_count = guard.max_prompt_tokens is not None and len(ctx.body) > guard.max_prompt_tokens
+        if needs_count or guard.webhooks:
+            return self._later(ctx, guard, messages, needs_count)
+        return None
+
+    @staticmethod
+    def _shape(guard: Guard, messages: list[Any]) -> GatewayError | None:
+        if guard.max_messages is not None and len(messages) > guard.max_messages:
+            return errors.BadRequest(
+                f"The request has {len(messages)} messages; the guardrail policy allows "
+                f"{guard.max_messages}.",
+                param="messages", code="guardrail_max_messages")
+        roles = guard.allowed_roles
+        if roles is not None:
+            for i, raw in enumerate(messages):
+                try:
+                    role = _role_decoder.decode(raw).role
+                except msgspec.DecodeError:
+                    role = ""
+                if role not in roles:
+                    return errors.BadRequest(
+                        f"messages[{i}] has the role {role!r}, which the guardrail policy does not allow "
+                        f"(allowed: {', '.join(sorted(roles))}).",
+                        param=f"messages[{i}].role", code="guardrail_role")
+        return None
+
+    async def _later(self, ctx: Context, guard: Guard, messages: list[Any], count: bool) -> Reply | None:
+        if count:
+            assert guard.max_prompt_tokens is not None
+            decoded = [msgspec.json.decode(m) for m in messages]
+            tokens = await _shared.counter().count_messages(ctx.fields.model, decoded)
+            if tokens > guard.max_prompt_tokens:
+                raise errors.BadRequest(
+                    f"The prompt has {tokens} tokens; the guardrail policy allows {guard.max_prompt_tokens}.",
+                    param="messages", code="guardrail_max_prompt_tokens")
+        for policy, hook in guard.webhooks:
+            await self._webhook(ctx, policy, hook)
+        return None
+
+    async def _webhook(self, ctx: Context, policy: str, hook: Any) -> None:
+        import httpx
+
+        key = ctx.key
+        payload = {"direction": "input", "model": ctx.fields.model, "request_id": ctx.request_id,
+                   "key_id": key.id if key is not None else None,
+                   "tenant": key.tenant.id if key is not None else None,
+                   "body": msgspec.Raw(ctx.body)}
+        try:
+            resp = await asyncio.wait_for(
+                _shared.http().post(hook.url, content=msgspec.json.encode(payload),
+                                headers={"content-type": "application/json", **hook.headers}),
+                hook.timeout)
+            if resp.status_code >= 300:
+                raise ValueError(f"answered {resp.status_code}")
+            verdict = msgspec.json.decode(resp.content)
+            action = verdict.get("action") if isinstance(verdict, dict) else None
+            if action not in ("allow", "block"):
+                raise ValueError("answered no action")
+        except (TimeoutError, httpx.HTTPError, ValueError, msgspec.DecodeError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else f"failed ({exc})"
+            log.warning("guardrail webhook of policy %s %s: request %s, %s", policy, what, ctx.request_id,
+                        hook.failure)
+            if hook.failure == "fail_closed":
+                raise errors.ServiceUnavailable(
+                    f"The guardrail service of policy {policy!r} {what}; the request was not sent.",
+                    code="guardrail_unavailable") from None
+            return
+        if action == "block":
+            reason = verdict.get("reason")
+            log.warning("guardrail webhook of policy %s blocked request %s", policy, ctx.request_id)
+            raise errors.BadRequest(
+                f"The prompt was blocked by the gateway's guardrail policy {policy!r} (webhook"
+                + (f": {reason}" if isinstance(reason, str) else "") + ").",
+                code="guardrail_webhook")
+
+    # -- the way out ---------------------------------------------------------------------------------
+
+    def on_response(self, ctx: Context, body: bytes) -> bytes:
+        state = self._states.get(ctx)
+        if state is None:
+            return body
+        guard = state.guard
+        masker = state.masker
+        text = body.decode("utf-8", "surrogateescape")
+        out = text
+        if guard.output:
+            findings = guard.output.scanner.scan(text)
+            if findings:
+                _no_store(ctx)
+                out = apply(text, findings, guard.output, masker, ctx.request_id, "answer")
+        if state.request is not None:
+            _check_answer(guard, state.request, body)
+        out = masker.restore(out)
+        if out is text:
+            return body
+        _no_store(ctx)
+        return out.encode("utf-8", "surrogateescape")
+
+    def on_stream(self, ctx: Context) -> StreamObserver | None:
+        state = self._states.get(ctx)
+        if state is None:
+            return None
+        _no_store(ctx)
+        side = state.guard.output if state.guard.output else None
+        dialect: Any = getattr(ctx, "dialect", None)  # None: OpenAI chat
+        shape = SHAPES.get(dialect.name) if dialect is not None else OPENAI_CHAT
+        if shape is None:  # a dialect whose stream the guard cannot read: its text is not checked
+            log.warning("guardrails: the %s stream of request %s is not checked", dialect.name,
+                        ctx.request_id)
+            return None
+        return ChatStreamGuard(side, state.masker, ctx.request_id, shape)
+
+    def on_settle(self, ctx: Context) -> None:
+        self._states.pop(ctx, None)
+
+
+class _Shared:
+    """What every guard phase of the worker shares, made on first use and kept across reloads (a reload
+    builds new phases): the webhook client (its keep-alive connections) and the token counter (its
+    thread)."""
+
+    __slots__ = ("_counter", "_http")
+
+    def __init__(self) -> None:
+        self._counter: Any = None
+        self._http: Any = None
+
+    def counter(self) -> Any:
+        if self._counter is None:
+            from gateway.limits.tokens import TokenCounter
+
+            self._counter = TokenCounter()
+        return self._counter
+
+    def http(self) -> Any:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient()
+        return self._http
+
+
+_shared = _Shared()
+
+
+def _no_store(ctx: Context) -> None:
+    """An answer the guard changed (or that carries placeholders of this request) is not cached."""
+    if ctx.cache is not None:
+        from gateway.cache.phase import answer_changed
+
+        answer_changed(ctx)
+
+
+def _check_answer(guard: Guard, request: Any, body: bytes) -> None:
+    """Tool-call arguments and structured output of a whole answer, against what the request declared."""
+    try:
+        answer = msgspec.json.decode(body)
+        message = answer["choices"][0]["message"]
+    except (msgspec.DecodeError, KeyError, IndexError, TypeError):
+        return
+    if guard.tool_arguments != "off":
+        tools = {t.get("function", {}).get("name"): t.get("function", {}).get("parameters")
+                 for t in request.get("tools") or () if isinstance(t, dict)}
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            problem = _json_problem(fn.get("arguments"), tools.get(fn.get("name")), object_only=True)
+            if problem is not None:
+                _answer_problem(guard.tool_arguments, "tool_arguments",
+                                f"tool call {fn.get('name')!r}: {problem}")
+    if guard.json_schema != "off":
+        rf = request.get("response_format") or {}
+        schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
+        if schema is not None and message.get("content") is not None:
+            problem = _json_problem(message.get("content"), schema, object_only=False)
+            if problem is not None:
+                _answer_problem(guard.json_schema, "json_schema", problem)
+
+
+def _json_problem(text: Any, schema: Any, *, object_only: bool) -> str | None:
+    if not isinstance(text, str):
+        return "not a JSON string"
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return "not valid JSON"
+    if object_only and not isinstance(value, dict):
+        return "not a JSON object"
+    if isinstance(schema, dict):
+        import jsonschema  # type: ignore[import-untyped]
+
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError as exc:
+            return f"does not match the schema ({exc.message})"
+        except jsonschema.SchemaError:
+            return None
+    return None
+
+
+def _answer_problem(action: str, check: str, problem: str) -> None:
+    if action == "block":
+        err = blocked("structured output", check, "answer")
+        raise errors.BadRequest(f"{err.message[:-1]}: {problem}", code=err.code)
+    log.info("guardrail finding: %s: %s", check, problem)
