@@ -27,8 +27,9 @@ class Context:
 
     __slots__ = (
         "attempts", "body", "cost", "endpoint", "error", "fields", "include_usage", "key", "limits", "model",
-        "overhead", "request", "request_id", "responder", "response_headers", "route_model", "runtime",
-        "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
+        "overhead", "prompt", "request", "request_id", "responder", "response_headers", "route_model",
+        "runtime", "settled", "status", "stream", "t0", "t_up", "target", "task", "up_ms", "upstream_status",
+        "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
@@ -67,3 +68,5 @@ class Context:
         self.overhead = ""
         #: the caller's key (gateway.auth.table.KeyEntry) once the access phase has run
         self.key: Any = None
+        #: "NAME@VERSION" of a prompt call (gateway.prompts), for its call record; else None
+        self.prompt: str | None = None

@@ -39,6 +39,7 @@ cdef class Runtime:
     cdef public bytes models_body
     cdef public dict model_bodies
     cdef public dict unknown_models
+    cdef public object prompts
 
 
 cpdef str _overhead_ms(Context ctx)

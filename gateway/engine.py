@@ -36,6 +36,7 @@ from gateway.context import Context
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
+from gateway.prompts.table import PromptTable
 from gateway.providers.azure import azure_translator
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator
@@ -157,6 +158,8 @@ class Runtime:
         self.model_bodies = {n: encode(self._model_obj(e, created)) for n, e in self.models.items()}
         #: the 404 of each unknown model name asked for, built once (bounded: _MAX_UNKNOWN names)
         self.unknown_models: dict[str, GatewayError] = {}
+        #: the prompts published as APIs (gateway.prompts); None when the config has none
+        self.prompts = PromptTable.build(config)
 
     def unknown_model(self, name: str) -> GatewayError:
         """The answer to a request for a model this config does not have (never raised: shared)."""
@@ -493,10 +496,23 @@ class Engine:
         """``gateway.app.App.handle``: the request's whole cycle as one coroutine."""
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
+        prompts = ctx.runtime.prompts
+        if prompts is not None and _prompt_request(prompts, request, endpoint):
+            return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         if endpoint is None or request.method != "POST":
             return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
         ctx.endpoint = endpoint
         return self._guarded(ctx, responder, self._proxy(ctx, responder))
+
+    def _prompt(self, ctx: Context, responder: Responder, prompts: PromptTable,
+                endpoint: str | None) -> Awaitable[None]:
+        """A prompt call, its catalogue or a chat request naming a ``prompt:`` model (gateway.prompts)."""
+        from gateway.prompts import endpoint as prompt_endpoint
+
+        if endpoint == "chat":
+            ctx.endpoint = endpoint
+            return prompt_endpoint.serve_chat(self, prompts, ctx, responder)
+        return prompt_endpoint.serve(self, prompts, ctx, responder)
 
     def begin(self, request: Request, responder: CallbackResponder) -> Awaitable[None] | None:
         """``gateway.app.FastApp.begin``: what needs no waiting runs here; a non-stream request to a
@@ -508,6 +524,9 @@ class Engine:
         """
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
+        prompts = ctx.runtime.prompts
+        if prompts is not None and _prompt_request(prompts, request, endpoint):
+            return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         try:
             if endpoint is None or request.method != "POST":
                 if self._access is not None and request.path.startswith("/v1/models"):
@@ -1334,7 +1353,7 @@ class Engine:
             usage, err, self.worker, ctx.key,
             target.name if target is not None and model is not None and model.target is None
             else None,
-            ctx.attempts, ctx.cost,
+            ctx.attempts, ctx.cost, ctx.prompt,
         ))
 
 
@@ -1390,6 +1409,15 @@ def _upstream_failure(exc: Exception | None) -> GatewayError:
     if isinstance(exc, UpstreamTimeout):
         return errors.GatewayTimeout(f"The upstream provider timed out: {exc}")
     return errors.BadGateway(f"The upstream provider failed: {exc}")
+
+
+def _prompt_request(prompts: PromptTable, request: Request, endpoint: str | None) -> bool:
+    """A request for gateway.prompts: under /v1/prompts, a prompt's own path, or a chat request that
+    may name a ``prompt:`` model (# PERF: only checked when the config has prompts)."""
+    path = request.path
+    if endpoint is None:
+        return path.startswith("/v1/prompts") or path in prompts.by_path
+    return endpoint == "chat" and b'"prompt:' in request.body
 
 
 def _key_allows(key: Any, model: str) -> bool:

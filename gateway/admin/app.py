@@ -216,6 +216,7 @@ class AdminApp:
         self._tokens = TokenChecker(config.admin, pepper)
         self._static = StaticRecords(config)
         self._approval = {name: m.approval for name, m in config.models.items()}
+        self._approval.update({f"prompt:{name}": p.approval for name, p in config.prompts.items()})
         self._rotation_grace = config.auth.rotation_grace
         self.config = config
 

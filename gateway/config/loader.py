@@ -42,6 +42,7 @@ import msgspec
 
 from gateway.config.schema import Config, ModelConfig, ProviderConfig
 from gateway.config.snapshot import read_secret_file
+from gateway.prompts.config import prompt_problems
 from gateway.redisconn import SCHEMES as REDIS_SCHEMES
 from gateway.redisconn import parse_url as parse_redis_url
 
@@ -566,6 +567,8 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _auth_problems(config)
     yield from _limits_problems(config)
     yield from _metrics_problems(config)
+    for path, message in prompt_problems(config.prompts, config.models):
+        yield _Problem(path, message)
 
 
 def _limits_problems(config: Config) -> Iterator[_Problem]:

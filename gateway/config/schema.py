@@ -12,6 +12,7 @@ import msgspec
 
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
+from gateway.prompts.config import PromptConfig
 from gateway.routing.config import (
     BreakerConfig,
     DeploymentConfig,
@@ -346,3 +347,5 @@ class Config(_Base, frozen=True):
     pricing: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
     #: the Prometheus metrics export (docs/metrics.md)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    #: prompt templates published as APIs (docs/prompts.md)
+    prompts: dict[str, PromptConfig] = msgspec.field(default_factory=dict)

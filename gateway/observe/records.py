@@ -50,12 +50,16 @@ class CallRecord(msgspec.Struct, omit_defaults=True):
     attempts: int | None = None
     #: USD, from the pricing table and the usage
     cost_usd: float | None = None
+    #: a prompt call (docs/prompts.md): the prompt and the version that served it
+    prompt: str | None = None
+    prompt_version: str | None = None
 
 
 def to_record(row: tuple[Any, ...]) -> CallRecord:
     """The engine's tuple -> a CallRecord (runs in the background flush)."""
     (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
-     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost) = row
+     upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost, prompt) = row
+    prompt_name, _, prompt_version = prompt.partition("@") if prompt is not None else (None, None, None)
     return CallRecord(
         ts=ts, request_id=rid, method=method, path=path, status=status,
         duration_ms=round(duration_ms, 3), overhead_ms=float(overhead or 0.0), model=model,
@@ -75,6 +79,8 @@ def to_record(row: tuple[Any, ...]) -> CallRecord:
         deployment=deployment,
         attempts=attempts if attempts and attempts > 1 else None,
         cost_usd=cost,
+        prompt=prompt_name,
+        prompt_version=prompt_version,
     )
 
 
