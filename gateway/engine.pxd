@@ -70,6 +70,7 @@ cdef class Engine:
     cdef public object limits
     cdef public object metrics
     cdef dict _provider_configs
+    cdef object _prompts
 
     @cython.locals(runtime=Runtime)
     cpdef Context _context(self, CRequest request, object responder)

@@ -36,7 +36,7 @@ from gateway.context import Context
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
-from gateway.prompts.table import PromptTable
+from gateway.prompts.table import PromptSource, PromptTable
 from gateway.providers.azure import azure_translator
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
 from gateway.providers.openai import OpenAITranslator
@@ -283,6 +283,7 @@ class Engine:
         #: the Prometheus export ([metrics]): the worker's snapshot timer and the scrape endpoint
         self.metrics: MetricsExporter | None = None
         self._provider_configs: dict[str, tuple[ProviderConfig, OpenAITranslator]] = {}
+        self._prompts = PromptSource()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -496,13 +497,21 @@ class Engine:
         """``gateway.app.App.handle``: the request's whole cycle as one coroutine."""
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
-        prompts = ctx.runtime.prompts
+        prompts = self._prompt_table(ctx.runtime)
         if prompts is not None and _prompt_request(prompts, request, endpoint):
             return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         if endpoint is None or request.method != "POST":
             return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
         ctx.endpoint = endpoint
         return self._guarded(ctx, responder, self._proxy(ctx, responder))
+
+    def _prompt_table(self, runtime: Runtime) -> PromptTable | None:
+        """The prompts this worker serves: the config's and the published ones (gateway.prompts.table)."""
+        keys = self.keys
+        stored = keys.stored_prompts if keys is not None else ()
+        if runtime.prompts is None and not stored:  # PERF: no prompts, nothing more per request
+            return None
+        return self._prompts.table(runtime.prompts, runtime, stored)
 
     def _prompt(self, ctx: Context, responder: Responder, prompts: PromptTable,
                 endpoint: str | None) -> Awaitable[None]:
@@ -524,7 +533,7 @@ class Engine:
         """
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
-        prompts = ctx.runtime.prompts
+        prompts = self._prompt_table(ctx.runtime)
         if prompts is not None and _prompt_request(prompts, request, endpoint):
             return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         try:

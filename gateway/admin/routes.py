@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.admin import wire
+from gateway.admin.prompts import PromptList, PromptLive, PromptPublish, PromptView
 from gateway.store.models import Subscription
 
 __all__ = ["ROUTES", "Operation", "QueryParam"]
@@ -132,6 +133,21 @@ ROUTES: tuple[Operation, ...] = (
     Operation("POST", "/admin/v1/subscriptions/{tenant}/{model}/revoke", "subscriptions_revoke",
               "Revoke an approved subscription (reason required)", "subscriptions", Subscription,
               body=wire.ReasonBody, operator_only=True, errors=(403, 404, 409), description=_DECIDE,
+              writes=True, waits=True),
+    # prompts (docs/prompts.md)
+    Operation("GET", "/admin/v1/prompts", "prompts_list", "List prompts (config and published)", "prompts",
+              PromptList),
+    Operation("GET", "/admin/v1/prompts/{name}", "prompts_get", "Get a prompt", "prompts", PromptView,
+              errors=(404,)),
+    Operation("PUT", "/admin/v1/prompts/{name}", "prompts_publish",
+              "Publish or replace a prompt (its revision counts up); in force on every worker when answered",
+              "prompts", PromptView, body=PromptPublish, operator_only=True, errors=(403, 409), writes=True,
+              waits=True),
+    Operation("POST", "/admin/v1/prompts/{name}/live", "prompts_live",
+              "Set the live version and drop any split: the rollback", "prompts", PromptView,
+              body=PromptLive, operator_only=True, errors=(403, 404, 409), writes=True, waits=True),
+    Operation("DELETE", "/admin/v1/prompts/{name}", "prompts_delete", "Withdraw a published prompt",
+              "prompts", wire.Deleted, query=(_REASON,), operator_only=True, errors=(403, 404, 409),
               writes=True, waits=True),
     # audit
     Operation("GET", "/admin/v1/audit", "audit_list", "The audit log: who did what, when and why", "audit",

@@ -16,15 +16,22 @@ only the callers whose point falls in a changed range. With no ``split`` every c
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway.prompts.render import CompiledVersion, compile_version
+import msgspec
+
+from gateway.prompts.config import PromptConfig
+from gateway.prompts.render import CompiledVersion, TemplateProblem, compile_version
 
 if TYPE_CHECKING:
-    from gateway.prompts.config import PromptConfig
+    from gateway.store.models import StoredPrompt
 
-__all__ = ["Prompt", "PromptTable"]
+__all__ = ["Prompt", "PromptSource", "PromptTable"]
+
+log = logging.getLogger("gateway.prompts")
 
 
 class Prompt:
@@ -77,12 +84,67 @@ class PromptTable:
 
     __slots__ = ("by_name", "by_path")
 
-    def __init__(self, prompts: dict[str, PromptConfig]) -> None:
+    def __init__(self, prompts: dict[str, PromptConfig], compiled: Sequence[Prompt] = ()) -> None:
         self.by_name = {name: Prompt(name, p) for name, p in prompts.items()}
-        self.by_path = {p.path: p for p in self.by_name.values() if p.path is not None}
+        for p in compiled:
+            self.by_name.setdefault(p.name, p)  # the config file's prompt wins over a published one
+        self.by_path: dict[str, Prompt] = {}
+        for p in self.by_name.values():
+            if p.path is not None:
+                self.by_path.setdefault(p.path, p)
 
     @classmethod
     def build(cls, config: Any) -> PromptTable | None:
         """The table of ``config.prompts``; None when there are none (# PERF: the engine checks that)."""
         prompts = getattr(config, "prompts", None)
         return cls(prompts) if prompts else None
+
+
+class PromptSource:
+    """The prompts a worker serves: the config file's (``Runtime.prompts``) and those published through the
+    admin API (the store's snapshot, read by the key service with the keys: so a published change is in
+    force on a worker exactly when its key table has the store version of that change, which is what the
+    admin API waits for before it answers).
+
+    # PERF: rebuilt only when the runtime or the store's prompt list is another object; a published
+    prompt is compiled once per revision and worker.
+    """
+
+    __slots__ = ("_compiled", "_runtime", "_stored", "_table")
+
+    def __init__(self) -> None:
+        self._runtime: Any = None
+        self._stored: Sequence[StoredPrompt] | None = None
+        self._table: PromptTable | None = None
+        self._compiled: dict[tuple[str, int, float], Prompt | None] = {}
+
+    def table(self, config_table: PromptTable | None, runtime: Any, stored: Sequence[StoredPrompt]) -> \
+            PromptTable | None:
+        if runtime is self._runtime and stored is self._stored:
+            return self._table
+        self._runtime = runtime
+        self._stored = stored
+        if not stored:
+            self._table = config_table
+            return config_table
+        compiled = [p for p in (self._compile(s) for s in stored) if p is not None]
+        base = config_table.by_name if config_table is not None else {}
+        table = PromptTable({}, [*base.values(), *compiled])
+        self._table = table if table.by_name else None
+        return self._table
+
+    def _compile(self, stored: StoredPrompt) -> Prompt | None:
+        ident = (stored.name, stored.revision, stored.updated_at)
+        if ident in self._compiled:
+            return self._compiled[ident]
+        prompt: Prompt | None
+        try:
+            prompt = Prompt(stored.name, msgspec.convert(stored.spec, PromptConfig))
+        except (msgspec.ValidationError, TemplateProblem, KeyError) as exc:
+            log.error("published prompt %s (revision %d) cannot be served: %s", stored.name, stored.revision,
+                      exc)
+            prompt = None
+        if len(self._compiled) > 4096:
+            self._compiled.clear()
+        self._compiled[ident] = prompt
+        return prompt
