@@ -498,7 +498,7 @@ class Engine:
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
         prompts = self._prompt_table(ctx.runtime)
-        if prompts is not None and _prompt_request(prompts, request, endpoint):
+        if _prompt_request(prompts, request, endpoint):
             return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         if endpoint is None or request.method != "POST":
             return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
@@ -513,11 +513,13 @@ class Engine:
             return None
         return self._prompts.table(runtime.prompts, runtime, stored)
 
-    def _prompt(self, ctx: Context, responder: Responder, prompts: PromptTable,
+    def _prompt(self, ctx: Context, responder: Responder, prompts: PromptTable | None,
                 endpoint: str | None) -> Awaitable[None]:
         """A prompt call, its catalogue or a chat request naming a ``prompt:`` model (gateway.prompts)."""
         from gateway.prompts import endpoint as prompt_endpoint
 
+        if prompts is None:
+            prompts = PromptTable({})
         if endpoint == "chat":
             ctx.endpoint = endpoint
             return prompt_endpoint.serve_chat(self, prompts, ctx, responder)
@@ -534,7 +536,7 @@ class Engine:
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
         prompts = self._prompt_table(ctx.runtime)
-        if prompts is not None and _prompt_request(prompts, request, endpoint):
+        if _prompt_request(prompts, request, endpoint):
             return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         try:
             if endpoint is None or request.method != "POST":
@@ -1420,13 +1422,14 @@ def _upstream_failure(exc: Exception | None) -> GatewayError:
     return errors.BadGateway(f"The upstream provider failed: {exc}")
 
 
-def _prompt_request(prompts: PromptTable, request: Request, endpoint: str | None) -> bool:
-    """A request for gateway.prompts: under /v1/prompts, a prompt's own path, or a chat request that
-    may name a ``prompt:`` model (# PERF: only checked when the config has prompts)."""
-    path = request.path
+def _prompt_request(prompts: PromptTable | None, request: Request, endpoint: str | None) -> bool:
+    """A request for gateway.prompts: under /v1/prompts (the catalogue answers with no prompts too), a
+    prompt's own path, or a chat request that may name a ``prompt:`` model (# PERF: a proxied request
+    is looked at only when there are prompts)."""
     if endpoint is None:
-        return path.startswith("/v1/prompts") or path in prompts.by_path
-    return endpoint == "chat" and b'"prompt:' in request.body
+        path = request.path
+        return path.startswith("/v1/prompts") or (prompts is not None and path in prompts.by_path)
+    return prompts is not None and endpoint == "chat" and b'"prompt:' in request.body
 
 
 def _key_allows(key: Any, model: str) -> bool:
