@@ -32,9 +32,11 @@ from urllib.parse import unquote
 import msgspec
 
 from gateway import errors
+from gateway._core.jsoncheck import TOO_DEEP, KeyWatch, check_json
 from gateway.app import Headers, Request
 from gateway.phases import Reply
 from gateway.prompts.openapi import catalogue, describe, document
+from gateway.wire import MAX_JSON_DEPTH, key_watches
 
 if TYPE_CHECKING:
     from gateway.app import Responder
@@ -63,6 +65,20 @@ class _Chat(msgspec.Struct):
 
 
 _chat_decoder = msgspec.json.Decoder(_Chat)
+#: the keys of a prompt call's envelope that may appear once (a chat request: those of the chat dialect)
+_REST_WATCH = KeyWatch(("variables", "stream"))
+
+
+def _check_shape(body: bytes, watch: KeyWatch) -> None:
+    """The engine's own body checks: nesting depth (bounded memory and stack), keys given twice."""
+    problem = check_json(body, MAX_JSON_DEPTH, watch)
+    if problem == TOO_DEEP:
+        raise errors.BadRequest(f"The JSON body nests arrays and objects more than {MAX_JSON_DEPTH} levels "
+                                "deep.", code="invalid_json")
+    if problem:
+        path = watch.paths[problem - 1]
+        raise errors.BadRequest(f"The JSON body repeats the key '{path}'; it must appear once.", param=path,
+                                code="duplicate_key")
 
 
 def is_prompt_chat(body: bytes) -> bool:
@@ -112,9 +128,10 @@ async def serve_chat(engine: Engine, table: PromptTable, ctx: Context, responder
     """A chat completions request, which names a ``prompt:NAME`` model or (rarely: the body only holds the
     text ``"prompt:``) an ordinary one, then served as any chat request."""
     try:
+        _check_shape(ctx.request.body, key_watches["chat"])
         head = msgspec.json.decode(ctx.request.body, type=_ChatHead)
-    except msgspec.MsgspecError:
-        head = None
+    except (msgspec.MsgspecError, errors.BadRequest):
+        head = None  # the chat pipeline answers it as it answers any chat request
     if head is None or not head.model.startswith("prompt:"):
         await engine._proxy(ctx, responder)
         return
@@ -203,6 +220,7 @@ def _chat_body(version: CompiledVersion, messages: list[dict[str, str]], given: 
 async def _call(engine: Engine, ctx: Context, responder: Responder, prompt: Prompt, *, rest: bool) -> None:
     key = await _authenticate(engine, ctx, "chat")
     _check_scope(engine, key, prompt)
+    _check_shape(ctx.request.body, _REST_WATCH if rest else key_watches["chat"])
     try:
         given = _rest_input(ctx.request.body) if rest else _chat_input(ctx.request.body)
     except msgspec.DecodeError:

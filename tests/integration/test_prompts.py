@@ -443,3 +443,20 @@ def test_the_example_serves_its_two_apis(start_gateway: StartGateway, tmp_path: 
     jsonschema.validate(resp.json()["output"], SENTIMENT_OUT)
     resp = post(gw.port, "/v1/translate", {"text": "Good morning", "target": "French", "formal": True})
     assert resp.status_code == 200 and resp.json()["version"] in {"v1", "v2"}
+
+
+def test_bad_bodies_are_refused_with_bounded_work(file_gateway: Any) -> None:
+    port = file_gateway.port
+    for raw, code in ((b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}", "invalid_json"),
+                      (b'{"variables": {"text": "a"}, "variables": {"text": "b"}}', "duplicate_key"),
+                      (b"[1, 2]", "invalid_json"), (b"", "invalid_json")):
+        resp = httpx.post(f"http://{HOST}:{port}/v1/prompts/sentiment", content=raw, timeout=30.0,
+                          headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == code, (raw[:40], resp.text)
+    deep = b'{"model": "prompt:sentiment", "prompt_variables": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    resp = httpx.post(f"http://{HOST}:{port}/v1/chat/completions", content=deep, timeout=30.0,
+                      headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json", resp.text
+    assert post(port, "/v1/prompts/sentiment", {"text": "still serving"}).status_code == 200
+    assert httpx.get(f"http://{HOST}:{port}/v1/prompts/sentiment/nope", timeout=30.0).status_code == 404
+    assert httpx.delete(f"http://{HOST}:{port}/v1/prompts/sentiment", timeout=30.0).status_code == 405
