@@ -27,6 +27,8 @@ from .tiny_upstream import TinyUpstream
 
 #: the admin API tests' fixture: a ``gateway serve`` node with its admin API, on a fresh store
 start_node = test_hardening_admin.start_node
+#: and its Redis server (module-scoped), for a cluster's store
+redis_server = test_hardening_admin.redis_server
 
 SENTIMENT_OUT = {
     "type": "object",
@@ -349,8 +351,15 @@ def _spec(**top: Any) -> dict[str, Any]:
     return {"live": "v1", "versions": {"v1": version(), "v2": version(user="Say:\n{{ text }}")}, **top}
 
 
-def test_published_by_the_admin_api_and_rolled_back_at_once_on_every_worker(start_node: StartNode) -> None:
-    node = start_node(workers=2)
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_published_by_the_admin_api_and_rolled_back_at_once_on_every_worker(
+        start_node: StartNode, store: str, request: pytest.FixtureRequest) -> None:
+    url = None
+    if store == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flushall()
+        url = server.url
+    node = start_node(url, workers=2)
     node.ok("POST", "/admin/v1/tenants", {"id": "acme"})
     key = node.ok("POST", "/admin/v1/keys", {"tenant": "acme", "allowed_models": ["prompt:greet"]})["api_key"]
     other = node.ok("POST", "/admin/v1/keys", {"tenant": "acme", "allowed_models": ["mock-1"]})["api_key"]
