@@ -498,7 +498,7 @@ class Engine:
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
         prompts = self._prompt_table(ctx.runtime)
-        if _prompt_request(prompts, request, endpoint):
+        if (prompts is not None or endpoint is None) and _prompt_request(prompts, request, endpoint):
             return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         if endpoint is None or request.method != "POST":
             return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
@@ -536,7 +536,7 @@ class Engine:
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
         prompts = self._prompt_table(ctx.runtime)
-        if _prompt_request(prompts, request, endpoint):
+        if (prompts is not None or endpoint is None) and _prompt_request(prompts, request, endpoint):
             return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         try:
             if endpoint is None or request.method != "POST":

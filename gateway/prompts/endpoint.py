@@ -244,7 +244,7 @@ async def _call(engine: Engine, ctx: Context, responder: Responder, prompt: Prom
     if not rest and version.output_schema is None:
         await engine._proxy(ctx, responder)
         return
-    capture = _Capture()
+    capture = _Capture(responder)
     await engine._proxy(ctx, capture)
     answer, problem = _judge(version, capture)
     if problem is not None:  # once more, as a call of its own (its own limits, its own record)
@@ -254,7 +254,7 @@ async def _call(engine: Engine, ctx: Context, responder: Responder, prompt: Prom
         ctx = engine._context(inner, responder)
         ctx.endpoint = "chat"
         ctx.prompt = first.prompt
-        capture = _Capture()
+        capture = _Capture(responder)
         try:
             await engine._proxy(ctx, capture)
             answer, problem = _judge(version, capture)
@@ -305,16 +305,29 @@ def _answer(engine: Engine, ctx: Context, responder: Responder, prompt: Prompt, 
 
 
 class _Capture:
-    """A responder that keeps the engine's one (non-stream) answer, for the prompt to judge."""
+    """A responder that keeps the engine's one (non-stream) answer, for the prompt to judge; the client's
+    connection (``client``) still tells whether it has gone and whether it stays open."""
 
     started = False
-    keep_alive = True
-    disconnected = False
 
-    def __init__(self) -> None:
+    def __init__(self, client: Responder) -> None:
+        self._client = client
         self.status = 0
         self.headers: Headers = []
         self.body = b""
+
+    @property
+    def disconnected(self) -> bool:
+        return self._client.disconnected
+
+    @property
+    def keep_alive(self) -> bool:
+        return bool(getattr(self._client, "keep_alive", True))
+
+    @keep_alive.setter
+    def keep_alive(self, value: bool) -> None:  # an answer that closes the connection closes the client's
+        if hasattr(self._client, "keep_alive"):
+            self._client.keep_alive = value
 
     def send(self, status: int, headers: Headers, body: bytes) -> None:
         self.status = status
