@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from . import test_hardening_admin
-from .conftest import StartGateway
+from .conftest import StartGateway, require_frontend
 from .helpers import HOST, call_records, gateway_toml, provider_toml, sse_events
 from .test_admin_cli import ACME
 from .test_hardening_admin import SPREAD, Node, StartNode
@@ -117,9 +117,10 @@ def answer_schema(doc: dict[str, Any], path: str, status: int) -> dict[str, Any]
 # -- published by the config file ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def file_gateway(start_gateway: StartGateway, mock_port: int) -> Iterator[Any]:
-    yield start_gateway(gateway_toml(mock_port) + FILE_PROMPTS, workers=2)
+@pytest.fixture(params=["native", "granian"])
+def file_gateway(start_gateway: StartGateway, mock_port: int, request: pytest.FixtureRequest) -> Iterator[Any]:
+    require_frontend(request.param)
+    yield start_gateway(gateway_toml(mock_port) + FILE_PROMPTS, workers=2, frontend=request.param)
 
 
 def test_file_prompts_answer_check_their_input_and_match_their_openapi_document(file_gateway: Any) -> None:
