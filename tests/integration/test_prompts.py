@@ -470,3 +470,14 @@ def test_bad_bodies_are_refused_with_bounded_work(file_gateway: Any) -> None:
     assert post(port, "/v1/prompts/sentiment", {"text": "still serving"}).status_code == 200
     assert httpx.get(f"http://{HOST}:{port}/v1/prompts/sentiment/nope", timeout=30.0).status_code == 404
     assert httpx.delete(f"http://{HOST}:{port}/v1/prompts/sentiment", timeout=30.0).status_code == 405
+
+
+def test_limits_apply_to_prompt_calls_as_to_any_call(start_gateway: StartGateway, mock_port: int) -> None:
+    config = (gateway_toml(mock_port)
+              + '\n[limits]\napply = { gateway = "tiny" }\n[limits.policies.tiny]\nrequests_per_minute = 3\n'
+              + prompt_toml("p", {"v1": version()}, live="v1"))
+    gw = start_gateway(config)
+    statuses = [post(gw.port, "/v1/prompts/p", {"text": "x"}) for _ in range(4)]
+    assert [r.status_code for r in statuses] == [200, 200, 200, 429], [r.text for r in statuses]
+    assert statuses[-1].json()["error"]["type"] == "rate_limit_error"
+    assert statuses[0].headers.get("x-ratelimit-limit-requests") == "3"
