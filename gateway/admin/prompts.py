@@ -87,6 +87,9 @@ class PromptAdmin:
         if not NAME.match(name):
             raise AdminError(400, "invalid_argument", "a prompt name is letters, digits, '.', '_' or '-' "
                              "(at most 64, not first '.-_')", param="name")
+        if not self.config.auth.required:
+            raise AdminError(409, "auth_not_required", "published prompts are read by the workers with the "
+                             "keys: they need [auth] required = true", param="name")
         if name in self.config.prompts:
             raise AdminError(409, "config_prompt", f"prompt {name} is declared in the config file: change it "
                              "there", param="name")

@@ -101,6 +101,8 @@ async def serve(engine: Engine, table: PromptTable, ctx: Context, responder: Res
         await _call(engine, ctx, responder, prompt, rest=True)
         return
     rest = path[len("/v1/prompts"):]
+    if rest and rest[0] != "/":  # /v1/promptsX: not ours
+        raise errors.NotFound(f"Unknown request URL: {req.method} {path}", code="unknown_url")
     if rest in ("", "/"):
         await _catalogue(engine, table, ctx, responder, None, json_doc=False)
         return

@@ -481,3 +481,10 @@ def test_limits_apply_to_prompt_calls_as_to_any_call(start_gateway: StartGateway
     assert [r.status_code for r in statuses] == [200, 200, 200, 429], [r.text for r in statuses]
     assert statuses[-1].json()["error"]["type"] == "rate_limit_error"
     assert statuses[0].headers.get("x-ratelimit-limit-requests") == "3"
+
+
+def test_paths_beside_the_prompt_api_are_not_taken(file_gateway: Any) -> None:
+    port = file_gateway.port
+    for path in ("/v1/promptsx", "/v1/prompts-old/sentiment", "/v1/translate/extra"):
+        resp = post(port, path, {"text": "x"})
+        assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url", (path, resp.text)
