@@ -63,6 +63,7 @@ provider = "mock"
 approval = "required"
 
 [auth]
+required = true
 pepper = "env:{PEPPER_ENV}"
 rotation_grace = 3600
 
@@ -821,6 +822,7 @@ def test_every_response_matches_the_openapi_document(config: Config, store_url: 
         await api("POST", "/admin/v1/prompts/say/live", {"version": "v7"})
         await api("DELETE", "/admin/v1/prompts/say", query={"reason": "done"})
         await api("DELETE", "/admin/v1/prompts/say")
+        await api("PUT", "/admin/v1/prompts/say", {"spec": spec}, token=ACME)
 
         doc = document()
         for op, status, body in api.seen:

@@ -167,3 +167,45 @@ def test_a_split_is_stable_per_key_and_within_its_shares() -> None:
 def test_no_split_means_live() -> None:
     p = prompt({"v1": v(), "v2": v()}, live="v2")
     assert {p.choose(f"k{i}", None).name for i in range(100)} == {"v2"}
+
+
+class _Recorder:
+    status = 0
+    body = b""
+    disconnected = False
+
+    def send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.body = status, body
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_the_admin_api_publishes_only_where_workers_read_published_prompts(tmp_path: Path, required: bool) -> None:
+    """Workers read published prompts with the keys: without [auth] required, a write is refused (409)
+    rather than answered as applied and never served."""
+    import asyncio
+
+    from gateway._core.http import Request
+    from gateway.admin.app import AdminApp
+    from gateway.store import open_store
+
+    text = (EXAMPLES / "keys.toml").read_text().replace("required = true ", f"required = {str(required).lower()} ")
+    config = load_config_text(text, str(EXAMPLES / "keys.toml"))
+    assert config.auth.required is required
+    body = json.dumps({"spec": {"live": "v1", "versions": {"v1": v()}}}).encode()
+
+    async def go() -> _Recorder:
+        store = await open_store(f"sqlite://{tmp_path / 'admin.db'}")
+        try:
+            rec = _Recorder()
+            headers = [(b"host", b"admin"), (b"authorization", b"Bearer change-me-operator-token")]
+            await AdminApp(config, store=store).handle(
+                Request("PUT", "/admin/v1/prompts/hello", "", 11, headers, body, True), rec)  # type: ignore[arg-type]
+            return rec
+        finally:
+            await store.close()
+
+    rec = asyncio.run(go())
+    if required:
+        assert rec.status == 200 and json.loads(rec.body)["revision"] == 1, rec.body
+    else:
+        assert rec.status == 409 and json.loads(rec.body)["error"]["code"] == "auth_not_required", rec.body
