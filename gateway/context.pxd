@@ -18,6 +18,7 @@ cdef class Context:
     cdef public object limits
     cdef public object model
     cdef public str overhead
+    cdef public object prompt
     cdef public object request
     cdef public str request_id
     cdef public object responder

@@ -27,7 +27,7 @@ class Context:
 
     __slots__ = (
         "answer", "attempts", "body", "cache", "cost", "dialect", "endpoint", "error", "fields",
-        "include_usage", "key", "limits", "model", "overhead", "request", "request_id", "responder",
+        "include_usage", "key", "limits", "model", "overhead", "prompt", "request", "request_id", "responder",
         "response_headers", "route_model", "runtime", "settled", "status", "stream", "t0", "t_first", "t_up",
         "target", "task", "up_ms", "upstream_status", "usage",
     )
@@ -76,3 +76,5 @@ class Context:
         self.key: Any = None
         #: the response cache's state for this request (gateway.cache.phase.CacheState), when it has one
         self.cache: Any = None
+        #: "NAME@VERSION" of a prompt call (gateway.prompts), for its call record; else None
+        self.prompt: str | None = None

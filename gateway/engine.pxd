@@ -41,6 +41,7 @@ cdef class Runtime:
     cdef public bytes models_body
     cdef public dict model_bodies
     cdef public dict unknown_models
+    cdef public object prompts
 
 
 cpdef str _overhead_ms(Context ctx)
@@ -73,6 +74,7 @@ cdef class Engine:
     cdef public object metrics
     cdef dict _provider_configs
     cdef object _responses
+    cdef object _prompts
 
     @cython.locals(runtime=Runtime)
     cpdef Context _context(self, CRequest request, object responder)

@@ -40,6 +40,7 @@ from gateway.errors import GatewayError
 from gateway.image_fetch import image_phases
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
+from gateway.prompts.table import PromptSource, PromptTable
 from gateway.providers.anthropic import with_sampling
 from gateway.providers.azure import azure_translator
 from gateway.providers.base import UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -172,6 +173,8 @@ class Runtime:
         self.model_bodies = {n: encode(self._model_obj(e, created)) for n, e in self.models.items()}
         #: the 404 of each unknown model name asked for, built once (bounded: _MAX_UNKNOWN names)
         self.unknown_models: dict[str, GatewayError] = {}
+        #: the prompts published as APIs (gateway.prompts); None when the config has none
+        self.prompts = PromptTable.build(config)
 
     def unknown_model(self, name: str) -> GatewayError:
         """The answer to a request for a model this config does not have (never raised: shared)."""
@@ -317,6 +320,7 @@ class Engine:
         self._provider_configs: dict[str, tuple[ProviderConfig, OpenAITranslator]] = {}
         #: the Responses API's store and front (gateway.responses), made on the first /v1/responses request
         self._responses: ResponsesService | None = None
+        self._prompts = PromptSource()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -552,6 +556,9 @@ class Engine:
         """``gateway.app.App.handle``: the request's whole cycle as one coroutine."""
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
+        prompts = self._prompt_table(ctx.runtime)
+        if (prompts is not None or endpoint is None) and _prompt_request(prompts, request, endpoint):
+            return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         if endpoint is None or request.method != "POST":  # the gateway's own, or another dialect's
             if request.path.startswith("/v1/responses"):
                 return self._guarded(ctx, responder, self._responses_local(ctx, responder))
@@ -560,6 +567,26 @@ class Engine:
         if endpoint is _RESPONSES:
             return self._guarded(ctx, responder, self._responses_create(ctx, responder))
         return self._guarded(ctx, responder, self._proxy(ctx, responder))
+
+    def _prompt_table(self, runtime: Runtime) -> PromptTable | None:
+        """The prompts this worker serves: the config's and the published ones (gateway.prompts.table)."""
+        keys = self.keys
+        stored = keys.stored_prompts if keys is not None else ()
+        if runtime.prompts is None and not stored:  # PERF: no prompts, nothing more per request
+            return None
+        return self._prompts.table(runtime.prompts, runtime, stored)
+
+    def _prompt(self, ctx: Context, responder: Responder, prompts: PromptTable | None,
+                endpoint: str | None) -> Awaitable[None]:
+        """A prompt call, its catalogue or a chat request naming a ``prompt:`` model (gateway.prompts)."""
+        from gateway.prompts import endpoint as prompt_endpoint
+
+        if prompts is None:
+            prompts = PromptTable({})
+        if endpoint == "chat":
+            ctx.endpoint = endpoint
+            return prompt_endpoint.serve_chat(self, prompts, ctx, responder)
+        return prompt_endpoint.serve(self, prompts, ctx, responder)
 
     def begin(self, request: Request, responder: CallbackResponder) -> Awaitable[None] | None:
         """``gateway.app.FastApp.begin``: what needs no waiting runs here; a non-stream request to a
@@ -571,6 +598,9 @@ class Engine:
         """
         ctx = self._context(request, responder)
         endpoint = _ENDPOINTS.get(request.path)
+        prompts = self._prompt_table(ctx.runtime)
+        if (prompts is not None or endpoint is None) and _prompt_request(prompts, request, endpoint):
+            return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         try:
             if endpoint is None or request.method != "POST":
                 if (self._access is not None and request.path.startswith("/v1/models")) or (
@@ -1567,7 +1597,7 @@ class Engine:
             target.name if target is not None and model is not None and model.target is None
             else None,
             ctx.attempts, ctx.cost, ctx.endpoint,
-            (ctx.t_first - ctx.t0) * 1000.0 if ctx.t_first else None, req, ctx.answer, ctx.cache,
+            (ctx.t_first - ctx.t0) * 1000.0 if ctx.t_first else None, req, ctx.answer, ctx.cache, ctx.prompt,
         ))
 
 
@@ -1649,6 +1679,16 @@ def _upstream_failure(exc: Exception | None) -> GatewayError:
     if isinstance(exc, UpstreamTimeout):
         return errors.GatewayTimeout(f"The upstream provider timed out: {exc}")
     return errors.BadGateway(f"The upstream provider failed: {exc}")
+
+
+def _prompt_request(prompts: PromptTable | None, request: Request, endpoint: str | None) -> bool:
+    """A request for gateway.prompts: under /v1/prompts (the catalogue answers with no prompts too), a
+    prompt's own path, or a chat request that may name a ``prompt:`` model (# PERF: a proxied request
+    is looked at only when there are prompts)."""
+    if endpoint is None:
+        path = request.path
+        return path.startswith("/v1/prompts") or (prompts is not None and path in prompts.by_path)
+    return prompts is not None and endpoint == "chat" and b'"prompt:' in request.body
 
 
 def _key_allows(key: Any, model: str) -> bool:

@@ -48,6 +48,7 @@ from gateway.admin import wire
 from gateway.admin.auth import Principal, TokenChecker
 from gateway.admin.errors import AdminError, from_store
 from gateway.admin.openapi import document_bytes
+from gateway.admin.prompts import PromptAdmin
 from gateway.admin.routes import ROUTES, Operation
 from gateway.admin.views import (
     StaticRecords,
@@ -174,7 +175,7 @@ def _check_reason(reason: str | None) -> None:
         raise AdminError(400, "invalid_argument", wire.LIMITS["reason"], param="reason")
 
 
-class AdminApp:
+class AdminApp(PromptAdmin):
     """The admin API (see the module docstring). One instance per admin process.
 
     ``store``: an open store (tests); or ``open_store``: how to open one at startup. When opening fails,
@@ -216,6 +217,7 @@ class AdminApp:
         self._tokens = TokenChecker(config.admin, pepper)
         self._static = StaticRecords(config)
         self._approval = {name: m.approval for name, m in config.models.items()}
+        self._approval.update({f"prompt:{name}": p.approval for name, p in config.prompts.items()})
         self._rotation_grace = config.auth.rotation_grace
         self.config = config
 
@@ -710,8 +712,8 @@ class AdminApp:
 
     # -- subscriptions -----------------------------------------------------------------------------------
 
-    def _check_model(self, model: str) -> None:
-        approval = self._approval.get(model)
+    async def _check_model(self, model: str) -> None:
+        approval = self._approval.get(model) or await self.prompt_approval(model)
         if approval is None:
             raise AdminError(400, E.UNKNOWN_MODEL, f"no model {model} in the config", param="model")
         if approval != "required":
@@ -725,7 +727,7 @@ class AdminApp:
         tenant = self._scope(call.principal, b.tenant)
         if tenant is None:
             raise AdminError(400, "invalid_argument", "tenant is required", param="tenant")
-        self._check_model(b.model)
+        await self._check_model(b.model)
         for attempt in (1, 2):
             try:
                 sub = await self._require_store().request_subscription(
@@ -761,7 +763,7 @@ class AdminApp:
         if decision != "approve" and not (b.reason and b.reason.strip()):
             raise AdminError(400, "invalid_argument", f"a reason is required to {decision}", param="reason")
         if decision == "approve":
-            self._check_model(model)
+            await self._check_model(model)
         store = self._require_store()
         for attempt in (1, 2):
             try:

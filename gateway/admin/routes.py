@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.admin import wire
+from gateway.admin.prompts import PromptList, PromptLive, PromptPublish, PromptView
 from gateway.cache.admin import CachePurge, CachePurged, CacheStatsView
 from gateway.store.models import Subscription
 
@@ -143,6 +144,21 @@ ROUTES: tuple[Operation, ...] = (
                           "tenant's entries only. docs/cache.md."),
     Operation("GET", "/admin/v1/cache/stats", "cache_stats", "This node's cache hits, misses and hit ratio",
               "cache", CacheStatsView, operator_only=True, errors=(403,)),
+    # prompts (docs/prompts.md)
+    Operation("GET", "/admin/v1/prompts", "prompts_list", "List prompts (config and published)", "prompts",
+              PromptList),
+    Operation("GET", "/admin/v1/prompts/{name}", "prompts_get", "Get a prompt", "prompts", PromptView,
+              errors=(404,)),
+    Operation("PUT", "/admin/v1/prompts/{name}", "prompts_publish",
+              "Publish or replace a prompt (its revision counts up); in force on every worker when answered",
+              "prompts", PromptView, body=PromptPublish, operator_only=True, errors=(403, 409), writes=True,
+              waits=True),
+    Operation("POST", "/admin/v1/prompts/{name}/live", "prompts_live",
+              "Set the live version and drop any split: the rollback", "prompts", PromptView,
+              body=PromptLive, operator_only=True, errors=(403, 404, 409), writes=True, waits=True),
+    Operation("DELETE", "/admin/v1/prompts/{name}", "prompts_delete", "Withdraw a published prompt",
+              "prompts", wire.Deleted, query=(_REASON,), operator_only=True, errors=(403, 404, 409),
+              writes=True, waits=True),
     # audit
     Operation("GET", "/admin/v1/audit", "audit_list", "The audit log: who did what, when and why", "audit",
               wire.AuditList,

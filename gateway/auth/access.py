@@ -100,14 +100,16 @@ class AccessPhase(Phase):
     def on_request(self, ctx: Context) -> None:
         key: KeyEntry = ctx.key
         model = ctx.fields.model
-        if not key.unrestricted and (
+        if ctx.prompt is not None:  # a prompt's own model: the prompt's scope and subscription were checked
+            pass
+        elif not key.unrestricted and (
             not key.models.allows(model) or not key.tenant.models.allows(model)
         ):
             raise errors.PermissionDenied(
                 f"The API key {key.id} may not use the model `{model}`.",
                 param="model", code="model_not_allowed",
             )
-        if self.approval and model in self.approval:
+        if self.approval and model in self.approval and ctx.prompt is None:
             self._check_subscription(key, model)
         residency = key.residency
         if residency is not None:

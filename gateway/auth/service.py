@@ -36,7 +36,7 @@ from gateway.auth.table import KeyTable
 from gateway.config import Config, resolve_secret
 from gateway.store.base import NotFound, Store
 from gateway.store.factory import StoreOptions, open_store
-from gateway.store.models import Snapshot, Tenant
+from gateway.store.models import Snapshot, StoredPrompt, Tenant
 
 __all__ = ["KeyService"]
 
@@ -61,6 +61,7 @@ class KeyService:
         #: key ids the store did not know, and until when not to ask again (a flood of made-up ids
         #: costs one store lookup per id per second at most)
         self._unknown: dict[str, float] = {}
+        self.stored_prompts: list[StoredPrompt] = []
         self.ready = asyncio.Event()
         #: this worker's mark in the node's directory (None outside ``gateway serve``, or when it failed)
         self._mark: AppliedMark | None = None
@@ -143,6 +144,8 @@ class KeyService:
             snap = await store.snapshot()
             if snap.version == self._snapshot_version:
                 return
+            #: prompts published through the admin API (gateway.prompts), applied with the key table
+            self.stored_prompts = snap.prompts
             self.table = self._build(snap)
             self._snapshot_version = snap.version
             if self._mark is not None:

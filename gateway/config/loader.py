@@ -43,6 +43,7 @@ import msgspec
 from gateway.config.schema import Config, ModelConfig, ProviderConfig
 from gateway.config.snapshot import read_secret_file
 from gateway.observe.config import records_problems
+from gateway.prompts.config import prompt_problems
 from gateway.redisconn import SCHEMES as REDIS_SCHEMES
 from gateway.redisconn import parse_url as parse_redis_url
 
@@ -571,6 +572,8 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from (_Problem(p, m) for p, m in records_problems(config.records, config.metrics.labels))
     yield from _cache_problems(config)
     yield from _guardrail_problems(config)
+    for path, message in prompt_problems(config.prompts, config.models):
+        yield _Problem(path, message)
     yield from _images_problems(config)
 
 

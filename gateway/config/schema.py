@@ -15,6 +15,7 @@ from gateway.guard.config import GuardrailsConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
 from gateway.observe.config import RecordsConfig
+from gateway.prompts.config import PromptConfig
 from gateway.routing.config import (
     BreakerConfig,
     DeploymentConfig,
@@ -413,3 +414,5 @@ class Config(_Base, frozen=True):
     records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)
     #: guardrails on prompts and answers (docs/guardrails.md)
     guardrails: GuardrailsConfig = msgspec.field(default_factory=GuardrailsConfig)
+    #: prompt templates published as APIs (docs/prompts.md)
+    prompts: dict[str, PromptConfig] = msgspec.field(default_factory=dict)

@@ -327,7 +327,7 @@ def _json_problem(text: Any, schema: Any, *, object_only: bool) -> str | None:
     if object_only and not isinstance(value, dict):
         return "not a JSON object"
     if isinstance(schema, dict):
-        import jsonschema  # type: ignore[import-untyped]
+        import jsonschema
 
         try:
             jsonschema.validate(value, schema)

@@ -51,6 +51,9 @@ class CallRecord(msgspec.Struct, omit_defaults=True, gc=False):
     #: USD the original call cost
     cache: str | None = None
     cost_saved_usd: float | None = None
+    #: a prompt call (docs/prompts.md): the prompt and the version that served it
+    prompt: str | None = None
+    prompt_version: str | None = None
     #: ``[records] bodies``: the bodies as text, key material and configured fields redacted, capped
     request_body: str | None = None
     response_body: str | None = None

@@ -70,11 +70,14 @@ def to_record(row: tuple[Any, ...], prices: Prices | None = None) -> CallRecord:
     no phase priced (no ``[limits]``)."""
     (ts, rid, method, path, status, duration_ms, overhead, model, provider, upstream_model, stream,
      upstream_status, upstream_ms, usage, err, worker, key, deployment, attempts, cost) = row[:20]
-    endpoint = ttft_ms = cache = None
+    endpoint = ttft_ms = cache = prompt = None
     if len(row) > 21:
         endpoint, ttft_ms = row[20], row[21]
-        if len(row) > 24:
-            cache = row[24]
+        if len(row) > 25:
+            cache, prompt = row[24], row[25]
+    prompt_name = prompt_version = None
+    if prompt is not None:  # "NAME@VERSION" of a prompt call
+        prompt_name, _, prompt_version = prompt.partition("@")
     if usage is not None:
         prompt, completion, total = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
         # PERF: the helper only when the usage has details (the usual usage has none)
@@ -102,4 +105,5 @@ def to_record(row: tuple[Any, ...], prices: Prices | None = None) -> CallRecord:
         endpoint or None, _DIALECTS.get(path, "openai") if endpoint else _DIALECTS.get(path),
         _ms(ttft_ms) if ttft_ms is not None else None, reasoning,
         cache.outcome if cache is not None else None, cache.saved if cache is not None else None,
+        prompt_name, prompt_version,
     )

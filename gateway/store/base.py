@@ -23,7 +23,7 @@ import base64
 import binascii
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Self, TypeVar, get_args
+from typing import Any, Self, TypeVar, get_args
 
 import msgspec
 
@@ -39,6 +39,7 @@ from gateway.store.models import (
     Page,
     Snapshot,
     SpendScope,
+    StoredPrompt,
     Subscription,
     SubscriptionState,
     Tenant,
@@ -330,6 +331,22 @@ class Store(abc.ABC):
     ) -> dict[str, float]:
         """Day -> spend for the days from ``first_day`` to ``last_day`` (both included) that have any."""
 
+    # -- prompts published through the admin API (docs/prompts.md)
+
+    @abc.abstractmethod
+    async def put_prompt(
+        self, name: str, spec: Mapping[str, Any], *, actor: str | None = None, reason: str | None = None
+    ) -> StoredPrompt:
+        """Publish (or replace) the prompt ``name``: a change every worker applies, and an audit entry."""
+
+    @abc.abstractmethod
+    async def delete_prompt(self, name: str, *, actor: str | None = None, reason: str | None = None) -> None:
+        """Withdraw a published prompt; NotFound when there is none of that name."""
+
+    @abc.abstractmethod
+    async def list_prompts(self) -> list[StoredPrompt]:
+        """Every published prompt, by name (a few: read whole)."""
+
     # -- changes
 
     @abc.abstractmethod
@@ -375,7 +392,7 @@ class Store(abc.ABC):
             subscriptions.extend(spage.items)
             if (cursor := spage.next_cursor) is None:
                 break
-        return Snapshot(version, tenants, keys, subscriptions)
+        return Snapshot(version, tenants, keys, subscriptions, await self.list_prompts())
 
 
 # -- rules applied by both implementations (pure: records and ``now`` in, records or errors out) ----------

@@ -12,7 +12,7 @@ converting. Spend days are ``YYYY-MM-DD`` strings (UTC).
 from __future__ import annotations
 
 import re
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -31,6 +31,7 @@ __all__ = [
     "Page",
     "Snapshot",
     "SpendScope",
+    "StoredPrompt",
     "Subscription",
     "SubscriptionState",
     "Tenant",
@@ -49,7 +50,7 @@ KeyStatus = Literal["active", "revoked", "expired"]
 KeySource = Literal["api", "config"]
 SubscriptionState = Literal["pending", "approved", "rejected", "revoked"]
 Decision = Literal["approve", "reject", "revoke"]
-ChangeKind = Literal["tenant", "key", "subscription"]
+ChangeKind = Literal["tenant", "key", "subscription", "prompt"]
 #: the limits capability may add scopes (e.g. a named budget); each is a separate counter space
 SpendScope = Literal["key", "tenant"]
 
@@ -211,6 +212,17 @@ class Change(_Record, frozen=True, kw_only=True):
     id: str
 
 
+class StoredPrompt(_Record, frozen=True, kw_only=True):
+    """A prompt published through the admin API (docs/prompts.md): ``spec`` is its ``[prompts.NAME]``
+    table as JSON, checked by the admin API before it is written and compiled by every worker."""
+
+    name: str
+    spec: dict[str, Any]
+    revision: int
+    updated_at: float
+    updated_by: str
+
+
 class Page(msgspec.Struct, Generic[T], frozen=True):
     """One page of a listing; pass ``next_cursor`` back for the next page (None: this was the last)."""
 
@@ -229,6 +241,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     tenants: list[Tenant]
     keys: list[ApiKey]
     subscriptions: list[Subscription]
+    #: prompts published through the admin API
+    prompts: list[StoredPrompt] = msgspec.field(default_factory=list)
 
 
 class _Update(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):

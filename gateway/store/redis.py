@@ -108,6 +108,7 @@ from gateway.store.models import (
     KeyUpdate,
     Page,
     SpendScope,
+    StoredPrompt,
     Subscription,
     SubscriptionState,
     Tenant,
@@ -141,6 +142,7 @@ _encode = msgspec.json.Encoder().encode
 _tenant = msgspec.json.Decoder(Tenant).decode
 _key = msgspec.json.Decoder(ApiKey).decode
 _subscription = msgspec.json.Decoder(Subscription).decode
+_prompt = msgspec.json.Decoder(StoredPrompt).decode
 _audit = msgspec.json.Decoder(AuditEntry).decode
 
 # KEYS: 1 version, 2 change log, 3 audit seq, 4 audit log, 5 tenant audit log (or 4 again), 6... op keys
@@ -333,6 +335,7 @@ class RedisStore(Store):
         self._used = f"{tag}:keys:last-used"
         self._subs = f"{tag}:subscriptions"
         self._sub_ids = f"{tag}:subscriptions:ids"
+        self._prompts = f"{tag}:prompts"
         self.channel = f"{prefix}:changes"
         self._commit_script = client.register_script(_COMMIT)
         self._touch_script = client.register_script(_TOUCH)
@@ -891,6 +894,52 @@ class RedisStore(Store):
 
         filtered = model is not None or state is not None
         return await self._scan(index, self._subs, after, limit, _subscription_of, keep if filtered else None)
+
+    # -- prompts
+
+    @_guarded
+    async def put_prompt(
+        self, name: str, spec: Mapping[str, Any], *, actor: str | None = None, reason: str | None = None
+    ) -> StoredPrompt:
+        now = self._clock()
+
+        async def attempt() -> StoredPrompt:
+            raw = await self._r.hget(self._prompts, name)
+            revision = 1 if raw is None else _prompt(raw).revision + 1
+            new = StoredPrompt(name=name, spec=dict(spec), revision=revision, updated_at=now,
+                               updated_by=actor or "")
+            ops = _Ops()
+            if raw is None:
+                ops.absent(self._prompts, name)
+            else:
+                ops.equal(self._prompts, name, _str(raw))
+            ops.hset(self._prompts, name, _encode(new))
+            draft = audit_draft(actor, "prompt.publish", f"prompt:{name}", None, reason, now,
+                                {"revision": str(revision)})
+            try:
+                await self._commit(ops, [("prompt", "", name)], draft)
+            except (Conflict, NotFound):  # written or removed meanwhile: recompute
+                raise _Lost(name) from None
+            return new
+
+        return await self._retrying(attempt)
+
+    @_guarded
+    async def delete_prompt(self, name: str, *, actor: str | None = None, reason: str | None = None) -> None:
+        now = self._clock()
+        ops = _Ops()
+        ops.present(self._prompts, name)
+        ops.hdel(self._prompts, name)
+        try:
+            await self._commit(ops, [("prompt", "", name)],
+                               audit_draft(actor, "prompt.delete", f"prompt:{name}", None, reason, now))
+        except NotFound:
+            raise NotFound(f"no prompt {name}") from None
+
+    @_guarded
+    async def list_prompts(self) -> list[StoredPrompt]:
+        found = await self._r.hgetall(self._prompts)
+        return sorted((_prompt(raw) for raw in found.values()), key=lambda p: p.name)
 
     # -- audit
 

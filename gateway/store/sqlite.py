@@ -67,6 +67,7 @@ from gateway.store.models import (
     KeyUpdate,
     Page,
     SpendScope,
+    StoredPrompt,
     Subscription,
     SubscriptionState,
     Tenant,
@@ -144,12 +145,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "prompts published through the admin API",
+        ("CREATE TABLE prompts (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID",),
+    ),
 )
 
 _encode = msgspec.json.Encoder().encode
 _tenant = msgspec.json.Decoder(Tenant).decode
 _key = msgspec.json.Decoder(ApiKey).decode
 _subscription = msgspec.json.Decoder(Subscription).decode
+_prompt = msgspec.json.Decoder(StoredPrompt).decode
 _details = msgspec.json.Decoder(dict[str, str]).decode
 
 _Changes = list[tuple[ChangeKind, str, str]]
@@ -681,6 +688,40 @@ class SqliteStore(Store):
             params,
         )
         return page_of([(t + SEP + m, _subscription(data)) for t, m, data in rows], limit)
+
+    # -- prompts
+
+    async def put_prompt(
+        self, name: str, spec: Mapping[str, Any], *, actor: str | None = None, reason: str | None = None
+    ) -> StoredPrompt:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> StoredPrompt:
+            row = conn.execute("SELECT data FROM prompts WHERE name = ?", (name,)).fetchone()
+            revision = 1 if row is None else _prompt(row[0]).revision + 1
+            new = StoredPrompt(name=name, spec=dict(spec), revision=revision, updated_at=now,
+                               updated_by=actor or "")
+            conn.execute("INSERT OR REPLACE INTO prompts (name, data) VALUES (?, ?)", (name, _encode(new)))
+            draft = audit_draft(actor, "prompt.publish", f"prompt:{name}", None, reason, now,
+                                {"revision": str(revision)})
+            self._record(conn, [("prompt", "", name)], draft)
+            return new
+
+        return await self._write(tx)
+
+    async def delete_prompt(self, name: str, *, actor: str | None = None, reason: str | None = None) -> None:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if conn.execute("DELETE FROM prompts WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFound(f"no prompt {name}")
+            draft = audit_draft(actor, "prompt.delete", f"prompt:{name}", None, reason, now)
+            self._record(conn, [("prompt", "", name)], draft)
+
+        await self._write(tx)
+
+    async def list_prompts(self) -> list[StoredPrompt]:
+        return [_prompt(data) for (data,) in await self._read("SELECT data FROM prompts ORDER BY name")]
 
     # -- audit
 

@@ -63,6 +63,7 @@ provider = "mock"
 approval = "required"
 
 [auth]
+required = true
 pepper = "env:{PEPPER_ENV}"
 rotation_grace = 3600
 
@@ -571,9 +572,15 @@ def test_tenant_admin_cannot_reach_another_tenant_through_any_endpoint(config: C
             ("POST", "/admin/v1/subscriptions/globex/premium/reject", {"reason": "x"}),
             ("POST", "/admin/v1/subscriptions/acme/premium/revoke", {"reason": "x"}),
             ("GET", "/admin/v1/cache/stats", None),
+            ("PUT", "/admin/v1/prompts/mine", {"spec": {"live": "v1", "versions": {}}}),
+            ("POST", "/admin/v1/prompts/mine/live", {"version": "v1"}),
+            ("DELETE", "/admin/v1/prompts/mine", None),
         ):
             r = await as_acme(method, path, body)
             assert (r.status, r.code) == (403, "operator_only"), (method, path)
+        # prompts are the node's catalogue, not a tenant's: a tenant admin reads them
+        assert (await as_acme("GET", "/admin/v1/prompts")).status == 200
+        assert (await as_acme("GET", "/admin/v1/prompts/none-such")).status == 404
 
         # lists are narrowed to the caller's tenant; nothing of globex shows anywhere
         for path in ("/admin/v1/keys", "/admin/v1/tenants", "/admin/v1/subscriptions", "/admin/v1/audit"):
@@ -806,6 +813,21 @@ def test_every_response_matches_the_openapi_document(config: Config, store_url: 
         await api("POST", "/admin/v1/cache/purge", {"model": "mock-1"})
         await api("POST", "/admin/v1/cache/purge", {})
         await api("GET", "/admin/v1/cache/stats")
+        spec = {"live": "v1", "versions": {
+            "v1": {"model": "mock-1", "messages": [{"role": "user", "content": "Say {{ word }}"}]},
+            "v2": {"model": "mock-1", "messages": [{"role": "user", "content": "Shout {{ word }}"}]},
+        }, "split": {"v1": 50, "v2": 50}}
+        await api("PUT", "/admin/v1/prompts/say", {"spec": spec, "reason": "new"})
+        await api("PUT", "/admin/v1/prompts/say", {"spec": spec})
+        await api("PUT", "/admin/v1/prompts/bad", {"spec": {**spec, "live": "v9"}})
+        await api("GET", "/admin/v1/prompts")
+        await api("GET", "/admin/v1/prompts/say")
+        await api("GET", "/admin/v1/prompts/none-such")
+        await api("POST", "/admin/v1/prompts/say/live", {"version": "v1"})
+        await api("POST", "/admin/v1/prompts/say/live", {"version": "v7"})
+        await api("DELETE", "/admin/v1/prompts/say", query={"reason": "done"})
+        await api("DELETE", "/admin/v1/prompts/say")
+        await api("PUT", "/admin/v1/prompts/say", {"spec": spec}, token=ACME)
 
         doc = document()
         for op, status, body in api.seen:

@@ -61,6 +61,7 @@ class Ctx:
         self.fields = Fields(model)
         self.endpoint = endpoint
         self.key: Any = None
+        self.prompt: str | None = None
 
 
 def bearer(key: str) -> dict[bytes, bytes]:

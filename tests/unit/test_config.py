@@ -93,8 +93,8 @@ def test_unknown_key_reported_with_path_and_line() -> None:
 
 
 def test_unknown_top_level_table() -> None:
-    assert errors_of('[log]\nlevel = "info"\n\n[routes.a]\nmodel = "x"\n') == [
-        "gateway.toml:4: routes: unknown key"
+    assert errors_of('[log]\nlevel = "info"\n\n[rooutes.a]\nmodel = "x"\n') == [
+        "gateway.toml:4: rooutes: unknown key"
     ]
 
 
