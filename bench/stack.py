@@ -73,6 +73,9 @@ class StackOptions:
     #: ``configs.static_upstream_conf``); the mock still runs, idle
     static_upstream: bytes | None = None
     generator: str = "bench"
+    #: the mock's wire format (``gateway mock --dialect``); ``anthropic`` also makes the gateway's provider
+    #: an Anthropic one (``configs.gateway_toml``'s ``provider_type``)
+    upstream_dialect: str = "openai"
 
 
 @dataclass
@@ -158,7 +161,7 @@ class Stack:
         self.mock_port = mock_port
         self.mock = self._add(start_service("mock", self.pinned(self.load_cpus, [
             sys.executable, "-m", "gateway", "mock", "--host", HOST, "--port", str(mock_port), "-q",
-            "--workers", str(o.mock_workers),
+            "--workers", str(o.mock_workers), "--dialect", o.upstream_dialect,
         ]), self.tmp))
         wait_ready(self.mock, mock_port, "/healthz")
         self.upstream, self.upstream_port = self.mock, mock_port
@@ -188,11 +191,12 @@ class Stack:
                 gw_config.write_text(gateway_toml(gw_port, mock_port, workers=o.gateway_workers,
                                                   auth_digest=gateway_key_digest(), store_path=store,
                                                   pool_size=o.pool_size, limited_digest=limited,
-                                                  generator=o.generator))
+                                                  generator=o.generator, provider_type=o.upstream_dialect))
                 key = GATEWAY_KEY
             else:
                 gw_config.write_text(gateway_toml(gw_port, mock_port, workers=o.gateway_workers,
-                                                  pool_size=o.pool_size, generator=o.generator))
+                                                  pool_size=o.pool_size, generator=o.generator,
+                                                  provider_type=o.upstream_dialect))
             gateway = self._add(start_service("gateway", self.pinned(self.server_cpus, [
                 sys.executable, "-m", "gateway", "serve", "--config", str(gw_config),
                 "--workers", str(o.gateway_workers), "--host", HOST, "--port", str(gw_port),
