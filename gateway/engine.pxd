@@ -6,7 +6,7 @@
 cimport cython
 
 from gateway._core._http cimport Request as CRequest
-from gateway.context cimport Context
+from gateway.context cimport Context, LiveRequests
 from gateway.providers.openai cimport OpenAITranslator as COpenAITranslator
 
 
@@ -60,7 +60,7 @@ cdef class Engine:
     cdef public bint draining
     cdef _RequestIds _ids
     cdef set _retiring
-    cdef set _live
+    cdef LiveRequests _live
     cdef object _cut_error
     cdef public object keys
     cdef public object _access

@@ -32,7 +32,7 @@ from gateway._core.http import ms_text
 from gateway._core.jsoncheck import TOO_DEEP, check_json
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
-from gateway.context import Context
+from gateway.context import Context, LiveRequests
 from gateway.errors import GatewayError
 from gateway.observe.records import RecordSink
 from gateway.phases import PHASE_ORDER, Phase, Reply
@@ -267,7 +267,7 @@ class Engine:
         self._ids = _RequestIds()
         self._retiring: set[asyncio.Task[None]] = set()
         #: requests begun and not yet recorded (``_settle``): whatever ends them, each gets its one record
-        self._live: set[Context] = set()
+        self._live = LiveRequests()
         #: set when the worker cuts its unfinished requests (``cut_unfinished``): what they are told
         self._cut_error: GatewayError | None = None
         #: the worker's key table keeper, when keys are required ([auth] required = true)
