@@ -29,7 +29,7 @@ import msgspec
 
 from gateway import errors
 from gateway._core.http import ms_text
-from gateway._core.jsoncheck import TOO_DEEP, check_json
+from gateway._core.jsoncheck import TOO_DEEP, KeyWatch
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
 from gateway.context import Context, LiveRequests
@@ -694,8 +694,10 @@ class Engine:
         if not body:
             raise errors.BadRequest("The request body is empty; expected a JSON object",
                                     code="invalid_json")
-        # PERF: one compiled pass over the bytes (strings skipped with memchr), not a second decode
-        problem = check_json(body, MAX_JSON_DEPTH, key_watches[ctx.endpoint])
+        # PERF: one compiled pass over the bytes (strings skipped with memchr), not a second decode;
+        # called at C level (``KeyWatch.check``)
+        watch: KeyWatch = key_watches[ctx.endpoint]
+        problem = watch.check(body, MAX_JSON_DEPTH)
         if problem:
             raise _refused_shape(problem, ctx.endpoint)
         try:
