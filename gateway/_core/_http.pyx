@@ -67,6 +67,39 @@ cdef void _init_tables():
 
 _init_tables()
 
+# PERF: the header names seen on nearly every request and answer, lower case, kept as one bytes object
+# each: a parsed name equal to one of them is that object (no allocation, and the lookups by name compare
+# it by identity first). ``_NAMES_BY_LEN[n]``: those of length n.
+_COMMON_NAMES = (
+    b"host", b"accept", b"connection", b"keep-alive", b"content-type", b"content-length", b"authorization",
+    b"user-agent", b"x-request-id", b"transfer-encoding", b"expect", b"accept-encoding", b"date", b"server",
+    b"cache-control", b"x-api-key", b"openai-processing-ms", b"openai-version", b"retry-after",
+    b"x-stainless-lang", b"x-stainless-package-version", b"x-stainless-os", b"x-stainless-arch",
+    b"x-stainless-runtime", b"x-stainless-runtime-version", b"x-stainless-retry-count",
+    b"anthropic-version", b"request-id", b"vary", b"set-cookie",
+)
+cdef Py_ssize_t _MAX_COMMON = 32
+cdef tuple _NAMES_BY_LEN = tuple(tuple(n for n in _COMMON_NAMES if len(n) == i) for i in range(_MAX_COMMON))
+
+
+cdef bytes _header_name(const char* s, Py_ssize_t n):
+    """The lower-case name ``s[:n]`` as bytes: one of ``_COMMON_NAMES`` when it is one."""
+    cdef char buf[32]
+    cdef bytes name
+    cdef tuple candidates
+    cdef Py_ssize_t i
+    if n < _MAX_COMMON:
+        _lower_into(buf, s, n)
+        candidates = <tuple>_NAMES_BY_LEN[n]
+        for i in range(len(candidates)):
+            name = <bytes>candidates[i]
+            if memcmp(PyBytes_AS_STRING(name), buf, n) == 0:
+                return name
+        return PyBytes_FromStringAndSize(buf, n)
+    name = PyBytes_FromStringAndSize(NULL, n)
+    _lower_into(PyBytes_AS_STRING(name), s, n)
+    return name
+
 
 cdef inline Py_ssize_t _find_crlf(const char* s, Py_ssize_t start, Py_ssize_t end) noexcept:
     cdef const char* p
@@ -202,8 +235,7 @@ cdef list _parse_header_lines(const char* s, Py_ssize_t pos, Py_ssize_t end):
             vend -= 1
         if not _value_ok(s, vstart, vend):
             raise ParseError(400, "invalid character in header value")
-        name = PyBytes_FromStringAndSize(NULL, colon - pos)
-        _lower_into(PyBytes_AS_STRING(name), s + pos, colon - pos)
+        name = _header_name(s + pos, colon - pos)
         headers.append((name, PyBytes_FromStringAndSize(s + vstart, vend - vstart)))
         pos = eol + 2
     return headers

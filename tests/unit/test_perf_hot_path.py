@@ -77,6 +77,17 @@ def test_names_are_lower_cased_at_every_length_and_offset(impl: ModuleType) -> N
             assert r.headers[-1] == (name.lower(), b"1")
 
 
+def test_the_usual_names_are_shared_and_others_are_not() -> None:
+    if _http is None:
+        pytest.skip("not built")
+    a = _parse(_http, b"Content-Type: a", b"X-Custom-Thing: b")
+    b = _parse(_http, b"CONTENT-TYPE: c", b"x-custom-thing: d")
+    assert a.headers[1][0] == b"content-type" and a.headers[1][0] is b.headers[1][0]
+    assert a.headers[2][0] == b.headers[2][0] == b"x-custom-thing"
+    # a name as long as a shared one but different is its own
+    assert _parse(_http, b"Content-Typf: x").headers[1] == (b"content-typf", b"x")
+
+
 def _request(*headers: tuple[bytes, bytes]) -> Request:
     return Request("POST", "/v1/chat/completions", "", 11, list(headers), b"{}", True)
 
