@@ -320,12 +320,13 @@ def start_service(name: str, argv: list[str], tmp: Path, *, env: Mapping[str, st
 
 
 def http_request(port: int, method: str, path: str, body: bytes | None = None, *, key: str | None = None,
-                 timeout: float = 5.0) -> tuple[int, bytes]:
+                 timeout: float = 5.0, extra: Sequence[tuple[str, str]] = ()) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)  # no proxy from the environment
     try:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        headers.update(extra)
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.read()

@@ -115,6 +115,31 @@ def _check_stream(status: int, body: bytes) -> str | None:
     return None
 
 
+def _check_message(status: int, body: bytes) -> str | None:
+    if status != 200:
+        return f"status {status}"
+    try:
+        doc = json.loads(body)
+        if doc["type"] != "message" or not doc["content"]:
+            return "not a Messages API message"
+    except (ValueError, KeyError, TypeError):
+        return "not a Messages API message"
+    return None
+
+
+def anthropic_equivalent(openai_body: bytes, model: str = MODEL) -> bytes:
+    """The Messages API body the gateway sends an Anthropic upstream for the OpenAI chat ``openai_body``:
+    its translator's own output, so that nginx sends the upstream the very same bytes."""
+    from gateway.dialects import openai_chat
+    from gateway.providers import anthropic_translate
+
+    return anthropic_translate.encode_request(openai_chat.decode_request(openai_body), model)
+
+
+#: the headers the gateway's Anthropic provider sends besides the credential (nginx's client sends them)
+ANTHROPIC_HEADERS = (("anthropic-version", "2023-06-01"),)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -123,6 +148,23 @@ class Scenario:
     body: bytes
     #: (status, whole response body) -> None when the response is what the scenario expects, else why not
     check: Callable[[int, bytes], str | None]
+    #: the mock's wire format; ``anthropic``: the gateway's provider is an Anthropic one (it translates)
+    upstream_dialect: str = "openai"
+    #: what nginx is sent instead, when the gateway's request is not what the upstream gets (translation):
+    #: the path, the body, the check of the answer and more headers
+    nginx_path: str | None = None
+    nginx_body: bytes | None = None
+    nginx_check: Callable[[int, bytes], str | None] | None = None
+    nginx_headers: tuple[tuple[str, str], ...] = ()
+
+    def request_of(self, target: str) -> tuple[str, bytes, Callable[[int, bytes], str | None]]:
+        """(path, body, check) of ``target`` (``gateway`` or ``nginx``)."""
+        if target == "nginx" and self.nginx_body is not None:
+            return self.nginx_path or self.path, self.nginx_body, self.nginx_check or self.check
+        return self.path, self.body, self.check
+
+
+_TRANSLATE_BODY = _chat_body("Say hello to the benchmark.", max_tokens=64)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -142,6 +184,15 @@ SCENARIOS: dict[str, Scenario] = {
                        stream_options={"include_usage": True}, max_tokens=2 * STREAM_CHUNKS),
             _check_stream,
         ),
+        # issue 15's bar: an OpenAI request translated to an Anthropic upstream, against nginx proxying
+        # the equivalent Messages API request (the bytes the gateway sends) to the same upstream
+        Scenario(
+            "translate", "OpenAI chat translated to an Anthropic upstream (nginx: the equivalent "
+            "Messages API body)", "/v1/chat/completions", _TRANSLATE_BODY, _check_chat,
+            upstream_dialect="anthropic", nginx_path="/v1/messages",
+            nginx_body=anthropic_equivalent(_TRANSLATE_BODY), nginx_check=_check_message,
+            nginx_headers=ANTHROPIC_HEADERS,
+        ),
     )
 }
 
@@ -157,26 +208,34 @@ class Bench:
         self.scenario = SCENARIOS[args.scenario]
         self.server_cpus = cpu_spec(args.server_cpus)
         self.load_cpus = cpu_spec(args.load_cpus)
-        self.body_path = tmp / "body.json"
-        self.lua_path = tmp / "body.lua"
         self.stack = Stack(tools, tmp, StackOptions(
             server_cpus=list(args.server_cpus), load_cpus=list(args.load_cpus),
             mock_workers=args.mock_workers,
             generator="bench/proxy_vs_nginx.py",
+            upstream_dialect=self.scenario.upstream_dialect,
         ))
 
     def stop_all(self) -> None:
         self.stack.stop()
 
+    def lua_path(self, target: str) -> Path:
+        return self.tmp / f"body-{target}.lua"
+
     def start(self) -> list[Target]:
-        self.body_path.write_bytes(self.scenario.body)
-        self.lua_path.write_text(wrk_lua(self.body_path, BENCH_KEY, generator="bench/proxy_vs_nginx.py"))
+        sc = self.scenario
+        for name in ("gateway", "nginx"):
+            body_path = self.tmp / f"body-{name}.json"
+            body_path.write_bytes(sc.request_of(name)[1])
+            headers = sc.nginx_headers if name == "nginx" else ()
+            self.lua_path(name).write_text(wrk_lua(body_path, BENCH_KEY, generator="bench/proxy_vs_nginx.py",
+                                                   headers=headers))
         self.stack.start()
         targets = [self.stack.targets["gateway"], self.stack.targets["nginx"]]
         for t in targets:  # one real request each: a broken path fails here, not as a table of errors
-            status, body = http_request(t.port, "POST", self.scenario.path, self.scenario.body, key=t.key,
-                                        timeout=10.0)
-            problem = self.scenario.check(status, body)
+            path, req_body, check = sc.request_of(t.name)
+            extra = sc.nginx_headers if t.name == "nginx" else ()
+            status, body = http_request(t.port, "POST", path, req_body, key=t.key, timeout=10.0, extra=extra)
+            problem = check(status, body)
             if problem:
                 raise BenchError(f"probe of {t.name} ({self.scenario.name}) failed: {problem}; response:\n"
                                  f"{body[:1000]!r}\n{t.service.name} log:\n{t.service.log_tail()}")
@@ -184,7 +243,8 @@ class Bench:
 
     def round(self, target: Target, index: int, duration: int) -> Round:
         a = self.args
-        return wrk_round(self.stack, target, self.scenario.path, self.lua_path, index, duration=duration,
+        path = self.scenario.request_of(target.name)[0]
+        return wrk_round(self.stack, target, path, self.lua_path(target.name), index, duration=duration,
                          connections=a.connections, threads=a.threads, timeout=a.timeout)
 
     def run(self) -> dict[str, Any]:
@@ -205,6 +265,11 @@ class Bench:
                     f"p99 {_fmt_ms(r.wrk.percentiles_ms.get('99'))}  errors {r.wrk.errors}")
         result = self.summarise([t.name for t in targets], rounds)
         result["machine"] = machine_info(self.tools)
+        if self.scenario.upstream_dialect == "anthropic":
+            from bench import translate  # the translation's own CPU, in this process (no sockets)
+
+            log("the translation's own CPU, in process (python -m bench.translate)")
+            result["translation_us"] = translate.measure(2000 if a.quick else 20000)
         return result
 
     def summarise(self, targets: Sequence[str], rounds: list[Round]) -> dict[str, Any]:
@@ -232,7 +297,10 @@ class Bench:
         g, n = out["gateway"], out["nginx"]
         return {
             "scenario": {"name": self.scenario.name, "description": self.scenario.description,
-                         "path": self.scenario.path, "body": self.scenario.body.decode()},
+                         "path": self.scenario.path, "body": self.scenario.body.decode(),
+                         "upstream_dialect": self.scenario.upstream_dialect,
+                         "nginx_path": self.scenario.request_of("nginx")[0],
+                         "nginx_body": self.scenario.request_of("nginx")[1].decode()},
             "settings": {
                 "rounds": a.rounds, "duration_s": a.duration, "warmup_s": a.warmup,
                 "connections": a.connections, "threads": a.threads, "wrk_timeout_s": a.timeout,
@@ -295,6 +363,14 @@ def format_table(result: dict[str, Any]) -> str:
         "the mock share the other core(s): when they saturate it they, not the server, cap req/s (a server",
         "below 100% srv CPU was waiting for them). Compare servers by req/CPU-s; req/s is what this box did.",
     ]
+    tr = result.get("translation_us")
+    if tr is not None:
+        lines += [
+            "",
+            f"the translation's own CPU per request, in process (python -m bench.translate): "
+            f"{tr['per_request']:.2f} us (request {tr['request']:.2f} us, answer {tr['answer']:.2f} us); "
+            f"a stream of {tr['deltas']:g} deltas {tr['stream']:.2f} us",
+        ]
     if not result["ok"]:
         lines += ["", "ERRORS: a target answered non-2xx or had socket errors; these are not results."]
     return "\n".join(lines)

@@ -76,6 +76,9 @@ class StackOptions:
     #: the gateway's call records (to its stderr, the service's log file); off in every scenario but
     #: ``bench.records``
     call_records: bool = False
+    #: the mock's wire format (``gateway mock --dialect``); ``anthropic`` also makes the gateway's provider
+    #: an Anthropic one (``configs.gateway_toml``'s ``provider_type``)
+    upstream_dialect: str = "openai"
 
 
 @dataclass
@@ -161,7 +164,7 @@ class Stack:
         self.mock_port = mock_port
         self.mock = self._add(start_service("mock", self.pinned(self.load_cpus, [
             sys.executable, "-m", "gateway", "mock", "--host", HOST, "--port", str(mock_port), "-q",
-            "--workers", str(o.mock_workers),
+            "--workers", str(o.mock_workers), "--dialect", o.upstream_dialect,
         ]), self.tmp))
         wait_ready(self.mock, mock_port, "/healthz")
         self.upstream, self.upstream_port = self.mock, mock_port
@@ -191,12 +194,14 @@ class Stack:
                 gw_config.write_text(gateway_toml(gw_port, mock_port, workers=o.gateway_workers,
                                                   auth_digest=gateway_key_digest(), store_path=store,
                                                   pool_size=o.pool_size, limited_digest=limited,
-                                                  generator=o.generator, call_records=o.call_records))
+                                                  generator=o.generator, call_records=o.call_records,
+                                                  provider_type=o.upstream_dialect))
                 key = GATEWAY_KEY
             else:
                 gw_config.write_text(gateway_toml(gw_port, mock_port, workers=o.gateway_workers,
                                                   pool_size=o.pool_size, generator=o.generator,
-                                                  call_records=o.call_records))
+                                                  call_records=o.call_records,
+                                                  provider_type=o.upstream_dialect))
             gateway = self._add(start_service("gateway", self.pinned(self.server_cpus, [
                 sys.executable, "-m", "gateway", "serve", "--config", str(gw_config),
                 "--workers", str(o.gateway_workers), "--host", HOST, "--port", str(gw_port),

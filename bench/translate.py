@@ -2,6 +2,9 @@
 
     python -m bench.translate               # non-stream request + answer, and a 20-event stream
 
+(``python -m bench.proxy_vs_nginx --scenario translate`` prints the OpenAI -> Anthropic figures beside its
+throughput.)
+
 What it times is what a translator adds to a request over the pass-through path: building the upstream
 request from the client's body (``request_body``), turning the answer into the client's (``take_body``),
 and relaying a stream of 20 text deltas (``stream_relay``), for an OpenAI chat client on an Anthropic
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import timeit
 from typing import Any
 
@@ -110,14 +114,13 @@ def _stream(deltas: int) -> list[bytes]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--number", "-n", type=int, default=20000)
-    parser.add_argument("--deltas", type=int, default=20)
-    args = parser.parse_args(argv)
+def measure(number: int = 20000, deltas: int = 20) -> dict[str, float]:
+    """Microseconds of CPU per call, best of 5: ``request`` (OpenAI -> Messages API body), ``answer``
+    (``message`` -> ``chat.completion``), ``per_request`` (the two: a non-stream request's translation),
+    ``stream`` (a stream of ``deltas`` text deltas) and ``per_event``."""
     t = AnthropicTranslator("a", MockTransport(MockConfig()), "/v1", "k", {})
     ctx = _Ctx()
-    chunks = _stream(args.deltas)
+    chunks = _stream(deltas)
 
     def stream() -> None:
         relay = t.stream_relay(ctx)
@@ -125,29 +128,57 @@ def main(argv: list[str] | None = None) -> None:
             relay.feed(c)
         relay.end()
 
-    n = args.number
-    req = min(timeit.repeat(lambda: t.request_body(ctx, "claude", False), number=n, repeat=5)) / n * 1e6
-    ans = min(timeit.repeat(lambda: t.take_body(ctx, MESSAGE), number=n, repeat=5)) / n * 1e6
-    m = max(1, n // 20)
-    st = min(timeit.repeat(stream, number=m, repeat=5)) / m * 1e6
-    print(f"request OpenAI -> Anthropic: {req:.2f} us")
-    print(f"answer Anthropic -> OpenAI:  {ans:.2f} us")
-    print(f"stream of {args.deltas} deltas:        {st:.2f} us ({st / (len(chunks)):.2f} us per event)")
-    # an Anthropic Messages client: translated to an OpenAI-compatible upstream, or passed through
+    def cpu(fn: Any, n: int) -> float:
+        return min(timeit.repeat(fn, number=n, repeat=5, timer=time.process_time)) / n * 1e6
+
+    n = number
+    req = cpu(lambda: t.request_body(ctx, "claude", False), n)
+    ans = cpu(lambda: t.take_body(ctx, MESSAGE), n)
+    st = cpu(stream, max(1, n // 20))
+    return {"request": req, "answer": ans, "per_request": req + ans, "stream": st,
+            "per_event": st / len(chunks), "deltas": deltas}
+
+
+def summary(r: dict[str, float]) -> str:
+    return "\n".join((
+        f"request OpenAI -> Anthropic: {r['request']:.2f} us",
+        f"answer Anthropic -> OpenAI:  {r['answer']:.2f} us",
+        f"translation per non-stream request: {r['per_request']:.2f} us CPU",
+        f"stream of {r['deltas']:g} deltas:        {r['stream']:.2f} us ({r['per_event']:.2f} us per event)",
+    ))
+
+
+def messages_summary(n: int, deltas: int) -> str:
+    """An Anthropic Messages client: translated to an OpenAI-compatible upstream, or passed through to an
+    Anthropic one (bytes forwarded, usage read)."""
+    t = AnthropicTranslator("a", MockTransport(MockConfig()), "/v1", "k", {})
     o = OpenAITranslator("o", MockTransport(MockConfig()), "/v1", "k", {})
     mctx = _messages_context()
-    oai_chunks = _chunks(args.deltas)
+    oai_chunks = _chunks(deltas)
+    m = max(1, n // 20)
     req = _per_call(lambda: o.request_body(mctx, "mock-1", False), n)
     ans = _per_call(lambda: o.take_body(mctx, COMPLETION), n)
     st = _relay_cost(o, mctx, oai_chunks, m)
-    print(f"request Messages -> OpenAI:  {req:.2f} us")
-    print(f"answer OpenAI -> Messages:   {ans:.2f} us")
-    print(f"stream of {args.deltas} deltas:        {st:.2f} us ({st / len(oai_chunks):.2f} us per event)")
-    ans = _per_call(lambda: t.take_body(mctx, MESSAGE), n)
-    st = _relay_cost(t, mctx, chunks, m)
-    print(f"pass-through Messages answer (usage read): {ans:.2f} us")
-    print(f"pass-through Messages stream of {args.deltas} deltas: {st:.2f} us "
-          f"({st / len(chunks):.2f} us per event)")
+    chunks = _stream(deltas)
+    pans = _per_call(lambda: t.take_body(mctx, MESSAGE), n)
+    pst = _relay_cost(t, mctx, chunks, m)
+    return "\n".join((
+        f"request Messages -> OpenAI:  {req:.2f} us",
+        f"answer OpenAI -> Messages:   {ans:.2f} us",
+        f"stream of {deltas} deltas:        {st:.2f} us ({st / len(oai_chunks):.2f} us per event)",
+        f"pass-through Messages answer (usage read): {pans:.2f} us",
+        f"pass-through Messages stream of {deltas} deltas: {pst:.2f} us "
+        f"({pst / len(chunks):.2f} us per event)",
+    ))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--number", "-n", type=int, default=20000)
+    parser.add_argument("--deltas", type=int, default=20)
+    args = parser.parse_args(argv)
+    print(summary(measure(args.number, args.deltas)))
+    print(messages_summary(args.number, args.deltas))
 
 
 if __name__ == "__main__":

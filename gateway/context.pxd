@@ -3,8 +3,13 @@
 # runtime tables it points to (model, runtime, target) are the engine's types, held as objects here (a
 # cimport back into the engine would be a cycle): the engine reads them through typed locals.
 
+cimport cython
+
+
 cdef class Context:
     cdef public object answer
+    cdef Context _live_prev
+    cdef Context _live_next
     cdef public Py_ssize_t attempts
     cdef public object body
     cdef public object cache
@@ -36,3 +41,11 @@ cdef class Context:
     cdef public double up_ms
     cdef public object upstream_status
     cdef public object usage
+
+
+cdef class LiveRequests:
+    cdef Context _head
+    cdef public Py_ssize_t count
+    cpdef add(self, Context ctx)
+    @cython.locals(prev=Context, after=Context)
+    cpdef discard(self, Context ctx)

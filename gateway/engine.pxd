@@ -6,7 +6,8 @@
 cimport cython
 
 from gateway._core._http cimport Request as CRequest
-from gateway.context cimport Context
+from gateway._core._jsoncheck cimport KeyWatch as CKeyWatch
+from gateway.context cimport Context, LiveRequests
 from gateway.providers.openai cimport OpenAITranslator as COpenAITranslator
 
 
@@ -63,7 +64,7 @@ cdef class Engine:
     cdef public bint draining
     cdef _RequestIds _ids
     cdef set _retiring
-    cdef set _live
+    cdef LiveRequests _live
     cdef object _cut_error
     cdef public object keys
     cdef public object _access
@@ -85,7 +86,7 @@ cdef class Engine:
     cpdef _answer_error(self, Context ctx, object responder, object exc)
     @cython.locals(headers=list, extra=list, status=int, runtime=Runtime)
     cpdef _send_error(self, Context ctx, object responder, object exc)
-    @cython.locals(req=CRequest)
+    @cython.locals(req=CRequest, watch=CKeyWatch)
     cpdef _parse(self, Context ctx)
     @cython.locals(chain=tuple, i=Py_ssize_t, model=ModelEntry, runtime=Runtime)
     cpdef _front(self, Context ctx, object responder, int resume, object result)

@@ -29,10 +29,10 @@ import msgspec
 
 from gateway import errors
 from gateway._core.http import ms_text
-from gateway._core.jsoncheck import TOO_DEEP, check_json
+from gateway._core.jsoncheck import TOO_DEEP, KeyWatch
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
-from gateway.context import Context
+from gateway.context import Context, LiveRequests
 from gateway.dialects import DIALECT_PATHS
 from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.dialects.base import ClientDialect
@@ -303,7 +303,7 @@ class Engine:
         self._ids = _RequestIds()
         self._retiring: set[asyncio.Task[None]] = set()
         #: requests begun and not yet recorded (``_settle``): whatever ends them, each gets its one record
-        self._live: set[Context] = set()
+        self._live = LiveRequests()
         #: set when the worker cuts its unfinished requests (``cut_unfinished``): what they are told
         self._cut_error: GatewayError | None = None
         #: the worker's key table keeper, when keys are required ([auth] required = true)
@@ -873,8 +873,10 @@ class Engine:
         if not body:
             raise errors.BadRequest("The request body is empty; expected a JSON object",
                                     code="invalid_json")
-        # PERF: one compiled pass over the bytes (strings skipped with memchr), not a second decode
-        problem = check_json(body, MAX_JSON_DEPTH, key_watches[ctx.endpoint])
+        # PERF: one compiled pass over the bytes (strings skipped with memchr), not a second decode;
+        # called at C level (``KeyWatch.check``)
+        watch: KeyWatch = key_watches[ctx.endpoint]
+        problem = watch.check(body, MAX_JSON_DEPTH)
         if problem:
             raise _refused_shape(problem, ctx.endpoint)
         try:

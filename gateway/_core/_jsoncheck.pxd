@@ -6,3 +6,4 @@ cdef class KeyWatch:
     cdef tuple _top
     cdef tuple _nested
     cdef bint _inner
+    cpdef Py_ssize_t check(self, bytes data, Py_ssize_t max_depth) except? -2

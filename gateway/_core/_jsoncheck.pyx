@@ -24,6 +24,10 @@ cdef class KeyWatch:
         # built once per endpoint, by the twin's code (one place for the tables' layout)
         self.paths, self._top, self._nested, self._inner = watch_tables(keys, nested)
 
+    cpdef Py_ssize_t check(self, bytes data, Py_ssize_t max_depth) except? -2:
+        """``check_json(data, max_depth, self)``, called at C level by the compiled engine."""
+        return _check(data, max_depth, self)
+
 
 cdef Py_ssize_t _string_end(const char* s, Py_ssize_t n, Py_ssize_t start) noexcept:
     """Index of the quote that ends the string opened at ``start`` (-1: it never ends)."""
@@ -66,6 +70,10 @@ cdef Py_ssize_t _key_index(const char* s, Py_ssize_t start, Py_ssize_t end, tupl
 
 
 def check_json(bytes data, Py_ssize_t max_depth, KeyWatch watch=None):
+    return _check(data, max_depth, watch)
+
+
+cdef Py_ssize_t _check(bytes data, Py_ssize_t max_depth, KeyWatch watch) except? -2:
     cdef const char* s = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t pos = 0, end, depth = 0, current = -1, k, inner_start = 0

@@ -48,6 +48,10 @@ class KeyWatch:
     def __init__(self, keys: Iterable[str] = (), nested: Mapping[str, Iterable[str]] | None = None) -> None:
         self.paths, self._top, self._nested, self._inner = watch_tables(keys, nested)
 
+    def check(self, data: bytes, max_depth: int) -> int:
+        """``check_json(data, max_depth, self)`` (the compiled engine calls it at C level)."""
+        return check_json(data, max_depth, self)
+
 
 _Tables = tuple[tuple[str, ...], tuple[bytes, ...], tuple[tuple[int, tuple[bytes, ...]] | None, ...], bool]
 

@@ -12,6 +12,7 @@ from gateway.server.pool cimport OriginPool as COriginPool
 
 cdef class OpenAITranslator:
     cdef public tuple _forward
+    cdef public bytes _forward_first
     cdef public list _headers
     cdef public dict _heads
     cdef public dict _models
@@ -25,7 +26,7 @@ cdef class OpenAITranslator:
     cdef public tuple secrets
     cdef public object transport
     cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb, object extra=*) except -1
-    @cython.locals(name=bytes)
+    @cython.locals(name=bytes, first=bytes)
     cpdef object forwarded(self, CRequest request)
     cpdef bytes request_body(self, Context ctx, str upstream_model, bint rewrite)
     cpdef list pass_headers(self, object resp, bint ratelimit, list out)

@@ -455,7 +455,9 @@ class HttpProtocol:
         if not responder.keep_alive or self.state.draining or (self.peer_eof and not self.parser.buffered):
             transport.close()
             return False
-        if self.parser.buffered <= _MAX_PIPELINE_BUFFER:  # else read on only once they are taken
+        # else read on only once they are taken; PERF: the buffer's size (a Python int) is asked only
+        # when reading is paused, which is all ``_read_more`` acts on
+        if self.reading_paused and self.parser.buffered <= _MAX_PIPELINE_BUFFER:
             self._read_more()
         return True
 
