@@ -49,6 +49,7 @@ from gateway.engine import Engine
 from gateway.limits.shared import Grant, LeaseSource, Op
 from gateway.server.listener import HttpProtocol, ListenerState
 from gateway.server.pool import OriginPool, _Connection
+from gateway.server.worker import freeze_heap
 
 BODY = b'{"model":"mock-1","messages":[{"role":"user","content":"hello there"}]}'
 #: the client's key: a well-formed gateway key, which the --auth config declares as a static key
@@ -291,6 +292,7 @@ async def _run(
     config = load_config(config_path) if config_path else load_config_text(config_text or CONFIG)
     engine = Engine(config, worker=0)
     await engine.startup()
+    freeze_heap()  # as a worker does once started (gateway.server.worker.serve_app)
     from bench.suite import CASES
 
     case = CASES[answer] if answer else None

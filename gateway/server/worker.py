@@ -19,6 +19,7 @@ Signals (sent by the supervisor, or by an operator to a single worker):
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -81,6 +82,7 @@ async def serve_app(
     if link is not None:
         link.beat_from(loop)
     await app.startup()
+    freeze_heap()
     if link is not None:
         link.listen(loop, lambda snapshot: _apply(snapshot, on_config), lambda: _orphaned(stop))
     state = ListenerState(
@@ -129,6 +131,26 @@ async def serve_app(
         link.stop()
 
 
+def freeze_heap() -> None:
+    """Move everything the worker holds once started (modules, the config, the runtime tables, the key
+    table) out of the cycle collector's generations.
+
+    # PERF: requests allocate container objects, which trigger young-generation collections; each later
+    collection of the older generations walked this long-lived heap too (measured: about 3% of a
+    20-chunk stream's instructions went to the collector walking it). Frozen objects are still freed by
+    reference counting; only cycles among them wait for ``refreeze_heap``.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def refreeze_heap() -> None:
+    """After a reload: the old runtime's cycles collected (a full collection, once per reload, off the
+    request path's hot loop iterations), the new long-lived objects frozen."""
+    gc.unfreeze()
+    freeze_heap()
+
+
 def _apply(snapshot: ConfigSnapshot, on_config: Callable[[Config], None] | None) -> None:
     """A config handed over by the supervisor: its credential files pinned, then the app's turn."""
     if on_config is not None:
@@ -161,6 +183,7 @@ def run_worker(config: Config, index: int, host: str, port: int, link: ChildLink
         except Exception:
             log.exception("worker %d: config reload failed, keeping the running config", index)
         else:
+            refreeze_heap()
             log.info("worker %d: config reloaded", index)
 
     sock = bind_socket(host, port)
