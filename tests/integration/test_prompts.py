@@ -17,6 +17,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from openapi_spec_validator import validate as validate_spec
 
 from . import test_hardening_admin
 from .conftest import StartGateway, require_frontend
@@ -90,8 +91,10 @@ def _doc_validator(doc: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Dr
 
 
 def check_openapi(doc: dict[str, Any]) -> None:
-    """An OpenAPI 3.1 document: its shape, and every schema in it a valid JSON Schema 2020-12."""
+    """An OpenAPI 3.1 document (checked by openapi-spec-validator against the specification's own schema):
+    its shape, and every schema in it a valid JSON Schema 2020-12."""
     assert doc["openapi"].startswith("3.1"), doc
+    validate_spec(doc)
     assert doc["info"]["title"] and doc["info"]["version"]
     ids = set()
     for path, item in doc["paths"].items():
