@@ -1,8 +1,12 @@
 """Translator for Amazon Bedrock upstreams (Converse, ConverseStream, InvokeModel embeddings).
 
-    client body ──openai_chat.decode_request──▶ ir.Request ──bedrock_translate.encode_request──▶ /converse
-    answer      ◀─openai_chat.encode_response── ir.Response ◀─bedrock_translate.response_from_body── body
-    chunks      ◀─openai_chat.ChunkEncoder───── IR events   ◀─bedrock_translate.BedrockStream── event-stream
+Every client dialect (OpenAI chat, Anthropic Messages, OpenAI Responses) is translated through the IR
+(``gateway.providers.bridge``, the client-dialect seam of ``gateway.dialects.base``); embeddings are
+OpenAI's:
+
+    client body ──dialect.decode_request──▶ ir.Request ──bedrock_translate.encode_request──▶ /converse
+    answer      ◀─dialect.encode_response── ir.Response ◀─bedrock_translate.response_from_body── body
+    chunks      ◀─dialect.stream_encoder─── IR events   ◀─bedrock_translate.BedrockStream── event-stream
 
 Theory of operation
 -------------------
@@ -27,7 +31,6 @@ ConverseStream answers ``application/vnd.amazon.eventstream`` (binary framing, p
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -35,13 +38,14 @@ import msgspec
 
 from gateway import errors, ir
 from gateway._core.http import build_request
-from gateway.dialects import openai_chat, openai_embeddings
+from gateway.dialects import openai_embeddings
+from gateway.dialects.openai_chat import OPENAI_CHAT
 from gateway.providers import bedrock_translate as xlate
-from gateway.providers.anthropic import gateway_error, openai_usage, response_events
+from gateway.providers import bridge
 from gateway.providers.aws import AwsCredentials, SigV4Signer
 from gateway.providers.base import Transport, UpstreamResponse
+from gateway.providers.bridge import BridgeRelay, gateway_error, openai_usage
 from gateway.providers.openai import OpenAITranslator
-from gateway.providers.relay import IRStreamRelay
 
 __all__ = [
     "DEFAULT_FORWARD_HEADERS",
@@ -90,7 +94,8 @@ class BedrockTranslator(OpenAITranslator):
         paths: dict[str, str] = {}
         if model is not None:
             base = f"{path_prefix}/model/{quote(model, safe='')}"
-            paths = {"chat": base + "/converse", "stream": base + "/converse-stream",
+            paths = {"chat": base + "/converse", "messages": base + "/converse",
+                     "responses": base + "/converse", "stream": base + "/converse-stream",
                      "embeddings": base + "/invoke"}
         super().__init__(name, transport, path_prefix, None, {}, paths=paths, headers=headers)
         self.model_in_path = model is not None
@@ -128,7 +133,7 @@ class BedrockTranslator(OpenAITranslator):
     def _request(self, endpoint: str, body: bytes, request_id: str,
                  extra: list[tuple[str, str]] | None) -> tuple[str, bytes | None, list[tuple[str, str]]]:
         """(path key, prebuilt head or None, signature headers) of one request."""
-        key = "stream" if endpoint == "chat" and body.endswith(STREAM_MARK) else endpoint
+        key = "stream" if endpoint != "embeddings" and body.endswith(STREAM_MARK) else endpoint
         if key not in self._paths:
             raise errors.BadRequest(f"Bedrock has no {endpoint} endpoint", code="unsupported_endpoint")
         signer = self._signer
@@ -186,13 +191,9 @@ class BedrockTranslator(OpenAITranslator):
         if ctx.endpoint == "embeddings":
             req = openai_embeddings.decode_request(ctx.body)
             return xlate.embedding_request(upstream_model, req.texts, req.dimensions)
-        if ctx.endpoint != "chat":
-            raise errors.BadRequest(
-                f"The model `{ctx.fields.model}` is served by Amazon Bedrock, which has no {ctx.endpoint} "
-                "endpoint; /v1/chat/completions and /v1/embeddings are available for it",
-                param="model", code="unsupported_endpoint",
-            )
-        body = xlate.encode_request(openai_chat.decode_request(ctx.body), upstream_model)
+        bridge.check_endpoint(ctx, "Amazon Bedrock",
+                              "/v1/chat/completions and /v1/embeddings are available for it")
+        body = bridge.request_body(self, ctx, upstream_model)
         return body + STREAM_MARK if ctx.stream else body
 
     def pass_headers(
@@ -204,13 +205,10 @@ class BedrockTranslator(OpenAITranslator):
         return out
 
     def take_body(self, ctx: Any, body: bytes) -> bytes:
-        """The ``chat.completion`` (or the embeddings ``list``) for Bedrock's answer; usage to
-        ``ctx.usage``."""
+        """The answer in the client's dialect (or OpenAI's embeddings ``list``); usage to ``ctx.usage``."""
         if ctx.endpoint == "embeddings":
             return self._embeddings(ctx, body)
-        answer = self._answer(ctx, body)
-        ctx.usage = openai_usage(answer.usage)
-        return openai_chat.encode_response(answer, int(time.time()))
+        return bridge.answer_body(ctx, _answer(body, "chatcmpl-" + ctx.request_id, ctx.fields.model))
 
     def _embeddings(self, ctx: Any, body: bytes) -> bytes:
         req = openai_embeddings.decode_request(ctx.body)
@@ -224,29 +222,47 @@ class BedrockTranslator(OpenAITranslator):
         return openai_embeddings.encode_response(answer.vectors, req.model, answer.prompt_tokens,
                                                  req.encoding_format == "base64")
 
-    def _answer(self, ctx: Any, body: bytes) -> ir.Response:
-        try:
-            return xlate.response_from_body(body, "chatcmpl-" + ctx.request_id, ctx.fields.model)
-        except _DECODE_ERRORS:
-            raise errors.BadGateway("The upstream provider returned a body that is not a Converse answer",
-                                    code="upstream_invalid_response") from None
-        except xlate.MalformedAnswer as exc:
-            raise gateway_error(exc.error) from None
-
     def body_as_stream(self, ctx: Any, resp: UpstreamResponse, body: bytes) -> bytes:
-        """A stream request answered with one JSON body: the chunks it would have streamed."""
-        answer = self._answer(ctx, body)
-        ctx.usage = openai_usage(answer.usage)
-        encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
-        return encoder.encode_all(response_events(answer))
+        """A stream request answered with one JSON body: the client's stream of it."""
+        return bridge.answer_as_stream(ctx, _answer(body, "chatcmpl-" + ctx.request_id, ctx.fields.model))
 
-    def stream_relay(self, ctx: Any) -> IRStreamRelay:
-        return IRStreamRelay(ctx, xlate.BedrockStream("chatcmpl-" + ctx.request_id, ctx.fields.model))
+    def stream_relay(self, ctx: Any) -> BridgeRelay:
+        return BridgeRelay(ctx, xlate.BedrockStream("chatcmpl-" + ctx.request_id, ctx.fields.model))
+
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        return bridge.error_answer(self, ctx, status, body)
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
-        """Bedrock's error as the OpenAI error the client gets (``bedrock_translate.ERROR_TYPES``)."""
+        """Bedrock's error as the OpenAI error (``bedrock_translate.ERROR_TYPES``)."""
         err = xlate.error_from_response(status, body)
-        return err.status, openai_chat.encode_error(err)
+        return err.status, OPENAI_CHAT.provider_error_body(err, "")
+
+    # -- this wire's IR codecs (gateway.providers.bridge) ----------------------------------------------
+    #
+    # A Converse answer carries neither an id nor the model: the per-request methods above put the
+    # request's in; the codecs leave them empty.
+
+    def ir_request(self, req: ir.Request, upstream_model: str) -> bytes:
+        return xlate.encode_request(req, upstream_model)
+
+    def ir_response(self, body: bytes) -> ir.Response:
+        return _answer(body, "", "")
+
+    def ir_stream(self) -> xlate.BedrockStream:
+        return xlate.BedrockStream("", "")
+
+    def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
+        return xlate.error_from_response(status, body)
+
+
+def _answer(body: bytes, response_id: str, model: str) -> ir.Response:
+    try:
+        return xlate.response_from_body(body, response_id, model)
+    except _DECODE_ERRORS:
+        raise errors.BadGateway("The upstream provider returned a body that is not a Converse answer",
+                                code="upstream_invalid_response") from None
+    except xlate.MalformedAnswer as exc:
+        raise gateway_error(exc.error) from None
 
 
 def bedrock_translator(name: str, p: Any, transport: Transport) -> BedrockTranslator:

@@ -1,9 +1,12 @@
 """Translators for Google upstreams: the Gemini API (``type = "gemini"``, AI Studio) and Vertex AI
-(``type = "vertex"``: Gemini models, and Anthropic's Claude models on Vertex), behind an OpenAI client.
+(``type = "vertex"``: Gemini models, and Anthropic's Claude models on Vertex), behind a client of any
+dialect. Every client dialect (OpenAI chat, Anthropic Messages, OpenAI Responses) is translated through
+the IR (``gateway.providers.bridge``, the client-dialect seam of ``gateway.dialects.base``); embeddings
+are OpenAI's:
 
-    client body ──openai_chat.decode_request──▶ ir.Request ──gemini_translate.encode_request──▶ upstream
-    answer      ◀─openai_chat.encode_response── ir.Response ◀─gemini_translate.response_from_body── body
-    chunks      ◀─openai_chat.ChunkEncoder───── IR events   ◀─gemini_translate.GeminiStream────── SSE
+    client body ──dialect.decode_request──▶ ir.Request ──gemini_translate.encode_request──▶ upstream
+    answer      ◀─dialect.encode_response── ir.Response ◀─gemini_translate.response_from_body── body
+    chunks      ◀─dialect.stream_encoder─── IR events   ◀─gemini_translate.GeminiStream────── SSE
     embeddings  ──gemini_translate.embed_request / predict_request──▶ :batchEmbedContents / :predict
 
 Paths name the model, so each upstream model gets its own translator (``for_model``, built once at
@@ -30,13 +33,14 @@ Credentials: Gemini's API key goes in ``x-goog-api-key``. Vertex takes an OAuth 
 request); a request only compares the token it has with the one its prebuilt heads carry.
 
 Claude on Vertex: the Anthropic translator's request with ``model`` removed (the path names it) and
-``anthropic_version: "vertex-2023-10-16"`` in the body; the answer and stream are Anthropic's own.
+``anthropic_version: "vertex-2023-10-16"`` in the body; the answer and stream are Anthropic's own (a
+Messages client's pass through, the other dialects' are translated). Vertex's own errors (quota,
+permissions: google.rpc bodies with a ``status`` name) are read by the Gemini codec, in every dialect.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Awaitable
 from typing import Any, Final
 from urllib.parse import quote
@@ -45,16 +49,13 @@ import msgspec
 
 from gateway import errors, ir
 from gateway.config import ProviderConfig, resolve_secret
-from gateway.dialects import openai_chat
+from gateway.dialects.openai_chat import OPENAI_CHAT
+from gateway.providers import anthropic_translate as anthropic_xlate
+from gateway.providers import bridge
 from gateway.providers import gemini_translate as xlate
-from gateway.providers.anthropic import (
-    AnthropicStreamRelay,
-    AnthropicTranslator,
-    gateway_error,
-    openai_usage,
-    response_events,
-)
+from gateway.providers.anthropic import AnthropicTranslator
 from gateway.providers.base import Transport, UpstreamResponse
+from gateway.providers.bridge import BridgeRelay, gateway_error, openai_usage
 from gateway.providers.google_auth import TokenSource
 from gateway.providers.openai import OpenAITranslator
 from gateway.providers.schemas import gemini as gemini_wire
@@ -65,7 +66,6 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_LOCATION",
     "VERTEX_ANTHROPIC_VERSION",
-    "GeminiStreamRelay",
     "GeminiTranslator",
     "VertexAnthropicTranslator",
     "default_base_url",
@@ -103,7 +103,7 @@ def _vertex_path(prefix: str, project: str, location: str, publisher: str, model
 
 
 def _stream_endpoint(endpoint: str, body: bytes) -> str:
-    return "stream" if endpoint == "chat" and body[-1:] == _STREAM_MARK else endpoint
+    return "stream" if endpoint != "embeddings" and body[-1:] == _STREAM_MARK else endpoint
 
 
 # ---- shared plumbing: the stream path and the bearer token -----------------------------------------
@@ -217,8 +217,11 @@ class GeminiTranslator(OpenAITranslator):
                 base = _vertex_path(path_prefix, project, location, "google", model)
             else:
                 base = f"{path_prefix}/{_model_path(model)}"
+            generate = base + ":generateContent"
             paths = {
-                "chat": base + ":generateContent",
+                "chat": generate,
+                "messages": generate,
+                "responses": generate,
                 "stream": base + ":streamGenerateContent?alt=sse",
                 "embeddings": base + (":predict" if vertex is not None else ":batchEmbedContents"),
             }
@@ -258,19 +261,15 @@ class GeminiTranslator(OpenAITranslator):
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
         """The ``generateContent`` request (a stream's ends with the newline ``send`` reads), or the
         embeddings request."""
-        if ctx.endpoint == "chat":
-            body = xlate.encode_request(openai_chat.decode_request(ctx.body), upstream_model)
-            return body + _STREAM_MARK if ctx.stream else body
         if ctx.endpoint == "embeddings":
             texts, dimensions, _ = xlate.openai_embedding_inputs(ctx.body)
             if self._vertex is not None:
                 return xlate.predict_request(texts, dimensions)
             return xlate.embed_request(texts, upstream_model, dimensions)
-        raise errors.BadRequest(
-            f"The model `{ctx.fields.model}` is served by Gemini, which has no {ctx.endpoint} endpoint; "
-            "use /v1/chat/completions (or /v1/embeddings with an embedding model)",
-            param="model", code="unsupported_endpoint",
-        )
+        bridge.check_endpoint(ctx, "Gemini",
+                              "use /v1/chat/completions (or /v1/embeddings with an embedding model)")
+        body = bridge.request_body(self, ctx, upstream_model)
+        return body + _STREAM_MARK if ctx.stream else body
 
     def pass_headers(
         self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
@@ -281,24 +280,36 @@ class GeminiTranslator(OpenAITranslator):
     def take_body(self, ctx: Any, body: bytes) -> bytes:
         if ctx.endpoint == "embeddings":
             return self._embeddings(ctx, body)
-        answer = _answer(body)
-        ctx.usage = openai_usage(answer.usage)
-        return openai_chat.encode_response(answer, int(time.time()))
+        return bridge.take_body(self, ctx, body)
 
     def body_as_stream(self, ctx: Any, resp: UpstreamResponse, body: bytes) -> bytes:
-        """A stream request answered with one JSON body: the chunks it would have streamed."""
-        answer = _answer(body)
-        ctx.usage = openai_usage(answer.usage)
-        encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
-        return encoder.encode_all(response_events(answer))
+        """A stream request answered with one JSON body: the client's stream of it."""
+        return bridge.body_as_stream(self, ctx, body)
 
-    def stream_relay(self, ctx: Any) -> GeminiStreamRelay:
-        return GeminiStreamRelay(ctx)
+    def stream_relay(self, ctx: Any) -> BridgeRelay:
+        return BridgeRelay(ctx, xlate.GeminiStream())
+
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        return bridge.error_answer(self, ctx, status, body)
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
         """The google.rpc error (or a body of another shape, by its status) as the OpenAI error."""
         err = xlate.error_from_response(status, body)
-        return err.status, openai_chat.encode_error(err)
+        return err.status, OPENAI_CHAT.provider_error_body(err, "")
+
+    # -- this wire's IR codecs (gateway.providers.bridge) ----------------------------------------------
+
+    def ir_request(self, req: ir.Request, upstream_model: str) -> bytes:
+        return xlate.encode_request(req, upstream_model)
+
+    def ir_response(self, body: bytes) -> ir.Response:
+        return _answer(body)
+
+    def ir_stream(self) -> xlate.GeminiStream:
+        return xlate.GeminiStream()
+
+    def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
+        return xlate.error_from_response(status, body)
 
     def _embeddings(self, ctx: Any, body: bytes) -> bytes:
         texts, _, as_base64 = xlate.openai_embedding_inputs(ctx.body)
@@ -332,24 +343,13 @@ def _answer(body: bytes) -> ir.Response:
     return answer
 
 
-class GeminiStreamRelay(AnthropicStreamRelay):
-    """Gemini SSE bytes in, OpenAI chunk SSE bytes out, as they come (the Anthropic relay's encoding and
-    error handling, with the Gemini state machine)."""
-
-    __slots__ = ()
-
-    def __init__(self, ctx: Any) -> None:
-        super().__init__(ctx)
-        self._machine = xlate.GeminiStream()
-
-
 # ---- Claude on Vertex ------------------------------------------------------------------------------
 
 
 class VertexAnthropicTranslator(AnthropicTranslator):
     """A Claude model on Vertex AI: the Anthropic translation on Vertex's paths and credentials."""
 
-    __slots__ = ("_auth", "_auth_value", "_base")
+    __slots__ = ("_auth", "_auth_value", "_base", "_vertex_args")
 
     def __init__(
         self,
@@ -360,14 +360,19 @@ class VertexAnthropicTranslator(AnthropicTranslator):
         model: str,
         vertex: tuple[str, str],
         auth: TokenSource | None,
+        sampling: anthropic_xlate.Sampling = "all",
     ) -> None:
+        self._vertex_args = (name, transport, path_prefix, headers, model, vertex, auth)
+        self._children: dict[str, AnthropicTranslator] = {}
+        self.sampling: anthropic_xlate.Sampling = sampling
         self._auth = auth
         self._auth_value: str | None = None
         self._base = headers
         self._beta: list[str] = []
         project, location = vertex
         base = _vertex_path(path_prefix, project, location, "anthropic", model)
-        paths = {"chat": base + ":rawPredict", "stream": base + ":streamRawPredict"}
+        raw = base + ":rawPredict"
+        paths = {"chat": raw, "messages": raw, "responses": raw, "stream": base + ":streamRawPredict"}
         OpenAITranslator.__init__(self, name, transport, path_prefix, None, {}, paths=paths,
                                   headers=list(headers))
         self.model_in_path = True
@@ -378,6 +383,18 @@ class VertexAnthropicTranslator(AnthropicTranslator):
     send_within = _send_within
     probe = _probe
 
+    def with_sampling(self, sampling: anthropic_xlate.Sampling) -> AnthropicTranslator:
+        """This translator, or one on the same paths and credentials that sends ``sampling``."""
+        if sampling == self.sampling:
+            return self
+        child = self._children.get(sampling)
+        if child is None:
+            child = VertexAnthropicTranslator(*self._vertex_args, sampling=sampling)
+            self._children[sampling] = child
+            child._forward = self._forward
+            child.secrets = self.secrets
+        return child
+
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
         """The Messages API request without ``model`` and with Vertex's ``anthropic_version``."""
         top = top_level_decoder.decode(super().request_body(ctx, upstream_model, rewrite))
@@ -386,14 +403,29 @@ class VertexAnthropicTranslator(AnthropicTranslator):
         body = encode(top)
         return body + _STREAM_MARK if ctx.stream else body
 
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        """Vertex's own google.rpc error in the client's dialect (a Messages client's too); Anthropic's
+        as the Anthropic translator answers it."""
+        if _is_vertex_error(body):
+            return bridge.error_answer(self, ctx, status, body)
+        return super().client_error(ctx, status, body)
+
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
-        """Anthropic's error body, or Vertex's own google.rpc one (quota, permissions: it has a
-        ``status`` name) as the Gemini translator maps it."""
-        env = gemini_wire.decode_error(body)
-        if env is not None and env.error.status:
-            err = xlate.error_from_response(status, body)
-            return err.status, openai_chat.encode_error(err)
-        return super().error_answer(status, body)
+        """Anthropic's error body, or Vertex's own google.rpc one, as the OpenAI error."""
+        err = self.ir_error(status, body)
+        return err.status, OPENAI_CHAT.provider_error_body(err, "")
+
+    def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
+        """Anthropic's error, or Vertex's own google.rpc one as the Gemini codec reads it."""
+        if _is_vertex_error(body):
+            return xlate.error_from_response(status, body)
+        return super().ir_error(status, body)
+
+
+def _is_vertex_error(body: bytes) -> bool:
+    """A google.rpc error body (it has a ``status`` name; Anthropic's errors have none)."""
+    env = gemini_wire.decode_error(body)
+    return env is not None and bool(env.error.status)
 
 
 # ---- construction (the engine's build_translator) ----------------------------------------------------

@@ -43,7 +43,9 @@ maps it to its upstream path: ``/chat/completions`` for OpenAI, ``/messages`` fo
 Implementations: ``OpenAITranslator`` (``gateway.providers.openai``: pass-through for OpenAI chat
 clients, the client's bytes go up unchanged unless the model id must change; its IR codecs in
 ``gateway.providers.openai_translate``) and ``AnthropicTranslator`` (``gateway.providers.anthropic``:
-pass-through for Messages clients; its IR codecs in ``gateway.providers.anthropic_translate``).
+pass-through for Messages clients; its IR codecs in ``gateway.providers.anthropic_translate``);
+``GeminiTranslator`` and ``VertexAnthropicTranslator`` (``gateway.providers.gemini``), ``BedrockTranslator``
+and ``CohereTranslator``: translated for every dialect.
 Adding a provider means writing one translator (subclass ``OpenAITranslator`` for its transport
 plumbing, override the methods above and the four IR codecs) and giving it a ``type`` in the config
 (``gateway.engine.build_translator``).

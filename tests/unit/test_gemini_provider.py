@@ -202,6 +202,8 @@ def test_gemini_paths_and_the_stream_mark() -> None:
         assert provider.for_model("gemini-2.5-flash") is model and model.model_in_path
         assert _paths(model) == {
             "chat": "/v1beta/models/gemini-2.5-flash:generateContent",
+            "messages": "/v1beta/models/gemini-2.5-flash:generateContent",
+            "responses": "/v1beta/models/gemini-2.5-flash:generateContent",
             "stream": "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
             "embeddings": "/v1beta/models/gemini-2.5-flash:batchEmbedContents",
         }
@@ -229,6 +231,8 @@ def test_vertex_paths() -> None:
     assert isinstance(claude, VertexAnthropicTranslator)
     assert _paths(claude) == {
         "chat": f"{where}/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+        "messages": f"{where}/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+        "responses": f"{where}/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
         "stream": f"{where}/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict",
     }
     endpoint = provider.for_model("endpoints/1234567890")
@@ -329,6 +333,7 @@ def test_claude_on_vertex_bodies_and_errors() -> None:
         usage: Any = None
         body = b'{"model": "c", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}'
         fields = None
+        dialect = None  # OpenAI chat
 
     ctx = Ctx()
     body = json.loads(claude.request_body(ctx, "claude-sonnet-4-5", True))
