@@ -14,10 +14,9 @@ The model id is in Bedrock's paths (``/model/{modelId}/converse``), so, like Azu
 upstream model gets its own translator (``for_model``, built once at config load) with its request heads
 prebuilt: one for ``converse``, one for ``converse-stream``, one for ``invoke`` (embeddings).
 
-Converse and ConverseStream take the same body at different paths, and the engine's ``send`` carries the
-endpoint (``chat``) and the body, not the stream flag. ``request_body`` therefore ends the body of a stream
-request with a newline (JSON whitespace, which Bedrock ignores and signs like any byte) and ``send`` picks
-the path by it: stateless, so no request can be sent to the other's path whatever the interleaving.
+Converse and ConverseStream take the same body at different paths: the engine's ``send`` carries the
+client's ``stream`` flag beside the endpoint, and a stream request is signed for and sent to the
+``stream`` path (``converse-stream``).
 
 Per request, the body is signed (``gateway.providers.aws.SigV4Signer``, botocore's SigV4) with the
 credentials frozen by the refresh task, and the signature headers are added to the prebuilt head:
@@ -59,8 +58,6 @@ DEFAULT_FORWARD_HEADERS: Final[tuple[str, ...]] = ()
 #: upstream headers passed to the client as they are
 _PASS: Final = (b"retry-after", b"x-amzn-requestid", b"x-amzn-bedrock-invocation-latency")
 _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
-#: ends the body of a ConverseStream request (see the module docstring)
-STREAM_MARK: Final = b"\n"
 
 
 def default_base_url(region: str) -> str:
@@ -128,12 +125,12 @@ class BedrockTranslator(OpenAITranslator):
         self._heads = {} if pool is None else {
             k: pool.build_head("POST", p, self._headers, -1) for k, p in self._paths.items()}
 
-    # -- sending: the path by the stream mark, the signature headers per request ----------------------
+    # -- sending: the path by the stream flag, the signature headers per request ----------------------
 
-    def _request(self, endpoint: str, body: bytes, request_id: str,
+    def _request(self, endpoint: str, body: bytes, stream: bool,
                  extra: list[tuple[str, str]] | None) -> tuple[str, bytes | None, list[tuple[str, str]]]:
         """(path key, prebuilt head or None, signature headers) of one request."""
-        key = "stream" if endpoint != "embeddings" and body.endswith(STREAM_MARK) else endpoint
+        key = "stream" if stream else endpoint
         if key not in self._paths:
             raise errors.BadRequest(f"Bedrock has no {endpoint} endpoint", code="unsupported_endpoint")
         signer = self._signer
@@ -147,8 +144,8 @@ class BedrockTranslator(OpenAITranslator):
         return key, head, signed
 
     def _wire(self, endpoint: str, body: bytes, request_id: str,
-              extra: list[tuple[str, str]] | None) -> bytes:
-        key, head, signed = self._request(endpoint, body, request_id, extra)
+              extra: list[tuple[str, str]] | None, stream: bool) -> bytes:
+        key, head, signed = self._request(endpoint, body, stream, extra)
         pool = self._pool
         assert pool is not None
         if head is None:
@@ -157,27 +154,27 @@ class BedrockTranslator(OpenAITranslator):
         return build_request(head + tail + b"x-request-id: ", request_id, body)
 
     def send(self, endpoint: str, body: bytes, request_id: str,
-             extra: list[tuple[str, str]] | None = None) -> Any:
+             extra: list[tuple[str, str]] | None = None, stream: bool = False) -> Any:
         pool = self._pool
         if pool is not None:
-            return pool.send_data(self._wire(endpoint, body, request_id, extra))
-        key, _, signed = self._request(endpoint, body, request_id, extra)
+            return pool.send_data(self._wire(endpoint, body, request_id, extra, stream))
+        key, _, signed = self._request(endpoint, body, stream, extra)
         headers = [*self.merge_headers(extra or []), *signed, ("x-request-id", request_id)]
         return self.transport.request("POST", self._paths[key], headers, body)
 
     def send_cb(self, endpoint: str, body: bytes, request_id: str, cb: Any,
-                extra: list[tuple[str, str]] | None = None) -> bool:
+                extra: list[tuple[str, str]] | None = None, stream: bool = False) -> bool:
         pool = self._pool
         if pool is None:
             return False
-        return bool(pool.send_cb(self._wire(endpoint, body, request_id, extra), cb))
+        return bool(pool.send_cb(self._wire(endpoint, body, request_id, extra, stream), cb))
 
     def send_within(self, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
-                    extra: list[tuple[str, str]] | None = None) -> Any:
+                    extra: list[tuple[str, str]] | None = None, stream: bool = False) -> Any:
         pool = self._pool
         if pool is not None:
-            return pool.send_within(self._wire(endpoint, body, request_id, extra), connect_timeout)
-        return self.send(endpoint, body, request_id, extra)
+            return pool.send_within(self._wire(endpoint, body, request_id, extra, stream), connect_timeout)
+        return self.send(endpoint, body, request_id, extra, stream)
 
     async def close(self) -> None:
         if self._credentials is not None and self._upstream is None:
@@ -187,14 +184,14 @@ class BedrockTranslator(OpenAITranslator):
     # -- translating ----------------------------------------------------------------------------------
 
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
-        """The Converse request (a stream's ends with ``STREAM_MARK``), or the InvokeModel embeddings body."""
+        """The Converse request (a ConverseStream one's too: only its path differs), or the InvokeModel
+        embeddings body."""
         if ctx.endpoint == "embeddings":
             req = openai_embeddings.decode_request(ctx.body)
             return xlate.embedding_request(upstream_model, req.texts, req.dimensions)
         bridge.check_endpoint(ctx, "Amazon Bedrock",
                               "/v1/chat/completions and /v1/embeddings are available for it")
-        body = bridge.request_body(self, ctx, upstream_model)
-        return body + STREAM_MARK if ctx.stream else body
+        return bridge.request_body(self, ctx, upstream_model)
 
     def pass_headers(
         self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]

@@ -23,10 +23,9 @@ config load, sharing the provider's connection pool and credentials) with its re
 An upstream model id with a ``/`` is a resource path of its own (``tunedModels/…``, ``endpoints/…``) and
 is used as it is below the base (Gemini) or the location (Vertex).
 
-Stream or not: the engine's ``send`` names the endpoint (``chat``), not whether the client streams, and
-Gemini streams on another path. The translator tells them apart by the body it built itself: a stream
-request's body ends with a newline (JSON allows the whitespace; nothing else ends that way), and ``send``
-picks the ``:streamGenerateContent`` head for it.
+Stream or not: Gemini (and Claude on Vertex) streams on another path. The engine's ``send`` carries the
+client's ``stream`` flag beside the endpoint, and a stream request goes with the prebuilt head of the
+``stream`` path (``:streamGenerateContent?alt=sse``, ``:streamRawPredict``); the body is the same.
 
 Credentials: Gemini's API key goes in ``x-goog-api-key``. Vertex takes an OAuth bearer token from
 ``google-auth`` (``google_auth.TokenSource``: refreshed by a background task ahead of expiry, never on a
@@ -78,7 +77,6 @@ DEFAULT_LOCATION: Final = "us-central1"
 #: the ``anthropic_version`` Claude on Vertex AI takes in the body
 VERTEX_ANTHROPIC_VERSION: Final = "vertex-2023-10-16"
 
-_STREAM_MARK: Final = b"\n"
 _PASS: Final = (b"retry-after",)
 _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 _VERTEX_VERSION: Final = msgspec.Raw(encode(VERTEX_ANTHROPIC_VERSION))
@@ -100,10 +98,6 @@ def _vertex_path(prefix: str, project: str, location: str, publisher: str, model
     if "/" in model:
         return where + quote(model, safe="/@")
     return f"{where}publishers/{publisher}/models/{quote(model, safe='@')}"  # versions: claude-...@2025...
-
-
-def _stream_endpoint(endpoint: str, body: bytes) -> str:
-    return "stream" if endpoint != "embeddings" and body[-1:] == _STREAM_MARK else endpoint
 
 
 # ---- shared plumbing: the stream path and the bearer token -----------------------------------------
@@ -139,6 +133,7 @@ def _set_auth(self: Any, value: str) -> None:
 
 async def _send_later(self: Any, endpoint: str, body: bytes, request_id: str,
                       extra: list[tuple[str, str]] | None, connect_timeout: float | None) -> UpstreamResponse:
+    # ``endpoint`` is the path key already (``stream`` for a stream request)
     """The first requests of a worker: wait for the first token, then send."""
     _set_auth(self, await self._auth.ready())
     if connect_timeout is not None:
@@ -147,23 +142,25 @@ async def _send_later(self: Any, endpoint: str, body: bytes, request_id: str,
 
 
 def _send(self: Any, endpoint: str, body: bytes, request_id: str,
-          extra: list[tuple[str, str]] | None = None) -> Awaitable[UpstreamResponse]:
-    endpoint = _stream_endpoint(endpoint, body)
+          extra: list[tuple[str, str]] | None = None, stream: bool = False) -> Awaitable[UpstreamResponse]:
+    endpoint = "stream" if stream else endpoint  # PERF: the stream path's prebuilt head
     if not _auth_ok(self):
         return _send_later(self, endpoint, body, request_id, extra, None)
     return OpenAITranslator.send(self, endpoint, body, request_id, extra)
 
 
 def _send_cb(self: Any, endpoint: str, body: bytes, request_id: str, cb: HeadCallback,
-             extra: list[tuple[str, str]] | None = None) -> bool:
+             extra: list[tuple[str, str]] | None = None, stream: bool = False) -> bool:
     if not _auth_ok(self):
         return False  # the engine sends it by the coroutine path, which waits for the token
-    return OpenAITranslator.send_cb(self, _stream_endpoint(endpoint, body), body, request_id, cb, extra)
+    return OpenAITranslator.send_cb(self, "stream" if stream else endpoint, body, request_id, cb, extra)
 
 
-def _send_within(self: Any, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
-                 extra: list[tuple[str, str]] | None = None) -> Awaitable[UpstreamResponse]:
-    endpoint = _stream_endpoint(endpoint, body)
+def _send_within(
+    self: Any, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
+    extra: list[tuple[str, str]] | None = None, stream: bool = False,
+) -> Awaitable[UpstreamResponse]:
+    endpoint = "stream" if stream else endpoint
     if not _auth_ok(self):
         return _send_later(self, endpoint, body, request_id, extra, connect_timeout)
     return OpenAITranslator.send_within(self, endpoint, body, request_id, connect_timeout, extra)
@@ -259,8 +256,8 @@ class GeminiTranslator(OpenAITranslator):
     # -- translating --------------------------------------------------------------------------------
 
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
-        """The ``generateContent`` request (a stream's ends with the newline ``send`` reads), or the
-        embeddings request."""
+        """The ``generateContent`` request (a stream's too: only its path differs), or the embeddings
+        request."""
         if ctx.endpoint == "embeddings":
             texts, dimensions, _ = xlate.openai_embedding_inputs(ctx.body)
             if self._vertex is not None:
@@ -268,8 +265,7 @@ class GeminiTranslator(OpenAITranslator):
             return xlate.embed_request(texts, upstream_model, dimensions)
         bridge.check_endpoint(ctx, "Gemini",
                               "use /v1/chat/completions (or /v1/embeddings with an embedding model)")
-        body = bridge.request_body(self, ctx, upstream_model)
-        return body + _STREAM_MARK if ctx.stream else body
+        return bridge.request_body(self, ctx, upstream_model)
 
     def pass_headers(
         self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
@@ -400,8 +396,7 @@ class VertexAnthropicTranslator(AnthropicTranslator):
         top = top_level_decoder.decode(super().request_body(ctx, upstream_model, rewrite))
         top.pop("model", None)
         top["anthropic_version"] = _VERTEX_VERSION
-        body = encode(top)
-        return body + _STREAM_MARK if ctx.stream else body
+        return encode(top)
 
     def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
         """Vertex's own google.rpc error in the client's dialect (a Messages client's too); Anthropic's

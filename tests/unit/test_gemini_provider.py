@@ -194,7 +194,7 @@ def _paths(t: Any) -> dict[str, str]:
     return dict(t._paths)
 
 
-def test_gemini_paths_and_the_stream_mark() -> None:
+def test_gemini_paths_and_the_stream_flag() -> None:
     async def run() -> None:
         transport = FakeTransport()
         provider = GeminiTranslator("g", transport, "/v1beta", [("x-goog-api-key", "k")])
@@ -208,7 +208,7 @@ def test_gemini_paths_and_the_stream_mark() -> None:
             "embeddings": "/v1beta/models/gemini-2.5-flash:batchEmbedContents",
         }
         await model.send("chat", b'{"contents":[]}', "a")
-        await model.send("chat", b'{"contents":[]}\n', "b")
+        await model.send("chat", b'{"contents":[]}', "b", None, True)
         await model.send("embeddings", b"{}", "c")
         assert [p for p, _, _ in transport.sent] == [
             "/v1beta/models/gemini-2.5-flash:generateContent",
@@ -341,7 +341,7 @@ def test_claude_on_vertex_bodies_and_errors() -> None:
     ctx.stream = True
     ctx.body = ctx.body.replace(b'"max_tokens"', b'"stream": true, "max_tokens"')
     raw = claude.request_body(ctx, "claude-sonnet-4-5", True)
-    assert raw.endswith(b"\n") and json.loads(raw)["stream"] is True  # the stream path's mark
+    assert json.loads(raw)["stream"] is True and raw == raw.strip()  # the body names no path
     answer = (fixtures / "responses" / "claude_raw_predict.json").read_bytes()
     at.Message.model_validate_json(answer)
     ctx.stream = False
