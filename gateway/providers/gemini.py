@@ -133,8 +133,8 @@ def _set_auth(self: Any, value: str) -> None:
 
 async def _send_later(self: Any, endpoint: str, body: bytes, request_id: str,
                       extra: list[tuple[str, str]] | None, connect_timeout: float | None) -> UpstreamResponse:
-    # ``endpoint`` is the path key already (``stream`` for a stream request)
-    """The first requests of a worker: wait for the first token, then send."""
+    """The first requests of a worker: wait for the first token, then send (``endpoint`` is the path key
+    already: ``stream`` for a stream request)."""
     _set_auth(self, await self._auth.ready())
     if connect_timeout is not None:
         return await OpenAITranslator.send_within(self, endpoint, body, request_id, connect_timeout, extra)
@@ -183,7 +183,8 @@ def _retry_headers(resp: UpstreamResponse, out: list[tuple[str, str]]) -> list[t
 
 
 class GeminiTranslator(OpenAITranslator):
-    """``type = "gemini"`` and Gemini models on ``type = "vertex"``: OpenAI chat and embeddings in.
+    """``type = "gemini"`` and Gemini models on ``type = "vertex"``: every client dialect and OpenAI
+    embeddings in.
 
     The provider's own instance (``model`` None) only answers health probes and makes the per-model
     ones (``for_model``)."""
