@@ -48,6 +48,7 @@ class _Ctx:
     body = BODY
     fields = _Fields()
     request_id = "req-1"
+    dialect: Any = None  # OpenAI chat
 
 
 def _event(kind: str, payload: dict[str, Any]) -> bytes:

@@ -37,6 +37,7 @@ class _Ctx:
     usage: Any = None
     body = BODY
     fields = None
+    dialect: Any = None  # OpenAI chat
 
 
 class _NullTransport:

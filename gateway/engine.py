@@ -977,7 +977,7 @@ class Engine:
         translator = target.translator
         return translator.send_cb(
             ctx.endpoint, body, ctx.request_id, partial(self._on_head, ctx, responder),
-            translator.forwarded(ctx.request),
+            translator.forwarded(ctx.request), ctx.stream,
         )
 
     def _on_head(
@@ -1058,7 +1058,8 @@ class Engine:
         ctx.t_up = _perf()
         cb = partial(self._on_routed_head, ctx, responder, model, i, now)
         translator = target.translator
-        if not translator.send_cb(ctx.endpoint, body, ctx.request_id, cb, translator.forwarded(ctx.request)):
+        if not translator.send_cb(ctx.endpoint, body, ctx.request_id, cb, translator.forwarded(ctx.request),
+                                  ctx.stream):
             router.release(i)  # no idle connection: the first attempt is sent by the coroutine path
             return self._plan_from(ctx, responder, model, i)
         return None
@@ -1127,7 +1128,7 @@ class Engine:
         try:
             translator = target.translator
             extra = translator.forwarded(ctx.request)
-            resp = await translator.send(ctx.endpoint, body, ctx.request_id, extra)
+            resp = await translator.send(ctx.endpoint, body, ctx.request_id, extra, ctx.stream)
         except (UpstreamTimeout, UpstreamError) as exc:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
             raise _upstream_failure(exc) from None
@@ -1269,11 +1270,11 @@ class Engine:
                         resp = pre.response
                     elif dep.connect_timeout is None:
                         resp = await translator.send(ctx.endpoint, body, ctx.request_id,
-                                                     translator.forwarded(ctx.request))
+                                                     translator.forwarded(ctx.request), ctx.stream)
                     else:
                         resp = await translator.send_within(ctx.endpoint, body, ctx.request_id,
                                                             dep.connect_timeout,
-                                                            translator.forwarded(ctx.request))
+                                                            translator.forwarded(ctx.request), ctx.stream)
                     ttfb = _monotonic() - t0 if pre is None else pre.ttfb
                     ctx.upstream_status = resp.status
                     streams = ctx.stream and resp.status < 400 and _is_event_stream(resp)

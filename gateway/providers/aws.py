@@ -17,19 +17,34 @@ would stall a worker's whole loop), so:
   advisory window (15 minutes before expiry), and the new frozen tuple replaces the old one;
 - a request reads the current frozen tuple (an attribute read) and signs with it.
 
-Signing is botocore's ``SigV4Auth`` (service ``bedrock``, the provider's region): per request it computes
-the payload hash, the canonical request and the signature, and the request gets three or four headers
-(``authorization``, ``x-amz-date``, ``x-amz-content-sha256`` is not needed by Bedrock and not sent,
-``x-amz-security-token`` with temporary credentials). Nothing else about the request changes per request.
+Signing is botocore's ``SigV4Auth`` (service ``bedrock``, the provider's region), with what does not
+change between requests computed once (``_CachedSigV4``):
+
+    per path (a few per model)       the canonical URI (botocore's normalisation and quoting)
+    per credentials (refresh task)   the signed headers (``content-type;host;x-amz-date``, and
+                                     ``x-amz-security-token`` with temporary credentials), their fixed
+                                     canonical lines, the ``Credential=`` prefix of ``authorization``
+    per UTC day and secret           the signing key: botocore's ``signature()`` derives it with four
+                                     HMACs on every call; it is derived once (with botocore's ``_sign``)
+    per second                       the ``x-amz-date`` timestamp
+
+so a request costs the payload's SHA-256, the canonical request's SHA-256 and one HMAC, and the request
+gets three or four headers (``authorization``, ``x-amz-date``, ``x-amz-security-token`` with temporary
+credentials; ``x-amz-content-sha256`` is not needed by Bedrock and not sent). The result is byte for byte
+botocore's own ``add_auth`` (a unit test compares them; the Bedrock mock verifies each request's signature
+with botocore when it has the secret).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
-from typing import Any, Final
+import time
+from typing import Final
 
-from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth
+from botocore.auth import EMPTY_SHA256_HASH, SIGV4_TIMESTAMP, SigV4Auth
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session
@@ -114,45 +129,63 @@ class AwsCredentials:
                 pass
 
 
-class _Headers(dict[str, str]):
-    """The header map ``SigV4Auth`` reads (``items``, ``get_all``, ``in``), without ``email.message``."""
+class _CachedSigV4(SigV4Auth):  # type: ignore[misc]
+    """botocore's SigV4 for one set of frozen credentials, with the per-request work cut to the payload
+    hash, the canonical request's hash and the final HMAC (see the module docstring)."""
 
-    def get_all(self, name: str) -> list[str]:
-        return [self[name]]
+    def __init__(self, credentials: ReadOnlyCredentials, region: str, host: str) -> None:
+        super().__init__(credentials, SIGNING_NAME, region)
+        headers = {"content-type": "application/json", "host": host, "x-amz-date": ""}
+        if credentials.token:
+            headers["x-amz-security-token"] = credentials.token
+        names = sorted(headers)
+        #: ``content-type;host;x-amz-date[;x-amz-security-token]``
+        self.signed = ";".join(names)
+        # the canonical header lines before and after x-amz-date's (sorted by name, values trimmed)
+        lines = [f"{n}:{self._header_value(headers[n])}" for n in names]
+        at = names.index("x-amz-date")
+        self._before = "\n".join(lines[:at]) + "\nx-amz-date:"
+        self._after = "".join("\n" + line for line in lines[at + 1:]) + "\n\n" + self.signed + "\n"
+        self._paths: dict[str, str] = {}
+        self._day = ""
+        self._key = b""
+        self._scope = ""
+        self._credential = ""
 
+    def signing_key(self, day: str) -> bytes:
+        """The key of ``day`` (``YYYYMMDD``), derived once a day with botocore's HMAC chain."""
+        if day != self._day:
+            k_date = self._sign(f"AWS4{self.credentials.secret_key}".encode(), day)
+            k_region = self._sign(k_date, self._region_name)
+            k_service = self._sign(k_region, self._service_name)
+            self._key = self._sign(k_service, "aws4_request")
+            self._scope = f"{day}/{self._region_name}/{self._service_name}/aws4_request"
+            self._credential = (f"AWS4-HMAC-SHA256 Credential={self.credentials.access_key}/{self._scope}, "
+                                f"SignedHeaders={self.signed}, Signature=")
+            self._day = day
+        return self._key
 
-class _Request:
-    """The request ``SigV4Auth`` signs: what it reads and writes of botocore's ``AWSRequest``."""
+    def canonical_uri(self, path: str) -> str:
+        uri = self._paths.get(path)
+        if uri is None:
+            uri = self._paths[path] = self._normalize_url_path(path)
+        return uri
 
-    __slots__ = ("body", "context", "headers", "method", "params", "url")
-
-    def __init__(self, url: str, body: bytes, headers: dict[str, str]) -> None:
-        self.method = "POST"
-        self.url = url
-        self.body = body
-        self.headers = headers
-        self.context: dict[str, Any] = {}
-        self.params: dict[str, str] = {}
-
-
-class _SigV4Auth(SigV4Auth):  # type: ignore[misc]
-    """botocore's SigV4 (canonical request, payload hash, scope, signing key, signature), with its header
-    map a plain dict: botocore builds an ``email.message``-based ``HTTPHeaders`` for it, which was most of
-    the cost of a signature (a request has each header once, so ``get_all`` is one value)."""
-
-    def headers_to_sign(self, request: Any) -> _Headers:
-        out = _Headers()
-        for name, value in request.headers.items():
-            low = name.lower()
-            if low not in SIGNED_HEADERS_BLACKLIST:
-                out[low] = value
-        return out
+    def authorization(self, path: str, body: bytes, timestamp: str) -> str:
+        """The ``authorization`` header of ``POST path`` with ``body`` at ``timestamp``
+        (``YYYYMMDDTHHMMSSZ``, also the ``x-amz-date`` header)."""
+        payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256_HASH
+        canonical = f"POST\n{self.canonical_uri(path)}\n\n{self._before}{timestamp}{self._after}{payload}"
+        key = self.signing_key(timestamp[0:8])
+        to_sign = (f"AWS4-HMAC-SHA256\n{timestamp}\n{self._scope}\n"
+                   f"{hashlib.sha256(canonical.encode('utf-8')).hexdigest()}")
+        return self._credential + hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 class SigV4Signer:
     """Signs Bedrock Runtime requests for one region with the current frozen credentials."""
 
-    __slots__ = ("_host", "_origin", "credentials", "region")
+    __slots__ = ("_auth", "_host", "_now", "_origin", "_stamp", "credentials", "region")
 
     def __init__(self, credentials: AwsCredentials, region: str, origin: str, host: str) -> None:
         self.credentials = credentials
@@ -160,16 +193,21 @@ class SigV4Signer:
         #: scheme://host[:port] of the endpoint, as requests are signed for it
         self._origin = origin
         self._host = host
+        self._auth: _CachedSigV4 | None = None
+        self._now = -1
+        self._stamp = ""
 
     def headers(self, path: str, body: bytes) -> list[tuple[str, str]]:
         """The signature headers of ``POST path`` with ``body`` (lower-case names)."""
-        auth = _SigV4Auth(self.credentials.frozen, SIGNING_NAME, self.region)
-        headers = {"content-type": "application/json", "host": self._host}
-        request = _Request(self._origin + path, body, headers)
-        auth.add_auth(request)
-        signed = request.headers
-        out = [("authorization", signed["Authorization"]), ("x-amz-date", signed["X-Amz-Date"])]
-        token = request.headers.get("X-Amz-Security-Token")
-        if token:
-            out.append(("x-amz-security-token", token))
+        frozen = self.credentials.frozen
+        auth = self._auth
+        if auth is None or auth.credentials is not frozen:  # PERF: rebuilt only when refreshed
+            auth = self._auth = _CachedSigV4(frozen, self.region, self._host)
+        now = int(time.time())
+        if now != self._now:
+            self._now, self._stamp = now, time.strftime(SIGV4_TIMESTAMP, time.gmtime(now))
+        stamp = self._stamp
+        out = [("authorization", auth.authorization(path, body, stamp)), ("x-amz-date", stamp)]
+        if frozen.token:
+            out.append(("x-amz-security-token", frozen.token))
         return out

@@ -1,8 +1,12 @@
 """Translator for Amazon Bedrock upstreams (Converse, ConverseStream, InvokeModel embeddings).
 
-    client body ──openai_chat.decode_request──▶ ir.Request ──bedrock_translate.encode_request──▶ /converse
-    answer      ◀─openai_chat.encode_response── ir.Response ◀─bedrock_translate.response_from_body── body
-    chunks      ◀─openai_chat.ChunkEncoder───── IR events   ◀─bedrock_translate.BedrockStream── event-stream
+Every client dialect (OpenAI chat, Anthropic Messages, OpenAI Responses) is translated through the IR
+(``gateway.providers.bridge``, the client-dialect seam of ``gateway.dialects.base``); embeddings are
+OpenAI's:
+
+    client body ──dialect.decode_request──▶ ir.Request ──bedrock_translate.encode_request──▶ /converse
+    answer      ◀─dialect.encode_response── ir.Response ◀─bedrock_translate.response_from_body── body
+    chunks      ◀─dialect.stream_encoder─── IR events   ◀─bedrock_translate.BedrockStream── event-stream
 
 Theory of operation
 -------------------
@@ -10,10 +14,9 @@ The model id is in Bedrock's paths (``/model/{modelId}/converse``), so, like Azu
 upstream model gets its own translator (``for_model``, built once at config load) with its request heads
 prebuilt: one for ``converse``, one for ``converse-stream``, one for ``invoke`` (embeddings).
 
-Converse and ConverseStream take the same body at different paths, and the engine's ``send`` carries the
-endpoint (``chat``) and the body, not the stream flag. ``request_body`` therefore ends the body of a stream
-request with a newline (JSON whitespace, which Bedrock ignores and signs like any byte) and ``send`` picks
-the path by it: stateless, so no request can be sent to the other's path whatever the interleaving.
+Converse and ConverseStream take the same body at different paths: the engine's ``send`` carries the
+client's ``stream`` flag beside the endpoint, and a stream request is signed for and sent to the
+``stream`` path (``converse-stream``).
 
 Per request, the body is signed (``gateway.providers.aws.SigV4Signer``, botocore's SigV4) with the
 credentials frozen by the refresh task, and the signature headers are added to the prebuilt head:
@@ -27,7 +30,6 @@ ConverseStream answers ``application/vnd.amazon.eventstream`` (binary framing, p
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -35,13 +37,14 @@ import msgspec
 
 from gateway import errors, ir
 from gateway._core.http import build_request
-from gateway.dialects import openai_chat, openai_embeddings
+from gateway.dialects import openai_embeddings
+from gateway.dialects.openai_chat import OPENAI_CHAT
 from gateway.providers import bedrock_translate as xlate
-from gateway.providers.anthropic import gateway_error, openai_usage, response_events
+from gateway.providers import bridge
 from gateway.providers.aws import AwsCredentials, SigV4Signer
 from gateway.providers.base import Transport, UpstreamResponse
+from gateway.providers.bridge import BridgeRelay, gateway_error, openai_usage
 from gateway.providers.openai import OpenAITranslator
-from gateway.providers.relay import IRStreamRelay
 
 __all__ = [
     "DEFAULT_FORWARD_HEADERS",
@@ -55,8 +58,6 @@ DEFAULT_FORWARD_HEADERS: Final[tuple[str, ...]] = ()
 #: upstream headers passed to the client as they are
 _PASS: Final = (b"retry-after", b"x-amzn-requestid", b"x-amzn-bedrock-invocation-latency")
 _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
-#: ends the body of a ConverseStream request (see the module docstring)
-STREAM_MARK: Final = b"\n"
 
 
 def default_base_url(region: str) -> str:
@@ -90,7 +91,8 @@ class BedrockTranslator(OpenAITranslator):
         paths: dict[str, str] = {}
         if model is not None:
             base = f"{path_prefix}/model/{quote(model, safe='')}"
-            paths = {"chat": base + "/converse", "stream": base + "/converse-stream",
+            paths = {"chat": base + "/converse", "messages": base + "/converse",
+                     "responses": base + "/converse", "stream": base + "/converse-stream",
                      "embeddings": base + "/invoke"}
         super().__init__(name, transport, path_prefix, None, {}, paths=paths, headers=headers)
         self.model_in_path = model is not None
@@ -123,12 +125,12 @@ class BedrockTranslator(OpenAITranslator):
         self._heads = {} if pool is None else {
             k: pool.build_head("POST", p, self._headers, -1) for k, p in self._paths.items()}
 
-    # -- sending: the path by the stream mark, the signature headers per request ----------------------
+    # -- sending: the path by the stream flag, the signature headers per request ----------------------
 
-    def _request(self, endpoint: str, body: bytes, request_id: str,
+    def _request(self, endpoint: str, body: bytes, stream: bool,
                  extra: list[tuple[str, str]] | None) -> tuple[str, bytes | None, list[tuple[str, str]]]:
         """(path key, prebuilt head or None, signature headers) of one request."""
-        key = "stream" if endpoint == "chat" and body.endswith(STREAM_MARK) else endpoint
+        key = "stream" if stream else endpoint
         if key not in self._paths:
             raise errors.BadRequest(f"Bedrock has no {endpoint} endpoint", code="unsupported_endpoint")
         signer = self._signer
@@ -142,8 +144,8 @@ class BedrockTranslator(OpenAITranslator):
         return key, head, signed
 
     def _wire(self, endpoint: str, body: bytes, request_id: str,
-              extra: list[tuple[str, str]] | None) -> bytes:
-        key, head, signed = self._request(endpoint, body, request_id, extra)
+              extra: list[tuple[str, str]] | None, stream: bool) -> bytes:
+        key, head, signed = self._request(endpoint, body, stream, extra)
         pool = self._pool
         assert pool is not None
         if head is None:
@@ -152,27 +154,27 @@ class BedrockTranslator(OpenAITranslator):
         return build_request(head + tail + b"x-request-id: ", request_id, body)
 
     def send(self, endpoint: str, body: bytes, request_id: str,
-             extra: list[tuple[str, str]] | None = None) -> Any:
+             extra: list[tuple[str, str]] | None = None, stream: bool = False) -> Any:
         pool = self._pool
         if pool is not None:
-            return pool.send_data(self._wire(endpoint, body, request_id, extra))
-        key, _, signed = self._request(endpoint, body, request_id, extra)
+            return pool.send_data(self._wire(endpoint, body, request_id, extra, stream))
+        key, _, signed = self._request(endpoint, body, stream, extra)
         headers = [*self.merge_headers(extra or []), *signed, ("x-request-id", request_id)]
         return self.transport.request("POST", self._paths[key], headers, body)
 
     def send_cb(self, endpoint: str, body: bytes, request_id: str, cb: Any,
-                extra: list[tuple[str, str]] | None = None) -> bool:
+                extra: list[tuple[str, str]] | None = None, stream: bool = False) -> bool:
         pool = self._pool
         if pool is None:
             return False
-        return bool(pool.send_cb(self._wire(endpoint, body, request_id, extra), cb))
+        return bool(pool.send_cb(self._wire(endpoint, body, request_id, extra, stream), cb))
 
     def send_within(self, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
-                    extra: list[tuple[str, str]] | None = None) -> Any:
+                    extra: list[tuple[str, str]] | None = None, stream: bool = False) -> Any:
         pool = self._pool
         if pool is not None:
-            return pool.send_within(self._wire(endpoint, body, request_id, extra), connect_timeout)
-        return self.send(endpoint, body, request_id, extra)
+            return pool.send_within(self._wire(endpoint, body, request_id, extra, stream), connect_timeout)
+        return self.send(endpoint, body, request_id, extra, stream)
 
     async def close(self) -> None:
         if self._credentials is not None and self._upstream is None:
@@ -182,18 +184,14 @@ class BedrockTranslator(OpenAITranslator):
     # -- translating ----------------------------------------------------------------------------------
 
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
-        """The Converse request (a stream's ends with ``STREAM_MARK``), or the InvokeModel embeddings body."""
+        """The Converse request (a ConverseStream one's too: only its path differs), or the InvokeModel
+        embeddings body."""
         if ctx.endpoint == "embeddings":
             req = openai_embeddings.decode_request(ctx.body)
             return xlate.embedding_request(upstream_model, req.texts, req.dimensions)
-        if ctx.endpoint != "chat":
-            raise errors.BadRequest(
-                f"The model `{ctx.fields.model}` is served by Amazon Bedrock, which has no {ctx.endpoint} "
-                "endpoint; /v1/chat/completions and /v1/embeddings are available for it",
-                param="model", code="unsupported_endpoint",
-            )
-        body = xlate.encode_request(openai_chat.decode_request(ctx.body), upstream_model)
-        return body + STREAM_MARK if ctx.stream else body
+        bridge.check_endpoint(ctx, "Amazon Bedrock",
+                              "/v1/chat/completions and /v1/embeddings are available for it")
+        return bridge.request_body(self, ctx, upstream_model)
 
     def pass_headers(
         self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
@@ -204,13 +202,10 @@ class BedrockTranslator(OpenAITranslator):
         return out
 
     def take_body(self, ctx: Any, body: bytes) -> bytes:
-        """The ``chat.completion`` (or the embeddings ``list``) for Bedrock's answer; usage to
-        ``ctx.usage``."""
+        """The answer in the client's dialect (or OpenAI's embeddings ``list``); usage to ``ctx.usage``."""
         if ctx.endpoint == "embeddings":
             return self._embeddings(ctx, body)
-        answer = self._answer(ctx, body)
-        ctx.usage = openai_usage(answer.usage)
-        return openai_chat.encode_response(answer, int(time.time()))
+        return bridge.answer_body(ctx, _answer(body, "chatcmpl-" + ctx.request_id, ctx.fields.model))
 
     def _embeddings(self, ctx: Any, body: bytes) -> bytes:
         req = openai_embeddings.decode_request(ctx.body)
@@ -224,29 +219,47 @@ class BedrockTranslator(OpenAITranslator):
         return openai_embeddings.encode_response(answer.vectors, req.model, answer.prompt_tokens,
                                                  req.encoding_format == "base64")
 
-    def _answer(self, ctx: Any, body: bytes) -> ir.Response:
-        try:
-            return xlate.response_from_body(body, "chatcmpl-" + ctx.request_id, ctx.fields.model)
-        except _DECODE_ERRORS:
-            raise errors.BadGateway("The upstream provider returned a body that is not a Converse answer",
-                                    code="upstream_invalid_response") from None
-        except xlate.MalformedAnswer as exc:
-            raise gateway_error(exc.error) from None
-
     def body_as_stream(self, ctx: Any, resp: UpstreamResponse, body: bytes) -> bytes:
-        """A stream request answered with one JSON body: the chunks it would have streamed."""
-        answer = self._answer(ctx, body)
-        ctx.usage = openai_usage(answer.usage)
-        encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
-        return encoder.encode_all(response_events(answer))
+        """A stream request answered with one JSON body: the client's stream of it."""
+        return bridge.answer_as_stream(ctx, _answer(body, "chatcmpl-" + ctx.request_id, ctx.fields.model))
 
-    def stream_relay(self, ctx: Any) -> IRStreamRelay:
-        return IRStreamRelay(ctx, xlate.BedrockStream("chatcmpl-" + ctx.request_id, ctx.fields.model))
+    def stream_relay(self, ctx: Any) -> BridgeRelay:
+        return BridgeRelay(ctx, xlate.BedrockStream("chatcmpl-" + ctx.request_id, ctx.fields.model))
+
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        return bridge.error_answer(self, ctx, status, body)
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
-        """Bedrock's error as the OpenAI error the client gets (``bedrock_translate.ERROR_TYPES``)."""
+        """Bedrock's error as the OpenAI error (``bedrock_translate.ERROR_TYPES``)."""
         err = xlate.error_from_response(status, body)
-        return err.status, openai_chat.encode_error(err)
+        return err.status, OPENAI_CHAT.provider_error_body(err, "")
+
+    # -- this wire's IR codecs (gateway.providers.bridge) ----------------------------------------------
+    #
+    # A Converse answer carries neither an id nor the model: the per-request methods above put the
+    # request's in; the codecs leave them empty.
+
+    def ir_request(self, req: ir.Request, upstream_model: str) -> bytes:
+        return xlate.encode_request(req, upstream_model)
+
+    def ir_response(self, body: bytes) -> ir.Response:
+        return _answer(body, "", "")
+
+    def ir_stream(self) -> xlate.BedrockStream:
+        return xlate.BedrockStream("", "")
+
+    def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
+        return xlate.error_from_response(status, body)
+
+
+def _answer(body: bytes, response_id: str, model: str) -> ir.Response:
+    try:
+        return xlate.response_from_body(body, response_id, model)
+    except _DECODE_ERRORS:
+        raise errors.BadGateway("The upstream provider returned a body that is not a Converse answer",
+                                code="upstream_invalid_response") from None
+    except xlate.MalformedAnswer as exc:
+        raise gateway_error(exc.error) from None
 
 
 def bedrock_translator(name: str, p: Any, transport: Transport) -> BedrockTranslator:

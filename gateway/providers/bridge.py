@@ -28,7 +28,10 @@ __all__ = [
     "CachedTokens",
     "IRStream",
     "TranslatedUsage",
+    "answer_as_stream",
+    "answer_body",
     "body_as_stream",
+    "check_endpoint",
     "client_dialect",
     "error_answer",
     "gateway_error",
@@ -120,16 +123,36 @@ def request_body(translator: Any, ctx: Any, upstream_model: str) -> bytes:
     return body
 
 
+def check_endpoint(ctx: Any, served_by: str, available: str) -> None:
+    """An OpenAI client's request to an endpoint the provider has no counterpart of (``/v1/completions``
+    on a translated upstream): 400 ``unsupported_endpoint``. Every dialect's generation request and
+    OpenAI chat pass."""
+    if ctx.endpoint != "chat" and ctx.dialect is None:
+        raise errors.BadRequest(
+            f"The model `{ctx.fields.model}` is served by {served_by}, which has no {ctx.endpoint} endpoint; "
+            f"{available}", param="model", code="unsupported_endpoint",
+        )
+
+
 def take_body(translator: Any, ctx: Any, body: bytes) -> bytes:
     """A 2xx answer in the client's dialect; its usage goes to ``ctx.usage``."""
-    answer: ir.Response = translator.ir_response(body)
-    ctx.usage = openai_usage(answer.usage)
-    return client_dialect(ctx).encode_response(answer, int(time.time()))
+    return answer_body(ctx, translator.ir_response(body))
 
 
 def body_as_stream(translator: Any, ctx: Any, body: bytes) -> bytes:
     """A stream request answered whole: the client's stream of that answer."""
-    answer: ir.Response = translator.ir_response(body)
+    return answer_as_stream(ctx, translator.ir_response(body))
+
+
+def answer_body(ctx: Any, answer: ir.Response) -> bytes:
+    """``take_body`` of an answer already in IR (a wire whose answers lack the id or the model, which
+    its translator fills in from the request); its usage goes to ``ctx.usage``."""
+    ctx.usage = openai_usage(answer.usage)
+    return client_dialect(ctx).encode_response(answer, int(time.time()))
+
+
+def answer_as_stream(ctx: Any, answer: ir.Response) -> bytes:
+    """``body_as_stream`` of an answer already in IR."""
     ctx.usage = openai_usage(answer.usage)
     encoder = client_dialect(ctx).stream_encoder(ctx, int(time.time()))
     return b"".join(encoder.encode(e) for e in response_events(answer))
@@ -146,16 +169,23 @@ def error_answer(translator: Any, ctx: Any, status: int, body: bytes) -> tuple[i
 
 class BridgeRelay:
     """The provider's SSE bytes in, the client dialect's SSE bytes out, as they come; the usage kept on
-    the request. An error event, a grammar violation or a cut stream sets ``error``: the engine ends the
-    client's stream with it (``ClientDialect.stream_error``)."""
+    the request (the settle phase reads it even when the stream fails). An error event, a grammar
+    violation or a cut stream sets ``error``: the engine ends the client's stream with it
+    (``ClientDialect.stream_error``).
 
-    __slots__ = ("_ctx", "_encoder", "_machine", "error")
+    A stream that fails before any content (a throttling exception right after its start) gives nothing
+    at all, not even the message's start: the engine then counts the attempt as refused before its
+    first byte, and a routed model fails over."""
+
+    __slots__ = ("_content", "_ctx", "_encoder", "_machine", "error")
 
     def __init__(self, ctx: Any, machine: IRStream, encoder: StreamEncoder | None = None) -> None:
         self._ctx = ctx
         self._machine = machine
         self._encoder = encoder or client_dialect(ctx).stream_encoder(ctx, int(time.time()))
         self.error: errors.GatewayError | None = None
+        #: bytes of more than the message's start were produced
+        self._content = False
 
     def feed(self, chunk: bytes) -> bytes:
         return self._emit(self._machine.feed(chunk))
@@ -169,10 +199,13 @@ class BridgeRelay:
         for ev in events:
             if isinstance(ev, ir.StreamError):
                 self.error = gateway_error(ev.error)
+                if not self._content:
+                    out.clear()  # only the message's start so far: the attempt failed before its content
                 break
             if isinstance(ev, ir.MessageStart | ir.UsageUpdate):
                 self._ctx.usage = openai_usage(ev.usage)
             data = encode(ev)
             if data:
                 out.append(data)
+                self._content = self._content or not isinstance(ev, ir.MessageStart)
         return b"".join(out)

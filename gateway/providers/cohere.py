@@ -1,8 +1,11 @@
-"""Translator for Cohere upstreams (API v2: ``/v2/chat`` and ``/v2/embed``), behind an OpenAI-dialect client.
+"""Translator for Cohere upstreams (API v2: ``/v2/chat`` and ``/v2/embed``), behind a client of any dialect.
 
-    client body ──openai_chat.decode_request──▶ ir.Request ──cohere_translate.encode_request──▶ /v2/chat
-    answer      ◀─openai_chat.encode_response── ir.Response ◀─cohere_translate.response_from_body── body
-    chunks      ◀─openai_chat.ChunkEncoder───── IR events   ◀─cohere_translate.CohereStream──────── SSE
+Every client dialect (OpenAI chat, Anthropic Messages, OpenAI Responses) is translated through the IR
+(``gateway.providers.bridge``, the client-dialect seam of ``gateway.dialects.base``):
+
+    client body ──dialect.decode_request──▶ ir.Request ──cohere_translate.encode_request──▶ /v2/chat
+    answer      ◀─dialect.encode_response── ir.Response ◀─cohere_translate.response_from_body── body
+    chunks      ◀─dialect.stream_encoder─── IR events   ◀─cohere_translate.CohereStream──────── SSE
 
 The transport plumbing is ``OpenAITranslator``'s (prebuilt heads on the keep-alive pool, the callback
 path); the credential is the same ``Authorization: Bearer`` header. Only the paths and the translating
@@ -12,18 +15,18 @@ and ``input_type: "search_document"``; the vectors come back as OpenAI's ``list`
 
 from __future__ import annotations
 
-import time
 from typing import Any, Final
 
 import msgspec
 
 from gateway import errors, ir
-from gateway.dialects import openai_chat, openai_embeddings
+from gateway.dialects import openai_embeddings
+from gateway.dialects.openai_chat import OPENAI_CHAT
+from gateway.providers import bridge
 from gateway.providers import cohere_translate as xlate
-from gateway.providers.anthropic import gateway_error, openai_usage, response_events
 from gateway.providers.base import Transport, UpstreamResponse
+from gateway.providers.bridge import BridgeRelay, gateway_error, openai_usage
 from gateway.providers.openai import OpenAITranslator
-from gateway.providers.relay import IRStreamRelay
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_FORWARD_HEADERS", "CohereTranslator"]
 
@@ -35,13 +38,15 @@ _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, Recursion
 
 
 class CohereTranslator(OpenAITranslator):
-    """One per ``type = "cohere"`` provider: OpenAI chat and embeddings in, Cohere v2 upstream."""
+    """One per ``type = "cohere"`` provider: every client dialect's generation requests (through the IR,
+    ``gateway.providers.bridge``) and OpenAI embeddings in, Cohere v2 upstream."""
 
     __slots__ = ()
 
     def __init__(self, name: str, transport: Transport, path_prefix: str, api_key: str | None,
                  extra_headers: dict[str, str]) -> None:
-        paths = {"chat": path_prefix + "/v2/chat", "embeddings": path_prefix + "/v2/embed"}
+        chat = path_prefix + "/v2/chat"
+        paths = {"chat": chat, "messages": chat, "responses": chat, "embeddings": path_prefix + "/v2/embed"}
         super().__init__(name, transport, path_prefix, api_key, extra_headers, paths=paths)
         self.forward_headers(list(DEFAULT_FORWARD_HEADERS))
 
@@ -49,13 +54,8 @@ class CohereTranslator(OpenAITranslator):
         if ctx.endpoint == "embeddings":
             req = openai_embeddings.decode_request(ctx.body)
             return xlate.embed_request(upstream_model, req.texts, req.dimensions)
-        if ctx.endpoint != "chat":
-            raise errors.BadRequest(
-                f"The model `{ctx.fields.model}` is served by Cohere, which has no {ctx.endpoint} endpoint; "
-                "/v1/chat/completions and /v1/embeddings are available for it",
-                param="model", code="unsupported_endpoint",
-            )
-        return xlate.encode_request(openai_chat.decode_request(ctx.body), upstream_model)
+        bridge.check_endpoint(ctx, "Cohere", "/v1/chat/completions and /v1/embeddings are available for it")
+        return bridge.request_body(self, ctx, upstream_model)
 
     def pass_headers(
         self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
@@ -66,38 +66,58 @@ class CohereTranslator(OpenAITranslator):
         return out
 
     def take_body(self, ctx: Any, body: bytes) -> bytes:
+        """The answer in the client's dialect (or OpenAI's embeddings ``list``); usage to ``ctx.usage``."""
         if ctx.endpoint == "embeddings":
-            req = openai_embeddings.decode_request(ctx.body)
-            try:
-                vectors, tokens = xlate.embeddings_from_body(body, req.texts)
-            except _DECODE_ERRORS:
-                raise errors.BadGateway("The upstream provider returned a body that is not a Cohere embed "
-                                        "answer", code="upstream_invalid_response") from None
-            ctx.usage = openai_usage(ir.Usage(input_tokens=tokens))
-            as_base64 = req.encoding_format == "base64"
-            return openai_embeddings.encode_response(vectors, req.model, tokens, as_base64)
-        answer = self._answer(ctx, body)
-        ctx.usage = openai_usage(answer.usage)
-        return openai_chat.encode_response(answer, int(time.time()))
+            return self._embeddings(ctx, body)
+        return bridge.answer_body(ctx, _answer(body, ctx.fields.model))
 
-    def _answer(self, ctx: Any, body: bytes) -> ir.Response:
+    def _embeddings(self, ctx: Any, body: bytes) -> bytes:
+        req = openai_embeddings.decode_request(ctx.body)
         try:
-            return xlate.response_from_body(body, ctx.fields.model)
+            vectors, tokens = xlate.embeddings_from_body(body, req.texts)
         except _DECODE_ERRORS:
-            raise errors.BadGateway("The upstream provider returned a body that is not a Cohere chat answer",
-                                    code="upstream_invalid_response") from None
-        except xlate.FailedAnswer as exc:
-            raise gateway_error(exc.error) from None
+            raise errors.BadGateway("The upstream provider returned a body that is not a Cohere embed "
+                                    "answer", code="upstream_invalid_response") from None
+        ctx.usage = openai_usage(ir.Usage(input_tokens=tokens))
+        return openai_embeddings.encode_response(vectors, req.model, tokens, req.encoding_format == "base64")
 
     def body_as_stream(self, ctx: Any, resp: UpstreamResponse, body: bytes) -> bytes:
-        answer = self._answer(ctx, body)
-        ctx.usage = openai_usage(answer.usage)
-        encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
-        return encoder.encode_all(response_events(answer))
+        """A stream request answered with one JSON body: the client's stream of it."""
+        return bridge.answer_as_stream(ctx, _answer(body, ctx.fields.model))
 
-    def stream_relay(self, ctx: Any) -> IRStreamRelay:
-        return IRStreamRelay(ctx, xlate.CohereStream(ctx.fields.model))
+    def stream_relay(self, ctx: Any) -> BridgeRelay:
+        return BridgeRelay(ctx, xlate.CohereStream(ctx.fields.model))
+
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        return bridge.error_answer(self, ctx, status, body)
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
         err = xlate.error_from_response(status, body)
-        return err.status, openai_chat.encode_error(err)
+        return err.status, OPENAI_CHAT.provider_error_body(err, "")
+
+    # -- this wire's IR codecs (gateway.providers.bridge) ----------------------------------------------
+    #
+    # A Cohere answer names no model: the per-request methods above put the client's in; the codecs
+    # leave it empty.
+
+    def ir_request(self, req: ir.Request, upstream_model: str) -> bytes:
+        return xlate.encode_request(req, upstream_model)
+
+    def ir_response(self, body: bytes) -> ir.Response:
+        return _answer(body, "")
+
+    def ir_stream(self) -> xlate.CohereStream:
+        return xlate.CohereStream("")
+
+    def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
+        return xlate.error_from_response(status, body)
+
+
+def _answer(body: bytes, model: str) -> ir.Response:
+    try:
+        return xlate.response_from_body(body, model)
+    except _DECODE_ERRORS:
+        raise errors.BadGateway("The upstream provider returned a body that is not a Cohere chat answer",
+                                code="upstream_invalid_response") from None
+    except xlate.FailedAnswer as exc:
+        raise gateway_error(exc.error) from None

@@ -1,9 +1,12 @@
 """Translators for Google upstreams: the Gemini API (``type = "gemini"``, AI Studio) and Vertex AI
-(``type = "vertex"``: Gemini models, and Anthropic's Claude models on Vertex), behind an OpenAI client.
+(``type = "vertex"``: Gemini models, and Anthropic's Claude models on Vertex), behind a client of any
+dialect. Every client dialect (OpenAI chat, Anthropic Messages, OpenAI Responses) is translated through
+the IR (``gateway.providers.bridge``, the client-dialect seam of ``gateway.dialects.base``); embeddings
+are OpenAI's:
 
-    client body ──openai_chat.decode_request──▶ ir.Request ──gemini_translate.encode_request──▶ upstream
-    answer      ◀─openai_chat.encode_response── ir.Response ◀─gemini_translate.response_from_body── body
-    chunks      ◀─openai_chat.ChunkEncoder───── IR events   ◀─gemini_translate.GeminiStream────── SSE
+    client body ──dialect.decode_request──▶ ir.Request ──gemini_translate.encode_request──▶ upstream
+    answer      ◀─dialect.encode_response── ir.Response ◀─gemini_translate.response_from_body── body
+    chunks      ◀─dialect.stream_encoder─── IR events   ◀─gemini_translate.GeminiStream────── SSE
     embeddings  ──gemini_translate.embed_request / predict_request──▶ :batchEmbedContents / :predict
 
 Paths name the model, so each upstream model gets its own translator (``for_model``, built once at
@@ -20,23 +23,23 @@ config load, sharing the provider's connection pool and credentials) with its re
 An upstream model id with a ``/`` is a resource path of its own (``tunedModels/…``, ``endpoints/…``) and
 is used as it is below the base (Gemini) or the location (Vertex).
 
-Stream or not: the engine's ``send`` names the endpoint (``chat``), not whether the client streams, and
-Gemini streams on another path. The translator tells them apart by the body it built itself: a stream
-request's body ends with a newline (JSON allows the whitespace; nothing else ends that way), and ``send``
-picks the ``:streamGenerateContent`` head for it.
+Stream or not: Gemini (and Claude on Vertex) streams on another path. The engine's ``send`` carries the
+client's ``stream`` flag beside the endpoint, and a stream request goes with the prebuilt head of the
+``stream`` path (``:streamGenerateContent?alt=sse``, ``:streamRawPredict``); the body is the same.
 
 Credentials: Gemini's API key goes in ``x-goog-api-key``. Vertex takes an OAuth bearer token from
 ``google-auth`` (``google_auth.TokenSource``: refreshed by a background task ahead of expiry, never on a
 request); a request only compares the token it has with the one its prebuilt heads carry.
 
 Claude on Vertex: the Anthropic translator's request with ``model`` removed (the path names it) and
-``anthropic_version: "vertex-2023-10-16"`` in the body; the answer and stream are Anthropic's own.
+``anthropic_version: "vertex-2023-10-16"`` in the body; the answer and stream are Anthropic's own (a
+Messages client's pass through, the other dialects' are translated). Vertex's own errors (quota,
+permissions: google.rpc bodies with a ``status`` name) are read by the Gemini codec, in every dialect.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Awaitable
 from typing import Any, Final
 from urllib.parse import quote
@@ -45,16 +48,13 @@ import msgspec
 
 from gateway import errors, ir
 from gateway.config import ProviderConfig, resolve_secret
-from gateway.dialects import openai_chat
+from gateway.dialects.openai_chat import OPENAI_CHAT
+from gateway.providers import anthropic_translate as anthropic_xlate
+from gateway.providers import bridge
 from gateway.providers import gemini_translate as xlate
-from gateway.providers.anthropic import (
-    AnthropicStreamRelay,
-    AnthropicTranslator,
-    gateway_error,
-    openai_usage,
-    response_events,
-)
+from gateway.providers.anthropic import AnthropicTranslator
 from gateway.providers.base import Transport, UpstreamResponse
+from gateway.providers.bridge import BridgeRelay, gateway_error, openai_usage
 from gateway.providers.google_auth import TokenSource
 from gateway.providers.openai import OpenAITranslator
 from gateway.providers.schemas import gemini as gemini_wire
@@ -65,7 +65,6 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_LOCATION",
     "VERTEX_ANTHROPIC_VERSION",
-    "GeminiStreamRelay",
     "GeminiTranslator",
     "VertexAnthropicTranslator",
     "default_base_url",
@@ -78,7 +77,6 @@ DEFAULT_LOCATION: Final = "us-central1"
 #: the ``anthropic_version`` Claude on Vertex AI takes in the body
 VERTEX_ANTHROPIC_VERSION: Final = "vertex-2023-10-16"
 
-_STREAM_MARK: Final = b"\n"
 _PASS: Final = (b"retry-after",)
 _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 _VERTEX_VERSION: Final = msgspec.Raw(encode(VERTEX_ANTHROPIC_VERSION))
@@ -100,10 +98,6 @@ def _vertex_path(prefix: str, project: str, location: str, publisher: str, model
     if "/" in model:
         return where + quote(model, safe="/@")
     return f"{where}publishers/{publisher}/models/{quote(model, safe='@')}"  # versions: claude-...@2025...
-
-
-def _stream_endpoint(endpoint: str, body: bytes) -> str:
-    return "stream" if endpoint == "chat" and body[-1:] == _STREAM_MARK else endpoint
 
 
 # ---- shared plumbing: the stream path and the bearer token -----------------------------------------
@@ -139,7 +133,8 @@ def _set_auth(self: Any, value: str) -> None:
 
 async def _send_later(self: Any, endpoint: str, body: bytes, request_id: str,
                       extra: list[tuple[str, str]] | None, connect_timeout: float | None) -> UpstreamResponse:
-    """The first requests of a worker: wait for the first token, then send."""
+    """The first requests of a worker: wait for the first token, then send (``endpoint`` is the path key
+    already: ``stream`` for a stream request)."""
     _set_auth(self, await self._auth.ready())
     if connect_timeout is not None:
         return await OpenAITranslator.send_within(self, endpoint, body, request_id, connect_timeout, extra)
@@ -147,23 +142,25 @@ async def _send_later(self: Any, endpoint: str, body: bytes, request_id: str,
 
 
 def _send(self: Any, endpoint: str, body: bytes, request_id: str,
-          extra: list[tuple[str, str]] | None = None) -> Awaitable[UpstreamResponse]:
-    endpoint = _stream_endpoint(endpoint, body)
+          extra: list[tuple[str, str]] | None = None, stream: bool = False) -> Awaitable[UpstreamResponse]:
+    endpoint = "stream" if stream else endpoint  # PERF: the stream path's prebuilt head
     if not _auth_ok(self):
         return _send_later(self, endpoint, body, request_id, extra, None)
     return OpenAITranslator.send(self, endpoint, body, request_id, extra)
 
 
 def _send_cb(self: Any, endpoint: str, body: bytes, request_id: str, cb: HeadCallback,
-             extra: list[tuple[str, str]] | None = None) -> bool:
+             extra: list[tuple[str, str]] | None = None, stream: bool = False) -> bool:
     if not _auth_ok(self):
         return False  # the engine sends it by the coroutine path, which waits for the token
-    return OpenAITranslator.send_cb(self, _stream_endpoint(endpoint, body), body, request_id, cb, extra)
+    return OpenAITranslator.send_cb(self, "stream" if stream else endpoint, body, request_id, cb, extra)
 
 
-def _send_within(self: Any, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
-                 extra: list[tuple[str, str]] | None = None) -> Awaitable[UpstreamResponse]:
-    endpoint = _stream_endpoint(endpoint, body)
+def _send_within(
+    self: Any, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
+    extra: list[tuple[str, str]] | None = None, stream: bool = False,
+) -> Awaitable[UpstreamResponse]:
+    endpoint = "stream" if stream else endpoint
     if not _auth_ok(self):
         return _send_later(self, endpoint, body, request_id, extra, connect_timeout)
     return OpenAITranslator.send_within(self, endpoint, body, request_id, connect_timeout, extra)
@@ -186,7 +183,8 @@ def _retry_headers(resp: UpstreamResponse, out: list[tuple[str, str]]) -> list[t
 
 
 class GeminiTranslator(OpenAITranslator):
-    """``type = "gemini"`` and Gemini models on ``type = "vertex"``: OpenAI chat and embeddings in.
+    """``type = "gemini"`` and Gemini models on ``type = "vertex"``: every client dialect and OpenAI
+    embeddings in.
 
     The provider's own instance (``model`` None) only answers health probes and makes the per-model
     ones (``for_model``)."""
@@ -217,8 +215,11 @@ class GeminiTranslator(OpenAITranslator):
                 base = _vertex_path(path_prefix, project, location, "google", model)
             else:
                 base = f"{path_prefix}/{_model_path(model)}"
+            generate = base + ":generateContent"
             paths = {
-                "chat": base + ":generateContent",
+                "chat": generate,
+                "messages": generate,
+                "responses": generate,
                 "stream": base + ":streamGenerateContent?alt=sse",
                 "embeddings": base + (":predict" if vertex is not None else ":batchEmbedContents"),
             }
@@ -256,21 +257,16 @@ class GeminiTranslator(OpenAITranslator):
     # -- translating --------------------------------------------------------------------------------
 
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
-        """The ``generateContent`` request (a stream's ends with the newline ``send`` reads), or the
-        embeddings request."""
-        if ctx.endpoint == "chat":
-            body = xlate.encode_request(openai_chat.decode_request(ctx.body), upstream_model)
-            return body + _STREAM_MARK if ctx.stream else body
+        """The ``generateContent`` request (a stream's too: only its path differs), or the embeddings
+        request."""
         if ctx.endpoint == "embeddings":
             texts, dimensions, _ = xlate.openai_embedding_inputs(ctx.body)
             if self._vertex is not None:
                 return xlate.predict_request(texts, dimensions)
             return xlate.embed_request(texts, upstream_model, dimensions)
-        raise errors.BadRequest(
-            f"The model `{ctx.fields.model}` is served by Gemini, which has no {ctx.endpoint} endpoint; "
-            "use /v1/chat/completions (or /v1/embeddings with an embedding model)",
-            param="model", code="unsupported_endpoint",
-        )
+        bridge.check_endpoint(ctx, "Gemini",
+                              "use /v1/chat/completions (or /v1/embeddings with an embedding model)")
+        return bridge.request_body(self, ctx, upstream_model)
 
     def pass_headers(
         self, resp: UpstreamResponse, ratelimit: bool, out: list[tuple[str, str]]
@@ -281,24 +277,36 @@ class GeminiTranslator(OpenAITranslator):
     def take_body(self, ctx: Any, body: bytes) -> bytes:
         if ctx.endpoint == "embeddings":
             return self._embeddings(ctx, body)
-        answer = _answer(body)
-        ctx.usage = openai_usage(answer.usage)
-        return openai_chat.encode_response(answer, int(time.time()))
+        return bridge.take_body(self, ctx, body)
 
     def body_as_stream(self, ctx: Any, resp: UpstreamResponse, body: bytes) -> bytes:
-        """A stream request answered with one JSON body: the chunks it would have streamed."""
-        answer = _answer(body)
-        ctx.usage = openai_usage(answer.usage)
-        encoder = openai_chat.ChunkEncoder(int(time.time()), ctx.include_usage)
-        return encoder.encode_all(response_events(answer))
+        """A stream request answered with one JSON body: the client's stream of it."""
+        return bridge.body_as_stream(self, ctx, body)
 
-    def stream_relay(self, ctx: Any) -> GeminiStreamRelay:
-        return GeminiStreamRelay(ctx)
+    def stream_relay(self, ctx: Any) -> BridgeRelay:
+        return BridgeRelay(ctx, xlate.GeminiStream())
+
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        return bridge.error_answer(self, ctx, status, body)
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
         """The google.rpc error (or a body of another shape, by its status) as the OpenAI error."""
         err = xlate.error_from_response(status, body)
-        return err.status, openai_chat.encode_error(err)
+        return err.status, OPENAI_CHAT.provider_error_body(err, "")
+
+    # -- this wire's IR codecs (gateway.providers.bridge) ----------------------------------------------
+
+    def ir_request(self, req: ir.Request, upstream_model: str) -> bytes:
+        return xlate.encode_request(req, upstream_model)
+
+    def ir_response(self, body: bytes) -> ir.Response:
+        return _answer(body)
+
+    def ir_stream(self) -> xlate.GeminiStream:
+        return xlate.GeminiStream()
+
+    def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
+        return xlate.error_from_response(status, body)
 
     def _embeddings(self, ctx: Any, body: bytes) -> bytes:
         texts, _, as_base64 = xlate.openai_embedding_inputs(ctx.body)
@@ -332,24 +340,13 @@ def _answer(body: bytes) -> ir.Response:
     return answer
 
 
-class GeminiStreamRelay(AnthropicStreamRelay):
-    """Gemini SSE bytes in, OpenAI chunk SSE bytes out, as they come (the Anthropic relay's encoding and
-    error handling, with the Gemini state machine)."""
-
-    __slots__ = ()
-
-    def __init__(self, ctx: Any) -> None:
-        super().__init__(ctx)
-        self._machine = xlate.GeminiStream()
-
-
 # ---- Claude on Vertex ------------------------------------------------------------------------------
 
 
 class VertexAnthropicTranslator(AnthropicTranslator):
     """A Claude model on Vertex AI: the Anthropic translation on Vertex's paths and credentials."""
 
-    __slots__ = ("_auth", "_auth_value", "_base")
+    __slots__ = ("_auth", "_auth_value", "_base", "_vertex_args")
 
     def __init__(
         self,
@@ -360,14 +357,19 @@ class VertexAnthropicTranslator(AnthropicTranslator):
         model: str,
         vertex: tuple[str, str],
         auth: TokenSource | None,
+        sampling: anthropic_xlate.Sampling = "all",
     ) -> None:
+        self._vertex_args = (name, transport, path_prefix, headers, model, vertex, auth)
+        self._children: dict[str, AnthropicTranslator] = {}
+        self.sampling: anthropic_xlate.Sampling = sampling
         self._auth = auth
         self._auth_value: str | None = None
         self._base = headers
         self._beta: list[str] = []
         project, location = vertex
         base = _vertex_path(path_prefix, project, location, "anthropic", model)
-        paths = {"chat": base + ":rawPredict", "stream": base + ":streamRawPredict"}
+        raw = base + ":rawPredict"
+        paths = {"chat": raw, "messages": raw, "responses": raw, "stream": base + ":streamRawPredict"}
         OpenAITranslator.__init__(self, name, transport, path_prefix, None, {}, paths=paths,
                                   headers=list(headers))
         self.model_in_path = True
@@ -378,22 +380,48 @@ class VertexAnthropicTranslator(AnthropicTranslator):
     send_within = _send_within
     probe = _probe
 
+    def with_sampling(self, sampling: anthropic_xlate.Sampling) -> AnthropicTranslator:
+        """This translator, or one on the same paths and credentials that sends ``sampling``."""
+        if sampling == self.sampling:
+            return self
+        child = self._children.get(sampling)
+        if child is None:
+            child = VertexAnthropicTranslator(*self._vertex_args, sampling=sampling)
+            self._children[sampling] = child
+            child._forward = self._forward
+            child.secrets = self.secrets
+        return child
+
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes:
         """The Messages API request without ``model`` and with Vertex's ``anthropic_version``."""
         top = top_level_decoder.decode(super().request_body(ctx, upstream_model, rewrite))
         top.pop("model", None)
         top["anthropic_version"] = _VERTEX_VERSION
-        body = encode(top)
-        return body + _STREAM_MARK if ctx.stream else body
+        return encode(top)
+
+    def client_error(self, ctx: Any, status: int, body: bytes) -> tuple[int, bytes] | None:
+        """Vertex's own google.rpc error in the client's dialect (a Messages client's too); Anthropic's
+        as the Anthropic translator answers it."""
+        if _is_vertex_error(body):
+            return bridge.error_answer(self, ctx, status, body)
+        return super().client_error(ctx, status, body)
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
-        """Anthropic's error body, or Vertex's own google.rpc one (quota, permissions: it has a
-        ``status`` name) as the Gemini translator maps it."""
-        env = gemini_wire.decode_error(body)
-        if env is not None and env.error.status:
-            err = xlate.error_from_response(status, body)
-            return err.status, openai_chat.encode_error(err)
-        return super().error_answer(status, body)
+        """Anthropic's error body, or Vertex's own google.rpc one, as the OpenAI error."""
+        err = self.ir_error(status, body)
+        return err.status, OPENAI_CHAT.provider_error_body(err, "")
+
+    def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
+        """Anthropic's error, or Vertex's own google.rpc one as the Gemini codec reads it."""
+        if _is_vertex_error(body):
+            return xlate.error_from_response(status, body)
+        return super().ir_error(status, body)
+
+
+def _is_vertex_error(body: bytes) -> bool:
+    """A google.rpc error body (it has a ``status`` name; Anthropic's errors have none)."""
+    env = gemini_wire.decode_error(body)
+    return env is not None and bool(env.error.status)
 
 
 # ---- construction (the engine's build_translator) ----------------------------------------------------

@@ -25,7 +25,8 @@ cdef class OpenAITranslator:
     cdef public object quirks
     cdef public tuple secrets
     cdef public object transport
-    cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb, object extra=*) except -1
+    cpdef bint send_cb(self, str endpoint, bytes body, str request_id, object cb, object extra=*,
+                       bint stream=*) except -1
     @cython.locals(name=bytes, first=bytes)
     cpdef object forwarded(self, CRequest request)
     cpdef bytes request_body(self, Context ctx, str upstream_model, bint rewrite)

@@ -195,10 +195,13 @@ class OpenAITranslator:
         return pool.build_head("POST", path, self.merge_headers(extra), -1) + b"x-request-id: "
 
     def send(
-        self, endpoint: str, body: bytes, request_id: str, extra: list[tuple[str, str]] | None = None
+        self, endpoint: str, body: bytes, request_id: str, extra: list[tuple[str, str]] | None = None,
+        stream: bool = False,
     ) -> Awaitable[UpstreamResponse]:
         """Send one request upstream; the awaitable gives the response once its head has arrived.
-        ``extra``: client headers to pass (``forwarded``)."""
+        ``extra``: client headers to pass (``forwarded``). ``stream``: the client asked for a stream
+        (``ctx.stream``); an OpenAI-compatible upstream reads that from the body, so it is not used here,
+        but a wire that streams on another path picks its path by it (Gemini, Bedrock)."""
         pool = self._pool
         if pool is not None:
             head = self._heads[endpoint] if extra is None else self._head(endpoint, extra)
@@ -209,7 +212,7 @@ class OpenAITranslator:
 
     def send_cb(
         self, endpoint: str, body: bytes, request_id: str, cb: HeadCallback,
-        extra: list[tuple[str, str]] | None = None,
+        extra: list[tuple[str, str]] | None = None, stream: bool = False,
     ) -> bool:
         """``send`` with a callback (see ``OriginPool.send_cb``); False, having sent nothing, when the
         transport has no idle connection at hand or is not the HTTP pool."""
@@ -221,7 +224,7 @@ class OpenAITranslator:
 
     def send_within(
         self, endpoint: str, body: bytes, request_id: str, connect_timeout: float,
-        extra: list[tuple[str, str]] | None = None,
+        extra: list[tuple[str, str]] | None = None, stream: bool = False,
     ) -> Awaitable[UpstreamResponse]:
         """``send`` whose new upstream connection, if it needs one, must be up within ``connect_timeout``
         seconds (a routed deployment's own) instead of the provider's; transports without connections
@@ -230,7 +233,7 @@ class OpenAITranslator:
         if pool is not None:
             head = self._heads[endpoint] if extra is None else self._head(endpoint, extra)
             return pool.send_within(build_request(head, request_id, body), connect_timeout)
-        return self.send(endpoint, body, request_id, extra)
+        return self.send(endpoint, body, request_id, extra, stream)
 
     def probe(self, method: str, path: str, body: bytes) -> Awaitable[UpstreamResponse]:
         """A health-check request: ``path`` below the provider's base URL, with its credential."""

@@ -5,7 +5,8 @@ the in-process mock). The engine never looks at a provider's wire format; per re
 target's translator to
 
     build the upstream request   request_body(ctx, upstream_model, rewrite) -> bytes
-    send it                      send / send_cb / send_within (the transport plumbing)
+    send it                      send / send_cb / send_within (the transport plumbing; ``stream``:
+                                 whether the client streams, for wires that stream on another path)
     map the response head        pass_headers(resp, ratelimit, out) -> headers for the client
     translate a 2xx body         take_body(ctx, body) -> body for the client (usage -> ctx.usage)
       ... of a stream request    body_as_stream(ctx, resp, body) -> event stream for the client
@@ -43,7 +44,9 @@ maps it to its upstream path: ``/chat/completions`` for OpenAI, ``/messages`` fo
 Implementations: ``OpenAITranslator`` (``gateway.providers.openai``: pass-through for OpenAI chat
 clients, the client's bytes go up unchanged unless the model id must change; its IR codecs in
 ``gateway.providers.openai_translate``) and ``AnthropicTranslator`` (``gateway.providers.anthropic``:
-pass-through for Messages clients; its IR codecs in ``gateway.providers.anthropic_translate``).
+pass-through for Messages clients; its IR codecs in ``gateway.providers.anthropic_translate``);
+``GeminiTranslator`` and ``VertexAnthropicTranslator`` (``gateway.providers.gemini``), ``BedrockTranslator``
+and ``CohereTranslator``: translated for every dialect.
 Adding a provider means writing one translator (subclass ``OpenAITranslator`` for its transport
 plumbing, override the methods above and the four IR codecs) and giving it a ``type`` in the config
 (``gateway.engine.build_translator``).
@@ -80,7 +83,8 @@ class StreamRelay(Protocol):
 class Translator(Protocol):
     name: str
 
-    def send(self, endpoint: str, body: bytes, request_id: str) -> Awaitable[UpstreamResponse]: ...
+    def send(self, endpoint: str, body: bytes, request_id: str, extra: list[tuple[str, str]] | None = None,
+             stream: bool = False) -> Awaitable[UpstreamResponse]: ...
 
     def request_body(self, ctx: Any, upstream_model: str, rewrite: bool) -> bytes: ...
 

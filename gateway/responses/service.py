@@ -322,10 +322,15 @@ class ResponsesFront:
             self._client.send(status, headers, body)
             return
         if self._streaming and not (self._terminal_sent or self._encoder.failed):
-            # the upstream's stream ended without the answer's end and without an error the engine saw
-            await self._client.write(
-                self._encoder.fail("The upstream stream ended early", "upstream_stream_error")
-            )
+            if self._encoder.finished:
+                # the answer's end came in a piece that gave the client no bytes (the engine writes only
+                # non-empty pieces, so ``write`` never saw it finish): its last event now
+                await self._client.write(await self._finish())
+            else:
+                # the upstream's stream ended without the answer's end and without an error the engine saw
+                await self._client.write(
+                    self._encoder.fail("The upstream stream ended early", "upstream_stream_error")
+                )
         self._close_stream()
 
     def _close_stream(self) -> None:

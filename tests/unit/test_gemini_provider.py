@@ -194,7 +194,7 @@ def _paths(t: Any) -> dict[str, str]:
     return dict(t._paths)
 
 
-def test_gemini_paths_and_the_stream_mark() -> None:
+def test_gemini_paths_and_the_stream_flag() -> None:
     async def run() -> None:
         transport = FakeTransport()
         provider = GeminiTranslator("g", transport, "/v1beta", [("x-goog-api-key", "k")])
@@ -202,11 +202,13 @@ def test_gemini_paths_and_the_stream_mark() -> None:
         assert provider.for_model("gemini-2.5-flash") is model and model.model_in_path
         assert _paths(model) == {
             "chat": "/v1beta/models/gemini-2.5-flash:generateContent",
+            "messages": "/v1beta/models/gemini-2.5-flash:generateContent",
+            "responses": "/v1beta/models/gemini-2.5-flash:generateContent",
             "stream": "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
             "embeddings": "/v1beta/models/gemini-2.5-flash:batchEmbedContents",
         }
         await model.send("chat", b'{"contents":[]}', "a")
-        await model.send("chat", b'{"contents":[]}\n', "b")
+        await model.send("chat", b'{"contents":[]}', "b", None, True)
         await model.send("embeddings", b"{}", "c")
         assert [p for p, _, _ in transport.sent] == [
             "/v1beta/models/gemini-2.5-flash:generateContent",
@@ -229,6 +231,8 @@ def test_vertex_paths() -> None:
     assert isinstance(claude, VertexAnthropicTranslator)
     assert _paths(claude) == {
         "chat": f"{where}/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+        "messages": f"{where}/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+        "responses": f"{where}/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
         "stream": f"{where}/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict",
     }
     endpoint = provider.for_model("endpoints/1234567890")
@@ -329,6 +333,7 @@ def test_claude_on_vertex_bodies_and_errors() -> None:
         usage: Any = None
         body = b'{"model": "c", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}'
         fields = None
+        dialect = None  # OpenAI chat
 
     ctx = Ctx()
     body = json.loads(claude.request_body(ctx, "claude-sonnet-4-5", True))
@@ -336,7 +341,7 @@ def test_claude_on_vertex_bodies_and_errors() -> None:
     ctx.stream = True
     ctx.body = ctx.body.replace(b'"max_tokens"', b'"stream": true, "max_tokens"')
     raw = claude.request_body(ctx, "claude-sonnet-4-5", True)
-    assert raw.endswith(b"\n") and json.loads(raw)["stream"] is True  # the stream path's mark
+    assert json.loads(raw)["stream"] is True and raw == raw.strip()  # the body names no path
     answer = (fixtures / "responses" / "claude_raw_predict.json").read_bytes()
     at.Message.model_validate_json(answer)
     ctx.stream = False

@@ -16,7 +16,7 @@ from gateway.config import ConfigError, load_config, load_config_text
 from gateway.config.schema import UpstreamConfig
 from gateway.engine import build_translator
 from gateway.providers.aws import AwsCredentials, SigV4Signer, resolve_credentials
-from gateway.providers.bedrock import STREAM_MARK, BedrockTranslator
+from gateway.providers.bedrock import BedrockTranslator
 from gateway.providers.cohere import CohereTranslator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -163,15 +163,17 @@ def test_build_translator_for_both_types(aws_env: pytest.MonkeyPatch) -> None:
     assert c.transport.host_header == "api.cohere.com" and c._paths["chat"] == "/v2/chat"
 
 
-def test_a_stream_body_goes_to_converse_stream() -> None:
-    """The stream mark picks the path: a stream request must never reach /converse, nor the reverse."""
+def test_a_stream_request_goes_to_converse_stream() -> None:
+    """The stream flag picks the path: a stream request must never reach /converse, nor the reverse."""
     from gateway.config.schema import MockConfig
     from gateway.providers.mock import MockTransport
 
     t = BedrockTranslator("b", MockTransport(MockConfig()), "", "us-east-1", None, "key", {}, "m")
-    assert t._request("chat", b"{}" + STREAM_MARK, "r", None)[0] == "stream"
-    assert t._request("chat", b"{}", "r", None)[0] == "chat"
-    assert t._request("embeddings", b"{}", "r", None)[0] == "embeddings"
+    assert t._request("chat", b"{}", True, None)[0] == "stream"
+    assert t._request("messages", b"{}", True, None)[0] == "stream"
+    assert t._request("chat", b"{}", False, None)[0] == "chat"
+    assert t._request("chat", b"{}\n", False, None)[0] == "chat"  # the body marks nothing
+    assert t._request("embeddings", b"{}", False, None)[0] == "embeddings"
 
 
 def test_shared_file_profiles_and_role_assumption(aws_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

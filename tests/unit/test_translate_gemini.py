@@ -480,7 +480,9 @@ def test_stream_cut_before_finish_is_an_error() -> None:
     raw = (GEM / "streams" / "basic_text.sse").read_bytes()
     cut = raw[: raw.rindex(b"data: ")]
     out = _translate(cut)
-    assert b'"error"' in out and b"[DONE]" not in out
+    # the error event, then the stream's regular end (the engine's rule for every mid-stream error)
+    assert b'"error"' in out and out.endswith(b"\n\ndata: [DONE]\n\n")
+    assert b'"finish_reason":"stop"' not in out
 
 
 # ---- embeddings ----------------------------------------------------------------------------------
