@@ -12,7 +12,9 @@ characters). So:
     401             | a deployment failure: the breaker counts it, the | 502 ``upstream_error`` /
                     | next untried deployment or the fallback models   | ``upstream_authentication``
     403             | are tried; never the same deployment again       | 502 ``upstream_error`` /
-                    |                                                  | ``upstream_permission``
+                    |                                                  | ``upstream_permission`` (AWS's 403
+                    |                                                  | for a bad key or signature:
+                    |                                                  | ``upstream_authentication``)
 
 The provider's own message goes to the operator's log, never to the client: one warning per provider
 and status at most every ``LOG_EVERY`` seconds (a revoked key under load fails every request), saying
@@ -53,13 +55,25 @@ def credentials_rejected(
     provider: str, status: int, body: bytes, clock: Callable[[], float] = time.monotonic
 ) -> CredentialsRejected:
     """The error the client gets for provider ``provider``'s 401/403 answer ``body``; logs it (bounded)."""
-    what = "rejected" if status == 401 else "refused permission for"
+    code = _CODES.get(status, "upstream_authentication")
+    if status == 403 and any(marker in body for marker in _AUTH_MARKERS):
+        code = "upstream_authentication"  # AWS answers a bad signature or key with 403
+    what = "rejected" if code == "upstream_authentication" else "refused permission for"
     _log(provider, status, body, clock())
     return CredentialsRejected(
         f"The upstream provider `{provider}` {what} the gateway's credentials ({status}); "
         "the gateway's operator must fix the provider's credential",
-        code=_CODES.get(status, "upstream_authentication"),
+        code=code,
     )
+
+
+#: what a 403 body says when the credential itself is wrong (not a permission it lacks): AWS answers an
+#: unknown key, a bad signature or an expired session token with 403, its error type in a header and
+#: these messages in the body
+_AUTH_MARKERS: Final = (b"InvalidSignatureException", b"UnrecognizedClientException", b"ExpiredToken",
+                        b"IncompleteSignature", b"MissingAuthenticationToken",
+                        b"signature we calculated does not match",
+                        b"security token included in the request is", b"Invalid API Key format")
 
 
 def _log(provider: str, status: int, body: bytes, now: float) -> None:
