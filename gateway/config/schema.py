@@ -15,6 +15,7 @@ from gateway.guard.config import GuardrailsConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
 from gateway.observe.config import RecordsConfig
+from gateway.observe.usage import UsageConfig
 from gateway.prompts.config import PromptConfig
 from gateway.routing.config import (
     BreakerConfig,
@@ -412,6 +413,8 @@ class Config(_Base, frozen=True):
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     #: call records: sinks, bodies (docs/observability.md)
     records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)
+    #: usage roll-ups in the store (docs/observability.md#usage-analytics)
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     #: guardrails on prompts and answers (docs/guardrails.md)
     guardrails: GuardrailsConfig = msgspec.field(default_factory=GuardrailsConfig)
     #: prompt templates published as APIs (docs/prompts.md)

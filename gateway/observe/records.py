@@ -132,12 +132,14 @@ class RecordSink:
     def __init__(self, out: IO[bytes] | None = None, enabled: bool = True, interval: float | None = None, *,
                  config: RecordsConfig | None = None, sinks: Sequence[Sink] | None = None,
                  metrics: GenAIMetrics | None = None, prices: PriceTable | None = None,
-                 close_timeout: float | None = None) -> None:
+                 close_timeout: float | None = None, usage: Sink | None = None) -> None:
         cfg = config or RecordsConfig()
-        self.records_on = enabled
+        #: the usage roll-ups (``gateway.observe.usage``): offered every record, like a sink
+        self._usage = usage
+        self.records_on = enabled or usage is not None
         self.metrics = metrics
         #: the engine's switch: emit a tuple per request
-        self.enabled = enabled or metrics is not None
+        self.enabled = enabled or metrics is not None or usage is not None
         self._out = out
         self._sinks: list[Sink] = list(sinks or ()) if out is None and enabled else []
         if out is None and enabled and sinks is None:
@@ -174,7 +176,7 @@ class RecordSink:
         sinks = build_sinks(rc.sinks, worker, resolve_secret) if enabled else []
         metrics = GenAIMetrics(config.metrics.labels) if config.metrics.enabled else None
         return cls(None, enabled, config=rc, sinks=sinks, metrics=metrics,
-                   prices=PriceTable.load(overrides=config.pricing))
+                   prices=PriceTable.load(overrides=config.pricing), usage=_usage_rollup(config))
 
     def _configure(self, cfg: RecordsConfig) -> None:
         self._bodies = cfg.bodies
@@ -191,12 +193,15 @@ class RecordSink:
     def sinks(self) -> Sequence[Sink]:
         return self._sinks
 
+    def _all(self) -> list[Sink]:
+        return [*self._sinks, self._usage] if self._usage is not None else self._sinks
+
     # -- the loop's side
 
     def start(self) -> None:
         if not self.enabled or self._handle is not None:
             return
-        for s in self._sinks:
+        for s in self._all():
             s.start()
         self._handle = asyncio.get_running_loop().call_later(self._interval, self._tick)
 
@@ -244,6 +249,10 @@ class RecordSink:
             records, self._rows = pending[:limit], pending[limit:]
         if self._raw:
             self._add_bodies(limit)
+        if self._usage is not None:
+            self._usage.offer((b"", len(records), records))
+            if self._out is None and not self._sinks:
+                return
         data = self._encode_lines(records)
         if self._out is not None:
             try:
@@ -281,10 +290,10 @@ class RecordSink:
             self._handle = None
         while self._rows:
             self._flush(len(self._rows) + len(self._raw))
-        if self._sinks:
+        if self._all():
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(None, s.close, self._close_timeout)
-                                   for s in self._sinks))
+                                   for s in self._all()))
         self.records_on = False
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -297,7 +306,7 @@ class RecordSink:
         """(counters, gauges) of the records, the sinks and the GenAI metrics, for the worker's snapshot."""
         counters: list[Any] = [("gateway_records_dropped_total", (), float(self.dropped))]
         gauges: list[Any] = []
-        for s in self._sinks:
+        for s in self._all():
             counters.append(("gateway_record_sink_records_total", (s.name,), float(s.written)))
             counters.append(("gateway_record_sink_failures_total", (s.name,), float(s.failures)))
             for reason, n in s.dropped.items():
@@ -306,3 +315,19 @@ class RecordSink:
         if self.metrics is not None:
             counters.extend(self.metrics.samples())
         return counters, gauges
+
+
+def _usage_rollup(config: Config) -> Sink | None:
+    """The worker's usage roll-ups when ``[usage] enabled`` (written to ``[store]``)."""
+    uc = config.usage
+    if not uc.enabled:
+        return None
+    from gateway.observe.usage import UsageRollup
+    from gateway.store.factory import StoreOptions, open_store
+
+    st = config.store
+    options = StoreOptions(
+        url=st.url, prefix=st.prefix, poll_interval=st.poll_interval, busy_timeout=st.busy_timeout,
+        min_replicas_acked=st.min_replicas_acked, replica_ack_timeout=st.replica_ack_timeout,
+    )
+    return UsageRollup(uc, lambda: open_store(options))
