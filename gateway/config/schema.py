@@ -14,6 +14,7 @@ from gateway.cache.config import CacheConfig
 from gateway.guard.config import GuardrailsConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
+from gateway.observe.anomaly import AnomalyConfig
 from gateway.observe.config import RecordsConfig
 from gateway.observe.usage import UsageConfig
 from gateway.prompts.config import PromptConfig
@@ -415,6 +416,8 @@ class Config(_Base, frozen=True):
     records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)
     #: usage roll-ups in the store (docs/observability.md#usage-analytics)
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
+    #: the per-key anomaly signal (docs/observability.md#per-key-anomalies)
+    anomaly: AnomalyConfig = msgspec.field(default_factory=AnomalyConfig)
     #: guardrails on prompts and answers (docs/guardrails.md)
     guardrails: GuardrailsConfig = msgspec.field(default_factory=GuardrailsConfig)
     #: prompt templates published as APIs (docs/prompts.md)

@@ -213,6 +213,13 @@ METRICS: tuple[MetricDef, ...] = (
        "change), shutdown (still undelivered at the stop's deadline).", "sink", "reason"),
     _c("gateway_record_sink_failures_total", "Failed deliveries of a sink (each retry counts).", "sink"),
     _g("gateway_record_sink_queued", "Call records waiting in a sink's queue.", "sink"),
+    # -- per-key anomalies (gateway.observe.anomaly)
+    _c("gateway_key_anomalies_total",
+       "Windows in which a key's request rate or error rate jumped far above its own baseline, by kind "
+       "(request_rate, error_rate), counted by each worker that saw it.", "key", "kind"),
+    _g("gateway_key_anomalous", "Workers that flagged the key in their last window.", "key", "kind"),
+    _c("gateway_key_anomaly_webhook_failures_total", "Anomaly webhooks that failed."),
+    _g("gateway_key_anomaly_tracked_keys", "Keys the workers' anomaly detectors follow."),
     # -- the process model
     _c("gateway_worker_restarts_total",
        "Children (workers, the admin API) the supervisor replaced, by why: exited (after serving), "

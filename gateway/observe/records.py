@@ -132,14 +132,15 @@ class RecordSink:
     def __init__(self, out: IO[bytes] | None = None, enabled: bool = True, interval: float | None = None, *,
                  config: RecordsConfig | None = None, sinks: Sequence[Sink] | None = None,
                  metrics: GenAIMetrics | None = None, prices: PriceTable | None = None,
-                 close_timeout: float | None = None, usage: Sink | None = None) -> None:
+                 close_timeout: float | None = None, consumers: Sequence[Sink] = ()) -> None:
         cfg = config or RecordsConfig()
-        #: the usage roll-ups (``gateway.observe.usage``): offered every record, like a sink
-        self._usage = usage
-        self.records_on = enabled or usage is not None
+        #: the usage roll-ups and the anomaly detector (``gateway.observe.usage``, ``.anomaly``): offered
+        #: every record, like sinks, also with call records off
+        self._consumers = list(consumers)
+        self.records_on = enabled or bool(self._consumers)
         self.metrics = metrics
         #: the engine's switch: emit a tuple per request
-        self.enabled = enabled or metrics is not None or usage is not None
+        self.enabled = enabled or metrics is not None or bool(self._consumers)
         self._out = out
         self._sinks: list[Sink] = list(sinks or ()) if out is None and enabled else []
         if out is None and enabled and sinks is None:
@@ -176,7 +177,7 @@ class RecordSink:
         sinks = build_sinks(rc.sinks, worker, resolve_secret) if enabled else []
         metrics = GenAIMetrics(config.metrics.labels) if config.metrics.enabled else None
         return cls(None, enabled, config=rc, sinks=sinks, metrics=metrics,
-                   prices=PriceTable.load(overrides=config.pricing), usage=_usage_rollup(config))
+                   prices=PriceTable.load(overrides=config.pricing), consumers=_consumers(config, worker))
 
     def _configure(self, cfg: RecordsConfig) -> None:
         self._bodies = cfg.bodies
@@ -194,7 +195,7 @@ class RecordSink:
         return self._sinks
 
     def _all(self) -> list[Sink]:
-        return [*self._sinks, self._usage] if self._usage is not None else self._sinks
+        return [*self._sinks, *self._consumers] if self._consumers else self._sinks
 
     # -- the loop's side
 
@@ -249,8 +250,9 @@ class RecordSink:
             records, self._rows = pending[:limit], pending[limit:]
         if self._raw:
             self._add_bodies(limit)
-        if self._usage is not None:
-            self._usage.offer((b"", len(records), records))
+        if self._consumers:
+            for c in self._consumers:
+                c.offer((b"", len(records), records))
             if self._out is None and not self._sinks:
                 return
         data = self._encode_lines(records)
@@ -312,16 +314,28 @@ class RecordSink:
             for reason, n in s.dropped.items():
                 counters.append(("gateway_record_sink_dropped_total", (s.name, reason), float(n)))
             gauges.append(("gateway_record_sink_queued", (s.name,), float(s.queued)))
+        for c in self._consumers:
+            more = getattr(c, "metric_samples", None)
+            if more is not None:
+                mc, mg = more()
+                counters.extend(mc)
+                gauges.extend(mg)
         if self.metrics is not None:
             counters.extend(self.metrics.samples())
         return counters, gauges
 
 
-def _usage_rollup(config: Config) -> Sink | None:
-    """The worker's usage roll-ups when ``[usage] enabled`` (written to ``[store]``)."""
+def _consumers(config: Config, worker: int) -> list[Sink]:
+    """The worker's usage roll-ups (``[usage]``, written to ``[store]``) and anomaly detector
+    (``[anomaly]``), when enabled."""
+    out: list[Sink] = []
+    if config.anomaly.enabled:
+        from gateway.observe.anomaly import AnomalyDetector
+
+        out.append(AnomalyDetector(config.anomaly, worker))
     uc = config.usage
     if not uc.enabled:
-        return None
+        return out
     from gateway.observe.usage import UsageRollup
     from gateway.store.factory import StoreOptions, open_store
 
@@ -330,4 +344,5 @@ def _usage_rollup(config: Config) -> Sink | None:
         url=st.url, prefix=st.prefix, poll_interval=st.poll_interval, busy_timeout=st.busy_timeout,
         min_replicas_acked=st.min_replicas_acked, replica_ack_timeout=st.replica_ack_timeout,
     )
-    return UsageRollup(uc, lambda: open_store(options))
+    out.append(UsageRollup(uc, lambda: open_store(options)))
+    return out

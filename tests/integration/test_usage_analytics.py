@@ -1,4 +1,4 @@
-"""Usage roll-ups through real processes: two nodes of two workers each on one Redis store (and one node on
+"""Usage roll-ups (and the per-key anomaly signal) through real processes: two nodes of two workers each on one Redis store (and one node on
 SQLite), traffic from several keys and tenants, then the admin API's roll-ups must sum exactly to what was
 sent; the CSV export parses with Python's ``csv`` with the documented columns; a tenant admin sees its own
 tenant only; ``gateway usage`` prints the table."""
@@ -10,6 +10,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ import redisproc
 
 from gateway.observe.usage import CSV_COLUMNS
 
-from .helpers import HOST, ServerProcess, free_port, http_status, wait_for
+from .helpers import HOST, RecordingUpstream, ServerProcess, free_port, http_status, wait_for
 from .test_admin_cli import ACME, OPERATOR, admin_toml
 
 USAGE = """
@@ -51,10 +52,10 @@ StartNode = Callable[..., Node]
 def start_node(tmp_path: Path) -> Iterator[StartNode]:
     started: list[Node] = []
 
-    def start(store_url: str, *, workers: int = 2) -> Node:
+    def start(store_url: str, *, workers: int = 2, extra: str = USAGE) -> Node:
         port, admin_port = free_port(), free_port()
         config = tmp_path / f"usage-{len(started)}.toml"
-        config.write_text(admin_toml(port, admin_port, store_url) + USAGE)
+        config.write_text(admin_toml(port, admin_port, store_url) + extra)
         proc = ServerProcess(f"usage-{len(started)}", ["serve", "--workers", str(workers), "--config",
                                                         str(config)], tmp_path, port).start()
         node = Node(proc, port, admin_port)
@@ -184,3 +185,52 @@ def test_roll_ups_sum_exactly_to_the_requests_sent(
     shown = {line.split()[1]: int(line.split()[2]) for line in lines[1:]}
     assert shown == dict(per_tenant)
     assert set(owners.values()) == set(per_tenant)
+
+
+def test_a_key_whose_error_rate_jumps_is_flagged(start_node: StartNode, tmp_path: Path) -> None:
+    """A key serves successfully for a few windows (its baseline), then fails nearly every call: the
+    worker flags it in its log, in /metrics and on the webhook; a steady key sending alongside is not."""
+    with RecordingUpstream() as hook:
+        node = start_node(f"sqlite://{tmp_path / 'a.db'}", workers=1, extra=f"""
+[anomaly]
+enabled = true
+window = 0.5
+warmup = 3
+min_requests = 3
+webhook = "http://{HOST}:{hook.port}/anomaly"
+""")
+        assert node.admin("/admin/v1/tenants", method="POST", body={"id": "acme"}).status_code == 201
+        keys = [node.admin("/admin/v1/keys", method="POST", body={"tenant": "acme"}).json() for _ in range(2)]
+        jumpy, steady = (k["api_key"] for k in keys)
+        jumpy_id, steady_id = (k["key"]["id"] for k in keys)
+        with httpx.Client(timeout=30.0) as http:
+            def chat(key: str, model: str) -> int:
+                return http.post(f"http://{HOST}:{node.port}/v1/chat/completions",
+                                 headers={"authorization": f"Bearer {key}"},
+                                 json={"model": model, "messages": [{"role": "user", "content": "hi"}]}
+                                 ).status_code
+
+            # the baseline: successes over more than warmup windows (traffic paced by the clock, not a wait)
+            until = time.monotonic() + 5 * 0.5
+            while time.monotonic() < until:
+                assert chat(jumpy, "mock-1") == 200 and chat(steady, "mock-1") == 200
+
+            def flagged() -> bool:
+                for _ in range(10):
+                    assert chat(jumpy, "premium") == 403 and chat(steady, "mock-1") == 200
+                return any(r.json().get("key") == jumpy_id for r in hook.requests)
+
+            wait_for(flagged, 30.0, what="the anomaly webhook")
+        flag = next(r.json() for r in hook.requests if r.json().get("key") == jumpy_id)
+        assert flag["event"] == "key_anomaly" and flag["kind"] == "error_rate" and flag["tenant"] == "acme"
+        assert flag["value"] > 0.5 and flag["baseline"] < 0.1
+        assert all(r.json()["key"] != steady_id for r in hook.requests)
+
+        def counted() -> str | None:
+            text = node.http.get(f"http://{HOST}:{node.port}/metrics").text
+            wanted = f'gateway_key_anomalies_total{{key="{jumpy_id}",kind="error_rate"}}'
+            return text if wanted in text else None
+
+        text = wait_for(counted, 10.0, what="the anomaly counter in /metrics")
+        assert f'key="{steady_id}"' not in text
+        assert f"anomaly: key {jumpy_id} (tenant acme) error rate" in node.process.logs(records=False)
