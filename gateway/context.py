@@ -29,7 +29,7 @@ class Context:
         "answer", "attempts", "body", "cache", "cost", "dialect", "endpoint", "error", "fields",
         "include_usage", "key", "limits", "model", "overhead", "prompt", "request", "request_id", "responder",
         "response_headers", "route_model", "runtime", "settled", "status", "stream", "t0", "t_first", "t_up",
-        "target", "task", "up_ms", "upstream_status", "usage",
+        "target", "task", "trace", "up_ms", "upstream_status", "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
@@ -78,3 +78,5 @@ class Context:
         self.cache: Any = None
         #: "NAME@VERSION" of a prompt call (gateway.prompts), for its call record; else None
         self.prompt: str | None = None
+        #: the request's OpenTelemetry ids and times when it is traced ([tracing]: gateway.observe.tracing)
+        self.trace: Any = None

@@ -44,6 +44,7 @@ from gateway.config.schema import Config, ModelConfig, ProviderConfig
 from gateway.config.snapshot import read_secret_file
 from gateway.observe.anomaly import anomaly_problems
 from gateway.observe.config import records_problems
+from gateway.observe.tracing import tracing_problems
 from gateway.observe.usage import usage_problems
 from gateway.prompts.config import prompt_problems
 from gateway.redisconn import SCHEMES as REDIS_SCHEMES
@@ -574,6 +575,7 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from (_Problem(p, m) for p, m in records_problems(config.records, config.metrics.labels))
     yield from (_Problem(p, m) for p, m in usage_problems(config.usage))
     yield from (_Problem(p, m) for p, m in anomaly_problems(config.anomaly))
+    yield from (_Problem(p, m) for p, m in tracing_problems(config.tracing))
     yield from _cache_problems(config)
     yield from _guardrail_problems(config)
     for path, message in prompt_problems(config.prompts, config.models):

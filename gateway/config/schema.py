@@ -16,6 +16,7 @@ from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
 from gateway.observe.anomaly import AnomalyConfig
 from gateway.observe.config import RecordsConfig
+from gateway.observe.tracing import TracingConfig
 from gateway.observe.usage import UsageConfig
 from gateway.prompts.config import PromptConfig
 from gateway.routing.config import (
@@ -418,6 +419,8 @@ class Config(_Base, frozen=True):
     usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     #: the per-key anomaly signal (docs/observability.md#per-key-anomalies)
     anomaly: AnomalyConfig = msgspec.field(default_factory=AnomalyConfig)
+    #: OpenTelemetry spans per request (docs/observability.md#traces)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     #: guardrails on prompts and answers (docs/guardrails.md)
     guardrails: GuardrailsConfig = msgspec.field(default_factory=GuardrailsConfig)
     #: prompt templates published as APIs (docs/prompts.md)

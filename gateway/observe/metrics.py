@@ -220,6 +220,12 @@ METRICS: tuple[MetricDef, ...] = (
     _g("gateway_key_anomalous", "Workers that flagged the key in their last window.", "key", "kind"),
     _c("gateway_key_anomaly_webhook_failures_total", "Anomaly webhooks that failed."),
     _g("gateway_key_anomaly_tracked_keys", "Keys the workers' anomaly detectors follow."),
+    # -- traces (gateway.observe.tracing)
+    _c("gateway_trace_spans_exported_total", "Spans the collector accepted."),
+    _c("gateway_trace_export_failures_total", "Failed span exports (each retry counts)."),
+    _c("gateway_trace_spans_dropped_total",
+       "Spans dropped: queue_full, rejected (an answer retrying cannot change), shutdown.", "reason"),
+    _g("gateway_trace_spans_queued", "Spans waiting for export."),
     # -- the process model
     _c("gateway_worker_restarts_total",
        "Children (workers, the admin API) the supervisor replaced, by why: exited (after serving), "
@@ -341,6 +347,11 @@ def engine_samples(engine: Any) -> tuple[list[Sample], list[Sample]]:
         rc, rg = samples()
         counters.extend(rc)
         gauges.extend(rg)
+    tracer = getattr(engine, "tracer", None)
+    if tracer is not None:
+        tc, tg = tracer.samples()
+        counters.extend(tc)
+        gauges.extend(tg)
     return counters, gauges
 
 
