@@ -1542,6 +1542,7 @@ class Engine:
         headers.extend(_SSE_HEADERS)
         headers.append((runtime.overhead_header, _overhead_ms(ctx)))
         responder.start_stream(resp.status, headers)
+        ctx.t_first = _perf()  # the time to first token, as on the unobserved path
         t_up = ctx.t_up
 
         async def send(data: bytes) -> None:
