@@ -38,6 +38,7 @@ cdef class Context:
     cdef public double t_up
     cdef public object target
     cdef public object task
+    cdef public object trace
     cdef public double up_ms
     cdef public object upstream_status
     cdef public object usage

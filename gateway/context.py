@@ -30,7 +30,7 @@ class Context:
         "_live_next", "_live_prev", "answer", "attempts", "body", "cache", "cost", "dialect", "endpoint",
         "error", "fields", "include_usage", "key", "limits", "model", "overhead", "prompt", "request",
         "request_id", "responder", "response_headers", "route_model", "runtime", "settled", "status",
-        "stream", "t0", "t_first", "t_up", "target", "task", "up_ms", "upstream_status", "usage",
+        "stream", "t0", "t_first", "t_up", "target", "task", "trace", "up_ms", "upstream_status", "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
@@ -79,6 +79,8 @@ class Context:
         self.cache: Any = None
         #: "NAME@VERSION" of a prompt call (gateway.prompts), for its call record; else None
         self.prompt: str | None = None
+        #: the request's OpenTelemetry ids and times when it is traced ([tracing]: gateway.observe.tracing)
+        self.trace: Any = None
         #: its neighbours among the worker's live requests (``LiveRequests``)
         self._live_prev: Context | None = None
         self._live_next: Context | None = None

@@ -59,6 +59,7 @@ cdef class Engine:
     cdef object _phase_factory
     cdef tuple _static_phases
     cdef public object records
+    cdef public object tracer
     cdef public object worker
     cdef public Runtime runtime
     cdef public bint draining

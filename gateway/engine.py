@@ -39,6 +39,7 @@ from gateway.dialects.base import ClientDialect
 from gateway.errors import GatewayError
 from gateway.image_fetch import image_phases
 from gateway.observe.records import RecordSink
+from gateway.observe.tracing import Tracer
 from gateway.phases import PHASE_ORDER, Phase, Reply
 from gateway.prompts.table import PromptSource, PromptTable
 from gateway.providers.anthropic import with_sampling
@@ -298,6 +299,8 @@ class Engine:
         self._static_phases = tuple(phases)
         self.worker = worker if worker is not None else os.getpid()
         self.records = records or RecordSink.for_config(config, self.worker)
+        #: OpenTelemetry spans ([tracing]); None when off: one check per request (gateway.observe.tracing)
+        self.tracer = Tracer.for_config(config, self.worker)
         self.runtime: Runtime | None = None
         self.draining = False
         self._ids = _RequestIds()
@@ -364,6 +367,8 @@ class Engine:
             self.cache = CacheService(self._config)
         self.runtime = self._build(self._config, {})
         self.records.start()
+        if self.tracer is not None:
+            self.tracer.exporter.start()
         await self._start_routing(self.runtime)
         from gateway.observe.metrics import MetricsExporter
 
@@ -536,6 +541,8 @@ class Engine:
             for t in self.runtime.translators.values():
                 await t.close()
         await self.records.close()
+        if self.tracer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.tracer.exporter.close, 4.0)
         if self._responses is not None:
             await self._responses.close()
         if self.metrics is not None:
@@ -550,6 +557,8 @@ class Engine:
         rid = rid_b.decode("latin-1")[:200] if rid_b else self._ids.next()
         ctx = Context(request, rid, runtime, responder)
         self._live.add(ctx)
+        if self.tracer is not None:
+            ctx.trace = self.tracer.begin(request)
         return ctx
 
     def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None]:
@@ -975,10 +984,15 @@ class Engine:
         body = self._upstream_body(ctx, target, model.name if ctx.route_model is not None else None)
         ctx.t_up = _perf()
         translator = target.translator
-        return translator.send_cb(
-            ctx.endpoint, body, ctx.request_id, partial(self._on_head, ctx, responder),
-            translator.forwarded(ctx.request), ctx.stream,
+        extra = translator.forwarded(ctx.request)
+        if ctx.trace is not None:
+            extra = ctx.trace.upstream(extra, target.name)
+        sent = translator.send_cb(
+            ctx.endpoint, body, ctx.request_id, partial(self._on_head, ctx, responder), extra, ctx.stream,
         )
+        if not sent and ctx.trace is not None:
+            ctx.trace.unsent()
+        return sent
 
     def _on_head(
         self, ctx: Context, responder: CallbackResponder, resp: UpstreamResponse | None, exc: Exception | None
@@ -1058,8 +1072,12 @@ class Engine:
         ctx.t_up = _perf()
         cb = partial(self._on_routed_head, ctx, responder, model, i, now)
         translator = target.translator
-        if not translator.send_cb(ctx.endpoint, body, ctx.request_id, cb, translator.forwarded(ctx.request),
-                                  ctx.stream):
+        extra = translator.forwarded(ctx.request)
+        if ctx.trace is not None:
+            extra = ctx.trace.upstream(extra, target.name)
+        if not translator.send_cb(ctx.endpoint, body, ctx.request_id, cb, extra, ctx.stream):
+            if ctx.trace is not None:
+                ctx.trace.unsent()
             router.release(i)  # no idle connection: the first attempt is sent by the coroutine path
             return self._plan_from(ctx, responder, model, i)
         return None
@@ -1128,6 +1146,8 @@ class Engine:
         try:
             translator = target.translator
             extra = translator.forwarded(ctx.request)
+            if ctx.trace is not None:
+                extra = ctx.trace.upstream(extra, target.name)
             resp = await translator.send(ctx.endpoint, body, ctx.request_id, extra, ctx.stream)
         except (UpstreamTimeout, UpstreamError) as exc:
             ctx.up_ms = (_perf() - ctx.t_up) * 1000.0
@@ -1268,13 +1288,16 @@ class Engine:
                             raise pre.error if isinstance(pre.error, UpstreamError) else UpstreamError(
                                 str(pre.error))
                         resp = pre.response
-                    elif dep.connect_timeout is None:
-                        resp = await translator.send(ctx.endpoint, body, ctx.request_id,
-                                                     translator.forwarded(ctx.request), ctx.stream)
                     else:
-                        resp = await translator.send_within(ctx.endpoint, body, ctx.request_id,
-                                                            dep.connect_timeout,
-                                                            translator.forwarded(ctx.request), ctx.stream)
+                        extra = translator.forwarded(ctx.request)
+                        if ctx.trace is not None:
+                            extra = ctx.trace.upstream(extra, target.name)
+                        if dep.connect_timeout is None:
+                            resp = await translator.send(ctx.endpoint, body, ctx.request_id, extra,
+                                                         ctx.stream)
+                        else:
+                            resp = await translator.send_within(ctx.endpoint, body, ctx.request_id,
+                                                                dep.connect_timeout, extra, ctx.stream)
                     ttfb = _monotonic() - t0 if pre is None else pre.ttfb
                     ctx.upstream_status = resp.status
                     streams = ctx.stream and resp.status < 400 and _is_event_stream(resp)
@@ -1522,6 +1545,7 @@ class Engine:
         headers.extend(_SSE_HEADERS)
         headers.append((runtime.overhead_header, _overhead_ms(ctx)))
         responder.start_stream(resp.status, headers)
+        ctx.t_first = _perf()  # the time to first token, as on the unobserved path
         t_up = ctx.t_up
 
         async def send(data: bytes) -> None:
@@ -1578,6 +1602,12 @@ class Engine:
                 phase.on_settle(ctx)
             except Exception:
                 log.exception("settle hook of phase %s failed", phase.name)
+        if ctx.trace is not None:
+            try:
+                tracer: Any = self.tracer
+                tracer.end(ctx, ctx.status)
+            except Exception:
+                log.exception("tracing: the spans of a request could not be built")
         if not self.records.enabled:
             return
         if not ctx.overhead:

@@ -50,6 +50,7 @@ from gateway.admin.errors import AdminError, from_store
 from gateway.admin.openapi import document_bytes
 from gateway.admin.prompts import PromptAdmin
 from gateway.admin.routes import ROUTES, Operation
+from gateway.admin.usage import UsageAdmin, UsageText
 from gateway.admin.views import (
     StaticRecords,
     key_view,
@@ -175,7 +176,7 @@ def _check_reason(reason: str | None) -> None:
         raise AdminError(400, "invalid_argument", wire.LIMITS["reason"], param="reason")
 
 
-class AdminApp(PromptAdmin):
+class AdminApp(PromptAdmin, UsageAdmin):
     """The admin API (see the module docstring). One instance per admin process.
 
     ``store``: an open store (tests); or ``open_store``: how to open one at startup. When opening fails,
@@ -267,6 +268,7 @@ class AdminApp(PromptAdmin):
 
     async def handle(self, request: Request, responder: Responder) -> None:
         headers: list[tuple[str, str]] = []
+        content = _JSON_HEADERS
         actor = "-"
         try:
             op, call = self._route(request)
@@ -275,6 +277,10 @@ class AdminApp(PromptAdmin):
                 raise AdminError(403, E.OPERATOR_ONLY, "only the operator may do this")
             call.query = self._query(request.query, op)
             status, result = await asyncio.wait_for(getattr(self, "h_" + op.handler)(call), STORE_TIMEOUT)
+            content = _JSON_HEADERS
+            if isinstance(result, UsageText):  # a CSV export
+                content = [("content-type", result.content_type), ("cache-control", "no-store")]
+                result = result.body
             body = result if isinstance(result, bytes) else _encode(result)
             if op.writes:
                 headers = await self._in_force(op)
@@ -293,7 +299,9 @@ class AdminApp(PromptAdmin):
         if request.method != "GET" or status >= 500:
             # key ids and tenant ids only: a secret is never in a path, and bodies are not logged
             log.info("admin API: %s %s %s -> %d", actor, request.method, request.path, status)
-        responder.send(status, [*_JSON_HEADERS, *headers], body)
+        if status >= 300:
+            content = _JSON_HEADERS
+        responder.send(status, [*content, *headers], body)
 
     async def _in_force(self, op: Operation) -> list[tuple[str, str]]:
         """After a write: the store's change version that holds it, and whether every worker of this node

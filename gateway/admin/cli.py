@@ -1,4 +1,4 @@
-"""``gateway keys | tenants | subscriptions | audit``: the admin API from the command line.
+"""``gateway keys | tenants | subscriptions | audit | usage``: the admin API from the command line.
 
 Every command but ``keys digest`` is a client of the admin API over HTTP (httpx): ``--admin-url`` (default
 ``$GATEWAY_ADMIN_URL`` or ``http://127.0.0.1:8081``), the bearer token from the environment variable
@@ -78,6 +78,24 @@ class AdminClient:
             raise CliError(f"{resp.status_code} from the admin API at {self.url}")
         _warn_if_not_in_force(resp.headers.get("x-gateway-applied"))
         return data
+
+    def text(self, method: str, path: str, *, params: dict[str, Any] | None = None) -> str:
+        """A non-JSON answer's text (errors are JSON, reported as by ``call``)."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            resp = self._client.request(method, path, params=query)
+        except self._httpx.TransportError as exc:
+            reason = str(exc) or exc.__class__.__name__
+            raise CliError(f"cannot reach the admin API at {self.url}: {reason}") from None
+        if resp.status_code >= 400:
+            try:
+                err = resp.json().get("error")
+            except (ValueError, AttributeError):
+                err = None
+            if isinstance(err, dict):
+                raise CliError(f"{resp.status_code} {err.get('code')}: {err.get('message')}")
+            raise CliError(f"{resp.status_code} from the admin API at {self.url}")
+        return str(resp.text)
 
     def each(self, path: str, params: dict[str, Any], limit: int | None) -> list[Any]:
         """Follow the cursors of a listing; at most ``limit`` items (None: all)."""
@@ -579,6 +597,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--oldest-first", action="store_true")
     _list_args(p, default=50)
     p.set_defaults(func=_with_client(audit_list))
+
+    from gateway.admin.usage_cli import add_usage_command
+
+    add_usage_command(sub, common)
 
 
 def _tenant_fields(p: argparse.ArgumentParser) -> None:

@@ -85,6 +85,8 @@ def _operation(op: Operation, refs: dict[type, dict[str, Any]]) -> dict[str, Any
     responses: dict[str, Any] = {str(op.status): _json(success, op.summary)}
     if op.writes:
         responses[str(op.status)]["headers"] = _WRITE_HEADERS
+    if op.handler == "usage_query":
+        responses[str(op.status)]["content"]["text/csv"] = {"schema": {"type": "string"}}
     statuses = set(op.errors)
     if op.auth:
         statuses |= {400, 401, 503}

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.admin import wire
 from gateway.admin.prompts import PromptList, PromptLive, PromptPublish, PromptView
+from gateway.admin.usage import CSV_DESCRIPTION, UsageReport
 from gateway.cache.admin import CachePurge, CachePurged, CacheStatsView
 from gateway.store.models import Subscription
 
@@ -159,6 +160,28 @@ ROUTES: tuple[Operation, ...] = (
     Operation("DELETE", "/admin/v1/prompts/{name}", "prompts_delete", "Withdraw a published prompt",
               "prompts", wire.Deleted, query=(_REASON,), operator_only=True, errors=(403, 404, 409),
               writes=True, waits=True),
+    # usage analytics (docs/observability.md#usage-analytics)
+    Operation("GET", "/admin/v1/usage", "usage_query",
+              "Usage roll-ups: requests, errors, tokens, cost and latency per bucket and group", "usage",
+              UsageReport, errors=(403,),
+              query=(
+                  QueryParam("from", "first bucket: unix seconds, YYYY-MM-DD or an ISO 8601 UTC time "
+                                     "(default: 60 minutes, 24 hours or 30 days before `to`)"),
+                  QueryParam("to", "last bucket, same forms (default: now)"),
+                  QueryParam("granularity", "bucket size (default hour)",
+                             {"type": "string", "enum": ["minute", "hour", "day"]}),
+                  QueryParam("group_by", "comma-separated: key, tenant, model, provider (default: none, "
+                                         "one row per bucket)",
+                             {"type": "string", "pattern": "^((key|tenant|model|provider)(,|$))*$"}),
+                  QueryParam("key", "only this key id"),
+                  _TENANT,
+                  QueryParam("model", "only this model (as the client named it)"),
+                  QueryParam("provider", "only this provider"),
+                  QueryParam("total", "true: one row per group for the whole range",
+                             {"type": "string", "enum": ["true", "false"]}),
+                  QueryParam("format", "json (default) or csv", {"type": "string", "enum": ["json", "csv"]}),
+              ),
+              description=CSV_DESCRIPTION),
     # audit
     Operation("GET", "/admin/v1/audit", "audit_list", "The audit log: who did what, when and why", "audit",
               wire.AuditList,

@@ -42,7 +42,10 @@ import msgspec
 
 from gateway.config.schema import Config, ModelConfig, ProviderConfig
 from gateway.config.snapshot import read_secret_file
+from gateway.observe.anomaly import anomaly_problems
 from gateway.observe.config import records_problems
+from gateway.observe.tracing import tracing_problems
+from gateway.observe.usage import usage_problems
 from gateway.prompts.config import prompt_problems
 from gateway.redisconn import SCHEMES as REDIS_SCHEMES
 from gateway.redisconn import parse_url as parse_redis_url
@@ -570,6 +573,9 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _metrics_problems(config)
     yield from _positive_durations(("responses",), config.responses, ("retention",))
     yield from (_Problem(p, m) for p, m in records_problems(config.records, config.metrics.labels))
+    yield from (_Problem(p, m) for p, m in usage_problems(config.usage))
+    yield from (_Problem(p, m) for p, m in anomaly_problems(config.anomaly))
+    yield from (_Problem(p, m) for p, m in tracing_problems(config.tracing))
     yield from _cache_problems(config)
     yield from _guardrail_problems(config)
     for path, message in prompt_problems(config.prompts, config.models):

@@ -14,7 +14,10 @@ from gateway.cache.config import CacheConfig
 from gateway.guard.config import GuardrailsConfig
 from gateway.limits.policy import LimitsConfig
 from gateway.limits.pricing import PriceConfig
+from gateway.observe.anomaly import AnomalyConfig
 from gateway.observe.config import RecordsConfig
+from gateway.observe.tracing import TracingConfig
+from gateway.observe.usage import UsageConfig
 from gateway.prompts.config import PromptConfig
 from gateway.routing.config import (
     BreakerConfig,
@@ -412,6 +415,12 @@ class Config(_Base, frozen=True):
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     #: call records: sinks, bodies (docs/observability.md)
     records: RecordsConfig = msgspec.field(default_factory=RecordsConfig)
+    #: usage roll-ups in the store (docs/observability.md#usage-analytics)
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
+    #: the per-key anomaly signal (docs/observability.md#per-key-anomalies)
+    anomaly: AnomalyConfig = msgspec.field(default_factory=AnomalyConfig)
+    #: OpenTelemetry spans per request (docs/observability.md#traces)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     #: guardrails on prompts and answers (docs/guardrails.md)
     guardrails: GuardrailsConfig = msgspec.field(default_factory=GuardrailsConfig)
     #: prompt templates published as APIs (docs/prompts.md)

@@ -213,6 +213,19 @@ METRICS: tuple[MetricDef, ...] = (
        "change), shutdown (still undelivered at the stop's deadline).", "sink", "reason"),
     _c("gateway_record_sink_failures_total", "Failed deliveries of a sink (each retry counts).", "sink"),
     _g("gateway_record_sink_queued", "Call records waiting in a sink's queue.", "sink"),
+    # -- per-key anomalies (gateway.observe.anomaly)
+    _c("gateway_key_anomalies_total",
+       "Windows in which a key's request rate or error rate jumped far above its own baseline, by kind "
+       "(request_rate, error_rate), counted by each worker that saw it.", "key", "kind"),
+    _g("gateway_key_anomalous", "Workers that flagged the key in their last window.", "key", "kind"),
+    _c("gateway_key_anomaly_webhook_failures_total", "Anomaly webhooks that failed."),
+    _g("gateway_key_anomaly_tracked_keys", "Keys the workers' anomaly detectors follow."),
+    # -- traces (gateway.observe.tracing)
+    _c("gateway_trace_spans_exported_total", "Spans the collector accepted."),
+    _c("gateway_trace_export_failures_total", "Failed span exports (each retry counts)."),
+    _c("gateway_trace_spans_dropped_total",
+       "Spans dropped: queue_full, rejected (an answer retrying cannot change), shutdown.", "reason"),
+    _g("gateway_trace_spans_queued", "Spans waiting for export."),
     # -- the process model
     _c("gateway_worker_restarts_total",
        "Children (workers, the admin API) the supervisor replaced, by why: exited (after serving), "
@@ -334,6 +347,11 @@ def engine_samples(engine: Any) -> tuple[list[Sample], list[Sample]]:
         rc, rg = samples()
         counters.extend(rc)
         gauges.extend(rg)
+    tracer = getattr(engine, "tracer", None)
+    if tracer is not None:
+        tc, tg = tracer.samples()
+        counters.extend(tc)
+        gauges.extend(tg)
     return counters, gauges
 
 

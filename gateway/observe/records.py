@@ -132,12 +132,15 @@ class RecordSink:
     def __init__(self, out: IO[bytes] | None = None, enabled: bool = True, interval: float | None = None, *,
                  config: RecordsConfig | None = None, sinks: Sequence[Sink] | None = None,
                  metrics: GenAIMetrics | None = None, prices: PriceTable | None = None,
-                 close_timeout: float | None = None) -> None:
+                 close_timeout: float | None = None, consumers: Sequence[Sink] = ()) -> None:
         cfg = config or RecordsConfig()
-        self.records_on = enabled
+        #: the usage roll-ups and the anomaly detector (``gateway.observe.usage``, ``.anomaly``): offered
+        #: every record, like sinks, also with call records off
+        self._consumers = list(consumers)
+        self.records_on = enabled or bool(self._consumers)
         self.metrics = metrics
         #: the engine's switch: emit a tuple per request
-        self.enabled = enabled or metrics is not None
+        self.enabled = enabled or metrics is not None or bool(self._consumers)
         self._out = out
         self._sinks: list[Sink] = list(sinks or ()) if out is None and enabled else []
         if out is None and enabled and sinks is None:
@@ -174,7 +177,7 @@ class RecordSink:
         sinks = build_sinks(rc.sinks, worker, resolve_secret) if enabled else []
         metrics = GenAIMetrics(config.metrics.labels) if config.metrics.enabled else None
         return cls(None, enabled, config=rc, sinks=sinks, metrics=metrics,
-                   prices=PriceTable.load(overrides=config.pricing))
+                   prices=PriceTable.load(overrides=config.pricing), consumers=_consumers(config, worker))
 
     def _configure(self, cfg: RecordsConfig) -> None:
         self._bodies = cfg.bodies
@@ -191,12 +194,15 @@ class RecordSink:
     def sinks(self) -> Sequence[Sink]:
         return self._sinks
 
+    def _all(self) -> list[Sink]:
+        return [*self._sinks, *self._consumers] if self._consumers else self._sinks
+
     # -- the loop's side
 
     def start(self) -> None:
         if not self.enabled or self._handle is not None:
             return
-        for s in self._sinks:
+        for s in self._all():
             s.start()
         self._handle = asyncio.get_running_loop().call_later(self._interval, self._tick)
 
@@ -244,6 +250,11 @@ class RecordSink:
             records, self._rows = pending[:limit], pending[limit:]
         if self._raw:
             self._add_bodies(limit)
+        if self._consumers:
+            for c in self._consumers:
+                c.offer((b"", len(records), records))
+            if self._out is None and not self._sinks:
+                return
         data = self._encode_lines(records)
         if self._out is not None:
             try:
@@ -281,10 +292,10 @@ class RecordSink:
             self._handle = None
         while self._rows:
             self._flush(len(self._rows) + len(self._raw))
-        if self._sinks:
+        if self._all():
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(None, s.close, self._close_timeout)
-                                   for s in self._sinks))
+                                   for s in self._all()))
         self.records_on = False
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -297,12 +308,41 @@ class RecordSink:
         """(counters, gauges) of the records, the sinks and the GenAI metrics, for the worker's snapshot."""
         counters: list[Any] = [("gateway_records_dropped_total", (), float(self.dropped))]
         gauges: list[Any] = []
-        for s in self._sinks:
+        for s in self._all():
             counters.append(("gateway_record_sink_records_total", (s.name,), float(s.written)))
             counters.append(("gateway_record_sink_failures_total", (s.name,), float(s.failures)))
             for reason, n in s.dropped.items():
                 counters.append(("gateway_record_sink_dropped_total", (s.name, reason), float(n)))
             gauges.append(("gateway_record_sink_queued", (s.name,), float(s.queued)))
+        for c in self._consumers:
+            more = getattr(c, "metric_samples", None)
+            if more is not None:
+                mc, mg = more()
+                counters.extend(mc)
+                gauges.extend(mg)
         if self.metrics is not None:
             counters.extend(self.metrics.samples())
         return counters, gauges
+
+
+def _consumers(config: Config, worker: int) -> list[Sink]:
+    """The worker's usage roll-ups (``[usage]``, written to ``[store]``) and anomaly detector
+    (``[anomaly]``), when enabled."""
+    out: list[Sink] = []
+    if config.anomaly.enabled:
+        from gateway.observe.anomaly import AnomalyDetector
+
+        out.append(AnomalyDetector(config.anomaly, worker))
+    uc = config.usage
+    if not uc.enabled:
+        return out
+    from gateway.observe.usage import UsageRollup
+    from gateway.store.factory import StoreOptions, open_store
+
+    st = config.store
+    options = StoreOptions(
+        url=st.url, prefix=st.prefix, poll_interval=st.poll_interval, busy_timeout=st.busy_timeout,
+        min_replicas_acked=st.min_replicas_acked, replica_ack_timeout=st.replica_ack_timeout,
+    )
+    out.append(UsageRollup(uc, lambda: open_store(options)))
+    return out

@@ -331,6 +331,24 @@ class Store(abc.ABC):
     ) -> dict[str, float]:
         """Day -> spend for the days from ``first_day`` to ``last_day`` (both included) that have any."""
 
+    # -- usage roll-ups (gateway.observe.usage)
+
+    async def add_usage(self, cells: Iterable[tuple[str, int, str, str, int]],
+                        ttl: Mapping[str, int] | None = None) -> None:
+        """Add ``(granularity, bucket start, dims, field, n)`` counts, all at once (one transaction): the
+        roll-ups of several workers and nodes sum exactly. ``ttl``: seconds each granularity's buckets are
+        kept (Redis expires them; SQLite prunes with ``prune_usage``)."""
+        raise NotImplementedError
+
+    async def prune_usage(self, granularity: str, before: int) -> None:
+        """Drop ``granularity``'s buckets that start before ``before`` (where nothing expires them)."""
+        return None
+
+    async def usage_cells(self, granularity: str, first: int, last: int
+                          ) -> list[tuple[int, str, str, int]]:
+        """``(bucket start, dims, field, n)`` of ``granularity``'s buckets from ``first`` to ``last``."""
+        raise NotImplementedError
+
     # -- prompts published through the admin API (docs/prompts.md)
 
     @abc.abstractmethod

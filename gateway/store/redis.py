@@ -21,6 +21,7 @@ that one Lua script may touch them all (in Redis Cluster they live in one slot; 
     {gw}:audit                    zset  score seq, member AuditEntry JSON
     {gw}:audit:tenant:<tenant>    zset  the same entries of one tenant
     gw:spend:<scope>:<id>         hash  day -> USD (no hash tag: one key per counter, spread over the cluster)
+    {gw}:usage:<gran>:<start>     hash  "<dims>\\x1f<field>" -> count (usage roll-ups, HINCRBY; expire)
 
 Every write goes through one Lua script (``_COMMIT``): it checks the records the write was computed from
 (compare-and-set), applies the changes, bumps the version, logs the change, appends the audit entry and
@@ -1035,6 +1036,58 @@ class RedisStore(Store):
         return {
             _str(day): float(usd) for day, usd in sorted(days.items()) if first_day <= _str(day) <= last_day
         }
+
+    # -- usage roll-ups
+
+    def _usage(self, granularity: str, start: int) -> str:
+        return f"{self._tag}:usage:{granularity}:{start}"
+
+    @_guarded
+    async def add_usage(self, cells: Iterable[tuple[str, int, str, str, int]],
+                        ttl: Mapping[str, int] | None = None) -> None:
+        rows = list(cells)
+        if not rows:
+            return
+        keys: set[tuple[str, int]] = set()
+        first = self._usage(rows[0][0], rows[0][1])
+        if self._cluster:  # a routed read first: the cluster client learns where the slot is
+            await self._r.get(first)
+        # one MULTI/EXEC on one connection (the hash tag puts every usage hash in one slot): a batch is
+        # applied whole or not at all, so a retried batch is never counted twice
+        try:
+            async with key_pipeline(self._r, first, self._nodes) as pipe:
+                pipe.multi()
+                for gran, start, dims, field, n in rows:
+                    pipe.hincrby(self._usage(gran, start), f"{dims}{SEP}{field}", int(n))
+                    keys.add((gran, start))
+                for gran, start in keys:
+                    seconds = (ttl or {}).get(gran)
+                    if seconds:
+                        pipe.expire(self._usage(gran, start), seconds)
+                await pipe.execute()
+        except _DOWN:
+            await forget_node(self._nodes, first, self._r)
+            raise
+
+    @_guarded
+    async def usage_cells(self, granularity: str, first: int, last: int
+                          ) -> list[tuple[int, str, str, int]]:
+        from gateway.observe.usage import GRANULARITIES
+
+        step = GRANULARITIES[granularity]
+        starts = list(range(first - first % step, last + 1, step))
+        out: list[tuple[int, str, str, int]] = []
+        for i in range(0, len(starts), 500):
+            part = starts[i:i + 500]
+            async with self._r.pipeline(transaction=False) as pipe:
+                for start in part:
+                    pipe.hgetall(self._usage(granularity, start))
+                found = await pipe.execute()
+            for start, fields in zip(part, found, strict=True):
+                for name, n in fields.items():
+                    dims, _, field = _str(name).rpartition(SEP)
+                    out.append((start, dims, field, int(n)))
+        return out
 
     # -- changes
 

@@ -150,6 +150,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         "prompts published through the admin API",
         ("CREATE TABLE prompts (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID",),
     ),
+    Migration(
+        3,
+        "usage roll-ups",
+        (
+            """CREATE TABLE usage (
+                granularity TEXT NOT NULL,
+                bucket INTEGER NOT NULL,
+                dims TEXT NOT NULL,
+                field TEXT NOT NULL,
+                n INTEGER NOT NULL,
+                PRIMARY KEY (granularity, bucket, dims, field)
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )
 
 _encode = msgspec.json.Encoder().encode
@@ -836,6 +850,31 @@ class SqliteStore(Store):
             (scope, id, first_day, last_day),
         )
         return {day: float(usd) for day, usd in rows}
+
+    # -- usage roll-ups
+
+    _UPSERT_USAGE = (
+        "INSERT INTO usage (granularity, bucket, dims, field, n) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (granularity, bucket, dims, field) DO UPDATE SET n = n + excluded.n"
+    )
+
+    async def add_usage(self, cells: Iterable[tuple[str, int, str, str, int]],
+                        ttl: Mapping[str, int] | None = None) -> None:
+        rows = list(cells)
+        if rows:
+            await self._write(lambda conn: conn.executemany(self._UPSERT_USAGE, rows))
+
+    async def usage_cells(self, granularity: str, first: int, last: int
+                          ) -> list[tuple[int, str, str, int]]:
+        rows = await self._read(
+            "SELECT bucket, dims, field, n FROM usage WHERE granularity = ? AND bucket BETWEEN ? AND ?",
+            (granularity, first, last),
+        )
+        return [(int(b), str(d), str(f), int(n)) for b, d, f, n in rows]
+
+    async def prune_usage(self, granularity: str, before: int) -> None:
+        await self._write(lambda conn: conn.execute(
+            "DELETE FROM usage WHERE granularity = ? AND bucket < ?", (granularity, before)))
 
     # -- changes
 

@@ -558,6 +558,7 @@ def test_tenant_admin_cannot_reach_another_tenant_through_any_endpoint(config: C
                 ("POST", "/admin/v1/keys", {"tenant": tenant}, None),
                 ("POST", "/admin/v1/subscriptions", {"tenant": tenant, "model": "premium"}, None),
                 ("POST", "/admin/v1/cache/purge", {"tenant": tenant}, None),
+                ("GET", "/admin/v1/usage", None, {"tenant": tenant}),
             ):
                 r = await as_acme(method, path, body, query=query)
                 assert (r.status, r.code) == (403, "tenant_forbidden"), (method, path, tenant)
@@ -809,6 +810,9 @@ def test_every_response_matches_the_openapi_document(config: Config, store_url: 
         await api("POST", "/admin/v1/subscriptions/globex/premium/reject", {"reason": "no"})
         await api("POST", "/admin/v1/subscriptions/globex/premium/approve", {}, token=GLOBEX)
         await api("GET", "/admin/v1/audit", query={"limit": 3})
+        await api("GET", "/admin/v1/usage", query={"group_by": "tenant", "total": "true"})
+        await api("GET", "/admin/v1/usage", query={"tenant": "globex"}, token=ACME)
+        await api("GET", "/admin/v1/usage", query={"granularity": "week"})
         await api("GET", "/admin/v1/audit", query={"bogus": "1"})
         await api("POST", "/admin/v1/cache/purge", {"model": "mock-1"})
         await api("POST", "/admin/v1/cache/purge", {})
