@@ -72,8 +72,8 @@ class RecordsBench(Bench):
         if target.name != RECORDS_ON:
             return super().round(target, index, duration)
         a = self.args
-        return wrk_round(self.on_stack, target, self.scenario.path, self.lua_path, index, duration=duration,
-                         connections=a.connections, threads=a.threads, timeout=a.timeout)
+        return wrk_round(self.on_stack, target, self.scenario.path, self.lua_path("gateway"), index,
+                         duration=duration, connections=a.connections, threads=a.threads, timeout=a.timeout)
 
     def summarise(self, targets: Any, rounds: list[Round]) -> dict[str, Any]:
         result = super().summarise(targets, rounds)

@@ -40,6 +40,7 @@ class _Ctx:
     include_usage = False
     fields: Any = None
     usage: Any = None
+    dialect: Any = None  # the OpenAI chat dialect
 
     def __init__(self, body: bytes) -> None:
         self.body = body
