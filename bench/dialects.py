@@ -587,8 +587,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.dialects",
-                                description="Each dialect path of the gateway against nginx proxy_pass of "
-                                            "the equivalent request, per core, in one run. See bench/README.md.")
+                                description="Each dialect path of the gateway against nginx proxy_pass "
+                                            "of the equivalent request, per core, in one run.")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows (default: {','.join(ROWS)})")
     p.add_argument("--rounds", type=int, default=3, help="measured rounds per target and row (default 3)")
     p.add_argument("--duration", type=int, default=6, help="seconds per round (default 6)")
