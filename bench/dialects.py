@@ -108,24 +108,39 @@ UPSTREAM_ANSWERS: dict[str, bytes] = {
     "anthropic": translate.MESSAGE,
     "gemini": translate_gemini.ANSWER,
     "bedrock": translate_bedrock.ANSWER,
+    # streams of STREAM_DELTAS text deltas, whole, as the in-process figures' streams
+    "openai-stream": b"".join(translate._chunks(20)),
+    "anthropic-stream": b"".join(translate._stream(20)),
+    "gemini-stream": b"".join(translate_gemini._stream(20)),
+    "bedrock-stream": b"".join(translate_bedrock._stream(20)),  # AWS event-stream framing (binary)
 }
+#: the Content-Type of each canned answer
+CONTENT_TYPES = {"openai-stream": "text/event-stream", "anthropic-stream": "text/event-stream",
+                 "gemini-stream": "text/event-stream", "bedrock-stream": "application/vnd.amazon.eventstream"}
+#: the streamed rows' upstream models (their own providers, at ``/sse/v1``: the upstream tells a stream
+#: request from another by its path, as it cannot read the body's ``stream``)
+SSE_MODEL = "mock-1-sse"
+ANTHROPIC_SSE_MODEL = "claude-bench-sse"
 
 _PROMPT = "Say hello to the benchmark."
 
 
-def _chat(model: str) -> bytes:
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": _PROMPT}],
-                       "max_tokens": 64}, separators=(",", ":")).encode()
+def _json(doc: dict[str, Any], stream: bool) -> bytes:
+    return json.dumps({**doc, "stream": True} if stream else doc, separators=(",", ":")).encode()
 
 
-def _messages(model: str) -> bytes:
-    return json.dumps({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": _PROMPT}]},
-                      separators=(",", ":")).encode()
+def _chat(model: str, stream: bool = False) -> bytes:
+    return _json({"model": model, "messages": [{"role": "user", "content": _PROMPT}], "max_tokens": 64},
+                 stream)
 
 
-def _responses(model: str) -> bytes:
-    return json.dumps({"model": model, "input": _PROMPT, "max_output_tokens": 64},
-                      separators=(",", ":")).encode()
+def _messages(model: str, stream: bool = False) -> bytes:
+    return _json({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": _PROMPT}]},
+                 stream)
+
+
+def _responses(model: str, stream: bool = False) -> bytes:
+    return _json({"model": model, "input": _PROMPT, "max_output_tokens": 64}, stream)
 
 
 def _check_json(field: str, value: str) -> Callable[[int, bytes], str | None]:
@@ -160,6 +175,14 @@ class Row:
     translation: tuple[str, ...] = ()
 
 
+def _check_stream(last: bytes) -> Callable[[int, bytes], str | None]:
+    def check(status: int, body: bytes) -> str | None:
+        if status != 200:
+            return f"status {status}"
+        return None if last in body else f"a stream without {last!r}"
+    return check
+
+
 _CHAT = _check_json("object", "chat.completion")
 _MESSAGE = _check_json("type", "message")
 _RESPONSE = _check_json("object", "response")
@@ -168,18 +191,42 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("chat", "OpenAI chat pass-through (the reference)", "/v1/chat/completions", _chat(MODEL), "openai",
         _CHAT),
     Row("chat-anthropic", "OpenAI chat -> Anthropic upstream", "/v1/chat/completions", _chat(ANTHROPIC_MODEL),
-        "anthropic", _CHAT, 0.5, 15, ("request OpenAI -> Anthropic", "answer Anthropic -> OpenAI")),
+        "anthropic", _CHAT, 0.5, 15,
+        ("translate: request OpenAI -> Anthropic", "translate: answer Anthropic -> OpenAI")),
     Row("chat-gemini", "OpenAI chat -> Gemini upstream", "/v1/chat/completions", _chat(GEMINI_MODEL),
-        "gemini", _CHAT, 0.5, 16, ("request OpenAI -> Gemini", "answer Gemini -> OpenAI")),
+        "gemini", _CHAT, 0.5, 16,
+        ("translate_gemini: request OpenAI -> Gemini", "translate_gemini: answer Gemini -> OpenAI")),
     Row("chat-bedrock", "OpenAI chat -> Bedrock upstream (SigV4)", "/v1/chat/completions",
         _chat(BEDROCK_MODEL), "bedrock", _CHAT, 0.5, 16,
-        ("request OpenAI -> Converse", "answer Converse -> OpenAI", "SigV4 signature per request")),
+        ("translate_bedrock: request OpenAI -> Converse", "translate_bedrock: answer Converse -> OpenAI",
+         "translate_bedrock: SigV4 signature per request")),
     Row("messages", "Messages pass-through to Anthropic", "/v1/messages", _messages(ANTHROPIC_MODEL),
-        "anthropic", _MESSAGE, 0.6, 17, ("pass-through Messages answer (usage read)",)),
+        "anthropic", _MESSAGE, 0.6, 17, ("translate: pass-through Messages answer (usage read)",)),
     Row("messages-openai", "Messages -> OpenAI upstream", "/v1/messages", _messages(MODEL), "openai",
-        _MESSAGE, 0.5, 17, ("request Messages -> OpenAI", "answer OpenAI -> Messages")),
+        _MESSAGE, 0.5, 17, ("translate: request Messages -> OpenAI", "translate: answer OpenAI -> Messages")),
     Row("responses", "Responses (stored) -> OpenAI upstream", "/v1/responses", _responses(MODEL), "openai",
         _RESPONSE),
+    # streamed: 20 text deltas from the upstream, relayed (pass-through) or translated event by event
+    Row("chat-stream", "streamed OpenAI chat pass-through", "/v1/chat/completions", _chat(SSE_MODEL, True),
+        "openai-stream", _check_stream(b"data: [DONE]")),
+    Row("chat-anthropic-stream", "streamed OpenAI chat -> Anthropic upstream", "/v1/chat/completions",
+        _chat(ANTHROPIC_SSE_MODEL, True), "anthropic-stream", _check_stream(b"data: [DONE]"), 0.5, 15,
+        ("translate: request OpenAI -> Anthropic", "translate: stream of 20 deltas")),
+    Row("chat-gemini-stream", "streamed OpenAI chat -> Gemini upstream", "/v1/chat/completions",
+        _chat(GEMINI_MODEL, True), "gemini-stream", _check_stream(b"data: [DONE]"), 0.5, 16,
+        ("translate_gemini: request OpenAI -> Gemini", "translate_gemini: stream of 20 chunks")),
+    Row("chat-bedrock-stream", "streamed OpenAI chat -> Bedrock upstream (SigV4)", "/v1/chat/completions",
+        _chat(BEDROCK_MODEL, True), "bedrock-stream", _check_stream(b"data: [DONE]"), 0.5, 16,
+        ("translate_bedrock: request OpenAI -> Converse", "translate_bedrock: stream of 20 deltas",
+         "translate_bedrock: SigV4 signature per request")),
+    Row("messages-stream", "streamed Messages pass-through to Anthropic", "/v1/messages",
+        _messages(ANTHROPIC_SSE_MODEL, True), "anthropic-stream", _check_stream(b"message_stop"), 0.6, 17,
+        ("translate: pass-through Messages stream of 20 deltas",)),
+    Row("messages-openai-stream", "streamed Messages -> OpenAI upstream", "/v1/messages",
+        _messages(SSE_MODEL, True), "openai-stream", _check_stream(b"message_stop"), 0.5, 17,
+        ("translate: request Messages -> OpenAI", "translate: stream of 20 deltas #2")),
+    Row("responses-stream", "streamed Responses (stored) -> OpenAI upstream", "/v1/responses",
+        _responses(SSE_MODEL, True), "openai-stream", _check_stream(b"response.completed")),
 )}
 
 #: the upstream paths, as regular expressions (nginx ``location ~``) -> wire format
@@ -188,22 +235,43 @@ _UPSTREAM_PATHS: tuple[tuple[str, str], ...] = (
     (r"^/v1/messages$", "anthropic"),
     (r"^/v1beta/models/[^/]+:generateContent$", "gemini"),
     (r"^/model/[^/]+/converse$", "bedrock"),
+    (r"^/sse/v1/chat/completions$", "openai-stream"),
+    (r"^/sse/v1/messages$", "anthropic-stream"),
+    (r"^/v1beta/models/[^/]+:streamGenerateContent$", "gemini-stream"),
+    (r"^/model/[^/]+/converse-stream$", "bedrock-stream"),
 )
 
 
-def answer_for(path: str) -> bytes | None:
-    """The canned answer the upstream gives at ``path`` (query ignored), or None (404)."""
+def answer_for(path: str) -> tuple[str, bytes] | None:
+    """(Content-Type, canned answer) the upstream gives at ``path`` (query ignored), or None (404)."""
     path = path.split("?", 1)[0]
     for pattern, wire in _UPSTREAM_PATHS:
         if re.match(pattern, path):
-            return UPSTREAM_ANSWERS[wire]
+            return CONTENT_TYPES.get(wire, "application/json"), UPSTREAM_ANSWERS[wire]
     return None
 
 
+def write_canned(tmp: Path) -> None:
+    """The canned streams as files (``upstream_conf`` serves them: too long, or binary, for a ``return``)."""
+    (tmp / "canned").mkdir(parents=True, exist_ok=True)
+    for wire in CONTENT_TYPES:
+        (tmp / "canned" / f"{wire}.bin").write_bytes(UPSTREAM_ANSWERS[wire])
+
+
 def upstream_conf(tmp: Path, port: int, *, generator: str = GENERATOR) -> str:
-    """The fast upstream: an nginx answering each upstream path with its canned bytes."""
+    """The fast upstream: an nginx answering each upstream path with its canned bytes: the JSON answers
+    from its memory (``return``), the streams from the files ``write_canned`` puts in ``tmp/canned``
+    (the static module refuses a POST with 405: ``error_page`` turns it into the file, with a 200)."""
     locations = []
     for pattern, wire in _UPSTREAM_PATHS:
+        if wire in CONTENT_TYPES:
+            locations.append(f"""
+        location ~ {pattern} {{
+            default_type {CONTENT_TYPES[wire]};
+            alias {tmp}/canned/{wire}.bin;
+            error_page 405 =200 $uri;
+        }}""")
+            continue
         text = UPSTREAM_ANSWERS[wire].decode()
         if "'" in text or "$" in text or "\\" in text:
             raise ValueError(f"the canned {wire} answer must not contain ', $ or \\ (nginx string syntax)")
@@ -291,6 +359,16 @@ type = "anthropic"
 base_url = "{base}/v1"
 api_key = "env:BENCH_KEY"
 
+[providers.openai-sse]
+type = "openai"
+base_url = "{base}/sse/v1"
+api_key = "env:BENCH_KEY"
+
+[providers.anthropic-sse]
+type = "anthropic"
+base_url = "{base}/sse/v1"
+api_key = "env:BENCH_KEY"
+
 [providers.gemini]
 type = "gemini"
 base_url = "{base}/v1beta"
@@ -304,7 +382,8 @@ aws_access_key_id = "env:BENCH_AWS_KEY_ID"
 aws_secret_access_key = "env:BENCH_AWS_SECRET"
 """
     for model, provider in ((MODEL, "openai"), (ANTHROPIC_MODEL, "anthropic"), (GEMINI_MODEL, "gemini"),
-                            (BEDROCK_MODEL, "bedrock")):
+                            (BEDROCK_MODEL, "bedrock"), (SSE_MODEL, "openai-sse"),
+                            (ANTHROPIC_SSE_MODEL, "anthropic-sse")):
         text += f"""
 [models.{model}]
 provider = "{provider}"
@@ -329,9 +408,9 @@ class _RecordingHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # http.server's name
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
         self.server.seen.append((self.path, body))
-        answer = answer_for(self.path)
+        kind, answer = answer_for(self.path) or ("application/json", None)
         self.send_response(200 if answer is not None else 404)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", kind)
         self.send_header("content-length", str(len(answer or b"")))
         self.end_headers()
         self.wfile.write(answer or b"")
@@ -358,13 +437,19 @@ def _recorder(port: int) -> Iterator[_Recorder]:
 _LINE = re.compile(r"^(?P<label>[^:]+?):\s+(?P<us>[0-9]+(?:\.[0-9]+)?) us")
 
 
-def parse_translation_output(text: str) -> dict[str, float]:
-    """``label -> microseconds`` of the ``label: N us ...`` lines ``bench.translate*`` print."""
+def parse_translation_output(text: str, prefix: str = "") -> dict[str, float]:
+    """``prefix: label -> microseconds`` of the ``label: N us ...`` lines ``bench.translate*`` print; a
+    label printed again is numbered (``stream of 20 deltas #2``)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         m = _LINE.match(line.strip())
         if m:
-            out[m.group("label").strip()] = float(m.group("us"))
+            label = f"{prefix}: {m.group('label').strip()}" if prefix else m.group("label").strip()
+            n, key = 1, label
+            while key in out:
+                n += 1
+                key = f"{label} #{n}"
+            out[key] = float(m.group("us"))
     return out
 
 
@@ -375,7 +460,7 @@ def translation_cpu(number: int) -> dict[str, float]:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             module.main(["--number", str(number)])
-        out |= parse_translation_output(buf.getvalue())
+        out |= parse_translation_output(buf.getvalue(), module.__name__.rsplit(".", 1)[-1])
     return out
 
 
@@ -437,6 +522,7 @@ class Bench:
                 self.upstream_requests[row.name] = rec.seen[-1]
         # the recorder's port is now the fast upstream's
         conf = self.tmp / "upstream.conf"
+        write_canned(self.tmp)
         conf.write_text(upstream_conf(self.tmp, up_port))
         upstream = self._start("upstream", st.load_cpus, self._nginx_argv(conf, "upstream-error.log"))
         wait_ready(upstream, up_port, "/healthz")
@@ -491,7 +577,7 @@ class Bench:
                 for t in (targets if i % 2 == 0 else targets[::-1]):  # ABBA
                     r = self.round(row, t, i + 1, a.duration)
                     rounds.append(r)
-                    log(f"{row.name:<16} round {i + 1}/{a.rounds} {t.name:<8} {r.wrk.rps:>9,.0f} req/s "
+                    log(f"{row.name:<23} round {i + 1}/{a.rounds} {t.name:<8} {r.wrk.rps:>9,.0f} req/s "
                         f"{r.req_per_cpu_s:>9,.0f} req/CPU-s  server CPU {r.server_cpu_s / r.wall_s:4.0%}  "
                         f"p99 {_fmt_ms(r.wrk.percentiles_ms.get('99'))}  errors {r.wrk.errors}")
         log(f"the translation's own CPU, in process (bench.translate*, -n {a.translate_number})")
@@ -560,14 +646,14 @@ def format_table(result: dict[str, Any]) -> str:
                   f"-c{s['connections']}; server on CPU {s['server_cpus']}, wrk + upstream on CPU "
                   f"{s['load_cpus']}; call records {'on' if s['call_records'] else 'off'}, keys "
                   f"{'required' if s['auth'] else 'not required'}", ""]
-    lines.append(f"{'row':<16}{'gw req/CPU-s':>13}{'nginx':>9}{'ratio':>8}{'bar':>7}{'gw p50':>10}"
+    lines.append(f"{'row':<23}{'gw req/CPU-s':>13}{'nginx':>9}{'ratio':>8}{'bar':>7}{'gw p50':>10}"
                  f"{'gw p99':>10}{'ngx p99':>10}{'transl.':>10}{'errors':>8}")
     for name, r in result["rows"].items():
         g, n = r["targets"].get("gateway", {}), r["targets"].get("nginx", {})
         bar = "-" if r["bar"] is None else f"{r['bar']:.1f}x" + ("" if r["passes"] else "!")
         tr = "-" if r["translation_us"] is None else f"{r['translation_us']:.1f} us"
         errors = g.get("errors", 0) + n.get("errors", 0)
-        lines.append(f"{name:<16}{g.get('req_per_cpu_s', 0):>13,.0f}{n.get('req_per_cpu_s', 0):>9,.0f}"
+        lines.append(f"{name:<23}{g.get('req_per_cpu_s', 0):>13,.0f}{n.get('req_per_cpu_s', 0):>9,.0f}"
                      f"{_fmt_ratio(r['ratio_per_core']):>8}{bar:>7}{_fmt_ms(g.get('p50_ms')):>10}"
                      f"{_fmt_ms(g.get('p99_ms')):>10}{_fmt_ms(n.get('p99_ms')):>10}{tr:>10}{errors:>8}")
     lines += [

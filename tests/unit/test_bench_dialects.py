@@ -1,6 +1,6 @@
 """``python -m bench.dialects``: the rows, the fast upstream's canned answers and their routing, the
 generated configs, the recorder, the translation figures' parsing and the summary; one ``--quick`` run of
-two rows (skipped without nginx or wrk). The harness, never the figures: no timing is asserted."""
+three rows (skipped without nginx or wrk). The harness, never the figures: no timing is asserted."""
 
 from __future__ import annotations
 
@@ -39,10 +39,18 @@ def test_rows_carry_the_issues_bars() -> None:
         "messages": (0.6, 17),
         "messages-openai": (0.5, 17),
         "responses": (None, None),
+        "chat-stream": (None, None),
+        "chat-anthropic-stream": (0.5, 15),
+        "chat-gemini-stream": (0.5, 16),
+        "chat-bedrock-stream": (0.5, 16),
+        "messages-stream": (0.6, 17),
+        "messages-openai-stream": (0.5, 17),
+        "responses-stream": (None, None),
     }
     for row in dialects.ROWS.values():
         body = json.loads(row.body)
         assert body["model"], row.name
+        assert body.get("stream", False) is row.name.endswith("-stream"), row.name
         assert row.path in ("/v1/chat/completions", "/v1/messages", "/v1/responses")
 
 
@@ -52,28 +60,42 @@ def test_rows_carry_the_issues_bars() -> None:
     ("/v1beta/models/gemini-bench:generateContent", "gemini"),
     ("/v1beta/models/gemini-bench:generateContent?alt=json", "gemini"),
     ("/model/bedrock-bench/converse", "bedrock"),
+    ("/sse/v1/chat/completions", "openai-stream"),
+    ("/sse/v1/messages", "anthropic-stream"),
+    ("/v1beta/models/gemini-bench:streamGenerateContent?alt=sse", "gemini-stream"),
+    ("/model/bedrock-bench/converse-stream", "bedrock-stream"),
 ])
 def test_each_upstream_path_gets_its_wire_format(path: str, wire: str) -> None:
-    assert dialects.answer_for(path) == dialects.UPSTREAM_ANSWERS[wire]
+    kind = dialects.CONTENT_TYPES.get(wire, "application/json")
+    assert dialects.answer_for(path) == (kind, dialects.UPSTREAM_ANSWERS[wire])
 
 
-@pytest.mark.parametrize("path", ["/v1/embeddings", "/model/x/converse-stream", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/model/x/invoke", "/v1/messages/count_tokens"])
 def test_other_paths_have_no_canned_answer(path: str) -> None:
     assert dialects.answer_for(path) is None
 
 
 def test_canned_answers_are_in_each_wire_format() -> None:
-    a = {k: json.loads(v) for k, v in dialects.UPSTREAM_ANSWERS.items()}
+    a = {k: json.loads(v) for k, v in dialects.UPSTREAM_ANSWERS.items() if k not in dialects.CONTENT_TYPES}
     assert a["openai"]["object"] == "chat.completion"
     assert a["anthropic"]["type"] == "message"
     assert a["gemini"]["candidates"][0]["content"]["parts"]
     assert a["bedrock"]["output"]["message"]["content"]
+    assert dialects.UPSTREAM_ANSWERS["openai-stream"].endswith(b"data: [DONE]\n\n")
+    assert b"event: message_stop" in dialects.UPSTREAM_ANSWERS["anthropic-stream"]
+    assert b'"finishReason":"STOP"' in dialects.UPSTREAM_ANSWERS["gemini-stream"]
+    assert b"messageStop" in dialects.UPSTREAM_ANSWERS["bedrock-stream"]
 
 
 def test_upstream_conf_answers_every_upstream_path(tmp_path: Path) -> None:
     conf = dialects.upstream_conf(tmp_path, 9999)
-    for answer in dialects.UPSTREAM_ANSWERS.values():
-        assert f"return 200 '{answer.decode()}';" in conf
+    dialects.write_canned(tmp_path)
+    for wire, answer in dialects.UPSTREAM_ANSWERS.items():
+        if wire in dialects.CONTENT_TYPES:  # a stream: served from its file
+            assert f"alias {tmp_path}/canned/{wire}.bin;" in conf
+            assert (tmp_path / "canned" / f"{wire}.bin").read_bytes() == answer
+        else:
+            assert f"return 200 '{answer.decode()}';" in conf
     assert "listen 127.0.0.1:9999;" in conf
     assert "location = /healthz" in conf
 
@@ -115,11 +137,13 @@ def test_recorder_keeps_bodies_and_answers_canned_bytes() -> None:
 def test_translation_output_is_parsed_into_the_rows_figures() -> None:
     text = ("request OpenAI -> Anthropic: 4.10 us\nanswer Anthropic -> OpenAI:  5.00 us\n"
             "stream of 20 deltas:        120.00 us (5.00 us per event)\n"
+            "stream of 20 deltas:        80.00 us (4.00 us per event)\n"
             "SigV4 signature per request: 25.07 us (of which formatting its two headers 0.38 us)\n")
-    figures = dialects.parse_translation_output(text)
-    assert figures["request OpenAI -> Anthropic"] == 4.10
-    assert figures["stream of 20 deltas"] == 120.0
-    assert figures["SigV4 signature per request"] == 25.07
+    figures = dialects.parse_translation_output(text, "translate")
+    assert figures["translate: request OpenAI -> Anthropic"] == 4.10
+    assert figures["translate: stream of 20 deltas"] == 120.0
+    assert figures["translate: stream of 20 deltas #2"] == 80.0  # printed again: numbered, not replaced
+    assert figures["translate: SigV4 signature per request"] == 25.07
     assert dialects.row_translation_us(dialects.ROWS["chat-anthropic"], figures) == pytest.approx(9.10)
     assert dialects.row_translation_us(dialects.ROWS["chat-gemini"], figures) is None  # not measured
     assert dialects.row_translation_us(dialects.ROWS["chat"], figures) is None  # nothing to translate
@@ -144,8 +168,8 @@ def test_summary_ratio_is_per_core_over_all_rounds() -> None:
         ("chat-anthropic", "nginx", _round(4000, 1.0)),
         ("responses", "gateway", _round(100, 1.0)), ("responses", "nginx", _round(1000, 1.0, errors=2)),
     ]
-    result = dialects.summarise(rows, rounds, {"request OpenAI -> Anthropic": 3.0,
-                                               "answer Anthropic -> OpenAI": 4.0})
+    result = dialects.summarise(rows, rounds, {"translate: request OpenAI -> Anthropic": 3.0,
+                                               "translate: answer Anthropic -> OpenAI": 4.0})
     a = result["rows"]["chat-anthropic"]
     assert a["targets"]["gateway"]["req_per_cpu_s"] == 2000.0  # 4000 requests / 2 CPU-s, not a mean of rates
     assert a["ratio_per_core"] == 0.5 and a["passes"] is True
@@ -159,9 +183,9 @@ def test_summary_ratio_is_per_core_over_all_rounds() -> None:
 
 @needs_tools
 @pytest.mark.timeout(150)
-def test_quick_run_measures_two_rows(tmp_path: Path) -> None:
+def test_quick_run_measures_three_rows(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
-    argv = [sys.executable, "-m", "bench.dialects", "--quick", "--rows", "chat,chat-anthropic", "--timeout", "10",
+    argv = [sys.executable, "-m", "bench.dialects", "--quick", "--rows", "chat,chat-anthropic,chat-bedrock-stream", "--timeout", "10",
             "--json", str(out)]
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -176,7 +200,7 @@ def test_quick_run_measures_two_rows(tmp_path: Path) -> None:
         pytest.fail("the quick benchmark did not finish within 120 s")
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     result = json.loads(out.read_text())
-    assert result["ok"] is True and set(result["rows"]) == {"chat", "chat-anthropic"}
+    assert result["ok"] is True and set(result["rows"]) == {"chat", "chat-anthropic", "chat-bedrock-stream"}
     for name, row in result["rows"].items():
         assert row["ratio_per_core"] is not None, name
         for target in ("gateway", "nginx"):
@@ -189,3 +213,4 @@ def test_quick_run_measures_two_rows(tmp_path: Path) -> None:
     assert ups["chat-anthropic"]["path"] == "/v1/messages"
     assert json.loads(ups["chat-anthropic"]["body"])["messages"][0]["role"] == "user"
     assert result["rows"]["chat-anthropic"]["translation_us"] > 0
+    assert ups["chat-bedrock-stream"]["path"] == "/model/bedrock-bench/converse-stream"
