@@ -16,10 +16,14 @@ upstream in the same run:
     messages-openai      /v1/messages                 /v1/chat/completions            >= 0.5x (issue 17)
     responses            /v1/responses (stored)       /v1/chat/completions            reported
 
+and each again streamed (``<row>-stream``: ``stream: true``, the upstream answering 20 text deltas in its
+own stream format, the Bedrock one in AWS event-stream framing), with the same bars.
+
 **The upstream** is an nginx on the load CPUs answering every upstream path with canned bytes in that
 path's wire format (a ``chat.completion``, an Anthropic ``message``, a ``GenerateContentResponse``, a
-Converse answer: the answers of ``bench.translate*``), so it is never the bottleneck and costs both
-targets the same.
+Converse answer, and their streams: the answers of ``bench.translate*``), so it is never the bottleneck
+and costs both targets the same. An upstream cannot tell a stream request from another by its path on
+OpenAI and Anthropic, so the streamed rows' models sit on their own providers at ``/sse/v1``.
 
 **The equivalent request** nginx is sent is what the gateway itself sends upstream for that row: before
 the upstream nginx starts, a recorder in this process takes its port, answers the same canned bytes and
