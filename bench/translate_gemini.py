@@ -37,7 +37,9 @@ class _Ctx:
     usage: Any = None
     body = BODY
     fields = None
-    dialect: Any = None  # OpenAI chat
+    #: the client's dialect (None: OpenAI chat), as the engine's context carries it
+    dialect: Any = None
+    request_id = "bench"
 
 
 class _NullTransport:
