@@ -63,15 +63,23 @@ _JSON = ("content-type", "application/json")
 _SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _MISS = ("x-gateway-cache", "miss")
 _NO_DIRECTIVES = (False, False)
-#: the rendered forms kept beside an entry in the memory tier: whole, stream, (whole), stream with usage
+#: an alias's last byte, by the form asked for: whole, stream, (whole), stream with usage
 _VARIANTS = (b"\x01", b"\x02", b"\x01", b"\x03")
-#: a rendered form's prefix: when the entry was stored (wall clock) and the cost it saves (NaN: unpriced)
-_RENDERED = struct.Struct("<dd")
+#: an alias's value: the entry's key (32 bytes), then when the entry was put in memory (monotonic: the
+#: alias is valid while it matches), when it was stored (wall clock: ``age``) and the cost it saves
+#: (NaN: unpriced), then the rendered answer
+_ALIASED = struct.Struct("<ddd")
+_ALIAS_BODY = 32 + _ALIASED.size
+#: the alias hash's personalisation: no alias can equal an entry's key
+_ALIAS = b"gw-cache-alias"
+_WHEN = {"always": b"a", "deterministic": b"d"}
 _NAN = float("nan")
 _UNKNOWN: Any = object()
 _monotonic = time.monotonic
 _blake2b = hashlib.blake2b
 _BYPASS = ("x-gateway-cache", "bypass")
+_JSON_HIT = (_JSON, ("x-gateway-cache", "hit"))
+_SSE_HIT = (*_SSE, ("x-gateway-cache", "hit"))
 
 
 class CacheEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -268,7 +276,9 @@ class CachePhase(Phase):
         return head
 
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
-        # PERF: the common miss is a handful of dict lookups and three C calls (decode, encode, hash)
+        # PERF: a byte-identical repeat (a retry, the same SDK call) is one BLAKE2b over the raw bytes and
+        # two LRU lookups (its alias, then the entry it renders); anything else, a miss included, pays the
+        # canonical key as well (decode, sorted encode, hash)
         if ctx.endpoint != "chat":
             return None
         model = ctx.route_model or ctx.fields.model
@@ -279,11 +289,6 @@ class CachePhase(Phase):
             return None
         cc = ctx.request.header(b"cache-control")
         no_cache, no_store = _cache_control(cc) if cc else _NO_DIRECTIVES
-        form = request_form(ctx.body)
-        if policy.when == "deterministic" and not is_deterministic(form):
-            self.stats.bypass_policy += 1
-            ctx.response_headers.append(_BYPASS)
-            return None
         key = ctx.key
         if key is None:
             tenant = key_id = None
@@ -292,6 +297,30 @@ class CachePhase(Phase):
         head = self.heads.get((tenant, key_id, model))
         if head is None:
             head = self._head(policy, tenant, key_id, ctx.endpoint, model)
+        memory = self.memory
+        alias = None
+        if memory is not None and not no_cache and not self.count_tokens:
+            # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
+            # under "always" must not answer under "deterministic"), the raw body, the form asked for
+            alias = _blake2b(head + _WHEN[policy.when] + ctx.body, digest_size=32,
+                             person=_ALIAS).digest() + _VARIANTS[ctx.stream + 2 * ctx.include_usage]
+            now = _monotonic()
+            rendered = memory.get(alias, now)
+            if rendered is not None:
+                value = rendered[0]
+                digest = value[:32]
+                found = memory.get(digest, now)
+                # valid while its entry lives unchanged (not purged, evicted, expired or refreshed)
+                if found is not None and found[1] == _ALIASED.unpack_from(value, 32)[0]:
+                    self.stats.hits_memory += 1
+                    state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model)
+                    return self._rendered_hit(ctx, state, value)
+                memory.delete(alias)
+        form = request_form(ctx.body)
+        if policy.when == "deterministic" and not is_deterministic(form):
+            self.stats.bypass_policy += 1
+            ctx.response_headers.append(_BYPASS)
+            return None
         digest = _blake2b(head + _encode_form(form), digest_size=32).digest()
         state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model)
         if no_cache:
@@ -299,24 +328,18 @@ class CachePhase(Phase):
             self.stats.bypass_nocache += 1
             ctx.response_headers.append(_BYPASS)
             return None
-        memory = self.memory
         if memory is not None:
             now = _monotonic()
             found = memory.get(digest, now)
             if found is not None:
                 self.stats.hits_memory += 1
-                # PERF: a repeated hit is the rendered answer in the form asked for, kept beside the entry
-                variant = digest + _VARIANTS[ctx.stream + 2 * ctx.include_usage]
-                rendered = memory.get(variant, now)
-                if rendered is not None and not self.count_tokens:
-                    return self._rendered_hit(ctx, state, rendered[0])
                 entry = _unpack(found[0])
                 reply = self._hit(ctx, state, entry)
                 left = found[1] + policy.ttl - now
-                if left > 0:
+                if alias is not None and left > 0:  # the next byte-identical repeat answers from the alias
                     cost = _NAN if entry.cost is None else entry.cost
-                    value = _RENDERED.pack(entry.stored, cost) + reply.body
-                    memory.put(variant, value, now, left, (tenant, key_id, model))
+                    value = digest + _ALIASED.pack(found[1], entry.stored, cost) + reply.body
+                    memory.put(alias, value, now, left, (tenant, key_id, model))
                 return reply
         if self.redis is not None:
             return self._redis_lookup(ctx, state)
@@ -354,13 +377,11 @@ class CachePhase(Phase):
         return None
 
     def _rendered_hit(self, ctx: Context, state: CacheState, value: bytes) -> Reply:
-        stored, cost = _RENDERED.unpack_from(value)
+        _, stored, cost = _ALIASED.unpack_from(value, 32)
         state.outcome = "hit"
-        state.store = False
         state.saved = None if cost != cost else cost  # NaN: unpriced
         age = str(max(int(time.time() - stored), 0))
-        head = _SSE if ctx.stream else [_JSON]
-        return Reply(200, value[_RENDERED.size:], [*head, ("x-gateway-cache", "hit"), ("age", age)])
+        return Reply(200, value[_ALIAS_BODY:], [*(_SSE_HIT if ctx.stream else _JSON_HIT), ("age", age)])
 
     def _hit(self, ctx: Context, state: CacheState, entry: CacheEntry) -> Reply:
         state.outcome = "hit"
