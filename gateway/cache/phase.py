@@ -44,7 +44,7 @@ from gateway.cache.config import CacheConfig, CachePolicy
 from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace, request_form
 from gateway.cache.keys import _encode as _encode_form
 from gateway.cache.openai_chat import OpenAIChatCodec, StreamAssembler
-from gateway.cache.redis_tier import RedisTier, TierDown, redis_key
+from gateway.cache.redis_tier import RedisTier, TierDown, redis_key, redis_key_head
 from gateway.phases import Phase, Reply, StreamObserver
 from gateway.wire import Usage
 
@@ -73,6 +73,10 @@ _ALIAS_BODY = 32 + _ALIASED.size
 #: the alias hash's personalisation: no alias can equal an entry's key
 _ALIAS = b"gw-cache-alias"
 _WHEN = {"always": b"a", "deterministic": b"d"}
+#: the render memo's key: a hash of the Redis value, personalised apart from every other hash here
+_MEMO = b"gw-cache-render"
+#: the render memo's byte bound (a worker with a Redis tier): the rendered answers of recent Redis hits
+RENDER_MEMO_BYTES = 8 * 1024 * 1024
 _NAN = float("nan")
 _UNKNOWN: Any = object()
 _monotonic = time.monotonic
@@ -177,6 +181,8 @@ class CacheService:
         c = config.cache
         self.stats = CacheStats()
         self.memory = LRUCache(c.memory_bytes) if c.memory_bytes else None
+        #: the rendered answers of recent Redis hits (RedisCachePhase._redis_lookup)
+        self.renders = LRUCache(RENDER_MEMO_BYTES)
         self.redis: RedisTier | None = None
         self._redis_url: str | None = None
         self.config = c
@@ -198,6 +204,7 @@ class CacheService:
                 continue
             memory = self.memory
             for order in orders:
+                self.renders.purge(order.matches)
                 dropped = memory.purge(order.matches) if memory is not None else 0
                 log.info("cache: purge %s dropped %d memory entries", order, dropped)
 
@@ -248,6 +255,7 @@ class CachePhase(Phase):
         self.service = service
         self.stats = service.stats
         self.memory = service.memory
+        self.renders = service.renders
         self.redis = service.redis
         c = service.config
         self.count_tokens = c.hits_count_tokens
@@ -256,6 +264,8 @@ class CachePhase(Phase):
         self.config: CacheConfig = c
         #: (tenant, key id, model) -> the key's head (gateway.cache.keys.key_head)
         self.heads: dict[tuple[str | None, str | None, str], bytes] = {}
+        #: (tenant, key id, model) -> its entries' Redis key up to the hash (redis_tier.redis_key_head)
+        self.rheads: dict[tuple[str | None, str | None, str], str] = {}
 
     def _policy(self, model: str) -> CachePolicy | None:
         try:
@@ -348,10 +358,18 @@ class CachePhase(Phase):
         return None
 
     async def _redis_lookup(self, ctx: Context, state: CacheState) -> Reply | None:
+        # PERF: a Redis hit is one GET, then the answer rendered in the form asked for from the render
+        # memo (keyed by a hash of the value GET returned: it never answers what Redis does not hold)
         redis = self.redis
         assert redis is not None
+        tag = (state.tenant, state.key_id, state.model)
+        head = self.rheads.get(tag)
+        if head is None:
+            if len(self.rheads) > 65536:
+                self.rheads.clear()
+            head = self.rheads[tag] = redis_key_head(redis.prefix, *tag)
         try:
-            raw = await redis.get(redis_key(redis.prefix, state.tenant, state.key_id, state.model, state.key))
+            raw = await redis.get(head + state.key.hex())
         except TierDown:
             self.stats.bypass_redis += 1
             state.outcome = "bypass"
@@ -359,22 +377,42 @@ class CachePhase(Phase):
             ctx.response_headers.append(_BYPASS)
             return None
         if raw is not None:
+            renders = self.renders
+            memo = None
+            if not self.count_tokens:
+                memo = _blake2b(raw, digest_size=16, person=_MEMO).digest() + _VARIANTS[
+                    ctx.stream + 2 * ctx.include_usage]
+                rendered = renders.get(memo, _monotonic())
+                if rendered is not None:
+                    self.stats.hits_redis += 1
+                    value = rendered[0]
+                    if self.memory is not None:
+                        self._promote(state, raw, _ALIASED.unpack_from(value, 32)[1])
+                    return self._rendered_hit(ctx, state, value)
             try:
                 entry = _unpack(raw)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 entry = None
             if entry is not None:
                 self.stats.hits_redis += 1
-                now = time.time()
-                if self.memory is not None:  # promoted, for the rest of its time to live
-                    left = state.policy.ttl - (now - entry.stored)
-                    if left > 0:
-                        self.memory.put(state.key, raw, time.monotonic(), left, (entry.tenant, entry.key_id,
-                                                                               entry.model))
-                return self._hit(ctx, state, entry)
+                if self.memory is not None:
+                    self._promote(state, raw, entry.stored)
+                reply = self._hit(ctx, state, entry)
+                left = state.policy.ttl - (time.time() - entry.stored)
+                if memo is not None and left > 0:
+                    cost = _NAN if entry.cost is None else entry.cost
+                    value = state.key + _ALIASED.pack(0.0, entry.stored, cost) + reply.body
+                    renders.put(memo, value, _monotonic(), left, (state.tenant, state.key_id, state.model))
+                return reply
         self.stats.misses += 1
         ctx.response_headers.append(_MISS)
         return None
+
+    def _promote(self, state: CacheState, raw: bytes, stored: float) -> None:
+        """A Redis hit kept in the memory tier, for the rest of its time to live."""
+        left = state.policy.ttl - (time.time() - stored)
+        if left > 0 and self.memory is not None:
+            self.memory.put(state.key, raw, _monotonic(), left, (state.tenant, state.key_id, state.model))
 
     def _rendered_hit(self, ctx: Context, state: CacheState, value: bytes) -> Reply:
         _, stored, cost = _ALIASED.unpack_from(value, 32)

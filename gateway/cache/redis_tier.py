@@ -35,7 +35,8 @@ import msgspec
 from gateway.redisconn import parse_url
 
 __all__ = [
-    "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "server_address", "unpack_value",
+    "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "redis_key_head", "server_address",
+    "unpack_value",
 ]
 
 
@@ -62,9 +63,14 @@ def _part(text: str) -> str:
     return quote(text, safe="")  # PERF: memoised: the same tenants, keys and models come back
 
 
+def redis_key_head(prefix: str, tenant: str | None, key_id: str | None, model: str) -> str:
+    """An entry's Redis key up to its hash (the phase keeps these per caller and model)."""
+    return f"{prefix}:cache:{_part(tenant or '-')}:{_part(key_id or '-')}:{_part(model)}:"
+
+
 def redis_key(prefix: str, tenant: str | None, key_id: str | None, model: str, key: bytes) -> str:
     """An entry's Redis key: who wrote it (tenant, API key) and for which model, then its hash."""
-    return f"{prefix}:cache:{_part(tenant or '-')}:{_part(key_id or '-')}:{_part(model)}:{key.hex()}"
+    return redis_key_head(prefix, tenant, key_id, model) + key.hex()
 
 
 def _command(*args: bytes) -> bytes:
@@ -301,9 +307,28 @@ class RedisTier:
 
     async def get(self, key: str) -> bytes | None:
         """The raw entry under ``key`` (unpacked), or None; raises TierDown."""
-        value = await self._call(b"GET", key.encode())
+        conn = self._conn
+        if conn is None or conn.closed:
+            value = await self._call(b"GET", key.encode())
+        else:  # PERF: the usual case inline (``_call``'s), one coroutine less per lookup
+            k = key.encode()
+            fut = conn.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
+            if self._watchdog is None:
+                self._watchdog = asyncio.get_running_loop().call_later(self.timeout / 2, self._watch, conn)
+            try:
+                value = await fut
+            except TierDown:
+                self.errors += 1
+                self._mark_down()
+                raise
+            except _ReplyError as exc:
+                self.errors += 1
+                raise TierDown(str(exc)) from None
         if not isinstance(value, bytes):
             return None
+        kind = value[:1]
+        if kind == b"r":  # PERF: decompressed only when it was compressed
+            return value[1:]
         try:
             return unpack_value(value)
         except (ValueError, zlib.error):
