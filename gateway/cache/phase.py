@@ -39,7 +39,7 @@ import msgspec
 from gateway import ir
 from gateway._core.cache import LRUCache
 from gateway.auth.applied import node_directory
-from gateway.cache.admin import PURGE_POLL, PurgeWatch
+from gateway.cache.admin import PURGE_POLL, PurgeOrder, PurgeWatch, decode_order
 from gateway.cache.config import CacheConfig, CachePolicy
 from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace, request_form
 from gateway.cache.keys import _encode as _encode_form
@@ -190,23 +190,43 @@ class CacheService:
         self.phase = self._phase()
         self._watch: asyncio.Task[None] | None = None
         node_dir = node_directory()
-        if node_dir is not None:
-            self._watch = asyncio.get_running_loop().create_task(self._apply_purges(PurgeWatch(node_dir)))
+        watch = PurgeWatch(node_dir) if node_dir is not None else None
+        if watch is not None or self.redis is not None:
+            self._watch = asyncio.get_running_loop().create_task(self._apply_purges(watch))
 
-    async def _apply_purges(self, watch: PurgeWatch) -> None:
-        """Apply the admin API's purge orders to this worker's memory tier (gateway.cache.admin)."""
+    async def _apply_purges(self, watch: PurgeWatch | None) -> None:
+        """Apply the admin API's purge orders to this worker's memory tier (gateway.cache.admin): this
+        node's from its purge log, every node's from the Redis tier's purge stream."""
+        last: bytes | None = None  # the newest stream id read (None: not known yet)
+        tier: RedisTier | None = None
         while True:
             await asyncio.sleep(PURGE_POLL)
-            try:
-                orders = watch.poll()
-            except OSError as exc:
-                log.warning("cache: cannot read the purge orders (%s)", exc)
-                continue
-            memory = self.memory
-            for order in orders:
-                self.renders.purge(order.matches)
-                dropped = memory.purge(order.matches) if memory is not None else 0
-                log.info("cache: purge %s dropped %d memory entries", order, dropped)
+            orders: list[PurgeOrder] = []
+            if watch is not None:
+                try:
+                    orders = watch.poll()
+                except OSError as exc:
+                    log.warning("cache: cannot read the purge orders (%s)", exc)
+            redis = self.redis
+            if redis is not None:
+                if redis is not tier:  # another server (a reload): start at its stream's end
+                    tier, last = redis, None
+                try:
+                    if last is None:
+                        last = await redis.last_purge()
+                    else:
+                        last, texts = await redis.purges_after(last)
+                        orders.extend(o for o in map(decode_order, texts) if o is not None)
+                except TierDown:
+                    pass  # read what was missed once it answers again
+            self._purge(orders)
+
+    def _purge(self, orders: list[PurgeOrder]) -> None:
+        memory = self.memory
+        for order in orders:
+            self.renders.purge(order.matches)
+            dropped = memory.purge(order.matches) if memory is not None else 0
+            log.info("cache: purge %s dropped %d memory entries", order, dropped)
 
     def _set_redis(self, config: Config) -> None:
         c = config.cache

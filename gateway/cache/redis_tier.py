@@ -35,9 +35,13 @@ import msgspec
 from gateway.redisconn import parse_url
 
 __all__ = [
-    "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "redis_key_head", "server_address",
-    "unpack_value",
+    "PURGE_STREAM_LEN", "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "redis_key_head",
+    "server_address", "unpack_value",
 ]
+
+
+#: about how many purge orders the stream keeps (a node reads it every half second: plenty)
+PURGE_STREAM_LEN = 10000
 
 
 class TierDown(Exception):
@@ -365,6 +369,43 @@ class RedisTier:
                 deleted += int(n) if isinstance(n, int) else 0
             if cursor == b"0":
                 return deleted
+
+    # -- purge orders, for every node's memory tier (gateway.cache.admin) --------------------------------
+
+    @property
+    def purge_stream(self) -> bytes:
+        """The Redis stream of purge orders (outside ``<prefix>:cache:*``: a purge never deletes it)."""
+        return f"{self.prefix}:cache-purges".encode()
+
+    async def publish_purge(self, order: bytes) -> None:
+        """Append a purge order (its JSON) to the stream, which keeps about the last ``PURGE_STREAM_LEN``."""
+        await self._call(b"XADD", self.purge_stream, b"MAXLEN", b"~", str(PURGE_STREAM_LEN).encode(), b"*",
+                         b"order", order)
+
+    async def last_purge(self) -> bytes:
+        """The id of the newest order in the stream (``0-0`` when there is none)."""
+        reply = await self._call(b"XREVRANGE", self.purge_stream, b"+", b"-", b"COUNT", b"1")
+        newest = reply[0] if isinstance(reply, list) and reply else None
+        if isinstance(newest, list) and newest and isinstance(newest[0], bytes):
+            return newest[0]
+        return b"0-0"
+
+    async def purges_after(self, last: bytes) -> tuple[bytes, list[bytes]]:
+        """The orders appended after the id ``last``: (the newest id read, their JSON texts)."""
+        reply = await self._call(b"XREAD", b"COUNT", b"1000", b"STREAMS", self.purge_stream, last)
+        orders: list[bytes] = []
+        if not isinstance(reply, list):  # nil: nothing new
+            return last, orders
+        for stream in reply:
+            for item in stream[1] if isinstance(stream, list) and len(stream) == 2 else ():
+                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)):
+                    continue
+                last = item[0]
+                fields = item[1] if isinstance(item[1], list) else []
+                for i in range(0, len(fields) - 1, 2):
+                    if fields[i] == b"order" and isinstance(fields[i + 1], bytes):
+                        orders.append(fields[i + 1])
+        return last, orders
 
     def purge_pattern(self, tenant: str | None = None, key_id: str | None = None,
                       model: str | None = None) -> str:

@@ -1,17 +1,22 @@
-"""Redis-tier hits through real processes: what a node renders from Redis is what Redis holds now (a
-refreshed entry, in either form asked for), across two nodes without memory tiers."""
+"""The Redis tier across nodes, through real processes: what a node renders from Redis is what Redis
+holds now (a refreshed entry, in either form asked for), and a purge on one node's admin API reaches the
+other nodes' memory tiers (through the Redis purge stream)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redisproc
 
+from gateway.auth import digest
+
 from .conftest import StartGateway
-from .helpers import wait_for
-from .test_cache import ask, outcome, redis_cache
+from .helpers import RawClient, Response, free_port, http_request, wait_for
+from .test_cache import KEY_A, KEY_B, OPERATOR, TENANTS, ask, outcome, redis_cache
 
 
 @pytest.fixture
@@ -41,3 +46,41 @@ def test_a_refreshed_entry_is_what_the_other_node_renders(start_gateway: StartGa
     for _ in range(3):
         again = ask(two, "rendered from redis")
         assert outcome(again) == "hit" and again.json()["id"] == fresh.json()["id"]
+
+
+def test_a_purge_reaches_the_other_nodes_memory(start_gateway: StartGateway, mock_port: int,
+                                               redis_server: redisproc.RedisServer, tmp_path: Path) -> None:
+    admin_port = free_port()
+    admin = (f'\n[admin]\nport = {admin_port}\noperator_token = "{digest(OPERATOR, b"")}"\n'
+             f'\n[store]\nurl = "sqlite://{tmp_path / "store.db"}"\n')
+    one = start_gateway(redis_cache(mock_port, redis_server.url, memory=1 << 20) + TENANTS + admin,
+                        name="node-one")
+    two = start_gateway(redis_cache(mock_port, redis_server.url, memory=1 << 20) + TENANTS, name="node-two",
+                        workers=2)
+
+    def admin_call(body: Any) -> Response:
+        with RawClient(admin_port) as c:
+            return c.request(http_request("POST", "/admin/v1/cache/purge", json.dumps(body).encode(),
+                                          headers=[("Authorization", f"Bearer {OPERATOR}")]))
+
+    def admin_up() -> bool:
+        try:
+            return admin_call({"model": "no-such-model"}).status == 404
+        except OSError:
+            return False
+
+    wait_for(admin_up, 30, what="node one's admin API")
+    for key, question in ((KEY_A, "alpha's question"), (KEY_B, "beta's question")):
+        assert outcome(ask(two, question, key=key)) == "miss"
+        # node two's workers keep it in memory (each answer may come from either worker)
+        wait_for(lambda k=key, q=question: all(ask(two, q, key=k).header("x-gateway-cache") == "hit"
+                                               for _ in range(4)), 10, what="node two's hits")
+    purged = admin_call({"tenant": "alpha"})
+    assert purged.status == 200, purged
+    assert purged.json()["redis_deleted"] == 1
+    # node two's memory tiers drop alpha's entries: misses from now on (no-store: nothing stored again)
+    wait_for(lambda: all(ask(two, "alpha's question", key=KEY_A, headers=(("Cache-Control", "no-store"),))
+                         .header("x-gateway-cache") == "miss" for _ in range(4)), 10,
+             what="the purge on node two")
+    assert outcome(ask(two, "beta's question", key=KEY_B)) == "hit"  # beta's entries stay
+    assert outcome(ask(one, "beta's question", key=KEY_B)) == "hit"  # from Redis: only alpha's went
