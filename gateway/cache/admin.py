@@ -24,12 +24,13 @@ publish their metrics snapshots and key-table marks).
                |                                        | ``<prefix>:cache-purges`` (capped, ~10,000)
     worker     | every ``PURGE_POLL`` seconds, with a   | reads the stream past the last id it read
                | Redis tier                             | (XREAD); drops what each order matches
-    worker     | starts, with a Redis tier              | takes the stream's newest id (XREVRANGE)
+    worker     | starts, with a Redis tier              | reads the orders of the last minute too
 
 A purge is in force at once in Redis, then on every node's memory tiers within ``PURGE_POLL`` seconds:
 this node's through the file, every node's (this one again: a purge is idempotent) through the Redis
 stream. A node that cannot reach Redis at the time reads the orders it missed when it can again (as long
-as the stream still holds them); one that starts takes the stream's end (its memory is empty). Only whole
+as the stream still holds them); one that starts applies the orders of the last minute again (its memory
+is empty: harmless, and it covers clocks apart and a slow first connection). Only whole
 lines are read from the file: a line still being written is read on the next poll.
 """
 

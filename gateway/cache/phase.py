@@ -75,6 +75,8 @@ _ALIAS = b"gw-cache-alias"
 _WHEN = {"always": b"a", "deterministic": b"d"}
 #: the render memo's key: a hash of the Redis value, personalised apart from every other hash here
 _MEMO = b"gw-cache-render"
+#: seconds of purge orders a starting worker applies (``_stream_start``)
+STREAM_LOOKBACK = 60.0
 #: the render memo's byte bound (a worker with a Redis tier): the rendered answers of recent Redis hits
 RENDER_MEMO_BYTES = 8 * 1024 * 1024
 _NAN = float("nan")
@@ -174,6 +176,14 @@ def _cache_control(value: bytes) -> tuple[bool, bool]:
     return no_cache, no_store
 
 
+def _stream_start() -> bytes:
+    """Where a worker starts reading the purge stream: the orders of the last ``STREAM_LOOKBACK`` seconds
+    (by this host's clock; stream ids are the Redis server's milliseconds). Its memory is empty: an older
+    order is moot, and one applied again only costs a miss; the lookback covers a clock running ahead of
+    the server's and a first connection that takes its time."""
+    return b"%d-0" % max(int((time.time() - STREAM_LOOKBACK) * 1000), 0)
+
+
 class CacheService:
     """One worker's cache: its memory tier, its Redis tier, its counters. Lives across reloads."""
 
@@ -197,8 +207,8 @@ class CacheService:
     async def _apply_purges(self, watch: PurgeWatch | None) -> None:
         """Apply the admin API's purge orders to this worker's memory tier (gateway.cache.admin): this
         node's from its purge log, every node's from the Redis tier's purge stream."""
-        last: bytes | None = None  # the newest stream id read (None: not known yet)
-        tier: RedisTier | None = None
+        last = _stream_start()  # the newest stream id read
+        tier = self.redis
         while True:
             await asyncio.sleep(PURGE_POLL)
             orders: list[PurgeOrder] = []
@@ -209,14 +219,11 @@ class CacheService:
                     log.warning("cache: cannot read the purge orders (%s)", exc)
             redis = self.redis
             if redis is not None:
-                if redis is not tier:  # another server (a reload): start at its stream's end
-                    tier, last = redis, None
+                if redis is not tier:  # another server (a reload)
+                    tier, last = redis, _stream_start()
                 try:
-                    if last is None:
-                        last = await redis.last_purge()
-                    else:
-                        last, texts = await redis.purges_after(last)
-                        orders.extend(o for o in map(decode_order, texts) if o is not None)
+                    last, texts = await redis.purges_after(last)
+                    orders.extend(o for o in map(decode_order, texts) if o is not None)
                 except TierDown:
                     pass  # read what was missed once it answers again
             self._purge(orders)

@@ -16,7 +16,13 @@ with each part percent-encoded (no ``:``, ``*``, ``?`` or ``[`` in them), so tha
 model is one ``SCAN MATCH`` pattern.
 
 Supported URLs: ``redis://``, ``rediss://`` (TLS) and ``unix://`` to one server (with its password and
-database). Sentinel and Cluster URLs are refused by the configuration check.
+database), and ``redis+sentinel://`` / ``rediss+sentinel://`` (``gateway.redisconn``): each connection
+goes to the master the sentinels name when it opens (``redisconn.sentinel_master``). Failover: a
+connection to a master that died fails (or its calls time out): the tier is down for ``retry_after``
+seconds (lookups bypassed), then the next connection goes to the master the sentinels name then; a master
+demoted to a replica answers a write with READONLY, which drops the connection the same way. Cluster
+URLs are refused by the configuration check: the tier's one pipelined connection has no slot routing
+(use one server or Sentinel for the cache; the rest of the gateway may still use the cluster).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import msgspec
 
-from gateway.redisconn import parse_url
+from gateway.redisconn import parse_url, sentinel_master
 
 __all__ = [
     "PURGE_STREAM_LEN", "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "redis_key_head",
@@ -208,9 +214,12 @@ class RedisTier:
 
     def __init__(self, url: str, prefix: str, timeout: float, compress_above: int,
                  retry_after: float = 1.0, max_pending_writes: int = 1024) -> None:
-        if parse_url(url).kind != "single":
-            raise ValueError("the cache's Redis tier needs one server (redis://, rediss:// or unix://)")
-        self.address = server_address(url)
+        target = parse_url(url)
+        if target.kind == "cluster":
+            raise ValueError("the cache's Redis tier needs one server or Sentinel, not a Redis Cluster")
+        #: the sentinels' target (None: one server, at ``address``)
+        self.sentinel = target if target.kind == "sentinel" else None
+        self.address = server_address(url) if self.sentinel is None else ServerAddress()
         self.prefix = prefix
         self.timeout = timeout
         self.compress_above = compress_above
@@ -227,9 +236,17 @@ class RedisTier:
 
     # -- connection ------------------------------------------------------------------------------------
 
+    async def _master(self) -> ServerAddress:
+        """The master the sentinels name now, with the URL's credentials and database."""
+        t = self.sentinel
+        assert t is not None
+        host, port = await sentinel_master(t)
+        return ServerAddress(host=host, port=port, username=t.username, password=t.password, db=t.db,
+                             tls=t.tls)
+
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        a = self.address
+        a = self.address if self.sentinel is None else await self._master()
         conn = _Connection()
         if a.path is not None:
             await loop.create_unix_connection(lambda: conn, a.path)
@@ -278,6 +295,9 @@ class RedisTier:
         waited longer than ``timeout``."""
         conn = self._conn
         if conn is None or conn.closed:
+            if time.monotonic() < self._down_until:  # refused at once; the down time is not extended
+                self.errors += 1
+                raise TierDown("the Redis tier is down")
             try:
                 async with asyncio.timeout(self.timeout):
                     conn = await self._connection()
@@ -295,8 +315,15 @@ class RedisTier:
             self._mark_down()
             raise
         except _ReplyError as exc:
-            self.errors += 1
-            raise TierDown(str(exc)) from None
+            raise self._refused(exc) from None
+
+    def _refused(self, exc: _ReplyError) -> TierDown:
+        """An error reply: counted; a master demoted to a replica (READONLY) or still loading drops the
+        connection, so that the next one goes to the master the sentinels name then."""
+        self.errors += 1
+        if str(exc).startswith(("READONLY", "LOADING", "MASTERDOWN")):
+            self._mark_down()
+        return TierDown(str(exc))
 
     def _watch(self, conn: _Connection) -> None:
         self._watchdog = None
@@ -326,8 +353,7 @@ class RedisTier:
                 self._mark_down()
                 raise
             except _ReplyError as exc:
-                self.errors += 1
-                raise TierDown(str(exc)) from None
+                raise self._refused(exc) from None
         if not isinstance(value, bytes):
             return None
         kind = value[:1]
@@ -381,14 +407,6 @@ class RedisTier:
         """Append a purge order (its JSON) to the stream, which keeps about the last ``PURGE_STREAM_LEN``."""
         await self._call(b"XADD", self.purge_stream, b"MAXLEN", b"~", str(PURGE_STREAM_LEN).encode(), b"*",
                          b"order", order)
-
-    async def last_purge(self) -> bytes:
-        """The id of the newest order in the stream (``0-0`` when there is none)."""
-        reply = await self._call(b"XREVRANGE", self.purge_stream, b"+", b"-", b"COUNT", b"1")
-        newest = reply[0] if isinstance(reply, list) and reply else None
-        if isinstance(newest, list) and newest and isinstance(newest[0], bytes):
-            return newest[0]
-        return b"0-0"
 
     async def purges_after(self, last: bytes) -> tuple[bytes, list[bytes]]:
         """The orders appended after the id ``last``: (the newest id read, their JSON texts)."""

@@ -1,10 +1,11 @@
 """The Redis tier across nodes, through real processes: what a node renders from Redis is what Redis
-holds now (a refreshed entry, in either form asked for), and a purge on one node's admin API reaches the
-other nodes' memory tiers (through the Redis purge stream)."""
+holds now (a refreshed entry, in either form asked for), a purge on one node's admin API reaches the
+other nodes' memory tiers (through the Redis purge stream), and the tier comes back after an outage."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,21 @@ def test_a_purge_reaches_the_other_nodes_memory(start_gateway: StartGateway, moc
              what="the purge on node two")
     assert outcome(ask(two, "beta's question", key=KEY_B)) == "hit"  # beta's entries stay
     assert outcome(ask(one, "beta's question", key=KEY_B)) == "hit"  # from Redis: only alpha's went
+
+
+def test_the_tier_comes_back_after_an_outage_under_steady_traffic(
+        start_gateway: StartGateway, mock_port: int, redis_server: redisproc.RedisServer) -> None:
+    gw = start_gateway(redis_cache(mock_port, redis_server.url))
+    assert outcome(ask(gw, "before the outage")) == "miss"
+    redis_server.stop()
+    for i in range(5):
+        assert outcome(ask(gw, f"during the outage {i}")) == "bypass"
+    # the same server back on its port; requests keep coming (each well within the tier's retry_after)
+    again = subprocess.Popen([redisproc.find_binary(), str(redis_server.directory / "redis.conf")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(redis_server.ping, 15, what="the restarted redis-server")
+        wait_for(lambda: ask(gw, "after the outage").header("x-gateway-cache") == "hit", 15,
+                 what="the tier back: a hit")
+    finally:
+        redisproc.end(again)
