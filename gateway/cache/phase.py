@@ -63,18 +63,17 @@ _JSON = ("content-type", "application/json")
 _SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _MISS = ("x-gateway-cache", "miss")
 _NO_DIRECTIVES = (False, False)
-#: an alias's last byte, by the form asked for: whole, stream, (whole), stream with usage
+#: the form asked for: whole, stream, (whole), stream with usage
 _VARIANTS = (b"\x01", b"\x02", b"\x01", b"\x03")
 #: an alias's value: the entry's key (32 bytes), then when the entry was put in memory (monotonic: the
 #: alias is valid while it matches), when it was stored (wall clock: ``age``) and the cost it saves
 #: (NaN: unpriced), then the rendered answer
 _ALIASED = struct.Struct("<ddd")
 _ALIAS_BODY = 32 + _ALIASED.size
-#: the alias hash's personalisation: no alias can equal an entry's key
-_ALIAS = b"gw-cache-alias"
-_WHEN = {"always": b"a", "deterministic": b"d"}
-#: the render memo's key: a hash of the Redis value, personalised apart from every other hash here
-_MEMO = b"gw-cache-render"
+#: what joins an alias's head and body, by the policy's ``when`` and the form asked for (an entry's key
+#: is 32 bytes of hash; an alias starts with the key's head: the two never meet)
+_ALIAS = {when: tuple(b"\0alias:%s:%s\0" % (when.encode(), v) for v in _VARIANTS)
+          for when in ("always", "deterministic")}
 #: seconds of purge orders a starting worker applies (``_stream_start``)
 STREAM_LOOKBACK = 60.0
 #: the render memo's byte bound (a worker with a Redis tier): the rendered answers of recent Redis hits
@@ -338,9 +337,10 @@ class CachePhase(Phase):
         alias = None
         if memory is not None and not no_cache and not self.count_tokens:
             # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
-            # under "always" must not answer under "deterministic"), the raw body, the form asked for
-            alias = _blake2b(head + _WHEN[policy.when] + ctx.body, digest_size=32,
-                             person=_ALIAS).digest() + _VARIANTS[ctx.stream + 2 * ctx.include_usage]
+            # under "always" must not answer under "deterministic"), the form asked for and the raw body,
+            # as they are (# PERF: the memory tier's dict hashes and compares them: exact, and cheaper
+            # than a BLAKE2b; a worker's memory is its own, so nothing needs a hash that travels)
+            alias = head + _ALIAS[policy.when][ctx.stream + 2 * ctx.include_usage] + ctx.body
             now = _monotonic()
             rendered = memory.get(alias, now)
             if rendered is not None:
@@ -386,7 +386,8 @@ class CachePhase(Phase):
 
     async def _redis_lookup(self, ctx: Context, state: CacheState) -> Reply | None:
         # PERF: a Redis hit is one GET, then the answer rendered in the form asked for from the render
-        # memo (keyed by a hash of the value GET returned: it never answers what Redis does not hold)
+        # memo (keyed by the form and the very value GET returned: it never answers what Redis does not
+        # hold now)
         redis = self.redis
         assert redis is not None
         tag = (state.tenant, state.key_id, state.model)
@@ -407,8 +408,7 @@ class CachePhase(Phase):
             renders = self.renders
             memo = None
             if not self.count_tokens:
-                memo = _blake2b(raw, digest_size=16, person=_MEMO).digest() + _VARIANTS[
-                    ctx.stream + 2 * ctx.include_usage]
+                memo = _VARIANTS[ctx.stream + 2 * ctx.include_usage] + raw
                 rendered = renders.get(memo, _monotonic())
                 if rendered is not None:
                     self.stats.hits_redis += 1

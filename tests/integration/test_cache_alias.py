@@ -8,12 +8,6 @@ from .conftest import StartGateway
 from .test_cache import KEY_A, KEY_B, TENANTS, ask, cache_toml, outcome
 
 
-def _id(gw: object, content: str, **extra: object) -> str:
-    resp = ask(gw, content, **extra)  # type: ignore[arg-type]
-    assert outcome(resp) in ("hit", "miss", "bypass")
-    return str(resp.json()["id"])
-
-
 def test_a_refreshed_entry_is_what_repeats_get(start_gateway: StartGateway, mock_port: int) -> None:
     gw = start_gateway(cache_toml(mock_port))  # one worker: every request sees the same memory tier
     first = ask(gw, "refresh me")
