@@ -2,6 +2,7 @@
 
     python -m bench.cache_inproc                  # 100,000 requests per case, best of 5 runs
     python -m bench.cache_inproc --requests 20000 --runs 3
+    python -m bench.cache_inproc --redis redis://127.0.0.1:6379/0   # and a Redis-tier hit
 
 The rig of ``bench.inproc`` (the real listener, engine and upstream pool on a uvloop loop; fake
 transports on both sides; a canned chat completion as the upstream's answer), with the same chat
@@ -17,6 +18,8 @@ request each time, in four cases:
                       |                                               | answer read for storing and
                       |                                               | refused as too large
     hit (memory)      | [cache] on                                    | plain: answered from memory
+    hit (redis)       | [cache] on, memory_bytes = 0, the Redis tier  | plain: answered from Redis
+                      | (only with --redis URL: a running server)     | (the server's CPU not counted)
 
 The target for the first two: a miss costs at most 2 µs more than no cache. ``docs/performance.md``
 records the figures of a quiet machine beside this command.
@@ -61,6 +64,11 @@ CASES: dict[str, tuple[str, bytes]] = {
     "miss + store": (CONFIG + CACHE_REFUSING, _request()),
     "hit (memory)": (CONFIG + CACHE, _request()),
 }
+
+
+def _redis_case(url: str) -> tuple[str, bytes]:
+    section = f'\n[cache]\nenabled = true\nmemory_bytes = 0\nredis = true\nredis_url = "{url}"\n'
+    return CONFIG + section, _request()
 
 
 def _check(case: str, engine: Engine, total: int, connections: int) -> None:
@@ -125,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", "-n", type=int, default=100_000)
     ap.add_argument("--connections", "-c", type=int, default=64)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--redis", metavar="URL", help="also measure a Redis-tier hit, on this server")
     args = ap.parse_args(argv)
+    if args.redis:
+        CASES["hit (redis)"] = _redis_case(args.redis)
     best: dict[str, float] = {}
     for case in CASES:
         measure(case, min(args.requests, 20_000), args.connections)  # warm-up

@@ -73,6 +73,7 @@ __all__ = [
     "redact",
     "redirected",
     "run_script",
+    "sentinel_master",
     "unavailable_errors",
 ]
 
@@ -270,6 +271,18 @@ def _sentinel(target: RedisTarget, options: dict[str, Any]) -> Any:
         sentinel_kwargs["ssl"] = True
     make: Any = Sentinel
     return make(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+
+
+async def sentinel_master(target: RedisTarget) -> tuple[str, int]:
+    """The (host, port) the target's sentinels name as its master now, for a client of our own that
+    connects there itself (the cache's Redis tier); a redis-py error when none does."""
+    sentinel = _sentinel(target, {})
+    try:
+        found: tuple[str, int] = await sentinel.discover_master(target.service)
+        return found
+    finally:
+        for client in sentinel.sentinels:
+            await close_client(client)
 
 
 def connection_pool(target: RedisTarget, **options: Any) -> redis.asyncio.ConnectionPool:

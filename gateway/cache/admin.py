@@ -19,9 +19,19 @@ publish their metrics snapshots and key-table marks).
     admin API  | GET /admin/v1/cache/stats              | sums the cache counters of the workers'
                |                                        | metrics snapshots (the node's figures)
 
-A purge is in force on the node's memory tiers within ``PURGE_POLL`` seconds, and at once in Redis. The
-other nodes' memory tiers are purged by their own admin API (or expire with their ``ttl``). Only whole
-lines are read: a line still being written is read on the next poll.
+    admin API  | the same purge, with a Redis tier      | deletes the Redis entries first, then appends
+               |                                        | the order to the Redis stream
+               |                                        | ``<prefix>:cache-purges`` (capped, ~10,000)
+    worker     | every ``PURGE_POLL`` seconds, with a   | reads the stream past the last id it read
+               | Redis tier                             | (XREAD); drops what each order matches
+    worker     | starts, with a Redis tier              | reads the orders of the last minute too
+
+A purge is in force at once in Redis, then on every node's memory tiers within ``PURGE_POLL`` seconds:
+this node's through the file, every node's (this one again: a purge is idempotent) through the Redis
+stream. A node that cannot reach Redis at the time reads the orders it missed when it can again (as long
+as the stream still holds them); one that starts applies the orders of the last minute again (its memory
+is empty: harmless, and it covers clocks apart and a slow first connection). Only whole
+lines are read from the file: a line still being written is read on the next poll.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import msgspec
 
 __all__ = [
     "PURGE_FILE", "PURGE_POLL", "CachePurge", "CachePurged", "CacheStatsView", "PurgeOrder", "PurgeWatch",
-    "append_order", "node_stats",
+    "append_order", "decode_order", "node_stats",
 ]
 
 PURGE_FILE = "cache-purges.jsonl"
@@ -102,6 +112,14 @@ class CacheStatsView(msgspec.Struct, frozen=True, kw_only=True):
 
 _encode_order = msgspec.json.Encoder().encode
 _decode_order = msgspec.json.Decoder(PurgeOrder).decode
+
+
+def decode_order(text: bytes) -> PurgeOrder | None:
+    """A purge order from its JSON (None: not one)."""
+    try:
+        return _decode_order(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def append_order(node_dir: str, order: PurgeOrder) -> None:
@@ -189,13 +207,16 @@ async def purge(config: Any, node_dir: str | None, principal: Any, body: CachePu
     if body.model is not None and body.model not in config.models:
         raise AdminError(404, "not_found", f"no model {body.model}")
     order = PurgeOrder(tenant, body.key_id, body.model)
+    deleted = await _purge_redis(config, order)  # Redis first: a memory tier purged after cannot refill
     if node_dir is not None:
         append_order(node_dir, order)
     return CachePurged(tenant=order.tenant, key_id=order.key_id, model=order.model,
-                       memory_within_seconds=PURGE_POLL, redis_deleted=await _purge_redis(config, order))
+                       memory_within_seconds=PURGE_POLL, redis_deleted=deleted)
 
 
 async def _purge_redis(config: Any, order: PurgeOrder) -> int | None:
+    """Delete the order's Redis entries, then publish it to the other nodes (their workers read the purge
+    stream, ``CacheService._apply_purges``)."""
     c = config.cache
     if not (c.enabled and c.redis):
         return None
@@ -204,7 +225,9 @@ async def _purge_redis(config: Any, order: PurgeOrder) -> int | None:
     url, prefix = c.redis_url or config.store.url, c.prefix or config.store.prefix
     tier = RedisTier(url, prefix, max(c.redis_timeout, 2.0), c.compress_above, retry_after=0.0)
     try:
-        return await tier.purge(tier.purge_pattern(order.tenant, order.key_id, order.model))
+        deleted = await tier.purge(tier.purge_pattern(order.tenant, order.key_id, order.model))
+        await tier.publish_purge(_encode_order(order))
+        return deleted
     except TierDown:
         return None
     finally:

@@ -6,7 +6,7 @@ Configuration shape (embedded in the main configuration as ``[cache]``)::
     enabled = true
     memory_bytes = 67108864          # the worker's in-memory tier: its byte bound (0: no memory tier)
     redis = false                    # the shared tier; its server is redis_url, else the [store]'s
-    redis_url = "redis://127.0.0.1:6379/0"
+    redis_url = "redis://127.0.0.1:6379/0"  # or redis+sentinel://...: not a Redis Cluster
     redis_timeout = 0.25             # seconds a Redis call may take before the tier is bypassed
     compress_above = 1024            # values larger than this are stored zlib-compressed in Redis
     hits_count_tokens = false        # a hit charges tokens and spend like the call it replays
@@ -126,11 +126,11 @@ def cache_problems(
         yield ("cache", "compress_above"), f"must be 0 or more bytes, found {c.compress_above}"
     if c.redis:
         url = c.redis_url or store_url
-        if not url.startswith(("redis://", "rediss://", "unix://")):
+        if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")):
             where = "redis_url" if c.redis_url else "redis"
             yield ("cache", where), (
-                f"the shared tier needs a Redis server: set redis_url (redis://, rediss:// or unix://), "
-                f"found {url.split('://', 1)[0]}://"
+                f"the shared tier needs one Redis server or Sentinel: set redis_url (redis://, rediss://, "
+                f"unix://, redis+sentinel:// or rediss+sentinel://), found {url.split('://', 1)[0]}://"
             )
     elif c.redis_url is not None:
         yield ("cache", "redis_url"), "is set but redis = false: set redis = true to use the shared tier"

@@ -39,12 +39,12 @@ import msgspec
 from gateway import ir
 from gateway._core.cache import LRUCache
 from gateway.auth.applied import node_directory
-from gateway.cache.admin import PURGE_POLL, PurgeWatch
+from gateway.cache.admin import PURGE_POLL, PurgeOrder, PurgeWatch, decode_order
 from gateway.cache.config import CacheConfig, CachePolicy
 from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace, request_form
 from gateway.cache.keys import _encode as _encode_form
 from gateway.cache.openai_chat import OpenAIChatCodec, StreamAssembler
-from gateway.cache.redis_tier import RedisTier, TierDown, redis_key
+from gateway.cache.redis_tier import RedisTier, TierDown, redis_key, redis_key_head
 from gateway.phases import Phase, Reply, StreamObserver
 from gateway.wire import Usage
 
@@ -63,15 +63,28 @@ _JSON = ("content-type", "application/json")
 _SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _MISS = ("x-gateway-cache", "miss")
 _NO_DIRECTIVES = (False, False)
-#: the rendered forms kept beside an entry in the memory tier: whole, stream, (whole), stream with usage
+#: the form asked for: whole, stream, (whole), stream with usage
 _VARIANTS = (b"\x01", b"\x02", b"\x01", b"\x03")
-#: a rendered form's prefix: when the entry was stored (wall clock) and the cost it saves (NaN: unpriced)
-_RENDERED = struct.Struct("<dd")
+#: an alias's value: the entry's key (32 bytes), then when the entry was put in memory (monotonic: the
+#: alias is valid while it matches), when it was stored (wall clock: ``age``) and the cost it saves
+#: (NaN: unpriced), then the rendered answer
+_ALIASED = struct.Struct("<ddd")
+_ALIAS_BODY = 32 + _ALIASED.size
+#: what joins an alias's head and body, by the policy's ``when`` and the form asked for (an entry's key
+#: is 32 bytes of hash; an alias starts with the key's head: the two never meet)
+_ALIAS = {when: tuple(b"\0alias:%s:%s\0" % (when.encode(), v) for v in _VARIANTS)
+          for when in ("always", "deterministic")}
+#: seconds of purge orders a starting worker applies (``_stream_start``)
+STREAM_LOOKBACK = 60.0
+#: the render memo's byte bound (a worker with a Redis tier): the rendered answers of recent Redis hits
+RENDER_MEMO_BYTES = 8 * 1024 * 1024
 _NAN = float("nan")
 _UNKNOWN: Any = object()
 _monotonic = time.monotonic
 _blake2b = hashlib.blake2b
 _BYPASS = ("x-gateway-cache", "bypass")
+_JSON_HIT = (_JSON, ("x-gateway-cache", "hit"))
+_SSE_HIT = (*_SSE, ("x-gateway-cache", "hit"))
 
 
 class CacheEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -162,6 +175,14 @@ def _cache_control(value: bytes) -> tuple[bool, bool]:
     return no_cache, no_store
 
 
+def _stream_start() -> bytes:
+    """Where a worker starts reading the purge stream: the orders of the last ``STREAM_LOOKBACK`` seconds
+    (by this host's clock; stream ids are the Redis server's milliseconds). Its memory is empty: an older
+    order is moot, and one applied again only costs a miss; the lookback covers a clock running ahead of
+    the server's and a first connection that takes its time."""
+    return b"%d-0" % max(int((time.time() - STREAM_LOOKBACK) * 1000), 0)
+
+
 class CacheService:
     """One worker's cache: its memory tier, its Redis tier, its counters. Lives across reloads."""
 
@@ -169,6 +190,8 @@ class CacheService:
         c = config.cache
         self.stats = CacheStats()
         self.memory = LRUCache(c.memory_bytes) if c.memory_bytes else None
+        #: the rendered answers of recent Redis hits (RedisCachePhase._redis_lookup)
+        self.renders = LRUCache(RENDER_MEMO_BYTES)
         self.redis: RedisTier | None = None
         self._redis_url: str | None = None
         self.config = c
@@ -176,22 +199,40 @@ class CacheService:
         self.phase = self._phase()
         self._watch: asyncio.Task[None] | None = None
         node_dir = node_directory()
-        if node_dir is not None:
-            self._watch = asyncio.get_running_loop().create_task(self._apply_purges(PurgeWatch(node_dir)))
+        watch = PurgeWatch(node_dir) if node_dir is not None else None
+        if watch is not None or self.redis is not None:
+            self._watch = asyncio.get_running_loop().create_task(self._apply_purges(watch))
 
-    async def _apply_purges(self, watch: PurgeWatch) -> None:
-        """Apply the admin API's purge orders to this worker's memory tier (gateway.cache.admin)."""
+    async def _apply_purges(self, watch: PurgeWatch | None) -> None:
+        """Apply the admin API's purge orders to this worker's memory tier (gateway.cache.admin): this
+        node's from its purge log, every node's from the Redis tier's purge stream."""
+        last = _stream_start()  # the newest stream id read
+        tier = self.redis
         while True:
             await asyncio.sleep(PURGE_POLL)
-            try:
-                orders = watch.poll()
-            except OSError as exc:
-                log.warning("cache: cannot read the purge orders (%s)", exc)
-                continue
-            memory = self.memory
-            for order in orders:
-                dropped = memory.purge(order.matches) if memory is not None else 0
-                log.info("cache: purge %s dropped %d memory entries", order, dropped)
+            orders: list[PurgeOrder] = []
+            if watch is not None:
+                try:
+                    orders = watch.poll()
+                except OSError as exc:
+                    log.warning("cache: cannot read the purge orders (%s)", exc)
+            redis = self.redis
+            if redis is not None:
+                if redis is not tier:  # another server (a reload)
+                    tier, last = redis, _stream_start()
+                try:
+                    last, texts = await redis.purges_after(last)
+                    orders.extend(o for o in map(decode_order, texts) if o is not None)
+                except TierDown:
+                    pass  # read what was missed once it answers again
+            self._purge(orders)
+
+    def _purge(self, orders: list[PurgeOrder]) -> None:
+        memory = self.memory
+        for order in orders:
+            self.renders.purge(order.matches)
+            dropped = memory.purge(order.matches) if memory is not None else 0
+            log.info("cache: purge %s dropped %d memory entries", order, dropped)
 
     def _set_redis(self, config: Config) -> None:
         c = config.cache
@@ -240,6 +281,7 @@ class CachePhase(Phase):
         self.service = service
         self.stats = service.stats
         self.memory = service.memory
+        self.renders = service.renders
         self.redis = service.redis
         c = service.config
         self.count_tokens = c.hits_count_tokens
@@ -247,7 +289,10 @@ class CachePhase(Phase):
         self.policies: dict[str, CachePolicy | None] = {}
         self.config: CacheConfig = c
         #: (tenant, key id, model) -> the key's head (gateway.cache.keys.key_head)
-        self.heads: dict[tuple[str | None, str | None, str], bytes] = {}
+        #: and a BLAKE2b that has read it (# PERF: copied per key: cheaper than a new one over the head)
+        self.heads: dict[tuple[str | None, str | None, str], tuple[bytes, Any]] = {}
+        #: (tenant, key id, model) -> its entries' Redis key up to the hash (redis_tier.redis_key_head)
+        self.rheads: dict[tuple[str | None, str | None, str], str] = {}
 
     def _policy(self, model: str) -> CachePolicy | None:
         try:
@@ -259,16 +304,19 @@ class CachePhase(Phase):
             return p
 
     def _head(self, policy: CachePolicy, tenant: str | None, key_id: str | None, endpoint: str,
-              model: str) -> bytes:
+              model: str) -> tuple[bytes, Any]:
         """The key's head of this caller and model (built once: the phase is rebuilt on reload)."""
         if len(self.heads) > 65536:
             self.heads.clear()
         space = namespace(policy.scope, tenant, key_id)
-        head = self.heads[(tenant, key_id, model)] = key_head(KeyParts(space, _DIALECT, endpoint, model))
-        return head
+        head = key_head(KeyParts(space, _DIALECT, endpoint, model))
+        found = self.heads[(tenant, key_id, model)] = (head, _blake2b(head, digest_size=32))
+        return found
 
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
-        # PERF: the common miss is a handful of dict lookups and three C calls (decode, encode, hash)
+        # PERF: a byte-identical repeat (a retry, the same SDK call) is one BLAKE2b over the raw bytes and
+        # two LRU lookups (its alias, then the entry it renders); anything else, a miss included, pays the
+        # canonical key as well (decode, sorted encode, hash)
         if ctx.endpoint != "chat":
             return None
         model = ctx.route_model or ctx.fields.model
@@ -279,44 +327,61 @@ class CachePhase(Phase):
             return None
         cc = ctx.request.header(b"cache-control")
         no_cache, no_store = _cache_control(cc) if cc else _NO_DIRECTIVES
-        form = request_form(ctx.body)
-        if policy.when == "deterministic" and not is_deterministic(form):
-            self.stats.bypass_policy += 1
-            ctx.response_headers.append(_BYPASS)
-            return None
         key = ctx.key
         if key is None:
             tenant = key_id = None
         else:
             tenant, key_id = key.tenant.id, key.id
-        head = self.heads.get((tenant, key_id, model))
-        if head is None:
-            head = self._head(policy, tenant, key_id, ctx.endpoint, model)
-        digest = _blake2b(head + _encode_form(form), digest_size=32).digest()
+        prepared = self.heads.get((tenant, key_id, model))
+        if prepared is None:
+            prepared = self._head(policy, tenant, key_id, ctx.endpoint, model)
+        head = prepared[0]
+        memory = self.memory
+        alias = None
+        if memory is not None and not no_cache and not self.count_tokens:
+            # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
+            # under "always" must not answer under "deterministic"), the form asked for and the raw body,
+            # as they are (# PERF: the memory tier's dict hashes and compares them: exact, and cheaper
+            # than a BLAKE2b; a worker's memory is its own, so nothing needs a hash that travels)
+            alias = head + _ALIAS[policy.when][ctx.stream + 2 * ctx.include_usage] + ctx.body
+            now = _monotonic()
+            rendered = memory.get(alias, now)
+            if rendered is not None:
+                value = rendered[0]
+                digest = value[:32]
+                found = memory.get(digest, now)
+                # valid while its entry lives unchanged (not purged, evicted, expired or refreshed)
+                if found is not None and found[1] == _ALIASED.unpack_from(value, 32)[0]:
+                    self.stats.hits_memory += 1
+                    state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model)
+                    return self._rendered_hit(ctx, state, value)
+                memory.delete(alias)
+        form = request_form(ctx.body)
+        if policy.when == "deterministic" and not is_deterministic(form):
+            self.stats.bypass_policy += 1
+            ctx.response_headers.append(_BYPASS)
+            return None
+        hasher = prepared[1].copy()
+        hasher.update(_encode_form(form))
+        digest = hasher.digest()
         state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model)
         if no_cache:
             state.outcome = "bypass"
             self.stats.bypass_nocache += 1
             ctx.response_headers.append(_BYPASS)
             return None
-        memory = self.memory
         if memory is not None:
             now = _monotonic()
             found = memory.get(digest, now)
             if found is not None:
                 self.stats.hits_memory += 1
-                # PERF: a repeated hit is the rendered answer in the form asked for, kept beside the entry
-                variant = digest + _VARIANTS[ctx.stream + 2 * ctx.include_usage]
-                rendered = memory.get(variant, now)
-                if rendered is not None and not self.count_tokens:
-                    return self._rendered_hit(ctx, state, rendered[0])
                 entry = _unpack(found[0])
                 reply = self._hit(ctx, state, entry)
                 left = found[1] + policy.ttl - now
-                if left > 0:
+                if alias is not None and left > 0:  # the next byte-identical repeat answers from the alias
                     cost = _NAN if entry.cost is None else entry.cost
-                    value = _RENDERED.pack(entry.stored, cost) + reply.body
-                    memory.put(variant, value, now, left, (tenant, key_id, model))
+                    value = digest + _ALIASED.pack(found[1], entry.stored, cost) + reply.body
+                    memory.put(alias, value, now, left, (tenant, key_id, model))
                 return reply
         if self.redis is not None:
             return self._redis_lookup(ctx, state)
@@ -325,10 +390,19 @@ class CachePhase(Phase):
         return None
 
     async def _redis_lookup(self, ctx: Context, state: CacheState) -> Reply | None:
+        # PERF: a Redis hit is one GET, then the answer rendered in the form asked for from the render
+        # memo (keyed by the form and the very value GET returned: it never answers what Redis does not
+        # hold now)
         redis = self.redis
         assert redis is not None
+        tag = (state.tenant, state.key_id, state.model)
+        head = self.rheads.get(tag)
+        if head is None:
+            if len(self.rheads) > 65536:
+                self.rheads.clear()
+            head = self.rheads[tag] = redis_key_head(redis.prefix, *tag)
         try:
-            raw = await redis.get(redis_key(redis.prefix, state.tenant, state.key_id, state.model, state.key))
+            raw = await redis.get(head + state.key.hex())
         except TierDown:
             self.stats.bypass_redis += 1
             state.outcome = "bypass"
@@ -336,31 +410,48 @@ class CachePhase(Phase):
             ctx.response_headers.append(_BYPASS)
             return None
         if raw is not None:
+            renders = self.renders
+            memo = None
+            if not self.count_tokens:
+                memo = _VARIANTS[ctx.stream + 2 * ctx.include_usage] + raw
+                rendered = renders.get(memo, _monotonic())
+                if rendered is not None:
+                    self.stats.hits_redis += 1
+                    value = rendered[0]
+                    if self.memory is not None:
+                        self._promote(state, raw, _ALIASED.unpack_from(value, 32)[1])
+                    return self._rendered_hit(ctx, state, value)
             try:
                 entry = _unpack(raw)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 entry = None
             if entry is not None:
                 self.stats.hits_redis += 1
-                now = time.time()
-                if self.memory is not None:  # promoted, for the rest of its time to live
-                    left = state.policy.ttl - (now - entry.stored)
-                    if left > 0:
-                        self.memory.put(state.key, raw, time.monotonic(), left, (entry.tenant, entry.key_id,
-                                                                               entry.model))
-                return self._hit(ctx, state, entry)
+                if self.memory is not None:
+                    self._promote(state, raw, entry.stored)
+                reply = self._hit(ctx, state, entry)
+                left = state.policy.ttl - (time.time() - entry.stored)
+                if memo is not None and left > 0:
+                    cost = _NAN if entry.cost is None else entry.cost
+                    value = state.key + _ALIASED.pack(0.0, entry.stored, cost) + reply.body
+                    renders.put(memo, value, _monotonic(), left, (state.tenant, state.key_id, state.model))
+                return reply
         self.stats.misses += 1
         ctx.response_headers.append(_MISS)
         return None
 
+    def _promote(self, state: CacheState, raw: bytes, stored: float) -> None:
+        """A Redis hit kept in the memory tier, for the rest of its time to live."""
+        left = state.policy.ttl - (time.time() - stored)
+        if left > 0 and self.memory is not None:
+            self.memory.put(state.key, raw, _monotonic(), left, (state.tenant, state.key_id, state.model))
+
     def _rendered_hit(self, ctx: Context, state: CacheState, value: bytes) -> Reply:
-        stored, cost = _RENDERED.unpack_from(value)
+        _, stored, cost = _ALIASED.unpack_from(value, 32)
         state.outcome = "hit"
-        state.store = False
         state.saved = None if cost != cost else cost  # NaN: unpriced
         age = str(max(int(time.time() - stored), 0))
-        head = _SSE if ctx.stream else [_JSON]
-        return Reply(200, value[_RENDERED.size:], [*head, ("x-gateway-cache", "hit"), ("age", age)])
+        return Reply(200, value[_ALIAS_BODY:], [*(_SSE_HIT if ctx.stream else _JSON_HIT), ("age", age)])
 
     def _hit(self, ctx: Context, state: CacheState, entry: CacheEntry) -> Reply:
         state.outcome = "hit"

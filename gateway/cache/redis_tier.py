@@ -16,7 +16,13 @@ with each part percent-encoded (no ``:``, ``*``, ``?`` or ``[`` in them), so tha
 model is one ``SCAN MATCH`` pattern.
 
 Supported URLs: ``redis://``, ``rediss://`` (TLS) and ``unix://`` to one server (with its password and
-database). Sentinel and Cluster URLs are refused by the configuration check.
+database), and ``redis+sentinel://`` / ``rediss+sentinel://`` (``gateway.redisconn``): each connection
+goes to the master the sentinels name when it opens (``redisconn.sentinel_master``). Failover: a
+connection to a master that died fails (or its calls time out): the tier is down for ``retry_after``
+seconds (lookups bypassed), then the next connection goes to the master the sentinels name then; a master
+demoted to a replica answers a write with READONLY, which drops the connection the same way. Cluster
+URLs are refused by the configuration check: the tier's one pipelined connection has no slot routing
+(use one server or Sentinel for the cache; the rest of the gateway may still use the cluster).
 """
 
 from __future__ import annotations
@@ -32,11 +38,16 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import msgspec
 
-from gateway.redisconn import parse_url
+from gateway.redisconn import parse_url, sentinel_master
 
 __all__ = [
-    "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "server_address", "unpack_value",
+    "PURGE_STREAM_LEN", "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "redis_key_head",
+    "server_address", "unpack_value",
 ]
+
+
+#: about how many purge orders the stream keeps (a node reads it every half second: plenty)
+PURGE_STREAM_LEN = 10000
 
 
 class TierDown(Exception):
@@ -62,9 +73,14 @@ def _part(text: str) -> str:
     return quote(text, safe="")  # PERF: memoised: the same tenants, keys and models come back
 
 
+def redis_key_head(prefix: str, tenant: str | None, key_id: str | None, model: str) -> str:
+    """An entry's Redis key up to its hash (the phase keeps these per caller and model)."""
+    return f"{prefix}:cache:{_part(tenant or '-')}:{_part(key_id or '-')}:{_part(model)}:"
+
+
 def redis_key(prefix: str, tenant: str | None, key_id: str | None, model: str, key: bytes) -> str:
     """An entry's Redis key: who wrote it (tenant, API key) and for which model, then its hash."""
-    return f"{prefix}:cache:{_part(tenant or '-')}:{_part(key_id or '-')}:{_part(model)}:{key.hex()}"
+    return redis_key_head(prefix, tenant, key_id, model) + key.hex()
 
 
 def _command(*args: bytes) -> bytes:
@@ -198,9 +214,12 @@ class RedisTier:
 
     def __init__(self, url: str, prefix: str, timeout: float, compress_above: int,
                  retry_after: float = 1.0, max_pending_writes: int = 1024) -> None:
-        if parse_url(url).kind != "single":
-            raise ValueError("the cache's Redis tier needs one server (redis://, rediss:// or unix://)")
-        self.address = server_address(url)
+        target = parse_url(url)
+        if target.kind == "cluster":
+            raise ValueError("the cache's Redis tier needs one server or Sentinel, not a Redis Cluster")
+        #: the sentinels' target (None: one server, at ``address``)
+        self.sentinel = target if target.kind == "sentinel" else None
+        self.address = server_address(url) if self.sentinel is None else ServerAddress()
         self.prefix = prefix
         self.timeout = timeout
         self.compress_above = compress_above
@@ -217,9 +236,17 @@ class RedisTier:
 
     # -- connection ------------------------------------------------------------------------------------
 
+    async def _master(self) -> ServerAddress:
+        """The master the sentinels name now, with the URL's credentials and database."""
+        t = self.sentinel
+        assert t is not None
+        host, port = await sentinel_master(t)
+        return ServerAddress(host=host, port=port, username=t.username, password=t.password, db=t.db,
+                             tls=t.tls)
+
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        a = self.address
+        a = self.address if self.sentinel is None else await self._master()
         conn = _Connection()
         if a.path is not None:
             await loop.create_unix_connection(lambda: conn, a.path)
@@ -268,6 +295,9 @@ class RedisTier:
         waited longer than ``timeout``."""
         conn = self._conn
         if conn is None or conn.closed:
+            if time.monotonic() < self._down_until:  # refused at once; the down time is not extended
+                self.errors += 1
+                raise TierDown("the Redis tier is down")
             try:
                 async with asyncio.timeout(self.timeout):
                     conn = await self._connection()
@@ -285,8 +315,15 @@ class RedisTier:
             self._mark_down()
             raise
         except _ReplyError as exc:
-            self.errors += 1
-            raise TierDown(str(exc)) from None
+            raise self._refused(exc) from None
+
+    def _refused(self, exc: _ReplyError) -> TierDown:
+        """An error reply: counted; a master demoted to a replica (READONLY) or still loading drops the
+        connection, so that the next one goes to the master the sentinels name then."""
+        self.errors += 1
+        if str(exc).startswith(("READONLY", "LOADING", "MASTERDOWN")):
+            self._mark_down()
+        return TierDown(str(exc))
 
     def _watch(self, conn: _Connection) -> None:
         self._watchdog = None
@@ -301,9 +338,27 @@ class RedisTier:
 
     async def get(self, key: str) -> bytes | None:
         """The raw entry under ``key`` (unpacked), or None; raises TierDown."""
-        value = await self._call(b"GET", key.encode())
+        conn = self._conn
+        if conn is None or conn.closed:
+            value = await self._call(b"GET", key.encode())
+        else:  # PERF: the usual case inline (``_call``'s), one coroutine less per lookup
+            k = key.encode()
+            fut = conn.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
+            if self._watchdog is None:
+                self._watchdog = asyncio.get_running_loop().call_later(self.timeout / 2, self._watch, conn)
+            try:
+                value = await fut
+            except TierDown:
+                self.errors += 1
+                self._mark_down()
+                raise
+            except _ReplyError as exc:
+                raise self._refused(exc) from None
         if not isinstance(value, bytes):
             return None
+        kind = value[:1]
+        if kind == b"r":  # PERF: decompressed only when it was compressed
+            return value[1:]
         try:
             return unpack_value(value)
         except (ValueError, zlib.error):
@@ -340,6 +395,35 @@ class RedisTier:
                 deleted += int(n) if isinstance(n, int) else 0
             if cursor == b"0":
                 return deleted
+
+    # -- purge orders, for every node's memory tier (gateway.cache.admin) --------------------------------
+
+    @property
+    def purge_stream(self) -> bytes:
+        """The Redis stream of purge orders (outside ``<prefix>:cache:*``: a purge never deletes it)."""
+        return f"{self.prefix}:cache-purges".encode()
+
+    async def publish_purge(self, order: bytes) -> None:
+        """Append a purge order (its JSON) to the stream, which keeps about the last ``PURGE_STREAM_LEN``."""
+        await self._call(b"XADD", self.purge_stream, b"MAXLEN", b"~", str(PURGE_STREAM_LEN).encode(), b"*",
+                         b"order", order)
+
+    async def purges_after(self, last: bytes) -> tuple[bytes, list[bytes]]:
+        """The orders appended after the id ``last``: (the newest id read, their JSON texts)."""
+        reply = await self._call(b"XREAD", b"COUNT", b"1000", b"STREAMS", self.purge_stream, last)
+        orders: list[bytes] = []
+        if not isinstance(reply, list):  # nil: nothing new
+            return last, orders
+        for stream in reply:
+            for item in stream[1] if isinstance(stream, list) and len(stream) == 2 else ():
+                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)):
+                    continue
+                last = item[0]
+                fields = item[1] if isinstance(item[1], list) else []
+                for i in range(0, len(fields) - 1, 2):
+                    if fields[i] == b"order" and isinstance(fields[i + 1], bytes):
+                        orders.append(fields[i + 1])
+        return last, orders
 
     def purge_pattern(self, tenant: str | None = None, key_id: str | None = None,
                       model: str | None = None) -> str:
