@@ -295,7 +295,7 @@ _KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}", ("sk-",)),
     (r"A(?:KIA|SIA|BIA|CCA)[A-Z0-9]{16}(?![A-Z0-9])", ("AKIA", "ASIA", "ABIA", "ACCA")),
     (r"gh[pousr]_[A-Za-z0-9]{36,255}", ("gh",)),
-    (r"github_pat_[A-Za-z0-9_]{22,255}", ("github_pat_",)),
+    (r"github_pat_[A-Za-z0-9_]{22,255}", ("gh",)),
     (r"xox[abposr]-[A-Za-z0-9-]{10,250}", ("xox",)),
     (r"AIza[0-9A-Za-z_-]{35}", ("AIza",)),
     (r"[sr]k_(?:live|test)_[0-9A-Za-z]{16,}", ("k_live_", "k_test_")),
@@ -317,7 +317,8 @@ def _key_regex(rx: str) -> str:
 _LITERAL_PREFIX = re.compile(r"\[\w+\]|[\w-]+")
 
 
-_SECRET_WORDS = ("api_key", "apikey", "api-key", "secret", "token", "passw")
+#: where a ``secret = value`` candidate may begin (lower case; each a prefix of the regex's words)
+_SECRET_WORDS = ("api", "secret", "token", "passw")
 
 
 def _key_detectors() -> list[Detector]:
@@ -333,7 +334,7 @@ def _key_detectors() -> list[Detector]:
         kind="API_KEY", validate=_secret_value, needles=_SECRET_WORDS, max_len=240,
     )
     secret.lower = True
-    secret.finder = _at_words(secret.pattern, ("api", "secret", "token", "passw"))
+    secret.finder = _at_words(secret.pattern, _SECRET_WORDS)
     out.append(secret)
     return out
 
@@ -346,6 +347,21 @@ NATIONAL_IDS: Final[dict[str, tuple[str, Validator | None]]] = {
     "ca_sin": (r"(?<![\w-])\d{3}[- ]\d{3}[- ]\d{3}(?![\w-])", _ca_sin),
     "es_dni": (r"(?<![\w-])\d{8}-?[A-HJ-NP-TV-Za-hj-np-tv-z](?![\w-])", _es_dni),
 }
+
+
+#: the last text lower-cased and its lower case: the scanner's needles, the secret words and the deny list
+#: of one scan share one ``lower()`` (one event loop per worker: one scan at a time)
+_last_lower: tuple[str, str] = ("", "")
+
+
+def lowered(text: str) -> str:
+    global _last_lower
+    last = _last_lower
+    if last[0] is text:
+        return last[1]
+    low = text.lower()
+    _last_lower = (text, low)
+    return low
 
 
 _LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+%-")
@@ -374,7 +390,7 @@ def _at_words(pattern: re.Pattern[str], words: Sequence[str]) -> Callable[[str],
     """Candidates of ``pattern`` tried only where one of ``words`` begins (any case). # PERF: a regex
     that begins with a case-insensitive alternation costs a try at every position of the text."""
     def find(text: str) -> Iterator[tuple[int, int]]:
-        low = text.lower()
+        low = lowered(text)
         starts = []
         for w in words:
             i = low.find(w)
@@ -396,11 +412,11 @@ def _deny_finder(words: Sequence[str],
                  rx: re.Pattern[str] | None) -> Callable[[str], Iterable[tuple[int, int]]]:
     """Deny-list words by substring search in the lower-cased text, whole words only; regexes as they
     are."""
-    lowered = tuple(w.lower() for w in words)
+    words_low = tuple(w.lower() for w in words)
 
     def find(text: str) -> Iterator[tuple[int, int]]:
-        low = text.lower()
-        for w in lowered:
+        low = lowered(text)
+        for w in words_low:
             i = low.find(w)
             while i >= 0:
                 j = i + len(w)
@@ -490,10 +506,27 @@ def _is_json_number(text: str, start: int) -> bool:
     return c in "[,"
 
 
+def _gates(detectors: Sequence[Detector], *, lower: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(needle, the indexes of the detectors it gates), each needle once; a needle that contains another
+    needle of the same case is folded into that one (its presence implies the shorter one's)."""
+    gates: dict[str, list[int]] = {}
+    for i, d in enumerate(detectors):
+        if d.needles is not None and d.lower == lower:
+            for n in d.needles:
+                gates.setdefault(n, []).append(i)
+    short = sorted(gates, key=len)
+    out: dict[str, set[int]] = {}
+    for n in short:
+        into = next((m for m in out if m in n), n)
+        out.setdefault(into, set()).update(gates[n])
+    return tuple((n, tuple(sorted(ix))) for n, ix in out.items())
+
+
 class Scanner:
     """A compiled set of detectors: ``scan(text)`` returns the findings, in order, not overlapping."""
 
-    __slots__ = ("_digit_dets", "_digit_rx", "_lower_needles", "_needles", "_others", "detectors", "max_len")
+    __slots__ = ("_always", "_digit_dets", "_digit_rx", "_lower_needles", "_needles", "_others", "detectors",
+                 "max_len")
 
     def __init__(self, detectors: Iterable[Detector]) -> None:
         self.detectors = tuple(detectors)
@@ -506,24 +539,33 @@ class Scanner:
         # detector's regex is tried there
         self._digit_rx = _NUMBER_START if digit else None
         self._others = tuple(d for d in self.detectors if not d.digits)
-        # PERF: every needle once per scan (one substring search each), then only their detectors run
-        self._needles = tuple({n for d in self._others if d.needles is not None and not d.lower
-                               for n in d.needles})
-        self._lower_needles = tuple({n for d in self._others if d.needles is not None and d.lower
-                                     for n in d.needles})
+        # PERF: every needle once per scan (one substring search each; a needle that contains another is
+        # left out, its detectors gated by the shorter one), then only the detectors of the needles found
+        # run, in their order; the detectors without needles always run
+        self._always = tuple(i for i, d in enumerate(self._others) if d.needles is None)
+        self._needles = _gates(self._others, lower=False)
+        self._lower_needles = _gates(self._others, lower=True)
         self.max_len = max((d.max_len for d in self.detectors), default=0)
 
     def scan(self, text: str) -> list[Finding]:
         found: list[Finding] = []
-        present = {n for n in self._needles if n in text}
+        run: list[int] | None = None
+        for needle, which in self._needles:
+            if needle in text:
+                run = [*run, *which] if run is not None else [*which]
         if self._lower_needles:
-            low = text.lower()
-            present.update(n for n in self._lower_needles if n in low)
-        for d in self._others:
-            needles = d.needles
-            if needles is not None and present.isdisjoint(needles):
-                continue
-            self._run(d, text, found)
+            low = lowered(text)
+            for needle, which in self._lower_needles:
+                if needle in low:
+                    run = [*run, *which] if run is not None else [*which]
+        others = self._others
+        if run is not None:
+            run.extend(self._always)
+            for i in sorted(set(run)):
+                self._run(others[i], text, found)
+        else:
+            for i in self._always:
+                self._run(others[i], text, found)
         if self._digit_rx is not None:
             self._digits(text, found)
         if len(found) > 1:
