@@ -22,8 +22,9 @@ Each detector is a candidate regex plus, for most, a validator (Luhn, mod-97, ``
     custom        | the name, upper    | the configured regex              | -
 
 Cost (the scan runs on every guarded request and answer): a detector runs only when its trigger is in
-the text (``@`` for e-mail, whose regex is tried only around each ``@``; a digit for the numeric
-detectors, which share one combined regex; literal prefixes for keys; ``-----BEGIN`` for private keys;
+the text (``@`` for e-mail, whose regex is tried only around each ``@``; a number of seven or more
+characters ending on a digit for the numeric detectors, which share one prefilter regex; literal
+prefixes for keys, each needle tested once per scan; ``-----BEGIN`` for private keys;
 the words themselves for a deny list, found by substring search in the lower-cased text), so text
 without candidates costs a few substring searches at C speed. Candidate regexes begin with the class of
 their first character (the lookbehind that keeps them off the middle of a word comes after it), so
