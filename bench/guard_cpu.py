@@ -108,7 +108,15 @@ class GuardCpuBench(Bench):
         self.body_path.write_bytes(self.scenario.body)
         self.lua_path.write_text(wrk_lua(self.body_path, BENCH_KEY, generator=GENERATOR))
         self.stack.start()
-        return [self._gateway("guard-off", ""), self._gateway("guard-on", GUARD)]
+        off, on = self._gateway("guard-off", ""), self._gateway("guard-on", GUARD)
+        # the policy is on where it should be, and only there: a card number is refused by guard-on only
+        card = json.dumps({"model": MODEL,
+                           "messages": [{"role": "user", "content": "card 4111 1111 1111 1111"}]})
+        for t, want in ((off, 200), (on, 400)):
+            status, answer = http_request(t.port, "POST", self.scenario.path, card.encode(), key=t.key)
+            if status != want:
+                raise BenchError(f"{t.name} answered {status} to a card number, not {want}: {answer[:500]!r}")
+        return [off, on]
 
     def run(self) -> dict[str, Any]:
         a = self.args
