@@ -123,8 +123,11 @@ class CacheBench(Bench):
     def start(self) -> list[Target]:
         from bench.wrk import wrk_lua
 
-        self.body_path.write_bytes(self.scenario.body)
-        self.lua_path.write_text(wrk_lua(self.body_path, BENCH_KEY, generator=GENERATOR))
+        # one wrk script per target (``lua_path``), all sending the same body
+        for name in ("gw-memory", "gw-redis", "nginx"):
+            body_path = self.tmp / f"body-{name}.json"
+            body_path.write_bytes(self.scenario.body)
+            self.lua_path(name).write_text(wrk_lua(body_path, BENCH_KEY, generator=GENERATOR))
         self.stack.start()
         (redis_port,) = free_ports(1)
         redis = start_service("redis", self.stack.pinned(self.load_cpus, [

@@ -105,8 +105,11 @@ class GuardCpuBench(Bench):
     def start(self) -> list[Target]:
         from bench.wrk import wrk_lua
 
-        self.body_path.write_bytes(self.scenario.body)
-        self.lua_path.write_text(wrk_lua(self.body_path, BENCH_KEY, generator=GENERATOR))
+        # one wrk script per target (``lua_path``), all sending the same body
+        for name in ("guard-off", "guard-on"):
+            body_path = self.tmp / f"body-{name}.json"
+            body_path.write_bytes(self.scenario.body)
+            self.lua_path(name).write_text(wrk_lua(body_path, BENCH_KEY, generator=GENERATOR))
         self.stack.start()
         off, on = self._gateway("guard-off", ""), self._gateway("guard-on", GUARD)
         # the policy is on where it should be, and only there: a card number is refused by guard-on only
