@@ -226,6 +226,23 @@ class RedisHA(_Servers):
         port: int = _wait(promoted, timeout, "the sentinels to promote the replica")
         return port
 
+    def wait_replicas_online(self, replicas: int = 1, timeout: float = 30.0) -> None:
+        """Wait until the agreed master has ``replicas`` replicas online (after a failover the sentinels
+        re-point the survivors at the new master, which then syncs them: writes that need a replica's
+        acknowledgement fail until then)."""
+
+        def online() -> bool:
+            port = self.agreed_master()
+            if port is None:
+                return False
+            with _client(port) as c:
+                info = c.info("replication")
+            up = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+                  and v.get("state") == "online"]
+            return len(up) >= replicas
+
+        _wait(online, timeout, f"{replicas} replica(s) online on the new master")
+
     def stop(self) -> None:
         for proxy in self.proxies:
             proxy.drop()

@@ -268,7 +268,9 @@ def test_a_gateway_on_sentinel_rides_out_a_master_kill_under_load(
     got = run(_with_store(url, lambda store: store.get_key(key_id)))
     assert got.id == key_id
     assert ask(gw.port, key).status == 200
-    # the store's watchers follow the new master: a key made now reaches every worker
+    # the store's watchers follow the new master: a key made now reaches every worker (the key's write
+    # waits for a replica's acknowledgement: the surviving replica must be online on the new master first)
+    ha.wait_replicas_online(1, timeout=RECOVERY)
     fresh, _ = make_key(url, "acme")
     wait_for(lambda: all(ask(gw.port, fresh).status == 200 for _ in range(6)), RECOVERY,
              what="a key made after the failover to work on every worker")
