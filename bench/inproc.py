@@ -12,6 +12,9 @@ less noise than a load test (which still decides: see ``proxy_vs_nginx.py``).
     python -m bench.inproc --config FILE      # a config of your own (its providers must be openai-type)
     python -m bench.inproc --auth             # with API keys required (a static key; SQLite store)
     python -m bench.inproc --stream 20        # streamed completions of 20 content events
+    python -m bench.inproc --row chat-anthropic  # another dialect path (ROWS): chat-anthropic (OpenAI
+                                              # chat to an Anthropic upstream), messages (Messages
+                                              # pass-through), messages-openai (Messages to OpenAI)
     python -m bench.inproc --limits           # shared-state calls per request at 10,000 requests/min
     python -m bench.inproc --answer notfound  # an answer without an upstream: notfound (404), badkey
                                               # (401) or ratelimited (429), with the config of the
@@ -43,6 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import translate
 from bench.configs import GATEWAY_KEY, MODEL, gateway_key_digest, gateway_toml, limited_key_digest
 from gateway.config import Config, load_config, load_config_text
 from gateway.engine import Engine
@@ -154,6 +158,30 @@ def limits_config(rpm: int, workers: int, db: str) -> str:
     return text.replace("workers = 1\n", f"workers = {workers}\n", 1) + LIMITS.format(rpm=rpm)
 
 
+#: --row: (client path, client body, provider type, upstream answer) of each dialect path, the rows of
+#: ``bench.dialects`` without sockets
+ROWS: dict[str, tuple[bytes, bytes, str, bytes]] = {
+    "chat": (b"/v1/chat/completions", BODY, "openai", _ANSWER),
+    "chat-anthropic": (b"/v1/chat/completions", BODY, "anthropic", translate.MESSAGE),
+    "messages": (b"/v1/messages", translate.MESSAGES_BODY, "anthropic", translate.MESSAGE),
+    "messages-openai": (b"/v1/messages", translate.MESSAGES_BODY, "openai", translate.COMPLETION),
+}
+
+
+def row_setup(row: str) -> tuple[str, bytes, list[bytes]]:
+    """The config, the client's request and the upstream's answer of a ``ROWS`` path."""
+    path, body, provider, answer = ROWS[row]
+    config = CONFIG.replace('type = "openai"', f'type = "{provider}"', 1)
+    request = (
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s" % (path, KEY.encode(), len(body), body)
+    )
+    response = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(answer), answer,
+    )
+    return config, request, [response]
+
+
 class _Transport:
     """The parts of an asyncio transport the listener and the pool use."""
 
@@ -232,12 +260,12 @@ class UpstreamTransport(_Transport):
 
 class Driver:
     def __init__(self, loop: asyncio.AbstractEventLoop, total: int, stream_chunks: int,
-                 request: bytes | None = None, expect: int = 200) -> None:
+                 request: bytes | None = None, expect: int = 200, pieces: list[bytes] | None = None) -> None:
         self.loop = loop
         self.stream = stream_chunks > 0
         self.request = request or (STREAM_REQUEST if self.stream else REQUEST)
         self.expect = b"HTTP/1.1 %d " % expect
-        self.pieces = _stream_response(stream_chunks) if self.stream else [RESPONSE]
+        self.pieces = pieces or (_stream_response(stream_chunks) if self.stream else [RESPONSE])
         self.total = total
         self.sent = 0
         self.responses = 0
@@ -286,7 +314,7 @@ async def _use_up(state: ListenerState, request: bytes, times: int) -> None:
 
 async def _run(
     config_text: str | None, config_path: str | None, total: int, connections: int, stream_chunks: int,
-    answer: str | None = None,
+    answer: str | None = None, row: str | None = None,
 ) -> float:
     loop = asyncio.get_running_loop()
     config = load_config(config_path) if config_path else load_config_text(config_text or CONFIG)
@@ -297,7 +325,10 @@ async def _run(
 
     case = CASES[answer] if answer else None
     request = _case_request(case) if case else None
-    driver = Driver(loop, total, stream_chunks, request, case.expect_status if case else 200)
+    pieces = None
+    if row is not None and row != "chat":
+        _, request, pieces = row_setup(row)
+    driver = Driver(loop, total, stream_chunks, request, case.expect_status if case else 200, pieces)
     _fake_upstreams(engine, driver.pieces, connections)
     state = _listener_state(engine, config)
     if case is not None and case.use_up:
@@ -364,12 +395,12 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 def measure(
     total: int, connections: int, config_path: str | None = None, config_text: str | None = None,
-    stream_chunks: int = 0, answer: str | None = None,
+    stream_chunks: int = 0, answer: str | None = None, row: str | None = None,
 ) -> float:
     loop = _loop()
     try:
         return loop.run_until_complete(
-            _run(config_text, config_path, total, connections, stream_chunks, answer)
+            _run(config_text, config_path, total, connections, stream_chunks, answer, row)
         )
     finally:
         loop.close()
@@ -642,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="streamed completions of CHUNKS content events each (0: non-stream)")
     ap.add_argument("--answer", choices=sorted(ANSWERS),
                     help="an answer without an upstream, with the config of the suite's scenario 4")
+    ap.add_argument("--row", choices=sorted(ROWS), default="chat",
+                    help="the dialect path: the client's dialect and the upstream's (default chat)")
     ap.add_argument("--profile", action="store_true")
     g = ap.add_argument_group("--limits: shared-state calls per admitted request")
     g.add_argument("--limits", action="store_true",
@@ -664,10 +697,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if result["errors"] else 0
     if args.answer and (args.config or args.auth or args.stream):
         ap.error("--answer brings its own config: no --config, --auth or --stream with it")
+    if args.row != "chat" and (args.answer or args.config or args.auth or args.stream):
+        ap.error("--row brings its own config: no --answer, --config, --auth or --stream with it")
     text = answer_config() if args.answer else auth_config() if args.auth else None
+    if args.row != "chat":
+        text = row_setup(args.row)[0]
 
     def run(total: int) -> float:
-        return measure(total, args.connections, args.config, text, args.stream, args.answer)
+        return measure(total, args.connections, args.config, text, args.stream, args.answer, args.row)
 
     run(min(args.requests, 20_000))  # warm-up
     if args.profile:

@@ -7,6 +7,20 @@ cimport cython
 from gateway._core._http cimport RequestParser as CRequestParser
 
 
+cdef class WriteBatch:
+    cdef list _items
+    cdef object _loop
+    cdef public Py_ssize_t flushes
+    cpdef write(self, object transport, object data)
+    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t)
+    cpdef flush(self)
+    cpdef abort_after(self, object transport)
+    cpdef close_after(self, object transport)
+
+
+cdef WriteBatch _BATCH
+
+
 cdef class ListenerState:
     cdef public object app
     cdef public object begin

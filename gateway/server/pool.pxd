@@ -5,6 +5,10 @@
 cimport cython
 
 from gateway._core._http cimport ResponseParser as CResponseParser
+from gateway.server.listener cimport WriteBatch
+
+
+cdef WriteBatch _BATCH
 
 
 cdef _deliver(object waiter, object cb, PooledResponse resp)

@@ -57,6 +57,9 @@ from urllib.parse import urlsplit
 
 from gateway._core.http import ParseError, ResponseParser, find_header
 from gateway.providers.base import UpstreamError, UpstreamTimeout
+from gateway.server.listener import BATCH
+
+_BATCH = BATCH  # typed for C-level calls in the compiled module (pool.pxd)
 
 __all__ = ["HeadCallback", "OriginPool", "PooledResponse", "parse_origin"]
 
@@ -280,7 +283,7 @@ class _Connection:
         self.request_data = data if self.reused else None
         self.head_only = head_only
         self.deadline = self.pool.loop.time() + self.pool.read_timeout
-        self.transport.write(data)
+        _BATCH.write(self.transport, data)  # PERF: with the iteration's other writes (see WriteBatch)
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
