@@ -25,6 +25,7 @@ Configuration shape (embedded in the main configuration as ``[cache]``)::
 
     [cache.models."mock-1".semantic]  # the semantic tier (off unless a policy has this table)
     embeddings_model = "mock-embed-1"   # a model the gateway serves with the embeddings endpoint
+    dimensions = 256                    # asked of the embeddings model (absent: its own size)
     threshold = 0.95                    # the cosine similarity a neighbour needs to answer
     max_temperature = 0.0               # requests sampling hotter are not looked up (absent: 1.0)
     timeout = 1.0                       # seconds the embeddings call may take (past it: bypassed)
@@ -65,6 +66,9 @@ class SemanticPolicy(_Base, frozen=True):
     enabled: bool = True
     #: the model that embeds prompts: any model the gateway serves with the ``embeddings`` endpoint
     embeddings_model: str = ""
+    #: the vectors' dimensions asked of it (None: the model's own; OpenAI's text-embedding-3 models and
+    #: the mock take ``dimensions``)
+    dimensions: int | None = None
     #: the cosine similarity (of normalised vectors) a stored neighbour needs to answer, in (0, 1]
     threshold: float = 0.95
     #: requests whose temperature is above this are not looked up (no temperature: 1.0, OpenAI's default)
@@ -175,6 +179,8 @@ def _semantic_problems(path: tuple[str | int, ...], s: SemanticPolicy) -> Iterat
         yield (*path, "max_temperature"), f"must be 0 or more, found {s.max_temperature}"
     if not (math.isfinite(s.timeout) and s.timeout > 0):
         yield (*path, "timeout"), f"must be a positive number of seconds, found {s.timeout}"
+    if s.dimensions is not None and not 1 <= s.dimensions <= 8192:
+        yield (*path, "dimensions"), f"must be between 1 and 8192, found {s.dimensions}"
     if s.max_entries <= 0:
         yield (*path, "max_entries"), f"must be a positive number of entries, found {s.max_entries}"
     if s.max_chars <= 0:

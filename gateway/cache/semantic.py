@@ -99,9 +99,10 @@ _pack_record = msgspec.msgpack.Encoder().encode
 _unpack_record = msgspec.msgpack.Decoder(SyncRecord).decode
 
 
-class _EmbedCall(msgspec.Struct):
+class _EmbedCall(msgspec.Struct, omit_defaults=True):
     model: str
     input: str
+    dimensions: int | None = None
 
 
 class _Vector(msgspec.Struct):
@@ -220,7 +221,7 @@ class _Embedder:
 
     async def embed(self, ctx: Context, policy: SemanticPolicy, text: str) -> np.ndarray[Any, Any] | None:
         engine = self.engine
-        body = _encode_call(_EmbedCall(policy.embeddings_model, text))
+        body = _encode_call(_EmbedCall(policy.embeddings_model, text, policy.dimensions))
         rid = (ctx.request_id + "-semantic").encode("latin-1", "replace")
         request = Request("POST", _EMBED_PATH, "", ctx.request.version,
                           [(b"content-type", b"application/json"), (b"x-request-id", rid)], body, True)
