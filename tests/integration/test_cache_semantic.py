@@ -179,3 +179,25 @@ def test_two_nodes_sharing_redis_find_each_others_entries(
                     == "hit" and r, 10, what="node one's semantic hit")
     assert back.json()["id"] == theirs.json()["id"]
     assert metric(two, "gateway_cache_semantic_synced_total") >= 1
+
+
+def test_the_example_runs_as_it_is(tmp_path: Path) -> None:
+    """examples/cache_semantic.toml, served as it is (on another port): the walk-through of docs/cache.md."""
+    from .conftest import _launch
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / "cache_semantic.toml").read_text()
+    gw = _launch("gateway-semantic-example", tmp_path, config_text=text, workers=1, frontend="native")
+    try:
+        def walk(content: str) -> Any:
+            return sem(gw, content, model="mock-1")
+
+        first = walk(QUESTION)
+        assert outcome(first) == "miss"
+        same = walk(PARAPHRASE)
+        assert outcome(same) == "hit" and same.header("x-gateway-cache-similarity") == "1.0000"
+        spain = walk("What is the capital city of Spain and what is it famous for?")
+        assert outcome(spain) == "hit" and 0.9 <= float(spain.header("x-gateway-cache-similarity") or 0) < 1
+        assert answer_of(spain) == answer_of(first)  # word overlap, not meaning: the mock's embeddings
+        assert outcome(walk("Write a haiku about autumn leaves")) == "miss"
+    finally:
+        gw.process.stop()
