@@ -273,3 +273,18 @@ def test_mock_embeddings_track_word_overlap() -> None:
     tokens, _ = _embedding([1, 2, 3], 16)
     assert math.isclose(math.fsum(x * x for x in tokens), 1.0, rel_tol=1e-5)
     assert _embedding("!!!", 16) != _embedding("???", 16)  # no words: the bytes' own direction
+
+
+# -- the benchmark's harness (never its figures) --------------------------------------------------------------
+
+
+def test_the_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import cache_semantic
+
+    rows = cache_semantic.recall()
+    assert [r["threshold"] for r in rows] == list(cache_semantic.THRESHOLDS)
+    assert all(0 <= r["recall"] <= 1 for r in rows)
+    assert rows[0]["recall"] >= rows[-1]["recall"]  # a lower threshold never finds fewer
+    assert cache_semantic.main(["--sizes", "50", "--dims", "8", "--searches", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "recall" in out and "lookup latency" in out
