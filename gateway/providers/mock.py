@@ -21,6 +21,7 @@ message; ``max_tokens`` (or ``max_completion_tokens``) words when given (capped 
 tokens = characters of all message contents // 4 + 4 per message (min 1); completion tokens = words.
 Tools, structured output and replies to tool results are decided by ``mock_content`` (its docstring has
 the rules and the ``!tool`` cue); this module renders them (``_chat_turn``, ``MockLLM._turn_plan``).
+Embeddings: a bag of words (``_embedding``), so that their similarity tracks shared words.
 
 Failure injection
 -----------------
