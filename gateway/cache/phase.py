@@ -3,16 +3,19 @@
 Per request (a chat request to a model whose policy caches it)::
 
     on_request   Cache-Control read; the key computed (gateway.cache.keys); when the client allows a
-                 lookup: memory tier -> hit (answered here) | Redis tier (awaited) -> hit | miss.
+                 lookup: memory tier -> hit (answered here) | Redis tier (awaited) -> hit | semantic
+                 tier, when the policy has one (gateway.cache.semantic: an embeddings call, awaited, and
+                 the nearest stored prompt) -> hit | miss.
                  x-gateway-cache: hit | miss | bypass goes on the answer; a hit also gets ``age``.
     on_response  a complete answer about to be sent: kept (a reference) if it may be stored
     on_stream    a stream about to be sent: an assembler watches the client-bound bytes
     on_settle    after the response is sent: a complete 200 with no error is stored, as its IR
-                 (``CacheEntry``), in memory now and in Redis in the background
+                 (``CacheEntry``), in memory now and in Redis in the background; a semantic lookup's
+                 vector goes into the index (and, with Redis, onto the sync stream after the entry)
 
     outcome | when                                                              | counted as
     --------+-------------------------------------------------------------------+------------------------
-    hit     | a live entry in memory or Redis                                   | hits (by tier)
+    hit     | a live entry in memory or Redis, or a neighbour's (semantic)      | hits (by tier)
     miss    | looked up, not there (the answer is stored after it is sent)      | misses
     bypass  | not looked up: Cache-Control no-cache (the answer then refreshes  | bypasses (by reason)
             | the entry), when = "deterministic" and a request that is not, or  |
