@@ -288,3 +288,15 @@ def test_the_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert cache_semantic.main(["--sizes", "50", "--dims", "8", "--searches", "20"]) == 0
     out = capsys.readouterr().out
     assert "recall" in out and "lookup latency" in out
+
+
+def test_the_admin_stats_count_semantic_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cache import admin
+    from gateway.observe import metrics
+
+    totals = {("gateway_cache_requests_total", ("hit", "memory")): 3.0,
+              ("gateway_cache_requests_total", ("hit", "semantic")): 2.0,
+              ("gateway_cache_requests_total", ("miss", "")): 5.0}
+    monkeypatch.setattr(metrics, "read_node_totals", lambda directory: totals)
+    view = admin.node_stats("/nowhere", True)
+    assert view.hits_semantic == 2 and view.hits_memory == 3 and view.hit_ratio == 0.5
