@@ -201,3 +201,22 @@ def test_the_example_runs_as_it_is(tmp_path: Path) -> None:
         assert outcome(walk("Write a haiku about autumn leaves")) == "miss"
     finally:
         gw.process.stop()
+
+
+def test_a_semantic_hit_streamed_to_the_openai_sdk_is_the_stored_answer(start_gateway: StartGateway,
+                                                                          mock_port: int) -> None:
+    import openai
+
+    gw = start_gateway(semantic_toml(mock_port))
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="unused", max_retries=0)
+    first = client.chat.completions.create(model="chat-model", temperature=0,
+                                           messages=[{"role": "user", "content": QUESTION}])
+    stream = client.chat.completions.create(model="chat-model", temperature=0, stream=True,
+                                            stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": PARAPHRASE}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == first.choices[0].message.content
+    assert {c.id for c in chunks} == {first.id}
+    usage, stored = chunks[-1].usage, first.usage
+    assert usage is not None and stored is not None and usage.total_tokens == stored.total_tokens
