@@ -364,7 +364,7 @@ class Engine:
         if self._config.cache.enabled:
             from gateway.cache.phase import CacheService
 
-            self.cache = CacheService(self._config)
+            self.cache = CacheService(self._config, self)  # the engine: the semantic tier embeds through it
         self.runtime = self._build(self._config, {})
         self.records.start()
         if self.tracer is not None:

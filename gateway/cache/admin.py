@@ -100,6 +100,8 @@ class CacheStatsView(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool
     hits_memory: int
     hits_redis: int
+    #: answered by a neighbour (the semantic tier)
+    hits_semantic: int
     misses: int
     bypasses: int
     #: hits / (hits + misses); null before the first lookup
@@ -178,12 +180,14 @@ def node_stats(node_dir: str | None, enabled: bool) -> CacheStatsView:
 
     hits_memory = total("gateway_cache_requests_total", "hit", "memory")
     hits_redis = total("gateway_cache_requests_total", "hit", "redis")
+    hits_semantic = total("gateway_cache_requests_total", "hit", "semantic")
     misses = total("gateway_cache_requests_total", "miss")
-    looked = hits_memory + hits_redis + misses
+    hits = hits_memory + hits_redis + hits_semantic
+    looked = hits + misses
     return CacheStatsView(
-        enabled=enabled, hits_memory=hits_memory, hits_redis=hits_redis, misses=misses,
-        bypasses=total("gateway_cache_requests_total", "bypass"),
-        hit_ratio=(hits_memory + hits_redis) / looked if looked else None,
+        enabled=enabled, hits_memory=hits_memory, hits_redis=hits_redis, hits_semantic=hits_semantic,
+        misses=misses, bypasses=total("gateway_cache_requests_total", "bypass"),
+        hit_ratio=hits / looked if looked else None,
         stores=total("gateway_cache_stores_total"), redis_errors=total("gateway_cache_errors_total"),
         memory_bytes=total("gateway_cache_memory_bytes"),
         memory_entries=total("gateway_cache_memory_entries"),

@@ -23,6 +23,18 @@ Configuration shape (embedded in the main configuration as ``[cache]``)::
     [cache.models."gpt-4o"]
     enabled = false
 
+    [cache.models."mock-1".semantic]  # the semantic tier (off unless a policy has this table)
+    embeddings_model = "mock-embed-1"   # a model the gateway serves with the embeddings endpoint
+    dimensions = 256                    # asked of the embeddings model (absent: its own size)
+    threshold = 0.95                    # the cosine similarity a neighbour needs to answer
+    max_temperature = 0.0               # requests sampling hotter are not looked up (absent: 1.0)
+    timeout = 1.0                       # seconds the embeddings call may take (past it: bypassed)
+    max_entries = 10000                 # this model's vectors kept per worker (oldest dropped first)
+    max_chars = 8192                    # longer prompts are not embedded
+
+A policy's ``semantic`` table is taken whole: a model's own replaces the default's, and
+``semantic = { enabled = false }`` turns it off for one model.
+
 A model is cached when ``[cache] enabled`` is true and its own policy (or the default) is enabled:
 ``[cache.default] enabled = false`` caches only the models listed with ``enabled = true``.
 """
@@ -30,12 +42,14 @@ A model is cached when ``[cache] enabled`` is true and its own policy (or the de
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from typing import Literal
 
 import msgspec
 
-__all__ = ["CacheConfig", "CachePolicy", "ModelCacheConfig", "Scope", "When", "cache_problems"]
+__all__ = [
+    "CacheConfig", "CachePolicy", "ModelCacheConfig", "Scope", "SemanticPolicy", "When", "cache_problems",
+]
 
 Scope = Literal["key", "tenant", "global"]
 When = Literal["always", "deterministic"]
@@ -43,6 +57,28 @@ When = Literal["always", "deterministic"]
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     pass
+
+
+class SemanticPolicy(_Base, frozen=True):
+    """The semantic tier of one policy (``semantic = {...}``): answers by embedding similarity
+    (gateway.cache.semantic)."""
+
+    enabled: bool = True
+    #: the model that embeds prompts: any model the gateway serves with the ``embeddings`` endpoint
+    embeddings_model: str = ""
+    #: the vectors' dimensions asked of it (None: the model's own; OpenAI's text-embedding-3 models and
+    #: the mock take ``dimensions``)
+    dimensions: int | None = None
+    #: the cosine similarity (of normalised vectors) a stored neighbour needs to answer, in (0, 1]
+    threshold: float = 0.95
+    #: requests whose temperature is above this are not looked up (no temperature: 1.0, OpenAI's default)
+    max_temperature: float = 0.0
+    #: seconds the embeddings call may take; past it the tier is bypassed for the request
+    timeout: float = 1.0
+    #: the vectors of this model kept by each worker: the oldest go first past it
+    max_entries: int = 10000
+    #: prompts longer than this many characters are not embedded (bypassed)
+    max_chars: int = 8192
 
 
 class CachePolicy(_Base, frozen=True):
@@ -57,6 +93,8 @@ class CachePolicy(_Base, frozen=True):
     when: When = "always"
     #: the largest answer stored (bytes of its stored form)
     max_entry_bytes: int = 1024 * 1024
+    #: the semantic tier (None: exact matches only)
+    semantic: SemanticPolicy | None = None
 
 
 class ModelCacheConfig(_Base, frozen=True):
@@ -67,6 +105,7 @@ class ModelCacheConfig(_Base, frozen=True):
     scope: Scope | None = None
     when: When | None = None
     max_entry_bytes: int | None = None
+    semantic: SemanticPolicy | None = None
 
     def over(self, default: CachePolicy) -> CachePolicy:
         return CachePolicy(
@@ -75,7 +114,12 @@ class ModelCacheConfig(_Base, frozen=True):
             scope=default.scope if self.scope is None else self.scope,
             when=default.when if self.when is None else self.when,
             max_entry_bytes=default.max_entry_bytes if self.max_entry_bytes is None else self.max_entry_bytes,
+            semantic=self._semantic(default.semantic),
         )
+
+    def _semantic(self, default: SemanticPolicy | None) -> SemanticPolicy | None:
+        own = default if self.semantic is None else self.semantic
+        return own if own is not None and own.enabled else None
 
 
 class CacheConfig(_Base, frozen=True):
@@ -103,7 +147,14 @@ class CacheConfig(_Base, frozen=True):
             return None
         own = self.models.get(model)
         policy = own.over(self.default) if own is not None else self.default
+        if policy.semantic is not None and not policy.semantic.enabled:
+            policy = msgspec.structs.replace(policy, semantic=None)
         return policy if policy.enabled else None
+
+    def semantic_policies(self) -> list[SemanticPolicy]:
+        """Every semantic table that is on (the default's and the models')."""
+        found = [self.default.semantic, *(m.semantic for m in self.models.values())]
+        return [s for s in found if s is not None and s.enabled]
 
 
 def _policy_problems(path: tuple[str | int, ...], p: CachePolicy | ModelCacheConfig) -> Iterator[
@@ -112,6 +163,44 @@ def _policy_problems(path: tuple[str | int, ...], p: CachePolicy | ModelCacheCon
         yield (*path, "ttl"), f"must be a positive number of seconds, found {p.ttl}"
     if p.max_entry_bytes is not None and p.max_entry_bytes <= 0:
         yield (*path, "max_entry_bytes"), f"must be a positive number of bytes, found {p.max_entry_bytes}"
+    if p.semantic is not None:
+        yield from _semantic_problems((*path, "semantic"), p.semantic)
+
+
+def _semantic_problems(path: tuple[str | int, ...], s: SemanticPolicy) -> Iterator[
+        tuple[tuple[str | int, ...], str]]:
+    if not s.enabled:
+        return
+    if not s.embeddings_model:
+        yield (*path, "embeddings_model"), "is required: the model that embeds prompts (embeddings endpoint)"
+    if not (math.isfinite(s.threshold) and 0 < s.threshold <= 1):
+        yield (*path, "threshold"), f"must be a cosine similarity above 0 and at most 1, found {s.threshold}"
+    if not (math.isfinite(s.max_temperature) and s.max_temperature >= 0):
+        yield (*path, "max_temperature"), f"must be 0 or more, found {s.max_temperature}"
+    if not (math.isfinite(s.timeout) and s.timeout > 0):
+        yield (*path, "timeout"), f"must be a positive number of seconds, found {s.timeout}"
+    if s.dimensions is not None and not 1 <= s.dimensions <= 8192:
+        yield (*path, "dimensions"), f"must be between 1 and 8192, found {s.dimensions}"
+    if s.max_entries <= 0:
+        yield (*path, "max_entries"), f"must be a positive number of entries, found {s.max_entries}"
+    if s.max_chars <= 0:
+        yield (*path, "max_chars"), f"must be a positive number of characters, found {s.max_chars}"
+
+
+def _embeddings_problems(path: tuple[str | int, ...], s: SemanticPolicy | None,
+                         models: Collection[str]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """The embeddings model must be configured and, when the models' endpoints are known, serve them."""
+    if s is None or not s.enabled or not s.embeddings_model:
+        return
+    name = s.embeddings_model
+    if name not in models:
+        yield (*path, "semantic", "embeddings_model"), f"names a model that is not configured: {name!r}"
+        return
+    found = models[name] if isinstance(models, Mapping) else None
+    endpoints = getattr(found, "endpoints", None)
+    if endpoints is not None and "embeddings" not in endpoints:
+        yield (*path, "semantic", "embeddings_model"), (
+            f"model {name!r} does not serve the embeddings endpoint (its endpoints: {', '.join(endpoints)})")
 
 
 def cache_problems(
@@ -137,7 +226,9 @@ def cache_problems(
     if c.enabled and not c.redis and c.memory_bytes == 0:
         yield ("cache", "memory_bytes"), "is 0 and redis = false: the cache has no tier to store in"
     yield from _policy_problems(("cache", "default"), c.default)
+    yield from _embeddings_problems(("cache", "default"), c.default.semantic, models)
     for name, m in c.models.items():
         if name not in models:
             yield ("cache", "models", name), f"names a model that is not configured: {name!r}"
         yield from _policy_problems(("cache", "models", name), m)
+        yield from _embeddings_problems(("cache", "models", name), m.semantic, models)

@@ -3,16 +3,19 @@
 Per request (a chat request to a model whose policy caches it)::
 
     on_request   Cache-Control read; the key computed (gateway.cache.keys); when the client allows a
-                 lookup: memory tier -> hit (answered here) | Redis tier (awaited) -> hit | miss.
+                 lookup: memory tier -> hit (answered here) | Redis tier (awaited) -> hit | semantic
+                 tier, when the policy has one (gateway.cache.semantic: an embeddings call, awaited, and
+                 the nearest stored prompt) -> hit | miss.
                  x-gateway-cache: hit | miss | bypass goes on the answer; a hit also gets ``age``.
     on_response  a complete answer about to be sent: kept (a reference) if it may be stored
     on_stream    a stream about to be sent: an assembler watches the client-bound bytes
     on_settle    after the response is sent: a complete 200 with no error is stored, as its IR
-                 (``CacheEntry``), in memory now and in Redis in the background
+                 (``CacheEntry``), in memory now and in Redis in the background; a semantic lookup's
+                 vector goes into the index (and, with Redis, onto the sync stream after the entry)
 
     outcome | when                                                              | counted as
     --------+-------------------------------------------------------------------+------------------------
-    hit     | a live entry in memory or Redis                                   | hits (by tier)
+    hit     | a live entry in memory or Redis, or a neighbour's (semantic)      | hits (by tier)
     miss    | looked up, not there (the answer is stored after it is sent)      | misses
     bypass  | not looked up: Cache-Control no-cache (the answer then refreshes  | bypasses (by reason)
             | the entry), when = "deterministic" and a request that is not, or  |
@@ -44,11 +47,12 @@ from gateway.cache.config import CacheConfig, CachePolicy
 from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace, request_form
 from gateway.cache.keys import _encode as _encode_form
 from gateway.cache.openai_chat import OpenAIChatCodec, StreamAssembler
-from gateway.cache.redis_tier import RedisTier, TierDown, redis_key, redis_key_head
+from gateway.cache.redis_tier import Announce, RedisTier, TierDown, redis_key, redis_key_head
 from gateway.phases import Phase, Reply, StreamObserver
 from gateway.wire import Usage
 
 if TYPE_CHECKING:
+    from gateway.cache.semantic import SemanticTier
     from gateway.config import Config
     from gateway.context import Context
 
@@ -106,12 +110,14 @@ _unpack = msgspec.msgpack.Decoder(CacheEntry).decode
 
 
 class CacheStats:
-    __slots__ = ("bypass_nocache", "bypass_policy", "bypass_redis", "hits_memory", "hits_redis", "misses",
-                 "redis_errors", "stores", "too_large", "unstorable")
+    __slots__ = ("bypass_nocache", "bypass_policy", "bypass_redis", "hits_memory", "hits_redis",
+                 "hits_semantic", "misses", "redis_errors", "stores", "too_large", "unstorable")
 
     def __init__(self) -> None:
         self.hits_memory = 0
         self.hits_redis = 0
+        #: answered by a neighbour (gateway.cache.semantic)
+        self.hits_semantic = 0
         self.misses = 0
         self.bypass_nocache = 0
         self.bypass_policy = 0
@@ -141,6 +147,10 @@ class CacheState(msgspec.Struct):
     saved: float | None = None
     #: the Redis tier failed this request's lookup: the answer is not written there
     redis_down: bool = False
+    #: the semantic tier's vector of this request, kept with its answer (gateway.cache.semantic.Pending)
+    semantic: Any = None
+    #: a semantic hit: the neighbour's cosine similarity
+    similarity: float | None = None
 
 
 def answer_changed(ctx: Context) -> None:
@@ -186,8 +196,12 @@ def _stream_start() -> bytes:
 class CacheService:
     """One worker's cache: its memory tier, its Redis tier, its counters. Lives across reloads."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, engine: Any = None) -> None:
         c = config.cache
+        #: the engine the semantic tier's embeddings calls go through
+        self.engine = engine
+        #: the semantic tier, when a policy has one (and the engine is known)
+        self.semantic: SemanticTier | None = None
         self.stats = CacheStats()
         self.memory = LRUCache(c.memory_bytes) if c.memory_bytes else None
         #: the rendered answers of recent Redis hits (RedisCachePhase._redis_lookup)
@@ -196,6 +210,7 @@ class CacheService:
         self._redis_url: str | None = None
         self.config = c
         self._set_redis(config)
+        self._set_semantic()
         self.phase = self._phase()
         self._watch: asyncio.Task[None] | None = None
         node_dir = node_directory()
@@ -232,6 +247,8 @@ class CacheService:
         for order in orders:
             self.renders.purge(order.matches)
             dropped = memory.purge(order.matches) if memory is not None else 0
+            if self.semantic is not None:
+                self.semantic.purge(order.matches)
             log.info("cache: purge %s dropped %d memory entries", order, dropped)
 
     def _set_redis(self, config: Config) -> None:
@@ -249,8 +266,19 @@ class CacheService:
         if old is not None:
             asyncio.get_running_loop().create_task(old.close())
 
+    def _set_semantic(self) -> None:
+        """The semantic tier, made when a policy first has one (it imports numpy); kept across reloads
+        (its index stays: rows of a model no longer semantic are never searched and age out)."""
+        if self.semantic is None and self.engine is not None and self.config.semantic_policies():
+            from gateway.cache.semantic import SemanticTier
+
+            self.semantic = SemanticTier(self.config, self.engine)
+        if self.semantic is not None:
+            self.semantic.reload(self.config, self.redis)
+
     def _phase(self) -> CachePhase:
-        cls = RedisCachePhase if self.redis is not None else CachePhase
+        waits = self.redis is not None or self.semantic is not None
+        cls = RedisCachePhase if waits else CachePhase
         return cls(self)
 
     def reload(self, config: Config) -> None:
@@ -263,11 +291,14 @@ class CacheService:
         elif self.memory.max_bytes != c.memory_bytes:
             self.memory.resize(c.memory_bytes, 0, time.monotonic())
         self._set_redis(config)
+        self._set_semantic()
         self.phase = self._phase()
 
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        if self.semantic is not None:
+            self.semantic.close()
         if self.redis is not None:
             await self.redis.close()
 
@@ -283,6 +314,7 @@ class CachePhase(Phase):
         self.memory = service.memory
         self.renders = service.renders
         self.redis = service.redis
+        self.semantic = service.semantic
         c = service.config
         self.count_tokens = c.hits_count_tokens
         # PERF: the policy of every configured model resolved once (None: not cached)
@@ -384,12 +416,14 @@ class CachePhase(Phase):
                     memory.put(alias, value, now, left, (tenant, key_id, model))
                 return reply
         if self.redis is not None:
-            return self._redis_lookup(ctx, state)
+            return self._redis_lookup(ctx, state, form)
+        if policy.semantic is not None and self.semantic is not None:
+            return self._semantic_lookup(ctx, state, form)
         self.stats.misses += 1
         ctx.response_headers.append(_MISS)
         return None
 
-    async def _redis_lookup(self, ctx: Context, state: CacheState) -> Reply | None:
+    async def _redis_lookup(self, ctx: Context, state: CacheState, form: dict[str, Any]) -> Reply | None:
         # PERF: a Redis hit is one GET, then the answer rendered in the form asked for from the render
         # memo (keyed by the form and the very value GET returned: it never answers what Redis does not
         # hold now)
@@ -436,9 +470,56 @@ class CachePhase(Phase):
                     value = state.key + _ALIASED.pack(0.0, entry.stored, cost) + reply.body
                     renders.put(memo, value, _monotonic(), left, (state.tenant, state.key_id, state.model))
                 return reply
+        if state.policy.semantic is not None and self.semantic is not None:
+            return await self._semantic_lookup(ctx, state, form)
         self.stats.misses += 1
         ctx.response_headers.append(_MISS)
         return None
+
+    async def _semantic_lookup(self, ctx: Context, state: CacheState, form: dict[str, Any]) -> Reply | None:
+        """The exact tiers missed: a neighbour's answer (gateway.cache.semantic), else a miss."""
+        tier = self.semantic
+        policy = state.policy
+        assert tier is not None and policy.semantic is not None
+        space = namespace(policy.scope, state.tenant, state.key_id)
+        pending, found = await tier.nearest(ctx, space, state.model, policy.semantic, form)
+        if pending is not None and state.store:
+            state.semantic = pending
+        if found is not None:
+            key, tag, similarity = found
+            entry = await self._entry(key, tag)
+            if entry is not None:
+                self.stats.hits_semantic += 1
+                tier.stats.hits += 1
+                state.similarity = similarity
+                reply = self._hit(ctx, state, entry)
+                reply.headers.append(("x-gateway-cache-similarity", f"{similarity:.4f}"))
+                return reply
+            tier.index.remove(key)  # its answer has gone (evicted, expired, purged)
+        if pending is not None:
+            tier.stats.misses += 1
+        self.stats.misses += 1
+        ctx.response_headers.append(_MISS)
+        return None
+
+    async def _entry(self, key: bytes, tag: tuple[str | None, str | None, str]) -> CacheEntry | None:
+        """The exact tier's entry ``key`` (stored by ``tag``'s request): memory, then Redis; None if gone."""
+        raw = None
+        if self.memory is not None:
+            found = self.memory.get(key, _monotonic())
+            if found is not None:
+                raw = found[0]
+        if raw is None and self.redis is not None:
+            try:
+                raw = await self.redis.get(redis_key(self.redis.prefix, *tag, key))
+            except TierDown:
+                return None
+        if raw is None:
+            return None
+        try:
+            return _unpack(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
 
     def _promote(self, state: CacheState, raw: bytes, stored: float) -> None:
         """A Redis hit kept in the memory tier, for the rest of its time to live."""
@@ -503,16 +584,22 @@ class CachePhase(Phase):
             self.stats.too_large += 1
             return
         self.stats.stores += 1
+        tag = (state.tenant, state.key_id, state.model)
         if self.memory is not None:
-            tag = (state.tenant, state.key_id, state.model)
             self.memory.put(state.key, raw, time.monotonic(), policy.ttl, tag)
+        announce: Announce | None = None
+        if state.semantic is not None and self.semantic is not None:
+            record = self.semantic.keep(state.semantic, state.key, tag, policy.ttl)
+            if record is not None:
+                announce = (self.semantic.stream, self.semantic.stream_len(), record)
         redis = self.redis
         if redis is not None and not state.redis_down:
             where = redis_key(redis.prefix, state.tenant, state.key_id, state.model, state.key)
-            redis.set_soon(where, raw, policy.ttl)
+            redis.set_soon(where, raw, policy.ttl, announce)
 
 
 class RedisCachePhase(CachePhase):
-    """The cache phase with a Redis tier: a memory miss waits for Redis."""
+    """The cache phase with a Redis tier or a semantic tier: a memory miss waits for Redis, for the
+    embeddings call, or both."""
 
     is_async: ClassVar[bool] = True

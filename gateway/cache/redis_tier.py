@@ -41,11 +41,13 @@ import msgspec
 from gateway.redisconn import parse_url, sentinel_master
 
 __all__ = [
-    "PURGE_STREAM_LEN", "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key", "redis_key_head",
-    "server_address", "unpack_value",
+    "PURGE_STREAM_LEN", "Announce", "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key",
+    "redis_key_head", "server_address", "unpack_value",
 ]
 
 
+#: a record to append to a stream after a write: (stream, about how many records it keeps, the record)
+Announce = tuple[bytes, int, bytes]
 #: about how many purge orders the stream keeps (a node reads it every half second: plenty)
 PURGE_STREAM_LEN = 10000
 
@@ -364,21 +366,25 @@ class RedisTier:
         except (ValueError, zlib.error):
             return None
 
-    def set_soon(self, key: str, raw: bytes, ttl: float) -> None:
+    def set_soon(self, key: str, raw: bytes, ttl: float, then: Announce | None = None) -> None:
         """Write an entry in the background (after the response is sent); dropped when too many writes
-        are pending or the tier is down."""
+        are pending or the tier is down. ``then``: a record appended to a stream once the entry is written
+        (the semantic tier's sync: never announced before its answer can be read)."""
         if len(self._writes) >= self.max_pending_writes or time.monotonic() < self._down_until:
             self.dropped_writes += 1
             return
-        task = asyncio.get_running_loop().create_task(self._set(key, raw, ttl))
+        task = asyncio.get_running_loop().create_task(self._set(key, raw, ttl, then))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _set(self, key: str, raw: bytes, ttl: float) -> None:
+    async def _set(self, key: str, raw: bytes, ttl: float, then: Announce | None = None) -> None:
         ms = max(int(ttl * 1000), 1)
         try:
             value = pack_value(raw, self.compress_above)
             await self._call(b"SET", key.encode(), value, b"PX", str(ms).encode())
+            if then is not None:
+                stream, maxlen, record = then
+                await self._call(b"XADD", stream, b"MAXLEN", b"~", str(maxlen).encode(), b"*", b"e", record)
         except TierDown:
             self.dropped_writes += 1
 
@@ -410,20 +416,26 @@ class RedisTier:
 
     async def purges_after(self, last: bytes) -> tuple[bytes, list[bytes]]:
         """The orders appended after the id ``last``: (the newest id read, their JSON texts)."""
-        reply = await self._call(b"XREAD", b"COUNT", b"1000", b"STREAMS", self.purge_stream, last)
-        orders: list[bytes] = []
+        return await self.stream_after(self.purge_stream, last, b"order")
+
+    async def stream_after(self, stream: bytes, last: bytes, field: bytes,
+                           count: int = 1000) -> tuple[bytes, list[bytes]]:
+        """The values of ``field`` in the records appended to ``stream`` after the id ``last``, at most
+        ``count`` records: (the newest id read, the values)."""
+        reply = await self._call(b"XREAD", b"COUNT", str(count).encode(), b"STREAMS", stream, last)
+        values: list[bytes] = []
         if not isinstance(reply, list):  # nil: nothing new
-            return last, orders
-        for stream in reply:
-            for item in stream[1] if isinstance(stream, list) and len(stream) == 2 else ():
+            return last, values
+        for found in reply:
+            for item in found[1] if isinstance(found, list) and len(found) == 2 else ():
                 if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)):
                     continue
                 last = item[0]
                 fields = item[1] if isinstance(item[1], list) else []
                 for i in range(0, len(fields) - 1, 2):
-                    if fields[i] == b"order" and isinstance(fields[i + 1], bytes):
-                        orders.append(fields[i + 1])
-        return last, orders
+                    if fields[i] == field and isinstance(fields[i + 1], bytes):
+                        values.append(fields[i + 1])
+        return last, values
 
     def purge_pattern(self, tenant: str | None = None, key_id: str | None = None,
                       model: str | None = None) -> str:

@@ -612,7 +612,7 @@ def _limits_problems(config: Config) -> Iterator[_Problem]:
 def _cache_problems(config: Config) -> Iterator[_Problem]:
     from gateway.cache.config import cache_problems
 
-    for path, message in cache_problems(config.cache, set(config.models), config.store.url):
+    for path, message in cache_problems(config.cache, config.models, config.store.url):
         yield _Problem(path, message)
 
 

@@ -59,3 +59,5 @@ class CallRecord(msgspec.Struct, omit_defaults=True, gc=False):
     response_body: str | None = None
     #: which bodies were cut at ``max_body_bytes``
     truncated: list[str] | None = None
+    #: a semantic cache hit (``cache: "hit"``): the cosine similarity of the neighbour that answered
+    cache_similarity: float | None = None

@@ -172,7 +172,7 @@ METRICS: tuple[MetricDef, ...] = (
        "Workers whose circuit breaker of the deployment is in this state.", "model", "deployment", "state"),
     # -- the response cache
     _c("gateway_cache_requests_total",
-       "Requests to cached models, by outcome: hit (by tier: memory or redis), miss, or bypass.",
+       "Requests to cached models, by outcome: hit (by tier: memory, redis or semantic), miss, or bypass.",
        "outcome", "tier"),
     _c("gateway_cache_bypass_total",
        "Requests to cached models not looked up, by why: no_cache (the client's Cache-Control), policy "
@@ -185,6 +185,18 @@ METRICS: tuple[MetricDef, ...] = (
     _c("gateway_cache_evictions_total", "Entries the memory tier evicted to stay within its byte bound."),
     _g("gateway_cache_memory_bytes", "Bytes held by the workers' memory tiers."),
     _g("gateway_cache_memory_entries", "Entries held by the workers' memory tiers."),
+    _c("gateway_cache_semantic_lookups_total",
+       "Semantic lookups after an exact miss, by outcome: hit, miss, or error (the embeddings call failed "
+       "or timed out: the request went on as a miss).", "outcome"),
+    _c("gateway_cache_semantic_bypass_total",
+       "Requests to semantic models not looked up semantically, by why: tools, content (not text only), "
+       "temperature (above max_temperature), too_long (over max_chars).", "reason"),
+    _c("gateway_cache_semantic_evictions_total", "Vectors the semantic index dropped to stay within "
+       "max_entries."),
+    _c("gateway_cache_semantic_synced_total", "Vectors read from the other workers' sync stream (Redis)."),
+    _g("gateway_cache_semantic_entries", "Vectors held by the workers' semantic indexes."),
+    _g("gateway_cache_semantic_bytes", "Bytes held by the workers' semantic indexes (arrays and an "
+       "estimate per vector)."),
     # -- requests (counted from the call records: gateway.observe.genai)
     _c("gateway_requests_total", "Requests answered, by endpoint, dialect, model, provider, deployment and "
        "status.", *_REQUEST_LABELS),
@@ -364,6 +376,7 @@ def _cache_samples(cache: Any, c: Any, g: Any) -> None:
     redis = cache.redis if cache is not None else None
     c(("gateway_cache_requests_total", ("hit", "memory"), st.hits_memory))
     c(("gateway_cache_requests_total", ("hit", "redis"), st.hits_redis))
+    c(("gateway_cache_requests_total", ("hit", "semantic"), st.hits_semantic))
     c(("gateway_cache_requests_total", ("miss", ""), st.misses))
     bypasses = st.bypass_nocache + st.bypass_policy + st.bypass_redis
     c(("gateway_cache_requests_total", ("bypass", ""), bypasses))
@@ -378,6 +391,24 @@ def _cache_samples(cache: Any, c: Any, g: Any) -> None:
     if memory is not None:  # gauges only where there is a memory tier (a node's sums add the workers')
         g(("gateway_cache_memory_bytes", (), float(memory.size)))
         g(("gateway_cache_memory_entries", (), float(len(memory))))
+    _semantic_samples(getattr(cache, "semantic", None), c, g)
+
+
+def _semantic_samples(tier: Any, c: Any, g: Any) -> None:
+    """The semantic tier's series (gateway.cache.semantic; its counters at zero when it is off)."""
+    from gateway.cache.semantic_stats import BYPASS_REASONS, SemanticStats
+
+    st: SemanticStats = tier.stats if tier is not None else SemanticStats()
+    c(("gateway_cache_semantic_lookups_total", ("hit",), st.hits))
+    c(("gateway_cache_semantic_lookups_total", ("miss",), st.misses))
+    c(("gateway_cache_semantic_lookups_total", ("error",), st.errors))
+    for reason in BYPASS_REASONS:
+        c(("gateway_cache_semantic_bypass_total", (reason,), st.bypass[reason]))
+    c(("gateway_cache_semantic_evictions_total", (), tier.index.evictions if tier is not None else 0))
+    c(("gateway_cache_semantic_synced_total", (), st.synced))
+    if tier is not None:
+        g(("gateway_cache_semantic_entries", (), float(len(tier.index))))
+        g(("gateway_cache_semantic_bytes", (), float(tier.index.nbytes)))
 
 
 def read_node_totals(directory: str) -> Totals:

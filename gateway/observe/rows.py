@@ -95,7 +95,7 @@ def to_record(row: tuple[Any, ...], prices: Prices | None = None) -> CallRecord:
     else:
         key_id = tenant = labels = None
     # PERF: positional, in field order (keywords cost ~0.4 us more)
-    return CallRecord(
+    record = CallRecord(
         ts, rid, method, path, status, _ms(duration_ms), float(overhead or 0.0), model, provider,
         upstream_model, stream, upstream_status, _ms(upstream_ms) if upstream_ms is not None else None,
         prompt, completion, total, cached, written,
@@ -107,3 +107,6 @@ def to_record(row: tuple[Any, ...], prices: Prices | None = None) -> CallRecord:
         cache.outcome if cache is not None else None, cache.saved if cache is not None else None,
         prompt_name, prompt_version,
     )
+    if cache is not None and cache.similarity is not None:  # a semantic hit
+        record.cache_similarity = cache.similarity
+    return record

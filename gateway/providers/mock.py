@@ -21,6 +21,7 @@ message; ``max_tokens`` (or ``max_completion_tokens``) words when given (capped 
 tokens = characters of all message contents // 4 + 4 per message (min 1); completion tokens = words.
 Tools, structured output and replies to tool results are decided by ``mock_content`` (its docstring has
 the rules and the ``!tool`` cue); this module renders them (``_chat_turn``, ``MockLLM._turn_plan``).
+Embeddings: a bag of words (``_embedding``), so that their similarity tracks shared words.
 
 Failure injection
 -----------------
@@ -68,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import itertools
 import math
@@ -716,10 +718,36 @@ def _first_text(items: list[str | list[int]]) -> str:
     return items[0] if items and isinstance(items[0], str) else ""
 
 
+#: what counts as a word of an embedded text: runs of letters and digits, compared in lower case
+_EMBED_WORD = re.compile(r"\w+")
+
+
+@functools.lru_cache(maxsize=16384)
+def _word_vector(word: bytes, dims: int) -> tuple[float, ...]:
+    """A word's pseudo-random direction (each component uniform in [-1, 1), from SHAKE-256 of the word)."""
+    raw = struct.unpack(f"<{dims}I", hashlib.shake_256(word).digest(4 * dims))
+    return tuple(x / 2147483648.0 - 1.0 for x in raw)
+
+
 def _embedding(item: str | list[int], dims: int) -> tuple[list[float], bytes]:
-    """A unit vector determined by the input, rounded to float32, and its little-endian float32 bytes."""
-    raw = struct.unpack(f"<{dims}I", hashlib.shake_256(_item_key(item)).digest(4 * dims))
-    vec = [x / 2147483648.0 - 1.0 for x in raw]
+    """A unit vector determined by the input, rounded to float32, and its little-endian float32 bytes.
+
+    A bag of words: the sum of each word's pseudo-random direction (``_word_vector``; a token list's ids
+    are its words), normalised. Directions of distinct words are nearly orthogonal when ``dims`` is large
+    (a few hundred), so the cosine of two texts tracks their shared words: the same words in another
+    order or case are the same vector, one word changed in ten is about 0.9, unrelated texts about 0.
+    It measures word overlap, not meaning: enough to show and test the semantic cache with the mock. A
+    text without a word gets the direction of its whole bytes."""
+    if isinstance(item, str):
+        words = [w.encode("utf-8", "surrogatepass") for w in _EMBED_WORD.findall(item.lower())]
+    else:
+        words = [b"%d" % t for t in item]
+    if not words:
+        words = [_item_key(item)]
+    vec = [0.0] * dims
+    for word in words:
+        for i, x in enumerate(_word_vector(word, dims)):
+            vec[i] += x
     norm = math.hypot(*vec) or 1.0
     packed = struct.pack(f"<{dims}f", *(x / norm for x in vec))
     return list(struct.unpack(f"<{dims}f", packed)), packed
