@@ -611,9 +611,15 @@ class Engine:
         if (prompts is not None or endpoint is None) and _prompt_request(prompts, request, endpoint):
             return self._guarded(ctx, responder, self._prompt(ctx, responder, prompts, endpoint))
         try:
+            if endpoint is None and request.method == "POST":
+                found = DIALECT_PATHS.get(request.path)
+                if found is not None and found[0] == found[1].endpoint:
+                    # another dialect's generation request (/v1/messages): the same path as chat's
+                    ctx.dialect = found[1]
+                    endpoint = found[0]
             if endpoint is None or request.method != "POST":
                 if (self._access is not None and request.path.startswith("/v1/models")) or (
-                        request.path in DIALECT_PATHS):  # another dialect: the coroutine path
+                        request.path in DIALECT_PATHS):  # another dialect's own endpoints: a coroutine
                     return self._guarded(ctx, responder, self._other(ctx, responder, endpoint))
                 if request.path.startswith("/v1/responses"):
                     return self._guarded(ctx, responder, self._responses_local(ctx, responder))
