@@ -1717,10 +1717,12 @@ def _upstream_failure(exc: Exception | None) -> GatewayError:
 
 def _prompt_request(prompts: PromptTable | None, request: Request, endpoint: str | None) -> bool:
     """A request for gateway.prompts: under /v1/prompts (the catalogue answers with no prompts too), a
-    prompt's own path, or a chat request that may name a ``prompt:`` model (# PERF: a proxied request
-    is looked at only when there are prompts)."""
+    prompt's own path, or a chat or Messages request that may name a ``prompt:`` model (# PERF: a
+    proxied request is looked at only when there are prompts)."""
     if endpoint is None:
         path = request.path
+        if path == "/v1/messages":  # a Messages request naming a ``prompt:`` model
+            return prompts is not None and b'"prompt:' in request.body
         return path.startswith("/v1/prompts") or (prompts is not None and path in prompts.by_path)
     return prompts is not None and endpoint == "chat" and b'"prompt:' in request.body
 

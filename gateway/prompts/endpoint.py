@@ -1,4 +1,5 @@
-"""Serving a prompt: its REST endpoint, its ``prompt:NAME`` model in the chat dialect, the catalogue.
+"""Serving a prompt: its REST endpoint, its ``prompt:NAME`` model in the chat and Messages dialects, the
+catalogue.
 
 A prompt call becomes an ordinary chat completions request and runs the engine's own pipeline (access,
 limits and budgets, routing, the upstream, the call record, metrics), so that nothing applies to a model
@@ -18,7 +19,8 @@ call that does not apply to a prompt call:
     check                       | the answer against the output schema; one retry  | 502 output_schema_
                                 | (a new call, its own record) when it fails       | mismatch
     answer                      | {"output", "prompt", "version", "usage"}, or the |
-                                | chat completion itself (the chat dialect)        |
+                                | chat completion itself (the chat dialect), or as |
+                                | Messages (the Messages dialect: messages.py)     |
 
 The key's scope for the underlying model is not asked: publishing a prompt grants its callers that model
 through that prompt only. The call record of each call names the prompt and version (``prompt``).
@@ -34,7 +36,9 @@ import msgspec
 from gateway import errors
 from gateway._core.jsoncheck import TOO_DEEP, KeyWatch, check_json
 from gateway.app import Headers, Request
+from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.phases import Reply
+from gateway.prompts.messages import MessagesAnswer
 from gateway.prompts.openapi import catalogue, describe, document
 from gateway.wire import MAX_JSON_DEPTH, key_watches
 
@@ -45,12 +49,14 @@ if TYPE_CHECKING:
     from gateway.prompts.render import CompiledVersion
     from gateway.prompts.table import Prompt, PromptTable
 
-__all__ = ["is_prompt_chat", "serve", "serve_chat"]
+__all__ = ["MESSAGES_PATH", "is_prompt_chat", "serve", "serve_chat", "serve_messages"]
 
 _JSON: Headers = [("content-type", "application/json")]
 _SSE: Headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _DONE = b"data: [DONE]\n\n"
 _ENVELOPE = frozenset(("variables", "stream"))
+#: the Messages dialect's path: a request there may name a ``prompt:`` model (``serve_messages``)
+MESSAGES_PATH = "/v1/messages"
 #: headers of the captured chat answer not passed on (the prompt answer sets its own)
 _DROP = frozenset(("content-type", "content-length"))
 _decode = msgspec.json.Decoder()
@@ -90,15 +96,19 @@ def is_prompt_chat(body: bytes) -> bool:
 
 
 async def serve(engine: Engine, table: PromptTable, ctx: Context, responder: Responder) -> None:
-    """A request under /v1/prompts, or to a prompt's custom path."""
+    """A request under /v1/prompts, to a prompt's custom path, or a Messages request that may name a
+    ``prompt:`` model."""
     req = ctx.request
     path = req.path
+    if path == MESSAGES_PATH:
+        await serve_messages(engine, table, ctx, responder)
+        return
     prompt = table.by_path.get(path)
     if prompt is not None:
         if req.method != "POST":
             raise errors.MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST",
                                           headers=[("allow", "POST")])
-        await _call(engine, ctx, responder, prompt, rest=True)
+        await _call(engine, ctx, responder, prompt, "rest")
         return
     rest = path[len("/v1/prompts"):]
     if rest and rest[0] != "/":  # /v1/promptsX: not ours
@@ -123,7 +133,7 @@ async def serve(engine: Engine, table: PromptTable, ctx: Context, responder: Res
     if req.method != "POST":
         raise errors.MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST or GET",
                                       headers=[("allow", "GET, POST")])
-    await _call(engine, ctx, responder, prompt, rest=True)
+    await _call(engine, ctx, responder, prompt, "rest")
 
 
 async def serve_chat(engine: Engine, table: PromptTable, ctx: Context, responder: Responder) -> None:
@@ -142,7 +152,34 @@ async def serve_chat(engine: Engine, table: PromptTable, ctx: Context, responder
         await _authenticate(engine, ctx, "chat")
         raise errors.NotFound(f"The model `{head.model}` does not exist or you do not have access to it.",
                               param="model", code="model_not_found")
-    await _call(engine, ctx, responder, prompt, rest=False)
+    await _call(engine, ctx, responder, prompt, "chat")
+
+
+async def serve_messages(engine: Engine, table: PromptTable, ctx: Context, responder: Responder) -> None:
+    """A Messages request (``/v1/messages``) which names a ``prompt:NAME`` model or (rarely) an ordinary
+    one, then served as any Messages request. The prompt's call is a chat call (``ctx.dialect`` None
+    while it runs) whose answer reaches the client as Messages (``MessagesAnswer``); an error raised
+    past it is answered in the Messages dialect."""
+    ctx.dialect = ANTHROPIC_MESSAGES
+    try:
+        _check_shape(ctx.request.body, key_watches["messages"])
+        head = msgspec.json.decode(ctx.request.body, type=_ChatHead)
+    except (msgspec.MsgspecError, errors.BadRequest):
+        head = None  # the Messages path answers it as it answers any Messages request
+    if head is None or not head.model.startswith("prompt:"):
+        await engine._dialect_request(ctx, responder, "messages", ANTHROPIC_MESSAGES)
+        return
+    prompt = table.by_name.get(head.model[len("prompt:"):])
+    if prompt is None:
+        await _authenticate(engine, ctx, "messages")
+        raise errors.NotFound(f"The model `{head.model}` does not exist or you do not have access to it.",
+                              param="model", code="model_not_found")
+    ctx.dialect = None
+    try:
+        await _call(engine, ctx, MessagesAnswer(responder, ctx.request_id), prompt, "messages")
+    except errors.GatewayError:
+        ctx.dialect = ANTHROPIC_MESSAGES
+        raise
 
 
 class _ChatHead(msgspec.Struct):
@@ -195,17 +232,33 @@ def _rest_input(body: bytes) -> _Input:
     return _Input(obj, False)
 
 
-def _chat_input(body: bytes) -> _Input:
+def _chat_input(body: bytes, refused: tuple[str, ...] = ("messages",)) -> _Input:
     obj = _decode.decode(body)  # the engine's check_json has not run: decode errors are answered below
     if not isinstance(obj, dict):
         raise errors.BadRequest("The body must be a JSON object", code="invalid_json")
-    if obj.get("messages"):
-        raise errors.BadRequest("A prompt model takes no messages: send its variables in prompt_variables",
-                                param="messages", code="invalid_request")
+    for name in refused:
+        if obj.get(name):
+            raise errors.BadRequest(f"A prompt model takes no {name}: send its variables in prompt_variables",
+                                    param=name, code="invalid_request")
     stream = obj.get("stream") or False
     if not isinstance(stream, bool):
         raise errors.BadRequest("stream must be true or false", param="stream", code="invalid_type")
     return _Input(obj.get("prompt_variables", {}), stream, obj.get("stream_options"))
+
+
+def _messages_input(body: bytes) -> _Input:
+    """A Messages body: ``prompt_variables`` and ``stream`` (``max_tokens`` and the sampling fields are
+    the version's; no ``messages`` or ``system``). A stream asks for usage: ``message_delta`` carries it."""
+    given = _chat_input(body, ("messages", "system"))
+    return _Input(given.variables, given.stream, {"include_usage": True})
+
+
+#: each front's body: (the keys that may appear once, how the input is read)
+_FRONTS: dict[str, tuple[KeyWatch, Any]] = {
+    "rest": (_REST_WATCH, _rest_input),
+    "chat": (key_watches["chat"], _chat_input),
+    "messages": (key_watches["messages"], _messages_input),
+}
 
 
 def _chat_body(version: CompiledVersion, messages: list[dict[str, str]], given: _Input, rest: bool) -> bytes:
@@ -219,12 +272,16 @@ def _chat_body(version: CompiledVersion, messages: list[dict[str, str]], given: 
     return _encode(body)
 
 
-async def _call(engine: Engine, ctx: Context, responder: Responder, prompt: Prompt, *, rest: bool) -> None:
+async def _call(engine: Engine, ctx: Context, responder: Responder, prompt: Prompt, front: str) -> None:
+    """The prompt's chat call; ``front``: ``rest`` (its own endpoint), ``chat`` or ``messages`` (a
+    dialect's ``prompt:NAME`` model)."""
+    rest = front == "rest"
+    watch, read_input = _FRONTS[front]
     key = await _authenticate(engine, ctx, "chat")
     _check_scope(engine, key, prompt)
-    _check_shape(ctx.request.body, _REST_WATCH if rest else key_watches["chat"])
+    _check_shape(ctx.request.body, watch)
     try:
-        given = _rest_input(ctx.request.body) if rest else _chat_input(ctx.request.body)
+        given = read_input(ctx.request.body)
     except msgspec.DecodeError:
         raise errors.BadRequest("We could not parse the JSON body of your request.",
                                 code="invalid_json") from None
