@@ -40,6 +40,7 @@ from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.phases import Reply
 from gateway.prompts.messages import MessagesAnswer
 from gateway.prompts.openapi import catalogue, describe, document
+from gateway.prompts.responders import InFront
 from gateway.wire import MAX_JSON_DEPTH, key_watches
 
 if TYPE_CHECKING:
@@ -136,22 +137,32 @@ async def serve(engine: Engine, table: PromptTable, ctx: Context, responder: Res
     await _call(engine, ctx, responder, prompt, "rest")
 
 
+async def _named_prompt(engine: Engine, table: PromptTable, ctx: Context, endpoint: str) -> Prompt | None:
+    """The prompt a dialect request's ``prompt:NAME`` model names; None when it names another model (or
+    the body is not one the dialect's own path would take: that path answers it); 404 for no such
+    prompt."""
+    try:
+        _check_shape(ctx.request.body, key_watches[endpoint])
+        head = msgspec.json.decode(ctx.request.body, type=_ChatHead)
+    except (msgspec.MsgspecError, errors.BadRequest):
+        return None
+    if not head.model.startswith("prompt:"):
+        return None
+    prompt = table.by_name.get(head.model[len("prompt:"):])
+    if prompt is None:
+        await _authenticate(engine, ctx, endpoint)
+        raise errors.NotFound(f"The model `{head.model}` does not exist or you do not have access to it.",
+                              param="model", code="model_not_found")
+    return prompt
+
+
 async def serve_chat(engine: Engine, table: PromptTable, ctx: Context, responder: Responder) -> None:
     """A chat completions request, which names a ``prompt:NAME`` model or (rarely: the body only holds the
     text ``"prompt:``) an ordinary one, then served as any chat request."""
-    try:
-        _check_shape(ctx.request.body, key_watches["chat"])
-        head = msgspec.json.decode(ctx.request.body, type=_ChatHead)
-    except (msgspec.MsgspecError, errors.BadRequest):
-        head = None  # the chat pipeline answers it as it answers any chat request
-    if head is None or not head.model.startswith("prompt:"):
+    prompt = await _named_prompt(engine, table, ctx, "chat")
+    if prompt is None:
         await engine._proxy(ctx, responder)
         return
-    prompt = table.by_name.get(head.model[len("prompt:"):])
-    if prompt is None:
-        await _authenticate(engine, ctx, "chat")
-        raise errors.NotFound(f"The model `{head.model}` does not exist or you do not have access to it.",
-                              param="model", code="model_not_found")
     await _call(engine, ctx, responder, prompt, "chat")
 
 
@@ -161,19 +172,10 @@ async def serve_messages(engine: Engine, table: PromptTable, ctx: Context, respo
     while it runs) whose answer reaches the client as Messages (``MessagesAnswer``); an error raised
     past it is answered in the Messages dialect."""
     ctx.dialect = ANTHROPIC_MESSAGES
-    try:
-        _check_shape(ctx.request.body, key_watches["messages"])
-        head = msgspec.json.decode(ctx.request.body, type=_ChatHead)
-    except (msgspec.MsgspecError, errors.BadRequest):
-        head = None  # the Messages path answers it as it answers any Messages request
-    if head is None or not head.model.startswith("prompt:"):
+    prompt = await _named_prompt(engine, table, ctx, "messages")
+    if prompt is None:
         await engine._dialect_request(ctx, responder, "messages", ANTHROPIC_MESSAGES)
         return
-    prompt = table.by_name.get(head.model[len("prompt:"):])
-    if prompt is None:
-        await _authenticate(engine, ctx, "messages")
-        raise errors.NotFound(f"The model `{head.model}` does not exist or you do not have access to it.",
-                              param="model", code="model_not_found")
     ctx.dialect = None
     try:
         await _call(engine, ctx, MessagesAnswer(responder, ctx.request_id), prompt, "messages")
@@ -363,30 +365,19 @@ def _answer(engine: Engine, ctx: Context, responder: Responder, prompt: Prompt, 
 # -- capturing the chat answer -----------------------------------------------------------------------------
 
 
-class _Capture:
+class _Capture(InFront):
     """A responder that keeps the engine's one (non-stream) answer, for the prompt to judge; the client's
     connection (``client``) still tells whether it has gone and whether it stays open."""
 
-    started = False
-
     def __init__(self, client: Responder) -> None:
-        self._client = client
+        super().__init__(client)
         self.status = 0
         self.headers: Headers = []
         self.body = b""
 
     @property
-    def disconnected(self) -> bool:
-        return self._client.disconnected
-
-    @property
-    def keep_alive(self) -> bool:
-        return bool(getattr(self._client, "keep_alive", True))
-
-    @keep_alive.setter
-    def keep_alive(self, value: bool) -> None:  # an answer that closes the connection closes the client's
-        if hasattr(self._client, "keep_alive"):
-            self._client.keep_alive = value
+    def started(self) -> bool:  # never: the answer is kept, not sent
+        return False
 
     def send(self, status: int, headers: Headers, body: bytes) -> None:
         self.status = status

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES, EventEncoder, encode_response, error_body
+from gateway.prompts.responders import InFront
 from gateway.providers.openai_translate import ChunkStream, response_from_body
 
 if TYPE_CHECKING:
@@ -52,31 +53,14 @@ class _Error(msgspec.Struct):
 _error_decoder: Final = msgspec.json.Decoder(_Error)
 
 
-class MessagesAnswer:
+class MessagesAnswer(InFront):
     """The engine's chat answer to a prompt call, sent to a Messages client as Messages."""
 
     def __init__(self, client: Responder, request_id: str) -> None:
-        self._client = client
+        super().__init__(client)
         self._request_id = request_id
         self._stream = ChunkStream()
         self._encoder = EventEncoder(request_id)
-
-    @property
-    def started(self) -> bool:
-        return bool(getattr(self._client, "started", False))
-
-    @property
-    def disconnected(self) -> bool:
-        return self._client.disconnected
-
-    @property
-    def keep_alive(self) -> bool:
-        return bool(getattr(self._client, "keep_alive", True))
-
-    @keep_alive.setter
-    def keep_alive(self, value: bool) -> None:  # an answer that closes the connection closes the client's
-        if hasattr(self._client, "keep_alive"):
-            self._client.keep_alive = value
 
     def send(self, status: int, headers: Headers, body: bytes) -> None:
         ctype = _JSON

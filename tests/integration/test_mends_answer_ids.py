@@ -9,6 +9,7 @@ unchanged. Responses mints its own ``resp_``/``msg_`` ids whatever the upstream.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from . import test_dialects_new_providers
 from .conftest import Gateway, _launch, _stop
 from .helpers import HOST
 from .test_anthropic_upstream import (
@@ -31,6 +33,10 @@ from .test_dialects_new_providers import bedrock_mock, cohere_mock, gemini_mock 
 from .test_gemini_upstream import KEY as GEMINI_KEY
 
 pytestmark = pytest.mark.timeout(180)
+
+#: the SDK clients' fixtures, on this module's ``gw``
+claude = test_dialects_new_providers.claude
+oai = test_dialects_new_providers.oai
 
 USER = "Tell me something about gateways."
 #: models on another wire than OpenAI chat (chat answers are translated)
@@ -90,9 +96,10 @@ upstream_model = "command-a-03-2025"
 """
 
 
-@pytest.fixture(scope="module")
-def gw(mock_port: int, anthropic_mock: int, gemini_mock: int, bedrock_mock: int,  # noqa: F811
-       cohere_mock: int, logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[Gateway]:  # noqa: F811
+@contextlib.contextmanager
+def provider_env() -> Iterator[None]:
+    """The providers' credentials in the environment the gateway starts with (AWS's alone: no profile,
+    role or container credentials of this machine)."""
     with pytest.MonkeyPatch.context() as mp:
         for k, v in {"ANTH_KEY": ANTH_KEY, "GEMINI_KEY": GEMINI_KEY, "CO_KEY": CO_KEY,
                      "NO_PROXY": "127.0.0.1,localhost", **AWS_ENV}.items():
@@ -100,6 +107,13 @@ def gw(mock_port: int, anthropic_mock: int, gemini_mock: int, bedrock_mock: int,
         for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
                   "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
             mp.delenv(k, raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def gw(mock_port: int, anthropic_mock: int, gemini_mock: int, bedrock_mock: int,  # noqa: F811
+       cohere_mock: int, logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[Gateway]:  # noqa: F811
+    with provider_env():
         config = _config(mock_port, anthropic_mock, gemini_mock, bedrock_mock, cohere_mock)
         gateway = _launch("gateway-mends-ids", logs_dir, config_text=config, workers=1, frontend="native")
         failed = request.session.testsfailed
@@ -107,24 +121,6 @@ def gw(mock_port: int, anthropic_mock: int, gemini_mock: int, bedrock_mock: int,
             yield gateway
         finally:
             _stop(gateway.process, request, failed)
-
-
-@pytest.fixture
-def claude(gw: Gateway) -> Iterator[anthropic.Anthropic]:
-    c = anthropic.Anthropic(base_url=f"http://{HOST}:{gw.port}", api_key="k", max_retries=0, timeout=30)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
-def oai(gw: Gateway) -> Iterator[openai.OpenAI]:
-    c = gw.client(timeout=30.0)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def _post(gw: Gateway, path: str, body: dict[str, Any]) -> httpx.Response:

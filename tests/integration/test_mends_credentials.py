@@ -18,8 +18,9 @@ import pytest
 
 from .conftest import Gateway, _launch, _stop
 from .helpers import HOST
-from .test_bedrock_upstream import AWS_ENV, CLAUDE
+from .test_bedrock_upstream import CLAUDE
 from .test_dialects_new_providers import bedrock_mock  # noqa: F401  # its fixture, shared
+from .test_mends_answer_ids import provider_env
 from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,12 +78,7 @@ upstream_model = "m-1"
 def gw(bedrock_mock: int, logs_dir: Path, request: pytest.FixtureRequest) -> Iterator[Gateway]:  # noqa: F811
     tiny = TinyUpstream(_forbidden)
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            for k, v in {**AWS_ENV, "NO_PROXY": "127.0.0.1,localhost"}.items():
-                mp.setenv(k, v)
-            for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
-                      "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
-                mp.delenv(k, raising=False)
+        with provider_env():
             gateway = _launch("gateway-mends-credentials", logs_dir, config_text=_config(bedrock_mock, tiny.port),
                               workers=1, frontend="native")
             failed = request.session.testsfailed

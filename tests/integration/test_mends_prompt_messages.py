@@ -6,7 +6,6 @@ stream, errors in Anthropic's shape, the output-schema retry), with ordinary Mes
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -14,6 +13,7 @@ import httpx
 import jsonschema
 import pytest
 
+from . import test_dialects_new_providers
 from .conftest import Gateway, StartGateway
 from .helpers import HOST, call_records, gateway_toml, provider_toml, sse_events
 from .test_prompts import FILE_PROMPTS, SENTIMENT_OUT, _chat_answer, prompt_toml, version
@@ -21,19 +21,13 @@ from .tiny_upstream import TinyUpstream
 
 pytestmark = pytest.mark.timeout(120)
 
+#: the ``anthropic`` client's fixture, on this module's ``gw``
+claude = test_dialects_new_providers.claude
+
 
 @pytest.fixture
 def gw(start_gateway: StartGateway, mock_port: int) -> Gateway:
     return start_gateway(gateway_toml(mock_port) + FILE_PROMPTS)
-
-
-@pytest.fixture
-def claude(gw: Gateway) -> Iterator[anthropic.Anthropic]:
-    c = anthropic.Anthropic(base_url=f"http://{HOST}:{gw.port}", api_key="k", max_retries=0, timeout=30)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def _messages(port: int, body: dict[str, Any]) -> httpx.Response:
