@@ -20,15 +20,11 @@ the issue are a memory hit >= 1.5x nginx and a Redis hit >= 0.8x. Needs nginx, w
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,17 +34,15 @@ from bench.procs import (
     HOST,
     BenchError,
     Service,
-    find_tools,
     free_ports,
     http_request,
-    log,
     machine_info,
     start_service,
-    terminate_as_exit,
     wait_ready,
 )
-from bench.proxy_vs_nginx import Bench, _check_cpus, _parse_args, _ratio
-from bench.stack import Stack, StackOptions, Target
+from bench.proxy_vs_nginx import Bench, _parse_args, _ratio
+from bench.rounds import finish, measure, rotated, run_bench
+from bench.stack import Round, Stack, StackOptions, Target
 
 GENERATOR = "bench/cache_vs_nginx.py"
 
@@ -152,18 +146,13 @@ class CacheBench(Bench):
     def run(self) -> dict[str, Any]:
         a = self.args
         targets = self.start()
-        if a.warmup > 0:
-            for t in targets:
-                log(f"warm-up {t.name} ({a.warmup} s)")
-                self.round(t, 0, a.warmup)
-        rounds = []
-        for i in range(a.rounds):
-            order = targets[i % 3:] + targets[:i % 3]  # rotated: drift touches every target alike
-            for t in order:
-                r = self.round(t, i + 1, a.duration)
-                rounds.append(r)
-                log(f"round {i + 1}/{a.rounds} {t.name:<10} {r.wrk.rps:>10,.0f} req/s "
+
+        def describe(i: int, r: Round) -> str:
+            return (f"round {i}/{a.rounds} {r.target:<10} {r.wrk.rps:>10,.0f} req/s "
                     f"{r.req_per_cpu_s:>10,.0f} req/CPU-s  errors {r.wrk.errors}")
+
+        # rotated: drift touches every target alike
+        rounds = measure(targets, a, self.round, describe, order=rotated)
         out: dict[str, Any] = {"targets": {}, "machine": machine_info(self.tools)}
         for t in targets:
             rs = [r for r in rounds if r.target == t.name]
@@ -195,35 +184,16 @@ def _redis_ready(port: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    with terminate_as_exit():
-        try:
-            tools = find_tools()
-            _check_cpus(args)
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setaffinity(0, args.load_cpus)
-        tmp = Path(tempfile.mkdtemp(prefix="bench-cache-vs-nginx-"))
-        tmp.chmod(0o755)
-        bench = CacheBench(args, tmp, tools)
-        try:
-            result = bench.run()
-        except (BenchError, subprocess.TimeoutExpired) as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            bench.stop_all()
-            if not args.keep_tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'target':<10} {'req/s':>10} {'req/CPU-s':>10} {'x nginx':>8}")
+    done = run_bench(args, "bench-cache-vs-nginx-", CacheBench)
+    if done is None:
+        return 2
+    result = done[1]
+    lines = [f"{'target':<10} {'req/s':>10} {'req/CPU-s':>10} {'x nginx':>8}"]
     for name, v in result["targets"].items():
         ratio = result["ratios_over_nginx"].get(name)
-        print(f"{name:<10} {v['median_rps']:>10,.0f} {v['median_req_per_cpu_s']:>10,.0f} "
-              f"{'' if ratio is None else f'{ratio:.2f}':>8}")
-    return 0 if result["ok"] else 1
+        lines.append(f"{name:<10} {v['median_rps']:>10,.0f} {v['median_req_per_cpu_s']:>10,.0f} "
+                     f"{'' if ratio is None else f'{ratio:.2f}':>8}")
+    return finish(args, result, "\n".join(lines))
 
 
 if __name__ == "__main__":

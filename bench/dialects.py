@@ -46,11 +46,8 @@ import io
 import json
 import os
 import re
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -71,17 +68,16 @@ from bench.procs import (
     HOST,
     BenchError,
     Service,
-    find_tools,
     free_ports,
     http_request,
     log,
     machine_info,
     parse_cpu_list,
     start_service,
-    terminate_as_exit,
     wait_ready,
 )
-from bench.proxy_vs_nginx import _check_cpus, _fmt_ms, _fmt_ratio, _median_or_none, _ratio
+from bench.proxy_vs_nginx import _fmt_ms, _fmt_ratio, _median_or_none, _ratio
+from bench.rounds import finish, measure, run_bench
 from bench.stack import Round, Stack, StackOptions, Target, wrk_round
 from bench.wrk import wrk_lua
 
@@ -573,17 +569,15 @@ class Bench:
         targets = self.start()
         rounds: list[Round] = []
         for row in self.rows:
-            if a.warmup > 0:
-                for t in targets:
-                    log(f"{row.name}: warm-up {t.name} ({a.warmup} s)")
-                    self.round(row, t, 0, a.warmup)
-            for i in range(a.rounds):
-                for t in (targets if i % 2 == 0 else targets[::-1]):  # ABBA
-                    r = self.round(row, t, i + 1, a.duration)
-                    rounds.append(r)
-                    log(f"{row.name:<23} round {i + 1}/{a.rounds} {t.name:<8} {r.wrk.rps:>9,.0f} req/s "
+            def describe(i: int, r: Round, row: Row = row) -> str:
+                return (f"{row.name:<23} round {i}/{a.rounds} {r.target:<8} {r.wrk.rps:>9,.0f} req/s "
                         f"{r.req_per_cpu_s:>9,.0f} req/CPU-s  server CPU {r.server_cpu_s / r.wall_s:4.0%}  "
                         f"p99 {_fmt_ms(r.wrk.percentiles_ms.get('99'))}  errors {r.wrk.errors}")
+
+            def round_of(t: Target, i: int, seconds: int, row: Row = row) -> Round:
+                return self.round(row, t, i, seconds)
+
+            rounds += measure(targets, a, round_of, describe, label=f"{row.name}: ")  # ABBA
         log(f"the translation's own CPU, in process (bench.translate*, -n {a.translate_number})")
         figures = translation_cpu(a.translate_number)
         n_load = len(a.load_cpus)
@@ -716,36 +710,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    with terminate_as_exit():
-        try:
-            tools = find_tools()
-            _check_cpus(args)
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setaffinity(0, args.load_cpus)
-        tmp = Path(tempfile.mkdtemp(prefix="bench-dialects-"))
-        tmp.chmod(0o755)
-        bench = Bench(args, tmp, tools)
-        try:
-            result = bench.run()
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        except subprocess.TimeoutExpired as exc:
-            print(f"bench: timed out: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            bench.stop_all()
-            if args.keep_tmp:
-                log(f"temp dir kept: {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(format_table(result), flush=True)
-    return 0 if result["ok"] else 1
+    done = run_bench(args, "bench-dialects-", Bench)
+    if done is None:
+        return 2
+    return finish(args, done[1], format_table(done[1]))
 
 
 if __name__ == "__main__":

@@ -25,14 +25,10 @@ guard-off. Rounds alternate the targets (ABBA), so a drift of the machine touche
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +38,15 @@ from bench.procs import (
     HOST,
     BenchError,
     Service,
-    find_tools,
     free_ports,
     http_request,
-    log,
     machine_info,
     start_service,
-    terminate_as_exit,
     wait_ready,
 )
-from bench.proxy_vs_nginx import Bench, Scenario, _check_chat, _check_cpus, _parse_args
-from bench.stack import Stack, StackOptions, Target
+from bench.proxy_vs_nginx import Bench, Scenario, _check_chat, _parse_args
+from bench.rounds import finish, measure, run_bench
+from bench.stack import Round, Stack, StackOptions, Target
 
 __all__ = ["GuardCpuBench", "main"]
 
@@ -124,19 +118,13 @@ class GuardCpuBench(Bench):
     def run(self) -> dict[str, Any]:
         a = self.args
         targets = self.start()
-        if a.warmup > 0:
-            for t in targets:
-                log(f"warm-up {t.name} ({a.warmup} s)")
-                self.round(t, 0, a.warmup)
-        rounds = []
-        for i in range(a.rounds):
-            order = targets if i % 2 == 0 else targets[::-1]  # ABBA: drift hits both sides alike
-            for t in order:
-                r = self.round(t, i + 1, a.duration)
-                rounds.append(r)
-                us = 1e6 / r.req_per_cpu_s if r.req_per_cpu_s else 0.0
-                log(f"round {i + 1}/{a.rounds} {t.name:<10} {r.wrk.rps:>10,.0f} req/s "
+
+        def describe(i: int, r: Round) -> str:
+            us = 1e6 / r.req_per_cpu_s if r.req_per_cpu_s else 0.0
+            return (f"round {i}/{a.rounds} {r.target:<10} {r.wrk.rps:>10,.0f} req/s "
                     f"{us:>8.1f} us CPU/req  errors {r.wrk.errors}")
+
+        rounds = measure(targets, a, self.round, describe)  # ABBA: drift hits both sides alike
         out: dict[str, Any] = {"prompt": a.prompt, "targets": {}, "machine": machine_info(self.tools)}
         for t in targets:
             rs = [r for r in rounds if r.target == t.name]
@@ -163,38 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     known, rest = pre.parse_known_args(argv)
     args = _parse_args(rest)
     args.prompt = known.prompt
-    with terminate_as_exit():
-        try:
-            tools = find_tools()
-            _check_cpus(args)
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setaffinity(0, args.load_cpus)
-        tmp = Path(tempfile.mkdtemp(prefix="bench-guard-cpu-"))
-        tmp.chmod(0o755)
-        bench = GuardCpuBench(args, tmp, tools)
-        try:
-            result = bench.run()
-        except (BenchError, subprocess.TimeoutExpired) as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            bench.stop_all()
-            if not args.keep_tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"prompt: {args.prompt}")
-    print(f"{'target':<10} {'req/s':>10} {'req/CPU-s':>10} {'CPU/req':>10}")
+    done = run_bench(args, "bench-guard-cpu-", GuardCpuBench)
+    if done is None:
+        return 2
+    result = done[1]
+    lines = [f"prompt: {args.prompt}", f"{'target':<10} {'req/s':>10} {'req/CPU-s':>10} {'CPU/req':>10}"]
     for name, v in result["targets"].items():
-        print(f"{name:<10} {v['median_rps']:>10,.0f} {v['median_req_per_cpu_s']:>10,.0f} "
-              f"{v['median_cpu_us_per_req'] or 0:>7.1f} us")
+        lines.append(f"{name:<10} {v['median_rps']:>10,.0f} {v['median_req_per_cpu_s']:>10,.0f} "
+                     f"{v['median_cpu_us_per_req'] or 0:>7.1f} us")
     overhead = result["guard_overhead"]
     if overhead is not None:
-        print(f"guard-on costs {overhead:+.1%} server CPU per request over guard-off (target: at most +15%)")
-    return 0 if result["ok"] else 1
+        lines.append(f"guard-on costs {overhead:+.1%} server CPU per request over guard-off (target: at most "
+                     "+15%)")
+    return finish(args, result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -27,14 +27,8 @@ reference proxies are one more start function and one more entry in the rounds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,19 +39,16 @@ from bench.procs import (
     REPO_ROOT,
     BenchError,
     ProcCpu,
-    available_cpus,
-    cgroup_cpu_quota,
     cpu_spec,
-    find_tools,
     http_request,
     log,
     machine_info,
     parse_cpu_list,
     process_tree,
     read_proc_cpu,
-    terminate_as_exit,
     tree_cpu_seconds,
 )
+from bench.rounds import finish, measure, run_bench
 from bench.stack import Round, Stack, StackOptions, Target, wrk_round
 from bench.wrk import WrkResult, parse_wrk_output, wrk_lua
 
@@ -250,19 +241,13 @@ class Bench:
     def run(self) -> dict[str, Any]:
         a = self.args
         targets = self.start()
-        if a.warmup > 0:
-            for t in targets:
-                log(f"warm-up {t.name} ({a.warmup} s)")
-                self.round(t, 0, a.warmup)
-        rounds: list[Round] = []
-        for i in range(a.rounds):
-            order = targets if i % 2 == 0 else targets[::-1]  # ABBA: drift hits both sides alike
-            for t in order:
-                r = self.round(t, i + 1, a.duration)
-                rounds.append(r)
-                log(f"round {i + 1}/{a.rounds} {t.name:<8} {r.wrk.rps:>10,.0f} req/s "
+
+        def describe(i: int, r: Round) -> str:
+            return (f"round {i}/{a.rounds} {r.target:<8} {r.wrk.rps:>10,.0f} req/s "
                     f"{r.req_per_cpu_s:>10,.0f} req/CPU-s  server CPU {r.server_cpu_s / r.wall_s:4.0%}  "
                     f"p99 {_fmt_ms(r.wrk.percentiles_ms.get('99'))}  errors {r.wrk.errors}")
+
+        rounds = measure(targets, a, self.round, describe)
         result = self.summarise([t.name for t in targets], rounds)
         result["machine"] = machine_info(self.tools)
         if self.scenario.upstream_dialect == "anthropic":
@@ -417,59 +402,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _check_cpus(args: argparse.Namespace) -> None:
-    available = available_cpus()
-    if len(available) == 1:
-        log(f"WARNING: only 1 CPU available ({available[0]}): server, wrk and mock share it, so the figures "
-            "mostly measure contention; pinning everything to it")
-        args.server_cpus = args.load_cpus = available
-        return
-    for opt, cpus in (("--server-cpus", args.server_cpus), ("--load-cpus", args.load_cpus)):
-        bad = sorted(set(cpus) - set(available))
-        if bad:
-            raise BenchError(f"{opt}: CPU(s) {cpu_spec(bad)} not available (this process may use "
-                             f"{cpu_spec(available)})")
-    if set(args.server_cpus) & set(args.load_cpus):
-        log("WARNING: --server-cpus and --load-cpus overlap: the server competes with wrk and the mock")
-    quota = cgroup_cpu_quota()
-    if quota is not None and quota < len(available):
-        log(f"WARNING: the cgroup CPU quota is {quota:g} CPUs for {len(available)} visible CPUs: throttling "
-            "can distort the figures")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    with terminate_as_exit():
-        try:
-            tools = find_tools()
-            _check_cpus(args)
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        # keep the harness itself off the server's CPUs (it mostly sleeps, but /proc reads and probes run)
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setaffinity(0, args.load_cpus)
-        tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-vs-nginx-"))
-        tmp.chmod(0o755)  # nginx workers run as an unprivileged user when started by root
-        bench = Bench(args, tmp, tools)
-        try:
-            result = bench.run()
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        except subprocess.TimeoutExpired as exc:
-            print(f"bench: timed out: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            bench.stop_all()
-            if args.keep_tmp:
-                log(f"temp dir kept: {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(format_table(result), flush=True)
-    return 0 if result["ok"] else 1
+    done = run_bench(args, "bench-proxy-vs-nginx-", Bench)
+    if done is None:
+        return 2
+    return finish(args, done[1], format_table(done[1]))
 
 
 if __name__ == "__main__":

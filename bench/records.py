@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.procs import BenchError, http_request, log, machine_info, terminate_as_exit
-from bench.proxy_vs_nginx import Bench, _check_cpus, _fmt_ms, _fmt_ratio, _parse_args
+from bench.procs import BenchError, http_request
+from bench.proxy_vs_nginx import Bench, _fmt_ms, _fmt_ratio, _parse_args
+from bench.rounds import finish, run_bench
 from bench.stack import Round, Stack, StackOptions, Target, wrk_round
 
 __all__ = ["RecordsBench", "format_records_table", "main"]
@@ -135,41 +131,12 @@ def format_records_table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(["--scenario", "chat", *(argv if argv is not None else sys.argv[1:])])
-    with terminate_as_exit():
-        try:
-            from bench.procs import find_tools
-
-            tools = find_tools()
-            _check_cpus(args)
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        with contextlib.suppress(OSError, AttributeError):
-            os.sched_setaffinity(0, args.load_cpus)
-        tmp = Path(tempfile.mkdtemp(prefix="bench-records-"))
-        tmp.chmod(0o755)
-        bench = RecordsBench(args, tmp, tools)
-        try:
-            result = bench.run()
-            result["machine"] = machine_info(tools)
-        except BenchError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
-        except subprocess.TimeoutExpired as exc:
-            print(f"bench: timed out: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            bench.stop_all()
-            if "result" in locals():
-                result["records_written"] = bench.records_written
-            if args.keep_tmp:
-                log(f"temp dir kept: {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(format_records_table(result), flush=True)
-    return 0 if result["ok"] else 1
+    done = run_bench(args, "bench-records-", RecordsBench)
+    if done is None:
+        return 2
+    bench, result = done
+    result["records_written"] = bench.records_written  # counted once its gateway has stopped
+    return finish(args, result, format_records_table(result))
 
 
 if __name__ == "__main__":

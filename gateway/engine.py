@@ -416,7 +416,7 @@ class Engine:
         finally:
             resp.close()
         if resp.status in CREDENTIAL_STATUSES:  # logged as what it is (the probe fails, as any non-2xx)
-            credentials_rejected(deployment.provider, resp.status, answer)
+            credentials_rejected(deployment.provider, resp.status, answer, translator)
         return 200 <= resp.status < 300
 
     def _build(self, config: Config, old: dict[str, tuple[ProviderConfig, OpenAITranslator]]) -> Runtime:
@@ -1370,7 +1370,8 @@ class Engine:
                 if outcome is Outcome.CREDENTIALS:  # the deployment's fault: never relayed as the client's
                     resp.close()
                     attempts.report(outcome, now, ttfb=ttfb, total=now - t0)
-                    return _Failed(credentials_rejected(target.provider, status, data), None)
+                    refused = credentials_rejected(target.provider, status, data, target.translator)
+                    return _Failed(refused, None)
                 if outcome is not Outcome.CLIENT_ERROR:  # 429, 5xx, 408, context length: may go on
                     retry_after = parse_retry_after(
                         resp.header(b"retry-after"), resp.header(b"retry-after-ms")
@@ -1467,7 +1468,7 @@ class Engine:
         target = ctx.target
         assert target is not None
         if resp.status in CREDENTIAL_STATUSES:  # the provider refused the gateway's key, not the client's
-            raise credentials_rejected(target.provider, resp.status, body)
+            raise credentials_rejected(target.provider, resp.status, body, target.translator)
         answer = target.translator.client_error(ctx, resp.status, body)
         if answer is None:
             status = resp.status
@@ -1722,10 +1723,12 @@ def _upstream_failure(exc: Exception | None) -> GatewayError:
 
 def _prompt_request(prompts: PromptTable | None, request: Request, endpoint: str | None) -> bool:
     """A request for gateway.prompts: under /v1/prompts (the catalogue answers with no prompts too), a
-    prompt's own path, or a chat request that may name a ``prompt:`` model (# PERF: a proxied request
-    is looked at only when there are prompts)."""
+    prompt's own path, or a chat or Messages request that may name a ``prompt:`` model (# PERF: a
+    proxied request is looked at only when there are prompts)."""
     if endpoint is None:
         path = request.path
+        if path == "/v1/messages":  # a Messages request naming a ``prompt:`` model
+            return prompts is not None and b'"prompt:' in request.body
         return path.startswith("/v1/prompts") or (prompts is not None and path in prompts.by_path)
     return prompts is not None and endpoint == "chat" and b'"prompt:' in request.body
 

@@ -27,6 +27,7 @@ import msgspec
 
 from gateway import ir
 from gateway.dialects.base import ClientDialect
+from gateway.dialects.ids import MESSAGES_PREFIX, answer_id
 from gateway.errors import BadRequest, GatewayError
 
 __all__ = [
@@ -419,9 +420,9 @@ def _stop_reason(reason: ir.StopReason | None) -> str:
 
 
 def encode_response(resp: ir.Response) -> bytes:
-    """An IR answer as the Messages API ``message`` body."""
+    """An IR answer as the Messages API ``message`` body (its id re-prefixed ``msg_``: ``dialects.ids``)."""
     return _encode({
-        "id": resp.id,
+        "id": answer_id(resp.id, MESSAGES_PREFIX),
         "type": "message",
         "role": "assistant",
         "model": resp.model,
@@ -521,7 +522,8 @@ class EventEncoder:
         if isinstance(event, ir.MessageStart):
             self._usage = event.usage
             message: dict[str, Any] = {
-                "id": event.id, "type": "message", "role": "assistant", "model": event.model, "content": [],
+                "id": answer_id(event.id, MESSAGES_PREFIX), "type": "message", "role": "assistant",
+                "model": event.model, "content": [],
                 "stop_reason": None, "stop_sequence": None, "usage": _usage(event.usage),
             }
             return _sse("message_start", {"message": message}) + _sse("ping", {})

@@ -18,6 +18,7 @@ import msgspec
 
 from gateway import ir
 from gateway.dialects.base import ClientDialect
+from gateway.dialects.ids import CHAT_PREFIX, answer_id
 from gateway.errors import BadRequest, GatewayError, error_body
 
 __all__ = [
@@ -424,7 +425,9 @@ def encode_response(resp: ir.Response, created: int) -> bytes:
         thinking_blocks=[_thinking_block(p) for p in thinking] or msgspec.UNSET,
     )
     choice = _Choice(message, finish_reason(resp.stop_reason))
-    return _encode(_Completion(resp.id, created, resp.model, [choice], _usage(resp.usage)))
+    answer = answer_id(resp.id, CHAT_PREFIX)
+    completion = _Completion(answer, created, resp.model, [choice], _usage(resp.usage))
+    return _encode(completion)
 
 
 def encode_error(err: ir.ProviderError) -> bytes:
@@ -525,7 +528,7 @@ class ChunkEncoder:
         if isinstance(event, ir.BlockDelta):
             return self._delta(event)
         if isinstance(event, ir.MessageStart):
-            self._id, self._model = event.id, event.model
+            self._id, self._model = answer_id(event.id, CHAT_PREFIX), event.model
             self._usage = event.usage
             return self._chunk(_Delta(role="assistant", content=""))
         if isinstance(event, ir.BlockStart):

@@ -1,8 +1,10 @@
 """The OpenAI embeddings dialect for translated upstreams: request → texts, vectors → ``list`` body.
 
-Used when the upstream's embeddings API is not OpenAI's (Bedrock's Titan and Cohere, Cohere's
-``/v2/embed``). Pure: no I/O. ``encoding_format: base64`` (what the ``openai`` SDK sends by default) gets
-each vector as little-endian float32 bytes in base64, as OpenAI answers it.
+Used when the upstream's embeddings API is not OpenAI's (Gemini's ``batchEmbedContents``, Vertex AI's
+``predict``, Bedrock's Titan and Cohere, Cohere's ``/v2/embed``): every such translator reads the
+request and writes the answer here, and keeps only its own wire. Pure: no I/O. ``encoding_format:
+base64`` (what the ``openai`` SDK sends by default) gets each vector as little-endian float32 bytes in
+base64, as OpenAI answers it.
 """
 
 from __future__ import annotations

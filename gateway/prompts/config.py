@@ -26,8 +26,8 @@ __all__ = [
 #: prompt and version names: what may appear in a URL path segment and a scope entry unquoted
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: paths the gateway answers itself or proxies: a prompt's custom ``path`` may not take them
-_RESERVED = ("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/readyz",
-             "/metrics")
+_RESERVED = ("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/messages", "/v1/responses",
+             "/healthz", "/readyz", "/metrics")
 _PATH = re.compile(r"^/[A-Za-z0-9._~/-]{1,199}$")
 
 

@@ -1,4 +1,5 @@
-"""Serving a prompt: its REST endpoint, its ``prompt:NAME`` model in the chat dialect, the catalogue.
+"""Serving a prompt: its REST endpoint, its ``prompt:NAME`` model in the chat and Messages dialects, the
+catalogue.
 
 A prompt call becomes an ordinary chat completions request and runs the engine's own pipeline (access,
 limits and budgets, routing, the upstream, the call record, metrics), so that nothing applies to a model
@@ -18,7 +19,8 @@ call that does not apply to a prompt call:
     check                       | the answer against the output schema; one retry  | 502 output_schema_
                                 | (a new call, its own record) when it fails       | mismatch
     answer                      | {"output", "prompt", "version", "usage"}, or the |
-                                | chat completion itself (the chat dialect)        |
+                                | chat completion itself (the chat dialect), or as |
+                                | Messages (the Messages dialect: messages.py)     |
 
 The key's scope for the underlying model is not asked: publishing a prompt grants its callers that model
 through that prompt only. The call record of each call names the prompt and version (``prompt``).
@@ -34,8 +36,11 @@ import msgspec
 from gateway import errors
 from gateway._core.jsoncheck import TOO_DEEP, KeyWatch, check_json
 from gateway.app import Headers, Request
+from gateway.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from gateway.phases import Reply
+from gateway.prompts.messages import MessagesAnswer
 from gateway.prompts.openapi import catalogue, describe, document
+from gateway.prompts.responders import InFront
 from gateway.wire import MAX_JSON_DEPTH, key_watches
 
 if TYPE_CHECKING:
@@ -45,12 +50,14 @@ if TYPE_CHECKING:
     from gateway.prompts.render import CompiledVersion
     from gateway.prompts.table import Prompt, PromptTable
 
-__all__ = ["is_prompt_chat", "serve", "serve_chat"]
+__all__ = ["MESSAGES_PATH", "is_prompt_chat", "serve", "serve_chat", "serve_messages"]
 
 _JSON: Headers = [("content-type", "application/json")]
 _SSE: Headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _DONE = b"data: [DONE]\n\n"
 _ENVELOPE = frozenset(("variables", "stream"))
+#: the Messages dialect's path: a request there may name a ``prompt:`` model (``serve_messages``)
+MESSAGES_PATH = "/v1/messages"
 #: headers of the captured chat answer not passed on (the prompt answer sets its own)
 _DROP = frozenset(("content-type", "content-length"))
 _decode = msgspec.json.Decoder()
@@ -90,15 +97,19 @@ def is_prompt_chat(body: bytes) -> bool:
 
 
 async def serve(engine: Engine, table: PromptTable, ctx: Context, responder: Responder) -> None:
-    """A request under /v1/prompts, or to a prompt's custom path."""
+    """A request under /v1/prompts, to a prompt's custom path, or a Messages request that may name a
+    ``prompt:`` model."""
     req = ctx.request
     path = req.path
+    if path == MESSAGES_PATH:
+        await serve_messages(engine, table, ctx, responder)
+        return
     prompt = table.by_path.get(path)
     if prompt is not None:
         if req.method != "POST":
             raise errors.MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST",
                                           headers=[("allow", "POST")])
-        await _call(engine, ctx, responder, prompt, rest=True)
+        await _call(engine, ctx, responder, prompt, "rest")
         return
     rest = path[len("/v1/prompts"):]
     if rest and rest[0] != "/":  # /v1/promptsX: not ours
@@ -123,26 +134,54 @@ async def serve(engine: Engine, table: PromptTable, ctx: Context, responder: Res
     if req.method != "POST":
         raise errors.MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST or GET",
                                       headers=[("allow", "GET, POST")])
-    await _call(engine, ctx, responder, prompt, rest=True)
+    await _call(engine, ctx, responder, prompt, "rest")
+
+
+async def _named_prompt(engine: Engine, table: PromptTable, ctx: Context, endpoint: str) -> Prompt | None:
+    """The prompt a dialect request's ``prompt:NAME`` model names; None when it names another model (or
+    the body is not one the dialect's own path would take: that path answers it); 404 for no such
+    prompt."""
+    try:
+        _check_shape(ctx.request.body, key_watches[endpoint])
+        head = msgspec.json.decode(ctx.request.body, type=_ChatHead)
+    except (msgspec.MsgspecError, errors.BadRequest):
+        return None
+    if not head.model.startswith("prompt:"):
+        return None
+    prompt = table.by_name.get(head.model[len("prompt:"):])
+    if prompt is None:
+        await _authenticate(engine, ctx, endpoint)
+        raise errors.NotFound(f"The model `{head.model}` does not exist or you do not have access to it.",
+                              param="model", code="model_not_found")
+    return prompt
 
 
 async def serve_chat(engine: Engine, table: PromptTable, ctx: Context, responder: Responder) -> None:
     """A chat completions request, which names a ``prompt:NAME`` model or (rarely: the body only holds the
     text ``"prompt:``) an ordinary one, then served as any chat request."""
-    try:
-        _check_shape(ctx.request.body, key_watches["chat"])
-        head = msgspec.json.decode(ctx.request.body, type=_ChatHead)
-    except (msgspec.MsgspecError, errors.BadRequest):
-        head = None  # the chat pipeline answers it as it answers any chat request
-    if head is None or not head.model.startswith("prompt:"):
+    prompt = await _named_prompt(engine, table, ctx, "chat")
+    if prompt is None:
         await engine._proxy(ctx, responder)
         return
-    prompt = table.by_name.get(head.model[len("prompt:"):])
+    await _call(engine, ctx, responder, prompt, "chat")
+
+
+async def serve_messages(engine: Engine, table: PromptTable, ctx: Context, responder: Responder) -> None:
+    """A Messages request (``/v1/messages``) which names a ``prompt:NAME`` model or (rarely) an ordinary
+    one, then served as any Messages request. The prompt's call is a chat call (``ctx.dialect`` None
+    while it runs) whose answer reaches the client as Messages (``MessagesAnswer``); an error raised
+    past it is answered in the Messages dialect."""
+    ctx.dialect = ANTHROPIC_MESSAGES
+    prompt = await _named_prompt(engine, table, ctx, "messages")
     if prompt is None:
-        await _authenticate(engine, ctx, "chat")
-        raise errors.NotFound(f"The model `{head.model}` does not exist or you do not have access to it.",
-                              param="model", code="model_not_found")
-    await _call(engine, ctx, responder, prompt, rest=False)
+        await engine._dialect_request(ctx, responder, "messages", ANTHROPIC_MESSAGES)
+        return
+    ctx.dialect = None
+    try:
+        await _call(engine, ctx, MessagesAnswer(responder, ctx.request_id), prompt, "messages")
+    except errors.GatewayError:
+        ctx.dialect = ANTHROPIC_MESSAGES
+        raise
 
 
 class _ChatHead(msgspec.Struct):
@@ -195,17 +234,33 @@ def _rest_input(body: bytes) -> _Input:
     return _Input(obj, False)
 
 
-def _chat_input(body: bytes) -> _Input:
+def _chat_input(body: bytes, refused: tuple[str, ...] = ("messages",)) -> _Input:
     obj = _decode.decode(body)  # the engine's check_json has not run: decode errors are answered below
     if not isinstance(obj, dict):
         raise errors.BadRequest("The body must be a JSON object", code="invalid_json")
-    if obj.get("messages"):
-        raise errors.BadRequest("A prompt model takes no messages: send its variables in prompt_variables",
-                                param="messages", code="invalid_request")
+    for name in refused:
+        if obj.get(name):
+            raise errors.BadRequest(f"A prompt model takes no {name}: send its variables in prompt_variables",
+                                    param=name, code="invalid_request")
     stream = obj.get("stream") or False
     if not isinstance(stream, bool):
         raise errors.BadRequest("stream must be true or false", param="stream", code="invalid_type")
     return _Input(obj.get("prompt_variables", {}), stream, obj.get("stream_options"))
+
+
+def _messages_input(body: bytes) -> _Input:
+    """A Messages body: ``prompt_variables`` and ``stream`` (``max_tokens`` and the sampling fields are
+    the version's; no ``messages`` or ``system``). A stream asks for usage: ``message_delta`` carries it."""
+    given = _chat_input(body, ("messages", "system"))
+    return _Input(given.variables, given.stream, {"include_usage": True})
+
+
+#: each front's body: (the keys that may appear once, how the input is read)
+_FRONTS: dict[str, tuple[KeyWatch, Any]] = {
+    "rest": (_REST_WATCH, _rest_input),
+    "chat": (key_watches["chat"], _chat_input),
+    "messages": (key_watches["messages"], _messages_input),
+}
 
 
 def _chat_body(version: CompiledVersion, messages: list[dict[str, str]], given: _Input, rest: bool) -> bytes:
@@ -219,12 +274,16 @@ def _chat_body(version: CompiledVersion, messages: list[dict[str, str]], given: 
     return _encode(body)
 
 
-async def _call(engine: Engine, ctx: Context, responder: Responder, prompt: Prompt, *, rest: bool) -> None:
+async def _call(engine: Engine, ctx: Context, responder: Responder, prompt: Prompt, front: str) -> None:
+    """The prompt's chat call; ``front``: ``rest`` (its own endpoint), ``chat`` or ``messages`` (a
+    dialect's ``prompt:NAME`` model)."""
+    rest = front == "rest"
+    watch, read_input = _FRONTS[front]
     key = await _authenticate(engine, ctx, "chat")
     _check_scope(engine, key, prompt)
-    _check_shape(ctx.request.body, _REST_WATCH if rest else key_watches["chat"])
+    _check_shape(ctx.request.body, watch)
     try:
-        given = _rest_input(ctx.request.body) if rest else _chat_input(ctx.request.body)
+        given = read_input(ctx.request.body)
     except msgspec.DecodeError:
         raise errors.BadRequest("We could not parse the JSON body of your request.",
                                 code="invalid_json") from None
@@ -306,30 +365,19 @@ def _answer(engine: Engine, ctx: Context, responder: Responder, prompt: Prompt, 
 # -- capturing the chat answer -----------------------------------------------------------------------------
 
 
-class _Capture:
+class _Capture(InFront):
     """A responder that keeps the engine's one (non-stream) answer, for the prompt to judge; the client's
     connection (``client``) still tells whether it has gone and whether it stays open."""
 
-    started = False
-
     def __init__(self, client: Responder) -> None:
-        self._client = client
+        super().__init__(client)
         self.status = 0
         self.headers: Headers = []
         self.body = b""
 
     @property
-    def disconnected(self) -> bool:
-        return self._client.disconnected
-
-    @property
-    def keep_alive(self) -> bool:
-        return bool(getattr(self._client, "keep_alive", True))
-
-    @keep_alive.setter
-    def keep_alive(self, value: bool) -> None:  # an answer that closes the connection closes the client's
-        if hasattr(self._client, "keep_alive"):
-            self._client.keep_alive = value
+    def started(self) -> bool:  # never: the answer is kept, not sent
+        return False
 
     def send(self, status: int, headers: Headers, body: bytes) -> None:
         self.status = status

@@ -251,6 +251,10 @@ class BedrockTranslator(OpenAITranslator):
     def ir_error(self, status: int, body: bytes) -> ir.ProviderError:
         return xlate.error_from_response(status, body)
 
+    def credential_failure(self, status: int, body: bytes) -> bool:
+        """AWS answers an unknown key, a bad signature or an expired token with 403 too."""
+        return xlate.credential_failure(status, body)
+
 
 def _answer(body: bytes, response_id: str, model: str) -> ir.Response:
     try:

@@ -46,11 +46,13 @@ from gateway.providers.anthropic_translate import restore_tool_id, sanitize_tool
 from gateway.providers.schemas import bedrock as wire
 
 __all__ = [
+    "CREDENTIAL_MARKERS",
     "ERROR_TYPES",
     "STOP_REASONS",
     "BedrockStream",
     "EmbeddingAnswer",
     "build_request",
+    "credential_failure",
     "embedding_request",
     "embeddings_from_body",
     "encode_request",
@@ -437,6 +439,21 @@ def _guess_type(status: int, message: str) -> str | None:
     if status == 403 and any(p in low for p in _CREDENTIAL_PHRASES):
         return "UnrecognizedClientException"
     return _TYPE_BY_STATUS.get(status)
+
+
+#: what a 403 body says when the credential itself is wrong (not a permission it lacks): AWS answers an
+#: unknown key, a bad signature or an expired session token with 403, its error type in a header and
+#: these messages in the body
+CREDENTIAL_MARKERS: Final = (b"InvalidSignatureException", b"UnrecognizedClientException", b"ExpiredToken",
+                             b"IncompleteSignature", b"MissingAuthenticationToken",
+                             b"signature we calculated does not match",
+                             b"security token included in the request is", b"Invalid API Key format")
+
+
+def credential_failure(status: int, body: bytes) -> bool:
+    """Whether a refused credential's answer (401, 403) says the credential itself is wrong (an unknown
+    key, a bad signature, an expired token), not that it lacks a permission (AccessDenied)."""
+    return status == 401 or (status == 403 and any(marker in body for marker in CREDENTIAL_MARKERS))
 
 
 def error_from_response(status: int, body: bytes, error_type: str | None = None) -> ir.ProviderError:

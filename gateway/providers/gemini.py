@@ -48,6 +48,7 @@ import msgspec
 
 from gateway import errors, ir
 from gateway.config import ProviderConfig, resolve_secret
+from gateway.dialects import openai_embeddings
 from gateway.dialects.openai_chat import OPENAI_CHAT
 from gateway.providers import anthropic_translate as anthropic_xlate
 from gateway.providers import bridge
@@ -260,10 +261,10 @@ class GeminiTranslator(OpenAITranslator):
         """The ``generateContent`` request (a stream's too: only its path differs), or the embeddings
         request."""
         if ctx.endpoint == "embeddings":
-            texts, dimensions, _ = xlate.openai_embedding_inputs(ctx.body)
+            req = openai_embeddings.decode_request(ctx.body)
             if self._vertex is not None:
-                return xlate.predict_request(texts, dimensions)
-            return xlate.embed_request(texts, upstream_model, dimensions)
+                return xlate.predict_request(req.texts, req.dimensions)
+            return xlate.embed_request(req.texts, upstream_model, req.dimensions)
         bridge.check_endpoint(ctx, "Gemini",
                               "use /v1/chat/completions (or /v1/embeddings with an embedding model)")
         return bridge.request_body(self, ctx, upstream_model)
@@ -309,7 +310,8 @@ class GeminiTranslator(OpenAITranslator):
         return xlate.error_from_response(status, body)
 
     def _embeddings(self, ctx: Any, body: bytes) -> bytes:
-        texts, _, as_base64 = xlate.openai_embedding_inputs(ctx.body)
+        req = openai_embeddings.decode_request(ctx.body)
+        texts = req.texts
         try:
             if self._vertex is not None:
                 vectors, tokens = xlate.vectors_from_predict(body)
@@ -324,7 +326,8 @@ class GeminiTranslator(OpenAITranslator):
             raise errors.BadGateway(f"The upstream provider returned {len(vectors)} embeddings for "
                                     f"{len(texts)} inputs", code="upstream_invalid_response")
         ctx.usage = openai_usage(ir.Usage(input_tokens=tokens))
-        return xlate.embeddings_body(vectors, self._model or "", tokens, as_base64)
+        return openai_embeddings.encode_response(vectors, self._model or "", tokens,
+                                                 req.encoding_format == "base64")
 
 
 def _answer(body: bytes) -> ir.Response:

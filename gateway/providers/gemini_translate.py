@@ -45,10 +45,8 @@ Request rules (IR → Gemini ``generateContent``):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import mimetypes
-import struct
 from typing import Any, Final
 
 import msgspec
@@ -68,10 +66,8 @@ __all__ = [
     "GeminiStream",
     "build_request",
     "embed_request",
-    "embeddings_body",
     "encode_request",
     "error_from_response",
-    "openai_embedding_inputs",
     "openapi_compatible",
     "predict_request",
     "provider_error",
@@ -604,36 +600,6 @@ def response_from_body(body: bytes) -> ir.Response | ir.ProviderError:
 # ---- embeddings ----------------------------------------------------------------------------------
 
 
-class _EmbeddingsRequest(msgspec.Struct, frozen=True):
-    #: a string, or a list of strings (token arrays are refused below)
-    input: str | list[str | int | list[int]]
-    model: str = ""
-    dimensions: int | None = None
-    encoding_format: str | None = None
-
-
-_embeddings_request: Final = msgspec.json.Decoder(_EmbeddingsRequest)
-
-
-def openai_embedding_inputs(body: bytes) -> tuple[list[str], int | None, bool]:
-    """(texts, dimensions, base64 wanted) of an OpenAI embeddings request. Raises BadRequest (token
-    arrays: Gemini embeds text only)."""
-    try:
-        r = _embeddings_request.decode(body)
-    except msgspec.ValidationError as e:
-        raise BadRequest(f"invalid request: {e}", param="input") from None
-    except msgspec.DecodeError:
-        raise BadRequest("the request body is not valid JSON", param="body") from None
-    inputs = [r.input] if isinstance(r.input, str) else r.input
-    if not inputs:
-        raise BadRequest("input must not be empty", param="input")
-    if not all(isinstance(x, str) for x in inputs):
-        raise BadRequest("this model embeds text: token arrays are not supported", param="input")
-    if r.encoding_format not in (None, "float", "base64"):
-        raise BadRequest("encoding_format must be float or base64", param="encoding_format")
-    return [x for x in inputs if isinstance(x, str)], r.dimensions, r.encoding_format == "base64"
-
-
 def embed_request(texts: list[str], model: str, dimensions: int | None) -> bytes:
     """The ``batchEmbedContents`` body (one request per input, in order)."""
     name = model if model.startswith("models/") else f"models/{model}"
@@ -664,34 +630,6 @@ def vectors_from_predict(body: bytes) -> tuple[list[list[float]], int]:
     r = wire.decode_predict(body)
     return [p.embeddings.values for p in r.predictions], sum(
         p.embeddings.statistics.token_count for p in r.predictions)
-
-
-class _EmbeddingOut(msgspec.Struct, frozen=True):
-    index: int
-    embedding: list[float] | str
-    object: str = "embedding"
-
-
-class _EmbeddingUsage(msgspec.Struct, frozen=True):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class _EmbeddingList(msgspec.Struct, frozen=True):
-    data: list[_EmbeddingOut]
-    model: str
-    usage: _EmbeddingUsage
-    object: str = "list"
-
-
-def _b64(values: list[float]) -> str:
-    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
-
-
-def embeddings_body(vectors: list[list[float]], model: str, prompt_tokens: int, as_base64: bool) -> bytes:
-    """The OpenAI ``list`` of embeddings (float arrays, or little-endian float32 base64 as OpenAI sends)."""
-    data = [_EmbeddingOut(i, _b64(v) if as_base64 else v) for i, v in enumerate(vectors)]
-    return _encode_json(_EmbeddingList(data, model, _EmbeddingUsage(prompt_tokens, prompt_tokens)))
 
 
 # ---- the stream state machine --------------------------------------------------------------------

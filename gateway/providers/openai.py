@@ -356,6 +356,12 @@ class OpenAITranslator:
         """An error answer → IR; None when it is not OpenAI's error shape."""
         return oai.error_from_response(status, body)
 
+    def credential_failure(self, status: int, body: bytes) -> bool:
+        """Whether a refusal of the gateway's credential (401, 403: ``routing.credentials``) says the
+        credential itself is wrong rather than lacking a permission: a 401. A provider that answers a
+        bad key with 403 (AWS) overrides this."""
+        return status == 401
+
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
         """An upstream error answer as the client gets it: (status, OpenAI error body); None when the
         body is not an error of this provider's API (the engine answers 502, or 429 for a 429)."""

@@ -12,6 +12,9 @@ target's translator to
       ... of a stream request    body_as_stream(ctx, resp, body) -> event stream for the client
     translate a stream           stream_relay(ctx) -> StreamRelay: feed(chunk) / end() per event
     map an error answer          error_answer(status, body) -> (status, client body) | None
+    tell a bad credential        credential_failure(status, body) -> bool: a 401/403 that says the
+                                 gateway's credential is wrong, not short of a permission
+                                 (``gateway.routing.credentials``)
 
     map an error answer, in the client's dialect   client_error(ctx, status, body)
 
@@ -109,5 +112,7 @@ class Translator(Protocol):
     def ir_stream(self) -> IRStream: ...
 
     def ir_error(self, status: int, body: bytes) -> ir.ProviderError | None: ...
+
+    def credential_failure(self, status: int, body: bytes) -> bool: ...
 
     async def close(self) -> None: ...

@@ -12,9 +12,12 @@ characters). So:
     401             | a deployment failure: the breaker counts it, the | 502 ``upstream_error`` /
                     | next untried deployment or the fallback models   | ``upstream_authentication``
     403             | are tried; never the same deployment again       | 502 ``upstream_error`` /
-                    |                                                  | ``upstream_permission`` (AWS's 403
-                    |                                                  | for a bad key or signature:
+                    |                                                  | ``upstream_permission`` (a 403 for a
+                    |                                                  | bad key or signature, as AWS sends:
                     |                                                  | ``upstream_authentication``)
+
+Which 403 says "bad credential" rather than "no permission" is the provider's knowledge: its translator
+tells (``credential_failure(status, body)``, a 401 by default; Bedrock's reads AWS's error names).
 
 The provider's own message goes to the operator's log, never to the client: one warning per provider
 and status at most every ``LOG_EVERY`` seconds (a revoked key under load fails every request), saying
@@ -26,11 +29,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from gateway import errors
 
-__all__ = ["CREDENTIAL_STATUSES", "LOG_EVERY", "CredentialsRejected", "credentials_rejected"]
+__all__ = [
+    "CREDENTIAL_STATUSES",
+    "LOG_EVERY",
+    "CredentialJudge",
+    "CredentialsRejected",
+    "credentials_rejected",
+]
 
 log = logging.getLogger("gateway.upstream")
 
@@ -47,17 +56,25 @@ class CredentialsRejected(errors.BadGateway):
     """502: the provider refused the gateway's credential (the client's own key was fine)."""
 
 
+class CredentialJudge(Protocol):
+    """What tells a bad credential from a missing permission: the provider's translator."""
+
+    def credential_failure(self, status: int, body: bytes) -> bool: ...
+
+
 #: (provider, status) -> (when last logged, refusals not logged since)
 _last: dict[tuple[str, int], tuple[float, int]] = {}
 
 
 def credentials_rejected(
-    provider: str, status: int, body: bytes, clock: Callable[[], float] = time.monotonic
+    provider: str, status: int, body: bytes, judge: CredentialJudge,
+    clock: Callable[[], float] = time.monotonic,
 ) -> CredentialsRejected:
-    """The error the client gets for provider ``provider``'s 401/403 answer ``body``; logs it (bounded)."""
+    """The error the client gets for provider ``provider``'s 401/403 answer ``body`` (``judge``: its
+    translator); logs it (bounded)."""
     code = _CODES.get(status, "upstream_authentication")
-    if status == 403 and any(marker in body for marker in _AUTH_MARKERS):
-        code = "upstream_authentication"  # AWS answers a bad signature or key with 403
+    if status == 403 and judge.credential_failure(status, body):
+        code = "upstream_authentication"
     what = "rejected" if code == "upstream_authentication" else "refused permission for"
     _log(provider, status, body, clock())
     return CredentialsRejected(
@@ -65,15 +82,6 @@ def credentials_rejected(
         "the gateway's operator must fix the provider's credential",
         code=code,
     )
-
-
-#: what a 403 body says when the credential itself is wrong (not a permission it lacks): AWS answers an
-#: unknown key, a bad signature or an expired session token with 403, its error type in a header and
-#: these messages in the body
-_AUTH_MARKERS: Final = (b"InvalidSignatureException", b"UnrecognizedClientException", b"ExpiredToken",
-                        b"IncompleteSignature", b"MissingAuthenticationToken",
-                        b"signature we calculated does not match",
-                        b"security token included in the request is", b"Invalid API Key format")
 
 
 def _log(provider: str, status: int, body: bytes, now: float) -> None:

@@ -35,6 +35,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway import ir
 from gateway.dialects import openai_chat as oc
+from gateway.dialects import openai_embeddings as oe
 from gateway.errors import BadRequest
 from gateway.limits.pricing import PriceConfig, price_of
 from gateway.providers import gemini_translate as tr
@@ -489,17 +490,18 @@ def test_stream_cut_before_finish_is_an_error() -> None:
 
 
 def test_embeddings_request_and_answer() -> None:
-    texts, dims, b64 = tr.openai_embedding_inputs(b'{"model": "e", "input": ["a", "b"], "dimensions": 4}')
-    assert (texts, dims, b64) == (["a", "b"], 4, False)
+    req = oe.decode_request(b'{"model": "e", "input": ["a", "b"], "dimensions": 4}')
+    texts, dims = req.texts, req.dimensions
+    assert (texts, dims, req.encoding_format) == (["a", "b"], 4, None)
     body = json.loads(tr.embed_request(texts, "gemini-embedding-001", dims))
     assert body == {"requests": [
         {"content": {"parts": [{"text": "a"}]}, "model": "models/gemini-embedding-001", "outputDimensionality": 4},
         {"content": {"parts": [{"text": "b"}]}, "model": "models/gemini-embedding-001", "outputDimensionality": 4}]}
     vectors = tr.vectors_from_embed((GEM / "embeddings" / "batch.json").read_bytes())
-    out = json.loads(tr.embeddings_body(vectors, "gemini-embedding-001", 2, False))
+    out = json.loads(oe.encode_response(vectors, "gemini-embedding-001", 2, False))
     CreateEmbeddingResponse.model_validate(out)
     assert out["data"][1]["embedding"] == vectors[1] and out["data"][1]["index"] == 1
-    packed = json.loads(tr.embeddings_body(vectors, "m", 2, True))["data"][0]["embedding"]
+    packed = json.loads(oe.encode_response(vectors, "m", 2, True))["data"][0]["embedding"]
     assert list(struct.unpack("<4f", base64.b64decode(packed))) == pytest.approx(vectors[0], rel=1e-6)
     assert tr.vectors_from_embed((GEM / "embeddings" / "single.json").read_bytes()) == vectors[:1]
 
@@ -513,7 +515,7 @@ def test_vertex_predict_embeddings() -> None:
 
 def test_token_array_embeddings_are_refused() -> None:
     with pytest.raises(BadRequest):
-        tr.openai_embedding_inputs(b'{"model": "e", "input": [[1, 2, 3]]}')
+        _ = oe.decode_request(b'{"model": "e", "input": [[1, 2, 3]]}').texts
 
 
 def test_foreign_calls_get_the_documented_skip_signature_on_gemini_3() -> None:
