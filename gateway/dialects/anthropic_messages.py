@@ -477,6 +477,11 @@ _DELTAS: Final = {
 }
 
 
+#: the value a delta's template is cut around (EventEncoder._delta_template)
+_MARK: Final = "\x00gateway-delta\x00"
+_MARK_JSON: Final = msgspec.json.encode(_MARK)
+
+
 def _sse(kind: str, payload: dict[str, Any]) -> bytes:
     payload = {"type": kind, **payload}
     return b"event: " + kind.encode() + b"\ndata: " + _encode(payload) + b"\n\n"
@@ -485,10 +490,12 @@ def _sse(kind: str, payload: dict[str, Any]) -> bytes:
 class EventEncoder:
     """IR stream events → Messages SSE bytes; ``encode(event)`` returns b"" when nothing is due."""
 
-    __slots__ = ("_done", "_index", "_open", "_usage", "request_id")
+    __slots__ = ("_deltas", "_done", "_index", "_open", "_usage", "request_id")
 
     def __init__(self, request_id: str = "") -> None:
         self.request_id = request_id
+        #: (Anthropic index, IR delta kind) → the delta event's bytes around its value's JSON string
+        self._deltas: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         #: IR block index → Anthropic index
         self._index: dict[int, int] = {}
         self._open: set[int] = set()
@@ -506,8 +513,12 @@ class EventEncoder:
             k = self._index.get(event.index)
             if k is None or k not in self._open:
                 return b""
-            kind, field = _DELTAS[event.kind]
-            return _sse("content_block_delta", {"index": k, "delta": {"type": kind, field: event.value}})
+            # PERF: the most common event: the block's template around the value's JSON string (byte
+            # for byte what _sse writes), not a dict built and encoded per delta
+            template = self._deltas.get((k, event.kind))
+            if template is None:
+                template = self._delta_template(k, event.kind)
+            return template[0] + _encode(event.value) + template[1]
         if isinstance(event, ir.BlockStart):
             return self._start(event)
         if isinstance(event, ir.BlockStop):
@@ -533,6 +544,13 @@ class EventEncoder:
         err = event.error
         return _sse("error", {"error": {"type": error_type(err.status, err.provider_type),
                                         "message": err.message}})
+
+    def _delta_template(self, k: int, ir_kind: str) -> tuple[bytes, bytes]:
+        kind, field = _DELTAS[ir_kind]
+        whole = _sse("content_block_delta", {"index": k, "delta": {"type": kind, field: _MARK}})
+        head, _, tail = whole.partition(_MARK_JSON)
+        template = self._deltas[(k, ir_kind)] = (head, tail)
+        return template
 
     def _start(self, ev: ir.BlockStart) -> bytes:
         k = self._index[ev.index] = len(self._index)

@@ -414,11 +414,15 @@ class ChunkStream(SSEMachine):
         if self.state in (FAILED, DONE):
             return
         data = event_data(event)
-        if data is None or not data.strip():
+        if not data:
             return
-        if data.strip() == b"[DONE]":
-            self._finish(out)
-            return
+        if data[0] != 123:  # PERF: a chunk is a JSON object; only anything else is looked at again
+            rest = data.strip()
+            if not rest:
+                return
+            if rest == b"[DONE]":
+                self._finish(out)
+                return
         try:
             chunk = _chunk_decoder.decode(data)
         except msgspec.MsgspecError:
