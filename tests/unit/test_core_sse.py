@@ -220,6 +220,15 @@ def test_event_data(impl: ModuleType, event: bytes, data: bytes | None) -> None:
     assert impl.event_data(event) == data
 
 
+@needs_compiled
+@PROPS
+@given(st.lists(st.sampled_from([b"data:", b"data: ", b" ", b"\n", b"\r", b"\r\n", b"x", b"{}", b"event: e",
+                                 b"da", b":", b"ta:", b"\xff"]), max_size=16))
+def test_event_data_compiled_matches_the_twin(pieces: list[bytes]) -> None:
+    event = b"".join(pieces)  # the compiled one scans bytes itself; the twin splits lines
+    assert _sse.event_data(event) == sse_py.event_data(event)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # facade
 
