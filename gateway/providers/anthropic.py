@@ -330,6 +330,9 @@ class PassThroughRelay:
     def _inspect(self, data: bytes) -> bytes:
         out: list[bytes] = []
         for ev in split_events(data):
+            if b'"usage"' not in ev and b"error" not in ev and b"message_stop" not in ev:
+                out.append(ev)  # PERF: a content event in the same piece as a usage one: not decoded
+                continue
             payload = event_data(ev)
             if payload is None:
                 out.append(ev)
