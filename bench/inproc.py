@@ -14,7 +14,8 @@ less noise than a load test (which still decides: see ``proxy_vs_nginx.py``).
     python -m bench.inproc --stream 20        # streamed completions of 20 content events
     python -m bench.inproc --row chat-anthropic  # another dialect path (ROWS): chat-anthropic (OpenAI
                                               # chat to an Anthropic upstream), messages (Messages
-                                              # pass-through), messages-openai (Messages to OpenAI)
+                                              # pass-through), messages-openai (Messages to OpenAI),
+                                              # responses (stored, to an OpenAI upstream)
     python -m bench.inproc --limits           # shared-state calls per request at 10,000 requests/min
     python -m bench.inproc --answer notfound  # an answer without an upstream: notfound (404), badkey
                                               # (401) or ratelimited (429), with the config of the
@@ -158,6 +159,7 @@ def limits_config(rpm: int, workers: int, db: str) -> str:
     return text.replace("workers = 1\n", f"workers = {workers}\n", 1) + LIMITS.format(rpm=rpm)
 
 
+RESPONSES_BODY = b'{"model":"mock-1","input":"hello there"}'
 #: --row: (client path, client body, provider type, upstream answer) of each dialect path, the rows of
 #: ``bench.dialects`` without sockets
 ROWS: dict[str, tuple[bytes, bytes, str, bytes]] = {
@@ -165,6 +167,7 @@ ROWS: dict[str, tuple[bytes, bytes, str, bytes]] = {
     "chat-anthropic": (b"/v1/chat/completions", BODY, "anthropic", translate.MESSAGE),
     "messages": (b"/v1/messages", translate.MESSAGES_BODY, "anthropic", translate.MESSAGE),
     "messages-openai": (b"/v1/messages", translate.MESSAGES_BODY, "openai", translate.COMPLETION),
+    "responses": (b"/v1/responses", RESPONSES_BODY, "openai", translate.COMPLETION),
 }
 
 
@@ -172,6 +175,11 @@ def row_setup(row: str) -> tuple[str, bytes, list[bytes]]:
     """The config, the client's request and the upstream's answer of a ``ROWS`` path."""
     path, body, provider, answer = ROWS[row]
     config = CONFIG.replace('type = "openai"', f'type = "{provider}"', 1)
+    if row == "responses":  # its conversation store: SQLite on a node
+        import tempfile
+
+        config += f'[store]\nurl = "sqlite://{tempfile.mkdtemp(prefix="gateway-inproc-")}/store.db"\n'
+
     request = (
         b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
         b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s" % (path, KEY.encode(), len(body), body)

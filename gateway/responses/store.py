@@ -68,6 +68,13 @@ class SqliteResponseStore(ResponseStore):
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-responses-sqlite")
         self._conn: sqlite3.Connection | None = None
+        #: puts waiting for the writer (``put``): (tenant, id, record, retention, the caller's future)
+        self._pending: list[tuple[str, str, bytes, float, asyncio.Future[None]]] = []
+        #: the writer task is running (it takes what is pending until nothing is)
+        self._writing = False
+        #: transactions written, and records in them (group commit: see ``put``)
+        self.commits = 0
+        self.records_written = 0
 
     @classmethod
     async def open(cls, path: str, busy_timeout: float = 5.0) -> SqliteResponseStore:
@@ -113,13 +120,17 @@ class SqliteResponseStore(ResponseStore):
         return self._conn
 
     def _sync_put(self, tenant: str, response_id: str, record: bytes, retention: float) -> None:
+        self._sync_put_many([(tenant, response_id, record, retention)])
+
+    def _sync_put_many(self, rows: list[tuple[str, str, bytes, float]]) -> None:
+        """Write ``rows`` in one transaction (with one sweep of expired rows)."""
         conn = self._db()
         now = self._clock()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
+            conn.executemany(
                 "INSERT OR REPLACE INTO responses (tenant, id, expires_at, data) VALUES (?, ?, ?, ?)",
-                (tenant, response_id, now + retention, record),
+                [(tenant, rid, now + retention, record) for tenant, rid, record, retention in rows],
             )
             conn.execute(
                 "DELETE FROM responses WHERE rowid IN "
@@ -151,7 +162,37 @@ class SqliteResponseStore(ResponseStore):
         return cur.rowcount > 0
 
     async def put(self, tenant: str, response_id: str, record: bytes, retention: float) -> None:
-        await self._run(self._sync_put, tenant, response_id, record, retention)
+        """Store a record; returns once it is committed (a GET anywhere on the node finds it then).
+
+        Group commit: puts that arrive while a transaction is being written wait for the next one, which
+        writes them all. # PERF: one thread hand-off and one transaction per batch, not per response (a
+        put per request cost a thread hop, a transaction and the GIL going back and forth: the stored
+        Responses request was 120 us of CPU in process). An idle store writes a lone put at once."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((tenant, response_id, record, retention, fut))
+        if not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().create_task(self._write_pending())
+        await fut
+
+    async def _write_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._run(self._sync_put_many, [(t, i, r, k) for t, i, r, k, _ in batch])
+                except Exception as exc:  # every waiter of the batch gets the failure (StoreUnavailable)
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                self.commits += 1
+                self.records_written += len(batch)
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+        finally:
+            self._writing = False
 
     async def get(self, tenant: str, response_id: str) -> bytes | None:
         return await self._run(self._sync_get, tenant, response_id)
