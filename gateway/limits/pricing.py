@@ -178,10 +178,16 @@ def cached_tokens(usage: object) -> int:
     details: Any = getattr(usage, "prompt_tokens_details", None)
     if details is None:
         return 0
-    value = (
-        details.get("cached_tokens") if isinstance(details, Mapping) else getattr(details, "cached_tokens", 0)
-    )
+    # PERF: an attribute first (the decoded usage Structs); the ABC check, slow, only for a mapping
+    value = getattr(details, "cached_tokens", _ABSENT)
+    if value is _ABSENT:
+        value = details.get("cached_tokens") if isinstance(details, Mapping) else 0
+    if type(value) is int:
+        return value
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+_ABSENT: Any = object()
 
 
 def price_problems(
