@@ -90,7 +90,7 @@ def _check_shape(body: bytes, watch: KeyWatch) -> None:
 
 def is_prompt_chat(body: bytes) -> bool:
     """A chat request that may name a ``prompt:`` model (# PERF: one substring search, no decode)."""
-    return b'"prompt:' in body
+    return body.find(b'"prompt:') >= 0  # PERF: find, not ``in`` (see OpenAIStreamRelay.feed)
 
 
 # -- entry points ------------------------------------------------------------------------------------------

@@ -315,7 +315,8 @@ class PassThroughRelay:
         if not data:
             return b""
         # PERF: only the events that carry usage or an error are decoded
-        if b'"usage"' in data or b"error" in data or b"message_stop" in data:
+        # (find, not ``in``: see OpenAIStreamRelay.feed)
+        if data.find(b'"usage"') >= 0 or data.find(b"error") >= 0 or data.find(b"message_stop") >= 0:
             data = self._inspect(data)
         if data:
             self._sent = True
@@ -330,7 +331,7 @@ class PassThroughRelay:
     def _inspect(self, data: bytes) -> bytes:
         out: list[bytes] = []
         for ev in split_events(data):
-            if b'"usage"' not in ev and b"error" not in ev and b"message_stop" not in ev:
+            if ev.find(b'"usage"') < 0 and ev.find(b"error") < 0 and ev.find(b"message_stop") < 0:
                 out.append(ev)  # PERF: a content event in the same piece as a usage one: not decoded
                 continue
             payload = event_data(ev)

@@ -410,7 +410,9 @@ class OpenAIStreamRelay:
                 f"The upstream sent a stream event larger than {scanner.max_event_bytes} bytes",
                 code="upstream_event_too_large")
             return b""
-        if data and b'"usage"' in data:
+        # PERF: find, not ``in``: bytes' ``in`` first tries its operand as an integer and formats the
+        # TypeError it then drops (a third of a microsecond per test on CPython 3.11)
+        if data and data.find(b'"usage"') >= 0:
             return take_usage(self._ctx, data, self._strip)
         return data
 
@@ -427,11 +429,11 @@ def take_usage(ctx: Any, data: bytes, strip: bool) -> bytes:
     out: list[bytes] = []
     changed = False
     for ev in split_events(data):
-        if b'"usage"' not in ev:  # PERF: only the usage event is decoded
+        if ev.find(b'"usage"') < 0:  # PERF: only the usage event is decoded (find: see feed)
             out.append(ev)
             continue
         payload = event_data(ev)
-        if payload is not None and b'"usage"' in payload:
+        if payload is not None and payload.find(b'"usage"') >= 0:
             try:
                 chunk = usage_event_decoder.decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):

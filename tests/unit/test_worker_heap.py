@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.server.worker import freeze_heap, refreeze_heap
+from gateway.server.worker import YOUNG_THRESHOLD, freeze_heap, refreeze_heap
 
 
 class _Node:
@@ -19,8 +19,10 @@ class _Node:
 
 @pytest.fixture(autouse=True)
 def _thawed() -> Iterator[None]:
+    threshold = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def _cycle() -> weakref.ref[_Node]:
@@ -33,6 +35,14 @@ def test_freeze_moves_the_heap_out_of_collections() -> None:
     before = gc.get_freeze_count()
     freeze_heap()
     assert gc.get_freeze_count() > before
+
+
+def test_freeze_raises_the_young_generations_threshold_only() -> None:
+    _, gen1, gen2 = gc.get_threshold()
+    freeze_heap()
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, gen1, gen2)
+    refreeze_heap()  # a reload keeps it
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, gen1, gen2)
 
 
 def test_a_cycle_frozen_then_dropped_waits_for_the_refreeze() -> None:
