@@ -5,11 +5,16 @@ Theory of operation:
 
     when                     | what
     -------------------------+-----------------------------------------------------------------------------
-    a request ends           | ``emit`` (``Engine._settle``, after the answer was sent): the engine's flat
-                             | tuple becomes a ``CallRecord`` (compiled: ``rows.to_record``; the cost
-                             | filled in from the price table when no phase priced the call), is counted
-                             | into the GenAI metrics and waits in a list. Beyond ``[records] queue``
-                             | waiting records, it is dropped and counted
+    a request ends           | ``emit`` (``Engine._settle``, after the answer was sent; ``rows.RowBatch``):
+                             | the engine's flat tuple waits in a list until the end of the loop iteration;
+                             | the first one of an iteration schedules ``_drain``
+    the iteration's end      | ``_drain`` takes the iteration's rows at once: counts them into the GenAI
+    (``call_soon``)          | metrics (``genai.observe_rows``: no record built for that), and with call
+                             | records on converts them into ``CallRecord``s (``rows.to_records``; the cost
+                             | filled in from the price table when no phase priced the call) that wait in a
+                             | list. Beyond ``[records] queue`` waiting records, a row's record is dropped
+                             | and counted (its metrics are counted). A scrape, a snapshot or ``close``
+                             | drains first, so what they show includes every request already answered
     every ``flush_interval`` | ``_tick`` (a loop timer) takes at most ``_SLICE`` waiting records (their
                              | bodies redacted and capped when ``[records] bodies`` asks), encodes them at
                              | once (``encode_lines``) and offers the bytes to every sink; more left: the
@@ -21,7 +26,10 @@ Theory of operation:
 Why so: a flush that built and encoded 200 ms of records at once, and wrote them to stderr on the loop,
 stalled the loop for ~10 ms at saturation (the p99), and the tuples it held for that long (with the
 request's objects) were promoted through the GC's generations and made it collect several times as
-often. A ``CallRecord`` is untracked by the GC (``gc=False``), so what waits costs the collector nothing.
+often; rows are held for one loop iteration only. A ``CallRecord`` is untracked by the GC (``gc=False``),
+so what waits for the flush costs the collector nothing. Counting the metrics from the rows in one C loop
+per iteration, instead of building a record per request and counting that, is most of what the request
+metrics cost less (docs/performance.md).
 Client keys are never part of a record.
 """
 
@@ -38,7 +46,7 @@ import msgspec
 from gateway.limits.pricing import PriceTable
 from gateway.observe.callrecord import CallRecord
 from gateway.observe.config import RecordsConfig
-from gateway.observe.rows import Prices, dialect_of, to_record
+from gateway.observe.rows import Prices, RowBatch, dialect_of, to_record, to_records
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -124,6 +132,9 @@ class Redactor:
 class RecordSink:
     """The worker's call records and request metrics (see the module's table).
 
+    ``emit(row)``: what the engine calls per finished request (``RowBatch.emit``, an attribute: # PERF:
+    the engine's call goes straight to the compiled method).
+
     ``out``: a file object written synchronously in the flush instead of the configured sinks (tests in
     process); ``enabled``: call records on; ``metrics``: the GenAI metrics the records are counted into
     (their being set also makes the engine emit with records off).
@@ -151,6 +162,11 @@ class RecordSink:
         self._bound = cfg.queue
         self._prices = Prices(prices) if prices is not None else None
         self._close_timeout = CLOSE_TIMEOUT if close_timeout is None else close_timeout
+        #: the rows of the current loop iteration, and the drain that takes them
+        self._batch = RowBatch(self._schedule_drain)
+        self.emit: Callable[[tuple[Any, ...]], None] = self._batch.emit
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_handle: asyncio.Handle | None = None
         #: records waiting for the flush, and (record, request body, answer) of those that keep bodies
         self._rows: list[CallRecord] = []
         self._raw: list[tuple[CallRecord, bytes | None, bytes | None]] = []
@@ -159,7 +175,6 @@ class RecordSink:
         self._bodies = "none"
         self._redactor = Redactor()
         self._configure(cfg)
-        self.emitted = 0
         #: tuples dropped because ``[records] queue`` were held already (the loop could not keep up)
         self.dropped = 0
         self._closed = False
@@ -199,36 +214,62 @@ class RecordSink:
 
     # -- the loop's side
 
+    @property
+    def emitted(self) -> int:
+        """Rows the engine emitted (one per finished request)."""
+        return int(self._batch.count)
+
     def start(self) -> None:
         if not self.enabled or self._handle is not None:
             return
         for s in self._all():
             s.start()
-        self._handle = asyncio.get_running_loop().call_later(self._interval, self._tick)
+        self._loop = loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(self._interval, self._tick)
 
-    def emit(self, row: tuple[Any, ...]) -> None:
-        """One finished request, as the tuple the engine builds (see ``rows.to_record``): its record is
-        built and counted into the metrics now, and waits for the next flush."""
-        self.emitted += 1
-        pending = self._rows
-        if len(pending) >= self._bound:
-            self.dropped += 1
+    def _schedule_drain(self) -> None:
+        """(The first row of a loop iteration) the drain at the iteration's end; at once without a loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._drain()
+        elif self._drain_handle is None:
+            self._drain_handle = loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """The rows emitted so far: counted into the metrics, converted into records that wait for the
+        flush (see the module's table)."""
+        self._drain_handle = None
+        rows = self._batch.take()
+        if not rows:
             return
-        # PERF: converted at once: the record (untracked by the GC) waits for the flush, not the tuple,
-        # which holds the request's tracked objects; tuples held for a flush interval were promoted
-        # through the GC's generations and made it run several times as often
-        rec = to_record(row, self._prices)
-        if self.metrics is not None:
-            self.metrics.observe_one(rec)
-        if self.records_on:
-            pending.append(rec)
-            if self._bodies != "none" and len(row) > 23:
-                request = row[22]
-                self._raw.append((rec, request.body if request is not None else None, row[23]))
+        try:
+            if self.metrics is not None:
+                self.metrics.observe_rows(rows, self._prices)
+            if self.records_on:
+                self._keep(rows)
+        except Exception:  # never the request path's problem; the rows are lost, not the loop
+            log.exception("records: %d row(s) could not be counted", len(rows))
+
+    def _keep(self, rows: list[tuple[Any, ...]]) -> None:
+        pending = self._rows
+        room = max(self._bound - len(pending), 0)
+        if self._bodies == "none":
+            kept = to_records(rows, self._prices, pending, room)
+        else:
+            kept = 0
+            for row in rows[:room]:
+                rec = to_record(row, self._prices)
+                pending.append(rec)
+                if len(row) > 23:
+                    request = row[22]
+                    self._raw.append((rec, request.body if request is not None else None, row[23]))
+                kept += 1
+        self.dropped += len(rows) - kept
 
     def _tick(self) -> None:
         self._handle = None
         try:
+            self._drain()
             self._flush(_SLICE)
         except Exception:  # the timer must go on
             log.exception("records: a flush failed")
@@ -290,6 +331,7 @@ class RecordSink:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._drain()
         while self._rows:
             self._flush(len(self._rows) + len(self._raw))
         if self._all():
@@ -300,12 +342,15 @@ class RecordSink:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Records not yet handed off (for tests)."""
+        self._drain()
         return [msgspec.to_builtins(r) for r in self._rows]
 
     # -- metrics
 
     def samples(self) -> tuple[list[Any], list[Any]]:
-        """(counters, gauges) of the records, the sinks and the GenAI metrics, for the worker's snapshot."""
+        """(counters, gauges) of the records, the sinks and the GenAI metrics, for the worker's snapshot
+        (with every request answered so far: the rows of this iteration are drained first)."""
+        self._drain()
         counters: list[Any] = [("gateway_records_dropped_total", (), float(self.dropped))]
         gauges: list[Any] = []
         for s in self._all():

@@ -9,8 +9,6 @@ cpdef str dialect_of(str path)
 
 cdef double _ms(double x)
 
-cpdef object _reasoning(object usage)
-
 cdef int _MEMO_LIMIT
 
 
@@ -19,6 +17,20 @@ cdef class Prices:
     cdef public dict memo
     @cython.locals(key=tuple, memo=dict)
     cpdef object price(self, object upstream_model, object model)
+
+
+cdef class RowBatch:
+    cdef public list rows
+    cdef public long long count
+    cdef public object wake
+    @cython.locals(rows=list)
+    cpdef emit(self, tuple row)
+    @cython.locals(rows=list)
+    cpdef list take(self)
+
+
+@cython.locals(n=Py_ssize_t, row=tuple)
+cpdef Py_ssize_t to_records(list rows, Prices prices, list out, Py_ssize_t room)
 
 
 @cython.locals(duration_ms=double)
