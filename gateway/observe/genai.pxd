@@ -40,6 +40,8 @@ cdef class _Series:
 
 cdef class GenAIMetrics:
     cdef dict _series
+    cdef tuple _last_key
+    cdef _Series _last
     cdef public bint tenant
     cdef public bint key
     @cython.locals(s=_Series, key=tuple)

@@ -156,10 +156,14 @@ class _Series:
 class GenAIMetrics:
     """The worker's request metrics, fed with call records (``observe``), read by its snapshot."""
 
-    __slots__ = ("_series", "key", "tenant")
+    __slots__ = ("_last", "_last_key", "_series", "key", "tenant")
 
     def __init__(self, optional: Sequence[str] = ()) -> None:
         self._series: dict[tuple[Any, ...], _Series] = {}
+        #: the last row's series and its key (# PERF: consecutive rows are mostly of one series; comparing
+        #: the key with the last one, mostly identical objects, costs less than hashing it)
+        self._last_key: tuple[Any, ...] = ()
+        self._last: _Series | None = None
         self.tenant = self.key = False
         self.set_labels(optional)
 
@@ -223,9 +227,12 @@ class GenAIMetrics:
             tenant = key.tenant.id if self.tenant else None
             key_id = key.id if self.key else None
         skey = (endpoint, row[3], row[7], row[8], row[17], status, tenant, key_id)
-        s = self._series.get(skey)
-        if s is None:
-            s = self._new_row_series(skey, row, tenant, key_id)
+        last = self._last
+        if last is not None and skey == self._last_key:
+            s = last
+        else:
+            s = self._series.get(skey) or self._new_row_series(skey, row, tenant, key_id)
+            self._last_key, self._last = skey, s
         usage = row[13]
         cost = row[19]
         up = row[12]

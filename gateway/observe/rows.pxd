@@ -12,11 +12,19 @@ cdef double _ms(double x)
 cdef int _MEMO_LIMIT
 
 
+cdef object _UNSET
+
+
 cdef class Prices:
     cdef public object table
     cdef public dict memo
+    cdef public object last_upstream
+    cdef public object last_model
+    cdef public object last
     @cython.locals(key=tuple, memo=dict)
     cpdef object price(self, object upstream_model, object model)
+    @cython.locals(memo=dict)
+    cpdef object _lookup(self, object upstream_model, object model)
 
 
 cdef class RowBatch:

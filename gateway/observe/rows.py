@@ -77,26 +77,41 @@ class Prices:
     """The price table with a memo of each (upstream model, model) pair's price: a call no phase priced
     costs one dict lookup (# PERF: ``PriceTable.lookup`` is a Python method, twice per call)."""
 
-    __slots__ = ("memo", "table")
+    __slots__ = ("last", "last_model", "last_upstream", "memo", "table")
 
     def __init__(self, table: PriceTable) -> None:
         self.table = table
         self.memo: dict[tuple[str | None, str | None], PriceConfig | None] = {}
+        #: the last pair asked and its price (# PERF: consecutive calls are mostly of one model; two string
+        #: compares cost less than hashing the pair's tuple)
+        self.last_upstream: object = _UNSET
+        self.last_model: object = _UNSET
+        self.last: PriceConfig | None = None
 
     def price(self, upstream_model: str | None, model: str | None) -> PriceConfig | None:
+        if upstream_model == self.last_upstream and model == self.last_model:
+            return self.last
         key = (upstream_model, model)
         memo = self.memo
-        if key in memo:
-            return memo[key]
+        got = memo.get(key, _UNSET)
+        if got is _UNSET:
+            got = memo[key] = self._lookup(upstream_model, model)
+        found: PriceConfig | None = got
+        self.last_upstream, self.last_model, self.last = upstream_model, model, found
+        return found
+
+    def _lookup(self, upstream_model: str | None, model: str | None) -> PriceConfig | None:
+        memo = self.memo
         found = self.table.lookup(upstream_model) if upstream_model else None
         if found is None and model:
             found = self.table.lookup(model)
         if len(memo) >= _MEMO_LIMIT:
             memo.clear()
-        memo[key] = found
         return found
 
 
+#: never equal to a model name (nor to None): the memo's "not there"
+_UNSET: Any = object()
 #: distinct (upstream model, model) pairs remembered (names clients choose: bounded)
 _MEMO_LIMIT = 4096
 

@@ -78,3 +78,12 @@ def test_a_full_queue_drops_records_but_counts_their_metrics() -> None:
     hub._flush()
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert len(lines) == 3 and all(x["path"] == "/v1/chat/completions" for x in lines)
+
+
+def test_the_price_memo_answers_alternating_pairs_as_the_table() -> None:
+    table = PriceTable({"a": PriceConfig(input=1.0, output=1.0), "b": PriceConfig(input=2.0, output=2.0)})
+    prices = Prices(table)
+    pairs = [("a", "x"), ("a", "x"), (None, "b"), ("zzz", None), (None, None), ("a", "x"), ("zzz", "b")]
+    for up, model in pairs * 2:
+        want = (table.lookup(up) if up else None) or (table.lookup(model) if model else None)
+        assert prices.price(up, model) == want, (up, model)
