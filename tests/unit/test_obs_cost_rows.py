@@ -87,3 +87,29 @@ def test_the_price_memo_answers_alternating_pairs_as_the_table() -> None:
     for up, model in pairs * 2:
         want = (table.lookup(up) if up else None) or (table.lookup(model) if model else None)
         assert prices.price(up, model) == want, (up, model)
+
+
+def _twin(name: str) -> Any:
+    """The interpreted source of ``gateway.observe.<name>`` as a module of its own (whichever is imported)."""
+    import importlib.util
+    from pathlib import Path
+
+    import gateway.observe
+
+    path = Path(gateway.observe.__file__).parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gateway.observe._{name}_twin", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_compiled_metrics_and_records_equal_their_twins() -> None:
+    genai, rows = _twin("genai"), _twin("rows")
+    table = PriceTable({"up": PriceConfig(input=1.0, output=2.0)})
+    for labels in ([], ["tenant", "key"]):
+        built, twin = GenAIMetrics(labels), genai.GenAIMetrics(labels)
+        built.observe_rows(ROWS * 2, Prices(table))
+        twin.observe_rows(ROWS * 2, rows.Prices(table))
+        assert _samples(built) == {(n, lab): v for n, lab, v in twin.samples()}
+    assert [to_record(r, Prices(table)) for r in ROWS] == [rows.to_record(r, rows.Prices(table)) for r in ROWS]
