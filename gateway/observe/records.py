@@ -180,7 +180,8 @@ class RecordSink:
         self._bodies = "none"
         self._redactor = Redactor()
         self._configure(cfg)
-        #: tuples dropped because ``[records] queue`` were held already (the loop could not keep up)
+        #: records dropped because ``[records] queue`` of them waited for the flush already (the loop could
+        #: not keep up); their requests are still counted in the metrics
         self.dropped = 0
         self._closed = False
 
