@@ -1619,8 +1619,8 @@ class Engine:
             return
         if not ctx.overhead:
             _overhead_ms(ctx)
-        # PERF: a flat tuple now; the records' flush builds, counts and encodes the record off the request
-        # path, in slices (gateway.observe.records)
+        # PERF: a flat tuple appended to the loop iteration's list; the iteration's rows are counted into
+        # the request metrics and turned into records at once, at its end (gateway.observe.records)
         target: Target | None = ctx.target
         model: ModelEntry | None = ctx.model
         usage = ctx.usage

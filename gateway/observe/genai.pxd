@@ -4,6 +4,14 @@
 
 cimport cython
 
+cdef dict _DIALECTS
+
+cdef double _ms(double x)
+
+cpdef object usage_cached(object usage)
+
+cpdef object usage_reasoning(object usage)
+
 
 cdef class _Hist:
     cdef public tuple bounds
@@ -32,11 +40,21 @@ cdef class _Series:
 
 cdef class GenAIMetrics:
     cdef dict _series
+    cdef tuple _last_key
+    cdef _Series _last
     cdef public bint tenant
     cdef public bint key
     @cython.locals(s=_Series, key=tuple)
     cpdef _Series _series_of(self, object r)
     cpdef _Series _new_series(self, tuple key, object r)
+    cpdef _Series _other(self)
     cpdef observe(self, object records)
-    @cython.locals(s=_Series, duration=double, ttft=double)
     cpdef observe_one(self, object r)
+    @cython.locals(row=tuple)
+    cpdef observe_rows(self, list rows, object prices=*)
+    @cython.locals(s=_Series, skey=tuple)
+    cpdef observe_row(self, tuple row, object prices=*)
+    cpdef _Series _new_row_series(self, tuple key, tuple row, object tenant, object key_id)
+    @cython.locals(ttft=double)
+    cdef void _count(self, _Series s, long status, double duration, double overhead, object up, object cost,
+                     object prompt, object out, object cached, object reasoning, object ttft_ms)

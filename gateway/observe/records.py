@@ -1,19 +1,24 @@
-"""Call records: one JSON line per request, built when the request ends, encoded on the loop in batches,
-written by sinks' threads; the GenAI metrics are counted from the same records.
+"""Call records: one JSON line per request, built and encoded on the loop an iteration's requests at a
+time, written by sinks' threads; the GenAI metrics are counted from the same rows.
 
 Theory of operation:
 
     when                     | what
     -------------------------+-----------------------------------------------------------------------------
-    a request ends           | ``emit`` (``Engine._settle``, after the answer was sent): the engine's flat
-                             | tuple becomes a ``CallRecord`` (compiled: ``rows.to_record``; the cost
-                             | filled in from the price table when no phase priced the call), is counted
-                             | into the GenAI metrics and waits in a list. Beyond ``[records] queue``
-                             | waiting records, it is dropped and counted
-    every ``flush_interval`` | ``_tick`` (a loop timer) takes at most ``_SLICE`` waiting records (their
-                             | bodies redacted and capped when ``[records] bodies`` asks), encodes them at
-                             | once (``encode_lines``) and offers the bytes to every sink; more left: the
-                             | next slice on the next loop iteration, so no flush holds the loop for long
+    a request ends           | ``emit`` (``Engine._settle``, after the answer was sent; ``rows.RowBatch``):
+                             | the engine's flat tuple waits in a list until the end of the loop iteration;
+                             | the first one of an iteration schedules ``_drain``
+    the iteration's end      | ``_drain`` takes the iteration's rows at once: counts them into the GenAI
+    (``call_soon``)          | metrics (``genai.observe_rows``: no record built for that), and with call
+                             | records on converts them into ``CallRecord``s (``rows.to_records``; the cost
+                             | filled in from the price table when no phase priced the call; bodies redacted
+                             | and capped when ``[records] bodies`` asks) and encodes them (``encode_lines``).
+                             | Beyond ``[records] queue`` records waiting for the flush, a row's record is
+                             | dropped and counted (its metrics are counted). A scrape, a snapshot or
+                             | ``close`` drains first: what they show includes every request answered
+    every ``flush_interval`` | ``_tick`` (a loop timer) joins what the drains encoded and offers it to every
+                             | sink as one chunk (the records themselves to the consumers and to sinks that
+                             | read records: OTLP)
     a sink's thread          | writes or sends what it was offered (``gateway.observe.sinks``)
     the worker stops         | ``close``: every waiting record is offered, then each sink delivers its queue
                              | (retrying for up to ``CLOSE_TIMEOUT``) and stops
@@ -21,7 +26,13 @@ Theory of operation:
 Why so: a flush that built and encoded 200 ms of records at once, and wrote them to stderr on the loop,
 stalled the loop for ~10 ms at saturation (the p99), and the tuples it held for that long (with the
 request's objects) were promoted through the GC's generations and made it collect several times as
-often. A ``CallRecord`` is untracked by the GC (``gc=False``), so what waits costs the collector nothing.
+often. Encoding a flush interval's records at once in the timer (1,000 of them at 20k requests/s, about
+a millisecond of the loop) still showed in the p99; encoded per iteration, the same work comes in pieces
+of a few dozen records, and rows are held for one iteration only. A ``CallRecord`` is untracked by the GC
+(``gc=False``); where no sink reads records, they are freed on the loop right after their encoding, not by
+a sink's thread holding the GIL. Counting the metrics from the rows in one C loop per iteration, instead
+of building a record per request and counting that, is most of what the request metrics cost less
+(docs/performance.md).
 Client keys are never part of a record.
 """
 
@@ -38,7 +49,7 @@ import msgspec
 from gateway.limits.pricing import PriceTable
 from gateway.observe.callrecord import CallRecord
 from gateway.observe.config import RecordsConfig
-from gateway.observe.rows import Prices, dialect_of, to_record
+from gateway.observe.rows import Prices, RowBatch, dialect_of, to_record, to_records
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -52,8 +63,6 @@ log = logging.getLogger("gateway.records")
 #: seconds a stopping worker's sinks may keep retrying what they hold: the supervisor kills a worker
 #: 5 s after ``[server] drain_timeout``, which the requests' drain may have used up
 CLOSE_TIMEOUT = 4.0
-#: records encoded per loop iteration (a slice costs well under a millisecond)
-_SLICE = 1024
 
 # --------------------------------------------------------------------------------------------------------
 # Bodies
@@ -124,6 +133,9 @@ class Redactor:
 class RecordSink:
     """The worker's call records and request metrics (see the module's table).
 
+    ``emit(row)``: what the engine calls per finished request (``RowBatch.emit``, an attribute: # PERF:
+    the engine's call goes straight to the compiled method).
+
     ``out``: a file object written synchronously in the flush instead of the configured sinks (tests in
     process); ``enabled``: call records on; ``metrics``: the GenAI metrics the records are counted into
     (their being set also makes the engine emit with records off).
@@ -151,16 +163,25 @@ class RecordSink:
         self._bound = cfg.queue
         self._prices = Prices(prices) if prices is not None else None
         self._close_timeout = CLOSE_TIMEOUT if close_timeout is None else close_timeout
-        #: records waiting for the flush, and (record, request body, answer) of those that keep bodies
+        #: the rows of the current loop iteration, and the drain that takes them
+        self._batch = RowBatch(self._schedule_drain)
+        self.emit: Callable[[tuple[Any, ...]], None] = self._batch.emit
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_handle: asyncio.Handle | None = None
+        #: what waits for the flush: each drain's JSON lines, and its records when a sink or a consumer
+        #: reads records (OTLP, the roll-ups); how many records that is
+        self._lines: list[bytes] = []
         self._rows: list[CallRecord] = []
-        self._raw: list[tuple[CallRecord, bytes | None, bytes | None]] = []
+        self._held = 0
+        self._encoding = out is not None or bool(self._sinks)
+        self._keep_records = bool(self._consumers) or any(s.wants_records for s in self._sinks)
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._encode_lines: Callable[[Sequence[CallRecord]], bytes] = msgspec.json.Encoder().encode_lines
         self._bodies = "none"
         self._redactor = Redactor()
         self._configure(cfg)
-        self.emitted = 0
-        #: tuples dropped because ``[records] queue`` were held already (the loop could not keep up)
+        #: records dropped because ``[records] queue`` of them waited for the flush already (the loop could
+        #: not keep up); their requests are still counted in the metrics
         self.dropped = 0
         self._closed = False
 
@@ -199,63 +220,100 @@ class RecordSink:
 
     # -- the loop's side
 
+    @property
+    def emitted(self) -> int:
+        """Rows the engine emitted (one per finished request)."""
+        return int(self._batch.count)
+
     def start(self) -> None:
         if not self.enabled or self._handle is not None:
             return
         for s in self._all():
             s.start()
-        self._handle = asyncio.get_running_loop().call_later(self._interval, self._tick)
+        self._loop = loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(self._interval, self._tick)
 
-    def emit(self, row: tuple[Any, ...]) -> None:
-        """One finished request, as the tuple the engine builds (see ``rows.to_record``): its record is
-        built and counted into the metrics now, and waits for the next flush."""
-        self.emitted += 1
-        pending = self._rows
-        if len(pending) >= self._bound:
-            self.dropped += 1
+    def _schedule_drain(self) -> None:
+        """(The first row of a loop iteration) the drain at the iteration's end; at once without a loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._drain()
+        elif self._drain_handle is None:
+            self._drain_handle = loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """The rows emitted so far: counted into the metrics, converted into records that wait for the
+        flush (see the module's table)."""
+        self._drain_handle = None
+        rows = self._batch.take()
+        if not rows:
             return
-        # PERF: converted at once: the record (untracked by the GC) waits for the flush, not the tuple,
-        # which holds the request's tracked objects; tuples held for a flush interval were promoted
-        # through the GC's generations and made it run several times as often
-        rec = to_record(row, self._prices)
-        if self.metrics is not None:
-            self.metrics.observe_one(rec)
-        if self.records_on:
-            pending.append(rec)
-            if self._bodies != "none" and len(row) > 23:
-                request = row[22]
-                self._raw.append((rec, request.body if request is not None else None, row[23]))
+        try:
+            if self.metrics is not None:
+                self.metrics.observe_rows(rows, self._prices)
+            if self.records_on:
+                self._keep(rows)
+        except Exception:  # never the request path's problem; the rows are lost, not the loop
+            log.exception("records: %d row(s) could not be counted", len(rows))
+
+    def _keep(self, rows: list[tuple[Any, ...]]) -> None:
+        """The rows' records (up to ``[records] queue`` held), encoded now: a drain holds an iteration's
+        rows, so the encoding is spread over the iterations and no flush holds the loop for long."""
+        room = max(self._bound - self._held, 0)
+        recs: list[CallRecord] = []
+        kept = to_records(rows, self._prices, recs, room)
+        self.dropped += len(rows) - kept
+        if not kept:
+            return
+        if self._bodies != "none":
+            self._add_bodies(rows, recs)
+        self._held += kept
+        if self._encoding:
+            self._lines.append(self._encode_lines(recs))
+        if self._keep_records:
+            self._rows.extend(recs)
+
+    def _add_bodies(self, rows: list[tuple[Any, ...]], recs: list[CallRecord]) -> None:
+        red = self._redactor
+        both = self._bodies == "both"
+        for row, rec in zip(rows, recs, strict=False):
+            if len(row) <= 23:
+                continue
+            request = row[22]
+            cut: list[str] = []
+            rec.request_body, c = red.text(request.body if request is not None else None)
+            if c:
+                cut.append("request")
+            if both:
+                rec.response_body, c = red.text(row[23])
+                if c:
+                    cut.append("response")
+            rec.truncated = cut or None
 
     def _tick(self) -> None:
         self._handle = None
         try:
-            self._flush(_SLICE)
+            self._drain()
+            self._flush()
         except Exception:  # the timer must go on
             log.exception("records: a flush failed")
-        if self._closed:
-            return
-        loop = asyncio.get_running_loop()
-        if self._rows:  # more than a slice waited: the next one on the next iteration
-            self._handle = loop.call_soon(self._tick)
-        else:
-            self._handle = loop.call_later(self._interval, self._tick)
+        if not self._closed:
+            self._handle = asyncio.get_running_loop().call_later(self._interval, self._tick)
 
-    def _flush(self, limit: int) -> None:
-        pending = self._rows
-        if not pending:
+    def _flush(self) -> None:
+        """Offer what the drains encoded since the last flush to every sink (and its records to the
+        consumers), as one chunk."""
+        n = self._held
+        if not n:
             return
-        if len(pending) <= limit:
-            records, self._rows = pending, []
-        else:
-            records, self._rows = pending[:limit], pending[limit:]
-        if self._raw:
-            self._add_bodies(limit)
+        lines, records = self._lines, self._rows
+        self._lines, self._rows, self._held = [], [], 0
         if self._consumers:
             for c in self._consumers:
-                c.offer((b"", len(records), records))
-            if self._out is None and not self._sinks:
-                return
-        data = self._encode_lines(records)
+                c.offer((b"", n, records))
+        if not self._encoding:
+            return
+        data = lines[0] if len(lines) == 1 else b"".join(lines)
         if self._out is not None:
             try:
                 self._out.write(data)
@@ -263,25 +321,9 @@ class RecordSink:
             except (OSError, ValueError):
                 pass
             return
-        chunk = (data, len(records), records)
+        chunk = (data, n, records)
         for s in self._sinks:
             s.offer(chunk)
-
-    def _add_bodies(self, limit: int) -> None:
-        raw = self._raw
-        batch, self._raw = (raw, []) if len(raw) <= limit else (raw[:limit], raw[limit:])
-        red = self._redactor
-        both = self._bodies == "both"
-        for rec, request, answer in batch:
-            cut: list[str] = []
-            rec.request_body, c = red.text(request)
-            if c:
-                cut.append("request")
-            if both:
-                rec.response_body, c = red.text(answer)
-                if c:
-                    cut.append("response")
-            rec.truncated = cut or None
 
     async def close(self) -> None:
         """Convert and hand off every held record, then let each sink deliver its queue (until
@@ -290,8 +332,8 @@ class RecordSink:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        while self._rows:
-            self._flush(len(self._rows) + len(self._raw))
+        self._drain()
+        self._flush()
         if self._all():
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(None, s.close, self._close_timeout)
@@ -300,12 +342,17 @@ class RecordSink:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Records not yet handed off (for tests)."""
-        return [msgspec.to_builtins(r) for r in self._rows]
+        self._drain()
+        if self._keep_records:
+            return [msgspec.to_builtins(r) for r in self._rows]
+        return [msgspec.json.decode(line) for piece in self._lines for line in piece.splitlines()]
 
     # -- metrics
 
     def samples(self) -> tuple[list[Any], list[Any]]:
-        """(counters, gauges) of the records, the sinks and the GenAI metrics, for the worker's snapshot."""
+        """(counters, gauges) of the records, the sinks and the GenAI metrics, for the worker's snapshot
+        (with every request answered so far: the rows of this iteration are drained first)."""
+        self._drain()
         counters: list[Any] = [("gateway_records_dropped_total", (), float(self.dropped))]
         gauges: list[Any] = []
         for s in self._all():

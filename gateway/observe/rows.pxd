@@ -9,16 +9,36 @@ cpdef str dialect_of(str path)
 
 cdef double _ms(double x)
 
-cpdef object _reasoning(object usage)
-
 cdef int _MEMO_LIMIT
+
+
+cdef object _UNSET
 
 
 cdef class Prices:
     cdef public object table
     cdef public dict memo
+    cdef public object last_upstream
+    cdef public object last_model
+    cdef public object last
     @cython.locals(key=tuple, memo=dict)
     cpdef object price(self, object upstream_model, object model)
+    @cython.locals(memo=dict)
+    cpdef object _lookup(self, object upstream_model, object model)
+
+
+cdef class RowBatch:
+    cdef public list rows
+    cdef public long long count
+    cdef public object wake
+    @cython.locals(rows=list)
+    cpdef emit(self, tuple row)
+    @cython.locals(rows=list)
+    cpdef list take(self)
+
+
+@cython.locals(n=Py_ssize_t, row=tuple)
+cpdef Py_ssize_t to_records(list rows, Prices prices, list out, Py_ssize_t room)
 
 
 @cython.locals(duration_ms=double)

@@ -1,17 +1,22 @@
-"""The engine's tuple of a finished request -> its ``CallRecord`` (the records' flush, on the loop).
+"""The engine's tuple of a finished request (a row): its hand-off, and its ``CallRecord``.
 
-Compiled from this source (``SOURCE_MODULES``), typed by ``rows.pxd``: the conversion is most of what a
-record costs (PERF: typed locals and C-level attribute reads; the ``.py`` is the twin).
+``RowBatch.emit`` is what ``Engine._settle`` calls: it keeps the row until the end of the loop iteration,
+when the records' hub takes the iteration's rows at once (``records.RecordSink``) to count them into the
+request metrics and convert them (``to_records``) into call records. Compiled from this source
+(``SOURCE_MODULES``), typed by ``rows.pxd``: the conversion is most of what a record costs (PERF: typed
+locals and C-level attribute reads; the ``.py`` is the twin).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from gateway.limits.pricing import PriceConfig, PriceTable, cached_tokens, price_of
+from gateway.limits.pricing import PriceConfig, PriceTable, price_of
 from gateway.observe.callrecord import CallRecord
+from gateway.observe.genai import usage_cached, usage_reasoning
 
-__all__ = ["Prices", "dialect_of", "to_record"]
+__all__ = ["Prices", "RowBatch", "dialect_of", "to_record", "to_records"]
 
 
 #: the client dialect of a path (the rest speak OpenAI Chat Completions, Completions or Embeddings)
@@ -26,41 +31,87 @@ def _ms(x: float) -> float:
     return x * 1000.0 // 1.0 / 1000.0  # PERF: three decimals (cut, not rounded) without round()
 
 
-def _reasoning(usage: Any) -> int | None:
-    details: Any = getattr(usage, "completion_tokens_details", None)
-    if details is None:
-        return None
-    if isinstance(details, dict):
-        n = details.get("reasoning_tokens")
-    else:
-        n = getattr(details, "reasoning_tokens", None)
-    return n if isinstance(n, int) and n > 0 else None
+class RowBatch:
+    """The rows emitted during the current loop iteration. The first one calls ``wake`` (the hub schedules
+    its drain for the end of the iteration); ``take`` hands them all over.
+
+    # PERF: a row costs the engine a list append here; what it is counted and converted into is done per
+    iteration, in C loops, with no Python call per row. Held for an iteration only, the rows (which hold
+    the request's tracked objects) die young, before the GC's young generation is collected much.
+    """
+
+    __slots__ = ("count", "rows", "wake")
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        #: rows emitted since the start
+        self.count = 0
+        self.wake = wake
+
+    def emit(self, row: tuple[Any, ...]) -> None:
+        self.count += 1
+        rows = self.rows
+        rows.append(row)
+        if len(rows) == 1:
+            self.wake()
+
+    def take(self) -> list[tuple[Any, ...]]:
+        rows = self.rows
+        if rows:
+            self.rows = []
+        return rows
+
+
+def to_records(rows: list[tuple[Any, ...]], prices: Prices | None, out: list[CallRecord], room: int) -> int:
+    """Append the records of the first ``room`` rows to ``out``; the number appended."""
+    n = 0
+    for row in rows:
+        if n >= room:
+            break
+        out.append(to_record(row, prices))
+        n += 1
+    return n
 
 
 class Prices:
     """The price table with a memo of each (upstream model, model) pair's price: a call no phase priced
     costs one dict lookup (# PERF: ``PriceTable.lookup`` is a Python method, twice per call)."""
 
-    __slots__ = ("memo", "table")
+    __slots__ = ("last", "last_model", "last_upstream", "memo", "table")
 
     def __init__(self, table: PriceTable) -> None:
         self.table = table
         self.memo: dict[tuple[str | None, str | None], PriceConfig | None] = {}
+        #: the last pair asked and its price (# PERF: consecutive calls are mostly of one model; two string
+        #: compares cost less than hashing the pair's tuple)
+        self.last_upstream: object = _UNSET
+        self.last_model: object = _UNSET
+        self.last: PriceConfig | None = None
 
     def price(self, upstream_model: str | None, model: str | None) -> PriceConfig | None:
+        if upstream_model == self.last_upstream and model == self.last_model:
+            return self.last
         key = (upstream_model, model)
         memo = self.memo
-        if key in memo:
-            return memo[key]
+        got = memo.get(key, _UNSET)
+        if got is _UNSET:
+            got = memo[key] = self._lookup(upstream_model, model)
+        found: PriceConfig | None = got
+        self.last_upstream, self.last_model, self.last = upstream_model, model, found
+        return found
+
+    def _lookup(self, upstream_model: str | None, model: str | None) -> PriceConfig | None:
+        memo = self.memo
         found = self.table.lookup(upstream_model) if upstream_model else None
         if found is None and model:
             found = self.table.lookup(model)
         if len(memo) >= _MEMO_LIMIT:
             memo.clear()
-        memo[key] = found
         return found
 
 
+#: never equal to a model name (nor to None): the memo's "not there"
+_UNSET: Any = object()
 #: distinct (upstream model, model) pairs remembered (names clients choose: bounded)
 _MEMO_LIMIT = 4096
 
@@ -81,9 +132,9 @@ def to_record(row: tuple[Any, ...], prices: Prices | None = None) -> CallRecord:
     if usage is not None:
         prompt, completion, total = usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
         # PERF: the helper only when the usage has details (the usual usage has none)
-        cached = cached_tokens(usage) or None if hasattr(usage, "prompt_tokens_details") else None
+        cached = usage_cached(usage) if hasattr(usage, "prompt_tokens_details") else None
         written = getattr(usage, "cache_write_tokens", None) or None
-        reasoning = _reasoning(usage)
+        reasoning = usage_reasoning(usage)
         if cost is None and prices is not None:
             price = prices.price(upstream_model, model)
             if price is not None:

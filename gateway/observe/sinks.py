@@ -17,7 +17,8 @@ Theory of operation:
 
 Why threads: the loop must never wait on a disk, a pipe or a collector. Each thread's work is a system
 call or an HTTP exchange on a whole batch, during which it releases the GIL, so the loop keeps running;
-the encoding (the Python work) is done on the loop beforehand, in slices (``records.RecordSink``).
+the encoding (the Python work) is done on the loop beforehand, an iteration's records at a time
+(``records.RecordSink``).
 
 Each counter has one writer (the loop for ``queue_full``, the thread for the rest), so the snapshot taken
 on the loop reads them without a lock.
@@ -54,7 +55,8 @@ __all__ = [
 
 log = logging.getLogger("gateway.records")
 
-#: one queued chunk: the JSON lines, how many records they hold, and the records (for OTLP)
+#: one queued chunk: the JSON lines, how many records they hold, and the records (for sinks that
+#: ``wants_records``: OTLP; else possibly empty)
 Chunk = tuple[bytes, int, Sequence[Any]]
 
 
@@ -66,6 +68,8 @@ class Sink:
     """A destination with its own thread and a bounded queue of records (see the module's table)."""
 
     kind = "sink"
+    #: reads the records of a chunk, not only its JSON lines (else the chunk's records may be empty)
+    wants_records = False
     #: records per delivery, at most (a stream or a file takes everything queued at once)
     batch = 1 << 30
 
@@ -499,6 +503,7 @@ class OtlpSink(HttpSink):
     accept on ``/v1/logs``); ``protobuf`` needs ``opentelemetry-proto`` (the ``otlp`` extra)."""
 
     kind = "otlp"
+    wants_records = True
 
     def __init__(self, name: str, url: str, *, encoding: str = "json", service_name: str = "llm-gateway",
                  worker: int = 0, **kw: Any) -> None:
