@@ -203,13 +203,14 @@ class BridgeRelay:
                     out.append(data)
                     self._content = True
                 continue
-            if isinstance(ev, ir.StreamError):
+            kind = type(ev)
+            if kind is ir.UsageUpdate or kind is ir.MessageStart:
+                self._ctx.usage = openai_usage(ev.usage)  # type: ignore[union-attr]
+            elif isinstance(ev, ir.StreamError):
                 self.error = gateway_error(ev.error)
                 if not self._content:
                     out.clear()  # only the message's start so far: the attempt failed before its content
                 break
-            if isinstance(ev, ir.MessageStart | ir.UsageUpdate):
-                self._ctx.usage = openai_usage(ev.usage)
             data = encode(ev)
             if data:
                 out.append(data)

@@ -726,7 +726,7 @@ class GeminiStream:
         if self.state in (FAILED, DONE):
             return
         data = event_data(event)
-        if data is None or not data.strip():
+        if not data or (data[0] != 123 and not data.strip()):  # PERF: data is usually a JSON object
             return
         if data.find(b'"error"') >= 0:  # PERF: an error event is decoded as one only when it can be one
             env = wire.decode_error(data)
@@ -766,8 +766,11 @@ class GeminiStream:
                 self._finish = cand.finish_reason
                 self.state = FINISHED
         if chunk.usage_metadata is not None:
-            self._usage = usage_from_wire(chunk.usage_metadata)
-            out.append(ir.UsageUpdate(self._usage))
+            usage = usage_from_wire(chunk.usage_metadata)
+            # PERF: Gemini repeats the figures in every chunk: an update only when they move
+            if usage != self._usage:
+                self._usage = usage
+                out.append(ir.UsageUpdate(usage))
 
     def _close_open(self, out: list[ir.StreamEvent]) -> None:
         if self._open >= 0:
