@@ -1,10 +1,11 @@
 """The cache's codec for the OpenAI Chat Completions dialect: client-bound answers → IR, IR → replay.
 
 Entries are stored dialect-neutral, as an ``ir.Response`` (``gateway.cache.phase.CacheEntry``); each
-client dialect gives the cache three things (its codec, in ``gateway.cache.phase.CODECS``): read a whole
-answer it sent, assemble a stream it sent, and write an IR answer back whole or as a stream. This is the
-one for ``openai_chat``; the replay side is ``gateway.dialects.openai_chat`` (``encode_response``,
-``ChunkEncoder``), so a hit reads exactly like a translated answer.
+client dialect gives the cache its codec (``gateway.cache.codec``, in ``gateway.cache.phase.CODECS``):
+its request's canonical form, read a whole answer it sent, assemble a stream it sent, and write an IR
+answer back whole or as a stream. This is the one for ``openai_chat``; the replay side is
+``gateway.dialects.openai_chat`` (``encode_response``, ``ChunkEncoder``), so a hit reads exactly like a
+translated answer.
 
 What is not representable is not stored (the reader returns None): several choices (``n`` > 1),
 logprobs, a refusal, an audio answer, an error. The stream assembler follows the chunk grammar of
@@ -15,11 +16,13 @@ optional usage chunk, ``[DONE]``) and holds at most ``limit`` bytes of the strea
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
 
 from gateway import ir
+from gateway.cache.codec import ByteCodec
+from gateway.cache.keys import request_form
 from gateway.dialects.openai_chat import ChunkEncoder, encode_response
 
 __all__ = ["OpenAIChatCodec", "StreamAssembler", "read_whole", "replay"]
@@ -324,19 +327,20 @@ def replay(resp: ir.Response, created: int, stream: bool, include_usage: bool) -
     return ChunkEncoder(created, include_usage).encode_all(_events(resp))
 
 
-class OpenAIChatCodec:
+class OpenAIChatCodec(ByteCodec):
     """The ``openai_chat`` dialect's codec (see the module docstring)."""
 
-    name = "openai_chat"
+    name: ClassVar[str] = "openai_chat"
+    semantic: ClassVar[bool] = True
 
-    @staticmethod
-    def read_whole(body: bytes) -> tuple[ir.Response, int] | None:
+    def form(self, ctx: Any) -> dict[str, Any]:
+        return request_form(ctx.body)
+
+    def read_whole(self, body: bytes) -> tuple[ir.Response, int] | None:
         return read_whole(body)
 
-    @staticmethod
-    def assembler(limit: int) -> StreamAssembler:
+    def assembler(self, limit: int) -> StreamAssembler:
         return StreamAssembler(limit)
 
-    @staticmethod
-    def replay(resp: ir.Response, created: int, stream: bool, include_usage: bool) -> bytes:
-        return replay(resp, created, stream, include_usage)
+    def replay(self, ctx: Any, resp: ir.Response, created: int) -> bytes:
+        return replay(resp, created, ctx.stream, ctx.include_usage)
