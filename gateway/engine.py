@@ -797,8 +797,6 @@ class Engine:
         headers = reply.headers + [("x-request-id", ctx.request_id),
                                    (runtime.overhead_header, _overhead_ms(ctx))]
         headers.extend(ctx.response_headers)
-        if ctx.dialect is not None:  # a local answer (a cache hit) with its dialect's header names
-            headers = ctx.dialect.response_headers(headers, time.time())
         responder.send(reply.status, headers, reply.body)
 
     def _answer_error(self, ctx: Context, responder: Responder, exc: GatewayError) -> None:

@@ -132,7 +132,7 @@ def _part(b: _Block) -> ir.Part | None:
     if b.type == "text" and b.text is not None and not b.citations:
         return ir.TextPart(b.text)
     if b.type == "thinking" and b.thinking is not None:
-        return ir.ThinkingPart(b.thinking, b.signature)
+        return ir.ThinkingPart(b.thinking, b.signature or None)  # "": none, as a stream spells it
     if b.type == "redacted_thinking" and b.data is not None:
         return ir.RedactedThinkingPart(b.data)
     if b.type == "tool_use" and b.id and b.name:

@@ -186,6 +186,14 @@ class _Watch(StreamObserver):
         return data
 
 
+def _dialect_headers(ctx: Context, headers: list[tuple[str, str]]) -> None:
+    """A hit's headers as its dialect's clients read them: the request id under the dialect's own name
+    too (Anthropic's ``request-id``), as the dialect's local answers have it."""
+    name = ctx.dialect.request_id_header
+    if name != "x-request-id":
+        headers.append((name, ctx.request_id))
+
+
 def _cache_control(value: bytes) -> tuple[bool, bool]:
     """(no_cache, no_store) from the request's Cache-Control header."""
     no_cache = no_store = False
@@ -559,7 +567,10 @@ class CachePhase(Phase):
         state.outcome = "hit"
         state.saved = None if cost != cost else cost  # NaN: unpriced
         age = str(max(int(time.time() - stored), 0))
-        return Reply(200, value[_ALIAS_BODY:], [*(_SSE_HIT if ctx.stream else _JSON_HIT), ("age", age)])
+        headers = [*(_SSE_HIT if ctx.stream else _JSON_HIT), ("age", age)]
+        if ctx.dialect is not None:
+            _dialect_headers(ctx, headers)
+        return Reply(200, value[_ALIAS_BODY:], headers)
 
     def _hit(self, ctx: Context, state: CacheState, entry: CacheEntry) -> Reply:
         state.outcome = "hit"
@@ -571,7 +582,10 @@ class CachePhase(Phase):
         body = state.codec.replay(ctx, entry.response, entry.created)
         age = str(max(int(time.time() - entry.stored), 0))
         head = _SSE if ctx.stream else [_JSON]
-        return Reply(200, body, [*head, ("x-gateway-cache", "hit"), ("age", age)])
+        headers = [*head, ("x-gateway-cache", "hit"), ("age", age)]
+        if ctx.dialect is not None:
+            _dialect_headers(ctx, headers)
+        return Reply(200, body, headers)
 
     # -- the way out --------------------------------------------------------------------------------
 
