@@ -517,7 +517,9 @@ class CachePhase(Phase):
         policy = state.policy
         assert tier is not None and policy.semantic is not None
         space = namespace(policy.scope, state.tenant, state.key_id)
-        pending, found = await tier.nearest(ctx, space, state.model, policy.semantic, form, state.codec.name)
+        codec = state.codec
+        pending, found = await tier.nearest(ctx, space, state.model, policy.semantic, form, codec.name,
+                                            codec.headers(ctx))
         if pending is not None and state.store:
             state.semantic = pending
         if found is not None:

@@ -166,15 +166,16 @@ def prompt_text(form: dict[str, Any], policy: SemanticPolicy) -> tuple[str | Non
 
 
 def partition_of(namespace: str, model: str, policy: SemanticPolicy, form: dict[str, Any],
-                 dialect: str = "openai_chat") -> bytes:
+                 dialect: str = "openai_chat", headers: bytes = b"") -> bytes:
     """The partition a request searches and stores in: its namespace, client dialect (as for exact keys,
     two dialects never share), model, embeddings model and the canonical form of every field but the
     messages (``form`` is the dialect's canonical form, ``keys.request_form``'s or ``keys.messages_form``'s:
-    an Anthropic ``system`` must match exactly)."""
+    an Anthropic ``system`` must match exactly), and the request headers that change the answer, as for
+    exact keys (``keys.header_part``: Anthropic's betas)."""
     rest = {k: v for k, v in form.items() if k != "messages"}
     fields = (namespace, dialect, model, policy.embeddings_model)
     head = "".join(f"{len(p)}:{p}" for p in fields).encode()
-    return hashlib.blake2b(b"gw-semantic-v1\0" + head + _encode_form(rest), digest_size=32).digest()
+    return hashlib.blake2b(b"gw-semantic-v1\0" + head + headers + _encode_form(rest), digest_size=32).digest()
 
 
 def _unit(values: list[float]) -> np.ndarray[Any, Any] | None:
@@ -304,7 +305,7 @@ class SemanticTier:
     # -- the request path ---------------------------------------------------------------------------
 
     async def nearest(self, ctx: Context, namespace: str, model: str, policy: SemanticPolicy,
-                      form: dict[str, Any], dialect: str = "openai_chat",
+                      form: dict[str, Any], dialect: str = "openai_chat", headers: bytes = b"",
                       ) -> tuple[Pending | None, tuple[bytes, Tag, float] | None]:
         """(what to keep once the answer is stored, the neighbour above the threshold: (its entry's key,
         its tag, the similarity)). (None, None): not looked up (bypassed or the embeddings call failed)."""
@@ -320,7 +321,7 @@ class SemanticTier:
         if vector is None:
             self.stats.errors += 1
             return None, None
-        partition = partition_of(namespace, model, policy, form, dialect)
+        partition = partition_of(namespace, model, policy, form, dialect, headers)
         pending = Pending(partition, vector, policy)
         found = self.index.search(partition, vector, time.time())
         if found is None or found[2] < policy.threshold:
