@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Final
 import msgspec
 
 from gateway import ir
-from gateway.cache.codec import ByteCodec, Stored
+from gateway.cache.codec import ByteCodec, SSEAssembler, Stored
 from gateway.cache.keys import header_part, messages_form
 from gateway.dialects.anthropic_messages import EventEncoder, encode_response
 from gateway.providers.bridge import response_events
@@ -195,20 +195,16 @@ _DELTA_FIELDS: Final = {
 _KINDS: Final = frozenset({"text", "thinking", "redacted_thinking", "tool_use"})
 
 
-class StreamAssembler:
+class StreamAssembler(SSEAssembler):
     """The client-bound Messages SSE stream of one answer → the IR answer it spells (``result``).
 
     ``feed`` takes the bytes as they are sent (any split); ``result`` is None unless the stream was
     complete (``message_stop``), had no error and nothing the IR entry cannot replay."""
 
-    __slots__ = ("_blocks", "_broken", "_buf", "_done", "_id", "_limit", "_model", "_seen", "_start_usage",
-                 "_stop", "_stop_sequence", "_usage")
+    __slots__ = ("_blocks", "_done", "_id", "_model", "_start_usage", "_stop", "_stop_sequence", "_usage")
 
     def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._seen = 0
-        self._buf = b""
-        self._broken = False
+        super().__init__(limit)
         self._done = False
         self._id = ""
         self._model = ""
@@ -218,45 +214,19 @@ class StreamAssembler:
         self._stop: str | None = None
         self._stop_sequence: str | None = None
 
-    def feed(self, data: bytes) -> None:
-        if self._broken:
-            return
-        self._seen += len(data)
-        if self._seen > self._limit:
-            self._give_up()
-            return
-        buf = self._buf + data
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            self._event(buf[start:end])
-            start = end + 2
-            if self._broken:
-                return
-        self._buf = buf[start:]
-
-    def _give_up(self) -> None:
-        self._broken = True
-        self._buf = b""
+    def _drop(self) -> None:
         self._blocks = {}
 
-    def _event(self, event: bytes) -> None:
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            if self._done:  # nothing may follow message_stop
-                self._give_up()
-                return
-            try:
-                ev = _decode_event(line[5:].strip())
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self._give_up()
-                return
-            self._apply(ev)
+    def _data(self, data: bytes) -> None:
+        if self._done:  # nothing may follow message_stop
+            self._give_up()
+            return
+        try:
+            ev = _decode_event(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self._give_up()
+            return
+        self._apply(ev)
 
     def _apply(self, ev: _Event) -> None:
         kind = ev.type
@@ -295,7 +265,7 @@ class StreamAssembler:
         """The assembled answer (and 0: no ``created``), or None when the stream was not a complete
         success or holds what the entry cannot replay."""
         stop = _STOP.get(self._stop or "")
-        if self._broken or not self._done or self._buf.strip() or stop is None:
+        if self._cut or not self._done or stop is None:
             return None
         parts: list[ir.Part] = []
         for index in sorted(self._blocks):

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Protocol
 
 from gateway import ir
 
-__all__ = ["Assembler", "ByteCodec", "Codec", "Stored"]
+__all__ = ["Assembler", "ByteCodec", "Codec", "SSEAssembler", "Stored"]
 
 #: an answer as stored: the IR answer and its ``created`` (seconds; 0 when the dialect has none)
 Stored = tuple[ir.Response, int]
@@ -42,6 +42,60 @@ class Assembler(Protocol):
     def feed(self, data: bytes) -> None: ...
 
     def result(self) -> Stored | None: ...
+
+
+class SSEAssembler:
+    """The framing every stream assembler shares: the client-bound SSE bytes in any split, each event's
+    ``data:`` payloads handed to ``_data`` in order (CRLF lines read as LF), at most ``limit`` bytes in
+    all. Past the limit, or when ``_data`` calls ``_give_up``, nothing more is read or kept."""
+
+    __slots__ = ("_broken", "_buf", "_limit", "_seen")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen = 0
+        self._buf = b""
+        self._broken = False
+
+    def feed(self, data: bytes) -> None:
+        if self._broken:
+            return
+        self._seen += len(data)
+        if self._seen > self._limit:
+            self._give_up()
+            return
+        buf = self._buf + data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")  # a lone CR left at the end joins its LF on the next feed
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            for line in buf[start:end].split(b"\n"):
+                if line.startswith(b"data:"):
+                    self._data(line[5:].strip())
+                    if self._broken:
+                        return
+            start = end + 2
+        self._buf = buf[start:]
+
+    @property
+    def _cut(self) -> bool:
+        """The stream cannot be stored: given up, or bytes left after its last whole event."""
+        return self._broken or bool(self._buf.strip())
+
+    def _give_up(self) -> None:
+        self._broken = True
+        self._buf = b""
+        self._drop()
+
+    def _data(self, payload: bytes) -> None:
+        """One ``data:`` payload."""
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        """Free what has been assembled (the stream will not be stored)."""
 
 
 class Codec:
