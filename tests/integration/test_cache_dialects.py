@@ -304,6 +304,11 @@ def test_responses_hit_is_a_new_stored_response(oai: openai.OpenAI) -> None:
     assert hit.usage is not None and hit.usage.output_tokens == first.usage.output_tokens  # type: ignore[union-attr]
     stored = oai.responses.retrieve(hit.id)
     assert stored.id == hit.id and stored.output_text == hit.output_text
+    # byte-identical repeats: each one a new response too (no rendered answer is reused)
+    repeats = [_responses(oai, **{**params, "metadata": {"run": "2"}}) for _ in range(2)]
+    assert [o for o, _ in repeats] == ["hit", "hit"]
+    assert len({hit.id, *(r.id for _, r in repeats)}) == 3
+    assert all(oai.responses.retrieve(r.id).output_text == first.output_text for _, r in repeats)
     # a stream of the same request: a hit too, read by the SDK to the same output
     raw = oai.responses.with_raw_response.create(stream=True, **params)
     assert raw.headers.get("x-gateway-cache") == "hit"
