@@ -138,6 +138,16 @@ def _text_of(content: Any) -> str | None:
     return "\n".join(parts)
 
 
+_TOOL_BLOCKS: Final = frozenset({"tool_use", "tool_result", "server_tool_use"})
+
+
+def _tool_blocks(message: dict[str, Any]) -> bool:
+    """An Anthropic Messages turn with a tool call or a tool result among its blocks."""
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") in _TOOL_BLOCKS for b in content)
+
+
 def prompt_text(form: dict[str, Any], policy: SemanticPolicy) -> tuple[str | None, str | None]:
     """(the text to embed, None) or (None, why the request is not looked up: a ``BYPASS_REASONS``)."""
     if form.get("tools") or form.get("functions"):
@@ -153,7 +163,7 @@ def prompt_text(form: dict[str, Any], policy: SemanticPolicy) -> tuple[str | Non
         if not isinstance(m, dict):
             return None, "content"
         role = m.get("role")
-        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
+        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call") or _tool_blocks(m):
             return None, "tools"
         text = _text_of(m.get("content"))
         if text is None or not isinstance(role, str):
