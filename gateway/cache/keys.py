@@ -13,6 +13,21 @@ namespace, however their JSON is written:
 - everything else is in, unknown fields included: a field the gateway does not know may still change
   the answer, so it must change the key.
 
+Each client dialect has its own form (the dialect is in the hashed head, so two dialects never share an
+entry even when their bodies read alike):
+
+    dialect              left out                                  added
+    openai_chat          user, stream, stream_options, metadata    -
+    anthropic_messages   stream, metadata (its user_id), the       the anthropic-beta (its values sorted)
+                         cache_control marks of system, message    and anthropic-version headers: an
+                         and tool_result blocks and of tools       Anthropic upstream gets them, and a beta
+                         (they say where Anthropic may cache a     may change the answer
+                         prefix, not what the answer is)
+    openai_responses     user, safety_identifier, stream,          previous_response_id becomes the
+                         metadata, store, prompt_cache_key, the    conversation it names, as stored: two
+                         ids of input items                        requests continuing the same
+                                                                   conversation are one question
+
 The hashed form is the namespace, dialect, endpoint and model, each length-prefixed, then the canonical
 JSON, through BLAKE2b (256 bits): the namespace (``t:<tenant>``, ``k:<key id>`` or ``g``, by the model's
 ``scope``) keeps one tenant's entries out of another's reach, and there is no way for a client to name
@@ -31,12 +46,20 @@ import msgspec
 from gateway.errors import BadRequest
 
 __all__ = [
-    "IGNORED_FIELDS", "KeyParts", "cache_key", "canonical", "is_deterministic", "key_head", "namespace",
-    "request_form",
+    "IGNORED_FIELDS", "MESSAGES_IGNORED", "RESPONSES_IGNORED", "KeyParts", "cache_key", "canonical",
+    "header_part", "is_deterministic", "key_head", "messages_form", "namespace", "request_form",
+    "responses_form",
 ]
 
-#: request fields that never change the answer
+#: request fields that never change the answer (OpenAI chat)
 IGNORED_FIELDS: Final = ("user", "stream", "stream_options", "metadata")
+#: the same for Anthropic Messages (``metadata.user_id`` is its ``user``); ``cache_control`` marks are
+#: left out where they mark a block (``messages_form``)
+MESSAGES_IGNORED: Final = ("stream", "metadata")
+#: the same for OpenAI Responses (``previous_response_id`` is replaced, see ``responses_form``)
+RESPONSES_IGNORED: Final = (
+    "user", "safety_identifier", "stream", "stream_options", "metadata", "store", "prompt_cache_key",
+)
 
 
 def _number(text: str) -> Any:
@@ -55,18 +78,65 @@ _decode: Final = msgspec.json.Decoder(float_hook=_number).decode
 _encode: Final = msgspec.json.Encoder(order="sorted").encode
 
 
-def request_form(body: bytes) -> dict[str, Any]:
+def request_form(body: bytes, ignored: tuple[str, ...] = IGNORED_FIELDS) -> dict[str, Any]:
     """The request body decoded in canonical form (numbers in one form), without the fields that do
-    not change the answer. Raises BadRequest when it is not a JSON object."""
+    not change the answer (``ignored``). Raises BadRequest when it is not a JSON object."""
     try:
         obj = _decode(body)
     except msgspec.DecodeError:
         raise BadRequest("We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    for name in IGNORED_FIELDS:
+    for name in ignored:
         obj.pop(name, None)
     return obj
+
+
+def _unmark(blocks: Any) -> None:
+    """``cache_control`` out of each block of a list (a tool_result's inner blocks too)."""
+    if not isinstance(blocks, list):
+        return
+    for b in blocks:
+        if isinstance(b, dict):
+            b.pop("cache_control", None)
+            if b.get("type") == "tool_result":
+                _unmark(b.get("content"))
+
+
+def messages_form(body: bytes) -> dict[str, Any]:
+    """An Anthropic Messages body in canonical form: ``request_form`` without ``MESSAGES_IGNORED`` and
+    without the ``cache_control`` marks of its blocks and tools (only there: a tool's input schema or a
+    tool call's input may have a property of that name, and it stays)."""
+    form = request_form(body, MESSAGES_IGNORED)
+    _unmark(form.get("system"))
+    _unmark(form.get("tools"))
+    messages = form.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict):
+                _unmark(m.get("content"))
+    return form
+
+
+def responses_form(body: bytes, previous: list[Any] | None) -> dict[str, Any]:
+    """An OpenAI Responses body in canonical form: ``request_form`` without ``RESPONSES_IGNORED`` and
+    the ids of its input items; ``previous_response_id`` is replaced by ``previous``, the conversation it
+    resolved to (IR messages, as builtins): the answer depends on that conversation, not on its id."""
+    form = request_form(body, RESPONSES_IGNORED)
+    items = form.get("input")
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict):
+                item.pop("id", None)
+    if form.pop("previous_response_id", None) is not None:
+        form["previous_response_id"] = msgspec.to_builtins(previous or [])  # a list: no client's string
+    return form
+
+
+def header_part(*values: bytes | None) -> bytes:
+    """Request headers that change the answer, as a part of the hashed form (after the head, before the
+    body): each length-prefixed (absent: ``-``), so that no value can run into the next or the body."""
+    return b"".join(b"-" if v is None else b"%d:%s" % (len(v), v) for v in values)
 
 
 def canonical(body: bytes) -> bytes:
@@ -104,8 +174,9 @@ def key_head(parts: KeyParts) -> bytes:
     return b"gw-cache-v1\0" + "".join(f"{len(p)}:{p}" for p in fields).encode()
 
 
-def cache_key(parts: KeyParts | bytes, form: dict[str, Any]) -> bytes:
-    """The entry's key: 32 bytes of BLAKE2b over ``key_head`` (given as ``parts`` or already built) and
-    the canonical body (``request_form`` written with sorted keys)."""
+def cache_key(parts: KeyParts | bytes, form: dict[str, Any], headers: bytes = b"") -> bytes:
+    """The entry's key: 32 bytes of BLAKE2b over ``key_head`` (given as ``parts`` or already built), the
+    dialect's ``header_part`` (none for OpenAI chat) and the canonical body (the dialect's form written
+    with sorted keys)."""
     head = parts if isinstance(parts, bytes) else key_head(parts)
-    return hashlib.blake2b(head + _encode(form), digest_size=32).digest()
+    return hashlib.blake2b(head + headers + _encode(form), digest_size=32).digest()

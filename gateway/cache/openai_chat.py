@@ -1,10 +1,11 @@
 """The cache's codec for the OpenAI Chat Completions dialect: client-bound answers → IR, IR → replay.
 
 Entries are stored dialect-neutral, as an ``ir.Response`` (``gateway.cache.phase.CacheEntry``); each
-client dialect gives the cache three things (its codec, in ``gateway.cache.phase.CODECS``): read a whole
-answer it sent, assemble a stream it sent, and write an IR answer back whole or as a stream. This is the
-one for ``openai_chat``; the replay side is ``gateway.dialects.openai_chat`` (``encode_response``,
-``ChunkEncoder``), so a hit reads exactly like a translated answer.
+client dialect gives the cache its codec (``gateway.cache.codec``, in ``gateway.cache.phase.CODECS``):
+its request's canonical form, read a whole answer it sent, assemble a stream it sent, and write an IR
+answer back whole or as a stream. This is the one for ``openai_chat``; the replay side is
+``gateway.dialects.openai_chat`` (``encode_response``, ``ChunkEncoder``), so a hit reads exactly like a
+translated answer.
 
 What is not representable is not stored (the reader returns None): several choices (``n`` > 1),
 logprobs, a refusal, an audio answer, an error. The stream assembler follows the chunk grammar of
@@ -15,11 +16,13 @@ optional usage chunk, ``[DONE]``) and holds at most ``limit`` bytes of the strea
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
 
 from gateway import ir
+from gateway.cache.codec import ByteCodec, SSEAssembler
+from gateway.cache.keys import request_form
 from gateway.dialects.openai_chat import ChunkEncoder, encode_response
 
 __all__ = ["OpenAIChatCodec", "StreamAssembler", "read_whole", "replay"]
@@ -140,24 +143,20 @@ def read_whole(body: bytes) -> tuple[ir.Response, int] | None:
     return ir.Response(a.id, a.model, parts, stop, usage=_usage(a.usage)), a.created
 
 
-class StreamAssembler:
+class StreamAssembler(SSEAssembler):
     """The client-bound SSE stream of one answer → the IR answer it spells (``result``).
 
     ``feed`` takes the bytes as they are sent (any split); ``result`` is None unless the stream was
     complete: a finish reason, ``[DONE]``, no error, one choice, nothing it cannot represent."""
 
     __slots__ = (
-        "_broken",
-        "_buf",
         "_created",
         "_done",
         "_finish",
         "_id",
-        "_limit",
         "_model",
         "_reasoning",
         "_redacted",
-        "_seen",
         "_signatures",
         "_text",
         "_tools",
@@ -165,10 +164,7 @@ class StreamAssembler:
     )
 
     def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._seen = 0
-        self._buf = b""
-        self._broken = False
+        super().__init__(limit)
         self._done = False
         self._id = ""
         self._model = ""
@@ -182,49 +178,24 @@ class StreamAssembler:
         self._tools: dict[int, list[Any]] = {}
         self._usage: _Usage | None = None
 
-    def feed(self, data: bytes) -> None:
-        if self._broken:
-            return
-        self._seen += len(data)
-        if self._seen > self._limit:
-            self._give_up()
-            return
-        buf = self._buf + data
-        start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            self._event(buf[start:end])
-            start = end + 2
-            if self._broken:
-                return
-        self._buf = buf[start:]
-
-    def _give_up(self) -> None:
-        self._broken = True
-        self._buf = b""
+    def _drop(self) -> None:
         self._text = []
         self._reasoning = []
         self._tools = {}
 
-    def _event(self, event: bytes) -> None:
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                self._done = True
-                continue
-            if self._done:
-                self._give_up()
-                return
-            try:
-                chunk = _decode_answer(data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self._give_up()
-                return
-            self._chunk(chunk)
+    def _data(self, data: bytes) -> None:
+        if data == b"[DONE]":
+            self._done = True
+            return
+        if self._done:
+            self._give_up()
+            return
+        try:
+            chunk = _decode_answer(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self._give_up()
+            return
+        self._chunk(chunk)
 
     def _chunk(self, c: _Answer) -> None:
         if c.error is not None:
@@ -273,7 +244,7 @@ class StreamAssembler:
 
     def result(self) -> tuple[ir.Response, int] | None:
         """The assembled answer and its ``created``, or None when the stream was not a complete success."""
-        if self._broken or not self._done or self._buf.strip():
+        if self._cut or not self._done:
             return None
         stop = _STOP.get(self._finish or "")
         if stop is None:
@@ -324,19 +295,20 @@ def replay(resp: ir.Response, created: int, stream: bool, include_usage: bool) -
     return ChunkEncoder(created, include_usage).encode_all(_events(resp))
 
 
-class OpenAIChatCodec:
+class OpenAIChatCodec(ByteCodec):
     """The ``openai_chat`` dialect's codec (see the module docstring)."""
 
-    name = "openai_chat"
+    name: ClassVar[str] = "openai_chat"
+    semantic: ClassVar[bool] = True
 
-    @staticmethod
-    def read_whole(body: bytes) -> tuple[ir.Response, int] | None:
+    def form(self, ctx: Any) -> dict[str, Any]:
+        return request_form(ctx.body)
+
+    def read_whole(self, body: bytes) -> tuple[ir.Response, int] | None:
         return read_whole(body)
 
-    @staticmethod
-    def assembler(limit: int) -> StreamAssembler:
+    def assembler(self, limit: int) -> StreamAssembler:
         return StreamAssembler(limit)
 
-    @staticmethod
-    def replay(resp: ir.Response, created: int, stream: bool, include_usage: bool) -> bytes:
-        return replay(resp, created, stream, include_usage)
+    def replay(self, ctx: Any, resp: ir.Response, created: int) -> bytes:
+        return replay(resp, created, ctx.stream, ctx.include_usage)

@@ -1,6 +1,7 @@
 """The ``cache`` phase: exact-match answers from the worker's memory tier or the shared Redis tier.
 
-Per request (a chat request to a model whose policy caches it)::
+Per request (a generation request of a client dialect that has a codec, ``CODECS``: OpenAI chat,
+Anthropic Messages, OpenAI Responses; to a model whose policy caches it)::
 
     on_request   Cache-Control read; the key computed (gateway.cache.keys); when the client allows a
                  lookup: memory tier -> hit (answered here) | Redis tier (awaited) -> hit | semantic
@@ -43,10 +44,13 @@ from gateway import ir
 from gateway._core.cache import LRUCache
 from gateway.auth.applied import node_directory
 from gateway.cache.admin import PURGE_POLL, PurgeOrder, PurgeWatch, decode_order
+from gateway.cache.anthropic_messages import AnthropicMessagesCodec
+from gateway.cache.codec import Assembler, Codec
 from gateway.cache.config import CacheConfig, CachePolicy
-from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace, request_form
+from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace
 from gateway.cache.keys import _encode as _encode_form
-from gateway.cache.openai_chat import OpenAIChatCodec, StreamAssembler
+from gateway.cache.openai_chat import OpenAIChatCodec
+from gateway.cache.openai_responses import OpenAIResponsesCodec
 from gateway.cache.redis_tier import Announce, RedisTier, TierDown, redis_key, redis_key_head
 from gateway.phases import Phase, Reply, StreamObserver
 from gateway.wire import Usage
@@ -60,9 +64,16 @@ __all__ = ["CacheEntry", "CachePhase", "CacheService", "CacheState", "CacheStats
 
 log = logging.getLogger("gateway.cache")
 
-_DIALECT = "openai_chat"
-#: the client dialect's codec, by dialect name (other dialects add theirs)
-CODECS: dict[str, Any] = {_DIALECT: OpenAIChatCodec}
+_CHAT: Codec = OpenAIChatCodec()
+#: the client dialect's codec (gateway.cache.codec), by the engine's endpoint name of its generation
+#: requests; a request to another endpoint is not cached
+CODECS: dict[str, Codec] = {
+    "chat": _CHAT,
+    "messages": AnthropicMessagesCodec(),
+    "responses": OpenAIResponsesCodec(),
+}
+#: a byte per codec that begins a render memo's key (a rendered answer is one dialect's)
+_RENDER_TAGS: dict[str, bytes] = {name: b"%d" % i for i, name in enumerate(CODECS)}
 _JSON = ("content-type", "application/json")
 _SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _MISS = ("x-gateway-cache", "miss")
@@ -139,10 +150,12 @@ class CacheState(msgspec.Struct):
     tenant: str | None
     key_id: str | None
     model: str
+    #: the client dialect's codec
+    codec: Codec = _CHAT
     outcome: str = "miss"
     #: the whole answer sent (on_response) or the stream's assembler (on_stream)
     body: bytes | None = None
-    assembler: StreamAssembler | None = None
+    assembler: Assembler | None = None
     #: a hit: the cost of the call it replays
     saved: float | None = None
     #: the Redis tier failed this request's lookup: the answer is not written there
@@ -165,12 +178,20 @@ def answer_changed(ctx: Context) -> None:
 class _Watch(StreamObserver):
     __slots__ = ("assembler",)
 
-    def __init__(self, assembler: StreamAssembler) -> None:
+    def __init__(self, assembler: Assembler) -> None:
         self.assembler = assembler
 
     def feed(self, data: bytes) -> bytes:
         self.assembler.feed(data)
         return data
+
+
+def _dialect_headers(ctx: Context, headers: list[tuple[str, str]]) -> None:
+    """A hit's headers as its dialect's clients read them: the request id under the dialect's own name
+    too (Anthropic's ``request-id``), as the dialect's local answers have it."""
+    name = ctx.dialect.request_id_header
+    if name != "x-request-id":
+        headers.append((name, ctx.request_id))
 
 
 def _cache_control(value: bytes) -> tuple[bool, bool]:
@@ -321,8 +342,11 @@ class CachePhase(Phase):
         self.policies: dict[str, CachePolicy | None] = {}
         self.config: CacheConfig = c
         #: (tenant, key id, model) -> the key's head (gateway.cache.keys.key_head)
-        #: and a BLAKE2b that has read it (# PERF: copied per key: cheaper than a new one over the head)
+        #: and a BLAKE2b that has read it (# PERF: copied per key: cheaper than a new one over the head),
+        #: for OpenAI chat; the other dialects' in ``dialect_heads``, by endpoint
         self.heads: dict[tuple[str | None, str | None, str], tuple[bytes, Any]] = {}
+        self.dialect_heads: dict[str, dict[tuple[str | None, str | None, str], tuple[bytes, Any]]] = {
+            endpoint: {} for endpoint in CODECS if endpoint != "chat"}
         #: (tenant, key id, model) -> its entries' Redis key up to the hash (redis_tier.redis_key_head)
         self.rheads: dict[tuple[str | None, str | None, str], str] = {}
 
@@ -335,22 +359,30 @@ class CachePhase(Phase):
             p = self.policies[model] = self.config.policy(model)
             return p
 
-    def _head(self, policy: CachePolicy, tenant: str | None, key_id: str | None, endpoint: str,
-              model: str) -> tuple[bytes, Any]:
-        """The key's head of this caller and model (built once: the phase is rebuilt on reload)."""
-        if len(self.heads) > 65536:
-            self.heads.clear()
+    def _head(self, heads: dict[Any, tuple[bytes, Any]], policy: CachePolicy, tenant: str | None,
+              key_id: str | None, codec: Codec, endpoint: str, model: str) -> tuple[bytes, Any]:
+        """The key's head of this caller, dialect and model (built once: the phase is rebuilt on reload)."""
+        if len(heads) > 65536:
+            heads.clear()
         space = namespace(policy.scope, tenant, key_id)
-        head = key_head(KeyParts(space, _DIALECT, endpoint, model))
-        found = self.heads[(tenant, key_id, model)] = (head, _blake2b(head, digest_size=32))
+        head = key_head(KeyParts(space, codec.name, endpoint, model))
+        found = heads[(tenant, key_id, model)] = (head, _blake2b(head, digest_size=32))
         return found
 
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
         # PERF: a byte-identical repeat (a retry, the same SDK call) is one BLAKE2b over the raw bytes and
         # two LRU lookups (its alias, then the entry it renders); anything else, a miss included, pays the
         # canonical key as well (decode, sorted encode, hash)
-        if ctx.endpoint != "chat":
-            return None
+        endpoint = ctx.endpoint
+        if endpoint == "chat":
+            codec = _CHAT
+            heads = self.heads
+        else:  # another dialect's generation request (gateway.cache.codec), or not cached
+            found_codec = CODECS.get(endpoint)
+            if found_codec is None:
+                return None
+            codec = found_codec
+            heads = self.dialect_heads[endpoint]
         model = ctx.route_model or ctx.fields.model
         policy: CachePolicy | None = self.policies.get(model, _UNKNOWN)
         if policy is _UNKNOWN:
@@ -364,18 +396,19 @@ class CachePhase(Phase):
             tenant = key_id = None
         else:
             tenant, key_id = key.tenant.id, key.id
-        prepared = self.heads.get((tenant, key_id, model))
+        prepared = heads.get((tenant, key_id, model))
         if prepared is None:
-            prepared = self._head(policy, tenant, key_id, ctx.endpoint, model)
+            prepared = self._head(heads, policy, tenant, key_id, codec, endpoint, model)
         head = prepared[0]
+        extra = codec.headers(ctx) if codec is not _CHAT else b""
         memory = self.memory
         alias = None
-        if memory is not None and not no_cache and not self.count_tokens:
+        if memory is not None and not no_cache and not self.count_tokens and codec.renders:
             # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
             # under "always" must not answer under "deterministic"), the form asked for and the raw body,
             # as they are (# PERF: the memory tier's dict hashes and compares them: exact, and cheaper
             # than a BLAKE2b; a worker's memory is its own, so nothing needs a hash that travels)
-            alias = head + _ALIAS[policy.when][ctx.stream + 2 * ctx.include_usage] + ctx.body
+            alias = head + _ALIAS[policy.when][ctx.stream + 2 * ctx.include_usage] + extra + ctx.body
             now = _monotonic()
             rendered = memory.get(alias, now)
             if rendered is not None:
@@ -385,18 +418,20 @@ class CachePhase(Phase):
                 # valid while its entry lives unchanged (not purged, evicted, expired or refreshed)
                 if found is not None and found[1] == _ALIASED.unpack_from(value, 32)[0]:
                     self.stats.hits_memory += 1
-                    state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model)
+                    state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model, codec)
                     return self._rendered_hit(ctx, state, value)
                 memory.delete(alias)
-        form = request_form(ctx.body)
+        form = codec.form(ctx)
         if policy.when == "deterministic" and not is_deterministic(form):
             self.stats.bypass_policy += 1
             ctx.response_headers.append(_BYPASS)
             return None
         hasher = prepared[1].copy()
+        if extra:
+            hasher.update(extra)
         hasher.update(_encode_form(form))
         digest = hasher.digest()
-        state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model)
+        state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model, codec)
         if no_cache:
             state.outcome = "bypass"
             self.stats.bypass_nocache += 1
@@ -417,7 +452,7 @@ class CachePhase(Phase):
                 return reply
         if self.redis is not None:
             return self._redis_lookup(ctx, state, form)
-        if policy.semantic is not None and self.semantic is not None:
+        if policy.semantic is not None and self.semantic is not None and codec.semantic:
             return self._semantic_lookup(ctx, state, form)
         self.stats.misses += 1
         ctx.response_headers.append(_MISS)
@@ -446,8 +481,8 @@ class CachePhase(Phase):
         if raw is not None:
             renders = self.renders
             memo = None
-            if not self.count_tokens:
-                memo = _VARIANTS[ctx.stream + 2 * ctx.include_usage] + raw
+            if not self.count_tokens and state.codec.renders:
+                memo = _RENDER_TAGS[ctx.endpoint] + _VARIANTS[ctx.stream + 2 * ctx.include_usage] + raw
                 rendered = renders.get(memo, _monotonic())
                 if rendered is not None:
                     self.stats.hits_redis += 1
@@ -470,7 +505,7 @@ class CachePhase(Phase):
                     value = state.key + _ALIASED.pack(0.0, entry.stored, cost) + reply.body
                     renders.put(memo, value, _monotonic(), left, (state.tenant, state.key_id, state.model))
                 return reply
-        if state.policy.semantic is not None and self.semantic is not None:
+        if state.policy.semantic is not None and self.semantic is not None and state.codec.semantic:
             return await self._semantic_lookup(ctx, state, form)
         self.stats.misses += 1
         ctx.response_headers.append(_MISS)
@@ -482,7 +517,9 @@ class CachePhase(Phase):
         policy = state.policy
         assert tier is not None and policy.semantic is not None
         space = namespace(policy.scope, state.tenant, state.key_id)
-        pending, found = await tier.nearest(ctx, space, state.model, policy.semantic, form)
+        codec = state.codec
+        pending, found = await tier.nearest(ctx, space, state.model, policy.semantic, form, codec.name,
+                                            codec.headers(ctx))
         if pending is not None and state.store:
             state.semantic = pending
         if found is not None:
@@ -532,7 +569,10 @@ class CachePhase(Phase):
         state.outcome = "hit"
         state.saved = None if cost != cost else cost  # NaN: unpriced
         age = str(max(int(time.time() - stored), 0))
-        return Reply(200, value[_ALIAS_BODY:], [*(_SSE_HIT if ctx.stream else _JSON_HIT), ("age", age)])
+        headers = [*(_SSE_HIT if ctx.stream else _JSON_HIT), ("age", age)]
+        if ctx.dialect is not None:
+            _dialect_headers(ctx, headers)
+        return Reply(200, value[_ALIAS_BODY:], headers)
 
     def _hit(self, ctx: Context, state: CacheState, entry: CacheEntry) -> Reply:
         state.outcome = "hit"
@@ -541,38 +581,37 @@ class CachePhase(Phase):
         if self.count_tokens:
             u = entry.response.usage
             ctx.usage = Usage(u.prompt_tokens, u.output_tokens, u.total_tokens)
-        codec = CODECS[_DIALECT]
-        body = codec.replay(entry.response, entry.created, ctx.stream, ctx.include_usage)
+        body = state.codec.replay(ctx, entry.response, entry.created)
         age = str(max(int(time.time() - entry.stored), 0))
         head = _SSE if ctx.stream else [_JSON]
-        return Reply(200, body, [*head, ("x-gateway-cache", "hit"), ("age", age)])
+        headers = [*head, ("x-gateway-cache", "hit"), ("age", age)]
+        if ctx.dialect is not None:
+            _dialect_headers(ctx, headers)
+        return Reply(200, body, headers)
 
     # -- the way out --------------------------------------------------------------------------------
 
     def on_response(self, ctx: Context, body: bytes) -> bytes:
         state: CacheState | None = ctx.cache
-        if state is not None and state.store:
+        if state is not None and state.store and state.codec.watches:
             state.body = body
         return body
 
     def on_stream(self, ctx: Context) -> StreamObserver | None:
         state: CacheState | None = ctx.cache
-        if state is None or not state.store:
+        if state is None or not state.store or not state.codec.watches:
             return None
-        state.assembler = CODECS[_DIALECT].assembler(state.policy.max_entry_bytes * 4)
+        state.assembler = state.codec.assembler(state.policy.max_entry_bytes * 4)
         return _Watch(state.assembler)
 
     def on_settle(self, ctx: Context) -> None:
         state: CacheState | None = ctx.cache
         if state is None or not state.store or ctx.status != 200 or ctx.error is not None:
             return
-        codec = CODECS[_DIALECT]
-        if state.body is not None:
-            answer = codec.read_whole(state.body)
-        elif state.assembler is not None:
-            answer = state.assembler.result()
-        else:
+        codec = state.codec
+        if codec.watches and state.body is None and state.assembler is None:
             return
+        answer = codec.answer(ctx, state.body, state.assembler)
         if answer is None:
             self.stats.unstorable += 1
             return

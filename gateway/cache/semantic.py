@@ -22,7 +22,9 @@ answer)::
                   | with a Redis tier, announced on the sync stream             |
 
 What is embedded: the canonical prompt, one line per message, ``role: text`` (text parts joined), in
-the order sent. What must match exactly: everything else the request says (the partition), so a
+the order sent (OpenAI chat's and Anthropic Messages' ``messages`` alike; a Messages ``system`` is a field
+of the partition, so it must match exactly; OpenAI Responses requests are not looked up). What must
+match exactly: everything else the request says (the partition), so a
 neighbour is never an answer to other sampling parameters or another response format.
 
 The cluster. Redis 7 (what the gateway's clusters run) has no vector search, and none of the engines
@@ -136,6 +138,16 @@ def _text_of(content: Any) -> str | None:
     return "\n".join(parts)
 
 
+_TOOL_BLOCKS: Final = frozenset({"tool_use", "tool_result", "server_tool_use"})
+
+
+def _tool_blocks(message: dict[str, Any]) -> bool:
+    """An Anthropic Messages turn with a tool call or a tool result among its blocks."""
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") in _TOOL_BLOCKS for b in content)
+
+
 def prompt_text(form: dict[str, Any], policy: SemanticPolicy) -> tuple[str | None, str | None]:
     """(the text to embed, None) or (None, why the request is not looked up: a ``BYPASS_REASONS``)."""
     if form.get("tools") or form.get("functions"):
@@ -151,7 +163,7 @@ def prompt_text(form: dict[str, Any], policy: SemanticPolicy) -> tuple[str | Non
         if not isinstance(m, dict):
             return None, "content"
         role = m.get("role")
-        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
+        if role in ("tool", "function") or m.get("tool_calls") or m.get("function_call") or _tool_blocks(m):
             return None, "tools"
         text = _text_of(m.get("content"))
         if text is None or not isinstance(role, str):
@@ -163,12 +175,17 @@ def prompt_text(form: dict[str, Any], policy: SemanticPolicy) -> tuple[str | Non
     return text, None
 
 
-def partition_of(namespace: str, model: str, policy: SemanticPolicy, form: dict[str, Any]) -> bytes:
-    """The partition a request searches and stores in: its namespace, model, embeddings model and the
-    canonical form of every field but the messages (``form`` is ``keys.request_form``'s)."""
+def partition_of(namespace: str, model: str, policy: SemanticPolicy, form: dict[str, Any],
+                 dialect: str = "openai_chat", headers: bytes = b"") -> bytes:
+    """The partition a request searches and stores in: its namespace, client dialect (as for exact keys,
+    two dialects never share), model, embeddings model and the canonical form of every field but the
+    messages (``form`` is the dialect's canonical form, ``keys.request_form``'s or ``keys.messages_form``'s:
+    an Anthropic ``system`` must match exactly), and the request headers that change the answer, as for
+    exact keys (``keys.header_part``: Anthropic's betas)."""
     rest = {k: v for k, v in form.items() if k != "messages"}
-    head = "".join(f"{len(p)}:{p}" for p in (namespace, model, policy.embeddings_model)).encode()
-    return hashlib.blake2b(b"gw-semantic-v1\0" + head + _encode_form(rest), digest_size=32).digest()
+    fields = (namespace, dialect, model, policy.embeddings_model)
+    head = "".join(f"{len(p)}:{p}" for p in fields).encode()
+    return hashlib.blake2b(b"gw-semantic-v1\0" + head + headers + _encode_form(rest), digest_size=32).digest()
 
 
 def _unit(values: list[float]) -> np.ndarray[Any, Any] | None:
@@ -298,7 +315,8 @@ class SemanticTier:
     # -- the request path ---------------------------------------------------------------------------
 
     async def nearest(self, ctx: Context, namespace: str, model: str, policy: SemanticPolicy,
-                      form: dict[str, Any]) -> tuple[Pending | None, tuple[bytes, Tag, float] | None]:
+                      form: dict[str, Any], dialect: str = "openai_chat", headers: bytes = b"",
+                      ) -> tuple[Pending | None, tuple[bytes, Tag, float] | None]:
         """(what to keep once the answer is stored, the neighbour above the threshold: (its entry's key,
         its tag, the similarity)). (None, None): not looked up (bypassed or the embeddings call failed)."""
         text, why = prompt_text(form, policy)
@@ -313,7 +331,7 @@ class SemanticTier:
         if vector is None:
             self.stats.errors += 1
             return None, None
-        partition = partition_of(namespace, model, policy, form)
+        partition = partition_of(namespace, model, policy, form, dialect, headers)
         pending = Pending(partition, vector, policy)
         found = self.index.search(partition, vector, time.time())
         if found is None or found[2] < policy.threshold:
