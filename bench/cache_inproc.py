@@ -44,6 +44,7 @@ from bench.inproc import (
 from gateway.config import load_config_text
 from gateway.engine import Engine
 from gateway.server.listener import HttpProtocol
+from gateway.server.worker import freeze_heap
 
 CACHE = "\n[cache]\nenabled = true\nmemory_bytes = 67108864\n"
 CACHE_REFUSING = CACHE + "[cache.default]\nmax_entry_bytes = 1\n"
@@ -92,6 +93,7 @@ async def _run(config_text: str, request: bytes, total: int, connections: int, c
     config = load_config_text(config_text)
     engine = Engine(config, worker=0)
     await engine.startup()
+    freeze_heap()  # as a worker does once started (gateway.server.worker.serve_app)
     driver = Driver(loop, total, 0, request)
     _fake_upstreams(engine, driver.pieces, connections)
     state = _listener_state(engine, config)
