@@ -121,13 +121,18 @@ class GuardPhase(Phase):
         masker = Masker()
         state = GuardState(guard, masker, None)
         if guard.input:
-            text = ctx.body.decode("utf-8", "surrogateescape")
-            findings = guard.input.scanner.scan(text)
-            if findings:
-                masked = apply(text, findings, guard.input, masker, ctx.request_id, "prompt")
-                if masked is not text:
-                    ctx.body = masked.encode("utf-8", "surrogateescape")
-                    state.changed = True
+            # PERF: the prefilter reads the raw body once; with no trigger in it (the common case) the body
+            # is neither decoded nor copied, and goes upstream as the client sent it
+            scanner = guard.input.scanner
+            mask = scanner.prefilter.scan(ctx.body)
+            if mask or scanner.always:
+                text = ctx.body.decode("utf-8", "surrogateescape")
+                findings = scanner.scan(text, mask)
+                if findings:
+                    masked = apply(text, findings, guard.input, masker, ctx.request_id, "prompt")
+                    if masked is not text:
+                        ctx.body = masked.encode("utf-8", "surrogateescape")
+                        state.changed = True
         if guard.injection is not None:
             score = guard.injection_score(messages)
             if score >= guard.injection_threshold and guard.injection_action != "off":
@@ -222,10 +227,17 @@ class GuardPhase(Phase):
             return body
         guard = state.guard
         masker = state.masker
+        scanner = guard.output.scanner if guard.output else None
+        mask = scanner.prefilter.scan(body) if scanner is not None else 0
+        if not mask and not masker.originals and (scanner is None or not scanner.always):
+            # PERF: nothing to find, nothing to restore: the answer as it came, not decoded
+            if state.request is not None:
+                _check_answer(guard, state.request, body)
+            return body
         text = body.decode("utf-8", "surrogateescape")
         out = text
-        if guard.output:
-            findings = guard.output.scanner.scan(text)
+        if scanner is not None:
+            findings = scanner.scan(text, mask)
             if findings:
                 _no_store(ctx)
                 out = apply(text, findings, guard.output, masker, ctx.request_id, "answer")

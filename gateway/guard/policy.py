@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from gateway import errors
 from gateway.guard.config import GuardPolicy, WebhookConfig
-from gateway.guard.detectors import Detector, Finding, Scanner, builtin, deny_detector
+from gateway.guard.detectors import Detector, Finding, Scanner, builtin, custom_detector, deny_detector
 
 __all__ = ["RANK", "Guard", "Side", "blocked"]
 
@@ -197,7 +197,7 @@ class Guard:
                 continue
             if name in custom:
                 rx, max_len = custom[name]
-                detectors.append(Detector(name, rx, kind=name.upper(), max_len=max_len))
+                detectors.append(custom_detector(name, rx, max_len))
             elif name == "deny":
                 detectors.append(deny_detector(deny_words, deny_rx))
             else:
