@@ -12,6 +12,7 @@ cdef class Prefilter:
     cdef uint64_t* _bit
     cdef unsigned char* _fold
     cdef Py_ssize_t* _order
+    cdef unsigned char* _after
     cdef Py_ssize_t _start[257]
     cdef unsigned char _bloom[8192]
     cdef unsigned char _hot[256]

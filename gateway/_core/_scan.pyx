@@ -73,11 +73,11 @@ cdef inline int _hexval(unsigned char c) noexcept:
     return -1
 
 
-cdef inline int _char(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Py_UCS4* out) noexcept:
+cdef inline int _char(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint32_t* out) noexcept:
     """The length of the UTF-8 character at ``i`` (its code point in ``out``); invalid: 1, ``out`` -1."""
     cdef unsigned char c = s[i]
     cdef int need, k
-    cdef Py_UCS4 cp
+    cdef uint32_t cp
     if c < 0x80:
         out[0] = c
         return 1
@@ -91,26 +91,26 @@ cdef inline int _char(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Py_UCS
         need = 3
         cp = c & 0x07
     else:
-        out[0] = <Py_UCS4>0xFFFFFFFF
+        out[0] = <uint32_t>0xFFFFFFFF
         return 1
     if i + need >= n:
-        out[0] = <Py_UCS4>0xFFFFFFFF
+        out[0] = <uint32_t>0xFFFFFFFF
         return 1
     for k in range(1, need + 1):
         if s[i + k] & 0xC0 != 0x80:
-            out[0] = <Py_UCS4>0xFFFFFFFF
+            out[0] = <uint32_t>0xFFFFFFFF
             return 1
         cp = (cp << 6) | (s[i + k] & 0x3F)
     out[0] = cp
     return need + 1
 
 
-cdef inline bint _decimal(Py_UCS4 cp) noexcept:
-    return cp != <Py_UCS4>0xFFFFFFFF and cp <= 0x10FFFF and Py_UNICODE_ISDECIMAL(cp)
+cdef inline bint _decimal(uint32_t cp) noexcept:
+    return cp <= 0x10FFFF and Py_UNICODE_ISDECIMAL(<Py_UCS4>cp)
 
 
 cdef inline int _is_digit(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
-    cdef Py_UCS4 cp
+    cdef uint32_t cp
     cdef int length
     if s[i] < 0x80:
         return 1 if 48 <= s[i] <= 57 else 0
@@ -118,7 +118,7 @@ cdef inline int _is_digit(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) no
     return length if _decimal(cp) else 0
 
 
-cdef inline bint _hazard(Py_UCS4 cp) noexcept:
+cdef inline bint _hazard(uint32_t cp) noexcept:
     return (cp == 0xDF or cp == 0x130 or cp == 0x131 or cp == 0x149 or cp == 0x17F or cp == 0x1F0
             or 0x1E96 <= cp <= 0x1E9A or cp == 0x1E9E or cp == 0x212A or 0xFB00 <= cp <= 0xFB06)
 
@@ -131,6 +131,7 @@ cdef class Prefilter:
         self._bit = NULL
         self._fold = NULL
         self._order = NULL
+        self._after = NULL
 
     def __init__(self, needles=(), int numeric=0, int phone_min=1, bint upper=False, bint ipv6=False,
                  bytes escapes=b"", bint escape_non_ascii=False):
@@ -138,11 +139,12 @@ cdef class Prefilter:
         cdef bytes n
         cdef Py_ssize_t i, count, pos
         cdef int c, first, second, a, b
-        for needle, bit, folded in needles:
-            n = bytes(needle)
+        for needle in needles:
+            n = bytes(needle[0])
             if n:
-                items.append((n.lower() if folded else n, int(bit), bool(folded)))
-        self.needles = tuple((n, b, f) for n, b, f in items)
+                items.append((n.lower() if needle[2] else n, int(needle[1]), bool(needle[2]),
+                              bytes(needle[3]) if len(needle) > 3 else b""))
+        self.needles = tuple(items)
         count = len(items)
         self._count = count
         self._blob = b"".join([t[0] for t in items])
@@ -150,26 +152,30 @@ cdef class Prefilter:
         self._len = <Py_ssize_t*>PyMem_Malloc((count + 1) * sizeof(Py_ssize_t))
         self._bit = <uint64_t*>PyMem_Malloc((count + 1) * sizeof(uint64_t))
         self._fold = <unsigned char*>PyMem_Malloc(count + 1)
+        self._after = <unsigned char*>PyMem_Malloc((count + 1) * 32)
         self._order = <Py_ssize_t*>PyMem_Malloc((2 * count + 1) * sizeof(Py_ssize_t))  # a folded needle: twice
-        if not (self._off and self._len and self._bit and self._fold and self._order):
+        if not (self._off and self._len and self._bit and self._fold and self._order and self._after):
             raise MemoryError()
         memset(self._bloom, 0, sizeof(self._bloom))
         memset(self._hot, 0, sizeof(self._hot))
         self._folded_bits = 0
         pos = 0
         for i in range(count):
-            n, bit, folded = items[i]
+            n, bit, folded, after = items[i]
+            memset(self._after + 32 * i, 0 if after else 0xFF, 32)
+            for c in after:
+                self._after[32 * i + (c >> 3)] |= 1 << (c & 7)
             self._off[i] = pos
             self._len[i] = len(n)
             self._bit[i] = <uint64_t>bit
-            self._fold[i] = folded
+            self._fold[i] = (1 if folded else 0) | (2 if after else 0)
             pos += len(n)
             if folded:
                 self._folded_bits |= <uint64_t>bit
         # the needles by first byte (both cases of a folded one): _start[c] .. _start[c + 1] in _order
         cdef list by_first = [[] for _ in range(256)]
         for i in range(count):
-            n, bit, folded = items[i]
+            n, bit, folded, _ = items[i]
             first = n[0]
             by_first[first].append(i)
             if folded and 97 <= first <= 122:
@@ -222,6 +228,7 @@ cdef class Prefilter:
         PyMem_Free(self._bit)
         PyMem_Free(self._fold)
         PyMem_Free(self._order)
+        PyMem_Free(self._after)
 
     cpdef uint64_t scan(self, bytes data):
         """The trigger mask of ``data`` (0: no detector can find anything in it)."""
@@ -250,7 +257,7 @@ cdef class Prefilter:
         """The triggers at ``i``; returns where to go on."""
         cdef unsigned char c = s[i], k
         cdef uint64_t mask = out[0]
-        cdef Py_UCS4 cp
+        cdef uint32_t cp
         cdef int length
         cdef int numeric = self._numeric
         if c < 0x80:
@@ -274,7 +281,7 @@ cdef class Prefilter:
         if self._high_needle[c - 128]:
             mask |= self._needles_at(s, i, n, mask)
         length = _char(s, i, n, &cp)
-        if cp != <Py_UCS4>0xFFFFFFFF:
+        if cp != <uint32_t>0xFFFFFFFF:
             if numeric and not mask & M_NUMBER and _decimal(cp) and self._number_at(s, i, n):
                 mask |= M_NUMBER
             if self._folded_bits and _hazard(cp):
@@ -296,7 +303,13 @@ cdef class Prefilter:
             m = self._len[x]
             if i + m > n:
                 continue
-            if not self._fold[x]:
+            if i + m < n:  # the byte after the needle must be one it allows
+                d = s[i + m]
+                if not self._after[32 * x + (d >> 3)] & (1 << (d & 7)):
+                    continue
+            elif self._fold[x] & 2:  # the needle must be followed by something
+                continue
+            if not self._fold[x] & 1:
                 if memcmp(s + i, blob + self._off[x], m) == 0:
                     found |= self._bit[x]
                 continue
@@ -313,7 +326,7 @@ cdef class Prefilter:
     cdef bint _escape_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
         cdef unsigned char e
         cdef int k, v
-        cdef Py_UCS4 cp = 0
+        cdef uint32_t cp = 0
         if i + 1 >= n:
             return False
         e = s[i + 1]
@@ -330,7 +343,7 @@ cdef class Prefilter:
             return self._escapes[cp] != 0
         if self._non_ascii:
             return True
-        if self._numeric and Py_UNICODE_ISDECIMAL(cp):
+        if self._numeric and _decimal(cp):
             return True
         return self._folded_bits != 0 and _hazard(cp)
 
@@ -342,11 +355,13 @@ cdef class Prefilter:
         cdef bint in_row = True, gap = False, sep_seen = False, bare
         if numeric & N_ANY:
             return True
-        if _json_number(s, i):
-            return False
         prev = s[i - 1] if i > 0 else 32
         if prev < 0x80:
             pk = _BASE[prev]
+            if pk & C_WORD:  # every numeric detector's lookbehind refuses a word character before it
+                return False
+        if _json_number(s, i):
+            return False
         first = s[i]
         first_digit = _is_digit(s, i, n)
         last_end = i

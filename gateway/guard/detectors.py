@@ -76,8 +76,8 @@ Validator = Callable[[str, int, int], int]
 class Detector:
     """A named candidate regex with an optional validator; ``kind`` names its placeholders."""
 
-    __slots__ = ("custom", "digits", "finder", "kind", "lower", "max_len", "min_digits", "name", "needles",
-                 "pattern", "trigger", "validate")
+    __slots__ = ("custom", "digits", "finder", "kind", "lower", "max_len", "min_digits", "name",
+                 "needle_after", "needles", "pattern", "trigger", "validate")
 
     def __init__(self, name: str, pattern: str, *, kind: str | None = None, validate: Validator | None = None,
                  needles: Sequence[str] | None = None, digits: bool = False, max_len: int = 128,
@@ -103,6 +103,8 @@ class Detector:
         self.min_digits = 1
         #: configured (a custom regex, a deny list): its characters matter when escaped
         self.custom = False
+        #: the characters that may follow a needle ("": any)
+        self.needle_after = ""
 
 
 # -- validators -------------------------------------------------------------------------------------------
@@ -332,6 +334,11 @@ _LITERAL_PREFIX = re.compile(r"\[\w+\]|[\w-]+")
 
 #: where a ``secret = value`` candidate may begin (lower case; each a prefix of the regex's words)
 _SECRET_WORDS = ("api", "secret", "token", "passw")
+#: the prefilter's needles of a ``secret = value`` candidate: each word of the regex, followed by a
+#: quote, a backslash before one, ``:``, ``=``, or the first byte of whitespace (ASCII, or the lead byte
+#: of a Unicode space), so that "total_tokens" in every answer is not one
+_SECRET_NEEDLES = ("apikey", "api_key", "api-key", "secret", "token", "password", "passwd")
+_SECRET_AFTER = "\\\"':= \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\udcc2\udce1\udce2\udce3"
 
 
 def _key_detectors() -> list[Detector]:
@@ -344,8 +351,9 @@ def _key_detectors() -> list[Detector]:
         "api_key",
         r"(?i:api[_-]?key|secret|token|password|passwd)(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?"
         r"[A-Za-z0-9_\-+/=.]{16,200}",
-        kind="API_KEY", validate=_secret_value, needles=_SECRET_WORDS, max_len=240,
+        kind="API_KEY", validate=_secret_value, needles=_SECRET_NEEDLES, max_len=240,
     )
+    secret.needle_after = _SECRET_AFTER
     secret.lower = True
     secret.finder = _at_words(secret.pattern, _SECRET_WORDS)
     out.append(secret)

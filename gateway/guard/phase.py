@@ -54,13 +54,23 @@ _role_decoder = msgspec.json.Decoder(_Role)
 class GuardState:
     """What one guarded request carries to its way out."""
 
-    __slots__ = ("changed", "guard", "masker", "request")
+    __slots__ = ("_masker", "guard", "request")
 
-    def __init__(self, guard: Guard, masker: Masker, request: Any) -> None:
+    def __init__(self, guard: Guard, masker: Masker | None, request: Any) -> None:
         self.guard = guard
-        self.masker = masker
+        self._masker = masker  # made when first needed: most requests mask nothing
         self.request = request  # the decoded request, when an answer check needs its tools or schema
-        self.changed = False
+
+    @property
+    def masker(self) -> Masker:
+        masker = self._masker
+        if masker is None:
+            masker = self._masker = Masker()
+        return masker
+
+    def restores(self) -> bool:
+        """The prompt was masked: the answer gets its values back."""
+        return self._masker is not None and bool(self._masker.originals)
 
 
 class GuardPhase(Phase):
@@ -115,24 +125,25 @@ class GuardPhase(Phase):
                                key.tenant.id if key is not None else None, fields.model)
         if guard is None:
             return None
-        refusal = self._shape(guard, messages)
-        if refusal is not None:
-            return refusal
-        masker = Masker()
-        state = GuardState(guard, masker, None)
-        if guard.input:
+        if guard.shaped:
+            refusal = self._shape(guard, messages)
+            if refusal is not None:
+                return refusal
+        masker: Masker | None = None
+        scanner = guard.in_scanner
+        if scanner is not None:
             # PERF: the prefilter reads the raw body once; with no trigger in it (the common case) the body
             # is neither decoded nor copied, and goes upstream as the client sent it
-            scanner = guard.input.scanner
             mask = scanner.prefilter.scan(ctx.body)
             if mask or scanner.always:
                 text = ctx.body.decode("utf-8", "surrogateescape")
                 findings = scanner.scan(text, mask)
                 if findings:
+                    assert guard.input is not None
+                    masker = Masker()
                     masked = apply(text, findings, guard.input, masker, ctx.request_id, "prompt")
                     if masked is not text:
                         ctx.body = masked.encode("utf-8", "surrogateescape")
-                        state.changed = True
         if guard.injection is not None:
             score = guard.injection_score(messages)
             if score >= guard.injection_threshold and guard.injection_action != "off":
@@ -140,8 +151,9 @@ class GuardPhase(Phase):
                 if guard.injection_action == "block":
                     assert guard.injection_error is not None
                     return guard.injection_error
-        if guard.output or masker.originals or guard.tool_arguments != "off" or guard.json_schema != "off":
-            if guard.tool_arguments != "off" or guard.json_schema != "off":
+        if guard.out_scanner is not None or guard.checks_answer or (masker is not None and masker.originals):
+            state = GuardState(guard, masker, None)
+            if guard.checks_answer:
                 state.request = msgspec.json.decode(ctx.body)
             self._states[ctx] = state
         needs_count = guard.max_prompt_tokens is not None and len(ctx.body) > guard.max_prompt_tokens
@@ -226,14 +238,14 @@ class GuardPhase(Phase):
         if state is None:
             return body
         guard = state.guard
-        masker = state.masker
-        scanner = guard.output.scanner if guard.output else None
+        scanner = guard.out_scanner
         mask = scanner.prefilter.scan(body) if scanner is not None else 0
-        if not mask and not masker.originals and (scanner is None or not scanner.always):
+        if not mask and not state.restores() and (scanner is None or not scanner.always):
             # PERF: nothing to find, nothing to restore: the answer as it came, not decoded
             if state.request is not None:
                 _check_answer(guard, state.request, body)
             return body
+        masker = state.masker
         text = body.decode("utf-8", "surrogateescape")
         out = text
         if scanner is not None:

@@ -117,9 +117,10 @@ def _allowing(d: Detector, allow: tuple[frozenset[str], re.Pattern[str] | None])
 class Guard:
     """The merged, compiled policies of one set of names."""
 
-    __slots__ = ("_weights", "allowed_roles", "injection", "injection_action", "injection_error",
-                 "injection_threshold", "injection_tool_weight", "input", "json_schema", "max_messages",
-                 "max_prompt_tokens", "name", "output", "tool_arguments", "webhooks")
+    __slots__ = ("_weights", "allowed_roles", "checks_answer", "in_scanner", "injection", "injection_action",
+                 "injection_error", "injection_threshold", "injection_tool_weight", "input", "json_schema",
+                 "max_messages", "max_prompt_tokens", "name", "out_scanner", "output", "shaped",
+                 "tool_arguments", "webhooks")
 
     def __init__(self, policies: Sequence[tuple[str, GuardPolicy]]) -> None:
         self.name = "+".join(n for n, _ in policies)
@@ -159,6 +160,14 @@ class Guard:
             self.injection_threshold = min(c.threshold for _, c in inj)
             self.injection_tool_weight = max(c.tool_weight for _, c in inj)
             self.injection_error = blocked(owner, "injection", "prompt")
+        # PERF: what the phase asks of every request, answered once
+        #: each side's scanner (None: the side checks nothing)
+        self.in_scanner = self.input.scanner if self.input else None
+        self.out_scanner = self.output.scanner if self.output else None
+        #: answers are checked against the request's tools or schema (the request is decoded for them)
+        self.checks_answer = self.tool_arguments != "off" or self.json_schema != "off"
+        #: the messages' count or roles are limited
+        self.shaped = self.max_messages is not None or self.allowed_roles is not None
 
     @staticmethod
     def _side(policies: Sequence[tuple[str, GuardPolicy]], side: str, where: str,

@@ -119,7 +119,7 @@ def phone_min(regions: tuple[str, ...]) -> int:
 
 def prefilter(others: Sequence[Detector], numeric: Sequence[Detector]) -> tuple[object, tuple[int, ...]]:
     """The prefilter of a scanner, and the bit of each of ``others`` (0: it always runs)."""
-    needles: list[tuple[bytes, int, bool]] = []
+    needles: list[tuple[bytes, int, bool, bytes]] = []
     bits: list[int] = []
     upper = ipv6 = False
     quiet = dict(_QUIET)
@@ -139,7 +139,8 @@ def prefilter(others: Sequence[Detector], numeric: Sequence[Detector]) -> tuple[
         else:
             bit = 1 << min(FIRST_NEEDLE_BIT + i, _MAX_BIT)
             bits.append(bit)
-            needles.extend((n.encode("utf-8", "surrogateescape"), bit, d.lower) for n in d.needles)
+            after = d.needle_after.encode("utf-8", "surrogateescape")
+            needles.extend((n.encode("utf-8", "surrogateescape"), bit, d.lower, after) for n in d.needles)
         if d.custom:
             source = d.pattern.pattern + "".join(d.needles or ())
             non_ascii = non_ascii or not source.isascii()
