@@ -275,7 +275,8 @@ cdef class Prefilter:
                 if not mask & M_ESCAPE and self._escape_at(s, i, n):
                     mask |= M_ESCAPE
                 out[0] = mask
-                return i + 2
+                # an escaped backslash is not the start of an escape; anything else is looked at
+                return i + 2 if i + 1 < n and s[i + 1] == 92 else i + 1
             out[0] = mask
             return i + 1
         if self._high_needle[c - 128]:

@@ -206,7 +206,8 @@ class Prefilter:
                 if c == 92:
                     if not mask & ESCAPE and self._escape_at(data, i, n):
                         mask |= ESCAPE
-                    i += 2  # an escape is two bytes at least: the escaped character is not a trigger
+                    # an escaped backslash is not the start of an escape; anything else is looked at
+                    i += 2 if i + 1 < n and data[i + 1] == 92 else 1
                     continue
                 i += 1
             else:

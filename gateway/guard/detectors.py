@@ -76,8 +76,8 @@ Validator = Callable[[str, int, int], int]
 class Detector:
     """A named candidate regex with an optional validator; ``kind`` names its placeholders."""
 
-    __slots__ = ("custom", "digits", "finder", "kind", "lower", "max_len", "min_digits", "name",
-                 "needle_after", "needles", "pattern", "trigger", "validate")
+    __slots__ = ("digits", "finder", "kind", "lower", "max_len", "min_digits", "name",
+                 "needle_after", "needles", "pattern", "sources", "trigger", "validate")
 
     def __init__(self, name: str, pattern: str, *, kind: str | None = None, validate: Validator | None = None,
                  needles: Sequence[str] | None = None, digits: bool = False, max_len: int = 128,
@@ -101,8 +101,8 @@ class Detector:
         self.trigger: str | None = None
         #: a phone detector: the fewest digits of a valid number
         self.min_digits = 1
-        #: configured (a custom regex, a deny list): its characters matter when escaped
-        self.custom = False
+        #: what was configured (a custom regex, a deny list): its characters matter when escaped
+        self.sources = ""
         #: the characters that may follow a needle ("": any)
         self.needle_after = ""
 
@@ -430,7 +430,7 @@ def _at_words(pattern: re.Pattern[str], words: Sequence[str]) -> Callable[[str],
 
 
 def _deny_finder(words: Sequence[str],
-                 rx: re.Pattern[str] | None) -> Callable[[str], Iterable[tuple[int, int]]]:
+                 rxs: Sequence[re.Pattern[str]]) -> Callable[[str], Iterable[tuple[int, int]]]:
     """Deny-list words by substring search in the lower-cased text, whole words only; regexes as they
     are."""
     words_low = tuple(w.lower() for w in words)
@@ -444,7 +444,7 @@ def _deny_finder(words: Sequence[str],
                 if (i == 0 or not low[i - 1].isalnum()) and (j >= len(low) or not low[j].isalnum()):
                     yield i, j
                 i = low.find(w, i + 1)
-        if rx is not None:
+        for rx in rxs:  # each alone: a pattern may begin with its own flags, "(?i)..."
             for m in rx.finditer(text):
                 yield m.span()
     return find
@@ -454,14 +454,11 @@ def deny_detector(words: Sequence[str], patterns: Sequence[str]) -> Detector:
     """The deny list as a detector (type DENIED)."""
     from gateway.guard.triggers import deny_needles
 
-    source = "|".join(f"(?:{p})" for p in patterns)
-    rx = re.compile(source) if patterns else None
     longest = max((len(w) for w in words), default=64)
-    d = Detector("deny", source or r"(?!)", kind="DENIED", max_len=max(longest, 64),
-                 needles=deny_needles(words, patterns))
-    d.finder = _deny_finder(words, rx)
+    d = Detector("deny", r"(?!)", kind="DENIED", max_len=max(longest, 64), needles=deny_needles(words, patterns))
+    d.finder = _deny_finder(words, [re.compile(p) for p in patterns])
+    d.sources = "".join((*words, *patterns))
     d.lower = True
-    d.custom = True
     return d
 
 
@@ -471,7 +468,7 @@ def custom_detector(name: str, pattern: str, max_len: int) -> Detector:
 
     d = Detector(name, pattern, kind=name.upper(), max_len=max_len, needles=custom_needles(pattern))
     d.lower = True
-    d.custom = True
+    d.sources = pattern
     return d
 
 

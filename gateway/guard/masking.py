@@ -41,7 +41,9 @@ _TAIL = re.compile(
     r"(?:[+(]?\d[\d ().\-/]*"  # a number, perhaps with separators (card, phone, id, address)
     r"|[A-Z]{2}\d{2}(?: ?[A-Za-z0-9])* ?|[A-Z]{2} ?(?:\d{2} ?)*"  # an IBAN, a NINO
     r"|-----BEGIN[ A-Z0-9]*-{0,5}"  # a PEM header
-    r"|[^\s\\\"<]*(?:<[A-Z0-9_]*)?"  # a word (an e-mail, a key), perhaps an unfinished placeholder
+    # a word (an e-mail, a key; escapes of its characters inside it), perhaps an unfinished placeholder or
+    # escape
+    r"|(?:[^\s\\\"<]|\\u[0-9a-fA-F]{4}|\\/)*(?:<[A-Z0-9_]*|\\(?:u[0-9a-fA-F]{0,3})?)?"
     r"|\\(?:u[0-9a-fA-F]{0,3})?|\\u003[cC][A-Z0-9_]*)\Z"  # an unfinished escape or escaped placeholder
 )
 

@@ -33,14 +33,15 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway._core import scan as _scan
 
 if TYPE_CHECKING:
     from gateway.guard.detectors import Detector
 
-__all__ = ["BUILTIN_BITS", "phone_min", "prefilter", "required_literal", "unescape"]
+__all__ = ["BUILTIN_BITS", "custom_needles", "deny_needles", "phone_min", "prefilter", "prefilter_args",
+           "required_literal", "unescape"]
 
 #: the mask bits of the built-in triggers; a needle's bit is ``1 << (FIRST_NEEDLE_BIT + its detector)``
 BUILTIN_BITS = _scan.NUMBER | _scan.ESCAPE | _scan.UPPER | _scan.IPV6
@@ -119,6 +120,13 @@ def phone_min(regions: tuple[str, ...]) -> int:
 
 def prefilter(others: Sequence[Detector], numeric: Sequence[Detector]) -> tuple[object, tuple[int, ...]]:
     """The prefilter of a scanner, and the bit of each of ``others`` (0: it always runs)."""
+    needles, config, bits = prefilter_args(others, numeric)
+    return _scan.Prefilter(needles, **config), bits
+
+
+def prefilter_args(others: Sequence[Detector], numeric: Sequence[Detector]
+                   ) -> tuple[list[tuple[bytes, int, bool, bytes]], dict[str, Any], tuple[int, ...]]:
+    """What ``prefilter`` builds the prefilter of: its needles, its other arguments, and the bits."""
     needles: list[tuple[bytes, int, bool, bytes]] = []
     bits: list[int] = []
     upper = ipv6 = False
@@ -141,10 +149,9 @@ def prefilter(others: Sequence[Detector], numeric: Sequence[Detector]) -> tuple[
             bits.append(bit)
             after = d.needle_after.encode("utf-8", "surrogateescape")
             needles.extend((n.encode("utf-8", "surrogateescape"), bit, d.lower, after) for n in d.needles)
-        if d.custom:
-            source = d.pattern.pattern + "".join(d.needles or ())
-            non_ascii = non_ascii or not source.isascii()
-            for ch in source:
+        if d.sources:
+            non_ascii = non_ascii or not d.sources.isascii()
+            for ch in d.sources:
                 quiet.pop(ch, None)
     flags = 0
     low = 99
@@ -158,9 +165,9 @@ def prefilter(others: Sequence[Detector], numeric: Sequence[Detector]) -> tuple[
         ch = chr(c)
         if ch not in quiet or any(n in names for n in quiet[ch]):
             escapes[c] = 1
-    pre = _scan.Prefilter(needles, numeric=flags, phone_min=low if low < 99 else 1, upper=upper, ipv6=ipv6,
-                          escapes=bytes(escapes), escape_non_ascii=non_ascii)
-    return pre, tuple(bits)
+    config = {"numeric": flags, "phone_min": low if low < 99 else 1, "upper": upper, "ipv6": ipv6,
+              "escapes": bytes(escapes), "escape_non_ascii": non_ascii}
+    return needles, config, tuple(bits)
 
 
 def deny_needles(words: Sequence[str], patterns: Sequence[str]) -> tuple[str, ...] | None:
