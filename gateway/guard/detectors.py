@@ -455,7 +455,8 @@ def deny_detector(words: Sequence[str], patterns: Sequence[str]) -> Detector:
     from gateway.guard.triggers import deny_needles
 
     longest = max((len(w) for w in words), default=64)
-    d = Detector("deny", r"(?!)", kind="DENIED", max_len=max(longest, 64), needles=deny_needles(words, patterns))
+    d = Detector("deny", r"(?!)", kind="DENIED", max_len=max(longest, 64),
+                 needles=deny_needles(words, patterns))
     d.finder = _deny_finder(words, [re.compile(p) for p in patterns])
     d.sources = "".join((*words, *patterns))
     d.lower = True
