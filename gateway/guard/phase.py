@@ -89,7 +89,8 @@ class GuardPhase(Phase):
         self._keys = {k: names(v) for k, v in apply_.keys.items()}
         self._memo: dict[tuple[str | None, str | None, str], Guard | None] = {}
         self._by_names: dict[tuple[str, ...], Guard] = {}
-        self._states: dict[Context, GuardState] = {}
+        #: each request's state on its way out (its guard alone when it carries nothing else)
+        self._states: dict[Context, GuardState | Guard] = {}
 
     # -- which policies apply ------------------------------------------------------------------------
 
@@ -121,8 +122,10 @@ class GuardPhase(Phase):
         if messages is None:  # not a chat request: nothing to guard here
             return None
         key = ctx.key
-        guard = self.guard_for(key.id if key is not None else None,
-                               key.tenant.id if key is not None else None, fields.model)
+        kid, tid = (key.id, key.tenant.id) if key is not None else (None, None)
+        guard = self._memo.get((kid, tid, fields.model), False)
+        if guard is False:
+            guard = self.guard_for(kid, tid, fields.model)
         if guard is None:
             return None
         if guard.shaped:
@@ -130,11 +133,13 @@ class GuardPhase(Phase):
             if refusal is not None:
                 return refusal
         masker: Masker | None = None
-        scanner = guard.in_scanner
-        if scanner is not None:
+        scan = guard.in_scan
+        if scan is not None:
             # PERF: the prefilter reads the raw body once; with no trigger in it (the common case) the body
             # is neither decoded nor copied, and goes upstream as the client sent it
-            mask = scanner.prefilter.scan(ctx.body)
+            mask = scan(ctx.body)
+            scanner = guard.in_scanner
+            assert scanner is not None
             if mask or scanner.always:
                 text = ctx.body.decode("utf-8", "surrogateescape")
                 findings = scanner.scan(text, mask)
@@ -151,11 +156,13 @@ class GuardPhase(Phase):
                 if guard.injection_action == "block":
                     assert guard.injection_error is not None
                     return guard.injection_error
-        if guard.out_scanner is not None or guard.checks_answer or (masker is not None and masker.originals):
+        if (masker is not None and masker.originals) or guard.checks_answer:
             state = GuardState(guard, masker, None)
             if guard.checks_answer:
                 state.request = msgspec.json.decode(ctx.body)
             self._states[ctx] = state
+        elif guard.out_scanner is not None:
+            self._states[ctx] = guard  # PERF: the answer is scanned; nothing else is carried
         needs_count = guard.max_prompt_tokens is not None and len(ctx.body) > guard.max_prompt_tokens
         if needs_count or guard.webhooks:
             return self._later(ctx, guard, messages, needs_count)
@@ -237,6 +244,13 @@ class GuardPhase(Phase):
         state = self._states.get(ctx)
         if state is None:
             return body
+        if type(state) is Guard:
+            scan = state.out_scan
+            assert scan is not None
+            if not scan(body) and not state.out_always:
+                return body  # PERF: nothing to find: the answer as it came, not decoded
+            state = self._states[ctx] = GuardState(state, None, None)
+        assert isinstance(state, GuardState)
         guard = state.guard
         scanner = guard.out_scanner
         mask = scanner.prefilter.scan(body) if scanner is not None else 0
@@ -265,6 +279,9 @@ class GuardPhase(Phase):
         state = self._states.get(ctx)
         if state is None:
             return None
+        if type(state) is Guard:
+            state = self._states[ctx] = GuardState(state, None, None)
+        assert isinstance(state, GuardState)
         _no_store(ctx)
         side = state.guard.output if state.guard.output else None
         dialect: Any = getattr(ctx, "dialect", None)  # None: OpenAI chat

@@ -117,10 +117,30 @@ def _allowing(d: Detector, allow: tuple[frozenset[str], re.Pattern[str] | None])
 class Guard:
     """The merged, compiled policies of one set of names."""
 
-    __slots__ = ("_weights", "allowed_roles", "checks_answer", "in_scanner", "injection", "injection_action",
-                 "injection_error", "injection_threshold", "injection_tool_weight", "input", "json_schema",
-                 "max_messages", "max_prompt_tokens", "name", "out_scanner", "output", "shaped",
-                 "tool_arguments", "webhooks")
+    __slots__ = (
+        "_weights",
+        "allowed_roles",
+        "checks_answer",
+        "in_scan",
+        "in_scanner",
+        "injection",
+        "injection_action",
+        "injection_error",
+        "injection_threshold",
+        "injection_tool_weight",
+        "input",
+        "json_schema",
+        "max_messages",
+        "max_prompt_tokens",
+        "name",
+        "out_always",
+        "out_scan",
+        "out_scanner",
+        "output",
+        "shaped",
+        "tool_arguments",
+        "webhooks",
+    )
 
     def __init__(self, policies: Sequence[tuple[str, GuardPolicy]]) -> None:
         self.name = "+".join(n for n, _ in policies)
@@ -164,6 +184,10 @@ class Guard:
         #: each side's scanner (None: the side checks nothing)
         self.in_scanner = self.input.scanner if self.input else None
         self.out_scanner = self.output.scanner if self.output else None
+        #: their prefilters' ``scan`` (bytes -> the trigger mask)
+        self.in_scan = self.in_scanner.prefilter.scan if self.in_scanner is not None else None
+        self.out_scan = self.out_scanner.prefilter.scan if self.out_scanner is not None else None
+        self.out_always = self.out_scanner is not None and self.out_scanner.always
         #: answers are checked against the request's tools or schema (the request is decoded for them)
         self.checks_answer = self.tool_arguments != "off" or self.json_schema != "off"
         #: the messages' count or roles are limited
