@@ -13,7 +13,7 @@ from gateway._core.scan_py import (
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport Py_UNICODE_ISDECIMAL
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 
 __all__ = ["CARD", "DNI", "ESCAPE", "HAZARDS", "ID9", "IPV4", "IPV6", "NUMBER", "NUMBER_ANY", "PHONE",
@@ -61,6 +61,12 @@ cdef void _init_base() noexcept:
 
 
 _init_base()
+
+
+cdef inline uint32_t _bloom_bit(const unsigned char* bloom, uint32_t a, uint32_t b, uint32_t c) noexcept:
+    """The bit of the folded trigram (a, b, c) (``_table`` entries) in the needles' bloom filter."""
+    cdef uint32_t h = (((a & 0xFF) | (b & 0xFF) << 8 | (c & 0xFF) << 16) * <uint32_t>2654435761u) >> 18
+    return (bloom[h >> 3] >> (h & 7)) & 1
 
 
 cdef inline int _hexval(unsigned char c) noexcept:
@@ -191,7 +197,7 @@ cdef class Prefilter:
                     self._hot[c] = 1
                 else:  # the needle's first three bytes, folded, in the bloom filter
                     h = ((_LOW[n[0]] | <uint32_t>_LOW[n[1]] << 8 | <uint32_t>_LOW[n[2]] << 16)
-                         * <uint32_t>2654435761u) >> 16
+                         * <uint32_t>2654435761u) >> 18
                     self._bloom[h >> 3] |= 1 << (h & 7)
         self._start[256] = pos
         for c in range(128):
@@ -210,6 +216,7 @@ cdef class Prefilter:
         self._non_ascii = escape_non_ascii
         # the bytes that always go to ``_at``
         for c in range(256):
+            self._table[c] = _LOW[c]
             if c == 92:
                 self._hot[c] = 1
             elif c < 128:
@@ -221,6 +228,9 @@ cdef class Prefilter:
                     self._hot[c] = 1
             elif numeric or self._folded_bits or self._high_needle[c - 128]:
                 self._hot[c] = 1
+        for c in range(256):
+            if self._hot[c]:
+                self._table[c] |= 0x100
 
     def __dealloc__(self):
         PyMem_Free(self._off)
@@ -234,24 +244,44 @@ cdef class Prefilter:
         """The trigger mask of ``data`` (0: no detector can find anything in it)."""
         cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef Py_ssize_t i = 0, end3 = n - 2
+        cdef Py_ssize_t i = 0, stop
         cdef uint64_t mask = 0
-        cdef uint32_t h
-        cdef const unsigned char* hot = self._hot
-        cdef const unsigned char* low = _LOW
+        cdef uint32_t a0, a1, a2, a3, a4, a5, f
+        cdef const uint16_t* t = self._table
         cdef const unsigned char* bloom = self._bloom
-        # PERF: one table lookup and one hashed trigram (a bit of the needles' bloom filter) a byte, and
-        # no branch taken on ordinary text; what is hot goes to ``_at``
-        while i < end3:
-            h = ((low[s[i]] | <uint32_t>low[s[i + 1]] << 8 | <uint32_t>low[s[i + 2]] << 16)
-                 * <uint32_t>2654435761u) >> 16
-            if hot[s[i]] | ((bloom[h >> 3] >> (h & 7)) & 1):
-                i = self._at(s, i, n, &mask)
-            else:
-                i += 1
+        # PERF: four bytes a step, with one branch, not taken on ordinary text: each byte's entry in
+        # ``_table`` (the byte folded, and whether it is hot) and the bit of the trigram it begins in the
+        # needles' bloom filter; a step with something in it is looked at byte by byte (``_at``)
+        while i + 5 < n:
+            a0 = t[s[i]]
+            a1 = t[s[i + 1]]
+            a2 = t[s[i + 2]]
+            a3 = t[s[i + 3]]
+            a4 = t[s[i + 4]]
+            a5 = t[s[i + 5]]
+            f = ((a0 | a1 | a2 | a3) >> 8) | _bloom_bit(bloom, a0, a1, a2) | _bloom_bit(bloom, a1, a2, a3) \
+                | _bloom_bit(bloom, a2, a3, a4) | _bloom_bit(bloom, a3, a4, a5)
+            if not f:
+                i += 4
+                continue
+            stop = i + 4
+            while i < stop:
+                if self._hot_at(s, i, n):
+                    i = self._at(s, i, n, &mask)
+                else:
+                    i += 1
         while i < n:
             i = self._at(s, i, n, &mask)
         return mask
+
+    cdef inline bint _hot_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+        """``s[i]`` is hot, or begins a trigram of the bloom filter."""
+        cdef uint32_t a0 = self._table[s[i]]
+        if a0 >> 8:
+            return True
+        if i + 2 >= n:
+            return self._start[s[i] + 1] > self._start[s[i]]
+        return _bloom_bit(self._bloom, a0, self._table[s[i + 1]], self._table[s[i + 2]]) != 0
 
     cdef Py_ssize_t _at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t* out) noexcept:
         """The triggers at ``i``; returns where to go on."""
