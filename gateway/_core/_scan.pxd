@@ -17,6 +17,9 @@ cdef class Prefilter:
     cdef unsigned char _bloom[2048]
     cdef unsigned char _hot[256]
     cdef uint16_t _table[256]
+    cdef unsigned char _pa[8192]
+    cdef unsigned char _pb[8192]
+    cdef unsigned char _short[256]
     cdef unsigned char _class[128]
     cdef unsigned char _high_needle[128]
     cdef unsigned char _escapes[128]
@@ -27,7 +30,6 @@ cdef class Prefilter:
     cdef bint _ipv6
     cdef bint _non_ascii
     cpdef uint64_t scan(self, bytes data)
-    cdef bint _hot_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept
     cdef Py_ssize_t _at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t* out) noexcept
     cdef uint64_t _needles_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
                               uint64_t mask) noexcept

@@ -69,6 +69,10 @@ cdef inline uint32_t _bloom_bit(const unsigned char* bloom, uint32_t a, uint32_t
     return (bloom[h >> 3] >> (h & 7)) & 1
 
 
+cdef inline void _set(unsigned char* bits, int i) noexcept:
+    bits[i >> 3] |= 1 << (i & 7)
+
+
 cdef inline int _hexval(unsigned char c) noexcept:
     if 48 <= c <= 57:
         return c - 48
@@ -231,6 +235,40 @@ cdef class Prefilter:
         for c in range(256):
             if self._hot[c]:
                 self._table[c] |= 0x100
+        # the pairs: (the byte before, this byte) where ``_at`` has something to try, and (this byte, the
+        # next) where a needle may begin (both cases of a folded needle's first two bytes)
+        memset(self._pa, 0, sizeof(self._pa))
+        memset(self._pb, 0, sizeof(self._pb))
+        memset(self._short, 0, sizeof(self._short))
+        cdef int p
+        for c in range(256):
+            if c == 92 or (c == 58 and ipv6) or (c >= 128 and self._hot[c]):
+                for p in range(256):
+                    _set(self._pa, p << 8 | c)
+            elif c < 128 and ((numeric and (_BASE[c] & C_DIGIT or c == 43 or c == 40))
+                              or (upper and _BASE[c] & C_UPPER)):
+                for p in range(256):  # every trigger of a number or two capitals refuses a letter before
+                    if p >= 128 or not (_BASE[p] & C_WORD and p != 95):
+                        _set(self._pa, p << 8 | c)
+        for i in range(count):
+            n = items[i][0]
+            firsts = [n[0]]
+            if items[i][2] and 97 <= n[0] <= 122:
+                firsts.append(n[0] - 32)
+            if len(n) == 1:
+                for c in firsts:
+                    self._short[c] = 1
+                    for p in range(256):
+                        _set(self._pb, c << 8 | p)
+                continue
+            seconds = [n[1]]
+            if items[i][2] and 97 <= n[1] <= 122:
+                seconds.append(n[1] - 32)
+            for c in firsts:
+                if len(n) == 2:
+                    self._short[c] = 1
+                for p in seconds:
+                    _set(self._pb, c << 8 | p)
 
     def __dealloc__(self):
         PyMem_Free(self._off)
@@ -244,44 +282,31 @@ cdef class Prefilter:
         """The trigger mask of ``data`` (0: no detector can find anything in it)."""
         cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef Py_ssize_t i = 0, stop
+        cdef Py_ssize_t i = 0
         cdef uint64_t mask = 0
-        cdef uint32_t a0, a1, a2, a3, a4, a5, f
-        cdef const uint16_t* t = self._table
-        cdef const unsigned char* bloom = self._bloom
-        # PERF: four bytes a step, with one branch, not taken on ordinary text: each byte's entry in
-        # ``_table`` (the byte folded, and whether it is hot) and the bit of the trigram it begins in the
-        # needles' bloom filter; a step with something in it is looked at byte by byte (``_at``)
-        while i + 5 < n:
-            a0 = t[s[i]]
-            a1 = t[s[i + 1]]
-            a2 = t[s[i + 2]]
-            a3 = t[s[i + 3]]
-            a4 = t[s[i + 4]]
-            a5 = t[s[i + 5]]
-            f = ((a0 | a1 | a2 | a3) >> 8) | _bloom_bit(bloom, a0, a1, a2) | _bloom_bit(bloom, a1, a2, a3) \
-                | _bloom_bit(bloom, a2, a3, a4) | _bloom_bit(bloom, a3, a4, a5)
-            if not f:
-                i += 4
-                continue
-            stop = i + 4
-            while i < stop:
-                if self._hot_at(s, i, n):
-                    i = self._at(s, i, n, &mask)
-                else:
-                    i += 1
+        cdef uint32_t prev = 32, cur, nxt, a, b
+        cdef const unsigned char* pa = self._pa
+        cdef const unsigned char* pb = self._pb
+        # PERF: a byte costs two bit tests, not taken on ordinary text: the pair (the byte before, this
+        # byte) in ``_pa`` (a number, two capitals, an escape, ... may begin here) and the pair (this byte,
+        # the next) in ``_pb`` (a needle may begin here; then the trigram's bit in the needles' bloom
+        # filter); only what passes is looked at (``_at``)
+        while i + 2 < n:
+            cur = s[i]
+            nxt = s[i + 1]
+            a = prev << 8 | cur
+            b = cur << 8 | nxt
+            if (pa[a >> 3] >> (a & 7)) & 1 or ((pb[b >> 3] >> (b & 7)) & 1 and (
+                    self._short[cur] or _bloom_bit(self._bloom, self._table[cur], self._table[nxt],
+                                                   self._table[s[i + 2]]))):
+                i = self._at(s, i, n, &mask)
+                prev = s[i - 1]
+            else:
+                prev = cur
+                i += 1
         while i < n:
             i = self._at(s, i, n, &mask)
         return mask
-
-    cdef inline bint _hot_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
-        """``s[i]`` is hot, or begins a trigram of the bloom filter."""
-        cdef uint32_t a0 = self._table[s[i]]
-        if a0 >> 8:
-            return True
-        if i + 2 >= n:
-            return self._start[s[i] + 1] > self._start[s[i]]
-        return _bloom_bit(self._bloom, a0, self._table[s[i + 1]], self._table[s[i + 2]]) != 0
 
     cdef Py_ssize_t _at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t* out) noexcept:
         """The triggers at ``i``; returns where to go on."""
@@ -424,15 +449,17 @@ cdef class Prefilter:
                 bare = first_digit != 0 and not gap and first != 48
                 if not bare and not _iso_date(s, i, n):
                     return True
-        if not first_digit or (prev < 0x80 and (pk & C_WORD or prev == 45)):
+        if not first_digit:
+            return False
+        if (numeric & N_IPV4) != 0 and prev != 46 and _quad_at(s, i, n):
+            return True  # its lookbehind refuses a letter, a digit or a dot before it; a "-" may be
+        if prev == 45:
             return False
         if numeric & N_CARD and not (prev == 46 or prev == 44 or prev == 58 or prev == 35) and digits >= 13:
             return True
         if numeric & N_ID9 and digits >= 9:
             return True
-        if numeric & N_DNI and row >= 8:
-            return True
-        return (numeric & N_IPV4) != 0 and prev != 46 and _quad_at(s, i, n)
+        return numeric & N_DNI and row >= 8
 
 
 cdef inline bint _colons_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:

@@ -295,15 +295,17 @@ class Prefilter:
                 bare = first_digit and not gap and first != 48
                 if not bare and not _iso_date(data, i, n):
                     return True
-        if not first_digit or (prev < 0x80 and (pk & _WORD or prev == 45)):
+        if not first_digit:
+            return False
+        if numeric & IPV4 and prev != 46 and _quad_at(data, i, n):
+            return True  # its lookbehind refuses a letter, a digit or a dot before it; a "-" may be
+        if prev == 45:
             return False
         if numeric & CARD and prev not in b".,:#" and digits >= 13:
             return True
         if numeric & ID9 and digits >= 9:
             return True
-        if numeric & DNI and row >= 8:
-            return True
-        return bool(numeric & IPV4) and prev != 46 and _quad_at(data, i, n)
+        return bool(numeric & DNI and row >= 8)
 
 
 def _colons_at(data: bytes, i: int, n: int) -> bool:
