@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import msgspec
 import pytest
@@ -203,3 +204,31 @@ def test_phone_min_is_a_lower_bound() -> None:
             if number.startswith("+") else len([c for c in number if c.isdigit()])
         assert digits >= low
     assert phone_min(("ZZ",)) == 1
+
+
+def test_ipv4_after_a_dash_is_a_candidate() -> None:
+    sc = _guard({"input": {"ipv4": "mask"}}).input.scanner
+    assert [f.detector.name for f in sc.scan("host-10.0.0.1 is up")] == ["ipv4"]
+    assert sc.prefilter.scan(b"version 2.4.1-10.2 and a 1.2.3") == 0
+
+
+#: the stream window's tail as one regex (its definition; ``_tail_start`` splits it for speed)
+_ONE_TAIL = re.compile(
+    r"(?:[+(]?\d[\d ().\-/]*"
+    r"|[A-Z]{2}\d{2}(?: ?[A-Za-z0-9])* ?|[A-Z]{2} ?(?:\d{2} ?)*"
+    r"|-----BEGIN[ A-Z0-9]*-{0,5}"
+    r"|(?:[^\s\\\"<]|\\u[0-9a-fA-F]{4}|\\/)*(?:<[A-Z0-9_]*|\\(?:u[0-9a-fA-F]{0,3})?)?"
+    r"|\\(?:u[0-9a-fA-F]{0,3})?|\\u003[cC][A-Z0-9_]*)\Z")
+
+
+def test_window_tail_is_the_one_regex() -> None:
+    from gateway.guard.masking import _tail_start
+
+    rng = random.Random(3)
+    pieces = ["a", "Z", "DE", "12", " ", "\\", "\\u00", "\\u0040", "<EM", "<", "-", "-----BEGIN", "+", "(",
+              "x@y", '\\"', "\t", "\u2003", "\u00e9", "/", ".", "GB82"]
+    for _ in range(20000):
+        buf = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        lo = rng.randint(0, len(buf))
+        m = _ONE_TAIL.search(buf, lo)
+        assert _tail_start(buf, lo) == (m.start() if m is not None else len(buf)), (buf, lo)
