@@ -19,6 +19,7 @@ cdef class Prefilter:
     cdef uint16_t _table[256]
     cdef unsigned char _pa[8192]
     cdef unsigned char _pb[8192]
+    cdef unsigned char _pairs[65536]
     cdef unsigned char _short[256]
     cdef unsigned char _class[128]
     cdef unsigned char _high_needle[128]

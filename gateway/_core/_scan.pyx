@@ -269,6 +269,9 @@ cdef class Prefilter:
                     self._short[c] = 1
                 for p in seconds:
                     _set(self._pb, c << 8 | p)
+        # one byte per pair (x, y): 1 a needle may begin with x y, 2 y may begin a trigger after x
+        for c in range(65536):
+            self._pairs[c] = ((self._pb[c >> 3] >> (c & 7)) & 1) | (((self._pa[c >> 3] >> (c & 7)) & 1) << 1)
 
     def __dealloc__(self):
         PyMem_Free(self._off)
@@ -282,28 +285,29 @@ cdef class Prefilter:
         """The trigger mask of ``data`` (0: no detector can find anything in it)."""
         cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t i = 0, j
         cdef uint64_t mask = 0
-        cdef uint32_t prev = 32, cur, nxt, a, b
-        cdef const unsigned char* pa = self._pa
-        cdef const unsigned char* pb = self._pb
-        # PERF: a byte costs two bit tests, not taken on ordinary text: the pair (the byte before, this
-        # byte) in ``_pa`` (a number, two capitals, an escape, ... may begin here) and the pair (this byte,
-        # the next) in ``_pb`` (a needle may begin here; then the trigram's bit in the needles' bloom
-        # filter); only what passes is looked at (``_at``)
+        cdef uint32_t cur, nxt, f, force = 4
+        cdef const unsigned char* pairs = self._pairs
+        # PERF: a byte costs one lookup, not taken on ordinary text: the pair (this byte, the next) in
+        # ``_pairs``, whose bits say that a needle may begin here (then the trigram's bit in the needles'
+        # bloom filter is asked) and that the next byte, after this one, may begin a number, two
+        # capitals, an escape, ... (then it is looked at, ``force``); only those are looked at (``_at``).
+        # The first byte, and a byte ``_at`` jumped to, are always looked at.
         while i + 2 < n:
             cur = s[i]
             nxt = s[i + 1]
-            a = prev << 8 | cur
-            b = cur << 8 | nxt
-            if (pa[a >> 3] >> (a & 7)) & 1 or ((pb[b >> 3] >> (b & 7)) & 1 and (
-                    self._short[cur] or _bloom_bit(self._bloom, self._table[cur], self._table[nxt],
-                                                   self._table[s[i + 2]]))):
-                i = self._at(s, i, n, &mask)
-                prev = s[i - 1]
-            else:
-                prev = cur
+            f = pairs[cur << 8 | nxt] | force
+            if not f:
                 i += 1
+                continue
+            if f & 4 or (f & 1 and (self._short[cur] or _bloom_bit(
+                    self._bloom, self._table[cur], self._table[nxt], self._table[s[i + 2]]))):
+                j = self._at(s, i, n, &mask)
+            else:
+                j = i + 1
+            force = 4 if (f & 2 or j != i + 1) else 0
+            i = j
         while i < n:
             i = self._at(s, i, n, &mask)
         return mask
