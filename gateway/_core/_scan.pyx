@@ -1,9 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Compiled guardrails prefilter (twin and reference: scan_py.py, which has the theory of operation).
 
-Why compiled: it runs over every guarded request body, answer and stream window, byte by byte. Each
-byte costs one class-table lookup; the needles are found through a table of their first bytes and a
-bitmap of their first two (so that ordinary words cost nothing), and only then compared.
+Why compiled: it runs over every guarded request body, answer and stream window, byte by byte. A byte
+costs one lookup in a table of byte pairs (this byte and the next): whether a needle may begin here, and
+whether the next byte may begin a trigger after this one (a number after a space, not after a letter).
+Where a needle may begin, a bloom filter of the needles' first three bytes is asked; only then, and where
+a trigger may begin, is the position looked at (``_at``), and the needles compared.
 """
 
 from gateway._core.scan_py import (
