@@ -40,8 +40,18 @@ from gateway._core import scan as _scan
 if TYPE_CHECKING:
     from gateway.guard.detectors import Detector
 
-__all__ = ["BUILTIN_BITS", "custom_needles", "deny_needles", "phone_min", "prefilter", "prefilter_args",
-           "required_literal", "unescape"]
+__all__ = [
+    "BUILTIN_BITS",
+    "INTERNATIONAL_MIN",
+    "custom_needles",
+    "deny_needles",
+    "international_min",
+    "phone_min",
+    "prefilter",
+    "prefilter_args",
+    "required_literal",
+    "unescape",
+]
 
 #: the mask bits of the built-in triggers; a needle's bit is ``1 << (FIRST_NEEDLE_BIT + its detector)``
 BUILTIN_BITS = _scan.NUMBER | _scan.ESCAPE | _scan.UPPER | _scan.IPV6
@@ -83,39 +93,54 @@ def _ascii_run(word: str) -> str:
     return max(runs, key=len, default="")
 
 
+#: at most the fewest digits of a valid number written with its country code, any country (the code's
+#: digits and its shortest national number: 6 with ``phonenumbers`` 8.13; one less for a margin).
+#: ``tests/unit/test_guard_scan.py`` computes it from the library's metadata and checks this bound.
+#: # PERF: a constant, not the computation: that loads every region's metadata (0.1 s, 8 MB a worker)
+INTERNATIONAL_MIN = 5
+
+
 @functools.lru_cache(maxsize=64)
 def phone_min(regions: tuple[str, ...]) -> int:
-    """The fewest digits of a number ``phonenumbers`` finds valid: with a country code (any country), or
-    national in one of ``regions``."""
+    """The fewest digits of a number ``phonenumbers`` finds valid: with a country code (any country:
+    ``INTERNATIONAL_MIN``), or national in one of ``regions``."""
+    import phonenumbers
+
+    best = INTERNATIONAL_MIN
+    for region in regions:
+        low = _shortest(phonenumbers.PhoneMetadata.metadata_for_region(region))
+        if low is None:
+            return 1  # a region the library does not know: be safe
+        best = min(best, low)
+    return best
+
+
+def international_min() -> int:
+    """The fewest digits of a valid number with its country code, from every region's metadata (slow)."""
     import phonenumbers
     from phonenumbers import PhoneMetadata
 
-    def shortest(md: object) -> int | None:
-        lengths = [n for name in ("general_desc", "fixed_line", "mobile", "toll_free", "premium_rate",
-                                  "shared_cost", "personal_number", "voip", "pager", "uan", "voicemail")
-                   for desc in (getattr(md, name, None),) if desc is not None
-                   for n in (desc.possible_length or ()) if n > 0]
-        return min(lengths) if lengths else None
-
     best = 99
     for region in phonenumbers.SUPPORTED_REGIONS:
-        md = PhoneMetadata.metadata_for_region(region)
-        low = shortest(md) if md is not None else None
-        if low is None:
-            return 1
-        best = min(best, len(str(phonenumbers.country_code_for_region(region))) + low)
-        if region in regions:
-            best = min(best, low)
+        low = _shortest(PhoneMetadata.metadata_for_region(region))
+        if low is not None:
+            best = min(best, len(str(phonenumbers.country_code_for_region(region))) + low)
     for cc in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
-        md = PhoneMetadata.metadata_for_nongeo_region(cc)
-        low = shortest(md) if md is not None else None
-        if low is None:
-            return 1
-        best = min(best, len(str(cc)) + low)
-    for region in regions:
-        if region not in phonenumbers.SUPPORTED_REGIONS:
-            return 1  # a region the library does not know: be safe
+        low = _shortest(PhoneMetadata.metadata_for_nongeo_region(cc))
+        if low is not None:
+            best = min(best, len(str(cc)) + low)
     return best
+
+
+def _shortest(md: object) -> int | None:
+    """The shortest national number of a region's metadata (None: no metadata)."""
+    if md is None:
+        return None
+    lengths = [n for name in ("general_desc", "fixed_line", "mobile", "toll_free", "premium_rate",
+                              "shared_cost", "personal_number", "voip", "pager", "uan", "voicemail")
+               for desc in (getattr(md, name, None),) if desc is not None
+               for n in (desc.possible_length or ()) if n > 0]
+    return min(lengths) if lengths else None
 
 
 def prefilter(others: Sequence[Detector], numeric: Sequence[Detector]) -> tuple[object, tuple[int, ...]]:

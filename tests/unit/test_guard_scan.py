@@ -22,7 +22,14 @@ from gateway.guard.config import GuardPolicy
 from gateway.guard.detectors import BUILTIN, Scanner
 from gateway.guard.masking import Masker, Window
 from gateway.guard.policy import Guard
-from gateway.guard.triggers import phone_min, prefilter_args, required_literal, unescape
+from gateway.guard.triggers import (
+    INTERNATIONAL_MIN,
+    international_min,
+    phone_min,
+    prefilter_args,
+    required_literal,
+    unescape,
+)
 
 try:
     from gateway._core import _scan as compiled
@@ -204,6 +211,9 @@ def test_phone_min_is_a_lower_bound() -> None:
             if number.startswith("+") else len([c for c in number if c.isdigit()])
         assert digits >= low
     assert phone_min(("ZZ",)) == 1
+    assert phone_min(("US",)) == INTERNATIONAL_MIN
+    # the constant is a lower bound of the library's own figure
+    assert international_min() >= INTERNATIONAL_MIN
 
 
 def test_ipv4_after_a_dash_is_a_candidate() -> None:
