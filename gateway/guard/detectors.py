@@ -21,14 +21,13 @@ Each detector is a candidate regex plus, for most, a validator (Luhn, mod-97, ``
     private_key   | PRIVATE_KEY        | a PEM BEGIN ... PRIVATE KEY line  | -
     custom        | the name, upper    | the configured regex              | -
 
-Cost (the scan runs on every guarded request and answer): a detector runs only when its trigger is in
-the text (``@`` for e-mail, whose regex is tried only around each ``@``; a number of seven or more
-characters ending on a digit for the numeric detectors, which share one prefilter regex; literal
-prefixes for keys, each needle tested once per scan; ``-----BEGIN`` for private keys;
-the words themselves for a deny list, found by substring search in the lower-cased text), so text
-without candidates costs a few substring searches at C speed. Candidate regexes begin with the class of
-their first character (the lookbehind that keeps them off the middle of a word comes after it), so
-that the regex engine skips to candidates in C.
+Cost (the scan runs on every guarded request and answer): the scanner's prefilter
+(``gateway.guard.triggers``, compiled in ``gateway._core._scan``) reads the bytes once and answers which
+detectors' triggers are present (``@`` for e-mail, a number that a numeric detector could begin, two
+capitals and a digit for IBAN, the key prefixes, the deny words, ...); only those detectors run, and text
+without any trigger costs about a nanosecond a byte. Candidate regexes begin with the class of their
+first character (the lookbehind that keeps them off the middle of a word comes after it), so that the
+regex engine skips to candidates in C.
 """
 
 from __future__ import annotations
@@ -37,7 +36,10 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Final
+from typing import Any, Final
+
+from gateway._core.scan import ESCAPE as _ESCAPE_BIT
+from gateway._core.scan import NUMBER as _NUMBER_BIT
 
 __all__ = [
     "BUILTIN",
@@ -45,6 +47,7 @@ __all__ = [
     "Detector",
     "Finding",
     "Scanner",
+    "custom_detector",
     "deny_detector",
     "iban_valid",
     "luhn_valid",
@@ -72,7 +75,8 @@ Validator = Callable[[str, int, int], int]
 class Detector:
     """A named candidate regex with an optional validator; ``kind`` names its placeholders."""
 
-    __slots__ = ("digits", "finder", "kind", "lower", "max_len", "name", "needles", "pattern", "validate")
+    __slots__ = ("digits", "finder", "kind", "lower", "max_len", "min_digits", "name",
+                 "needle_after", "needles", "pattern", "sources", "trigger", "validate")
 
     def __init__(self, name: str, pattern: str, *, kind: str | None = None, validate: Validator | None = None,
                  needles: Sequence[str] | None = None, digits: bool = False, max_len: int = 128,
@@ -91,6 +95,15 @@ class Detector:
         self.lower = False
         #: finds the candidates itself (text -> (start, end) pairs), instead of ``pattern.finditer``
         self.finder: Callable[[str], Iterable[tuple[int, int]]] | None = None
+        #: a built-in trigger of the prefilter instead of needles: "upper" (two capitals then a digit),
+        #: "ipv6" (two colons in a run of hex digits) (``gateway.guard.triggers``)
+        self.trigger: str | None = None
+        #: a phone detector: the fewest digits of a valid number
+        self.min_digits = 1
+        #: what was configured (a custom regex, a deny list): its characters matter when escaped
+        self.sources = ""
+        #: the characters that may follow a needle ("": any)
+        self.needle_after = ""
 
 
 # -- validators -------------------------------------------------------------------------------------------
@@ -295,8 +308,8 @@ _KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"sk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{20,}", ("sk-",)),
     (r"sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}", ("sk-",)),
     (r"A(?:KIA|SIA|BIA|CCA)[A-Z0-9]{16}(?![A-Z0-9])", ("AKIA", "ASIA", "ABIA", "ACCA")),
-    (r"gh[pousr]_[A-Za-z0-9]{36,255}", ("gh",)),
-    (r"github_pat_[A-Za-z0-9_]{22,255}", ("gh",)),
+    (r"gh[pousr]_[A-Za-z0-9]{36,255}", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
+    (r"github_pat_[A-Za-z0-9_]{22,255}", ("github_pat_",)),
     (r"xox[abposr]-[A-Za-z0-9-]{10,250}", ("xox",)),
     (r"AIza[0-9A-Za-z_-]{35}", ("AIza",)),
     (r"[sr]k_(?:live|test)_[0-9A-Za-z]{16,}", ("k_live_", "k_test_")),
@@ -320,6 +333,11 @@ _LITERAL_PREFIX = re.compile(r"\[\w+\]|[\w-]+")
 
 #: where a ``secret = value`` candidate may begin (lower case; each a prefix of the regex's words)
 _SECRET_WORDS = ("api", "secret", "token", "passw")
+#: the prefilter's needles of a ``secret = value`` candidate: each word of the regex, followed by a
+#: quote, a backslash before one, ``:``, ``=``, or the first byte of whitespace (ASCII, or the lead byte
+#: of a Unicode space), so that "total_tokens" in every answer is not one
+_SECRET_NEEDLES = ("apikey", "api_key", "api-key", "secret", "token", "password", "passwd")
+_SECRET_AFTER = "\\\"':= \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\udcc2\udce1\udce2\udce3"
 
 
 def _key_detectors() -> list[Detector]:
@@ -332,8 +350,9 @@ def _key_detectors() -> list[Detector]:
         "api_key",
         r"(?i:api[_-]?key|secret|token|password|passwd)(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?"
         r"[A-Za-z0-9_\-+/=.]{16,200}",
-        kind="API_KEY", validate=_secret_value, needles=_SECRET_WORDS, max_len=240,
+        kind="API_KEY", validate=_secret_value, needles=_SECRET_NEEDLES, max_len=240,
     )
+    secret.needle_after = _SECRET_AFTER
     secret.lower = True
     secret.finder = _at_words(secret.pattern, _SECRET_WORDS)
     out.append(secret)
@@ -410,7 +429,7 @@ def _at_words(pattern: re.Pattern[str], words: Sequence[str]) -> Callable[[str],
 
 
 def _deny_finder(words: Sequence[str],
-                 rx: re.Pattern[str] | None) -> Callable[[str], Iterable[tuple[int, int]]]:
+                 rxs: Sequence[re.Pattern[str]]) -> Callable[[str], Iterable[tuple[int, int]]]:
     """Deny-list words by substring search in the lower-cased text, whole words only; regexes as they
     are."""
     words_low = tuple(w.lower() for w in words)
@@ -424,7 +443,7 @@ def _deny_finder(words: Sequence[str],
                 if (i == 0 or not low[i - 1].isalnum()) and (j >= len(low) or not low[j].isalnum()):
                     yield i, j
                 i = low.find(w, i + 1)
-        if rx is not None:
+        for rx in rxs:  # each alone: a pattern may begin with its own flags, "(?i)..."
             for m in rx.finditer(text):
                 yield m.span()
     return find
@@ -432,10 +451,24 @@ def _deny_finder(words: Sequence[str],
 
 def deny_detector(words: Sequence[str], patterns: Sequence[str]) -> Detector:
     """The deny list as a detector (type DENIED)."""
-    rx = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+    from gateway.guard.triggers import deny_needles
+
     longest = max((len(w) for w in words), default=64)
-    d = Detector("deny", r"(?!)", kind="DENIED", max_len=max(longest, 64))
-    d.finder = _deny_finder(words, rx)
+    d = Detector("deny", r"(?!)", kind="DENIED", max_len=max(longest, 64),
+                 needles=deny_needles(words, patterns))
+    d.finder = _deny_finder(words, [re.compile(p) for p in patterns])
+    d.sources = "".join((*words, *patterns))
+    d.lower = True
+    return d
+
+
+def custom_detector(name: str, pattern: str, max_len: int) -> Detector:
+    """A configured regex (type: the name, upper case), run where its required literal is (any case)."""
+    from gateway.guard.triggers import custom_needles
+
+    d = Detector(name, pattern, kind=name.upper(), max_len=max_len, needles=custom_needles(pattern))
+    d.lower = True
+    d.sources = pattern
     return d
 
 
@@ -446,15 +479,23 @@ def builtin(name: str, *, phone_regions: Sequence[str] = ("US", "GB", "DE", "FR"
         d.finder = _email_finder(d.pattern)
         return [d]
     if name == "phone":
-        return [Detector("phone", _PHONE, validate=phone_validator(phone_regions), digits=True, max_len=32)]
+        from gateway.guard.triggers import phone_min
+
+        d = Detector("phone", _PHONE, validate=phone_validator(phone_regions), digits=True, max_len=32)
+        d.min_digits = phone_min(tuple(phone_regions) or ("US",))
+        return [d]
     if name == "card":
         return [Detector("card", _CARD, validate=_card, digits=True, max_len=40)]
     if name == "iban":
-        return [Detector("iban", _IBAN, validate=_iban, max_len=48)]
+        d = Detector("iban", _IBAN, validate=_iban, max_len=48)
+        d.trigger = "upper"
+        return [d]
     if name == "ipv4":
         return [Detector("ipv4", _IPV4, validate=_ip(4), digits=True, max_len=15)]
     if name == "ipv6":
-        return [Detector("ipv6", _IPV6, validate=_ip(6), needles=(":",), max_len=45)]
+        d = Detector("ipv6", _IPV6, validate=_ip(6), max_len=45)
+        d.trigger = "ipv6"
+        return [d]
     if name == "api_key":
         return _key_detectors()
     if name == "private_key":
@@ -462,7 +503,10 @@ def builtin(name: str, *, phone_regions: Sequence[str] = ("US", "GB", "DE", "FR"
     if name in NATIONAL_IDS:
         rx, validate = NATIONAL_IDS[name]
         digits = name != "uk_nino"
-        return [Detector(name, rx, validate=validate, digits=digits, needles=None, max_len=20)]
+        d = Detector(name, rx, validate=validate, digits=digits, needles=None, max_len=20)
+        if not digits:
+            d.trigger = "upper"
+        return [d]
     raise KeyError(name)
 
 
@@ -507,29 +551,20 @@ def _is_json_number(text: str, start: int) -> bool:
     return c in "[,"
 
 
-def _gates(detectors: Sequence[Detector], *, lower: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """(needle, the indexes of the detectors it gates), each needle once; a needle that contains another
-    needle of the same case is folded into that one (its presence implies the shorter one's)."""
-    gates: dict[str, list[int]] = {}
-    for i, d in enumerate(detectors):
-        if d.needles is not None and d.lower == lower:
-            for n in d.needles:
-                gates.setdefault(n, []).append(i)
-    short = sorted(gates, key=len)
-    out: dict[str, set[int]] = {}
-    for n in short:
-        into = next((m for m in out if m in n), n)
-        out.setdefault(into, set()).update(gates[n])
-    return tuple((n, tuple(sorted(ix))) for n, ix in out.items())
-
-
 class Scanner:
-    """A compiled set of detectors: ``scan(text)`` returns the findings, in order, not overlapping."""
+    """A compiled set of detectors: ``scan(text)`` returns the findings, in order, not overlapping.
 
-    __slots__ = ("_always", "_digit_dets", "_digit_rx", "_lower_needles", "_needles", "_others", "detectors",
-                 "max_len")
+    # PERF: the prefilter (``gateway.guard.triggers``, compiled in ``gateway._core._scan``) reads the
+    bytes once and answers which detectors' triggers are present; only those run. Ordinary text has
+    none, and costs about a nanosecond a byte (``prefilter.scan(body)`` on the raw body: 0 means nothing
+    to find, the body is not even decoded)."""
+
+    __slots__ = ("_bits", "_digit_dets", "_digit_rx", "_others", "always", "detectors", "max_len",
+                 "prefilter")
 
     def __init__(self, detectors: Iterable[Detector]) -> None:
+        from gateway.guard.triggers import prefilter
+
         self.detectors = tuple(detectors)
         digit = sorted((d for d in self.detectors if d.digits),
                        key=lambda d: _DIGIT_ORDER.index(d.name) if d.name in _DIGIT_ORDER else -1)
@@ -540,34 +575,31 @@ class Scanner:
         # detector's regex is tried there
         self._digit_rx = _NUMBER_START if digit else None
         self._others = tuple(d for d in self.detectors if not d.digits)
-        # PERF: every needle once per scan (one substring search each; a needle that contains another is
-        # left out, its detectors gated by the shorter one), then only the detectors of the needles found
-        # run, in their order; the detectors without needles always run
-        self._always = tuple(i for i, d in enumerate(self._others) if d.needles is None)
-        self._needles = _gates(self._others, lower=False)
-        self._lower_needles = _gates(self._others, lower=True)
+        pre, bits = prefilter(self._others, self._digit_dets)
+        #: the compiled prefilter: ``prefilter.scan(data: bytes) -> int``, the mask of triggers present
+        self.prefilter: Any = pre
+        #: each of ``_others``' trigger bit (0: it always runs)
+        self._bits = bits
+        #: some detector runs whatever the prefilter says (a custom regex without a literal)
+        self.always = any(b == 0 for b in bits)
         self.max_len = max((d.max_len for d in self.detectors), default=0)
 
-    def scan(self, text: str) -> list[Finding]:
+    def scan(self, text: str, mask: int | None = None) -> list[Finding]:
+        """The findings in ``text``; ``mask``: the prefilter's answer for its bytes, when known."""
+        if mask is None:
+            mask = self.prefilter.scan(text.encode("utf-8", "surrogateescape"))
+        if not mask and not self.always:
+            return []
+        if mask & _ESCAPE_BIT:
+            return self._scan_unescaped(text)
+        return self._scan(text, mask)
+
+    def _scan(self, text: str, mask: int) -> list[Finding]:
         found: list[Finding] = []
-        run: list[int] | None = None
-        for needle, which in self._needles:
-            if needle in text:
-                run = [*run, *which] if run is not None else [*which]
-        if self._lower_needles:
-            low = lowered(text)
-            for needle, which in self._lower_needles:
-                if needle in low:
-                    run = [*run, *which] if run is not None else [*which]
-        others = self._others
-        if run is not None:
-            run.extend(self._always)
-            for i in sorted(set(run)):
-                self._run(others[i], text, found)
-        else:
-            for i in self._always:
-                self._run(others[i], text, found)
-        if self._digit_rx is not None:
+        for d, bit in zip(self._others, self._bits, strict=True):
+            if not bit or mask & bit:
+                self._run(d, text, found)
+        if self._digit_rx is not None and mask & _NUMBER_BIT:
             self._digits(text, found)
         if len(found) > 1:
             found.sort(key=lambda f: (f.start, -f.end))
@@ -577,6 +609,20 @@ class Scanner:
                     kept.append(f)
             return kept
         return found
+
+    def _scan_unescaped(self, text: str) -> list[Finding]:
+        """A text with escaped characters that matter (``\\u0040``): scanned with them decoded, by every
+        detector; the findings span the escaped text."""
+        from gateway.guard.triggers import unescape
+
+        decoded = unescape(text)
+        if decoded is None:
+            return self._scan(text, -1)
+        plain, where = decoded
+        out = []
+        for f in self._scan(plain, -1):
+            out.append(Finding(f.detector, where[f.start], where[f.end]))
+        return out
 
     @staticmethod
     def _run(d: Detector, text: str, found: list[Finding]) -> None:

@@ -36,14 +36,33 @@ __all__ = ["Masker", "Window", "apply"]
 log = logging.getLogger("gateway.guard")
 
 _PLACEHOLDER = re.compile(r"(?:<|\\u003[cC])([A-Z][A-Z0-9_]{0,40}_\d{1,6})(?:>|\\u003[eE])")
-#: the tail of a buffer that could still become (part of) a finding or a placeholder
-_TAIL = re.compile(
+#: the tail of a buffer that could still become (part of) a finding or a placeholder: what may hold spaces
+#: (``_TAIL_SPACED``), or a word (``_TAIL_WORD``: no whitespace in it, so it is looked for in the last
+#: word only). # PERF: one regex of all of them, searched from the window's start, cost ~6 us a chunk
+_TAIL_SPACED = re.compile(
     r"(?:[+(]?\d[\d ().\-/]*"  # a number, perhaps with separators (card, phone, id, address)
     r"|[A-Z]{2}\d{2}(?: ?[A-Za-z0-9])* ?|[A-Z]{2} ?(?:\d{2} ?)*"  # an IBAN, a NINO
-    r"|-----BEGIN[ A-Z0-9]*-{0,5}"  # a PEM header
-    r"|[^\s\\\"<]*(?:<[A-Z0-9_]*)?"  # a word (an e-mail, a key), perhaps an unfinished placeholder
+    r"|-----BEGIN[ A-Z0-9]*-{0,5})\Z"  # a PEM header
+)
+_TAIL_WORD = re.compile(
+    # a word (an e-mail, a key; escapes of its characters inside it), perhaps an unfinished placeholder or
+    # escape
+    r"(?:(?:[^\s\\\"<]|\\u[0-9a-fA-F]{4}|\\/)*(?:<[A-Z0-9_]*|\\(?:u[0-9a-fA-F]{0,3})?)?"
     r"|\\(?:u[0-9a-fA-F]{0,3})?|\\u003[cC][A-Z0-9_]*)\Z"  # an unfinished escape or escaped placeholder
 )
+
+
+def _tail_start(buf: str, lo: int) -> int:
+    """Where the tail of ``buf`` that could still grow into a finding begins (not before ``lo``)."""
+    n = len(buf)
+    m = _TAIL_SPACED.search(buf, lo)
+    start = m.start() if m is not None else n
+    if n and not buf[-1].isspace():
+        word = n - len(buf.rsplit(None, 1)[-1])  # a word-like tail holds no whitespace
+        m = _TAIL_WORD.search(buf, max(lo, word))
+        if m is not None and m.start() < start:
+            start = m.start()
+    return start
 
 
 class Masker:
@@ -159,8 +178,7 @@ class Window:
         side = self.side
         findings = side.scanner.scan(buf) if side is not None else []
         lo = max(0, n - self.max_hold)
-        m = _TAIL.search(buf, lo)
-        cut = m.start() if m is not None else n
+        cut = _tail_start(buf, lo)
         if side is not None and side.phrase_hold:
             cut = min(cut, max(0, n - side.phrase_hold + 1))
         for f in reversed(findings):

@@ -13,7 +13,9 @@ sent, answers checked, masked and restored before the client sees them.
     on_settle      | forgets the request's state
 
 # PERF: a request no policy applies to costs one dict lookup (the guard of its key, tenant and model);
-a guarded request whose text has no candidate costs a few substring searches and no copy of the body.
+a guarded request whose body has no trigger costs one pass of the compiled prefilter over its bytes
+(``gateway._core._scan``) and one over its answer's: the body is not decoded nor copied, and the request
+carries no state but its guard.
 """
 
 from __future__ import annotations
@@ -54,13 +56,23 @@ _role_decoder = msgspec.json.Decoder(_Role)
 class GuardState:
     """What one guarded request carries to its way out."""
 
-    __slots__ = ("changed", "guard", "masker", "request")
+    __slots__ = ("_masker", "guard", "request")
 
-    def __init__(self, guard: Guard, masker: Masker, request: Any) -> None:
+    def __init__(self, guard: Guard, masker: Masker | None, request: Any) -> None:
         self.guard = guard
-        self.masker = masker
+        self._masker = masker  # made when first needed: most requests mask nothing
         self.request = request  # the decoded request, when an answer check needs its tools or schema
-        self.changed = False
+
+    @property
+    def masker(self) -> Masker:
+        masker = self._masker
+        if masker is None:
+            masker = self._masker = Masker()
+        return masker
+
+    def restores(self) -> bool:
+        """The prompt was masked: the answer gets its values back."""
+        return self._masker is not None and bool(self._masker.originals)
 
 
 class GuardPhase(Phase):
@@ -79,7 +91,8 @@ class GuardPhase(Phase):
         self._keys = {k: names(v) for k, v in apply_.keys.items()}
         self._memo: dict[tuple[str | None, str | None, str], Guard | None] = {}
         self._by_names: dict[tuple[str, ...], Guard] = {}
-        self._states: dict[Context, GuardState] = {}
+        #: each request's state on its way out (its guard alone when it carries nothing else)
+        self._states: dict[Context, GuardState | Guard] = {}
 
     # -- which policies apply ------------------------------------------------------------------------
 
@@ -111,23 +124,33 @@ class GuardPhase(Phase):
         if messages is None:  # not a chat request: nothing to guard here
             return None
         key = ctx.key
-        guard = self.guard_for(key.id if key is not None else None,
-                               key.tenant.id if key is not None else None, fields.model)
+        kid, tid = (key.id, key.tenant.id) if key is not None else (None, None)
+        memo = self._memo
+        which = (kid, tid, fields.model)
+        guard = memo[which] if which in memo else self.guard_for(kid, tid, fields.model)
         if guard is None:
             return None
-        refusal = self._shape(guard, messages)
-        if refusal is not None:
-            return refusal
-        masker = Masker()
-        state = GuardState(guard, masker, None)
-        if guard.input:
-            text = ctx.body.decode("utf-8", "surrogateescape")
-            findings = guard.input.scanner.scan(text)
-            if findings:
-                masked = apply(text, findings, guard.input, masker, ctx.request_id, "prompt")
-                if masked is not text:
-                    ctx.body = masked.encode("utf-8", "surrogateescape")
-                    state.changed = True
+        if guard.shaped:
+            refusal = self._shape(guard, messages)
+            if refusal is not None:
+                return refusal
+        masker: Masker | None = None
+        scan = guard.in_scan
+        if scan is not None:
+            # PERF: the prefilter reads the raw body once; with no trigger in it (the common case) the body
+            # is neither decoded nor copied, and goes upstream as the client sent it
+            mask = scan(ctx.body)
+            scanner = guard.in_scanner
+            assert scanner is not None
+            if mask or scanner.always:
+                text = ctx.body.decode("utf-8", "surrogateescape")
+                findings = scanner.scan(text, mask)
+                if findings:
+                    assert guard.input is not None
+                    masker = Masker()
+                    masked = apply(text, findings, guard.input, masker, ctx.request_id, "prompt")
+                    if masked is not text:
+                        ctx.body = masked.encode("utf-8", "surrogateescape")
         if guard.injection is not None:
             score = guard.injection_score(messages)
             if score >= guard.injection_threshold and guard.injection_action != "off":
@@ -135,10 +158,13 @@ class GuardPhase(Phase):
                 if guard.injection_action == "block":
                     assert guard.injection_error is not None
                     return guard.injection_error
-        if guard.output or masker.originals or guard.tool_arguments != "off" or guard.json_schema != "off":
-            if guard.tool_arguments != "off" or guard.json_schema != "off":
+        if (masker is not None and masker.originals) or guard.checks_answer:
+            state = GuardState(guard, masker, None)
+            if guard.checks_answer:
                 state.request = msgspec.json.decode(ctx.body)
             self._states[ctx] = state
+        elif guard.out_scanner is not None:
+            self._states[ctx] = guard  # PERF: the answer is scanned; nothing else is carried
         needs_count = guard.max_prompt_tokens is not None and len(ctx.body) > guard.max_prompt_tokens
         if needs_count or guard.webhooks:
             return self._later(ctx, guard, messages, needs_count)
@@ -220,12 +246,26 @@ class GuardPhase(Phase):
         state = self._states.get(ctx)
         if state is None:
             return body
+        if type(state) is Guard:
+            scan = state.out_scan
+            assert scan is not None
+            if not scan(body) and not state.out_always:
+                return body  # PERF: nothing to find: the answer as it came, not decoded
+            state = self._states[ctx] = GuardState(state, None, None)
+        assert isinstance(state, GuardState)
         guard = state.guard
+        scanner = guard.out_scanner
+        mask = scanner.prefilter.scan(body) if scanner is not None else 0
+        if not mask and not state.restores() and (scanner is None or not scanner.always):
+            # PERF: nothing to find, nothing to restore: the answer as it came, not decoded
+            if state.request is not None:
+                _check_answer(guard, state.request, body)
+            return body
         masker = state.masker
         text = body.decode("utf-8", "surrogateescape")
         out = text
-        if guard.output:
-            findings = guard.output.scanner.scan(text)
+        if scanner is not None:
+            findings = scanner.scan(text, mask)
             if findings:
                 _no_store(ctx)
                 out = apply(text, findings, guard.output, masker, ctx.request_id, "answer")
@@ -241,6 +281,9 @@ class GuardPhase(Phase):
         state = self._states.get(ctx)
         if state is None:
             return None
+        if type(state) is Guard:
+            state = self._states[ctx] = GuardState(state, None, None)
+        assert isinstance(state, GuardState)
         _no_store(ctx)
         side = state.guard.output if state.guard.output else None
         dialect: Any = getattr(ctx, "dialect", None)  # None: OpenAI chat

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from gateway import errors
 from gateway.guard.config import GuardPolicy, WebhookConfig
-from gateway.guard.detectors import Detector, Finding, Scanner, builtin, deny_detector
+from gateway.guard.detectors import Detector, Finding, Scanner, builtin, custom_detector, deny_detector
 
 __all__ = ["RANK", "Guard", "Side", "blocked"]
 
@@ -117,9 +117,30 @@ def _allowing(d: Detector, allow: tuple[frozenset[str], re.Pattern[str] | None])
 class Guard:
     """The merged, compiled policies of one set of names."""
 
-    __slots__ = ("_weights", "allowed_roles", "injection", "injection_action", "injection_error",
-                 "injection_threshold", "injection_tool_weight", "input", "json_schema", "max_messages",
-                 "max_prompt_tokens", "name", "output", "tool_arguments", "webhooks")
+    __slots__ = (
+        "_weights",
+        "allowed_roles",
+        "checks_answer",
+        "in_scan",
+        "in_scanner",
+        "injection",
+        "injection_action",
+        "injection_error",
+        "injection_threshold",
+        "injection_tool_weight",
+        "input",
+        "json_schema",
+        "max_messages",
+        "max_prompt_tokens",
+        "name",
+        "out_always",
+        "out_scan",
+        "out_scanner",
+        "output",
+        "shaped",
+        "tool_arguments",
+        "webhooks",
+    )
 
     def __init__(self, policies: Sequence[tuple[str, GuardPolicy]]) -> None:
         self.name = "+".join(n for n, _ in policies)
@@ -159,6 +180,18 @@ class Guard:
             self.injection_threshold = min(c.threshold for _, c in inj)
             self.injection_tool_weight = max(c.tool_weight for _, c in inj)
             self.injection_error = blocked(owner, "injection", "prompt")
+        # PERF: what the phase asks of every request, answered once
+        #: each side's scanner (None: the side checks nothing)
+        self.in_scanner = self.input.scanner if self.input else None
+        self.out_scanner = self.output.scanner if self.output else None
+        #: their prefilters' ``scan`` (bytes -> the trigger mask)
+        self.in_scan = self.in_scanner.prefilter.scan if self.in_scanner is not None else None
+        self.out_scan = self.out_scanner.prefilter.scan if self.out_scanner is not None else None
+        self.out_always = self.out_scanner is not None and self.out_scanner.always
+        #: answers are checked against the request's tools or schema (the request is decoded for them)
+        self.checks_answer = self.tool_arguments != "off" or self.json_schema != "off"
+        #: the messages' count or roles are limited
+        self.shaped = self.max_messages is not None or self.allowed_roles is not None
 
     @staticmethod
     def _side(policies: Sequence[tuple[str, GuardPolicy]], side: str, where: str,
@@ -197,7 +230,7 @@ class Guard:
                 continue
             if name in custom:
                 rx, max_len = custom[name]
-                detectors.append(Detector(name, rx, kind=name.upper(), max_len=max_len))
+                detectors.append(custom_detector(name, rx, max_len))
             elif name == "deny":
                 detectors.append(deny_detector(deny_words, deny_rx))
             else:

@@ -1,0 +1,540 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Compiled guardrails prefilter (twin and reference: scan_py.py, which has the theory of operation).
+
+Why compiled: it runs over every guarded request body, answer and stream window, byte by byte. A byte
+costs one lookup in a table of byte pairs (this byte and the next): whether a needle may begin here, and
+whether the next byte may begin a trigger after this one (a number after a space, not after a letter).
+Where a needle may begin, a bloom filter of the needles' first three bytes is asked; only then, and where
+a trigger may begin, is the position looked at (``_at``), and the needles compared.
+"""
+
+from gateway._core.scan_py import (
+    CARD, DNI, ESCAPE, HAZARDS, ID9, IPV4, IPV6, NUMBER, NUMBER_ANY, PHONE, UPPER, escape_table,
+)
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.unicode cimport Py_UNICODE_ISDECIMAL
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memset
+
+__all__ = ["CARD", "DNI", "ESCAPE", "HAZARDS", "ID9", "IPV4", "IPV6", "NUMBER", "NUMBER_ANY", "PHONE",
+           "UPPER", "Prefilter", "escape_table"]
+
+DEF C_DIGIT = 1
+DEF C_UPPER = 2
+DEF C_WORD = 4
+DEF C_PHONE_RUN = 16
+DEF C_HEX = 32
+DEF C_NEEDLE = 64
+
+DEF M_NUMBER = 1
+DEF M_ESCAPE = 2
+DEF M_UPPER = 4
+DEF M_IPV6 = 8
+
+DEF N_CARD = 1
+DEF N_PHONE = 2
+DEF N_ID9 = 4
+DEF N_DNI = 8
+DEF N_IPV4 = 16
+DEF N_ANY = 32
+
+cdef unsigned char _BASE[128]
+cdef unsigned char _LOW[256]
+
+
+cdef void _init_base() noexcept:
+    cdef int c
+    for c in range(256):
+        _LOW[c] = c + 32 if 65 <= c <= 90 else c
+    for c in range(128):
+        _BASE[c] = 0
+        if 48 <= c <= 57:
+            _BASE[c] |= C_DIGIT | C_PHONE_RUN | C_WORD | C_HEX
+        if 65 <= c <= 90:
+            _BASE[c] |= C_UPPER | C_WORD
+        if 97 <= c <= 122 or c == 95:
+            _BASE[c] |= C_WORD
+        if c == 32 or c == 46 or c == 45 or c == 40 or c == 41:
+            _BASE[c] |= C_PHONE_RUN
+        if 97 <= c <= 102 or 65 <= c <= 70 or c == 58:
+            _BASE[c] |= C_HEX
+
+
+_init_base()
+
+
+cdef inline uint32_t _bloom_bit(const unsigned char* bloom, uint32_t a, uint32_t b, uint32_t c) noexcept:
+    """The bit of the folded trigram (a, b, c) (``_table`` entries) in the needles' bloom filter."""
+    cdef uint32_t h = (((a & 0xFF) | (b & 0xFF) << 8 | (c & 0xFF) << 16) * <uint32_t>2654435761u) >> 18
+    return (bloom[h >> 3] >> (h & 7)) & 1
+
+
+cdef inline void _set(unsigned char* bits, int i) noexcept:
+    bits[i >> 3] |= 1 << (i & 7)
+
+
+cdef inline int _hexval(unsigned char c) noexcept:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef inline int _char(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint32_t* out) noexcept:
+    """The length of the UTF-8 character at ``i`` (its code point in ``out``); invalid: 1, ``out`` -1."""
+    cdef unsigned char c = s[i]
+    cdef int need, k
+    cdef uint32_t cp
+    if c < 0x80:
+        out[0] = c
+        return 1
+    if 0xC2 <= c <= 0xDF:
+        need = 1
+        cp = c & 0x1F
+    elif 0xE0 <= c <= 0xEF:
+        need = 2
+        cp = c & 0x0F
+    elif 0xF0 <= c <= 0xF4:
+        need = 3
+        cp = c & 0x07
+    else:
+        out[0] = <uint32_t>0xFFFFFFFF
+        return 1
+    if i + need >= n:
+        out[0] = <uint32_t>0xFFFFFFFF
+        return 1
+    for k in range(1, need + 1):
+        if s[i + k] & 0xC0 != 0x80:
+            out[0] = <uint32_t>0xFFFFFFFF
+            return 1
+        cp = (cp << 6) | (s[i + k] & 0x3F)
+    out[0] = cp
+    return need + 1
+
+
+cdef inline bint _decimal(uint32_t cp) noexcept:
+    return cp <= 0x10FFFF and Py_UNICODE_ISDECIMAL(<Py_UCS4>cp)
+
+
+cdef inline int _is_digit(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    cdef uint32_t cp
+    cdef int length
+    if s[i] < 0x80:
+        return 1 if 48 <= s[i] <= 57 else 0
+    length = _char(s, i, n, &cp)
+    return length if _decimal(cp) else 0
+
+
+cdef inline bint _hazard(uint32_t cp) noexcept:
+    return (cp == 0xDF or cp == 0x130 or cp == 0x131 or cp == 0x149 or cp == 0x17F or cp == 0x1F0
+            or 0x1E96 <= cp <= 0x1E9A or cp == 0x1E9E or cp == 0x212A or 0xFB00 <= cp <= 0xFB06)
+
+
+cdef class Prefilter:
+
+    def __cinit__(self):
+        self._off = NULL
+        self._len = NULL
+        self._bit = NULL
+        self._fold = NULL
+        self._order = NULL
+        self._after = NULL
+
+    def __init__(self, needles=(), int numeric=0, int phone_min=1, bint upper=False, bint ipv6=False,
+                 bytes escapes=b"", bint escape_non_ascii=False):
+        cdef list items = []
+        cdef bytes n
+        cdef Py_ssize_t i, count, pos
+        cdef int c, first, second, a, b
+        for needle in needles:
+            n = bytes(needle[0])
+            if n:
+                items.append((n.lower() if needle[2] else n, int(needle[1]), bool(needle[2]),
+                              bytes(needle[3]) if len(needle) > 3 else b""))
+        self.needles = tuple(items)
+        count = len(items)
+        self._count = count
+        self._blob = b"".join([t[0] for t in items])
+        self._off = <Py_ssize_t*>PyMem_Malloc((count + 1) * sizeof(Py_ssize_t))
+        self._len = <Py_ssize_t*>PyMem_Malloc((count + 1) * sizeof(Py_ssize_t))
+        self._bit = <uint64_t*>PyMem_Malloc((count + 1) * sizeof(uint64_t))
+        self._fold = <unsigned char*>PyMem_Malloc(count + 1)
+        self._after = <unsigned char*>PyMem_Malloc((count + 1) * 32)
+        self._order = <Py_ssize_t*>PyMem_Malloc((2 * count + 1) * sizeof(Py_ssize_t))  # a folded needle: twice
+        if not (self._off and self._len and self._bit and self._fold and self._order and self._after):
+            raise MemoryError()
+        memset(self._bloom, 0, sizeof(self._bloom))
+        memset(self._hot, 0, sizeof(self._hot))
+        self._folded_bits = 0
+        pos = 0
+        for i in range(count):
+            n, bit, folded, after = items[i]
+            memset(self._after + 32 * i, 0 if after else 0xFF, 32)
+            for c in after:
+                self._after[32 * i + (c >> 3)] |= 1 << (c & 7)
+            self._off[i] = pos
+            self._len[i] = len(n)
+            self._bit[i] = <uint64_t>bit
+            self._fold[i] = (1 if folded else 0) | (2 if after else 0)
+            pos += len(n)
+            if folded:
+                self._folded_bits |= <uint64_t>bit
+        # the needles by first byte (both cases of a folded one): _start[c] .. _start[c + 1] in _order
+        cdef list by_first = [[] for _ in range(256)]
+        for i in range(count):
+            n, bit, folded, _ = items[i]
+            first = n[0]
+            by_first[first].append(i)
+            if folded and 97 <= first <= 122:
+                by_first[first - 32].append(i)
+        pos = 0
+        for c in range(256):
+            self._start[c] = pos
+            for i in by_first[c]:
+                self._order[pos] = i
+                pos += 1
+                n = items[i][0]
+                if len(n) < 3:
+                    self._hot[c] = 1
+                else:  # the needle's first three bytes, folded, in the bloom filter
+                    h = ((_LOW[n[0]] | <uint32_t>_LOW[n[1]] << 8 | <uint32_t>_LOW[n[2]] << 16)
+                         * <uint32_t>2654435761u) >> 18
+                    self._bloom[h >> 3] |= 1 << (h & 7)
+        self._start[256] = pos
+        for c in range(128):
+            self._class[c] = _BASE[c]
+            if self._start[c + 1] > self._start[c]:
+                self._class[c] |= C_NEEDLE
+        for c in range(128, 256):
+            self._high_needle[c - 128] = self._start[c + 1] > self._start[c]
+        self._numeric = numeric
+        self._phone_min = phone_min if phone_min > 1 else 1
+        self._upper = upper
+        self._ipv6 = ipv6
+        escapes = bytes(escapes[:128]).ljust(128, b"\0")
+        for c in range(128):
+            self._escapes[c] = escapes[c]
+        self._non_ascii = escape_non_ascii
+        # the bytes that always go to ``_at``
+        for c in range(256):
+            self._table[c] = _LOW[c]
+            if c == 92:
+                self._hot[c] = 1
+            elif c < 128:
+                if numeric and (_BASE[c] & C_DIGIT or c == 43 or c == 40):
+                    self._hot[c] = 1
+                if upper and _BASE[c] & C_UPPER:
+                    self._hot[c] = 1
+                if ipv6 and c == 58:
+                    self._hot[c] = 1
+            elif numeric or self._folded_bits or self._high_needle[c - 128]:
+                self._hot[c] = 1
+        for c in range(256):
+            if self._hot[c]:
+                self._table[c] |= 0x100
+        # the pairs: (the byte before, this byte) where ``_at`` has something to try, and (this byte, the
+        # next) where a needle may begin (both cases of a folded needle's first two bytes)
+        memset(self._pa, 0, sizeof(self._pa))
+        memset(self._pb, 0, sizeof(self._pb))
+        memset(self._short, 0, sizeof(self._short))
+        cdef int p
+        for c in range(256):
+            if c == 92 or (c == 58 and ipv6) or (c >= 128 and self._hot[c]):
+                for p in range(256):
+                    _set(self._pa, p << 8 | c)
+            elif c < 128 and ((numeric and (_BASE[c] & C_DIGIT or c == 43 or c == 40))
+                              or (upper and _BASE[c] & C_UPPER)):
+                for p in range(256):  # every trigger of a number or two capitals refuses a letter before
+                    if p >= 128 or not (_BASE[p] & C_WORD and p != 95):
+                        _set(self._pa, p << 8 | c)
+        for i in range(count):
+            n = items[i][0]
+            firsts = [n[0]]
+            if items[i][2] and 97 <= n[0] <= 122:
+                firsts.append(n[0] - 32)
+            if len(n) == 1:
+                for c in firsts:
+                    self._short[c] = 1
+                    for p in range(256):
+                        _set(self._pb, c << 8 | p)
+                continue
+            seconds = [n[1]]
+            if items[i][2] and 97 <= n[1] <= 122:
+                seconds.append(n[1] - 32)
+            for c in firsts:
+                if len(n) == 2:
+                    self._short[c] = 1
+                for p in seconds:
+                    _set(self._pb, c << 8 | p)
+        # one byte per pair (x, y): 1 a needle may begin with x y, 2 y may begin a trigger after x
+        for c in range(65536):
+            self._pairs[c] = ((self._pb[c >> 3] >> (c & 7)) & 1) | (((self._pa[c >> 3] >> (c & 7)) & 1) << 1)
+
+    def __dealloc__(self):
+        PyMem_Free(self._off)
+        PyMem_Free(self._len)
+        PyMem_Free(self._bit)
+        PyMem_Free(self._fold)
+        PyMem_Free(self._order)
+        PyMem_Free(self._after)
+
+    cpdef uint64_t scan(self, bytes data):
+        """The trigger mask of ``data`` (0: no detector can find anything in it)."""
+        cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t i = 0, j
+        cdef uint64_t mask = 0
+        cdef uint32_t cur, nxt, f, force = 4
+        cdef const unsigned char* pairs = self._pairs
+        # PERF: a byte costs one lookup, not taken on ordinary text: the pair (this byte, the next) in
+        # ``_pairs``, whose bits say that a needle may begin here (then the trigram's bit in the needles'
+        # bloom filter is asked) and that the next byte, after this one, may begin a number, two
+        # capitals, an escape, ... (then it is looked at, ``force``); only those are looked at (``_at``).
+        # The first byte, and a byte ``_at`` jumped to, are always looked at.
+        while i + 2 < n:
+            cur = s[i]
+            nxt = s[i + 1]
+            f = pairs[cur << 8 | nxt] | force
+            if not f:
+                i += 1
+                continue
+            if f & 4 or (f & 1 and (self._short[cur] or _bloom_bit(
+                    self._bloom, self._table[cur], self._table[nxt], self._table[s[i + 2]]))):
+                j = self._at(s, i, n, &mask)
+            else:
+                j = i + 1
+            force = 4 if (f & 2 or j != i + 1) else 0
+            i = j
+        while i < n:
+            i = self._at(s, i, n, &mask)
+        return mask
+
+    cdef Py_ssize_t _at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t* out) noexcept:
+        """The triggers at ``i``; returns where to go on."""
+        cdef unsigned char c = s[i], k
+        cdef uint64_t mask = out[0]
+        cdef uint32_t cp
+        cdef int length
+        cdef int numeric = self._numeric
+        if c < 0x80:
+            k = self._class[c]
+            if k & C_NEEDLE:
+                mask |= self._needles_at(s, i, n, mask)
+            if numeric and (k & C_DIGIT or c == 43 or c == 40) and not mask & M_NUMBER:
+                if self._number_at(s, i, n):
+                    mask |= M_NUMBER
+            if k & C_UPPER and self._upper and not mask & M_UPPER and _upper_at(s, i, n):
+                mask |= M_UPPER
+            if c == 58 and self._ipv6 and not mask & M_IPV6 and _colons_at(s, i, n):
+                mask |= M_IPV6
+            if c == 92:
+                if not mask & M_ESCAPE and self._escape_at(s, i, n):
+                    mask |= M_ESCAPE
+                out[0] = mask
+                # an escaped backslash is not the start of an escape; anything else is looked at
+                return i + 2 if i + 1 < n and s[i + 1] == 92 else i + 1
+            out[0] = mask
+            return i + 1
+        if self._high_needle[c - 128]:
+            mask |= self._needles_at(s, i, n, mask)
+        length = _char(s, i, n, &cp)
+        if cp != <uint32_t>0xFFFFFFFF:
+            if numeric and not mask & M_NUMBER and _decimal(cp) and self._number_at(s, i, n):
+                mask |= M_NUMBER
+            if self._folded_bits and _hazard(cp):
+                mask |= self._folded_bits
+        out[0] = mask
+        return i + length
+
+    cdef uint64_t _needles_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                              uint64_t mask) noexcept:
+        cdef unsigned char c = s[i], d
+        cdef Py_ssize_t j, x, m, k
+        cdef uint64_t found = 0
+        cdef const unsigned char* blob
+        blob = <const unsigned char*>PyBytes_AS_STRING(self._blob)
+        for j in range(self._start[c], self._start[c + 1]):
+            x = self._order[j]
+            if mask & self._bit[x]:
+                continue
+            m = self._len[x]
+            if i + m > n:
+                continue
+            if i + m < n:  # the byte after the needle must be one it allows
+                d = s[i + m]
+                if not self._after[32 * x + (d >> 3)] & (1 << (d & 7)):
+                    continue
+            elif self._fold[x] & 2:  # the needle must be followed by something
+                continue
+            if not self._fold[x] & 1:
+                if memcmp(s + i, blob + self._off[x], m) == 0:
+                    found |= self._bit[x]
+                continue
+            for k in range(m):
+                d = s[i + k]
+                if 65 <= d <= 90:
+                    d += 32
+                if d != blob[self._off[x] + k]:
+                    break
+            else:
+                found |= self._bit[x]
+        return found
+
+    cdef bint _escape_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+        cdef unsigned char e
+        cdef int k, v
+        cdef uint32_t cp = 0
+        if i + 1 >= n:
+            return False
+        e = s[i + 1]
+        if e == 47:
+            return self._escapes[47] != 0
+        if e != 117 or i + 5 >= n:
+            return False
+        for k in range(2, 6):
+            v = _hexval(s[i + k])
+            if v < 0:
+                return False
+            cp = cp * 16 + v
+        if cp < 0x80:
+            return self._escapes[cp] != 0
+        if self._non_ascii:
+            return True
+        if self._numeric and _decimal(cp):
+            return True
+        return self._folded_bits != 0 and _hazard(cp)
+
+    cdef bint _number_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+        cdef int numeric = self._numeric
+        cdef unsigned char prev, pk = 0, first, c
+        cdef int first_digit, length
+        cdef Py_ssize_t digits = 0, row = 0, j, last_end
+        cdef bint in_row = True, gap = False, sep_seen = False, bare
+        if numeric & N_ANY:
+            return True
+        prev = s[i - 1] if i > 0 else 32
+        if prev < 0x80:
+            pk = _BASE[prev]
+            if pk & C_WORD:  # every numeric detector's lookbehind refuses a word character before it
+                return False
+        if _json_number(s, i):
+            return False
+        first = s[i]
+        first_digit = _is_digit(s, i, n)
+        last_end = i
+        j = i
+        while j < n:
+            length = _is_digit(s, j, n)
+            if length:
+                digits += 1
+                if in_row:
+                    row += 1
+                if sep_seen:
+                    gap = True
+                j += length
+                last_end = j
+                continue
+            c = s[j]
+            if j == i and (c == 43 or c == 40):
+                j += 1
+                continue
+            if c >= 0x80 or not _BASE[c] & C_PHONE_RUN:
+                break
+            in_row = False
+            if digits:
+                sep_seen = True
+            j += 1
+        if numeric & N_PHONE and not (prev < 0x80 and (pk & C_WORD or prev == 43 or prev == 47 or prev == 46
+                                                       or prev == 44 or prev == 58 or prev == 35 or prev == 45)):
+            if digits >= self._phone_min and last_end - i >= 7:
+                bare = first_digit != 0 and not gap and first != 48
+                if not bare and not _iso_date(s, i, n):
+                    return True
+        if not first_digit:
+            return False
+        if (numeric & N_IPV4) != 0 and prev != 46 and _quad_at(s, i, n):
+            return True  # its lookbehind refuses a letter, a digit or a dot before it; a "-" may be
+        if prev == 45:
+            return False
+        if numeric & N_CARD and not (prev == 46 or prev == 44 or prev == 58 or prev == 35) and digits >= 13:
+            return True
+        if numeric & N_ID9 and digits >= 9:
+            return True
+        return numeric & N_DNI and row >= 8
+
+
+cdef inline bint _colons_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """Another colon after the one at ``i``, in the same run of hex digits and colons."""
+    cdef Py_ssize_t j = i + 1
+    while j < n and s[j] < 0x80 and _BASE[s[j]] & C_HEX:
+        if s[j] == 58:
+            return True
+        j += 1
+    return False
+
+
+cdef inline bint _json_number(const unsigned char* s, Py_ssize_t i) noexcept:
+    cdef Py_ssize_t j = i - 1
+    while j >= 0 and s[j] == 32:
+        j -= 1
+    if j < 0:
+        return False
+    if s[j] == 58:
+        return j > 0 and s[j - 1] == 34
+    return s[j] == 91 or s[j] == 44
+
+
+cdef inline bint _upper_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    cdef unsigned char p
+    cdef Py_ssize_t j
+    if i > 0:
+        p = s[i - 1]
+        if p < 0x80 and _BASE[p] & C_WORD and p != 95:
+            return False
+    if i + 2 >= n or not 65 <= s[i + 1] <= 90:
+        return False
+    j = i + 2
+    if s[j] == 32:
+        j += 1
+        if j >= n:
+            return False
+    return _is_digit(s, j, n) > 0
+
+
+cdef inline bint _iso_date(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t k, j
+    if i + 7 > n or not 49 <= s[i] <= 57:
+        return False
+    for k in range(1, 4):
+        if not 48 <= s[i + k] <= 57:
+            return False
+    if (s[i + 4] != 45 and s[i + 4] != 46) or not 48 <= s[i + 5] <= 57:
+        return False
+    j = i + 6
+    if j < n and 48 <= s[j] <= 57:
+        j += 1
+    if j + 1 >= n or (s[j] != 45 and s[j] != 46):
+        return False
+    return 48 <= s[j + 1] <= 57
+
+
+cdef inline bint _quad_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t j = i
+    cdef int group, k
+    for group in range(4):
+        k = 0
+        while j < n and k < 3 and 48 <= s[j] <= 57:
+            j += 1
+            k += 1
+        if k == 0:
+            return False
+        if group < 3:
+            if j >= n or s[j] != 46:
+                return False
+            j += 1
+    return True
