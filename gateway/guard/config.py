@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterator
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -206,3 +206,27 @@ def _regex(path: Path, rx: str) -> Iterator[tuple[Path, str]]:
         re.compile(rx)
     except re.error as exc:
         yield path, f"the regex does not compile: {exc}"
+        return
+    try:  # allow and injection patterns are joined into one regex: each must hold as a group
+        re.compile(f"(?:{scoped(rx)})|x")
+    except re.error as exc:
+        yield path, (f"the regex cannot be joined with others ({exc}); flags at its start may be "
+                     "a, i, m, s, u and x, as in (?i)...")
+
+
+_LEADING_FLAGS: Final = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
+def scoped(rx: str) -> str:
+    """``rx`` with its leading inline flags, if any, as a scoped group: ``(?i)foo`` → ``(?i:foo)``, so
+    that it can be joined with other patterns (Python refuses global flags past a pattern's start).
+    ``u`` is dropped (it is the default for text); ``L`` (bytes patterns only) is left, for the config
+    check to refuse."""
+    m = _LEADING_FLAGS.match(rx)
+    if m is None:
+        return rx
+    flags = m.group(1).replace("u", "")
+    if "L" in flags:
+        return rx
+    rest = rx[m.end():]
+    return f"(?{flags}:{rest})" if flags else rest

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from gateway import errors
-from gateway.guard.config import GuardPolicy, WebhookConfig
+from gateway.guard.config import GuardPolicy, WebhookConfig, scoped
 from gateway.guard.detectors import Detector, Finding, Scanner, builtin, custom_detector, deny_detector
 
 __all__ = ["RANK", "Guard", "Side", "blocked"]
@@ -150,7 +150,8 @@ class Guard:
             if p.allow is not None:
                 words.update(w.lower() for w in p.allow.words)
                 allow_rx.extend(p.allow.patterns)
-        allow = (frozenset(words), re.compile("|".join(f"(?:{r})" for r in allow_rx)) if allow_rx else None)
+        allow = (frozenset(words),
+                 re.compile("|".join(f"(?:{scoped(r)})" for r in allow_rx)) if allow_rx else None)
         self.input = self._side(policies, "input", "prompt", allow)
         self.output = self._side(policies, "output", "answer", allow)
         self.max_prompt_tokens = _smallest(p.max_prompt_tokens for _, p in policies)
@@ -173,7 +174,8 @@ class Guard:
         self._weights: list[float] = []
         if inj:
             phrases = [rx for rx, _ in _INJECTION] + [rx for _, c in inj for rx in c.patterns]
-            self.injection = re.compile("|".join(f"(?P<i{i}>{rx})" for i, rx in enumerate(phrases)), re.I)
+            self.injection = re.compile(
+                "|".join(f"(?P<i{i}>{scoped(rx)})" for i, rx in enumerate(phrases)), re.I)
             self._weights = [w for _, w in _INJECTION] + [1.0 for _, c in inj for _ in c.patterns]
             owner, first = max(inj, key=lambda t: RANK[t[1].action])
             self.injection_action = first.action
