@@ -11,6 +11,7 @@ cdef class EventStreamDecoder:
     cdef Py_ssize_t _start
     cdef Py_ssize_t _total
     cdef object _error
+    cdef list _strings
     cdef public Py_ssize_t max_headers_length
     cdef public Py_ssize_t max_payload_length
     cpdef feed(self, bytes data)

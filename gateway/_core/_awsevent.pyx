@@ -10,6 +10,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint32_t
+from libc.string cimport memcmp
 
 from gateway._core.errors import EventStreamError
 
@@ -17,6 +18,11 @@ __all__ = [
     "MAX_HEADERS_LENGTH", "MAX_PAYLOAD_LENGTH", "PRELUDE_LENGTH", "EventStreamDecoder", "EventStreamError",
     "Message",
 ]
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+    const void* PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
 
 cdef extern from "zlib.h":
     unsigned long crc32(unsigned long crc, const unsigned char* buf, unsigned int length) nogil
@@ -52,14 +58,39 @@ cdef class Message:
         return f"Message(headers={self.headers!r}, payload={self.payload!r})"
 
 
-cdef str _text(const unsigned char* p, Py_ssize_t n, str what):
+cdef str _text(const unsigned char* p, Py_ssize_t n, str name):
+    # name: the header whose value this is (None: the text is a header's name)
     try:
         return PyUnicode_DecodeUTF8(<const char*>p, n, NULL)
     except UnicodeDecodeError:
+        what = "a header name" if name is None else f"header {name!r}"
         raise EventStreamError(f"{what} is not valid UTF-8") from None
 
 
-cdef dict _headers(const unsigned char* p, Py_ssize_t end):
+#: strings a decoder remembers (header names and string values: a stream repeats the same few), and the
+#: longest it remembers
+cdef enum:
+    _CACHED = 16
+    _CACHED_LENGTH = 64
+
+
+cdef inline str _cached(list cache, const unsigned char* p, Py_ssize_t n, str name):
+    # PERF: a string seen before in this stream is the same str object again: no decoding, no
+    # allocation, and its hash is already computed for the headers dict. Only ASCII strings are kept,
+    # so their characters are their UTF-8 bytes.
+    cdef str s
+    if n > _CACHED_LENGTH:
+        return _text(p, n, name)
+    for s in cache:
+        if PyUnicode_GET_LENGTH(s) == n and memcmp(PyUnicode_DATA(s), p, n) == 0:
+            return s
+    s = _text(p, n, name)
+    if len(cache) < _CACHED and PyUnicode_IS_ASCII(s):
+        cache.append(s)
+    return s
+
+
+cdef dict _headers(list cache, const unsigned char* p, Py_ssize_t end):
     cdef dict headers = {}
     cdef Py_ssize_t pos = 0, size, width
     cdef unsigned char kind
@@ -70,7 +101,7 @@ cdef dict _headers(const unsigned char* p, Py_ssize_t end):
         pos += 1
         if pos + size + 1 > end:
             raise EventStreamError("a header name overruns the headers section")
-        name = _text(p + pos, size, "a header name")
+        name = _cached(cache, p + pos, size, None)
         kind = p[pos + size]
         pos += size + 1
         if kind == 7 or kind == 6:
@@ -78,7 +109,7 @@ cdef dict _headers(const unsigned char* p, Py_ssize_t end):
                 raise EventStreamError(f"header {name!r} overruns the headers section")
             width = _u16(p + pos)
             if kind == 7:
-                value = _text(p + pos + 2, width, f"header {name!r}")
+                value = _cached(cache, p + pos + 2, width, name)
             else:
                 value = PyBytes_FromStringAndSize(<const char*>p + pos + 2, width)
             pos += 2 + width
@@ -115,6 +146,7 @@ cdef class EventStreamDecoder:
         self._start = 0
         self._total = 0
         self._error = None
+        self._strings = []
         self.max_headers_length = max_headers_length
         self.max_payload_length = max_payload_length
 
@@ -178,7 +210,7 @@ cdef class EventStreamDecoder:
             raise EventStreamError("the message checksum does not match")
         head = _u32(p + 4)
         message = Message.__new__(Message)
-        message.headers = _headers(p + 12, head)
+        message.headers = _headers(self._strings, p + 12, head)
         message.payload = PyBytes_FromStringAndSize(<const char*>p + 12 + head, total - head - 16)
         self._start += total
         self._total = 0

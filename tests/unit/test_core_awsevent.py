@@ -289,3 +289,11 @@ def test_a_flipped_bit_is_always_refused(
             outcomes.append("accepted")
     # a CRC-32 catches every single-bit error; a bit of a length is caught by the prelude CRC
     assert outcomes == ["refused"] * len(MODS)
+
+
+def test_remembered_strings_never_stand_for_other_bytes(impl: ModuleType) -> None:
+    # the compiled decoder reuses the str objects of strings it has seen in the stream: values that
+    # share a length or a prefix, more distinct values than it remembers, long and non-ASCII ones
+    values = ["abc", "abd", "abc", "é", "x" * 64, "x" * 63 + "y", "x" * 65, *(f"v{i:02}" for i in range(40)), "abd"]
+    raw = b"".join(encode([(":event-type", 7, v), (v, 7, v[::-1])], b"") for v in values)
+    assert [m[0] for m in decode(impl, [raw])] == [{":event-type": v, v: v[::-1]} for v in values]
