@@ -30,8 +30,6 @@ CORE_MODULES = {
     "gateway._core._cache": "gateway/_core/_cache.pyx",
     "gateway._core._awsevent": "gateway/_core/_awsevent.pyx",
 }
-#: C libraries a core module links with (the event-stream CRCs are zlib's ``crc32``)
-CORE_LIBRARIES = {"gateway._core._awsevent": ["z"]}
 
 
 def _source_modules() -> dict[str, str]:
@@ -93,8 +91,7 @@ def extensions() -> list[Extension]:
     }
     annotate = os.environ.get("GATEWAY_CYTHON_ANNOTATE") == "1"
     core = cythonize(
-        [Extension(name, [src], extra_compile_args=["-O3"], libraries=CORE_LIBRARIES.get(name, []))
-         for name, src in CORE_MODULES.items()],
+        [Extension(name, [src], extra_compile_args=["-O3"]) for name, src in CORE_MODULES.items()],
         compiler_directives=directives,
         annotate=annotate,
     )
