@@ -4,10 +4,11 @@
 
 What it times is what ``BedrockTranslator`` adds to a request over the pass-through path: the Converse
 request from the OpenAI body (``request_body``), the ``chat.completion`` from the Converse answer
-(``take_body``), a ConverseStream of 20 text deltas in AWS's binary framing through botocore's parser
-(``stream_relay``), and the signature of one request (``SigV4Signer.headers``: botocore's ``SigV4Auth``
-with the frozen credentials; the whole per-request cost of the credentials, since refreshing them runs in
-a task off the request path) compared with formatting the same headers into the prebuilt head.
+(``take_body``), a ConverseStream of 20 text deltas in AWS's binary framing through the compiled
+event-stream decoder (``stream_relay``), and the signature of one request (``SigV4Signer.headers``:
+botocore's ``SigV4Auth`` with the frozen credentials; the whole per-request cost of the credentials,
+since refreshing them runs in a task off the request path) compared with formatting the same headers
+into the prebuilt head.
 """
 
 from __future__ import annotations

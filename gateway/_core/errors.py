@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ParseError"]
+__all__ = ["EventStreamError", "ParseError"]
 
 
 class ParseError(Exception):
@@ -16,3 +16,9 @@ class ParseError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class EventStreamError(ValueError):
+    """A broken AWS event-stream message (``application/vnd.amazon.eventstream``): a checksum that does
+    not match, a length out of bounds, a header that overruns its section or has an unknown type, a
+    repeated header, or a message cut at the end of the stream. The stream cannot be trusted past it."""

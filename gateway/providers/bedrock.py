@@ -23,8 +23,8 @@ credentials frozen by the refresh task, and the signature headers are added to t
 signing costs a payload hash and an HMAC chain, and nothing else (no credential lookup, no STS call). A
 provider with ``api_key`` (a Bedrock API key) sends ``Authorization: Bearer`` instead and signs nothing.
 
-ConverseStream answers ``application/vnd.amazon.eventstream`` (binary framing, parsed by botocore's
-``EventStreamBuffer``), translated to OpenAI chunks as each message arrives.
+ConverseStream answers ``application/vnd.amazon.eventstream`` (binary framing, parsed by the compiled
+``gateway._core.awsevent`` decoder), translated to OpenAI chunks as each message arrives.
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ import re
 from typing import Any, Final
 
 import msgspec
-from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
 from gateway import ir
+from gateway._core.awsevent import EventStreamDecoder, EventStreamError, Message
 from gateway.errors import BadRequest
 from gateway.providers.anthropic_translate import _thinking_budget as thinking_budget
 from gateway.providers.anthropic_translate import restore_tool_id, sanitize_tool_id
@@ -474,7 +474,8 @@ def error_from_response(status: int, body: bytes, error_type: str | None = None)
 #
 # Theory of operation. ConverseStream answers ``application/vnd.amazon.eventstream``: binary messages
 # (a prelude with the total and header lengths and its CRC32, typed headers, the payload, a CRC32 of
-# the whole), parsed by botocore's ``EventStreamBuffer`` (checksums verified, lengths bounded). Each
+# the whole), parsed by ``gateway._core.awsevent`` (compiled; checksums verified, lengths bounded as
+# botocore bounds them, a message cut at the end refused). Each
 # message has ``:message-type`` ``event`` (``:event-type`` names it, the payload is JSON), ``exception``
 # (``:exception-type``, payload ``{"message"}``) or ``error`` (``:error-code``, ``:error-message``):
 #
@@ -494,9 +495,13 @@ def error_from_response(status: int, body: bytes, error_type: str | None = None)
 #   STOPPED   metadata               _on_metadata       DONE      (UsageUpdate, then MessageStop)
 #   any       exception / error      _on_exception      FAILED
 #
-# A pair not in the table, a checksum mismatch or a malformed payload fails the stream with a 502-typed
-# StreamError; an unknown ``:event-type`` is skipped (forward compatibility). ``close()`` on STOPPED
-# emits the held MessageStop; on IDLE or MESSAGE it is a cut stream (502).
+# A pair not in the table, broken framing (``EventStreamError``) or a malformed payload fails the stream
+# with a 502-typed StreamError; an unknown ``:event-type`` is skipped (forward compatibility). ``close()``
+# on STOPPED emits the held MessageStop; on IDLE or MESSAGE, or with part of a message still buffered,
+# it is a cut stream (502).
+#
+# PERF: a text delta on an open text block (nearly every event of an answer) is handled before the
+# table, with its payload decoded once, as ``AnthropicStream._event`` does.
 
 IDLE: Final = "IDLE"
 MESSAGE: Final = "MESSAGE"
@@ -514,6 +519,7 @@ TRANSITIONS: Final[dict[tuple[str, str], tuple[str, str]]] = {
     (STOPPED, "metadata"): ("_on_metadata", DONE),
 }
 _KNOWN_EVENTS: Final = frozenset(event for _, event in TRANSITIONS)
+_DELTA: Final = "contentBlockDelta"
 
 # PERF: one decoder per payload type, built once
 _DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
@@ -523,13 +529,14 @@ _DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     "messageStop": msgspec.json.Decoder(wire.MessageStopEvent),
     "metadata": msgspec.json.Decoder(wire.MetadataEvent),
 }
+_delta_decoder: Final = _DECODERS[_DELTA]
 
 
 class ProtocolViolation(Exception):
     """The upstream stream broke ConverseStream's event grammar."""
 
 
-def _header(msg: EventStreamMessage, name: str) -> str | None:
+def _header(msg: Message, name: str) -> str | None:
     value = msg.headers.get(name)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -544,7 +551,7 @@ class BedrockStream:
     __slots__ = ("_blocks", "_buffer", "_id", "_model", "_stop", "_usage", "state")
 
     def __init__(self, response_id: str, model: str) -> None:
-        self._buffer = EventStreamBuffer()
+        self._buffer = EventStreamDecoder()
         self._id = response_id
         self._model = model
         self.state = IDLE
@@ -562,23 +569,31 @@ class BedrockStream:
         out: list[ir.StreamEvent] = []
         if self.state == FAILED:
             return out
-        self._buffer.add_data(chunk)
         try:
+            self._buffer.feed(chunk)
             for msg in self._buffer:
                 self._message(msg, out)
                 if self.state == FAILED:
                     break
-        except ParserError as e:
-            self._fail(out, f"the upstream sent a broken event-stream message: {type(e).__name__}")
+        except EventStreamError as e:
+            self._fail(out, f"the upstream sent a broken event-stream message: {e}")
         return out
 
     def close(self) -> list[ir.StreamEvent]:
-        """The upstream body ended: the held stop, or an error when the message did not end."""
+        """The upstream body ended: the held stop, or an error when the message did not end (or the body
+        was cut inside an event-stream message: after messageStop that is the usage lost)."""
         out: list[ir.StreamEvent] = []
-        if self.state == STOPPED:
-            self._finish(out)
-        elif self.state in (IDLE, MESSAGE):
-            self._fail(out, "the upstream stream ended before the message was complete")
+        if self.state in (FAILED, DONE):
+            return out
+        try:
+            self._buffer.close()
+        except EventStreamError as e:
+            self._fail(out, f"the upstream stream ended inside an event-stream message: {e}")
+        else:
+            if self.state == STOPPED:
+                self._finish(out)
+            else:
+                self._fail(out, "the upstream stream ended before the message was complete")
         return out
 
     def _fail(self, out: list[ir.StreamEvent], message: str) -> None:
@@ -587,7 +602,24 @@ class BedrockStream:
             err = ir.ProviderError(502, "upstream_error", "bad_gateway", message, retryable=True)
             out.append(ir.StreamError(err))
 
-    def _message(self, msg: EventStreamMessage, out: list[ir.StreamEvent]) -> None:
+    def _message(self, msg: Message, out: list[ir.StreamEvent]) -> None:
+        headers = msg.headers
+        if self.state == MESSAGE and headers.get(":event-type") == _DELTA \
+                and headers.get(":message-type") == "event":
+            # PERF: the most common event, a text delta on an open text block, without the table's
+            # lookups (the same outcome as _on_block_delta's, which takes every other delta)
+            try:
+                ev = _delta_decoder.decode(msg.payload)
+            except msgspec.MsgspecError:
+                self._fail(out, f"the upstream sent a malformed {_DELTA} event")
+                return
+            text = ev.delta.text
+            if text is not None and self._blocks.get(ev.contentBlockIndex) == "text":
+                if text:
+                    out.append(ir.BlockDelta(ev.contentBlockIndex, "text", text))
+                return
+            self._other_delta(ev, out)
+            return
         kind = _header(msg, ":message-type")
         if kind == "exception":
             name = error_type_of(_header(msg, ":exception-type"))
@@ -619,6 +651,12 @@ class BedrockStream:
             return
         if self.state != FAILED:
             self.state = next_state
+
+    def _other_delta(self, ev: wire.ContentBlockDeltaEvent, out: list[ir.StreamEvent]) -> None:
+        try:
+            self._on_block_delta(ev, out)
+        except ProtocolViolation as e:
+            self._fail(out, str(e))
 
     def _on_start(self, ev: None, out: list[ir.StreamEvent]) -> None:
         out.append(ir.MessageStart(self._id, self._model))
