@@ -420,6 +420,10 @@ class HttpProtocol:
                 waiter.set_result(None)
         if self._held:
             self._unhold()
+        elif not self.busy and self.parser.buffered <= _MAX_PIPELINE_BUFFER:
+            # the pause came after the connection went idle (its answer was written with the batch, after
+            # ``_next`` found no request to hold): nothing is held, but reading must go on
+            self._read_more()
 
     def _unhold(self) -> None:
         """The client read its answers: read again and answer the requests held meanwhile."""
