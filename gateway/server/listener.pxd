@@ -10,6 +10,7 @@ from gateway._core._http cimport RequestParser as CRequestParser
 cdef class WriteBatch:
     cdef list _items
     cdef object _loop
+    cdef Py_ssize_t _bytes
     cdef public Py_ssize_t flushes
     cpdef write(self, object transport, object data)
     @cython.locals(n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t)

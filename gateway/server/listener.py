@@ -88,6 +88,8 @@ _CODES = {
 }
 # while busy, stop reading from a client that has this much unparsed data buffered
 _MAX_PIPELINE_BUFFER = 256 * 1024
+# a write batch past this many bytes is written at once (WriteBatch.write)
+_BATCH_BYTES = 256 * 1024
 
 
 _JSON = [("content-type", "application/json")]
@@ -109,6 +111,8 @@ class WriteBatch:
         #: transport, data, transport, data, ... in the order written
         self._items: list[Any] = []
         self._loop: Any = None
+        #: bytes queued (a batch is written at once past ``_BATCH_BYTES``)
+        self._bytes = 0
         self.flushes = 0
 
     def write(self, transport: Any, data: bytes) -> None:
@@ -124,6 +128,11 @@ class WriteBatch:
             return
         items.append(transport)
         items.append(data)
+        self._bytes += len(data)
+        if self._bytes > _BATCH_BYTES:
+            # bounded: a writer that queues much in one iteration (a stream's chunks in a loop) has it
+            # written now, and the transports' own backpressure (pause_writing) tells it to wait
+            self.flush()
 
     def flush(self) -> None:
         """Write what is queued: each run of one transport's pieces in one call (``writelines``: one
@@ -133,6 +142,7 @@ class WriteBatch:
             return
         self._items = []
         self._loop = None
+        self._bytes = 0
         self.flushes += 1
         n = len(items)
         i = 0

@@ -163,3 +163,17 @@ def test_writes_left_by_a_stopped_loop_are_written_by_the_next(n: int) -> None:
 
     asyncio.run(more())
     assert tr.written == b"".join(b"%d" % i for i in range(n)) + b"next"
+
+
+def test_a_large_batch_is_written_at_once_so_backpressure_can_act() -> None:
+    async def go() -> tuple[int, int]:
+        tr = Transport()
+        for _ in range(100):
+            BATCH.write(tr, b"x" * 8192)  # 800 KiB in one iteration, as a stream's chunks in a loop
+        written_before_the_iteration_ended = len(tr.written)
+        await asyncio.sleep(0)
+        return written_before_the_iteration_ended, len(tr.written)
+
+    early, total = run(go())
+    assert early >= 256 * 1024  # not held until the iteration's end
+    assert total == 100 * 8192
