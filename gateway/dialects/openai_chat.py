@@ -254,6 +254,11 @@ def _message(m: _Message) -> ir.Message:
         # PERF: the common message, plain text content and nothing else: what the general path
         # below builds, without its walk
         return ir.Message(m.role, [ir.TextPart(content)] if content else [], m.name)
+    return _any_message(m)
+
+
+def _any_message(m: _Message) -> ir.Message:
+    """``_message`` of any shape (the general path)."""
     if m.role == "tool":
         if not m.tool_call_id:
             raise BadRequest("a tool message needs tool_call_id", param="messages")
@@ -416,6 +421,11 @@ def encode_response(resp: ir.Response, created: int) -> bytes:
         choice = _Choice(message, finish_reason(resp.stop_reason))
         answer = answer_id(resp.id, CHAT_PREFIX)
         return _encode(_Completion(answer, created, resp.model, [choice], _usage(resp.usage)))
+    return _encode_any_response(resp, created)
+
+
+def _encode_any_response(resp: ir.Response, created: int) -> bytes:
+    """``encode_response`` of an answer of any shape (the general path)."""
     texts = [p.text for p in resp.content if isinstance(p, ir.TextPart)]
     calls = [
         _ToolCallOut(p.id, _FunctionOut(p.name, p.arguments))

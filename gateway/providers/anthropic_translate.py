@@ -291,13 +291,17 @@ def _turn_blocks(msg: ir.Message) -> tuple[str, list[wire.ContentBlock | dict[st
         # PERF: the common turn, one text part (nothing to reorder): its block without the walk below
         only = parts[0]
         return role, [wire.TextBlock(only.text, only.citations, only.cache_control)] if only.text else []
+    return role, _blocks(role, parts)
+
+
+def _blocks(role: str, parts: list[ir.Part]) -> list[wire.ContentBlock | dict[str, Any]]:
+    """The blocks of a turn's parts, of any shape (the general path of ``_turn_blocks``)."""
     if role == "assistant":
         # thinking must open the assistant turn, in its original order
         parts = [p for p in parts if isinstance(p, _THINKING_TYPES)] + [
             p for p in parts if not isinstance(p, _THINKING_TYPES)
         ]
-    blocks = [b for b in map(_block, parts) if b is not None]
-    return role, blocks
+    return [b for b in map(_block, parts) if b is not None]
 
 
 def _messages(messages: list[ir.Message]) -> tuple[list[wire.TextBlock], list[wire.MessageParam]]:

@@ -762,6 +762,10 @@ class GeminiStream:
                     if chunk.usage_metadata is not None:
                         self._usage_update(chunk.usage_metadata, out)
                     return
+        self._any_chunk(chunk, out)
+
+    def _any_chunk(self, chunk: wire.GenerateContentResponse, out: list[ir.StreamEvent]) -> None:
+        """``_chunk`` of any shape (the general path)."""
         # a failed answer fails before anything of it is emitted (a stream refused at its first event
         # is one routing may still send elsewhere)
         if not chunk.candidates and chunk.prompt_feedback is not None and chunk.prompt_feedback.block_reason:
