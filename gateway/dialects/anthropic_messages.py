@@ -21,7 +21,7 @@ Request rules (Messages → IR):
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 
 import msgspec
 
@@ -351,9 +351,12 @@ def decode_request(body: bytes) -> ir.Request:
     if r.max_tokens is None:
         raise BadRequest("max_tokens: Field required", param="max_tokens")
     choice, parallel = _tool_choice(r.tool_choice)
+    messages = _messages(r.messages)
+    if r.system is not None:
+        messages = _system(r.system) + messages
     return ir.Request(
         model=r.model,
-        messages=_system(r.system) + _messages(r.messages),
+        messages=messages,
         stream=bool(r.stream),
         include_usage=bool(r.stream),
         max_tokens=r.max_tokens,
@@ -361,11 +364,11 @@ def decode_request(body: bytes) -> ir.Request:
         top_p=r.top_p,
         top_k=r.top_k,
         stop=list(r.stop_sequences or ()),
-        tools=_tools(r.tools),
+        tools=_tools(r.tools) if r.tools else [],
         tool_choice=choice,
         parallel_tool_calls=parallel,
-        response_format=_format(r),
-        reasoning=_reasoning(r),
+        response_format=None if r.output_format is None and r.output_config is None else _format(r),
+        reasoning=None if r.thinking is None and r.output_config is None else _reasoning(r),
         user=r.metadata.user_id if r.metadata is not None else None,
         service_tier=r.service_tier,
     )
@@ -509,7 +512,7 @@ class EventEncoder:
     def encode(self, event: ir.StreamEvent) -> bytes:
         if self._done:
             return b""
-        if isinstance(event, ir.BlockDelta):
+        if type(event) is ir.BlockDelta:  # PERF: one type check for the most common event
             k = self._index.get(event.index)
             if k is None or k not in self._open:
                 return b""
@@ -540,8 +543,8 @@ class EventEncoder:
             return _sse("message_start", {"message": message}) + _sse("ping", {})
         if isinstance(event, ir.MessageStop):
             return self._finish(event)
-        self._done = True  # StreamError
-        err = event.error
+        self._done = True
+        err = cast(ir.StreamError, event).error  # the one type left
         return _sse("error", {"error": {"type": error_type(err.status, err.provider_type),
                                         "message": err.message}})
 

@@ -249,6 +249,16 @@ def _thinking_parts(blocks: list[dict[str, Any]] | None) -> list[ir.Part]:
 
 
 def _message(m: _Message) -> ir.Message:
+    content = m.content
+    if type(content) is str and not m.tool_calls and m.role != "tool" and not m.thinking_blocks:
+        # PERF: the common message, plain text content and nothing else: what the general path
+        # below builds, without its walk
+        return ir.Message(m.role, [ir.TextPart(content)] if content else [], m.name)
+    return _any_message(m)
+
+
+def _any_message(m: _Message) -> ir.Message:
+    """``_message`` of any shape (the general path)."""
     if m.role == "tool":
         if not m.tool_call_id:
             raise BadRequest("a tool message needs tool_call_id", param="messages")
@@ -299,6 +309,7 @@ def decode_request(body: bytes) -> ir.Request:
     if not r.messages:
         raise BadRequest("messages must not be empty", param="messages")
     stop = [r.stop] if isinstance(r.stop, str) else list(r.stop or ())
+    tools = r.tools
     return ir.Request(
         model=r.model,
         messages=[_message(m) for m in r.messages],
@@ -315,11 +326,11 @@ def decode_request(body: bytes) -> ir.Request:
         stop=stop,
         tools=[
             ir.Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict)
-            for t in r.tools or ()
-        ],
-        tool_choice=_tool_choice(r.tool_choice),
+            for t in tools
+        ] if tools else [],
+        tool_choice=None if r.tool_choice is None else _tool_choice(r.tool_choice),
         parallel_tool_calls=r.parallel_tool_calls,
-        response_format=_response_format(r.response_format),
+        response_format=None if r.response_format is None else _response_format(r.response_format),
         reasoning=_reasoning(r),
         user=r.user,
         metadata=r.metadata,
@@ -348,13 +359,10 @@ class _Usage(msgspec.Struct, frozen=True):
 
 def _usage(u: ir.Usage) -> _Usage:
     """IR → OpenAI usage: ``prompt_tokens`` INCLUDES cache reads and writes; ``cached_tokens`` = reads."""
-    return _Usage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.output_tokens,
-        total_tokens=u.total_tokens,
-        prompt_tokens_details=_PromptDetails(u.cache_read_tokens),
-        completion_tokens_details=_CompletionDetails(u.reasoning_tokens),
-    )
+    # PERF: positional, the prompt summed once (``u.prompt_tokens`` and ``u.total_tokens`` both sum it)
+    prompt = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens
+    return _Usage(prompt, u.output_tokens, prompt + u.output_tokens, _PromptDetails(u.cache_read_tokens),
+                  _CompletionDetails(u.reasoning_tokens))
 
 
 class _FunctionOut(msgspec.Struct, frozen=True):
@@ -405,6 +413,19 @@ def encode_response(resp: ir.Response, created: int) -> bytes:
     An answer stopped by the context window before producing anything is an error in OpenAI's
     vocabulary (400 ``context_length_exceeded``), not an empty completion: raises BadRequest.
     """
+    content = resp.content
+    if len(content) == 1 and type(content[0]) is ir.TextPart:
+        # PERF: the common answer, one text part: what the general path below writes, without its walks
+        # (a text part is an answer, even when stopped by the context window)
+        message = _MessageOut(content=content[0].text)
+        choice = _Choice(message, finish_reason(resp.stop_reason))
+        answer = answer_id(resp.id, CHAT_PREFIX)
+        return _encode(_Completion(answer, created, resp.model, [choice], _usage(resp.usage)))
+    return _encode_any_response(resp, created)
+
+
+def _encode_any_response(resp: ir.Response, created: int) -> bytes:
+    """``encode_response`` of an answer of any shape (the general path)."""
     texts = [p.text for p in resp.content if isinstance(p, ir.TextPart)]
     calls = [
         _ToolCallOut(p.id, _FunctionOut(p.name, p.arguments))
@@ -530,7 +551,10 @@ class ChunkEncoder:
     def encode(self, event: ir.StreamEvent) -> bytes:
         if self._done:
             return b""
-        if isinstance(event, ir.BlockDelta):
+        if type(event) is ir.BlockDelta:
+            if event.kind == "text":  # PERF: the most common event (see _delta), without a call
+                head, tail = self._text or self._text_template()
+                return head + _encode(event.value) + tail
             return self._delta(event)
         if isinstance(event, ir.MessageStart):
             self._id, self._model = answer_id(event.id, CHAT_PREFIX), event.model

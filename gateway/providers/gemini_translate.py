@@ -669,12 +669,17 @@ FAILED: Final = "FAILED"
 class GeminiStream:
     """Gemini SSE bytes in, IR stream events out: ``feed(chunk)`` per body chunk, then ``close()``."""
 
-    __slots__ = ("_calls", "_finish", "_next", "_open", "_open_kind", "_scanner", "_seed", "_usage", "state")
+    __slots__ = (
+        "_calls", "_finish", "_next", "_open", "_open_kind", "_scanner", "_seed", "_usage", "_wire_usage",
+        "state",
+    )
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
         self._scanner = SSEScanner(max_event_bytes)
         self.state = IDLE
         self._usage = ir.Usage()
+        #: the last ``usageMetadata`` seen (the figures repeat in every chunk: converted when they move)
+        self._wire_usage: wire.UsageMetadata | None = None
         #: the open text or thinking block: its index and kind (-1: none)
         self._open = -1
         self._open_kind = ""
@@ -744,6 +749,23 @@ class GeminiStream:
         self._chunk(chunk, out)
 
     def _chunk(self, chunk: wire.GenerateContentResponse, out: list[ir.StreamEvent]) -> None:
+        # PERF: the common chunk mid-answer, one plain text part on the open text block, is a delta
+        # without the general walk below (it emits what ``_part`` would: the one BlockDelta)
+        cands = chunk.candidates
+        if cands and self.state is MESSAGE and self._open_kind == "text" and self._open >= 0:
+            first = cands[0]
+            content = first.content
+            if first.finish_reason is None and content is not None and len(content.parts) == 1:
+                p = content.parts[0]
+                if p.text and p.function_call is None and not p.thought and not p.thought_signature:
+                    out.append(ir.BlockDelta(self._open, "text", p.text))
+                    if chunk.usage_metadata is not None:
+                        self._usage_update(chunk.usage_metadata, out)
+                    return
+        self._any_chunk(chunk, out)
+
+    def _any_chunk(self, chunk: wire.GenerateContentResponse, out: list[ir.StreamEvent]) -> None:
+        """``_chunk`` of any shape (the general path)."""
         # a failed answer fails before anything of it is emitted (a stream refused at its first event
         # is one routing may still send elsewhere)
         if not chunk.candidates and chunk.prompt_feedback is not None and chunk.prompt_feedback.block_reason:
@@ -756,6 +778,7 @@ class GeminiStream:
         if self.state == IDLE:
             self._seed = chunk.response_id or ""
             self._usage = usage_from_wire(chunk.usage_metadata)
+            self._wire_usage = chunk.usage_metadata
             out.append(ir.MessageStart(chunk.response_id or "", chunk.model_version or "", self._usage))
             self.state = MESSAGE
         if cand is not None:
@@ -766,11 +789,18 @@ class GeminiStream:
                 self._finish = cand.finish_reason
                 self.state = FINISHED
         if chunk.usage_metadata is not None:
-            usage = usage_from_wire(chunk.usage_metadata)
-            # PERF: Gemini repeats the figures in every chunk: an update only when they move
-            if usage != self._usage:
-                self._usage = usage
-                out.append(ir.UsageUpdate(usage))
+            self._usage_update(chunk.usage_metadata, out)
+
+    def _usage_update(self, u: wire.UsageMetadata, out: list[ir.StreamEvent]) -> None:
+        # PERF: Gemini repeats the figures in every chunk: converted only when the wire figures move, and
+        # an update only when the IR figures do
+        if u == self._wire_usage:
+            return
+        self._wire_usage = u
+        usage = usage_from_wire(u)
+        if usage != self._usage:
+            self._usage = usage
+            out.append(ir.UsageUpdate(usage))
 
     def _close_open(self, out: list[ir.StreamEvent]) -> None:
         if self._open >= 0:

@@ -103,31 +103,47 @@ def _tool_message(part: ir.ToolResultPart) -> dict[str, Any]:
 def _messages(messages: list[ir.Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for msg in messages:
-        results = [p for p in msg.content if isinstance(p, ir.ToolResultPart)]
-        out.extend(_tool_message(p) for p in results)
-        rest = [p for p in msg.content if not isinstance(p, ir.ToolResultPart)]
-        if msg.role == "tool" or (results and not rest):
-            continue
-        m: dict[str, Any] = {"role": msg.role}
-        if msg.role == "assistant":
-            calls = [p for p in rest if isinstance(p, ir.ToolCallPart)]
-            thinking = [p for p in rest if isinstance(p, ir.ThinkingPart | ir.RedactedThinkingPart)]
-            texts = [p.text for p in rest if isinstance(p, ir.TextPart)]
-            m["content"] = "".join(texts) if texts or not calls else None
-            if calls:
-                m["tool_calls"] = [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in calls
-                ]
-            blocks = [_thinking_block(p) for p in thinking]
-            if any(b is not None for b in blocks):
-                m["thinking_blocks"] = [b for b in blocks if b is not None]
-        else:
-            m["content"] = _content(rest)
-        if msg.name is not None:
-            m["name"] = msg.name
-        out.append(m)
+        content = msg.content
+        if len(content) == 1 and type(content[0]) is ir.TextPart and msg.role != "tool":
+            part = content[0]
+            if part.cache_control is None:
+                # PERF: the common message, one plain text part: the string ``_add_message`` joins,
+                # without its walks
+                plain: dict[str, Any] = {"role": msg.role, "content": part.text}
+                if msg.name is not None:
+                    plain["name"] = msg.name
+                out.append(plain)
+                continue
+        _add_message(msg, out)
     return out
+
+
+def _add_message(msg: ir.Message, out: list[dict[str, Any]]) -> None:
+    """One IR message of any shape as OpenAI messages (its tool results are messages of their own)."""
+    results = [p for p in msg.content if isinstance(p, ir.ToolResultPart)]
+    out.extend(_tool_message(p) for p in results)
+    rest = [p for p in msg.content if not isinstance(p, ir.ToolResultPart)]
+    if msg.role == "tool" or (results and not rest):
+        return
+    m: dict[str, Any] = {"role": msg.role}
+    if msg.role == "assistant":
+        calls = [p for p in rest if isinstance(p, ir.ToolCallPart)]
+        thinking = [p for p in rest if isinstance(p, ir.ThinkingPart | ir.RedactedThinkingPart)]
+        texts = [p.text for p in rest if isinstance(p, ir.TextPart)]
+        m["content"] = "".join(texts) if texts or not calls else None
+        if calls:
+            m["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in calls
+            ]
+        blocks = [_thinking_block(p) for p in thinking]
+        if any(b is not None for b in blocks):
+            m["thinking_blocks"] = [b for b in blocks if b is not None]
+    else:
+        m["content"] = _content(rest)
+    if msg.name is not None:
+        m["name"] = msg.name
+    out.append(m)
 
 
 def _thinking_block(p: ir.ThinkingPart | ir.RedactedThinkingPart) -> dict[str, str] | None:
@@ -169,7 +185,9 @@ def build_request(req: ir.Request, model: str) -> dict[str, Any]:
         "reasoning_effort": _effort(req.reasoning), "user": req.user, "metadata": req.metadata,
         "service_tier": req.service_tier,
     }
-    body.update((k, v) for k, v in fields.items() if v is not None)
+    for k, v in fields.items():  # PERF: a loop, not a generator fed to dict.update
+        if v is not None:
+            body[k] = v
     if req.stop:
         body["stop"] = list(req.stop)
     if req.tools:
@@ -472,6 +490,18 @@ class ChunkStream(SSEMachine):
         out.append(ir.BlockDelta(cur[0], kind, value))  # type: ignore[arg-type]
 
     def _delta(self, d: _Message, out: list[ir.StreamEvent]) -> None:
+        content = d.content
+        if content and not d.reasoning_content and not d.thinking_blocks and not d.tool_calls:
+            # PERF: the most common delta, text alone on the open text block: what _stream_kind would
+            # emit, without the walk below
+            cur = self._current
+            if cur is not None and cur[1] == "text":
+                out.append(ir.BlockDelta(cur[0], "text", content))
+                return
+        self._any_delta(d, out)
+
+    def _any_delta(self, d: _Message, out: list[ir.StreamEvent]) -> None:
+        """``_delta`` of any shape (the general path)."""
         if d.reasoning_content:
             self._stream_kind("thinking", d.reasoning_content, out)
         for b in d.thinking_blocks or ():
