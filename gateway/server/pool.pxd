@@ -79,6 +79,7 @@ cdef class OriginPool:
     cdef public Py_ssize_t _connecting
     cdef public object _waiters
     cdef public dict _connect_timeouts
+    cdef public set _retries
     cdef public bint _closed
     cdef public object _sweeper
     cpdef release(self, _Connection conn)

@@ -413,7 +413,7 @@ class _Connection:
             if waiter is None:
                 waiter = self.pool.loop.create_future()
                 waiter.add_done_callback(_CallbackFromFuture(cb))
-            self.pool.loop.create_task(self.pool._retry(waiter, self.request_data, self.head_only))
+            self.pool.start_retry(waiter, self.request_data, self.head_only)
         elif cb is not None:
             cb(None, error)
         elif waiter is not None:
@@ -474,6 +474,8 @@ class OriginPool:
         #: connect timeouts of requests that brought their own (``send_within``), by the future that
         #: stands for the request: its head's (a resend of a stale connection) or its pool-slot wait's
         self._connect_timeouts: dict[asyncio.Future[Any], float] = {}
+        #: resends of a stale connection's request in flight (``_retry``): cancelled by ``close``
+        self._retries: set[asyncio.Task[None]] = set()
         self._closed = False
         self._sweeper = self.loop.create_task(self._sweep())
 
@@ -667,13 +669,22 @@ class OriginPool:
         conn = await self._acquire(connect_timeout=connect_timeout)
         return await conn.start(data, head_only)
 
+    def start_retry(self, waiter: asyncio.Future[PooledResponse], data: bytes, head_only: bool) -> None:
+        """Resend a stale connection's request on a new connection, as a task the pool keeps (a task
+        left pending when the worker's loop closes would be destroyed with a traceback)."""
+        task = self.loop.create_task(self._retry(waiter, data, head_only))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
     async def _retry(self, waiter: asyncio.Future[PooledResponse], data: bytes, head_only: bool) -> None:
         try:
             conn = await self._acquire(fresh=True, connect_timeout=self._connect_timeouts.get(waiter))
             conn.reused = False
             resp = await conn.start(data, head_only)
+        except GeneratorExit:  # destroyed with its loop: nothing may be scheduled any more
+            raise
         except BaseException as exc:
-            if not waiter.done():
+            if not waiter.done() and not waiter.get_loop().is_closed():
                 waiter.set_exception(exc if isinstance(exc, Exception) else UpstreamError("cancelled"))
             return
         if not waiter.done():
@@ -696,6 +707,8 @@ class OriginPool:
     async def close(self) -> None:
         self._closed = True
         self._sweeper.cancel()
+        for task in list(self._retries):
+            task.cancel()
         for conn in list(self._idle) + list(self._busy):
             conn.drop()
         while self._waiters:
