@@ -21,24 +21,20 @@ the issue are a memory hit >= 1.5x nginx and a Redis hit >= 0.8x. Needs nginx, w
 from __future__ import annotations
 
 import http.client
-import os
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.configs import BENCH_KEY, gateway_toml
+from bench.configs import BENCH_KEY
 from bench.procs import (
     HOST,
     BenchError,
-    Service,
     free_ports,
     http_request,
     machine_info,
     start_service,
-    wait_ready,
 )
 from bench.proxy_vs_nginx import Bench, _parse_args, _ratio
 from bench.rounds import finish, measure, rotated, run_bench
@@ -74,23 +70,9 @@ class CacheBench(Bench):
             server_cpus=list(args.server_cpus), load_cpus=list(args.load_cpus),
             mock_workers=args.mock_workers, with_gateway=False, generator=GENERATOR,
         ))
-        self.extra: list[Service] = []
-
-    def stop_all(self) -> None:
-        for svc in reversed(self.extra):
-            svc.stop()
-        super().stop_all()
 
     def _gateway(self, name: str, cache: str) -> Target:
-        (port,) = free_ports(1)
-        config = self.tmp / f"{name}.toml"
-        config.write_text(gateway_toml(port, self.stack.upstream_port, generator=GENERATOR) + cache)
-        svc = start_service(name, self.stack.pinned(self.server_cpus, [
-            sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "1",
-            "--host", HOST, "--port", str(port),
-        ]), self.tmp, env={**os.environ, "BENCH_KEY": BENCH_KEY})
-        self.extra.append(svc)
-        wait_ready(svc, port, "/readyz")
+        port, svc = self.start_gateway(name, cache, GENERATOR)
         return Target(name, port, svc, BENCH_KEY)
 
     def _prime(self, t: Target) -> None:

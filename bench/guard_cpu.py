@@ -26,23 +26,16 @@ guard-off. Rounds alternate the targets (ABBA), so a drift of the machine touche
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-from bench.configs import BENCH_KEY, MODEL, gateway_toml
+from bench.configs import BENCH_KEY, MODEL
 from bench.guard_inproc import _PII, _TEXT, GUARD
 from bench.procs import (
-    HOST,
     BenchError,
-    Service,
-    free_ports,
     http_request,
     machine_info,
-    start_service,
-    wait_ready,
 )
 from bench.proxy_vs_nginx import Bench, Scenario, _check_chat, _parse_args
 from bench.rounds import finish, measure, run_bench
@@ -73,23 +66,9 @@ class GuardCpuBench(Bench):
             mock_workers=args.mock_workers, with_gateway=False, with_nginx=False, static_upstream=body,
             generator=GENERATOR,
         ))
-        self.extra: list[Service] = []
-
-    def stop_all(self) -> None:
-        for svc in reversed(self.extra):
-            svc.stop()
-        super().stop_all()
 
     def _gateway(self, name: str, section: str) -> Target:
-        (port,) = free_ports(1)
-        config = self.tmp / f"{name}.toml"
-        config.write_text(gateway_toml(port, self.stack.upstream_port, generator=GENERATOR) + section)
-        svc = start_service(name, self.stack.pinned(self.server_cpus, [
-            sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "1",
-            "--host", HOST, "--port", str(port),
-        ]), self.tmp, env={**os.environ, "BENCH_KEY": BENCH_KEY})
-        self.extra.append(svc)
-        wait_ready(svc, port, "/readyz")
+        port, svc = self.start_gateway(name, section, GENERATOR)
         status, answer = http_request(port, "POST", self.scenario.path, self.scenario.body, key=BENCH_KEY)
         problem = self.scenario.check(status, answer)
         if problem:

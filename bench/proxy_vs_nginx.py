@@ -36,17 +36,22 @@ from typing import Any
 
 from bench.configs import BENCH_KEY, MODEL, gateway_toml, nginx_conf
 from bench.procs import (
+    HOST,
     REPO_ROOT,
     BenchError,
     ProcCpu,
+    Service,
     cpu_spec,
+    free_ports,
     http_request,
     log,
     machine_info,
     parse_cpu_list,
     process_tree,
     read_proc_cpu,
+    start_service,
     tree_cpu_seconds,
+    wait_ready,
 )
 from bench.rounds import finish, measure, run_bench
 from bench.stack import Round, Stack, StackOptions, Target, wrk_round
@@ -205,9 +210,30 @@ class Bench:
             generator="bench/proxy_vs_nginx.py",
             upstream_dialect=self.scenario.upstream_dialect,
         ))
+        #: processes started beside the stack (``start_gateway``, a Redis): stopped first, newest first
+        self.extra: list[Service] = []
 
     def stop_all(self) -> None:
+        for svc in reversed(self.extra):
+            svc.stop()
         self.stack.stop()
+
+    def start_gateway(self, name: str, section: str, generator: str) -> tuple[int, Service]:
+        """A one-worker gateway on the server CPUs in front of the stack's upstream, its config the
+        default one plus ``section``; ready when returned."""
+        import os
+        import sys
+
+        (port,) = free_ports(1)
+        config = self.tmp / f"{name}.toml"
+        config.write_text(gateway_toml(port, self.stack.upstream_port, generator=generator) + section)
+        svc = start_service(name, self.stack.pinned(self.server_cpus, [
+            sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "1",
+            "--host", HOST, "--port", str(port),
+        ]), self.tmp, env={**os.environ, "BENCH_KEY": BENCH_KEY})
+        self.extra.append(svc)
+        wait_ready(svc, port, "/readyz")
+        return port, svc
 
     def lua_path(self, target: str) -> Path:
         return self.tmp / f"body-{target}.lua"
