@@ -39,13 +39,13 @@ context window) or ``content_filter`` (a refusal). Usage: ``input_tokens`` count
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, Final, Literal
 
 import msgspec
 
 from gateway import errors, ir
 from gateway.dialects.base import ClientDialect
+from gateway.dialects.ids import random_hex
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -88,31 +88,11 @@ BUILTIN_TOOLS: Final = frozenset(
 _REDACTED: Final = "redacted:"
 
 
-class _RandomBytes:
-    """Bytes from the OS's random source, read 4 KiB at a time. # PERF: an answer takes three ids; a
-    ``getrandom`` call for each cost more than the rest of making them."""
-
-    __slots__ = ("_buf", "_pos")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        pos = self._pos
-        if pos + n > len(self._buf):
-            self._buf = secrets.token_bytes(4096)
-            pos = 0
-        self._pos = pos + n
-        return self._buf[pos:pos + n]
-
-
-_random = _RandomBytes()
 
 
 def new_id(prefix: str) -> str:
     """An id in OpenAI's style: ``resp_``, ``msg_``, ``fc_``, ``rs_`` + 48 hex digits (192 random bits)."""
-    return f"{prefix}_{_random.take(24).hex()}"
+    return f"{prefix}_{random_hex(24)}"
 
 
 # ---- request wire types --------------------------------------------------------------------------
