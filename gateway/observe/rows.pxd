@@ -3,11 +3,15 @@
 
 cimport cython
 
+from gateway._core._recline cimport LineWriter as CLineWriter
+
 cdef dict _DIALECTS
 
 cpdef str dialect_of(str path)
 
 cdef double _ms(double x)
+
+cdef double _us(double x)
 
 cdef int _MEMO_LIMIT
 
@@ -43,3 +47,15 @@ cpdef Py_ssize_t to_records(list rows, Prices prices, list out, Py_ssize_t room)
 
 @cython.locals(duration_ms=double)
 cpdef object to_record(tuple row, Prices prices=*)
+
+
+@cython.locals(n=Py_ssize_t, row=tuple, at=Py_ssize_t)
+cpdef Py_ssize_t encode_rows(list rows, Prices prices, CLineWriter out, Py_ssize_t room) except -1
+
+
+cdef object _encode
+cdef object log
+
+
+@cython.locals(duration_ms=double)
+cdef int _encode_row(tuple row, Prices prices, CLineWriter w) except -1

@@ -122,7 +122,8 @@ class WriteBatch:
             loop = asyncio.get_running_loop()
             self._loop = loop
             loop.call_soon(self.flush)
-        elif self._loop is not asyncio.get_running_loop():  # left by a loop that stopped (tests, tools)
+        elif not self._loop.is_running():  # left by a loop that stopped (tests, tools)
+            # PERF: not ``get_running_loop()``, which asks the kernel for the process id on every call
             self.flush()
             self.write(transport, data)
             return
