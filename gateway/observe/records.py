@@ -10,13 +10,16 @@ Theory of operation:
                              | the first one of an iteration schedules ``_drain``
     the iteration's end      | ``_drain`` takes the iteration's rows at once: counts them into the GenAI
     (``call_soon``)          | metrics (``genai.observe_rows``: no record built for that), and with call
-                             | records on converts them into ``CallRecord``s (``rows.to_records``; the cost
-                             | filled in from the price table when no phase priced the call; bodies redacted
-                             | and capped when ``[records] bodies`` asks) and encodes them (``encode_lines``).
+                             | records on writes their JSON lines (``rows.encode_rows``, a compiled writer:
+                             | no record object; the cost filled in from the price table when no phase
+                             | priced the call), or, where bodies or record objects are wanted, converts
+                             | them into ``CallRecord``s (``rows.to_records``; bodies redacted and capped
+                             | when ``[records] bodies`` asks) and encodes those (``encode_lines``).
                              | Beyond ``[records] queue`` records waiting for the flush, a row's record is
                              | dropped and counted (its metrics are counted). A scrape, a snapshot or
                              | ``close`` drains first: what they show includes every request answered
-    every ``flush_interval`` | ``_tick`` (a loop timer) joins what the drains encoded and offers it to every
+    ``flush_interval`` after | ``_tick`` (a loop timer, set by the first records held after a flush: none
+    records are held         | while idle) joins what the drains encoded and offers it to every
                              | sink as one chunk (the records themselves to the consumers and to sinks that
                              | read records: OTLP)
     a sink's thread          | writes or sends what it was offered (``gateway.observe.sinks``)
@@ -227,12 +230,18 @@ class RecordSink:
         return int(self._batch.count)
 
     def start(self) -> None:
-        if not self.enabled or self._handle is not None:
+        if not self.enabled or self._loop is not None:
             return
         for s in self._all():
             s.start()
-        self._loop = loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(self._interval, self._tick)
+        self._loop = asyncio.get_running_loop()
+
+    def _arm(self) -> None:
+        """(Records held) the flush, ``flush_interval`` from now, unless one is due already: an idle
+        worker has no timer."""
+        loop = self._loop
+        if self._handle is None and not self._closed and loop is not None and not loop.is_closed():
+            self._handle = loop.call_later(self._interval, self._tick)
 
     def _schedule_drain(self) -> None:
         """(The first row of a loop iteration) the drain at the iteration's end; at once without a loop."""
@@ -269,6 +278,7 @@ class RecordSink:
             if kept:
                 self._held += kept
                 self._lines.append(data)
+                self._arm()
             return
         recs: list[CallRecord] = []
         kept = to_records(rows, self._prices, recs, room)
@@ -282,6 +292,7 @@ class RecordSink:
             self._lines.append(self._encode_lines(recs))
         if self._keep_records:
             self._rows.extend(recs)
+        self._arm()
 
     def _add_bodies(self, rows: list[tuple[Any, ...]], recs: list[CallRecord]) -> None:
         red = self._redactor
@@ -301,14 +312,13 @@ class RecordSink:
             rec.truncated = cut or None
 
     def _tick(self) -> None:
-        self._handle = None
         try:
-            self._drain()
+            self._drain()  # (the timer is still set: the drain's records go with this flush)
             self._flush()
-        except Exception:  # the timer must go on
+        except Exception:  # never the loop's problem; the next records arm the timer again
             log.exception("records: a flush failed")
-        if not self._closed:
-            self._handle = asyncio.get_running_loop().call_later(self._interval, self._tick)
+        finally:
+            self._handle = None
 
     def _flush(self) -> None:
         """Offer what the drains encoded since the last flush to every sink (and its records to the

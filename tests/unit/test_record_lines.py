@@ -224,3 +224,32 @@ def test_the_hub_writes_rows_and_counts_what_it_drops() -> None:
     lines = out.getvalue().splitlines()
     assert [json.loads(x)["request_id"] for x in lines] == [r[1] for r in sample[:5]]
     assert hub.dropped == 3
+
+
+def test_the_flush_timer_runs_only_while_records_wait() -> None:
+    """An idle worker has no flush timer; the first records after a flush set it, and they are written."""
+    import asyncio
+    import io
+
+    from gateway.observe.config import RecordsConfig
+
+    async def scenario() -> None:
+        out = io.BytesIO()
+        hub = RecordSink(out, config=RecordsConfig(flush_interval=0.01))
+        hub.start()
+        assert hub._handle is None  # nothing held: nothing to wake up for
+        sample = rows(6)
+        for burst in (sample[:3], sample[3:]):
+            for r in burst:
+                hub.emit(r)
+            await asyncio.sleep(0)  # the iteration's drain
+            assert hub._handle is not None
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while hub._handle is not None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
+            assert hub._handle is None  # flushed, and not set again while idle
+        lines = out.getvalue().splitlines()
+        assert [json.loads(x)["request_id"] for x in lines] == [r[1] for r in sample]
+        await hub.close()
+
+    asyncio.run(scenario())
