@@ -1,6 +1,7 @@
 """What call records cost: the gateway with records off, the gateway with records on, and nginx, one run.
 
     python -m bench.records [--rounds 3] [--duration 6] [--connections 64] [--json PATH] [--quick]
+                            [--flush-interval SECONDS]
 
 Two stacks run side by side: one with the gateway (records off, as in every other scenario) and nginx,
 one with a second gateway whose call records are on (the default of a real deployment: one JSON line per
@@ -43,6 +44,8 @@ class RecordsBench(Bench):
             server_cpus=list(args.server_cpus), load_cpus=list(args.load_cpus),
             mock_workers=args.mock_workers, with_nginx=False, call_records=True,
             generator="bench/records.py",
+            gateway_toml=(f"[records]\nflush_interval = {flush}"
+                          if (flush := getattr(args, "flush_interval", None)) is not None else ""),
         ))
 
     def stop_all(self) -> None:
@@ -130,7 +133,14 @@ def format_records_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(["--scenario", "chat", *(argv if argv is not None else sys.argv[1:])])
+    argv = list(argv if argv is not None else sys.argv[1:])
+    flush = None
+    if "--flush-interval" in argv:  # the records-on gateway's ``[records] flush_interval``
+        at = argv.index("--flush-interval")
+        flush = float(argv[at + 1])
+        del argv[at:at + 2]
+    args = _parse_args(["--scenario", "chat", *argv])
+    args.flush_interval = flush
     done = run_bench(args, "bench-records-", RecordsBench)
     if done is None:
         return 2

@@ -76,6 +76,8 @@ class StackOptions:
     #: the gateway's call records (to its stderr, the service's log file); off in every scenario but
     #: ``bench.records``
     call_records: bool = False
+    #: TOML appended to the gateway's config (e.g. a ``[records]`` table)
+    gateway_toml: str = ""
     #: the mock's wire format (``gateway mock --dialect``); ``anthropic`` also makes the gateway's provider
     #: an Anthropic one (``configs.gateway_toml``'s ``provider_type``)
     upstream_dialect: str = "openai"
@@ -202,6 +204,8 @@ class Stack:
                                                   pool_size=o.pool_size, generator=o.generator,
                                                   call_records=o.call_records,
                                                   provider_type=o.upstream_dialect))
+            if o.gateway_toml:
+                gw_config.write_text(gw_config.read_text() + "\n" + o.gateway_toml + "\n")
             gateway = self._add(start_service("gateway", self.pinned(self.server_cpus, [
                 sys.executable, "-m", "gateway", "serve", "--config", str(gw_config),
                 "--workers", str(o.gateway_workers), "--host", HOST, "--port", str(gw_port),
