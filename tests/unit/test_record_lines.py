@@ -253,3 +253,26 @@ def test_the_flush_timer_runs_only_while_records_wait() -> None:
         await hub.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_a_sinks_thread_runs_below_the_loops_priority() -> None:
+    import threading
+
+    from gateway.observe import sinks
+
+    seen: list[int] = []
+    done = threading.Event()
+
+    class Probe(sinks.Sink):
+        def deliver(self, chunks: list[Any]) -> None:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            done.set()
+
+    sink = Probe("probe")
+    sink.start()
+    sink.offer((b"{}\n", 1, ()))
+    assert done.wait(10.0)
+    sink.close(1.0)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(mine + sinks.NICE, 19)]
