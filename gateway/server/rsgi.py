@@ -49,10 +49,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import mmap
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -273,17 +274,25 @@ class RSGIApp:
         self.inflight: set[asyncio.Task[Any]] = set()
         self._starting: asyncio.Task[None] | None = None
         self._saved_handlers: dict[int, Any] = {}
+        #: the signals raised once more for the loop's handlers (see ``_chained``)
+        self._reraised: set[int] = set()
+        self._initializing = False
         self._hup_installed = False
         self._drain_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle (granian calls these once per worker, with the worker's loop, not running yet) ---------
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._initializing = True
+        if self.signals:  # first: a SIGTERM from now on must not be lost (see _chained)
+            self._install_term()
+            if _main_stopping():  # it came before that: the worker stops as soon as it serves
+                _stops_pending.add(signal.SIGTERM)
         if self._fixed_config is not None:
             config = self._fixed_config
         else:
             config, self.config_path = config_from_env()
-        self.loop = loop
         self._apply(config)
         if self._engine_factory is not None:
             engine = self._engine_factory(config)
@@ -294,13 +303,23 @@ class RSGIApp:
         if loop.is_running():  # not granian's case; another RSGI server might start us on a live loop
             self._starting = loop.create_task(self._startup(engine))
         else:
-            loop.run_until_complete(engine.startup())
+            # granian's shutdown signal, set before its server runs, blocks for good: a SIGTERM that this
+            # run of the loop handed to granian's handler hung the worker. Held back meanwhile, it comes
+            # after the run, to our handler alone, which raises it again once granian serves (_chained).
+            with _held_signals(self.signals):
+                loop.run_until_complete(engine.startup())
             self.engine = engine
+        if self.draining and hasattr(engine, "draining"):  # the drain began during the startup
+            engine.draining = True
         if self.signals:
             _die_with_main()
-            self._install_signals(loop)
+            self._install_hup(loop)
             if _take_pending_hup():  # a SIGHUP came between the fork and now: reload once running
                 loop.call_soon(self.reload)
+            self._initializing = False
+            for signum in _take_pending_stops():  # a SIGTERM too: raised again once granian serves
+                self._reraised.add(signum)
+                loop.call_soon(os.kill, os.getpid(), signum)
         log.info("granian worker %d: engine started", os.getpid())
 
     async def _startup(self, engine: Any) -> None:
@@ -329,12 +348,14 @@ class RSGIApp:
 
     # -- signals ---------------------------------------------------------------------------------------
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _install_hup(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             self._hup_installed = True
         except (NotImplementedError, RuntimeError, ValueError) as exc:  # not the main thread, or Windows
             log.warning("granian worker: no SIGHUP reload (%s)", exc)
+
+    def _install_term(self) -> None:
         # granian has put its own SIGTERM/SIGINT handlers on the loop (they start its graceful shutdown);
         # the loop cannot tell us what they are, so chain on the Python-level handler instead: uvloop and
         # asyncio both dispatch from the wakeup fd, and we call the previous handler after ours.
@@ -352,6 +373,16 @@ class RSGIApp:
             loop = self.loop
             if loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(self.begin_drain)
+                if self._initializing:  # raised again at the end of __rsgi_init__, after the startup's run
+                    _stops_pending.add(signum)
+                elif signum not in self._reraised:
+                    # uvloop hands a signal to its handlers (granian's shutdown) only when it came while
+                    # the loop ran; one that came between two runs (the engine's startup, granian's serving)
+                    # reaches this Python-level handler alone, perhaps only once the loop runs again, and
+                    # the worker would serve on after its main process stopped. Raised once more from the
+                    # running loop, it reaches them (granian's shutdown and our drain are idempotent).
+                    self._reraised.add(signum)
+                    loop.call_soon_threadsafe(os.kill, os.getpid(), signum)
             if callable(prev):
                 prev(signum, frame)
 
@@ -552,6 +583,25 @@ class RSGIApp:
 #: what granian loads in each worker: ``gateway.server.rsgi:app``
 app = RSGIApp()
 
+@contextlib.contextmanager
+def _held_signals(hold: bool) -> Iterator[None]:
+    """SIGTERM and SIGINT blocked on this thread (the worker's main thread: the one Python runs signal
+    handlers on) for the duration; one that comes meanwhile is delivered when they are unblocked."""
+    if not hold:
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):  # no per-thread signal masks here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _die_with_main() -> None:
     """A worker is SIGTERMed (and drains) when granian's main process dies, even by SIGKILL, so no orphan
     keeps serving on the port; one whose main is gone already stops at once."""
@@ -573,6 +623,43 @@ def _take_pending_hup() -> bool:
     global _hup_pending
     pending, _hup_pending = _hup_pending, False
     return pending
+
+
+#: SIGTERM/SIGINT that reached this worker before it had any handler of its own (the main's, inherited
+#: across the fork, noted them: ``_MainHooks._on_stop``)
+_stops_pending: set[int] = set()
+
+
+def _take_pending_stops() -> list[int]:
+    pending = sorted(_stops_pending)
+    _stops_pending.clear()
+    return pending
+
+
+#: one byte shared by granian's main process and the workers it forks: 1 once the main is stopping
+_stop_flag: mmap.mmap | None = None
+
+
+def _stop_flag_create() -> None:
+    global _stop_flag
+    try:
+        _stop_flag = mmap.mmap(-1, 1)  # anonymous and shared: a fork sees the parent's later writes
+    except (OSError, ValueError) as exc:
+        log.warning("granian main: no stop flag for the workers (%s)", exc)
+
+
+def _stop_flag_set() -> None:
+    if _stop_flag is not None:
+        _stop_flag[0] = 1
+
+
+def _main_stopping() -> bool:
+    """(In a worker) whether granian's main process has begun to stop. granian signals each worker
+    once; a worker that is still starting can receive it before any handler of its own is in place
+    (between granian's loop handlers, which see a signal only while the loop runs, and ours) and would
+    start serving after its main stopped. The main sets this flag before it signals; a worker reads it
+    after its own handler is in place, so it has either the flag or the signal."""
+    return _stop_flag is not None and _stop_flag[0] == 1
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -668,7 +755,24 @@ class _MainHooks:
         # the gateway's reload replaces it. Workers forked after this inherit it until __rsgi_init__
         # installs their own; meanwhile it only notes the signal (see on_hup).
         signal.signal(signal.SIGHUP, self.on_hup)
+        # the same for SIGTERM/SIGINT: granian's handlers, inherited by a worker forked before it sets its
+        # own, would note the signal on the worker's copy of the main's state, and the worker would start
+        # and serve on after the main stopped
+        _stop_flag_create()  # shared with the workers forked from now on
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop(signal.getsignal(sig)))
         print(self.banner, file=sys.stderr, flush=True)
+
+    def _on_stop(self, granian: Any) -> Callable[[int, FrameType | None], None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if os.getpid() != self.pid:  # a worker that has no handler yet: it stops once it serves
+                _stops_pending.add(signum)
+                return
+            _stop_flag_set()  # before granian signals its workers: see _main_stopping
+            if callable(granian):
+                granian(signum, frame)
+
+        return handler
 
     def on_hup(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:
