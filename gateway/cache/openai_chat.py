@@ -22,7 +22,7 @@ import msgspec
 
 from gateway import ir
 from gateway.cache.codec import ByteCodec, SSEAssembler
-from gateway.cache.keys import request_form
+from gateway.cache.keys import canonical, request_form
 from gateway.dialects.openai_chat import ChunkEncoder, encode_response
 
 __all__ = ["OpenAIChatCodec", "StreamAssembler", "read_whole", "replay"]
@@ -303,6 +303,9 @@ class OpenAIChatCodec(ByteCodec):
 
     def form(self, ctx: Any) -> dict[str, Any]:
         return request_form(ctx.body)
+
+    def canonical(self, ctx: Any) -> bytes:
+        return canonical(ctx.body)  # compiled, from the bytes: no decoded form
 
     def read_whole(self, body: bytes) -> tuple[ir.Response, int] | None:
         return read_whole(body)

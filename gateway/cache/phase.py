@@ -47,7 +47,7 @@ from gateway.cache.admin import PURGE_POLL, PurgeOrder, PurgeWatch, decode_order
 from gateway.cache.anthropic_messages import AnthropicMessagesCodec
 from gateway.cache.codec import Assembler, Codec
 from gateway.cache.config import CacheConfig, CachePolicy
-from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace
+from gateway.cache.keys import CHAT_FORM, KeyParts, is_deterministic, key_head, namespace
 from gateway.cache.keys import _encode as _encode_form
 from gateway.cache.openai_chat import OpenAIChatCodec
 from gateway.cache.openai_responses import OpenAIResponsesCodec
@@ -78,6 +78,11 @@ _JSON = ("content-type", "application/json")
 _SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _MISS = ("x-gateway-cache", "miss")
 _NO_DIRECTIVES = (False, False)
+#: (no_cache, no_store) of the Cache-Control values clients send most, as sent (# PERF: one dict lookup;
+#: any other value is parsed, ``_cache_control``)
+_DIRECTIVES: dict[bytes, tuple[bool, bool]] = {}
+#: an OpenAI chat body's canonical form (keys.canonical without the check; None: not a JSON object)
+_chat_canonical = CHAT_FORM.canonical
 #: the form asked for: whole, stream, (whole), stream with usage
 _VARIANTS = (b"\x01", b"\x02", b"\x01", b"\x03")
 #: an alias's value: the entry's key (32 bytes), then when the entry was put in memory (monotonic: the
@@ -204,6 +209,11 @@ def _cache_control(value: bytes) -> tuple[bool, bool]:
         elif d == b"no-store":
             no_store = True
     return no_cache, no_store
+
+
+_DIRECTIVES.update((v, _cache_control(v)) for v in (
+    b"no-cache", b"no-store", b"max-age=0", b"no-cache, no-store", b"no-store, no-cache",
+    b"no-cache,no-store", b"no-store,no-cache"))
 
 
 def _stream_start() -> bytes:
@@ -390,7 +400,7 @@ class CachePhase(Phase):
         if policy is None:
             return None
         cc = ctx.request.header(b"cache-control")
-        no_cache, no_store = _cache_control(cc) if cc else _NO_DIRECTIVES
+        no_cache, no_store = (_DIRECTIVES.get(cc) or _cache_control(cc)) if cc else _NO_DIRECTIVES
         key = ctx.key
         if key is None:
             tenant = key_id = None
@@ -403,6 +413,7 @@ class CachePhase(Phase):
         extra = codec.headers(ctx) if codec is not _CHAT else b""
         memory = self.memory
         alias = None
+        now = 0.0
         if memory is not None and not no_cache and not self.count_tokens and codec.renders:
             # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
             # under "always" must not answer under "deterministic"), the form asked for and the raw body,
@@ -421,15 +432,25 @@ class CachePhase(Phase):
                     state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model, codec)
                     return self._rendered_hit(ctx, state, value)
                 memory.delete(alias)
-        form = codec.form(ctx)
-        if policy.when == "deterministic" and not is_deterministic(form):
-            self.stats.bypass_policy += 1
-            ctx.response_headers.append(_BYPASS)
-            return None
+        # the canonical body: an OpenAI chat body's written by the compiled canonicaliser straight from
+        # its bytes (gateway._core.canon); another dialect's, or one that the policy's ``when`` reads,
+        # decoded into its form first (the form the Redis and semantic tiers read is made when needed)
+        form = None
+        if policy.when == "deterministic":
+            form = codec.form(ctx)
+            if not is_deterministic(form):
+                self.stats.bypass_policy += 1
+                ctx.response_headers.append(_BYPASS)
+                return None
+            canon = _encode_form(form)
+        else:
+            written = _chat_canonical(ctx.body) if codec is _CHAT else None
+            # None: another dialect's, or not a JSON object (OpenAI chat's canonical raises why)
+            canon = codec.canonical(ctx) if written is None else written
         hasher = prepared[1].copy()
         if extra:
             hasher.update(extra)
-        hasher.update(_encode_form(form))
+        hasher.update(canon)
         digest = hasher.digest()
         state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model, codec)
         if no_cache:
@@ -438,7 +459,8 @@ class CachePhase(Phase):
             ctx.response_headers.append(_BYPASS)
             return None
         if memory is not None:
-            now = _monotonic()
+            if not now:
+                now = _monotonic()
             found = memory.get(digest, now)
             if found is not None:
                 self.stats.hits_memory += 1
@@ -458,7 +480,9 @@ class CachePhase(Phase):
         ctx.response_headers.append(_MISS)
         return None
 
-    async def _redis_lookup(self, ctx: Context, state: CacheState, form: dict[str, Any]) -> Reply | None:
+    async def _redis_lookup(
+        self, ctx: Context, state: CacheState, form: dict[str, Any] | None
+    ) -> Reply | None:
         # PERF: a Redis hit is one GET, then the answer rendered in the form asked for from the render
         # memo (keyed by the form and the very value GET returned: it never answers what Redis does not
         # hold now)
@@ -511,13 +535,17 @@ class CachePhase(Phase):
         ctx.response_headers.append(_MISS)
         return None
 
-    async def _semantic_lookup(self, ctx: Context, state: CacheState, form: dict[str, Any]) -> Reply | None:
+    async def _semantic_lookup(
+        self, ctx: Context, state: CacheState, form: dict[str, Any] | None
+    ) -> Reply | None:
         """The exact tiers missed: a neighbour's answer (gateway.cache.semantic), else a miss."""
         tier = self.semantic
         policy = state.policy
         assert tier is not None and policy.semantic is not None
         space = namespace(policy.scope, state.tenant, state.key_id)
         codec = state.codec
+        if form is None:
+            form = codec.form(ctx)
         pending, found = await tier.nearest(ctx, space, state.model, policy.semantic, form, codec.name,
                                             codec.headers(ctx))
         if pending is not None and state.store:

@@ -1,0 +1,75 @@
+"""Pure-Python twin of ``gateway._core._canon``: a JSON object in the response cache's canonical form.
+
+The canonical form is the one ``gateway.cache.keys`` documents (its module docstring is the contract):
+the body decoded, the top-level fields that do not change the answer left out, and encoded again with
+object keys sorted at every depth and numbers in one form (an integral number an integer, any other the
+shortest form that reads back as the same double, as msgspec writes it); strings compared decoded and
+written as msgspec writes them. Two bodies have the same canonical form exactly when they ask the same.
+
+This twin is the reference: it is the definition (msgspec's decoder with a float hook, then its sorted
+encoder), and the compiled module must give the same bytes for every body (the tests compare both on
+generated bodies). The compiled module writes the canonical form in one pass over the bytes and falls
+back to this function for what it does not handle itself (keys written with escapes, repeated keys,
+numbers with more than 15 significant digits or beyond 2**53, nesting past 200 levels, bodies that are
+not JSON objects).
+
+Sans-IO: bytes in, bytes out. ``canonical`` answers None when the body is not a JSON object (the caller
+says why, ``gateway.cache.keys.request_form``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any, Final
+
+import msgspec
+
+__all__ = ["Canonicaliser", "canonical_json", "decode_canonical", "encode_canonical"]
+
+
+def _number(text: str) -> Any:
+    """A JSON number that is not a plain integer (``1.5``, ``1e3``, ``-0.0``) in its one canonical form."""
+    f = float(text)
+    if math.isfinite(f):
+        if f.is_integer():
+            return int(f)
+        return f
+    # beyond a double's range: the exact decimal value, written one way, tagged so it is never a string
+    return "\x00num:" + format(Decimal(text).normalize(), "E")
+
+
+# PERF: built once; the hook runs only for numbers written with a fraction or an exponent
+#: a body decoded with its numbers in canonical form (raises msgspec.DecodeError)
+decode_canonical: Final = msgspec.json.Decoder(float_hook=_number).decode
+#: a decoded body written with its object keys sorted at every depth
+encode_canonical: Final = msgspec.json.Encoder(order="sorted").encode
+
+
+def canonical_json(body: bytes, ignored: Iterable[str] = ()) -> bytes | None:
+    """``body`` in canonical form without its top-level fields ``ignored``; None when it is not a JSON
+    object."""
+    try:
+        obj = decode_canonical(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    for name in ignored:
+        obj.pop(name, None)
+    return encode_canonical(obj)
+
+
+class Canonicaliser:
+    """The canonical form of one dialect's requests: the top-level fields it leaves out, fixed once (at
+    import, not per request)."""
+
+    __slots__ = ("ignored",)
+
+    def __init__(self, ignored: Iterable[str] = ()) -> None:
+        self.ignored: tuple[str, ...] = tuple(ignored)
+
+    def canonical(self, body: bytes) -> bytes | None:
+        """``body`` in canonical form without the ignored fields; None when it is not a JSON object."""
+        return canonical_json(body, self.ignored)

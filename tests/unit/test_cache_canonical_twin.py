@@ -1,0 +1,198 @@
+"""The compiled canonical form of a request body (``gateway._core._canon``) against its twin, the
+reference (``gateway._core.canon_py``): the same bytes, or the same refusal, for every body.
+
+Bodies are generated as JSON values written in many ways (whitespace, escapes, number spellings, key
+orders, repeated keys), and as raw bytes that are often not JSON at all. The cache's key is a hash of
+these bytes, so any difference would split or merge cache entries.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from gateway._core import canon, canon_py
+from gateway.cache.keys import IGNORED_FIELDS, MESSAGES_IGNORED, RESPONSES_IGNORED, canonical, request_form
+
+try:
+    from gateway._core import _canon
+except ImportError:  # not built: the twin is all there is
+    _canon = None  # type: ignore[assignment]
+
+needs_compiled = pytest.mark.skipif(_canon is None, reason="gateway._core._canon is not built")
+SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+IGNORED_SETS = (IGNORED_FIELDS, MESSAGES_IGNORED, RESPONSES_IGNORED, ())
+
+
+def _both(body: bytes, ignored: tuple[str, ...] = IGNORED_FIELDS) -> tuple[bytes | None, bytes | None]:
+    assert _canon is not None
+    return _canon.Canonicaliser(ignored).canonical(body), canon_py.Canonicaliser(ignored).canonical(body)
+
+
+# -- numbers --------------------------------------------------------------------------------------
+
+def _spellings(draw: st.DrawFn, x: float) -> str:
+    """One of the ways a JSON writer may spell the double ``x``."""
+    how = draw(st.sampled_from(["repr", "json", "e", "fixed", "padded", "upper"]))
+    if how == "repr":
+        return repr(x)
+    if how == "json":
+        return json.dumps(x)
+    if how == "e":
+        return f"{x:.{draw(st.integers(0, 17))}e}"
+    if how == "fixed":
+        return f"{x:.{draw(st.integers(0, 20))}f}"
+    if how == "padded":
+        text = repr(x)
+        return text + ("0" * draw(st.integers(1, 5)) if "." in text and "e" not in text else "")
+    return repr(x).upper()
+
+
+@st.composite
+def numbers(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["float", "int", "decimal", "small", "tiny"]))
+    if kind == "int":
+        return str(draw(st.integers(-(10**25), 10**25)))
+    if kind == "decimal":  # digits and an exponent, as a person writes them
+        sign = draw(st.sampled_from(["", "-"]))
+        whole = str(draw(st.integers(0, 10**draw(st.integers(0, 18)))))
+        frac = draw(st.text("0123456789", min_size=0, max_size=18))
+        exp = draw(st.one_of(st.just(""), st.builds(
+            lambda mark, sign, e: mark + sign + str(e),
+            st.sampled_from(["e", "E"]), st.sampled_from(["", "+", "-"]), st.integers(0, 330))))
+        return sign + whole + ("." + frac if frac else "") + exp
+    if kind == "small":
+        return _spellings(draw, draw(st.integers(-10**6, 10**6)) / draw(st.sampled_from([1, 2, 4, 10, 100, 1000])))
+    if kind == "tiny":
+        return _spellings(draw, draw(st.floats(min_value=1e-320, max_value=1e-290)))
+    x = draw(st.floats(allow_nan=False, allow_infinity=False))
+    return _spellings(draw, x)
+
+
+# -- strings --------------------------------------------------------------------------------------
+
+def _escape(draw: st.DrawFn, ch: str) -> str:
+    """``ch`` written raw or escaped, as some JSON writer would."""
+    cp = ord(ch)
+    if ch in '"\\' or cp < 0x20:
+        return json.dumps(ch)[1:-1] if draw(st.booleans()) else f"\\u{cp:04x}"
+    how = draw(st.sampled_from(["raw", "raw", "u", "U"]))
+    if how == "raw":
+        return ch
+    if ch == "/" and draw(st.booleans()):
+        return "\\/"
+    if cp >= 0x10000:
+        hi, lo = struct.unpack(">HH", ch.encode("utf-16-be"))
+        text = f"\\u{hi:04x}\\u{lo:04x}"
+    else:
+        text = f"\\u{cp:04x}"
+    return text.upper().replace("\\U", "\\u") if how == "U" else text
+
+
+@st.composite
+def strings(draw: st.DrawFn) -> str:
+    text = draw(st.text(st.characters(exclude_categories=("Cs",)), max_size=20))
+    return '"' + "".join(_escape(draw, c) for c in text) + '"'
+
+
+# -- values ---------------------------------------------------------------------------------------
+
+KEYS = st.one_of(
+    st.sampled_from(["model", "messages", "role", "content", "temperature", "user", "stream", "metadata",
+                     "stream_options", "a", "b", "ab", "é", "z", "\U0001f600", "\ufb01", "A", ""]),
+    st.text(max_size=6).filter(lambda k: not any(0xD800 <= ord(c) <= 0xDFFF for c in k)),
+)
+
+
+def _ws(draw: st.DrawFn) -> str:
+    return draw(st.sampled_from(["", "", "", " ", "\n", "\t", "\r\n  "]))
+
+
+@st.composite
+def values(draw: st.DrawFn, depth: int = 0) -> str:
+    kind = draw(st.sampled_from(["num", "str", "lit", "arr", "obj"] if depth < 4 else ["num", "str", "lit"]))
+    if kind == "num":
+        return draw(numbers())
+    if kind == "str":
+        return draw(strings())
+    if kind == "lit":
+        return draw(st.sampled_from(["true", "false", "null"]))
+    if kind == "arr":
+        items = draw(st.lists(values(depth + 1), max_size=4))
+        return "[" + _ws(draw) + ("," + _ws(draw)).join(items) + _ws(draw) + "]"
+    return draw(objects(depth + 1))
+
+
+@st.composite
+def objects(draw: st.DrawFn, depth: int = 0) -> str:
+    keys = draw(st.lists(KEYS, max_size=6))
+    members = []
+    for k in keys:
+        key = json.dumps(k, ensure_ascii=False) if draw(st.integers(0, 9)) else json.dumps(k)
+        members.append(_ws(draw) + key + _ws(draw) + ":" + _ws(draw) + draw(values(depth)) + _ws(draw))
+    return "{" + ",".join(members) + _ws(draw) + "}"
+
+
+# -- the properties -------------------------------------------------------------------------------
+
+@needs_compiled
+@SETTINGS
+@given(objects(), st.sampled_from(IGNORED_SETS))
+@example('{"model":"mock-1","messages":[{"role":"user","content":"hello there"}]}', IGNORED_FIELDS)
+@example('{"a":1e-5,"b":1e-7,"c":0.1e1,"d":-0.0,"e":-0,"f":1.5e16,"g":9007199254740993.0}', ())
+@example('{"a":"\\ud83d\\ude00\\u00e9\\/\\u0001\\b"}', ())
+@example('{"b":1,"a":2,"b":3}', ())
+@example('{"user":1,"us\\u0065r":2,"x":{"user":3}}', IGNORED_FIELDS)
+def test_compiled_writes_what_the_twin_writes(text: str, ignored: tuple[str, ...]) -> None:
+    compiled, twin = _both(text.encode(), ignored)
+    assert twin is not None  # every generated object is JSON
+    assert compiled == twin
+
+
+@needs_compiled
+@SETTINGS
+@given(st.binary(max_size=64) | objects().map(lambda t: t.encode()).flatmap(
+    lambda b: st.integers(0, len(b)).flatmap(lambda i: st.binary(max_size=3).map(lambda x: b[:i] + x + b[i:]))))
+@example(b'{"a":"\xff"}')
+@example(b'{"a":"\xed\xa0\x80"}')
+@example(b'{"a":"\\ud800"}')
+@example(b'{"a":1}x')
+@example(b'{"a":01}')
+@example(b'{"a":1.}')
+@example(b'{"a":"\x01"}')
+@example(b'[1,2]')
+@example(b'')
+def test_compiled_refuses_what_the_twin_refuses(body: bytes) -> None:
+    """Bytes that are often not JSON (cut, spliced, invalid UTF-8): the same answer, None included."""
+    compiled, twin = _both(body)
+    assert compiled == twin
+
+
+@needs_compiled
+@SETTINGS
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_every_double_is_written_as_msgspec_writes_it(x: float) -> None:
+    for text in (repr(x), f"{x:.15g}", f"{x:.17e}"):
+        body = b'{"x":%s}' % text.encode()
+        compiled, twin = _both(body)
+        assert compiled == twin, text
+
+
+def test_facade_canonical_is_the_keys_canonical_form() -> None:
+    """``keys.canonical`` (the phase's key body) is the facade's, and equals the decoded form encoded."""
+    body = b'{"model":"m","stream":true,"messages":[{"content":"x","role":"user"}],"temperature":0.70}'
+    assert canonical(body) == canon_py.encode_canonical(request_form(body))
+    assert canonical(body) == canon.Canonicaliser(IGNORED_FIELDS).canonical(body)
+
+
+@needs_compiled
+def test_large_bodies_and_deep_nesting() -> None:
+    big = {"messages": [{"role": "user", "content": "x" * 3_000_000 + "é\n"}], "model": "m"}
+    body = json.dumps(big).encode()
+    assert _both(body)[0] == _both(body)[1]
+    deep = b'{"a":' + b"[" * 300 + b"1" + b"]" * 300 + b"}"  # past the walk's depth: the twin's answer
+    assert _both(deep)[0] == _both(deep)[1]
