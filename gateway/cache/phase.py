@@ -99,7 +99,13 @@ STREAM_LOOKBACK = 60.0
 #: the render memo's byte bound (a worker with a Redis tier): the rendered answers of recent Redis hits
 RENDER_MEMO_BYTES = 8 * 1024 * 1024
 _NAN = float("nan")
-_UNKNOWN: Any = object()
+#: what a lookup of one caller (tenant, key) and model needs, made once (``CachePhase._slot``): the
+#: model's policy (None: not cached), a BLAKE2b that has read the key's head (# PERF: copied per key:
+#: cheaper than a new one over the head), the alias prefixes of the four forms asked for (the head and the
+#: policy's ``when``; None: no aliases), whether ``when`` is "deterministic", and whether a memory miss
+#: goes on to the Redis or the semantic tier
+_Slot = tuple[CachePolicy | None, Any, tuple[bytes, ...] | None, bool, bool]
+_NOT_CACHED: _Slot = (None, None, None, False, False)
 _monotonic = time.monotonic
 _blake2b = hashlib.blake2b
 _BYPASS = ("x-gateway-cache", "bypass")
@@ -351,11 +357,10 @@ class CachePhase(Phase):
         # PERF: the policy of every configured model resolved once (None: not cached)
         self.policies: dict[str, CachePolicy | None] = {}
         self.config: CacheConfig = c
-        #: (tenant, key id, model) -> the key's head (gateway.cache.keys.key_head)
-        #: and a BLAKE2b that has read it (# PERF: copied per key: cheaper than a new one over the head),
-        #: for OpenAI chat; the other dialects' in ``dialect_heads``, by endpoint
-        self.heads: dict[tuple[str | None, str | None, str], tuple[bytes, Any]] = {}
-        self.dialect_heads: dict[str, dict[tuple[str | None, str | None, str], tuple[bytes, Any]]] = {
+        #: (tenant, key id, model) -> what a lookup of that caller and model needs (``_Slot``), for OpenAI
+        #: chat; the other dialects' in ``dialect_heads``, by endpoint
+        self.heads: dict[tuple[str | None, str | None, str], _Slot] = {}
+        self.dialect_heads: dict[str, dict[tuple[str | None, str | None, str], _Slot]] = {
             endpoint: {} for endpoint in CODECS if endpoint != "chat"}
         #: (tenant, key id, model) -> its entries' Redis key up to the hash (redis_tier.redis_key_head)
         self.rheads: dict[tuple[str | None, str | None, str], str] = {}
@@ -369,15 +374,26 @@ class CachePhase(Phase):
             p = self.policies[model] = self.config.policy(model)
             return p
 
-    def _head(self, heads: dict[Any, tuple[bytes, Any]], policy: CachePolicy, tenant: str | None,
-              key_id: str | None, codec: Codec, endpoint: str, model: str) -> tuple[bytes, Any]:
-        """The key's head of this caller, dialect and model (built once: the phase is rebuilt on reload)."""
+    def _slot(self, heads: dict[Any, _Slot], tenant: str | None, key_id: str | None, codec: Codec,
+              endpoint: str, model: str) -> _Slot:
+        """What a lookup of this caller, dialect and model needs (``_Slot``), made on its first request
+        (# PERF: once, not per request; the phase is rebuilt on reload, and with it every slot)."""
         if len(heads) > 65536:
             heads.clear()
-        space = namespace(policy.scope, tenant, key_id)
-        head = key_head(KeyParts(space, codec.name, endpoint, model))
-        found = heads[(tenant, key_id, model)] = (head, _blake2b(head, digest_size=32))
-        return found
+        policy = self._policy(model)
+        if policy is None:
+            slot: _Slot = _NOT_CACHED
+        else:
+            space = namespace(policy.scope, tenant, key_id)
+            head = key_head(KeyParts(space, codec.name, endpoint, model))
+            aliases = None
+            if self.memory is not None and not self.count_tokens and codec.renders:
+                aliases = tuple(head + tag for tag in _ALIAS[policy.when])
+            more = self.redis is not None or (
+                policy.semantic is not None and self.semantic is not None and codec.semantic)
+            slot = (policy, _blake2b(head, digest_size=32), aliases, policy.when == "deterministic", more)
+        heads[(tenant, key_id, model)] = slot
+        return slot
 
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
         # PERF: a byte-identical repeat (a retry, the same SDK call) is one BLAKE2b over the raw bytes and
@@ -393,33 +409,31 @@ class CachePhase(Phase):
                 return None
             codec = found_codec
             heads = self.dialect_heads[endpoint]
-        model = ctx.route_model or ctx.fields.model
-        policy: CachePolicy | None = self.policies.get(model, _UNKNOWN)
-        if policy is _UNKNOWN:
-            policy = self._policy(model)
-        if policy is None:
-            return None
-        cc = ctx.request.header(b"cache-control")
-        no_cache, no_store = (_DIRECTIVES.get(cc) or _cache_control(cc)) if cc else _NO_DIRECTIVES
         key = ctx.key
         if key is None:
             tenant = key_id = None
         else:
             tenant, key_id = key.tenant.id, key.id
-        prepared = heads.get((tenant, key_id, model))
-        if prepared is None:
-            prepared = self._head(heads, policy, tenant, key_id, codec, endpoint, model)
-        head = prepared[0]
+        model = ctx.route_model or ctx.fields.model
+        slot = heads.get((tenant, key_id, model))
+        if slot is None:
+            slot = self._slot(heads, tenant, key_id, codec, endpoint, model)
+        policy, head_hash, aliases, deterministic, more = slot
+        if policy is None:
+            return None
+        cc = ctx.request.header(b"cache-control")
+        no_cache, no_store = (_DIRECTIVES.get(cc) or _cache_control(cc)) if cc else _NO_DIRECTIVES
+        body = ctx.body
         extra = codec.headers(ctx) if codec is not _CHAT else b""
         memory = self.memory
         alias = None
         now = 0.0
-        if memory is not None and not no_cache and not self.count_tokens and codec.renders:
+        if aliases is not None and memory is not None and not no_cache:
             # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
             # under "always" must not answer under "deterministic"), the form asked for and the raw body,
             # as they are (# PERF: the memory tier's dict hashes and compares them: exact, and cheaper
             # than a BLAKE2b; a worker's memory is its own, so nothing needs a hash that travels)
-            alias = head + _ALIAS[policy.when][ctx.stream + 2 * ctx.include_usage] + extra + ctx.body
+            alias = aliases[ctx.stream + 2 * ctx.include_usage] + extra + body
             now = _monotonic()
             rendered = memory.get(alias, now)
             if rendered is not None:
@@ -436,7 +450,7 @@ class CachePhase(Phase):
         # its bytes (gateway._core.canon); another dialect's, or one that the policy's ``when`` reads,
         # decoded into its form first (the form the Redis and semantic tiers read is made when needed)
         form = None
-        if policy.when == "deterministic":
+        if deterministic:
             form = codec.form(ctx)
             if not is_deterministic(form):
                 self.stats.bypass_policy += 1
@@ -444,10 +458,10 @@ class CachePhase(Phase):
                 return None
             canon = _encode_form(form)
         else:
-            written = _chat_canonical(ctx.body) if codec is _CHAT else None
+            written = _chat_canonical(body) if codec is _CHAT else None
             # None: another dialect's, or not a JSON object (OpenAI chat's canonical raises why)
             canon = codec.canonical(ctx) if written is None else written
-        hasher = prepared[1].copy()
+        hasher = head_hash.copy()
         if extra:
             hasher.update(extra)
         hasher.update(canon)
@@ -472,9 +486,9 @@ class CachePhase(Phase):
                     value = digest + _ALIASED.pack(found[1], entry.stored, cost) + reply.body
                     memory.put(alias, value, now, left, (tenant, key_id, model))
                 return reply
-        if self.redis is not None:
-            return self._redis_lookup(ctx, state, form)
-        if policy.semantic is not None and self.semantic is not None and codec.semantic:
+        if more:
+            if self.redis is not None:
+                return self._redis_lookup(ctx, state, form)
             return self._semantic_lookup(ctx, state, form)
         self.stats.misses += 1
         ctx.response_headers.append(_MISS)
