@@ -36,7 +36,7 @@ from libc.string cimport memcmp, memcpy
 
 from gateway._core.canon_py import canonical_json as _reference
 
-__all__ = ["Canonicaliser", "canonical_json", "decode_canonical", "encode_canonical"]
+__all__ = ["Canonicaliser", "KeyHash", "canonical_json", "decode_canonical", "encode_canonical"]
 
 from gateway._core.canon_py import decode_canonical, encode_canonical
 
@@ -722,3 +722,171 @@ cdef class Canonicaliser:
         if out is None:
             return _reference(body, self.ignored)
         return out
+
+
+# -- the key's hash: BLAKE2b (RFC 7693), 32 bytes, unkeyed ------------------------------------------
+#
+# PERF: a cache key is a BLAKE2b over the key's head, the dialect's header part and the canonical body.
+# Through hashlib that is a copy of a prepared object, two updates and a digest: four Python calls and a
+# bytes object for the canonical body. Here the prepared state is a struct copied on the stack and the
+# canonical body is hashed where the walk wrote it. Same function, same bytes: the tests compare it with
+# hashlib on every length around the block size.
+
+from libc.stdint cimport uint8_t, uint64_t
+
+cdef uint64_t _IV[8]
+_IV[:] = [0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+          0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL]
+
+cdef uint8_t _SIGMA[12][16]
+_SIGMA[0][:] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+_SIGMA[1][:] = [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3]
+_SIGMA[2][:] = [11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4]
+_SIGMA[3][:] = [7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8]
+_SIGMA[4][:] = [9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13]
+_SIGMA[5][:] = [2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9]
+_SIGMA[6][:] = [12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11]
+_SIGMA[7][:] = [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10]
+_SIGMA[8][:] = [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5]
+_SIGMA[9][:] = [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0]
+_SIGMA[10][:] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+_SIGMA[11][:] = [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3]
+
+
+# Blake (the .pxd): the chaining value h, the bytes compressed so far t (a key's input is far below
+# 2**64), the block not yet compressed (buf, buflen)
+
+
+cdef inline uint64_t _rotr(uint64_t x, int n) noexcept:
+    return (x >> n) | (x << (64 - n))
+
+
+cdef inline uint64_t _load64(const uint8_t* p) noexcept:
+    return (<uint64_t>p[0] | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16) | (<uint64_t>p[3] << 24)
+            | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40) | (<uint64_t>p[6] << 48)
+            | (<uint64_t>p[7] << 56))
+
+
+cdef void _compress(Blake* b, const uint8_t* block, bint last) noexcept:
+    cdef uint64_t m[16]
+    cdef uint64_t v[16]
+    cdef int i, r
+    cdef const uint8_t* s
+    for i in range(16):
+        m[i] = _load64(block + 8 * i)
+    for i in range(8):
+        v[i] = b.h[i]
+        v[i + 8] = _IV[i]
+    v[12] ^= b.t
+    if last:
+        v[14] = ~v[14]
+    for r in range(12):
+        s = _SIGMA[r]
+        _g(v, 0, 4, 8, 12, m[s[0]], m[s[1]])
+        _g(v, 1, 5, 9, 13, m[s[2]], m[s[3]])
+        _g(v, 2, 6, 10, 14, m[s[4]], m[s[5]])
+        _g(v, 3, 7, 11, 15, m[s[6]], m[s[7]])
+        _g(v, 0, 5, 10, 15, m[s[8]], m[s[9]])
+        _g(v, 1, 6, 11, 12, m[s[10]], m[s[11]])
+        _g(v, 2, 7, 8, 13, m[s[12]], m[s[13]])
+        _g(v, 3, 4, 9, 14, m[s[14]], m[s[15]])
+    for i in range(8):
+        b.h[i] ^= v[i] ^ v[i + 8]
+
+
+cdef inline void _g(uint64_t* v, int a, int b, int c, int d, uint64_t x, uint64_t y) noexcept:
+    v[a] = v[a] + v[b] + x
+    v[d] = _rotr(v[d] ^ v[a], 32)
+    v[c] = v[c] + v[d]
+    v[b] = _rotr(v[b] ^ v[c], 24)
+    v[a] = v[a] + v[b] + y
+    v[d] = _rotr(v[d] ^ v[a], 16)
+    v[c] = v[c] + v[d]
+    v[b] = _rotr(v[b] ^ v[c], 63)
+
+
+cdef void _blake_init(Blake* b) noexcept:
+    cdef int i
+    for i in range(8):
+        b.h[i] = _IV[i]
+    b.h[0] ^= 0x01010000ULL ^ 32  # digest length 32, no key, fanout 1, depth 1
+    b.t = 0
+    b.buflen = 0
+
+
+cdef void _blake_update(Blake* b, const uint8_t* data, Py_ssize_t n) noexcept:
+    """Absorb ``n`` bytes; a full buffer is compressed only once more input comes (the last block is
+    compressed by ``_blake_final``, flagged)."""
+    cdef Py_ssize_t fill
+    if n <= 0:
+        return
+    fill = 128 - b.buflen
+    if n > fill:
+        memcpy(b.buf + b.buflen, data, fill)
+        b.t += 128
+        _compress(b, b.buf, False)
+        b.buflen = 0
+        data += fill
+        n -= fill
+        while n > 128:
+            b.t += 128
+            _compress(b, data, False)
+            data += 128
+            n -= 128
+    memcpy(b.buf + b.buflen, data, n)
+    b.buflen += n
+
+
+cdef bytes _blake_final(Blake* b):
+    cdef uint8_t out[32]
+    cdef int i, j
+    b.t += b.buflen
+    for i in range(b.buflen, 128):
+        b.buf[i] = 0
+    _compress(b, b.buf, True)
+    for i in range(4):
+        for j in range(8):
+            out[8 * i + j] = <uint8_t>(b.h[i] >> (8 * j))
+    return PyBytes_FromStringAndSize(<char*>out, 32)
+
+
+cdef class KeyHash:
+
+    def __init__(self, bytes head, Canonicaliser form):
+        self.head = head
+        self.form = form
+        _blake_init(&self._state)
+        _blake_update(&self._state, <const uint8_t*>PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+
+    cpdef bytes digest(self, bytes extra, bytes canon):
+        cdef Blake b = self._state
+        _blake_update(&b, <const uint8_t*>PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra))
+        _blake_update(&b, <const uint8_t*>PyBytes_AS_STRING(canon), PyBytes_GET_SIZE(canon))
+        return _blake_final(&b)
+
+    cpdef object key(self, bytes extra, bytes body):
+        cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(body)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(body), pos
+        cdef Writer* w = &_w
+        cdef Blake b
+        w.len = 0
+        w.nmem = 0
+        if _reserve(w, n + 64) != OK:
+            raise MemoryError()
+        pos = _ws(s, n, 0)
+        if pos < n and s[pos] == 123:
+            pos = _object(w, s, n, pos, 1, self.form._names)
+            if pos == NOMEM:
+                _release(w)
+                raise MemoryError()
+            if pos >= 0 and _ws(s, n, pos) == n:
+                b = self._state
+                _blake_update(&b, <const uint8_t*>PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra))
+                _blake_update(&b, <const uint8_t*>w.buf, w.len)
+                _release(w)
+                return _blake_final(&b)
+        _release(w)
+        canon = _reference(body, self.form.ignored)
+        if canon is None:
+            return None
+        return self.digest(extra, canon)

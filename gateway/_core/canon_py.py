@@ -19,6 +19,7 @@ says why, ``gateway.cache.keys.request_form``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from decimal import Decimal
@@ -26,7 +27,7 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["Canonicaliser", "canonical_json", "decode_canonical", "encode_canonical"]
+__all__ = ["Canonicaliser", "KeyHash", "canonical_json", "decode_canonical", "encode_canonical"]
 
 
 def _number(text: str) -> Any:
@@ -73,3 +74,29 @@ class Canonicaliser:
     def canonical(self, body: bytes) -> bytes | None:
         """``body`` in canonical form without the ignored fields; None when it is not a JSON object."""
         return canonical_json(body, self.ignored)
+
+
+class KeyHash:
+    """A cache key's hash with its head already read: 32 bytes of BLAKE2b over the head (given once),
+    then per request the dialect's header part (``extra``) and the canonical body. The compiled module
+    runs BLAKE2b itself, on the bytes its walk wrote (no canonical bytes object, no hashlib calls)."""
+
+    __slots__ = ("_hash", "form", "head")
+
+    def __init__(self, head: bytes, form: Canonicaliser) -> None:
+        self.head = head
+        self.form = form
+        self._hash = hashlib.blake2b(head, digest_size=32)
+
+    def digest(self, extra: bytes, canon: bytes) -> bytes:
+        """The key of a canonical body ``canon`` (already written)."""
+        h = self._hash.copy()
+        h.update(extra)
+        h.update(canon)
+        return h.digest()
+
+    def key(self, extra: bytes, body: bytes) -> bytes | None:
+        """The key of a request body, through ``form``'s canonical form; None when it is not a JSON
+        object."""
+        canon = self.form.canonical(body)
+        return None if canon is None else self.digest(extra, canon)

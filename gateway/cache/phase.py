@@ -31,7 +31,6 @@ original call had (``cost_saved_usd``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import struct
 import time
@@ -42,6 +41,7 @@ import msgspec
 
 from gateway import ir
 from gateway._core.cache import LRUCache
+from gateway._core.canon import KeyHash
 from gateway.auth.applied import node_directory
 from gateway.cache.admin import PURGE_POLL, PurgeOrder, PurgeWatch, decode_order
 from gateway.cache.anthropic_messages import AnthropicMessagesCodec
@@ -81,8 +81,6 @@ _NO_DIRECTIVES = (False, False)
 #: (no_cache, no_store) of the Cache-Control values clients send most, as sent (# PERF: one dict lookup;
 #: any other value is parsed, ``_cache_control``)
 _DIRECTIVES: dict[bytes, tuple[bool, bool]] = {}
-#: an OpenAI chat body's canonical form (keys.canonical without the check; None: not a JSON object)
-_chat_canonical = CHAT_FORM.canonical
 #: the form asked for: whole, stream, (whole), stream with usage
 _VARIANTS = (b"\x01", b"\x02", b"\x01", b"\x03")
 #: an alias's value: the entry's key (32 bytes), then when the entry was put in memory (monotonic: the
@@ -100,14 +98,13 @@ STREAM_LOOKBACK = 60.0
 RENDER_MEMO_BYTES = 8 * 1024 * 1024
 _NAN = float("nan")
 #: what a lookup of one caller (tenant, key) and model needs, made once (``CachePhase._slot``): the
-#: model's policy (None: not cached), a BLAKE2b that has read the key's head (# PERF: copied per key:
-#: cheaper than a new one over the head), the alias prefixes of the four forms asked for (the head and the
-#: policy's ``when``; None: no aliases), whether ``when`` is "deterministic", and whether a memory miss
-#: goes on to the Redis or the semantic tier
-_Slot = tuple[CachePolicy | None, Any, tuple[bytes, ...] | None, bool, bool]
-_NOT_CACHED: _Slot = (None, None, None, False, False)
+#: model's policy (None: not cached); the key's hash with its head already read (gateway._core.canon:
+#: OpenAI chat's canonical form and BLAKE2b in one compiled call); the alias prefixes of the four forms
+#: asked for (the head and the policy's ``when``; None: no aliases); whether ``when`` is
+#: "deterministic"; whether a memory miss goes on to the Redis or the semantic tier
+_Slot = tuple[CachePolicy | None, KeyHash, tuple[bytes, ...] | None, bool, bool]
+_NOT_CACHED: _Slot = (None, KeyHash(b"", CHAT_FORM), None, False, False)
 _monotonic = time.monotonic
-_blake2b = hashlib.blake2b
 _BYPASS = ("x-gateway-cache", "bypass")
 _JSON_HIT = (_JSON, ("x-gateway-cache", "hit"))
 _SSE_HIT = (*_SSE, ("x-gateway-cache", "hit"))
@@ -391,7 +388,7 @@ class CachePhase(Phase):
                 aliases = tuple(head + tag for tag in _ALIAS[policy.when])
             more = self.redis is not None or (
                 policy.semantic is not None and self.semantic is not None and codec.semantic)
-            slot = (policy, _blake2b(head, digest_size=32), aliases, policy.when == "deterministic", more)
+            slot = (policy, KeyHash(head, CHAT_FORM), aliases, policy.when == "deterministic", more)
         heads[(tenant, key_id, model)] = slot
         return slot
 
@@ -418,7 +415,7 @@ class CachePhase(Phase):
         slot = heads.get((tenant, key_id, model))
         if slot is None:
             slot = self._slot(heads, tenant, key_id, codec, endpoint, model)
-        policy, head_hash, aliases, deterministic, more = slot
+        policy, keyhash, aliases, deterministic, more = slot
         if policy is None:
             return None
         cc = ctx.request.header(b"cache-control")
@@ -446,9 +443,10 @@ class CachePhase(Phase):
                     state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model, codec)
                     return self._rendered_hit(ctx, state, value)
                 memory.delete(alias)
-        # the canonical body: an OpenAI chat body's written by the compiled canonicaliser straight from
-        # its bytes (gateway._core.canon); another dialect's, or one that the policy's ``when`` reads,
-        # decoded into its form first (the form the Redis and semantic tiers read is made when needed)
+        # the key: an OpenAI chat body's canonical form written by the compiled canonicaliser straight from
+        # its bytes and hashed where it was written (gateway._core.canon); another dialect's, or one that
+        # the policy's ``when`` reads, decoded into its form first (the form the Redis and semantic tiers
+        # read is made when they need it)
         form = None
         if deterministic:
             form = codec.form(ctx)
@@ -456,16 +454,11 @@ class CachePhase(Phase):
                 self.stats.bypass_policy += 1
                 ctx.response_headers.append(_BYPASS)
                 return None
-            canon = _encode_form(form)
+            digest = keyhash.digest(extra, _encode_form(form))
         else:
-            written = _chat_canonical(body) if codec is _CHAT else None
+            found_key = keyhash.key(extra, body) if codec is _CHAT else None
             # None: another dialect's, or not a JSON object (OpenAI chat's canonical raises why)
-            canon = codec.canonical(ctx) if written is None else written
-        hasher = head_hash.copy()
-        if extra:
-            hasher.update(extra)
-        hasher.update(canon)
-        digest = hasher.digest()
+            digest = keyhash.digest(extra, codec.canonical(ctx)) if found_key is None else found_key
         state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model, codec)
         if no_cache:
             state.outcome = "bypass"
