@@ -60,7 +60,7 @@ def export(name: str, namespace: dict[str, Any]) -> None:
 #: request-path modules compiled from their Python source; setup.py reads this tuple (the one list)
 SOURCE_MODULES = (
     "gateway.context", "gateway.engine", "gateway.providers.openai", "gateway.server.listener",
-    "gateway.server.pool", "gateway.observe.rows", "gateway.observe.genai",
+    "gateway.server.pool", "gateway.observe.rows", "gateway.observe.genai", "gateway.cache.phase",
 )
 
 

@@ -1,12 +1,9 @@
 """Types of the compiled canonical form of a request body; the twin ``canon_py`` documents the behaviour."""
 
 from collections.abc import Iterable
-from typing import Any
 
-__all__ = ["Canonicaliser", "KeyHash", "canonical_json", "decode_canonical", "encode_canonical"]
+__all__ = ["Canonicaliser", "KeyHash", "canonical_json"]
 
-def decode_canonical(body: bytes) -> Any: ...
-def encode_canonical(obj: Any) -> bytes: ...
 def canonical_json(body: bytes, ignored: Iterable[str] = ...) -> bytes | None: ...
 
 class Canonicaliser:

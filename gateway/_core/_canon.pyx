@@ -36,9 +36,8 @@ from libc.string cimport memcmp, memcpy
 
 from gateway._core.canon_py import canonical_json as _reference
 
-__all__ = ["Canonicaliser", "KeyHash", "canonical_json", "decode_canonical", "encode_canonical"]
+__all__ = ["Canonicaliser", "KeyHash", "canonical_json"]
 
-from gateway._core.canon_py import decode_canonical, encode_canonical
 
 DEF _MAX_DEPTH = 200
 #: a buffer grown past this many bytes is freed after the call (a large body's is not kept)

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["Canonicaliser", "KeyHash", "canonical_json", "decode_canonical", "encode_canonical"]
+__all__ = ["Canonicaliser", "KeyHash", "canonical_json"]
 
 
 def _number(text: str) -> Any:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Protocol
 
 from gateway import ir
-from gateway._core.canon import encode_canonical
+from gateway._core.canon_py import encode_canonical
 
 __all__ = ["Assembler", "ByteCodec", "Codec", "SSEAssembler", "Stored"]
 

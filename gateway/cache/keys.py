@@ -41,7 +41,8 @@ from typing import Any, Final
 
 import msgspec
 
-from gateway._core.canon import Canonicaliser, decode_canonical, encode_canonical
+from gateway._core.canon import Canonicaliser
+from gateway._core.canon_py import decode_canonical, encode_canonical
 from gateway.errors import BadRequest
 
 __all__ = [

@@ -393,99 +393,7 @@ class CachePhase(Phase):
         return slot
 
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
-        # PERF: a byte-identical repeat (a retry, the same SDK call) is one BLAKE2b over the raw bytes and
-        # two LRU lookups (its alias, then the entry it renders); anything else, a miss included, pays the
-        # canonical key as well (decode, sorted encode, hash)
-        endpoint = ctx.endpoint
-        if endpoint == "chat":
-            codec = _CHAT
-            heads = self.heads
-        else:  # another dialect's generation request (gateway.cache.codec), or not cached
-            found_codec = CODECS.get(endpoint)
-            if found_codec is None:
-                return None
-            codec = found_codec
-            heads = self.dialect_heads[endpoint]
-        key = ctx.key
-        if key is None:
-            tenant = key_id = None
-        else:
-            tenant, key_id = key.tenant.id, key.id
-        model = ctx.route_model or ctx.fields.model
-        slot = heads.get((tenant, key_id, model))
-        if slot is None:
-            slot = self._slot(heads, tenant, key_id, codec, endpoint, model)
-        policy, keyhash, aliases, deterministic, more = slot
-        if policy is None:
-            return None
-        cc = ctx.request.header(b"cache-control")
-        no_cache, no_store = (_DIRECTIVES.get(cc) or _cache_control(cc)) if cc else _NO_DIRECTIVES
-        body = ctx.body
-        extra = codec.headers(ctx) if codec is not _CHAT else b""
-        memory = self.memory
-        alias = None
-        now = 0.0
-        if aliases is not None and memory is not None and not no_cache:
-            # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
-            # under "always" must not answer under "deterministic"), the form asked for and the raw body,
-            # as they are (# PERF: the memory tier's dict hashes and compares them: exact, and cheaper
-            # than a BLAKE2b; a worker's memory is its own, so nothing needs a hash that travels)
-            alias = aliases[ctx.stream + 2 * ctx.include_usage] + extra + body
-            now = _monotonic()
-            rendered = memory.get(alias, now)
-            if rendered is not None:
-                value = rendered[0]
-                digest = value[:32]
-                found = memory.get(digest, now)
-                # valid while its entry lives unchanged (not purged, evicted, expired or refreshed)
-                if found is not None and found[1] == _ALIASED.unpack_from(value, 32)[0]:
-                    self.stats.hits_memory += 1
-                    state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model, codec)
-                    return self._rendered_hit(ctx, state, value)
-                memory.delete(alias)
-        # the key: an OpenAI chat body's canonical form written by the compiled canonicaliser straight from
-        # its bytes and hashed where it was written (gateway._core.canon); another dialect's, or one that
-        # the policy's ``when`` reads, decoded into its form first (the form the Redis and semantic tiers
-        # read is made when they need it)
-        form = None
-        if deterministic:
-            form = codec.form(ctx)
-            if not is_deterministic(form):
-                self.stats.bypass_policy += 1
-                ctx.response_headers.append(_BYPASS)
-                return None
-            digest = keyhash.digest(extra, _encode_form(form))
-        else:
-            found_key = keyhash.key(extra, body) if codec is _CHAT else None
-            # None: another dialect's, or not a JSON object (OpenAI chat's canonical raises why)
-            digest = keyhash.digest(extra, codec.canonical(ctx)) if found_key is None else found_key
-        state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model, codec)
-        if no_cache:
-            state.outcome = "bypass"
-            self.stats.bypass_nocache += 1
-            ctx.response_headers.append(_BYPASS)
-            return None
-        if memory is not None:
-            if not now:
-                now = _monotonic()
-            found = memory.get(digest, now)
-            if found is not None:
-                self.stats.hits_memory += 1
-                entry = _unpack(found[0])
-                reply = self._hit(ctx, state, entry)
-                left = found[1] + policy.ttl - now
-                if alias is not None and left > 0:  # the next byte-identical repeat answers from the alias
-                    cost = _NAN if entry.cost is None else entry.cost
-                    value = digest + _ALIASED.pack(found[1], entry.stored, cost) + reply.body
-                    memory.put(alias, value, now, left, (tenant, key_id, model))
-                return reply
-        if more:
-            if self.redis is not None:
-                return self._redis_lookup(ctx, state, form)
-            return self._semantic_lookup(ctx, state, form)
-        self.stats.misses += 1
-        ctx.response_headers.append(_MISS)
-        return None
+        return _lookup(self, ctx)
 
     async def _redis_lookup(
         self, ctx: Context, state: CacheState, form: dict[str, Any] | None
@@ -677,3 +585,101 @@ class RedisCachePhase(CachePhase):
     embeddings call, or both."""
 
     is_async: ClassVar[bool] = True
+
+
+def _lookup(phase: CachePhase, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
+    """``CachePhase.on_request`` (# PERF: a module function, so that the compiled module types its locals:
+    phase.pxd)."""
+    # PERF: a byte-identical repeat (a retry, the same SDK call) is two LRU lookups (its alias, then the
+    # entry it renders); anything else, a miss included, pays the key as well (the canonical form written
+    # and hashed in one compiled pass, gateway._core.canon) and one more LRU lookup
+    endpoint = ctx.endpoint
+    if endpoint == "chat":
+        codec = _CHAT
+        heads = phase.heads
+    else:  # another dialect's generation request (gateway.cache.codec), or not cached
+        found_codec = CODECS.get(endpoint)
+        if found_codec is None:
+            return None
+        codec = found_codec
+        heads = phase.dialect_heads[endpoint]
+    key = ctx.key
+    if key is None:
+        tenant = key_id = None
+    else:
+        tenant, key_id = key.tenant.id, key.id
+    model = ctx.route_model or ctx.fields.model
+    slot = heads.get((tenant, key_id, model))
+    if slot is None:
+        slot = phase._slot(heads, tenant, key_id, codec, endpoint, model)
+    policy, keyhash, aliases, deterministic, more = slot
+    if policy is None:
+        return None
+    cc = ctx.request.header(b"cache-control")
+    no_cache, no_store = (_DIRECTIVES.get(cc) or _cache_control(cc)) if cc else _NO_DIRECTIVES
+    body = ctx.body
+    extra = codec.headers(ctx) if codec is not _CHAT else b""
+    memory = phase.memory
+    alias = None
+    now = 0.0
+    if aliases is not None and memory is not None and not no_cache:
+        # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
+        # under "always" must not answer under "deterministic"), the form asked for and the raw body,
+        # as they are (# PERF: the memory tier's dict hashes and compares them: exact, and cheaper
+        # than a BLAKE2b; a worker's memory is its own, so nothing needs a hash that travels)
+        alias = aliases[ctx.stream + 2 * ctx.include_usage] + extra + body
+        now = _monotonic()
+        rendered = memory.get(alias, now)
+        if rendered is not None:
+            value = rendered[0]
+            digest = value[:32]
+            found = memory.get(digest, now)
+            # valid while its entry lives unchanged (not purged, evicted, expired or refreshed)
+            if found is not None and found[1] == _ALIASED.unpack_from(value, 32)[0]:
+                phase.stats.hits_memory += 1
+                state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model, codec)
+                return phase._rendered_hit(ctx, state, value)
+            memory.delete(alias)
+    # the key: an OpenAI chat body's canonical form written by the compiled canonicaliser straight from
+    # its bytes and hashed where it was written (gateway._core.canon); another dialect's, or one that
+    # the policy's ``when`` reads, decoded into its form first (the form the Redis and semantic tiers
+    # read is made when they need it)
+    form = None
+    if deterministic:
+        form = codec.form(ctx)
+        if not is_deterministic(form):
+            phase.stats.bypass_policy += 1
+            ctx.response_headers.append(_BYPASS)
+            return None
+        digest = keyhash.digest(extra, _encode_form(form))
+    else:
+        found_key = keyhash.key(extra, body) if codec is _CHAT else None
+        # None: another dialect's, or not a JSON object (OpenAI chat's canonical raises why)
+        digest = keyhash.digest(extra, codec.canonical(ctx)) if found_key is None else found_key
+    state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model, codec)
+    if no_cache:
+        state.outcome = "bypass"
+        phase.stats.bypass_nocache += 1
+        ctx.response_headers.append(_BYPASS)
+        return None
+    if memory is not None:
+        if not now:
+            now = _monotonic()
+        found = memory.get(digest, now)
+        if found is not None:
+            phase.stats.hits_memory += 1
+            entry = _unpack(found[0])
+            reply = phase._hit(ctx, state, entry)
+            left = found[1] + policy.ttl - now
+            if alias is not None and left > 0:  # the next byte-identical repeat answers from the alias
+                cost = _NAN if entry.cost is None else entry.cost
+                value = digest + _ALIASED.pack(found[1], entry.stored, cost) + reply.body
+                memory.put(alias, value, now, left, (tenant, key_id, model))
+            return reply
+    if more:
+        if phase.redis is not None:
+            return phase._redis_lookup(ctx, state, form)
+        return phase._semantic_lookup(ctx, state, form)
+    phase.stats.misses += 1
+    ctx.response_headers.append(_MISS)
+    return None
