@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
 from typing import Any, Final
 
 import msgspec
@@ -38,7 +38,15 @@ def _number(text: str) -> Any:
             return int(f)
         return f
     # beyond a double's range: the exact decimal value, written one way, tagged so it is never a string
-    return "\x00num:" + format(Decimal(text).normalize(), "E")
+    try:
+        return "\x00num:" + format(Decimal(text).normalize(_WIDE), "E")
+    except ArithmeticError:  # an exponent past even Decimal's widest range: the number as written
+        return "\x00num:" + text
+
+
+#: Decimal's default context (28 digits, half-even) with the widest exponent range: ``1e9999999999`` is
+#: normalised instead of raising Overflow (which escaped as a 500)
+_WIDE: Final = Context(prec=28, rounding=ROUND_HALF_EVEN, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 # PERF: built once; the hook runs only for numbers written with a fraction or an exponent

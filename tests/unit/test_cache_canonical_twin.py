@@ -8,6 +8,7 @@ these bytes, so any difference would split or merge cache entries.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -16,7 +17,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway._core import canon, canon_py
-from gateway.cache.keys import IGNORED_FIELDS, MESSAGES_IGNORED, RESPONSES_IGNORED, canonical, request_form
+from gateway.cache.keys import (
+    IGNORED_FIELDS,
+    MESSAGES_IGNORED,
+    RESPONSES_IGNORED,
+    KeyParts,
+    cache_key,
+    canonical,
+    key_head,
+    request_form,
+)
 
 try:
     from gateway._core import _canon
@@ -196,3 +206,72 @@ def test_large_bodies_and_deep_nesting() -> None:
     assert _both(body)[0] == _both(body)[1]
     deep = b'{"a":' + b"[" * 300 + b"1" + b"]" * 300 + b"}"  # past the walk's depth: the twin's answer
     assert _both(deep)[0] == _both(deep)[1]
+
+
+# -- the key's hash -------------------------------------------------------------------------------
+
+@needs_compiled
+@SETTINGS
+@given(st.binary(max_size=300), st.binary(max_size=200), st.binary(max_size=400))
+def test_compiled_blake2b_is_hashlibs(head: bytes, extra: bytes, canon: bytes) -> None:
+    """The compiled BLAKE2b against hashlib's, on every length around its 128-byte block."""
+    assert _canon is not None
+    compiled = _canon.KeyHash(head, _canon.Canonicaliser(IGNORED_FIELDS))
+    twin = canon_py.KeyHash(head, canon_py.Canonicaliser(IGNORED_FIELDS))
+    assert compiled.digest(extra, canon) == twin.digest(extra, canon)
+    assert compiled.digest(extra, canon) == hashlib.blake2b(head + extra + canon, digest_size=32).digest()
+
+
+@needs_compiled
+def test_compiled_blake2b_at_each_block_boundary() -> None:
+    assert _canon is not None
+    form = _canon.Canonicaliser(())
+    for n in range(0, 520):
+        data = bytes(range(256)) * 3
+        head, rest = data[: n // 2], data[n // 2 : n]
+        assert _canon.KeyHash(head, form).digest(b"", rest) == hashlib.blake2b(data[:n], digest_size=32).digest()
+
+
+@needs_compiled
+@SETTINGS
+@given(objects(), st.binary(max_size=40))
+def test_compiled_key_is_the_reference_key(text: str, extra: bytes) -> None:
+    """``KeyHash.key`` (the phase's call) is ``keys.cache_key`` over the decoded form (the reference)."""
+    assert _canon is not None
+    parts = KeyParts("t:alpha", "openai_chat", "chat", "mock-1")
+    head = key_head(parts)
+    body = text.encode()
+    compiled = _canon.KeyHash(head, _canon.Canonicaliser(IGNORED_FIELDS)).key(extra, body)
+    assert compiled == cache_key(head, request_form(body), extra)
+    assert compiled == canon_py.KeyHash(head, canon_py.Canonicaliser(IGNORED_FIELDS)).key(extra, body)
+
+
+@needs_compiled
+def test_usual_bodies_never_leave_the_compiled_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What SDKs send (unsorted keys, escapes, non-ASCII, fractions, exponents, tools, ignored fields)
+    is written by the walk itself: the twin is not called (the miss's cost depends on it)."""
+    assert _canon is not None
+
+    def refuse(body: bytes, ignored: object) -> None:
+        raise AssertionError(f"fell back to the twin: {body!r}")
+
+    monkeypatch.setattr(_canon, "_reference", refuse)
+    bodies = [
+        b'{"model":"mock-1","messages":[{"role":"user","content":"hello there"}]}',
+        json.dumps({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": "Be brief.\n\"Quote\" \\ tab\t"},
+            {"role": "user", "content": "caf\u00e9 \U0001f600 \u2028"}],
+            "temperature": 0.7, "top_p": 1.0, "max_tokens": 256, "seed": 42, "stream": True,
+            "stream_options": {"include_usage": True}, "user": "u-1", "frequency_penalty": -0.5,
+            "logit_bias": {"50256": -100}, "tools": [{"type": "function", "function": {
+                "name": "get_weather", "parameters": {"type": "object", "required": ["city"],
+                                                       "properties": {"city": {"type": "string"}}}}}],
+            "response_format": {"type": "json_object"}, "n": 1, "stop": ["\n\n"], "x": [1e-7, 2.5e10, 0.0001],
+        }).encode(),
+        json.dumps({"messages": [{"role": "user", "content": "\u00e9\u00e8"}], "model": "m"},
+                   ensure_ascii=True, indent=2).encode(),
+    ]
+    keyhash = _canon.KeyHash(b"head", _canon.Canonicaliser(IGNORED_FIELDS))
+    for body in bodies:
+        assert _canon.Canonicaliser(IGNORED_FIELDS).canonical(body) == canon_py.canonical_json(body, IGNORED_FIELDS)
+        assert keyhash.key(b"", body) is not None
