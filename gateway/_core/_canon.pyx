@@ -733,81 +733,67 @@ cdef class Canonicaliser:
 
 from libc.stdint cimport uint8_t, uint64_t
 
-cdef uint64_t _IV[8]
-_IV[:] = [0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
-          0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL]
-
-cdef uint8_t _SIGMA[12][16]
-_SIGMA[0][:] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
-_SIGMA[1][:] = [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3]
-_SIGMA[2][:] = [11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4]
-_SIGMA[3][:] = [7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8]
-_SIGMA[4][:] = [9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13]
-_SIGMA[5][:] = [2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9]
-_SIGMA[6][:] = [12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11]
-_SIGMA[7][:] = [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10]
-_SIGMA[8][:] = [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5]
-_SIGMA[9][:] = [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0]
-_SIGMA[10][:] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
-_SIGMA[11][:] = [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3]
-
-
-# Blake (the .pxd): the chaining value h, the bytes compressed so far t (a key's input is far below
-# 2**64), the block not yet compressed (buf, buflen)
-
-
-cdef inline uint64_t _rotr(uint64_t x, int n) noexcept:
-    return (x >> n) | (x << (64 - n))
-
-
-cdef inline uint64_t _load64(const uint8_t* p) noexcept:
-    return (<uint64_t>p[0] | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16) | (<uint64_t>p[3] << 24)
-            | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40) | (<uint64_t>p[6] << 48)
-            | (<uint64_t>p[7] << 56))
-
-
-cdef void _compress(Blake* b, const uint8_t* block, bint last) noexcept:
-    cdef uint64_t m[16]
-    cdef uint64_t v[16]
-    cdef int i, r
-    cdef const uint8_t* s
-    for i in range(16):
-        m[i] = _load64(block + 8 * i)
-    for i in range(8):
-        v[i] = b.h[i]
-        v[i + 8] = _IV[i]
-    v[12] ^= b.t
-    if last:
-        v[14] = ~v[14]
-    for r in range(12):
-        s = _SIGMA[r]
-        _g(v, 0, 4, 8, 12, m[s[0]], m[s[1]])
-        _g(v, 1, 5, 9, 13, m[s[2]], m[s[3]])
-        _g(v, 2, 6, 10, 14, m[s[4]], m[s[5]])
-        _g(v, 3, 7, 11, 15, m[s[6]], m[s[7]])
-        _g(v, 0, 5, 10, 15, m[s[8]], m[s[9]])
-        _g(v, 1, 6, 11, 12, m[s[10]], m[s[11]])
-        _g(v, 2, 7, 8, 13, m[s[12]], m[s[13]])
-        _g(v, 3, 4, 9, 14, m[s[14]], m[s[15]])
-    for i in range(8):
-        b.h[i] ^= v[i] ^ v[i + 8]
+cdef extern from *:
+    """
+    /* BLAKE2b's compression function (RFC 7693, section 3.2), its rounds unrolled over sixteen locals */
+    static const uint64_t gw_blake2b_iv[8] = {
+        0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+        0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL};
+    static const uint8_t gw_blake2b_sigma[12][16] = {
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+        {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+        {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+        {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+        {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+        {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+        {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+        {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+        {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+        {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+    #define GW_ROTR64(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+    #define GW_G(r, i, a, b, c, d) do { \
+        a = a + b + m[gw_blake2b_sigma[r][2 * i]]; d = GW_ROTR64(d ^ a, 32); \
+        c = c + d; b = GW_ROTR64(b ^ c, 24); \
+        a = a + b + m[gw_blake2b_sigma[r][2 * i + 1]]; d = GW_ROTR64(d ^ a, 16); \
+        c = c + d; b = GW_ROTR64(b ^ c, 63); } while (0)
+    #define GW_ROUND(r) do { \
+        GW_G(r, 0, v0, v4, v8, v12); GW_G(r, 1, v1, v5, v9, v13); \
+        GW_G(r, 2, v2, v6, v10, v14); GW_G(r, 3, v3, v7, v11, v15); \
+        GW_G(r, 4, v0, v5, v10, v15); GW_G(r, 5, v1, v6, v11, v12); \
+        GW_G(r, 6, v2, v7, v8, v13); GW_G(r, 7, v3, v4, v9, v14); } while (0)
+    static void gw_blake2b_compress(uint64_t *h, const uint8_t *block, uint64_t t, int last) {
+        uint64_t m[16];
+        int i;
+        for (i = 0; i < 16; i++) {
+            const uint8_t *p = block + 8 * i;
+            m[i] = (uint64_t)p[0] | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) | ((uint64_t)p[3] << 24)
+                 | ((uint64_t)p[4] << 32) | ((uint64_t)p[5] << 40) | ((uint64_t)p[6] << 48)
+                 | ((uint64_t)p[7] << 56);
+        }
+        uint64_t v0 = h[0], v1 = h[1], v2 = h[2], v3 = h[3], v4 = h[4], v5 = h[5], v6 = h[6], v7 = h[7];
+        uint64_t v8 = gw_blake2b_iv[0], v9 = gw_blake2b_iv[1], v10 = gw_blake2b_iv[2];
+        uint64_t v11 = gw_blake2b_iv[3], v12 = gw_blake2b_iv[4] ^ t, v13 = gw_blake2b_iv[5];
+        uint64_t v14 = last ? ~gw_blake2b_iv[6] : gw_blake2b_iv[6], v15 = gw_blake2b_iv[7];
+        GW_ROUND(0); GW_ROUND(1); GW_ROUND(2); GW_ROUND(3); GW_ROUND(4); GW_ROUND(5);
+        GW_ROUND(6); GW_ROUND(7); GW_ROUND(8); GW_ROUND(9); GW_ROUND(10); GW_ROUND(11);
+        h[0] ^= v0 ^ v8; h[1] ^= v1 ^ v9; h[2] ^= v2 ^ v10; h[3] ^= v3 ^ v11;
+        h[4] ^= v4 ^ v12; h[5] ^= v5 ^ v13; h[6] ^= v6 ^ v14; h[7] ^= v7 ^ v15;
+    }
+    """
+    const uint64_t* gw_blake2b_iv
+    void gw_blake2b_compress(uint64_t* h, const uint8_t* block, uint64_t t, int last) noexcept
 
 
-cdef inline void _g(uint64_t* v, int a, int b, int c, int d, uint64_t x, uint64_t y) noexcept:
-    v[a] = v[a] + v[b] + x
-    v[d] = _rotr(v[d] ^ v[a], 32)
-    v[c] = v[c] + v[d]
-    v[b] = _rotr(v[b] ^ v[c], 24)
-    v[a] = v[a] + v[b] + y
-    v[d] = _rotr(v[d] ^ v[a], 16)
-    v[c] = v[c] + v[d]
-    v[b] = _rotr(v[b] ^ v[c], 63)
+cdef inline void _compress(Blake* b, const uint8_t* block, bint last) noexcept:
+    gw_blake2b_compress(b.h, block, b.t, last)
 
 
 cdef void _blake_init(Blake* b) noexcept:
     cdef int i
     for i in range(8):
-        b.h[i] = _IV[i]
+        b.h[i] = gw_blake2b_iv[i]
     b.h[0] ^= 0x01010000ULL ^ 32  # digest length 32, no key, fanout 1, depth 1
     b.t = 0
     b.buflen = 0
