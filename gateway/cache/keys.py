@@ -46,9 +46,9 @@ from gateway._core.canon_py import decode_canonical, encode_canonical
 from gateway.errors import BadRequest
 
 __all__ = [
-    "CHAT_FORM", "IGNORED_FIELDS", "MESSAGES_IGNORED", "RESPONSES_IGNORED", "KeyParts", "cache_key",
-    "canonical", "header_part", "is_deterministic", "key_head", "messages_form", "namespace", "request_form",
-    "responses_form",
+    "CHAT_FORM", "IGNORED_FIELDS", "MESSAGES_FORM", "MESSAGES_IGNORED", "RESPONSES_IGNORED", "KeyParts",
+    "cache_key", "canonical", "header_part", "is_deterministic", "key_head", "messages_canonical",
+    "messages_form", "namespace", "request_form", "responses_form",
 ]
 
 #: request fields that never change the answer (OpenAI chat)
@@ -68,6 +68,8 @@ _encode: Final = encode_canonical
 #: the canonical form of an OpenAI chat body, without the fields that do not change its answer (# PERF:
 #: compiled, one pass over the bytes: gateway._core.canon)
 CHAT_FORM: Final = Canonicaliser(IGNORED_FIELDS)
+#: the same for an Anthropic Messages body (its ``cache_control`` marks are left out by ``messages_form``)
+MESSAGES_FORM: Final = Canonicaliser(MESSAGES_IGNORED)
 
 
 def request_form(body: bytes, ignored: tuple[str, ...] = IGNORED_FIELDS) -> dict[str, Any]:
@@ -108,6 +110,17 @@ def messages_form(body: bytes) -> dict[str, Any]:
             if isinstance(m, dict):
                 _unmark(m.get("content"))
     return form
+
+
+def messages_canonical(body: bytes) -> bytes:
+    """``messages_form`` written with its object keys sorted. # PERF: in one compiled pass when the body
+    has no ``cache_control`` key anywhere: there is no mark to leave out, and the two forms are the same
+    (the canonical bytes hold a key named so exactly when they hold ``"cache_control"``: nothing in the
+    name is escaped; a string of that text only sends the body the long way)."""
+    out = MESSAGES_FORM.canonical(body)
+    if out is not None and b'"cache_control"' not in out:
+        return out
+    return _encode(messages_form(body))
 
 
 def responses_form(body: bytes, previous: list[Any] | None) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from gateway.cache.keys import (
     cache_key,
     canonical,
     key_head,
+    messages_canonical,
+    messages_form,
     request_form,
 )
 
@@ -275,3 +277,36 @@ def test_usual_bodies_never_leave_the_compiled_walk(monkeypatch: pytest.MonkeyPa
     for body in bodies:
         assert _canon.Canonicaliser(IGNORED_FIELDS).canonical(body) == canon_py.canonical_json(body, IGNORED_FIELDS)
         assert keyhash.key(b"", body) is not None
+
+
+# -- Anthropic Messages ---------------------------------------------------------------------------
+
+MARK = '"cache_control":{"type":"ephemeral"}'
+
+
+@st.composite
+def messages_bodies(draw: st.DrawFn) -> str:
+    """A Messages body whose blocks, tools and system are marked for Anthropic's prompt cache or not, with
+    ``cache_control`` sometimes elsewhere (a tool's schema property, a string)."""
+    def block(text: str) -> str:
+        mark = "," + MARK if draw(st.booleans()) else ""
+        return f'{{"type":"text","text":{json.dumps(text)}{mark}}}'
+
+    texts = draw(st.lists(st.text(max_size=8), min_size=1, max_size=3))
+    content = "[" + ",".join(block(t) for t in texts) + "]"
+    system = draw(st.sampled_from(["", ',"system":"be brief"', ',"system":[' + block("sys") + "]"]))
+    prop = draw(st.sampled_from(["city", "cache_control"]))
+    tool_mark = "," + MARK if draw(st.booleans()) else ""
+    tool = f'{{"name":"t","input_schema":{{"type":"object","properties":{{"{prop}":{{"type":"string"}}}}}}{tool_mark}}}'
+    tools = draw(st.sampled_from(["", f',"tools":[{tool}]']))
+    extra = draw(st.sampled_from(["", ',"stream":true', ',"metadata":{"user_id":"u"}', ',"x":"cache_control"']))
+    tokens = draw(st.integers(1, 9))
+    return f'{{"model":"claude","max_tokens":{tokens},"messages":[{{"role":"user","content":{content}}}]{system}{tools}{extra}}}'
+
+
+@SETTINGS
+@given(messages_bodies() | objects())
+def test_messages_canonical_is_the_messages_form(text: str) -> None:
+    """The compiled Messages key body equals ``messages_form`` encoded (the reference), marks or not."""
+    body = text.encode()
+    assert messages_canonical(body) == canon_py.encode_canonical(messages_form(body))
