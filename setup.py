@@ -31,6 +31,7 @@ CORE_MODULES = {
     "gateway._core._scan": "gateway/_core/_scan.pyx",
     "gateway._core._awsevent": "gateway/_core/_awsevent.pyx",
     "gateway._core._recline": "gateway/_core/_recline.pyx",
+    "gateway._core._canon": "gateway/_core/_canon.pyx",
 }
 
 

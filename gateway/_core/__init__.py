@@ -60,7 +60,7 @@ def export(name: str, namespace: dict[str, Any]) -> None:
 #: request-path modules compiled from their Python source; setup.py reads this tuple (the one list)
 SOURCE_MODULES = (
     "gateway.context", "gateway.engine", "gateway.providers.openai", "gateway.server.listener",
-    "gateway.server.pool", "gateway.observe.rows", "gateway.observe.genai",
+    "gateway.server.pool", "gateway.observe.rows", "gateway.observe.genai", "gateway.cache.phase",
 )
 
 
@@ -107,9 +107,9 @@ def _is_extension(name: str) -> bool:
 def compiled() -> dict[str, bool]:
     """Which modules run compiled in this process (for ``gateway check`` and the benchmarks): the core's
     and the request path's."""
-    from gateway._core import awsevent, cache, http, jsoncheck, limit, recline, route, scan, sse
+    from gateway._core import awsevent, cache, canon, http, jsoncheck, limit, recline, route, scan, sse
 
-    core = (http, limit, route, sse, jsoncheck, cache, scan, awsevent, recline)
+    core = (http, limit, route, sse, jsoncheck, cache, scan, awsevent, recline, canon)
     out = {m.__name__.rsplit(".", 1)[-1]: m.COMPILED for m in core}
     for name in SOURCE_MODULES:
         out[name.rsplit(".", 1)[-1]] = _is_extension(name)

@@ -34,7 +34,7 @@ import msgspec
 
 from gateway import ir
 from gateway.cache.codec import ByteCodec, SSEAssembler, Stored
-from gateway.cache.keys import header_part, messages_form
+from gateway.cache.keys import header_part, messages_canonical, messages_form
 from gateway.dialects.anthropic_messages import EventEncoder, encode_response
 from gateway.providers.bridge import response_events
 
@@ -305,6 +305,9 @@ class AnthropicMessagesCodec(ByteCodec):
 
     def form(self, ctx: Any) -> dict[str, Any]:
         return messages_form(ctx.body)
+
+    def canonical(self, ctx: Any) -> bytes:
+        return messages_canonical(ctx.body)  # compiled, from the bytes, when no block is marked
 
     def headers(self, ctx: Any) -> bytes:
         """``anthropic-beta`` and ``anthropic-version``: an Anthropic upstream gets them (they are its

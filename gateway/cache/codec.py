@@ -6,6 +6,8 @@ is what one client dialect adds around them, and the phase picks it by the reque
 
     codec method          the phase calls it          does
     form(ctx)             on_request                  the request in canonical form (gateway.cache.keys)
+    canonical(ctx)        on_request                  that form as the key's bytes (sorted keys; OpenAI
+                                                      chat's written by the compiled canonicaliser)
     headers(ctx)          on_request                  request headers that change the answer, as a part
                                                       of the key (``keys.header_part``; most: none)
     answer(ctx, body,     on_settle                   the answer the client was sent, as (IR, created);
@@ -29,6 +31,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Protocol
 
 from gateway import ir
+from gateway._core.canon_py import encode_canonical
 
 __all__ = ["Assembler", "ByteCodec", "Codec", "SSEAssembler", "Stored"]
 
@@ -108,6 +111,10 @@ class Codec:
 
     def form(self, ctx: Any) -> dict[str, Any]:
         raise NotImplementedError
+
+    def canonical(self, ctx: Any) -> bytes:
+        """``form`` written with its object keys sorted (the hashed body of the key)."""
+        return encode_canonical(self.form(ctx))
 
     def headers(self, ctx: Any) -> bytes:
         return b""

@@ -22,7 +22,7 @@ import msgspec
 
 from gateway import ir
 from gateway.cache.codec import ByteCodec, SSEAssembler
-from gateway.cache.keys import request_form
+from gateway.cache.keys import canonical, request_form
 from gateway.dialects.openai_chat import ChunkEncoder, encode_response
 
 __all__ = ["OpenAIChatCodec", "StreamAssembler", "read_whole", "replay"]
@@ -36,30 +36,32 @@ _STOP: Final[dict[str, ir.StopReason]] = {
 }
 
 
-class _Details(msgspec.Struct):
+# PERF: gc=False: decoded from JSON, these hold a tree and never a cycle, so the cycle collector need not
+# track them (a whole answer and every chunk of a watched stream is decoded into them)
+class _Details(msgspec.Struct, gc=False):
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     prompt_tokens_details: _Details | None = None
     completion_tokens_details: _Details | None = None
 
 
-class _Function(msgspec.Struct):
+class _Function(msgspec.Struct, gc=False):
     name: str | None = None
     arguments: str | None = None
 
 
-class _ToolCall(msgspec.Struct):
+class _ToolCall(msgspec.Struct, gc=False):
     index: int = 0
     id: str | None = None
     function: _Function | None = None
 
 
-class _Message(msgspec.Struct):
+class _Message(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning_content: str | None = None
     thinking_blocks: list[dict[str, Any]] | None = None
@@ -68,7 +70,7 @@ class _Message(msgspec.Struct):
     audio: Any = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     index: int = 0
     message: _Message | None = None
     delta: _Message | None = None
@@ -76,7 +78,7 @@ class _Choice(msgspec.Struct):
     logprobs: Any = None
 
 
-class _Answer(msgspec.Struct):
+class _Answer(msgspec.Struct, gc=False):
     """A ``chat.completion`` or ``chat.completion.chunk``, as far as the cache reads it."""
 
     id: str = ""
@@ -303,6 +305,9 @@ class OpenAIChatCodec(ByteCodec):
 
     def form(self, ctx: Any) -> dict[str, Any]:
         return request_form(ctx.body)
+
+    def canonical(self, ctx: Any) -> bytes:
+        return canonical(ctx.body)  # compiled, from the bytes: no decoded form
 
     def read_whole(self, body: bytes) -> tuple[ir.Response, int] | None:
         return read_whole(body)

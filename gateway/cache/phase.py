@@ -31,7 +31,6 @@ original call had (``cost_saved_usd``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import struct
 import time
@@ -42,12 +41,13 @@ import msgspec
 
 from gateway import ir
 from gateway._core.cache import LRUCache
+from gateway._core.canon import KeyHash
 from gateway.auth.applied import node_directory
 from gateway.cache.admin import PURGE_POLL, PurgeOrder, PurgeWatch, decode_order
 from gateway.cache.anthropic_messages import AnthropicMessagesCodec
 from gateway.cache.codec import Assembler, Codec
 from gateway.cache.config import CacheConfig, CachePolicy
-from gateway.cache.keys import KeyParts, is_deterministic, key_head, namespace
+from gateway.cache.keys import CHAT_FORM, KeyParts, is_deterministic, key_head, namespace
 from gateway.cache.keys import _encode as _encode_form
 from gateway.cache.openai_chat import OpenAIChatCodec
 from gateway.cache.openai_responses import OpenAIResponsesCodec
@@ -78,6 +78,9 @@ _JSON = ("content-type", "application/json")
 _SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
 _MISS = ("x-gateway-cache", "miss")
 _NO_DIRECTIVES = (False, False)
+#: (no_cache, no_store) of the Cache-Control values clients send most, as sent (# PERF: one dict lookup;
+#: any other value is parsed, ``_cache_control``)
+_DIRECTIVES: dict[bytes, tuple[bool, bool]] = {}
 #: the form asked for: whole, stream, (whole), stream with usage
 _VARIANTS = (b"\x01", b"\x02", b"\x01", b"\x03")
 #: an alias's value: the entry's key (32 bytes), then when the entry was put in memory (monotonic: the
@@ -94,9 +97,14 @@ STREAM_LOOKBACK = 60.0
 #: the render memo's byte bound (a worker with a Redis tier): the rendered answers of recent Redis hits
 RENDER_MEMO_BYTES = 8 * 1024 * 1024
 _NAN = float("nan")
-_UNKNOWN: Any = object()
+#: what a lookup of one caller (tenant, key) and model needs, made once (``CachePhase._slot``): the
+#: model's policy (None: not cached); the key's hash with its head already read (gateway._core.canon:
+#: OpenAI chat's canonical form and BLAKE2b in one compiled call); the alias prefixes of the four forms
+#: asked for (the head and the policy's ``when``; None: no aliases); whether ``when`` is
+#: "deterministic"; whether a memory miss goes on to the Redis or the semantic tier
+_Slot = tuple[CachePolicy | None, KeyHash, tuple[bytes, ...] | None, bool, bool]
+_NOT_CACHED: _Slot = (None, KeyHash(b"", CHAT_FORM), None, False, False)
 _monotonic = time.monotonic
-_blake2b = hashlib.blake2b
 _BYPASS = ("x-gateway-cache", "bypass")
 _JSON_HIT = (_JSON, ("x-gateway-cache", "hit"))
 _SSE_HIT = (*_SSE, ("x-gateway-cache", "hit"))
@@ -204,6 +212,11 @@ def _cache_control(value: bytes) -> tuple[bool, bool]:
         elif d == b"no-store":
             no_store = True
     return no_cache, no_store
+
+
+_DIRECTIVES.update((v, _cache_control(v)) for v in (
+    b"no-cache", b"no-store", b"max-age=0", b"no-cache, no-store", b"no-store, no-cache",
+    b"no-cache,no-store", b"no-store,no-cache"))
 
 
 def _stream_start() -> bytes:
@@ -341,11 +354,10 @@ class CachePhase(Phase):
         # PERF: the policy of every configured model resolved once (None: not cached)
         self.policies: dict[str, CachePolicy | None] = {}
         self.config: CacheConfig = c
-        #: (tenant, key id, model) -> the key's head (gateway.cache.keys.key_head)
-        #: and a BLAKE2b that has read it (# PERF: copied per key: cheaper than a new one over the head),
-        #: for OpenAI chat; the other dialects' in ``dialect_heads``, by endpoint
-        self.heads: dict[tuple[str | None, str | None, str], tuple[bytes, Any]] = {}
-        self.dialect_heads: dict[str, dict[tuple[str | None, str | None, str], tuple[bytes, Any]]] = {
+        #: (tenant, key id, model) -> what a lookup of that caller and model needs (``_Slot``), for OpenAI
+        #: chat; the other dialects' in ``dialect_heads``, by endpoint
+        self.heads: dict[tuple[str | None, str | None, str], _Slot] = {}
+        self.dialect_heads: dict[str, dict[tuple[str | None, str | None, str], _Slot]] = {
             endpoint: {} for endpoint in CODECS if endpoint != "chat"}
         #: (tenant, key id, model) -> its entries' Redis key up to the hash (redis_tier.redis_key_head)
         self.rheads: dict[tuple[str | None, str | None, str], str] = {}
@@ -359,106 +371,33 @@ class CachePhase(Phase):
             p = self.policies[model] = self.config.policy(model)
             return p
 
-    def _head(self, heads: dict[Any, tuple[bytes, Any]], policy: CachePolicy, tenant: str | None,
-              key_id: str | None, codec: Codec, endpoint: str, model: str) -> tuple[bytes, Any]:
-        """The key's head of this caller, dialect and model (built once: the phase is rebuilt on reload)."""
+    def _slot(self, heads: dict[Any, _Slot], tenant: str | None, key_id: str | None, codec: Codec,
+              endpoint: str, model: str) -> _Slot:
+        """What a lookup of this caller, dialect and model needs (``_Slot``), made on its first request
+        (# PERF: once, not per request; the phase is rebuilt on reload, and with it every slot)."""
         if len(heads) > 65536:
             heads.clear()
-        space = namespace(policy.scope, tenant, key_id)
-        head = key_head(KeyParts(space, codec.name, endpoint, model))
-        found = heads[(tenant, key_id, model)] = (head, _blake2b(head, digest_size=32))
-        return found
+        policy = self._policy(model)
+        if policy is None:
+            slot: _Slot = _NOT_CACHED
+        else:
+            space = namespace(policy.scope, tenant, key_id)
+            head = key_head(KeyParts(space, codec.name, endpoint, model))
+            aliases = None
+            if self.memory is not None and not self.count_tokens and codec.renders:
+                aliases = tuple(head + tag for tag in _ALIAS[policy.when])
+            more = self.redis is not None or (
+                policy.semantic is not None and self.semantic is not None and codec.semantic)
+            slot = (policy, KeyHash(head, CHAT_FORM), aliases, policy.when == "deterministic", more)
+        heads[(tenant, key_id, model)] = slot
+        return slot
 
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
-        # PERF: a byte-identical repeat (a retry, the same SDK call) is one BLAKE2b over the raw bytes and
-        # two LRU lookups (its alias, then the entry it renders); anything else, a miss included, pays the
-        # canonical key as well (decode, sorted encode, hash)
-        endpoint = ctx.endpoint
-        if endpoint == "chat":
-            codec = _CHAT
-            heads = self.heads
-        else:  # another dialect's generation request (gateway.cache.codec), or not cached
-            found_codec = CODECS.get(endpoint)
-            if found_codec is None:
-                return None
-            codec = found_codec
-            heads = self.dialect_heads[endpoint]
-        model = ctx.route_model or ctx.fields.model
-        policy: CachePolicy | None = self.policies.get(model, _UNKNOWN)
-        if policy is _UNKNOWN:
-            policy = self._policy(model)
-        if policy is None:
-            return None
-        cc = ctx.request.header(b"cache-control")
-        no_cache, no_store = _cache_control(cc) if cc else _NO_DIRECTIVES
-        key = ctx.key
-        if key is None:
-            tenant = key_id = None
-        else:
-            tenant, key_id = key.tenant.id, key.id
-        prepared = heads.get((tenant, key_id, model))
-        if prepared is None:
-            prepared = self._head(heads, policy, tenant, key_id, codec, endpoint, model)
-        head = prepared[0]
-        extra = codec.headers(ctx) if codec is not _CHAT else b""
-        memory = self.memory
-        alias = None
-        if memory is not None and not no_cache and not self.count_tokens and codec.renders:
-            # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
-            # under "always" must not answer under "deterministic"), the form asked for and the raw body,
-            # as they are (# PERF: the memory tier's dict hashes and compares them: exact, and cheaper
-            # than a BLAKE2b; a worker's memory is its own, so nothing needs a hash that travels)
-            alias = head + _ALIAS[policy.when][ctx.stream + 2 * ctx.include_usage] + extra + ctx.body
-            now = _monotonic()
-            rendered = memory.get(alias, now)
-            if rendered is not None:
-                value = rendered[0]
-                digest = value[:32]
-                found = memory.get(digest, now)
-                # valid while its entry lives unchanged (not purged, evicted, expired or refreshed)
-                if found is not None and found[1] == _ALIASED.unpack_from(value, 32)[0]:
-                    self.stats.hits_memory += 1
-                    state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model, codec)
-                    return self._rendered_hit(ctx, state, value)
-                memory.delete(alias)
-        form = codec.form(ctx)
-        if policy.when == "deterministic" and not is_deterministic(form):
-            self.stats.bypass_policy += 1
-            ctx.response_headers.append(_BYPASS)
-            return None
-        hasher = prepared[1].copy()
-        if extra:
-            hasher.update(extra)
-        hasher.update(_encode_form(form))
-        digest = hasher.digest()
-        state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model, codec)
-        if no_cache:
-            state.outcome = "bypass"
-            self.stats.bypass_nocache += 1
-            ctx.response_headers.append(_BYPASS)
-            return None
-        if memory is not None:
-            now = _monotonic()
-            found = memory.get(digest, now)
-            if found is not None:
-                self.stats.hits_memory += 1
-                entry = _unpack(found[0])
-                reply = self._hit(ctx, state, entry)
-                left = found[1] + policy.ttl - now
-                if alias is not None and left > 0:  # the next byte-identical repeat answers from the alias
-                    cost = _NAN if entry.cost is None else entry.cost
-                    value = digest + _ALIASED.pack(found[1], entry.stored, cost) + reply.body
-                    memory.put(alias, value, now, left, (tenant, key_id, model))
-                return reply
-        if self.redis is not None:
-            return self._redis_lookup(ctx, state, form)
-        if policy.semantic is not None and self.semantic is not None and codec.semantic:
-            return self._semantic_lookup(ctx, state, form)
-        self.stats.misses += 1
-        ctx.response_headers.append(_MISS)
-        return None
+        return _lookup(self, ctx)
 
-    async def _redis_lookup(self, ctx: Context, state: CacheState, form: dict[str, Any]) -> Reply | None:
+    async def _redis_lookup(
+        self, ctx: Context, state: CacheState, form: dict[str, Any] | None
+    ) -> Reply | None:
         # PERF: a Redis hit is one GET, then the answer rendered in the form asked for from the render
         # memo (keyed by the form and the very value GET returned: it never answers what Redis does not
         # hold now)
@@ -511,13 +450,17 @@ class CachePhase(Phase):
         ctx.response_headers.append(_MISS)
         return None
 
-    async def _semantic_lookup(self, ctx: Context, state: CacheState, form: dict[str, Any]) -> Reply | None:
+    async def _semantic_lookup(
+        self, ctx: Context, state: CacheState, form: dict[str, Any] | None
+    ) -> Reply | None:
         """The exact tiers missed: a neighbour's answer (gateway.cache.semantic), else a miss."""
         tier = self.semantic
         policy = state.policy
         assert tier is not None and policy.semantic is not None
         space = namespace(policy.scope, state.tenant, state.key_id)
         codec = state.codec
+        if form is None:
+            form = codec.form(ctx)
         pending, found = await tier.nearest(ctx, space, state.model, policy.semantic, form, codec.name,
                                             codec.headers(ctx))
         if pending is not None and state.store:
@@ -642,3 +585,101 @@ class RedisCachePhase(CachePhase):
     embeddings call, or both."""
 
     is_async: ClassVar[bool] = True
+
+
+def _lookup(phase: CachePhase, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
+    """``CachePhase.on_request`` (# PERF: a module function, so that the compiled module types its locals:
+    phase.pxd)."""
+    # PERF: a byte-identical repeat (a retry, the same SDK call) is two LRU lookups (its alias, then the
+    # entry it renders); anything else, a miss included, pays the key as well (the canonical form written
+    # and hashed in one compiled pass, gateway._core.canon) and one more LRU lookup
+    endpoint = ctx.endpoint
+    if endpoint == "chat":
+        codec = _CHAT
+        heads = phase.heads
+    else:  # another dialect's generation request (gateway.cache.codec), or not cached
+        found_codec = CODECS.get(endpoint)
+        if found_codec is None:
+            return None
+        codec = found_codec
+        heads = phase.dialect_heads[endpoint]
+    key = ctx.key
+    if key is None:
+        tenant = key_id = None
+    else:
+        tenant, key_id = key.tenant.id, key.id
+    model = ctx.route_model or ctx.fields.model
+    slot = heads.get((tenant, key_id, model))
+    if slot is None:
+        slot = phase._slot(heads, tenant, key_id, codec, endpoint, model)
+    policy, keyhash, aliases, deterministic, more = slot
+    if policy is None:
+        return None
+    cc = ctx.request.header(b"cache-control")
+    no_cache, no_store = (_DIRECTIVES.get(cc) or _cache_control(cc)) if cc else _NO_DIRECTIVES
+    body = ctx.body
+    extra = codec.headers(ctx) if codec is not _CHAT else b""
+    memory = phase.memory
+    alias = None
+    now = 0.0
+    if aliases is not None and memory is not None and not no_cache:
+        # the alias of the rendered answer: this caller's head, the policy's ``when`` (an alias made
+        # under "always" must not answer under "deterministic"), the form asked for and the raw body,
+        # as they are (# PERF: the memory tier's dict hashes and compares them: exact, and cheaper
+        # than a BLAKE2b; a worker's memory is its own, so nothing needs a hash that travels)
+        alias = aliases[ctx.stream + 2 * ctx.include_usage] + extra + body
+        now = _monotonic()
+        rendered = memory.get(alias, now)
+        if rendered is not None:
+            value = rendered[0]
+            digest = value[:32]
+            found = memory.get(digest, now)
+            # valid while its entry lives unchanged (not purged, evicted, expired or refreshed)
+            if found is not None and found[1] == _ALIASED.unpack_from(value, 32)[0]:
+                phase.stats.hits_memory += 1
+                state = ctx.cache = CacheState(digest, policy, False, tenant, key_id, model, codec)
+                return phase._rendered_hit(ctx, state, value)
+            memory.delete(alias)
+    # the key: an OpenAI chat body's canonical form written by the compiled canonicaliser straight from
+    # its bytes and hashed where it was written (gateway._core.canon); another dialect's, or one that
+    # the policy's ``when`` reads, decoded into its form first (the form the Redis and semantic tiers
+    # read is made when they need it)
+    form = None
+    if deterministic:
+        form = codec.form(ctx)
+        if not is_deterministic(form):
+            phase.stats.bypass_policy += 1
+            ctx.response_headers.append(_BYPASS)
+            return None
+        digest = keyhash.digest(extra, _encode_form(form))
+    else:
+        found_key = keyhash.key(extra, body) if codec is _CHAT else None
+        # None: another dialect's, or not a JSON object (OpenAI chat's canonical raises why)
+        digest = keyhash.digest(extra, codec.canonical(ctx)) if found_key is None else found_key
+    state = ctx.cache = CacheState(digest, policy, not no_store, tenant, key_id, model, codec)
+    if no_cache:
+        state.outcome = "bypass"
+        phase.stats.bypass_nocache += 1
+        ctx.response_headers.append(_BYPASS)
+        return None
+    if memory is not None:
+        if not now:
+            now = _monotonic()
+        found = memory.get(digest, now)
+        if found is not None:
+            phase.stats.hits_memory += 1
+            entry = _unpack(found[0])
+            reply = phase._hit(ctx, state, entry)
+            left = found[1] + policy.ttl - now
+            if alias is not None and left > 0:  # the next byte-identical repeat answers from the alias
+                cost = _NAN if entry.cost is None else entry.cost
+                value = digest + _ALIASED.pack(found[1], entry.stored, cost) + reply.body
+                memory.put(alias, value, now, left, (tenant, key_id, model))
+            return reply
+    if more:
+        if phase.redis is not None:
+            return phase._redis_lookup(ctx, state, form)
+        return phase._semantic_lookup(ctx, state, form)
+    phase.stats.misses += 1
+    ctx.response_headers.append(_MISS)
+    return None
