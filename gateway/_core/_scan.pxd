@@ -13,6 +13,7 @@ cdef class Prefilter:
     cdef unsigned char* _fold
     cdef Py_ssize_t* _order
     cdef unsigned char* _after
+    cdef Py_ssize_t* _anchor
     cdef Py_ssize_t _start[257]
     cdef unsigned char _bloom[2048]
     cdef unsigned char _hot[256]

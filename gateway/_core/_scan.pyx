@@ -18,6 +18,10 @@ from cpython.unicode cimport Py_UNICODE_ISDECIMAL
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil
+
 __all__ = ["CARD", "DNI", "ESCAPE", "HAZARDS", "ID9", "IPV4", "IPV6", "NUMBER", "NUMBER_ANY", "PHONE",
            "UPPER", "Prefilter", "escape_table"]
 
@@ -135,6 +139,47 @@ cdef inline bint _hazard(uint32_t cp) noexcept:
             or 0x1E96 <= cp <= 0x1E9A or cp == 0x1E9E or cp == 0x212A or 0xFB00 <= cp <= 0xFB06)
 
 
+#: how common each lower-case letter is in English text, per mille (other bytes: ``_OTHER``)
+_LETTERS = dict(zip(b"etaoinshrdlcumwfgypbvkjxqz",
+                    (127, 91, 82, 75, 70, 67, 63, 61, 60, 43, 40, 28, 28, 24, 24, 22, 20, 20, 19, 15, 10, 8,
+                     2, 2, 1, 1)))
+_OTHER = {32: 150, 34: 50, 44: 10, 46: 10, 58: 10, 45: 5, 95: 5}
+#: the most common pairs and triples of letters in English text
+_COMMON = frozenset(
+    b"th he in er an re on at en nd ti es or te of ed is it al ar st to nt ng se ha as ou io le ve co me de "
+    b"hi ri ro ic ne ea ra ce li ch ll be ma si om ur the and ing ion tio ent ati for her ter hat tha ere ate "
+    b"his con res ver all ons nce men ith ted ers pro thi wit are ess not ive was ect rea com eve per int est "
+    b"sta cti ica ist ear ain one our iti rat ike ore ake ome ine ade cre key ken ord oke".split())
+
+
+def _anchor_of(bytes needle, bint folded):
+    """Where a needle is looked for: the offset of its rarest three bytes (their first two make the pair
+    that stops the fast loop, the three the bloom filter's entry), so that common words ("in", "con",
+    "to") do not stop it at every turn. The start for a needle shorter than three bytes, or with a byte a
+    jump of ``_at`` could skip (a backslash, a non-ASCII byte): there it is looked at exactly where the
+    twin looks."""
+    cdef Py_ssize_t k, best_k = 0
+    cdef double score, best = -1.0
+    if len(needle) < 3 or any(b >= 0x80 or b == 92 for b in needle):
+        return 0
+    low = needle.lower()
+    for k in range(len(needle) - 2):
+        score = 1.0
+        for j in range(k, k + 3):
+            b = needle[j]
+            f = _LETTERS.get(low[j], _OTHER.get(b, 3))
+            score *= f / 10.0 if (65 <= b <= 90 and not folded) else f  # a capital that must be one
+        if low[k:k + 2] in _COMMON:
+            score *= 16.0
+        if low[k + 1:k + 3] in _COMMON:
+            score *= 4.0
+        if low[k:k + 3] in _COMMON:
+            score *= 16.0
+        if best < 0 or score < best:
+            best, best_k = score, k
+    return best_k
+
+
 cdef class Prefilter:
 
     def __cinit__(self):
@@ -144,6 +189,7 @@ cdef class Prefilter:
         self._fold = NULL
         self._order = NULL
         self._after = NULL
+        self._anchor = NULL
 
     def __init__(self, needles=(), int numeric=0, int phone_min=1, bint upper=False, bint ipv6=False,
                  bytes escapes=b"", bint escape_non_ascii=False):
@@ -166,7 +212,9 @@ cdef class Prefilter:
         self._fold = <unsigned char*>PyMem_Malloc(count + 1)
         self._after = <unsigned char*>PyMem_Malloc((count + 1) * 32)
         self._order = <Py_ssize_t*>PyMem_Malloc((2 * count + 1) * sizeof(Py_ssize_t))  # a folded needle: twice
-        if not (self._off and self._len and self._bit and self._fold and self._order and self._after):
+        self._anchor = <Py_ssize_t*>PyMem_Malloc((count + 1) * sizeof(Py_ssize_t))
+        if not (self._off and self._len and self._bit and self._fold and self._order and self._after
+                and self._anchor):
             raise MemoryError()
         memset(self._bloom, 0, sizeof(self._bloom))
         memset(self._hot, 0, sizeof(self._hot))
@@ -181,14 +229,16 @@ cdef class Prefilter:
             self._len[i] = len(n)
             self._bit[i] = <uint64_t>bit
             self._fold[i] = (1 if folded else 0) | (2 if after else 0)
+            self._anchor[i] = _anchor_of(n, folded)
             pos += len(n)
             if folded:
                 self._folded_bits |= <uint64_t>bit
-        # the needles by first byte (both cases of a folded one): _start[c] .. _start[c + 1] in _order
+        # the needles by the first byte of their anchor (both cases of a folded one): _start[c] ..
+        # _start[c + 1] in _order
         cdef list by_first = [[] for _ in range(256)]
         for i in range(count):
             n, bit, folded, _ = items[i]
-            first = n[0]
+            first = n[self._anchor[i]]
             by_first[first].append(i)
             if folded and 97 <= first <= 122:
                 by_first[first - 32].append(i)
@@ -198,10 +248,10 @@ cdef class Prefilter:
             for i in by_first[c]:
                 self._order[pos] = i
                 pos += 1
-                n = items[i][0]
+                n = items[i][0][self._anchor[i]:]
                 if len(n) < 3:
                     self._hot[c] = 1
-                else:  # the needle's first three bytes, folded, in the bloom filter
+                else:  # the anchor's three bytes, folded, in the bloom filter
                     h = ((_LOW[n[0]] | <uint32_t>_LOW[n[1]] << 8 | <uint32_t>_LOW[n[2]] << 16)
                          * <uint32_t>2654435761u) >> 18
                     self._bloom[h >> 3] |= 1 << (h & 7)
@@ -247,13 +297,16 @@ cdef class Prefilter:
             if c == 92 or (c == 58 and ipv6) or (c >= 128 and self._hot[c]):
                 for p in range(256):
                     _set(self._pa, p << 8 | c)
-            elif c < 128 and ((numeric and (_BASE[c] & C_DIGIT or c == 43 or c == 40))
-                              or (upper and _BASE[c] & C_UPPER)):
-                for p in range(256):  # every trigger of a number or two capitals refuses a letter before
+            elif c < 128 and upper and _BASE[c] & C_UPPER:
+                for p in range(256):  # two capitals refuse a letter or a digit before
                     if p >= 128 or not (_BASE[p] & C_WORD and p != 95):
                         _set(self._pa, p << 8 | c)
+            elif c < 128 and numeric and (_BASE[c] & C_DIGIT or c == 43 or c == 40):
+                for p in range(256):  # only where one of the enabled numeric detectors may begin
+                    if _number_after(numeric, p, c):
+                        _set(self._pa, p << 8 | c)
         for i in range(count):
-            n = items[i][0]
+            n = items[i][0][self._anchor[i]:]
             firsts = [n[0]]
             if items[i][2] and 97 <= n[0] <= 122:
                 firsts.append(n[0] - 32)
@@ -282,13 +335,14 @@ cdef class Prefilter:
         PyMem_Free(self._fold)
         PyMem_Free(self._order)
         PyMem_Free(self._after)
+        PyMem_Free(self._anchor)
 
     cpdef uint64_t scan(self, bytes data):
         """The trigger mask of ``data`` (0: no detector can find anything in it)."""
         cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t i = 0, j
-        cdef uint64_t mask = 0
+        cdef uint64_t mask = 0, v
         cdef uint32_t cur, nxt, f, force = 4
         cdef const unsigned char* pairs = self._pairs
         # PERF: a byte costs one lookup, not taken on ordinary text: the pair (this byte, the next) in
@@ -297,6 +351,24 @@ cdef class Prefilter:
         # capitals, an escape, ... (then it is looked at, ``force``); only those are looked at (``_at``).
         # The first byte, and a byte ``_at`` jumped to, are always looked at.
         while i + 2 < n:
+            if not force:
+                # PERF: eight positions at a time while no pair says anything (most of a text): their
+                # pairs in one word, and a jump to the first that says something
+                while i + 9 < n:
+                    v = (<uint64_t>pairs[s[i] << 8 | s[i + 1]]
+                         | <uint64_t>pairs[s[i + 1] << 8 | s[i + 2]] << 8
+                         | <uint64_t>pairs[s[i + 2] << 8 | s[i + 3]] << 16
+                         | <uint64_t>pairs[s[i + 3] << 8 | s[i + 4]] << 24
+                         | <uint64_t>pairs[s[i + 4] << 8 | s[i + 5]] << 32
+                         | <uint64_t>pairs[s[i + 5] << 8 | s[i + 6]] << 40
+                         | <uint64_t>pairs[s[i + 6] << 8 | s[i + 7]] << 48
+                         | <uint64_t>pairs[s[i + 7] << 8 | s[i + 8]] << 56)
+                    if v:
+                        i += __builtin_ctzll(v) >> 3
+                        break
+                    i += 8
+                if i + 2 >= n:
+                    break
             cur = s[i]
             nxt = s[i + 1]
             f = pairs[cur << 8 | nxt] | force
@@ -354,13 +426,16 @@ cdef class Prefilter:
     cdef uint64_t _needles_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
                               uint64_t mask) noexcept:
         cdef unsigned char c = s[i], d
-        cdef Py_ssize_t j, x, m, k
+        cdef Py_ssize_t j, x, m, k, at = i
         cdef uint64_t found = 0
         cdef const unsigned char* blob
         blob = <const unsigned char*>PyBytes_AS_STRING(self._blob)
         for j in range(self._start[c], self._start[c + 1]):
             x = self._order[j]
             if mask & self._bit[x]:
+                continue
+            i = at - self._anchor[x]  # where the needle would begin
+            if i < 0:
                 continue
             m = self._len[x]
             if i + m > n:
@@ -466,6 +541,26 @@ cdef class Prefilter:
         if numeric & N_ID9 and digits >= 9:
             return True
         return numeric & N_DNI and row >= 8
+
+
+cdef bint _number_after(int numeric, int p, int c) noexcept:
+    """Whether ``_number_at`` may fire at a byte ``c`` (an ASCII digit, ``+`` or ``(``) after the byte
+    ``p``: the lookbehind of each enabled numeric detector, as ``_number_at`` tests it (a superset)."""
+    if numeric & N_ANY:
+        return p >= 128 or not (_BASE[p] & C_WORD and p != 95)
+    if p >= 128:
+        return True
+    if _BASE[p] & C_WORD:  # every numeric detector's lookbehind refuses a word character before it
+        return False
+    if numeric & N_PHONE and not (p == 43 or p == 47 or p == 46 or p == 44 or p == 58 or p == 35 or p == 45):
+        return True
+    if not _BASE[c] & C_DIGIT:  # a "+" or "(" begins only a phone number
+        return False
+    if numeric & N_IPV4 and p != 46:
+        return True
+    if numeric & N_CARD and not (p == 46 or p == 44 or p == 58 or p == 35 or p == 45):
+        return True
+    return (numeric & (N_ID9 | N_DNI)) != 0 and p != 45
 
 
 cdef inline bint _colons_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
