@@ -1,11 +1,15 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Compiled guardrails prefilter (twin and reference: scan_py.py, which has the theory of operation).
 
-Why compiled: it runs over every guarded request body, answer and stream window, byte by byte. A byte
-costs one lookup in a table of byte pairs (this byte and the next): whether a needle may begin here, and
-whether the next byte may begin a trigger after this one (a number after a space, not after a letter).
-Where a needle may begin, a bloom filter of the needles' first three bytes is asked; only then, and where
-a trigger may begin, is the position looked at (``_at``), and the needles compared.
+Why compiled: it runs over every guarded request body, answer and stream window, byte by byte. Which
+positions say something is a table of byte pairs (this byte and the next): whether a needle's anchor may
+begin here, whether the next byte may begin a trigger after this one (a number after a space, not after
+a letter), whether this one begins two capitals. Where an anchor may begin, a bloom filter of the
+anchors' three bytes is asked; only then, and where a trigger may begin, is the position looked at
+(``_at``), and the needles compared. A needle's anchor is its rarest three bytes (``_anchor_of``): "con"
+or "to" would stop the scan at every other word. Between such positions the scan skips 16 positions at a
+time with SSSE3 (``gw_scan_skip``: nibble tables, the Teddy method, checked at build against every pair
+that says something) or eight (their pairs in one word).
 """
 
 from gateway._core.scan_py import (
@@ -20,7 +24,65 @@ from libc.string cimport memcmp, memset
 
 
 cdef extern from *:
+    """
+    /* The vector skip of Prefilter.scan: 16 positions at a time, each asked whether the pair (its byte,
+       the next) may say something, by the Teddy method (nibble tables and pshufb): 16 buckets, each a set
+       of first bytes and a set of second bytes (as their nibbles: a superset); the positions a bucket
+       flags are then asked the exact pair table. Only on x86 with SSSE3 (asked once, at run time). */
+    #include <stdint.h>
+    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    #include <immintrin.h>
+    #define GW_SCAN_VECTOR 1
+    static int gw_scan_vector_ok(void) {
+        static int ok = -1;
+        if (ok < 0) {
+            __builtin_cpu_init();
+            ok = __builtin_cpu_supports("ssse3") ? 1 : 0;
+        }
+        return ok;
+    }
+    __attribute__((target("ssse3")))
+    static inline __m128i gw_flags(__m128i a, __m128i b, const unsigned char* t) {
+        const __m128i low = _mm_set1_epi8(0x0f);
+        __m128i alo = _mm_and_si128(a, low), ahi = _mm_and_si128(_mm_srli_epi16(a, 4), low);
+        __m128i blo = _mm_and_si128(b, low), bhi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+        __m128i m = _mm_and_si128(_mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)t), alo),
+                                  _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(t + 16)), ahi));
+        m = _mm_and_si128(m, _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(t + 32)), blo));
+        return _mm_and_si128(m, _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(t + 48)), bhi));
+    }
+    __attribute__((target("ssse3")))
+    static Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                                   const unsigned char* nib, const unsigned char* pairs) {
+        const __m128i zero = _mm_setzero_si128();
+        while (i + 17 < n) {
+            __m128i a = _mm_loadu_si128((const __m128i*)(s + i));
+            __m128i b = _mm_loadu_si128((const __m128i*)(s + i + 1));
+            __m128i m = _mm_or_si128(gw_flags(a, b, nib), gw_flags(a, b, nib + 64));
+            unsigned bits = 0xFFFFu ^ (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(m, zero));
+            while (bits) {
+                Py_ssize_t p = i + __builtin_ctz(bits);
+                if (pairs[(unsigned)s[p] << 8 | s[p + 1]])
+                    return p;
+                bits &= bits - 1;
+            }
+            i += 16;
+        }
+        return i;
+    }
+    #else
+    #define GW_SCAN_VECTOR 0
+    static int gw_scan_vector_ok(void) { return 0; }
+    static Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                                   const unsigned char* nib, const unsigned char* pairs) {
+        return i;
+    }
+    #endif
+    """
     int __builtin_ctzll(unsigned long long) nogil
+    bint gw_scan_vector_ok() nogil
+    Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, const unsigned char* nib,
+                            const unsigned char* pairs) nogil
 
 __all__ = ["CARD", "DNI", "ESCAPE", "HAZARDS", "ID9", "IPV4", "IPV6", "NUMBER", "NUMBER_ANY", "PHONE",
            "UPPER", "Prefilter", "escape_table"]
@@ -180,6 +242,54 @@ def _anchor_of(bytes needle, bint folded):
     return best_k
 
 
+def _nibbles(bytes_):
+    """The low and high nibbles of some bytes, as two 16-bit masks."""
+    lo = hi = 0
+    for c in bytes_:
+        lo |= 1 << (c & 15)
+        hi |= 1 << (c >> 4)
+    return lo, hi
+
+
+def _byte_weight(int c):
+    low = c + 32 if 65 <= c <= 90 else c
+    return _LETTERS.get(low, _OTHER.get(c, 3))
+
+
+_WEIGHTS = [_byte_weight(c) for c in range(256)]
+
+
+def _weight(rect):
+    """How common the pairs a bucket flags are (the product of its two sides' weights)."""
+    (lo1, hi1), (lo2, hi2) = rect
+    return _side_weight(lo1, hi1) * _side_weight(lo2, hi2)
+
+
+def _side_weight(int lo, int hi):
+    cdef int h, l
+    total = 0
+    for h in range(16):
+        if hi >> h & 1:
+            for l in range(16):
+                if lo >> l & 1:
+                    total += _WEIGHTS[h << 4 | l]
+    return total
+
+
+cdef void _bucket(unsigned char* nib, int b, first, second) noexcept:
+    """Put the nibble masks ``first`` and ``second`` in bucket ``b`` of the tables."""
+    cdef int t = 64 * (b >> 3), bit = 1 << (b & 7), k
+    for k in range(16):
+        if first[0] >> k & 1:
+            nib[t + k] |= bit
+        if first[1] >> k & 1:
+            nib[t + 16 + k] |= bit
+        if second[0] >> k & 1:
+            nib[t + 32 + k] |= bit
+        if second[1] >> k & 1:
+            nib[t + 48 + k] |= bit
+
+
 cdef class Prefilter:
 
     def __cinit__(self):
@@ -297,10 +407,6 @@ cdef class Prefilter:
             if c == 92 or (c == 58 and ipv6) or (c >= 128 and self._hot[c]):
                 for p in range(256):
                     _set(self._pa, p << 8 | c)
-            elif c < 128 and upper and _BASE[c] & C_UPPER:
-                for p in range(256):  # two capitals refuse a letter or a digit before
-                    if p >= 128 or not (_BASE[p] & C_WORD and p != 95):
-                        _set(self._pa, p << 8 | c)
             elif c < 128 and numeric and (_BASE[c] & C_DIGIT or c == 43 or c == 40):
                 for p in range(256):  # only where one of the enabled numeric detectors may begin
                     if _number_after(numeric, p, c):
@@ -324,9 +430,81 @@ cdef class Prefilter:
                     self._short[c] = 1
                 for p in seconds:
                     _set(self._pb, c << 8 | p)
-        # one byte per pair (x, y): 1 a needle may begin with x y, 2 y may begin a trigger after x
+        # one byte per pair (x, y): 1 a needle may begin with x y, 2 y may begin a trigger after x, 4 x may
+        # begin a trigger (two capitals: ``_upper_at`` asks the byte before)
         for c in range(65536):
             self._pairs[c] = ((self._pb[c >> 3] >> (c & 7)) & 1) | (((self._pa[c >> 3] >> (c & 7)) & 1) << 1)
+            if upper and 65 <= c >> 8 <= 90 and 65 <= c & 0xFF <= 90:
+                self._pairs[c] |= 4
+        self._vector = self._buckets(items, upper)
+
+    cdef bint _buckets(self, list items, bint upper) except -1:
+        """The nibble tables of the vector skip (``_nib``: two sets of 8 buckets, each the first bytes'
+        low and high nibbles, then the second bytes'), from the pairs: buckets of the bytes that begin a
+        trigger after some byte (digits, by the byte before's high nibble; ``+ (``;
+        ``\\ :``; non-ASCII), one of two capitals, one of the one-byte needles, and the rest for the
+        needles' anchors, merged while too many by what merging costs (the common pairs it would flag).
+        Checked against every pair that says something; False (the skip unused) when a bucket would miss
+        one, or the CPU has no SSSE3."""
+        cdef list rects = []  # (first bytes, second bytes) per bucket
+        cdef int c, p, x, y, b
+        cdef list cols = [[] for _ in range(256)]
+        for c in range(256):
+            cols[c] = [p for p in range(256) if self._pa[(p << 8 | c) >> 3] >> ((p << 8 | c) & 7) & 1]
+        digits = [c for c in range(48, 58) if cols[c]]
+        if digits:
+            prevs = {p for c in digits for p in cols[c]}
+            for part in ([p for p in prevs if p < 0x20 or p >= 0x80], [p for p in prevs if 0x20 <= p < 0x30],
+                         [p for p in prevs if 0x30 <= p < 0x40], [p for p in prevs if 0x40 <= p < 0x80]):
+                if part:  # by high nibble, so that few other bytes share their nibbles
+                    rects.append((part, digits))
+        for group in ((40, 43), (58, 92), range(128, 256)):
+            group = [c for c in group if cols[c]]
+            if group:
+                rects.append((range(256), group))
+        if upper:
+            rects.append((range(65, 91), range(65, 91)))
+        shorts: set = set()
+        anchors: dict = {}  # (folded first byte, the second's high nibble) -> (first bytes, second bytes)
+        for i in range(self._count):
+            n = items[i][0][self._anchor[i]:]
+            firsts = {n[0], n[0] - 32} if items[i][2] and 97 <= n[0] <= 122 else {n[0]}
+            if len(n) == 1:
+                shorts.update(firsts)
+                continue
+            seconds = {n[1], n[1] - 32} if items[i][2] and 97 <= n[1] <= 122 else {n[1]}
+            f, sec = anchors.setdefault((_LOW[n[0]], _LOW[n[1]] >> 4), (set(), set()))
+            f.update(firsts)
+            sec.update(seconds)
+        if shorts:
+            rects.append((shorts, range(256)))
+        groups = [(_nibbles(f), _nibbles(sec)) for f, sec in anchors.values()]
+        room = 16 - len(rects)
+        if groups and room <= 0:
+            return False
+        while len(groups) > room:  # merge the two whose merging flags the fewest common pairs
+            best = None
+            for x in range(len(groups)):
+                for y in range(x + 1, len(groups)):
+                    a, b2 = groups[x], groups[y]
+                    merged = ((a[0][0] | b2[0][0], a[0][1] | b2[0][1]), (a[1][0] | b2[1][0], a[1][1] | b2[1][1]))
+                    cost = _weight(merged) - _weight(a) - _weight(b2)
+                    if best is None or cost < best[0]:
+                        best = (cost, x, y, merged)
+            _, x, y, merged = best
+            groups[x] = merged
+            del groups[y]
+        memset(self._nib, 0, sizeof(self._nib))
+        for b, (firsts, seconds) in enumerate(rects):
+            _bucket(self._nib, b, _nibbles(firsts), _nibbles(seconds))
+        for b, (first, second) in enumerate(groups, len(rects)):
+            _bucket(self._nib, b, first, second)
+        for c in range(65536):  # no pair that says something may go unflagged
+            x = c >> 8
+            y = c & 0xFF
+            if self._pairs[c] and not _flagged(self._nib, x, y) and not _flagged(self._nib + 64, x, y):
+                return False
+        return gw_scan_vector_ok()
 
     def __dealloc__(self):
         PyMem_Free(self._off)
@@ -344,17 +522,23 @@ cdef class Prefilter:
         cdef Py_ssize_t i = 0, j
         cdef uint64_t mask = 0, v
         cdef uint32_t cur, nxt, f, force = 4
+        cdef bint near_end
         cdef const unsigned char* pairs = self._pairs
-        # PERF: a byte costs one lookup, not taken on ordinary text: the pair (this byte, the next) in
-        # ``_pairs``, whose bits say that a needle may begin here (then the trigram's bit in the needles'
-        # bloom filter is asked) and that the next byte, after this one, may begin a number, two
-        # capitals, an escape, ... (then it is looked at, ``force``); only those are looked at (``_at``).
-        # The first byte, and a byte ``_at`` jumped to, are always looked at.
+        # PERF: a position is looked at only when the pair (its byte, the next) in ``_pairs`` says so:
+        # a needle's anchor may begin here (then the trigram's bit in the needles' bloom filter is
+        # asked), the next byte may begin a number, an escape, ... after this one (then it is looked at,
+        # ``force``), or this one may begin two capitals; only those are looked at (``_at``). The first
+        # byte, and a byte ``_at`` jumped to, are always looked at.
         while i + 2 < n:
             if not force:
-                # PERF: eight positions at a time while no pair says anything (most of a text): their
-                # pairs in one word, and a jump to the first that says something
-                while i + 9 < n:
+                # PERF: 16 positions at a time (vector skip) or eight (their pairs in one word) while no
+                # pair says anything (most of a text), and a jump to the first that says something
+                if self._vector:
+                    i = gw_scan_skip(s, i, n, self._nib, pairs)  # at a pair, or near the end
+                    near_end = i + 17 >= n
+                else:
+                    near_end = True
+                while near_end and i + 9 < n:
                     v = (<uint64_t>pairs[s[i] << 8 | s[i + 1]]
                          | <uint64_t>pairs[s[i + 1] << 8 | s[i + 2]] << 8
                          | <uint64_t>pairs[s[i + 2] << 8 | s[i + 3]] << 16
@@ -561,6 +745,10 @@ cdef bint _number_after(int numeric, int p, int c) noexcept:
     if numeric & N_CARD and not (p == 46 or p == 44 or p == 58 or p == 35 or p == 45):
         return True
     return (numeric & (N_ID9 | N_DNI)) != 0 and p != 45
+
+
+cdef inline bint _flagged(const unsigned char* t, int x, int y) noexcept:
+    return (t[x & 15] & t[16 + (x >> 4)] & t[32 + (y & 15)] & t[48 + (y >> 4)]) != 0
 
 
 cdef inline bint _colons_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
