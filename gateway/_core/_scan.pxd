@@ -28,6 +28,7 @@ cdef class Prefilter:
     cdef unsigned char _high_needle[128]
     cdef unsigned char _escapes[128]
     cdef unsigned char _nib[128]
+    cdef int _sets
     cdef bint _vector
     cdef uint64_t _folded_bits
     cdef int _numeric

@@ -26,9 +26,9 @@ from libc.string cimport memcmp, memset
 cdef extern from *:
     """
     /* The vector skip of Prefilter.scan: 16 positions at a time, each asked whether the pair (its byte,
-       the next) may say something, by the Teddy method (nibble tables and pshufb): 16 buckets, each a set
-       of first bytes and a set of second bytes (as their nibbles: a superset); the positions a bucket
-       flags are then asked the exact pair table. Only on x86 with SSSE3 (asked once, at run time). */
+       the next) may say something, by the Teddy method (nibble tables and pshufb): 8 or 16 buckets, each
+       a set of first bytes and a set of second bytes (as their nibbles: a superset); the positions a
+       bucket flags are then asked the exact pair table. Only on x86 with SSSE3 (asked once, at run time). */
     #include <stdint.h>
     #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     #include <immintrin.h>
@@ -51,14 +51,17 @@ cdef extern from *:
         m = _mm_and_si128(m, _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(t + 32)), blo));
         return _mm_and_si128(m, _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(t + 48)), bhi));
     }
-    __attribute__((target("ssse3")))
-    static Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                                   const unsigned char* nib, const unsigned char* pairs) {
+    __attribute__((target("ssse3"), always_inline))
+    static inline Py_ssize_t gw_scan_run(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                                         const unsigned char* nib, const unsigned char* pairs,
+                                         const int two) {
         const __m128i zero = _mm_setzero_si128();
         while (i + 17 < n) {
             __m128i a = _mm_loadu_si128((const __m128i*)(s + i));
             __m128i b = _mm_loadu_si128((const __m128i*)(s + i + 1));
-            __m128i m = _mm_or_si128(gw_flags(a, b, nib), gw_flags(a, b, nib + 64));
+            __m128i m = gw_flags(a, b, nib);
+            if (two)
+                m = _mm_or_si128(m, gw_flags(a, b, nib + 64));
             unsigned bits = 0xFFFFu ^ (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(m, zero));
             while (bits) {
                 Py_ssize_t p = i + __builtin_ctz(bits);
@@ -70,11 +73,16 @@ cdef extern from *:
         }
         return i;
     }
+    __attribute__((target("ssse3")))
+    static Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                                   const unsigned char* nib, const unsigned char* pairs, int sets) {
+        return sets > 1 ? gw_scan_run(s, i, n, nib, pairs, 1) : gw_scan_run(s, i, n, nib, pairs, 0);
+    }
     #else
     #define GW_SCAN_VECTOR 0
     static int gw_scan_vector_ok(void) { return 0; }
     static Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                                   const unsigned char* nib, const unsigned char* pairs) {
+                                   const unsigned char* nib, const unsigned char* pairs, int sets) {
         return i;
     }
     #endif
@@ -82,7 +90,7 @@ cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
     bint gw_scan_vector_ok() nogil
     Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, const unsigned char* nib,
-                            const unsigned char* pairs) nogil
+                            const unsigned char* pairs, int sets) nogil
 
 __all__ = ["CARD", "DNI", "ESCAPE", "HAZARDS", "ID9", "IPV4", "IPV6", "NUMBER", "NUMBER_ANY", "PHONE",
            "UPPER", "Prefilter", "escape_table"]
@@ -209,9 +217,9 @@ _OTHER = {32: 150, 34: 50, 44: 10, 46: 10, 58: 10, 45: 5, 95: 5}
 #: the most common pairs and triples of letters in English text
 _COMMON = frozenset(
     b"th he in er an re on at en nd ti es or te of ed is it al ar st to nt ng se ha as ou io le ve co me de "
-    b"hi ri ro ic ne ea ra ce li ch ll be ma si om ur the and ing ion tio ent ati for her ter hat tha ere ate "
-    b"his con res ver all ons nce men ith ted ers pro thi wit are ess not ive was ect rea com eve per int est "
-    b"sta cti ica ist ear ain one our iti rat ike ore ake ome ine ade cre key ken ord oke".split())
+    b"hi ri ro ic ne ea ra ce li ch ll be ma si om ur the and ing ion tio ent ati for her ter hat tha ere "
+    b"ate his con res ver all ons nce men ith ted ers pro thi wit are ess not ive was ect rea com eve per "
+    b"int est sta cti ica ist ear ain one our iti rat ike ore ake ome ine ade cre key ken ord oke".split())
 
 
 def _anchor_of(bytes needle, bint folded):
@@ -288,6 +296,11 @@ cdef void _bucket(unsigned char* nib, int b, first, second) noexcept:
             nib[t + 32 + k] |= bit
         if second[1] >> k & 1:
             nib[t + 48 + k] |= bit
+
+
+#: the vector skip's buckets at most (two sets of 8): more would flag fewer common pairs, but cost more
+#: on every 16 bytes than they save
+_BUCKETS = 16
 
 
 cdef class Prefilter:
@@ -439,13 +452,13 @@ cdef class Prefilter:
         self._vector = self._buckets(items, upper)
 
     cdef bint _buckets(self, list items, bint upper) except -1:
-        """The nibble tables of the vector skip (``_nib``: two sets of 8 buckets, each the first bytes'
-        low and high nibbles, then the second bytes'), from the pairs: buckets of the bytes that begin a
-        trigger after some byte (digits, by the byte before's high nibble; ``+ (``;
-        ``\\ :``; non-ASCII), one of two capitals, one of the one-byte needles, and the rest for the
-        needles' anchors, merged while too many by what merging costs (the common pairs it would flag).
-        Checked against every pair that says something; False (the skip unused) when a bucket would miss
-        one, or the CPU has no SSSE3."""
+        """The nibble tables of the vector skip (``_nib``: one or two sets of 8 buckets, each the first
+        bytes' low and high nibbles, then the second bytes'), from the pairs: buckets of the bytes that
+        begin a trigger after some byte (digits, by the high nibble of the byte before; ``+ (``; ``\\ :``;
+        non-ASCII), one of two capitals, one of the one-byte needles, and the rest for the needles'
+        anchors, merged while too many by what merging costs (the common pairs it would flag). Checked
+        against every pair that says something; False (the skip unused) when a bucket would miss one,
+        or the CPU has no SSSE3."""
         cdef list rects = []  # (first bytes, second bytes) per bucket
         cdef int c, p, x, y, b
         cdef list cols = [[] for _ in range(256)]
@@ -455,7 +468,8 @@ cdef class Prefilter:
         if digits:
             prevs = {p for c in digits for p in cols[c]}
             for part in ([p for p in prevs if p < 0x20 or p >= 0x80], [p for p in prevs if 0x20 <= p < 0x30],
-                         [p for p in prevs if 0x30 <= p < 0x40], [p for p in prevs if 0x40 <= p < 0x80]):
+                         [p for p in prevs if 0x30 <= p < 0x40],
+                         [p for p in prevs if 0x40 <= p < 0x80]):
                 if part:  # by high nibble, so that few other bytes share their nibbles
                     rects.append((part, digits))
         for group in ((40, 43), (58, 92), range(128, 256)):
@@ -479,7 +493,7 @@ cdef class Prefilter:
         if shorts:
             rects.append((shorts, range(256)))
         groups = [(_nibbles(f), _nibbles(sec)) for f, sec in anchors.values()]
-        room = 16 - len(rects)
+        room = _BUCKETS - len(rects)
         if groups and room <= 0:
             return False
         while len(groups) > room:  # merge the two whose merging flags the fewest common pairs
@@ -487,7 +501,8 @@ cdef class Prefilter:
             for x in range(len(groups)):
                 for y in range(x + 1, len(groups)):
                     a, b2 = groups[x], groups[y]
-                    merged = ((a[0][0] | b2[0][0], a[0][1] | b2[0][1]), (a[1][0] | b2[1][0], a[1][1] | b2[1][1]))
+                    merged = ((a[0][0] | b2[0][0], a[0][1] | b2[0][1]),
+                              (a[1][0] | b2[1][0], a[1][1] | b2[1][1]))
                     cost = _weight(merged) - _weight(a) - _weight(b2)
                     if best is None or cost < best[0]:
                         best = (cost, x, y, merged)
@@ -499,10 +514,16 @@ cdef class Prefilter:
             _bucket(self._nib, b, _nibbles(firsts), _nibbles(seconds))
         for b, (first, second) in enumerate(groups, len(rects)):
             _bucket(self._nib, b, first, second)
+        self._sets = (len(rects) + len(groups) + 7) // 8  # PERF: as many sets of 8 as are used
         for c in range(65536):  # no pair that says something may go unflagged
+            if not self._pairs[c]:
+                continue
             x = c >> 8
             y = c & 0xFF
-            if self._pairs[c] and not _flagged(self._nib, x, y) and not _flagged(self._nib + 64, x, y):
+            for b in range(self._sets):
+                if _flagged(self._nib + 64 * b, x, y):
+                    break
+            else:
                 return False
         return gw_scan_vector_ok()
 
@@ -534,7 +555,7 @@ cdef class Prefilter:
                 # PERF: 16 positions at a time (vector skip) or eight (their pairs in one word) while no
                 # pair says anything (most of a text), and a jump to the first that says something
                 if self._vector:
-                    i = gw_scan_skip(s, i, n, self._nib, pairs)  # at a pair, or near the end
+                    i = gw_scan_skip(s, i, n, self._nib, pairs, self._sets)  # at a pair, or near the end
                     near_end = i + 17 >= n
                 else:
                     near_end = True
