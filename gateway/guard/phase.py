@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway import errors
+from gateway._core.guardgate import Gate
 from gateway.errors import GatewayError
 from gateway.guard.config import GuardPolicy, GuardrailsConfig, names
 from gateway.guard.masking import Masker, apply
@@ -97,6 +98,16 @@ class GuardPhase(Phase):
         #: only the gateway's policies apply: every request has the same guard (PERF: no memo lookup)
         self._fixed = not (self._models or self._tenants or self._keys)
         self._guard = self.guard_for(None, None, "") if self._fixed else None
+        guard = self._guard
+        if guard is not None:
+            # PERF: with one guard for every request, the compiled gate is the phase's way in and out: a
+            # prompt and an answer with no trigger cost the two prefilter passes and no Python frame; the
+            # gate hands anything else to this phase (``_check``, ``_respond``)
+            gate = Gate(guard, guard.in_scanner.prefilter if guard.in_scanner is not None else None,
+                        guard.out_scanner.prefilter if guard.out_scanner is not None else None,
+                        guard.plain, guard.out_always, self._check, self._respond)
+            self.on_request = gate.on_request  # type: ignore[method-assign]
+            self.on_response = gate.on_response  # type: ignore[method-assign]
 
     # -- which policies apply ------------------------------------------------------------------------
 
@@ -264,6 +275,11 @@ class GuardPhase(Phase):
         state = ctx.guard
         if state is None:
             return body
+        return self._respond(ctx, body)
+
+    def _respond(self, ctx: Context, body: bytes) -> bytes:
+        """A whole answer of a request that carries a guard state (``ctx.guard``)."""
+        state = ctx.guard
         if type(state) is Guard:
             scan = state.out_scan
             assert scan is not None
