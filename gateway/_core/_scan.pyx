@@ -28,7 +28,8 @@ cdef extern from *:
     /* The vector skip of Prefilter.scan: 16 positions at a time, each asked whether the pair (its byte,
        the next) may say something, by the Teddy method (nibble tables and pshufb): 8 or 16 buckets, each
        a set of first bytes and a set of second bytes (as their nibbles: a superset); the positions a
-       bucket flags are then asked the exact pair table. Only on x86 with SSSE3 (asked once, at run time). */
+       bucket flags are then asked the exact pair table, and an anchor's bloom filter. Only on x86 with
+       SSSE3 (asked once, at run time). */
     #include <stdint.h>
     #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     #include <immintrin.h>
@@ -51,9 +52,22 @@ cdef extern from *:
         m = _mm_and_si128(m, _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(t + 32)), blo));
         return _mm_and_si128(m, _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(t + 48)), bhi));
     }
+    #define GW_LOW(c) ((c) >= 65 && (c) <= 90 ? (uint32_t)(c) + 32 : (uint32_t)(c))
+    /* a position whose pair says only "an anchor may begin here" (1), whose anchor is not short and whose
+       three bytes are not in the anchors' bloom filter: Prefilter.scan would only step over it */
+    static inline int gw_nothing_at(const unsigned char* s, Py_ssize_t p, unsigned v,
+                                    const unsigned char* shorts, const unsigned char* bloom) {
+        uint32_t h;
+        if (v != 1 || shorts[s[p]])
+            return 0;
+        h = GW_LOW(s[p]) | GW_LOW(s[p + 1]) << 8 | GW_LOW(s[p + 2]) << 16;
+        h = (h * (uint32_t)2654435761u) >> 18;  /* as _bloom_bit */
+        return !((bloom[h >> 3] >> (h & 7)) & 1);
+    }
     __attribute__((target("ssse3"), always_inline))
     static inline Py_ssize_t gw_scan_run(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
                                          const unsigned char* nib, const unsigned char* pairs,
+                                         const unsigned char* shorts, const unsigned char* bloom,
                                          const int two) {
         const __m128i zero = _mm_setzero_si128();
         while (i + 17 < n) {
@@ -65,7 +79,8 @@ cdef extern from *:
             unsigned bits = 0xFFFFu ^ (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(m, zero));
             while (bits) {
                 Py_ssize_t p = i + __builtin_ctz(bits);
-                if (pairs[(unsigned)s[p] << 8 | s[p + 1]])
+                unsigned v = pairs[(unsigned)s[p] << 8 | s[p + 1]];
+                if (v && !gw_nothing_at(s, p, v, shorts, bloom))
                     return p;
                 bits &= bits - 1;
             }
@@ -75,14 +90,17 @@ cdef extern from *:
     }
     __attribute__((target("ssse3")))
     static Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                                   const unsigned char* nib, const unsigned char* pairs, int sets) {
-        return sets > 1 ? gw_scan_run(s, i, n, nib, pairs, 1) : gw_scan_run(s, i, n, nib, pairs, 0);
+                                   const unsigned char* nib, const unsigned char* pairs,
+                                   const unsigned char* shorts, const unsigned char* bloom, int sets) {
+        return sets > 1 ? gw_scan_run(s, i, n, nib, pairs, shorts, bloom, 1)
+                        : gw_scan_run(s, i, n, nib, pairs, shorts, bloom, 0);
     }
     #else
     #define GW_SCAN_VECTOR 0
     static int gw_scan_vector_ok(void) { return 0; }
     static Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                                   const unsigned char* nib, const unsigned char* pairs, int sets) {
+                                   const unsigned char* nib, const unsigned char* pairs,
+                                   const unsigned char* shorts, const unsigned char* bloom, int sets) {
         return i;
     }
     #endif
@@ -90,7 +108,8 @@ cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
     bint gw_scan_vector_ok() nogil
     Py_ssize_t gw_scan_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, const unsigned char* nib,
-                            const unsigned char* pairs, int sets) nogil
+                            const unsigned char* pairs, const unsigned char* shorts,
+                            const unsigned char* bloom, int sets) nogil
 
 __all__ = ["CARD", "DNI", "ESCAPE", "HAZARDS", "ID9", "IPV4", "IPV6", "NUMBER", "NUMBER_ANY", "PHONE",
            "UPPER", "Prefilter", "escape_table"]
@@ -552,10 +571,11 @@ cdef class Prefilter:
         # byte, and a byte ``_at`` jumped to, are always looked at.
         while i + 2 < n:
             if not force:
-                # PERF: 16 positions at a time (vector skip) or eight (their pairs in one word) while no
-                # pair says anything (most of a text), and a jump to the first that says something
+                # PERF: 16 positions at a time (vector skip: to the first that says something, or to
+                # the last 17 bytes) or eight (their pairs in one word) while no pair says anything (most
+                # of a text), and a jump to the first that says something
                 if self._vector:
-                    i = gw_scan_skip(s, i, n, self._nib, pairs, self._sets)  # at a pair, or near the end
+                    i = gw_scan_skip(s, i, n, self._nib, pairs, self._short, self._bloom, self._sets)
                     near_end = i + 17 >= n
                 else:
                     near_end = True
