@@ -14,11 +14,13 @@ sent, answers checked, masked and restored before the client sees them.
 What a request carries to its way out is on the request itself (``ctx.guard``: None, its Guard alone, or
 a GuardState), so nothing is kept per request in the phase and there is no settle hook to forget it.
 
-# PERF: a request no policy applies to costs one dict lookup (the guard of its key, tenant and model;
-none when only the gateway's policies apply); a guarded request whose body has no trigger (a ``plain``
-guard: nothing else to check on the way in) costs one pass of the compiled prefilter over its bytes
-(``gateway._core._scan``) and one over its answer's: the body is not decoded nor copied, and the request
-carries no state but its guard.
+# PERF: a request no policy applies to costs one dict lookup (the guard of its key, tenant and model);
+a guarded request whose body has no trigger (a ``plain`` guard: nothing else to check on the way in)
+costs one pass of the compiled prefilter over its bytes (``gateway._core._scan``) and one over its
+answer's: the body is not decoded nor copied, and the request carries no state but its guard. When only
+the gateway's policies apply, every request has the same guard, and a compiled gate
+(``gateway._core.guardgate``) is the phase's ``on_request`` and ``on_response``: that common case costs
+no Python frame, and the gate hands anything else to this phase (``_check``, ``_respond``).
 """
 
 from __future__ import annotations
