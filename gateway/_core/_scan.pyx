@@ -334,7 +334,7 @@ cdef class Prefilter:
         self._anchor = NULL
 
     def __init__(self, needles=(), int numeric=0, int phone_min=1, bint upper=False, bint ipv6=False,
-                 bytes escapes=b"", bint escape_non_ascii=False):
+                 bytes escapes=b"", bint escape_non_ascii=False, bint vector=True):
         cdef list items = []
         cdef bytes n
         cdef Py_ssize_t i, count, pos
@@ -468,7 +468,7 @@ cdef class Prefilter:
             self._pairs[c] = ((self._pb[c >> 3] >> (c & 7)) & 1) | (((self._pa[c >> 3] >> (c & 7)) & 1) << 1)
             if upper and 65 <= c >> 8 <= 90 and 65 <= c & 0xFF <= 90:
                 self._pairs[c] |= 4
-        self._vector = self._buckets(items, upper)
+        self._vector = self._buckets(items, upper) and vector  # False: the word-at-a-time skip (tests)
 
     cdef bint _buckets(self, list items, bint upper) except -1:
         """The nibble tables of the vector skip (``_nib``: one or two sets of 8 buckets, each the first

@@ -161,7 +161,9 @@ class Prefilter:
 
     def __init__(self, needles: Iterable[tuple[Any, ...]] = (), numeric: int = 0, phone_min: int = 1,
                  upper: bool = False, ipv6: bool = False, escapes: bytes = b"",
-                 escape_non_ascii: bool = False) -> None:
+                 escape_non_ascii: bool = False, vector: bool = True) -> None:
+        # ``vector``: the compiled scan's vector skip, or its word-at-a-time skip (a switch for the tests
+        # of the compiled module; the twin looks at every position either way)
         self.needles = tuple((bytes(t[0]).lower() if t[2] else bytes(t[0]), int(t[1]), bool(t[2]),
                               bytes(t[3]) if len(t) > 3 else b"") for t in needles if t[0])
         buckets: list[list[tuple[bytes, int, bool, bytes]]] = [[] for _ in range(256)]

@@ -1,7 +1,8 @@
 """The compiled prefilter's shortcuts against its twin, which looks at every position.
 
 The compiled scan looks for each needle at its anchor (its rarest three bytes, ``_anchor_of``), skips 16
-positions at a time where the vector skip's buckets flag no pair (or eight, their pairs in one word), and
+positions at a time where the vector skip's buckets flag no pair (or eight, their pairs in one word,
+without SSSE3: ``vector=False`` here), and
 asks for a number only after a byte some enabled numeric detector accepts. Each must give the twin's
 mask on any input: long quiet runs with a trigger at every offset (the skip's blocks and its last 17
 bytes), needles in any case cut anywhere, policies with more anchors than buckets (merged buckets).
@@ -60,9 +61,9 @@ def _scanners() -> list[Scanner]:
     return out
 
 
-def _pair(sc: Scanner) -> tuple[object, object]:
+def _pair(sc: Scanner, vector: bool) -> tuple[object, object]:
     needles, config, _ = prefilter_args(sc._others, sc._digit_dets)
-    return compiled.Prefilter(needles, **config), scan_py.Prefilter(needles, **config)
+    return compiled.Prefilter(needles, **config, vector=vector), scan_py.Prefilter(needles, **config)
 
 
 def _cased(rng: random.Random, text: str) -> str:
@@ -87,24 +88,27 @@ def _text(rng: random.Random) -> bytes:
     return data
 
 
+@pytest.mark.parametrize("vector", [True, False], ids=["vector", "word"])
 @pytest.mark.parametrize("seed", range(3))
-def test_compiled_and_twin_agree_with_anchors_and_merged_buckets(seed: int) -> None:
+def test_compiled_and_twin_agree_with_anchors_and_merged_buckets(seed: int, vector: bool) -> None:
     rng = random.Random(seed)
     for sc in _scanners():
-        fast, twin = _pair(sc)
+        fast, twin = _pair(sc, vector)
         for _ in range(800):
             data = _text(rng)
             assert fast.scan(data) == twin.scan(data), data  # type: ignore[attr-defined]
 
 
-def test_a_trigger_at_every_offset_of_a_quiet_run() -> None:
+@pytest.mark.parametrize("vector", [True, False], ids=["vector", "word"])
+def test_a_trigger_at_every_offset_of_a_quiet_run(vector: bool) -> None:
     """Every offset of a 100-byte quiet run, so every place in the skip's 16- and 8-byte blocks and in
-    its last bytes, holds each kind of trigger once."""
+    its last bytes, holds each kind of trigger once (with the vector skip, and with the word-at-a-time
+    skip of a CPU without SSSE3)."""
     quiet = b"we will meet there when the work is done and then we will all go home for the weekend now ok"
     triggers = [b"project phoenix", b"PROJECT PHOENIX", b"jellyfish", b"x@y", b" 4111 1111 1111 1111", b"\\u0040",
                 b"sk-abcdefghij", b"AKIA", b"token:", b" +1 415-555-0132", b" DE89 3704", b"\xc3\xa9", b"EMP-1"]
     for sc in _scanners():
-        fast, twin = _pair(sc)
+        fast, twin = _pair(sc, vector)
         for trigger in triggers:
             for cut in range(len(quiet) + 1):
                 data = quiet[:cut] + trigger + quiet[cut:]
