@@ -40,6 +40,7 @@ cdef class Gate:
         state = ctx.guard
         if state is None:
             return body
-        if state is self._guard and not self._answer_always and not self._answer.scan(body):
+        if (state is self._guard and self._answer is not None and not self._answer_always
+                and not self._answer.scan(body)):
             return body
         return self._respond(ctx, body)
