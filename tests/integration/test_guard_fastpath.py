@@ -2,7 +2,7 @@
 
 A clean prompt costs one pass of the compiled prefilter over its bytes and one over its answer's, and
 nothing else: not decoded, not copied, no state kept but its guard (on the request itself). The
-prefilter looks for each needle at its rarest three bytes (its anchor: ``oj`` of "project phoenix"),
+prefilter looks for each needle at its rarest three bytes (its anchor: ``jec`` of "project phoenix"),
 skips 16 positions at a time where no pair of bytes says anything, and looks for a number only after a
 byte that some enabled numeric detector accepts. These tests hold the behaviour those shortcuts must
 keep, through a gateway and an upstream that records what it received:
@@ -69,8 +69,8 @@ def _answer(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, 
         return 200, "application/json", json.dumps(out).encode()
     size = -(-len(text) // 12)
     head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": req["model"]}
-    events = [{**head, "choices": [{"index": 0, "delta": {"content": text[i:i + size]}, "finish_reason": None}]}
-              for i in range(0, len(text), size)]
+    events = [{**head, "choices": [{"index": 0, "delta": {"content": text[i:i + size]},
+                                    "finish_reason": None}]} for i in range(0, len(text), size)]
     events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
     return 200, "text/event-stream", data
@@ -216,7 +216,8 @@ def test_a_clean_request_after_a_masked_one_gets_its_answer_untouched(gateway: G
     hold is not replaced by the value another request had masked."""
     with httpx.Client(timeout=30) as client:  # one connection, one worker: the requests follow each other
         url = f"http://{HOST}:{gateway.port}/v1/chat/completions"
-        masked = client.post(url, content=_body(f"write to {EMAIL}"), headers={"content-type": "application/json"})
+        masked = client.post(url, content=_body(f"write to {EMAIL}"),
+                             headers={"content-type": "application/json"})
         assert masked.json()["choices"][0]["message"]["content"] == f"echo: write to {EMAIL}"
         for _ in range(3):
             clean = client.post(url, content=_body("ANSWER say <EMAIL_1> back"),
