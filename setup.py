@@ -29,6 +29,7 @@ CORE_MODULES = {
     "gateway._core._jsoncheck": "gateway/_core/_jsoncheck.pyx",
     "gateway._core._cache": "gateway/_core/_cache.pyx",
     "gateway._core._scan": "gateway/_core/_scan.pyx",
+    "gateway._core._guardgate": "gateway/_core/_guardgate.pyx",
     "gateway._core._awsevent": "gateway/_core/_awsevent.pyx",
     "gateway._core._recline": "gateway/_core/_recline.pyx",
     "gateway._core._canon": "gateway/_core/_canon.pyx",

@@ -18,6 +18,7 @@ cdef class Context:
     cdef public str endpoint
     cdef public object error
     cdef public object fields
+    cdef public object guard
     cdef public bint include_usage
     cdef public object key
     cdef public object limits

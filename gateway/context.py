@@ -28,9 +28,10 @@ class Context:
 
     __slots__ = (
         "_live_next", "_live_prev", "answer", "attempts", "body", "cache", "cost", "dialect", "endpoint",
-        "error", "fields", "include_usage", "key", "limits", "model", "overhead", "prompt", "request",
-        "request_id", "responder", "response_headers", "route_model", "runtime", "settled", "status",
-        "stream", "t0", "t_first", "t_up", "target", "task", "trace", "up_ms", "upstream_status", "usage",
+        "error", "fields", "guard", "include_usage", "key", "limits", "model", "overhead", "prompt",
+        "request", "request_id", "responder", "response_headers", "route_model", "runtime", "settled",
+        "status", "stream", "t0", "t_first", "t_up", "target", "task", "trace", "up_ms", "upstream_status",
+        "usage",
     )
 
     def __init__(self, request: Request, request_id: str, runtime: Runtime, responder: Responder) -> None:
@@ -77,6 +78,8 @@ class Context:
         self.key: Any = None
         #: the response cache's state for this request (gateway.cache.phase.CacheState), when it has one
         self.cache: Any = None
+        #: the guardrails' state for this request's way out (gateway.guard.phase), when it has one
+        self.guard: Any = None
         #: "NAME@VERSION" of a prompt call (gateway.prompts), for its call record; else None
         self.prompt: str | None = None
         #: the request's OpenTelemetry ids and times when it is traced ([tracing]: gateway.observe.tracing)

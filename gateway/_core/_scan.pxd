@@ -1,8 +1,10 @@
 # Declarations of the compiled guardrails prefilter (see _scan.pyx; twin: scan_py.py).
 
+cimport cython
 from libc.stdint cimport uint16_t, uint64_t
 
 
+@cython.final
 cdef class Prefilter:
     cdef readonly tuple needles
     cdef bytes _blob
@@ -13,6 +15,7 @@ cdef class Prefilter:
     cdef unsigned char* _fold
     cdef Py_ssize_t* _order
     cdef unsigned char* _after
+    cdef Py_ssize_t* _anchor
     cdef Py_ssize_t _start[257]
     cdef unsigned char _bloom[2048]
     cdef unsigned char _hot[256]
@@ -24,6 +27,9 @@ cdef class Prefilter:
     cdef unsigned char _class[128]
     cdef unsigned char _high_needle[128]
     cdef unsigned char _escapes[128]
+    cdef unsigned char _nib[128]
+    cdef int _sets
+    cdef bint _vector
     cdef uint64_t _folded_bits
     cdef int _numeric
     cdef int _phone_min
@@ -31,6 +37,7 @@ cdef class Prefilter:
     cdef bint _ipv6
     cdef bint _non_ascii
     cpdef uint64_t scan(self, bytes data)
+    cdef bint _buckets(self, list items, bint upper) except -1
     cdef Py_ssize_t _at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t* out) noexcept
     cdef uint64_t _needles_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
                               uint64_t mask) noexcept

@@ -10,12 +10,17 @@ sent, answers checked, masked and restored before the client sees them.
     on_response    | a whole answer: scanned (block, mask, log), tool arguments and structured output
                    | checked, placeholders restored
     on_stream      | a ChatStreamGuard over the stream (sliding window across chunks)
-    on_settle      | forgets the request's state
+
+What a request carries to its way out is on the request itself (``ctx.guard``: None, its Guard alone, or
+a GuardState), so nothing is kept per request in the phase and there is no settle hook to forget it.
 
 # PERF: a request no policy applies to costs one dict lookup (the guard of its key, tenant and model);
-a guarded request whose body has no trigger costs one pass of the compiled prefilter over its bytes
-(``gateway._core._scan``) and one over its answer's: the body is not decoded nor copied, and the request
-carries no state but its guard.
+a guarded request whose body has no trigger (a ``plain`` guard: nothing else to check on the way in)
+costs one pass of the compiled prefilter over its bytes (``gateway._core._scan``) and one over its
+answer's: the body is not decoded nor copied, and the request carries no state but its guard. When only
+the gateway's policies apply, every request has the same guard, and a compiled gate
+(``gateway._core.guardgate``) is the phase's ``on_request`` and ``on_response``: that common case costs
+no Python frame, and the gate hands anything else to this phase (``_check``, ``_respond``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gateway import errors
+from gateway._core.guardgate import Gate
 from gateway.errors import GatewayError
 from gateway.guard.config import GuardPolicy, GuardrailsConfig, names
 from gateway.guard.masking import Masker, apply
@@ -91,8 +97,19 @@ class GuardPhase(Phase):
         self._keys = {k: names(v) for k, v in apply_.keys.items()}
         self._memo: dict[tuple[str | None, str | None, str], Guard | None] = {}
         self._by_names: dict[tuple[str, ...], Guard] = {}
-        #: each request's state on its way out (its guard alone when it carries nothing else)
-        self._states: dict[Context, GuardState | Guard] = {}
+        #: only the gateway's policies apply: every request has the same guard (PERF: no memo lookup)
+        self._fixed = not (self._models or self._tenants or self._keys)
+        self._guard = self.guard_for(None, None, "") if self._fixed else None
+        guard = self._guard
+        if guard is not None:
+            # PERF: with one guard for every request, the compiled gate is the phase's way in and out: a
+            # prompt and an answer with no trigger cost the two prefilter passes and no Python frame; the
+            # gate hands anything else to this phase (``_check``, ``_respond``)
+            gate = Gate(guard, guard.in_scanner.prefilter if guard.in_scanner is not None else None,
+                        guard.out_scanner.prefilter if guard.out_scanner is not None else None,
+                        guard.plain, guard.out_always, self._check, self._respond)
+            self.on_request = gate.on_request  # type: ignore[method-assign]
+            self.on_response = gate.on_response  # type: ignore[method-assign]
 
     # -- which policies apply ------------------------------------------------------------------------
 
@@ -123,25 +140,39 @@ class GuardPhase(Phase):
         messages = getattr(fields, "messages", None)
         if messages is None:  # not a chat request: nothing to guard here
             return None
-        key = ctx.key
-        kid, tid = (key.id, key.tenant.id) if key is not None else (None, None)
-        memo = self._memo
-        which = (kid, tid, fields.model)
-        guard = memo[which] if which in memo else self.guard_for(kid, tid, fields.model)
+        if self._fixed:
+            guard = self._guard
+        else:
+            key = ctx.key
+            kid, tid = (key.id, key.tenant.id) if key is not None else (None, None)
+            memo = self._memo
+            which = (kid, tid, fields.model)
+            guard = memo[which] if which in memo else self.guard_for(kid, tid, fields.model)
         if guard is None:
             return None
+        scan = guard.in_scan
+        mask = scan(ctx.body) if scan is not None else 0
+        if not mask and guard.plain:
+            # PERF: the common case: no trigger in the prompt and nothing else to check; the body is
+            # neither decoded nor copied, and the request carries its guard alone (or nothing)
+            if guard.out_scanner is not None:
+                ctx.guard = guard
+            return None
+        return self._check(ctx, guard, messages, mask)
+
+    def _check(self, ctx: Context, guard: Guard, messages: list[Any], mask: int
+               ) -> Reply | GatewayError | Awaitable[Reply | None] | None:
+        """``on_request`` past the fast path: the shape, the prompt's scan (``mask``: its prefilter's
+        triggers), the injection score, the state for the way out, then what must be awaited."""
         if guard.shaped:
             refusal = self._shape(guard, messages)
             if refusal is not None:
                 return refusal
         masker: Masker | None = None
-        scan = guard.in_scan
-        if scan is not None:
-            # PERF: the prefilter reads the raw body once; with no trigger in it (the common case) the body
-            # is neither decoded nor copied, and goes upstream as the client sent it
-            mask = scan(ctx.body)
-            scanner = guard.in_scanner
-            assert scanner is not None
+        scanner = guard.in_scanner
+        if scanner is not None:
+            # PERF: the prefilter read the raw body once (on_request); with no trigger in it the body is
+            # neither decoded nor copied, and goes upstream as the client sent it
             if mask or scanner.always:
                 text = ctx.body.decode("utf-8", "surrogateescape")
                 findings = scanner.scan(text, mask)
@@ -162,9 +193,9 @@ class GuardPhase(Phase):
             state = GuardState(guard, masker, None)
             if guard.checks_answer:
                 state.request = msgspec.json.decode(ctx.body)
-            self._states[ctx] = state
+            ctx.guard = state
         elif guard.out_scanner is not None:
-            self._states[ctx] = guard  # PERF: the answer is scanned; nothing else is carried
+            ctx.guard = guard  # PERF: the answer is scanned; nothing else is carried
         needs_count = guard.max_prompt_tokens is not None and len(ctx.body) > guard.max_prompt_tokens
         if needs_count or guard.webhooks:
             return self._later(ctx, guard, messages, needs_count)
@@ -243,15 +274,20 @@ class GuardPhase(Phase):
     # -- the way out ---------------------------------------------------------------------------------
 
     def on_response(self, ctx: Context, body: bytes) -> bytes:
-        state = self._states.get(ctx)
+        state = ctx.guard
         if state is None:
             return body
+        return self._respond(ctx, body)
+
+    def _respond(self, ctx: Context, body: bytes) -> bytes:
+        """A whole answer of a request that carries a guard state (``ctx.guard``)."""
+        state = ctx.guard
         if type(state) is Guard:
             scan = state.out_scan
             assert scan is not None
             if not scan(body) and not state.out_always:
                 return body  # PERF: nothing to find: the answer as it came, not decoded
-            state = self._states[ctx] = GuardState(state, None, None)
+            state = ctx.guard = GuardState(state, None, None)
         assert isinstance(state, GuardState)
         guard = state.guard
         scanner = guard.out_scanner
@@ -278,11 +314,11 @@ class GuardPhase(Phase):
         return out.encode("utf-8", "surrogateescape")
 
     def on_stream(self, ctx: Context) -> StreamObserver | None:
-        state = self._states.get(ctx)
+        state = ctx.guard
         if state is None:
             return None
         if type(state) is Guard:
-            state = self._states[ctx] = GuardState(state, None, None)
+            state = ctx.guard = GuardState(state, None, None)
         assert isinstance(state, GuardState)
         _no_store(ctx)
         side = state.guard.output if state.guard.output else None
@@ -293,9 +329,6 @@ class GuardPhase(Phase):
                         ctx.request_id)
             return None
         return ChatStreamGuard(side, state.masker, ctx.request_id, shape)
-
-    def on_settle(self, ctx: Context) -> None:
-        self._states.pop(ctx, None)
 
 
 class _Shared:

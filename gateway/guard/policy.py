@@ -137,6 +137,7 @@ class Guard:
         "out_scan",
         "out_scanner",
         "output",
+        "plain",
         "shaped",
         "tool_arguments",
         "webhooks",
@@ -194,6 +195,11 @@ class Guard:
         self.checks_answer = self.tool_arguments != "off" or self.json_schema != "off"
         #: the messages' count or roles are limited
         self.shaped = self.max_messages is not None or self.allowed_roles is not None
+        #: a prompt in which the prefilter finds no trigger needs nothing else on its way in: no shape,
+        #: no injection score, no detector that always runs, no counting, no webhook, no answer check
+        self.plain = not (self.shaped or self.injection is not None or self.checks_answer or self.webhooks
+                          or self.max_prompt_tokens is not None
+                          or (self.in_scanner is not None and self.in_scanner.always))
 
     @staticmethod
     def _side(policies: Sequence[tuple[str, GuardPolicy]], side: str, where: str,

@@ -1126,7 +1126,7 @@ def test_facade_without_extensions_uses_the_twins() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (
         "{'http': False, 'limit': False, 'route': False, 'sse': False, 'jsoncheck': False, 'cache': False, 'scan': False, "
-        "'awsevent': False, 'recline': False, 'canon': False, 'context': False, 'engine': False, 'openai': False, 'listener': False, 'pool': False, 'rows': False, 'genai': False, 'phase': False}"
+        "'guardgate': False, 'awsevent': False, 'recline': False, 'canon': False, 'context': False, 'engine': False, 'openai': False, 'listener': False, 'pool': False, 'rows': False, 'genai': False, 'phase': False}"
     )
 
 
