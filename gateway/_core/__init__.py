@@ -107,7 +107,19 @@ def _is_extension(name: str) -> bool:
 def compiled() -> dict[str, bool]:
     """Which modules run compiled in this process (for ``gateway check`` and the benchmarks): the core's
     and the request path's."""
-    from gateway._core import awsevent, cache, canon, guardgate, http, jsoncheck, limit, recline, route, scan, sse
+    from gateway._core import (
+        awsevent,
+        cache,
+        canon,
+        guardgate,
+        http,
+        jsoncheck,
+        limit,
+        recline,
+        route,
+        scan,
+        sse,
+    )
 
     core = (http, limit, route, sse, jsoncheck, cache, scan, guardgate, awsevent, recline, canon)
     out = {m.__name__.rsplit(".", 1)[-1]: m.COMPILED for m in core}
