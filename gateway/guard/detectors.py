@@ -257,22 +257,30 @@ def _ca_sin(text: str, start: int, end: int) -> int:
 _DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|^\d{4}[-/.]\d{1,2}$")
 
 
+#: phone candidates whose verdict a validator remembers (then it forgets them all and starts again)
+PHONE_MEMO = 4096
+
+
 def phone_validator(regions: Sequence[str]) -> Validator:
     """Validates phone candidates with ``phonenumbers``' own matcher (which also knows dates and times):
     numbers with a ``+`` (or 00) by their own country code, others as numbers of each region in
     ``regions`` in turn. A finding must begin where the candidate does (a later start is tried as a
-    candidate of its own); a bare run of digits not starting with 0 is an order number, not a phone."""
+    candidate of its own); a bare run of digits not starting with 0 is an order number, not a phone.
+
+    # PERF: the matcher costs tens of µs per candidate, and a chat sends its history again with every
+    turn, so the same numbers come back request after request: the verdict of each candidate's text is
+    remembered (up to ``PHONE_MEMO`` texts; it depends on that text alone)."""
     import phonenumbers
 
     matcher = phonenumbers.PhoneNumberMatcher
     valid = phonenumbers.Leniency.VALID
     tries = tuple(regions) or ("US",)
+    memo: dict[str, int] = {}
 
-    def check(text: str, start: int, end: int) -> int:
-        if end < len(text) and text[end] == ":":  # a time: 2024-01-15 10:30
-            return -1
-        for stop in _group_ends(text, start, end, 4):
-            cand = text[start:stop].rstrip(" .-(")
+    def verdict(cand_text: str) -> int:
+        """Where the phone number that ``cand_text`` begins with ends in it; -1 if it begins with none."""
+        for stop in _group_ends(cand_text, 0, len(cand_text), 4):
+            cand = cand_text[:stop].rstrip(" .-(")
             if _DATE.search(cand) is not None or (cand.isdigit() and cand[0] != "0"):
                 continue
             shift = 0
@@ -282,9 +290,21 @@ def phone_validator(regions: Sequence[str]) -> Validator:
             for region in tries:
                 for m in matcher(cand, region, leniency=valid):
                     if m.start == 0 and m.end >= len(cand) - 1:
-                        return start + m.end + shift
+                        return m.end + shift
                     break
         return -1
+
+    def check(text: str, start: int, end: int) -> int:
+        if end < len(text) and text[end] == ":":  # a time: 2024-01-15 10:30
+            return -1
+        cand_text = text[start:end]
+        found = memo.get(cand_text)
+        if found is None:
+            found = verdict(cand_text)
+            if len(memo) >= PHONE_MEMO:
+                memo.clear()
+            memo[cand_text] = found
+        return start + found if found >= 0 else -1
 
     return check
 

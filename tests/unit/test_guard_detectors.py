@@ -200,3 +200,35 @@ def test_tool_arguments_and_json_schema_of_answers() -> None:
             _check_answer(guard, request, bad)
         assert info.value.code in ("guardrail_json_schema", "guardrail_tool_arguments")
     _check_answer(_guard(json_schema="log"), request, answer('{"town": "Oslo"}'))  # logged only
+
+
+def test_phone_verdicts_are_remembered_by_the_candidates_text_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phone candidate's verdict is remembered by its text (a chat sends its history again each turn): the
+    same number found again at any offset, a time or an order number refused again, the memory bounded."""
+    from gateway.guard import detectors
+
+    check = detectors.phone_validator(["US", "GB"])
+    texts = ["call (415) 555-0132 today", "x" * 37 + " call (415) 555-0132 today", "at 2024-01-15 10:30 ok",
+             "order 48213991 shipped", "ring +44 20 7946 0958.", "ring +44 20 7946 0958."]
+    fresh = detectors.phone_validator(["US", "GB"])
+    rx = detectors._PHONE
+    import re
+
+    for text in texts * 2:
+        for m in re.finditer(rx, text):
+            got = check(text, m.start(), m.end())
+            want = detectors.phone_validator(["US", "GB"])(text, m.start(), m.end())  # a validator of its own
+            assert got == want, (text, m.group())
+            assert got == fresh(text, m.start(), m.end())
+    first = texts[0]
+    m = re.search(rx, first)
+    assert m is not None and first[m.start():check(first, m.start(), m.end())] == "(415) 555-0132"
+
+    monkeypatch.setattr(detectors, "PHONE_MEMO", 3)
+    small = detectors.phone_validator(["US"])
+    for n in range(10):  # past the bound: still right
+        text = f"call (415) 555-01{n:02d} now"
+        m = re.search(rx, text)
+        assert m is not None
+        end = small(text, m.start(), m.end())
+        assert text[m.start():end] == f"(415) 555-01{n:02d}"
