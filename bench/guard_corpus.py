@@ -179,8 +179,8 @@ def _case(rng: random.Random) -> _Case:
     return _Case(text, kind, value, len(escaped_before))
 
 
-def _guard() -> Guard:
-    actions = dict.fromkeys(DETECTORS, "mask")
+def _guard(detectors: tuple[str, ...] = DETECTORS) -> Guard:
+    actions = dict.fromkeys(detectors, "mask")
     policy = msgspec.convert({"input": actions, "output": actions}, GuardPolicy)
     return Guard([("corpus", policy)])
 
@@ -191,9 +191,11 @@ def _chunks(rng: random.Random, text: str) -> list[str]:
     return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
 
 
-def run(strings: int = 4000, seed: int = 1) -> dict[str, Score]:
+def run(strings: int = 4000, seed: int = 1, detectors: tuple[str, ...] = DETECTORS) -> dict[str, Score]:
+    """The corpus' scores with a policy that masks ``detectors`` (the others' values are planted still,
+    and count as missed)."""
     rng = random.Random(seed)
-    guard = _guard()
+    guard = _guard(detectors)
     scores = {d: Score() for d in DETECTORS}
     for _ in range(strings):
         case = _case(rng)

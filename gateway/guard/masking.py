@@ -52,17 +52,48 @@ _TAIL_WORD = re.compile(
 )
 
 
-def _tail_start(buf: str, lo: int) -> int:
-    """Where the tail of ``buf`` that could still grow into a finding begins (not before ``lo``)."""
+#: what a word-like tail holds when no detector finds anything inside a word: what a shaped finding can
+#: begin with before ``_TAIL_SPACED`` knows it (an IBAN's or NINO's first capitals, a phone's ``+`` or
+#: ``(``, a PEM header's first dashes and letters), an unfinished placeholder or escape
+_TAIL_MARK = re.compile(
+    r"(?:[A-Z]{1,2}\d?|[+(]|-{1,5}(?:B(?:E(?:G(?:I(?:N)?)?)?)?)?"
+    r"|<[A-Z0-9_]*|\\(?:u[0-9a-fA-F]{0,3})?|\\u003[cC][A-Z0-9_]*)\Z"
+)
+
+
+def _tail_start(buf: str, lo: int, words: bool = True) -> int:
+    """Where the tail of ``buf`` that could still grow into a finding begins (not before ``lo``);
+    ``words``: an unfinished word could (else only a number, an IBAN, a PEM header, a placeholder or an
+    escape)."""
     n = len(buf)
     m = _TAIL_SPACED.search(buf, lo)
     start = m.start() if m is not None else n
     if n and not buf[-1].isspace():
         word = n - len(buf.rsplit(None, 1)[-1])  # a word-like tail holds no whitespace
-        m = _TAIL_WORD.search(buf, max(lo, word))
+        m = (_TAIL_WORD if words else _TAIL_MARK).search(buf, max(lo, word))
         if m is not None and m.start() < start:
             start = m.start()
     return start
+
+
+def _phrase_start(buf: str, n: int, hold: int, phrases: tuple[str, ...]) -> int:
+    """Where the tail of ``buf`` (``n`` characters) that a deny phrase could begin with begins (``n``:
+    nowhere): the earliest start of a word among the last ``hold`` characters from which the rest of
+    ``buf`` is the beginning of a phrase. A tail with an escape in it (the phrase is looked for decoded
+    then) holds all of them."""
+    lo = max(0, n - hold)
+    tail = buf[lo:].lower()
+    if "\\" in tail:
+        return lo
+    for k in range(len(tail)):
+        if k and tail[k - 1].isalnum():
+            continue
+        if lo + k == 0 or k or not buf[lo - 1].isalnum():
+            rest = tail[k:]
+            for w in phrases:
+                if w.startswith(rest):
+                    return lo + k
+    return n
 
 
 class Masker:
@@ -160,7 +191,7 @@ def _safe_cut(buf: str, cut: int) -> int:
 class Window:
     """The sliding window over one choice's streamed text (see the module's theory of operation)."""
 
-    __slots__ = ("buf", "masker", "max_hold", "request_id", "side")
+    __slots__ = ("buf", "masker", "max_hold", "request_id", "side", "words")
 
     def __init__(self, side: Side | None, masker: Masker, request_id: str) -> None:
         self.side = side
@@ -171,6 +202,7 @@ class Window:
         if side is not None:
             hold = max(hold, side.scanner.max_len, side.phrase_hold)
         self.max_hold = hold
+        self.words = side is None or side.word_hold
 
     def feed(self, text: str) -> str:
         buf = self.buf + text if self.buf else text
@@ -178,9 +210,9 @@ class Window:
         side = self.side
         findings = side.scanner.scan(buf) if side is not None else []
         lo = max(0, n - self.max_hold)
-        cut = _tail_start(buf, lo)
-        if side is not None and side.phrase_hold:
-            cut = min(cut, max(0, n - side.phrase_hold + 1))
+        cut = _tail_start(buf, lo, self.words)
+        if side is not None and side.phrases:
+            cut = min(cut, _phrase_start(buf, n, side.phrase_hold - 1, side.phrases))
         for f in reversed(findings):
             # a finding that reaches the end may still grow; one across the cut is released whole
             if f.start < cut and (f.end >= n or f.end > cut):

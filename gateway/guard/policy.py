@@ -62,14 +62,19 @@ def blocked(policy: str, detector: str, where: str) -> errors.BadRequest:
     )
 
 
+#: the built-in detectors whose findings a stream's window holds by their shape (a number with its
+#: separators, an IBAN or NINO, a PEM header: ``masking._TAIL_SPACED``), not as an unfinished word
+SHAPED = frozenset({"phone", "card", "iban", "ipv4", "private_key", "us_ssn", "uk_nino", "ca_sin", "es_dni"})
+
+
 class Side:
     """The checks of one direction (prompts or answers): a scanner and each detector's action."""
 
-    __slots__ = ("actions", "errors", "phrase_hold", "scanner")
+    __slots__ = ("actions", "errors", "phrase_hold", "phrases", "scanner", "word_hold")
 
     def __init__(self, detectors: list[Detector], actions: dict[str, str], owners: dict[str, str],
                  where: str, allow: tuple[frozenset[str], re.Pattern[str] | None],
-                 phrase_hold: int = 0) -> None:
+                 phrase_hold: int = 0, phrases: tuple[str, ...] = ()) -> None:
         if allow[0] or allow[1] is not None:
             detectors = [_allowing(d, allow) for d in detectors]
         self.scanner = Scanner(detectors)
@@ -77,8 +82,14 @@ class Side:
         #: each detector's block answer, built once
         self.errors = {name: blocked(owners[name], name, where)
                        for name, a in actions.items() if a == "block"}
-        #: a stream holds back at least this many characters: the longest deny phrase with a space in it
+        #: the longest deny phrase with a space or a sign in it (what a stream's tail may hold of one)
         self.phrase_hold = phrase_hold
+        #: those phrases, lower-cased: a stream holds the tail that one of them could begin with
+        self.phrases = phrases
+        #: whether a detector of this side can find something inside a word (an e-mail address, a key, a
+        #: deny word, a custom regex, ...): then a stream holds an unfinished word at its end; the others
+        #: find numbers, IBANs and PEM headers only, which the window holds by their own shapes
+        self.word_hold = any(d.name not in SHAPED for d in detectors)
 
     def __bool__(self) -> bool:
         return bool(self.scanner.detectors)
@@ -243,8 +254,9 @@ class Guard:
                 detectors.append(deny_detector(deny_words, deny_rx))
             else:
                 detectors.extend(builtin(name, phone_regions=regions))
-        phrase_hold = max((len(w) for w in deny_words if not w.isalnum()), default=0)
-        return Side(detectors, actions, owners, where, allow, phrase_hold)
+        phrases = tuple(dict.fromkeys(w.lower() for w in deny_words if not w.isalnum()))
+        phrase_hold = max((len(w) for w in phrases), default=0)
+        return Side(detectors, actions, owners, where, allow, phrase_hold, phrases)
 
     def injection_score(self, messages: Sequence[Any]) -> float:
         """The score of the prompt's messages: the weights of the distinct phrasings found, those inside
