@@ -1,13 +1,15 @@
 """What guardrails add to a stream's time to first token, through real processes.
 
-    python -m bench.guard_ttft [--streams 1000] [--delays 0,20] [--json PATH] [--quick]
+    python -m bench.guard_ttft [--streams 1000] [--delays 0,20] [--policy typical|shaped] [--json PATH]
+                               [--quick]
 
 One mock upstream and two gateways (one worker each, call records on, as a deployment runs them): one
 without ``[guardrails]``, one with the typical policy of ``bench.guard_inproc`` (e-mail masked in answers,
-cards and API keys refused, a deny list). Each stream asks the mock for 8 content events
-``DELAY`` ms apart (``!mock chunk_delay_ms=DELAY``); the figure is the time from sending the request to
-the first event with visible content, p50 and p99 over ``--streams`` streams per target, the targets
-alternated stream by stream so that a drift of the machine touches both alike.
+cards and API keys refused, a deny list), or with ``--policy shaped`` one of detectors that find numbers
+and IBANs only (cards refused, phone numbers and IBANs masked, both ways). Each stream asks the mock for
+8 content events ``DELAY`` ms apart (``!mock chunk_delay_ms=DELAY``); the figure is the time from sending
+the request to the first event with visible content, p50 and p99 over ``--streams`` streams per target,
+the targets alternated stream by stream so that a drift of the machine touches both alike.
 
 With ``DELAY`` 0 (events back to back) the difference is what the guard's window costs; with events
 apart, the window also holds a word that the first event leaves unfinished until the next event says
@@ -30,6 +32,16 @@ from typing import Any
 from bench.configs import BENCH_KEY
 from bench.guard_inproc import GUARD
 from bench.procs import HOST, Service, free_ports, start_service, terminate_as_exit, wait_ready
+
+#: --policy shaped: detectors whose findings the window holds by their shape, not as unfinished words
+SHAPED = """
+[guardrails.policies.shaped]
+input = { phone = "mask", iban = "mask", card = "block" }
+output = { phone = "mask", iban = "mask", card = "block" }
+
+[guardrails.apply]
+gateway = "shaped"
+"""
 
 __all__ = ["main", "measure_streams"]
 
@@ -101,14 +113,15 @@ def measure_streams(ports: dict[str, int], delay_ms: int, streams: int) -> dict[
             for name, v in got.items()}
 
 
-def _start(tmp: Path) -> tuple[list[Service], dict[str, int]]:
+def _start(tmp: Path, policy: str) -> tuple[list[Service], dict[str, int]]:
     mock_port, off_port, on_port = free_ports(3)
     services = [start_service("mock", [sys.executable, "-m", "gateway", "mock", "--host", HOST, "--port",
                                        str(mock_port), "-q"], tmp)]
     env = {**os.environ, "BENCH_KEY": BENCH_KEY}
     ports = {"guard-off": off_port, "guard-on": on_port}
     for name, port in ports.items():
-        text = _CONFIG.format(host=HOST, port=port, mock=mock_port) + (GUARD if name == "guard-on" else "")
+        text = _CONFIG.format(host=HOST, port=port, mock=mock_port) + (
+            (SHAPED if policy == "shaped" else GUARD) if name == "guard-on" else "")
         path = tmp / f"{name}.toml"
         path.write_text(text)
         services.append(start_service(name, [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
@@ -120,7 +133,8 @@ def _start(tmp: Path) -> tuple[list[Service], dict[str, int]]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = ["time to first content, through real processes (mock upstream, 8 events per stream)", "",
+    lines = ["time to first content, through real processes (mock upstream, 8 events per stream), "
+             f"policy {result.get('policy', 'typical')}", "",
              f"{'events apart':>12}  {'target':<10} {'p50':>9} {'p99':>9}"]
     for row in result["delays"]:
         for name in ("guard-off", "guard-on"):
@@ -136,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.guard_ttft", description=__doc__.split("\n\n")[0])
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--delays", default="0,20", help="ms between the mock's events, comma-separated")
+    ap.add_argument("--policy", choices=("typical", "shaped"), default="typical")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="20 streams, events back to back (a harness check)")
     args = ap.parse_args(argv)
     delays = [0] if args.quick else [int(d) for d in args.delays.split(",") if d.strip()]
     streams = 20 if args.quick else args.streams
-    result: dict[str, Any] = {"streams": streams, "delays": []}
+    result: dict[str, Any] = {"streams": streams, "policy": args.policy, "delays": []}
     with terminate_as_exit(), tempfile.TemporaryDirectory(prefix="bench-guard-ttft-") as tmp:
-        services, ports = _start(Path(tmp))
+        services, ports = _start(Path(tmp), args.policy)
         try:
             for delay in delays:
                 targets = measure_streams(ports, delay, streams)
