@@ -43,3 +43,5 @@ cdef class Prefilter:
                               uint64_t mask) noexcept
     cdef bint _escape_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept
     cdef bint _number_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept
+    cdef bint _number_from(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                           unsigned char prev) noexcept

@@ -135,12 +135,15 @@ DEF N_ANY = 32
 
 cdef unsigned char _BASE[128]
 cdef unsigned char _LOW[256]
+#: 1 for the letter of an escape that stands for whitespace (\\n, \\t, \\r, \\b, \\f)
+cdef unsigned char _SPACE_ESCAPE[256]
 
 
 cdef void _init_base() noexcept:
     cdef int c
     for c in range(256):
         _LOW[c] = c + 32 if 65 <= c <= 90 else c
+        _SPACE_ESCAPE[c] = c == 110 or c == 116 or c == 114 or c == 98 or c == 102
     for c in range(128):
         _BASE[c] = 0
         if 48 <= c <= 57:
@@ -613,7 +616,7 @@ cdef class Prefilter:
 
     cdef Py_ssize_t _at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t* out) noexcept:
         """The triggers at ``i``; returns where to go on."""
-        cdef unsigned char c = s[i], k
+        cdef unsigned char c = s[i], k, d
         cdef uint64_t mask = out[0]
         cdef uint32_t cp
         cdef int length
@@ -632,6 +635,15 @@ cdef class Prefilter:
             if c == 92:
                 if not mask & M_ESCAPE and self._escape_at(s, i, n):
                     mask |= M_ESCAPE
+                if i + 2 < n and _SPACE_ESCAPE[s[i + 1]]:
+                    # a value right after \n (\t, \r, \b, \f): its byte before is a letter, the text's a
+                    # line break; looked at as if after a space
+                    d = s[i + 2]
+                    if (numeric and not mask & M_NUMBER and d < 0x80 and (_BASE[d] & C_DIGIT or d == 43 or d == 40)
+                            and self._number_from(s, i + 2, n, 32)):
+                        mask |= M_NUMBER
+                    if self._upper and not mask & M_UPPER and 65 <= d <= 90 and _upper_from(s, i + 2, n):
+                        mask |= M_UPPER
                 out[0] = mask
                 # an escaped backslash is not the start of an escape; anything else is looked at
                 return i + 2 if i + 1 < n and s[i + 1] == 92 else i + 1
@@ -710,14 +722,18 @@ cdef class Prefilter:
         return self._folded_bits != 0 and _hazard(cp)
 
     cdef bint _number_at(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+        return self._number_from(s, i, n, s[i - 1] if i > 0 else 32)
+
+    cdef bint _number_from(self, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                           unsigned char prev) noexcept:
+        """``_number_at`` with ``prev`` as the byte before ``i`` (a space after a ``\\n`` escape)."""
         cdef int numeric = self._numeric
-        cdef unsigned char prev, pk = 0, first, c
+        cdef unsigned char pk = 0, first, c
         cdef int first_digit, length
         cdef Py_ssize_t digits = 0, row = 0, j, last_end
         cdef bint in_row = True, gap = False, sep_seen = False, bare
         if numeric & N_ANY:
             return True
-        prev = s[i - 1] if i > 0 else 32
         if prev < 0x80:
             pk = _BASE[prev]
             if pk & C_WORD:  # every numeric detector's lookbehind refuses a word character before it
@@ -815,11 +831,16 @@ cdef inline bint _json_number(const unsigned char* s, Py_ssize_t i) noexcept:
 
 cdef inline bint _upper_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
     cdef unsigned char p
-    cdef Py_ssize_t j
     if i > 0:
         p = s[i - 1]
         if p < 0x80 and _BASE[p] & C_WORD and p != 95:
             return False
+    return _upper_from(s, i, n)
+
+
+cdef inline bint _upper_from(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """``_upper_at`` whatever the byte before ``i``."""
+    cdef Py_ssize_t j
     if i + 2 >= n or not 65 <= s[i + 1] <= 90:
         return False
     j = i + 2

@@ -209,6 +209,14 @@ class Prefilter:
                 if c == 92:
                     if not mask & ESCAPE and self._escape_at(data, i, n):
                         mask |= ESCAPE
+                    if i + 2 < n and data[i + 1] in _SPACE_ESCAPES:
+                        # a value right after \n (\t, \r, \b, \f): looked at as if after a space
+                        k = data[i + 2]
+                        digit = k < 0x80 and (_CLASS_B[k] & _DIGIT or k in (43, 40))
+                        if numeric and not mask & NUMBER and digit and self._number_from(data, i + 2, n, 32):
+                            mask |= NUMBER
+                        if self._upper and not mask & UPPER and 65 <= k <= 90 and _upper_from(data, i + 2, n):
+                            mask |= UPPER
                     # an escaped backslash is not the start of an escape; anything else is looked at
                     i += 2 if i + 1 < n and data[i + 1] == 92 else 1
                     continue
@@ -252,10 +260,13 @@ class Prefilter:
 
     def _number_at(self, data: bytes, i: int, n: int) -> bool:
         """Could a numeric detector's finding begin at ``i`` (a digit, ``+`` or ``(``)?"""
+        return self._number_from(data, i, n, data[i - 1] if i > 0 else 32)
+
+    def _number_from(self, data: bytes, i: int, n: int, prev: int) -> bool:
+        """``_number_at`` with ``prev`` as the byte before ``i`` (a space after a ``\\n`` escape)."""
         numeric = self._numeric
         if numeric & NUMBER_ANY:
             return True
-        prev = data[i - 1] if i > 0 else 32
         pk = _CLASS_B[prev] if prev < 0x80 else 0
         if pk & _WORD:  # every numeric detector's lookbehind refuses a word character before it
             return False
@@ -354,12 +365,21 @@ def _needle_at(data: bytes, i: int, n: int, needle: bytes, folded: bool, after: 
     return True
 
 
+#: the escapes that stand for whitespace (\n, \t, \r, \b, \f): a value right after one starts a word
+_SPACE_ESCAPES = frozenset(b"ntrbf")
+
+
 def _upper_at(data: bytes, i: int, n: int) -> bool:
     """Two capitals not after an ASCII letter or digit, then a digit, perhaps after a space."""
     if i > 0:
         p = data[i - 1]
         if p < 0x80 and _CLASS_B[p] & _WORD and p != 95:
             return False
+    return _upper_from(data, i, n)
+
+
+def _upper_from(data: bytes, i: int, n: int) -> bool:
+    """``_upper_at`` whatever the byte before ``i``."""
     if i + 2 >= n or not 65 <= data[i + 1] <= 90:
         return False
     j = i + 2

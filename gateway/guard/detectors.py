@@ -400,6 +400,8 @@ def lowered(text: str) -> str:
     if last[0] is text:
         return last[1]
     low = text.lower()
+    if len(low) != len(text):  # a character whose lower case is longer ("İ"): keep it, keep the offsets
+        low = "".join(c if len(lc := c.lower()) != 1 else lc for c in text)
     _last_lower = (text, low)
     return low
 
@@ -546,6 +548,24 @@ _NUMBER_START_ASCII = re.compile(r"[+(0-9](?<!\w[+(\d])[\d .()/-]{5,}\d")
 _NUMBER_SKIP = 6
 
 
+#: a JSON escape that stands for whitespace (``\\n``, ``\\t``, ...) or an escaped backslash, paired from the
+#: left (``_blank_escapes``)
+_SHORT_ESCAPE = re.compile(r"\\[ntrbf\\]")
+_WS_ESCAPES = {"\\n": "\n\n", "\\t": "\t\t", "\\r": "\r\r", "\\f": "\f\f", "\\b": "\b\b", "\\\\": "\\\\"}
+
+
+def _blank_escapes(text: str) -> str:
+    """``text`` with each escape of a whitespace character written as two of that character (the same
+    length, so the findings' offsets are the text's): a value or a word right after a line break is seen
+    where it starts, and a line break still ends a number, as in the decoded text."""
+    if "\\\\" in text:  # escaped backslashes: paired from the left ("\\\\n" is a backslash and an n)
+        return _SHORT_ESCAPE.sub(lambda m: _WS_ESCAPES[m.group()], text)
+    for esc, ws in _WS_ESCAPES.items():
+        if esc in text:
+            text = text.replace(esc, ws)
+    return text
+
+
 def _escape_start(text: str, start: int) -> int:
     """A span must not begin inside a JSON escape (``\\n`` before a word, ``\\u00e9``): past it."""
     n = 0
@@ -615,6 +635,8 @@ class Scanner:
         return self._scan(text, mask)
 
     def _scan(self, text: str, mask: int) -> list[Finding]:
+        if "\\" in text:  # "\n4111 ...": the n of the escape is no letter before the value
+            text = _blank_escapes(text)
         found: list[Finding] = []
         for d, bit in zip(self._others, self._bits, strict=True):
             if not bit or mask & bit:

@@ -41,7 +41,7 @@ _PLACEHOLDER = re.compile(r"(?:<|\\u003[cC])([A-Z][A-Z0-9_]{0,40}_\d{1,6})(?:>|\
 #: word only). # PERF: one regex of all of them, searched from the window's start, cost ~6 us a chunk
 _TAIL_SPACED = re.compile(
     r"(?:[+(]?\d[\d ().\-/]*"  # a number, perhaps with separators (card, phone, id, address)
-    r"|[A-Z]{2}\d{2}(?: ?[A-Za-z0-9])* ?|[A-Z]{2} ?(?:\d{2} ?)*"  # an IBAN, a NINO
+    r"|[A-Z]{2}\d{2}(?: ?[A-Za-z0-9])* ?|[A-Z]{2} ?(?:\d ?)*"  # an IBAN, a NINO
     r"|-----BEGIN[ A-Z0-9]*-{0,5})\Z"  # a PEM header
 )
 _TAIL_WORD = re.compile(
@@ -57,7 +57,9 @@ _TAIL_WORD = re.compile(
 #: ``(``, a PEM header's first dashes and letters), an unfinished placeholder or escape
 _TAIL_MARK = re.compile(
     r"(?:[A-Z]{1,2}\d?|[+(]|-{1,5}(?:B(?:E(?:G(?:I(?:N)?)?)?)?)?"
-    r"|<[A-Z0-9_]*|\\(?:u[0-9a-fA-F]{0,3})?|\\u003[cC][A-Z0-9_]*)\Z"
+    r"|<[A-Z0-9_]*|\\(?:u[0-9a-fA-F]{0,3})?|\\u003[cC][A-Z0-9_]*"
+    # a run with an escape in it (the scan decodes \u0034, \u0020): held as a word
+    r"|(?=\S*\\)(?:[^\s\\\"<]|\\u[0-9a-fA-F]{4}|\\/)*(?:<[A-Z0-9_]*|\\(?:u[0-9a-fA-F]{0,3})?)?)\Z"
 )
 
 
@@ -83,8 +85,8 @@ def _phrase_start(buf: str, n: int, hold: int, phrases: tuple[str, ...]) -> int:
     then) holds all of them."""
     lo = max(0, n - hold)
     tail = buf[lo:].lower()
-    if "\\" in tail:
-        return lo
+    if "\\" in buf[max(0, lo - 6):n] or len(tail) != n - lo:  # an escape in or across the tail's start
+        return max(0, n - 6 * hold)  # escaped, a phrase is up to six times as long
     for k in range(len(tail)):
         if k and tail[k - 1].isalnum():
             continue

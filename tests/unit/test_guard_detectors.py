@@ -271,3 +271,56 @@ def test_phone_verdicts_are_remembered_by_the_candidates_text_alone(monkeypatch:
         assert m is not None
         end = small(text, m.start(), m.end())
         assert text[m.start():end] == f"(415) 555-01{n:02d}"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("line\\n4111 1111 1111 1111 ok", ("card", "4111 1111 1111 1111")),
+    ("line\\nalice@example.com ok", ("email", "alice@example.com")),
+    ("line\\tDE89 3704 0044 0532 0130 00", ("iban", "DE89 3704 0044 0532 0130 00")),
+    ('said \\"internal only\\" twice', ("deny", "internal only")),
+    ("C:\\\\\\ninternal only", ("deny", "internal only")),
+])
+def test_a_value_right_after_a_json_escape_is_found_where_it_starts(text: str,
+                                                                   expected: tuple[str, str]) -> None:
+    """The text is scanned JSON-escaped: the ``n`` of a ``\\n`` before a value is no letter of a word."""
+    deny = {"words": ["internal only"], "action": "block"}
+    assert _found(text, output={}, input=ALL, deny=deny) == [expected]
+
+
+def test_a_lower_case_longer_than_its_letter_keeps_the_offsets() -> None:
+    deny = {"words": ["internal only"], "action": "block"}
+    assert _found("İ internal \\u006fnly", input={}, deny=deny) == [("deny", "internal \\u006fnly")]
+    assert _found("İİ internal only", input={}, deny=deny) == [("deny", "internal only")]
+
+
+@pytest.mark.parametrize("chunks", [
+    ["pay 4111\\u00201111\\u00201111\\u00201111", " ok"],
+    ["41887578\\", "u00360555 ok"],
+    ["nino AB 1", "2 34 56 C ok"],
+    ["\\u0042E", "61944608384855\\n"],
+])
+def test_window_of_shaped_detectors_holds_escaped_and_odd_starts(chunks: list[str]) -> None:
+    """Found by an adversarial run against the window's tail rules: a value with escapes in it, or split
+    after an odd digit of a NINO, is held whole (and then masked or refused)."""
+    shaped = {"card": "block", "iban": "mask", "uk_nino": "mask", "us_ssn": "block"}
+    window = Window(_guard(output=shaped).output, Masker(), "r")
+    out = ""
+    try:
+        for piece in chunks:
+            out += window.feed(piece)
+        out += window.flush()
+    except GatewayError:
+        return
+    assert "<" in out and "".join(chunks)[:12] not in out, out
+
+
+@pytest.mark.parametrize("chunks", [
+    ["x\\u0020internal ", "only!"], ["word\\u0020Internal ", "Only"], ["\\u0069nternal ", "Only"],
+    ["İ internal ", "only"], ["our \\u0069nternal\\u0020", "only"],
+])
+def test_window_holds_a_deny_phrase_with_escapes_around_it(chunks: list[str]) -> None:
+    window = Window(_guard(deny={"words": ["internal only"], "action": "block"}).output, Masker(), "r")
+    with pytest.raises(GatewayError):
+        for piece in chunks:
+            window.feed(piece)
+        window.flush()

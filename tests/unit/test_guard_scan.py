@@ -242,3 +242,21 @@ def test_window_tail_is_the_one_regex() -> None:
         lo = rng.randint(0, len(buf))
         m = _ONE_TAIL.search(buf, lo)
         assert _tail_start(buf, lo) == (m.start() if m is not None else len(buf)), (buf, lo)
+
+
+@pytest.mark.parametrize("text", [
+    "line\\n4111 1111 1111 1111 ok", "line\\tDE89 3704 0044 0532 0130 00", "x\\r+1 415 555 0132",
+    "a\\n(415) 555-0132 b", ")\\n1.2.3.4(", "list\\n123-45-6789\\n", "pem\\n-----BEGIN PRIVATE KEY-----",
+    "nino\\fAB 12 34 56 C", "mail\\nalice@example.com",
+])
+def test_a_value_right_after_a_line_break_escape_is_not_hidden(text: str) -> None:
+    """The byte before such a value is the escape's letter (``\\n``): the prefilter, compiled and twin, looks
+    at it as after a space, as the detectors do."""
+    everything = _guard(EVERYTHING).input.scanner
+    assert _found(everything, text) == _unfiltered(everything, text) != [], text
+    data = text.encode()
+    needles, config, _ = prefilter_args(everything._others, everything._digit_dets)
+    twin = scan_py.Prefilter(needles, **config).scan(data)
+    assert twin == everything.prefilter.scan(data)
+    if compiled is not None:
+        assert compiled.Prefilter(needles, **config).scan(data) == twin
