@@ -14,6 +14,7 @@ cdef class LineWriter:
     cpdef integer(self, bytes key, object value)
     cpdef millis(self, bytes key, double value)
     cpdef micros(self, bytes key, double value)
+    cdef int _fixed(self, bytes key, double k, unsigned long long scale, int places) except -1
     cpdef number(self, bytes key, object value)
     cpdef Py_ssize_t mark(self)
     cpdef cut(self, Py_ssize_t at)

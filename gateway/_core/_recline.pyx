@@ -157,27 +157,21 @@ cdef class LineWriter:
 
     cpdef millis(self, bytes key, double value):
         """``key`` then ``value`` cut (not rounded) to three decimals, as ``x * 1000 // 1 / 1000``."""
-        cdef double k = floor(value * 1000.0)
-        cdef unsigned long long v
-        if not (isfinite(k) and 0.0 <= k < BIG):
-            self._bytes(key)
-            self._bytes(_encode(k / 1000.0))
-            return
-        v = <unsigned long long>k
-        self._bytes(key)
-        self._decimals(v // 1000, v % 1000, 3)
+        self._fixed(key, floor(value * 1000.0), 1000, 3)
 
     cpdef micros(self, bytes key, double value):
         """``key`` then ``value`` rounded to six decimals (a time of day in seconds)."""
-        cdef double k = floor(value * 1000000.0 + 0.5)
+        self._fixed(key, floor(value * 1000000.0 + 0.5), 1000000, 6)
+
+    cdef int _fixed(self, bytes key, double k, unsigned long long scale, int places) except -1:
+        """``key`` then ``k / scale`` (``k`` a whole number) with ``places`` decimals; what is out of range
+        (negative, huge, not finite) as msgspec writes the quotient."""
         cdef unsigned long long v
-        if not (isfinite(k) and 0.0 <= k < BIG):
-            self._bytes(key)
-            self._bytes(_encode(k / 1000000.0))
-            return
-        v = <unsigned long long>k
         self._bytes(key)
-        self._decimals(v // 1000000, v % 1000000, 6)
+        if not (isfinite(k) and 0.0 <= k < BIG):
+            return self._bytes(_encode(k / <double>scale))
+        v = <unsigned long long>k
+        return self._decimals(v // scale, v % scale, places)
 
     cpdef number(self, bytes key, object value):
         """``key`` then ``value``: a ``float`` (as msgspec writes it: the shortest form that reads back;

@@ -49,6 +49,11 @@ def _is_decimal(s: str) -> bool:
     return s.count(".") <= 1 and s.replace(".", "").isdigit()
 
 
+def _floor(x: float) -> float:
+    """``math.floor`` as C's ``floor``: a float, and infinities and NaN as they are."""
+    return float(math.floor(x)) if math.isfinite(x) else x
+
+
 class LineWriter:
     """An output buffer of JSON lines, written member by member (see the module's table). ``mark`` and
     ``cut`` take back a line that could not be finished."""
@@ -78,16 +83,17 @@ class LineWriter:
             buf += _encode(value)
 
     def millis(self, key: bytes, value: float) -> None:
-        self._fixed(key, float(value), 1000, 3)
+        """``value`` cut (not rounded) to three decimals."""
+        self._fixed(key, _floor(float(value) * 1000.0), 1000, 3)
 
     def micros(self, key: bytes, value: float) -> None:
-        self._fixed(key, float(value), 1_000_000, 6)
+        """``value`` rounded to six decimals."""
+        self._fixed(key, _floor(float(value) * 1_000_000.0 + 0.5), 1_000_000, 6)
 
-    def _fixed(self, key: bytes, value: float, scale: int, places: int) -> None:
+    def _fixed(self, key: bytes, k: float, scale: int, places: int) -> None:
+        """``k / scale`` (``k`` a whole number) with ``places`` decimals; else as msgspec writes it."""
         buf = self._buf
         buf += key
-        scaled = value * scale if places == 3 else value * scale + 0.5
-        k = math.floor(scaled) if math.isfinite(scaled) else scaled
         if math.isfinite(k) and 0 <= k < _BIG:
             v = int(k)
             buf += _decimals(v // scale, v % scale, places)
