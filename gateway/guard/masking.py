@@ -81,20 +81,19 @@ def _tail_start(buf: str, lo: int, words: bool = True) -> int:
 def _phrase_start(buf: str, n: int, hold: int, phrases: tuple[str, ...]) -> int:
     """Where the tail of ``buf`` (``n`` characters) that a deny phrase could begin with begins (``n``:
     nowhere): the earliest start of a word among the last ``hold`` characters from which the rest of
-    ``buf`` is the beginning of a phrase. A tail with an escape in it (the phrase is looked for decoded
-    then) holds all of them."""
+    ``buf`` is the beginning of a phrase. With an escape in or next to the tail (the phrase is looked
+    for decoded then: up to six times as long), or a lower case of another length, six times ``hold``."""
     lo = max(0, n - hold)
     tail = buf[lo:].lower()
-    if "\\" in buf[max(0, lo - 6):n] or len(tail) != n - lo:  # an escape in or across the tail's start
-        return max(0, n - 6 * hold)  # escaped, a phrase is up to six times as long
+    if "\\" in buf[max(0, lo - 6):n] or len(tail) != n - lo:
+        return max(0, n - 6 * hold)
     for k in range(len(tail)):
-        if k and tail[k - 1].isalnum():
+        at = lo + k
+        if at and buf[at - 1].isalnum():  # not a word's start
             continue
-        if lo + k == 0 or k or not buf[lo - 1].isalnum():
-            rest = tail[k:]
-            for w in phrases:
-                if w.startswith(rest):
-                    return lo + k
+        rest = tail[k:]
+        if any(w.startswith(rest) for w in phrases):
+            return at
     return n
 
 
