@@ -44,26 +44,24 @@ COMPLETION = json.dumps({
 }).encode()
 
 
-class _Ctx:
-    endpoint = "chat"
-    stream = False
-    include_usage = False
-    usage: Any = None
-    body = BODY
-    fields = None
-    dialect: Any = None
-    request_id = "bench"
-
-
 class _Request:
-    body = MESSAGES_BODY
+    def __init__(self, body: bytes) -> None:
+        self.body = body
 
 
 def _messages_context() -> Context:
     """A Messages client's request context (the compiled translators take only the real type)."""
-    ctx = Context(_Request(), "bench", None, None)  # type: ignore[arg-type]
+    ctx = Context(_Request(MESSAGES_BODY), "bench", None, None)  # type: ignore[arg-type]
     ctx.endpoint = "messages"
     ctx.dialect = ANTHROPIC_MESSAGES
+    return ctx
+
+
+def _chat_context() -> Context:
+    """An OpenAI chat client's request context, as the engine builds it (the compiled translators take
+    only the real type)."""
+    ctx = Context(_Request(BODY), "bench", None, None)  # type: ignore[arg-type]
+    ctx.endpoint = "chat"
     return ctx
 
 
@@ -119,7 +117,7 @@ def measure(number: int = 20000, deltas: int = 20) -> dict[str, float]:
     (``message`` -> ``chat.completion``), ``per_request`` (the two: a non-stream request's translation),
     ``stream`` (a stream of ``deltas`` text deltas) and ``per_event``."""
     t = AnthropicTranslator("a", MockTransport(MockConfig()), "/v1", "k", {})
-    ctx = _Ctx()
+    ctx = _chat_context()
     chunks = _stream(deltas)
 
     def stream() -> None:

@@ -61,6 +61,7 @@ def export(name: str, namespace: dict[str, Any]) -> None:
 SOURCE_MODULES = (
     "gateway.context", "gateway.engine", "gateway.providers.openai", "gateway.server.listener",
     "gateway.server.pool", "gateway.observe.rows", "gateway.observe.genai", "gateway.cache.phase",
+    "gateway.providers.anthropic",
 )
 
 

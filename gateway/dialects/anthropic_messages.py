@@ -660,12 +660,15 @@ class AnthropicMessages(ClientDialect):
     def response_headers(self, headers: list[tuple[str, str]], now: float) -> list[tuple[str, str]]:
         """``x-request-id`` is repeated as ``request-id``; the rate-limit headers get Anthropic's names
         (resets as RFC 3339 instants)."""
-        for i, (name, value) in enumerate(list(headers)):
-            mapped = _RATELIMIT.get(name)
-            if mapped is not None:
+        ids: list[tuple[str, str]] = []
+        for i, (name, value) in enumerate(headers):
+            if name == "x-request-id":
+                ids.append(("request-id", value))
+            elif name in _RATELIMIT:
+                mapped = _RATELIMIT[name]
                 headers[i] = (mapped, _instant(value, now) if mapped.endswith("-reset") else value)
-            elif name == "x-request-id":
-                headers.append(("request-id", value))
+        if ids:
+            headers.extend(ids)
         return headers
 
 

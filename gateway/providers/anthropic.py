@@ -178,7 +178,7 @@ class AnthropicTranslator(OpenAITranslator):
                     "The upstream provider returned a response body that is not an Anthropic message",
                     code="upstream_invalid_response",
                 ) from None
-            ctx.usage = openai_usage(xlate.usage_from_wire(usage))
+            ctx.usage = _usage_of(usage)
             return body
         return bridge.take_body(self, ctx, body)
 
@@ -232,6 +232,15 @@ class _UsageOnly(msgspec.Struct):
 
 
 _usage_decoder: Final = msgspec.json.Decoder(_UsageOnly)
+
+
+def _usage_of(u: wire.Usage) -> TranslatedUsage:
+    """``openai_usage(xlate.usage_from_wire(u))`` without the IR's usage in between (# PERF: every
+    pass-through answer): each prompt token counted once, the cache reads apart."""
+    read = u.cache_read_input_tokens or 0
+    written = u.cache_creation_input_tokens or 0
+    prompt = (u.input_tokens or 0) + read + written
+    return TranslatedUsage(prompt, u.output_tokens, prompt + u.output_tokens, CachedTokens(read), written)
 
 
 def with_sampling(translator: OpenAITranslator, sampling: xlate.Sampling | None) -> OpenAITranslator:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,6 +25,7 @@ from bench import translate  # noqa: E402
 from bench.configs import gateway_toml  # noqa: E402
 from gateway.config import load_config_text  # noqa: E402
 from gateway.config.schema import MockConfig  # noqa: E402
+from gateway.context import Context  # noqa: E402
 from gateway.providers.anthropic import AnthropicTranslator  # noqa: E402
 from gateway.providers.mock import MockTransport  # noqa: E402
 
@@ -34,22 +35,17 @@ needs_tools = pytest.mark.skipif(
 )
 
 
-class _Ctx:
-    endpoint = "chat"
-    stream = False
-    include_usage = False
-    fields: Any = None
-    usage: Any = None
-    dialect: Any = None  # the OpenAI chat dialect
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
+def _chat_ctx(body: bytes) -> Context:
+    """An OpenAI chat client's request context (the compiled translators take only the real type)."""
+    ctx = Context(SimpleNamespace(body=body), "t", None, None)  # type: ignore[arg-type]
+    ctx.endpoint = "chat"
+    return ctx
 
 
 def test_nginx_is_sent_the_bytes_the_gateway_sends_upstream() -> None:
     sc = harness.SCENARIOS["translate"]
     t = AnthropicTranslator("a", MockTransport(MockConfig()), "/v1", "k", {})
-    sent = t.request_body(_Ctx(sc.body), harness.MODEL, False)
+    sent = t.request_body(_chat_ctx(sc.body), harness.MODEL, False)
     path, body, check = sc.request_of("nginx")
     assert (path, body) == ("/v1/messages", sent)
     assert check(200, b'{"type":"message","content":[{"type":"text","text":"hi"}]}') is None

@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -326,16 +327,12 @@ def test_claude_on_vertex_bodies_and_errors() -> None:
     fixtures = EXAMPLES.parent / "tests" / "fixtures" / "providers" / "vertex"
     claude = GeminiTranslator("v", FakeTransport(), "/v1", [], vertex=("p", "us-east5")).for_model("claude-sonnet-4-5")
 
-    class Ctx:
-        endpoint = "chat"
-        stream = False
-        include_usage = False
-        usage: Any = None
-        body = b'{"model": "c", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}'
-        fields = None
-        dialect = None  # OpenAI chat
+    from gateway.context import Context
 
-    ctx = Ctx()
+    # an OpenAI chat client's request context (the compiled translators take only the real type)
+    ctx = Context(SimpleNamespace(body=b'{"model": "c", "messages": [{"role": "user", "content": "hi"}], '
+                                       b'"max_tokens": 50}'), "t", None, None)  # type: ignore[arg-type]
+    ctx.endpoint = "chat"
     body = json.loads(claude.request_body(ctx, "claude-sonnet-4-5", True))
     assert "model" not in body and body["anthropic_version"] == "vertex-2023-10-16" and body["max_tokens"] == 50
     ctx.stream = True

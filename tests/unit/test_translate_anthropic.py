@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic.types as at
+import msgspec
 import pytest
 from anthropic.types import message_create_params as mcp
 from hypothesis import given, settings
@@ -709,3 +710,20 @@ def test_wire_schema_round_trips_sdk_request_example() -> None:
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
         "max_tokens": 10,
     }
+
+
+@pytest.mark.parametrize("usage", [
+    {}, {"input_tokens": 12, "output_tokens": 7},
+    {"input_tokens": 3, "output_tokens": 40, "cache_read_input_tokens": 600, "cache_creation_input_tokens": 25},
+    {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": None, "cache_creation_input_tokens": 9},
+    {"input_tokens": 5, "output_tokens": 9, "output_tokens_details": {"thinking_tokens": 4}},
+])
+def test_the_pass_through_usage_is_the_translated_usage(usage: dict[str, Any]) -> None:
+    """What a Messages client's pass-through answer counts (``_usage_of``, compiled) is what the translated
+    path counts for the same usage: OpenAI's terms, each prompt token once, the cache reads apart."""
+    from gateway.providers.anthropic import _usage_of
+    from gateway.providers.bridge import openai_usage
+    from gateway.providers.schemas import anthropic as wire_schema
+
+    u = msgspec.convert(usage, wire_schema.Usage)
+    assert _usage_of(u) == openai_usage(tr.usage_from_wire(u))
