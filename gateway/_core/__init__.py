@@ -62,6 +62,10 @@ SOURCE_MODULES = (
     "gateway.context", "gateway.engine", "gateway.providers.openai", "gateway.server.listener",
     "gateway.server.pool", "gateway.observe.rows", "gateway.observe.genai", "gateway.cache.phase",
     "gateway.providers.anthropic",
+    # the translated path (compiled with Python's indexing and division: the header of each file)
+    "gateway.providers.bridge", "gateway.dialects.openai_chat", "gateway.dialects.anthropic_messages",
+    "gateway.providers.anthropic_translate", "gateway.providers.openai_translate",
+    "gateway.providers.gemini_translate", "gateway.providers.bedrock_translate",
 )
 
 

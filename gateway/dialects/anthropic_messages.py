@@ -1,3 +1,4 @@
+# cython: boundscheck=True, wraparound=True, cdivision=False
 """The Anthropic Messages dialect (``POST /v1/messages``): request JSON → IR, IR → ``message`` and its SSE.
 
 Used when a Messages client (the ``anthropic`` SDK, Claude Code) is served by an upstream of another

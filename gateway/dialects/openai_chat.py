@@ -1,3 +1,4 @@
+# cython: boundscheck=True, wraparound=True, cdivision=False
 """The OpenAI Chat Completions dialect: request JSON → IR, IR → ``chat.completion`` and chunk SSE bytes.
 
 Used when the client speaks OpenAI chat and the upstream does not (same dialect in and out stays

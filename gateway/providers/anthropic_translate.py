@@ -1,3 +1,4 @@
+# cython: boundscheck=True, wraparound=True, cdivision=False
 """IR ⇄ Anthropic Messages API: request building, response and stream decoding, usage, errors, headers.
 
 Pure functions and one sans-I/O state machine (``AnthropicStream``): bytes and IR values in, bytes and

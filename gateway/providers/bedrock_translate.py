@@ -1,3 +1,4 @@
+# cython: boundscheck=True, wraparound=True, cdivision=False
 """IR ⇄ Amazon Bedrock Converse: request building, answer and ConverseStream decoding, usage, errors,
 and the InvokeModel embeddings of Titan and Cohere.
 

@@ -1,3 +1,4 @@
+# cython: boundscheck=True, wraparound=True, cdivision=False
 """The translated path of every translator: the client's dialect → IR → the provider's wire, and back.
 
 A translator whose wire is not the request's dialect (``ctx.dialect is not translator.wire``, see

@@ -1,3 +1,4 @@
+# cython: boundscheck=True, wraparound=True, cdivision=False
 """IR ⇄ Gemini API (AI Studio and Vertex AI): request building, answer and stream decoding, usage, errors,
 embeddings.
 

@@ -1,3 +1,4 @@
+# cython: boundscheck=True, wraparound=True, cdivision=False
 """IR ⇄ the OpenAI Chat Completions wire, seen from the upstream side.
 
 ``gateway.dialects.openai_chat`` reads OpenAI chat *requests* and writes OpenAI chat *answers* (the
