@@ -8,14 +8,17 @@ about 9 us per typical request head, this module about 1 us (docs/architecture.m
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint64_t
+from libc.errno cimport EINTR, errno
 from libc.string cimport memchr, memcmp, memcpy
+from posix.uio cimport iovec, writev
+from posix.unistd cimport write
 
 from gateway._core.errors import ParseError
 
 __all__ = [
     "STATE_BODY", "STATE_HEAD", "STATE_IDLE", "ChunkedDecoder", "ParseError", "Request",
     "RequestParser", "ResponseParser", "build_request", "build_response_head", "chunk_frame", "find_header",
-    "ms_text", "reason_phrase", "select_headers",
+    "ms_text", "reason_phrase", "select_headers", "send_now", "send_pieces_now",
 ]
 
 STATE_IDLE = 0
@@ -999,3 +1002,40 @@ def chunk_frame(bytes data):
     p = _put(p, PyBytes_AS_STRING(data), n)
     _put(p, "\r\n", 2)
     return out
+
+
+DEF MAX_IOV = 64
+
+
+def send_now(int fd, bytes data):
+    """Write ``data`` to the non-blocking socket ``fd`` now, as much as the kernel takes: the number of
+    bytes written (0 when it took none or the write failed: the caller hands what is left to its
+    transport, which meets the same condition and deals with it)."""
+    # PERF: no GIL release: the socket does not block, and the write is one system call
+    cdef Py_ssize_t n
+    while True:
+        n = write(fd, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data))
+        if n >= 0:
+            return n
+        if errno != EINTR:
+            return 0
+
+
+def send_pieces_now(int fd, list pieces):
+    """``send_now`` for several bytes objects in one ``writev`` (at most 64 pieces are written; the
+    caller hands the rest over with what the kernel did not take)."""
+    cdef iovec iov[MAX_IOV]
+    cdef Py_ssize_t count = len(pieces), k, n
+    cdef bytes piece
+    if count > MAX_IOV:
+        count = MAX_IOV
+    for k in range(count):
+        piece = <bytes?>pieces[k]
+        iov[k].iov_base = <void*>PyBytes_AS_STRING(piece)
+        iov[k].iov_len = <size_t>PyBytes_GET_SIZE(piece)
+    while True:
+        n = writev(fd, iov, <int>count)
+        if n >= 0:
+            return n
+        if errno != EINTR:
+            return 0

@@ -7,6 +7,8 @@ behaviour as the compiled module; the property tests drive both with the same by
 
 from __future__ import annotations
 
+import os
+
 from gateway._core.errors import ParseError
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "ms_text",
     "reason_phrase",
     "select_headers",
+    "send_now",
+    "send_pieces_now",
 ]
 
 STATE_IDLE = 0  # nothing of the next request has arrived
@@ -620,3 +624,22 @@ def ms_text(us: int) -> str:
     if us <= 0:
         return "0.0"
     return repr(us / 1000.0)
+
+
+def send_now(fd: int, data: bytes) -> int:
+    """Write ``data`` to the non-blocking socket ``fd`` now, as much as the kernel takes: the number of
+    bytes written (0 when it took none or the write failed: the caller hands what is left to its
+    transport, which meets the same condition and deals with it)."""
+    try:
+        return os.write(fd, data)
+    except OSError:
+        return 0
+
+
+def send_pieces_now(fd: int, pieces: list[bytes]) -> int:
+    """``send_now`` for several bytes objects in one ``writev`` (at most 64 pieces are written; the
+    caller hands the rest over with what the kernel did not take)."""
+    try:
+        return os.writev(fd, pieces[:64])
+    except OSError:
+        return 0

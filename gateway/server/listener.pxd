@@ -12,8 +12,8 @@ cdef class WriteBatch:
     cdef object _loop
     cdef Py_ssize_t _bytes
     cdef public Py_ssize_t flushes
-    cpdef write(self, object transport, object data)
-    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t)
+    cpdef write(self, object transport, object data, int fd=*)
+    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, fd=int, sent=Py_ssize_t)
     cpdef flush(self)
     cpdef abort_after(self, object transport)
     cpdef close_after(self, object transport)
@@ -59,6 +59,7 @@ cdef class HttpProtocol:
     cdef bint _inline
     cdef public bint busy
     cdef public double deadline
+    cdef public int fd
     cdef public int deadline_kind
     cdef public CRequestParser parser
     cdef public bint peer_eof

@@ -64,11 +64,18 @@ from gateway._core.http import (
     RequestParser,
     build_response_head,
     chunk_frame,
+    send_now,
+    send_pieces_now,
 )
 from gateway.app import App, ClientGone, Headers
 from gateway.errors import error_body
 
-__all__ = ["BATCH", "HttpProtocol", "ListenerState", "NativeResponder", "WriteBatch"]
+try:
+    from uvloop.loop import TCPTransport as _UV_TCP  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - uvloop is a dependency; without it, writes go through transports
+    _UV_TCP = None
+
+__all__ = ["BATCH", "HttpProtocol", "ListenerState", "NativeResponder", "WriteBatch", "direct_fd"]
 
 log = logging.getLogger("gateway.server")
 
@@ -108,15 +115,16 @@ class WriteBatch:
     docstring). One per process (``BATCH``); a worker runs one loop."""
 
     def __init__(self) -> None:
-        #: transport, data, transport, data, ... in the order written
+        #: transport, fd, data, transport, fd, data, ... in the order written
         self._items: list[Any] = []
         self._loop: Any = None
         #: bytes queued (a batch is written at once past ``_BATCH_BYTES``)
         self._bytes = 0
         self.flushes = 0
 
-    def write(self, transport: Any, data: bytes) -> None:
-        """Queue ``data`` for ``transport``; written before the loop next waits for I/O."""
+    def write(self, transport: Any, data: bytes, fd: int = -1) -> None:
+        """Queue ``data`` for ``transport``; written before the loop next waits for I/O. ``fd``: the
+        transport's socket when the batch may write to it directly (``direct_fd``), else -1."""
         items = self._items
         if not items:
             loop = asyncio.get_running_loop()
@@ -125,9 +133,10 @@ class WriteBatch:
         elif not self._loop.is_running():  # left by a loop that stopped (tests, tools)
             # PERF: not ``get_running_loop()``, which asks the kernel for the process id on every call
             self.flush()
-            self.write(transport, data)
+            self.write(transport, data, fd)
             return
         items.append(transport)
+        items.append(fd)
         items.append(data)
         self._bytes += len(data)
         if self._bytes > _BATCH_BYTES:
@@ -136,8 +145,16 @@ class WriteBatch:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is queued: each run of one transport's pieces in one call (``writelines``: one
-        ``writev``, no copy). A transport closed meanwhile gets nothing (its peer is gone)."""
+        """Write what is queued: each run of one transport's pieces in one call (one ``write`` or
+        ``writev``, no copy). A transport closed meanwhile gets nothing (its peer is gone).
+
+        Where the connection gave its socket (``fd``) and the transport holds nothing unwritten, the
+        pieces go to the socket here (``send_now``): # PERF: uvloop's ``write`` costs a method call, its
+        buffer's bookkeeping and a buffer export per piece, about half a microsecond, twice per proxied
+        request. What the kernel does not take (a full socket buffer: EAGAIN; an error) is handed to the
+        transport, which queues it, waits for the socket, applies its flow control (``pause_writing``) and
+        reports errors as it always does; while it holds bytes, later writes go through it too, so the
+        order on the wire is kept."""
         items = self._items
         if not items:
             return
@@ -149,15 +166,28 @@ class WriteBatch:
         i = 0
         while i < n:
             transport = items[i]
-            j = i + 2
+            j = i + 3
             while j < n and items[j] is transport:
-                j += 2
+                j += 3
             try:
                 if not transport.is_closing():
-                    if j == i + 2:
-                        transport.write(items[i + 1])
+                    fd = items[i + 1]
+                    if j == i + 3:
+                        data = items[i + 2]
+                        if fd < 0 or transport.get_write_buffer_size():
+                            transport.write(data)
+                        else:
+                            sent = send_now(fd, data)
+                            if sent < len(data):
+                                transport.write(data[sent:] if sent else data)
                     else:
-                        transport.writelines(items[i + 1:j:2])
+                        pieces = items[i + 2:j:3]
+                        if fd < 0 or transport.get_write_buffer_size():
+                            transport.writelines(pieces)
+                        else:
+                            rest = _unsent(pieces, send_pieces_now(fd, pieces))
+                            if rest:
+                                transport.writelines(rest)
             except Exception:  # one broken transport must not cost the others their writes
                 log.exception("a batched write failed")
             i = j
@@ -179,6 +209,31 @@ class WriteBatch:
 
 #: the process's batch; ``_BATCH`` is the same object, typed for C-level calls in the compiled module
 BATCH = _BATCH = WriteBatch()
+
+
+def _unsent(pieces: list[bytes], sent: int) -> list[bytes]:
+    """What of ``pieces`` is left once their first ``sent`` bytes are written."""
+    for k, piece in enumerate(pieces):
+        if sent < len(piece):
+            return [piece[sent:], *pieces[k + 1:]] if sent else pieces[k:]
+        sent -= len(piece)
+    return []
+
+
+def direct_fd(transport: Any) -> int:
+    """The socket a ``WriteBatch`` may write to itself for ``transport``, or -1 (everything goes through
+    the transport): uvloop's plain TCP transport only, never TLS (its bytes must be encrypted by the
+    transport) nor another event loop's transport."""
+    if _UV_TCP is None or type(transport) is not _UV_TCP:
+        return -1
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return -1
+    try:
+        fd: int = sock.fileno()
+    except (OSError, ValueError):
+        return -1
+    return fd
 
 
 class ListenerState:
@@ -278,19 +333,20 @@ class NativeResponder:
             raise RuntimeError("response already started")
         self.started = True
         self.finished = True
-        transport = self._conn.transport
+        conn = self._conn
+        transport = conn.transport
         if transport is None:
             return
         if self._http10 and self.keep_alive:
             headers = [*headers, ("connection", "keep-alive")]  # HTTP/1.0 keep-alive must be acknowledged
         head = build_response_head(status, headers, len(body), self.keep_alive)
         if self._head_only:
-            _BATCH.write(transport, head)
+            _BATCH.write(transport, head, conn.fd)
         elif len(body) < 16384:
-            _BATCH.write(transport, head + body)
+            _BATCH.write(transport, head + body, conn.fd)
         else:  # PERF: not copied: one writev with what else is queued for this connection
-            _BATCH.write(transport, head)
-            _BATCH.write(transport, body)
+            _BATCH.write(transport, head, conn.fd)
+            _BATCH.write(transport, body, conn.fd)
 
     def start_stream(self, status: int, headers: Headers) -> None:
         if self.started:
@@ -298,11 +354,12 @@ class NativeResponder:
         self.started = True
         if not self._chunked:
             self.keep_alive = False
-        transport = self._conn.transport
+        conn = self._conn
+        transport = conn.transport
         if transport is None:
             return
         head = build_response_head(status, headers, -1 if self._chunked else -2, self.keep_alive)
-        _BATCH.write(transport, head)
+        _BATCH.write(transport, head, conn.fd)
 
     async def write(self, chunk: bytes) -> None:
         conn = self._conn
@@ -312,17 +369,18 @@ class NativeResponder:
         if not chunk:
             return
         if self._chunked:
-            _BATCH.write(transport, chunk_frame(chunk))
+            _BATCH.write(transport, chunk_frame(chunk), conn.fd)
         else:
-            _BATCH.write(transport, chunk)
+            _BATCH.write(transport, chunk, conn.fd)
         if conn.write_paused:
             await conn.wait_writable()
 
     def end_stream(self) -> None:
         self.finished = True
-        transport = self._conn.transport
+        conn = self._conn
+        transport = conn.transport
         if transport is not None and self._chunked:
-            _BATCH.write(transport, b"0\r\n\r\n")
+            _BATCH.write(transport, b"0\r\n\r\n", conn.fd)
 
     def abort(self) -> None:
         """Drop the connection without finishing the response (the client sees a cut stream)."""
@@ -350,6 +408,7 @@ class HttpProtocol:
         "busy",
         "deadline",
         "deadline_kind",
+        "fd",
         "parser",
         "peer_eof",
         "reading_paused",
@@ -362,6 +421,8 @@ class HttpProtocol:
     def __init__(self, state: ListenerState) -> None:
         self.state = state
         self.transport: asyncio.Transport | None = None
+        #: the socket the write batch writes to directly (``direct_fd``), -1: through the transport
+        self.fd = -1
         self.parser = RequestParser(state.max_header_bytes, state.max_body_bytes)
         self.busy = False
         self.deadline = _INF
@@ -387,6 +448,7 @@ class HttpProtocol:
             transport.close()
             return
         self.transport = transport
+        self.fd = direct_fd(transport)
         state.connections.add(self)
         self.deadline = state.loop.time() + state.header_timeout
         self.deadline_kind = _HEAD
@@ -563,7 +625,7 @@ class HttpProtocol:
         pstate = parser.state
         if pstate == STATE_BODY:
             if parser.expect_continue and self.transport is not None:
-                _BATCH.write(self.transport, _CONTINUE)
+                _BATCH.write(self.transport, _CONTINUE, self.fd)
             if self.deadline_kind != _BODY:
                 self.deadline = state.loop.time() + state.body_timeout
                 self.deadline_kind = _BODY
@@ -576,7 +638,7 @@ class HttpProtocol:
             log.info("rejected request: %d %s", status, message)
         transport = self.transport
         if transport is not None:
-            _BATCH.write(transport, _error_response(status, message))
+            _BATCH.write(transport, _error_response(status, message), self.fd)
             _BATCH.close_after(transport)
         self.deadline = _INF
         self.deadline_kind = _NONE

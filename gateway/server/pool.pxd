@@ -41,6 +41,7 @@ cdef class _Connection:
     cdef object _head_waiter
     cdef public bint active
     cdef public double deadline
+    cdef public int fd
     cdef public bint got_bytes
     cdef public bint head_only
     cdef public double idle_since

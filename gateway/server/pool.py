@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 from gateway._core.http import ParseError, ResponseParser, find_header
 from gateway.providers.base import UpstreamError, UpstreamTimeout
-from gateway.server.listener import BATCH
+from gateway.server.listener import BATCH, direct_fd
 
 _BATCH = BATCH  # typed for C-level calls in the compiled module (pool.pxd)
 
@@ -234,13 +234,15 @@ class _Connection:
     to an extension type, see ``pool.pxd``)."""
 
     __slots__ = (
-        "_head_cb", "_head_waiter", "active", "deadline", "got_bytes", "head_only", "idle_since", "parser",
-        "pool", "reading_paused", "request_data", "response", "reused", "transport",
+        "_head_cb", "_head_waiter", "active", "deadline", "fd", "got_bytes", "head_only", "idle_since",
+        "parser", "pool", "reading_paused", "request_data", "response", "reused", "transport",
     )
 
     def __init__(self, pool: OriginPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        #: the socket the write batch writes to directly (``direct_fd``), -1: through the transport
+        self.fd = -1
         self.parser: ResponseParser | None = None
         self.response: PooledResponse | None = None
         self._head_waiter: asyncio.Future[PooledResponse] | None = None
@@ -258,6 +260,7 @@ class _Connection:
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.fd = direct_fd(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -283,7 +286,7 @@ class _Connection:
         self.request_data = data if self.reused else None
         self.head_only = head_only
         self.deadline = self.pool.loop.time() + self.pool.read_timeout
-        _BATCH.write(self.transport, data)  # PERF: with the iteration's other writes (see WriteBatch)
+        _BATCH.write(self.transport, data, self.fd)  # PERF: with the iteration's other writes (WriteBatch)
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
