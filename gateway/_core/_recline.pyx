@@ -201,7 +201,7 @@ cdef class LineWriter:
         """What was written, as one ``bytes``; the writer is empty again."""
         out = PyBytes_FromStringAndSize(self.buf, self.n)
         self.n = 0
-        if self.cap > (1 << 20):  # a large burst: give the memory back
+        if self.cap > (1 << 23):  # a large burst: give the memory back (a flush interval's lines stay)
             PyMem_Free(self.buf)
             self.buf = NULL
             self.cap = 0
