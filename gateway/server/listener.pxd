@@ -12,9 +12,12 @@ cdef class WriteBatch:
     cdef object _loop
     cdef Py_ssize_t _bytes
     cdef public Py_ssize_t flushes
+    cdef set _backlog
     cpdef write(self, object transport, object data, int fd=*)
-    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, fd=int, sent=Py_ssize_t)
+    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, fd=int, sent=Py_ssize_t, backlog=set)
     cpdef flush(self)
+    @cython.locals(backlog=set)
+    cdef _held_back(self, object transport)
     cpdef abort_after(self, object transport)
     cpdef close_after(self, object transport)
 

@@ -120,6 +120,8 @@ class WriteBatch:
         self._loop: Any = None
         #: bytes queued (a batch is written at once past ``_BATCH_BYTES``)
         self._bytes = 0
+        #: transports that were handed what their socket did not take (``_held_back``)
+        self._backlog: set[Any] = set()
         self.flushes = 0
 
     def write(self, transport: Any, data: bytes, fd: int = -1) -> None:
@@ -150,11 +152,11 @@ class WriteBatch:
 
         Where the connection gave its socket (``fd``) and the transport holds nothing unwritten, the
         pieces go to the socket here (``send_now``): # PERF: uvloop's ``write`` costs a method call, its
-        buffer's bookkeeping and a buffer export per piece, about half a microsecond, twice per proxied
-        request. What the kernel does not take (a full socket buffer: EAGAIN; an error) is handed to the
-        transport, which queues it, waits for the socket, applies its flow control (``pause_writing``) and
-        reports errors as it always does; while it holds bytes, later writes go through it too, so the
-        order on the wire is kept."""
+        buffer's bookkeeping and a buffer export per piece, twice per proxied request. What the kernel
+        does not take (a full socket buffer: EAGAIN; an error) is handed to the transport, which queues
+        it, waits for the socket, applies its flow control (``pause_writing``) and reports errors as it
+        always does; while it holds bytes, later writes go through it too (``_held_back``), so the order
+        on the wire is kept."""
         items = self._items
         if not items:
             return
@@ -162,6 +164,7 @@ class WriteBatch:
         self._loop = None
         self._bytes = 0
         self.flushes += 1
+        backlog = self._backlog
         n = len(items)
         i = 0
         while i < n:
@@ -172,25 +175,42 @@ class WriteBatch:
             try:
                 if not transport.is_closing():
                     fd = items[i + 1]
+                    if fd >= 0 and backlog and transport in backlog:
+                        if transport.get_write_buffer_size():
+                            fd = -1  # bytes wait in the transport: these go behind them
+                        else:
+                            backlog.discard(transport)
                     if j == i + 3:
                         data = items[i + 2]
-                        if fd < 0 or transport.get_write_buffer_size():
+                        if fd < 0:
                             transport.write(data)
                         else:
                             sent = send_now(fd, data)
                             if sent < len(data):
                                 transport.write(data[sent:] if sent else data)
+                                self._held_back(transport)
                     else:
                         pieces = items[i + 2:j:3]
-                        if fd < 0 or transport.get_write_buffer_size():
+                        if fd < 0:
                             transport.writelines(pieces)
                         else:
                             rest = _unsent(pieces, send_pieces_now(fd, pieces))
                             if rest:
                                 transport.writelines(rest)
+                                self._held_back(transport)
             except Exception:  # one broken transport must not cost the others their writes
                 log.exception("a batched write failed")
             i = j
+
+    def _held_back(self, transport: Any) -> None:
+        """``transport`` holds bytes the socket did not take: its next writes go through it until it has
+        written them (# PERF: a set lookup per write only while some transport is in it, not a method
+        call per write). Closed transports leave the set when it grows."""
+        backlog = self._backlog
+        if len(backlog) >= 256:  # (in place: a flush in progress holds the set)
+            for gone in [t for t in backlog if t.is_closing()]:
+                backlog.discard(gone)
+        backlog.add(transport)
 
     def abort_after(self, transport: Any) -> None:
         """Cut ``transport`` once what is queued for it is written: the peer gets what was sent before

@@ -156,6 +156,41 @@ def test_a_uvloop_tcp_transport_is_written_directly_and_the_order_survives_a_ful
     assert got == expected
 
 
+def test_interleaved_connections_keep_their_order_while_one_is_backed_up_and_after_it_drains() -> None:
+    async def go() -> list[tuple[bytes, bytes]]:
+        loop = asyncio.get_running_loop()
+        server_a, ta, ca = await _serve()
+        server_b, tb, cb = await _serve()
+        fa, fb = direct_fd(ta), direct_fd(tb)
+        ta.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        out = []
+        for phase in range(2):  # backed up, then (after the reader caught up) direct again
+            sent_a, sent_b = [], []
+            for k in range(20):
+                for w in range(10):  # one iteration: A, B, A, B, ... (A's socket fills up)
+                    a = (b"a%d.%d.%d|" % (phase, k, w)) * 300
+                    b = b"b%d.%d.%d|" % (phase, k, w)
+                    BATCH.write(ta, a, fa)
+                    BATCH.write(tb, b, fb)
+                    sent_a.append(a)
+                    sent_b.append(b)
+                await asyncio.sleep(0)
+            want_a, want_b = b"".join(sent_a), b"".join(sent_b)
+            got_a = await _read_all(loop, ca, len(want_a))
+            got_b = await _read_all(loop, cb, len(want_b))
+            await asyncio.sleep(0.01)  # the transport writes what it held; the next round goes direct
+            out.append((got_a, want_a))
+            out.append((got_b, want_b))
+        for c, t, srv in ((ca, ta, server_a), (cb, tb, server_b)):
+            c.close()
+            t.close()
+            srv.close()
+        return out
+
+    for got, want in uvloop.run(go()):
+        assert got == want
+
+
 def test_a_direct_write_to_a_gone_peer_closes_the_transport_as_a_transport_write_would() -> None:
     async def go() -> tuple[bool, int]:
         server, transport, client = await _serve()
