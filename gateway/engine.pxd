@@ -93,6 +93,7 @@ cdef class Engine:
     cpdef _front(self, Context ctx, object responder, int resume, object result)
     @cython.locals(target=Target, translator=COpenAITranslator)
     cpdef bint _send_now(self, Context ctx, object responder, ModelEntry model) except -1
+    cpdef _to_model(self, Context ctx, object responder, ModelEntry model)
     cpdef _on_head(self, Context ctx, object responder, object resp, object exc)
     cpdef bytes _upstream_body(self, Context ctx, Target target, object model_name=*)
     @cython.locals(out=list, target=Target)

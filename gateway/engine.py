@@ -631,16 +631,14 @@ class Engine:
                 ctx.endpoint = endpoint
                 step = self._front(ctx, responder, 0, None)
                 if type(step) is tuple:
+                    waiting = step[0]
+                    if isinstance(waiting, asyncio.Future):  # goes on from its callback (``_resumed``)
+                        resume = step[1]
+                        waiting.add_done_callback(partial(self._resumed, ctx, responder, resume))
+                        return None
                     return self._guarded(ctx, responder, self._proxy(ctx, responder, step))
                 if step is not None:
-                    model: ModelEntry = step  # type: ignore[assignment]
-                    if ctx.stream:
-                        return self._guarded(ctx, responder, self._upstream(ctx, responder, model))
-                    if model.target is None:
-                        return self._route_now(ctx, responder, model)
-                    if not self._send_now(ctx, responder, model):
-                        return self._guarded(ctx, responder, self._upstream(ctx, responder, model))
-                    return None  # answered by _on_head
+                    return self._to_model(ctx, responder, step)  # type: ignore[arg-type]
         except GatewayError as exc:
             # PERF: an answer needs no traceback; kept, it would tie the exception to the frames it came
             # through, a Python phase's frame holds ctx, and ctx.error the exception: a cycle per refusal
@@ -656,6 +654,61 @@ class Engine:
         self._settle(ctx)
         responder.done()
         return None
+
+    def _to_model(
+        self, ctx: Context, responder: CallbackResponder, model: ModelEntry
+    ) -> Awaitable[None] | None:
+        """After the front steps: a non-stream request to a directly proxied model is sent on the callback
+        path (answered by ``_on_head``: None), a routed one's first attempt too (``_route_now``); what
+        needs a coroutine is returned (guarded)."""
+        if ctx.stream:
+            return self._guarded(ctx, responder, self._upstream(ctx, responder, model))
+        if model.target is None:
+            return self._route_now(ctx, responder, model)
+        if not self._send_now(ctx, responder, model):
+            return self._guarded(ctx, responder, self._upstream(ctx, responder, model))
+        return None
+
+    def _resumed(
+        self, ctx: Context, responder: CallbackResponder, resume: int, waited: asyncio.Future[Any]
+    ) -> None:
+        """A front step waited for a future (the cache's Redis lookup, ``CachePhase``): the request goes
+        on from its callback, as ``begin`` would have.
+
+        # PERF: no task and no coroutine for the wait, and the request after it (a hit's answer, or a miss
+        sent upstream) stays on the callback path. A request cut by the drain deadline meanwhile was
+        answered and recorded by ``cut_unfinished`` (no task to cancel): its wait's outcome is dropped.
+        """
+        if ctx.settled:
+            if not waited.cancelled():
+                waited.exception()  # retrieved: nothing to report
+            return
+        try:
+            if waited.cancelled():
+                raise _CANCELLED
+            step = self._front(ctx, responder, resume, waited.result())
+            if type(step) is tuple:
+                waiting = step[0]
+                if isinstance(waiting, asyncio.Future):
+                    resume = step[1]
+                    waiting.add_done_callback(partial(self._resumed, ctx, responder, resume))
+                else:
+                    self._finish_later(ctx, responder, self._proxy(ctx, responder, step))
+                return
+            if step is not None:
+                work = self._to_model(ctx, responder, step)  # type: ignore[arg-type]
+                if work is not None:
+                    self._finish_later(ctx, responder, work, True)
+                return
+        except GatewayError as exc:
+            exc.__traceback__ = None  # no cycle through the frames (see begin)
+            ctx.error = exc
+            if not responder.started:
+                self._send_error(ctx, responder, exc)
+        except Exception:
+            _answer_crash(ctx, responder)
+        self._settle(ctx)
+        responder.done()
 
     async def _guarded(self, ctx: Context, responder: Responder, work: Awaitable[None]) -> None:
         """Run the rest of a request: a GatewayError becomes its answer; the settle hooks and the call
@@ -1036,16 +1089,19 @@ class Engine:
             self._settle(ctx)
         responder.done()
 
-    async def _finish(self, ctx: Context, responder: CallbackResponder, work: Awaitable[None]) -> None:
-        """The rest of a request begun on the callback path, as a task; then ``done()``."""
+    async def _finish(self, ctx: Context, responder: CallbackResponder, work: Awaitable[None],
+                      guarded: bool = False) -> None:
+        """The rest of a request begun on the callback path, as a task; then ``done()``. ``guarded``:
+        ``work`` is ``_guarded``'s already."""
         try:
-            await self._guarded(ctx, responder, work)
+            await (work if guarded else self._guarded(ctx, responder, work))
         except Exception:
             _answer_crash(ctx, responder)
         responder.done()
 
-    def _finish_later(self, ctx: Context, responder: CallbackResponder, work: Awaitable[None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._finish(ctx, responder, work))
+    def _finish_later(self, ctx: Context, responder: CallbackResponder, work: Awaitable[None],
+                      guarded: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(self._finish(ctx, responder, work, guarded))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 

@@ -35,6 +35,7 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -395,28 +396,87 @@ class CachePhase(Phase):
     def on_request(self, ctx: Context) -> Reply | Awaitable[Reply | None] | None:
         return _lookup(self, ctx)
 
-    async def _redis_lookup(
+    def _redis_lookup(
         self, ctx: Context, state: CacheState, form: dict[str, Any] | None
-    ) -> Reply | None:
-        # PERF: a Redis hit is one GET, then the answer rendered in the form asked for from the render
-        # memo (keyed by the form and the very value GET returned: it never answers what Redis does not
-        # hold now)
+    ) -> Awaitable[Reply | None]:
+        """The memory tier missed: one GET. # PERF: on an open connection a future, answered from the
+        reply's callback (``_redis_got``), which the engine goes on from on its callback path: no task,
+        no coroutine; a coroutine (``_redis_wait``) when the connection must be opened first or the
+        semantic tier may be asked after a miss."""
         redis = self.redis
         assert redis is not None
+        where = self._redis_where(redis, state)
+        if state.policy.semantic is None or self.semantic is None or not state.codec.semantic:
+            fut = redis.get_now(where)
+            if fut is not None:
+                out: asyncio.Future[Reply | None] = fut.get_loop().create_future()
+                fut.add_done_callback(partial(self._redis_got, redis, ctx, state, out))
+                return out
+        return self._redis_wait(redis, where, ctx, state, form)
+
+    def _redis_where(self, redis: RedisTier, state: CacheState) -> str:
         tag = (state.tenant, state.key_id, state.model)
         head = self.rheads.get(tag)
         if head is None:
             if len(self.rheads) > 65536:
                 self.rheads.clear()
             head = self.rheads[tag] = redis_key_head(redis.prefix, *tag)
+        return head + state.key.hex()
+
+    def _redis_got(self, redis: RedisTier, ctx: Context, state: CacheState, out: asyncio.Future[Reply | None],
+                   fut: asyncio.Future[object]) -> None:
+        """The GET of ``_redis_lookup`` answered (or failed): ``out`` gets the hit's answer or None."""
+        if out.done():  # (cancelled: nobody waits for it)
+            if not fut.cancelled():
+                fut.exception()
+            return
         try:
-            raw = await redis.get(head + state.key.hex())
+            try:
+                raw = redis.entry_of(fut)
+            except (TierDown, asyncio.CancelledError):
+                self._redis_bypass(ctx, state)
+                out.set_result(None)
+                return
+            reply = self._redis_answer(ctx, state, raw)
+            if reply is None:
+                self._redis_miss(ctx)
+            out.set_result(reply)
+        except Exception as exc:
+            out.set_exception(exc)
+
+    def _redis_bypass(self, ctx: Context, state: CacheState) -> None:
+        self.stats.bypass_redis += 1
+        state.outcome = "bypass"
+        state.redis_down = True
+        ctx.response_headers.append(_BYPASS)
+
+    async def _redis_wait(
+        self, redis: RedisTier, where: str, ctx: Context, state: CacheState, form: dict[str, Any] | None
+    ) -> Reply | None:
+        try:
+            raw = await redis.get(where)
         except TierDown:
-            self.stats.bypass_redis += 1
-            state.outcome = "bypass"
-            state.redis_down = True
-            ctx.response_headers.append(_BYPASS)
+            self._redis_bypass(ctx, state)
             return None
+        reply = self._redis_answer(ctx, state, raw)
+        if reply is not None:
+            return reply
+        if state.policy.semantic is not None and self.semantic is not None and state.codec.semantic:
+            return await self._semantic_lookup(ctx, state, form)
+        self._redis_miss(ctx)
+        return None
+
+    def _redis_miss(self, ctx: Context) -> None:
+        self.stats.misses += 1
+        ctx.response_headers.append(_MISS)
+
+    def _redis_answer(self, ctx: Context, state: CacheState, raw: bytes | None) -> Reply | None:
+        """A hit's answer from the entry GET returned (``raw``), or None (a miss: the caller counts it, or
+        asks the semantic tier first).
+
+        # PERF: a Redis hit is one GET, then the answer rendered in the form asked for from the render
+        memo (keyed by the form and the very value GET returned: it never answers what Redis does not
+        hold now)."""
         if raw is not None:
             renders = self.renders
             memo = None
@@ -444,10 +504,6 @@ class CachePhase(Phase):
                     value = state.key + _ALIASED.pack(0.0, entry.stored, cost) + reply.body
                     renders.put(memo, value, _monotonic(), left, (state.tenant, state.key_id, state.model))
                 return reply
-        if state.policy.semantic is not None and self.semantic is not None and state.codec.semantic:
-            return await self._semantic_lookup(ctx, state, form)
-        self.stats.misses += 1
-        ctx.response_headers.append(_MISS)
         return None
 
     async def _semantic_lookup(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import ssl
 import time
@@ -96,6 +97,18 @@ class _ReplyError(Exception):
     pass
 
 
+def _entry(value: object) -> bytes | None:
+    """A GET reply's entry, unpacked; None for no entry, or a value that is not one."""
+    if not isinstance(value, bytes):
+        return None
+    if value[:1] == b"r":  # PERF: decompressed only when it was compressed
+        return value[1:]
+    try:
+        return unpack_value(value)
+    except (ValueError, zlib.error):
+        return None
+
+
 class _Parser:
     """RESP2 replies: simple strings, errors, integers, bulk strings and arrays of them."""
 
@@ -157,11 +170,24 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         #: commands written in this loop iteration, sent together at its end (group commit)
         self.out: list[bytes] = []
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
+        if not self.parser.buf and data[:1] == b"$" and len(self.waiters) == 1:
+            # PERF: the usual reply of the cache's one GET in flight, whole in one read: a bulk string
+            # (or nil) read in place, without the parser's buffer
+            end = data.find(b"\r\n")
+            if end > 0:
+                n = int(data[1:end])
+                if (n < 0 and len(data) == end + 2) or len(data) == end + n + 4:
+                    fut = self.waiters.popleft()
+                    self.sent.popleft()
+                    if not fut.done():
+                        fut.set_result(data[end + 2:end + 2 + n] if n >= 0 else None)
+                    return
         self.parser.feed(data)
         while self.waiters:
             try:
@@ -193,14 +219,16 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def send(self, data: bytes) -> asyncio.Future[object]:
-        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        # PERF: the loop it was opened on, not ``get_running_loop()`` (which asks the kernel for the
+        # process id on every call, twice per command)
+        fut: asyncio.Future[object] = self.loop.create_future()
         if self.closed or self.transport is None:
             fut.set_exception(TierDown("not connected"))
             return fut
         self.waiters.append(fut)
         self.sent.append(time.monotonic())
         if not self.out:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self.out.append(data)
         return fut
 
@@ -340,31 +368,39 @@ class RedisTier:
 
     async def get(self, key: str) -> bytes | None:
         """The raw entry under ``key`` (unpacked), or None; raises TierDown."""
+        fut = self.get_now(key)
+        if fut is None:
+            return _entry(await self._call(b"GET", key.encode()))
+        with contextlib.suppress(Exception):  # (what it raised, ``entry_of`` raises as it should)
+            await fut
+        return self.entry_of(fut)
+
+    def get_now(self, key: str) -> asyncio.Future[object] | None:
+        """``get`` without a coroutine: the GET written on the open connection, the future of its reply
+        returned (``entry_of`` reads it); None when no connection is open (``get`` opens one).
+
+        # PERF: the cache phase's lookup on the callback path (``CachePhase._redis_lookup``)."""
         conn = self._conn
         if conn is None or conn.closed:
-            value = await self._call(b"GET", key.encode())
-        else:  # PERF: the usual case inline (``_call``'s), one coroutine less per lookup
-            k = key.encode()
-            fut = conn.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
-            if self._watchdog is None:
-                self._watchdog = asyncio.get_running_loop().call_later(self.timeout / 2, self._watch, conn)
-            try:
-                value = await fut
-            except TierDown:
-                self.errors += 1
-                self._mark_down()
-                raise
-            except _ReplyError as exc:
-                raise self._refused(exc) from None
-        if not isinstance(value, bytes):
             return None
-        kind = value[:1]
-        if kind == b"r":  # PERF: decompressed only when it was compressed
-            return value[1:]
+        k = key.encode()
+        fut = conn.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
+        if self._watchdog is None:
+            self._watchdog = fut.get_loop().call_later(self.timeout / 2, self._watch, conn)
+        return fut
+
+    def entry_of(self, fut: asyncio.Future[object]) -> bytes | None:
+        """The raw entry (unpacked) a done ``get_now`` future brought, or None; raises TierDown (and
+        marks the tier down, as any failed call does)."""
         try:
-            return unpack_value(value)
-        except (ValueError, zlib.error):
-            return None
+            value = fut.result()
+        except TierDown:
+            self.errors += 1
+            self._mark_down()
+            raise
+        except _ReplyError as exc:
+            raise self._refused(exc) from None
+        return _entry(value)
 
     def set_soon(self, key: str, raw: bytes, ttl: float, then: Announce | None = None) -> None:
         """Write an entry in the background (after the response is sent); dropped when too many writes
