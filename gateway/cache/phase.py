@@ -407,11 +407,11 @@ class CachePhase(Phase):
         assert redis is not None
         where = self._redis_where(redis, state)
         if state.policy.semantic is None or self.semantic is None or not state.codec.semantic:
-            fut = redis.get_now(where)
-            if fut is not None:
-                out: asyncio.Future[Reply | None] = fut.get_loop().create_future()
-                fut.add_done_callback(partial(self._redis_got, redis, ctx, state, out))
-                return out
+            conn = redis.connection
+            if conn is not None:
+                out: asyncio.Future[Reply | None] = conn.loop.create_future()
+                if redis.get_cb(where, partial(self._redis_got, redis, ctx, state, out)):
+                    return out
         return self._redis_wait(redis, where, ctx, state, form)
 
     def _redis_where(self, redis: RedisTier, state: CacheState) -> str:
@@ -424,16 +424,15 @@ class CachePhase(Phase):
         return head + state.key.hex()
 
     def _redis_got(self, redis: RedisTier, ctx: Context, state: CacheState, out: asyncio.Future[Reply | None],
-                   fut: asyncio.Future[object]) -> None:
-        """The GET of ``_redis_lookup`` answered (or failed): ``out`` gets the hit's answer or None."""
+                   value: object, exc: BaseException | None) -> None:
+        """The GET of ``_redis_lookup`` answered (or failed), called from the connection's
+        ``data_received``: ``out`` gets the hit's answer or None."""
         if out.done():  # (cancelled: nobody waits for it)
-            if not fut.cancelled():
-                fut.exception()
             return
         try:
             try:
-                raw = redis.entry_of(fut)
-            except (TierDown, asyncio.CancelledError):
+                raw = redis.entry_from(value, exc)
+            except TierDown:
                 self._redis_bypass(ctx, state)
                 out.set_result(None)
                 return

@@ -31,9 +31,11 @@ import asyncio
 import collections
 import contextlib
 import functools
+import logging
 import ssl
 import time
 import zlib
+from collections.abc import Callable
 from typing import cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -46,6 +48,8 @@ __all__ = [
     "redis_key_head", "server_address", "unpack_value",
 ]
 
+
+log = logging.getLogger("gateway.cache")
 
 #: a record to append to a stream after a write: (stream, about how many records it keeps, the record)
 Announce = tuple[bytes, int, bytes]
@@ -160,11 +164,37 @@ class _Parser:
         raise ValueError(f"unexpected RESP reply type {kind!r}")
 
 
+class _Callback:
+    """A command's waiter that is a function, not a future (``_Connection.send_cb``)."""
+
+    __slots__ = ("cb", "fired")
+
+    def __init__(self, cb: Callable[[object, BaseException | None], None]) -> None:
+        self.cb = cb
+        self.fired = False
+
+    def done(self) -> bool:
+        return self.fired
+
+    def set_result(self, value: object) -> None:
+        self._fire(value, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._fire(None, exc)
+
+    def _fire(self, value: object, exc: BaseException | None) -> None:
+        self.fired = True
+        try:
+            self.cb(value, exc)
+        except Exception:  # the connection's other replies must still reach their waiters
+            log.exception("a Redis reply's callback failed")
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = _Parser()
-        self.waiters: collections.deque[asyncio.Future[object]] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future[object] | _Callback] = collections.deque()
         #: when each waiting command was sent (monotonic), oldest first: the watchdog's clock
         self.sent: collections.deque[float] = collections.deque()
         self.closed = False
@@ -231,6 +261,19 @@ class _Connection(asyncio.Protocol):
             self.loop.call_soon(self.flush)
         self.out.append(data)
         return fut
+
+    def send_cb(self, data: bytes, cb: Callable[[object, BaseException | None], None]) -> None:
+        """``send`` with ``cb(reply, None)`` or ``cb(None, error)`` called at the reply (or the failure)
+        instead of a future."""
+        waiter = _Callback(cb)
+        if self.closed or self.transport is None:
+            waiter.set_exception(TierDown("not connected"))
+            return
+        self.waiters.append(waiter)
+        self.sent.append(time.monotonic())
+        if not self.out:
+            self.loop.call_soon(self.flush)
+        self.out.append(data)
 
     def flush(self) -> None:
         """PERF: one write (one system call) for every command asked for in a loop iteration."""
@@ -389,18 +432,46 @@ class RedisTier:
             self._watchdog = fut.get_loop().call_later(self.timeout / 2, self._watch, conn)
         return fut
 
+    @property
+    def connection(self) -> _Connection | None:
+        """The open connection (None: none is open now)."""
+        conn = self._conn
+        return None if conn is None or conn.closed else conn
+
+    def get_cb(self, key: str, cb: Callable[[object, BaseException | None], None]) -> bool:
+        """``get_now`` with a callback instead of a future: ``cb(reply, None)`` or ``cb(None, error)`` is
+        called from the connection's ``data_received`` (or its failure), and ``entry_from`` reads what it
+        got. False (nothing sent) when no connection is open.
+
+        # PERF: the cache phase's lookup (``CachePhase._redis_lookup``): no future, and no loop
+        iteration between the reply and the lookup's answer."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        k = key.encode()
+        conn.send_cb(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k), cb)
+        if self._watchdog is None:
+            self._watchdog = conn.loop.call_later(self.timeout / 2, self._watch, conn)
+        return True
+
     def entry_of(self, fut: asyncio.Future[object]) -> bytes | None:
         """The raw entry (unpacked) a done ``get_now`` future brought, or None; raises TierDown (and
         marks the tier down, as any failed call does)."""
         try:
             value = fut.result()
-        except TierDown:
-            self.errors += 1
-            self._mark_down()
-            raise
-        except _ReplyError as exc:
-            raise self._refused(exc) from None
+        except (TierDown, _ReplyError) as exc:
+            return self.entry_from(None, exc)
         return _entry(value)
+
+    def entry_from(self, value: object, exc: BaseException | None) -> bytes | None:
+        """``entry_of`` for what a ``get_cb`` callback got."""
+        if exc is None:
+            return _entry(value)
+        if isinstance(exc, _ReplyError):
+            raise self._refused(exc) from None
+        self.errors += 1
+        self._mark_down()
+        raise exc if isinstance(exc, TierDown) else TierDown(str(exc))
 
     def set_soon(self, key: str, raw: bytes, ttl: float, then: Announce | None = None) -> None:
         """Write an entry in the background (after the response is sent); dropped when too many writes

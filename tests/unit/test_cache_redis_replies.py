@@ -96,3 +96,34 @@ def test_the_callback_lookup_answers_as_get_does() -> None:
         return (*got, tier.get_now("k"), tier.errors)
 
     assert asyncio.run(go()) == (b"entry", b"x" * 500, None, None, None, 1)
+
+
+def test_callback_waiters_get_their_replies_and_failures_in_order() -> None:
+    async def go() -> tuple[list[Any], int]:
+        tier = RedisTier("redis://127.0.0.1:1/0", "gw", 1.0, 100)
+        assert tier.connection is None
+        assert tier.get_cb("k", lambda v, e: None) is False  # nothing sent without a connection
+        conn = _Connection()
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        tier._conn = conn
+        got: list[Any] = []
+
+        def keep(value: object, exc: BaseException | None) -> None:
+            try:
+                got.append(tier.entry_from(value, exc))
+            except TierDown as e:
+                got.append(type(e).__name__)
+
+        def broken(value: object, exc: BaseException | None) -> None:
+            raise RuntimeError("a bug in a callback")
+
+        assert tier.get_cb("a", keep) and tier.get_cb("b", broken) and tier.get_cb("c", keep)
+        conn.data_received(_bulk(pack_value(b"A", 100)) + _bulk(pack_value(b"B", 100)) + _bulk(None))
+        assert tier.get_cb("d", keep) and tier.get_cb("e", keep)
+        conn.data_received(b"-ERR wrong\r\n")  # an error reply: refused, counted, the tier stays up
+        conn.fail(ConnectionResetError("gone"))  # the rest fail: the tier goes down
+        return got, tier.errors
+
+    got, errors = asyncio.run(go())
+    assert got == [b"A", None, "TierDown", "TierDown"]
+    assert errors == 2
