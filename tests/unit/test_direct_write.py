@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
 import socket
 import ssl
 from types import ModuleType
@@ -18,22 +17,12 @@ from cryptography import x509  # google-auth's dependency
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twins import impls
 
 from gateway._core import http_py
 from gateway.server.listener import BATCH, _unsent, direct_fd
 
-try:
-    from gateway._core import _http
-except ImportError:  # pragma: no cover - only when the extension is not built
-    if os.environ.get("GATEWAY_REQUIRE_EXTENSIONS") == "1":
-        raise
-    _http = None  # type: ignore[assignment]
-
-IMPLS = [
-    pytest.param(http_py, id="twin"),
-    pytest.param(_http, id="compiled",
-                 marks=pytest.mark.skipif(_http is None, reason="gateway._core._http is not built")),
-]
+IMPLS = impls(http_py, "_http")
 
 
 @pytest.fixture(params=IMPLS)
