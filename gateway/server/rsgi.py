@@ -278,6 +278,8 @@ class RSGIApp:
         self._reraised: set[int] = set()
         self._initializing = False
         self._hup_installed = False
+        #: SIGHUP's disposition before the loop's handler (SIG_IGN under ``nohup``), put back on removal
+        self._hup_before: Any = None
         self._drain_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle (granian calls these once per worker, with the worker's loop, not running yet) ---------
@@ -350,8 +352,10 @@ class RSGIApp:
 
     def _install_hup(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
+            before = signal.getsignal(signal.SIGHUP)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             self._hup_installed = True
+            self._hup_before = before
         except (NotImplementedError, RuntimeError, ValueError) as exc:  # not the main thread, or Windows
             log.warning("granian worker: no SIGHUP reload (%s)", exc)
 
@@ -392,8 +396,10 @@ class RSGIApp:
         if self._hup_installed:
             self._hup_installed = False
             try:
-                loop.remove_signal_handler(signal.SIGHUP)
-            except (NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)  # (which sets SIG_DFL, whatever was there)
+                if self._hup_before is not None:
+                    signal.signal(signal.SIGHUP, self._hup_before)
+            except (NotImplementedError, RuntimeError, ValueError, OSError):
                 pass
         saved, self._saved_handlers = self._saved_handlers, {}
         for sig, prev in saved.items():
