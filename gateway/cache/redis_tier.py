@@ -42,6 +42,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import msgspec
 
 from gateway.redisconn import parse_url, sentinel_master
+from gateway.server.listener import BATCH, direct_fd
 
 __all__ = [
     "PURGE_STREAM_LEN", "Announce", "RedisTier", "ServerAddress", "TierDown", "pack_value", "redis_key",
@@ -198,12 +199,13 @@ class _Connection(asyncio.Protocol):
         #: when each waiting command was sent (monotonic), oldest first: the watchdog's clock
         self.sent: collections.deque[float] = collections.deque()
         self.closed = False
-        #: commands written in this loop iteration, sent together at its end (group commit)
-        self.out: list[bytes] = []
         self.loop = asyncio.get_running_loop()
+        #: the socket the write batch writes to directly (``direct_fd``), -1: through the transport
+        self.fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self.fd = direct_fd(transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.parser.buf and data[:1] == b"$" and len(self.waiters) == 1:
@@ -257,9 +259,9 @@ class _Connection(asyncio.Protocol):
             return fut
         self.waiters.append(fut)
         self.sent.append(time.monotonic())
-        if not self.out:
-            self.loop.call_soon(self.flush)
-        self.out.append(data)
+        # PERF: written with the loop iteration's other writes (the listener's ``WriteBatch``): every
+        # command of an iteration in one system call, as the answers to the clients
+        BATCH.write(self.transport, data, self.fd)
         return fut
 
     def send_cb(self, data: bytes, cb: Callable[[object, BaseException | None], None]) -> None:
@@ -271,15 +273,7 @@ class _Connection(asyncio.Protocol):
             return
         self.waiters.append(waiter)
         self.sent.append(time.monotonic())
-        if not self.out:
-            self.loop.call_soon(self.flush)
-        self.out.append(data)
-
-    def flush(self) -> None:
-        """PERF: one write (one system call) for every command asked for in a loop iteration."""
-        out, self.out = self.out, []
-        if out and not self.closed and self.transport is not None:
-            self.transport.write(b"".join(out))
+        BATCH.write(self.transport, data, self.fd)
 
 
 class RedisTier:

@@ -20,6 +20,15 @@ class _Transport:
     def write(self, data: bytes) -> None:
         self.written += data
 
+    def writelines(self, parts: list[bytes]) -> None:
+        self.written += b"".join(parts)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
     def abort(self) -> None:
         pass
 
@@ -127,3 +136,21 @@ def test_callback_waiters_get_their_replies_and_failures_in_order() -> None:
     got, errors = asyncio.run(go())
     assert got == [b"A", None, "TierDown", "TierDown"]
     assert errors == 2
+
+
+def test_an_iterations_commands_go_out_together_in_order() -> None:
+    async def go() -> tuple[bytes, bytes]:
+        tier = RedisTier("redis://127.0.0.1:1/0", "gw", 1.0, 100)
+        conn = _Connection()
+        tr = _Transport()
+        conn.connection_made(tr)  # type: ignore[arg-type]
+        tier._conn = conn
+        tier.get_cb("a", lambda v, e: None)
+        tier.get_now("bb")
+        before = tr.written  # nothing before the iteration's end
+        await asyncio.sleep(0)
+        return before, tr.written
+
+    before, written = asyncio.run(go())
+    assert before == b""
+    assert written == b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*2\r\n$3\r\nGET\r\n$2\r\nbb\r\n"
