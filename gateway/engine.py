@@ -30,6 +30,7 @@ import msgspec
 from gateway import errors
 from gateway._core.http import ms_text
 from gateway._core.jsoncheck import TOO_DEEP, KeyWatch
+from gateway.aio import within
 from gateway.app import CallbackResponder, ClientGone, Headers, Request, Responder
 from gateway.config import Config, ProviderConfig, UpstreamConfig, resolve_secret
 from gateway.context import Context, LiveRequests
@@ -410,9 +411,9 @@ class Engine:
         translator = runtime.translators[deployment.provider]
         body = config.body.encode() if config.body is not None else b""
         method = "POST" if config.body is not None else "GET"
-        resp = await asyncio.wait_for(translator.probe(method, config.path, body), config.timeout)
+        resp = await within(translator.probe(method, config.path, body), config.timeout)
         try:
-            answer = await asyncio.wait_for(resp.read(), config.timeout)
+            answer = await within(resp.read(), config.timeout)
         finally:
             resp.close()
         if resp.status in CREDENTIAL_STATUSES:  # logged as what it is (the probe fails, as any non-2xx)

@@ -59,6 +59,7 @@ from gateway.admin.views import (
     static_tenant_view,
     tenant_view,
 )
+from gateway.aio import within
 from gateway.app import Request, Responder
 from gateway.auth import keyformat
 from gateway.auth.applied import wait_applied
@@ -234,7 +235,7 @@ class AdminApp(PromptAdmin, UsageAdmin):
     async def _try_open(self, first: bool = False) -> bool:
         assert self._opener is not None
         try:
-            self._store = await asyncio.wait_for(self._opener(), STORE_TIMEOUT)
+            self._store = await within(self._opener(), STORE_TIMEOUT)
         except (StoreError, OSError, TimeoutError) as exc:
             self._store_error = f"the store could not be opened: {str(exc) or exc.__class__.__name__}"
             # the first failure is an error; the retries (every 30 s at most) only say so at debug level
@@ -276,7 +277,7 @@ class AdminApp(PromptAdmin, UsageAdmin):
             if op.operator_only and not call.principal.is_operator:
                 raise AdminError(403, E.OPERATOR_ONLY, "only the operator may do this")
             call.query = self._query(request.query, op)
-            status, result = await asyncio.wait_for(getattr(self, "h_" + op.handler)(call), STORE_TIMEOUT)
+            status, result = await within(getattr(self, "h_" + op.handler)(call), STORE_TIMEOUT)
             content = _JSON_HEADERS
             if isinstance(result, UsageText):  # a CSV export
                 content = [("content-type", result.content_type), ("cache-control", "no-store")]
@@ -309,7 +310,7 @@ class AdminApp(PromptAdmin, UsageAdmin):
         workers' key tables (``gateway.auth.applied``); ``pending; late=N`` when some did not in time (they
         will with their next notice from the store), ``unknown`` when the store did not say its version."""
         try:
-            version = await asyncio.wait_for(self._require_store().change_version(), STORE_TIMEOUT)
+            version = await within(self._require_store().change_version(), STORE_TIMEOUT)
         except (StoreError, AdminError, OSError, TimeoutError) as exc:
             log.warning("admin API: could not read the store's change version after a write: %s", exc)
             return [("x-gateway-applied", "unknown")]
@@ -458,7 +459,7 @@ class AdminApp(PromptAdmin, UsageAdmin):
         if store is None:
             return 503, wire.Health(status="degraded", store="unavailable")
         try:
-            await asyncio.wait_for(store.change_version(), 2.0)
+            await within(store.change_version(), 2.0)
         except (StoreError, OSError, TimeoutError):
             return 503, wire.Health(status="degraded", store="unavailable")
         return 200, wire.Health(status="ok", store="ok")

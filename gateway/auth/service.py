@@ -30,6 +30,7 @@ import contextlib
 import logging
 import time
 
+from gateway.aio import cancel_and_wait, within
 from gateway.auth.applied import AppliedMark, node_directory
 from gateway.auth.keyformat import Digester
 from gateway.auth.table import KeyTable
@@ -88,14 +89,10 @@ class KeyService:
         self._tasks.append(loop.create_task(self._touch_loop()))
         # the first snapshot, if the store answers quickly: requests then never see an empty table
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ready.wait(), 5.0)
+            await within(self.ready.wait(), 5.0)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         if self._mark is not None:
             self._mark.close()

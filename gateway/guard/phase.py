@@ -25,7 +25,6 @@ no Python frame, and the gate hands anything else to this phase (``_check``, ``_
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ import msgspec
 
 from gateway import errors
 from gateway._core.guardgate import Gate
+from gateway.aio import within
 from gateway.errors import GatewayError
 from gateway.guard.config import GuardPolicy, GuardrailsConfig, names
 from gateway.guard.masking import Masker, apply
@@ -244,7 +244,7 @@ class GuardPhase(Phase):
                    "tenant": key.tenant.id if key is not None else None,
                    "body": msgspec.Raw(ctx.body)}
         try:
-            resp = await asyncio.wait_for(
+            resp = await within(
                 _shared.http().post(hook.url, content=msgspec.json.encode(payload),
                                 headers={"content-type": "application/json", **hook.headers}),
                 hook.timeout)

@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import msgspec
 
+from gateway.aio import cancel_and_wait
 from gateway.auth.access import check_residency
 from gateway.config import Config
 from gateway.errors import GatewayError, RateLimited
@@ -1233,9 +1234,7 @@ class LimitService:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 5.0)
         if self._settler is not None:
-            self._settler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._settler
+            await cancel_and_wait(self._settler)
             self._settler = None
         self.phase.flush_net()
         await self._drain_leaves()

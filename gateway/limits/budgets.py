@@ -38,6 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
+from gateway.aio import cancel_and_wait
 from gateway.limits.policy import BudgetConfig
 from gateway.limits.stats import LimitStats
 from gateway.store.base import Store
@@ -327,16 +328,10 @@ class SpendBook:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._tasks:  # reads and alerts under way: a little time to finish, then cut
             _done, left = await asyncio.wait(set(self._tasks), timeout=5.0)
-            for t in left:
-                t.cancel()
-            for t in left:
-                with contextlib.suppress(BaseException):
-                    await t
+            await cancel_and_wait(*left)
         # the last chance: reopen the store now even if a failure's back-off says later (a failover
         # may just have ended), rather than lose the spend still pending
         self._next_open = 0.0

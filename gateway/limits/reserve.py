@@ -74,6 +74,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from gateway._core.limit import RateEstimator
+from gateway.aio import cancel_and_wait
 from gateway.limits.budgets import SpendBook, SpendView
 from gateway.limits.shared import BudgetGrant, BudgetOp, LeaseSource, SharedStateUnavailable
 
@@ -361,9 +362,7 @@ class BudgetClient:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._degraded or not self.enabled:
             if any(c.pending > _EPSILON for c in self.counters.values()):
                 log.warning("budgets: spend not sent to the shared counters on shutdown (unavailable)")

@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -87,6 +86,7 @@ from typing import Literal
 import msgspec
 
 from gateway._core.limit import Bucket, Gate, Lease, RateEstimator, next_lease_size
+from gateway.aio import cancel_and_wait
 from gateway.errors import ServiceUnavailable
 
 __all__ = [
@@ -707,9 +707,7 @@ class LeaseClient:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         now = self._clock()
         ops = self._returns(now, _INF)
         ops.extend(self._queue)

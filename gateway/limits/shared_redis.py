@@ -53,7 +53,6 @@ are answered from the refusal cached in ``LeaseClient``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import os
@@ -65,6 +64,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from gateway.aio import cancel_and_wait
 from gateway.limits.shared import (
     BudgetGrant,
     BudgetOp,
@@ -643,9 +643,7 @@ class RedisLeaseSource(LeaseSource):
         self._closed = True
         sender = self._sender
         if sender is not None:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            await cancel_and_wait(sender)
         self._fail_jobs()
         if self._cluster is not None:
             await self._cluster.drop()
@@ -735,11 +733,8 @@ class _ClusterLinks:
                         return
                     failures.append(f"{node[0]}:{node[1]}: {error or 'no slot is served'}")
         finally:
-            for task in tasks:
-                task.cancel()
-            for task, node in tasks.items():
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(*tasks)
+            for node in tasks.values():
                 await self._link(node).disconnect(nowait=True)
         raise SharedStateUnavailable("no cluster node gave a slot map: " + "; ".join(failures))
 

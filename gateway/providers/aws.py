@@ -49,6 +49,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session
 
+from gateway.aio import cancel_and_wait
 from gateway.config.loader import ConfigError
 
 __all__ = ["DEFAULT_CHECK_SECONDS", "AwsCredentials", "SigV4Signer", "resolve_credentials"]
@@ -122,11 +123,7 @@ class AwsCredentials:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(task)
 
 
 class _CachedSigV4(SigV4Auth):  # type: ignore[misc]

@@ -34,6 +34,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+from gateway.aio import cancel_and_wait, within
 from gateway.providers.base import UpstreamError
 
 __all__ = [
@@ -163,7 +164,7 @@ class TokenSource:
         assert self._changed is not None
         self._changed.clear()
         try:
-            await asyncio.wait_for(self._changed.wait(), FIRST_TOKEN_TIMEOUT)
+            await within(self._changed.wait(), FIRST_TOKEN_TIMEOUT)
         except TimeoutError:
             raise UpstreamError(f"no Google access token for Vertex AI within {FIRST_TOKEN_TIMEOUT:.0f} s "
                                 "(the token endpoint or metadata server does not answer)") from None
@@ -191,11 +192,7 @@ class TokenSource:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # the task's end, whatever it was
-                pass
+            await cancel_and_wait(task)  # the task's end, whatever it was
 
     # -- the task ----------------------------------------------------------------------------------------
 

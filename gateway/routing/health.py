@@ -20,12 +20,12 @@ ejections and restorations are shared like any other open and close.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from gateway.aio import cancel_and_wait, within
 from gateway.routing.config import HealthCheckConfig
 from gateway.routing.router import Deployment, Router
 
@@ -77,7 +77,7 @@ class HealthChecker:
     async def check(self, router: Router, deployment: Deployment, config: HealthCheckConfig) -> bool:
         """Probe once and act on the thresholds; returns whether the probe passed."""
         try:
-            passed = bool(await asyncio.wait_for(self._probe(deployment, config), config.timeout))
+            passed = bool(await within(self._probe(deployment, config), config.timeout))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a probe's own failure is the verdict, not the checker's
@@ -115,8 +115,4 @@ class HealthChecker:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)

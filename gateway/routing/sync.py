@@ -47,6 +47,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 from redis.asyncio.client import PubSub
 
+from gateway.aio import cancel_and_wait
 from gateway.redisconn import (
     Client,
     close_client,
@@ -216,11 +217,7 @@ class BreakerSync:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         with contextlib.suppress(Exception):
             await self.flush()
         await self.transport.close()

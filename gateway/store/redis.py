@@ -56,6 +56,7 @@ import msgspec
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
+from gateway.aio import raise_lost_cancel, within
 from gateway.redisconn import (
     Client,
     close_client,
@@ -1116,11 +1117,13 @@ class RedisStore(Store):
         pubsub: PubSub | None = None
         try:
             while not self._closed:
+                # a cancel that redis-py lost on the way (see ``cancel_and_wait``) ends the watch here
+                raise_lost_cancel()
                 try:
                     if pubsub is None:
                         # subscribe before reading the version, so that no publication falls in between
                         pubsub = open_pubsub(self._r)
-                        await asyncio.wait_for(pubsub.subscribe(self.channel), _WATCH_STALL + pause)
+                        await within(pubsub.subscribe(self.channel), _WATCH_STALL + pause)
                     version = await self.change_version()
                     if last is None:
                         last = version
@@ -1131,12 +1134,12 @@ class RedisStore(Store):
                     # NOTE: a read of the subscription never blocks the watch for longer than its poll
                     # (plus a margin): a connection that stalls without an error is dropped and made again,
                     # so the version is re-read at least every ``pause`` whatever the subscription does
-                    message = await asyncio.wait_for(
+                    message = await within(
                         pubsub.get_message(ignore_subscribe_messages=True, timeout=pause),
                         _WATCH_STALL + pause,
                     )
                     while message is not None:  # drain: one re-read covers every queued publication
-                        message = await asyncio.wait_for(
+                        message = await within(
                             pubsub.get_message(ignore_subscribe_messages=True, timeout=0), _WATCH_STALL
                         )
                 except _WATCH_DOWN:

@@ -955,6 +955,48 @@ def test_watch_since_and_non_changes(backend: Backend) -> None:
     run(body())
 
 
+def test_watch_keeps_a_cancel_that_meets_a_read(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watcher cancelled in the very loop iteration in which its subscription read returns stops (on
+    Python 3.11 ``asyncio.wait_for`` returned the read's result and lost the cancel: the watcher then
+    polled on for ever, and whoever awaited its cancellation hung)."""
+    if backend.name != "redis":
+        pytest.skip("the SQLite watcher polls in a thread; it has no subscription read")
+    import gateway.store.redis as redis_store
+
+    async def body() -> None:
+        async with backend.store() as store:
+            since = await store.change_version()
+            reads = 0
+            real_open = redis_store.open_pubsub
+
+            def open_pubsub(client: Any) -> Any:
+                pubsub = real_open(client)
+                get_message = pubsub.get_message
+
+                async def racing_get_message(*args: Any, **kwargs: Any) -> Any:
+                    nonlocal reads
+                    message = await get_message(*args, **kwargs)
+                    reads += 1
+                    if reads == 3:  # the cancel is queued before the read's result is delivered
+                        asyncio.get_running_loop().call_soon(task.cancel)
+                    return message
+
+                pubsub.get_message = racing_get_message
+                return pubsub
+
+            monkeypatch.setattr(redis_store, "open_pubsub", open_pubsub)
+            watcher = store.watch(since=since, interval=0.01)
+            task = asyncio.ensure_future(anext(watcher))
+            done, _ = await asyncio.wait([task], timeout=WAKE)
+            assert done, "the cancelled watcher went on polling"
+            assert task.cancelled()
+            # the cancel lands in the version read after the third subscription read, where redis-py's own
+            # wait_for (around the command's write) can drop it too: the watch then ends on its next turn
+            assert reads in (3, 4)
+
+    run(body())
+
+
 def test_watch_ends_when_the_store_closes(backend: Backend) -> None:
     async def body() -> None:
         store = await backend.open()
