@@ -955,13 +955,16 @@ def test_watch_since_and_non_changes(backend: Backend) -> None:
     run(body())
 
 
-def test_watch_keeps_a_cancel_that_meets_a_read(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watch_keeps_a_cancel_that_meets_a_read(
+    redis_server: redisproc.RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A watcher cancelled in the very loop iteration in which its subscription read returns stops (on
     Python 3.11 ``asyncio.wait_for`` returned the read's result and lost the cancel: the watcher then
     polled on for ever, and whoever awaited its cancellation hung)."""
-    if backend.name != "redis":
-        pytest.skip("the SQLite watcher polls in a thread; it has no subscription read")
     import gateway.store.redis as redis_store
+
+    redis_server.flushall()
+    backend = Backend("redis", redis_server.url)  # the SQLite watcher polls; it has no subscription read
 
     async def body() -> None:
         async with backend.store() as store:
