@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import logging
 import ssl
@@ -404,27 +403,9 @@ class RedisTier:
     # -- the cache's calls -----------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        """The raw entry under ``key`` (unpacked), or None; raises TierDown."""
-        fut = self.get_now(key)
-        if fut is None:
-            return _entry(await self._call(b"GET", key.encode()))
-        with contextlib.suppress(Exception):  # (what it raised, ``entry_of`` raises as it should)
-            await fut
-        return self.entry_of(fut)
-
-    def get_now(self, key: str) -> asyncio.Future[object] | None:
-        """``get`` without a coroutine: the GET written on the open connection, the future of its reply
-        returned (``entry_of`` reads it); None when no connection is open (``get`` opens one).
-
-        # PERF: the cache phase's lookup on the callback path (``CachePhase._redis_lookup``)."""
-        conn = self._conn
-        if conn is None or conn.closed:
-            return None
-        k = key.encode()
-        fut = conn.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
-        if self._watchdog is None:
-            self._watchdog = fut.get_loop().call_later(self.timeout / 2, self._watch, conn)
-        return fut
+        """The raw entry under ``key`` (unpacked), or None; raises TierDown. (The cache phase's lookup on
+        an open connection takes the callback path instead: ``get_cb``.)"""
+        return _entry(await self._call(b"GET", key.encode()))
 
     @property
     def connection(self) -> _Connection | None:
@@ -433,9 +414,9 @@ class RedisTier:
         return None if conn is None or conn.closed else conn
 
     def get_cb(self, key: str, cb: Callable[[object, BaseException | None], None]) -> bool:
-        """``get_now`` with a callback instead of a future: ``cb(reply, None)`` or ``cb(None, error)`` is
-        called from the connection's ``data_received`` (or its failure), and ``entry_from`` reads what it
-        got. False (nothing sent) when no connection is open.
+        """``get`` without a coroutine or a future: the GET written on the open connection, and
+        ``cb(reply, None)`` or ``cb(None, error)`` called from the connection's ``data_received`` (or its
+        failure); ``entry_from`` reads what it got. False (nothing sent) when no connection is open.
 
         # PERF: the cache phase's lookup (``CachePhase._redis_lookup``): no future, and no loop
         iteration between the reply and the lookup's answer."""
@@ -448,17 +429,9 @@ class RedisTier:
             self._watchdog = conn.loop.call_later(self.timeout / 2, self._watch, conn)
         return True
 
-    def entry_of(self, fut: asyncio.Future[object]) -> bytes | None:
-        """The raw entry (unpacked) a done ``get_now`` future brought, or None; raises TierDown (and
-        marks the tier down, as any failed call does)."""
-        try:
-            value = fut.result()
-        except (TierDown, _ReplyError) as exc:
-            return self.entry_from(None, exc)
-        return _entry(value)
-
     def entry_from(self, value: object, exc: BaseException | None) -> bytes | None:
-        """``entry_of`` for what a ``get_cb`` callback got."""
+        """The raw entry (unpacked) a ``get_cb`` callback got, or None; raises TierDown (and marks the
+        tier down, as any failed call does)."""
         if exc is None:
             return _entry(value)
         if isinstance(exc, _ReplyError):

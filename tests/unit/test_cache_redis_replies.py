@@ -1,7 +1,7 @@
 """The Redis tier's replies as they come off the socket: a GET's bulk string or nil whole in one read (read
 in place), split across reads, several pipelined replies in one read, and values holding CRLF; each
-command's future gets its own reply, in order. And the callback path's lookup (``get_now`` and
-``entry_of``) answers as ``get`` does."""
+command's future gets its own reply, in order. And the callback path's lookup (``get_cb`` and
+``entry_from``) answers as ``get`` does."""
 
 from __future__ import annotations
 
@@ -86,25 +86,29 @@ def test_a_reply_read_in_place_then_the_next_through_the_parser() -> None:
 def test_the_callback_lookup_answers_as_get_does() -> None:
     async def go() -> tuple[Any, ...]:
         tier = RedisTier("redis://127.0.0.1:1/0", "gw", 1.0, 100)
-        assert tier.get_now("k") is None  # no connection open: ``get`` opens one
         conn = _Connection()
         conn.connection_made(_Transport())  # type: ignore[arg-type]
         tier._conn = conn
-        futs = [tier.get_now(k) for k in ("hit", "compressed", "miss", "garbage")]
+        replies: list[tuple[object, BaseException | None]] = []
+
+        def keep(value: object, exc: BaseException | None) -> None:
+            replies.append((value, exc))
+
+        for k in ("hit", "compressed", "miss", "garbage"):
+            assert tier.get_cb(k, keep)
         big = b"x" * 500
         conn.data_received(_bulk(pack_value(b"entry", 100)) + _bulk(pack_value(big, 100)) + _bulk(None)
                            + _bulk(b"?not a value"))
-        await asyncio.sleep(0)
-        got = tuple(tier.entry_of(f) for f in futs if f is not None)
-        down = tier.get_now("k")
-        assert down is not None
+        got = tuple(tier.entry_from(value, exc) for value, exc in replies)
+        assert tier.get_cb("k", keep)
         conn.fail(ConnectionResetError("gone"))
-        await asyncio.sleep(0)
+        value, exc = replies[-1]
+        assert exc is not None
         with pytest.raises(TierDown):
-            tier.entry_of(down)
-        return (*got, tier.get_now("k"), tier.errors)
+            tier.entry_from(value, exc)
+        return (*got, tier.get_cb("k", keep), tier.errors)
 
-    assert asyncio.run(go()) == (b"entry", b"x" * 500, None, None, None, 1)
+    assert asyncio.run(go()) == (b"entry", b"x" * 500, None, None, False, 1)
 
 
 def test_callback_waiters_get_their_replies_and_failures_in_order() -> None:
@@ -146,7 +150,7 @@ def test_an_iterations_commands_go_out_together_in_order() -> None:
         conn.connection_made(tr)  # type: ignore[arg-type]
         tier._conn = conn
         tier.get_cb("a", lambda v, e: None)
-        tier.get_now("bb")
+        conn.send(b"*2\r\n$3\r\nGET\r\n$2\r\nbb\r\n")  # a command of the coroutine path (``_call``)
         before = tr.written  # nothing before the iteration's end
         await asyncio.sleep(0)
         return before, tr.written
