@@ -305,9 +305,9 @@ class RSGIApp:
         if loop.is_running():  # not granian's case; another RSGI server might start us on a live loop
             self._starting = loop.create_task(self._startup(engine))
         else:
-            # granian's shutdown signal, set before its server runs, blocks for good: a SIGTERM that this
-            # run of the loop handed to granian's handler hung the worker. Held back meanwhile, it comes
-            # after the run, to our handler alone, which raises it again once granian serves (_chained).
+            # a SIGTERM during this run of the loop is held back: it comes after the run, to our handler
+            # alone, which raises it again once granian serves (_chained), so that granian's shutdown
+            # starts while its server runs (its signal, set twice, blocked for good: _shutdown_signal_once)
             with _held_signals(self.signals):
                 loop.run_until_complete(engine.startup())
             self.engine = engine
@@ -588,6 +588,59 @@ class RSGIApp:
 
 #: what granian loads in each worker: ``gateway.server.rsgi:app``
 app = RSGIApp()
+
+
+def _shutdown_signal_once() -> bool:
+    """Make granian's worker shutdown signal safe to raise more than once; False when granian's signal
+    module is not the one this knows (then nothing is changed).
+
+    granian sets its ``WorkerSignal`` from its SIGTERM/SIGINT handler, and ``WorkerSignal.set`` sends on a
+    channel of one place with a blocking send, the GIL held: the second ``set`` before the first was taken
+    blocks the worker for good, and its main process SIGKILLs it ``drain_timeout + 5`` seconds later, with
+    no engine shutdown (call records, spend and leases of the last moments lost). A worker is signalled
+    twice whenever a whole process group is (Ctrl-C in a terminal, ``kill -- -PGID``: the worker's own
+    signal, then its main's), and by our own re-raise (``RSGIApp._chained``). So the handlers granian puts
+    on each worker's loop are made here, as granian makes them, with a ``set`` called once.
+
+    Called at import: granian imports this module (the target) in each worker before it installs the
+    handlers (``granian._signals.set_loop_signals``, looked up at that moment)."""
+    try:
+        import granian._signals as granian_signals
+        from granian._granian import WorkerSignal
+    except ImportError:
+        return False
+    original = getattr(granian_signals, "set_loop_signals", None)
+    if original is None or getattr(original, "_gateway_once", False):
+        return original is not None
+    import inspect
+
+    if list(inspect.signature(original).parameters) != ["loop"]:
+        return False
+
+    def set_loop_signals(loop: asyncio.AbstractEventLoop) -> Any:
+        event = WorkerSignal()
+        fired: list[int] = []
+
+        def signal_handler(signum: int, frame: FrameType | None) -> None:
+            if not fired:
+                fired.append(signum)
+                event.set()
+
+        signals = (signal.SIGINT, signal.SIGTERM)
+        try:
+            for sig in signals:
+                loop.add_signal_handler(sig, signal_handler, sig, None)
+        except NotImplementedError:
+            for sig in signals:
+                signal.signal(sig, signal_handler)
+        return event
+
+    set_loop_signals._gateway_once = True  # type: ignore[attr-defined]
+    granian_signals.set_loop_signals = set_loop_signals
+    return True
+
+
+_shutdown_signal_once()
 
 @contextlib.contextmanager
 def _held_signals(hold: bool) -> Iterator[None]:

@@ -245,20 +245,8 @@ _GRANIAN_KNOWN_GAPS = {
 }
 
 
-# Known races of the granian front end that fail some runs only (not strict: the run that passes is the
-# usual one); each is in docs/frontends.md with what was seen.
-_GRANIAN_KNOWN_RACES = {
-    "test_granian_main_killed_with_sigkill_takes_its_workers_with_it":
-        "a stop signal in a worker's first moments of serving can deadlock in granian's signal handler "
-        "(WorkerSignal.set holds the GIL): that orphan serves on",
-}
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         reason = _GRANIAN_KNOWN_GAPS.get(item.name)
         if reason is not None:
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"known granian gap: {reason}"))
-        race = _GRANIAN_KNOWN_RACES.get(item.name)
-        if race is not None:
-            item.add_marker(pytest.mark.xfail(strict=False, reason=f"known granian race: {race}"))

@@ -780,3 +780,38 @@ def test_serve_granian_sighup_reloads_every_worker(tmp_path: Path) -> None:
         assert served.proc.wait(30) == 0, served.logs()
     finally:
         served.stop()
+
+
+_TWO_SIGNALS = """
+import asyncio, os, signal
+import uvloop
+import gateway.server.rsgi as rsgi
+import granian._signals as granian_signals
+
+assert rsgi._shutdown_signal_once(), "granian's set_loop_signals has another shape: recheck the workaround"
+loop = uvloop.new_event_loop()
+event = granian_signals.set_loop_signals(loop)  # what granian calls in each worker, after the app's import
+
+
+async def serving():
+    for _ in range(3):  # the worker's own signal, its main's, and the gateway's own re-raise
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.05)
+
+
+loop.run_until_complete(serving())
+print("stopped once", flush=True)
+"""
+
+
+def test_granian_shutdown_signal_is_set_once_however_often_it_comes() -> None:
+    """granian's ``WorkerSignal.set`` blocks for good (a full channel of one place, the GIL held) when set
+    twice before the first was taken; a worker signalled three times must not call it more than once. Run
+    in a process of its own: the old behaviour hangs it with the GIL held, beyond what a timeout in this
+    process could interrupt."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _TWO_SIGNALS], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:  # (killed: subprocess.run sends SIGKILL, which the block cannot stop)
+        pytest.fail("a worker signalled three times blocked in granian's WorkerSignal.set")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "stopped once\n"
