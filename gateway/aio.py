@@ -20,14 +20,17 @@ async def within(awaitable: Awaitable[T], seconds: float | None) -> T:
         return await awaitable
 
 
-async def cancel_and_wait(*tasks: asyncio.Future[Any], again: float = 1.0) -> None:
-    """Cancel ``tasks`` and return once every one has ended (its outcome is retrieved and dropped).
+async def cancel_and_wait(*tasks: asyncio.Future[Any], grace: float = 0.0, again: float = 1.0) -> None:
+    """Cancel ``tasks`` (those not done within ``grace`` seconds) and return once every one has ended (its
+    outcome is retrieved and dropped).
 
     A cancel can be lost on the way: on Python 3.11 redis-py wraps a command's write in
     ``asyncio.wait_for``, which drops a cancel landing in the same loop iteration as the write's end, and a
     background loop then goes on as if it had never been asked to stop. So a task still running ``again``
     seconds later is cancelled again (a second cancel of a task that is already ending does no harm)."""
     left = {t for t in tasks if not t.done()}
+    if left and grace > 0:
+        _done, left = await asyncio.wait(left, timeout=grace)
     while left:
         for task in left:
             task.cancel()

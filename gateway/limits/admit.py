@@ -1230,9 +1230,7 @@ class LimitService:
         self._settler = asyncio.get_running_loop().create_task(self._settle_loop(), name="gateway-settle")
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 5.0)
+        await cancel_and_wait(*self._tasks, grace=5.0)  # settles under way: a little time to finish
         if self._settler is not None:
             await cancel_and_wait(self._settler)
             self._settler = None

@@ -329,9 +329,7 @@ class SpendBook:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
-        if self._tasks:  # reads and alerts under way: a little time to finish, then cut
-            _done, left = await asyncio.wait(set(self._tasks), timeout=5.0)
-            await cancel_and_wait(*left)
+        await cancel_and_wait(*self._tasks, grace=5.0)  # reads and alerts under way: a little time to finish
         # the last chance: reopen the store now even if a failure's back-off says later (a failover
         # may just have ended), rather than lose the spend still pending
         self._next_open = 0.0

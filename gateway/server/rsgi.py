@@ -619,11 +619,12 @@ def _shutdown_signal_once() -> bool:
 
     def set_loop_signals(loop: asyncio.AbstractEventLoop) -> Any:
         event = WorkerSignal()
-        fired: list[int] = []
+        fired = False
 
         def signal_handler(signum: int, frame: FrameType | None) -> None:
+            nonlocal fired
             if not fired:
-                fired.append(signum)
+                fired = True
                 event.set()
 
         signals = (signal.SIGINT, signal.SIGTERM)
@@ -641,6 +642,7 @@ def _shutdown_signal_once() -> bool:
 
 
 _shutdown_signal_once()
+
 
 @contextlib.contextmanager
 def _held_signals(hold: bool) -> Iterator[None]:

@@ -66,14 +66,14 @@ def test_cancel_and_wait_sends_a_lost_cancel_again() -> None:
         task = asyncio.ensure_future(_stubborn(stopped))
         quick = asyncio.ensure_future(asyncio.sleep(30.0))
         finished = asyncio.ensure_future(asyncio.sleep(0))
-        failed = asyncio.ensure_future(asyncio.sleep(0))
+        ended = asyncio.ensure_future(asyncio.sleep(0))
         await asyncio.sleep(0.01)
         assert finished.done()
         await within(cancel_and_wait(task, quick, finished, again=0.05), 5.0)
         assert task.cancelled() and quick.cancelled() and stopped == ["lost", "stopped"]
         assert not finished.cancelled()
-        failed.cancel()
-        await cancel_and_wait(failed)  # a task that already ended, however: nothing to wait for
+        ended.cancel()
+        await cancel_and_wait(ended)  # a task that already ended, however: nothing to wait for
 
     asyncio.run(body())
 
@@ -112,5 +112,17 @@ def test_raise_lost_cancel() -> None:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.01):
                 await loop_that_lost_it()
+
+    asyncio.run(body())
+
+
+def test_cancel_and_wait_gives_the_grace_first() -> None:
+    async def body() -> None:
+        finishing = asyncio.ensure_future(asyncio.sleep(0.02, "finished"))
+        stuck = asyncio.ensure_future(asyncio.sleep(30.0))
+        await within(cancel_and_wait(finishing, stuck, grace=0.5), 5.0)
+        assert finishing.result() == "finished"  # ended by itself within the grace: not cancelled
+        assert stuck.cancelled()
+        await cancel_and_wait(grace=0.5)  # nothing to wait for
 
     asyncio.run(body())
