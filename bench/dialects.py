@@ -412,6 +412,11 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         self.send_response(200 if answer is not None else 404)
         self.send_header("content-type", kind)
         self.send_header("content-length", str(len(answer or b"")))
+        # closed after each answer: a keep-alive connection would outlive the recorder in the gateway's pool
+        # (its handler thread still answering it, slowly, from this process), and that one pooled
+        # connection in 64 would then put this server's latency into the gateway's p99
+        self.send_header("connection", "close")
+        self.close_connection = True
         self.end_headers()
         self.wfile.write(answer or b"")
 
