@@ -94,7 +94,14 @@ class AccessPhase(Phase):
     async def _fetch_then_authenticate(
         self, ctx: Context, authorization: bytes | None, key_id: str
     ) -> KeyEntry:
-        await self.service.fetch(key_id)
+        if not await self.service.fetch(key_id):
+            try:  # the store could not answer: a key it added meanwhile passes, an unknown one is not refused
+                return self._authenticate(ctx, authorization, False)
+            except _UnknownKeyId:
+                raise errors.ServiceUnavailable(
+                    f"The API key {key_id} could not be checked: the key store is unavailable. Retry shortly.",
+                    code="key_store_unavailable",
+                ) from None
         return self._authenticate(ctx, authorization, True)
 
     def on_request(self, ctx: Context) -> None:

@@ -195,29 +195,32 @@ class KeyService:
         async for _version in store.watch(since=self._snapshot_version):
             await self.refresh()
 
-    async def fetch(self, key_id: str) -> None:
-        """Ask the store for a key id this worker's table does not hold (made since the last snapshot)."""
+    async def fetch(self, key_id: str) -> bool:
+        """Ask the store for a key id this worker's table does not hold (made since the last snapshot).
+        False when the store could not answer (not open yet, or unreachable): the key may well exist, so
+        its caller must not be told that it does not."""
         store = self._store
         if store is None:
-            return
+            return False
         now = time.monotonic()
         if self._unknown.get(key_id, 0.0) > now:
-            return
+            return True
         try:
             key = await store.get_key(key_id)
         except NotFound:
             if len(self._unknown) > 10_000:
                 self._unknown.clear()
             self._unknown[key_id] = now + 1.0
-            return
+            return True
         except Exception as exc:
             log.warning("key lookup in the store failed: %s", exc.__class__.__name__)
-            return
+            return False
         tenant: Tenant | None = None
         if key.tenant not in self.table.tenants:
             with contextlib.suppress(Exception):
                 tenant = await store.get_tenant(key.tenant)
         self.table.add(key, tenant)
+        return True
 
     # -- last-used times -----------------------------------------------------------------------------
 

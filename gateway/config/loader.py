@@ -30,13 +30,14 @@ import json
 import math
 import os
 import re
+import ssl
 import tomllib
 import types
 import typing
 from collections.abc import Iterable, Iterator, Sequence
 from difflib import get_close_matches
 from typing import Any, Literal, NamedTuple, Union
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 
@@ -261,7 +262,7 @@ def resolve_secret(ref: str) -> str:
             raise ConfigError([f"environment variable {target} is not set"])
         if not value.strip():
             raise ConfigError([f"environment variable {target} is empty"])
-        return value.strip()
+        return _one_line(value.strip(), f"environment variable {target}")
     path = os.path.expanduser(target)
     try:
         value = read_secret_file(path)
@@ -272,7 +273,19 @@ def resolve_secret(ref: str) -> str:
         raise ConfigError([f"key file {path} is not UTF-8 text"]) from None
     if not value.strip():
         raise ConfigError([f"key file {path} is empty"])
-    return value.strip()
+    return _one_line(value.strip(), f"key file {path}")
+
+
+#: what a credential must not hold: it goes into an HTTP header (a line break there ends the header and
+#: starts another: a request the upstream reads differently, or refuses)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(value: str, what: str) -> str:
+    if _CONTROL.search(value):
+        raise ConfigError([f"{what} holds a line break or another control character inside the value (a "
+                           "credential is one line of text)"])
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -558,6 +571,8 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
         ("upstream",), u, ("connect_timeout", "read_timeout", "pool_timeout", "idle_timeout")
     )
     yield from _positive_ints(("upstream",), u, ("pool_size", "max_answer_bytes"))
+    if u.ca_file is not None:
+        yield from _ca_file_problems(("upstream", "ca_file"), u.ca_file)
 
     for name, provider in config.providers.items():
         yield from _provider_problems(("providers", name), provider)
@@ -785,9 +800,9 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
         yield _Problem((*path, "base_url"), 'required for type "azure": the resource endpoint, for example '
                        '"https://NAME.openai.azure.com"')
     if p.base_url is not None and p.type != "mock":
-        parts = urlsplit(p.base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            yield _Problem((*path, "base_url"), "must be an http:// or https:// URL with a host")
+        yield from _base_url_problems((*path, "base_url"), p.base_url)
+    if p.ca_file is not None:
+        yield from _ca_file_problems((*path, "ca_file"), p.ca_file)
     if p.type == "anthropic":
         yield from _anthropic_problems(path, p)
     elif p.sampling is not None:  # the others get the client's sampling fields as they are
@@ -822,6 +837,38 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     yield from _positive_ints(mpath, m, ("stream_chunks", "embedding_dimensions"))
 
 
+def _split_url(url: str) -> tuple[SplitResult, int | None] | None:
+    """``url`` split, with its port (``.port`` raises on a port out of range or not a number); None when
+    it cannot be (a bracketed host left open, say)."""
+    try:
+        parts = urlsplit(url)
+        return parts, parts.port
+    except ValueError:
+        return None
+
+
+def _base_url_problems(path: _Path, url: str) -> Iterator[_Problem]:
+    """What the upstream pool's ``parse_origin`` would refuse, refused here (by ``gateway check`` and a
+    reload), not by every worker as it builds the provider."""
+    split = _split_url(url)
+    if split is None:
+        yield _Problem(path, "is not a valid URL (a port out of range or not a number, or a malformed host)")
+    elif split[0].scheme not in ("http", "https") or not split[0].hostname:
+        yield _Problem(path, "must be an http:// or https:// URL with a host")
+
+
+def _ca_file_problems(path: _Path, ca_file: str) -> Iterator[_Problem]:
+    """The CA bundle must load, as the upstream pool will load it (by ``gateway check`` and a reload, not
+    by every worker as it builds the provider)."""
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:
+        if isinstance(exc, ssl.SSLError):
+            yield _Problem(path, f"{ca_file} holds no PEM certificate the TLS library can load ({exc.reason})")
+        else:
+            yield _Problem(path, f"cannot read {ca_file}: {exc.strerror or exc.__class__.__name__}")
+
+
 def _preset_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     from gateway.providers.presets import PRESETS
 
@@ -849,7 +896,8 @@ def _azure_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
             yield _Problem((*path, "azure_ad_token"), "give either api_key or azure_ad_token, not both")
     elif p.api_key is None:
         yield _Problem((*path, "api_key"), 'required for type "azure" (or azure_ad_token, an Entra ID token)')
-    if p.base_url is not None and urlsplit(p.base_url).path.rstrip("/").endswith(("/openai", "/openai/v1")):
+    split = _split_url(p.base_url) if p.base_url is not None else None
+    if split is not None and split[0].path.rstrip("/").endswith(("/openai", "/openai/v1")):
         yield _Problem((*path, "base_url"), 'the resource endpoint, without "/openai" (azure_path adds it)')
     v = p.api_version
     if v is not None:
@@ -1011,12 +1059,17 @@ def _absolute_file_refs(config: Config, base_dir: str) -> Config:
                     absolute = os.path.normpath(os.path.join(base_dir, target))
                     changed[name] = msgspec.structs.replace(
                         changed.get(name, provider), **{field: f"file:{absolute}"})
-        cred = changed.get(name, provider).credentials_file  # a Vertex credentials file: a plain path
-        if cred is not None and not os.path.isabs(os.path.expanduser(cred)):
-            absolute = os.path.normpath(os.path.join(base_dir, os.path.expanduser(cred)))
-            changed[name] = msgspec.structs.replace(changed.get(name, provider), credentials_file=absolute)
+        for field in ("credentials_file", "ca_file"):  # a Vertex credentials file, a CA bundle: plain paths
+            given = getattr(changed.get(name, provider), field)
+            if given is not None and not os.path.isabs(os.path.expanduser(given)):
+                absolute = os.path.normpath(os.path.join(base_dir, os.path.expanduser(given)))
+                changed[name] = msgspec.structs.replace(changed.get(name, provider), **{field: absolute})
     if changed:
         config = msgspec.structs.replace(config, providers={**config.providers, **changed})
+    ca = config.upstream.ca_file
+    if ca is not None and not os.path.isabs(os.path.expanduser(ca)):
+        absolute = os.path.normpath(os.path.join(base_dir, os.path.expanduser(ca)))
+        config = msgspec.structs.replace(config, upstream=msgspec.structs.replace(config.upstream, ca_file=absolute))
     if config.auth.pepper is not None:
         parsed = _parse_secret_ref(config.auth.pepper)
         if parsed is not None and parsed[0] == "file" and not os.path.isabs(os.path.expanduser(parsed[1])):

@@ -281,6 +281,33 @@ def test_two_nodes_sharing_redis_see_a_revocation_within_a_second(
         _refused_by_every_worker(node, key, key_id, 2)
 
 
+def test_a_key_is_not_called_invalid_while_the_store_is_down(
+    start_gateway: StartGateway, mock_port: int, tmp_path: Path
+) -> None:
+    """Redis gone: a key this node has not seen may exist, so it gets a 503 the SDKs retry (in the client's
+    dialect), not a 401 that calls it wrong; keys the node holds keep working."""
+    unseen, unseen_id, _ = generate()  # a key id this node has not seen: only the store could say
+    server = redisproc.start(tmp_path / "redis")
+    try:
+        gw = start_gateway(auth_toml(mock_port, server.url), name="store-down")
+        known, _ = make_key(server.url)
+        wait_for(lambda: post_chat(gw.port, known)[0] == 200, 30.0, what="the key made before the outage")
+    finally:
+        server.stop()
+    status, body = post_chat(gw.port, unseen)
+    assert (status, body["error"]["code"]) == (503, "key_store_unavailable"), body
+    assert unseen_id in body["error"]["message"]
+    resp = call(gw.port, http_request(
+        "POST", "/v1/messages", json.dumps({"model": "chat-model", "max_tokens": 8,
+                                            "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        headers=[("x-api-key", unseen), ("anthropic-version", "2023-06-01")]))
+    answer = json.loads(resp.body)
+    assert resp.status == 503 and answer["type"] == "error", answer
+    assert status == 503 and answer["error"]["type"] != "authentication_error"
+    assert post_chat(gw.port, known)[0] == 200
+    assert post_chat(gw.port, STATIC_KEY)[0] == 200
+
+
 def test_config_reload_adds_a_static_key(start_gateway: StartGateway, mock_port: int, sqlite_url: str) -> None:
     gw = start_gateway(auth_toml(mock_port, sqlite_url))
     key_id, secret = "reloadkeyaaa", generate_secret()

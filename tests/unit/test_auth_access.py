@@ -34,12 +34,17 @@ class Service:
         self.used: set[str] = set()
         self.later = later or []
         self.fetched: list[str] = []
+        #: False: the store is unreachable (``fetch`` answers that it could not ask it)
+        self.store_up = True
 
-    async def fetch(self, key_id: str) -> None:
+    async def fetch(self, key_id: str) -> bool:
         self.fetched.append(key_id)
+        if not self.store_up:
+            return False
         for k in self.later:
             if k.id == key_id:
                 self.table.add(k, None)
+        return True
 
 
 class Request:
@@ -207,6 +212,21 @@ def test_a_key_made_after_the_table_is_fetched_once(keys: dict[str, Any]) -> Non
     assert service.fetched == [key_id]
     assert run_access(phase, Ctx(bearer(full))).id == key_id
     assert service.fetched == [key_id]  # now in the table
+    unknown = format_key("unknownkeyid", generate_secret())
+    assert code_of(phase, Ctx(bearer(unknown))) == (401, "invalid_api_key")
+
+
+def test_a_key_the_store_cannot_be_asked_about_is_not_refused_as_invalid(keys: dict[str, Any]) -> None:
+    """The store down (or not open yet): a key id the worker's table does not hold may exist, so the answer
+    is a 503 the client retries, not a 401 that says the key is wrong; keys the table holds still pass."""
+    phase, service, made = build(keys)
+    service.store_up = False
+    full, key_id, secret = generate()
+    service.later.append(api_key(key_id, secret))
+    assert code_of(phase, Ctx(bearer(full))) == (503, "key_store_unavailable")
+    assert run_access(phase, Ctx(bearer(made["static"]))).source == "config"
+    service.store_up = True  # back: the key is fetched and passes; an unknown one is refused as before
+    assert run_access(phase, Ctx(bearer(full))).id == key_id
     unknown = format_key("unknownkeyid", generate_secret())
     assert code_of(phase, Ctx(bearer(unknown))) == (401, "invalid_api_key")
 

@@ -292,6 +292,63 @@ def test_openai_provider_needs_an_http_base_url() -> None:
     ]
 
 
+def test_base_url_a_worker_could_not_open_is_a_config_error() -> None:
+    """What the upstream pool refuses when a worker builds the provider is refused by the loader: a reload
+    that every worker rejects must not be taken as the node's config (a respawn would fail with it)."""
+    for url in ("http://127.0.0.1:99999/v1", "http://[::1/v1", "http://127.0.0.1:port/v1"):
+        assert errors_of(f'[providers.o]\ntype = "openai"\nbase_url = "{url}"\n') == [
+            "gateway.toml:3: providers.o.base_url: is not a valid URL (a port out of range or not a number, "
+            "or a malformed host)"
+        ], url
+    assert errors_of('[providers.o]\ntype = "openai"\nbase_url = "http://:80/v1"\n') == [
+        "gateway.toml:3: providers.o.base_url: must be an http:// or https:// URL with a host"
+    ]
+    assert errors_of('[providers.a]\ntype = "azure"\napi_key = "env:HOME"\nbase_url = "https://[x/"\n') == [
+        "gateway.toml:4: providers.a.base_url: is not a valid URL (a port out of range or not a number, "
+        "or a malformed host)"
+    ]
+
+
+def test_ca_file_must_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import certifi
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n", encoding="utf-8")
+    missing = tmp_path / "missing.pem"
+    provider = '[providers.o]\ntype = "openai"\nbase_url = "https://example.test/v1"\n'
+    assert errors_of(provider + f'ca_file = "{missing}"\n') == [
+        f"gateway.toml:4: providers.o.ca_file: cannot read {missing}: No such file or directory"
+    ]
+    [error] = errors_of(f'[upstream]\nca_file = "{bad}"\n')
+    assert error.startswith(f"gateway.toml:2: upstream.ca_file: {bad} holds no PEM certificate")
+    load_config_text(provider + f'ca_file = "{certifi.where()}"\n')
+    # relative to the config file, like every other path in it, wherever the gateway starts
+    (tmp_path / "ca.pem").write_bytes(Path(certifi.where()).read_bytes())
+    config_path = tmp_path / "gateway.toml"
+    config_path.write_text(f'[upstream]\nca_file = "ca.pem"\n\n{provider}ca_file = "ca.pem"\n', encoding="utf-8")
+    monkeypatch.chdir("/")
+    config = load_config(config_path)
+    assert config.upstream.ca_file == config.providers["o"].ca_file == str(tmp_path / "ca.pem")
+
+
+def test_credentials_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A credential goes into a header: a line break or control byte inside it would split or corrupt the
+    upstream request, so it is a config error (whitespace around it is stripped, as before)."""
+    key = tmp_path / "k.key"
+    key.write_bytes(b"line1\nline2\x01")
+    with pytest.raises(ConfigError, match="holds a line break or another control character"):
+        resolve_secret(f"file:{key}")
+    monkeypatch.setenv("GW_TEST_TWO_LINES", "sk-a\r\nX-Injected: 1")
+    with pytest.raises(ConfigError, match="environment variable GW_TEST_TWO_LINES holds a line break"):
+        resolve_secret("env:GW_TEST_TWO_LINES")
+    assert errors_of(OPENAI_PROVIDER + f'api_key = "file:{key}"\n') == [
+        f"gateway.toml:4: providers.openai.api_key: key file {key} holds a line break or another control "
+        "character inside the value (a credential is one line of text)"
+    ]
+    key.write_bytes(b"  sk-ok\n")
+    assert resolve_secret(f"file:{key}") == "sk-ok"
+
+
 def test_ranges() -> None:
     text = (
         "[server]\n"
