@@ -108,6 +108,8 @@ class Supervisor:
         self._restarts: dict[str, int] = {}
         #: fixed at start: every child, a respawned one too, beats at the pace the supervisor checks
         self._beat_timeout = snapshot.config.server.worker_heartbeat_timeout
+        #: the config the node started with: what a reload's restart-only settings are compared with
+        self._started = snapshot.config
 
     @property
     def config(self) -> Config:
@@ -438,19 +440,35 @@ class Supervisor:
     def _warn_changes(self, new: Config) -> None:
         from gateway.config.security import weakenings
 
-        old = self.config
-        for change in weakenings(old, new):
+        for change in weakenings(self.config, new):
             log.warning("supervisor: this reload loosens security: %s", change)
-        if (new.server.host, new.server.port, new.server.workers, new.server.frontend) != (
-            old.server.host, old.server.port, old.server.workers, old.server.frontend,
-        ):
-            log.warning(
-                "supervisor: listener settings (host, port, workers, frontend) change on restart only"
-            )
-        restart_only = ("watch_config", "watch_interval", "worker_heartbeat_timeout")
-        changed = [k for k in restart_only if getattr(new.server, k) != getattr(old.server, k)]
-        if changed:
-            log.warning("supervisor: [server] %s change on restart only", ", ".join(changed))
+        for what in restart_only_changes(self._started, new):
+            log.warning("supervisor: %s: takes a restart; the running workers keep what they started with",
+                        what)
+
+
+def restart_only_changes(started: Config, new: Config) -> list[str]:
+    """The settings ``new`` changes, from the config the node started with, that a reload does not apply
+    (docs/configuration.md): each as a phrase for the log."""
+    out = []
+    s, n = started.server, new.server
+    if (n.host, n.port, n.workers, n.frontend) != (s.host, s.port, s.workers, s.frontend):
+        out.append("the listener settings changed (host, port, workers, frontend)")
+    changed = [k for k in ("watch_config", "watch_interval", "worker_heartbeat_timeout")
+               if getattr(n, k) != getattr(s, k)]
+    if changed:
+        out.append(f"[server] {', '.join(changed)} changed")
+    if new.store.url != started.store.url or new.store.data_dir != started.store.data_dir:
+        out.append("[store] changed")
+    for table, before, after in (
+        ("[limits] (policies or budgets)", bool(started.limits.policies or started.limits.budgets),
+         bool(new.limits.policies or new.limits.budgets)),
+        ("[cache]", started.cache.enabled, new.cache.enabled),
+        ("call records ([log] call_records)", started.log.call_records, new.log.call_records),
+    ):
+        if before != after:
+            out.append(f"{table} turned {'on' if after else 'off'}")
+    return out
 
 
 def _check_state_dir(new: Config) -> None:
