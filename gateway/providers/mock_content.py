@@ -38,6 +38,11 @@ property is produced), ``additionalProperties``, ``items``/``prefixItems``, ``mi
 (merged), ``nullable``. Not supported (the value may not match): ``pattern``, ``not``,
 ``if``/``then``/``else``, ``dependentSchemas``, remote ``$ref``. Recursion stops at depth 12, where
 only required properties and ``minItems`` elements are produced.
+
+A value is bounded whatever the schema asks (a request must not hold the worker's loop or its memory):
+at most ``MAX_VALUES`` values in all, nesting ``HARD_DEPTH`` deep (a required property that refers to its
+own schema), ``MAX_COUNT`` items or properties from ``minItems``/``minProperties``, ``MAX_LENGTH``
+characters from ``minLength``. Past a bound the value is cut short (and may then not match the schema).
 """
 
 from __future__ import annotations
@@ -50,7 +55,11 @@ from typing import Any, Final, Literal
 import msgspec
 
 __all__ = [
+    "HARD_DEPTH",
+    "MAX_COUNT",
     "MAX_DEPTH",
+    "MAX_LENGTH",
+    "MAX_VALUES",
     "ToolCall",
     "ToolSpec",
     "Turn",
@@ -64,6 +73,14 @@ __all__ = [
 
 #: nesting depth past which generated values stop adding optional properties and items
 MAX_DEPTH: Final = 12
+#: nesting depth at which objects and arrays are generated empty, required properties or not
+HARD_DEPTH: Final = 32
+#: values generated for one schema at most; then objects and arrays come out empty
+MAX_VALUES: Final = 5_000
+#: the most items or properties ``minItems`` or ``minProperties`` get
+MAX_COUNT: Final = 256
+#: the longest string ``minLength`` gets
+MAX_LENGTH: Final = 4096
 #: longest quoted tool result in a reply
 _RESULT_QUOTE: Final = 200
 
@@ -105,10 +122,12 @@ class Turn(msgspec.Struct, frozen=True):
 class _Rng:
     """A 64-bit LCG (not ``random``: the values must not change between Python versions)."""
 
-    __slots__ = ("x",)
+    __slots__ = ("left", "x")
 
     def __init__(self, seed: int) -> None:
         self.x = seed & 0xFFFFFFFFFFFFFFFF
+        #: values still to be generated (``MAX_VALUES``)
+        self.left = MAX_VALUES
 
     def next(self, n: int) -> int:
         """A value in [0, n)."""
@@ -203,6 +222,7 @@ def value_for(schema: dict[str, Any], seed: str, root: dict[str, Any] | None = N
 
 
 def _value(schema: Any, root: dict[str, Any], rng: _Rng, depth: int) -> Any:
+    rng.left -= 1
     if schema is True or not isinstance(schema, dict):
         return _WORDS[rng.next(len(_WORDS))]
     if "$ref" in schema or "allOf" in schema:
@@ -239,6 +259,8 @@ def _object(schema: dict[str, Any], root: dict[str, Any], rng: _Rng, depth: int)
     required = [r for r in schema.get("required") or () if isinstance(r, str)]
     names = list(props) if depth < MAX_DEPTH else [n for n in props if n in required]
     out: dict[str, Any] = {}
+    if depth >= HARD_DEPTH or rng.left <= 0:
+        return out
     for name in names:
         out[name] = _value(props[name], root, rng, depth + 1)
     extra = schema.get("additionalProperties")
@@ -246,8 +268,10 @@ def _object(schema: dict[str, Any], root: dict[str, Any], rng: _Rng, depth: int)
         if name not in out:
             out[name] = _value(extra if isinstance(extra, dict) else {"type": "string"}, root, rng, depth + 1)
     want = schema.get("minProperties")
+    if isinstance(want, int):
+        want = min(want, MAX_COUNT)
     i = 0
-    while isinstance(want, int) and len(out) < want and extra is not False:
+    while isinstance(want, int) and len(out) < want and extra is not False and rng.left > 0:
         out.setdefault(f"extra_{i}", _value(extra if isinstance(extra, dict) else {"type": "string"},
                                             root, rng, depth + 1))
         i += 1
@@ -258,9 +282,11 @@ def _array(schema: dict[str, Any], root: dict[str, Any], rng: _Rng, depth: int) 
     raw = schema.get("prefixItems")
     prefix: list[Any] = raw if isinstance(raw, list) else []
     items = schema.get("items", {})
-    lo = schema.get("minItems", 0) if isinstance(schema.get("minItems"), int) else 0
+    lo = min(schema.get("minItems", 0), MAX_COUNT) if isinstance(schema.get("minItems"), int) else 0
     hi = schema.get("maxItems") if isinstance(schema.get("maxItems"), int) else None
-    n = max(lo, len(prefix), 0 if depth >= MAX_DEPTH else 1 + rng.next(2))
+    n = max(lo, min(len(prefix), MAX_COUNT), 0 if depth >= MAX_DEPTH else 1 + rng.next(2))
+    if depth >= HARD_DEPTH:
+        n = 0
     if items is False:
         n = min(n, len(prefix))
     if hi is not None:
@@ -268,6 +294,8 @@ def _array(schema: dict[str, Any], root: dict[str, Any], rng: _Rng, depth: int) 
     out: list[Any] = []
     unique = bool(schema.get("uniqueItems"))
     for i in range(n):
+        if rng.left <= 0:
+            break
         sub = prefix[i] if i < len(prefix) else items
         value = _value(sub, root, rng, depth + 1)
         tries = 0
@@ -379,7 +407,7 @@ def _string(schema: dict[str, Any], rng: _Rng) -> str:
     template = _FORMATS.get(fmt) if isinstance(fmt, str) else None
     if template is not None:
         return template.format(day=1 + rng.next(28), word=_WORDS[rng.next(len(_WORDS))])
-    lo = schema.get("minLength", 0) if isinstance(schema.get("minLength"), int) else 0
+    lo = min(schema.get("minLength", 0), MAX_LENGTH) if isinstance(schema.get("minLength"), int) else 0
     hi = schema.get("maxLength") if isinstance(schema.get("maxLength"), int) else None
     words = [_WORDS[rng.next(len(_WORDS))] for _ in range(1 + rng.next(3))]
     text = " ".join(words)

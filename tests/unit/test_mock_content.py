@@ -154,6 +154,33 @@ def _decide(**kw: Any) -> mock_content.Turn | None:
     return decide(**args)
 
 
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"x": {"$ref": "#"}}, "required": ["x"]},  # required and recursive
+    {"type": "object", "properties": {"x": {"$ref": "#"}, "y": {"$ref": "#"}}, "required": ["x", "y"]},
+    {"$defs": {"a": {"type": "object", "properties": {"b": {"$ref": "#/$defs/b"}}, "required": ["b"]},
+               "b": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "required": ["a"]}},
+     "$ref": "#/$defs/a"},
+    {"type": "object", "properties": {"x": {"type": "array", "items": {"type": "string"},
+                                            "minItems": 100_000_000}}, "required": ["x"]},
+    {"type": "array", "minItems": 1000, "items": {"type": "array", "minItems": 1000,
+                                                  "items": {"type": "array", "minItems": 1000}}},
+    {"type": "string", "minLength": 10**9},
+    {"type": "object", "minProperties": 10**9},
+])
+def test_what_a_schema_asks_for_is_bounded(schema: dict[str, Any]) -> None:
+    """A client's schema cannot make the mock hold the worker's loop or fill its memory: recursion, counts
+    and lengths are cut at the documented bounds."""
+    value = value_for(schema, "seed")
+    assert len(json.dumps(value)) < 200_000
+    def depth(v: Any) -> int:
+        if isinstance(v, dict):
+            return 1 + max(map(depth, v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max(map(depth, v), default=0)
+        return 0
+    assert depth(value) <= mock_content.HARD_DEPTH + 1
+
+
 def test_the_cue() -> None:
     names = ["get_weather", "get_time"]
     assert tool_cue("no cue here", names) is None
