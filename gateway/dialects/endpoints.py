@@ -100,10 +100,26 @@ async def _upstream_count(engine: Engine, ctx: Context, responder: Responder, ta
     if resp.status >= 400:
         engine._relay_error(ctx, responder, resp, data)
         return
+    try:
+        _count_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        raise errors.BadGateway(
+            "The upstream provider returned a response body that is not a token count",
+            code="upstream_invalid_response",
+        ) from None
     ctx.status = resp.status
     headers = engine._pass_headers(ctx, resp)
     headers.append(("content-type", "application/json"))
     responder.send(resp.status, headers, data)
+
+
+class _Count(msgspec.Struct):
+    """An upstream's ``count_tokens`` answer, as far as it is checked before it is relayed."""
+
+    input_tokens: int
+
+
+_count_decoder: Final = msgspec.json.Decoder(_Count)
 
 
 def _texts(req: ir.Request) -> tuple[list[str], int]:

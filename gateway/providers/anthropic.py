@@ -24,7 +24,7 @@ and writes reported beside it), ``prompt_tokens_details.cached_tokens`` the cach
 from __future__ import annotations
 
 import time
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -200,6 +200,13 @@ class AnthropicTranslator(OpenAITranslator):
         if status in _OPERATOR_STATUSES:
             err = xlate.error_from_response(status, body)
             return 502, messages_error_body(502, f"upstream answered {status}: {err.message}", ctx.request_id)
+        if not _is_anthropic_error(body):
+            # not an error of Anthropic's API (a proxy's HTML page, plain text, another API's JSON): the
+            # client's SDK could not read it, so it gets Anthropic's shape with what the body said
+            text = body[:200].decode("utf-8", "replace")
+            return status, messages_error_body(
+                status, f"upstream answered {status} with a body that is not an error of its API: {text}",
+                ctx.request_id)
         return status, body
 
     def error_answer(self, status: int, body: bytes) -> tuple[int, bytes] | None:
@@ -227,7 +234,29 @@ class AnthropicTranslator(OpenAITranslator):
 _OPERATOR_STATUSES: Final = frozenset({401, 402, 403, 404})
 
 
+class _ErrorShape(msgspec.Struct):
+    """Anthropic's error as its SDK reads it: ``{"type": "error", "error": {"type": ..., ...}}``."""
+
+    type: Literal["error"]
+    error: wire.ErrorDetail
+
+
+_error_shape: Final = msgspec.json.Decoder(_ErrorShape)
+
+
+def _is_anthropic_error(body: bytes) -> bool:
+    try:
+        _error_shape.decode(body)
+    except _DECODE_ERRORS:
+        return False
+    return True
+
+
 class _UsageOnly(msgspec.Struct):
+    """What a pass-through answer is read for: its usage, and that it is a ``message`` at all (a JSON object
+    of another shape is not relayed as one)."""
+
+    type: Literal["message"]
     usage: wire.Usage = wire.Usage()
 
 

@@ -72,7 +72,20 @@ RECORDED_STREAM = b"".join(
 )
 
 
+#: what the recorder answers when a request's body holds the mark: what a proxy or a broken upstream in
+#: front of Anthropic may send instead of Anthropic's answers
+HOSTILE: dict[str, tuple[int, str, bytes]] = {
+    "MODE-HTML502": (502, "text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
+    "MODE-TEXT503": (503, "text/plain", b"upstream connect error or disconnect/reset before headers"),
+    "MODE-OPENAI500": (500, "application/json", b'{"error": {"message": "boom", "type": "server_error"}}'),
+    "MODE-WRONG200": (200, "application/json", b'{"foo": 1}'),
+}
+
+
 def _recorded_answer(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+    for mark, answer in HOSTILE.items():
+        if mark.encode() in body:
+            return answer
     if json.loads(body).get("stream"):
         return 200, "text/event-stream", RECORDED_STREAM
     return 200, "application/json", RECORDED_MESSAGE
@@ -437,6 +450,25 @@ def test_passthrough_forwards_the_exact_bytes(gw: Gateway, recorder: TinyUpstrea
     # priced like a chat answer: 12 prompt tokens at input, 11 cache reads at cached_input, 1 at output
     assert mine[0]["cost_usd"] == pytest.approx((12 * 1.0 + 11 * 0.5 + 1 * 2.0) * 1e-6)
     assert mine[1]["prompt_tokens"] == 18 and mine[1]["completion_tokens"] == 3 and mine[1]["stream"]
+
+
+@pytest.mark.parametrize("mark", list(HOSTILE))
+def test_passthrough_answers_that_are_not_anthropics_become_anthropic_errors(gw: Gateway, mark: str) -> None:
+    """Pass-through relays Anthropic's own errors as they are; an HTML page, plain text, another API's
+    error or a 200 that is not a message is turned into Anthropic's error shape (the SDK reads it), on
+    /v1/messages and on count_tokens."""
+    status, _, _ = HOSTILE[mark]
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        resp = raw(gw, {"model": "recorded", "max_tokens": 8,
+                        "messages": [{"role": "user", "content": mark}]}, path=path)
+        body = resp.json()
+        assert body["type"] == "error" and body["request_id"] == resp.headers["request-id"], (path, body)
+        assert resp.headers["content-type"].startswith("application/json")
+        if status == 200:
+            assert resp.status_code == 502 and body["error"]["type"] == "api_error", (path, body)
+        else:
+            assert resp.status_code == status, (path, body)
+            assert "not an error of its API" in body["error"]["message"], (path, body)
 
 
 # -- count_tokens ------------------------------------------------------------------------------------
