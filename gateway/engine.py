@@ -648,6 +648,8 @@ class Engine:
             ctx.error = exc
             if not responder.started:
                 self._send_error(ctx, responder, exc)
+        except Exception:
+            _answer_crash(ctx, responder)
         except BaseException:
             _crashed(ctx, responder)  # the front end answers 500
             self._settle(ctx)
@@ -723,7 +725,8 @@ class Engine:
             (``cut_unfinished``)        |                                  |
             another cancellation        | what the front end sends         | worker_shutdown when draining,
                                         |                                  | else request_cancelled
-            an unexpected exception     | 500 from the front end           | 500, internal_error
+            an unexpected exception     | a 500 in its dialect (logged), or | 500, internal_error
+                                        | a cut connection once answering  |
         """
         if ctx.settled:  # cut by the drain deadline before it began
             if isinstance(work, Coroutine):
@@ -754,7 +757,10 @@ class Engine:
             await self._end_cut(ctx, ctx.responder, cut)  # a front (/v1/responses) re-encodes the error
         except Exception:
             _crashed(ctx, responder)
-            raise
+            if getattr(responder, "started", False):
+                raise  # mid-answer: the front end cuts the connection (the client sees it end early)
+            log.exception("unhandled error in request %s", ctx.request_id)
+            _answer_internal(ctx, responder)
         finally:
             self._settle(ctx)
 
@@ -1749,11 +1755,24 @@ def _refused_shape(problem: int, endpoint: str) -> errors.BadRequest:
 def _answer_crash(ctx: Context, responder: CallbackResponder) -> None:
     """An unexpected error on the callback path (inside an ``except`` block): logged with its traceback,
     and a 500 that closes the connection if nothing was sent yet."""
-    log.exception("unhandled error in request handler")
+    log.exception("unhandled error in request %s", ctx.request_id)
     _crashed(ctx, responder)
     if not responder.started:
+        _answer_internal(ctx, responder)
+
+
+def _answer_internal(ctx: Context, responder: Responder) -> None:
+    """The 500 of a request an unexpected exception ended before anything was sent: in the client's
+    dialect, with its request id; the connection is not reused."""
+    if hasattr(responder, "keep_alive"):
         responder.keep_alive = False
-        responder.send(500, _JSON, _INTERNAL)
+    headers = [_JSON_TYPE, ("x-request-id", ctx.request_id)]
+    dialect = ctx.dialect
+    if dialect is not None:
+        responder.send(500, dialect.response_headers(headers, time.time()),
+                       dialect.error_body(_INTERNAL_ANSWER, ctx.request_id))
+    else:
+        responder.send(500, headers, _INTERNAL)
 
 
 def _crashed(ctx: Context, responder: Responder) -> None:
@@ -1765,6 +1784,10 @@ def _crashed(ctx: Context, responder: Responder) -> None:
 
 #: what the call records of requests ended by something other than an answer say (never raised)
 _INTERNAL_ERROR = errors.GatewayError("internal error (see the worker's log)")
+
+
+#: the answer to a request an unexpected exception ended before anything was sent (``_answer_internal``)
+_INTERNAL_ANSWER = errors.GatewayError("internal error")
 _CLIENT_CLOSED = errors.ClientClosed("the client closed the connection before the response was complete")
 _WORKER_STOPPING = errors.ServiceUnavailable("The gateway worker shut down before the request finished",
                                              code="worker_shutdown")

@@ -63,6 +63,23 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return body
 
 
+def refusal(status: int, message: str, type_: str, code: str, path: str = "",
+            request_id: str | None = None) -> tuple[list[tuple[str, str]], bytes]:
+    """(headers, body) of a front end's refusal of a request it could not hand to the engine (a body too
+    large, a head it could not read): in the dialect of the endpoint its ``path`` names (Anthropic's on
+    ``/v1/messages``, with ``request-id``), else OpenAI's; ``x-request-id`` when ``request_id`` is given."""
+    headers = [("content-type", "application/json")]
+    if path.startswith("/v1/messages"):
+        from gateway.dialects.anthropic_messages import error_body as messages_error_body
+
+        rid = request_id or ""
+        body = messages_error_body(status, message, rid)
+        return [*headers, ("x-request-id", rid), ("request-id", rid)], body
+    if request_id is not None:
+        headers.append(("x-request-id", request_id))
+    return headers, error_body(message, type_, code)
+
+
 class GatewayError(Exception):
     """Base class: an error with an HTTP status and an OpenAI error type/code."""
 

@@ -411,6 +411,14 @@ cdef class ChunkedDecoder:
         return data
 
 
+def _target_of(bytes buf, Py_ssize_t pos):
+    """The path of the request line at ``pos`` of ``buf`` (its first 8 KiB), "" when there is none."""
+    parts = buf[pos:pos + 8192].split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) < 2 or not parts[1].startswith(b"/"):
+        return ""
+    return parts[1].split(b"?", 1)[0].decode("latin-1")
+
+
 cdef class RequestParser:
     """Strict incremental HTTP/1.1 request parser (see the twin for the rules)."""
 
@@ -444,6 +452,13 @@ cdef class RequestParser:
         self._pos = 0
         if self.state == STATE_IDLE and PyBytes_GET_SIZE(self._buf):
             self.state = STATE_HEAD
+
+    def failed_target(self):
+        """The path of the request a ``ParseError`` refused, as far as its request line could be read (its
+        answer is in that endpoint's dialect); "" when none could be."""
+        if self._pending is not None:
+            return self._pending.path
+        return _target_of(self._buf, self._pos)
 
     cpdef Request next_request(self):
         cdef Request req

@@ -227,6 +227,14 @@ def _parse_header_lines(head: bytes, start: int) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def _target_of(buf: bytes, pos: int) -> str:
+    """The path of the request line at ``pos`` of ``buf`` (its first 8 KiB), "" when there is none."""
+    parts = buf[pos:pos + 8192].split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) < 2 or not parts[1].startswith(b"/"):
+        return ""
+    return parts[1].split(b"?", 1)[0].decode("latin-1")
+
+
 class RequestParser:
     """Strict incremental HTTP/1.1 request parser. Feed bytes, take complete requests.
 
@@ -272,6 +280,13 @@ class RequestParser:
         self._pos = 0
         if self.state == STATE_IDLE and self._buf:
             self.state = STATE_HEAD
+
+    def failed_target(self) -> str:
+        """The path of the request a ``ParseError`` refused, as far as its request line could be read (its
+        answer is in that endpoint's dialect); "" when none could be."""
+        if self._pending is not None:
+            return self._pending.path
+        return _target_of(self._buf, self._pos)
 
     def next_request(self) -> Request | None:
         """The next complete request, or None when more bytes are needed."""

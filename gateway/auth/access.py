@@ -99,7 +99,8 @@ class AccessPhase(Phase):
                 return self._authenticate(ctx, authorization, False)
             except _UnknownKeyId:
                 raise errors.ServiceUnavailable(
-                    f"The API key {key_id} could not be checked: the key store is unavailable. Retry shortly.",
+                    f"The API key {key_id} could not be checked: the key store is unavailable. "
+                    "Retry shortly.",
                     code="key_store_unavailable",
                 ) from None
         return self._authenticate(ctx, authorization, True)

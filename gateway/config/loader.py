@@ -864,7 +864,8 @@ def _ca_file_problems(path: _Path, ca_file: str) -> Iterator[_Problem]:
         ssl.create_default_context(cafile=ca_file)
     except OSError as exc:
         if isinstance(exc, ssl.SSLError):
-            yield _Problem(path, f"{ca_file} holds no PEM certificate the TLS library can load ({exc.reason})")
+            yield _Problem(path, f"{ca_file} holds no PEM certificate the TLS library can load "
+                           f"({exc.reason})")
         else:
             yield _Problem(path, f"cannot read {ca_file}: {exc.strerror or exc.__class__.__name__}")
 
@@ -1069,7 +1070,8 @@ def _absolute_file_refs(config: Config, base_dir: str) -> Config:
     ca = config.upstream.ca_file
     if ca is not None and not os.path.isabs(os.path.expanduser(ca)):
         absolute = os.path.normpath(os.path.join(base_dir, os.path.expanduser(ca)))
-        config = msgspec.structs.replace(config, upstream=msgspec.structs.replace(config.upstream, ca_file=absolute))
+        upstream = msgspec.structs.replace(config.upstream, ca_file=absolute)
+        config = msgspec.structs.replace(config, upstream=upstream)
     if config.auth.pepper is not None:
         parsed = _parse_secret_ref(config.auth.pepper)
         if parsed is not None and parsed[0] == "file" and not os.path.isabs(os.path.expanduser(parsed[1])):

@@ -51,7 +51,9 @@ goes through the batch, and a connection is closed only after the batch is writt
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,7 +70,7 @@ from gateway._core.http import (
     send_pieces_now,
 )
 from gateway.app import App, ClientGone, Headers
-from gateway.errors import error_body
+from gateway.errors import error_body, refusal
 
 try:
     from uvloop.loop import TCPTransport as _UV_TCP  # type: ignore[attr-defined]
@@ -103,11 +105,21 @@ _JSON = [("content-type", "application/json")]
 _INTERNAL = error_body("internal error", "server_error", "internal_error")
 
 
-def _error_response(status: int, message: str, keep_alive: bool = False) -> bytes:
+def _error_response(status: int, message: str, keep_alive: bool = False, path: str = "",
+                    request_id: str | None = None) -> bytes:
+    """A refusal before the engine (the request could not be read), in its endpoint's dialect."""
     type_, code = _CODES.get(status, ("server_error", "error"))
-    body = error_body(message, type_, code)
-    head = build_response_head(status, [("content-type", "application/json")], len(body), keep_alive)
-    return head + body
+    headers, body = refusal(status, message, type_, code, path, request_id)
+    return build_response_head(status, headers, len(body), keep_alive) + body
+
+
+#: the ids of requests refused before the engine (logged with the refusal): a per-process prefix, a count
+_REFUSED_PREFIX = f"refused-{uuid.uuid4().hex[:8]}-"
+_refused = itertools.count(1)
+
+
+def _refused_id() -> str:
+    return f"{_REFUSED_PREFIX}{next(_refused)}"
 
 
 class WriteBatch:
@@ -562,7 +574,7 @@ class HttpProtocol:
             try:
                 req = parser.next_request()
             except ParseError as exc:
-                self._fail(exc.status, exc.message)
+                self._fail(exc.status, exc.message, parser.failed_target())
                 return
             if req is None:
                 self._read_more()  # a request is incomplete: its bytes must come in, whatever is buffered
@@ -653,12 +665,13 @@ class HttpProtocol:
             self.deadline = state.loop.time() + state.header_timeout
             self.deadline_kind = _HEAD
 
-    def _fail(self, status: int, message: str) -> None:
+    def _fail(self, status: int, message: str, path: str = "") -> None:
+        rid = _refused_id()
         if self.state.log_errors:
-            log.info("rejected request: %d %s", status, message)
+            log.info("rejected request %s: %d %s%s", rid, status, message, f" ({path[:200]})" if path else "")
         transport = self.transport
         if transport is not None:
-            _BATCH.write(transport, _error_response(status, message), self.fd)
+            _BATCH.write(transport, _error_response(status, message, False, path, rid), self.fd)
             _BATCH.close_after(transport)
         self.deadline = _INF
         self.deadline_kind = _NONE
@@ -671,9 +684,9 @@ class HttpProtocol:
         if self.busy:
             return
         if kind == _BODY:
-            self._fail(408, "timed out reading the request body")
+            self._fail(408, "timed out reading the request body", self.parser.failed_target())
         elif kind == _HEAD and self.parser.state != STATE_IDLE:
-            self._fail(408, "timed out reading the request head")
+            self._fail(408, "timed out reading the request head", self.parser.failed_target())
         else:
             self.close()  # idle: a keep-alive timeout, or a connection that never sent a byte
 

@@ -53,6 +53,7 @@ import mmap
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -65,7 +66,7 @@ from gateway._core.http import Request
 from gateway.app import ClientGone, Headers
 from gateway.config import Config, ConfigError, default_config, load_config
 from gateway.config.loader import check_servable
-from gateway.errors import error_body
+from gateway.errors import error_body, refusal
 
 __all__ = [
     "ENV_CONFIG",
@@ -525,7 +526,7 @@ class RSGIApp:
                 except ValueError:
                     declared = -1
                 if declared > limit:
-                    self._too_large(protocol, limit)
+                    self._too_large(protocol, limit, scope.path)
                     return None
                 # hyper enforces Content-Length framing: the body cannot be longer than declared
                 body = await protocol() if declared != 0 else b""
@@ -538,21 +539,24 @@ class RSGIApp:
                         continue
                     size += len(chunk)
                     if size > limit:
-                        self._too_large(protocol, limit)
+                        self._too_large(protocol, limit, scope.path)
                         return None
                     parts.append(chunk)
                 body = b"".join(parts) if len(parts) != 1 else parts[0]
         except _ProtocolClosed:
             return None  # the client went away while sending the body
         if len(body) > limit:
-            self._too_large(protocol, limit)
+            self._too_large(protocol, limit, scope.path)
             return None
         return Request(scope.method, scope.path, scope.query_string, version, headers, body, True)
 
     @staticmethod
-    def _too_large(protocol: Any, limit: int) -> None:
-        protocol.response_bytes(*_error(413, f"request body exceeds {limit} bytes", "invalid_request_error",
-                                        "payload_too_large"))
+    def _too_large(protocol: Any, limit: int, path: str) -> None:
+        rid = f"refused-{uuid.uuid4().hex[:16]}"
+        log.info("rejected request %s: 413 request body exceeds %d bytes (%s)", rid, limit, path[:200])
+        headers, body = refusal(413, f"request body exceeds {limit} bytes", "invalid_request_error",
+                                "payload_too_large", path, rid)
+        protocol.response_bytes(413, headers, body)
 
     async def _run(self, engine: Any, request: Request, protocol: Any) -> None:
         responder = RSGIResponder(protocol)

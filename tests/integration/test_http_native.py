@@ -111,8 +111,42 @@ def test_query_string_is_ignored_for_routing(conn: RawClient) -> None:
 def _assert_rejected(conn: RawClient, status: int, code: str | None = None) -> None:
     resp = conn.read_response()
     assert_openai_error(resp, status, code)
+    assert (resp.header("x-request-id") or "").startswith("refused-"), resp
     assert resp.header("connection") == "close", resp
     assert conn.closed_by_peer(), "the connection stayed open after a framing error"
+
+
+MESSAGES = "/v1/messages"
+
+
+@pytest.mark.parametrize("case", ["over the limit", "chunked over the limit", "bad Content-Length",
+                                  "Content-Length and chunked"])
+def test_refusals_on_anthropic_endpoints_are_in_anthropics_shape(gw: Gateway, case: str) -> None:
+    """A request the front end refuses before the engine is answered in the dialect its path names: the
+    ``anthropic`` SDK reads the error of a /v1/messages (or count_tokens) request, with its request id."""
+    data = b"x" * 65537
+    head = [f"POST {MESSAGES}{'/count_tokens' if 'chunked' in case else ''}?beta=true HTTP/1.1", "Host: x",
+            "Content-Type: application/json"]
+    status, kind = 400, "invalid_request_error"
+    if case == "over the limit":
+        raw = _head([*head, "Content-Length: 70000"])
+        status, kind = 413, "request_too_large"
+    elif case == "chunked over the limit":
+        raw = _head([*head, "Transfer-Encoding: chunked"]) + b"%x\r\n" % len(data) + data
+        status, kind = 413, "request_too_large"
+    elif case == "bad Content-Length":
+        raw = _head([*head, "Content-Length: 12x"])
+    else:
+        raw = _head([*head, "Content-Length: 5", "Transfer-Encoding: chunked"]) + b"0\r\n\r\n"
+    with RawClient(gw.port) as c:
+        c.send(raw)
+        resp = c.read_response()
+        body = json.loads(resp.body)
+        assert resp.status == status, resp
+        assert body["type"] == "error" and body["error"]["type"] == kind, body
+        rid = resp.header("request-id")
+        assert rid and rid.startswith("refused-") and body["request_id"] == rid == resp.header("x-request-id")
+        assert resp.header("connection") == "close" and c.closed_by_peer()
 
 
 def test_body_over_limit_is_413(conn: RawClient) -> None:

@@ -285,3 +285,37 @@ def test_call_record() -> None:
     assert r["status"] == 200 and r["model"] == "chat" and r["upstream_model"] == "mock-1"
     assert r["total_tokens"] > 0 and r["provider"] == "mock"
     assert "sk-secret" not in json.dumps(records)
+
+
+class _Bug(Phase):
+    """A phase with a bug: what an unexpected exception on the request path is answered with."""
+
+    name = "prepare"
+
+    def __init__(self, is_async: bool) -> None:
+        self.is_async = is_async
+
+    def on_request(self, ctx: Any) -> Any:
+        if self.is_async:
+            return self._later()
+        raise RuntimeError("a bug in a phase")
+
+    async def _later(self) -> None:
+        raise RuntimeError("a bug in a phase, awaited")
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["callback path", "coroutine path"])
+def test_an_unexpected_exception_is_a_500_in_the_clients_dialect(is_async: bool,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Logged with its traceback and answered in the client's dialect with the request id (the front
+    end's bare 500 was OpenAI's shape on every path), on a connection that is not reused."""
+    rec = run(make([_Bug(is_async)]), "POST", "/v1/chat/completions", CHAT)
+    assert rec.status == 500 and rec.error()["code"] == "internal_error"
+    assert rec.error()["message"] == "internal error" and rec.header("x-request-id")
+    assert not rec.keep_alive
+    rid = rec.header("x-request-id")
+    assert f"unhandled error in request {rid}" in caplog.text and "a bug in a phase" in caplog.text
+    rec = run(make([_Bug(is_async)]), "POST", "/v1/messages",
+              {"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+    assert rec.status == 500 and rec.json()["type"] == "error"
+    assert rec.json()["error"]["type"] == "api_error" and rec.header("request-id")

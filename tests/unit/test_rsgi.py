@@ -307,6 +307,12 @@ def test_oversize_by_content_length_is_413_without_reading(loop: asyncio.Abstrac
     assert err["type"] == "invalid_request_error" and err["code"] == "payload_too_large"
     assert "1000" in err["message"]
     assert proto.body_calls == 0 and proto.bytes_read == 0
+    assert (proto.header("x-request-id") or "").startswith("refused-")
+    with started(loop, quiet_config(max_body_bytes=1000)) as h:  # on Anthropic's endpoint, in its shape
+        proto = h.post("/v1/messages", body)
+    assert proto.status == 413 and proto.json()["type"] == "error"
+    assert proto.json()["error"]["type"] == "request_too_large"
+    assert proto.json()["request_id"] == proto.header("request-id") == proto.header("x-request-id")
 
 
 def test_oversize_chunked_is_413_after_reading_just_past_the_limit(loop: asyncio.AbstractEventLoop) -> None:
