@@ -726,6 +726,13 @@ class EventEncoder:
         )
         return msgspec.to_builtins(obj)  # type: ignore[no-any-return]
 
+    def rewind(self) -> None:
+        """Forget a start that was never sent: the next event (or ``fail``) starts the stream again, with
+        ``response.created`` at sequence number 0."""
+        if not self.output and not self._open:
+            self._started = False
+            self._seq = 0
+
     def start(self) -> bytes:
         if self._started:
             return b""
@@ -943,6 +950,11 @@ class _Stream:
 
     def encode(self, event: ir.StreamEvent) -> bytes:
         return self.encoder.encode(event)
+
+    def rewind(self) -> None:
+        """What was encoded was not sent (an attempt that failed before its content): the request's one
+        encoder starts again, for the next attempt or the error (``BridgeRelay``)."""
+        self.encoder.rewind()
 
 
 class OpenAIResponses(ClientDialect):

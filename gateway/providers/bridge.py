@@ -211,6 +211,9 @@ class BridgeRelay:
                 self.error = gateway_error(ev.error)
                 if not self._content:
                     out.clear()  # only the message's start so far: the attempt failed before its content
+                    rewind = getattr(self._encoder, "rewind", None)
+                    if rewind is not None:  # an encoder that outlives the attempt: its start was not sent
+                        rewind()
                 break
             data = encode(ev)
             if data:

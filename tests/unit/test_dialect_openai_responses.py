@@ -204,6 +204,34 @@ def test_stream_error_fails_the_response() -> None:
     assert enc.encode(ir.MessageStop(ir.StopReason.END_TURN)) == b""
 
 
+def test_a_stream_refused_before_its_content_starts_again_from_response_created() -> None:
+    """An upstream stream that fails right after its start: the relay sends nothing (the attempt may fail
+    over), and the request's one encoder forgets the start it encoded, so what the client then gets (the
+    next attempt, or the error) begins with ``response.created`` at sequence number 0, as the SDK needs."""
+    from gateway.providers import anthropic_translate as xlate
+    from gateway.providers.bridge import BridgeRelay
+
+    d = dialect.decode_request(_body(input="x", stream=True))
+    front = dialect.OPENAI_RESPONSES.for_request(d, [], 1)
+
+    class Ctx:
+        usage: Any = None
+        request_id = "r1"
+
+    ctx = Ctx()
+    relay = BridgeRelay(ctx, xlate.AnthropicStream(), front.stream_encoder(ctx, 1))
+    start = (b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_1", "type": '
+             b'"message", "role": "assistant", "model": "claude", "content": [], "stop_reason": null, '
+             b'"stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1}}}\n\n')
+    assert relay.feed(start + b"event: content_block_delta\ndata: {<<not JSON>>\n\n") == b""
+    assert relay.error is not None
+    events = _parse_sse(front.stream_error(relay.error, "r1"))
+    for e in events:
+        _events.validate_python(e)
+    assert [(e["type"], e["sequence_number"]) for e in events] == [
+        ("response.created", 0), ("response.in_progress", 1), ("error", 2), ("response.failed", 3)]
+
+
 # -- an OpenAI upstream's chat stream, through the IR ------------------------------------------------------
 
 
