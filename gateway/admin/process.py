@@ -82,18 +82,21 @@ def run_admin(config: Config, sock: socket.socket, link: ChildLink | None = None
     asyncio.set_event_loop(loop)
     app = AdminApp(config, open_store=lambda: open_store(options), node_dir=node_directory())
 
-    def apply(new: Config) -> None:
+    def apply(new: Config) -> bool:
         try:
             app.reload(new)
         except ConfigError as exc:
             log.error("admin API: config reload rejected, keeping the running config:\n%s", exc)
+            return False
         except Exception:
             log.exception("admin API: config reload failed, keeping the running config")
+            return False
         else:
             restart_only = (config.admin.host, config.admin.port, config.store)
             if (new.admin.host, new.admin.port, new.store) != restart_only:
                 log.warning("admin API: [admin] host/port and [store] change on restart only")
             log.info("admin API: config reloaded")
+            return True
 
     try:
         loop.run_until_complete(serve_app(app, config, sock=sock, link=link, on_config=apply))

@@ -241,7 +241,8 @@ METRICS: tuple[MetricDef, ...] = (
     # -- the process model
     _c("gateway_worker_restarts_total",
        "Children (workers, the admin API) the supervisor replaced, by why: exited (after serving), "
-       "start_failed (exited before it served), heartbeat (its event loop stopped running).", "reason"),
+       "start_failed (exited before it served), heartbeat (its event loop stopped running), reload_undone "
+       "(a reloaded config no worker could apply or start with was undone).", "reason"),
     # -- the export itself
     _g("gateway_metrics_workers",
        "Worker snapshots summed in this scrape: live, stale (not written for 5 intervals) or exited "

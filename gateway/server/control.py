@@ -60,7 +60,7 @@ log = logging.getLogger("gateway.control")
 _HEADER = struct.Struct(">I")
 #: a frame longer than this is not from our supervisor: the link is dropped
 _MAX_FRAME = 256 * 1024 * 1024
-_SLOT = struct.Struct("<qdd")  # pid, last beat, ready at
+_SLOT = struct.Struct("<qddq")  # pid, last beat, ready at, the config it runs (``config_code``)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -187,6 +187,13 @@ class SlotState(NamedTuple):
     beat: float
     #: CLOCK_MONOTONIC when the child began serving; 0 before
     ready: float
+    #: ``config_code`` of the config it serves with: the one it started with, then each reload it applied
+    config: int
+
+
+def config_code(digest: str) -> int:
+    """A config snapshot's digest as the 64-bit number a heartbeat slot holds (0: none known)."""
+    return int(digest[:15], 16) if digest else 0
 
 
 class HeartbeatTable:
@@ -199,7 +206,7 @@ class HeartbeatTable:
         self._mm = mmap.mmap(-1, max(1, slots) * _SLOT.size, flags=mmap.MAP_SHARED)
 
     def reset(self, slot: int) -> None:
-        _SLOT.pack_into(self._mm, slot * _SLOT.size, 0, 0.0, 0.0)
+        _SLOT.pack_into(self._mm, slot * _SLOT.size, 0, 0.0, 0.0, 0)
 
     def read(self, slot: int) -> SlotState:
         return SlotState(*_SLOT.unpack_from(self._mm, slot * _SLOT.size))
@@ -208,8 +215,14 @@ class HeartbeatTable:
         """(In the child) record a beat now; ``ready``: and that the child serves from now on."""
         off = slot * _SLOT.size
         now = time.monotonic()
-        _, _, was_ready = _SLOT.unpack_from(self._mm, off)
-        _SLOT.pack_into(self._mm, off, os.getpid(), now, now if ready and not was_ready else was_ready)
+        _, _, was_ready, config = _SLOT.unpack_from(self._mm, off)
+        ready_at = now if ready and not was_ready else was_ready
+        _SLOT.pack_into(self._mm, off, os.getpid(), now, ready_at, config)
+
+    def running(self, slot: int, code: int) -> None:
+        """(In the child) the config it serves with from now on (``config_code``)."""
+        pid, beat, ready, _ = _SLOT.unpack_from(self._mm, slot * _SLOT.size)
+        _SLOT.pack_into(self._mm, slot * _SLOT.size, pid, beat, ready, code)
 
     def close(self) -> None:
         self._mm.close()
@@ -218,12 +231,15 @@ class HeartbeatTable:
 class ChildLink:
     """What a child gets from its supervisor: its config pipe and its heartbeat slot."""
 
-    __slots__ = ("_handle", "interval", "receiver", "slot", "table")
+    __slots__ = ("_handle", "config", "interval", "receiver", "slot", "table")
 
-    def __init__(self, receiver: ConfigReceiver, table: HeartbeatTable, slot: int, timeout: float) -> None:
+    def __init__(self, receiver: ConfigReceiver, table: HeartbeatTable, slot: int, timeout: float,
+                 config: int = 0) -> None:
         self.receiver = receiver
         self.table = table
         self.slot = slot
+        #: ``config_code`` of the config the child started with (published when it is ready)
+        self.config = config
         #: four beats per timeout; 0: no beats (the supervisor does not watch)
         self.interval = timeout / 4.0
         self._handle: asyncio.TimerHandle | None = None
@@ -239,6 +255,12 @@ class ChildLink:
 
     def ready(self) -> None:
         self.table.beat(self.slot, ready=True)
+        self.table.running(self.slot, self.config)
+
+    def running(self, snapshot: ConfigSnapshot) -> None:
+        """A config handed over has been applied: the supervisor sees which config each child serves."""
+        self.config = config_code(snapshot.digest)
+        self.table.running(self.slot, self.config)
 
     def _beat(self, loop: asyncio.AbstractEventLoop) -> None:
         self.table.beat(self.slot)

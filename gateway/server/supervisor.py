@@ -45,6 +45,7 @@ from gateway.server.control import (
     ConfigReceiver,
     ConfigSender,
     HeartbeatTable,
+    config_code,
     frame,
     set_parent_death_signal,
 )
@@ -72,12 +73,14 @@ def _child_name(index: int) -> str:
 
 
 class _Child:
-    __slots__ = ("index", "killed", "pid", "sender", "started")
+    __slots__ = ("index", "killed", "pid", "sender", "snapshot", "started")
 
-    def __init__(self, pid: int, index: int, sender: ConfigSender) -> None:
+    def __init__(self, pid: int, index: int, sender: ConfigSender, snapshot: ConfigSnapshot) -> None:
         self.pid = pid
         self.index = index
         self.sender = sender
+        #: the config it started with
+        self.snapshot = snapshot
         self.started = time.monotonic()
         #: why the supervisor killed it ("heartbeat"), or ""
         self.killed = ""
@@ -110,6 +113,9 @@ class Supervisor:
         self._beat_timeout = snapshot.config.server.worker_heartbeat_timeout
         #: the config the node started with: what a reload's restart-only settings are compared with
         self._started = snapshot.config
+        #: the last config a child applied before the latest reload (``_undo_reload``: a reload no child
+        #: can apply or start with is undone, not crash-looped into a stop)
+        self._before_reload: ConfigSnapshot | None = None
 
     @property
     def config(self) -> Config:
@@ -144,7 +150,7 @@ class Supervisor:
             os._exit(self._child_main(index, r, supervisor, mask))
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(r)
-        self.children[pid] = _Child(pid, index, ConfigSender(w))
+        self.children[pid] = _Child(pid, index, ConfigSender(w), self.snapshot)
 
     def _child_main(self, index: int, config_fd: int, supervisor: int,
                     mask: set[int | signal.Signals]) -> int:
@@ -158,7 +164,8 @@ class Supervisor:
                 return 1  # the supervisor died before the call: an orphan must not serve
             self._close_inherited(index)
             config = install(self.snapshot)
-            link = ChildLink(ConfigReceiver(config_fd), self.table, self._slot(index), self._beat_timeout)
+            link = ChildLink(ConfigReceiver(config_fd), self.table, self._slot(index), self._beat_timeout,
+                             config_code(self.snapshot.digest))
             if index == ADMIN and self.admin_sock is not None:
                 from gateway.admin.process import run_admin
 
@@ -307,6 +314,9 @@ class Supervisor:
     def _exited(self, child: _Child, code: int) -> None:
         name, index = _child_name(child.index), child.index
         served = self.table.read(self._slot(index)).ready > 0
+        if not served and self._undo_reload(child):
+            self._spawn(index)
+            return
         if child.killed or served:
             self._failures.pop(index, None)
             if not child.killed:
@@ -329,6 +339,33 @@ class Supervisor:
                   "%.1f s", name, child.pid, code, failures, _START_FAILURES, delay)
         self._count("start_failed")
         self._respawn_at[index] = time.monotonic() + delay
+
+    def _undo_reload(self, child: _Child) -> bool:
+        """A child that failed to start with the reloaded config, which no running child serves with
+        either (each one's heartbeat slot says which config it applied): the workers could not build it
+        (they logged why and kept the config before), so the node goes back to that config, sent to every
+        child, instead of failing each start until it stops."""
+        before = self._before_reload
+        if before is None or child.snapshot is not self.snapshot:
+            return False
+        if config_code(self.snapshot.digest) in self._running():
+            self._before_reload = None  # it serves somewhere: this start failed for another reason
+            return False
+        log.error(
+            "supervisor: %s failed to start with the config reloaded from %s, which no worker could apply "
+            "(their errors are above); going back to the config before that reload on every worker: fix "
+            "the file and reload again", _child_name(child.index), self.config_path,
+        )
+        self._count("reload_undone")
+        self.snapshot, self._before_reload = before, None
+        data = frame(encode_snapshot(before))
+        for other in self.children.values():
+            other.sender.send(data)
+        return True
+
+    def _running(self) -> set[int]:
+        """The configs (``config_code``) the running children serve with."""
+        return {self.table.read(self._slot(c.index)).config for c in self.children.values()}
 
     def _respawn_due(self, now: float) -> None:
         for index, due in list(self._respawn_at.items()):
@@ -429,6 +466,8 @@ class Supervisor:
             log.info("supervisor: %s: the config is unchanged; nothing to reload", why)
             return
         self._warn_changes(new.config)
+        if self._before_reload is None or config_code(self.snapshot.digest) in self._running():
+            self._before_reload = self.snapshot  # (else the last one a child applied is kept)
         self.snapshot = new
         # logged first: the children log their own reload as soon as the snapshot reaches them
         log.info("supervisor: config reloaded from %s (%s); sending it to %d child(ren)", self.config_path,

@@ -69,7 +69,7 @@ async def serve_app(
     on_reload: Callable[[], None] | None = None,
     ready: Callable[[], None] | None = None,
     link: ChildLink | None = None,
-    on_config: Callable[[Config], None] | None = None,
+    on_config: Callable[[Config], bool] | None = None,
 ) -> None:
     """Serve ``app`` on ``sock`` until SIGTERM/SIGINT, then drain.
 
@@ -84,7 +84,7 @@ async def serve_app(
     await app.startup()
     freeze_heap()
     if link is not None:
-        link.listen(loop, lambda snapshot: _apply(snapshot, on_config), lambda: _orphaned(stop))
+        link.listen(loop, lambda snapshot: _apply(snapshot, on_config, link), lambda: _orphaned(stop))
     state = ListenerState(
         app,
         max_header_bytes=srv.max_header_bytes,
@@ -164,10 +164,11 @@ def refreeze_heap() -> None:
     freeze_heap()
 
 
-def _apply(snapshot: ConfigSnapshot, on_config: Callable[[Config], None] | None) -> None:
-    """A config handed over by the supervisor: its credential files pinned, then the app's turn."""
-    if on_config is not None:
-        on_config(install(snapshot))
+def _apply(snapshot: ConfigSnapshot, on_config: Callable[[Config], bool] | None, link: ChildLink) -> None:
+    """A config handed over by the supervisor: its credential files pinned, then the app's turn; when the
+    app applied it, the supervisor is told (the heartbeat slot's config)."""
+    if on_config is None or on_config(install(snapshot)):
+        link.running(snapshot)
 
 
 def _orphaned(stop: asyncio.Event) -> None:
@@ -188,7 +189,7 @@ def run_worker(config: Config, index: int, host: str, port: int, link: ChildLink
     asyncio.set_event_loop(loop)
     engine = Engine(config, worker=index)
 
-    def apply(new: Config) -> None:
+    def apply(new: Config) -> bool:
         try:
             engine.reload(new)
         except ConfigError as exc:
@@ -198,6 +199,8 @@ def run_worker(config: Config, index: int, host: str, port: int, link: ChildLink
         else:
             refreeze_heap()
             log.info("worker %d: config reloaded", index)
+            return True
+        return False
 
     sock = bind_socket(host, port)
     try:

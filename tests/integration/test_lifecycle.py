@@ -444,3 +444,48 @@ def test_respawned_worker_serves_reloaded_config(
     wait_for(lambda: worker not in _workers(gw, 1), 15.0, what="a new worker")
     wait_for(lambda: _try_serves_model(gw.port, "new-model"), 15.0,
              what="the respawned worker to serve the reloaded config")
+
+
+def test_a_reload_no_worker_can_apply_is_undone_when_a_worker_respawns(
+    start_gateway: StartGateway, mock_port: int, tmp_path: Path
+) -> None:
+    """A file the supervisor accepts but no worker can build (here: a Vertex service-account file without
+    its fields, found only when the provider is built): the workers keep their config, and a worker that
+    dies afterwards is not respawned into that config's failure until the gateway gives up and stops;
+    the supervisor goes back to the config the workers run, says so, and the node keeps serving."""
+    sa = tmp_path / "service-account.json"
+    sa.write_text('{"type": "service_account"}')
+    gw = start_gateway(gateway_toml(mock_port), name="reload-undone", workers=2)
+    assert gw.config_path is not None and gw.frontend == "native"
+    gw.config_path.write_text(gateway_toml(mock_port) + f"""
+[providers.vertex]
+type = "vertex"
+project = "my-project-1"
+location = "us-central1"
+credentials_file = "{sa}"
+
+[models.gemini]
+provider = "vertex"
+upstream_model = "gemini-2.5-flash"
+""")
+    gw.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: gw.process.logs(10**7, records=False).count("config reload failed") >= 2, 15.0,
+             what="both workers to reject the reload")
+    victim = min(_workers(gw, 2))
+    os.kill(victim, signal.SIGKILL)
+
+    def undone() -> bool:
+        return "going back to the config before that reload" in gw.process.logs(10**7, records=False)
+
+    wait_for(undone, 20.0, what="the supervisor to undo the reload")
+    wait_for(lambda: len(_workers(gw, 2)) == 2 and victim not in _workers(gw, 2), 20.0, what="the respawn")
+    wait_for(lambda: _try_serves(gw.port), 15.0, what="the gateway to serve after the respawn")
+    _many_requests(gw.port, 20)
+    assert gw.process.exited() is None
+    logs = gw.process.logs(10**7, records=False)
+    assert "giving up" not in logs
+    # the good config again (the same bytes as before the reload): nothing is reloaded, nothing is lost
+    gw.config_path.write_text(gateway_toml(mock_port))
+    gw.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "the config is unchanged" in gw.process.logs(10**7, records=False), 10.0,
+             what="the supervisor to see the file it runs")

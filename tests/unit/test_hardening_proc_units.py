@@ -17,7 +17,7 @@ from gateway.config.snapshot import (
     install,
     read_snapshot,
 )
-from gateway.server.control import ConfigReceiver, ConfigSender, HeartbeatTable, frame
+from gateway.server.control import ConfigReceiver, ConfigSender, HeartbeatTable, config_code, frame
 from gateway.server.watch import ConfigWatch
 from gateway.store.datadir import StateDirError, prepare_state_dir, user_state_dir
 
@@ -155,12 +155,17 @@ def test_a_full_pipe_keeps_only_the_frame_in_progress_and_the_newest() -> None:
 def test_heartbeat_slots() -> None:
     table = HeartbeatTable(2)
     table.reset(1)
-    assert table.read(1) == (0, 0.0, 0.0)
+    assert table.read(1) == (0, 0.0, 0.0, 0)
     table.beat(1)
-    pid, beat, ready = table.read(1)
-    assert pid == os.getpid() and beat > 0 and ready == 0
+    pid, beat, ready, config = table.read(1)
+    assert pid == os.getpid() and beat > 0 and ready == 0 and config == 0
     table.beat(1, ready=True)
     assert table.read(1).ready > 0
+    code = config_code("f" * 64)
+    assert code == 2**60 - 1 and config_code("") == 0
+    table.running(1, code)  # the config it serves with: kept by later beats
+    table.beat(1)
+    assert table.read(1).config == code and table.read(0).config == 0
     table.close()
 
 
