@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -1478,6 +1479,8 @@ class Engine:
         target = ctx.target
         assert target is not None
         out = target.translator.pass_headers(resp, ratelimit, [("x-request-id", ctx.request_id)])
+        if resp.status >= 400:  # (a retry hint comes with an error: a 2xx answer is not looked at)
+            _sane_retry_hints(out)
         if ctx.response_headers:
             out.extend(ctx.response_headers)
         if ctx.dialect is not None:  # the headers as the client's dialect names them
@@ -1792,6 +1795,30 @@ _CLIENT_CLOSED = errors.ClientClosed("the client closed the connection before th
 _WORKER_STOPPING = errors.ServiceUnavailable("The gateway worker shut down before the request finished",
                                              code="worker_shutdown")
 _CANCELLED = errors.ClientClosed("the request was cancelled by the front end", code="request_cancelled")
+
+
+#: the longest wait a relayed retry hint may ask for (a day): an upstream's bigger figure is cut to it
+_MAX_RETRY_AFTER = 86400
+
+
+def _sane_retry_hints(headers: Headers) -> None:
+    """The upstream's ``retry-after`` as the whole seconds the docs promise (an HTTP date converted, a
+    negative, non-numeric or absurd value dropped or cut to a day), and ``retry-after-ms`` kept only when
+    it is a number of milliseconds: a client's retry logic must not be handed what it cannot read."""
+    for i in range(len(headers) - 1, -1, -1):
+        name, value = headers[i]
+        if name == "retry-after":
+            seconds = parse_retry_after(value, None, time.time())
+            if seconds is None or not math.isfinite(seconds):
+                del headers[i]
+            else:
+                headers[i] = (name, str(min(_MAX_RETRY_AFTER, math.ceil(seconds))))
+        elif name == "retry-after-ms":
+            ms = parse_retry_after(None, value)
+            if ms is None or not math.isfinite(ms):
+                del headers[i]
+            else:
+                headers[i] = (name, str(min(_MAX_RETRY_AFTER * 1000, math.ceil(ms * 1000))))
 
 
 def _upstream_failure(exc: Exception | None) -> GatewayError:

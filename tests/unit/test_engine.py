@@ -319,3 +319,27 @@ def test_an_unexpected_exception_is_a_500_in_the_clients_dialect(is_async: bool,
               {"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
     assert rec.status == 500 and rec.json()["type"] == "error"
     assert rec.json()["error"]["type"] == "api_error" and rec.header("request-id")
+
+
+def test_relayed_retry_hints_are_whole_seconds_or_left_out() -> None:
+    """An upstream's retry-after reaches the client as whole seconds (the SDKs' retry logic reads them):
+    an HTTP date converted, a fraction rounded up, an absurd figure cut to a day, garbage left out."""
+    import email.utils
+    import time as _time
+
+    from gateway.engine import _sane_retry_hints
+
+    soon = email.utils.formatdate(_time.time() + 30, usegmt=True)
+    cases = {
+        "7": "7", "1.2": "2", "Wed, 21 Oct 2015 07:28:00 GMT": "0", "99999999999999999999": "86400",
+        "-5": None, "soon": None, "nan": None, "inf": None,
+    }
+    for given, want in cases.items():
+        headers = [("x-request-id", "r"), ("retry-after", given), ("retry-after-ms", given)]
+        _sane_retry_hints(headers)
+        got = dict(headers)
+        assert got.get("retry-after") == want, (given, headers)
+        assert headers[0] == ("x-request-id", "r")
+    headers = [("retry-after", soon), ("retry-after-ms", "1500.5")]
+    _sane_retry_hints(headers)
+    assert 29 <= int(dict(headers)["retry-after"]) <= 31 and dict(headers)["retry-after-ms"] == "1501"
