@@ -913,6 +913,9 @@ class Engine:
                 return
             if pending is not None:
                 await pending
+        ctype = ctx.request.header(b"content-type")
+        if ctype is not None:  # (the front decodes the client's body before ``_parse``)
+            _check_content_type(ctype)
         front = await self._responses_service().front(ctx, responder)  # sets ctx.dialect
         ctx.responder = front
         step = self._front(ctx, front, 1, None)
@@ -937,14 +940,9 @@ class Engine:
     # parse ----------------------------------------------------------------------------------------
 
     def _parse(self, ctx: Context) -> None:
-        req = ctx.request
-        ctype = req.header(b"content-type")
+        ctype = ctx.request.header(b"content-type")
         if ctype is not None and ctype != b"application/json":  # PERF: the usual value, checked first
-            mt = ctype.split(b";", 1)[0].strip().lower()
-            if mt not in _ACCEPTED_TYPES and not mt.endswith(b"+json"):
-                raise errors.UnsupportedMediaType(
-                    f"Unsupported Content-Type {mt.decode('latin-1')!r}; send application/json"
-                )
+            _check_content_type(ctype)
         body = ctx.body  # the client's bytes; for /v1/responses the chat request its front made of them
         if not body:
             raise errors.BadRequest("The request body is empty; expected a JSON object",
@@ -1795,6 +1793,15 @@ _CLIENT_CLOSED = errors.ClientClosed("the client closed the connection before th
 _WORKER_STOPPING = errors.ServiceUnavailable("The gateway worker shut down before the request finished",
                                              code="worker_shutdown")
 _CANCELLED = errors.ClientClosed("the request was cancelled by the front end", code="request_cancelled")
+
+
+def _check_content_type(ctype: bytes) -> None:
+    """A body whose Content-Type says it is not JSON is refused (415); none said is taken as JSON."""
+    mt = ctype.split(b";", 1)[0].strip().lower()
+    if mt not in _ACCEPTED_TYPES and not mt.endswith(b"+json"):
+        raise errors.UnsupportedMediaType(
+            f"Unsupported Content-Type {mt.decode('latin-1')!r}; send application/json"
+        )
 
 
 #: the longest wait a relayed retry hint may ask for (a day): an upstream's bigger figure is cut to it

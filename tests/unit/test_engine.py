@@ -343,3 +343,20 @@ def test_relayed_retry_hints_are_whole_seconds_or_left_out() -> None:
     headers = [("retry-after", soon), ("retry-after-ms", "1500.5")]
     _sane_retry_hints(headers)
     assert 29 <= int(dict(headers)["retry-after"]) <= 31 and dict(headers)["retry-after-ms"] == "1501"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+def test_a_body_that_says_it_is_not_json_is_415_on_every_dialect(path: str) -> None:
+    body = json.dumps({"model": "chat", "max_tokens": 8, "input": "hi",
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = Request("POST", path, "", 11, [(b"host", b"t"), (b"content-type", b"text/plain")], body, True)
+    rec = Recorder()
+    engine = make()
+
+    async def go() -> None:
+        await engine.startup()
+        await engine.handle(req, rec)
+        await engine.shutdown()
+
+    asyncio.run(go())
+    assert rec.status == 415, rec.body
