@@ -553,7 +553,8 @@ def _semantic_problems(config: Config, provider_names: set[str] | None) -> Itera
     yield from _positive_durations(
         ("server",), s, ("header_timeout", "body_timeout", "keepalive_timeout", "drain_timeout")
     )
-    if math.isfinite(s.drain_timeout) and not (0.0 <= s.drain_delay < s.drain_timeout):  # refuses nan
+    # (a drain_timeout that is itself wrong is reported above, once; a nan drain_delay is refused here)
+    if math.isfinite(s.drain_timeout) and s.drain_timeout > 0 and not 0.0 <= s.drain_delay < s.drain_timeout:
         yield _Problem(("server", "drain_delay"), f"must be 0 or more and below drain_timeout "
                        f"({_num(s.drain_timeout)}), found {_num(s.drain_delay)}")
     if not s.overhead_header or not _HEADER_NAME.match(s.overhead_header):
