@@ -169,7 +169,8 @@ def test_heartbeat_slots() -> None:
     table.close()
 
 
-def test_the_watch_waits_for_a_change_to_settle(tmp_path: Path) -> None:
+def test_the_watch_waits_for_a_change_to_settle(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", "gateway.supervisor")
     path = tmp_path / "gateway.toml"
     path.write_text("a")
     watch = ConfigWatch([str(path)], interval=1.0)
@@ -183,6 +184,10 @@ def test_the_watch_waits_for_a_change_to_settle(tmp_path: Path) -> None:
     assert not watch.poll(20.0)  # applied: nothing more
     path.unlink()
     assert not watch.poll(30.0) and not watch.poll(40.0)  # missing: wait for it to come back
+    assert caplog.text.count(f"the config file {path} is gone") == 1  # said once
+    path.write_text("ccc")
+    assert not watch.poll(50.0) and watch.poll(51.0)
+    assert f"the config file {path} is back" in caplog.text
 
 
 def test_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
