@@ -838,14 +838,15 @@ def _provider_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     yield from _positive_ints(mpath, m, ("stream_chunks", "embedding_dimensions"))
 
 
-def _split_url(url: str) -> tuple[SplitResult, int | None] | None:
-    """``url`` split, with its port (``.port`` raises on a port out of range or not a number); None when
-    it cannot be (a bracketed host left open, say)."""
+def _split_url(url: str) -> SplitResult | None:
+    """``url`` split; None when it cannot be (a bracketed host left open) or its port is out of range or
+    not a number (``.port`` raises then)."""
     try:
         parts = urlsplit(url)
-        return parts, parts.port
+        _ = parts.port
     except ValueError:
         return None
+    return parts
 
 
 def _base_url_problems(path: _Path, url: str) -> Iterator[_Problem]:
@@ -854,7 +855,7 @@ def _base_url_problems(path: _Path, url: str) -> Iterator[_Problem]:
     split = _split_url(url)
     if split is None:
         yield _Problem(path, "is not a valid URL (a port out of range or not a number, or a malformed host)")
-    elif split[0].scheme not in ("http", "https") or not split[0].hostname:
+    elif split.scheme not in ("http", "https") or not split.hostname:
         yield _Problem(path, "must be an http:// or https:// URL with a host")
 
 
@@ -899,7 +900,7 @@ def _azure_problems(path: _Path, p: ProviderConfig) -> Iterator[_Problem]:
     elif p.api_key is None:
         yield _Problem((*path, "api_key"), 'required for type "azure" (or azure_ad_token, an Entra ID token)')
     split = _split_url(p.base_url) if p.base_url is not None else None
-    if split is not None and split[0].path.rstrip("/").endswith(("/openai", "/openai/v1")):
+    if split is not None and split.path.rstrip("/").endswith(("/openai", "/openai/v1")):
         yield _Problem((*path, "base_url"), 'the resource endpoint, without "/openai" (azure_path adds it)')
     v = p.api_version
     if v is not None:
