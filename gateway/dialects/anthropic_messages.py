@@ -378,6 +378,8 @@ def decode_request(body: bytes) -> ir.Request:
 def decode_count_request(body: bytes) -> ir.Request:
     """A ``count_tokens`` body → IR (what is counted: system, tools and messages)."""
     r: _CountRequest = _decode(_count_decoder, body)
+    if not r.messages:  # as Anthropic's own count answers (a pass-through request gets its 400)
+        raise BadRequest("messages: at least one message is required", param="messages")
     messages = _system(r.system) + _messages(r.messages)
     return ir.Request(model=r.model, messages=messages, tools=_tools(r.tools))
 

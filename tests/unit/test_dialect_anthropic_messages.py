@@ -277,6 +277,14 @@ def test_local_estimate_counts_every_part() -> None:
     assert extra == IMAGE_TOKENS + 2 * 4 + 8
 
 
+def test_a_count_of_no_messages_is_refused_as_anthropic_does() -> None:
+    """The local estimate answers like the upstream's own count would (a pass-through gets its 400)."""
+    from gateway.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="at least one message"):
+        am.decode_count_request(b'{"model": "m", "system": "sys", "messages": []}')
+
+
 def test_example_messages_toml_loads() -> None:
     config = load_config(EXAMPLES / "messages.toml")
     assert set(config.models) == {"claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"}
