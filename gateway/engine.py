@@ -940,7 +940,8 @@ class Engine:
     # parse ----------------------------------------------------------------------------------------
 
     def _parse(self, ctx: Context) -> None:
-        ctype = ctx.request.header(b"content-type")
+        req = ctx.request  # PERF: typed (engine.pxd): its header() is a C-level call
+        ctype = req.header(b"content-type")
         if ctype is not None and ctype != b"application/json":  # PERF: the usual value, checked first
             _check_content_type(ctype)
         body = ctx.body  # the client's bytes; for /v1/responses the chat request its front made of them
@@ -1477,8 +1478,6 @@ class Engine:
         target = ctx.target
         assert target is not None
         out = target.translator.pass_headers(resp, ratelimit, [("x-request-id", ctx.request_id)])
-        if resp.status >= 400:  # (a retry hint comes with an error: a 2xx answer is not looked at)
-            _sane_retry_hints(out)
         if ctx.response_headers:
             out.extend(ctx.response_headers)
         if ctx.dialect is not None:  # the headers as the client's dialect names them
@@ -1541,6 +1540,7 @@ class Engine:
                 f"The upstream provider answered {status} with a body that is not an error of its API: {text}"
             )
             headers = self._pass_headers(ctx, resp)[1:]
+            _sane_retry_hints(headers)
             if status == 429:  # keep the status: clients must still back off
                 raise errors.RateLimited(message, code="upstream_rate_limited", headers=headers)
             raise errors.BadGateway(message, code="upstream_error", headers=headers)
@@ -1548,6 +1548,7 @@ class Engine:
         ctx.status = status
         ctx.error = errors.GatewayError(f"upstream answered {resp.status}", code="upstream_error")
         headers = self._pass_headers(ctx, resp)
+        _sane_retry_hints(headers)  # (a retry hint comes with an error: a 2xx answer's are not looked at)
         headers.append(("content-type", "application/json"))
         headers.append((ctx.runtime.overhead_header, _overhead_ms(ctx)))
         responder.send(status, headers, body)
