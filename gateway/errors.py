@@ -7,6 +7,9 @@ request path; the engine turns them into responses, the front ends into connecti
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import msgspec
 
 __all__ = [
@@ -61,6 +64,27 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
             _BODIES.clear()
         _BODIES[key] = body
     return body
+
+
+class _RefusedIds:
+    """Ids of requests refused before the engine (``refused_id``): a random prefix per process (made in
+    the process that uses it: workers forked from one parent must not share it) and a count."""
+
+    __slots__ = ("n", "pid", "prefix")
+
+    def __init__(self) -> None:
+        self.pid, self.n, self.prefix = 0, 0, ""
+
+    def next(self) -> str:
+        pid = os.getpid()
+        if pid != self.pid:
+            self.pid, self.n, self.prefix = pid, 0, f"refused-{uuid.uuid4().hex[:12]}-"
+        self.n += 1
+        return f"{self.prefix}{self.n}"
+
+
+#: the id a front end's refusal carries and its log line names
+refused_id = _RefusedIds().next
 
 
 def refusal(status: int, message: str, type_: str, code: str, path: str = "",

@@ -51,9 +51,7 @@ goes through the batch, and a connection is closed only after the batch is writt
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -70,7 +68,7 @@ from gateway._core.http import (
     send_pieces_now,
 )
 from gateway.app import App, ClientGone, Headers
-from gateway.errors import error_body, refusal
+from gateway.errors import error_body, refusal, refused_id
 
 try:
     from uvloop.loop import TCPTransport as _UV_TCP  # type: ignore[attr-defined]
@@ -113,13 +111,6 @@ def _error_response(status: int, message: str, keep_alive: bool = False, path: s
     return build_response_head(status, headers, len(body), keep_alive) + body
 
 
-#: the ids of requests refused before the engine (logged with the refusal): a per-process prefix, a count
-_REFUSED_PREFIX = f"refused-{uuid.uuid4().hex[:8]}-"
-_refused = itertools.count(1)
-
-
-def _refused_id() -> str:
-    return f"{_REFUSED_PREFIX}{next(_refused)}"
 
 
 class WriteBatch:
@@ -666,7 +657,7 @@ class HttpProtocol:
             self.deadline_kind = _HEAD
 
     def _fail(self, status: int, message: str, path: str = "") -> None:
-        rid = _refused_id()
+        rid = refused_id()
         if self.state.log_errors:
             log.info("rejected request %s: %d %s%s", rid, status, message, f" ({path[:200]})" if path else "")
         transport = self.transport

@@ -53,7 +53,6 @@ import mmap
 import os
 import signal
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -66,7 +65,7 @@ from gateway._core.http import Request
 from gateway.app import ClientGone, Headers
 from gateway.config import Config, ConfigError, default_config, load_config
 from gateway.config.loader import check_servable
-from gateway.errors import error_body, refusal
+from gateway.errors import error_body, refusal, refused_id
 
 __all__ = [
     "ENV_CONFIG",
@@ -552,7 +551,7 @@ class RSGIApp:
 
     @staticmethod
     def _too_large(protocol: Any, limit: int, path: str) -> None:
-        rid = f"refused-{uuid.uuid4().hex[:16]}"
+        rid = refused_id()
         log.info("rejected request %s: 413 request body exceeds %d bytes (%s)", rid, limit, path[:200])
         headers, body = refusal(413, f"request body exceeds {limit} bytes", "invalid_request_error",
                                 "payload_too_large", path, rid)

@@ -205,3 +205,21 @@ def test_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = f'[auth]\nrequired = true\n[store]\nurl = "sqlite://{blocked}/gateway.db"\n'
     with pytest.raises(StateDirError, match=f"the state directory {blocked} is not writable"):
         prepare_state_dir(load_config_text(BASE + bad))
+
+
+def test_refused_request_ids_differ_between_forked_workers() -> None:
+    """Workers are forked from one parent: the ids of the requests they refuse must still not collide."""
+    from gateway.errors import refused_id
+
+    first = refused_id()
+    assert first.startswith("refused-") and refused_id() != first
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own prefix
+        os.write(w, refused_id().encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 200).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert child.startswith("refused-") and child.rsplit("-", 1)[0] != first.rsplit("-", 1)[0]
